@@ -1,0 +1,30 @@
+//! Scripted subcommands (`influence search|pull|list|show|verify|rm|import|run|embed|bench|config`).
+//!
+//! Each subcommand lives in its own file with its clap `Args` and a `run` function. They share the
+//! resolved [`Context`] built from the configuration by `main`.
+
+use std::path::PathBuf;
+
+/// What every subcommand may need from the resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `$HF_HOME` (the Hugging Face cache lives in `hf_home/hub`).
+    pub hf_home: PathBuf,
+    /// Influence's own data folder (queue, conversations, logs).
+    pub data_dir: PathBuf,
+    /// Hub base URL, e.g. `https://huggingface.co` or a mirror.
+    pub endpoint: String,
+    /// Hub token, if any.
+    pub token: Option<String>,
+    /// Inference threads.
+    pub threads: usize,
+    /// Extra folders the user asked the library to scan.
+    pub model_dirs: Vec<PathBuf>,
+}
+
+impl Context {
+    /// The Hugging Face hub cache folder (`$HF_HOME/hub`).
+    pub fn hub_cache(&self) -> PathBuf {
+        self.hf_home.join("hub")
+    }
+}

@@ -1,0 +1,29 @@
+//! Influence: a terminal workbench for local LLMs.
+//!
+//! Module map (see `README.md` and `docs/ARCHITECTURE.md` for the why):
+//!
+//! | module | what it does |
+//! |---|---|
+//! | `cli` | clap types for the binary |
+//! | `commands` | scripted subcommands over the modules below |
+//! | `config` | layered configuration, keymap and themes |
+//! | `app` | `State`, `Msg`, the pure `update`, effects and the event loop |
+//! | `tui` | terminal lifecycle and input events |
+//! | `ui` | drawing: one module per pane |
+//! | `engine` | inference on a dedicated thread (candle) |
+//! | `hub` | Hugging Face Hub client |
+//! | `downloads` | persistent download queue into the HF cache layout |
+//! | `library` | local model inventory |
+//! | `server` | OpenAI- and Ollama-compatible HTTP API |
+//! | `markdown` | streaming markdown rendering with syntax highlighting |
+//! | `conversations` | chat history, saved atomically |
+
+pub mod commands;
+pub mod conversations;
+pub mod downloads;
+pub mod engine;
+pub mod fsutil;
+pub mod hub;
+pub mod library;
+pub mod markdown;
+pub mod server;
