@@ -18,12 +18,20 @@
 //! | `markdown` | streaming markdown rendering with syntax highlighting |
 //! | `conversations` | chat history, saved atomically |
 
+pub mod app;
+pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod conversations;
 pub mod downloads;
 pub mod engine;
 pub mod fsutil;
 pub mod hub;
 pub mod library;
+pub mod logging;
 pub mod markdown;
+pub mod procmem;
 pub mod server;
+pub mod tui;
+pub mod tuiapp;
+pub mod ui;

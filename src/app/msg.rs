@@ -1,0 +1,18 @@
+//! `Msg`: everything that can happen to the app.
+
+use crate::config::theme::Theme;
+use crossterm::event::{KeyEvent, MouseEvent};
+
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Key(KeyEvent),
+    Paste(String),
+    Mouse(MouseEvent),
+    Resize(u16, u16),
+    /// A periodic sample of this process's memory.
+    Memory(u64),
+    ThemeLoaded(Box<Theme>),
+    ThemeFailed(String),
+    /// SIGTERM or another request from outside to leave.
+    Shutdown,
+}

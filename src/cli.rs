@@ -1,0 +1,50 @@
+//! Command-line interface.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "influence",
+    version,
+    about = "A terminal workbench for local LLMs: search the Hub, download, chat, serve.",
+    long_about = "A terminal workbench for local LLMs.\n\nWith no subcommand, opens the full-screen app. Subcommands script the same features."
+)]
+pub struct Cli {
+    /// Config file to use instead of the default location.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level for the log file (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Colour theme (dark, light, high-contrast, or a file in the config's themes/ folder).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub theme: Option<String>,
+    /// Hub endpoint (mirrors work); overrides HF_ENDPOINT.
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Inference threads (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the effective configuration and where each value came from.
+    Config,
+}
+
+impl Cli {
+    pub fn flag_overrides(&self) -> crate::config::FlagOverrides {
+        crate::config::FlagOverrides {
+            theme: self.theme.clone(),
+            log_level: self.log_level.clone(),
+            threads: self.threads,
+            endpoint: self.endpoint.clone(),
+            ..Default::default()
+        }
+    }
+}

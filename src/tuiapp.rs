@@ -1,0 +1,80 @@
+//! Starts the full-screen app on the real terminal.
+
+use crate::app::effect::EffectRunner;
+use crate::app::msg::Msg;
+use crate::app::state::State;
+use crate::config::keymap::Keymap;
+use crate::config::theme::{self, Theme};
+use crate::config::Loaded;
+use crate::tui::frame::FrameClock;
+use crate::tui::terminal::TerminalGuard;
+use std::time::Duration;
+
+/// Builds the initial state from the configuration (no terminal needed).
+pub fn initial_state(loaded: &Loaded, size: (u16, u16)) -> anyhow::Result<State> {
+    let c = &loaded.config;
+    let theme = Theme::load(&c.theme, &loaded.dirs.config_dir).map_err(anyhow::Error::msg)?;
+    let keymap = Keymap::load(&c.keys)?;
+    Ok(State::new(
+        theme,
+        theme::available(&loaded.dirs.config_dir),
+        keymap,
+        size,
+    ))
+}
+
+pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let size = crossterm::terminal::size().unwrap_or((80, 24));
+    let mut state = initial_state(&loaded, size)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone());
+
+    spawn_memory_sampler(tx.clone());
+    spawn_signal_watch(tx.clone());
+
+    let mut guard = TerminalGuard::enter()?;
+    let stats = crate::app::run(
+        &mut guard.terminal,
+        &mut state,
+        crate::tui::events::stream(),
+        &mut rx,
+        &mut runner,
+        FrameClock::new(loaded.config.ui.fps),
+    )
+    .await?;
+    drop(guard);
+    tracing::info!(frames = stats.frames, msgs = stats.msgs, "left the app");
+    Ok(())
+}
+
+fn spawn_memory_sampler(tx: tokio::sync::mpsc::UnboundedSender<Msg>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if let Some(b) = crate::procmem::rss_bytes() {
+                if tx.send(Msg::Memory(b)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+fn spawn_signal_watch(tx: tokio::sync::mpsc::UnboundedSender<Msg>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = hup.recv() => {},
+        }
+        let _ = tx.send(Msg::Shutdown);
+    });
+}

@@ -1,0 +1,28 @@
+//! The four main panes and the Parameters sidebar.
+
+use super::{empty_state, pane_block};
+use crate::app::state::{Pane, State};
+use ratatui::layout::Rect;
+use ratatui::Frame;
+
+pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
+    let pane = state.main_pane;
+    let block = pane_block(pane.title(), state.focus == pane, state);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let lines: &[&str] = match pane {
+        Pane::Hub => &["Hub search is not part of this build yet."],
+        Pane::Downloads => &["No downloads."],
+        Pane::Library => &["No models yet."],
+        Pane::Chat => &["No model loaded."],
+        Pane::Params => &[],
+    };
+    empty_state(f, inner, lines, state.theme.muted);
+}
+
+pub fn draw_params(f: &mut Frame, area: Rect, state: &State) {
+    let block = pane_block(Pane::Params.title(), state.focus == Pane::Params, state);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    empty_state(f, inner, &["No model loaded."], state.theme.muted);
+}

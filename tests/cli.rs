@@ -1,0 +1,115 @@
+//! The real binary: configuration errors, `config`, and the TUI in a pty.
+
+#[path = "support/pty.rs"]
+mod pty;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use pty::PtyApp;
+use std::time::Duration;
+
+fn influence(home: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("influence").unwrap();
+    c.env_clear()
+        .env("INFLUENCE_HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("HOME", home);
+    c
+}
+
+#[test]
+fn version_and_help() {
+    let home = tempfile::tempdir().unwrap();
+    influence(home.path())
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(env!("CARGO_PKG_VERSION")));
+    influence(home.path())
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("config"));
+}
+
+#[test]
+fn config_prints_values_and_sources() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("config.toml"), "theme = \"light\"\n").unwrap();
+    influence(home.path())
+        .env("INFLUENCE_PORT", "9999")
+        .args(["--threads", "3", "config"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r#"theme\s+= "light"\s+# .*config.toml"#).unwrap())
+        .stdout(predicate::str::is_match(r"server.port\s+= 9999\s+# env INFLUENCE_PORT").unwrap())
+        .stdout(predicate::str::is_match(r"engine.threads\s+= 3\s+# flag --threads").unwrap())
+        .stdout(predicate::str::is_match(r"server.max_queue\s+= 16\s+# default").unwrap());
+}
+
+#[test]
+fn malformed_config_names_file_line_and_key() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "theme = \"dark\"\n[chat]\ntemperature = \"hot\"\n",
+    )
+    .unwrap();
+    influence(home.path())
+        .arg("config")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("config.toml"))
+        .stderr(predicate::str::contains("line 3"))
+        .stderr(predicate::str::contains("chat.temperature"))
+        .stderr(predicate::str::contains("f32"));
+
+    std::fs::write(home.path().join("config.toml"), "[server]\nport = 0\n").unwrap();
+    influence(home.path())
+        .arg("config")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("server.port"))
+        .stderr(predicate::str::contains("1 to 65535"));
+
+    std::fs::write(home.path().join("config.toml"), "theme = [\n").unwrap();
+    influence(home.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("line 1"));
+}
+
+#[test]
+fn tui_shows_five_panes_and_ctrl_c_exits_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let home_s = home.path().to_str().unwrap();
+    let hf = home.path().join("hf");
+    let mut app = PtyApp::spawn(
+        &[],
+        &[
+            ("INFLUENCE_HOME", home_s),
+            ("HF_HOME", hf.to_str().unwrap()),
+            ("HOME", home_s),
+        ],
+        120,
+        36,
+    );
+    app.wait_for("the five pane titles", Duration::from_secs(20), |s| {
+        ["Hub", "Downloads", "Library", "Chat", "Parameters"]
+            .iter()
+            .all(|t| s.contains(t))
+    });
+    assert!(app.parser.screen().alternate_screen());
+    app.send(b"?");
+    app.wait_for("the help", Duration::from_secs(5), |s| s.contains("Keys"));
+    app.send(b"\x1b");
+    app.wait_for("the help to close", Duration::from_secs(5), |s| {
+        !s.contains("Esc closes")
+    });
+    app.send(b"\x03");
+    assert_eq!(app.wait_exit(Duration::from_secs(10)), 0);
+    assert!(
+        !app.parser.screen().alternate_screen(),
+        "the alternate screen was not left"
+    );
+}
