@@ -1,1 +1,227 @@
-//! engine
+//! Inference engine: one dedicated OS thread owns every model, tokenizer and KV cache.
+//!
+//! Callers (TUI, HTTP server, CLI) hold a cheap, cloneable [`EngineHandle`] and talk to that thread
+//! through a std channel. Replies come back on tokio channels, so async code `.await`s them and
+//! sync code uses `blocking_recv`. Model code never runs on tokio workers: a forward pass blocks a
+//! core for tens of milliseconds.
+//!
+//! Threads: candle's quantized-matmul pool reads `CANDLE_NUM_THREADS` and rayon reads
+//! `RAYON_NUM_THREADS` once, when they first start. [`EngineHandle::spawn`] therefore sets both to
+//! [`EngineOptions::threads`] (when the user has not set them) *before* the engine thread runs its
+//! first tensor operation. Spawning a second engine later in the same process cannot change them.
+//!
+//! Tests of the server and UI use [`EngineHandle::fake`], a scripted stand-in (see [`fake`]).
+
+mod error;
+pub mod fake;
+mod params;
+mod types;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+pub use error::EngineError;
+pub use fake::FakeScript;
+pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE};
+pub use types::{
+    CancelToken, ChatMessage, Collected, FinishReason, GenEvent, GenRequest, GenStats, Generation,
+    ModelInfo, ModelKind, Prompt, Role,
+};
+
+/// How the engine thread is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Inference threads (candle + rayon); 0 = number of CPU cores.
+    pub threads: usize,
+    /// Models kept resident at once; the least recently used is unloaded beyond this.
+    pub max_loaded: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            max_loaded: 1,
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// Commands understood by an engine thread (real or fake).
+#[derive(Debug)]
+pub(crate) enum EngineCmd {
+    Load {
+        path: PathBuf,
+        reply: Reply<Result<ModelInfo, EngineError>>,
+    },
+    Generate {
+        req: GenRequest,
+        events: tmpsc::UnboundedSender<GenEvent>,
+        cancel: CancelToken,
+    },
+    Embed {
+        model: PathBuf,
+        texts: Vec<String>,
+        reply: Reply<Result<Vec<Vec<f32>>, EngineError>>,
+    },
+    CountTokens {
+        model: PathBuf,
+        prompt: Prompt,
+        reply: Reply<Result<usize, EngineError>>,
+    },
+    Unload {
+        model: PathBuf,
+        reply: Reply<bool>,
+    },
+    Loaded {
+        reply: Reply<Vec<ModelInfo>>,
+    },
+}
+
+impl EngineCmd {
+    /// Answers a command that could not be delivered because the engine thread is gone.
+    fn fail_stopped(self) {
+        let e = EngineError::EngineStopped;
+        match self {
+            EngineCmd::Load { reply, .. } => drop(reply.send(Err(e))),
+            EngineCmd::Generate { events, .. } => drop(events.send(GenEvent::Failed(e))),
+            EngineCmd::Embed { reply, .. } => drop(reply.send(Err(e))),
+            EngineCmd::CountTokens { reply, .. } => drop(reply.send(Err(e))),
+            EngineCmd::Unload { reply, .. } => drop(reply.send(false)),
+            EngineCmd::Loaded { reply } => drop(reply.send(Vec::new())),
+        }
+    }
+}
+
+/// Cloneable handle to the engine thread. The thread exits when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<EngineCmd>,
+}
+
+/// The thread count the engine will use for `threads = 0`.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Sets candle's and rayon's pool sizes unless the user set them in the environment.
+///
+/// Must run before the first candle operation in the process; `force` overrides user values
+/// (used for an explicit `--threads` flag).
+pub fn configure_threads(threads: usize, force: bool) -> usize {
+    let n = if threads == 0 {
+        default_threads()
+    } else {
+        threads
+    };
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if force || std::env::var_os(var).is_none() {
+            // Safe in practice: called at start-up before the engine's worker pools exist.
+            std::env::set_var(var, n.to_string());
+        }
+    }
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(n)
+}
+
+impl EngineHandle {
+    /// Starts the real engine thread.
+    pub fn spawn(opts: EngineOptions) -> Self {
+        let threads = configure_threads(opts.threads, false);
+        let (tx, rx) = mpsc::channel();
+        let opts = EngineOptions { threads, ..opts };
+        std::thread::Builder::new()
+            .name("influence-engine".into())
+            .spawn(move || worker::run(rx, opts))
+            .expect("the OS refused to start the engine thread");
+        Self { tx }
+    }
+
+    /// Builds a handle from a sender whose receiver is served by some engine thread.
+    pub(crate) fn from_sender(tx: mpsc::Sender<EngineCmd>) -> Self {
+        Self { tx }
+    }
+
+    fn send(&self, cmd: EngineCmd) {
+        if let Err(mpsc::SendError(cmd)) = self.tx.send(cmd) {
+            cmd.fail_stopped();
+        }
+    }
+
+    /// Loads a model (idempotent). Resolves to its [`ModelInfo`].
+    pub fn load(&self, path: PathBuf) -> oneshot::Receiver<Result<ModelInfo, EngineError>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineCmd::Load { path, reply });
+        rx
+    }
+
+    /// Starts a generation; the model is loaded first when needed.
+    pub fn generate(&self, req: GenRequest) -> Generation {
+        let (events, rx) = tmpsc::unbounded_channel();
+        let cancel = CancelToken::new();
+        self.send(EngineCmd::Generate {
+            req,
+            events,
+            cancel: cancel.clone(),
+        });
+        Generation { events: rx, cancel }
+    }
+
+    /// Embeds each text (L2-normalised vectors, one per text, same order).
+    pub fn embed(
+        &self,
+        model: PathBuf,
+        texts: Vec<String>,
+    ) -> oneshot::Receiver<Result<Vec<Vec<f32>>, EngineError>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineCmd::Embed {
+            model,
+            texts,
+            reply,
+        });
+        rx
+    }
+
+    /// Number of tokens the prompt takes once rendered (chat template applied) and tokenized.
+    pub fn count_tokens(
+        &self,
+        model: PathBuf,
+        prompt: Prompt,
+    ) -> oneshot::Receiver<Result<usize, EngineError>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineCmd::CountTokens {
+            model,
+            prompt,
+            reply,
+        });
+        rx
+    }
+
+    /// Unloads a model; resolves to whether it was loaded.
+    pub fn unload(&self, model: PathBuf) -> oneshot::Receiver<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineCmd::Unload { model, reply });
+        rx
+    }
+
+    /// Models currently resident, most recently used first.
+    pub fn loaded(&self) -> oneshot::Receiver<Vec<ModelInfo>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(EngineCmd::Loaded { reply });
+        rx
+    }
+}
+
+/// Waits for a oneshot reply from sync code, mapping a vanished engine to an error.
+pub fn wait<T>(rx: oneshot::Receiver<Result<T, EngineError>>) -> Result<T, EngineError> {
+    rx.blocking_recv()
+        .unwrap_or(Err(EngineError::EngineStopped))
+}
