@@ -381,3 +381,71 @@ fn fixed_size(ty: u32) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file;
+
+    fn smollm2() -> std::path::PathBuf {
+        let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                    .join(".cache/influence-test-models")
+            });
+        let p = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(
+            p.is_file(),
+            "missing test model {}: run scripts/fetch-test-models.sh",
+            p.display()
+        );
+        p
+    }
+
+    /// Our reader must agree with candle's on a real file: same tensors, types, shapes, offsets,
+    /// and the same start of tensor data.
+    #[test]
+    fn header_matches_candles_reader_on_smollm2() {
+        let path = smollm2();
+        let ours = read_header(&path).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let theirs = gguf_file::Content::read(&mut f).unwrap();
+        assert_eq!(ours.data_offset, theirs.tensor_data_offset);
+        assert_eq!(ours.tensors.len(), theirs.tensor_infos.len());
+        for t in &ours.tensors {
+            let c = &theirs.tensor_infos[&t.name];
+            assert_eq!(t.offset, c.offset, "{}", t.name);
+            assert_eq!(t.ty.name(), format!("{:?}", c.ggml_dtype).replace('K', "_K"), "{}", t.name);
+            let mut dims: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+            dims.reverse();
+            assert_eq!(dims, c.shape.dims(), "{}", t.name);
+            let candle_bytes =
+                c.shape.elem_count() / c.ggml_dtype.block_size() * c.ggml_dtype.type_size();
+            assert_eq!(t.ty.bytes_for(t.elements()), Some(candle_bytes as u64));
+        }
+        assert_eq!(ours.metadata.len(), theirs.metadata.len());
+        assert_eq!(ours.architecture(), Some("llama"));
+        assert_eq!(ours.arch_u64("context_length"), Some(8192));
+        let params: u64 = ours.tensors.iter().map(TensorInfo::elements).sum();
+        assert_eq!(params, 134_515_008);
+        assert_eq!(ours.data_end(), Some(ours.file_size));
+    }
+
+    #[test]
+    fn garbage_and_cut_headers_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.gguf");
+        std::fs::write(&bad, b"NOTAGGUFFILE").unwrap();
+        assert!(matches!(read_header(&bad), Err(GgufError::BadMagic(_))));
+
+        let bytes = std::fs::read(smollm2()).unwrap();
+        for cut in [3usize, 10, 30, 5000, 1_000_000] {
+            std::fs::write(&bad, &bytes[..cut]).unwrap();
+            match read_header(&bad) {
+                Err(GgufError::Truncated(_)) => {}
+                other => panic!("cut at {cut}: expected Truncated, got {other:?}"),
+            }
+        }
+    }
+}
