@@ -1,1 +1,416 @@
-//! library
+//! Local model inventory.
+//!
+//! The library never copies weights. It lists what is already on disk:
+//! - our own store, which is the Hugging Face cache (`$HF_HOME/hub`, shared with Python tools);
+//! - other apps' stores, read-only: Ollama manifests and LM Studio folders;
+//! - folders the user adds in the config (`model_dirs`) and paths imported by reference.
+//!
+//! Everything it knows about a model comes from headers (GGUF header, safetensors header,
+//! `config.json`), so a scan of hundreds of models takes milliseconds. [`Library::scan`] is a
+//! plain function of the roots: the UI calls it on a background thread (see [`scan_in_background`])
+//! and again whenever a download finishes.
+
+mod delete;
+mod error;
+mod folders;
+pub mod gguf;
+mod hf_cache;
+pub mod human;
+mod imports;
+mod inspect;
+mod ollama;
+mod resolve;
+pub mod safetensors;
+mod support;
+mod verify;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+pub use delete::{DeletePlan, Removal};
+pub use error::LibraryError;
+pub use imports::{import, read_imports, ImportRecord};
+pub use support::{
+    estimate_memory, DEFAULT_CONTEXT, SUPPORTED_GGUF_ARCHS, SUPPORTED_SAFETENSORS_ARCHS,
+};
+pub use verify::{verify, FileCheck, FileVerdict, VerifyReport};
+
+/// Where to look for models. Every root is injectable so tests use temp folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryRoots {
+    /// The Hugging Face hub cache (`$HF_HOME/hub`): our own store.
+    pub hf_hub: PathBuf,
+    /// Ollama's models folder (holds `manifests/` and `blobs/`), if present.
+    pub ollama: Option<PathBuf>,
+    /// LM Studio model folders (`<root>/<publisher>/<repo>/*.gguf`).
+    pub lmstudio: Vec<PathBuf>,
+    /// Folders from the config's `model_dirs`.
+    pub extra: Vec<PathBuf>,
+    /// The JSON list of paths imported by reference.
+    pub imports_file: PathBuf,
+}
+
+impl LibraryRoots {
+    /// The roots for a user: the HF cache under `hf_home`, Ollama and LM Studio where they exist
+    /// (Ollama honours `$OLLAMA_MODELS`), the configured folders, and `data_dir/imports.json`.
+    pub fn detect(hf_home: &Path, data_dir: &Path, model_dirs: &[PathBuf]) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let ollama = std::env::var_os("OLLAMA_MODELS")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".ollama/models")))
+            .filter(|p| p.join("manifests").is_dir());
+        let lmstudio = home
+            .iter()
+            .flat_map(|h| [h.join(".lmstudio/models"), h.join(".cache/lm-studio/models")])
+            .filter(|p| p.is_dir())
+            .collect();
+        LibraryRoots {
+            hf_hub: hf_home.join("hub"),
+            ollama,
+            lmstudio,
+            extra: model_dirs.to_vec(),
+            imports_file: data_dir.join("imports.json"),
+        }
+    }
+
+    /// The roots for a CLI subcommand's context.
+    pub fn from_context(ctx: &crate::commands::Context) -> Self {
+        Self::detect(&ctx.hf_home, &ctx.data_dir, &ctx.model_dirs)
+    }
+}
+
+/// Which store a model was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    HfCache,
+    Ollama,
+    Lmstudio,
+    Folder,
+    Import,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::HfCache => "hf-cache",
+            Source::Ollama => "ollama",
+            Source::Lmstudio => "lmstudio",
+            Source::Folder => "folder",
+            Source::Import => "import",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Gguf,
+    Safetensors,
+}
+
+impl Format {
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Gguf => "gguf",
+            Format::Safetensors => "safetensors",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Generate,
+    Embedding,
+}
+
+/// Whether Influence's engine (candle 0.11.1) can run a model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Runnable {
+    Yes,
+    /// Runs, but these tensor types have no hand-written candle kernel and decode several times
+    /// slower per byte than Q4_0/Q8_0/K-quants.
+    SlowPath { types: Vec<String> },
+    No { reason: String },
+}
+
+impl Runnable {
+    pub fn can_run(&self) -> bool {
+        !matches!(self, Runnable::No { .. })
+    }
+    /// Short form for tables: `yes`, `slow`, `no`.
+    pub fn short(&self) -> &'static str {
+        match self {
+            Runnable::Yes => "yes",
+            Runnable::SlowPath { .. } => "slow",
+            Runnable::No { .. } => "no",
+        }
+    }
+}
+
+/// The hash a store recorded for a file, used by [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "algo", content = "hex", rename_all = "kebab-case")]
+pub enum FileHash {
+    Sha256(String),
+    /// Git blob sha1 (`"blob {len}\0" + content`): HF cache names non-LFS blobs this way.
+    GitSha1(String),
+}
+
+/// One file that belongs to a model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelFile {
+    /// The path as the store presents it (an HF snapshot entry, an Ollama blob, a plain file).
+    pub path: PathBuf,
+    /// Where the bytes are (the HF blob the snapshot symlink points to; else `path`).
+    pub blob: PathBuf,
+    /// Size in bytes; 0 when missing.
+    pub size: u64,
+    pub exists: bool,
+    pub hash: Option<FileHash>,
+    #[serde(serialize_with = "human::serialize_time")]
+    pub modified: Option<SystemTime>,
+}
+
+impl ModelFile {
+    /// Stats `blob` (following links) to fill in size, existence and time.
+    pub(crate) fn new(path: PathBuf, blob: PathBuf, hash: Option<FileHash>) -> Self {
+        let meta = std::fs::metadata(&blob).ok().filter(|m| m.is_file());
+        ModelFile {
+            path,
+            blob,
+            size: meta.as_ref().map_or(0, |m| m.len()),
+            exists: meta.is_some(),
+            hash,
+            modified: meta.and_then(|m| m.modified().ok()),
+        }
+    }
+}
+
+/// Facts read from the headers.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelInfo {
+    pub architecture: Option<String>,
+    /// `general.name` or the config's `_name_or_path`.
+    pub display_name: Option<String>,
+    pub parameters: Option<u64>,
+    /// Number of tensors per storage type (`Q4_1`: 210, `F32`: 61, ...).
+    pub tensor_types: BTreeMap<String, usize>,
+    /// The quantization label (`Q4_K_M`, `Q4_1`, `F16`, ...).
+    pub quant: Option<String>,
+    pub context_length: Option<u64>,
+    pub chat_template: bool,
+    pub layers: Option<u64>,
+    pub kv_heads: Option<u64>,
+    pub head_dim: Option<u64>,
+    /// Bytes the weights take once loaded by the engine.
+    pub weight_bytes: u64,
+    pub tensor_count: usize,
+}
+
+/// Where a model sits in its store; decides what `rm` may remove.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "store", rename_all = "kebab-case")]
+pub enum Location {
+    /// A snapshot in the HF cache. `only` is set when the snapshot holds several GGUF models and
+    /// this model is some of its files (relative paths inside the snapshot).
+    HfCache {
+        repo_dir: PathBuf,
+        commit: String,
+        only: Option<Vec<PathBuf>>,
+    },
+    Ollama { manifest: PathBuf },
+    Lmstudio,
+    Folder,
+    /// `record` is the path as written in the imports list.
+    Import { record: PathBuf },
+}
+
+/// A model found on disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Model {
+    /// Unique-ish display name: `org/name`, `org/name:Q4_1`, `org/name@abc1234`, `llama3.2:1b`.
+    pub name: String,
+    /// The repository part of the name (`org/name`), used by `org/name:QUANT` lookups.
+    pub repo: String,
+    /// The quant tag that tells this file apart from its siblings, if any.
+    pub quant_tag: Option<String>,
+    /// HF commit for cache models.
+    pub revision: Option<String>,
+    pub source: Source,
+    pub format: Format,
+    pub kind: ModelKind,
+    /// What the engine loads: the GGUF file (first shard), or the folder for safetensors.
+    pub load_path: PathBuf,
+    pub files: Vec<ModelFile>,
+    pub size_bytes: u64,
+    #[serde(serialize_with = "human::serialize_time")]
+    pub modified: Option<SystemTime>,
+    pub info: ModelInfo,
+    /// Why the model cannot be read, if it is truncated or corrupt.
+    pub broken: Option<String>,
+    pub runnable: Runnable,
+    /// Bytes of memory needed to run it with a [`DEFAULT_CONTEXT`]-token context.
+    pub memory_estimate: Option<u64>,
+    pub location: Location,
+}
+
+impl Model {
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// What a store knows about a model before its headers are read.
+pub(crate) struct Draft {
+    pub name: String,
+    pub repo: String,
+    pub quant_tag: Option<String>,
+    pub revision: Option<String>,
+    pub source: Source,
+    pub location: Location,
+    pub load_path: PathBuf,
+    pub files: Vec<ModelFile>,
+}
+
+impl Draft {
+    /// Reads the headers and assembles the model.
+    pub(crate) fn finish(self, ins: inspect::Inspection) -> Model {
+        let mut ins = ins;
+        if let Some(missing) = self.files.iter().find(|f| !f.exists) {
+            let what = format!(
+                "{} is missing ({}); download the model again",
+                inspect::file_name(&missing.path),
+                missing.blob.display()
+            );
+            ins.broken = Some(match ins.broken.take() {
+                Some(b) if !b.contains("cannot read") => format!("{what}; {b}"),
+                _ => what,
+            });
+        }
+        let mut seen = HashSet::new();
+        let size_bytes = self
+            .files
+            .iter()
+            .filter(|f| seen.insert(f.blob.clone()))
+            .map(|f| f.size)
+            .sum();
+        let modified = self.files.iter().filter_map(|f| f.modified).max();
+        let runnable = support::assess(&ins);
+        let memory_estimate = (ins.broken.is_none()).then(|| {
+            estimate_memory(&ins.info, ins.kind, ins.kv_value_bytes, DEFAULT_CONTEXT)
+        });
+        Model {
+            name: self.name,
+            repo: self.repo,
+            quant_tag: self.quant_tag,
+            revision: self.revision,
+            source: self.source,
+            format: ins.format,
+            kind: ins.kind,
+            load_path: self.load_path,
+            files: self.files,
+            size_bytes,
+            modified,
+            info: ins.info,
+            broken: ins.broken,
+            runnable,
+            memory_estimate,
+            location: self.location,
+        }
+    }
+}
+
+/// The result of a scan: every model found, plus problems met along the way (unreadable folders,
+/// bad manifests) that did not stop the scan.
+#[derive(Debug, Clone, Default)]
+pub struct Library {
+    models: Vec<Model>,
+    warnings: Vec<String>,
+    roots: Option<LibraryRoots>,
+}
+
+impl Library {
+    /// Lists every model under `roots`. Never fails: problems become broken models or warnings.
+    pub fn scan(roots: &LibraryRoots) -> Library {
+        let mut lib = Library {
+            models: Vec::new(),
+            warnings: Vec::new(),
+            roots: Some(roots.clone()),
+        };
+        hf_cache::scan(&roots.hf_hub, &mut lib.models, &mut lib.warnings);
+        if let Some(ollama) = &roots.ollama {
+            ollama::scan(ollama, &mut lib.models, &mut lib.warnings);
+        }
+        for root in &roots.lmstudio {
+            folders::scan_lmstudio(root, &mut lib.models, &mut lib.warnings);
+        }
+        for root in &roots.extra {
+            folders::scan_folder(root, Source::Folder, &mut lib.models, &mut lib.warnings);
+        }
+        match imports::read_imports(&roots.imports_file) {
+            Ok(list) => {
+                for rec in list {
+                    folders::scan_import(&rec.path, &mut lib.models, &mut lib.warnings);
+                }
+            }
+            Err(e) => lib.warnings.push(e.to_string()),
+        }
+        lib.dedupe();
+        lib.models.sort_by(|a, b| {
+            a.name
+                .to_lowercase()
+                .cmp(&b.name.to_lowercase())
+                .then(a.source.label().cmp(b.source.label()))
+        });
+        lib
+    }
+
+    /// The roots this library was scanned from.
+    pub fn roots(&self) -> Option<&LibraryRoots> {
+        self.roots.as_ref()
+    }
+
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Finds a model by path, `org/name`, `org/name:QUANT`, or a unique suffix of a name.
+    pub fn resolve(&self, name_or_path: &str) -> Result<&Model, LibraryError> {
+        resolve::resolve(&self.models, name_or_path)
+    }
+
+    /// What `rm` would remove for `model`; refuses models in another app's store.
+    pub fn delete_plan(&self, model: &Model) -> Result<DeletePlan, LibraryError> {
+        let imports_file = self.roots.as_ref().map(|r| r.imports_file.as_path());
+        delete::plan(model, imports_file)
+    }
+
+    /// The same file reachable from two roots (a model_dir inside the HF cache, an import of a
+    /// file LM Studio already lists) is listed once, from the first root that found it.
+    fn dedupe(&mut self) {
+        let mut seen = HashSet::new();
+        self.models.retain(|m| {
+            let key = std::fs::canonicalize(&m.load_path).unwrap_or_else(|_| m.load_path.clone());
+            seen.insert(key)
+        });
+    }
+}
+
+/// Runs [`Library::scan`] on its own thread and hands the result to `done` (which typically sends
+/// a message to the UI loop). Call it again after a download finishes.
+pub fn scan_in_background(
+    roots: LibraryRoots,
+    done: impl FnOnce(Library) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("library-scan".into())
+        .spawn(move || done(Library::scan(&roots)))
+}

@@ -1,0 +1,142 @@
+//! `influence show MODEL [--json]`: everything the library knows about one model.
+
+use std::fmt::Write as _;
+
+use crate::commands::Context;
+use crate::library::{human, Library, LibraryRoots, Model, ModelKind, Runnable, DEFAULT_CONTEXT};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShowArgs {
+    /// A name (`org/name`, `org/name:QUANT`, a unique suffix) or a path.
+    pub model: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ShowArgs, ctx: &Context) -> anyhow::Result<()> {
+    let library = Library::scan(&LibraryRoots::from_context(ctx));
+    let model = library.resolve(&args.model)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(model)?);
+    } else {
+        print!("{}", render_details(model));
+    }
+    Ok(())
+}
+
+/// The `show` text: one `key: value` line per fact, then the files.
+pub fn render_details(m: &Model) -> String {
+    let mut s = String::new();
+    let unknown = || "unknown".to_string();
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(s, "{:<14} {v}", format!("{k}:"));
+    };
+    kv("Name", m.name.clone());
+    if let Some(d) = &m.info.display_name {
+        kv("Title", d.clone());
+    }
+    kv("Source", m.source.label().into());
+    if let Some(rev) = &m.revision {
+        kv("Revision", rev.clone());
+    }
+    kv("Format", m.format.label().into());
+    kv(
+        "Kind",
+        match m.kind {
+            ModelKind::Generate => "text generation".into(),
+            ModelKind::Embedding => "embeddings".into(),
+        },
+    );
+    kv(
+        "Architecture",
+        m.info.architecture.clone().unwrap_or_else(unknown),
+    );
+    kv(
+        "Parameters",
+        m.info
+            .parameters
+            .map_or_else(unknown, |p| format!("{} ({})", human::params(p), thousands(p))),
+    );
+    kv("Quant", m.info.quant.clone().unwrap_or_else(unknown));
+    if !m.info.tensor_types.is_empty() {
+        let types: Vec<String> = m
+            .info
+            .tensor_types
+            .iter()
+            .map(|(t, n)| format!("{t} x{n}"))
+            .collect();
+        kv(
+            "Tensors",
+            format!("{} ({})", m.info.tensor_count, types.join(", ")),
+        );
+    }
+    kv(
+        "Context",
+        m.info
+            .context_length
+            .map_or_else(unknown, |c| format!("{c} tokens")),
+    );
+    if let (Some(l), Some(h), Some(d)) = (m.info.layers, m.info.kv_heads, m.info.head_dim) {
+        kv("Layers", format!("{l} (KV heads {h}, head dim {d})"));
+    }
+    kv(
+        "Chat template",
+        if m.info.chat_template { "yes" } else { "no" }.into(),
+    );
+    kv(
+        "Size",
+        format!("{} in {} files", human::bytes(m.size_bytes), m.file_count()),
+    );
+    if let Some(t) = human::time(m.modified) {
+        kv("Modified", t);
+    }
+    kv(
+        "Runnable",
+        match &m.runnable {
+            Runnable::Yes => "yes".into(),
+            Runnable::SlowPath { types } => format!(
+                "yes, slow path: {} has no fast kernel in the engine (a Q4_K_M, Q8_0 or Q4_0 file decodes faster)",
+                types.join(", ")
+            ),
+            Runnable::No { reason } => format!("no: {reason}"),
+        },
+    );
+    if let Some(mem) = m.memory_estimate {
+        let ctx = m
+            .info
+            .context_length
+            .map_or(DEFAULT_CONTEXT, |c| c.min(DEFAULT_CONTEXT));
+        kv(
+            "Memory",
+            format!("about {} with a {ctx}-token context", human::bytes(mem)),
+        );
+    }
+    if let Some(b) = &m.broken {
+        kv("Broken", b.clone());
+    }
+    kv("Load path", m.load_path.display().to_string());
+    let _ = writeln!(s, "Files:");
+    for f in &m.files {
+        let state = if f.exists { "" } else { "  (missing)" };
+        let _ = writeln!(
+            s,
+            "  {:>10}  {}{state}",
+            human::bytes(f.size),
+            f.path.display()
+        );
+    }
+    s
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,451 @@
+//! GGUF header reader: metadata and tensor infos only, never tensor data.
+//!
+//! We read the header ourselves instead of calling `candle_core::quantized::gguf_file::Content::read`
+//! for two reasons: candle rejects any tensor type it cannot compute (IQ*, TQ*, MXFP4), and the
+//! library must still list those files and say *why* they cannot run; and candle materialises every
+//! metadata array (a 150k-entry vocabulary is 150k heap strings), while an inventory only needs a
+//! few scalar keys, so arrays are skipped with a seek. A unit test checks both readers agree on a
+//! real file.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+/// Hard caps so a corrupt header cannot make us allocate gigabytes.
+const MAX_STRING: u64 = 1 << 24;
+const MAX_COUNT: u64 = 1 << 24;
+const MAX_DIMS: u32 = 8;
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// A ggml tensor type as stored in the file, known or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GgmlType(pub u32);
+
+impl GgmlType {
+    /// The name llama.cpp uses (`Q4_K`, `IQ2_XS`, ...), or `TYPE_<n>` for ids we do not know.
+    pub fn name(self) -> String {
+        match self.layout() {
+            Some((name, _, _)) => name.to_string(),
+            None => format!("TYPE_{}", self.0),
+        }
+    }
+
+    /// (name, elements per block, bytes per block), from ggml's type traits.
+    fn layout(self) -> Option<(&'static str, u64, u64)> {
+        Some(match self.0 {
+            0 => ("F32", 1, 4),
+            1 => ("F16", 1, 2),
+            2 => ("Q4_0", 32, 18),
+            3 => ("Q4_1", 32, 20),
+            6 => ("Q5_0", 32, 22),
+            7 => ("Q5_1", 32, 24),
+            8 => ("Q8_0", 32, 34),
+            9 => ("Q8_1", 32, 36),
+            10 => ("Q2_K", 256, 84),
+            11 => ("Q3_K", 256, 110),
+            12 => ("Q4_K", 256, 144),
+            13 => ("Q5_K", 256, 176),
+            14 => ("Q6_K", 256, 210),
+            15 => ("Q8_K", 256, 292),
+            16 => ("IQ2_XXS", 256, 66),
+            17 => ("IQ2_XS", 256, 74),
+            18 => ("IQ3_XXS", 256, 98),
+            19 => ("IQ1_S", 256, 50),
+            20 => ("IQ4_NL", 32, 18),
+            21 => ("IQ3_S", 256, 110),
+            22 => ("IQ2_S", 256, 82),
+            23 => ("IQ4_XS", 256, 136),
+            24 => ("I8", 1, 1),
+            25 => ("I16", 1, 2),
+            26 => ("I32", 1, 4),
+            27 => ("I64", 1, 8),
+            28 => ("F64", 1, 8),
+            29 => ("IQ1_M", 256, 56),
+            30 => ("BF16", 1, 2),
+            34 => ("TQ1_0", 256, 54),
+            35 => ("TQ2_0", 256, 66),
+            39 => ("MXFP4", 32, 17),
+            _ => return None,
+        })
+    }
+
+    /// Bytes used by `elements` values of this type, if the type is known.
+    pub fn bytes_for(self, elements: u64) -> Option<u64> {
+        let (_, block, size) = self.layout()?;
+        Some(elements.div_ceil(block) * size)
+    }
+
+    /// True for types candle 0.11.1 can load (`GgmlDType::from_u32` accepts them).
+    pub fn candle_loads(self) -> bool {
+        matches!(self.0, 0..=3 | 6..=15 | 30)
+    }
+
+    /// Types candle computes with generic code only (no hand-written kernel): much slower.
+    pub fn candle_slow_path(self) -> bool {
+        matches!(self.0, 3 | 6 | 7)
+    }
+
+    /// Unquantized float types.
+    pub fn is_float(self) -> bool {
+        matches!(self.0, 0 | 1 | 28 | 30)
+    }
+}
+
+/// A metadata value we keep. Arrays are not kept, only their length.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Array { len: u64 },
+}
+
+impl MetaValue {
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            MetaValue::Int(v) => u64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Dimensions in GGUF order (innermost first), as stored.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// Offset relative to the start of the tensor data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    pub fn elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// What a GGUF header says.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: BTreeMap<String, MetaValue>,
+    pub tensors: Vec<TensorInfo>,
+    /// Absolute file offset where tensor data starts.
+    pub data_offset: u64,
+    pub file_size: u64,
+}
+
+impl GgufHeader {
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
+    pub fn architecture(&self) -> Option<&str> {
+        self.get("general.architecture").and_then(MetaValue::as_str)
+    }
+
+    /// `<arch>.<key>` as an unsigned integer.
+    pub fn arch_u64(&self, key: &str) -> Option<u64> {
+        let arch = self.architecture()?;
+        self.get(&format!("{arch}.{key}")).and_then(MetaValue::as_u64)
+    }
+
+    /// Absolute offset where the last tensor's data ends; `None` if a tensor has an unknown type.
+    pub fn data_end(&self) -> Option<u64> {
+        let mut end = self.data_offset;
+        for t in &self.tensors {
+            let bytes = t.ty.bytes_for(t.elements())?;
+            end = end.max(self.data_offset.saturating_add(t.offset).saturating_add(bytes));
+        }
+        Some(end)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a GGUF file (magic {0:02x?}, expected \"GGUF\")")]
+    BadMagic([u8; 4]),
+    #[error("unsupported GGUF version {0} (this reader knows 2 and 3)")]
+    BadVersion(u32),
+    #[error("header is cut short: the file ends inside the {0} (the download is probably incomplete)")]
+    Truncated(&'static str),
+    #[error("header is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Reads the header of the GGUF file at `path`.
+pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
+    let io = |source| GgufError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let file_size = file.metadata().map_err(io)?.len();
+    let mut r = Reader {
+        inner: BufReader::with_capacity(64 * 1024, file),
+        section: "file header",
+        path: path.display().to_string(),
+    };
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != b"GGUF" {
+        return Err(GgufError::BadMagic(magic));
+    }
+    let version = r.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::BadVersion(version));
+    }
+    let tensor_count = r.u64()?;
+    let kv_count = r.u64()?;
+    if tensor_count > MAX_COUNT || kv_count > MAX_COUNT {
+        return Err(GgufError::Corrupt(format!(
+            "{tensor_count} tensors and {kv_count} metadata entries declared"
+        )));
+    }
+    r.section = "metadata";
+    let mut metadata = BTreeMap::new();
+    for _ in 0..kv_count {
+        let key = r.string()?;
+        let ty = r.u32()?;
+        let value = r.value(ty, 0)?;
+        metadata.insert(key, value);
+    }
+    r.section = "tensor list";
+    let mut tensors = Vec::with_capacity(tensor_count as usize);
+    for _ in 0..tensor_count {
+        let name = r.string()?;
+        let n_dims = r.u32()?;
+        if n_dims > MAX_DIMS {
+            return Err(GgufError::Corrupt(format!(
+                "tensor {name} has {n_dims} dimensions"
+            )));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(r.u64()?);
+        }
+        let ty = GgmlType(r.u32()?);
+        let offset = r.u64()?;
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+        });
+    }
+    let position = r.inner.stream_position().map_err(io)?;
+    let alignment = metadata
+        .get("general.alignment")
+        .and_then(MetaValue::as_u64)
+        .filter(|a| *a > 0)
+        .unwrap_or(DEFAULT_ALIGNMENT);
+    Ok(GgufHeader {
+        version,
+        metadata,
+        tensors,
+        data_offset: position.div_ceil(alignment) * alignment,
+        file_size,
+    })
+}
+
+struct Reader<R> {
+    inner: BufReader<R>,
+    section: &'static str,
+    path: String,
+}
+
+impl<R: Read + Seek> Reader<R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
+        self.inner.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                GgufError::Truncated(self.section)
+            } else {
+                GgufError::Io {
+                    path: self.path.clone(),
+                    source: e,
+                }
+            }
+        })
+    }
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        let mut b = [0u8; N];
+        self.read_exact(&mut b)?;
+        Ok(b)
+    }
+    fn u32(&mut self) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+    fn u64(&mut self) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
+        let n = i64::try_from(n).map_err(|_| GgufError::Corrupt("skip too large".into()))?;
+        self.inner.seek_relative(n).map_err(|e| GgufError::Io {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+    fn string(&mut self) -> Result<String, GgufError> {
+        let len = self.u64()?;
+        if len > MAX_STRING {
+            return Err(GgufError::Corrupt(format!(
+                "a string in the {} claims {len} bytes",
+                self.section
+            )));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.read_exact(&mut v)?;
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Reads one metadata value of GGUF value type `ty`; arrays are skipped.
+    fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, GgufError> {
+        Ok(match ty {
+            0 => MetaValue::Int(self.bytes::<1>()?[0].into()),
+            1 => MetaValue::Int((self.bytes::<1>()?[0] as i8).into()),
+            2 => MetaValue::Int(u16::from_le_bytes(self.bytes()?).into()),
+            3 => MetaValue::Int(i16::from_le_bytes(self.bytes()?).into()),
+            4 => MetaValue::Int(u32::from_le_bytes(self.bytes()?).into()),
+            5 => MetaValue::Int(i32::from_le_bytes(self.bytes()?).into()),
+            6 => MetaValue::Float(f32::from_le_bytes(self.bytes()?).into()),
+            7 => MetaValue::Bool(self.bytes::<1>()?[0] != 0),
+            8 => MetaValue::Str(self.string()?),
+            9 => {
+                if depth > 4 {
+                    return Err(GgufError::Corrupt("arrays nested too deeply".into()));
+                }
+                let elem = self.u32()?;
+                let len = self.u64()?;
+                if len > MAX_COUNT * 16 {
+                    return Err(GgufError::Corrupt(format!("an array claims {len} elements")));
+                }
+                match fixed_size(elem) {
+                    Some(size) => self.skip(len * size)?,
+                    None => {
+                        for _ in 0..len {
+                            match elem {
+                                8 => {
+                                    let n = self.u64()?;
+                                    if n > MAX_STRING {
+                                        return Err(GgufError::Corrupt(format!(
+                                            "a string in the {} claims {n} bytes",
+                                            self.section
+                                        )));
+                                    }
+                                    self.skip(n)?
+                                }
+                                _ => {
+                                    self.value(elem, depth + 1)?;
+                                }
+                            }
+                        }
+                    }
+                }
+                MetaValue::Array { len }
+            }
+            10 => MetaValue::Int(u64::from_le_bytes(self.bytes()?).into()),
+            11 => MetaValue::Int(i64::from_le_bytes(self.bytes()?).into()),
+            12 => MetaValue::Float(f64::from_le_bytes(self.bytes()?)),
+            other => {
+                return Err(GgufError::Corrupt(format!(
+                    "unknown metadata value type {other}"
+                )))
+            }
+        })
+    }
+}
+
+fn fixed_size(ty: u32) -> Option<u64> {
+    match ty {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file;
+
+    fn smollm2() -> std::path::PathBuf {
+        let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                    .join(".cache/influence-test-models")
+            });
+        let p = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(
+            p.is_file(),
+            "missing test model {}: run scripts/fetch-test-models.sh",
+            p.display()
+        );
+        p
+    }
+
+    /// Our reader must agree with candle's on a real file: same tensors, types, shapes, offsets,
+    /// and the same start of tensor data.
+    #[test]
+    fn header_matches_candles_reader_on_smollm2() {
+        let path = smollm2();
+        let ours = read_header(&path).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let theirs = gguf_file::Content::read(&mut f).unwrap();
+        assert_eq!(ours.data_offset, theirs.tensor_data_offset);
+        assert_eq!(ours.tensors.len(), theirs.tensor_infos.len());
+        for t in &ours.tensors {
+            let c = &theirs.tensor_infos[&t.name];
+            assert_eq!(t.offset, c.offset, "{}", t.name);
+            assert_eq!(t.ty.name(), format!("{:?}", c.ggml_dtype).replace('K', "_K"), "{}", t.name);
+            let mut dims: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+            dims.reverse();
+            assert_eq!(dims, c.shape.dims(), "{}", t.name);
+            let candle_bytes =
+                c.shape.elem_count() / c.ggml_dtype.block_size() * c.ggml_dtype.type_size();
+            assert_eq!(t.ty.bytes_for(t.elements()), Some(candle_bytes as u64));
+        }
+        assert_eq!(ours.metadata.len(), theirs.metadata.len());
+        assert_eq!(ours.architecture(), Some("llama"));
+        assert_eq!(ours.arch_u64("context_length"), Some(8192));
+        let params: u64 = ours.tensors.iter().map(TensorInfo::elements).sum();
+        assert_eq!(params, 134_515_008);
+        assert_eq!(ours.data_end(), Some(ours.file_size));
+    }
+
+    #[test]
+    fn garbage_and_cut_headers_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.gguf");
+        std::fs::write(&bad, b"NOTAGGUFFILE").unwrap();
+        assert!(matches!(read_header(&bad), Err(GgufError::BadMagic(_))));
+
+        let bytes = std::fs::read(smollm2()).unwrap();
+        for cut in [3usize, 10, 30, 5000, 1_000_000] {
+            std::fs::write(&bad, &bytes[..cut]).unwrap();
+            match read_header(&bad) {
+                Err(GgufError::Truncated(_)) => {}
+                other => panic!("cut at {cut}: expected Truncated, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Can Influence's engine (candle 0.11.1) run a model, and how much memory will it take?
+
+use super::inspect::Inspection;
+use super::{Format, ModelInfo, ModelKind, Runnable};
+
+/// GGUF architectures the engine has a quantized model for (Mistral GGUFs say `llama`).
+pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+
+/// safetensors `model_type`s the engine loads (plus BERT-family embedding models).
+pub const SUPPORTED_SAFETENSORS_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "phi3"];
+
+/// Embedding architectures the engine loads from safetensors.
+const SUPPORTED_EMBEDDING_ARCHS: &[&str] = &["bert"];
+
+/// The context the memory estimate assumes (or the model's own limit, if smaller).
+pub const DEFAULT_CONTEXT: u64 = 4096;
+
+pub(crate) fn assess(ins: &Inspection) -> Runnable {
+    if let Some(reason) = &ins.broken {
+        return Runnable::No {
+            reason: format!("the files are damaged: {reason}"),
+        };
+    }
+    let arch = ins.info.architecture.as_deref().unwrap_or("");
+    match ins.format {
+        Format::Gguf => {
+            let unsupported: Vec<String> = ins
+                .gguf_types
+                .iter()
+                .filter(|t| !t.candle_loads())
+                .map(|t| t.name())
+                .collect();
+            if !unsupported.is_empty() {
+                return Runnable::No {
+                    reason: format!(
+                        "uses {} tensors, which the engine cannot compute; pick a Q4_K_M, Q8_0 or Q4_0 file instead",
+                        unsupported.join(", ")
+                    ),
+                };
+            }
+            if ins.kind == ModelKind::Embedding {
+                return Runnable::No {
+                    reason: format!(
+                        "{arch} embedding models run from safetensors only; use the safetensors version of this model"
+                    ),
+                };
+            }
+            if !SUPPORTED_GGUF_ARCHS.contains(&arch) {
+                return Runnable::No {
+                    reason: format!(
+                        "architecture \"{arch}\" is not supported (GGUF: {})",
+                        SUPPORTED_GGUF_ARCHS.join(", ")
+                    ),
+                };
+            }
+            let slow: Vec<String> = ins
+                .gguf_types
+                .iter()
+                .filter(|t| t.candle_slow_path())
+                .map(|t| t.name())
+                .collect();
+            if slow.is_empty() {
+                Runnable::Yes
+            } else {
+                Runnable::SlowPath { types: slow }
+            }
+        }
+        Format::Safetensors => {
+            let supported = if ins.kind == ModelKind::Embedding {
+                SUPPORTED_EMBEDDING_ARCHS.contains(&arch)
+            } else {
+                SUPPORTED_SAFETENSORS_ARCHS.contains(&arch)
+            };
+            if !supported {
+                let list: Vec<&str> = SUPPORTED_SAFETENSORS_ARCHS
+                    .iter()
+                    .chain(SUPPORTED_EMBEDDING_ARCHS)
+                    .copied()
+                    .collect();
+                return Runnable::No {
+                    reason: if arch.is_empty() {
+                        "no config.json says which architecture this is".to_string()
+                    } else {
+                        format!(
+                            "architecture \"{arch}\" is not supported (safetensors: {})",
+                            list.join(", ")
+                        )
+                    },
+                };
+            }
+            let bad: Vec<&str> = ins
+                .st_dtypes
+                .iter()
+                .map(String::as_str)
+                .filter(|d| {
+                    !matches!(*d, "F32" | "F16" | "BF16" | "I64" | "I32")
+                })
+                .collect();
+            if !bad.is_empty() {
+                return Runnable::No {
+                    reason: format!(
+                        "weights stored as {} (quantized safetensors); the engine loads F32/F16/BF16 only",
+                        bad.join(", ")
+                    ),
+                };
+            }
+            Runnable::Yes
+        }
+    }
+}
+
+/// Bytes needed to run a model: weights + KV cache for `context` tokens + ~10% overhead.
+/// KV cache per token = 2 (K and V) × layers × kv_heads × head_dim × bytes per value.
+/// Embedding models (encoders) keep no KV cache.
+pub fn estimate_memory(info: &ModelInfo, kind: ModelKind, kv_value_bytes: u64, context: u64) -> u64 {
+    let ctx = info.context_length.map_or(context, |c| c.min(context));
+    let kv = match (kind, info.layers, info.kv_heads, info.head_dim) {
+        (ModelKind::Generate, Some(l), Some(h), Some(d)) => 2 * l * h * d * kv_value_bytes * ctx,
+        _ => 0,
+    };
+    let total = info.weight_bytes + kv;
+    total + total / 10
+}
