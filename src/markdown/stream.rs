@@ -1,0 +1,287 @@
+//! Newline-gated markdown collector for the message being streamed.
+//!
+//! `push` only buffers until a delta brings a newline. Then the uncommitted source up to the
+//! last newline is parsed, and every top-level block that a later line can no longer change
+//! is committed: all blocks but the last (CommonMark never reopens a closed block), plus the
+//! finished lines of a top-level fenced code block that is still open (its highlighter state
+//! is kept, so those lines are never highlighted twice). Two things can still change a closed
+//! block's rendering, and both are handled:
+//!
+//! - link reference definitions apply document-wide: definitions found in committed text are
+//!   replayed in front of every later parse, and a block holding an unresolved `[label]` is
+//!   held back (with everything after it) until a definition resolves it or the message ends;
+//! - the separator before a block depends on whether one precedes it, which is passed in.
+//!
+//! The result: after `finish`, `committed()` equals `render(source)` exactly, committed lines
+//! never change, and each commit re-renders only the open block.
+
+use ratatui::text::Line;
+
+use super::render::{render_blocks, CodeResume, RenderOptions};
+use super::MarkdownStyles;
+
+#[derive(Debug, Clone)]
+pub struct MarkdownStream {
+    styles: MarkdownStyles,
+    source: String,
+    committed: Vec<Line<'static>>,
+    /// Start of the uncommitted source; always the start of a line.
+    pending: usize,
+    /// Some block was committed before `pending`.
+    any_block: bool,
+    /// The block at `pending` is an open fenced code block with some lines committed.
+    code: Option<CodeResume>,
+    /// Source of link reference definitions found in committed text, replayed before parses.
+    definitions: String,
+    finished: bool,
+}
+
+impl MarkdownStream {
+    pub fn new(styles: MarkdownStyles) -> Self {
+        Self {
+            styles,
+            source: String::new(),
+            committed: Vec::new(),
+            pending: 0,
+            any_block: false,
+            code: None,
+            definitions: String::new(),
+            finished: false,
+        }
+    }
+
+    /// Appends a delta. Work happens only when the delta contains a newline, and then only on
+    /// the uncommitted part of the message. Deltas pushed after `finish` are ignored: start a
+    /// new stream (e.g. to continue a message, push its text into a fresh one).
+    pub fn push(&mut self, delta: &str) {
+        if self.finished || delta.is_empty() {
+            return;
+        }
+        self.source.push_str(delta);
+        if delta.contains('\n') {
+            let end = self.source.rfind('\n').map_or(0, |i| i + 1);
+            if end > self.pending {
+                self.commit(end, false);
+            }
+        }
+    }
+
+    /// Lines that will never change.
+    pub fn committed(&self) -> &[Line<'static>] {
+        &self.committed
+    }
+
+    /// The not-yet-committed part rendered as it would look if the message ended now. Does not
+    /// change the stream; draw it below `committed()` and do not cache it.
+    pub fn tail_lines(&self) -> Vec<Line<'static>> {
+        if self.finished || self.pending >= self.source.len() {
+            return Vec::new();
+        }
+        let input = self.parse_input(self.source.len());
+        let opts = RenderOptions {
+            leading_separator: self.any_block,
+            resume: self.code.as_ref(),
+        };
+        render_blocks(&input, &self.styles, &opts)
+            .blocks
+            .into_iter()
+            .flat_map(|b| b.lines)
+            .collect()
+    }
+
+    /// Commits everything; afterwards `committed()` equals `render(self.source())`.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        if self.pending < self.source.len() {
+            self.commit(self.source.len(), true);
+        }
+        self.finished = true;
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    fn parse_input(&self, end: usize) -> String {
+        let mut input = String::with_capacity(self.definitions.len() + end - self.pending);
+        input.push_str(&self.definitions);
+        input.push_str(&self.source[self.pending..end]);
+        input
+    }
+
+    fn commit(&mut self, end: usize, all: bool) {
+        let shift = self.definitions.len();
+        let input = self.parse_input(end);
+        let rendered = {
+            let opts = RenderOptions {
+                leading_separator: self.any_block,
+                resume: self.code.as_ref(),
+            };
+            render_blocks(&input, &self.styles, &opts)
+        };
+        let blocks = rendered.blocks;
+        let region = &input[shift..];
+        let line_start = |pos: usize| -> usize {
+            let rel = pos.saturating_sub(shift).min(region.len());
+            region[..rel].rfind('\n').map_or(0, |i| i + 1)
+        };
+
+        // Closed blocks, up to the first one a later definition could still change.
+        let mut take = if all {
+            blocks.len()
+        } else {
+            blocks
+                .iter()
+                .take(blocks.len().saturating_sub(1))
+                .take_while(|b| !b.unresolved_reference)
+                .count()
+        };
+        // The next parse starts at a line start; never split a line between two blocks.
+        while !all && take > 0 && take < blocks.len() {
+            if line_start(blocks[take].range.start) + shift >= blocks[take - 1].range.end {
+                break;
+            }
+            take -= 1;
+        }
+        let open_code = !all
+            && take + 1 == blocks.len()
+            && blocks[take].code.is_some()
+            && !blocks[take].unresolved_reference;
+
+        let new_pending_rel = if all {
+            region.len()
+        } else if take < blocks.len() {
+            line_start(blocks[take].range.start)
+        } else {
+            0
+        };
+        if take == 0 && !open_code {
+            return;
+        }
+
+        for (start, end_) in rendered
+            .definitions
+            .iter()
+            .map(|r| (r.start, r.end))
+            .filter(|(s, _)| *s >= shift && *s - shift < new_pending_rel)
+        {
+            self.definitions.push_str(&input[start..end_]);
+            self.definitions.push_str("\n\n");
+        }
+
+        let mut blocks = blocks.into_iter();
+        for block in blocks.by_ref().take(take) {
+            self.committed.extend(block.lines);
+            self.any_block = true;
+            self.code = None;
+        }
+        if open_code {
+            if let Some(block) = blocks.next() {
+                if !block.lines.is_empty() {
+                    self.any_block = true;
+                }
+                self.committed.extend(block.lines);
+                self.code = block.code;
+            }
+        }
+        self.pending += new_pending_rel;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::markdown::render;
+
+    fn streamed(text: &str, chunks: &[usize]) -> (Vec<Line<'static>>, MarkdownStream) {
+        let mut s = MarkdownStream::new(MarkdownStyles::dark());
+        let mut pos = 0;
+        for &c in chunks {
+            let mut end = (pos + c).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            s.push(&text[pos..end]);
+            pos = end;
+        }
+        s.push(&text[pos..]);
+        s.finish();
+        (s.committed().to_vec(), s)
+    }
+
+    #[test]
+    fn committed_lines_wait_for_a_newline() {
+        let mut s = MarkdownStream::new(MarkdownStyles::dark());
+        s.push("# Title");
+        assert!(s.committed().is_empty());
+        assert_eq!(s.tail_lines().len(), 1);
+        s.push("\n\nSecond para");
+        // The heading is closed by the paragraph's start only once that line is complete.
+        assert!(s.committed().is_empty());
+        s.push(" goes on\n\nthird");
+        assert_eq!(s.committed().len(), 1, "{:?}", s.committed());
+        s.finish();
+        assert_eq!(
+            s.committed(),
+            render("# Title\n\nSecond para goes on\n\nthird", &MarkdownStyles::dark())
+        );
+    }
+
+    #[test]
+    fn open_code_fence_commits_line_by_line() {
+        let mut s = MarkdownStream::new(MarkdownStyles::dark());
+        s.push("Intro\n\n```rust\nfn a() {}\n");
+        // Intro + separator + label + first code line.
+        assert_eq!(s.committed().len(), 4, "{:?}", s.committed());
+        s.push("let b = 2;\n");
+        assert_eq!(s.committed().len(), 5);
+        assert!(s.tail_lines().is_empty());
+        s.push("```\n\nafter");
+        s.finish();
+        let full = render(
+            "Intro\n\n```rust\nfn a() {}\nlet b = 2;\n```\n\nafter",
+            &MarkdownStyles::dark(),
+        );
+        assert_eq!(s.committed(), full);
+    }
+
+    #[test]
+    fn late_reference_definition_is_honoured() {
+        let text = "See [the docs][d] now.\n\nMore text.\n\nEven more.\n\n[d]: https://example.com\n";
+        for step in 1..8 {
+            let chunks = vec![step; text.len() / step + 1];
+            let (got, _) = streamed(text, &chunks);
+            assert_eq!(got, render(text, &MarkdownStyles::dark()), "step {step}");
+        }
+    }
+
+    #[test]
+    fn definitions_in_committed_text_still_resolve_later_links() {
+        let text = "[d]: https://example.com\n\nfirst\n\nsecond\n\nthird [x][d]\n\nlast\n";
+        let (got, _) = streamed(text, &[1; 200]);
+        assert_eq!(got, render(text, &MarkdownStyles::dark()));
+        let joined: String = got
+            .iter()
+            .flat_map(|l| l.spans.iter().map(|s| s.content.to_string()))
+            .collect();
+        assert!(joined.contains("(https://example.com)"), "{joined}");
+    }
+
+    #[test]
+    fn push_after_finish_is_ignored_and_finish_is_idempotent() {
+        let mut s = MarkdownStream::new(MarkdownStyles::dark());
+        s.push("a\n\nb");
+        s.finish();
+        let before = s.committed().to_vec();
+        s.push("more\n");
+        s.finish();
+        assert_eq!(s.committed(), before);
+        assert!(s.tail_lines().is_empty());
+    }
+}

@@ -1,0 +1,180 @@
+//! Streaming equals full rendering, for any split; style snapshots of the presets.
+
+use proptest::prelude::*;
+use ratatui::text::Line;
+
+use super::{render, wrap_lines, MarkdownStream, MarkdownStyles};
+
+const CORPUS: &[&str] = &[
+    // Headings, emphasis, links, a table and code in two languages.
+    "# Rust ownership 🦀\n\nOwnership has **three** rules, see [the book](https://doc.rust-lang.org/book/) \
+or <https://rust-lang.org>.\n\n## Rules\n\n1. Each value has an *owner*.\n2. One owner at a time.\n   \
+Continued line.\n3. Dropped at scope end.\n\n| Rule | 説明 | ok |\n|:-----|:----:|---:|\n| move | 所有権の移動 | ✅ |\n\
+| borrow | `&T` | 👍🏽 |\n\n```rust\nfn main() {\n    let s = String::from(\"hi\");\n    takes(s);\n}\n```\n\n\
+```python\ndef f(x):\n    return x * 2  # 二倍\n```\n\nDone.",
+    // Nested lists, tasks, quotes with code inside.
+    "- top\n  - nested **bold**\n    - deeper `code`\n  - back\n- [ ] task open\n- [x] task done\n\n\
+> A quote with *emphasis*\n> spanning lines\n>\n> > nested quote\n>\n> ```\n> quoted code\n> ```\n\n\
+Paragraph after.\n",
+    // Unknown language, tildes, an unclosed fence at the end with blank lines inside.
+    "Intro text\nsoft broken.\n\n~~~zig\nconst x = 1;\n~~~\n\n```unknown-lang\nwhatever {{ }}\n\n\nmore\n```\n\n\
+Text between.\n\n```js\nconsole.log('open fence');\n\nlet a = `tpl`;\n\n",
+    // Loose list, rule, setext heading, html, hard break, strikethrough.
+    "Title\n=====\n\n* item one\n\n* item two\n\n  second para of two\n\n* item three\n\n---\n\n\
+<div>\nhtml block\n</div>\n\nline with hard break  \nnext ~~gone~~ here\n\nSub\n---\n\nend",
+    // Reference links defined after use, broken brackets, CJK and emoji sequences.
+    "See [the guide][g] and [missing] and arr[0].\n\n中文段落，包含全角字符。\n\n\
+👨‍👩‍👧‍👦 family, 🇯🇵 flag, e\u{301} accent.\n\n[g]: https://example.com/guide \"Guide\"\n\nAfter defs [g].\n",
+    // Ordered list starting at 7, code inside a list item, table without trailing pipes.
+    "7. seven\n8. eight\n\n   ```sh\n   echo hi\n   ```\n9. nine\n\na | b\n--|--\n1 | 2\n3 | 4\n\n\
+    indented code block\n    second line\n\nfinal paragraph with trailing spaces   ",
+    // A table that arrives row by row after a paragraph, then an emoji heading.
+    "Lead-in paragraph\n\n| h1 | h2 |\n| --- | --- |\n| a | b |\n| c | d |\n\n### 🎉 Party\n\nbye\n",
+    // Fence that ends the message unclosed, with a long line.
+    "```rust\nfn long() { let v = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]; }\n// trailing",
+];
+
+fn stream_with_splits(text: &str, cuts: &[usize], styles: &MarkdownStyles) -> Vec<Line<'static>> {
+    let mut s = MarkdownStream::new(styles.clone());
+    let mut committed_so_far: Vec<Line<'static>> = Vec::new();
+    let mut pos = 0;
+    for &cut in cuts {
+        let mut end = cut.min(text.len()).max(pos);
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        s.push(&text[pos..end]);
+        pos = end;
+        // Committed lines never change once committed.
+        assert!(
+            s.committed().starts_with(&committed_so_far),
+            "committed lines changed after pushing up to byte {pos}"
+        );
+        committed_so_far = s.committed().to_vec();
+        // What the pane shows is always exactly the render of what has arrived.
+        let mut shown = s.committed().to_vec();
+        shown.extend(s.tail_lines());
+        assert_eq!(
+            shown,
+            render(&text[..pos], styles),
+            "committed + tail differs from render after {pos} bytes"
+        );
+    }
+    s.push(&text[pos..]);
+    s.finish();
+    assert!(s.committed().starts_with(&committed_so_far));
+    s.committed().to_vec()
+}
+
+#[test]
+fn streamed_equals_full_at_every_char_boundary() {
+    let styles = MarkdownStyles::dark();
+    for text in CORPUS {
+        let full = render(text, &styles);
+        let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).skip(1).collect();
+        // One push per char: every boundary, including inside emoji ZWJ sequences, flags,
+        // combining accents and fence markers, is a split point.
+        let got = stream_with_splits(text, &boundaries, &styles);
+        assert_eq!(got, full, "mismatch for corpus entry starting {:?}", &text[..20]);
+    }
+}
+
+#[test]
+fn streamed_equals_full_for_line_sized_chunks() {
+    let styles = MarkdownStyles::light();
+    for text in CORPUS {
+        let cuts: Vec<usize> = text.match_indices('\n').map(|(i, _)| i + 1).collect();
+        assert_eq!(stream_with_splits(text, &cuts, &styles), render(text, &styles));
+    }
+}
+
+#[test]
+fn stream_commits_before_the_end() {
+    // Committing must actually happen, or the per-push cost is the whole message.
+    let text = CORPUS[0];
+    let mut s = MarkdownStream::new(MarkdownStyles::dark());
+    // Stop inside the open rust fence: everything above it and its finished lines are final.
+    let cut = text.find("    takes(s)").unwrap() + 4;
+    s.push(&text[..cut]);
+    let committed: Vec<String> = s
+        .committed()
+        .iter()
+        .map(|l| l.spans.iter().map(|s| s.content.as_ref()).collect())
+        .collect();
+    assert_eq!(committed.len(), 20, "{committed:#?}");
+    assert_eq!(committed[18], "fn main() {");
+    assert_eq!(committed[19], "    let s = String::from(\"hi\");");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn streamed_equals_full_for_random_splits(
+        idx in 0..CORPUS.len(),
+        mut cuts in proptest::collection::vec(0usize..2000, 0..60),
+        repeat in 1usize..3,
+    ) {
+        let text = CORPUS[idx].repeat(repeat);
+        let styles = MarkdownStyles::dark();
+        cuts.sort_unstable();
+        let got = stream_with_splits(&text, &cuts, &styles);
+        prop_assert_eq!(got, render(&text, &styles));
+    }
+
+    #[test]
+    fn mixed_documents_stream_like_they_render(
+        parts in proptest::collection::vec(0..CORPUS.len(), 1..4),
+        chunk in 1usize..24,
+    ) {
+        let text: String = parts.iter().map(|&i| CORPUS[i]).collect::<Vec<_>>().join("\n");
+        let styles = MarkdownStyles::dark();
+        let cuts: Vec<usize> = (1..text.len() / chunk + 1).map(|k| k * chunk).collect();
+        prop_assert_eq!(stream_with_splits(&text, &cuts, &styles), render(&text, &styles));
+    }
+
+    #[test]
+    fn wrapping_never_panics_or_overflows(idx in 0..CORPUS.len(), width in 0u16..50) {
+        let lines = render(CORPUS[idx], &MarkdownStyles::dark());
+        let rows = wrap_lines(&lines, width);
+        if width == 0 {
+            prop_assert!(rows.is_empty());
+        }
+        for row in &rows {
+            let w: usize = row.spans.iter().map(|s| unicode_width::UnicodeWidthStr::width(s.content.as_ref())).sum();
+            // Only a single grapheme wider than the pane may overflow it.
+            prop_assert!(w <= width.max(2) as usize, "row {:?} is {} wide at width {}", row, w, width);
+        }
+    }
+}
+
+/// One line per logical line, then its spans with their styles: a readable, style-aware dump.
+fn dump(lines: &[Line]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        let text: String = line.spans.iter().map(|s| s.content.as_ref()).collect();
+        out.push_str(&format!("{text:?}"));
+        if line.style != Default::default() {
+            out.push_str(&format!("  line={:?}", line.style));
+        }
+        out.push('\n');
+        for span in &line.spans {
+            out.push_str(&format!("    {:?} {:?}\n", span.content, span.style));
+        }
+    }
+    out
+}
+
+const SNAPSHOT_DOC: &str = "# Heading\n\nSome *em* and **strong** and ~~del~~ with `code` and \
+[a link](https://example.com).\n\n> quoted\n\n- [x] done\n  1. inner\n\n| a | b |\n|---|--:|\n| 1 | 22 |\n\n\
+```rust\nlet x = 1;\n```\n\n---\n";
+
+#[test]
+fn snapshot_dark_preset() {
+    insta::assert_snapshot!(dump(&render(SNAPSHOT_DOC, &MarkdownStyles::dark())));
+}
+
+#[test]
+fn snapshot_light_preset() {
+    insta::assert_snapshot!(dump(&render(SNAPSHOT_DOC, &MarkdownStyles::light())));
+}
