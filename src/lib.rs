@@ -31,6 +31,7 @@ pub mod library;
 pub mod logging;
 pub mod markdown;
 pub mod procmem;
+pub mod serve;
 pub mod server;
 pub mod tui;
 pub mod tuiapp;

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         }
     };
     let _log_guard =
-        match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, false) {
+        match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, cli.serve) {
             Ok(g) => Some(g),
             Err(e) => {
                 eprintln!(
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             print!("{}", loaded.describe());
             Ok(())
         }
+        None if cli.serve => influence::serve::run(loaded, cli.model.clone()),
         None => run_tui(loaded),
     };
     match result {

@@ -84,21 +84,26 @@ fn missing_field(msg: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_string())
 }
 
-/// The top-level key whose removal makes the error go away (or turn into "missing field").
+/// The top-level key at fault: first one whose removal makes the body valid, then a required
+/// one whose removal turns the error into "missing field" (its value had the wrong type).
 fn culprit<T: DeserializeOwned>(value: &serde_json::Value) -> Option<String> {
     let obj = value.as_object()?;
-    for key in obj.keys() {
-        let mut without = obj.clone();
-        without.remove(key);
-        match serde_json::from_value::<T>(serde_json::Value::Object(without)) {
-            Ok(_) => return Some(key.clone()),
-            Err(e) if missing_field(&e.to_string()).as_deref() == Some(key.as_str()) => {
-                return Some(key.clone())
-            }
-            Err(_) => {}
-        }
+    let without = |key: &str| {
+        let mut o = obj.clone();
+        o.remove(key);
+        serde_json::from_value::<T>(serde_json::Value::Object(o))
+    };
+    if let Some(k) = obj.keys().find(|k| without(k).is_ok()) {
+        return Some(k.clone());
     }
-    None
+    obj.keys()
+        .find(|k| {
+            without(k)
+                .err()
+                .and_then(|e| missing_field(&e.to_string()))
+                .is_some_and(|f| f == **k)
+        })
+        .cloned()
 }
 
 #[cfg(test)]
