@@ -78,9 +78,13 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         let path = entry.path.clone();
         let name = entry.name.clone();
         let rx = engine.load(path);
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             match rx.await {
-                Ok(Ok(info)) => tracing::info!(model = %name, arch = %info.arch, "default model loaded"),
+                Ok(Ok(info)) => {
+                    ctx.note_loaded(&info);
+                    tracing::info!(model = %name, arch = %info.arch, "default model loaded");
+                }
                 Ok(Err(e)) => tracing::warn!(model = %name, "default model did not load: {e}"),
                 Err(_) => tracing::warn!(model = %name, "the engine stopped while loading"),
             }

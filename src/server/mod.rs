@@ -183,6 +183,17 @@ impl ServerCtx {
         list.insert(0, info.clone());
     }
 
+    /// What the engine reported when this server last loaded `id` (a model path).
+    pub(crate) fn seen_loaded(&self, id: &str) -> Option<ModelInfo> {
+        self.0
+            .last_loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+    }
+
     /// What the engine has loaded; while it is busy generating (it answers one command at a
     /// time), the last list this server saw.
     pub async fn loaded_models(&self) -> Vec<ModelInfo> {

@@ -24,21 +24,25 @@ pub struct ModelEntry {
     pub path: PathBuf,
     /// The library's record; `None` for a path outside the library.
     pub model: Option<Model>,
+    /// What the engine reported when it loaded this model (for paths outside the library).
+    pub engine: Option<crate::engine::ModelInfo>,
 }
 
 impl ModelEntry {
-    fn loose(path: &str) -> Self {
+    fn loose(path: &str, engine: Option<crate::engine::ModelInfo>) -> Self {
         ModelEntry {
             name: path.to_string(),
             path: PathBuf::from(path),
             model: None,
+            engine,
         }
     }
 
     pub fn is_embedding(&self) -> bool {
-        match &self.model {
-            Some(m) => m.kind == ModelKind::Embedding,
-            None => self.path.is_dir(),
+        match (&self.model, &self.engine) {
+            (Some(m), _) => m.kind == ModelKind::Embedding,
+            (None, Some(info)) => info.kind == crate::engine::ModelKind::Embed,
+            (None, None) => self.path.is_dir(),
         }
     }
 
@@ -72,6 +76,7 @@ impl ModelEntry {
         self.model
             .as_ref()
             .and_then(|m| m.info.architecture.clone())
+            .or_else(|| self.engine.as_ref().map(|i| i.arch.clone()))
             .unwrap_or_default()
     }
 
@@ -79,11 +84,22 @@ impl ModelEntry {
         self.model
             .as_ref()
             .and_then(|m| m.info.quant.clone())
+            .or_else(|| self.engine.as_ref().map(|i| i.quant.clone()))
             .unwrap_or_default()
     }
 
     pub fn parameters(&self) -> Option<u64> {
-        self.model.as_ref().and_then(|m| m.info.parameters)
+        self.model
+            .as_ref()
+            .and_then(|m| m.info.parameters)
+            .or_else(|| self.engine.as_ref().map(|i| i.n_params))
+    }
+
+    pub fn context_length(&self) -> Option<u64> {
+        self.model
+            .as_ref()
+            .and_then(|m| m.info.context_length)
+            .or_else(|| self.engine.as_ref().map(|i| i.context_length as u64))
     }
 
     /// The sha256 of the main file when the store recorded one.
@@ -169,11 +185,12 @@ impl ServerCtx {
                 name: m.name.clone(),
                 path: m.load_path.clone(),
                 model: Some(m.clone()),
+                engine: None,
             }),
             Err(e @ LibraryError::Ambiguous { .. }) => Err(LookupError::Ambiguous(e.to_string())),
             Err(e) => {
                 if Path::new(query).exists() && Path::new(query).is_absolute() {
-                    Ok(ModelEntry::loose(query))
+                    Ok(ModelEntry::loose(query, self.seen_loaded(query)))
                 } else {
                     Err(LookupError::NotFound(Some(e.to_string())))
                 }
@@ -193,6 +210,7 @@ impl ServerCtx {
                     name: m.name.clone(),
                     path: m.load_path.clone(),
                     model: Some(m.clone()),
+                    engine: None,
                 })
                 .collect()
         };

@@ -81,13 +81,11 @@ pub async fn show(
     if let Some(p) = e.parameters() {
         info.insert("general.parameter_count".into(), json!(p));
     }
-    if let Some(m) = &e.model {
-        if let Some(c) = m.info.context_length {
-            info.insert(format!("{arch}.context_length"), json!(c));
-        }
-        if let Some(n) = &m.info.display_name {
-            info.insert("general.name".into(), json!(n));
-        }
+    if let Some(c) = e.context_length() {
+        info.insert(format!("{arch}.context_length"), json!(c));
+    }
+    if let Some(n) = e.model.as_ref().and_then(|m| m.info.display_name.as_ref()) {
+        info.insert("general.name".into(), json!(n));
     }
     let capabilities = if e.is_embedding() {
         json!(["embedding"])
