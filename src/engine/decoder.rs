@@ -17,12 +17,10 @@ use super::EngineError;
 /// Shape and numerics of a decoder, read from GGUF metadata.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
-    pub arch: String,
     pub n_layer: usize,
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
-    pub hidden: usize,
     pub rms_eps: f64,
     pub rope_base: f32,
     pub rope_dim: usize,
@@ -53,12 +51,10 @@ impl DecoderConfig {
             .unwrap_or(head_dim)
             .min(head_dim);
         Ok(Self {
-            arch: arch.to_string(),
             n_layer: meta.usize(&k("block_count"))?,
             n_head,
             n_kv_head,
             head_dim,
-            hidden,
             rms_eps: meta
                 .opt_f32(&k("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f64,

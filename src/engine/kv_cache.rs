@@ -31,10 +31,6 @@ impl KvCache {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Forgets every position from `n` on; the memory is kept for reuse.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);

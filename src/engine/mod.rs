@@ -12,6 +12,7 @@
 //!
 //! Tests of the server and UI use [`EngineHandle::fake`], a scripted stand-in (see [`fake`]).
 
+pub mod bench;
 mod decoder;
 mod embed;
 mod error;
