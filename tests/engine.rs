@@ -336,7 +336,9 @@ mod loading {
 
     #[test]
     fn garbage_file_is_reported() {
-        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let bytes: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let f = tmp_copy(&bytes);
         let err = wait(shared().load(f.path().to_path_buf())).unwrap_err();
         assert!(matches!(err, EngineError::Corrupt { .. }), "{err}");
@@ -357,7 +359,11 @@ mod loading {
     fn unsupported_architecture_is_rejected_before_weights() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mamba.gguf");
-        write_gguf(&path, &[("general.architecture", Value::String("mamba".into()))], 4096);
+        write_gguf(
+            &path,
+            &[("general.architecture", Value::String("mamba".into()))],
+            4096,
+        );
         // Cut the tensor data: the architecture check must come first.
         let len = std::fs::metadata(&path).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -376,7 +382,11 @@ mod loading {
     fn missing_tokenizer_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notok.gguf");
-        write_gguf(&path, &[("general.architecture", Value::String("llama".into()))], 16);
+        write_gguf(
+            &path,
+            &[("general.architecture", Value::String("llama".into()))],
+            16,
+        );
         let err = wait(shared().load(path)).unwrap_err();
         assert!(matches!(err, EngineError::MissingTokenizer { .. }), "{err}");
     }

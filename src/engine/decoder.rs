@@ -68,11 +68,7 @@ impl DecoderConfig {
 }
 
 enum Qkv {
-    Separate {
-        q: QMatMul,
-        k: QMatMul,
-        v: QMatMul,
-    },
+    Separate { q: QMatMul, k: QMatMul, v: QMatMul },
     Fused(QMatMul),
 }
 
@@ -151,7 +147,10 @@ impl Loader<'_> {
     }
 }
 
-fn rope_tables(cfg: &DecoderConfig, freq_factors: Option<&[f32]>) -> candle_core::Result<(Tensor, Tensor)> {
+fn rope_tables(
+    cfg: &DecoderConfig,
+    freq_factors: Option<&[f32]>,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let half = cfg.rope_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| {
@@ -274,7 +273,11 @@ impl Decoder {
 
     /// Feeds `ids` at positions `cache_len()..`; returns the logits of the last position when
     /// `want_logits` (prefill chunks other than the last skip the LM head).
-    pub fn forward(&mut self, ids: &[u32], want_logits: bool) -> candle_core::Result<Option<Vec<f32>>> {
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        want_logits: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
         let t = ids.len();
         let pos = self.cache_len();
         if t == 0 {
@@ -331,7 +334,12 @@ fn causal_mask(t: usize, pos: usize) -> candle_core::Result<Tensor> {
     Tensor::from_vec(data, (t, kv), &Device::Cpu)
 }
 
-fn apply_rope(cfg: &DecoderConfig, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+fn apply_rope(
+    cfg: &DecoderConfig,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
     let rot = |x: &Tensor| {
         let x = x.contiguous()?;
         if cfg.rope_neox {
@@ -371,7 +379,11 @@ fn attention(
         }
     };
     let (q, k, v) = match &layer.bias {
-        Some((bq, bk, bv)) => (q.broadcast_add(bq)?, k.broadcast_add(bk)?, v.broadcast_add(bv)?),
+        Some((bq, bk, bv)) => (
+            q.broadcast_add(bq)?,
+            k.broadcast_add(bk)?,
+            v.broadcast_add(bv)?,
+        ),
         None => (q, k, v),
     };
     let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;

@@ -28,10 +28,13 @@ fn corrupt(path: &Path, reason: impl std::fmt::Display) -> EngineError {
 pub fn folder_model_type(dir: &Path) -> Result<String, EngineError> {
     let cfg_path = dir.join("config.json");
     let bytes = std::fs::read(&cfg_path).map_err(|_| {
-        corrupt(dir, "the folder has no config.json; expected a Hugging Face model folder or a .gguf file")
+        corrupt(
+            dir,
+            "the folder has no config.json; expected a Hugging Face model folder or a .gguf file",
+        )
     })?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(&cfg_path, format!("config.json is not valid JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(&cfg_path, format!("config.json is not valid JSON: {e}")))?;
     Ok(v.get("model_type")
         .and_then(|m| m.as_str())
         .unwrap_or("unknown")
@@ -41,18 +44,18 @@ pub fn folder_model_type(dir: &Path) -> Result<String, EngineError> {
 impl Embedder {
     pub fn load(dir: &Path, id: String) -> Result<(Self, ModelInfo), EngineError> {
         let cfg_path = dir.join("config.json");
-        let cfg: Config = serde_json::from_slice(
-            &std::fs::read(&cfg_path).map_err(|e| corrupt(&cfg_path, e))?,
-        )
-        .map_err(|e| corrupt(&cfg_path, format!("not a BERT config: {e}")))?;
+        let cfg: Config =
+            serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| corrupt(&cfg_path, e))?)
+                .map_err(|e| corrupt(&cfg_path, format!("not a BERT config: {e}")))?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
             return Err(EngineError::MissingTokenizer {
                 path: dir.to_path_buf(),
             });
         }
-        let mut tok = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", tok_path.display())))?;
+        let mut tok = Tokenizer::from_file(&tok_path).map_err(|e| {
+            EngineError::Tokenizer(format!("cannot read {}: {e}", tok_path.display()))
+        })?;
         // The sentence-transformers tokenizer.json pads to 128; pooling must see only real tokens.
         tok.with_padding(None);
         tok.with_truncation(None)

@@ -43,10 +43,7 @@ impl KvCache {
                 self.max
             );
         }
-        let new_cap = need
-            .max(self.capacity * 2)
-            .max(MIN_CAPACITY)
-            .min(self.max);
+        let new_cap = need.max(self.capacity * 2).max(MIN_CAPACITY).min(self.max);
         let (b, h, _, d) = like.dims4()?;
         let alloc = |old: &Option<Tensor>| -> Result<Tensor> {
             let t = Tensor::zeros((b, h, new_cap, d), DType::F32, &Device::Cpu)?;

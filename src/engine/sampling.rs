@@ -196,8 +196,12 @@ mod tests {
         assert_eq!(draw_counts(&p, &logits, 200), draw_counts(&p, &logits, 200));
         let mut a = Sampler::new(&p);
         let mut b = Sampler::new(&params(1.0, 0, 1.0, 0.0, 43));
-        let sa: Vec<u32> = (0..32).map(|_| a.sample(&mut logits.to_vec(), &[])).collect();
-        let sb: Vec<u32> = (0..32).map(|_| b.sample(&mut logits.to_vec(), &[])).collect();
+        let sa: Vec<u32> = (0..32)
+            .map(|_| a.sample(&mut logits.to_vec(), &[]))
+            .collect();
+        let sb: Vec<u32> = (0..32)
+            .map(|_| b.sample(&mut logits.to_vec(), &[]))
+            .collect();
         assert_ne!(sa, sb);
     }
 

@@ -93,7 +93,11 @@ impl ChatTemplate {
         }
     }
 
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
         let msgs: Vec<Value> = messages
             .iter()
             .map(|m| context! { role => m.role.as_str(), content => m.content.clone() })
@@ -173,7 +177,10 @@ mod tests {
     fn raise_exception_python_methods_and_trim_blocks() {
         let src = "{% for m in messages %}\n  {% if m.role not in ['user','assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}\n[{{ m.content.strip() }}]\n{% endfor %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(t.render(&[ChatMessage::user("  x ")], false).unwrap(), "[x]\n");
+        assert_eq!(
+            t.render(&[ChatMessage::user("  x ")], false).unwrap(),
+            "[x]\n"
+        );
         let err = t.render(&[ChatMessage::system("x")], false).unwrap_err();
         assert!(err.to_string().contains("bad role system"), "{err}");
     }
@@ -181,20 +188,36 @@ mod tests {
     #[test]
     fn tojson_is_python_style() {
         let t = ChatTemplate::new("{{ {'a': [1, 'é<'], 'b': none}|tojson }}", "", "").unwrap();
-        assert_eq!(t.render(&[], false).unwrap(), r#"{"a": [1, "é<"], "b": null}"#);
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            r#"{"a": [1, "é<"], "b": null}"#
+        );
     }
 
     #[test]
     fn bos_and_strftime_available() {
-        let t = ChatTemplate::new("{{ bos_token }}{{ strftime_now('%Y') | length }}", "<s>", "").unwrap();
+        let t = ChatTemplate::new(
+            "{{ bos_token }}{{ strftime_now('%Y') | length }}",
+            "<s>",
+            "",
+        )
+        .unwrap();
         assert_eq!(t.render(&[], false).unwrap(), "<s>4");
     }
 
     #[test]
     fn reversed_slices_are_rewritten() {
-        let t = ChatTemplate::new("{% for m in messages[::-1] %}{{ m.content }}{% endfor %}", "", "").unwrap();
+        let t = ChatTemplate::new(
+            "{% for m in messages[::-1] %}{{ m.content }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
         let s = t
-            .render(&[ChatMessage::user("a"), ChatMessage::assistant("b")], false)
+            .render(
+                &[ChatMessage::user("a"), ChatMessage::assistant("b")],
+                false,
+            )
             .unwrap();
         assert_eq!(s, "ba");
     }

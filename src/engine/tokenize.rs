@@ -15,7 +15,13 @@ use super::gguf::Meta;
 use super::EngineError;
 
 /// End-of-turn markers used by common chat templates; generation stops on any that exist.
-pub const TEMPLATE_END_TOKENS: &[&str] = &["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>"];
+pub const TEMPLATE_END_TOKENS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|eom_id|>",
+];
 
 pub struct TextTokenizer {
     tok: Tokenizer,
@@ -39,9 +45,8 @@ impl TextTokenizer {
         };
         let side = path.parent().map(|d| d.join("tokenizer.json"));
         let tok = match side {
-            Some(p) if p.is_file() => Tokenizer::from_file(&p).map_err(|e| {
-                EngineError::Tokenizer(format!("cannot read {}: {e}", p.display()))
-            })?,
+            Some(p) if p.is_file() => Tokenizer::from_file(&p)
+                .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", p.display())))?,
             _ => from_gguf_metadata(path, content, &meta)?,
         };
         let model_kind = meta.opt_str("tokenizer.ggml.model").unwrap_or("gpt2");
@@ -49,8 +54,12 @@ impl TextTokenizer {
         let add_bos = meta
             .opt_bool("tokenizer.ggml.add_bos_token")
             .unwrap_or(model_kind == "llama");
-        let bos_id = meta.opt_usize("tokenizer.ggml.bos_token_id").map(|v| v as u32);
-        let eos_id = meta.opt_usize("tokenizer.ggml.eos_token_id").map(|v| v as u32);
+        let bos_id = meta
+            .opt_usize("tokenizer.ggml.bos_token_id")
+            .map(|v| v as u32);
+        let eos_id = meta
+            .opt_usize("tokenizer.ggml.eos_token_id")
+            .map(|v| v as u32);
         let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
         for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             if let Some(id) = meta.opt_usize(key) {
@@ -110,7 +119,11 @@ impl TextTokenizer {
     }
 }
 
-fn from_gguf_metadata(path: &Path, content: &Content, meta: &Meta) -> Result<Tokenizer, EngineError> {
+fn from_gguf_metadata(
+    path: &Path,
+    content: &Content,
+    meta: &Meta,
+) -> Result<Tokenizer, EngineError> {
     let kind = match meta.opt_str("tokenizer.ggml.model") {
         Some(k) => k.to_string(),
         None => {
@@ -126,7 +139,9 @@ fn from_gguf_metadata(path: &Path, content: &Content, meta: &Meta) -> Result<Tok
         });
     }
     let mut tok = Tokenizer::from_gguf(content).map_err(|e| {
-        EngineError::Tokenizer(format!("cannot build the tokenizer from GGUF metadata: {e}"))
+        EngineError::Tokenizer(format!(
+            "cannot build the tokenizer from GGUF metadata: {e}"
+        ))
     })?;
     let pre = meta.opt_str("tokenizer.ggml.pre").unwrap_or("gpt2");
     if matches!(pre, "smollm" | "starcoder") {

@@ -169,10 +169,14 @@ impl Worker {
                 texts,
                 reply,
             } => {
-                let r = self.ensure(&model).and_then(|i| match &self.models[i].model {
-                    Model::Embed(e) => e.embed(&texts),
-                    Model::Gen(_) => Err(wrong_kind(&model, ModelKind::Generate, ModelKind::Embed)),
-                });
+                let r = self
+                    .ensure(&model)
+                    .and_then(|i| match &self.models[i].model {
+                        Model::Embed(e) => e.embed(&texts),
+                        Model::Gen(_) => {
+                            Err(wrong_kind(&model, ModelKind::Generate, ModelKind::Embed))
+                        }
+                    });
                 let _ = reply.send(r);
             }
             EngineCmd::CountTokens {
@@ -180,10 +184,14 @@ impl Worker {
                 prompt,
                 reply,
             } => {
-                let r = self.ensure(&model).and_then(|i| match &self.models[i].model {
-                    Model::Gen(g) => render(g, &prompt).map(|ids| ids.len()),
-                    Model::Embed(_) => Err(wrong_kind(&model, ModelKind::Embed, ModelKind::Generate)),
-                });
+                let r = self
+                    .ensure(&model)
+                    .and_then(|i| match &self.models[i].model {
+                        Model::Gen(g) => render(g, &prompt).map(|ids| ids.len()),
+                        Model::Embed(_) => {
+                            Err(wrong_kind(&model, ModelKind::Embed, ModelKind::Generate))
+                        }
+                    });
                 let _ = reply.send(r);
             }
             EngineCmd::Generate {
@@ -247,7 +255,13 @@ impl Worker {
         let i = self.ensure(&req.model)?;
         let g = match &mut self.models[i].model {
             Model::Gen(g) => g,
-            Model::Embed(_) => return Err(wrong_kind(&req.model, ModelKind::Embed, ModelKind::Generate)),
+            Model::Embed(_) => {
+                return Err(wrong_kind(
+                    &req.model,
+                    ModelKind::Embed,
+                    ModelKind::Generate,
+                ))
+            }
         };
         let p = &req.params;
         let ctx = g.dec.cfg.context_length;
