@@ -3,9 +3,12 @@
 //! Each subcommand lives in its own file with its clap `Args` and a `run` function. They share the
 //! resolved [`Context`] built from the configuration by `main`.
 
+pub mod bench;
+pub mod embed;
 pub mod import;
 pub mod list;
 pub mod rm;
+pub mod run;
 pub mod show;
 pub mod verify;
 
