@@ -12,7 +12,7 @@ QUESTION = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
 ]
-OPTIONS = {"temperature": 0, "num_predict": 48, "seed": 1}
+OPTIONS = {"temperature": 0, "num_predict": 20, "seed": 1}
 
 
 def check(cond, what):

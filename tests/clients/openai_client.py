@@ -36,7 +36,7 @@ def main():
     check(chat_model in ids, f"models.list contains the served model: {ids}")
 
     r = client.chat.completions.create(
-        model=chat_model, messages=QUESTION, temperature=0, max_tokens=48, seed=1
+        model=chat_model, messages=QUESTION, temperature=0, max_tokens=20, seed=1
     )
     text = r.choices[0].message.content
     check("Paris" in text, f"chat answer mentions Paris: {text!r}")
@@ -48,7 +48,7 @@ def main():
         model=chat_model,
         messages=QUESTION,
         temperature=0,
-        max_tokens=48,
+        max_tokens=20,
         stream=True,
         stream_options={"include_usage": True},
     )
