@@ -3,6 +3,9 @@
 //! Each subcommand lives in its own file with its clap `Args` and a `run` function. They share the
 //! resolved [`Context`] built from the configuration by `main`.
 
+pub mod pull;
+pub mod search;
+
 use std::path::PathBuf;
 
 /// What every subcommand may need from the resolved configuration.
