@@ -178,11 +178,34 @@ impl RepoCache {
         })?;
         if revision != commit {
             let r = self.ref_path(revision);
-            crate::fsutil::write_atomic(&r, commit.as_bytes())
-                .map_err(|e| DownloadError::io("write", &r, e))?;
+            write_ref(&r, commit).map_err(|e| DownloadError::io("write", &r, e))?;
         }
         Ok(snap)
     }
+}
+
+/// Atomic write with a temp name unique per call: several files of one repo finish at the same
+/// time and all record `refs/main`, so a per-process temp name would collide.
+fn write_ref(path: &Path, commit: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("ref path has a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{:016x}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(commit.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Held while a blob is being written; dropping it releases the lock.

@@ -39,6 +39,8 @@ pub enum DownloadError {
     Stalled(Duration),
     #[error("connection dropped during the transfer ({0}); the partial file is kept for resuming")]
     Interrupted(String),
+    #[error("{file} changed on the Hub between two requests; starting it again")]
+    RemoteChanged { file: String },
     #[error("the download was cancelled")]
     Cancelled,
     #[error("the download queue file {} is unusable: {reason}", path.display())]
@@ -54,6 +56,7 @@ impl DownloadError {
             DownloadError::Hub(e) => e.is_transient(),
             DownloadError::Stalled(_)
             | DownloadError::Interrupted(_)
+            | DownloadError::RemoteChanged { .. }
             | DownloadError::ChecksumMismatch { .. }
             | DownloadError::SizeMismatch { .. } => true,
             _ => false,

@@ -172,26 +172,17 @@ async fn attempt_once(
             return cache.link(commit, &spec.path, etag, &spec.revision);
         }
     }
-    // Once resolved, download by commit so a branch moving mid-download cannot mix versions.
+    // Once resolved, ask by commit so a branch moving mid-download cannot mix versions.
     let rev = task.commit.clone().unwrap_or_else(|| spec.revision.clone());
-    let mut have = task.etag.as_deref().map_or(0, |e| cache.partial_len(e));
-    let opened = loop {
-        let fr = tokio::select! {
-            _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
-            r = ctx.hub.open_file(&spec.repo, &rev, &spec.path, have) => r?,
-        };
-        if fr.start > 0 && task.etag.as_deref() != Some(fr.meta.etag.as_str()) {
-            // The range was computed from another version's partial file: start that over.
-            if let Some(old) = task.etag.take() {
-                let _ = std::fs::remove_file(cache.partial_path(&old));
-            }
-            task.etag = Some(fr.meta.etag.clone());
-            have = cache.partial_len(&fr.meta.etag);
-            continue;
-        }
-        break fr;
+    let meta = tokio::select! {
+        _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
+        r = ctx.hub.file_meta(&spec.repo, &rev, &spec.path) => r?,
     };
-    let meta = opened.meta.clone();
+    if task.etag.as_deref().is_some_and(|old| old != meta.etag) {
+        // The file changed on the Hub since the partial was started.
+        let old = task.etag.take().unwrap_or_default();
+        let _ = std::fs::remove_file(cache.partial_path(&old));
+    }
     task.commit = Some(meta.commit.clone());
     task.etag = Some(meta.etag.clone());
     let _ = tx.send(WorkerMsg::Meta {
@@ -211,12 +202,22 @@ async fn attempt_once(
         return cache.link(&meta.commit, &spec.path, &meta.etag, &spec.revision);
     }
     let part = cache.partial_path(&meta.etag);
-    let start = opened.start;
-    if start > 0 && cache.partial_len(&meta.etag) != start {
-        return Err(DownloadError::Interrupted(
-            "the partial file changed while waiting for its lock".into(),
-        ));
+    let mut have = cache.partial_len(&meta.etag);
+    if have >= meta.size && meta.size > 0 {
+        // Too long to be a prefix we can extend (or complete but unverified): start over.
+        let _ = std::fs::remove_file(&part);
+        have = 0;
     }
+    let opened = tokio::select! {
+        _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
+        r = ctx.hub.open_file(&spec.repo, &meta.commit, &spec.path, have) => r?,
+    };
+    if opened.meta.etag != meta.etag || opened.meta.size != meta.size {
+        return Err(DownloadError::RemoteChanged {
+            file: spec.path.clone(),
+        });
+    }
+    let start = opened.start;
     ensure_space(&blobs, meta.size.saturating_sub(start))?;
     let file = if start == 0 {
         std::fs::File::create(&part)

@@ -260,6 +260,42 @@ impl HubClient {
         )
     }
 
+    /// Commit, etag and size of a file without downloading it: a HEAD on the resolve URL that
+    /// follows same-origin redirects (renames, `/api/resolve-cache`) but stops before the CDN.
+    pub async fn file_meta(
+        &self,
+        repo: &str,
+        revision: &str,
+        path: &str,
+    ) -> Result<FileMeta, HubError> {
+        validate_repo_id(repo)?;
+        validate_revision(revision)?;
+        validate_repo_path(path)?;
+        let url = self.file_url(repo, revision, path)?;
+        let ctx = ErrCtx {
+            repo,
+            revision: Some(revision),
+            path: Some(path),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let (resp, hops) = self
+            .send(Method::HEAD, url.clone(), headers, Some(METADATA_TIMEOUT), false)
+            .await?;
+        let status = resp.status();
+        if !(status.is_success() || status.is_redirection()) {
+            return Err(self.error_for(resp, &ctx).await);
+        }
+        self.file_meta_from(&resp, hops, &url)
+    }
+
+    fn file_url(&self, repo: &str, revision: &str, path: &str) -> Result<Url, HubError> {
+        Url::parse(&self.resolve_url(repo, revision, path)).map_err(|e| HubError::InvalidPath {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Opens a file for download, resuming at byte `from` when it is above 0.
     ///
     /// Follows the Hub's redirect to the CDN without the token, reads the commit, etag and size
@@ -275,12 +311,7 @@ impl HubClient {
         validate_repo_id(repo)?;
         validate_revision(revision)?;
         validate_repo_path(path)?;
-        let url = Url::parse(&self.resolve_url(repo, revision, path)).map_err(|e| {
-            HubError::InvalidPath {
-                path: path.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+        let url = self.file_url(repo, revision, path)?;
         let ctx = ErrCtx {
             repo,
             revision: Some(revision),
@@ -296,7 +327,9 @@ impl HubClient {
             }
             // No overall timeout: a big file takes as long as it takes; the download worker
             // watches for stalls instead.
-            let (resp, hops) = self.send(Method::GET, url.clone(), headers, None).await?;
+            let (resp, hops) = self
+                .send(Method::GET, url.clone(), headers, None, true)
+                .await?;
             let status = resp.status();
             if status == StatusCode::RANGE_NOT_SATISFIABLE && from > 0 {
                 // Our partial file is longer than the remote one: start over.
@@ -306,7 +339,7 @@ impl HubClient {
             if !status.is_success() {
                 return Err(self.error_for(resp, &ctx).await);
             }
-            let meta = self.file_meta(&resp, hops, &url)?;
+            let meta = self.file_meta_from(&resp, hops, &url)?;
             let start = match status {
                 StatusCode::PARTIAL_CONTENT => {
                     match content_range(resp.headers()) {
@@ -329,7 +362,12 @@ impl HubClient {
         }
     }
 
-    fn file_meta(&self, resp: &Response, hops: HopMeta, url: &Url) -> Result<FileMeta, HubError> {
+    fn file_meta_from(
+        &self,
+        resp: &Response,
+        hops: HopMeta,
+        url: &Url,
+    ) -> Result<FileMeta, HubError> {
         let missing = |what: &'static str| HubError::NotHubCompatible {
             endpoint: self.endpoint.clone(),
             url: url.to_string(),
@@ -352,9 +390,12 @@ impl HubClient {
             .or_else(|| {
                 // Only the file's own answer gives its size; a redirect's length is its body's.
                 let final_is_hub = same_origin(resp.url(), &self.origin);
+                // Read the header itself: for HEAD, reqwest's content_length() is the (empty)
+                // body's length.
                 (final_is_hub && resp.status() == StatusCode::OK)
-                    .then(|| resp.content_length())
+                    .then(|| header_str(resp.headers(), "content-length"))
                     .flatten()
+                    .and_then(|v| v.parse().ok())
             })
             .or_else(|| content_range(resp.headers()).map(|(_, total)| total))
             .ok_or_else(|| missing("the file size (X-Linked-Size or Content-Length)"))?;
@@ -370,7 +411,7 @@ impl HubClient {
 
     async fn get_ok(&self, url: Url, ctx: ErrCtx<'_>) -> Result<Response, HubError> {
         let (resp, _) = self
-            .send(Method::GET, url, HeaderMap::new(), Some(METADATA_TIMEOUT))
+            .send(Method::GET, url, HeaderMap::new(), Some(METADATA_TIMEOUT), true)
             .await?;
         if resp.status().is_success() {
             Ok(resp)
@@ -399,6 +440,7 @@ impl HubClient {
         start: Url,
         headers: HeaderMap,
         timeout: Option<Duration>,
+        cross_origin: bool,
     ) -> Result<(Response, HopMeta), HubError> {
         let mut url = start.clone();
         let mut seen = HashSet::new();
@@ -434,6 +476,10 @@ impl HubClient {
                         url: url.to_string(),
                         reason: format!("bad redirect target `{loc}`: {e}"),
                     })?;
+                    if !cross_origin && !same_origin(&next, &self.origin) {
+                        // Metadata lives on the hub's hops; the CDN adds nothing.
+                        return Ok((resp, meta));
+                    }
                     if !seen.insert(next.clone()) {
                         return Err(HubError::RedirectLoop {
                             url: next.to_string(),

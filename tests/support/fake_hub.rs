@@ -1227,6 +1227,8 @@ fn body_stream(
             let len = plan.data.len();
             if let Some(cut) = plan.cut_after {
                 if pos as u64 >= cut {
+                    // Let the bytes already handed over reach the socket before the reset.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     let err = std::io::Error::other("fake hub: connection cut");
                     return Some((Err(err), (plan, pos, guard, true)));
                 }
