@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use influence::downloads::{self, DownloadEvent, DownloadHandle, DownloadSpec, ManagerConfig};
-use influence::hub::{
-    select_files, HubClient, HubError, PullRequest, SearchQuery, Sort,
-};
+use influence::hub::{select_files, HubClient, HubError, PullRequest, SearchQuery, Sort};
 use sha2::{Digest, Sha256};
 use support::fake_hub::{start_standard, Countdown, FakeHub, FakeRepo, Origin};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -77,12 +75,20 @@ impl Env {
     fn assert_file_ok(&self, repo: &str, path: &str) {
         let snap = self.snapshot(repo, path);
         let want = self.hub.file(repo, path);
-        let got = std::fs::read(&snap)
-            .unwrap_or_else(|e| panic!("{} missing: {e}", snap.display()));
+        let got =
+            std::fs::read(&snap).unwrap_or_else(|e| panic!("{} missing: {e}", snap.display()));
         assert_eq!(got.len() as u64, want.size(), "{path} size");
-        assert_eq!(hex::encode(Sha256::digest(&got)), want.sha256, "{path} content");
+        assert_eq!(
+            hex::encode(Sha256::digest(&got)),
+            want.sha256,
+            "{path} content"
+        );
         let link = std::fs::read_link(&snap).expect("snapshot entry is a symlink");
-        assert!(link.is_relative(), "symlink must be relative: {}", link.display());
+        assert!(
+            link.is_relative(),
+            "symlink must be relative: {}",
+            link.display()
+        );
         assert!(link.ends_with(Path::new("blobs").join(want.etag())));
     }
 }
@@ -191,7 +197,11 @@ mod search {
         let m = &by_author.models[0];
         assert_eq!(m.downloads, Some(30000));
         assert_eq!(m.pipeline_tag.as_deref(), Some("text-generation"));
-        assert!(m.last_modified.as_deref().unwrap().starts_with("2025-06-10"));
+        assert!(m
+            .last_modified
+            .as_deref()
+            .unwrap()
+            .starts_with("2025-06-10"));
     }
 
     #[tokio::test]
@@ -210,12 +220,16 @@ mod search {
         let p2 = c.search_next(&next).await.unwrap();
         assert!(!p2.models.is_empty());
         assert_ne!(p1.models[0].id, p2.models[0].id);
-        let mut f = e.hub.faults();
-        f.relative_link = false;
-        f.repeat_link = true;
-        drop(f);
+        {
+            let mut f = e.hub.faults();
+            f.relative_link = false;
+            f.repeat_link = true;
+        }
         let p = c.search(&q).await.unwrap();
-        assert!(p.next.is_none(), "a Link to the same page must end pagination");
+        assert!(
+            p.next.is_none(),
+            "a Link to the same page must end pagination"
+        );
     }
 }
 
@@ -240,16 +254,32 @@ mod info {
         assert_eq!(q8.lfs.as_ref().unwrap().sha256, want.sha256);
         let cfg = info.files.iter().find(|f| f.path == "config.json").unwrap();
         assert!(cfg.lfs.is_none());
-        assert_eq!(cfg.etag(), Some(e.hub.file(GGUF, "config.json").git_sha1.as_str()));
+        assert_eq!(
+            cfg.etag(),
+            Some(e.hub.file(GGUF, "config.json").git_sha1.as_str())
+        );
         assert_eq!(info.license.as_deref(), Some("apache-2.0"));
         assert!(!info.gated.is_gated());
         let gated = c.model_info(GATED, None).await.unwrap();
-        assert!(gated.gated.is_gated(), "gated metadata is readable and flagged");
+        assert!(
+            gated.gated.is_gated(),
+            "gated metadata is readable and flagged"
+        );
 
         let (tree, rejected) = c.list_files(GGUF, "main").await.unwrap();
         assert!(rejected.is_empty());
-        assert_eq!(tree, info.files, "tree listing (paginated by 2) matches siblings");
-        assert!(e.hub.log().iter().filter(|l| l.path.contains("/tree/")).count() > 2);
+        assert_eq!(
+            tree, info.files,
+            "tree listing (paginated by 2) matches siblings"
+        );
+        assert!(
+            e.hub
+                .log()
+                .iter()
+                .filter(|l| l.path.contains("/tree/"))
+                .count()
+                > 2
+        );
     }
 
     #[tokio::test]
@@ -262,15 +292,24 @@ mod info {
         assert!(err.to_string().contains("HF_TOKEN"));
         let err = bob.model_info("acme/nope", None).await.unwrap_err();
         assert!(matches!(err, HubError::RepoNotFound { .. }), "{err:?}");
-        let err = anon.model_info("alice/secret-model", None).await.unwrap_err();
-        assert!(matches!(err, HubError::RepoNotFound { .. }), "private looks missing");
+        let err = anon
+            .model_info("alice/secret-model", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HubError::RepoNotFound { .. }),
+            "private looks missing"
+        );
         e.client(Some("hf_alice"))
             .model_info("alice/secret-model", None)
             .await
             .unwrap();
         let err = anon.model_info(GGUF, Some("v9")).await.unwrap_err();
         assert!(matches!(err, HubError::RevisionNotFound { .. }), "{err:?}");
-        let err = anon.open_file(GGUF, "main", "nope.gguf", 0).await.unwrap_err();
+        let err = anon
+            .open_file(GGUF, "main", "nope.gguf", 0)
+            .await
+            .unwrap_err();
         assert!(matches!(err, HubError::EntryNotFound { .. }), "{err:?}");
         assert!(err.to_string().contains("nope.gguf"));
         let err = e
@@ -280,13 +319,28 @@ mod info {
             .unwrap_err();
         assert!(matches!(err, HubError::Unauthorized { .. }), "{err:?}");
 
-        let err = anon.open_file(GATED, "main", "locked.Q4_0.gguf", 0).await.unwrap_err();
+        let err = anon
+            .open_file(GATED, "main", "locked.Q4_0.gguf", 0)
+            .await
+            .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, HubError::Gated { .. }), "{err:?}");
-        assert!(msg.contains("HF_TOKEN") && msg.contains("huggingface-cli login"), "{msg}");
-        assert!(msg.contains(&format!("{}/{GATED}", e.hub.endpoint)), "{msg}");
-        let err = bob.open_file(GATED, "main", "locked.Q4_0.gguf", 0).await.unwrap_err();
-        assert!(matches!(err, HubError::Gated { .. }), "403 is gated too: {err:?}");
+        assert!(
+            msg.contains("HF_TOKEN") && msg.contains("huggingface-cli login"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("{}/{GATED}", e.hub.endpoint)),
+            "{msg}"
+        );
+        let err = bob
+            .open_file(GATED, "main", "locked.Q4_0.gguf", 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HubError::Gated { .. }),
+            "403 is gated too: {err:?}"
+        );
         assert!(err.to_string().contains("not in the authorized list"));
     }
 
@@ -300,10 +354,11 @@ mod info {
             .await
             .unwrap_err();
         assert!(matches!(err, HubError::RedirectLoop { .. }), "{err:?}");
-        let mut f = e.hub.faults();
-        f.redirect_loop = false;
-        f.strip_metadata_headers = true;
-        drop(f);
+        {
+            let mut f = e.hub.faults();
+            f.redirect_loop = false;
+            f.strip_metadata_headers = true;
+        }
         let err = c
             .open_file(GGUF, "main", "tiny-llama.Q4_K_M.gguf", 0)
             .await
@@ -315,7 +370,12 @@ mod info {
     #[tokio::test]
     async fn unsafe_names_from_the_network_are_rejected() {
         let e = env().await;
-        let bad = ["../../evil.gguf", "/etc/passwd", "a\\b.gguf", "x/\u{0}y.gguf"];
+        let bad = [
+            "../../evil.gguf",
+            "/etc/passwd",
+            "a\\b.gguf",
+            "x/\u{0}y.gguf",
+        ];
         e.hub.faults().unsafe_paths = bad.iter().map(|s| s.to_string()).collect();
         let c = e.client(None);
         let info = c.model_info(GGUF, None).await.unwrap();
@@ -323,11 +383,17 @@ mod info {
         assert!(info.files.iter().all(|f| !bad.contains(&f.path.as_str())));
         let (_, rejected) = c.list_files(GGUF, "main").await.unwrap();
         for p in bad {
-            assert!(rejected.iter().any(|r| r == p), "{p:?} not rejected: {rejected:?}");
+            assert!(
+                rejected.iter().any(|r| r == p),
+                "{p:?} not rejected: {rejected:?}"
+            );
         }
         for p in bad {
             let err = c.open_file(GGUF, "main", p, 0).await.unwrap_err();
-            assert!(matches!(err, HubError::InvalidPath { .. }), "{p:?}: {err:?}");
+            assert!(
+                matches!(err, HubError::InvalidPath { .. }),
+                "{p:?}: {err:?}"
+            );
         }
     }
 }
@@ -356,7 +422,10 @@ mod download {
             e.assert_file_ok(GGUF, p);
         }
         let q8 = e.hub.file(GGUF, "tiny-llama.Q8_0.gguf");
-        assert!(!e.blobs(GGUF).contains(&q8.sha256), "other quants are not pulled");
+        assert!(
+            !e.blobs(GGUF).contains(&q8.sha256),
+            "other quants are not pulled"
+        );
         assert!(!e.snapshot(GGUF, ".gitattributes").exists());
         let refs = e.cache.join("models--acme--tiny-llama-GGUF/refs/main");
         assert_eq!(std::fs::read_to_string(refs).unwrap(), e.hub.repo(GGUF).sha);
@@ -397,7 +466,9 @@ mod download {
         let (res, seen) = wait_all(&mut ev, &[id]).await;
         assert!(res[&id].is_ok(), "{res:?}");
         e.assert_file_ok(GGUF, "tiny-llama.Q8_0.gguf");
-        assert!(seen.iter().any(|e| matches!(e, DownloadEvent::Retrying { .. })));
+        assert!(seen
+            .iter()
+            .any(|e| matches!(e, DownloadEvent::Retrying { .. })));
         let ranged: Vec<_> = e
             .hub
             .log()
@@ -464,7 +535,11 @@ mod download {
         let reason = res[&id].clone().unwrap_err();
         assert!(reason.contains("checksum mismatch"), "{reason}");
         assert!(!e.snapshot(GGUF, path).exists());
-        assert!(e.blobs(GGUF).is_empty(), "no blob or partial: {:?}", e.blobs(GGUF));
+        assert!(
+            e.blobs(GGUF).is_empty(),
+            "no blob or partial: {:?}",
+            e.blobs(GGUF)
+        );
         h.shutdown().await;
     }
 
@@ -549,7 +624,11 @@ mod download {
         assert!(!f.lfs);
         assert_eq!(e.blobs(BERT), vec![f.git_sha1.clone()]);
         e.assert_file_ok(BERT, "tokenizer.json");
-        assert!(e.hub.log().iter().any(|l| l.path.starts_with("/api/resolve-cache/")));
+        assert!(e
+            .hub
+            .log()
+            .iter()
+            .any(|l| l.path.starts_with("/api/resolve-cache/")));
         h.shutdown().await;
     }
 
@@ -564,9 +643,14 @@ mod download {
         assert!(g.contains("gated") && g.contains("HF_TOKEN"), "{g}");
         assert!(g.contains(&format!("{}/{GATED}", e.hub.endpoint)), "{g}");
         let m = res[&missing].clone().unwrap_err();
-        assert!(m.contains("not found") && m.contains("acme/does-not-exist"), "{m}");
         assert!(
-            !seen.iter().any(|e| matches!(e, DownloadEvent::Retrying { .. })),
+            m.contains("not found") && m.contains("acme/does-not-exist"),
+            "{m}"
+        );
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e, DownloadEvent::Retrying { .. })),
             "permanent errors are not retried"
         );
         h.shutdown().await;
@@ -584,9 +668,17 @@ mod download {
         let hub: Vec<_> = log.iter().filter(|l| l.origin == Origin::Hub).collect();
         let cdn: Vec<_> = log.iter().filter(|l| l.origin == Origin::Cdn).collect();
         assert!(!hub.is_empty() && !cdn.is_empty());
-        assert!(hub.iter().all(|l| l.authorization), "hub requests carry the token");
-        assert!(cdn.iter().all(|l| !l.authorization), "CDN never sees the token");
-        assert!(cdn.iter().all(|l| l.accept_encoding.as_deref() == Some("identity")));
+        assert!(
+            hub.iter().all(|l| l.authorization),
+            "hub requests carry the token"
+        );
+        assert!(
+            cdn.iter().all(|l| !l.authorization),
+            "CDN never sees the token"
+        );
+        assert!(cdn
+            .iter()
+            .all(|l| l.accept_encoding.as_deref() == Some("identity")));
         h.shutdown().await;
     }
 
@@ -605,11 +697,14 @@ mod download {
             .position(|e| matches!(e, DownloadEvent::Done { .. }))
             .unwrap();
         let in_flight = |id: u64| {
-            seen[..first_done].iter().any(|e| {
-                matches!(e, DownloadEvent::Progress(p) if p.id == id && p.bytes > 0)
-            })
+            seen[..first_done]
+                .iter()
+                .any(|e| matches!(e, DownloadEvent::Progress(p) if p.id == id && p.bytes > 0))
         };
-        assert!(in_flight(a) && in_flight(b), "both in flight before the first finished");
+        assert!(
+            in_flight(a) && in_flight(b),
+            "both in flight before the first finished"
+        );
         assert!(e.hub.max_concurrent_bodies() >= 2);
         h.shutdown().await;
     }
@@ -631,7 +726,10 @@ mod download {
         }
         h.shutdown().await;
         let saved = std::fs::read_to_string(e.data.join("downloads.json")).unwrap();
-        assert!(saved.contains("tiny-llama.Q8_0.gguf") && saved.contains("queued"), "{saved}");
+        assert!(
+            saved.contains("tiny-llama.Q8_0.gguf") && saved.contains("queued"),
+            "{saved}"
+        );
         assert!(!e.snapshot(GGUF, "tiny-llama.Q8_0.gguf").exists());
 
         e.hub.faults().slow = None;
@@ -639,12 +737,17 @@ mod download {
         let (h2, mut ev2) = downloads::spawn(e.config(None)).unwrap();
         let (res, seen) = wait_all(&mut ev2, &[a, b]).await;
         assert!(res.values().all(|r| r.is_ok()), "{res:?}");
-        assert!(seen.iter().any(|e| matches!(e, DownloadEvent::Queued { id, .. } if *id == a)));
+        assert!(seen
+            .iter()
+            .any(|e| matches!(e, DownloadEvent::Queued { id, .. } if *id == a)));
         e.assert_file_ok(GGUF, "tiny-llama.Q8_0.gguf");
         e.assert_file_ok(BERT, "model-00001-of-00002.safetensors");
         assert!(
-            e.hub.log().iter().any(|l| l.origin == Origin::Cdn
-                && l.range.as_deref().is_some_and(|r| r != "bytes=0-")),
+            e.hub
+                .log()
+                .iter()
+                .any(|l| l.origin == Origin::Cdn
+                    && l.range.as_deref().is_some_and(|r| r != "bytes=0-")),
             "the restart resumed with Range"
         );
         let c = h2.enqueue(DownloadSpec::new(GGUF, "config.json"));
@@ -698,7 +801,11 @@ mod download {
             }
         }
         assert!(h.list().await.unwrap().iter().all(|v| v.id != b));
-        assert!(e.blobs(BERT).is_empty(), "cancel removes the partial: {:?}", e.blobs(BERT));
+        assert!(
+            e.blobs(BERT).is_empty(),
+            "cancel removes the partial: {:?}",
+            e.blobs(BERT)
+        );
         h.shutdown().await;
     }
 
@@ -720,10 +827,7 @@ mod download {
         let (res, _) = wait_all(&mut ev, &ids).await;
         for id in &ids {
             let r = res[id].clone().unwrap_err();
-            assert!(
-                r.contains("unsafe") || r.contains("invalid"),
-                "{id}: {r}"
-            );
+            assert!(r.contains("unsafe") || r.contains("invalid"), "{id}: {r}");
         }
         assert!(e.hub.log().is_empty(), "nothing was requested");
         assert!(!e.cache.exists(), "nothing was written");
@@ -741,9 +845,14 @@ mod download {
         let cache = hf_hub::Cache::new(e.cache.clone());
         let repo = cache.repo(hf_hub::Repo::model(GGUF.to_string()));
         for f in ["tiny-llama.Q4_K_M.gguf", "config.json"] {
-            let p = repo.get(f).unwrap_or_else(|| panic!("hf-hub cannot see {f}"));
+            let p = repo
+                .get(f)
+                .unwrap_or_else(|| panic!("hf-hub cannot see {f}"));
             let bytes = std::fs::read(p).unwrap();
-            assert_eq!(hex::encode(Sha256::digest(&bytes)), e.hub.file(GGUF, f).sha256);
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                e.hub.file(GGUF, f).sha256
+            );
         }
         assert!(repo.get("tiny-llama.Q8_0.gguf").is_none());
         h.shutdown().await;
@@ -759,7 +868,10 @@ mod download {
         let b = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
         let (res, _) = wait_all(&mut ev, &[b]).await;
         assert!(res[&b].is_ok());
-        assert!(e.hub.log().iter().all(|l| l.origin == Origin::Hub), "no CDN transfer");
+        assert!(
+            e.hub.log().iter().all(|l| l.origin == Origin::Hub),
+            "no CDN transfer"
+        );
         h.shutdown().await;
     }
 }
@@ -799,20 +911,31 @@ mod cli {
             .path()
             .join("hf/hub/models--acme--tiny-llama-GGUF/snapshots")
             .join(&hub.repo(GGUF).sha);
-        assert!(snap.join("tiny-llama.Q4_K_M.gguf").exists(), "default quant pulled");
+        assert!(
+            snap.join("tiny-llama.Q4_K_M.gguf").exists(),
+            "default quant pulled"
+        );
         assert!(!snap.join("tiny-llama.Q8_0.gguf").exists());
         assert!(
-            !dir.path().join("data/cli-pull").read_dir().unwrap().any(|_| true),
+            !dir.path()
+                .join("data/cli-pull")
+                .read_dir()
+                .unwrap()
+                .any(|_| true),
             "the per-run queue is cleaned up"
         );
 
-        let err = pull::run(pull_args(GATED, None), &c).unwrap_err().to_string();
+        let err = pull::run(pull_args(GATED, None), &c)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("HF_TOKEN"), "{err}");
         let err = pull::run(pull_args(GGUF, Some("Q6_K")), &c)
             .unwrap_err()
             .to_string();
         assert!(err.contains("Q4_K_M") && err.contains("Q8_0"), "{err}");
-        let err = pull::run(pull_args("acme/../x", None), &c).unwrap_err().to_string();
+        let err = pull::run(pull_args("acme/../x", None), &c)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid repository id"), "{err}");
 
         let args = search::SearchArgs {
@@ -841,7 +964,9 @@ mod cli {
             .unwrap()
             .port();
         let c = ctx(&format!("http://127.0.0.1:{port}"), dir.path(), None);
-        let err = pull::run(pull_args(GGUF, None), &c).unwrap_err().to_string();
+        let err = pull::run(pull_args(GGUF, None), &c)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot reach"), "{err}");
     }
 }

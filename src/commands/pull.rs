@@ -77,8 +77,7 @@ async fn pull(
             eprintln!("memory: {}", fit_for(gguf_bytes, mem).describe());
         }
     }
-    let (handle, mut events) =
-        downloads::spawn(ManagerConfig::new(client, cache, queue_dir))?;
+    let (handle, mut events) = downloads::spawn(ManagerConfig::new(client, cache, queue_dir))?;
     let mut names = HashMap::new();
     for f in &files {
         let id = handle.enqueue(DownloadSpec::from_file(&info.id, &args.revision, f));
@@ -109,7 +108,9 @@ async fn pull(
                     draw(&names, &last);
                 }
             }
-            DownloadEvent::Retrying { id, wait, reason, .. } => {
+            DownloadEvent::Retrying {
+                id, wait, reason, ..
+            } => {
                 clear_line(tty);
                 eprintln!(
                     "{}: {reason}; retrying in {:.1} s",

@@ -172,10 +172,11 @@ impl RepoCache {
             // Filesystems without symlinks get a copy, as Python does.
             std::fs::copy(self.blob_path(etag), &tmp).map(|_| ())
         });
-        made.and_then(|_| std::fs::rename(&tmp, &snap)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            DownloadError::io("create the snapshot entry", &snap, e)
-        })?;
+        made.and_then(|_| std::fs::rename(&tmp, &snap))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                DownloadError::io("create the snapshot entry", &snap, e)
+            })?;
         if revision != commit {
             let r = self.ref_path(revision);
             write_ref(&r, commit).map_err(|e| DownloadError::io("write", &r, e))?;
@@ -242,7 +243,10 @@ mod tests {
         assert_eq!(std::fs::read(&snap).unwrap(), b"hello");
         assert_eq!(c.read_ref("main").as_deref(), Some(COMMIT));
         let top = c.link(COMMIT, "f.bin", &etag, COMMIT).unwrap();
-        assert_eq!(std::fs::read_link(&top).unwrap(), Path::new("../../blobs").join(&etag));
+        assert_eq!(
+            std::fs::read_link(&top).unwrap(),
+            Path::new("../../blobs").join(&etag)
+        );
         assert_eq!(repo_folder_name("gpt2"), "models--gpt2");
         assert!(c.link(COMMIT, "../x", &etag, "main").is_err());
     }

@@ -65,7 +65,11 @@ mod tests {
         let err = ensure_space(dir.path(), u64::MAX / 2).unwrap_err();
         assert!(matches!(err, DownloadError::DiskFull { .. }));
         assert!(err.to_string().contains("free "));
-        let e = map_write_error(dir.path(), 10, std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let e = map_write_error(
+            dir.path(),
+            10,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
         assert!(matches!(e, DownloadError::DiskFull { need: 10, .. }));
     }
 }

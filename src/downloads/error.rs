@@ -34,7 +34,11 @@ pub enum DownloadError {
     #[error(
         "size mismatch for {file}: expected {expected} bytes, received {got}; the data was discarded"
     )]
-    SizeMismatch { file: String, expected: u64, got: u64 },
+    SizeMismatch {
+        file: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("no data received for {} s; the connection looks stalled", .0.as_secs())]
     Stalled(Duration),
     #[error("connection dropped during the transfer ({0}); the partial file is kept for resuming")]
@@ -71,7 +75,11 @@ impl DownloadError {
         )
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         DownloadError::Io {
             action,
             path: path.into(),

@@ -57,8 +57,9 @@ impl Manager {
             .map(|s| {
                 let bytes = match (&s.state, &s.etag) {
                     (StoredState::Done { .. }, _) => s.total.unwrap_or(0),
-                    (_, Some(etag)) => RepoCache::new(&config.cache_dir, &s.spec.repo)
-                        .partial_len(etag),
+                    (_, Some(etag)) => {
+                        RepoCache::new(&config.cache_dir, &s.spec.repo).partial_len(etag)
+                    }
                     _ => 0,
                 };
                 Job {
@@ -147,7 +148,9 @@ impl Manager {
         match cmd {
             Command::Enqueue(id, spec) => self.enqueue(id, spec),
             Command::Pause(id) => {
-                let Some(job) = find(&mut self.jobs, id) else { return };
+                let Some(job) = find(&mut self.jobs, id) else {
+                    return;
+                };
                 if let Some(r) = &mut job.running {
                     r.stop = Some(Stop::Pause);
                     r.cancel.cancel();
@@ -158,7 +161,9 @@ impl Manager {
                 }
             }
             Command::Resume(id) | Command::Retry(id) => {
-                let Some(job) = find(&mut self.jobs, id) else { return };
+                let Some(job) = find(&mut self.jobs, id) else {
+                    return;
+                };
                 let restartable = matches!(
                     job.stored.state,
                     StoredState::Paused | StoredState::Failed { .. }
@@ -171,7 +176,9 @@ impl Manager {
                 }
             }
             Command::Cancel(id) => {
-                let Some(job) = find(&mut self.jobs, id) else { return };
+                let Some(job) = find(&mut self.jobs, id) else {
+                    return;
+                };
                 if let Some(r) = &mut job.running {
                     r.stop = Some(Stop::Cancel);
                     r.cancel.cancel();
@@ -198,7 +205,10 @@ impl Manager {
             .and_then(|_| validate_repo_path(&spec.path))
             .and_then(|_| validate_revision(&spec.revision))
             .err();
-        let sha256 = spec.sha256.clone().filter(|s| crate::hub::validate::is_hex(s, 64));
+        let sha256 = spec
+            .sha256
+            .clone()
+            .filter(|s| crate::hub::validate::is_hex(s, 64));
         let state = match &invalid {
             Some(e) => StoredState::Failed {
                 reason: e.to_string(),
@@ -342,7 +352,9 @@ impl Manager {
 
     fn finished(&mut self, id: DownloadId, result: Result<PathBuf, super::DownloadError>) {
         let events = self.events.clone();
-        let Some(job) = find(&mut self.jobs, id) else { return };
+        let Some(job) = find(&mut self.jobs, id) else {
+            return;
+        };
         let stop = job.running.take().and_then(|r| r.stop);
         if stop == Some(Stop::Cancel) {
             self.remove(id);

@@ -98,9 +98,14 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DownloadEvent {
     /// Added to the queue (also sent at start-up for every unfinished job restored from disk).
-    Queued { id: DownloadId, spec: DownloadSpec },
+    Queued {
+        id: DownloadId,
+        spec: DownloadSpec,
+    },
     /// A worker picked the job up.
-    Started { id: DownloadId },
+    Started {
+        id: DownloadId,
+    },
     Progress(Progress),
     /// A transient error; the next attempt starts after `wait`.
     Retrying {
@@ -109,15 +114,27 @@ pub enum DownloadEvent {
         wait: Duration,
         reason: String,
     },
-    Paused { id: DownloadId },
+    Paused {
+        id: DownloadId,
+    },
     /// Verified and placed in the cache; `path` is the snapshot path.
-    Done { id: DownloadId, path: PathBuf },
+    Done {
+        id: DownloadId,
+        path: PathBuf,
+    },
     /// Gave up; `reason` says what to do. The partial file is kept where resuming makes sense.
-    Failed { id: DownloadId, reason: String },
+    Failed {
+        id: DownloadId,
+        reason: String,
+    },
     /// Removed from the queue at the user's request (its partial file is deleted).
-    Cancelled { id: DownloadId },
+    Cancelled {
+        id: DownloadId,
+    },
     /// Something the user should know that is not tied to one job (e.g. a corrupt queue file).
-    Notice { message: String },
+    Notice {
+        message: String,
+    },
 }
 
 /// The state of a job as [`DownloadHandle::list`] reports it.

@@ -114,9 +114,7 @@ mod tests {
         let job = StoredJob {
             id: 7,
             spec: DownloadSpec::new("org/m", "a.gguf"),
-            state: StoredState::Failed {
-                reason: "x".into(),
-            },
+            state: StoredState::Failed { reason: "x".into() },
             commit: None,
             etag: Some("e".into()),
             total: Some(3),

@@ -280,7 +280,13 @@ impl HubClient {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let (resp, hops) = self
-            .send(Method::HEAD, url.clone(), headers, Some(METADATA_TIMEOUT), false)
+            .send(
+                Method::HEAD,
+                url.clone(),
+                headers,
+                Some(METADATA_TIMEOUT),
+                false,
+            )
             .await?;
         let status = resp.status();
         if !(status.is_success() || status.is_redirection()) {
@@ -373,7 +379,9 @@ impl HubClient {
             url: url.to_string(),
             missing: what,
         };
-        let commit = hops.commit.ok_or_else(|| missing("the X-Repo-Commit header"))?;
+        let commit = hops
+            .commit
+            .ok_or_else(|| missing("the X-Repo-Commit header"))?;
         if !is_hex(&commit, 40) {
             return Err(missing("a 40-hex X-Repo-Commit"));
         }
@@ -411,7 +419,13 @@ impl HubClient {
 
     async fn get_ok(&self, url: Url, ctx: ErrCtx<'_>) -> Result<Response, HubError> {
         let (resp, _) = self
-            .send(Method::GET, url, HeaderMap::new(), Some(METADATA_TIMEOUT), true)
+            .send(
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                Some(METADATA_TIMEOUT),
+                true,
+            )
             .await?;
         if resp.status().is_success() {
             Ok(resp)
@@ -470,7 +484,10 @@ impl HubClient {
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            match (status.is_redirection() && status != StatusCode::NOT_MODIFIED, location) {
+            match (
+                status.is_redirection() && status != StatusCode::NOT_MODIFIED,
+                location,
+            ) {
                 (true, Some(loc)) => {
                     let next = url.join(&loc).map_err(|e| HubError::InvalidResponse {
                         url: url.to_string(),
@@ -738,7 +755,10 @@ fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn normalize_etag(e: &str) -> String {
-    e.trim().trim_start_matches("W/").trim_matches('"').to_string()
+    e.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
 }
 
 fn error_body(body: &[u8]) -> Option<String> {

@@ -26,7 +26,9 @@ pub enum HubError {
          HF_TOKEN or run `huggingface-cli login`"
     )]
     RepoNotFound { repo: String, endpoint: String },
-    #[error("revision `{revision}` does not exist in {repo}: check the branch, tag or commit name")]
+    #[error(
+        "revision `{revision}` does not exist in {repo}: check the branch, tag or commit name"
+    )]
     RevisionNotFound { repo: String, revision: String },
     #[error("file `{path}` does not exist in {repo} at `{revision}`: check the file name")]
     EntryNotFound {
@@ -48,7 +50,9 @@ pub enum HubError {
     Network { endpoint: String, detail: String },
     #[error("{endpoint} did not answer in time ({detail}); check your network and try again")]
     Timeout { endpoint: String, detail: String },
-    #[error("{endpoint} is not Hub-compatible: its answer to {url} lacks {missing}; check HF_ENDPOINT")]
+    #[error(
+        "{endpoint} is not Hub-compatible: its answer to {url} lacks {missing}; check HF_ENDPOINT"
+    )]
     NotHubCompatible {
         endpoint: String,
         url: String,

@@ -173,7 +173,9 @@ impl Quant {
                 let after_suffix = end < bytes.len()
                     && bytes[end] == b'_'
                     && bytes.get(end + 1).is_some_and(|b| b.is_ascii_alphabetic());
-                if before_ok && after_ok && !after_suffix
+                if before_ok
+                    && after_ok
+                    && !after_suffix
                     && best.is_none_or(|b| b.name().len() < n.len())
                 {
                     best = Some(q);
@@ -220,7 +222,9 @@ pub struct GgufGroup {
 
 /// Groups the `.gguf` files of a repo: split parts together, sorted by quant then name.
 pub fn group_gguf(files: &[RepoFile]) -> Vec<GgufGroup> {
-    let mut groups: BTreeMap<String, (Option<u32>, Vec<(u32, RepoFile)>)> = BTreeMap::new();
+    // name → (declared part count, (part number, file))
+    type Parts = (Option<u32>, Vec<(u32, RepoFile)>);
+    let mut groups: BTreeMap<String, Parts> = BTreeMap::new();
     for f in files {
         if !f.path.to_ascii_lowercase().ends_with(".gguf") {
             continue;
@@ -241,12 +245,21 @@ pub fn group_gguf(files: &[RepoFile]) -> Vec<GgufGroup> {
         .map(|(name, (of, mut parts))| {
             parts.sort_by_key(|(p, _)| *p);
             let complete = match of {
-                Some(n) => parts.len() == n as usize
-                    && parts.iter().enumerate().all(|(i, (p, _))| *p == i as u32 + 1),
+                Some(n) => {
+                    parts.len() == n as usize
+                        && parts
+                            .iter()
+                            .enumerate()
+                            .all(|(i, (p, _))| *p == i as u32 + 1)
+                }
                 None => true,
             };
             let files: Vec<RepoFile> = parts.into_iter().map(|(_, f)| f).collect();
-            let base = name.rsplit('/').next().unwrap_or(&name).to_ascii_lowercase();
+            let base = name
+                .rsplit('/')
+                .next()
+                .unwrap_or(&name)
+                .to_ascii_lowercase();
             GgufGroup {
                 quant: Quant::from_file_name(&name),
                 total_size: files.iter().filter_map(|f| f.size).sum(),
@@ -257,9 +270,7 @@ pub fn group_gguf(files: &[RepoFile]) -> Vec<GgufGroup> {
             }
         })
         .collect();
-    out.sort_by(|a, b| {
-        (a.is_projector, a.quant, &a.name).cmp(&(b.is_projector, b.quant, &b.name))
-    });
+    out.sort_by(|a, b| (a.is_projector, a.quant, &a.name).cmp(&(b.is_projector, b.quant, &b.name)));
     out
 }
 
@@ -364,7 +375,9 @@ pub enum SelectError {
         quant: String,
         available: String,
     },
-    #[error("the {quant} files of {repo} are incomplete (some parts of the split model are missing)")]
+    #[error(
+        "the {quant} files of {repo} are incomplete (some parts of the split model are missing)"
+    )]
     IncompleteSplit { repo: String, quant: String },
     #[error(
         "{repo} has no GGUF or safetensors weights; choose files with --file (files: {available})"
@@ -445,7 +458,11 @@ pub fn select_files(info: &ModelInfo, req: &PullRequest) -> Result<Vec<RepoFile>
         let available = || {
             groups
                 .iter()
-                .map(|g| g.quant.map(|q| q.name().to_string()).unwrap_or(g.name.clone()))
+                .map(|g| {
+                    g.quant
+                        .map(|q| q.name().to_string())
+                        .unwrap_or(g.name.clone())
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };

@@ -41,12 +41,15 @@ mod tests {
 
     #[test]
     fn parses_meminfo() {
-        let m = MemInfo::parse("MemTotal:       16000000 kB\nMemFree: 1000 kB\nMemAvailable:    8000000 kB\n")
-            .unwrap();
+        let m = MemInfo::parse(
+            "MemTotal:       16000000 kB\nMemFree: 1000 kB\nMemAvailable:    8000000 kB\n",
+        )
+        .unwrap();
         assert_eq!(m.total_bytes, 16_000_000 * 1024);
         assert_eq!(m.available_bytes, 8_000_000 * 1024);
-        let old = MemInfo::parse("MemTotal: 100 kB\nMemFree: 10 kB\nBuffers: 5 kB\nCached: 20 kB\n")
-            .unwrap();
+        let old =
+            MemInfo::parse("MemTotal: 100 kB\nMemFree: 10 kB\nBuffers: 5 kB\nCached: 20 kB\n")
+                .unwrap();
         assert_eq!(old.available_bytes, 35 * 1024);
         assert!(MemInfo::parse("garbage").is_none());
     }

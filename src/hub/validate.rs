@@ -108,8 +108,18 @@ mod tests {
             validate_repo_id(ok).unwrap();
         }
         for bad in [
-            "", "/x", "x/", "a/b/c", "../x", "a/..", "a b/c", "a/b\0", "a/.hidden", "a--b/c",
-            "org/na$me", "-a/b",
+            "",
+            "/x",
+            "x/",
+            "a/b/c",
+            "../x",
+            "a/..",
+            "a b/c",
+            "a/b\0",
+            "a/.hidden",
+            "a--b/c",
+            "org/na$me",
+            "-a/b",
         ] {
             assert!(validate_repo_id(bad).is_err(), "{bad:?} should be refused");
         }
@@ -117,14 +127,32 @@ mod tests {
 
     #[test]
     fn repo_paths() {
-        for ok in ["model.gguf", "a/b/c.json", "Q4_K_M/model-00001-of-00002.gguf", "x..y"] {
+        for ok in [
+            "model.gguf",
+            "a/b/c.json",
+            "Q4_K_M/model-00001-of-00002.gguf",
+            "x..y",
+        ] {
             validate_repo_path(ok).unwrap();
         }
         for bad in [
-            "", "../evil", "a/../../b", "/etc/passwd", "a\\b", "a/\0b", "a//b", "./a", "a/.",
-            "C:evil", "a\nb", "a/",
+            "",
+            "../evil",
+            "a/../../b",
+            "/etc/passwd",
+            "a\\b",
+            "a/\0b",
+            "a//b",
+            "./a",
+            "a/.",
+            "C:evil",
+            "a\nb",
+            "a/",
         ] {
-            assert!(validate_repo_path(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                validate_repo_path(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

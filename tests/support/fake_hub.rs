@@ -3,7 +3,9 @@
 //! `?blobs=true`, tree listing, resolve with redirects carrying the real headers, Range/206/416,
 //! the 401/403/404 matrix, fault injection and a request log.
 
-#![allow(dead_code)]
+// Each user of this module (test, example, bench) uses a different part of it; handlers return
+// early error responses through `Result<_, Response>`, which is fine for a test server.
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -340,8 +342,12 @@ impl FakeHubBuilder {
             max_inflight: AtomicUsize::new(0),
             request_ids: AtomicU64::new(1),
         });
-        let hub_app = Router::new().fallback(hub_handler).with_state(shared.clone());
-        let cdn_app = Router::new().fallback(cdn_handler).with_state(shared.clone());
+        let hub_app = Router::new()
+            .fallback(hub_handler)
+            .with_state(shared.clone());
+        let cdn_app = Router::new()
+            .fallback(cdn_handler)
+            .with_state(shared.clone());
         let t1 = tokio::spawn(async move {
             let _ = axum::serve(hub_l, hub_app).await;
         });
@@ -652,7 +658,11 @@ fn summary(repo: &FakeRepo, full: bool, expand: &[&str]) -> Value {
     extra.insert("lastModified".into(), json!(repo.last_modified));
     extra.insert(
         "gated".into(),
-        if repo.gated { json!("manual") } else { json!(false) },
+        if repo.gated {
+            json!("manual")
+        } else {
+            json!(false)
+        },
     );
     extra.insert("disabled".into(), json!(false));
     extra.insert(
@@ -707,9 +717,9 @@ fn search(ctx: &Ctx) -> Response {
         .collect();
     match ctx.param("sort") {
         None => {}
-        Some("downloads") => hits.sort_by(|a, b| b.downloads.cmp(&a.downloads)),
-        Some("likes") => hits.sort_by(|a, b| b.likes.cmp(&a.likes)),
-        Some("trendingScore") => hits.sort_by(|a, b| b.trending.cmp(&a.trending)),
+        Some("downloads") => hits.sort_by_key(|r| std::cmp::Reverse(r.downloads)),
+        Some("likes") => hits.sort_by_key(|r| std::cmp::Reverse(r.likes)),
+        Some("trendingScore") => hits.sort_by_key(|r| std::cmp::Reverse(r.trending)),
         Some("lastModified") => hits.sort_by(|a, b| b.last_modified.cmp(&a.last_modified)),
         Some("createdAt") => hits.sort_by(|a, b| b.created_at.cmp(&a.created_at)),
         Some(other) => {
@@ -835,8 +845,11 @@ fn tree(ctx: &Ctx, id: &str, rev: &str, path: &str) -> Response {
         format!("{path}/")
     };
     let mut entries: std::collections::BTreeMap<String, Value> = Default::default();
-    let mut names: Vec<(String, Option<&FakeFile>)> =
-        repo.files.iter().map(|f| (f.path.clone(), Some(f))).collect();
+    let mut names: Vec<(String, Option<&FakeFile>)> = repo
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), Some(f)))
+        .collect();
     for p in &ctx.shared.faults.lock().unwrap().unsafe_paths {
         names.push((p.clone(), None));
     }
@@ -868,7 +881,12 @@ fn tree(ctx: &Ctx, id: &str, rev: &str, path: &str) -> Response {
         entries.insert(name, entry);
     }
     if !path.is_empty() && entries.is_empty() {
-        let mut r = error(StatusCode::NOT_FOUND, Some("EntryNotFound"), None, "Entry not found");
+        let mut r = error(
+            StatusCode::NOT_FOUND,
+            Some("EntryNotFound"),
+            None,
+            "Entry not found",
+        );
         r.headers_mut()
             .insert("x-repo-commit", HeaderValue::from_str(&sha).unwrap());
         return r;
@@ -924,7 +942,12 @@ async fn resolve(ctx: &Ctx, id: &str, rev: &str, path: &str, via_cache: bool) ->
     }
     if let Some(code) = fire(&mut faults.fail_5xx) {
         let status = StatusCode::from_u16(code as u16).unwrap();
-        return error(status, None, None, "Internal Error - We're working hard to fix this");
+        return error(
+            status,
+            None,
+            None,
+            "Internal Error - We're working hard to fix this",
+        );
     }
     if faults.redirect_loop {
         let here = format!("{}{}", ctx.shared.hub_base, ctx.raw_path);
@@ -950,7 +973,12 @@ async fn resolve(ctx: &Ctx, id: &str, rev: &str, path: &str, via_cache: bool) ->
                      authenticated to access it. Please log in.",
                     repo.id
                 );
-                return error(StatusCode::UNAUTHORIZED, Some("GatedRepo"), Some(&msg), &msg);
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    Some("GatedRepo"),
+                    Some(&msg),
+                    &msg,
+                );
             }
             Some(u) if !repo.allowed.contains(&u) => {
                 let msg = format!(
@@ -968,7 +996,12 @@ async fn resolve(ctx: &Ctx, id: &str, rev: &str, path: &str, via_cache: bool) ->
         Err(e) => return e,
     };
     let Some(file) = repo.get(path) else {
-        let mut r = error(StatusCode::NOT_FOUND, Some("EntryNotFound"), None, "Entry not found");
+        let mut r = error(
+            StatusCode::NOT_FOUND,
+            Some("EntryNotFound"),
+            None,
+            "Entry not found",
+        );
         r.headers_mut()
             .insert("x-repo-commit", HeaderValue::from_str(&sha).unwrap());
         return r;
@@ -1071,8 +1104,11 @@ fn route_cdn(ctx: &Ctx) -> Response {
     // Deliberately not the sha256, like the real CDN.
     h.insert(
         "etag",
-        HeaderValue::from_str(&format!("\"{}\"", hex::encode(Sha256::digest(sha.as_bytes()))))
-            .unwrap(),
+        HeaderValue::from_str(&format!(
+            "\"{}\"",
+            hex::encode(Sha256::digest(sha.as_bytes()))
+        ))
+        .unwrap(),
     );
     h.insert(
         "content-disposition",
@@ -1264,20 +1300,35 @@ pub fn standard_repos() -> Vec<FakeRepo> {
     let kb = 1024;
     let mut repos = vec![
         FakeRepo::new("acme/tiny-llama-GGUF")
-            .file("README.md", b"# Tiny Llama GGUF\nQuantized tiny llama.\n".to_vec())
-            .file(".gitattributes", b"*.gguf filter=lfs diff=lfs merge=lfs -text\n".to_vec())
+            .file(
+                "README.md",
+                b"# Tiny Llama GGUF\nQuantized tiny llama.\n".to_vec(),
+            )
+            .file(
+                ".gitattributes",
+                b"*.gguf filter=lfs diff=lfs merge=lfs -text\n".to_vec(),
+            )
             .file("config.json", br#"{"model_type":"llama"}"#.to_vec())
             .file("tiny-llama.Q4_K_M.gguf", content("q4km", 300 * kb))
             .file("tiny-llama.Q8_0.gguf", content("q80", 500 * kb))
-            .file("tiny-llama.Q2_K-00001-of-00002.gguf", content("q2k-1", 100 * kb))
-            .file("tiny-llama.Q2_K-00002-of-00002.gguf", content("q2k-2", 90 * kb))
+            .file(
+                "tiny-llama.Q2_K-00001-of-00002.gguf",
+                content("q2k-1", 100 * kb),
+            )
+            .file(
+                "tiny-llama.Q2_K-00002-of-00002.gguf",
+                content("q2k-2", 90 * kb),
+            )
             .tags(&["gguf", "llama", "text-generation", "license:apache-2.0"])
             .pipeline("text-generation")
             .library("gguf")
             .stats(5000, 40)
             .modified("2025-06-01T10:00:00.000Z"),
         FakeRepo::new("acme/mini-bert")
-            .file("config.json", br#"{"model_type":"bert","hidden_size":32}"#.to_vec())
+            .file(
+                "config.json",
+                br#"{"model_type":"bert","hidden_size":32}"#.to_vec(),
+            )
             .file("model-00001-of-00002.safetensors", content("st1", 200 * kb))
             .file("model-00002-of-00002.safetensors", content("st2", 150 * kb))
             .file(
@@ -1285,7 +1336,10 @@ pub fn standard_repos() -> Vec<FakeRepo> {
                 br#"{"metadata":{},"weight_map":{}}"#.to_vec(),
             )
             .file("tokenizer.json", br#"{"version":"1.0"}"#.to_vec())
-            .file("tokenizer_config.json", br#"{"model_max_length":512}"#.to_vec())
+            .file(
+                "tokenizer_config.json",
+                br#"{"model_max_length":512}"#.to_vec(),
+            )
             .file("pytorch_model.bin", content("bin", 50 * kb))
             .file("onnx/model.onnx", content("onnx", 20 * kb))
             .tags(&["safetensors", "transformers", "bert", "feature-extraction"])
@@ -1305,13 +1359,55 @@ pub fn standard_repos() -> Vec<FakeRepo> {
             .tags(&["gguf"]),
     ];
     let search_set = [
-        ("meta-llama/Llama-3-8B", 90000, 900, "2025-05-01", &["text-generation", "safetensors"][..]),
-        ("bartowski/Llama-3-8B-GGUF", 70000, 300, "2025-05-03", &["gguf", "text-generation"][..]),
-        ("TheBloke/Llama-2-7B-GGUF", 60000, 800, "2024-01-01", &["gguf", "text-generation"][..]),
-        ("bartowski/Qwen2.5-7B-GGUF", 50000, 200, "2025-04-01", &["gguf", "text-generation"][..]),
-        ("TheBloke/Llama-2-13B-GGUF", 40000, 500, "2024-02-01", &["gguf", "text-generation"][..]),
-        ("someone/llama-embeddings", 100, 2, "2023-01-01", &["feature-extraction"][..]),
-        ("bartowski/Llama-3.2-1B-GGUF", 30000, 100, "2025-06-10", &["gguf", "text-generation"][..]),
+        (
+            "meta-llama/Llama-3-8B",
+            90000,
+            900,
+            "2025-05-01",
+            &["text-generation", "safetensors"][..],
+        ),
+        (
+            "bartowski/Llama-3-8B-GGUF",
+            70000,
+            300,
+            "2025-05-03",
+            &["gguf", "text-generation"][..],
+        ),
+        (
+            "TheBloke/Llama-2-7B-GGUF",
+            60000,
+            800,
+            "2024-01-01",
+            &["gguf", "text-generation"][..],
+        ),
+        (
+            "bartowski/Qwen2.5-7B-GGUF",
+            50000,
+            200,
+            "2025-04-01",
+            &["gguf", "text-generation"][..],
+        ),
+        (
+            "TheBloke/Llama-2-13B-GGUF",
+            40000,
+            500,
+            "2024-02-01",
+            &["gguf", "text-generation"][..],
+        ),
+        (
+            "someone/llama-embeddings",
+            100,
+            2,
+            "2023-01-01",
+            &["feature-extraction"][..],
+        ),
+        (
+            "bartowski/Llama-3.2-1B-GGUF",
+            30000,
+            100,
+            "2025-06-10",
+            &["gguf", "text-generation"][..],
+        ),
     ];
     for (id, dl, likes, date, tags) in search_set {
         let pipeline = if tags.contains(&"feature-extraction") {
