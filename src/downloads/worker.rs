@@ -15,7 +15,7 @@ use super::cache::RepoCache;
 use super::disk::{ensure_space, map_write_error};
 use super::error::DownloadError;
 use super::{DownloadId, DownloadSpec, ManagerConfig, Progress};
-use crate::hub::HubClient;
+use crate::hub::{HubClient, HubError};
 
 /// Batches buffered between the network and the writer thread.
 const WRITE_QUEUE: usize = 8;
@@ -179,7 +179,25 @@ async fn attempt_once(
     let rev = task.commit.clone().unwrap_or_else(|| spec.revision.clone());
     let meta = tokio::select! {
         _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
-        r = ctx.hub.file_meta(&spec.repo, &rev, &spec.path) => r?,
+        r = ctx.hub.file_meta(&spec.repo, &rev, &spec.path) => r,
+    };
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e @ (HubError::Network { .. } | HubError::Timeout { .. })) => {
+            // Offline: a file already in the cache at this revision is as good as downloaded.
+            let commit = task
+                .commit
+                .clone()
+                .or_else(|| cache.read_ref(&spec.revision));
+            if let Some(commit) = commit {
+                let snap = cache.snapshot_path(&commit, &spec.path);
+                if snap.is_file() {
+                    return Ok(snap);
+                }
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
     };
     if task.etag.as_deref().is_some_and(|old| old != meta.etag) {
         // The file changed on the Hub since the partial was started.
