@@ -20,6 +20,7 @@ pub use quant::{
 pub use sysmem::MemInfo;
 pub use token::read_token;
 pub use types::{
-    Gated, LfsInfo, ModelInfo, ModelSummary, RepoFile, SearchPage, SearchQuery, Sort, TreeEntry,
+    Gated, GgufSummary, LfsInfo, ModelInfo, ModelSummary, RepoFile, SearchPage, SearchQuery, Sort,
+    TreeEntry,
 };
 pub use validate::{validate_repo_id, validate_repo_path, validate_revision};

@@ -564,6 +564,7 @@ mod tests {
             library_name: None,
             license: None,
             last_modified: None,
+            gguf: None,
             files,
             rejected_paths: vec![],
         }

@@ -120,6 +120,8 @@ pub struct FakeRepo {
     pub files: Vec<FakeFile>,
     /// Old id that now answers with a same-origin 307 to this repo.
     pub renamed_from: Option<String>,
+    /// The `gguf` object of model info.
+    pub gguf: Option<Value>,
 }
 
 impl FakeRepo {
@@ -141,6 +143,7 @@ impl FakeRepo {
             last_modified: "2025-01-02T00:00:00.000Z".into(),
             files: vec![],
             renamed_from: None,
+            gguf: None,
         }
     }
 
@@ -190,6 +193,11 @@ impl FakeRepo {
 
     pub fn branch(mut self, name: &str) -> Self {
         self.branches.push(name.to_string());
+        self
+    }
+
+    pub fn gguf(mut self, v: Value) -> Self {
+        self.gguf = Some(v);
         self
     }
 
@@ -864,6 +872,10 @@ fn model_info(ctx: &Ctx, id: &str, rev: Option<&str>) -> Response {
         "siblings": siblings, "spaces": [],
         "usedStorage": repo.files.iter().map(|f| f.size()).sum::<u64>(),
     });
+    let mut body = body;
+    if let Some(g) = &repo.gguf {
+        body["gguf"] = g.clone();
+    }
     json_resp(StatusCode::OK, body)
 }
 
@@ -1358,6 +1370,11 @@ pub fn standard_repos() -> Vec<FakeRepo> {
                 content("q2k-2", 90 * kb),
             )
             .tags(&["gguf", "llama", "text-generation", "license:apache-2.0"])
+            .gguf(json!({
+                "total": 1_100_000_000u64, "architecture": "llama", "context_length": 2048,
+                "chat_template": "{{ messages }}", "bos_token": "<s>", "eos_token": "</s>",
+                "totalFileSize": 1_130_000u64
+            }))
             .pipeline("text-generation")
             .library("gguf")
             .stats(5000, 40)
