@@ -784,7 +784,7 @@ mod download {
     #[tokio::test]
     async fn two_queued_downloads_run_at_once() {
         let e = env().await;
-        e.hub.faults().slow = Some(1_000_000);
+        e.hub.faults().slow = Some(300_000);
         let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
         let a = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
         let b = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q8_0.gguf"));
