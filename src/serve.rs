@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::config::Loaded;
 use crate::engine::{EngineHandle, EngineOptions};
 use crate::library::{Library, LibraryRoots};
+use crate::server::pull::PullSettings;
 use crate::server::{ServerCtx, ServerHandle, ServerOptions};
 
 /// Runs the server until a shutdown signal. `model` is the default model (`--model`).
@@ -31,9 +32,13 @@ pub fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     }
     (host, port)
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve server.host `{host}`; use an IP address such as 127.0.0.1"))?
+        .with_context(|| {
+            format!("cannot resolve server.host `{host}`; use an IP address such as 127.0.0.1")
+        })?
         .next()
-        .with_context(|| format!("server.host `{host}` has no address; use an IP address such as 127.0.0.1"))
+        .with_context(|| {
+            format!("server.host `{host}` has no address; use an IP address such as 127.0.0.1")
+        })
 }
 
 fn expand(p: &str) -> PathBuf {
@@ -62,6 +67,12 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     });
     let mut options = ServerOptions::from_config(cfg);
     options.default_model = model.clone();
+    options.pull = Some(PullSettings {
+        endpoint: cfg.hub.endpoint.clone(),
+        token: loaded.token(),
+        cache_dir: loaded.hf_home().join("hub"),
+        data_dir: loaded.dirs.data_dir.clone(),
+    });
     if options.api_key.is_none() && !addr.ip().is_loopback() {
         let msg = format!(
             "listening on {addr} without an API key: anyone who can reach this address can use your models. Set INFLUENCE_API_KEY or pass --api-key"
@@ -91,7 +102,10 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         });
     }
     let handle = ServerHandle::start(ctx, addr).await?;
-    tracing::info!("serving the API on http://{} (Ctrl-C to stop)", handle.addr());
+    tracing::info!(
+        "serving the API on http://{} (Ctrl-C to stop)",
+        handle.addr()
+    );
     shutdown_signal().await?;
     tracing::info!("shutting down");
     handle.stop().await?;
@@ -111,7 +125,9 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")
     }
 }
 

@@ -136,6 +136,11 @@ fn load_path(lib: &Library, q: &str) -> String {
 }
 
 fn setup_with(tweak: impl FnOnce(&mut ServerOptions, &mut FakeScript)) -> Fx {
+    setup_in(|_, o, s| tweak(o, s))
+}
+
+/// Like [`setup_with`], and the closure also gets the fixture's folder.
+fn setup_in(tweak: impl FnOnce(&Path, &mut ServerOptions, &mut FakeScript)) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let (lib, _) = library_in(dir.path());
     let mut script = FakeScript::simple();
@@ -146,7 +151,7 @@ fn setup_with(tweak: impl FnOnce(&mut ServerOptions, &mut FakeScript)) -> Fx {
         fake_model(&load_path(&lib, FOREIGN), ModelKind::Generate),
     ];
     let mut opts = ServerOptions::default();
-    tweak(&mut opts, &mut script);
+    tweak(dir.path(), &mut opts, &mut script);
     let engine = EngineHandle::fake(script.clone());
     let ctx = ServerCtx::new(engine, Arc::new(RwLock::new(lib)), opts);
     Fx {
@@ -181,7 +186,9 @@ async fn send(app: &Router, r: Request<Body>) -> (StatusCode, HeaderMap, Bytes) 
     let resp = app.clone().oneshot(r).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
     (status, headers, bytes)
 }
 
@@ -192,8 +199,12 @@ async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
 
 async fn post(app: &Router, uri: &str, body: Value) -> (StatusCode, Value) {
     let (s, _, b) = send(app, req(Method::POST, uri, Some(&body), &[])).await;
-    let v = serde_json::from_slice(&b)
-        .unwrap_or_else(|e| panic!("{uri}: body is not JSON ({e}): {}", String::from_utf8_lossy(&b)));
+    let v = serde_json::from_slice(&b).unwrap_or_else(|e| {
+        panic!(
+            "{uri}: body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&b)
+        )
+    });
     (s, v)
 }
 
@@ -239,7 +250,12 @@ fn sse_data(events: &[String]) -> Vec<String> {
         .collect()
 }
 
-async fn stream(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, HeaderMap, Body) {
+async fn stream(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Body) {
     let resp = app
         .clone()
         .oneshot(req(method, uri, body.as_ref(), &[]))
@@ -251,13 +267,18 @@ async fn stream(app: &Router, method: Method, uri: &str, body: Option<Value>) ->
 
 fn assert_openai_error(v: &Value, param: &str) {
     let e = &v["error"];
-    assert!(e["message"].as_str().is_some_and(|m| m.contains(param)), "{v}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains(param)),
+        "{v}"
+    );
     assert_eq!(e["param"], param, "{v}");
     assert!(e["type"].is_string(), "{v}");
 }
 
 fn assert_ollama_error(v: &Value, needle: &str) {
-    let e = v["error"].as_str().unwrap_or_else(|| panic!("not an Ollama error: {v}"));
+    let e = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an Ollama error: {v}"));
     assert!(e.contains(needle), "{e} should mention {needle}");
 }
 
@@ -272,7 +293,12 @@ mod openai {
         let (s, v) = get(&fx.app, "/v1/models").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["object"], "list");
-        let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
         assert!(ids.iter().any(|i| i.contains(CHAT)), "{ids:?}");
         assert!(ids.iter().any(|i| i.contains(EMBED)), "{ids:?}");
         assert!(ids.contains(&FOREIGN), "{ids:?}");
@@ -349,8 +375,10 @@ mod openai {
             &fx.app,
             Method::POST,
             "/v1/chat/completions",
-            Some(json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}], "stream": true,
-                        "stream_options": {"include_usage": true}})),
+            Some(
+                json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}], "stream": true,
+                        "stream_options": {"include_usage": true}}),
+            ),
         )
         .await;
         assert_eq!(s, StatusCode::OK);
@@ -362,7 +390,9 @@ mod openai {
             .map(|d| serde_json::from_str(d).unwrap())
             .collect();
         let id = chunks[0]["id"].clone();
-        assert!(chunks.iter().all(|c| c["id"] == id && c["object"] == "chat.completion.chunk"));
+        assert!(chunks
+            .iter()
+            .all(|c| c["id"] == id && c["object"] == "chat.completion.chunk"));
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         let text: String = chunks
             .iter()
@@ -381,7 +411,12 @@ mod openai {
     #[tokio::test]
     async fn completions_plain_and_streamed() {
         let fx = setup();
-        let (s, v) = post(&fx.app, "/v1/completions", json!({"model": CHAT, "prompt": "Once upon", "max_tokens": 3})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/completions",
+            json!({"model": CHAT, "prompt": "Once upon", "max_tokens": 3}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["choices"][0]["text"], "Hello from the");
@@ -407,17 +442,32 @@ mod openai {
     #[tokio::test]
     async fn embeddings_string_array_and_base64() {
         let fx = setup();
-        let (s, one) = post(&fx.app, "/v1/embeddings", json!({"model": EMBED, "input": "hello"})).await;
+        let (s, one) = post(
+            &fx.app,
+            "/v1/embeddings",
+            json!({"model": EMBED, "input": "hello"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{one}");
         assert_eq!(one["object"], "list");
         assert_eq!(one["data"][0]["object"], "embedding");
         assert_eq!(one["data"][0]["embedding"].as_array().unwrap().len(), 8);
-        let (_, many) = post(&fx.app, "/v1/embeddings", json!({"model": EMBED, "input": ["hello", "world"]})).await;
+        let (_, many) = post(
+            &fx.app,
+            "/v1/embeddings",
+            json!({"model": EMBED, "input": ["hello", "world"]}),
+        )
+        .await;
         assert_eq!(many["data"].as_array().unwrap().len(), 2);
         assert_eq!(many["data"][1]["index"], 1);
         assert_eq!(many["data"][0]["embedding"], one["data"][0]["embedding"]);
         assert_ne!(many["data"][0]["embedding"], many["data"][1]["embedding"]);
-        let (_, b64) = post(&fx.app, "/v1/embeddings", json!({"model": EMBED, "input": "hello", "encoding_format": "base64"})).await;
+        let (_, b64) = post(
+            &fx.app,
+            "/v1/embeddings",
+            json!({"model": EMBED, "input": "hello", "encoding_format": "base64"}),
+        )
+        .await;
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64["data"][0]["embedding"].as_str().unwrap())
@@ -426,10 +476,20 @@ mod openai {
             .chunks(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let expect: Vec<f32> = one["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let expect: Vec<f32> = one["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(floats, expect);
         // A chat model cannot embed.
-        let (s, v) = post(&fx.app, "/v1/embeddings", json!({"model": CHAT, "input": "x"})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/embeddings",
+            json!({"model": CHAT, "input": "x"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "model");
     }
@@ -439,20 +499,53 @@ mod openai {
         let fx = setup();
         let msgs = json!([{"role": "user", "content": "hi"}]);
         let cases = [
-            (json!({"model": CHAT, "messages": msgs, "temperature": 5}), "temperature"),
-            (json!({"model": CHAT, "messages": msgs, "temperature": "hot"}), "temperature"),
-            (json!({"model": CHAT, "messages": msgs, "top_p": 1.5}), "top_p"),
-            (json!({"model": CHAT, "messages": msgs, "max_tokens": 0}), "max_tokens"),
-            (json!({"model": CHAT, "messages": msgs, "max_tokens": -3}), "max_tokens"),
-            (json!({"model": CHAT, "messages": msgs, "max_completion_tokens": 0}), "max_completion_tokens"),
+            (
+                json!({"model": CHAT, "messages": msgs, "temperature": 5}),
+                "temperature",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "temperature": "hot"}),
+                "temperature",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "top_p": 1.5}),
+                "top_p",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "max_tokens": -3}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "max_completion_tokens": 0}),
+                "max_completion_tokens",
+            ),
             (json!({"model": CHAT, "messages": msgs, "n": 3}), "n"),
-            (json!({"model": CHAT, "messages": msgs, "presence_penalty": 9}), "presence_penalty"),
-            (json!({"model": CHAT, "messages": msgs, "stop": [""]}), "stop"),
-            (json!({"model": CHAT, "messages": msgs, "stop": vec!["x"; 17]}), "stop"),
-            (json!({"model": CHAT, "messages": msgs, "seed": "abc"}), "seed"),
+            (
+                json!({"model": CHAT, "messages": msgs, "presence_penalty": 9}),
+                "presence_penalty",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "stop": [""]}),
+                "stop",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "stop": vec!["x"; 17]}),
+                "stop",
+            ),
+            (
+                json!({"model": CHAT, "messages": msgs, "seed": "abc"}),
+                "seed",
+            ),
             (json!({"model": CHAT, "messages": []}), "messages"),
             (json!({"model": CHAT}), "messages"),
-            (json!({"model": CHAT, "messages": [{"role": "tool", "content": "x"}]}), "messages"),
+            (
+                json!({"model": CHAT, "messages": [{"role": "tool", "content": "x"}]}),
+                "messages",
+            ),
             (json!({"model": CHAT, "messages": "hi"}), "messages"),
             (json!({"model": 7, "messages": msgs}), "model"),
         ];
@@ -461,13 +554,28 @@ mod openai {
             assert_eq!(s, StatusCode::BAD_REQUEST, "{body} → {v}");
             assert_openai_error(&v, field);
         }
-        let (s, v) = post(&fx.app, "/v1/embeddings", json!({"model": EMBED, "input": "x", "encoding_format": "int8"})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/embeddings",
+            json!({"model": EMBED, "input": "x", "encoding_format": "int8"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "encoding_format");
-        let (s, v) = post(&fx.app, "/v1/embeddings", json!({"model": EMBED, "input": []})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/embeddings",
+            json!({"model": EMBED, "input": []}),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "input");
-        let (s, v) = post(&fx.app, "/v1/completions", json!({"model": CHAT, "prompt": ["a", "b"]})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/completions",
+            json!({"model": CHAT, "prompt": ["a", "b"]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "prompt");
     }
@@ -486,7 +594,12 @@ mod openai {
     #[tokio::test]
     async fn unknown_model_is_404_model_not_found() {
         let fx = setup();
-        let (s, v) = post(&fx.app, "/v1/chat/completions", json!({"model": "gpt-17", "messages": [{"role":"user","content":"hi"}]})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": "gpt-17", "messages": [{"role":"user","content":"hi"}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "model_not_found");
@@ -495,7 +608,12 @@ mod openai {
         let (s, _) = get(&fx.app, "/v1/models/gpt-17").await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         // No default model: naming none is a 400 that says so.
-        let (s, v) = post(&fx.app, "/v1/chat/completions", json!({"messages": [{"role":"user","content":"hi"}]})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"messages": [{"role":"user","content":"hi"}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "model");
     }
@@ -515,7 +633,10 @@ mod ollama {
         let (s, v) = get(&fx.app, "/api/tags").await;
         assert_eq!(s, StatusCode::OK);
         let models = v["models"].as_array().unwrap();
-        let chat = models.iter().find(|m| m["name"].as_str().unwrap().contains(CHAT)).unwrap();
+        let chat = models
+            .iter()
+            .find(|m| m["name"].as_str().unwrap().contains(CHAT))
+            .unwrap();
         assert_eq!(chat["model"], chat["name"]);
         assert!(chat["size"].as_u64().unwrap() > 0);
         assert_eq!(chat["details"]["format"], "gguf");
@@ -549,21 +670,33 @@ mod ollama {
         .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(h[header::CONTENT_TYPE], "application/x-ndjson");
-        let lines: Vec<Value> = records(body, "\n").await.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = records(body, "\n")
+            .await
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 7);
         for l in &lines[..6] {
             assert_eq!(l["done"], false);
             assert_eq!(l["message"]["role"], "assistant");
             assert!(l["created_at"].is_string());
         }
-        let text: String = lines.iter().map(|l| l["message"]["content"].as_str().unwrap()).collect();
+        let text: String = lines
+            .iter()
+            .map(|l| l["message"]["content"].as_str().unwrap())
+            .collect();
         assert_eq!(text, REPLY);
         let last = lines.last().unwrap();
         assert_eq!(last["done"], true);
         assert_eq!(last["done_reason"], "stop");
         assert_eq!(last["eval_count"], 6);
         assert_eq!(last["prompt_eval_count"], 5);
-        for k in ["total_duration", "load_duration", "prompt_eval_duration", "eval_duration"] {
+        for k in [
+            "total_duration",
+            "load_duration",
+            "prompt_eval_duration",
+            "eval_duration",
+        ] {
             assert!(last[k].is_u64(), "{k} missing in {last}");
         }
         assert!(last["total_duration"].as_u64().unwrap() > 0);
@@ -597,11 +730,21 @@ mod ollama {
         assert_eq!(v["done_reason"], "stop");
         // system (2 words + 4) + prompt (5 words + 4)
         assert_eq!(v["prompt_eval_count"], 15);
-        let (_, v) = post(&fx.app, "/api/generate", json!({"model": CHAT, "prompt": "a b c", "raw": true, "stream": false})).await;
+        let (_, v) = post(
+            &fx.app,
+            "/api/generate",
+            json!({"model": CHAT, "prompt": "a b c", "raw": true, "stream": false}),
+        )
+        .await;
         assert_eq!(v["prompt_eval_count"], 3);
         // num_ctx caps the output to what fits: 5 prompt tokens + 2 generated.
-        let (_, v) = post(&fx.app, "/api/chat", json!({"model": CHAT, "stream": false,
-            "messages": [{"role":"user","content":"hi"}], "options": {"num_ctx": 7}})).await;
+        let (_, v) = post(
+            &fx.app,
+            "/api/chat",
+            json!({"model": CHAT, "stream": false,
+            "messages": [{"role":"user","content":"hi"}], "options": {"num_ctx": 7}}),
+        )
+        .await;
         assert_eq!(v["eval_count"], 2, "{v}");
         assert_eq!(v["done_reason"], "length");
     }
@@ -609,9 +752,22 @@ mod ollama {
     #[tokio::test]
     async fn generate_streams_ndjson() {
         let fx = setup();
-        let (_, _, body) = stream(&fx.app, Method::POST, "/api/generate", Some(json!({"model": CHAT, "prompt": "hi"}))).await;
-        let lines: Vec<Value> = records(body, "\n").await.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let text: String = lines.iter().map(|l| l["response"].as_str().unwrap()).collect();
+        let (_, _, body) = stream(
+            &fx.app,
+            Method::POST,
+            "/api/generate",
+            Some(json!({"model": CHAT, "prompt": "hi"})),
+        )
+        .await;
+        let lines: Vec<Value> = records(body, "\n")
+            .await
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let text: String = lines
+            .iter()
+            .map(|l| l["response"].as_str().unwrap())
+            .collect();
         assert_eq!(text, REPLY);
         assert_eq!(lines.last().unwrap()["done"], true);
         assert_eq!(lines.last().unwrap()["eval_count"], 6);
@@ -627,7 +783,12 @@ mod ollama {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["done_reason"], "load");
         let (_, ps) = get(&fx.app, "/api/ps").await;
-        let names: Vec<&str> = ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = ps["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
         assert!(names.iter().any(|n| n.contains(CHAT)), "{ps}");
         assert_eq!(ps["models"][0]["details"]["family"], "llama");
     }
@@ -637,15 +798,42 @@ mod ollama {
         let fx = setup();
         let m = json!([{"role": "user", "content": "hi"}]);
         let cases = [
-            (json!({"model": CHAT, "messages": m, "options": {"temperature": -1}}), "temperature"),
-            (json!({"model": CHAT, "messages": m, "options": {"top_p": 3}}), "top_p"),
-            (json!({"model": CHAT, "messages": m, "options": {"num_predict": 0}}), "num_predict"),
-            (json!({"model": CHAT, "messages": m, "options": {"num_ctx": 0}}), "num_ctx"),
-            (json!({"model": CHAT, "messages": m, "options": {"num_ctx": 3}}), "num_ctx"),
-            (json!({"model": CHAT, "messages": m, "options": {"repeat_penalty": 0}}), "repeat_penalty"),
-            (json!({"model": CHAT, "messages": m, "options": {"seed": "x"}}), "options"),
-            (json!({"model": CHAT, "messages": [{"role": "robot", "content": "x"}]}), "messages"),
-            (json!({"model": CHAT, "messages": m, "stream": "yes"}), "stream"),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"temperature": -1}}),
+                "temperature",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"top_p": 3}}),
+                "top_p",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"num_predict": 0}}),
+                "num_predict",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"num_ctx": 0}}),
+                "num_ctx",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"num_ctx": 3}}),
+                "num_ctx",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"repeat_penalty": 0}}),
+                "repeat_penalty",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "options": {"seed": "x"}}),
+                "options",
+            ),
+            (
+                json!({"model": CHAT, "messages": [{"role": "robot", "content": "x"}]}),
+                "messages",
+            ),
+            (
+                json!({"model": CHAT, "messages": m, "stream": "yes"}),
+                "stream",
+            ),
             (json!({"messages": m}), "model"),
         ];
         for (body, needle) in cases {
@@ -671,13 +859,23 @@ mod ollama {
     #[tokio::test]
     async fn embed_and_embeddings() {
         let fx = setup();
-        let (s, v) = post(&fx.app, "/api/embed", json!({"model": EMBED, "input": ["a", "b"]})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/api/embed",
+            json!({"model": EMBED, "input": ["a", "b"]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["embeddings"].as_array().unwrap().len(), 2);
         assert!(v["total_duration"].is_u64());
         let (_, one) = post(&fx.app, "/api/embed", json!({"model": EMBED, "input": "a"})).await;
         assert_eq!(one["embeddings"][0], v["embeddings"][0]);
-        let (s, old) = post(&fx.app, "/api/embeddings", json!({"model": EMBED, "prompt": "a"})).await;
+        let (s, old) = post(
+            &fx.app,
+            "/api/embeddings",
+            json!({"model": EMBED, "prompt": "a"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(old["embedding"], v["embeddings"][0]);
         let (s, v) = post(&fx.app, "/api/embeddings", json!({"model": EMBED})).await;
@@ -688,7 +886,14 @@ mod ollama {
     #[tokio::test]
     async fn delete_removes_own_models_and_refuses_other_stores() {
         let fx = setup();
-        let del = |name: &str| req(Method::DELETE, "/api/delete", Some(&json!({"model": name})), &[]);
+        let del = |name: &str| {
+            req(
+                Method::DELETE,
+                "/api/delete",
+                Some(&json!({"model": name})),
+                &[],
+            )
+        };
         let (s, _, _) = send(&fx.app, del(OLD)).await;
         assert_eq!(s, StatusCode::OK);
         let (_, tags) = get(&fx.app, "/api/tags").await;
@@ -714,12 +919,22 @@ mod legacy {
     #[tokio::test]
     async fn generate_and_health() {
         let fx = setup();
-        let (s, v) = post(&fx.app, "/v1/generate", json!({"model": CHAT, "prompt": "hi", "max_tokens": 4})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/generate",
+            json!({"model": CHAT, "prompt": "hi", "max_tokens": 4}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["text"], "Hello from the fake");
         assert_eq!(v["tokens"], 4);
         assert_eq!(v["finish_reason"], "length");
-        let (s, v) = post(&fx.app, "/v1/generate", json!({"model": CHAT, "prompt": "hi", "temperature": 7})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/generate",
+            json!({"model": CHAT, "prompt": "hi", "temperature": 7}),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "temperature");
         let (s, v) = post(&fx.app, "/v1/generate", json!({"model": CHAT})).await;
@@ -739,13 +954,20 @@ mod legacy {
         assert_eq!(h[header::CONTENT_TYPE], "text/event-stream");
         let data = sse_data(&records(body, "\n\n").await);
         assert_eq!(data.last().unwrap(), "[DONE]");
-        let events: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        let events: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
         let text: String = events.iter().filter_map(|e| e["token"].as_str()).collect();
         assert_eq!(text, "Hello from the fake engine");
         let done = events.last().unwrap();
         assert_eq!(done["done"], true);
         assert_eq!(done["tokens"], 5);
-        let (s, v) = get(&fx.app, &format!("/v1/generate_stream?prompt=x&model={CHAT}&temperature=hot")).await;
+        let (s, v) = get(
+            &fx.app,
+            &format!("/v1/generate_stream?prompt=x&model={CHAT}&temperature=hot"),
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_openai_error(&v, "temperature");
     }
@@ -753,11 +975,24 @@ mod legacy {
     #[tokio::test]
     async fn metrics_count_requests_tokens_and_latency() {
         let fx = setup();
-        post(&fx.app, "/v1/chat/completions", json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})).await;
-        post(&fx.app, "/v1/chat/completions", json!({"model": "nope", "messages": [{"role":"user","content":"hi"}]})).await;
+        post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]}),
+        )
+        .await;
+        post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": "nope", "messages": [{"role":"user","content":"hi"}]}),
+        )
+        .await;
         let (s, h, b) = send(&fx.app, req(Method::GET, "/metrics", None, &[])).await;
         assert_eq!(s, StatusCode::OK);
-        assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+        assert!(h[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
         let text = String::from_utf8(b.to_vec()).unwrap();
         for line in [
             "influence_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 1",
@@ -770,16 +1005,29 @@ mod legacy {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        assert_eq!(fx.ctx.requests().load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(
+            fx.ctx.requests().load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
     }
 
     #[tokio::test]
     async fn default_model_answers_requests_naming_none_or_the_alias() {
         let fx = setup_with(|o, _| o.default_model = Some(CHAT.into()));
-        let (s, v) = post(&fx.app, "/v1/chat/completions", json!({"messages": [{"role":"user","content":"hi"}]})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"messages": [{"role":"user","content":"hi"}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert!(v["model"].as_str().unwrap().contains(CHAT));
-        let (s, _) = post(&fx.app, "/api/generate", json!({"model": "default", "prompt": "hi", "stream": false})).await;
+        let (s, _) = post(
+            &fx.app,
+            "/api/generate",
+            json!({"model": "default", "prompt": "hi", "stream": false}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         let (s, _) = post(&fx.app, "/v1/generate", json!({"prompt": "hi"})).await;
         assert_eq!(s, StatusCode::OK);
@@ -819,12 +1067,17 @@ mod security {
             (Method::POST, "/api/embed"),
             (Method::POST, "/api/embeddings"),
             (Method::DELETE, "/api/delete"),
+            (Method::POST, "/api/pull"),
             (Method::POST, "/v1/generate"),
             (Method::GET, "/v1/generate_stream?prompt=x"),
             (Method::GET, "/metrics"),
         ];
         for (m, uri) in routes {
-            for headers in [&[][..], &[("authorization", "Bearer wrong")], &[("x-api-key", "s3cre")]] {
+            for headers in [
+                &[][..],
+                &[("authorization", "Bearer wrong")],
+                &[("x-api-key", "s3cre")],
+            ] {
                 let (s, h, b) = send(&fx.app, req(m.clone(), uri, Some(&json!({})), headers)).await;
                 assert_eq!(s, StatusCode::UNAUTHORIZED, "{m} {uri} {headers:?}");
                 assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
@@ -838,7 +1091,11 @@ mod security {
         }
         let (s, _, _) = send(&fx.app, req(Method::GET, "/health", None, &[])).await;
         assert_eq!(s, StatusCode::OK);
-        for h in [("authorization", "Bearer s3cret"), ("authorization", "bearer s3cret"), ("x-api-key", "s3cret")] {
+        for h in [
+            ("authorization", "Bearer s3cret"),
+            ("authorization", "bearer s3cret"),
+            ("x-api-key", "s3cret"),
+        ] {
             let (s, _, _) = send(&fx.app, req(Method::GET, "/v1/models", None, &[h])).await;
             assert_eq!(s, StatusCode::OK, "{h:?}");
         }
@@ -848,13 +1105,31 @@ mod security {
     async fn body_over_the_limit_is_413_in_the_dialect() {
         let fx = setup_with(|o, _| o.body_limit = 1024);
         let big = "word ".repeat(1000);
-        let (s, v) = post(&fx.app, "/v1/chat/completions", json!({"model": CHAT, "messages": [{"role":"user","content": big}]})).await;
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": [{"role":"user","content": big}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(v["error"]["message"].as_str().unwrap().contains("body_limit"));
-        let (s, v) = post(&fx.app, "/api/chat", json!({"model": CHAT, "messages": [{"role":"user","content": big}]})).await;
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("body_limit"));
+        let (s, v) = post(
+            &fx.app,
+            "/api/chat",
+            json!({"model": CHAT, "messages": [{"role":"user","content": big}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(v["error"].as_str().unwrap().contains("body_limit"));
-        let (s, _) = post(&fx.app, "/v1/chat/completions", json!({"model": CHAT, "messages": [{"role":"user","content": "small"}]})).await;
+        let (s, _) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": [{"role":"user","content": "small"}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
     }
 
@@ -876,7 +1151,16 @@ mod security {
         let (s, h, _) = send(&fx.app, pre()).await;
         assert!(s.is_success());
         assert_eq!(h["access-control-allow-origin"], "http://app.example");
-        let (_, h, _) = send(&fx.app, req(Method::GET, "/v1/models", None, &[("origin", "http://evil.example")])).await;
+        let (_, h, _) = send(
+            &fx.app,
+            req(
+                Method::GET,
+                "/v1/models",
+                None,
+                &[("origin", "http://evil.example")],
+            ),
+        )
+        .await;
         assert!(h.get("access-control-allow-origin").is_none());
     }
 }
@@ -895,21 +1179,52 @@ mod concurrency {
         let (s, _, running) = stream(&fx.app, Method::POST, "/v1/chat/completions",
             Some(json!({"model": CHAT, "stream": true, "messages": [{"role":"user","content":"hi"}]}))).await;
         assert_eq!(s, StatusCode::OK);
-        let (s, h, b) = send(&fx.app, req(Method::POST, "/v1/chat/completions",
-            Some(&json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})), &[])).await;
+        let (s, h, b) = send(
+            &fx.app,
+            req(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(&json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})),
+                &[],
+            ),
+        )
+        .await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(h[header::RETRY_AFTER].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+        assert!(
+            h[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= 1
+        );
         let v: Value = serde_json::from_slice(&b).unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().contains("max_queue"));
-        let (s, h, b) = send(&fx.app, req(Method::POST, "/api/chat",
-            Some(&json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})), &[])).await;
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queue"));
+        let (s, h, b) = send(
+            &fx.app,
+            req(
+                Method::POST,
+                "/api/chat",
+                Some(&json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})),
+                &[],
+            ),
+        )
+        .await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert!(h.contains_key(header::RETRY_AFTER));
         assert!(serde_json::from_slice::<Value>(&b).unwrap()["error"].is_string());
         // Once the running stream completes, the slot is free again.
         let data = sse_data(&records(running, "\n\n").await);
         assert_eq!(data.last().unwrap(), "[DONE]");
-        let (s, _) = post(&fx.app, "/v1/chat/completions", json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})).await;
+        let (s, _) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
     }
 
@@ -923,7 +1238,12 @@ mod concurrency {
             .map(|_| {
                 let app = fx.app.clone();
                 tokio::spawn(async move {
-                    post(&app, "/v1/chat/completions", json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]})).await
+                    post(
+                        &app,
+                        "/v1/chat/completions",
+                        json!({"model": CHAT, "messages": [{"role":"user","content":"hi"}]}),
+                    )
+                    .await
                 })
             })
             .collect();
@@ -941,7 +1261,10 @@ mod concurrency {
                 assert_eq!(s.finish, FinishReason::Cancelled, "{s:?}");
                 return s.generated_tokens;
             }
-            assert!(Instant::now() < deadline, "the engine never saw the cancellation");
+            assert!(
+                Instant::now() < deadline,
+                "the engine never saw the cancellation"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -958,7 +1281,10 @@ mod concurrency {
         }
         drop(data);
         let generated = wait_for_cancel(&fx.script).await;
-        assert!(generated < 6, "generated {generated} of 6 tokens after the client left");
+        assert!(
+            generated < 6,
+            "generated {generated} of 6 tokens after the client left"
+        );
         // The queue slot is free again.
         assert_eq!(fx.ctx.queue().in_use(), 0);
     }
@@ -966,7 +1292,13 @@ mod concurrency {
     #[tokio::test]
     async fn dropping_an_ndjson_stream_cancels_the_generation() {
         let fx = setup_with(|_, s| s.token_delay = Duration::from_millis(50));
-        let (_, _, body) = stream(&fx.app, Method::POST, "/api/generate", Some(json!({"model": CHAT, "prompt": "hi"}))).await;
+        let (_, _, body) = stream(
+            &fx.app,
+            Method::POST,
+            "/api/generate",
+            Some(json!({"model": CHAT, "prompt": "hi"})),
+        )
+        .await;
         let mut data = body.into_data_stream();
         let first = data.next().await.unwrap().unwrap();
         assert!(std::str::from_utf8(&first).unwrap().ends_with('\n'));
@@ -987,20 +1319,151 @@ mod concurrency {
     }
 }
 
+// ---------------------------------------------------------------- pull
+
+#[path = "support/fake_hub.rs"]
+mod fake_hub;
+
+mod pull {
+    use super::fake_hub::{FakeHub, FakeRepo};
+    use super::*;
+    use influence::server::pull::PullSettings;
+
+    async fn hub_and_fixture() -> (FakeHub, Fx) {
+        let hub = FakeHub::builder()
+            .repo(
+                FakeRepo::new("acme/pulled-GGUF").file("pulled.Q8_0.gguf", gguf("llama", "Pulled")),
+            )
+            .start()
+            .await;
+        let endpoint = hub.endpoint.clone();
+        let fx = setup_in(move |dir, o, _| {
+            o.pull = Some(PullSettings {
+                endpoint,
+                token: None,
+                cache_dir: dir.join("hf/hub"),
+                data_dir: dir.join("data"),
+            })
+        });
+        (hub, fx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pull_streams_progress_then_the_model_is_listed() {
+        let (_hub, fx) = hub_and_fixture().await;
+        let (s, h, body) = stream(
+            &fx.app,
+            Method::POST,
+            "/api/pull",
+            Some(json!({"model": "acme/pulled-GGUF"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_TYPE], "application/x-ndjson");
+        let lines: Vec<Value> = records(body, "\n")
+            .await
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0], json!({"status": "pulling manifest"}));
+        assert_eq!(
+            lines.last().unwrap(),
+            &json!({"status": "success"}),
+            "{lines:?}"
+        );
+        let size = gguf("llama", "Pulled").len() as u64;
+        let progress: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l.get("completed").is_some())
+            .collect();
+        assert!(!progress.is_empty(), "{lines:?}");
+        for p in &progress {
+            assert_eq!(p["status"], "pulling pulled.Q8_0.gguf");
+            assert_eq!(p["total"], size);
+            assert!(p["digest"].as_str().unwrap().starts_with("sha256:"));
+        }
+        assert_eq!(progress.last().unwrap()["completed"], size);
+        let (_, tags) = get(&fx.app, "/api/tags").await;
+        assert!(tags.to_string().contains("acme/pulled-GGUF"), "{tags}");
+        // Pulling again is quick and still succeeds (the file is already in the cache).
+        let (s, v) = post(
+            &fx.app,
+            "/api/pull",
+            json!({"model": "hf.co/acme/pulled-GGUF:Q8_0", "stream": false}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v, json!({"status": "success"}));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pull_errors_are_ollama_shaped() {
+        let (_hub, fx) = hub_and_fixture().await;
+        let (s, v) = post(&fx.app, "/api/pull", json!({"model": "acme/missing"})).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        assert_ollama_error(&v, "acme/missing");
+        let (s, v) = post(&fx.app, "/api/pull", json!({"model": "not a repo!"})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_ollama_error(&v, "model");
+        let (s, v) = post(
+            &fx.app,
+            "/api/pull",
+            json!({"model": "acme/pulled-GGUF:Q2_K"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_ollama_error(&v, "Q2_K");
+        // Without Hub settings the route says so.
+        let plain = setup();
+        let (s, v) = post(
+            &plain.app,
+            "/api/pull",
+            json!({"model": "acme/pulled-GGUF"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
+        assert_ollama_error(&v, "influence pull");
+    }
+}
+
 // ---------------------------------------------------------------- served instances
 
 /// Every ```sh block of docs/API.md that starts with `curl` runs against a served fake
 /// instance and must succeed (HTTP 2xx).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_curl_examples_run() {
-    let fx = setup();
+    let hub = fake_hub::FakeHub::builder()
+        .repo(
+            fake_hub::FakeRepo::new("bartowski/Qwen2.5-0.5B-Instruct-GGUF")
+                .file(
+                    "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf",
+                    gguf("qwen2", "Qwen2.5"),
+                )
+                .file("Qwen2.5-0.5B-Instruct-Q8_0.gguf", gguf("qwen2", "Qwen2.5")),
+        )
+        .start()
+        .await;
+    let endpoint = hub.endpoint.clone();
+    let fx = setup_in(move |dir, o, _| {
+        o.pull = Some(influence::server::pull::PullSettings {
+            endpoint,
+            token: None,
+            cache_dir: dir.join("hf/hub"),
+            data_dir: dir.join("data"),
+        })
+    });
     let handle = ServerHandle::start(fx.ctx.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let url = format!("http://{}", handle.addr());
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/API.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/API.md")).unwrap();
     let examples = curl_examples(&doc);
-    assert!(examples.len() >= 18, "docs/API.md has only {} curl examples", examples.len());
+    assert!(
+        examples.len() >= 20,
+        "docs/API.md has only {} curl examples",
+        examples.len()
+    );
     for ex in examples {
         let cmd = ex.replacen("curl ", "curl -sS --fail-with-body --max-time 20 ", 1);
         let url = url.clone();
@@ -1022,6 +1485,11 @@ async fn docs_curl_examples_run() {
         );
     }
     handle.stop().await.unwrap();
+    let (_, tags) = get(&fx.app, "/api/tags").await;
+    assert!(
+        tags.to_string().contains("Qwen2.5-0.5B-Instruct-GGUF"),
+        "the pull example did not add its model: {tags}"
+    );
 }
 
 fn curl_examples(doc: &str) -> Vec<String> {
@@ -1049,7 +1517,9 @@ fn curl_examples(doc: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_handle_binds_counts_and_stops_gracefully() {
     let fx = setup_with(|_, s| s.token_delay = Duration::from_millis(20));
-    let handle = ServerHandle::start(fx.ctx.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let handle = ServerHandle::start(fx.ctx.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let addr = handle.addr();
     assert_ne!(addr.port(), 0);
     // A second server on the same port fails with a message that says what to do.
@@ -1067,7 +1537,10 @@ async fn server_handle_binds_counts_and_stops_gracefully() {
     assert!(out.status.success());
     assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 1);
     handle.stop().await.unwrap();
-    assert!(std::net::TcpStream::connect(addr).is_err(), "still listening after stop");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening after stop"
+    );
 }
 
 // ---------------------------------------------------------------- the real binary + Python clients
@@ -1075,9 +1548,19 @@ async fn server_handle_binds_counts_and_stops_gracefully() {
 fn test_models() -> PathBuf {
     let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/influence-test-models"));
-    for p in ["smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "minilm/model.safetensors"] {
-        assert!(dir.join(p).is_file(), "missing test model {}: run scripts/fetch-test-models.sh", dir.join(p).display());
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/influence-test-models")
+        });
+    for p in [
+        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "minilm/model.safetensors",
+    ] {
+        assert!(
+            dir.join(p).is_file(),
+            "missing test model {}: run scripts/fetch-test-models.sh",
+            dir.join(p).display()
+        );
     }
     dir
 }
@@ -1085,7 +1568,10 @@ fn test_models() -> PathBuf {
 fn venv_python() -> PathBuf {
     let venv = std::env::var_os("INFLUENCE_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/influence-venv"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/influence-venv")
+        });
     let py = venv.join("bin/python");
     assert!(
         py.is_file(),
@@ -1096,14 +1582,22 @@ fn venv_python() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -1129,7 +1623,11 @@ impl Served {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut served = Served { child, port, _home: home };
+        let mut served = Served {
+            child,
+            port,
+            _home: home,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if http_get(port, "/health").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
@@ -1138,7 +1636,10 @@ impl Served {
             if let Ok(Some(status)) = served.child.try_wait() {
                 panic!("influence --serve exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "influence --serve did not answer /health in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "influence --serve did not answer /health in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -1161,8 +1662,14 @@ impl Served {
 }
 
 fn run_client(py: &Path, script: &str, args: &[String]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
-    let out = std::process::Command::new(py).arg(&path).args(args).output().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = std::process::Command::new(py)
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
     let cmd = format!("{} {} {}", py.display(), path.display(), args.join(" "));
     assert!(
         out.status.success(),
@@ -1191,5 +1698,8 @@ fn official_python_clients_against_influence_serve() {
     run_client(&py, "openai_client.py", &args);
     run_client(&py, "ollama_client.py", &args);
     let status = served.stop();
-    assert!(status.success(), "influence --serve exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "influence --serve exited with {status} after SIGTERM"
+    );
 }

@@ -76,7 +76,9 @@ impl ServerHandle {
             Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
             Err(_) => {
                 task.abort();
-                tracing::warn!("API server: open requests did not finish in {DRAIN:?}; closed them");
+                tracing::warn!(
+                    "API server: open requests did not finish in {DRAIN:?}; closed them"
+                );
                 Ok(())
             }
         };

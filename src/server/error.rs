@@ -122,11 +122,7 @@ impl ApiError {
         match e {
             EngineError::NotFound { .. } => Self::model_not_found(dialect, model, None),
             EngineError::BadParams(msg) => {
-                let field = msg
-                    .split([' ', ':'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
+                let field = msg.split([' ', ':']).next().unwrap_or_default().to_string();
                 Self::bad_field(dialect, &field, msg)
             }
             EngineError::ContextOverflow { .. } => {
@@ -141,8 +137,7 @@ impl ApiError {
                 err
             }
             EngineError::EngineStopped => {
-                let mut err =
-                    Self::new(dialect, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                let mut err = Self::new(dialect, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
                 err.kind = "server_error";
                 err
             }
@@ -183,10 +178,8 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

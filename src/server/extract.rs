@@ -120,8 +120,7 @@ mod tests {
 
     #[test]
     fn names_the_field() {
-        let e = parse::<Req>(Dialect::OpenAi, br#"{"model":"m","temperature":"hot"}"#)
-            .unwrap_err();
+        let e = parse::<Req>(Dialect::OpenAi, br#"{"model":"m","temperature":"hot"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
         assert!(e.message.starts_with("temperature"), "{}", e.message);
         let e = parse::<Req>(Dialect::Ollama, br#"{"temperature":1}"#).unwrap_err();
@@ -132,7 +131,14 @@ mod tests {
 
     #[test]
     fn garbage_is_a_400_not_a_panic() {
-        for body in [&b""[..], b"{", b"[1,2]", b"\xff\xfe", b"null", b"{\"model\":\"m\""] {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[1,2]",
+            b"\xff\xfe",
+            b"null",
+            b"{\"model\":\"m\"",
+        ] {
             let e = parse::<Req>(Dialect::OpenAi, body).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
         }

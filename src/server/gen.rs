@@ -86,7 +86,11 @@ impl GenStream {
     }
 
     /// Reads the whole generation (non-streaming answers).
-    pub async fn collect(mut self, dialect: Dialect, model: &str) -> Result<(String, GenStats), ApiError> {
+    pub async fn collect(
+        mut self,
+        dialect: Dialect,
+        model: &str,
+    ) -> Result<(String, GenStats), ApiError> {
         let mut text = String::new();
         while let Some(frame) = self.next_frame().await {
             match frame {
@@ -95,7 +99,11 @@ impl GenStream {
                 Frame::Failed(e) => return Err(ApiError::from_engine(dialect, model, e)),
             }
         }
-        Err(ApiError::from_engine(dialect, model, EngineError::EngineStopped))
+        Err(ApiError::from_engine(
+            dialect,
+            model,
+            EngineError::EngineStopped,
+        ))
     }
 
     /// A response body: `render` turns each frame into bytes; the body ends after `Done` or

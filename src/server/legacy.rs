@@ -2,8 +2,8 @@
 //! (SSE) and `GET /health`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -76,7 +76,11 @@ impl GenerateRequest {
 
     fn params(&self, ctx: &ServerCtx) -> Result<(crate::engine::GenParams, Budget), ApiError> {
         if self.prompt.is_empty() {
-            return Err(ApiError::bad_field(D, "prompt", "prompt is empty; send some text"));
+            return Err(ApiError::bad_field(
+                D,
+                "prompt",
+                "prompt is empty; send some text",
+            ));
         }
         let input = ParamInput {
             temperature: self.temperature,
@@ -95,13 +99,7 @@ impl GenerateRequest {
             Fit::CapToRoom
         };
         let p = build_params(&ctx.options().defaults, input, &[], D)?;
-        Ok((
-            p,
-            Budget {
-                num_ctx: None,
-                fit,
-            },
-        ))
+        Ok((p, Budget { num_ctx: None, fit }))
     }
 }
 
@@ -139,9 +137,20 @@ pub async fn generate_stream(
 ) -> Result<Response, ApiError> {
     let Query(req) = query.map_err(|e| {
         let msg = e.body_text();
-        let field = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "model", "raw"]
-            .into_iter()
-            .find(|f| msg.contains(&format!("`{f}`")) || msg.contains(f));
+        let field = [
+            "prompt",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repeat_penalty",
+            "seed",
+            "model",
+            "raw",
+        ]
+        .into_iter()
+        .find(|f| msg.contains(&format!("`{f}`")) || msg.contains(f));
         match field {
             Some(f) => ApiError::bad_field(D, f, msg),
             None => ApiError::bad_request(D, msg),

@@ -138,7 +138,10 @@ impl Metrics {
             ),
         ];
         for (name, help, kind, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         }
         out
     }
@@ -177,8 +180,16 @@ pub async fn track(State(ctx): State<ServerCtx>, req: Request, next: Next) -> Re
         route: route.clone(),
         start: Instant::now(),
     };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let resp = next.run(req).await;
     metrics.record_status(&route, resp.status().as_u16());
+    tracing::info!(
+        target: "influence::server::access",
+        "{method} {path} {} ({:.1} ms to first byte)",
+        resp.status().as_u16(),
+        finish.start.elapsed().as_secs_f64() * 1e3
+    );
     let (parts, body) = resp.into_parts();
     let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
         let _keep = &finish;

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod models;
 pub mod ollama;
 pub mod openai;
+pub mod pull;
 pub mod queue;
 
 use std::sync::atomic::AtomicU64;
@@ -58,6 +59,8 @@ pub struct ServerOptions {
     pub defaults: GenParams,
     /// The `Retry-After` a 503 carries, in seconds.
     pub retry_after_secs: u64,
+    /// Hub access for `/api/pull`; without it the route answers 501.
+    pub pull: Option<pull::PullSettings>,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +73,7 @@ impl Default for ServerOptions {
             default_model: None,
             defaults: GenParams::default(),
             retry_after_secs: 2,
+            pull: None,
         }
     }
 }
@@ -102,6 +106,7 @@ impl ServerOptions {
             default_model: None,
             defaults,
             retry_after_secs: 2,
+            pull: None,
         }
     }
 }
@@ -131,7 +136,11 @@ impl std::fmt::Debug for ServerCtx {
 
 impl ServerCtx {
     /// The same `engine` the TUI uses, and the shared library (rescanned after deletes).
-    pub fn new(engine: EngineHandle, library: Arc<RwLock<Library>>, options: ServerOptions) -> Self {
+    pub fn new(
+        engine: EngineHandle,
+        library: Arc<RwLock<Library>>,
+        options: ServerOptions,
+    ) -> Self {
         let queue = GenQueue::new(options.max_queue);
         ServerCtx(Arc::new(Inner {
             engine,
@@ -244,6 +253,7 @@ pub fn router(ctx: ServerCtx) -> Router {
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings))
         .route("/api/delete", delete(ollama::delete))
+        .route("/api/pull", post(pull::pull))
         // Earlier Influence versions
         .route("/v1/generate", post(legacy::generate))
         .route("/v1/generate_stream", get(legacy::generate_stream))
@@ -265,11 +275,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
     Some(
         CorsLayer::new()
@@ -284,7 +290,10 @@ async fn not_found(req: Request) -> Response {
     ApiError::new(
         Dialect::from_path(&path),
         axum::http::StatusCode::NOT_FOUND,
-        format!("no route {} {path}; see docs/API.md for the endpoints", req.method()),
+        format!(
+            "no route {} {path}; see docs/API.md for the endpoints",
+            req.method()
+        ),
     )
     .into_response()
 }

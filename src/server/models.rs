@@ -56,7 +56,9 @@ impl ModelEntry {
     pub fn modified(&self) -> Option<SystemTime> {
         match &self.model {
             Some(m) => m.modified,
-            None => std::fs::metadata(&self.path).and_then(|m| m.modified()).ok(),
+            None => std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok(),
         }
     }
 
@@ -147,18 +149,17 @@ impl ServerCtx {
     ) -> Result<ModelEntry, ApiError> {
         let requested = requested.map(str::trim).filter(|s| !s.is_empty());
         let default = self.options().default_model.as_deref();
-        let query = match (requested, default) {
-            (None, Some(d)) => d,
-            (Some(r), Some(d)) if r == DEFAULT_ALIAS => d,
-            (Some(r), _) => r,
-            (None, None) => {
-                return Err(ApiError::bad_field(
+        let query =
+            match (requested, default) {
+                (None, Some(d)) => d,
+                (Some(r), Some(d)) if r == DEFAULT_ALIAS => d,
+                (Some(r), _) => r,
+                (None, None) => return Err(ApiError::bad_field(
                     dialect,
                     "model",
                     "model is required (the server has no default model; start it with --model)",
-                ))
-            }
-        };
+                )),
+            };
         let shown = requested.unwrap_or(query);
         match self.lookup(query) {
             Ok(entry) => Ok(entry),

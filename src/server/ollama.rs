@@ -17,7 +17,9 @@ use crate::library::{human, LibraryError, LibraryRoots};
 
 use super::error::{ApiError, Dialect};
 use super::extract::ApiJson;
-use super::gen::{self, build_params, finish_str, Budget, Fit, Frame, GenStream, ParamInput, StopSpec};
+use super::gen::{
+    self, build_params, finish_str, Budget, Fit, Frame, GenStream, ParamInput, StopSpec,
+};
 use super::models::ModelEntry;
 use super::ServerCtx;
 
@@ -73,7 +75,9 @@ pub async fn show(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = req.name().ok_or_else(|| ApiError::bad_field(D, "model", "model is required"))?;
+    let name = req
+        .name()
+        .ok_or_else(|| ApiError::bad_field(D, "model", "model is required"))?;
     let e = ctx.resolve_model(Some(name), D)?;
     let arch = e.arch();
     let mut info = serde_json::Map::new();
@@ -182,7 +186,9 @@ impl Options {
                 return Err(ApiError::bad_field(
                     D,
                     "num_predict",
-                    format!("num_predict = {n} is out of range; allowed 1 or more, or -1 for no limit"),
+                    format!(
+                        "num_predict = {n} is out of range; allowed 1 or more, or -1 for no limit"
+                    ),
                 ))
             }
         };
@@ -197,7 +203,12 @@ impl Options {
             seed: self.seed.map(|s| s as u64),
             stop: self.stop.map(StopSpec::into_vec),
         };
-        let p = build_params(&ctx.options().defaults, input, &[("max_tokens", "num_predict")], D)?;
+        let p = build_params(
+            &ctx.options().defaults,
+            input,
+            &[("max_tokens", "num_predict")],
+            D,
+        )?;
         Ok((p, Budget { num_ctx, fit }))
     }
 }
@@ -253,7 +264,9 @@ fn ndjson_line(v: &Value) -> Bytes {
     Bytes::from(format!("{v}\n"))
 }
 
-fn ndjson_response(stream: impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static) -> Response {
+fn ndjson_response(
+    stream: impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
@@ -301,7 +314,9 @@ async fn run(
     if !stream {
         let request_start = s.request_start;
         let load = s.load;
-        let (text, stats) = collect(s).await.map_err(|e| ApiError::from_engine(D, &name, e))?;
+        let (text, stats) = collect(s)
+            .await
+            .map_err(|e| ApiError::from_engine(D, &name, e))?;
         let mut v = kind.piece(&name, &text);
         v["done"] = json!(true);
         let mut t = serde_json::Map::new();
@@ -351,7 +366,11 @@ async fn collect(mut s: GenStream) -> Result<(String, GenStats), crate::engine::
 }
 
 /// Ollama answers a request with nothing to generate by loading the model.
-async fn load_answer(ctx: &ServerCtx, kind: Kind, model: &ModelEntry) -> Result<Response, ApiError> {
+async fn load_answer(
+    ctx: &ServerCtx,
+    kind: Kind,
+    model: &ModelEntry,
+) -> Result<Response, ApiError> {
     let (load, total) = gen::load_only(ctx, D, model).await?;
     let mut v = kind.piece(&model.name, "");
     v["done"] = json!(true);
@@ -379,13 +398,24 @@ pub async fn chat(
                 ))
             }
         };
-        messages.push(ChatMessage { role, content: m.content });
+        messages.push(ChatMessage {
+            role,
+            content: m.content,
+        });
     }
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     if messages.is_empty() {
         return load_answer(&ctx, Kind::Chat, &model).await;
     }
-    run(ctx, Kind::Chat, model, Prompt::Chat(messages), req.options, req.stream.unwrap_or(true)).await
+    run(
+        ctx,
+        Kind::Chat,
+        model,
+        Prompt::Chat(messages),
+        req.options,
+        req.stream.unwrap_or(true),
+    )
+    .await
 }
 
 pub async fn generate(
@@ -407,7 +437,15 @@ pub async fn generate(
         msgs.push(ChatMessage::user(prompt));
         Prompt::Chat(msgs)
     };
-    run(ctx, Kind::Generate, model, prompt, req.options, req.stream.unwrap_or(true)).await
+    run(
+        ctx,
+        Kind::Generate,
+        model,
+        prompt,
+        req.options,
+        req.stream.unwrap_or(true),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,7 +504,9 @@ pub async fn delete(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> Result<Response, ApiError> {
-    let name = req.name().ok_or_else(|| ApiError::bad_field(D, "model", "model is required"))?;
+    let name = req
+        .name()
+        .ok_or_else(|| ApiError::bad_field(D, "model", "model is required"))?;
     let entry = ctx.resolve_model(Some(name), D)?;
     let Some(model) = entry.model.clone() else {
         return Err(ApiError::model_not_found(D, name, None));

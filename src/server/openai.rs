@@ -14,7 +14,9 @@ use crate::engine::{ChatMessage, GenStats, Prompt, Role};
 
 use super::error::{ApiError, Dialect};
 use super::extract::ApiJson;
-use super::gen::{self, build_params, finish_str, unix_now, Budget, Fit, Frame, ParamInput, StopSpec};
+use super::gen::{
+    self, build_params, finish_str, unix_now, Budget, Fit, Frame, ParamInput, StopSpec,
+};
 use super::models::ModelEntry;
 use super::ServerCtx;
 
@@ -184,14 +186,13 @@ impl Sampling {
         } else {
             Fit::CapToRoom
         };
-        let p = build_params(&ctx.options().defaults, input, &[("max_tokens", max_name)], D)?;
-        Ok((
-            p,
-            Budget {
-                num_ctx: None,
-                fit,
-            },
-        ))
+        let p = build_params(
+            &ctx.options().defaults,
+            input,
+            &[("max_tokens", max_name)],
+            D,
+        )?;
+        Ok((p, Budget { num_ctx: None, fit }))
     }
 }
 
@@ -263,7 +264,9 @@ fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
-fn sse_response(stream: impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static) -> Response {
+fn sse_response(
+    stream: impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -353,7 +356,10 @@ pub async fn completions(
             return Err(ApiError::bad_field(
                 D,
                 "prompt",
-                format!("prompt has {} entries; send one prompt per request", v.len()),
+                format!(
+                    "prompt has {} entries; send one prompt per request",
+                    v.len()
+                ),
             ))
         }
     };
@@ -452,7 +458,11 @@ pub async fn embeddings(
         EmbedInput::Many(v) => v,
     };
     if texts.is_empty() {
-        return Err(ApiError::bad_field(D, "input", "input is empty; send at least one string"));
+        return Err(ApiError::bad_field(
+            D,
+            "input",
+            "input is empty; send at least one string",
+        ));
     }
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     let out = gen::embed(&ctx, D, &model, texts).await?;
