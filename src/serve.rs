@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::config::Loaded;
 use crate::engine::{EngineHandle, EngineOptions};
 use crate::library::{Library, LibraryRoots};
+use crate::server::control::exposure_warning;
 use crate::server::pull::PullSettings;
 use crate::server::{ServerCtx, ServerHandle, ServerOptions};
 
@@ -73,11 +74,8 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         cache_dir: loaded.hf_home().join("hub"),
         data_dir: loaded.dirs.data_dir.clone(),
     });
-    if options.api_key.is_none() && !addr.ip().is_loopback() {
-        let msg = format!(
-            "listening on {addr} without an API key: anyone who can reach this address can use your models. Set INFLUENCE_API_KEY or pass --api-key"
-        );
-        tracing::warn!("{msg}");
+    if let Some(msg) = exposure_warning(addr, options.api_key.is_some()) {
+        // Also logged by `ServerHandle::start`; said plainly here for whoever started it.
         eprintln!("influence: warning: {msg}");
     }
     let ctx = ServerCtx::new(engine.clone(), Arc::new(RwLock::new(library)), options);

@@ -1611,16 +1611,30 @@ struct Served {
 
 impl Served {
     fn start(model: &Path) -> Served {
+        let model = model.to_string_lossy().into_owned();
+        Served::start_with(&["--model", &model], true)
+    }
+
+    /// `influence --serve --port P ARGS`, in a fresh home; stderr goes to the test's stderr or,
+    /// with `inherit_stderr = false`, to `stderr.log` in that home.
+    fn start_with(args: &[&str], inherit_stderr: bool) -> Served {
         let home = tempfile::tempdir().unwrap();
         let port = free_port();
+        let stderr = if inherit_stderr {
+            std::process::Stdio::inherit()
+        } else {
+            std::fs::File::create(home.path().join("stderr.log"))
+                .unwrap()
+                .into()
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_influence"))
-            .args(["--serve", "--port", &port.to_string(), "--model"])
-            .arg(model)
+            .args(["--serve", "--port", &port.to_string()])
+            .args(args)
             .env("INFLUENCE_HOME", home.path())
             .env("HF_HOME", home.path().join("hf"))
             .env("HOME", home.path())
             .env_remove("INFLUENCE_API_KEY")
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut served = Served {
@@ -1642,6 +1656,10 @@ impl Served {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self._home.path().join("stderr.log")).unwrap_or_default()
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -1678,6 +1696,34 @@ fn run_client(py: &Path, script: &str, args: &[String]) {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The binary's flags: `--host`, `--port`, `--api-key`; the warning for an open address without
+/// a key; SIGTERM stops it cleanly.
+#[test]
+fn serve_flags_key_and_exposure_warning() {
+    let open = Served::start_with(&["--host", "0.0.0.0"], false);
+    let status = http_get(open.port, "/v1/models").unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let log = open.stderr();
+    assert!(
+        log.contains("without an API key"),
+        "no warning on stderr:\n{log}"
+    );
+    assert!(open.stop().success());
+
+    let keyed = Served::start_with(&["--host", "0.0.0.0", "--api-key", "k3y"], false);
+    let denied = http_get(keyed.port, "/v1/models").unwrap();
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let health = http_get(keyed.port, "/health").unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let log = keyed.stderr();
+    assert!(!log.contains("without an API key"), "{log}");
+    assert!(
+        log.contains("serving the API"),
+        "no start line on stderr:\n{log}"
+    );
+    assert!(keyed.stop().success());
 }
 
 /// The official `openai` and `ollama` Python packages against `influence --serve` running the

@@ -14,6 +14,15 @@ use super::{router, ServerCtx, ServerError};
 /// How long [`ServerHandle::stop`] waits for open requests before closing them.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// The warning to show when the server is reachable from other machines without an API key.
+pub fn exposure_warning(addr: SocketAddr, has_api_key: bool) -> Option<String> {
+    (!has_api_key && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "listening on {addr} without an API key: anyone who can reach this address can use your models. Set INFLUENCE_API_KEY or pass --api-key"
+        )
+    })
+}
+
 /// A running server. Dropping it without [`stop`](Self::stop) aborts the server task.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -33,6 +42,9 @@ impl ServerHandle {
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        if let Some(w) = exposure_warning(addr, ctx.api_key().is_some()) {
+            tracing::warn!("{w}");
+        }
         let requests = ctx.requests();
         let app = router(ctx);
         let (tx, rx) = oneshot::channel::<()>();
@@ -92,5 +104,19 @@ impl Drop for ServerHandle {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn warns_only_for_open_addresses_without_a_key() {
+        assert!(exposure_warning("127.0.0.1:1".parse().unwrap(), false).is_none());
+        assert!(exposure_warning("[::1]:1".parse().unwrap(), false).is_none());
+        assert!(exposure_warning("0.0.0.0:1".parse().unwrap(), true).is_none());
+        let w = exposure_warning("0.0.0.0:1".parse().unwrap(), false).unwrap();
+        assert!(w.contains("--api-key"));
     }
 }
