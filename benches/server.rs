@@ -14,7 +14,7 @@
 //! `cargo bench` would rebuild candle in release mode). Knobs: `BENCH_TOKENS` (default 48), `BENCH_RUNS` (default 4),
 //! `BENCH_CLIENTS` (default 8). Needs the test models (`scripts/fetch-test-models.sh`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,10 +62,10 @@ struct Run {
     tokens: usize,
 }
 
-async fn direct(engine: &EngineHandle, model: &PathBuf, max_tokens: usize) -> Run {
+async fn direct(engine: &EngineHandle, model: &Path, max_tokens: usize) -> Run {
     let start = Instant::now();
     let mut g = engine.generate(GenRequest {
-        model: model.clone(),
+        model: model.to_path_buf(),
         prompt: Prompt::Chat(vec![
             ChatMessage::system(SYSTEM),
             ChatMessage::user(QUESTION),
