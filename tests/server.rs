@@ -791,6 +791,24 @@ mod ollama {
             .collect();
         assert!(names.iter().any(|n| n.contains(CHAT)), "{ps}");
         assert_eq!(ps["models"][0]["details"]["family"], "llama");
+        // keep_alive 0 unloads.
+        let (s, v) = post(
+            &fx.app,
+            "/api/generate",
+            json!({"model": CHAT, "keep_alive": 0}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["done_reason"], "unload");
+        let (_, ps) = get(&fx.app, "/api/ps").await;
+        assert!(!ps.to_string().contains(CHAT), "{ps}");
+        let (_, v) = post(
+            &fx.app,
+            "/api/chat",
+            json!({"model": CHAT, "messages": [], "keep_alive": "0s"}),
+        )
+        .await;
+        assert_eq!(v["done_reason"], "unload");
     }
 
     #[tokio::test]

@@ -192,6 +192,14 @@ impl ServerCtx {
         list.insert(0, info.clone());
     }
 
+    pub(crate) fn forget_loaded(&self, id: &str) {
+        self.0
+            .last_loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|m| m.id != id);
+    }
+
     /// What the engine reported when this server last loaded `id` (a model path).
     pub(crate) fn seen_loaded(&self, id: &str) -> Option<ModelInfo> {
         self.0

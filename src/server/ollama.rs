@@ -230,6 +230,9 @@ pub struct ChatRequest {
     stream: Option<bool>,
     #[serde(default)]
     options: Option<Options>,
+    /// `0` with nothing to generate unloads the model (how Ollama clients free memory).
+    #[serde(default)]
+    keep_alive: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +249,9 @@ pub struct GenerateRequest {
     stream: Option<bool>,
     #[serde(default)]
     options: Option<Options>,
+    /// `0` with nothing to generate unloads the model (how Ollama clients free memory).
+    #[serde(default)]
+    keep_alive: Option<Value>,
 }
 
 fn now_rfc3339() -> String {
@@ -365,12 +371,34 @@ async fn collect(mut s: GenStream) -> Result<(String, GenStats), crate::engine::
     Err(crate::engine::EngineError::EngineStopped)
 }
 
-/// Ollama answers a request with nothing to generate by loading the model.
+/// `keep_alive` of zero: `0`, `"0"`, `"0s"`, `"0m"`.
+fn is_zero(keep_alive: &Option<Value>) -> bool {
+    match keep_alive {
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::String(s)) => {
+            let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            !digits.is_empty() && digits.parse::<f64>().ok() == Some(0.0)
+        }
+        _ => false,
+    }
+}
+
+/// Ollama answers a request with nothing to generate by loading the model, or with
+/// `keep_alive: 0` by unloading it.
 async fn load_answer(
     ctx: &ServerCtx,
     kind: Kind,
     model: &ModelEntry,
+    keep_alive: &Option<Value>,
 ) -> Result<Response, ApiError> {
+    if is_zero(keep_alive) {
+        let _ = ctx.engine().unload(model.path.clone()).await;
+        ctx.forget_loaded(&model.path.to_string_lossy());
+        let mut v = kind.piece(&model.name, "");
+        v["done"] = json!(true);
+        v["done_reason"] = json!("unload");
+        return Ok(Json(v).into_response());
+    }
     let (load, total) = gen::load_only(ctx, D, model).await?;
     let mut v = kind.piece(&model.name, "");
     v["done"] = json!(true);
@@ -405,7 +433,7 @@ pub async fn chat(
     }
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     if messages.is_empty() {
-        return load_answer(&ctx, Kind::Chat, &model).await;
+        return load_answer(&ctx, Kind::Chat, &model, &req.keep_alive).await;
     }
     run(
         ctx,
@@ -425,7 +453,7 @@ pub async fn generate(
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     let prompt = req.prompt.unwrap_or_default();
     if prompt.is_empty() {
-        return load_answer(&ctx, Kind::Generate, &model).await;
+        return load_answer(&ctx, Kind::Generate, &model, &req.keep_alive).await;
     }
     let prompt = if req.raw.unwrap_or(false) {
         Prompt::Raw(prompt)
