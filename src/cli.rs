@@ -33,6 +33,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// List local models: our store, the HF cache, other apps' stores and imported paths.
+    List(crate::commands::list::ListArgs),
+    /// Show everything known about one local model.
+    Show(crate::commands::show::ShowArgs),
+    /// Check a model's files against their recorded hashes.
+    Verify(crate::commands::verify::VerifyArgs),
+    /// Delete a model (lists exactly what will be removed first).
+    Rm(crate::commands::rm::RmArgs),
+    /// Add a .gguf file or a model folder to the library, by reference (nothing is copied).
+    Import(crate::commands::import::ImportArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }
