@@ -55,13 +55,7 @@ fn context(loaded: &config::Loaded) -> commands::Context {
         endpoint: loaded.config.hub.endpoint.clone(),
         token: loaded.token(),
         threads: loaded.threads(),
-        model_dirs: loaded
-            .config
-            .paths
-            .model_dirs
-            .iter()
-            .map(std::path::PathBuf::from)
-            .collect(),
+        model_dirs: loaded.model_dirs(),
     }
 }
 

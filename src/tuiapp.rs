@@ -27,7 +27,17 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut state = initial_state(&loaded, size)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone());
+    let roots = crate::library::LibraryRoots::detect(
+        &loaded.hf_home(),
+        &loaded.dirs.data_dir,
+        &loaded.model_dirs(),
+    );
+    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone(), roots);
+    // The library is listed at start so every pane knows what is on disk.
+    state.library.scanning = true;
+    runner.run(vec![crate::app::effect::Effect::Library(
+        crate::app::library::LibraryEffect::Scan,
+    )]);
 
     spawn_memory_sampler(tx.clone());
     spawn_signal_watch(tx.clone());

@@ -1,5 +1,6 @@
 //! `Msg`: everything that can happen to the app.
 
+use super::library::LibraryMsg;
 use crate::config::theme::Theme;
 use crossterm::event::{KeyEvent, MouseEvent};
 
@@ -15,4 +16,5 @@ pub enum Msg {
     ThemeFailed(String),
     /// SIGTERM or another request from outside to leave.
     Shutdown,
+    Library(LibraryMsg),
 }

@@ -12,6 +12,11 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use std::collections::BTreeMap;
 
+pub fn empty_roots() -> crate::library::LibraryRoots {
+    let p = std::path::Path::new("/nonexistent");
+    crate::library::LibraryRoots::detect(p, p, &[])
+}
+
 pub fn test_state(w: u16, h: u16) -> State {
     State::new(
         Theme::dark(),
@@ -150,7 +155,7 @@ async fn loop_coalesces_many_messages_into_few_frames() {
     let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
     let mut state = test_state(100, 30);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into());
+    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into(), empty_roots());
     // 500 visible changes queued at once, then quit.
     for i in 0..500u64 {
         tx.send(Msg::Memory((i + 1) << 20)).unwrap();
@@ -176,7 +181,7 @@ async fn loop_draws_the_screen_and_quits_on_keys() {
     let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
     let mut state = test_state(100, 30);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into());
+    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into(), empty_roots());
     let events = futures::stream::iter(vec![ch('3')]).chain(futures::stream::iter(vec![]));
     let handle = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -197,4 +202,147 @@ async fn loop_draws_the_screen_and_quits_on_keys() {
     assert!(state.quit);
     let screen = format!("{:?}", terminal.backend().buffer());
     assert!(screen.contains("Library"));
+}
+
+/// The real test models folder; panics with the fix when it is missing.
+pub fn test_models() -> std::path::PathBuf {
+    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            directories::BaseDirs::new()
+                .expect("a home folder")
+                .home_dir()
+                .join(".cache/influence-test-models")
+        });
+    assert!(
+        dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .is_file(),
+        "test models missing in {}: run scripts/fetch-test-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// A library with the real SmolLM2 and MiniLM imported by reference, plus a truncated GGUF.
+pub fn library_with_models(tmp: &std::path::Path) -> crate::library::Library {
+    let models = test_models();
+    let data = tmp.join("data");
+    let roots = crate::library::LibraryRoots::detect(&tmp.join("hf"), &data, &[]);
+    crate::library::import(
+        &roots,
+        &models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    )
+    .unwrap();
+    crate::library::import(&roots, &models.join("minilm")).unwrap();
+    let broken = tmp.join("broken.gguf");
+    let head = std::fs::read(models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    std::fs::write(&broken, &head[..4 << 20]).unwrap();
+    crate::library::import(&roots, &broken).unwrap();
+    crate::library::Library::scan(&roots)
+}
+
+mod library_pane {
+    use super::*;
+    use crate::app::library::{LibraryEffect, LibraryMsg};
+    use std::sync::Arc;
+
+    fn scanned(s: &mut State, lib: &crate::library::Library) {
+        update(
+            s,
+            Msg::Library(LibraryMsg::Scanned {
+                models: Arc::new(lib.models().to_vec()),
+                warnings: vec![],
+            }),
+        );
+    }
+
+    #[test]
+    fn focusing_rescans_and_filter_narrows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = library_with_models(tmp.path());
+        let mut s = test_state(120, 36);
+        assert_eq!(
+            update(&mut s, ch('3')),
+            vec![Effect::Library(LibraryEffect::Scan)]
+        );
+        scanned(&mut s, &lib);
+        assert_eq!(s.library.view.len(), 3);
+        update(&mut s, ch('/'));
+        assert!(s.typing(), "filtering takes typed keys");
+        for c in "smol".chars() {
+            update(&mut s, ch(c));
+        }
+        assert!(!s.quit);
+        assert_eq!(s.library.view.len(), 1);
+        update(&mut s, key(KeyCode::Enter));
+        assert!(!s.typing());
+        assert_eq!(s.library.filter, "smol");
+        update(&mut s, ch('/'));
+        update(&mut s, key(KeyCode::Esc));
+        assert_eq!(s.library.view.len(), 3);
+    }
+
+    #[test]
+    fn sort_keeps_selection_and_delete_needs_confirmation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = library_with_models(tmp.path());
+        let mut s = test_state(120, 36);
+        update(&mut s, ch('3'));
+        scanned(&mut s, &lib);
+        update(&mut s, key(KeyCode::Down));
+        let chosen = s.library.selected_model().unwrap().name.clone();
+        update(&mut s, ch('s'));
+        assert_eq!(s.library.selected_model().unwrap().name, chosen);
+        let eff = update(&mut s, ch('d'));
+        assert!(matches!(
+            eff.as_slice(),
+            [Effect::Library(LibraryEffect::PlanDelete(m))] if m.name == chosen
+        ));
+        let model = lib.models().iter().find(|m| m.name == chosen).unwrap();
+        let plan = lib.delete_plan(model).unwrap();
+        update(
+            &mut s,
+            Msg::Library(LibraryMsg::DeletePlanned(Ok(plan.clone()))),
+        );
+        // While the question is open, q does not quit and n keeps everything.
+        update(&mut s, ch('q'));
+        assert!(!s.quit);
+        assert!(update(&mut s, ch('n')).is_empty());
+        assert!(s.library.confirm.is_none());
+        update(&mut s, Msg::Library(LibraryMsg::DeletePlanned(Ok(plan))));
+        let eff = update(&mut s, ch('y'));
+        assert!(
+            matches!(eff.as_slice(), [Effect::Library(LibraryEffect::Delete(p))] if p.model == chosen)
+        );
+    }
+
+    #[test]
+    fn pane_snapshot_lists_models_details_and_broken_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = library_with_models(tmp.path());
+        let mut s = test_state(130, 40);
+        update(&mut s, ch('3'));
+        scanned(&mut s, &lib);
+        // Select SmolLM2 so the details show its facts.
+        while s
+            .library
+            .selected_model()
+            .unwrap()
+            .info
+            .architecture
+            .as_deref()
+            != Some("llama")
+            || s.library.selected_model().unwrap().broken.is_some()
+        {
+            update(&mut s, key(KeyCode::Down));
+        }
+        let screen = crate::ui::tests::text(&s);
+        assert!(screen.contains("134.5M") && screen.contains("Q4_1") && screen.contains("8192"));
+        assert!(screen.contains("broken"), "{screen}");
+        let models = test_models();
+        let screen = screen
+            .replace(&tmp.path().display().to_string(), "<tmp>")
+            .replace(&models.display().to_string(), "<models>");
+        insta::assert_snapshot!(screen);
+    }
 }

@@ -1,10 +1,11 @@
 //! The pure state machine: `update(&mut State, Msg) -> Vec<Effect>`. No IO, no clock, no async.
 
 use super::effect::Effect;
+use super::library;
 use super::msg::Msg;
 use super::state::{Notice, Pane, State};
 use crate::config::keymap::{Command, Key};
-use crossterm::event::{KeyEventKind, MouseEventKind};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseEventKind};
 
 pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
     match msg {
@@ -15,6 +16,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             let key = Key::from_event(&ev);
             match state.keymap.resolve(&state.contexts(), key) {
                 Some(cmd) => command(state, cmd),
+                None if state.typing() => type_key(state, ev),
                 None => vec![],
             }
         }
@@ -66,15 +68,49 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             state.quit = true;
             vec![]
         }
+        Msg::Library(m) => {
+            state.dirty = true;
+            wrap(library::update(&mut state.library, m), Effect::Library)
+        }
     }
 }
 
-fn focus(state: &mut State, pane: Pane) {
+fn wrap<E>(effects: Vec<E>, f: impl Fn(E) -> Effect) -> Vec<Effect> {
+    effects.into_iter().map(f).collect()
+}
+
+/// Keys that reach a text field because no binding claimed them.
+fn type_key(state: &mut State, ev: KeyEvent) -> Vec<Effect> {
+    if state.focus == Pane::Library && state.library.filtering {
+        match ev.code {
+            KeyCode::Char(c) => state.library.type_char(c),
+            KeyCode::Backspace => state.library.backspace(),
+            KeyCode::Enter => state.library.end_filter(true),
+            KeyCode::Esc => state.library.end_filter(false),
+            _ => return vec![],
+        }
+        state.dirty = true;
+    }
+    vec![]
+}
+
+/// Rows a page-up/down moves in list panes.
+fn page(state: &State) -> usize {
+    usize::from(state.size.1.saturating_sub(8)).max(1)
+}
+
+fn focus(state: &mut State, pane: Pane) -> Vec<Effect> {
     state.focus = pane;
     if pane != Pane::Params {
         state.main_pane = pane;
     }
     state.dirty = true;
+    // Files may have changed behind our back (another tool, a shell); a rescan is cheap.
+    if pane == Pane::Library && !state.library.scanning {
+        state.library.scanning = true;
+        return vec![Effect::Library(library::LibraryEffect::Scan)];
+    }
+    vec![]
 }
 
 fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
@@ -103,13 +139,13 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
                 state.dirty = true;
             }
         }
-        Command::FocusNext => focus(state, state.focus.next()),
-        Command::FocusPrev => focus(state, state.focus.prev()),
-        Command::FocusHub => focus(state, Pane::Hub),
-        Command::FocusDownloads => focus(state, Pane::Downloads),
-        Command::FocusLibrary => focus(state, Pane::Library),
-        Command::FocusChat => focus(state, Pane::Chat),
-        Command::FocusParams => focus(state, Pane::Params),
+        Command::FocusNext => return focus(state, state.focus.next()),
+        Command::FocusPrev => return focus(state, state.focus.prev()),
+        Command::FocusHub => return focus(state, Pane::Hub),
+        Command::FocusDownloads => return focus(state, Pane::Downloads),
+        Command::FocusLibrary => return focus(state, Pane::Library),
+        Command::FocusChat => return focus(state, Pane::Chat),
+        Command::FocusParams => return focus(state, Pane::Params),
         Command::CycleTheme => {
             let i = state
                 .themes
@@ -118,6 +154,16 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
                 .map_or(0, |i| i + 1);
             if let Some(next) = state.themes.get(i % state.themes.len().max(1)) {
                 return vec![Effect::LoadTheme(next.clone())];
+            }
+        }
+        pane_cmd => {
+            if state.library.confirm.is_some() || state.focus == Pane::Library {
+                state.dirty = true;
+                let page = page(state);
+                return wrap(
+                    library::command(&mut state.library, pane_cmd, page),
+                    Effect::Library,
+                );
             }
         }
     }

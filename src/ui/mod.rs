@@ -1,6 +1,7 @@
 //! Drawing. `draw` lays out the screen; each pane draws itself from `&State`.
 
 pub mod help;
+pub mod library;
 pub mod panes;
 pub mod status;
 
@@ -102,4 +103,4 @@ pub fn empty_state(f: &mut Frame, area: Rect, lines: &[&str], style: Style) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,6 +7,9 @@ use ratatui::Frame;
 
 pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
     let pane = state.main_pane;
+    if pane == Pane::Library {
+        return super::library::draw(f, area, state);
+    }
     let block = pane_block(pane.title(), state.focus == pane, state);
     let inner = block.inner(area);
     f.render_widget(block, area);
