@@ -214,11 +214,9 @@ pub fn command(s: &mut LibraryState, cmd: Command, page: usize) -> Vec<LibraryEf
             s.notice = Some((false, format!("Sorted by {}", s.sort.label())));
         }
         Command::ToggleDetail => s.detail = !s.detail,
-        Command::Refresh => {
-            if !s.scanning {
-                s.scanning = true;
-                return vec![LibraryEffect::Scan];
-            }
+        Command::Refresh if !s.scanning => {
+            s.scanning = true;
+            return vec![LibraryEffect::Scan];
         }
         Command::Verify => {
             if let Some(m) = s.selected_model().cloned() {
@@ -240,10 +238,8 @@ pub fn command(s: &mut LibraryState, cmd: Command, page: usize) -> Vec<LibraryEf
                 return vec![LibraryEffect::Delete(Box::new(plan))];
             }
         }
-        Command::Cancel => {
-            if s.confirm.take().is_some() {
-                s.notice = Some((false, "Nothing was deleted".into()));
-            }
+        Command::Cancel if s.confirm.take().is_some() => {
+            s.notice = Some((false, "Nothing was deleted".into()));
         }
         _ => {}
     }
