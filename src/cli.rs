@@ -43,6 +43,12 @@ pub enum Command {
     Rm(crate::commands::rm::RmArgs),
     /// Add a .gguf file or a model folder to the library, by reference (nothing is copied).
     Import(crate::commands::import::ImportArgs),
+    /// Generate text with a model, streamed to stdout (chat template applied unless --raw).
+    Run(crate::commands::run::RunArgs),
+    /// Print one JSON array of floats per input text, one per line.
+    Embed(crate::commands::embed::EmbedArgs),
+    /// Measure prompt and generation speed, time to first token and load time.
+    Bench(crate::commands::bench::BenchArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }

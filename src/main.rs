@@ -31,6 +31,18 @@ fn main() -> ExitCode {
         Some(Command::Verify(a)) => commands::verify::run(a, &ctx),
         Some(Command::Rm(a)) => commands::rm::run(a, &ctx),
         Some(Command::Import(a)) => commands::import::run(a, &ctx),
+        Some(Command::Run(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::run::run(&a, &ctx)
+        }),
+        Some(Command::Embed(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::embed::run(&a, &ctx)
+        }),
+        Some(Command::Bench(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::bench::run(&a, &ctx)
+        }),
         Some(Command::Config) => {
             print!("{}", loaded.describe());
             Ok(())
