@@ -33,6 +33,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Search the Hugging Face Hub (or the mirror in HF_ENDPOINT).
+    Search(crate::commands::search::SearchArgs),
+    /// Download a model into the Hugging Face cache: one GGUF quant, or a safetensors set.
+    Pull(crate::commands::pull::PullArgs),
     /// List local models: our store, the HF cache, other apps' stores and imported paths.
     List(crate::commands::list::ListArgs),
     /// Show everything known about one local model.

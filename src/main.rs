@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         };
     let ctx = context(&loaded);
     let result = match cli.command {
+        Some(Command::Search(a)) => commands::search::run(a, &ctx),
+        Some(Command::Pull(a)) => commands::pull::run(a, &ctx),
         Some(Command::List(a)) => commands::list::run(a, &ctx),
         Some(Command::Show(a)) => commands::show::run(a, &ctx),
         Some(Command::Verify(a)) => commands::verify::run(a, &ctx),

@@ -7,8 +7,10 @@ pub mod bench;
 pub mod embed;
 pub mod import;
 pub mod list;
+pub mod pull;
 pub mod rm;
 pub mod run;
+pub mod search;
 pub mod show;
 pub mod verify;
 
