@@ -1,8 +1,12 @@
 //! Effects: what `update` asks the outside world to do, and the runner that does it.
 
+use super::downloads::DownloadsEffect;
+use super::hub::{HubEffect, HubMsg, DEBOUNCE_MS};
 use super::library::{LibraryEffect, LibraryMsg};
 use super::msg::Msg;
 use crate::config::theme::Theme;
+use crate::downloads::{DownloadEvent, DownloadHandle};
+use crate::hub::HubClient;
 use crate::library::{Library, LibraryRoots};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +17,8 @@ use tokio::sync::mpsc::UnboundedSender;
 pub enum Effect {
     LoadTheme(String),
     Library(LibraryEffect),
+    Hub(HubEffect),
+    Downloads(DownloadsEffect),
 }
 
 /// Turns effects into IO and background tasks; results come back as `Msg`s.
@@ -20,6 +26,11 @@ pub struct EffectRunner {
     tx: UnboundedSender<Msg>,
     config_dir: PathBuf,
     library_roots: LibraryRoots,
+    hub: Option<HubClient>,
+    downloads: Option<DownloadHandle>,
+    /// The search in flight; a newer one aborts it so stale results never arrive.
+    search: Option<tokio::task::JoinHandle<()>>,
+    debounce: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl EffectRunner {
@@ -32,7 +43,18 @@ impl EffectRunner {
             tx,
             config_dir,
             library_roots,
+            hub: None,
+            downloads: None,
+            search: None,
+            debounce: None,
         }
+    }
+
+    /// Connects the Hub client and the download manager (both need a tokio runtime).
+    pub fn with_services(mut self, hub: HubClient, downloads: Option<DownloadHandle>) -> Self {
+        self.hub = Some(hub);
+        self.downloads = downloads;
+        self
     }
 
     pub fn sender(&self) -> UnboundedSender<Msg> {
@@ -50,7 +72,88 @@ impl EffectRunner {
                     let _ = self.tx.send(msg);
                 }
                 Effect::Library(e) => self.library(e),
+                Effect::Hub(e) => self.hub(e),
+                Effect::Downloads(e) => self.downloads(e),
             }
+        }
+    }
+
+    fn hub(&mut self, effect: HubEffect) {
+        let tx = self.tx.clone();
+        let Some(client) = self.hub.clone() else {
+            return;
+        };
+        match effect {
+            HubEffect::Debounce { seq } => {
+                if let Some(h) = self.debounce.take() {
+                    h.abort();
+                }
+                self.debounce = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS)).await;
+                    let _ = tx.send(Msg::Hub(HubMsg::Debounced { seq }));
+                }));
+            }
+            HubEffect::Search { seq, query } => {
+                if let Some(h) = self.search.take() {
+                    h.abort();
+                }
+                self.search = Some(tokio::spawn(async move {
+                    let result = client
+                        .search(&query)
+                        .await
+                        .map(|p| (p.models, p.next))
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Hub(HubMsg::Results {
+                        seq,
+                        append: false,
+                        result,
+                    }));
+                }));
+            }
+            HubEffect::NextPage { seq, url } => {
+                tokio::spawn(async move {
+                    let result = client
+                        .search_next(&url)
+                        .await
+                        .map(|p| (p.models, p.next))
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Hub(HubMsg::Results {
+                        seq,
+                        append: true,
+                        result,
+                    }));
+                });
+            }
+            HubEffect::Info { repo } => {
+                tokio::spawn(async move {
+                    let result = client
+                        .model_info(&repo, None)
+                        .await
+                        .map(Box::new)
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Hub(HubMsg::Info { repo, result }));
+                });
+            }
+        }
+    }
+
+    fn downloads(&mut self, effect: DownloadsEffect) {
+        let Some(d) = &self.downloads else {
+            let _ = self.tx.send(Msg::Download(DownloadEvent::Notice {
+                message: "the download manager is not running (see the log)".into(),
+            }));
+            return;
+        };
+        match effect {
+            DownloadsEffect::Enqueue(specs) => {
+                for s in specs {
+                    d.enqueue(s);
+                }
+            }
+            DownloadsEffect::Pause(id) => d.pause(id),
+            DownloadsEffect::Resume(id) => d.resume(id),
+            DownloadsEffect::Cancel(id) => d.cancel(id),
+            DownloadsEffect::Retry(id) => d.retry(id),
         }
     }
 

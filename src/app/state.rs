@@ -1,5 +1,7 @@
 //! `State`: everything the screen shows, as plain data owned by the app loop.
 
+use super::downloads::DownloadsState;
+use super::hub::HubState;
 use super::library::LibraryState;
 use crate::config::keymap::{Context, Keymap};
 use crate::config::theme::Theme;
@@ -83,6 +85,8 @@ pub struct State {
     pub keymap: Keymap,
     pub status: Status,
     pub library: LibraryState,
+    pub hub: HubState,
+    pub downloads: DownloadsState,
 }
 
 /// The smallest terminal the layout works in.
@@ -102,12 +106,15 @@ impl State {
             keymap,
             status: Status::default(),
             library: LibraryState::default(),
+            hub: HubState::new(String::new(), None),
+            downloads: DownloadsState::default(),
         }
     }
 
     /// Whether keys go to a text field, so plain letters are text, not commands.
     pub fn typing(&self) -> bool {
-        self.focus == Pane::Library && self.library.typing()
+        (self.focus == Pane::Library && self.library.typing())
+            || (self.focus == Pane::Hub && self.hub.typing())
     }
 
     /// Keymap contexts for the current mode, most specific first.

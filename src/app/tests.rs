@@ -346,3 +346,247 @@ mod library_pane {
         insta::assert_snapshot!(screen);
     }
 }
+
+mod hub_and_downloads {
+    use super::*;
+    use crate::app::downloads::DownloadsEffect;
+    use crate::app::hub::{HubEffect, HubMsg};
+    use crate::downloads::{DownloadEvent, Progress};
+    use crate::hub::{Gated, LfsInfo, MemInfo, ModelInfo, ModelSummary, RepoFile};
+    use std::time::Duration;
+
+    fn summary(id: &str, downloads: u64) -> ModelSummary {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "downloads": downloads, "likes": downloads / 100,
+            "pipeline_tag": "text-generation", "lastModified": "2025-06-01T00:00:00.000Z",
+            "tags": ["gguf"]
+        }))
+        .unwrap()
+    }
+
+    fn lfs(path: &str, size: u64) -> RepoFile {
+        RepoFile {
+            path: path.into(),
+            size: Some(size),
+            blob_id: Some("0".repeat(40)),
+            lfs: Some(LfsInfo {
+                sha256: format!("{:0>64}", size),
+                size,
+            }),
+        }
+    }
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            id: "acme/tiny-GGUF".into(),
+            sha: Some("a".repeat(40)),
+            author: Some("acme".into()),
+            private: false,
+            gated: Gated::Auto,
+            disabled: false,
+            downloads: Some(5000),
+            likes: Some(40),
+            tags: vec!["gguf".into(), "llama".into()],
+            pipeline_tag: Some("text-generation".into()),
+            library_name: None,
+            license: Some("apache-2.0".into()),
+            last_modified: None,
+            files: vec![
+                lfs("tiny.Q2_K.gguf", 2_000_000_000),
+                lfs("tiny.Q4_K_M.gguf", 4_000_000_000),
+                lfs("tiny.Q8_0.gguf", 30_000_000_000),
+                RepoFile {
+                    path: "config.json".into(),
+                    size: Some(22),
+                    blob_id: Some("b".repeat(40)),
+                    lfs: None,
+                },
+            ],
+            rejected_paths: vec![],
+        }
+    }
+
+    fn hub_state() -> State {
+        let mut s = test_state(120, 36);
+        s.hub = crate::app::hub::HubState::new(
+            "http://hub.test".into(),
+            Some(MemInfo {
+                total_bytes: 16_000_000_000,
+                available_bytes: 12_000_000_000,
+            }),
+        );
+        s
+    }
+
+    #[test]
+    fn typing_debounces_and_stale_results_are_dropped() {
+        let mut s = hub_state();
+        update(&mut s, ch('/'));
+        assert!(s.typing());
+        let e1 = update(&mut s, ch('l'));
+        let e2 = update(&mut s, ch('q'));
+        assert_eq!(e1, vec![Effect::Hub(HubEffect::Debounce { seq: 1 })]);
+        assert_eq!(e2, vec![Effect::Hub(HubEffect::Debounce { seq: 2 })]);
+        assert!(!s.quit, "q is text while typing");
+        // The first timer is stale; the second one searches.
+        assert!(update(&mut s, Msg::Hub(HubMsg::Debounced { seq: 1 })).is_empty());
+        let eff = update(&mut s, Msg::Hub(HubMsg::Debounced { seq: 2 }));
+        let seq = match eff.as_slice() {
+            [Effect::Hub(HubEffect::Search { seq, query })] => {
+                assert_eq!(query.search.as_deref(), Some("lq"));
+                assert_eq!(query.filters, vec!["gguf".to_string()]);
+                *seq
+            }
+            other => panic!("{other:?}"),
+        };
+        // An answer to an older query never replaces a newer one.
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: seq - 1,
+                append: false,
+                result: Ok((vec![summary("old/one", 1)], None)),
+            }),
+        );
+        assert!(s.hub.results.is_empty());
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq,
+                append: false,
+                result: Ok((vec![summary("a/b-GGUF", 10), summary("c/d-GGUF", 5)], None)),
+            }),
+        );
+        assert_eq!(s.hub.results.len(), 2);
+    }
+
+    #[test]
+    fn open_detail_queue_preferred_quant_and_follow_progress() {
+        let mut s = hub_state();
+        s.hub.seq = 1;
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: 1,
+                append: false,
+                result: Ok((vec![summary("acme/tiny-GGUF", 5000)], None)),
+            }),
+        );
+        let eff = update(&mut s, key(KeyCode::Enter));
+        assert_eq!(
+            eff,
+            vec![Effect::Hub(HubEffect::Info {
+                repo: "acme/tiny-GGUF".into()
+            })]
+        );
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Info {
+                repo: "acme/tiny-GGUF".into(),
+                result: Ok(Box::new(info())),
+            }),
+        );
+        let d = s.hub.detail.as_ref().unwrap();
+        assert_eq!(d.choices.len(), 3);
+        assert_eq!(d.choices[d.selected].label, "Q4_K_M");
+        let detail_screen = crate::ui::tests::text(&s);
+        assert!(detail_screen.contains("won't fit"), "{detail_screen}");
+        insta::assert_snapshot!("hub_detail", detail_screen);
+
+        let eff = update(&mut s, ch('d'));
+        let specs = match eff.as_slice() {
+            [Effect::Downloads(DownloadsEffect::Enqueue(specs))] => specs.clone(),
+            other => panic!("{other:?}"),
+        };
+        let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, vec!["tiny.Q4_K_M.gguf", "config.json"]);
+
+        // The manager's events drive the Downloads pane.
+        update(&mut s, ch('2'));
+        for (id, spec) in specs.iter().enumerate() {
+            update(
+                &mut s,
+                Msg::Download(DownloadEvent::Queued {
+                    id: id as u64,
+                    spec: spec.clone(),
+                }),
+            );
+        }
+        update(&mut s, Msg::Download(DownloadEvent::Started { id: 0 }));
+        update(
+            &mut s,
+            Msg::Download(DownloadEvent::Progress(Progress {
+                id: 0,
+                bytes: 1_000_000_000,
+                total: 4_000_000_000,
+                bytes_per_sec: 50_000_000.0,
+                eta: Some(Duration::from_secs(60)),
+            })),
+        );
+        update(
+            &mut s,
+            Msg::Download(DownloadEvent::Failed {
+                id: 1,
+                reason: "checksum mismatch: the file was corrupted in transit; press r to retry"
+                    .into(),
+            }),
+        );
+        let queue = crate::ui::tests::text(&s);
+        assert!(
+            queue.contains("25%") || queue.contains("1.0 GB / 4.0 GB"),
+            "{queue}"
+        );
+        insta::assert_snapshot!("downloads_queue", queue);
+        // Retry only applies to the failed row.
+        update(&mut s, key(KeyCode::Down));
+        assert_eq!(
+            update(&mut s, ch('r')),
+            vec![Effect::Downloads(DownloadsEffect::Retry(1))]
+        );
+        update(&mut s, key(KeyCode::Up));
+        assert_eq!(
+            update(&mut s, ch('p')),
+            vec![Effect::Downloads(DownloadsEffect::Pause(0))]
+        );
+        // A finished file makes the library look again.
+        let eff = update(
+            &mut s,
+            Msg::Download(DownloadEvent::Done {
+                id: 0,
+                path: "/x".into(),
+            }),
+        );
+        assert_eq!(
+            eff,
+            vec![Effect::Library(crate::app::library::LibraryEffect::Scan)]
+        );
+    }
+
+    #[test]
+    fn hub_results_snapshot() {
+        let mut s = hub_state();
+        s.hub.query = "llama".into();
+        s.hub.seq = 1;
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: 1,
+                append: false,
+                result: Ok((
+                    vec![
+                        summary("bartowski/Llama-3-8B-GGUF", 70_000),
+                        summary("TheBloke/Llama-2-7B-GGUF", 60_000),
+                    ],
+                    Some("http://hub.test/api/models?cursor=2".into()),
+                )),
+            }),
+        );
+        insta::assert_snapshot!("hub_results", crate::ui::tests::text(&s));
+        // Reaching the end of the list asks for the next page, once.
+        assert!(matches!(
+            update(&mut s, key(KeyCode::Down)).as_slice(),
+            [Effect::Hub(HubEffect::NextPage { url, .. })] if url.ends_with("cursor=2")
+        ));
+        assert!(update(&mut s, key(KeyCode::Down)).is_empty());
+    }
+}

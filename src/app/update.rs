@@ -1,9 +1,9 @@
 //! The pure state machine: `update(&mut State, Msg) -> Vec<Effect>`. No IO, no clock, no async.
 
 use super::effect::Effect;
-use super::library;
 use super::msg::Msg;
 use super::state::{Notice, Pane, State};
+use super::{downloads, hub, library};
 use crate::config::keymap::{Command, Key};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseEventKind};
 
@@ -72,6 +72,25 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             state.dirty = true;
             wrap(library::update(&mut state.library, m), Effect::Library)
         }
+        Msg::Hub(m) => {
+            state.dirty = true;
+            wrap(hub::update(&mut state.hub, m), Effect::Hub)
+        }
+        Msg::Download(ev) => {
+            // Progress of a pane that is not on screen only matters to the status bar.
+            let visible = state.main_pane == Pane::Downloads
+                || !matches!(ev, crate::downloads::DownloadEvent::Progress(_));
+            let before = state.downloads.active();
+            let outcome = downloads::on_event(&mut state.downloads, ev);
+            if visible || before != state.downloads.active() {
+                state.dirty = true;
+            }
+            if outcome == downloads::Outcome::Finished && !state.library.scanning {
+                state.library.scanning = true;
+                return vec![Effect::Library(library::LibraryEffect::Scan)];
+            }
+            vec![]
+        }
     }
 }
 
@@ -81,6 +100,17 @@ fn wrap<E>(effects: Vec<E>, f: impl Fn(E) -> Effect) -> Vec<Effect> {
 
 /// Keys that reach a text field because no binding claimed them.
 fn type_key(state: &mut State, ev: KeyEvent) -> Vec<Effect> {
+    if state.focus == Pane::Hub && state.hub.editing {
+        state.dirty = true;
+        let effects = match ev.code {
+            KeyCode::Char(c) => state.hub.edit(Some(c)),
+            KeyCode::Backspace => state.hub.edit(None),
+            KeyCode::Enter => state.hub.end_edit(true),
+            KeyCode::Esc => state.hub.end_edit(false),
+            _ => vec![],
+        };
+        return wrap(effects, Effect::Hub);
+    }
     if state.focus == Pane::Library && state.library.filtering {
         match ev.code {
             KeyCode::Char(c) => state.library.type_char(c),
@@ -157,13 +187,32 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
             }
         }
         pane_cmd => {
+            state.dirty = true;
+            let page = page(state);
             if state.library.confirm.is_some() || state.focus == Pane::Library {
-                state.dirty = true;
-                let page = page(state);
                 return wrap(
                     library::command(&mut state.library, pane_cmd, page),
                     Effect::Library,
                 );
+            }
+            match state.focus {
+                Pane::Hub => {
+                    let (mut effects, specs) = hub::command(&mut state.hub, pane_cmd, page);
+                    let mut out = wrap(std::mem::take(&mut effects), Effect::Hub);
+                    if !specs.is_empty() {
+                        out.push(Effect::Downloads(downloads::DownloadsEffect::Enqueue(
+                            specs,
+                        )));
+                    }
+                    return out;
+                }
+                Pane::Downloads => {
+                    return wrap(
+                        downloads::command(&mut state.downloads, pane_cmd, page),
+                        Effect::Downloads,
+                    )
+                }
+                _ => {}
             }
         }
     }

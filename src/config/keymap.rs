@@ -56,6 +56,16 @@ pub enum Command {
     /// Answer yes / no to a confirmation.
     Confirm,
     Cancel,
+    /// Open the selected item; go back from it.
+    Open,
+    Back,
+    /// Queue the selected download choice.
+    Download,
+    ToggleGguf,
+    /// Downloads: pause or resume the selected one, resume, retry a failed one.
+    Pause,
+    ResumeDownload,
+    Retry,
 }
 
 /// Where a binding applies. Resolution order: the active context, then `normal` (when not

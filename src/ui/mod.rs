@@ -1,6 +1,8 @@
 //! Drawing. `draw` lays out the screen; each pane draws itself from `&State`.
 
+pub mod downloads;
 pub mod help;
+pub mod hub;
 pub mod library;
 pub mod panes;
 pub mod status;
