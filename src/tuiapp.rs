@@ -63,6 +63,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     )
     .await?;
     drop(guard);
+    runner.shutdown().await;
     tracing::info!(frames = stats.frames, msgs = stats.msgs, "left the app");
     Ok(())
 }

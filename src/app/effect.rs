@@ -57,6 +57,14 @@ impl EffectRunner {
         self
     }
 
+    /// Stops background services cleanly: running downloads keep their partial files and the
+    /// queue is saved, so the next start resumes them.
+    pub async fn shutdown(&self) {
+        if let Some(d) = &self.downloads {
+            let _ = tokio::time::timeout(Duration::from_secs(3), d.shutdown()).await;
+        }
+    }
+
     pub fn sender(&self) -> UnboundedSender<Msg> {
         self.tx.clone()
     }
