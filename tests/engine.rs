@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use influence::engine::tokenize::TextTokenizer;
+use influence::engine::tokenize::{Detokenizer, TextTokenizer};
 use influence::engine::{
     wait, ChatMessage, ContextPolicy, EngineError, EngineHandle, EngineOptions, FinishReason,
     GenEvent, GenParams, GenRequest, ModelKind, Prompt,
@@ -112,6 +112,33 @@ mod tokenizer {
     }
 
     #[test]
+    fn streaming_detokenizer_never_splits_utf8() {
+        let t = tok();
+        let s = "crab 🦀 and 日本 ok";
+        let ids = t.encode(s).unwrap();
+        assert!(
+            ids.len() > s.split(' ').count(),
+            "multi-byte chars span tokens: {ids:?}"
+        );
+        let mut d = Detokenizer::default();
+        let mut out = String::new();
+        let mut empty_pieces = 0;
+        for id in ids {
+            let piece = d.push(&t, id).unwrap();
+            assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+            if piece.is_empty() {
+                empty_pieces += 1;
+            }
+            out.push_str(&piece);
+        }
+        assert_eq!(out, s);
+        assert!(
+            empty_pieces > 0,
+            "the emoji's byte tokens must be held back"
+        );
+    }
+
+    #[test]
     fn stop_ids_include_template_end() {
         let t = tok();
         assert!(t.is_stop(2), "<|im_end|> (eos) must stop");
@@ -133,6 +160,23 @@ mod generation {
         assert_eq!(stats.prompt_tokens, 9);
         assert_eq!(stats.generated_tokens, 16);
         assert_eq!(stats.finish, FinishReason::Length);
+    }
+
+    /// 16 prompt tokens: prefill takes the dense (dequantized GEMM) path, which must agree with
+    /// the reference ids computed with candle's quantized kernels.
+    #[test]
+    fn greedy_chatml_prompt_matches_reference_ids() {
+        let prompt =
+            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+        let out = shared()
+            .generate(raw(smollm(), prompt, GenParams::greedy(16)))
+            .collect_blocking()
+            .unwrap();
+        assert_eq!(out.ids, vec![504, 3575, 282, 4649, 314, 7042, 30]);
+        assert_eq!(out.text, "The capital of France is Paris.");
+        let stats = out.stats.unwrap();
+        assert_eq!(stats.prompt_tokens, 16);
+        assert_eq!(stats.finish, FinishReason::Stop);
     }
 
     #[test]

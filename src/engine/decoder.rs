@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::gguf::{GgufFile, Meta};
@@ -304,16 +304,16 @@ impl Decoder {
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
             let ff = match &layer.gate_up {
                 GateUp::Separate { gate, up } => {
-                    (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?
+                    (candle_nn::ops::silu(&linear(gate, &h)?)? * linear(up, &h)?)?
                 }
                 GateUp::Fused(w) => {
-                    let gu = w.forward(&h)?;
+                    let gu = linear(w, &h)?;
                     let n = gu.dim(D::Minus1)? / 2;
                     (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, n)?)?
                         * gu.narrow(D::Minus1, n, n)?)?
                 }
             };
-            x = (x + layer.down.forward(&ff)?)?;
+            x = (x + linear(&layer.down, &ff)?)?;
         }
         if !want_logits {
             return Ok(None);
@@ -323,6 +323,30 @@ impl Decoder {
         let logits = self.lm_head.forward(&last)?;
         Ok(Some(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?))
     }
+}
+
+/// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for
+/// the call: candle's quantized matmul streams the whole weight once per row for most types,
+/// which makes prefill barely faster than decoding token by token.
+const DENSE_MIN_ROWS: usize = 16;
+
+fn dense_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INFLUENCE_DENSE_PREFILL").map_or(true, |v| v != "0"))
+}
+
+/// `x @ wᵀ`, choosing between candle's quantized kernel and a dequantize-then-GEMM path.
+fn linear(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let QMatMul::QTensor(qt) = w {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        // Q4_K and Q6_K have repacked multi-row kernels in candle 0.11 that beat this.
+        let fast_batched = matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q6K);
+        if rows >= DENSE_MIN_ROWS && !fast_batched && dense_env() {
+            let wd = qt.dequantize(&Device::Cpu)?;
+            return x.broadcast_matmul(&wd.t()?);
+        }
+    }
+    w.forward(x)
 }
 
 /// Additive mask (t, pos + t): query i (at absolute position pos + i) sees keys 0..=pos + i.
@@ -368,9 +392,9 @@ fn attention(
     let (_, t, _) = h.dims3()?;
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
     let (q, k, v) = match &layer.qkv {
-        Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
+        Qkv::Separate { q, k, v } => (linear(q, h)?, linear(k, h)?, linear(v, h)?),
         Qkv::Fused(w) => {
-            let qkv = w.forward(h)?;
+            let qkv = linear(w, h)?;
             (
                 qkv.narrow(D::Minus1, 0, nh * hd)?,
                 qkv.narrow(D::Minus1, nh * hd, nkv * hd)?,
@@ -420,5 +444,5 @@ fn attention(
         .reshape((1, nh, t, hd))?
         .transpose(1, 2)?
         .reshape((1, t, nh * hd))?;
-    layer.o.forward(&y)
+    linear(&layer.o, &y)
 }
