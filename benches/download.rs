@@ -36,12 +36,19 @@ fn main() {
     let mb = arg(&args, "--mb", 200);
     let runs = arg(&args, "--runs", 5).max(1);
     let size = mb * 1024 * 1024;
+    // The fake hub gets its own runtime, so the downloader does not share worker threads with
+    // the server any more than curl (a separate process) does.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let hub = rt.block_on(
+    let hub = server_rt.block_on(
         FakeHub::builder()
             .repo(FakeRepo::new(REPO).file(FILE, content("bench", size)))
             .start(),
@@ -88,20 +95,19 @@ fn main() {
     }
 
     let mbps = |d: Duration| size as f64 / 1e6 / d.as_secs_f64();
+    let best = |v: &[Duration]| *v.iter().min().unwrap();
+    let (cb, ob) = (best(&curl), best(&ours));
     let (c, o) = (median(curl), median(ours));
-    println!("download of {mb} MiB over loopback, median of {runs}:");
+    println!("download of {mb} MiB over loopback, {runs} alternating runs (median / best):");
+    println!("  curl -L     {:>7.1} / {:>7.1} MB/s", mbps(c), mbps(cb));
     println!(
-        "  curl -L           {:>8.1} MB/s  ({:.2} s)",
-        mbps(c),
-        c.as_secs_f64()
-    );
-    println!(
-        "  influence         {:>8.1} MB/s  ({:.2} s)  sha256 + fsync + cache placement",
+        "  influence   {:>7.1} / {:>7.1} MB/s   (sha256 while writing, fsync, cache placement)",
         mbps(o),
-        o.as_secs_f64()
+        mbps(ob)
     );
     println!(
-        "  ratio influence/curl: {:.2} (target >= 0.80)",
-        mbps(o) / mbps(c)
+        "  ratio influence/curl: median {:.2}, best {:.2} (target >= 0.80)",
+        mbps(o) / mbps(c),
+        mbps(ob) / mbps(cb)
     );
 }

@@ -683,6 +683,101 @@ mod download {
     }
 
     #[tokio::test]
+    async fn renamed_gated_repo_keeps_the_token_on_the_hub_origin() {
+        let hub = FakeHub::builder()
+            .repo(
+                FakeRepo::new("org/new-name")
+                    .file("m.Q4_0.gguf", support::fake_hub::content("renamed", 40_000))
+                    .gated(&["alice"])
+                    .renamed_from("org/old-name"),
+            )
+            .token("hf_alice", "alice")
+            .start()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = HubClient::new(&hub.endpoint, Some("hf_alice".into())).unwrap();
+        let cfg = ManagerConfig::new(client, dir.path().join("hub"), dir.path().join("data"));
+        let (h, mut ev) = downloads::spawn(cfg).unwrap();
+        let id = h.enqueue(DownloadSpec::new("org/old-name", "m.Q4_0.gguf"));
+        let (res, _) = wait_all(&mut ev, &[id]).await;
+        let path = res[&id].clone().unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            hub.file("org/new-name", "m.Q4_0.gguf").sha256
+        );
+        let log = hub.log();
+        assert!(log
+            .iter()
+            .any(|l| l.status == 307 && l.path.contains("old-name")));
+        assert!(
+            log.iter()
+                .filter(|l| l.origin == Origin::Hub)
+                .all(|l| l.authorization),
+            "same-origin redirects keep the token"
+        );
+        assert!(log
+            .iter()
+            .filter(|l| l.origin == Origin::Cdn)
+            .all(|l| !l.authorization));
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn expired_cdn_signature_and_missing_content_range_recover() {
+        let e = env().await;
+        {
+            let mut f = e.hub.faults();
+            f.expire_signature = Countdown::new(1, 0);
+            f.truncate_after = Countdown::new(1, 100 * 1024);
+            f.omit_content_range = true;
+        }
+        let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
+        let id = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q8_0.gguf"));
+        let (res, seen) = wait_all(&mut ev, &[id]).await;
+        assert!(res[&id].is_ok(), "{res:?}");
+        e.assert_file_ok(GGUF, "tiny-llama.Q8_0.gguf");
+        assert!(seen.iter().any(|e| matches!(e,
+            DownloadEvent::Retrying { reason, .. } if reason.contains("refused"))));
+        let cdn: Vec<u16> = e
+            .hub
+            .log()
+            .iter()
+            .filter(|l| l.origin == Origin::Cdn)
+            .map(|l| l.status)
+            .collect();
+        // 403 (expired link), 200 cut short, 206 without Content-Range (unusable), 200 full.
+        assert_eq!(cdn, [403, 200, 206, 200]);
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn offline_pull_of_a_cached_file_succeeds() {
+        let e = env().await;
+        let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
+        let a = h.enqueue(DownloadSpec::new(GGUF, "config.json"));
+        wait_all(&mut ev, &[a]).await;
+        h.shutdown().await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let offline = HubClient::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let mut cfg = e.config(None);
+        cfg.hub = offline;
+        cfg.max_attempts = 1;
+        let (h, mut ev) = downloads::spawn(cfg).unwrap();
+        let b = h.enqueue(DownloadSpec::new(GGUF, "config.json"));
+        let c = h.enqueue(DownloadSpec::new(GGUF, "README.md"));
+        let (res, _) = wait_all(&mut ev, &[b, c]).await;
+        assert!(res[&b].is_ok(), "cached file served offline: {res:?}");
+        let err = res[&c].clone().unwrap_err();
+        assert!(err.contains("cannot reach"), "{err}");
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn two_queued_downloads_run_at_once() {
         let e = env().await;
         e.hub.faults().slow = Some(1_000_000);

@@ -548,6 +548,7 @@ impl HubClient {
             return HubError::Server {
                 status,
                 message: format!("download server refused {url}: {message}"),
+                retry_after,
             };
         }
         match (status, code.as_deref()) {
@@ -586,7 +587,11 @@ impl HubClient {
             }
             (401, _) => HubError::Unauthorized { message },
             (403, _) => HubError::Forbidden { repo, message },
-            (500..=599, _) => HubError::Server { status, message },
+            (500..=599, _) => HubError::Server {
+                status,
+                message,
+                retry_after,
+            },
             _ => HubError::Http {
                 status,
                 url,

@@ -39,7 +39,12 @@ pub enum HubError {
     #[error("{}", rate_limited_message(*.retry_after))]
     RateLimited { retry_after: Option<Duration> },
     #[error("the Hub answered {status} ({message}); try again later")]
-    Server { status: u16, message: String },
+    Server {
+        status: u16,
+        message: String,
+        /// `Retry-After` sent with a 503, if any.
+        retry_after: Option<Duration>,
+    },
     #[error("unexpected answer {status} from {url} ({message})")]
     Http {
         status: u16,
@@ -101,7 +106,9 @@ impl HubError {
     /// How long the server asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            HubError::RateLimited { retry_after } => *retry_after,
+            HubError::RateLimited { retry_after } | HubError::Server { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

@@ -118,6 +118,8 @@ pub struct FakeRepo {
     pub created_at: String,
     pub last_modified: String,
     pub files: Vec<FakeFile>,
+    /// Old id that now answers with a same-origin 307 to this repo.
+    pub renamed_from: Option<String>,
 }
 
 impl FakeRepo {
@@ -138,6 +140,7 @@ impl FakeRepo {
             created_at: "2025-01-01T00:00:00.000Z".into(),
             last_modified: "2025-01-02T00:00:00.000Z".into(),
             files: vec![],
+            renamed_from: None,
         }
     }
 
@@ -187,6 +190,11 @@ impl FakeRepo {
 
     pub fn branch(mut self, name: &str) -> Self {
         self.branches.push(name.to_string());
+        self
+    }
+
+    pub fn renamed_from(mut self, old: &str) -> Self {
+        self.renamed_from = Some(old.to_string());
         self
     }
 
@@ -578,6 +586,9 @@ async fn route_hub(ctx: &Ctx) -> Response {
     }
     let seg = segments(&ctx.raw_path);
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    if let Some(r) = renamed(ctx, &seg) {
+        return r;
+    }
     match seg.as_slice() {
         ["api", "models"] => search(ctx),
         ["api", "models", ns, name] => model_info(ctx, &format!("{ns}/{name}"), None),
@@ -595,6 +606,33 @@ async fn route_hub(ctx: &Ctx) -> Response {
         }
         _ => error(StatusCode::NOT_FOUND, None, None, "Not found"),
     }
+}
+
+/// §9.7 step 1: an old repo id answers with a relative 307 to the new one.
+fn renamed(ctx: &Ctx, seg: &[&str]) -> Option<Response> {
+    let (prefix, ns, name) = match seg {
+        ["api", "models", ns, name, ..] => ("/api/models/", *ns, *name),
+        [ns, name, "resolve", ..] => ("/", *ns, *name),
+        _ => return None,
+    };
+    let old = format!("{ns}/{name}");
+    let repo = ctx
+        .shared
+        .repos
+        .iter()
+        .find(|r| r.renamed_from.as_deref() == Some(old.as_str()))?;
+    let rest = ctx.raw_path.strip_prefix(&format!("{prefix}{old}"))?;
+    let mut location = format!("{prefix}{}{rest}", repo.id);
+    if !ctx.raw_query.is_empty() {
+        location = format!("{location}?{}", ctx.raw_query);
+    }
+    Some(
+        Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header("location", location)
+            .body(Body::empty())
+            .unwrap(),
+    )
 }
 
 /// The repo if this user may see it, else the §9.5 error.
