@@ -229,7 +229,12 @@ fn tiny_gguf(arch: &'static str, weight_type: u32, weight_bytes: usize) -> Vec<u
             ("tokenizer.chat_template", V::S("{{ messages }}")),
         ],
         &[
-            T("token_embd.weight", vec![64, 256], weight_type, weight_bytes),
+            T(
+                "token_embd.weight",
+                vec![64, 256],
+                weight_type,
+                weight_bytes,
+            ),
             T("output_norm.weight", vec![64], 0, 256),
         ],
     )
@@ -282,10 +287,13 @@ mod inventory {
         assert_eq!(m.file_count(), 2);
         assert_eq!(m.size_bytes, SMOL_SIZE + 18);
         assert!(m.modified.is_some());
-        assert!(m
-            .load_path
-            .ends_with("snapshots/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/SmolLM2-135M-Instruct.Q4_1.gguf"));
-        assert_eq!((m.info.layers, m.info.kv_heads, m.info.head_dim), (Some(30), Some(3), Some(64)));
+        assert!(m.load_path.ends_with(
+            "snapshots/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/SmolLM2-135M-Instruct.Q4_1.gguf"
+        ));
+        assert_eq!(
+            (m.info.layers, m.info.kv_heads, m.info.head_dim),
+            (Some(30), Some(3), Some(64))
+        );
         // weights + f32 KV cache for 4096 tokens (2 x 30 layers x 3 heads x 64 x 4 B x 4096) + 10%.
         let kv = 2 * 30 * 3 * 64 * 4 * 4096;
         let expected = (m.info.weight_bytes + kv) * 11 / 10;
@@ -299,7 +307,12 @@ mod inventory {
         let sb = Sandbox::new();
         sb.hf_smollm2();
         let repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
-        sb.hf_lfs(repo, COMMIT_A, "SmolLM2-135M-Instruct.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
+        sb.hf_lfs(
+            repo,
+            COMMIT_A,
+            "SmolLM2-135M-Instruct.Q8_0.gguf",
+            &tiny_gguf("llama", 8, 17408),
+        );
         let lib = sb.scan();
         let names: Vec<&str> = lib.models().iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
@@ -311,7 +324,11 @@ mod inventory {
         );
         let q8 = &lib.models()[1];
         assert_eq!(q8.runnable, Runnable::Yes);
-        assert_eq!(q8.file_count(), 1, "a per-quant model owns only its own file");
+        assert_eq!(
+            q8.file_count(),
+            1,
+            "a per-quant model owns only its own file"
+        );
         assert_eq!(q8.info.parameters, Some(64 * 256 + 64));
     }
 
@@ -339,7 +356,10 @@ mod inventory {
         assert_eq!(influence::library::human::params(params), "22.7M");
         // The int64 position_ids buffer is a tensor but not a parameter.
         assert_eq!(m.info.tensor_types.get("I64"), Some(&1));
-        assert!(m.file_count() >= 12, "1_Pooling/config.json is part of the model");
+        assert!(
+            m.file_count() >= 12,
+            "1_Pooling/config.json is part of the model"
+        );
         // An encoder keeps no KV cache: weights + 10%.
         assert_eq!(m.memory_estimate, Some(m.info.weight_bytes * 11 / 10));
     }
@@ -374,9 +394,16 @@ mod inventory {
             head.broken
         );
         let garbage = get("garbage");
-        assert!(garbage.broken.as_deref().unwrap().contains("not a GGUF file"));
+        assert!(garbage
+            .broken
+            .as_deref()
+            .unwrap()
+            .contains("not a GGUF file"));
         let table = influence::commands::list::render_table(lib.models());
-        assert!(table.contains("broken  cut.Q4_1: cut.Q4_1.gguf: tensor data ends at 98.4 MB"), "{table}");
+        assert!(
+            table.contains("broken  cut.Q4_1: cut.Q4_1.gguf: tensor data ends at 98.4 MB"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -418,14 +445,22 @@ mod inventory {
         // A real GGUF written by candle's own writer.
         let gguf = {
             use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-            let t = candle_core::Tensor::zeros((8, 64), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            let t = candle_core::Tensor::zeros(
+                (8, 64),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
             let q = QTensor::quantize(&t, GgmlDType::Q4_0).unwrap();
             let mut cur = std::io::Cursor::new(Vec::new());
             let arch = gguf_file::Value::String("qwen3".into());
             let ctx = gguf_file::Value::U32(40960);
             gguf_file::write(
                 &mut cur,
-                &[("general.architecture", &arch), ("qwen3.context_length", &ctx)],
+                &[
+                    ("general.architecture", &arch),
+                    ("qwen3.context_length", &ctx),
+                ],
                 &[("token_embd.weight", &q)],
             )
             .unwrap();
@@ -442,8 +477,14 @@ mod inventory {
                          {{"mediaType":"application/vnd.ollama.image.template","digest":"sha256:{tmpl_sha}","size":13}}]}}"#,
             gguf.len()
         );
-        sb.write("ollama/models/manifests/registry.ollama.ai/library/qwen3/0.6b", manifest.as_bytes());
-        sb.write("ollama/models/manifests/registry.ollama.ai/someone/custom/latest", b"{not json");
+        sb.write(
+            "ollama/models/manifests/registry.ollama.ai/library/qwen3/0.6b",
+            manifest.as_bytes(),
+        );
+        sb.write(
+            "ollama/models/manifests/registry.ollama.ai/someone/custom/latest",
+            b"{not json",
+        );
         let lib = sb.scan();
         assert_eq!(lib.models().len(), 1, "{:#?}", lib.models());
         let m = &lib.models()[0];
@@ -456,7 +497,9 @@ mod inventory {
         assert_eq!(m.load_path, root.join(format!("blobs/sha256-{gguf_sha}")));
         assert_eq!(m.file_count(), 2);
         assert!(
-            lib.warnings().iter().any(|w| w.contains("someone/custom/latest")),
+            lib.warnings()
+                .iter()
+                .any(|w| w.contains("someone/custom/latest")),
             "a bad manifest is a warning: {:?}",
             lib.warnings()
         );
@@ -468,15 +511,63 @@ mod inventory {
     #[test]
     fn lmstudio_folders_are_discovered() {
         let sb = Sandbox::new();
-        sb.write("lmstudio/models/lmstudio-community/Tiny-GGUF/Tiny-Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
-        sb.write("lmstudio/models/lmstudio-community/Tiny-GGUF/Tiny-Q4_0.gguf", &tiny_gguf("llama", 2, 9216));
+        sb.write(
+            "lmstudio/models/lmstudio-community/Tiny-GGUF/Tiny-Q8_0.gguf",
+            &tiny_gguf("llama", 8, 17408),
+        );
+        sb.write(
+            "lmstudio/models/lmstudio-community/Tiny-GGUF/Tiny-Q4_0.gguf",
+            &tiny_gguf("llama", 2, 9216),
+        );
         let lib = sb.scan();
         let names: Vec<&str> = lib.models().iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["lmstudio-community/Tiny-GGUF:Q4_0", "lmstudio-community/Tiny-GGUF:Q8_0"]
+            [
+                "lmstudio-community/Tiny-GGUF:Q4_0",
+                "lmstudio-community/Tiny-GGUF:Q8_0"
+            ]
         );
         assert!(lib.models().iter().all(|m| m.source == Source::Lmstudio));
+    }
+
+    #[test]
+    fn rescan_rereads_only_files_whose_size_or_time_changed() {
+        let sb = Sandbox::new();
+        let path = sb.write("extra/tiny.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
+        let lib = sb.scan();
+        assert_eq!(lib.models()[0].info.architecture.as_deref(), Some("llama"));
+        let when = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+        // Same size, same time, different arch: a rescan trusts its cache, a scan reads again.
+        std::fs::write(&path, tiny_gguf("qwen2", 8, 17408)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        assert_eq!(
+            lib.rescan().models()[0].info.architecture.as_deref(),
+            Some("llama")
+        );
+        assert_eq!(
+            sb.scan().models()[0].info.architecture.as_deref(),
+            Some("qwen2")
+        );
+
+        // A changed size (a truncation) is noticed by a rescan.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+        let again = lib.rescan();
+        assert!(again.models()[0]
+            .broken
+            .as_deref()
+            .unwrap()
+            .contains("tensor data ends at"));
+        // New files appear on a rescan too.
+        sb.write("extra/second.Q4_0.gguf", &tiny_gguf("llama", 2, 9216));
+        assert_eq!(again.rescan().models().len(), 2);
     }
 
     #[test]
@@ -502,10 +593,25 @@ mod names {
         let sb = Sandbox::new();
         sb.hf_smollm2();
         let repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
-        sb.hf_lfs(repo, COMMIT_A, "SmolLM2-135M-Instruct.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
-        sb.hf_lfs("Qwen/Qwen2.5-0.5B-Instruct-GGUF", COMMIT_B, "qwen2.5-0.5b-instruct-q4_0.gguf", &tiny_gguf("qwen2", 2, 9216));
+        sb.hf_lfs(
+            repo,
+            COMMIT_A,
+            "SmolLM2-135M-Instruct.Q8_0.gguf",
+            &tiny_gguf("llama", 8, 17408),
+        );
+        sb.hf_lfs(
+            "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
+            COMMIT_B,
+            "qwen2.5-0.5b-instruct-q4_0.gguf",
+            &tiny_gguf("qwen2", 2, 9216),
+        );
         sb.hf_ref("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "main", COMMIT_B);
-        sb.hf_lfs("Qwen/Qwen2.5-1.5B-Instruct-GGUF", COMMIT_B, "qwen2.5-1.5b-instruct-q4_0.gguf", &tiny_gguf("qwen2", 2, 9216));
+        sb.hf_lfs(
+            "Qwen/Qwen2.5-1.5B-Instruct-GGUF",
+            COMMIT_B,
+            "qwen2.5-1.5b-instruct-q4_0.gguf",
+            &tiny_gguf("qwen2", 2, 9216),
+        );
         sb.hf_ref("Qwen/Qwen2.5-1.5B-Instruct-GGUF", "main", COMMIT_B);
         let lib = sb.scan();
         (sb, lib)
@@ -514,9 +620,13 @@ mod names {
     #[test]
     fn exact_name_and_quant_suffix() {
         let (_sb, lib) = library();
-        let m = lib.resolve("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_1").unwrap();
+        let m = lib
+            .resolve("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_1")
+            .unwrap();
         assert_eq!(m.info.quant.as_deref(), Some("Q4_1"));
-        let m = lib.resolve("huggingfacetb/smollm2-135m-instruct-gguf:q8_0").unwrap();
+        let m = lib
+            .resolve("huggingfacetb/smollm2-135m-instruct-gguf:q8_0")
+            .unwrap();
         assert_eq!(m.name, "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q8_0");
         // A single-file repo still answers to its quant.
         let m = lib.resolve("Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_0").unwrap();
@@ -558,8 +668,14 @@ mod names {
         let (_sb, lib) = library();
         match lib.resolve("Qwen2.5-0.5B-Instruct-GUF").unwrap_err() {
             LibraryError::NotFound { suggestions, .. } => {
-                assert_eq!(suggestions[0], "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "closest first");
-                assert!(!suggestions.iter().any(|s| s.contains("SmolLM2")), "{suggestions:?}");
+                assert_eq!(
+                    suggestions[0], "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
+                    "closest first"
+                );
+                assert!(
+                    !suggestions.iter().any(|s| s.contains("SmolLM2")),
+                    "{suggestions:?}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -599,7 +715,11 @@ mod verify_files {
         let mut last = (0, 0);
         let report = verify(m, &mut |done, total| last = (done, total));
         assert!(report.all_ok(), "{report:?}");
-        assert_eq!(report.count(|c| *c == FileCheck::Ok), 2, "gguf (sha256) + .gitattributes (git sha1)");
+        assert_eq!(
+            report.count(|c| *c == FileCheck::Ok),
+            2,
+            "gguf (sha256) + .gitattributes (git sha1)"
+        );
         assert_eq!(last, (SMOL_SIZE + 18, SMOL_SIZE + 18));
         let text = influence::commands::verify::render_report(&report);
         assert!(text.contains("2 verified, 0 with problems"), "{text}");
@@ -609,7 +729,12 @@ mod verify_files {
     fn tampered_and_missing_blobs_are_reported() {
         let sb = Sandbox::new();
         let repo = "org/tiny";
-        let sha = sb.hf_lfs(repo, COMMIT_A, "model.safetensors", &safetensors_bytes("w", 16));
+        let sha = sb.hf_lfs(
+            repo,
+            COMMIT_A,
+            "model.safetensors",
+            &safetensors_bytes("w", 16),
+        );
         let git = sb.hf_git(repo, COMMIT_A, "config.json", br#"{"model_type":"llama"}"#);
         sb.hf_ref(repo, "main", COMMIT_A);
         let blobs = sb.repo_dir(repo).join("blobs");
@@ -622,7 +747,10 @@ mod verify_files {
         let lib = sb.scan();
         let m = lib.resolve("org/tiny").unwrap();
         assert!(
-            m.broken.as_deref().unwrap().contains("config.json is missing"),
+            m.broken
+                .as_deref()
+                .unwrap()
+                .contains("config.json is missing"),
             "{:?}",
             m.broken
         );
@@ -645,7 +773,10 @@ mod verify_files {
             other => panic!("{other:?}"),
         }
         let text = influence::commands::verify::render_report(&report);
-        assert!(text.contains("MISMATCH") && text.contains("MISSING"), "{text}");
+        assert!(
+            text.contains("MISMATCH") && text.contains("MISSING"),
+            "{text}"
+        );
     }
 }
 
@@ -657,8 +788,18 @@ mod delete {
         let repo = "org/tiny";
         let shared = sb.hf_git(repo, COMMIT_A, "config.json", br#"{"model_type":"llama"}"#);
         sb.hf_git(repo, COMMIT_B, "config.json", br#"{"model_type":"llama"}"#);
-        let old = sb.hf_lfs(repo, COMMIT_A, "model.safetensors", &safetensors_bytes("w", 16));
-        let new = sb.hf_lfs(repo, COMMIT_B, "model.safetensors", &safetensors_bytes("w", 32));
+        let old = sb.hf_lfs(
+            repo,
+            COMMIT_A,
+            "model.safetensors",
+            &safetensors_bytes("w", 16),
+        );
+        let new = sb.hf_lfs(
+            repo,
+            COMMIT_B,
+            "model.safetensors",
+            &safetensors_bytes("w", 32),
+        );
         sb.hf_ref(repo, "main", COMMIT_B);
         sb.hf_ref(repo, "pr/1", COMMIT_A);
         std::fs::create_dir_all(sb.repo_dir(repo).join(".no_exist").join(COMMIT_A)).unwrap();
@@ -724,7 +865,12 @@ mod delete {
         let sb = Sandbox::new();
         sb.hf_smollm2();
         let repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
-        let q8 = sb.hf_lfs(repo, COMMIT_A, "SmolLM2-135M-Instruct.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
+        let q8 = sb.hf_lfs(
+            repo,
+            COMMIT_A,
+            "SmolLM2-135M-Instruct.Q8_0.gguf",
+            &tiny_gguf("llama", 8, 17408),
+        );
         let lib = sb.scan();
         let m = lib.resolve("SmolLM2-135M-Instruct:Q8_0").unwrap();
         let plan = lib.delete_plan(m).unwrap();
@@ -746,7 +892,10 @@ mod delete {
         let lib = sb.scan();
         let names: Vec<&str> = lib.models().iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"]);
-        assert!(smol().exists(), "the fixture behind the blob link is untouched");
+        assert!(
+            smol().exists(),
+            "the fixture behind the blob link is untouched"
+        );
     }
 
     #[test]
@@ -772,14 +921,24 @@ mod delete {
             match lib.delete_plan(m) {
                 Err(e @ LibraryError::ForeignStore { .. }) => {
                     let msg = e.to_string();
-                    assert!(msg.contains(store) && msg.contains("never deletes"), "{msg}");
+                    assert!(
+                        msg.contains(store) && msg.contains("never deletes"),
+                        "{msg}"
+                    );
                 }
                 other => panic!("{name}: {other:?}"),
             }
         }
         let m = lib.resolve("tiny:latest").unwrap();
-        assert!(lib.delete_plan(m).unwrap_err().to_string().contains("ollama rm tiny:latest"));
-        assert!(sb.root.join(format!("ollama/models/blobs/sha256-{sha}")).exists());
+        assert!(lib
+            .delete_plan(m)
+            .unwrap_err()
+            .to_string()
+            .contains("ollama rm tiny:latest"));
+        assert!(sb
+            .root
+            .join(format!("ollama/models/blobs/sha256-{sha}"))
+            .exists());
     }
 
     #[test]
@@ -794,10 +953,27 @@ mod delete {
         assert!(err.to_string().contains("--yes"), "{err}");
         assert!(String::from_utf8_lossy(&out).contains("Deleting org/tiny will:"));
         let mut out = Vec::new();
-        assert!(!influence::commands::rm::confirm(&plan, false, true, &mut &b"\n"[..], &mut out).unwrap());
+        assert!(
+            !influence::commands::rm::confirm(&plan, false, true, &mut &b"\n"[..], &mut out)
+                .unwrap()
+        );
         assert!(String::from_utf8_lossy(&out).ends_with("Delete? [y/N] "));
-        assert!(influence::commands::rm::confirm(&plan, false, true, &mut &b"y\n"[..], &mut Vec::new()).unwrap());
-        assert!(influence::commands::rm::confirm(&plan, true, false, &mut &b""[..], &mut Vec::new()).unwrap());
+        assert!(influence::commands::rm::confirm(
+            &plan,
+            false,
+            true,
+            &mut &b"y\n"[..],
+            &mut Vec::new()
+        )
+        .unwrap());
+        assert!(influence::commands::rm::confirm(
+            &plan,
+            true,
+            false,
+            &mut &b""[..],
+            &mut Vec::new()
+        )
+        .unwrap());
     }
 }
 
@@ -807,10 +983,16 @@ mod imports {
     #[test]
     fn import_records_a_reference_and_rm_only_forgets_it() {
         let sb = Sandbox::new();
-        let file = sb.write("downloads/Tiny-Model.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
+        let file = sb.write(
+            "downloads/Tiny-Model.Q8_0.gguf",
+            &tiny_gguf("llama", 8, 17408),
+        );
         let rec = import(&sb.roots, &file).unwrap();
         assert_eq!(rec.path, std::fs::canonicalize(&file).unwrap());
-        let data: Vec<_> = std::fs::read_dir(sb.root.join("data")).unwrap().flatten().collect();
+        let data: Vec<_> = std::fs::read_dir(sb.root.join("data"))
+            .unwrap()
+            .flatten()
+            .collect();
         assert_eq!(data.len(), 1, "only imports.json, no copy of the model");
         let json = std::fs::read_to_string(&sb.roots.imports_file).unwrap();
         assert!(json.contains("Tiny-Model.Q8_0.gguf"), "{json}");
@@ -827,7 +1009,10 @@ mod imports {
             other => panic!("{other:?}"),
         }
         let not_model = sb.write("downloads/notes.txt", b"hello");
-        assert!(matches!(import(&sb.roots, &not_model), Err(LibraryError::NotAModel { .. })));
+        assert!(matches!(
+            import(&sb.roots, &not_model),
+            Err(LibraryError::NotAModel { .. })
+        ));
 
         let plan = lib.delete_plan(m).unwrap();
         assert!(matches!(&plan.removals[..], [Removal::ImportRecord { .. }]));
@@ -847,7 +1032,11 @@ mod imports {
         let m = lib.resolve("minilm").unwrap();
         assert_eq!((m.source, m.kind), (Source::Import, ModelKind::Embedding));
         let g = lib.resolve("Gone.Q8_0").unwrap();
-        assert!(g.broken.as_deref().unwrap().contains("no longer exists"), "{:?}", g.broken);
+        assert!(
+            g.broken.as_deref().unwrap().contains("no longer exists"),
+            "{:?}",
+            g.broken
+        );
         lib.delete_plan(g).unwrap().execute().unwrap();
         let lib = sb.scan();
         assert_eq!(lib.models().len(), 1);
@@ -859,7 +1048,11 @@ mod imports {
         sb.write("data/imports.json", b"{ broken");
         let lib = sb.scan();
         assert!(lib.models().is_empty());
-        assert!(lib.warnings()[0].contains("imports.json"), "{:?}", lib.warnings());
+        assert!(
+            lib.warnings()[0].contains("imports.json"),
+            "{:?}",
+            lib.warnings()
+        );
     }
 }
 
@@ -888,10 +1081,24 @@ mod cli_output {
         let cells: Vec<&str> = smol_row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "llama", "chat", "134.5M", "Q4_1", "8192", "98.4", "MB", "slow", "hf-cache"]
+            [
+                "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+                "llama",
+                "chat",
+                "134.5M",
+                "Q4_1",
+                "8192",
+                "98.4",
+                "MB",
+                "slow",
+                "hf-cache"
+            ]
         );
         let mini_row = lines.iter().find(|l| l.starts_with("minilm")).unwrap();
-        assert!(mini_row.contains("bert") && mini_row.contains("embed"), "{mini_row}");
+        assert!(
+            mini_row.contains("bert") && mini_row.contains("embed"),
+            "{mini_row}"
+        );
         assert!(table.contains("slow    = runs"), "{table}");
         let empty = influence::commands::list::render_table(&[]);
         assert!(empty.contains("influence import PATH"));
