@@ -299,7 +299,10 @@ mod inventory {
         let expected = (m.info.weight_bytes + kv) * 11 / 10;
         let est = m.memory_estimate.unwrap();
         assert!(est.abs_diff(expected) <= 1, "{est} vs {expected}");
-        assert!(m.info.weight_bytes > 90_000_000 && m.info.weight_bytes <= SMOL_SIZE);
+        // The engine holds the file's tensors plus an f32 copy of the token embedding.
+        let f32_embd = 49_152 * 576 * 4;
+        let tensors = m.info.weight_bytes - f32_embd;
+        assert!(tensors > 95_000_000 && tensors <= SMOL_SIZE, "{tensors}");
     }
 
     #[test]
@@ -431,9 +434,12 @@ mod inventory {
         assert_eq!(q.info.context_length, Some(2048));
         // 2 x 2 layers x 4 heads x (64/4) dim x 4 B x 2048 tokens (context < 4096).
         let kv = 2 * 2 * 4 * 16 * 4 * 2048;
+        // Tied embedding: the Q8_0 copy stays as LM head, plus its f32 copy for the lookup.
+        let weights = 17408 + 64 * 256 * 4 + 256;
+        assert_eq!(q.info.weight_bytes, weights);
         assert_eq!(
             q.memory_estimate,
-            Some((17408 + 256 + kv) * 11 / 10),
+            Some((weights + kv) * 11 / 10),
             "weights + KV + 10%"
         );
     }
@@ -529,6 +535,56 @@ mod inventory {
             ]
         );
         assert!(lib.models().iter().all(|m| m.source == Source::Lmstudio));
+    }
+
+    #[test]
+    fn split_ggufs_are_one_model_and_tied_safetensors_count_once() {
+        let sb = Sandbox::new();
+        let shard = tiny_gguf("llama", 8, 17408);
+        sb.write("extra/big/Big-Q8_0-00001-of-00002.gguf", &shard);
+        sb.write("extra/big/Big-Q8_0-00002-of-00002.gguf", &shard);
+        // Tied embeddings stored twice: the LM head is not counted again.
+        let header = r#"{"model.embed_tokens.weight":{"dtype":"F16","shape":[8,4],"data_offsets":[0,64]},"lm_head.weight":{"dtype":"F16","shape":[8,4],"data_offsets":[64,128]},"model.norm.weight":{"dtype":"F16","shape":[4],"data_offsets":[128,136]}}"#;
+        let mut st = (header.len() as u64).to_le_bytes().to_vec();
+        st.extend(header.as_bytes());
+        st.resize(st.len() + 136, 0);
+        sb.write("extra/tied/model.safetensors", &st);
+        sb.write(
+            "extra/tied/config.json",
+            br#"{"model_type":"qwen2","tie_word_embeddings":true,"max_position_embeddings":32768,"num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,"hidden_size":4}"#,
+        );
+        sb.write(
+            "extra/tied/tokenizer_config.json",
+            br#"{"chat_template":"{{ x }}"}"#,
+        );
+        // A cut safetensors file is broken, with the reason.
+        sb.write("extra/cut/model.safetensors", &st[..st.len() - 100]);
+        sb.write("extra/cut/config.json", br#"{"model_type":"llama"}"#);
+        let lib = sb.scan();
+        let big = lib.resolve("Big-Q8_0").unwrap();
+        assert_eq!(big.file_count(), 2);
+        assert_eq!(big.info.parameters, Some(2 * (64 * 256 + 64)));
+        assert!(big.load_path.ends_with("Big-Q8_0-00001-of-00002.gguf"));
+        let tied = lib.resolve("tied").unwrap();
+        assert_eq!(tied.info.parameters, Some(32 + 4));
+        assert_eq!(tied.info.quant.as_deref(), Some("F16"));
+        assert_eq!(tied.info.context_length, Some(32768));
+        assert!(tied.info.chat_template);
+        assert_eq!(tied.runnable, Runnable::Yes);
+        // f16 KV cache: 2 x 2 layers x 1 head x 2 dim x 2 B x 4096 tokens.
+        assert_eq!(
+            tied.memory_estimate,
+            Some((136 + 2 * 2 * 2 * 2 * 4096) * 11 / 10)
+        );
+        let cut = lib.resolve("cut").unwrap();
+        assert!(
+            cut.broken
+                .as_deref()
+                .unwrap()
+                .contains("tensor data ends at"),
+            "{:?}",
+            cut.broken
+        );
     }
 
     #[test]
@@ -1127,5 +1183,77 @@ mod cli_output {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+}
+
+mod commands {
+    use super::*;
+    use influence::commands::{import, list, show, verify as verify_cmd, Context};
+
+    /// `hf_home`, `data_dir` and `model_dirs` come from the context, as `main` will pass them.
+    #[test]
+    fn subcommands_run_against_a_context() {
+        let sb = Sandbox::new();
+        sb.hf_smollm2();
+        let ctx = Context {
+            hf_home: sb.root.join("hf"),
+            data_dir: sb.root.join("data"),
+            endpoint: "http://127.0.0.1:9".into(),
+            token: None,
+            threads: 1,
+            model_dirs: vec![sb.root.join("extra")],
+        };
+        let roots = LibraryRoots::from_context(&ctx);
+        assert_eq!(roots.hf_hub, sb.roots.hf_hub);
+        assert_eq!(roots.imports_file, sb.roots.imports_file);
+        assert_eq!(roots.extra, sb.roots.extra);
+
+        list::run(list::ListArgs { json: true }, &ctx).unwrap();
+        show::run(
+            show::ShowArgs {
+                model: "SmolLM2-135M-Instruct-GGUF".into(),
+                json: false,
+            },
+            &ctx,
+        )
+        .unwrap();
+        let err = show::run(
+            show::ShowArgs {
+                model: "no-such-model".into(),
+                json: false,
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("influence list"), "{err}");
+
+        let file = sb.write("downloads/Tiny.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));
+        import::run(import::ImportArgs { path: file.clone() }, &ctx).unwrap();
+        verify_cmd::run(
+            verify_cmd::VerifyArgs {
+                model: "SmolLM2-135M-Instruct-GGUF".into(),
+                json: false,
+            },
+            &ctx,
+        )
+        .unwrap();
+        // A tampered git blob makes verify fail (non-zero exit in the binary).
+        let repo = sb.repo_dir("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF");
+        let gitattributes = std::fs::read_dir(repo.join("blobs"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().len() == 40)
+            .unwrap()
+            .path();
+        std::fs::write(&gitattributes, b"*.gguf filter=lfs diff=lfs\n").unwrap();
+        let err = verify_cmd::run(
+            verify_cmd::VerifyArgs {
+                model: "SmolLM2-135M-Instruct-GGUF".into(),
+                json: false,
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("failed verification"), "{err}");
     }
 }

@@ -92,8 +92,13 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
                 *elems_by_type.entry(t.ty).or_default() += n;
             }
             let bytes = t.ty.bytes_for(n).unwrap_or(0);
-            // candle dequantizes F16/BF16 weights of GGUF models to f32.
-            weight_bytes += if matches!(t.ty.0, 1 | 30) {
+            weight_bytes += if t.name == "token_embd.weight" {
+                // candle's quantized models dequantize the token embedding to f32 for the lookup,
+                // and keep the quantized copy only as a tied LM head (no `output.weight`).
+                let tied = !header.tensors.iter().any(|o| o.name == "output.weight");
+                n * 4 + if tied { bytes } else { 0 }
+            } else if matches!(t.ty.0, 1 | 30) {
+                // F16/BF16 weights are dequantized to f32 as well.
                 bytes * 2
             } else {
                 bytes

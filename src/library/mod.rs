@@ -249,7 +249,8 @@ pub struct Model {
     pub name: String,
     /// The repository part of the name (`org/name`), used by `org/name:QUANT` lookups.
     pub repo: String,
-    /// The quant tag that tells this file apart from its siblings, if any.
+    /// The quant label from the file name (or header) of a GGUF model, used by `repo:QUANT`
+    /// lookups; it is part of `name` only when the repo holds several GGUF models.
     pub quant_tag: Option<String>,
     /// HF commit for cache models.
     pub revision: Option<String>,
