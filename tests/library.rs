@@ -428,6 +428,27 @@ mod inventory {
             Runnable::No { reason } => assert!(reason.contains("\"mamba\""), "{reason}"),
             other => panic!("{other:?}"),
         }
+        let no_vocab = gguf_bytes(
+            &[("general.architecture", V::S("llama"))],
+            &[T("token_embd.weight", vec![64, 256], 8, 17408)],
+        );
+        let no_vocab = {
+            // gguf_bytes always adds a vocabulary; rename its key so the file has none.
+            let mut b = no_vocab;
+            let at = b
+                .windows(21)
+                .position(|w| w == b"tokenizer.ggml.tokens")
+                .unwrap();
+            b[at..at + 21].copy_from_slice(b"tokenizer.ggml.other_");
+            b
+        };
+        sb.write("extra/novocab.Q8_0.gguf", &no_vocab);
+        let lib = sb.scan();
+        let get = |n: &str| lib.models().iter().find(|m| m.name == n).unwrap();
+        match &get("novocab.Q8_0").runnable {
+            Runnable::No { reason } => assert!(reason.contains("vocabulary"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
         let q = get("qwen.Q8_0");
         assert_eq!(q.runnable, Runnable::Yes);
         assert_eq!(q.info.quant.as_deref(), Some("Q8_0"));
@@ -461,11 +482,16 @@ mod inventory {
             let mut cur = std::io::Cursor::new(Vec::new());
             let arch = gguf_file::Value::String("qwen3".into());
             let ctx = gguf_file::Value::U32(40960);
+            let vocab = gguf_file::Value::Array(vec![
+                gguf_file::Value::String("a".into()),
+                gguf_file::Value::String("b".into()),
+            ]);
             gguf_file::write(
                 &mut cur,
                 &[
                     ("general.architecture", &arch),
                     ("qwen3.context_length", &ctx),
+                    ("tokenizer.ggml.tokens", &vocab),
                 ],
                 &[("token_embd.weight", &q)],
             )
@@ -557,6 +583,7 @@ mod inventory {
             "extra/tied/tokenizer_config.json",
             br#"{"chat_template":"{{ x }}"}"#,
         );
+        sb.write("extra/tied/tokenizer.json", b"{}");
         // A cut safetensors file is broken, with the reason.
         sb.write("extra/cut/model.safetensors", &st[..st.len() - 100]);
         sb.write("extra/cut/config.json", br#"{"model_type":"llama"}"#);
