@@ -615,6 +615,43 @@ mod inventory {
     }
 
     #[test]
+    fn names_sharing_a_file_stay_within_a_store_but_not_across_stores() {
+        let sb = Sandbox::new();
+        let repo = "org/Tiny-GGUF";
+        let gguf = tiny_gguf("llama", 8, 17408);
+        sb.hf_lfs(repo, COMMIT_A, "tiny-q8_0.gguf", &gguf);
+        sb.hf_lfs(repo, COMMIT_B, "tiny-q8_0.gguf", &gguf);
+        sb.hf_ref(repo, "main", COMMIT_B);
+        let sha = hex::encode(sha2::Sha256::digest(&gguf));
+        sb.write(&format!("ollama/models/blobs/sha256-{sha}"), &gguf);
+        let manifest = format!(
+            r#"{{"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{sha}"}}]}}"#
+        );
+        for tag in ["latest", "q8"] {
+            sb.write(
+                &format!("ollama/models/manifests/registry.ollama.ai/library/tiny/{tag}"),
+                manifest.as_bytes(),
+            );
+        }
+        // model_dirs pointing into the HF cache: already listed from the cache.
+        let roots = LibraryRoots {
+            extra: vec![sb.roots.hf_hub.clone()],
+            ..sb.roots.clone()
+        };
+        let lib = Library::scan(&roots);
+        let names: Vec<&str> = lib.models().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "org/Tiny-GGUF",
+                "org/Tiny-GGUF@aaaaaaa",
+                "tiny:latest",
+                "tiny:q8"
+            ]
+        );
+    }
+
+    #[test]
     fn rescan_rereads_only_files_whose_size_or_time_changed() {
         let sb = Sandbox::new();
         let path = sb.write("extra/tiny.Q8_0.gguf", &tiny_gguf("llama", 8, 17408));

@@ -519,12 +519,20 @@ impl Library {
     }
 
     /// The same file reachable from two roots (a model_dir inside the HF cache, an import of a
-    /// file LM Studio already lists) is listed once, from the first root that found it.
+    /// file LM Studio already lists) is listed once, from the first root that found it. Within
+    /// one store, names sharing a file all stay: two HF revisions with the same blob, or two
+    /// Ollama tags of one model, are separate things to resolve and delete.
     fn dedupe(&mut self) {
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<PathBuf, Source> = HashMap::new();
         self.models.retain(|m| {
             let key = std::fs::canonicalize(&m.load_path).unwrap_or_else(|_| m.load_path.clone());
-            seen.insert(key)
+            match seen.get(&key) {
+                Some(first) => *first == m.source,
+                None => {
+                    seen.insert(key, m.source);
+                    true
+                }
+            }
         });
     }
 }
