@@ -1220,6 +1220,11 @@ mod cli_output {
             "{mini_row}"
         );
         assert!(table.contains("slow    = runs"), "{table}");
+        let summary = format!(
+            "2 models, {} on disk",
+            influence::library::human::bytes(lib.models().iter().map(|m| m.size_bytes).sum())
+        );
+        assert!(table.contains(&summary), "{table}");
         let empty = influence::commands::list::render_table(&[]);
         assert!(empty.contains("influence import PATH"));
         // --json serializes every model.
