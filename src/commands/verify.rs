@@ -24,7 +24,7 @@ pub fn run(args: VerifyArgs, ctx: &Context) -> anyhow::Result<()> {
         // Hashing gigabytes takes a while: a progress line, a few times a second at most.
         if show_progress && (last.elapsed().as_millis() >= 250 || done == total) {
             last = std::time::Instant::now();
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             eprint!(
                 "\rverifying {}: {pct:>3}% ({} of {})",
                 model.name,
