@@ -16,7 +16,7 @@ const WIDTH: u16 = 100;
 const VISIBLE_ROWS: usize = 50;
 
 fn message(i: usize) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         return format!("Question {i}: how do I read a file line by line in Rust?");
     }
     format!(
@@ -43,8 +43,9 @@ fn main() {
     let warm = t.elapsed();
 
     let t = Instant::now();
-    let history: Vec<Vec<Line<'static>>> =
-        (0..MESSAGES).map(|i| render(&message(i), &styles)).collect();
+    let history: Vec<Vec<Line<'static>>> = (0..MESSAGES)
+        .map(|i| render(&message(i), &styles))
+        .collect();
     let render_all = t.elapsed();
     let logical: usize = history.iter().map(Vec::len).sum();
 
@@ -95,7 +96,10 @@ fn main() {
     let t = Instant::now();
     stream.finish();
     let finish = t.elapsed();
-    assert_eq!(stream.committed(), render(stream.source(), &styles).as_slice());
+    assert_eq!(
+        stream.committed(),
+        render(stream.source(), &styles).as_slice()
+    );
 
     push_times.sort();
     frame_times.sort();

@@ -154,13 +154,44 @@ impl MarkdownStream {
             && blocks[take].code.is_some()
             && !blocks[take].unresolved_reference;
 
-        let new_pending_rel = if all {
+        let mut new_pending_rel = if all {
             region.len()
         } else if take < blocks.len() {
             line_start(blocks[take].range.start)
         } else {
             0
         };
+        if !all {
+            // A link reference definition after the last committed block's text opens a
+            // paragraph that the next lines may continue ("[a]: /u\n2) text" is one
+            // paragraph, not a list), and pulldown-cmark may count it into the previous
+            // block's range. The next parse must start at it, not after it. In that gap only
+            // a definition can begin with `[`: any other such line would have produced text.
+            let gap_from = if take > 0 {
+                blocks[take - 1]
+                    .content_end
+                    .saturating_sub(shift)
+                    .min(region.len())
+            } else {
+                0
+            };
+            let gap_to = new_pending_rel.max(gap_from);
+            let mut at = line_start(shift + gap_from);
+            if at < gap_from {
+                at = region[gap_from..]
+                    .find('\n')
+                    .map_or(region.len(), |i| gap_from + i + 1);
+            }
+            while at < gap_to {
+                let line = &region[at..];
+                let indent = line.len() - line.trim_start_matches(' ').len();
+                if indent <= 3 && line[indent..].starts_with('[') {
+                    new_pending_rel = new_pending_rel.min(at);
+                    break;
+                }
+                at = line.find('\n').map_or(region.len(), |i| at + i + 1);
+            }
+        }
         if take == 0 && !open_code {
             return;
         }
@@ -229,7 +260,10 @@ mod tests {
         s.finish();
         assert_eq!(
             s.committed(),
-            render("# Title\n\nSecond para goes on\n\nthird", &MarkdownStyles::dark())
+            render(
+                "# Title\n\nSecond para goes on\n\nthird",
+                &MarkdownStyles::dark()
+            )
         );
     }
 
@@ -253,7 +287,8 @@ mod tests {
 
     #[test]
     fn late_reference_definition_is_honoured() {
-        let text = "See [the docs][d] now.\n\nMore text.\n\nEven more.\n\n[d]: https://example.com\n";
+        let text =
+            "See [the docs][d] now.\n\nMore text.\n\nEven more.\n\n[d]: https://example.com\n";
         for step in 1..8 {
             let chunks = vec![step; text.len() / step + 1];
             let (got, _) = streamed(text, &chunks);
