@@ -169,7 +169,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<
         let suffix = if Some(commit) == primary.as_ref() {
             String::new()
         } else {
-            format!("@{}", &commit[..commit.len().min(7)])
+            format!("@{}", commit.chars().take(7).collect::<String>())
         };
         let files = snapshot_files(snap_dir);
         let rels: Vec<PathBuf> = files.iter().map(|(r, _)| r.clone()).collect();
