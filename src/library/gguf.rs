@@ -84,11 +84,6 @@ impl GgmlType {
     pub fn candle_slow_path(self) -> bool {
         matches!(self.0, 3 | 6 | 7)
     }
-
-    /// Unquantized float types.
-    pub fn is_float(self) -> bool {
-        matches!(self.0, 0 | 1 | 28 | 30)
-    }
 }
 
 /// A metadata value we keep. Arrays are not kept, only their length.
