@@ -369,6 +369,21 @@ mod info {
             .unwrap_err();
         assert!(matches!(err, HubError::NotHubCompatible { .. }), "{err:?}");
         assert!(err.to_string().contains("X-Repo-Commit"));
+        {
+            let mut f = e.hub.faults();
+            f.strip_metadata_headers = false;
+            f.mirror_308_to = Some(e.hub.cdn.clone());
+        }
+        // A mirror bouncing to another host loses the Hub headers: say so, don't guess.
+        let err = c
+            .file_meta(GGUF, "main", "tiny-llama.Q4_K_M.gguf")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HubError::NotHubCompatible { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&e.hub.endpoint),
+            "names the endpoint: {err}"
+        );
     }
 
     #[tokio::test]
