@@ -661,7 +661,6 @@ fn info_from_raw(raw: RawInfo) -> ModelInfo {
         library_name: raw.library_name,
         license,
         last_modified: raw.last_modified,
-        gguf: raw.gguf,
         files,
         rejected_paths: rejected,
     }

@@ -569,7 +569,6 @@ mod tests {
             library_name: None,
             license: None,
             last_modified: None,
-            gguf: None,
             files,
             rejected_paths: vec![],
         }
