@@ -820,6 +820,45 @@ mod download {
     }
 
     #[tokio::test]
+    async fn progress_is_throttled_and_complete() {
+        let e = env().await;
+        e.hub.faults().slow = Some(400_000);
+        let mut cfg = e.config(None);
+        cfg.progress_interval =
+            ManagerConfig::new(e.client(None), "x".into(), "y".into()).progress_interval;
+        let (h, mut ev) = downloads::spawn(cfg).unwrap();
+        let t0 = Instant::now();
+        let id = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
+        let (res, seen) = wait_all(&mut ev, &[id]).await;
+        assert!(res[&id].is_ok(), "{res:?}");
+        let elapsed = t0.elapsed().as_secs_f64();
+        let progress: Vec<_> = seen
+            .iter()
+            .filter_map(|e| match e {
+                DownloadEvent::Progress(p) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        // First (0 bytes) and last (complete) snapshots plus at most 4 per second in between.
+        assert!(
+            progress.len() as f64 <= elapsed * 4.0 + 3.0,
+            "{} snapshots in {elapsed:.2} s",
+            progress.len()
+        );
+        assert!(
+            progress.len() >= 3,
+            "some snapshots in between: {progress:?}"
+        );
+        assert!(progress.windows(2).all(|w| w[0].bytes <= w[1].bytes));
+        let last = progress.last().unwrap();
+        assert_eq!((last.bytes, last.total), (300 * 1024, 300 * 1024));
+        assert!(progress
+            .iter()
+            .any(|p| p.bytes_per_sec > 0.0 && p.eta.is_some()));
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn restart_with_a_half_done_queue_finishes_it() {
         let e = env().await;
         e.hub.faults().slow = Some(400_000);
