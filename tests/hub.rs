@@ -1008,6 +1008,29 @@ mod download {
     }
 
     #[tokio::test]
+    async fn the_same_blob_requested_twice_at_once_is_fetched_once() {
+        let e = env().await;
+        e.hub.faults().slow = Some(500_000);
+        let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
+        let a = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
+        let b = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
+        let (res, _) = wait_all(&mut ev, &[a, b]).await;
+        assert!(res.values().all(|r| r.is_ok()), "{res:?}");
+        let cdn = e
+            .hub
+            .log()
+            .iter()
+            .filter(|l| l.origin == Origin::Cdn)
+            .count();
+        assert_eq!(
+            cdn, 1,
+            "the second job waited on the blob lock and reused the result"
+        );
+        e.assert_file_ok(GGUF, "tiny-llama.Q4_K_M.gguf");
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn an_existing_blob_is_linked_without_downloading_again() {
         let e = env().await;
         let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
