@@ -157,8 +157,13 @@ impl Quant {
     /// `gemma-3-1b-it-f16.gguf`. The match must stand alone (no letter or digit on either side),
     /// so `BF16` is not read as `F16` and `IQ4_XS` not as `Q4_..`; the longest match wins.
     pub fn from_file_name(name: &str) -> Option<Quant> {
+        // Some repos name the folder after the quant (`Q8_0/model-00001-of-00002.gguf`).
         let file = name.rsplit('/').next().unwrap_or(name);
-        let up = file.to_ascii_uppercase();
+        Quant::find_in(file).or_else(|| Quant::find_in(name))
+    }
+
+    fn find_in(text: &str) -> Option<Quant> {
+        let up = text.to_ascii_uppercase();
         let bytes = up.as_bytes();
         let mut best: Option<Quant> = None;
         for q in ALL {
@@ -582,6 +587,7 @@ mod tests {
             ("model-q3_k_l.gguf", Some(Quant::Q3_K_L)),
             ("model-Q2_K.gguf", Some(Quant::Q2_K)),
             ("model.gguf", None),
+            ("Q5_K_M/model-00001-of-00002.gguf", Some(Quant::Q5_K_M)),
             ("XQ4_0.gguf", None),
         ];
         for (name, want) in cases {
