@@ -15,6 +15,7 @@ use super::cache::RepoCache;
 use super::disk::{ensure_space, map_write_error};
 use super::error::DownloadError;
 use super::{DownloadId, DownloadSpec, ManagerConfig, Progress};
+use crate::hub::client::error_chain;
 use crate::hub::{HubClient, HubError};
 
 /// Batches buffered between the network and the writer thread.
@@ -565,20 +566,6 @@ impl Meter {
             eta: if left == 0 { Some(Duration::ZERO) } else { eta },
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
