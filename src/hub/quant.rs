@@ -345,16 +345,8 @@ pub fn fit_for(file_bytes: u64, mem: MemInfo) -> FitReport {
     }
 }
 
-/// `1.5 GB`, `300 MB`, `12 KB`, `7 B` (decimal units, like the Hub shows).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
-    for (u, f) in UNITS {
-        if n as f64 >= f {
-            return format!("{:.1} {u}", n as f64 / f);
-        }
-    }
-    format!("{n} B")
-}
+/// Sizes in decimal units, as the Hub shows them.
+pub use crate::library::human::bytes as human_bytes;
 
 /// What the user asked to pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
