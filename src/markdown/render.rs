@@ -50,6 +50,9 @@ pub(crate) struct RenderOptions<'a> {
     /// The first block is a fenced code block whose separator, label and first `lines` code
     /// lines were already emitted: skip them and continue highlighting from this state.
     pub resume: Option<&'a CodeResume>,
+    /// Top-level blocks starting before this offset are parsed but not rendered (their
+    /// `lines` come back empty): the caller already holds their lines.
+    pub skip_before: usize,
 }
 
 pub(crate) struct Block {
@@ -99,8 +102,10 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
     let mut block_start = 0usize;
     let mut block_range = 0..0;
     let mut content_end = 0usize;
+    let mut skipping = false;
     for (i, (event, range)) in events.iter().enumerate() {
         if depth == 0 {
+            skipping = range.start < opts.skip_before;
             block_start = w.out.len();
             block_range = range.clone();
             content_end = range.start;
@@ -116,7 +121,14 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
             Event::End(_) => depth = depth.saturating_sub(1),
             _ => content_end = content_end.max(range.end),
         }
-        w.event(event, &events[i + 1..]);
+        if skipping {
+            if depth == 0 {
+                // Counted, so the next rendered block still gets its separator.
+                w.block_counts[0] += 1;
+            }
+        } else {
+            w.event(event, &events[i + 1..]);
+        }
         if depth == 0 {
             w.flush_line();
             let unresolved_reference = broken

@@ -17,7 +17,7 @@
 
 use ratatui::text::Line;
 
-use super::render::{render_blocks, CodeResume, RenderOptions};
+use super::render::{render_blocks, CodeResume, RenderOptions, Rendered};
 use super::MarkdownStyles;
 
 #[derive(Debug, Clone)]
@@ -33,7 +33,19 @@ pub struct MarkdownStream {
     code: Option<CodeResume>,
     /// Source of link reference definitions found in committed text, replayed before parses.
     definitions: String,
+    /// Closed blocks held back by an unresolved `[label]`, rendered once and reused until a
+    /// new definition appears, so a held block does not cost a render per frame.
+    held: Option<Held>,
     finished: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    /// Source offset where the last held block ends.
+    end: usize,
+    lines: Vec<Line<'static>>,
+    /// Definitions known when `lines` were rendered.
+    definitions: usize,
 }
 
 impl MarkdownStream {
@@ -46,6 +58,7 @@ impl MarkdownStream {
             any_block: false,
             code: None,
             definitions: String::new(),
+            held: None,
             finished: false,
         }
     }
@@ -77,16 +90,13 @@ impl MarkdownStream {
         if self.finished || self.pending >= self.source.len() {
             return Vec::new();
         }
-        let input = self.parse_input(self.source.len());
-        let opts = RenderOptions {
-            leading_separator: self.any_block,
-            resume: self.code.as_ref(),
+        let (rendered, reused) = self.render_pending(self.source.len());
+        let mut lines = match (reused, &self.held) {
+            (true, Some(held)) => held.lines.clone(),
+            _ => Vec::new(),
         };
-        render_blocks(&input, &self.styles, &opts)
-            .blocks
-            .into_iter()
-            .flat_map(|b| b.lines)
-            .collect()
+        lines.extend(rendered.blocks.into_iter().flat_map(|b| b.lines));
+        lines
     }
 
     /// Commits everything; afterwards `committed()` equals `render(self.source())`.
@@ -115,16 +125,53 @@ impl MarkdownStream {
         input
     }
 
+    /// Parses `source[pending..end]` and renders it, skipping the held blocks when their cached
+    /// lines are still valid. Returns whether the cache was used (skipped blocks have no lines).
+    fn render_pending(&self, end: usize) -> (Rendered, bool) {
+        let input = self.parse_input(end);
+        let shift = self.definitions.len();
+        let mut opts = RenderOptions {
+            leading_separator: self.any_block,
+            resume: self.code.as_ref(),
+            skip_before: 0,
+        };
+        if let Some(held) = &self.held {
+            opts.skip_before = held.end - self.pending + shift;
+            let rendered = render_blocks(&input, &self.styles, &opts);
+            if rendered.definitions.len() == held.definitions {
+                return (rendered, true);
+            }
+            opts.skip_before = 0;
+        }
+        (render_blocks(&input, &self.styles, &opts), false)
+    }
+
     fn commit(&mut self, end: usize, all: bool) {
         let shift = self.definitions.len();
         let input = self.parse_input(end);
-        let rendered = {
+        let (mut rendered, mut reused) = self.render_pending(end);
+        let held_before = self
+            .held
+            .as_ref()
+            .map_or(0, |h| h.end - self.pending + shift);
+        let first_open = |r: &Rendered| {
+            r.blocks
+                .iter()
+                .take(r.blocks.len().saturating_sub(1))
+                .take_while(|b| !b.unresolved_reference)
+                .count()
+        };
+        if reused && (all || first_open(&rendered) > 0) {
+            // Held blocks are about to be committed: they need their lines.
             let opts = RenderOptions {
                 leading_separator: self.any_block,
                 resume: self.code.as_ref(),
+                skip_before: 0,
             };
-            render_blocks(&input, &self.styles, &opts)
-        };
+            rendered = render_blocks(&input, &self.styles, &opts);
+            reused = false;
+        }
+        let definitions_seen = rendered.definitions.len();
         let blocks = rendered.blocks;
         let region = &input[shift..];
         let line_start = |pos: usize| -> usize {
@@ -192,6 +239,30 @@ impl MarkdownStream {
                 at = line.find('\n').map_or(region.len(), |i| at + i + 1);
             }
         }
+        // Complete blocks left uncommitted are held: keep their lines for the next renders.
+        let held_range = if all || open_code {
+            take..take
+        } else {
+            take..blocks.len().saturating_sub(1).max(take)
+        };
+        self.held = if held_range.is_empty() {
+            None
+        } else {
+            let mut lines = match (reused, self.held.take()) {
+                (true, Some(old)) => old.lines,
+                _ => Vec::new(),
+            };
+            for b in &blocks[held_range.clone()] {
+                if !(reused && b.range.start < held_before) {
+                    lines.extend(b.lines.iter().cloned());
+                }
+            }
+            Some(Held {
+                end: self.pending + blocks[held_range.end - 1].range.end - shift,
+                lines,
+                definitions: definitions_seen,
+            })
+        };
         if take == 0 && !open_code {
             return;
         }
