@@ -110,6 +110,16 @@ impl MarkdownStream {
         self.finished = true;
     }
 
+    /// The rendered message, for caching once the stream is done. Before `finish` this holds
+    /// only the committed lines.
+    pub fn into_lines(self) -> Vec<Line<'static>> {
+        self.committed
+    }
+
+    pub fn styles(&self) -> &MarkdownStyles {
+        &self.styles
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

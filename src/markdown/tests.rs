@@ -267,3 +267,27 @@ fn snapshot_dark_preset() {
 fn snapshot_light_preset() {
     insta::assert_snapshot!(dump(&render(SNAPSHOT_DOC, &MarkdownStyles::light())));
 }
+
+/// The flow the chat pane follows (see the module docs): cached rows for committed lines,
+/// the tail wrapped per frame, and the finished stream equal to a fresh render.
+#[test]
+fn chat_pane_flow_matches_a_full_render_at_every_frame() {
+    let styles = MarkdownStyles::dark();
+    let text = CORPUS[0];
+    let width = 24;
+    let mut stream = MarkdownStream::new(styles.clone());
+    let mut cache = super::WrapCache::new();
+    for (i, piece) in text.split_inclusive(' ').enumerate() {
+        stream.push(piece);
+        let mut rows = cache.wrap(stream.committed(), width).to_vec();
+        rows.extend(wrap_lines(&stream.tail_lines(), width));
+        if i % 7 == 0 {
+            let arrived = stream.source().to_string();
+            assert_eq!(rows, wrap_lines(&render(&arrived, &styles), width));
+        }
+    }
+    stream.finish();
+    let rows = cache.wrap(stream.committed(), width).to_vec();
+    assert_eq!(rows, wrap_lines(&render(text, &styles), width));
+    assert_eq!(stream.into_lines(), render(text, &styles));
+}
