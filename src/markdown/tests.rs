@@ -216,6 +216,20 @@ proptest! {
             // Only a single grapheme wider than the pane may overflow it.
             prop_assert!(w <= width.max(2) as usize, "row {:?} is {} wide at width {}", row, w, width);
         }
+        // Nothing is lost or duplicated: only spaces at break points, padding and repeated
+        // quote bars differ (rules are stretched to the width instead).
+        let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '│').collect::<String>();
+        for line in &lines {
+            let text: String = line.spans.iter().map(|s| s.content.as_ref()).collect();
+            if width == 0 || text.trim_start_matches(['│', ' ']).starts_with('─') {
+                continue;
+            }
+            let rows: String = wrap_lines(std::slice::from_ref(line), width)
+                .iter()
+                .flat_map(|r| r.spans.iter().map(|s| s.content.to_string()))
+                .collect();
+            prop_assert_eq!(squash(&rows), squash(&text));
+        }
     }
 }
 
