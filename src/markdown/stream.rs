@@ -46,6 +46,25 @@ struct Held {
     lines: Vec<Line<'static>>,
     /// Definitions known when `lines` were rendered.
     definitions: usize,
+    /// The open fenced code block after the held blocks: its lines so far and the
+    /// highlighter state after them, so each frame highlights only new lines.
+    code: Option<HeldCode>,
+}
+
+#[derive(Debug, Clone)]
+struct HeldCode {
+    resume: CodeResume,
+    lines: Vec<Line<'static>>,
+}
+
+/// What `render_pending` reused from the held cache.
+#[derive(Clone, Copy, PartialEq)]
+enum Reuse {
+    Nothing,
+    /// Held blocks were skipped: their lines are `Held::lines`.
+    Held,
+    /// Also the open code block was resumed: its first lines are `HeldCode::lines`.
+    HeldAndCode,
 }
 
 impl MarkdownStream {
@@ -90,11 +109,14 @@ impl MarkdownStream {
         if self.finished || self.pending >= self.source.len() {
             return Vec::new();
         }
-        let (rendered, reused) = self.render_pending(self.source.len());
-        let mut lines = match (reused, &self.held) {
-            (true, Some(held)) => held.lines.clone(),
-            _ => Vec::new(),
-        };
+        let (rendered, reuse) = self.render_pending(self.source.len());
+        let mut lines = Vec::new();
+        if let Some(held) = self.held.as_ref().filter(|_| reuse != Reuse::Nothing) {
+            lines.extend(held.lines.iter().cloned());
+            if let Some(code) = held.code.as_ref().filter(|_| reuse == Reuse::HeldAndCode) {
+                lines.extend(code.lines.iter().cloned());
+            }
+        }
         lines.extend(rendered.blocks.into_iter().flat_map(|b| b.lines));
         lines
     }
@@ -135,31 +157,43 @@ impl MarkdownStream {
         input
     }
 
-    /// Parses `source[pending..end]` and renders it, skipping the held blocks when their cached
-    /// lines are still valid. Returns whether the cache was used (skipped blocks have no lines).
-    fn render_pending(&self, end: usize) -> (Rendered, bool) {
+    /// Parses `source[pending..end]` and renders it, skipping the held blocks (and resuming
+    /// the open code block after them) while their cached lines are still valid.
+    fn render_pending(&self, end: usize) -> (Rendered, Reuse) {
         let input = self.parse_input(end);
         let shift = self.definitions.len();
-        let mut opts = RenderOptions {
+        let full = RenderOptions {
             leading_separator: self.any_block,
             resume: self.code.as_ref(),
             skip_before: 0,
         };
-        if let Some(held) = &self.held {
-            opts.skip_before = held.end - self.pending + shift;
-            let rendered = render_blocks(&input, &self.styles, &opts);
-            if rendered.definitions.len() == held.definitions {
-                return (rendered, true);
-            }
-            opts.skip_before = 0;
+        let Some(held) = &self.held else {
+            return (render_blocks(&input, &self.styles, &full), Reuse::Nothing);
+        };
+        let mut opts = RenderOptions {
+            leading_separator: self.any_block,
+            resume: held.code.as_ref().map(|c| &c.resume),
+            skip_before: held.end - self.pending + shift,
+        };
+        let rendered = render_blocks(&input, &self.styles, &opts);
+        if rendered.definitions.len() != held.definitions {
+            // A new definition may resolve a held `[label]`: render everything again.
+            return (render_blocks(&input, &self.styles, &full), Reuse::Nothing);
         }
-        (render_blocks(&input, &self.styles, &opts), false)
+        if held.code.is_none() {
+            return (rendered, Reuse::Held);
+        }
+        if rendered.resumed {
+            return (rendered, Reuse::HeldAndCode);
+        }
+        opts.resume = None;
+        (render_blocks(&input, &self.styles, &opts), Reuse::Held)
     }
 
     fn commit(&mut self, end: usize, all: bool) {
         let shift = self.definitions.len();
         let input = self.parse_input(end);
-        let (mut rendered, mut reused) = self.render_pending(end);
+        let (mut rendered, mut reuse) = self.render_pending(end);
         let held_before = self
             .held
             .as_ref()
@@ -171,7 +205,7 @@ impl MarkdownStream {
                 .take_while(|b| !b.unresolved_reference)
                 .count()
         };
-        if reused && (all || first_open(&rendered) > 0) {
+        if reuse != Reuse::Nothing && (all || first_open(&rendered) > 0) {
             // Held blocks are about to be committed: they need their lines.
             let opts = RenderOptions {
                 leading_separator: self.any_block,
@@ -179,7 +213,7 @@ impl MarkdownStream {
                 skip_before: 0,
             };
             rendered = render_blocks(&input, &self.styles, &opts);
-            reused = false;
+            reuse = Reuse::Nothing;
         }
         let definitions_seen = rendered.definitions.len();
         let blocks = rendered.blocks;
@@ -249,30 +283,55 @@ impl MarkdownStream {
                 at = line.find('\n').map_or(region.len(), |i| at + i + 1);
             }
         }
-        // Complete blocks left uncommitted are held: keep their lines for the next renders.
+        // Complete blocks left uncommitted are held: keep their lines for the next renders,
+        // and the lines of an open code block after them.
         let held_range = if all || open_code {
             take..take
         } else {
             take..blocks.len().saturating_sub(1).max(take)
         };
-        self.held = if held_range.is_empty() {
-            None
-        } else {
-            let mut lines = match (reused, self.held.take()) {
-                (true, Some(old)) => old.lines,
-                _ => Vec::new(),
+        let old_held = self.held.take();
+        if !held_range.is_empty() {
+            let (mut lines, mut old_code_lines) = match old_held {
+                Some(old) if reuse != Reuse::Nothing => (
+                    old.lines,
+                    old.code
+                        .filter(|_| reuse == Reuse::HeldAndCode)
+                        .map(|c| c.lines),
+                ),
+                _ => (Vec::new(), None),
+            };
+            // A block's full lines: the first rendered block after the held ones may have
+            // been resumed, so its cached lines come first.
+            let mut full_lines = |b: &super::render::Block| -> Option<Vec<Line<'static>>> {
+                if reuse != Reuse::Nothing && b.range.start < held_before {
+                    return None;
+                }
+                let mut out = old_code_lines.take().unwrap_or_default();
+                out.extend(b.lines.iter().cloned());
+                Some(out)
             };
             for b in &blocks[held_range.clone()] {
-                if !(reused && b.range.start < held_before) {
-                    lines.extend(b.lines.iter().cloned());
+                if let Some(l) = full_lines(b) {
+                    lines.extend(l);
                 }
             }
-            Some(Held {
+            let code = blocks
+                .last()
+                .filter(|b| b.code.is_some() && blocks.len() > held_range.end)
+                .and_then(|b| {
+                    Some(HeldCode {
+                        resume: b.code.clone()?,
+                        lines: full_lines(b)?,
+                    })
+                });
+            self.held = Some(Held {
                 end: self.pending + blocks[held_range.end - 1].range.end - shift,
                 lines,
                 definitions: definitions_seen,
-            })
-        };
+                code,
+            });
+        }
         if take == 0 && !open_code {
             return;
         }
@@ -387,6 +446,34 @@ mod tests {
             .flat_map(|l| l.spans.iter().map(|s| s.content.to_string()))
             .collect();
         assert!(joined.contains("(https://example.com)"), "{joined}");
+    }
+
+    #[test]
+    fn held_blocks_and_the_code_after_them_are_rendered_once() {
+        let styles = MarkdownStyles::dark();
+        let mut s = MarkdownStream::new(styles.clone());
+        s.push("Cited [1] here.\n\nNext para.\n\n```rust\nfn a() {}\n");
+        // `[1]` could still be defined later, so nothing is final yet.
+        assert!(s.committed().is_empty());
+        let held = s.held.as_ref().expect("blocks are held");
+        assert_eq!(held.lines.len(), 3, "{:?}", held.lines);
+        assert_eq!(held.code.as_ref().map(|c| c.lines.len()), Some(3));
+        s.push("let b = 2;\n");
+        assert_eq!(
+            s.held
+                .as_ref()
+                .and_then(|h| h.code.as_ref())
+                .map(|c| c.lines.len()),
+            Some(4)
+        );
+        let mut shown = s.committed().to_vec();
+        shown.extend(s.tail_lines());
+        assert_eq!(shown, render(s.source(), &styles));
+        // A definition for the label releases everything.
+        s.push("```\n\n[1]: https://example.com/cite\n\nEnd.\n");
+        assert_eq!(s.committed().len(), 7, "{:?}", s.committed());
+        s.finish();
+        assert_eq!(s.committed(), render(s.source(), &styles));
     }
 
     #[test]
