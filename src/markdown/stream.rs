@@ -5,12 +5,16 @@
 //! is committed: all blocks but the last (CommonMark never reopens a closed block), plus the
 //! finished lines of a top-level fenced code block that is still open (its highlighter state
 //! is kept, so those lines are never highlighted twice). Two things can still change a closed
-//! block's rendering, and both are handled:
+//! block's rendering or the parse after it, and all are handled:
 //!
 //! - link reference definitions apply document-wide: definitions found in committed text are
 //!   replayed in front of every later parse, and a block holding an unresolved `[label]` is
-//!   held back (with everything after it) until a definition resolves it or the message ends;
-//! - the separator before a block depends on whether one precedes it, which is passed in.
+//!   held back (with everything after it) until a definition resolves it or the message ends.
+//!   Held blocks, and an open code block after them, are rendered once and reused by later
+//!   commits and frames until a new definition appears;
+//! - the separator before a block depends on whether one precedes it, which is passed in;
+//! - a definition can be continued by the next line into a paragraph, so a parse never starts
+//!   just after one.
 //!
 //! The result: after `finish`, `committed()` equals `render(source)` exactly, committed lines
 //! never change, and each commit re-renders only the open block.
