@@ -4,7 +4,7 @@
 //! last newline is parsed, and every top-level block that a later line can no longer change
 //! is committed: all blocks but the last (CommonMark never reopens a closed block), plus the
 //! finished lines of a top-level fenced code block that is still open (its highlighter state
-//! is kept, so those lines are never highlighted twice). Two things can still change a closed
+//! is kept, so those lines are never highlighted twice). Three things can still change a closed
 //! block's rendering or the parse after it, and all are handled:
 //!
 //! - link reference definitions apply document-wide: definitions found in committed text are
