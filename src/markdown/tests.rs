@@ -1,9 +1,19 @@
 //! Streaming equals full rendering, for any split; style snapshots of the presets.
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use ratatui::text::Line;
 
 use super::{render, wrap_lines, MarkdownStream, MarkdownStyles};
+
+/// Failing seeds are kept next to this file (`tests.regressions`) and replayed first.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    }
+}
 
 const CORPUS: &[&str] = &[
     // Headings, emphasis, links, a table and code in two languages.
@@ -178,7 +188,7 @@ fn stream_commits_before_the_end() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(config(64))]
 
     #[test]
     fn streamed_equals_full_for_random_splits(
@@ -235,7 +245,7 @@ proptest! {
 
 proptest! {
     // Cheap cases that find block-boundary bugs the corpus misses; run more of them.
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(config(256))]
 
     /// Random documents built from lines that open, continue and close every construct, to
     /// hit block boundaries the hand-written corpus does not.
