@@ -177,7 +177,7 @@ impl MarkdownStream {
         let mut opts = RenderOptions {
             leading_separator: self.any_block,
             resume: held.code.as_ref().map(|c| &c.resume),
-            skip_before: held.end - self.pending + shift,
+            skip_before: held.end.saturating_sub(self.pending) + shift,
         };
         let rendered = render_blocks(&input, &self.styles, &opts);
         if rendered.definitions.len() != held.definitions {
@@ -201,7 +201,7 @@ impl MarkdownStream {
         let held_before = self
             .held
             .as_ref()
-            .map_or(0, |h| h.end - self.pending + shift);
+            .map_or(0, |h| h.end.saturating_sub(self.pending) + shift);
         let first_open = |r: &Rendered| {
             r.blocks
                 .iter()

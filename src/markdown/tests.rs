@@ -247,6 +247,19 @@ proptest! {
     // Cheap cases that find block-boundary bugs the corpus misses; run more of them.
     #![proptest_config(config(256))]
 
+    /// Random text dense in markdown punctuation: no panics, and streaming still matches.
+    #[test]
+    fn punctuation_noise_streams_like_it_renders(
+        text in "[\\[\\]`*_#>|\\-\n \t~0-9a-z:/!<()=.+\u{1b}漢👍]{0,300}",
+        chunk in 1usize..7,
+    ) {
+        let styles = MarkdownStyles::dark();
+        let cuts: Vec<usize> = (1..text.len() / chunk + 1).map(|k| k * chunk).collect();
+        let lines = stream_with_splits(&text, &cuts, &styles);
+        prop_assert_eq!(&lines, &render(&text, &styles));
+        let _ = wrap_lines(&lines, 7);
+    }
+
     /// Random documents built from lines that open, continue and close every construct, to
     /// hit block boundaries the hand-written corpus does not.
     #[test]
