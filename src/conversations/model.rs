@@ -22,23 +22,8 @@ pub const FORMAT_VERSION: u32 = 1;
 const AUTO_TITLE_CHARS: usize = 60;
 pub(crate) const DEFAULT_TITLE: &str = "New chat";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
+/// The same roles the engine takes, so a conversation is sent without conversion.
+pub use crate::engine::Role;
 
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
