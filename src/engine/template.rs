@@ -239,6 +239,29 @@ mod tests {
     }
 
     #[test]
+    fn template_source_prefers_gguf_then_tokenizer_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        assert_eq!(ChatTemplate::source_for(&model, None), None);
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ChatTemplate::source_for(&model, None).as_deref(), Some("D"));
+        assert_eq!(
+            ChatTemplate::source_for(&model, Some("G")).as_deref(),
+            Some("G")
+        );
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": "S"}"#,
+        )
+        .unwrap();
+        assert_eq!(ChatTemplate::source_for(&model, None).as_deref(), Some("S"));
+    }
+
+    #[test]
     fn reversed_slices_are_rewritten() {
         let t = ChatTemplate::new(
             "{% for m in messages[::-1] %}{{ m.content }}{% endfor %}",
