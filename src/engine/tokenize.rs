@@ -181,7 +181,15 @@ impl Detokenizer {
         self.ids.push(id);
         let text = tok.decode(&self.ids[self.prev..])?;
         if text.len() > prev_text.len() && !text.ends_with('\u{FFFD}') {
-            let piece = text[prev_text.len()..].to_string();
+            // Normally `text` extends `prev_text`; if a decoder rewrote earlier characters,
+            // emit from the first difference, always on a character boundary.
+            let common = text
+                .char_indices()
+                .zip(prev_text.chars())
+                .take_while(|((_, a), b)| a == b)
+                .last()
+                .map_or(0, |((i, c), _)| i + c.len_utf8());
+            let piece = text[common..].to_string();
             self.prev = self.cur;
             self.cur = self.ids.len();
             Ok(piece)
