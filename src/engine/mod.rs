@@ -18,6 +18,7 @@ mod embed;
 mod error;
 pub mod fake;
 pub mod gguf;
+mod hf_folder;
 mod kv_cache;
 mod params;
 pub mod sampling;

@@ -82,6 +82,32 @@ impl TextTokenizer {
         })
     }
 
+    /// A `tokenizer.json` with ids taken from the model's config files (safetensors folders).
+    pub fn from_file(
+        path: &Path,
+        bos_id: Option<u32>,
+        eos_ids: &[u32],
+        add_bos: bool,
+    ) -> Result<Self, EngineError> {
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+        let mut stop_ids = eos_ids.to_vec();
+        for t in TEMPLATE_END_TOKENS {
+            if let Some(id) = tok.token_to_id(t) {
+                stop_ids.push(id);
+            }
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Ok(Self {
+            tok,
+            bos_id,
+            eos_id: eos_ids.first().copied(),
+            add_bos,
+            stop_ids,
+        })
+    }
+
     /// Opens a GGUF file (header only) and builds its tokenizer; for tools and tests.
     pub fn from_gguf_path(path: &Path) -> Result<Self, EngineError> {
         let f = super::gguf::open(path)?;
