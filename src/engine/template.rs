@@ -121,6 +121,8 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone(),
             eos_token => self.eos.clone(),
+            // Llama 3.x templates print it in the system header.
+            date_string => chrono::Local::now().format("%d %b %Y").to_string(),
         })
         .map_err(tmpl_err)
     }
