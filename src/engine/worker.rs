@@ -123,7 +123,10 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         Some(src) => ChatTemplate::new(&src, &bos, &eos)?,
         None => ChatTemplate::fallback(&f.arch, &bos, &eos),
     };
-    let stats = gguf::quant_stats(&f.content);
+    let mut stats = gguf::quant_stats(&f.content);
+    if super::decoder::requant_q8_requested() && stats.slow_warning.take().is_some() {
+        tracing::info!(model = %path.display(), "converting Q4_1/Q5_0/Q5_1 weights to Q8_0 at load");
+    }
     if let Some(w) = &stats.slow_warning {
         tracing::warn!(model = %path.display(), "{w}");
     }
