@@ -53,6 +53,7 @@ pub struct EngineConfig {
     pub threads: usize,
     pub max_loaded: usize,
     pub context_policy: String,
+    pub requant_q8: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
