@@ -1,6 +1,6 @@
 use clap::Parser;
 use influence::cli::{Cli, Command};
-use influence::config;
+use influence::{commands, config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,6 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if loaded.config.engine.requant_q8 && std::env::var_os("INFLUENCE_REQUANT_Q8").is_none() {
+        // The engine reads this once when it loads a model; set it before any thread starts.
+        std::env::set_var("INFLUENCE_REQUANT_Q8", "1");
+    }
     let _log_guard =
         match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, cli.serve) {
             Ok(g) => Some(g),
@@ -24,7 +28,27 @@ fn main() -> ExitCode {
                 None
             }
         };
+    let ctx = context(&loaded);
     let result = match cli.command {
+        Some(Command::Search(a)) => commands::search::run(a, &ctx),
+        Some(Command::Pull(a)) => commands::pull::run(a, &ctx),
+        Some(Command::List(a)) => commands::list::run(a, &ctx),
+        Some(Command::Show(a)) => commands::show::run(a, &ctx),
+        Some(Command::Verify(a)) => commands::verify::run(a, &ctx),
+        Some(Command::Rm(a)) => commands::rm::run(a, &ctx),
+        Some(Command::Import(a)) => commands::import::run(a, &ctx),
+        Some(Command::Run(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::run::run(&a, &ctx)
+        }),
+        Some(Command::Embed(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::embed::run(&a, &ctx)
+        }),
+        Some(Command::Bench(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::bench::run(&a, &ctx)
+        }),
         Some(Command::Config) => {
             print!("{}", loaded.describe());
             Ok(())
@@ -39,6 +63,18 @@ fn main() -> ExitCode {
             eprintln!("influence: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What subcommands need from the configuration.
+fn context(loaded: &config::Loaded) -> commands::Context {
+    commands::Context {
+        hf_home: loaded.hf_home(),
+        data_dir: loaded.dirs.data_dir.clone(),
+        endpoint: loaded.config.hub.endpoint.clone(),
+        token: loaded.token(),
+        threads: loaded.threads(),
+        model_dirs: loaded.model_dirs(),
     }
 }
 

@@ -1,6 +1,9 @@
 //! `Msg`: everything that can happen to the app.
 
+use super::hub::HubMsg;
+use super::library::LibraryMsg;
 use crate::config::theme::Theme;
+use crate::downloads::DownloadEvent;
 use crossterm::event::{KeyEvent, MouseEvent};
 
 #[derive(Debug, Clone)]
@@ -15,4 +18,7 @@ pub enum Msg {
     ThemeFailed(String),
     /// SIGTERM or another request from outside to leave.
     Shutdown,
+    Library(LibraryMsg),
+    Hub(HubMsg),
+    Download(DownloadEvent),
 }

@@ -33,6 +33,17 @@ pub struct Context {
     pub model_dirs: Vec<PathBuf>,
 }
 
+/// A model argument: an existing path as is, otherwise a library name (`org/name`,
+/// `org/name:QUANT`, a unique suffix) resolved to the file or folder the engine loads.
+pub fn resolve_model(arg: &std::path::Path, ctx: &Context) -> anyhow::Result<PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    let lib = crate::library::Library::scan(&crate::library::LibraryRoots::from_context(ctx));
+    Ok(lib.resolve(&name)?.load_path.clone())
+}
+
 impl Context {
     /// The Hugging Face hub cache folder (`$HF_HOME/hub`).
     pub fn hub_cache(&self) -> PathBuf {

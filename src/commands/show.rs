@@ -54,9 +54,9 @@ pub fn render_details(m: &Model) -> String {
     );
     kv(
         "Parameters",
-        m.info
-            .parameters
-            .map_or_else(unknown, |p| format!("{} ({})", human::params(p), thousands(p))),
+        m.info.parameters.map_or_else(unknown, |p| {
+            format!("{} ({})", human::params(p), thousands(p))
+        }),
     );
     kv("Quant", m.info.quant.clone().unwrap_or_else(unknown));
     if !m.info.tensor_types.is_empty() {
@@ -133,7 +133,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

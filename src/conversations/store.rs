@@ -46,6 +46,7 @@ pub struct ConversationStore {
 }
 
 const SNIPPET_CONTEXT_CHARS: usize = 40;
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 impl ConversationStore {
     /// Opens (creating if needed) the folder and indexes the conversations in it.
@@ -60,8 +61,33 @@ impl ConversationStore {
             summaries: Vec::new(),
             errors: Vec::new(),
         };
+        store.remove_stale_temp_files();
         store.refresh()?;
         Ok(store)
+    }
+
+    /// A write killed midway leaves its temp file (`.<name>.<pid>.tmp`) behind. Old ones are
+    /// removed; recent ones may belong to a write in progress in another process.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -101,10 +127,11 @@ impl ConversationStore {
     }
 
     fn conversation_files(&self) -> Result<Vec<PathBuf>> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| ConversationError::ReadDir {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|source| ConversationError::ReadDir {
+                path: self.dir.clone(),
+                source,
+            })?;
         let mut files = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
@@ -143,10 +170,11 @@ impl ConversationStore {
         if self.errors.iter().any(|e| e.path == path) {
             return Err(ConversationError::WouldOverwriteCorrupt { path });
         }
-        let json = serde_json::to_vec_pretty(conversation).map_err(|e| ConversationError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        let json =
+            serde_json::to_vec_pretty(conversation).map_err(|e| ConversationError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
         write_atomic(&path, &json).map_err(|source| ConversationError::Write {
             path: path.clone(),
             source,
@@ -314,7 +342,8 @@ mod tests {
         let mut c = Conversation::new();
         c.push_user(question);
         c.start_assistant();
-        c.append_token("Here is code:\n\n```rust\nfn main() {}\n```\n").unwrap();
+        c.append_token("Here is code:\n\n```rust\nfn main() {}\n```\n")
+            .unwrap();
         c.finish_assistant(MessageStats {
             model: "m".into(),
             ttft_ms: 5,
@@ -351,7 +380,11 @@ mod tests {
         assert_eq!(loaded, a);
         let mut loaded = loaded;
         assert!(loaded.page_branch(0, Page::Prev).unwrap());
-        assert_eq!(loaded.messages[1].alternatives[0].content.len() > 0, true);
+        assert_eq!(loaded.messages[0].content, "first?");
+        assert_eq!(loaded.messages[1].content, "other answer");
+        assert!(loaded.messages[1].alternatives[0]
+            .content
+            .starts_with("Here is code:"));
     }
 
     #[test]
@@ -383,14 +416,20 @@ mod tests {
         )
         .unwrap();
         let bad_path = dir.path().join("20260101-000000-000-deadbeef.json");
-        std::fs::write(&bad_path, b"{\"id\": \"20260101-000000-000-deadbeef\", \"tit").unwrap();
+        std::fs::write(
+            &bad_path,
+            b"{\"id\": \"20260101-000000-000-deadbeef\", \"tit",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"not a conversation").unwrap();
 
         let mut store = ConversationStore::open(dir.path()).unwrap();
         assert_eq!(store.list().len(), 1);
         assert_eq!(store.load_errors().len(), 1);
         assert_eq!(store.load_errors()[0].path, bad_path);
-        assert!(store.load_errors()[0].message.contains("not a valid conversation"));
+        assert!(store.load_errors()[0]
+            .message
+            .contains("not a valid conversation"));
 
         let mut clash = sample("Clash", "q");
         clash.id = "20260101-000000-000-deadbeef".into();
@@ -408,10 +447,37 @@ mod tests {
     }
 
     #[test]
+    fn stale_temp_files_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir
+            .path()
+            .join(".20260101-000000-000-00000000.json.4242.tmp");
+        let fresh = dir
+            .path()
+            .join(".20260101-000000-000-00000001.json.4243.tmp");
+        std::fs::write(&stale, b"{\"partial").unwrap();
+        std::fs::write(&fresh, b"{\"partial").unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let store = ConversationStore::open(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+        assert!(store.list().is_empty() && store.load_errors().is_empty());
+    }
+
+    #[test]
     fn search_is_case_insensitive_with_snippets() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = ConversationStore::open(dir.path()).unwrap();
-        let mut a = sample("Ownership notes", "Explain the BORROW checker in detail please");
+        let mut a = sample(
+            "Ownership notes",
+            "Explain the BORROW checker in detail please",
+        );
         a.append_token("").unwrap();
         store.save(&a).unwrap();
         store.save(&sample("Other", "Weather?")).unwrap();
@@ -437,7 +503,7 @@ mod tests {
         assert!(s.starts_with('…') && s.ends_with('…'));
         assert!(s.contains("Straße ÄRGER"));
         assert!(s.chars().count() <= 12 + 2 * SNIPPET_CONTEXT_CHARS + 2);
-        assert_eq!(find_snippet("İstanbul", &fold("i̇stanbul")).is_some(), true);
+        assert!(find_snippet("İstanbul", &fold("i̇stanbul")).is_some());
     }
 
     const CHILD_ENV: &str = "INFLUENCE_TEST_CONVERSATION_WRITER_DIR";
@@ -448,7 +514,10 @@ mod tests {
     fn writer_child() {
         let (dir, forever) = match std::env::var(CHILD_ENV) {
             Ok(d) => (PathBuf::from(d), true),
-            Err(_) => (std::env::temp_dir().join(format!("influence-writer-{}", new_id())), false),
+            Err(_) => (
+                std::env::temp_dir().join(format!("influence-writer-{}", new_id())),
+                false,
+            ),
         };
         let mut store = ConversationStore::open(&dir).unwrap();
         let mut convs: Vec<Conversation> = (0..3).map(|i| sample(&format!("c{i}"), "q")).collect();
@@ -501,7 +570,10 @@ mod tests {
                     Some(_) => {}
                     None => panic!("writer child exited before it was ready"),
                 }
-                assert!(started.elapsed() < Duration::from_secs(60), "writer child hung");
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "writer child hung"
+                );
             }
             std::thread::sleep(Duration::from_millis(150 + 97 * attempt));
             child.kill().unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -82,6 +82,32 @@ impl TextTokenizer {
         })
     }
 
+    /// A `tokenizer.json` with ids taken from the model's config files (safetensors folders).
+    pub fn from_file(
+        path: &Path,
+        bos_id: Option<u32>,
+        eos_ids: &[u32],
+        add_bos: bool,
+    ) -> Result<Self, EngineError> {
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+        let mut stop_ids = eos_ids.to_vec();
+        for t in TEMPLATE_END_TOKENS {
+            if let Some(id) = tok.token_to_id(t) {
+                stop_ids.push(id);
+            }
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Ok(Self {
+            tok,
+            bos_id,
+            eos_id: eos_ids.first().copied(),
+            add_bos,
+            stop_ids,
+        })
+    }
+
     /// Opens a GGUF file (header only) and builds its tokenizer; for tools and tests.
     pub fn from_gguf_path(path: &Path) -> Result<Self, EngineError> {
         let f = super::gguf::open(path)?;
@@ -132,8 +158,11 @@ fn from_gguf_metadata(
             })
         }
     };
+    if kind == "llama" {
+        return sentencepiece_bpe(path, meta);
+    }
     if kind != "gpt2" {
-        // SentencePiece ("llama") and other vocabularies are not rebuilt from metadata.
+        // Unigram / WordPiece GGUF vocabularies are not rebuilt from metadata.
         return Err(EngineError::MissingTokenizer {
             path: path.to_path_buf(),
         });
@@ -144,17 +173,64 @@ fn from_gguf_metadata(
         ))
     })?;
     let pre = meta.opt_str("tokenizer.ggml.pre").unwrap_or("gpt2");
-    if matches!(pre, "smollm" | "starcoder") {
-        // candle falls back to GPT-2's ByteLevel(add_prefix_space = true) for these; the
-        // reference tokenizer.json splits digits individually and adds no prefix space.
-        let seq: PreTokenizerWrapper = Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])
-        .into();
-        tok.with_pre_tokenizer(Some(seq));
+    if let Some((normalizer, pt)) = pre_tokenizer_for(pre)? {
+        if let Some(n) = normalizer {
+            tok.with_normalizer(Some(n)).map_err(tok_err)?;
+        }
+        tok.with_pre_tokenizer(Some(pt));
     }
     Ok(tok)
+}
+
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+type PreTokenizerFix = Option<(Option<tokenizers::NormalizerWrapper>, PreTokenizerWrapper)>;
+
+/// Pre-tokenizers for `tokenizer.ggml.pre` values that candle's `from_gguf` gets wrong: it
+/// falls back to GPT-2's ByteLevel with `add_prefix_space = true` for every name it does not
+/// know, while llama.cpp adds no prefix space. `None` keeps candle's choice (qwen2, llama3).
+fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerFix, EngineError> {
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::SplitDelimiterBehavior;
+    let split = |re: &str| -> Result<PreTokenizerWrapper, EngineError> {
+        Ok(Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?
+        .into())
+    };
+    Ok(match pre {
+        "qwen2" | "llama3" | "smaug-bpe" | "lfm2" => None,
+        "smollm" | "starcoder" => Some((
+            None,
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])
+            .into(),
+        )),
+        "llama-bpe" => Some((
+            None,
+            Sequence::new(vec![
+                split(REGEX_LLAMA3)?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+        )),
+        "deepseek-r1-qwen" => Some((
+            Some(NFC.into()),
+            Sequence::new(vec![
+                split(REGEX_QWEN2)?,
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into(),
+        )),
+        _ => Some((None, ByteLevel::new(false, true, true).into())),
+    })
 }
 
 /// Turns a stream of token ids into text pieces that are always complete UTF-8.
@@ -178,12 +254,193 @@ impl Detokenizer {
         self.ids.push(id);
         let text = tok.decode(&self.ids[self.prev..])?;
         if text.len() > prev_text.len() && !text.ends_with('\u{FFFD}') {
-            let piece = text[prev_text.len()..].to_string();
+            // Normally `text` extends `prev_text`; if a decoder rewrote earlier characters,
+            // emit from the first difference, always on a character boundary.
+            let common = text
+                .char_indices()
+                .zip(prev_text.chars())
+                .take_while(|((_, a), b)| a == b)
+                .last()
+                .map_or(0, |((i, c), _)| i + c.len_utf8());
+            let piece = text[common..].to_string();
             self.prev = self.cur;
             self.cur = self.ids.len();
             Ok(piece)
         } else {
             Ok(String::new())
         }
+    }
+}
+
+fn string_array(meta: &Meta, key: &str) -> Option<Vec<String>> {
+    match meta.get(key)? {
+        GValue::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                GValue::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn number_array(meta: &Meta, key: &str) -> Option<Vec<f64>> {
+    match meta.get(key)? {
+        GValue::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                GValue::F32(x) => Some(*x as f64),
+                GValue::F64(x) => Some(*x),
+                GValue::I32(x) => Some(*x as f64),
+                GValue::U32(x) => Some(*x as f64),
+                GValue::I8(x) => Some(*x as f64),
+                GValue::U8(x) => Some(*x as f64),
+                GValue::I64(x) => Some(*x as f64),
+                GValue::U64(x) => Some(*x as f64),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Rebuilds a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`: Llama 2, Mistral,
+/// TinyLlama, Phi-3, Gemma) as a `tokenizers` BPE: GGUF stores tokens and scores but no
+/// merges, so every split of a token into two vocabulary pieces becomes a merge ranked by the
+/// merged token's score (the ordering SentencePiece applies), with byte fallback for the rest.
+fn sentencepiece_bpe(path: &Path, meta: &Meta) -> Result<Tokenizer, EngineError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::decoders::DecoderWrapper;
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
+    use tokenizers::AddedToken;
+
+    let missing = || EngineError::MissingTokenizer {
+        path: path.to_path_buf(),
+    };
+    let tokens = string_array(meta, "tokenizer.ggml.tokens").ok_or_else(missing)?;
+    let scores = number_array(meta, "tokenizer.ggml.scores")
+        .filter(|s| s.len() == tokens.len())
+        .unwrap_or_else(|| (0..tokens.len()).map(|i| -(i as f64)).collect());
+    let types = number_array(meta, "tokenizer.ggml.token_type")
+        .filter(|t| t.len() == tokens.len())
+        .map(|t| t.into_iter().map(|x| x as u32).collect::<Vec<u32>>());
+    let add_space_prefix = meta
+        .opt_bool("tokenizer.ggml.add_space_prefix")
+        .unwrap_or(true);
+
+    let mut vocab = Vocab::default();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    // Only normal tokens (type 1) are built by merges; control, byte and user tokens are not.
+    let is_normal = |i: usize| types.as_ref().is_none_or(|t| t[i] == 1);
+    let mut ranked: Vec<(f64, u32, u32, String, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !is_normal(i) {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            let (l, r) = t.split_at(cut);
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                ranked.push((scores[i], li, ri, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|m| (m.3, m.4)).collect();
+
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
+    if let Some(unk) = meta
+        .opt_usize("tokenizer.ggml.unknown_token_id")
+        .or_else(|| meta.opt_usize("tokenizer.ggml.unk_token_id"))
+        .and_then(|i| tokens.get(i))
+    {
+        builder = builder.unk_token(unk.clone());
+    }
+    let bpe = builder.build().map_err(tok_err)?;
+    let mut tok = Tokenizer::new(bpe);
+
+    let replace = Replace::new(" ", "\u{2581}").map_err(tok_err)?;
+    if add_space_prefix {
+        tok.with_normalizer(Some(NormSequence::new(vec![
+            Prepend::new("\u{2581}".into()).into(),
+            replace.into(),
+        ])))
+        .map_err(tok_err)?;
+    } else {
+        tok.with_normalizer(Some(replace)).map_err(tok_err)?;
+    }
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tok_err)?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if add_space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tok.with_decoder(Some(DecoderSequence::new(decoders)));
+
+    if let Some(types) = &types {
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, ty)| **ty == 3)
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        tok.add_special_tokens(special).map_err(tok_err)?;
+        let user: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, ty)| **ty == 4)
+            .map(|(t, _)| AddedToken::from(t.clone(), false))
+            .collect();
+        tok.add_tokens(user).map_err(tok_err)?;
+    }
+    Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::tokenizer::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn splits(pre: &str, input: &str) -> Vec<String> {
+        let (_, pt) = pre_tokenizer_for(pre).unwrap().unwrap();
+        let mut s = PreTokenizedString::from(input);
+        pt.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(s, _, _)| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn llama_bpe_groups_digits_by_three_without_prefix_space() {
+        assert_eq!(
+            splits("llama-bpe", "Hi 12345"),
+            ["Hi", "\u{120}", "123", "45"]
+        );
+    }
+
+    #[test]
+    fn smollm_splits_digits_individually() {
+        assert_eq!(splits("smollm", "a 123"), ["a", "\u{120}", "1", "2", "3"]);
+    }
+
+    #[test]
+    fn unknown_pre_adds_no_prefix_space() {
+        assert_eq!(splits("default", "Hello world"), ["Hello", "\u{120}world"]);
+    }
+
+    #[test]
+    fn known_pipelines_are_left_to_candle() {
+        assert!(pre_tokenizer_for("qwen2").unwrap().is_none());
     }
 }

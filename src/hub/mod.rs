@@ -20,7 +20,6 @@ pub use quant::{
 pub use sysmem::MemInfo;
 pub use token::read_token;
 pub use types::{
-    Gated, GgufSummary, LfsInfo, ModelInfo, ModelSummary, RepoFile, SearchPage, SearchQuery, Sort,
-    TreeEntry,
+    Gated, LfsInfo, ModelInfo, ModelSummary, RepoFile, SearchPage, SearchQuery, Sort, TreeEntry,
 };
 pub use validate::{validate_repo_id, validate_repo_path, validate_revision};

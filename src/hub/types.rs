@@ -170,29 +170,9 @@ pub struct ModelInfo {
     /// From `cardData.license` or a `license:` tag.
     pub license: Option<String>,
     pub last_modified: Option<String>,
-    /// The Hub's GGUF summary, when the repo has GGUF files.
-    pub gguf: Option<GgufSummary>,
     pub files: Vec<RepoFile>,
     /// File names the Hub listed that were refused as unsafe (`..`, absolute, control chars).
     pub rejected_paths: Vec<String>,
-}
-
-/// The `gguf` object of model info. With several quants in one repo it does not say which file
-/// it describes; per-file sizes come from `files`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GgufSummary {
-    /// Parameter count (`gguf.total`).
-    #[serde(default, rename = "total")]
-    pub parameters: Option<u64>,
-    #[serde(default)]
-    pub architecture: Option<String>,
-    #[serde(default)]
-    pub context_length: Option<u64>,
-    #[serde(default)]
-    pub chat_template: Option<String>,
-    /// Sum of all GGUF file sizes in the repo.
-    #[serde(default, rename = "totalFileSize")]
-    pub total_file_size: Option<u64>,
 }
 
 /// One entry of the tree listing.
@@ -233,18 +213,6 @@ pub(crate) struct RawInfo {
     pub last_modified: Option<String>,
     #[serde(default)]
     pub siblings: Vec<RawSibling>,
-    #[serde(default, deserialize_with = "de_lenient")]
-    pub gguf: Option<GgufSummary>,
-}
-
-/// A malformed optional object is treated as absent rather than failing the whole answer.
-fn de_lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).ok())
 }
 
 #[derive(Deserialize)]

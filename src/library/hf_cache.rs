@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::folders::{gguf_groups, is_safetensors};
-use super::inspect::{inspect_gguf, inspect_safetensors};
-use super::{Draft, FileHash, Location, Model, ModelFile, Source};
+use super::{Draft, FileHash, Job, Location, ModelFile, Pending, Source};
 
-pub(crate) fn scan(hub: &Path, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+pub(crate) fn scan(hub: &Path, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     let entries = match std::fs::read_dir(hub) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -135,7 +134,7 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     let snapshots_dir = dir.join("snapshots");
     let entries = match std::fs::read_dir(&snapshots_dir) {
         Ok(e) => e,
@@ -150,7 +149,11 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
         .filter(|e| e.path().is_dir())
         .map(|e| {
             let modified = e.metadata().ok().and_then(|m| m.modified().ok());
-            (e.file_name().to_string_lossy().into_owned(), e.path(), modified)
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path(),
+                modified,
+            )
         })
         .collect();
     snapshots.sort();
@@ -161,17 +164,12 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
         .map(|(c, _)| c.clone());
     let primary = main
         .filter(|c| snapshots.iter().any(|s| &s.0 == c))
-        .or_else(|| {
-            snapshots
-                .iter()
-                .max_by_key(|s| s.2)
-                .map(|s| s.0.clone())
-        });
+        .or_else(|| snapshots.iter().max_by_key(|s| s.2).map(|s| s.0.clone()));
     for (commit, snap_dir, _) in &snapshots {
         let suffix = if Some(commit) == primary.as_ref() {
             String::new()
         } else {
-            format!("@{}", &commit[..commit.len().min(7)])
+            format!("@{}", commit.chars().take(7).collect::<String>())
         };
         let files = snapshot_files(snap_dir);
         let rels: Vec<PathBuf> = files.iter().map(|(r, _)| r.clone()).collect();
@@ -195,33 +193,35 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                     (files.iter().map(|(_, f)| f.clone()).collect(), None)
                 };
                 let shard_paths: Vec<PathBuf> = g.shards.iter().map(|s| snap_dir.join(s)).collect();
-                let ins = inspect_gguf(&shard_paths);
-                let quant_tag = if several { Some(g.tag.clone()) } else { None };
-                let name = match &quant_tag {
-                    Some(t) => format!("{repo}:{t}{suffix}"),
-                    None => format!("{repo}{suffix}"),
+                let load_path = shard_paths[0].clone();
+                let name = if several {
+                    format!("{repo}:{}{suffix}", g.tag)
+                } else {
+                    format!("{repo}{suffix}")
                 };
                 out.push(
                     Draft {
                         name,
                         repo: repo.to_string(),
-                        quant_tag: quant_tag.or_else(|| Some(g.tag.clone())),
+                        quant_tag: Some(g.tag.clone()),
                         revision: Some(commit.clone()),
                         source: Source::HfCache,
                         location: location(only),
-                        load_path: shard_paths[0].clone(),
+                        load_path,
                         files: model_files,
                     }
-                    .finish(ins),
+                    .pending(Job::Gguf(shard_paths)),
                 );
             }
-        } else if rels.iter().any(|r| r.components().count() == 1 && is_safetensors(r)) {
+        } else if rels
+            .iter()
+            .any(|r| r.components().count() == 1 && is_safetensors(r))
+        {
             let st: Vec<PathBuf> = rels
                 .iter()
                 .filter(|r| r.components().count() == 1 && is_safetensors(r))
                 .map(|r| snap_dir.join(r))
                 .collect();
-            let ins = inspect_safetensors(snap_dir, &st);
             out.push(
                 Draft {
                     name: format!("{repo}{suffix}"),
@@ -233,7 +233,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                     load_path: snap_dir.clone(),
                     files: files.into_iter().map(|(_, f)| f).collect(),
                 }
-                .finish(ins),
+                .pending(Job::Safetensors(snap_dir.clone(), st)),
             );
         }
     }

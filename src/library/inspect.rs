@@ -41,6 +41,8 @@ pub(crate) struct Inspection {
     pub st_dtypes: BTreeSet<String>,
     /// Bytes per KV-cache value the engine will use.
     pub kv_value_bytes: u64,
+    /// A tokenizer the engine can build: the GGUF vocabulary, or `tokenizer.json`.
+    pub has_tokenizer: bool,
 }
 
 fn is_embedding_arch(arch: &str) -> bool {
@@ -58,6 +60,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         st_dtypes: BTreeSet::new(),
         // candle's quantized models compute in f32, so their KV cache holds f32 values.
         kv_value_bytes: 4,
+        has_tokenizer: false,
     };
     let mut params = 0u64;
     let mut weight_bytes = 0u64;
@@ -85,15 +88,27 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         }
         for t in &header.tensors {
             let n = t.elements();
-            params += n;
+            params = params.saturating_add(n);
             *ins.info.tensor_types.entry(t.ty.name()).or_default() += 1;
             ins.gguf_types.insert(t.ty);
             if t.dims.len() >= 2 {
-                *elems_by_type.entry(t.ty).or_default() += n;
+                let e = elems_by_type.entry(t.ty).or_default();
+                *e = e.saturating_add(n);
             }
             let bytes = t.ty.bytes_for(n).unwrap_or(0);
-            // candle dequantizes F16/BF16 weights of GGUF models to f32.
-            weight_bytes += if matches!(t.ty.0, 1 | 30) { bytes * 2 } else { bytes };
+            let held = if t.name == "token_embd.weight" {
+                // candle's quantized models dequantize the token embedding to f32 for the lookup,
+                // and keep the quantized copy only as a tied LM head (no `output.weight`).
+                let tied = !header.tensors.iter().any(|o| o.name == "output.weight");
+                n.saturating_mul(4)
+                    .saturating_add(if tied { bytes } else { 0 })
+            } else if matches!(t.ty.0, 1 | 30) {
+                // F16/BF16 weights are dequantized to f32 as well.
+                bytes.saturating_mul(2)
+            } else {
+                bytes
+            };
+            weight_bytes = weight_bytes.saturating_add(held);
         }
         ins.info.tensor_count += header.tensors.len();
         if first.is_none() {
@@ -113,6 +128,10 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         .map(str::to_string);
     info.context_length = h.arch_u64("context_length");
     info.chat_template = matches!(h.get("tokenizer.chat_template"), Some(MetaValue::Str(_)));
+    ins.has_tokenizer = matches!(
+        h.get("tokenizer.ggml.tokens"),
+        Some(MetaValue::Array { .. })
+    );
     info.layers = h.arch_u64("block_count");
     let heads = h.arch_u64("attention.head_count");
     info.kv_heads = h.arch_u64("attention.head_count_kv").or(heads);
@@ -179,10 +198,43 @@ fn file_type_label(ft: u64) -> Option<&'static str> {
 
 /// Quant labels recognised in file names, longest first so `Q4_K_M` wins over `Q4_K`.
 const NAME_LABELS: &[&str] = &[
-    "MXFP4_MOE", "IQ2_XXS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
-    "Q5_K_M", "Q2_K_S", "IQ2_XS", "IQ3_XS", "IQ4_NL", "IQ4_XS", "IQ2_S", "IQ2_M", "IQ3_S", "IQ3_M",
-    "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K",
-    "Q3_K", "Q4_K", "Q5_K", "Q6_K", "BF16", "F16", "F32",
+    "MXFP4_MOE",
+    "IQ2_XXS",
+    "IQ3_XXS",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q2_K_S",
+    "IQ2_XS",
+    "IQ3_XS",
+    "IQ4_NL",
+    "IQ4_XS",
+    "IQ2_S",
+    "IQ2_M",
+    "IQ3_S",
+    "IQ3_M",
+    "IQ1_S",
+    "IQ1_M",
+    "TQ1_0",
+    "TQ2_0",
+    "MXFP4",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "BF16",
+    "F16",
+    "F32",
 ];
 
 /// The quant label written in a GGUF file name (`...-Q4_K_M.gguf`, `....q8_0.gguf`), if any.
@@ -214,6 +266,7 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         gguf_types: BTreeSet::new(),
         st_dtypes: BTreeSet::new(),
         kv_value_bytes: 2,
+        has_tokenizer: false,
     };
     let config = match read_json(&dir.join("config.json")) {
         Ok(c) => c,
@@ -248,7 +301,8 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         let header = match safetensors::read_header(file) {
             Ok(h) => h,
             Err(e) => {
-                ins.broken.get_or_insert_with(|| format!("{}: {e}", file_name(file)));
+                ins.broken
+                    .get_or_insert_with(|| format!("{}: {e}", file_name(file)));
                 continue;
             }
         };
@@ -266,13 +320,14 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         for t in &header.tensors {
             *ins.info.tensor_types.entry(t.dtype.clone()).or_default() += 1;
             ins.st_dtypes.insert(t.dtype.clone());
-            weight_bytes += t.end - t.begin;
+            weight_bytes = weight_bytes.saturating_add(t.end - t.begin);
             // A tied LM head shares the embedding's storage: count those parameters once.
             if !safetensors::is_float(&t.dtype) || (tied && t.name == "lm_head.weight") {
                 continue;
             }
-            params += t.elements();
-            *elems_by_dtype.entry(t.dtype.clone()).or_default() += t.elements();
+            params = params.saturating_add(t.elements());
+            let e = elems_by_dtype.entry(t.dtype.clone()).or_default();
+            *e = e.saturating_add(t.elements());
         }
         ins.info.tensor_count += header.tensors.len();
     }
@@ -305,6 +360,7 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
     info.kv_heads = cfg_u64("num_key_value_heads").or(heads);
     info.head_dim = cfg_u64("head_dim").or_else(|| cfg_u64("hidden_size")?.checked_div(heads?));
     info.chat_template = has_chat_template(dir);
+    ins.has_tokenizer = dir.join("tokenizer.json").is_file();
 
     let st_marker = SENTENCE_TRANSFORMERS_MARKERS
         .iter()

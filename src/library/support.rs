@@ -53,6 +53,11 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                     ),
                 };
             }
+            if !ins.has_tokenizer {
+                return Runnable::No {
+                    reason: "the file has no embedded vocabulary (tokenizer.ggml.tokens), so the engine cannot tokenize text for it".into(),
+                };
+            }
             let slow: Vec<String> = ins
                 .gguf_types
                 .iter()
@@ -92,9 +97,7 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                 .st_dtypes
                 .iter()
                 .map(String::as_str)
-                .filter(|d| {
-                    !matches!(*d, "F32" | "F16" | "BF16" | "I64" | "I32")
-                })
+                .filter(|d| !matches!(*d, "F32" | "F16" | "BF16" | "I64" | "I32"))
                 .collect();
             if !bad.is_empty() {
                 return Runnable::No {
@@ -102,6 +105,13 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                         "weights stored as {} (quantized safetensors); the engine loads F32/F16/BF16 only",
                         bad.join(", ")
                     ),
+                };
+            }
+            if !ins.has_tokenizer {
+                return Runnable::No {
+                    reason:
+                        "no tokenizer.json next to the weights; download it from the model's repo"
+                            .into(),
                 };
             }
             Runnable::Yes
@@ -112,12 +122,20 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
 /// Bytes needed to run a model: weights + KV cache for `context` tokens + ~10% overhead.
 /// KV cache per token = 2 (K and V) × layers × kv_heads × head_dim × bytes per value.
 /// Embedding models (encoders) keep no KV cache.
-pub fn estimate_memory(info: &ModelInfo, kind: ModelKind, kv_value_bytes: u64, context: u64) -> u64 {
+pub fn estimate_memory(
+    info: &ModelInfo,
+    kind: ModelKind,
+    kv_value_bytes: u64,
+    context: u64,
+) -> u64 {
     let ctx = info.context_length.map_or(context, |c| c.min(context));
     let kv = match (kind, info.layers, info.kv_heads, info.head_dim) {
-        (ModelKind::Generate, Some(l), Some(h), Some(d)) => 2 * l * h * d * kv_value_bytes * ctx,
+        (ModelKind::Generate, Some(l), Some(h), Some(d)) => [l, h, d, kv_value_bytes, ctx]
+            .iter()
+            .fold(2u64, |a, x| a.saturating_mul(*x)),
         _ => 0,
     };
-    let total = info.weight_bytes + kv;
-    total + total / 10
+    // Saturating: header values are untrusted.
+    let total = info.weight_bytes.saturating_add(kv);
+    total.saturating_add(total / 10)
 }

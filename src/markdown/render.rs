@@ -47,14 +47,21 @@ pub(crate) struct CodeResume {
 pub(crate) struct RenderOptions<'a> {
     /// A block precedes this source (already committed), so the first block gets a separator.
     pub leading_separator: bool,
-    /// The first block is a fenced code block whose separator, label and first `lines` code
-    /// lines were already emitted: skip them and continue highlighting from this state.
+    /// The first rendered (not skipped) block is a fenced code block whose separator, label
+    /// and first `lines` code lines the caller already has: skip them and continue
+    /// highlighting from this state.
     pub resume: Option<&'a CodeResume>,
+    /// Top-level blocks starting before this offset are parsed but not rendered (their
+    /// `lines` come back empty): the caller already holds their lines.
+    pub skip_before: usize,
 }
 
 pub(crate) struct Block {
     /// Byte range of the block in the parsed source.
     pub range: Range<usize>,
+    /// End of the last text the block shows; the range may run further (over trailing
+    /// definitions, fences, blank lines).
+    pub content_end: usize,
     pub lines: Vec<Line<'static>>,
     /// Some for a top-level fenced code block: the state after its last line.
     pub code: Option<CodeResume>,
@@ -65,6 +72,8 @@ pub(crate) struct Block {
 
 pub(crate) struct Rendered {
     pub blocks: Vec<Block>,
+    /// `RenderOptions::resume` was applied (its block's lines exclude what the caller has).
+    pub resumed: bool,
     /// Source ranges of link reference definitions (they render nothing but apply document-wide).
     pub definitions: Vec<Range<usize>>,
 }
@@ -77,8 +86,8 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
             broken.push(link.span.clone());
             None
         };
-        let mut iter =
-            Parser::new_with_broken_link_callback(src, options(), Some(callback)).into_offset_iter();
+        let mut iter = Parser::new_with_broken_link_callback(src, options(), Some(callback))
+            .into_offset_iter();
         let events: Vec<_> = iter.by_ref().collect();
         for (_, def) in iter.reference_definitions().iter() {
             definitions.push(def.span.clone());
@@ -95,30 +104,49 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
     let mut depth = 0usize;
     let mut block_start = 0usize;
     let mut block_range = 0..0;
+    let mut content_end = 0usize;
+    let mut skipping = false;
+    let mut rendered_any = false;
+    let mut resumed = false;
+    let mut given_resume = false;
     for (i, (event, range)) in events.iter().enumerate() {
         if depth == 0 {
+            skipping = range.start < opts.skip_before;
             block_start = w.out.len();
             block_range = range.clone();
+            content_end = range.start;
             w.code_result = None;
-            w.resume = if blocks.is_empty() {
-                opts.resume.cloned()
-            } else {
+            w.resume = if skipping || rendered_any {
                 None
+            } else {
+                opts.resume.cloned()
             };
+            rendered_any |= !skipping;
+            given_resume = w.resume.is_some();
         }
         match event {
             Event::Start(_) => depth += 1,
             Event::End(_) => depth = depth.saturating_sub(1),
-            _ => {}
+            _ => content_end = content_end.max(range.end),
         }
-        w.event(event, &events[i + 1..]);
+        if skipping {
+            if depth == 0 {
+                // Counted, so the next rendered block still gets its separator.
+                w.block_counts[0] += 1;
+            }
+        } else {
+            w.event(event, &events[i + 1..]);
+        }
         if depth == 0 {
             w.flush_line();
+            resumed |= given_resume && w.resume.is_none();
+            w.resume = None;
             let unresolved_reference = broken
                 .iter()
                 .any(|b| b.start < block_range.end && b.end > block_range.start);
             blocks.push(Block {
                 range: block_range.clone(),
+                content_end,
                 lines: w.out.split_off(block_start),
                 code: w.code_result.take(),
                 unresolved_reference,
@@ -130,6 +158,7 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
         w.flush_line();
         blocks.push(Block {
             range: block_range,
+            content_end,
             lines: w.out.split_off(block_start),
             code: w.code_result.take(),
             unresolved_reference: true,
@@ -137,6 +166,7 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
     }
     Rendered {
         blocks,
+        resumed,
         definitions,
     }
 }
@@ -218,7 +248,9 @@ impl<'s> Writer<'s> {
     }
 
     fn in_quote(&self) -> bool {
-        self.containers.iter().any(|c| matches!(c, Container::Quote))
+        self.containers
+            .iter()
+            .any(|c| matches!(c, Container::Quote))
     }
 
     fn base_style(&self) -> Style {
@@ -908,7 +940,10 @@ mod tests {
 
     #[test]
     fn task_list_markers() {
-        assert_eq!(plain("- [ ] todo\n- [x] done"), ["• [ ] todo", "• [x] done"]);
+        assert_eq!(
+            plain("- [ ] todo\n- [x] done"),
+            ["• [ ] todo", "• [x] done"]
+        );
     }
 
     #[test]

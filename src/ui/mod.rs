@@ -1,6 +1,9 @@
 //! Drawing. `draw` lays out the screen; each pane draws itself from `&State`.
 
+pub mod downloads;
 pub mod help;
+pub mod hub;
+pub mod library;
 pub mod panes;
 pub mod status;
 
@@ -102,4 +105,4 @@ pub fn empty_state(f: &mut Frame, area: Rect, lines: &[&str], style: Style) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -275,6 +275,8 @@ pub struct Faults {
     pub expire_signature: Option<Countdown>,
     /// Regular files go through a relative 307 to `/api/resolve-cache/...` (mode B).
     pub resolve_cache_mode: bool,
+    /// Every hub request is answered with a 308 to this origin (mirror style).
+    pub mirror_308_to: Option<String>,
 }
 
 /// Which listener answered.
@@ -591,6 +593,19 @@ async fn route_hub(ctx: &Ctx) -> Response {
             Some("Invalid credentials in Authorization header"),
             "Invalid credentials in Authorization header",
         );
+    }
+    let mirror = ctx.shared.faults.lock().unwrap().mirror_308_to.clone();
+    if let Some(origin) = mirror {
+        let q = if ctx.raw_query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", ctx.raw_query)
+        };
+        return Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header("location", format!("{origin}{}{q}", ctx.raw_path))
+            .body(Body::empty())
+            .unwrap();
     }
     let seg = segments(&ctx.raw_path);
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
