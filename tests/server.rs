@@ -44,7 +44,7 @@ fn gguf(arch: &str, name: &str) -> Vec<u8> {
     s(&mut b, &format!("{arch}.context_length"));
     b.extend(4u32.to_le_bytes());
     b.extend(2048u32.to_le_bytes());
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b
