@@ -230,7 +230,14 @@ impl ServerCtx {
 
     /// Scans the library's roots again (after a pull or delete) and swaps the result in.
     pub async fn rescan(&self) {
-        let Some(roots) = ollama::roots_of(self) else {
+        let roots = self
+            .0
+            .library
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .roots()
+            .cloned();
+        let Some(roots) = roots else {
             return;
         };
         if let Ok(lib) = tokio::task::spawn_blocking(move || Library::scan(&roots)).await {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::engine::{ChatMessage, GenStats, Prompt, Role};
-use crate::library::{human, LibraryError, LibraryRoots};
+use crate::library::{human, LibraryError};
 
 use super::error::{ApiError, Dialect};
 use super::extract::ApiJson;
@@ -555,13 +555,4 @@ pub async fn delete(
     ctx.rescan().await;
     tracing::info!(model = %entry.name, "deleted through the API");
     Ok(StatusCode::OK.into_response())
-}
-
-/// Roots for a rescan, when the library was scanned from some.
-pub fn roots_of(ctx: &ServerCtx) -> Option<LibraryRoots> {
-    ctx.library()
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .roots()
-        .cloned()
 }
