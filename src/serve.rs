@@ -4,7 +4,6 @@
 //! lets open requests finish (a few seconds at most).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
@@ -26,6 +25,19 @@ pub fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     rt.block_on(serve(loaded, model))
 }
 
+/// Server options from the configuration, shared by `--serve` and the TUI's toggle.
+pub fn options_for(loaded: &Loaded, default_model: Option<String>) -> ServerOptions {
+    let mut options = ServerOptions::from_config(&loaded.config);
+    options.default_model = default_model;
+    options.pull = Some(PullSettings {
+        endpoint: loaded.config.hub.endpoint.clone(),
+        token: loaded.token(),
+        cache_dir: loaded.hf_home().join("hub"),
+        data_dir: loaded.dirs.data_dir.clone(),
+    });
+    options
+}
+
 /// The listening address for `host` (an IP or a name such as `localhost`) and `port`.
 pub fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -42,17 +54,10 @@ pub fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         })
 }
 
-fn expand(p: &str) -> PathBuf {
-    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(p),
-    }
-}
-
 async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let cfg = &loaded.config;
     let addr = listen_addr(&cfg.server.host, cfg.server.port)?;
-    let model_dirs: Vec<PathBuf> = cfg.paths.model_dirs.iter().map(|d| expand(d)).collect();
+    let model_dirs = loaded.model_dirs();
     let roots = LibraryRoots::detect(&loaded.hf_home(), &loaded.dirs.data_dir, &model_dirs);
     let library = tokio::task::spawn_blocking(move || Library::scan(&roots))
         .await
@@ -66,14 +71,7 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         threads: cfg.engine.threads,
         max_loaded: cfg.engine.max_loaded.max(1),
     });
-    let mut options = ServerOptions::from_config(cfg);
-    options.default_model = model.clone();
-    options.pull = Some(PullSettings {
-        endpoint: cfg.hub.endpoint.clone(),
-        token: loaded.token(),
-        cache_dir: loaded.hf_home().join("hub"),
-        data_dir: loaded.dirs.data_dir.clone(),
-    });
+    let options = options_for(&loaded, model.clone());
     if let Some(msg) = exposure_warning(addr, options.api_key.is_some()) {
         // Also logged by `ServerHandle::start`; said plainly here for whoever started it.
         eprintln!("influence: warning: {msg}");

@@ -4,6 +4,7 @@ use super::downloads::DownloadsEffect;
 use super::hub::{HubEffect, HubMsg, DEBOUNCE_MS};
 use super::library::{LibraryEffect, LibraryMsg};
 use super::msg::Msg;
+use super::server::{ServerEffect, ServerMsg, ServerRunner};
 use crate::config::theme::Theme;
 use crate::downloads::{DownloadEvent, DownloadHandle};
 use crate::hub::HubClient;
@@ -19,6 +20,7 @@ pub enum Effect {
     Library(LibraryEffect),
     Hub(HubEffect),
     Downloads(DownloadsEffect),
+    Server(ServerEffect),
 }
 
 /// Turns effects into IO and background tasks; results come back as `Msg`s.
@@ -33,6 +35,7 @@ pub struct EffectRunner {
     /// The search in flight; a newer one aborts it so stale results never arrive.
     search: Option<tokio::task::JoinHandle<()>>,
     debounce: Option<tokio::task::JoinHandle<()>>,
+    server: Option<ServerRunner>,
 }
 
 impl EffectRunner {
@@ -50,7 +53,14 @@ impl EffectRunner {
             downloads: None,
             search: None,
             debounce: None,
+            server: None,
         }
+    }
+
+    /// Lets the server toggle start the API server over the app's engine.
+    pub fn with_server(mut self, server: ServerRunner) -> Self {
+        self.server = Some(server);
+        self
     }
 
     /// Connects the Hub client and the download manager (both need a tokio runtime).
@@ -63,6 +73,9 @@ impl EffectRunner {
     /// Stops background services cleanly: running downloads keep their partial files and the
     /// queue is saved, so the next start resumes them.
     pub async fn shutdown(&self) {
+        if let Some(s) = &self.server {
+            s.shutdown().await;
+        }
         if let Some(d) = &self.downloads {
             let _ = tokio::time::timeout(Duration::from_secs(3), d.shutdown()).await;
         }
@@ -85,6 +98,14 @@ impl EffectRunner {
                 Effect::Library(e) => self.library(e),
                 Effect::Hub(e) => self.hub(e),
                 Effect::Downloads(e) => self.downloads(e),
+                Effect::Server(e) => match self.server.as_mut() {
+                    Some(s) => s.run(e, &self.tx),
+                    None => {
+                        let _ = self.tx.send(Msg::Server(ServerMsg::Failed(
+                            "the server is not available in this session".into(),
+                        )));
+                    }
+                },
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod effect;
 pub mod hub;
 pub mod library;
 pub mod msg;
+pub mod server;
 pub mod state;
 pub mod update;
 

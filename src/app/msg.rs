@@ -2,6 +2,7 @@
 
 use super::hub::HubMsg;
 use super::library::LibraryMsg;
+use super::server::ServerMsg;
 use crate::config::theme::Theme;
 use crate::downloads::DownloadEvent;
 use crossterm::event::{KeyEvent, MouseEvent};
@@ -21,4 +22,5 @@ pub enum Msg {
     Library(LibraryMsg),
     Hub(HubMsg),
     Download(DownloadEvent),
+    Server(ServerMsg),
 }

@@ -3,6 +3,7 @@
 use super::downloads::DownloadsState;
 use super::hub::HubState;
 use super::library::LibraryState;
+use super::server::ServerStatus;
 use crate::config::keymap::{Context, Keymap};
 use crate::config::theme::Theme;
 
@@ -87,6 +88,7 @@ pub struct State {
     pub library: LibraryState,
     pub hub: HubState,
     pub downloads: DownloadsState,
+    pub server: ServerStatus,
 }
 
 /// The smallest terminal the layout works in.
@@ -108,6 +110,7 @@ impl State {
             library: LibraryState::default(),
             hub: HubState::new(String::new(), None),
             downloads: DownloadsState::default(),
+            server: ServerStatus::Off,
         }
     }
 

@@ -3,7 +3,7 @@
 use super::effect::Effect;
 use super::msg::Msg;
 use super::state::{Notice, Pane, State};
-use super::{downloads, hub, library};
+use super::{downloads, hub, library, server};
 use crate::config::keymap::{Command, Key};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseEventKind};
 
@@ -71,6 +71,13 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
         Msg::Library(m) => {
             state.dirty = true;
             wrap(library::update(&mut state.library, m), Effect::Library)
+        }
+        Msg::Server(m) => {
+            if let Some((error, text)) = server::update(&mut state.server, m) {
+                state.status.notice = Some(Notice { error, text });
+            }
+            state.dirty = true;
+            vec![]
         }
         Msg::Hub(m) => {
             state.dirty = true;
@@ -176,6 +183,10 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
         Command::FocusLibrary => return focus(state, Pane::Library),
         Command::FocusChat => return focus(state, Pane::Chat),
         Command::FocusParams => return focus(state, Pane::Params),
+        Command::ToggleServer => {
+            state.dirty = true;
+            return wrap(server::toggle(&mut state.server), Effect::Server);
+        }
         Command::CycleTheme => {
             let i = state
                 .themes

@@ -34,6 +34,7 @@ pub enum Command {
     FocusChat,
     FocusParams,
     CycleTheme,
+    ToggleServer,
     ScrollUp,
     ScrollDown,
     // List panes (Hub results, Downloads, Library).

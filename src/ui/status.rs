@@ -12,7 +12,7 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
     let mut spans = vec![
         Span::styled(" model: none", t.status_bar),
         sep.clone(),
-        Span::styled("server: off", t.status_bar),
+        server_span(state),
         sep.clone(),
         Span::styled("– tok/s", t.status_bar),
         sep.clone(),
@@ -36,4 +36,18 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
         None => spans.push(Span::styled("? help  q quit", t.status_bar)),
     }
     f.render_widget(Paragraph::new(Line::from(spans)).style(t.status_bar), area);
+}
+
+fn server_span(state: &State) -> Span<'static> {
+    use crate::app::server::ServerStatus;
+    let t = &state.theme;
+    match &state.server {
+        ServerStatus::Off => Span::styled("server: off", t.status_bar),
+        ServerStatus::Starting => Span::styled("server: starting…", t.status_bar),
+        ServerStatus::Stopping => Span::styled("server: stopping…", t.status_bar),
+        ServerStatus::On { addr, requests } => Span::styled(
+            format!("server: http://{addr} · {requests} req"),
+            t.status_bar,
+        ),
+    }
 }
