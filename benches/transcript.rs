@@ -43,8 +43,9 @@ fn main() {
     let warm = t.elapsed();
 
     let t = Instant::now();
-    let history: Vec<Vec<Line<'static>>> =
-        (0..MESSAGES).map(|i| render(&message(i), &styles)).collect();
+    let history: Vec<Vec<Line<'static>>> = (0..MESSAGES)
+        .map(|i| render(&message(i), &styles))
+        .collect();
     let render_all = t.elapsed();
     let logical: usize = history.iter().map(Vec::len).sum();
 
@@ -95,7 +96,10 @@ fn main() {
     let t = Instant::now();
     stream.finish();
     let finish = t.elapsed();
-    assert_eq!(stream.committed(), render(stream.source(), &styles).as_slice());
+    assert_eq!(
+        stream.committed(),
+        render(stream.source(), &styles).as_slice()
+    );
 
     push_times.sort();
     frame_times.sort();

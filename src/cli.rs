@@ -26,6 +26,9 @@ pub struct Cli {
     /// Inference threads (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Model to open the chat with: a library name (org/name, org/name:QUANT) or a path.
+    #[arg(long, global = true, value_name = "MODEL")]
+    pub model: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,

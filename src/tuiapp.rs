@@ -1,11 +1,15 @@
 //! Starts the full-screen app on the real terminal.
 
+use crate::app::chat::params::ParamsState;
+use crate::app::chat::runner::{load_presets, ChatRunner};
 use crate::app::effect::EffectRunner;
 use crate::app::msg::Msg;
-use crate::app::state::State;
+use crate::app::state::{Notice, Pane, State};
 use crate::config::keymap::Keymap;
 use crate::config::theme::{self, Theme};
 use crate::config::Loaded;
+use crate::engine::{EngineHandle, EngineOptions};
+use crate::library::LibraryRoots;
 use crate::tui::frame::FrameClock;
 use crate::tui::terminal::TerminalGuard;
 use std::time::Duration;
@@ -15,19 +19,74 @@ pub fn initial_state(loaded: &Loaded, size: (u16, u16)) -> anyhow::Result<State>
     let c = &loaded.config;
     let theme = Theme::load(&c.theme, &loaded.dirs.config_dir).map_err(anyhow::Error::msg)?;
     let keymap = Keymap::load(&c.keys)?;
-    Ok(State::new(
+    let mut state = State::new(
         theme,
         theme::available(&loaded.dirs.config_dir),
         keymap,
         size,
-    ))
+    );
+    state.params = ParamsState::from_config(c);
+    Ok(state)
 }
 
-pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+/// The chat's side of start-up: the engine and store behind the runner, presets, the last
+/// conversation reopened, and `--model` loaded with the input focused.
+fn start_chat(
+    loaded: &Loaded,
+    state: &mut State,
+    model: Option<String>,
+) -> (ChatRunner, Vec<crate::app::effect::Effect>) {
+    let c = &loaded.config;
+    let engine = EngineHandle::spawn(EngineOptions {
+        threads: c.engine.threads,
+        max_loaded: c.engine.max_loaded.max(1),
+    });
+    let data_dir = loaded.dirs.data_dir.clone();
+    let model_dirs: Vec<std::path::PathBuf> = c.paths.model_dirs.iter().map(Into::into).collect();
+    let roots = LibraryRoots::detect(&loaded.hf_home(), &data_dir, &model_dirs);
+    let runner = ChatRunner::new(engine, data_dir.clone())
+        .with_library(roots)
+        .with_remote_key(std::env::var("INFLUENCE_REMOTE_API_KEY").ok());
+    let mut problems: Vec<String> = Vec::new();
+    match load_presets(&data_dir) {
+        Ok(p) => state.params.presets = p,
+        Err(e) => problems.push(e),
+    }
+    if let Some(store) = runner.store() {
+        state.chat.list = store.list().to_vec();
+        if let Some(last) = store.list().first() {
+            match store.load(&last.id) {
+                Ok(conv) => state.chat.conv = conv,
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        for e in store.load_errors() {
+            problems.push(format!("{}: {}", e.path.display(), e.message));
+        }
+    }
+    let mut effects = Vec::new();
+    if let Some(m) = model {
+        state.focus = Pane::Chat;
+        state.main_pane = Pane::Chat;
+        state.chat.input_focused = true;
+        effects = crate::app::chat::load_model(state, m);
+    }
+    if let Some(p) = problems.into_iter().next() {
+        state.status.notice = Some(Notice {
+            error: true,
+            text: p,
+        });
+    }
+    (runner, effects)
+}
+
+pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut state = initial_state(&loaded, size)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone());
+    let (chat, first) = start_chat(&loaded, &mut state, model);
+    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone()).with_chat(chat);
+    runner.run(first);
 
     spawn_memory_sampler(tx.clone());
     spawn_signal_watch(tx.clone());

@@ -15,4 +15,6 @@ pub enum Msg {
     ThemeFailed(String),
     /// SIGTERM or another request from outside to leave.
     Shutdown,
+    /// Results of the chat's background work.
+    Chat(super::chat::ChatMsg),
 }

@@ -81,6 +81,8 @@ pub struct State {
     pub themes: Vec<String>,
     pub keymap: Keymap,
     pub status: Status,
+    pub chat: super::chat::ChatState,
+    pub params: super::chat::params::ParamsState,
 }
 
 /// The smallest terminal the layout works in.
@@ -99,12 +101,14 @@ impl State {
             themes,
             keymap,
             status: Status::default(),
+            chat: Default::default(),
+            params: Default::default(),
         }
     }
 
     /// Whether keys go to a text field, so plain letters are text, not commands.
     pub fn typing(&self) -> bool {
-        false
+        super::chat::typing(self)
     }
 
     /// Keymap contexts for the current mode, most specific first.

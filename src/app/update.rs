@@ -15,10 +15,11 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             let key = Key::from_event(&ev);
             match state.keymap.resolve(&state.contexts(), key) {
                 Some(cmd) => command(state, cmd),
+                None if state.typing() => super::chat::key(state, ev),
                 None => vec![],
             }
         }
-        Msg::Paste(_) => vec![],
+        Msg::Paste(text) => super::chat::paste(state, text),
         Msg::Mouse(ev) => {
             match ev.kind {
                 MouseEventKind::ScrollDown if state.help.is_some() => {
@@ -29,7 +30,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
                 }
                 _ => {}
             }
-            vec![]
+            super::chat::mouse(state, ev)
         }
         Msg::Resize(w, h) => {
             state.size = (w, h);
@@ -66,6 +67,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             state.quit = true;
             vec![]
         }
+        Msg::Chat(m) => super::chat::on_msg(state, m),
     }
 }
 
@@ -120,6 +122,7 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
                 return vec![Effect::LoadTheme(next.clone())];
             }
         }
+        other => return super::chat::command(state, other),
     }
     vec![]
 }

@@ -54,9 +54,9 @@ pub fn render_details(m: &Model) -> String {
     );
     kv(
         "Parameters",
-        m.info
-            .parameters
-            .map_or_else(unknown, |p| format!("{} ({})", human::params(p), thousands(p))),
+        m.info.parameters.map_or_else(unknown, |p| {
+            format!("{} ({})", human::params(p), thousands(p))
+        }),
     );
     kv("Quant", m.info.quant.clone().unwrap_or_else(unknown));
     if !m.info.tensor_types.is_empty() {

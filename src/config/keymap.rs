@@ -36,6 +36,36 @@ pub enum Command {
     CycleTheme,
     ScrollUp,
     ScrollDown,
+    // Chat pane (context `chat`).
+    ChatFocusInput,
+    ChatScrollUp,
+    ChatScrollDown,
+    ChatPageUp,
+    ChatPageDown,
+    ChatTop,
+    ChatBottom,
+    ChatStop,
+    ChatRegenerate,
+    ChatEdit,
+    ChatCopy,
+    ChatCopyCode,
+    ChatSelectPrev,
+    ChatSelectNext,
+    ChatPagePrev,
+    ChatPageNext,
+    ChatNew,
+    ChatList,
+    // Parameters sidebar (context `params`).
+    ParamNext,
+    ParamPrev,
+    ParamEdit,
+    // Text fields (context `input`): the chat input, a parameter being edited, the chat list.
+    InputSubmit,
+    InputNewline,
+    InputCancel,
+    InputComplete,
+    InputUp,
+    InputDown,
 }
 
 /// Where a binding applies. Resolution order: the active context, then `normal` (when not

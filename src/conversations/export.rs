@@ -14,7 +14,10 @@ pub fn export_markdown(c: &Conversation) -> String {
     let _ = writeln!(
         out,
         "- Model: {}",
-        c.model.as_deref().map(one_line).unwrap_or_else(|| "unknown".into())
+        c.model
+            .as_deref()
+            .map(one_line)
+            .unwrap_or_else(|| "unknown".into())
     );
     if let Some(params) = params_line(&c.params) {
         let _ = writeln!(out, "- Parameters: {params}");
@@ -176,12 +179,16 @@ mod tests {
     #[test]
     fn markdown_has_header_roles_and_verbatim_code() {
         let mut c = rich();
-        c.page_alternative(1, crate::conversations::Page::Prev).unwrap();
+        c.page_alternative(1, crate::conversations::Page::Prev)
+            .unwrap();
         let md = export_markdown(&c);
         assert!(md.starts_with("# Show me a loop\n"));
         assert!(md.contains("- Model: SmolLM2-135M"));
         assert!(md.contains("- Parameters: "), "{md}");
-        assert!(md.contains("max_tokens=256") && md.contains("temperature=0.7"), "{md}");
+        assert!(
+            md.contains("max_tokens=256") && md.contains("temperature=0.7"),
+            "{md}"
+        );
         assert!(md.contains(&format!("- Created: {}", c.created)));
         assert!(md.contains("## System\n\nYou are terse.\n"));
         assert!(md.contains("## User\n\nShow me a loop\n"));
@@ -239,7 +246,9 @@ mod tests {
         let mut store = ConversationStore::open(dir.path()).unwrap();
         let c = rich();
         store.save(&c).unwrap();
-        let again = store.add_imported(import_json(&export_json(&c)).unwrap()).unwrap();
+        let again = store
+            .add_imported(import_json(&export_json(&c)).unwrap())
+            .unwrap();
         assert_ne!(again.id, c.id);
         assert_eq!(again.messages, c.messages);
         assert_eq!(store.list().len(), 2);

@@ -628,7 +628,12 @@ mod tests {
         assert!(c.page_branch(0, Page::Prev).unwrap());
         assert_eq!(
             contents(&c),
-            ["What is Rust?", "A language.", "And Go?", "Also a language."]
+            [
+                "What is Rust?",
+                "A language.",
+                "And Go?",
+                "Also a language."
+            ]
         );
         assert_eq!(c.messages[0].branch_position(), (1, 2));
         assert!(!c.page_branch(0, Page::Prev).unwrap());

@@ -101,10 +101,11 @@ impl ConversationStore {
     }
 
     fn conversation_files(&self) -> Result<Vec<PathBuf>> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| ConversationError::ReadDir {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|source| ConversationError::ReadDir {
+                path: self.dir.clone(),
+                source,
+            })?;
         let mut files = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
@@ -143,10 +144,11 @@ impl ConversationStore {
         if self.errors.iter().any(|e| e.path == path) {
             return Err(ConversationError::WouldOverwriteCorrupt { path });
         }
-        let json = serde_json::to_vec_pretty(conversation).map_err(|e| ConversationError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        let json =
+            serde_json::to_vec_pretty(conversation).map_err(|e| ConversationError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
         write_atomic(&path, &json).map_err(|source| ConversationError::Write {
             path: path.clone(),
             source,
@@ -314,7 +316,8 @@ mod tests {
         let mut c = Conversation::new();
         c.push_user(question);
         c.start_assistant();
-        c.append_token("Here is code:\n\n```rust\nfn main() {}\n```\n").unwrap();
+        c.append_token("Here is code:\n\n```rust\nfn main() {}\n```\n")
+            .unwrap();
         c.finish_assistant(MessageStats {
             model: "m".into(),
             ttft_ms: 5,
@@ -383,14 +386,20 @@ mod tests {
         )
         .unwrap();
         let bad_path = dir.path().join("20260101-000000-000-deadbeef.json");
-        std::fs::write(&bad_path, b"{\"id\": \"20260101-000000-000-deadbeef\", \"tit").unwrap();
+        std::fs::write(
+            &bad_path,
+            b"{\"id\": \"20260101-000000-000-deadbeef\", \"tit",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"not a conversation").unwrap();
 
         let mut store = ConversationStore::open(dir.path()).unwrap();
         assert_eq!(store.list().len(), 1);
         assert_eq!(store.load_errors().len(), 1);
         assert_eq!(store.load_errors()[0].path, bad_path);
-        assert!(store.load_errors()[0].message.contains("not a valid conversation"));
+        assert!(store.load_errors()[0]
+            .message
+            .contains("not a valid conversation"));
 
         let mut clash = sample("Clash", "q");
         clash.id = "20260101-000000-000-deadbeef".into();
@@ -411,7 +420,10 @@ mod tests {
     fn search_is_case_insensitive_with_snippets() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = ConversationStore::open(dir.path()).unwrap();
-        let mut a = sample("Ownership notes", "Explain the BORROW checker in detail please");
+        let mut a = sample(
+            "Ownership notes",
+            "Explain the BORROW checker in detail please",
+        );
         a.append_token("").unwrap();
         store.save(&a).unwrap();
         store.save(&sample("Other", "Weather?")).unwrap();
@@ -448,7 +460,10 @@ mod tests {
     fn writer_child() {
         let (dir, forever) = match std::env::var(CHILD_ENV) {
             Ok(d) => (PathBuf::from(d), true),
-            Err(_) => (std::env::temp_dir().join(format!("influence-writer-{}", new_id())), false),
+            Err(_) => (
+                std::env::temp_dir().join(format!("influence-writer-{}", new_id())),
+                false,
+            ),
         };
         let mut store = ConversationStore::open(&dir).unwrap();
         let mut convs: Vec<Conversation> = (0..3).map(|i| sample(&format!("c{i}"), "q")).collect();
@@ -501,7 +516,10 @@ mod tests {
                     Some(_) => {}
                     None => panic!("writer child exited before it was ready"),
                 }
-                assert!(started.elapsed() < Duration::from_secs(60), "writer child hung");
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "writer child hung"
+                );
             }
             std::thread::sleep(Duration::from_millis(150 + 97 * attempt));
             child.kill().unwrap();

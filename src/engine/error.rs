@@ -23,7 +23,10 @@ pub enum EngineError {
     MissingTokenizer { path: PathBuf },
 
     #[error("the prompt needs {prompt_tokens} tokens but the model's context holds {context}. Shorten the conversation, lower max_tokens, or use the drop-oldest context policy")]
-    ContextOverflow { prompt_tokens: usize, context: usize },
+    ContextOverflow {
+        prompt_tokens: usize,
+        context: usize,
+    },
 
     #[error("{path} is {actual} model and cannot be used for {wanted}. Pick a {wanted_kind} model instead")]
     WrongKind {
@@ -48,7 +51,9 @@ pub enum EngineError {
     #[error("the model's tensor type {dtype} is not supported by the CPU backend. Use a file quantized as Q4_0, Q8_0, Q4_K_M or Q6_K")]
     UnsupportedQuant { dtype: String },
 
-    #[error("cannot read {path}: {reason}. Check the file permissions and that the disk is mounted")]
+    #[error(
+        "cannot read {path}: {reason}. Check the file permissions and that the disk is mounted"
+    )]
     Io { path: PathBuf, reason: String },
 
     #[error("the inference engine has stopped (its thread exited). Restart Influence; if it keeps happening, check the log for a crash")]

@@ -151,14 +151,12 @@ impl FakeWorker {
                 texts,
                 reply,
             } => {
-                let r = self
-                    .find_kind(&model, ModelKind::Embed)
-                    .map(|_| {
-                        texts
-                            .iter()
-                            .map(|t| hash_vector(t, self.script.embedding_dim))
-                            .collect()
-                    });
+                let r = self.find_kind(&model, ModelKind::Embed).map(|_| {
+                    texts
+                        .iter()
+                        .map(|t| hash_vector(t, self.script.embedding_dim))
+                        .collect()
+                });
                 let _ = reply.send(r);
             }
             EngineCmd::Generate {

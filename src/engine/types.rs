@@ -137,7 +137,10 @@ pub enum GenEvent {
     },
     /// One generated token; `text` holds only complete UTF-8 (may be empty while a multi-byte
     /// character is still pending).
-    Token { id: u32, text: String },
+    Token {
+        id: u32,
+        text: String,
+    },
     Done(GenStats),
     Failed(EngineError),
 }

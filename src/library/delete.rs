@@ -15,20 +15,39 @@ use super::{LibraryError, Location, Model};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Removal {
-    File { path: PathBuf, size: u64 },
-    Dir { path: PathBuf, size: u64 },
+    File {
+        path: PathBuf,
+        size: u64,
+    },
+    Dir {
+        path: PathBuf,
+        size: u64,
+    },
     /// Drop `path` from the imports list; the files themselves stay.
-    ImportRecord { imports_file: PathBuf, path: PathBuf },
+    ImportRecord {
+        imports_file: PathBuf,
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Removal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Removal::File { path, size } => {
-                write!(f, "delete file   {} ({})", path.display(), human::bytes(*size))
+                write!(
+                    f,
+                    "delete file   {} ({})",
+                    path.display(),
+                    human::bytes(*size)
+                )
             }
             Removal::Dir { path, size } => {
-                write!(f, "delete folder {} ({})", path.display(), human::bytes(*size))
+                write!(
+                    f,
+                    "delete folder {} ({})",
+                    path.display(),
+                    human::bytes(*size)
+                )
             }
             Removal::ImportRecord { imports_file, path } => write!(
                 f,
@@ -142,8 +161,8 @@ fn hf_plan(
     only: Option<&[PathBuf]>,
 ) -> Result<DeletePlan, LibraryError> {
     let snapshots_dir = repo_dir.join("snapshots");
-    let entries =
-        std::fs::read_dir(&snapshots_dir).map_err(|e| LibraryError::io("reading", &snapshots_dir, e))?;
+    let entries = std::fs::read_dir(&snapshots_dir)
+        .map_err(|e| LibraryError::io("reading", &snapshots_dir, e))?;
     // blob → every (snapshot, relative path) that points at it.
     let mut users: BTreeMap<PathBuf, Vec<(String, PathBuf)>> = BTreeMap::new();
     let mut snapshot_count = 0;

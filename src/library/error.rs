@@ -16,7 +16,9 @@ pub enum LibraryError {
     },
     #[error("{path} is not in the library. Add it with `influence import {path}`")]
     PathNotInLibrary { path: String },
-    #[error("{name} lives in {store} ({path}); Influence never deletes files it does not own. {hint}")]
+    #[error(
+        "{name} lives in {store} ({path}); Influence never deletes files it does not own. {hint}"
+    )]
     ForeignStore {
         name: String,
         store: &'static str,
@@ -31,7 +33,9 @@ pub enum LibraryError {
     ImportsFile { path: PathBuf, reason: String },
     #[error("refusing to delete {path}: it is outside {root}. The library changed since it was scanned; run the command again")]
     OutsideStore { path: PathBuf, root: PathBuf },
-    #[error("{action} {path} failed: {source}. Check the permissions of that folder and try again")]
+    #[error(
+        "{action} {path} failed: {source}. Check the permissions of that folder and try again"
+    )]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -49,7 +53,11 @@ fn suggest(suggestions: &[String]) -> String {
 }
 
 impl LibraryError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         LibraryError::Io {
             action,
             path: path.into(),

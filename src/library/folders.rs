@@ -10,7 +10,8 @@ use super::{Draft, Format, Location, Model, ModelFile, Source};
 const MAX_DEPTH: usize = 4;
 
 pub(crate) fn is_gguf(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 pub(crate) fn is_safetensors(p: &Path) -> bool {
@@ -52,7 +53,10 @@ pub(crate) fn gguf_groups(paths: &[PathBuf]) -> Vec<GgufGroup> {
             Some((prefix, i)) => (prefix.to_string(), i),
             None => (stem.clone(), 0),
         };
-        groups.entry((dir, key)).or_default().push((index, p.clone()));
+        groups
+            .entry((dir, key))
+            .or_default()
+            .push((index, p.clone()));
     }
     let mut out: Vec<GgufGroup> = groups
         .into_iter()
@@ -90,7 +94,10 @@ fn split_quant(stem: &str) -> (String, Option<String>) {
             if base.is_empty() {
                 (stem.to_string(), Some(label.to_string()))
             } else {
-                (base.replace("..", ".").replace("--", "-"), Some(label.to_string()))
+                (
+                    base.replace("..", ".").replace("--", "-"),
+                    Some(label.to_string()),
+                )
             }
         }
         None => (stem.to_string(), None),
@@ -295,7 +302,10 @@ pub(crate) fn scan_import(path: &Path, out: &mut Vec<Model>, warnings: &mut Vec<
         return;
     }
     if path.is_file() {
-        let siblings = path.parent().map(|d| list_dir(d, warnings)).unwrap_or_default();
+        let siblings = path
+            .parent()
+            .map(|d| list_dir(d, warnings))
+            .unwrap_or_default();
         let group = gguf_groups(&siblings)
             .into_iter()
             .find(|g| g.shards.iter().any(|s| s == path));

@@ -155,7 +155,8 @@ impl GgufHeader {
     /// `<arch>.<key>` as an unsigned integer.
     pub fn arch_u64(&self, key: &str) -> Option<u64> {
         let arch = self.architecture()?;
-        self.get(&format!("{arch}.{key}")).and_then(MetaValue::as_u64)
+        self.get(&format!("{arch}.{key}"))
+            .and_then(MetaValue::as_u64)
     }
 
     /// Absolute offset where the last tensor's data ends; `None` if a tensor has an unknown type.
@@ -163,7 +164,11 @@ impl GgufHeader {
         let mut end = self.data_offset;
         for t in &self.tensors {
             let bytes = t.ty.bytes_for(t.elements())?;
-            end = end.max(self.data_offset.saturating_add(t.offset).saturating_add(bytes));
+            end = end.max(
+                self.data_offset
+                    .saturating_add(t.offset)
+                    .saturating_add(bytes),
+            );
         }
         Some(end)
     }
@@ -181,7 +186,9 @@ pub enum GgufError {
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (this reader knows 2 and 3)")]
     BadVersion(u32),
-    #[error("header is cut short: the file ends inside the {0} (the download is probably incomplete)")]
+    #[error(
+        "header is cut short: the file ends inside the {0} (the download is probably incomplete)"
+    )]
     Truncated(&'static str),
     #[error("header is corrupt: {0}")]
     Corrupt(String),
@@ -334,7 +341,9 @@ impl<R: Read + Seek> Reader<R> {
                 let elem = self.u32()?;
                 let len = self.u64()?;
                 if len > MAX_COUNT * 16 {
-                    return Err(GgufError::Corrupt(format!("an array claims {len} elements")));
+                    return Err(GgufError::Corrupt(format!(
+                        "an array claims {len} elements"
+                    )));
                 }
                 match fixed_size(elem) {
                     Some(size) => self.skip(len * size)?,
@@ -416,7 +425,12 @@ mod tests {
         for t in &ours.tensors {
             let c = &theirs.tensor_infos[&t.name];
             assert_eq!(t.offset, c.offset, "{}", t.name);
-            assert_eq!(t.ty.name(), format!("{:?}", c.ggml_dtype).replace('K', "_K"), "{}", t.name);
+            assert_eq!(
+                t.ty.name(),
+                format!("{:?}", c.ggml_dtype).replace('K', "_K"),
+                "{}",
+                t.name
+            );
             let mut dims: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
             dims.reverse();
             assert_eq!(dims, c.shape.dims(), "{}", t.name);

@@ -150,7 +150,11 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
         .filter(|e| e.path().is_dir())
         .map(|e| {
             let modified = e.metadata().ok().and_then(|m| m.modified().ok());
-            (e.file_name().to_string_lossy().into_owned(), e.path(), modified)
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path(),
+                modified,
+            )
         })
         .collect();
     snapshots.sort();
@@ -161,12 +165,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
         .map(|(c, _)| c.clone());
     let primary = main
         .filter(|c| snapshots.iter().any(|s| &s.0 == c))
-        .or_else(|| {
-            snapshots
-                .iter()
-                .max_by_key(|s| s.2)
-                .map(|s| s.0.clone())
-        });
+        .or_else(|| snapshots.iter().max_by_key(|s| s.2).map(|s| s.0.clone()));
     for (commit, snap_dir, _) in &snapshots {
         let suffix = if Some(commit) == primary.as_ref() {
             String::new()
@@ -215,7 +214,10 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                     .finish(ins),
                 );
             }
-        } else if rels.iter().any(|r| r.components().count() == 1 && is_safetensors(r)) {
+        } else if rels
+            .iter()
+            .any(|r| r.components().count() == 1 && is_safetensors(r))
+        {
             let st: Vec<PathBuf> = rels
                 .iter()
                 .filter(|r| r.components().count() == 1 && is_safetensors(r))

@@ -34,7 +34,9 @@ pub fn bytes(n: u64) -> String {
 
 /// RFC 3339 in UTC, or `None`.
 pub fn time(t: Option<SystemTime>) -> Option<String> {
-    t.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    t.map(|t| {
+        chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
 }
 
 pub(crate) fn serialize_time<S: serde::Serializer>(

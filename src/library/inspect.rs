@@ -93,7 +93,11 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
             }
             let bytes = t.ty.bytes_for(n).unwrap_or(0);
             // candle dequantizes F16/BF16 weights of GGUF models to f32.
-            weight_bytes += if matches!(t.ty.0, 1 | 30) { bytes * 2 } else { bytes };
+            weight_bytes += if matches!(t.ty.0, 1 | 30) {
+                bytes * 2
+            } else {
+                bytes
+            };
         }
         ins.info.tensor_count += header.tensors.len();
         if first.is_none() {
@@ -179,10 +183,43 @@ fn file_type_label(ft: u64) -> Option<&'static str> {
 
 /// Quant labels recognised in file names, longest first so `Q4_K_M` wins over `Q4_K`.
 const NAME_LABELS: &[&str] = &[
-    "MXFP4_MOE", "IQ2_XXS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
-    "Q5_K_M", "Q2_K_S", "IQ2_XS", "IQ3_XS", "IQ4_NL", "IQ4_XS", "IQ2_S", "IQ2_M", "IQ3_S", "IQ3_M",
-    "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K",
-    "Q3_K", "Q4_K", "Q5_K", "Q6_K", "BF16", "F16", "F32",
+    "MXFP4_MOE",
+    "IQ2_XXS",
+    "IQ3_XXS",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q2_K_S",
+    "IQ2_XS",
+    "IQ3_XS",
+    "IQ4_NL",
+    "IQ4_XS",
+    "IQ2_S",
+    "IQ2_M",
+    "IQ3_S",
+    "IQ3_M",
+    "IQ1_S",
+    "IQ1_M",
+    "TQ1_0",
+    "TQ2_0",
+    "MXFP4",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "BF16",
+    "F16",
+    "F32",
 ];
 
 /// The quant label written in a GGUF file name (`...-Q4_K_M.gguf`, `....q8_0.gguf`), if any.
@@ -248,7 +285,8 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         let header = match safetensors::read_header(file) {
             Ok(h) => h,
             Err(e) => {
-                ins.broken.get_or_insert_with(|| format!("{}: {e}", file_name(file)));
+                ins.broken
+                    .get_or_insert_with(|| format!("{}: {e}", file_name(file)));
                 continue;
             }
         };

@@ -62,7 +62,12 @@ impl LibraryRoots {
             .filter(|p| p.join("manifests").is_dir());
         let lmstudio = home
             .iter()
-            .flat_map(|h| [h.join(".lmstudio/models"), h.join(".cache/lm-studio/models")])
+            .flat_map(|h| {
+                [
+                    h.join(".lmstudio/models"),
+                    h.join(".cache/lm-studio/models"),
+                ]
+            })
             .filter(|p| p.is_dir())
             .collect();
         LibraryRoots {
@@ -133,8 +138,12 @@ pub enum Runnable {
     Yes,
     /// Runs, but these tensor types have no hand-written candle kernel and decode several times
     /// slower per byte than Q4_0/Q8_0/K-quants.
-    SlowPath { types: Vec<String> },
-    No { reason: String },
+    SlowPath {
+        types: Vec<String>,
+    },
+    No {
+        reason: String,
+    },
 }
 
 impl Runnable {
@@ -222,11 +231,15 @@ pub enum Location {
         commit: String,
         only: Option<Vec<PathBuf>>,
     },
-    Ollama { manifest: PathBuf },
+    Ollama {
+        manifest: PathBuf,
+    },
     Lmstudio,
     Folder,
     /// `record` is the path as written in the imports list.
-    Import { record: PathBuf },
+    Import {
+        record: PathBuf,
+    },
 }
 
 /// A model found on disk.
@@ -300,9 +313,8 @@ impl Draft {
             .sum();
         let modified = self.files.iter().filter_map(|f| f.modified).max();
         let runnable = support::assess(&ins);
-        let memory_estimate = (ins.broken.is_none()).then(|| {
-            estimate_memory(&ins.info, ins.kind, ins.kv_value_bytes, DEFAULT_CONTEXT)
-        });
+        let memory_estimate = (ins.broken.is_none())
+            .then(|| estimate_memory(&ins.info, ins.kind, ins.kv_value_bytes, DEFAULT_CONTEXT));
         Model {
             name: self.name,
             repo: self.repo,

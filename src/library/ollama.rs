@@ -89,8 +89,12 @@ fn read_model(root: &Path, manifests: &Path, path: &Path) -> Result<Option<Model
     let Some(model_layer) = manifest.layers.iter().find(|l| l.media_type == MODEL_LAYER) else {
         return Ok(None);
     };
-    let (gguf, _) = blob_path(root, &model_layer.digest)
-        .ok_or_else(|| format!("model layer has an unexpected digest {}", model_layer.digest))?;
+    let (gguf, _) = blob_path(root, &model_layer.digest).ok_or_else(|| {
+        format!(
+            "model layer has an unexpected digest {}",
+            model_layer.digest
+        )
+    })?;
     let mut files = Vec::new();
     for layer in manifest.config.iter().chain(manifest.layers.iter()) {
         if let Some((blob, hash)) = blob_path(root, &layer.digest) {

@@ -23,18 +23,28 @@ pub(crate) fn resolve<'a>(models: &'a [Model], query: &str) -> Result<&'a Model,
         &|m| match q.rsplit_once(':') {
             Some((repo, quant)) => {
                 repo_matches(&m.repo, repo)
-                    && m.quant_tag.as_deref().is_some_and(|t| t.to_lowercase() == quant)
+                    && m.quant_tag
+                        .as_deref()
+                        .is_some_and(|t| t.to_lowercase() == quant)
             }
             None => false,
         },
-        &|m| keys(m).iter().any(|k| k == &q || k.ends_with(&format!("/{q}"))),
+        &|m| {
+            keys(m)
+                .iter()
+                .any(|k| k == &q || k.ends_with(&format!("/{q}")))
+        },
         &|m| m.name.to_lowercase().ends_with(&q),
     ];
     for step in steps {
         let mut found: Vec<&Model> = models.iter().filter(|m| step(m)).collect();
         // `org/name` means the current revision, not an older snapshot kept in the cache.
         if found.len() > 1 {
-            let current: Vec<&Model> = found.iter().copied().filter(|m| !is_old_revision(m)).collect();
+            let current: Vec<&Model> = found
+                .iter()
+                .copied()
+                .filter(|m| !is_old_revision(m))
+                .collect();
             if current.len() == 1 {
                 found = current;
             }
@@ -61,7 +71,10 @@ fn is_old_revision(m: &Model) -> bool {
 }
 
 fn looks_like_path(q: &str) -> bool {
-    q.starts_with('/') || q.starts_with('.') || q.starts_with('~') || q.ends_with(".gguf")
+    q.starts_with('/')
+        || q.starts_with('.')
+        || q.starts_with('~')
+        || q.ends_with(".gguf")
         || Path::new(q).is_absolute()
         || (Path::new(q).exists() && !q.contains(':'))
 }
@@ -135,7 +148,11 @@ fn close_matches(models: &[Model], q: &str) -> Vec<String> {
         .collect();
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);
-    scored.into_iter().take(5).map(|(_, n)| n.to_string()).collect()
+    scored
+        .into_iter()
+        .take(5)
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {

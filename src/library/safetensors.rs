@@ -125,5 +125,8 @@ pub fn dtype_size(dtype: &str) -> Option<u64> {
 
 /// Weight dtypes (integer tensors such as `position_ids` are buffers, not parameters).
 pub fn is_float(dtype: &str) -> bool {
-    matches!(dtype, "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2")
+    matches!(
+        dtype,
+        "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2"
+    )
 }

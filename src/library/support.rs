@@ -92,9 +92,7 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                 .st_dtypes
                 .iter()
                 .map(String::as_str)
-                .filter(|d| {
-                    !matches!(*d, "F32" | "F16" | "BF16" | "I64" | "I32")
-                })
+                .filter(|d| !matches!(*d, "F32" | "F16" | "BF16" | "I64" | "I32"))
                 .collect();
             if !bad.is_empty() {
                 return Runnable::No {
@@ -112,7 +110,12 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
 /// Bytes needed to run a model: weights + KV cache for `context` tokens + ~10% overhead.
 /// KV cache per token = 2 (K and V) × layers × kv_heads × head_dim × bytes per value.
 /// Embedding models (encoders) keep no KV cache.
-pub fn estimate_memory(info: &ModelInfo, kind: ModelKind, kv_value_bytes: u64, context: u64) -> u64 {
+pub fn estimate_memory(
+    info: &ModelInfo,
+    kind: ModelKind,
+    kv_value_bytes: u64,
+    context: u64,
+) -> u64 {
     let ctx = info.context_length.map_or(context, |c| c.min(context));
     let kv = match (kind, info.layers, info.kv_heads, info.head_dim) {
         (ModelKind::Generate, Some(l), Some(h), Some(d)) => 2 * l * h * d * kv_value_bytes * ctx,

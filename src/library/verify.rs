@@ -11,11 +11,16 @@ use super::{FileHash, Model};
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum FileCheck {
     Ok,
-    Mismatch { expected: String, actual: String },
+    Mismatch {
+        expected: String,
+        actual: String,
+    },
     Missing,
     /// The store recorded no hash for this file (LM Studio, plain folders, copied snapshots).
     NoRecordedHash,
-    Unreadable { error: String },
+    Unreadable {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -133,8 +133,7 @@ impl CodeHighlighter {
         if self.lines > MAX_LINES || self.bytes > MAX_BYTES || line.len() > MAX_LINE_BYTES {
             return plain();
         }
-        let (Some((parse, hl)), Some(highlighter)) = (self.state.as_mut(), self.highlighter)
-        else {
+        let (Some((parse, hl)), Some(highlighter)) = (self.state.as_mut(), self.highlighter) else {
             return plain();
         };
         // The "newlines" syntax set expects each line to end with '\n'.
@@ -186,7 +185,10 @@ mod tests {
         let bg = Style::new().bg(Color::Rgb(1, 2, 3));
         let mut rust = CodeHighlighter::new(Some("rust"), "base16-ocean.dark");
         let spans = rust.line("fn main() { let x = 1; }", Style::new(), bg);
-        assert!(spans.len() > 3, "rust should be split into tokens: {spans:?}");
+        assert!(
+            spans.len() > 3,
+            "rust should be split into tokens: {spans:?}"
+        );
         assert!(spans.iter().all(|s| s.style.bg == bg.bg));
         let mut unknown = CodeHighlighter::new(Some("no-such-lang"), "base16-ocean.dark");
         let spans = unknown.line("fn main() {}", Style::new(), bg);

@@ -77,8 +77,8 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
             broken.push(link.span.clone());
             None
         };
-        let mut iter =
-            Parser::new_with_broken_link_callback(src, options(), Some(callback)).into_offset_iter();
+        let mut iter = Parser::new_with_broken_link_callback(src, options(), Some(callback))
+            .into_offset_iter();
         let events: Vec<_> = iter.by_ref().collect();
         for (_, def) in iter.reference_definitions().iter() {
             definitions.push(def.span.clone());
@@ -218,7 +218,9 @@ impl<'s> Writer<'s> {
     }
 
     fn in_quote(&self) -> bool {
-        self.containers.iter().any(|c| matches!(c, Container::Quote))
+        self.containers
+            .iter()
+            .any(|c| matches!(c, Container::Quote))
     }
 
     fn base_style(&self) -> Style {
@@ -908,7 +910,10 @@ mod tests {
 
     #[test]
     fn task_list_markers() {
-        assert_eq!(plain("- [ ] todo\n- [x] done"), ["• [ ] todo", "• [x] done"]);
+        assert_eq!(
+            plain("- [ ] todo\n- [x] done"),
+            ["• [ ] todo", "• [x] done"]
+        );
     }
 
     #[test]

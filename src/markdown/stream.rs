@@ -229,7 +229,10 @@ mod tests {
         s.finish();
         assert_eq!(
             s.committed(),
-            render("# Title\n\nSecond para goes on\n\nthird", &MarkdownStyles::dark())
+            render(
+                "# Title\n\nSecond para goes on\n\nthird",
+                &MarkdownStyles::dark()
+            )
         );
     }
 
@@ -253,7 +256,8 @@ mod tests {
 
     #[test]
     fn late_reference_definition_is_honoured() {
-        let text = "See [the docs][d] now.\n\nMore text.\n\nEven more.\n\n[d]: https://example.com\n";
+        let text =
+            "See [the docs][d] now.\n\nMore text.\n\nEven more.\n\n[d]: https://example.com\n";
         for step in 1..8 {
             let chunks = vec![step; text.len() / step + 1];
             let (got, _) = streamed(text, &chunks);

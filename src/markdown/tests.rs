@@ -75,7 +75,12 @@ fn streamed_equals_full_at_every_char_boundary() {
         // One push per char: every boundary, including inside emoji ZWJ sequences, flags,
         // combining accents and fence markers, is a split point.
         let got = stream_with_splits(text, &boundaries, &styles);
-        assert_eq!(got, full, "mismatch for corpus entry starting {:?}", &text[..20]);
+        assert_eq!(
+            got,
+            full,
+            "mismatch for corpus entry starting {:?}",
+            &text[..20]
+        );
     }
 }
 
@@ -84,7 +89,10 @@ fn streamed_equals_full_for_line_sized_chunks() {
     let styles = MarkdownStyles::light();
     for text in CORPUS {
         let cuts: Vec<usize> = text.match_indices('\n').map(|(i, _)| i + 1).collect();
-        assert_eq!(stream_with_splits(text, &cuts, &styles), render(text, &styles));
+        assert_eq!(
+            stream_with_splits(text, &cuts, &styles),
+            render(text, &styles)
+        );
     }
 }
 

@@ -90,7 +90,14 @@ fn wrap_one(line: &Line, width: usize, out: &mut Vec<Line<'static>>) {
         })
         .collect();
     let finish = |row: Vec<(&str, Style)>, out: &mut Vec<Line<'static>>| {
-        let mut l = Line::from(spans_of(&row, if code { Some((line.style, width)) } else { None }));
+        let mut l = Line::from(spans_of(
+            &row,
+            if code {
+                Some((line.style, width))
+            } else {
+                None
+            },
+        ));
         l.style = line.style;
         l.alignment = line.alignment;
         out.push(l);
@@ -111,7 +118,12 @@ fn wrap_one(line: &Line, width: usize, out: &mut Vec<Line<'static>>) {
         prefix_w = 0;
     }
 
-    if !code && prefix_len < gs.len() && gs[prefix_len..].iter().all(|g| g.sym.starts_with(RULE_CHAR)) {
+    if !code
+        && prefix_len < gs.len()
+        && gs[prefix_len..]
+            .iter()
+            .all(|g| g.sym.starts_with(RULE_CHAR))
+    {
         let mut row: Vec<(&str, Style)> = Vec::new();
         let mut w = 0;
         for g in &gs[..prefix_len] {
@@ -262,7 +274,12 @@ fn prose_prefix_len(gs: &[G]) -> usize {
             after_marker = true;
             continue;
         }
-        if after_marker && sym(0) == "[" && matches!(sym(1), " " | "x") && sym(2) == "]" && sym(3) == " " {
+        if after_marker
+            && sym(0) == "["
+            && matches!(sym(1), " " | "x")
+            && sym(2) == "]"
+            && sym(3) == " "
+        {
             i += 4;
             continue;
         }
@@ -331,7 +348,10 @@ mod tests {
         for r in rows(&got) {
             assert!(r.width() <= 5, "{r:?} is wider than 5");
         }
-        assert_eq!(rows(&got).concat().replace(' ', ""), "漢字漢字漢字emoji👩‍👩‍👧‍👦👍ok");
+        assert_eq!(
+            rows(&got).concat().replace(' ', ""),
+            "漢字漢字漢字emoji👩‍👩‍👧‍👦👍ok"
+        );
     }
 
     #[test]
@@ -371,10 +391,7 @@ mod tests {
         let st = MarkdownStyles::dark();
         let lines = render("```zzz\n  let value = 12345;\n```", &st);
         let got = wrap_lines(&lines, 8);
-        assert_eq!(
-            rows(&got),
-            ["zzz     ", "  let va", "lue = 12", "345;    "]
-        );
+        assert_eq!(rows(&got), ["zzz     ", "  let va", "lue = 12", "345;    "]);
         for row in &got {
             assert_eq!(row.style.bg, st.code_bg.bg);
             assert!(row.spans.iter().all(|s| s.style.bg == st.code_bg.bg));

@@ -1,7 +1,9 @@
 //! Drawing. `draw` lays out the screen; each pane draws itself from `&State`.
 
+pub mod chat;
 pub mod help;
 pub mod panes;
+pub mod params;
 pub mod status;
 
 use crate::app::state::{Pane, State, MIN_SIZE};

@@ -7,6 +7,9 @@ use ratatui::Frame;
 
 pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
     let pane = state.main_pane;
+    if pane == Pane::Chat {
+        return super::chat::draw(f, area, state);
+    }
     let block = pane_block(pane.title(), state.focus == pane, state);
     let inner = block.inner(area);
     f.render_widget(block, area);
@@ -21,8 +24,5 @@ pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
 }
 
 pub fn draw_params(f: &mut Frame, area: Rect, state: &State) {
-    let block = pane_block(Pane::Params.title(), state.focus == Pane::Params, state);
-    let inner = block.inner(area);
-    f.render_widget(block, area);
-    empty_state(f, inner, &["No model loaded."], state.theme.muted);
+    super::params::draw(f, area, state);
 }
