@@ -16,7 +16,7 @@ const WIDTH: u16 = 100;
 const VISIBLE_ROWS: usize = 50;
 
 fn message(i: usize) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         return format!("Question {i}: how do I read a file line by line in Rust?");
     }
     format!(

@@ -36,6 +36,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Search the Hugging Face Hub (or the mirror in HF_ENDPOINT).
+    Search(crate::commands::search::SearchArgs),
+    /// Download a model into the Hugging Face cache: one GGUF quant, or a safetensors set.
+    Pull(crate::commands::pull::PullArgs),
+    /// List local models: our store, the HF cache, other apps' stores and imported paths.
+    List(crate::commands::list::ListArgs),
+    /// Show everything known about one local model.
+    Show(crate::commands::show::ShowArgs),
+    /// Check a model's files against their recorded hashes.
+    Verify(crate::commands::verify::VerifyArgs),
+    /// Delete a model (lists exactly what will be removed first).
+    Rm(crate::commands::rm::RmArgs),
+    /// Add a .gguf file or a model folder to the library, by reference (nothing is copied).
+    Import(crate::commands::import::ImportArgs),
+    /// Generate text with a model, streamed to stdout (chat template applied unless --raw).
+    Run(crate::commands::run::RunArgs),
+    /// Print one JSON array of floats per input text, one per line.
+    Embed(crate::commands::embed::EmbedArgs),
+    /// Measure prompt and generation speed, time to first token and load time.
+    Bench(crate::commands::bench::BenchArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }

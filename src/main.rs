@@ -1,6 +1,6 @@
 use clap::Parser;
 use influence::cli::{Cli, Command};
-use influence::config;
+use influence::{commands, config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -24,7 +24,27 @@ fn main() -> ExitCode {
                 None
             }
         };
+    let ctx = context(&loaded);
     let result = match cli.command {
+        Some(Command::Search(a)) => commands::search::run(a, &ctx),
+        Some(Command::Pull(a)) => commands::pull::run(a, &ctx),
+        Some(Command::List(a)) => commands::list::run(a, &ctx),
+        Some(Command::Show(a)) => commands::show::run(a, &ctx),
+        Some(Command::Verify(a)) => commands::verify::run(a, &ctx),
+        Some(Command::Rm(a)) => commands::rm::run(a, &ctx),
+        Some(Command::Import(a)) => commands::import::run(a, &ctx),
+        Some(Command::Run(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::run::run(&a, &ctx)
+        }),
+        Some(Command::Embed(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::embed::run(&a, &ctx)
+        }),
+        Some(Command::Bench(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
+            a.model = p;
+            commands::bench::run(&a, &ctx)
+        }),
         Some(Command::Config) => {
             print!("{}", loaded.describe());
             Ok(())
@@ -38,6 +58,18 @@ fn main() -> ExitCode {
             eprintln!("influence: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What subcommands need from the configuration.
+fn context(loaded: &config::Loaded) -> commands::Context {
+    commands::Context {
+        hf_home: loaded.hf_home(),
+        data_dir: loaded.dirs.data_dir.clone(),
+        endpoint: loaded.config.hub.endpoint.clone(),
+        token: loaded.token(),
+        threads: loaded.threads(),
+        model_dirs: loaded.model_dirs(),
     }
 }
 

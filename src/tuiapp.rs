@@ -35,6 +35,7 @@ fn start_chat(
     loaded: &Loaded,
     state: &mut State,
     model: Option<String>,
+    roots: LibraryRoots,
 ) -> (ChatRunner, Vec<crate::app::effect::Effect>) {
     let c = &loaded.config;
     let engine = EngineHandle::spawn(EngineOptions {
@@ -42,8 +43,6 @@ fn start_chat(
         max_loaded: c.engine.max_loaded.max(1),
     });
     let data_dir = loaded.dirs.data_dir.clone();
-    let model_dirs: Vec<std::path::PathBuf> = c.paths.model_dirs.iter().map(Into::into).collect();
-    let roots = LibraryRoots::detect(&loaded.hf_home(), &data_dir, &model_dirs);
     let runner = ChatRunner::new(engine, data_dir.clone())
         .with_library(roots)
         .with_remote_key(std::env::var("INFLUENCE_REMOTE_API_KEY").ok());
@@ -84,9 +83,30 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut state = initial_state(&loaded, size)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (chat, first) = start_chat(&loaded, &mut state, model);
-    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone()).with_chat(chat);
+    let roots = crate::library::LibraryRoots::detect(
+        &loaded.hf_home(),
+        &loaded.dirs.data_dir,
+        &loaded.model_dirs(),
+    );
+    let hub = crate::hub::HubClient::new(&loaded.config.hub.endpoint, loaded.token())?;
+    state.hub = crate::app::hub::HubState::new(
+        loaded.config.hub.endpoint.clone(),
+        crate::hub::MemInfo::read(),
+    );
+    let downloads = start_downloads(&loaded, hub.clone(), tx.clone());
+    if let Err(e) = &downloads {
+        state.downloads.unavailable = Some(e.clone());
+    }
+    let (chat, first) = start_chat(&loaded, &mut state, model, roots.clone());
+    let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone(), roots)
+        .with_services(hub, downloads.ok())
+        .with_chat(chat);
     runner.run(first);
+    // The library is listed at start so every pane knows what is on disk.
+    state.library.scanning = true;
+    runner.run(vec![crate::app::effect::Effect::Library(
+        crate::app::library::LibraryEffect::Scan,
+    )]);
 
     spawn_memory_sampler(tx.clone());
     spawn_signal_watch(tx.clone());
@@ -102,8 +122,35 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     )
     .await?;
     drop(guard);
+    runner.shutdown().await;
     tracing::info!(frames = stats.frames, msgs = stats.msgs, "left the app");
     Ok(())
+}
+
+/// Starts the download manager (it resumes an unfinished queue) and forwards its events.
+fn start_downloads(
+    loaded: &Loaded,
+    hub: crate::hub::HubClient,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+) -> Result<crate::downloads::DownloadHandle, String> {
+    let mut cfg = crate::downloads::ManagerConfig::new(
+        hub,
+        loaded.hf_home().join("hub"),
+        loaded.dirs.data_dir.clone(),
+    );
+    cfg.concurrency = loaded.config.downloads.concurrency;
+    let (handle, mut events) = crate::downloads::spawn(cfg).map_err(|e| {
+        tracing::error!("download manager: {e}");
+        e.to_string()
+    })?;
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if tx.send(Msg::Download(ev)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(handle)
 }
 
 fn spawn_memory_sampler(tx: tokio::sync::mpsc::UnboundedSender<Msg>) {

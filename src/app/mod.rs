@@ -1,7 +1,10 @@
 //! The app: state, messages, the pure update, effects and the event loop that ties them.
 
 pub mod chat;
+pub mod downloads;
 pub mod effect;
+pub mod hub;
+pub mod library;
 pub mod msg;
 pub mod state;
 pub mod update;

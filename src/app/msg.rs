@@ -1,6 +1,9 @@
 //! `Msg`: everything that can happen to the app.
 
+use super::hub::HubMsg;
+use super::library::LibraryMsg;
 use crate::config::theme::Theme;
+use crate::downloads::DownloadEvent;
 use crossterm::event::{KeyEvent, MouseEvent};
 
 #[derive(Debug, Clone)]
@@ -17,4 +20,7 @@ pub enum Msg {
     Shutdown,
     /// Results of the chat's background work.
     Chat(super::chat::ChatMsg),
+    Library(LibraryMsg),
+    Hub(HubMsg),
+    Download(DownloadEvent),
 }

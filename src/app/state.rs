@@ -1,5 +1,8 @@
 //! `State`: everything the screen shows, as plain data owned by the app loop.
 
+use super::downloads::DownloadsState;
+use super::hub::HubState;
+use super::library::LibraryState;
 use crate::config::keymap::{Context, Keymap};
 use crate::config::theme::Theme;
 
@@ -83,6 +86,9 @@ pub struct State {
     pub status: Status,
     pub chat: super::chat::ChatState,
     pub params: super::chat::params::ParamsState,
+    pub library: LibraryState,
+    pub hub: HubState,
+    pub downloads: DownloadsState,
 }
 
 /// The smallest terminal the layout works in.
@@ -103,18 +109,26 @@ impl State {
             status: Status::default(),
             chat: Default::default(),
             params: Default::default(),
+            library: LibraryState::default(),
+            hub: HubState::new(String::new(), None),
+            downloads: DownloadsState::default(),
         }
     }
 
     /// Whether keys go to a text field, so plain letters are text, not commands.
     pub fn typing(&self) -> bool {
-        super::chat::typing(self)
+        (self.focus == Pane::Library && self.library.typing())
+            || (self.focus == Pane::Hub && self.hub.typing())
+            || super::chat::typing(self)
     }
 
     /// Keymap contexts for the current mode, most specific first.
     pub fn contexts(&self) -> Vec<Context> {
         if self.help.is_some() {
             return vec![Context::Help, Context::Global];
+        }
+        if self.library.confirm.is_some() {
+            return vec![Context::Confirm, Context::Global];
         }
         if self.typing() {
             return vec![Context::Input, Context::Global];

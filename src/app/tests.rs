@@ -12,6 +12,11 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use std::collections::BTreeMap;
 
+pub fn empty_roots() -> crate::library::LibraryRoots {
+    let p = std::path::Path::new("/nonexistent");
+    crate::library::LibraryRoots::detect(p, p, &[])
+}
+
 pub fn test_state(w: u16, h: u16) -> State {
     State::new(
         Theme::dark(),
@@ -150,7 +155,7 @@ async fn loop_coalesces_many_messages_into_few_frames() {
     let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
     let mut state = test_state(100, 30);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into());
+    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into(), empty_roots());
     // 500 visible changes queued at once, then quit.
     for i in 0..500u64 {
         tx.send(Msg::Memory((i + 1) << 20)).unwrap();
@@ -176,7 +181,7 @@ async fn loop_draws_the_screen_and_quits_on_keys() {
     let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
     let mut state = test_state(100, 30);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into());
+    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into(), empty_roots());
     let events = futures::stream::iter(vec![ch('3')]).chain(futures::stream::iter(vec![]));
     let handle = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -197,4 +202,391 @@ async fn loop_draws_the_screen_and_quits_on_keys() {
     assert!(state.quit);
     let screen = format!("{:?}", terminal.backend().buffer());
     assert!(screen.contains("Library"));
+}
+
+/// The real test models folder; panics with the fix when it is missing.
+pub fn test_models() -> std::path::PathBuf {
+    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            directories::BaseDirs::new()
+                .expect("a home folder")
+                .home_dir()
+                .join(".cache/influence-test-models")
+        });
+    assert!(
+        dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .is_file(),
+        "test models missing in {}: run scripts/fetch-test-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// A library with the real SmolLM2 and MiniLM imported by reference, plus a truncated GGUF.
+pub fn library_with_models(tmp: &std::path::Path) -> crate::library::Library {
+    let models = test_models();
+    let data = tmp.join("data");
+    let roots = crate::library::LibraryRoots::detect(&tmp.join("hf"), &data, &[]);
+    crate::library::import(
+        &roots,
+        &models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    )
+    .unwrap();
+    crate::library::import(&roots, &models.join("minilm")).unwrap();
+    let broken = tmp.join("broken.gguf");
+    let head = std::fs::read(models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    std::fs::write(&broken, &head[..4 << 20]).unwrap();
+    crate::library::import(&roots, &broken).unwrap();
+    crate::library::Library::scan(&roots)
+}
+
+mod library_pane {
+    use super::*;
+    use crate::app::library::{LibraryEffect, LibraryMsg};
+    use std::sync::Arc;
+
+    fn scanned(s: &mut State, lib: &crate::library::Library) {
+        update(
+            s,
+            Msg::Library(LibraryMsg::Scanned {
+                models: Arc::new(lib.models().to_vec()),
+                warnings: vec![],
+            }),
+        );
+    }
+
+    #[test]
+    fn focusing_rescans_and_filter_narrows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = library_with_models(tmp.path());
+        let mut s = test_state(120, 36);
+        assert_eq!(
+            update(&mut s, ch('3')),
+            vec![Effect::Library(LibraryEffect::Scan)]
+        );
+        scanned(&mut s, &lib);
+        assert_eq!(s.library.view.len(), 3);
+        update(&mut s, ch('/'));
+        assert!(s.typing(), "filtering takes typed keys");
+        for c in "smol".chars() {
+            update(&mut s, ch(c));
+        }
+        assert!(!s.quit);
+        assert_eq!(s.library.view.len(), 1);
+        update(&mut s, key(KeyCode::Enter));
+        assert!(!s.typing());
+        assert_eq!(s.library.filter, "smol");
+        update(&mut s, ch('/'));
+        update(&mut s, key(KeyCode::Esc));
+        assert_eq!(s.library.view.len(), 3);
+    }
+
+    #[test]
+    fn sort_keeps_selection_and_delete_needs_confirmation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = library_with_models(tmp.path());
+        let mut s = test_state(120, 36);
+        update(&mut s, ch('3'));
+        scanned(&mut s, &lib);
+        update(&mut s, key(KeyCode::Down));
+        let chosen = s.library.selected_model().unwrap().name.clone();
+        update(&mut s, ch('s'));
+        assert_eq!(s.library.selected_model().unwrap().name, chosen);
+        let eff = update(&mut s, ch('d'));
+        assert!(matches!(
+            eff.as_slice(),
+            [Effect::Library(LibraryEffect::PlanDelete(m))] if m.name == chosen
+        ));
+        let model = lib.models().iter().find(|m| m.name == chosen).unwrap();
+        let plan = lib.delete_plan(model).unwrap();
+        update(
+            &mut s,
+            Msg::Library(LibraryMsg::DeletePlanned(Ok(plan.clone()))),
+        );
+        // While the question is open, q does not quit and n keeps everything.
+        update(&mut s, ch('q'));
+        assert!(!s.quit);
+        assert!(update(&mut s, ch('n')).is_empty());
+        assert!(s.library.confirm.is_none());
+        update(&mut s, Msg::Library(LibraryMsg::DeletePlanned(Ok(plan))));
+        let eff = update(&mut s, ch('y'));
+        assert!(
+            matches!(eff.as_slice(), [Effect::Library(LibraryEffect::Delete(p))] if p.model == chosen)
+        );
+    }
+
+    #[test]
+    fn pane_snapshot_lists_models_details_and_broken_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = library_with_models(tmp.path());
+        let mut s = test_state(130, 40);
+        update(&mut s, ch('3'));
+        scanned(&mut s, &lib);
+        // Select SmolLM2 so the details show its facts.
+        while s
+            .library
+            .selected_model()
+            .unwrap()
+            .info
+            .architecture
+            .as_deref()
+            != Some("llama")
+            || s.library.selected_model().unwrap().broken.is_some()
+        {
+            update(&mut s, key(KeyCode::Down));
+        }
+        let screen = crate::ui::tests::text(&s);
+        assert!(screen.contains("134.5M") && screen.contains("Q4_1") && screen.contains("8192"));
+        assert!(screen.contains("broken"), "{screen}");
+        let models = test_models();
+        let screen = screen
+            .replace(&tmp.path().display().to_string(), "<tmp>")
+            .replace(&models.display().to_string(), "<models>");
+        insta::assert_snapshot!(screen);
+    }
+}
+
+mod hub_and_downloads {
+    use super::*;
+    use crate::app::downloads::DownloadsEffect;
+    use crate::app::hub::{HubEffect, HubMsg};
+    use crate::downloads::{DownloadEvent, Progress};
+    use crate::hub::{Gated, LfsInfo, MemInfo, ModelInfo, ModelSummary, RepoFile};
+    use std::time::Duration;
+
+    fn summary(id: &str, downloads: u64) -> ModelSummary {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "downloads": downloads, "likes": downloads / 100,
+            "pipeline_tag": "text-generation", "lastModified": "2025-06-01T00:00:00.000Z",
+            "tags": ["gguf"]
+        }))
+        .unwrap()
+    }
+
+    fn lfs(path: &str, size: u64) -> RepoFile {
+        RepoFile {
+            path: path.into(),
+            size: Some(size),
+            blob_id: Some("0".repeat(40)),
+            lfs: Some(LfsInfo {
+                sha256: format!("{:0>64}", size),
+                size,
+            }),
+        }
+    }
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            id: "acme/tiny-GGUF".into(),
+            sha: Some("a".repeat(40)),
+            author: Some("acme".into()),
+            private: false,
+            gated: Gated::Auto,
+            disabled: false,
+            downloads: Some(5000),
+            likes: Some(40),
+            tags: vec!["gguf".into(), "llama".into()],
+            pipeline_tag: Some("text-generation".into()),
+            library_name: None,
+            license: Some("apache-2.0".into()),
+            last_modified: None,
+            files: vec![
+                lfs("tiny.Q2_K.gguf", 2_000_000_000),
+                lfs("tiny.Q4_K_M.gguf", 4_000_000_000),
+                lfs("tiny.Q8_0.gguf", 30_000_000_000),
+                RepoFile {
+                    path: "config.json".into(),
+                    size: Some(22),
+                    blob_id: Some("b".repeat(40)),
+                    lfs: None,
+                },
+            ],
+            rejected_paths: vec![],
+        }
+    }
+
+    fn hub_state() -> State {
+        let mut s = test_state(120, 36);
+        s.hub = crate::app::hub::HubState::new(
+            "http://hub.test".into(),
+            Some(MemInfo {
+                total_bytes: 16_000_000_000,
+                available_bytes: 12_000_000_000,
+            }),
+        );
+        s
+    }
+
+    #[test]
+    fn typing_debounces_and_stale_results_are_dropped() {
+        let mut s = hub_state();
+        update(&mut s, ch('/'));
+        assert!(s.typing());
+        let e1 = update(&mut s, ch('l'));
+        let e2 = update(&mut s, ch('q'));
+        assert_eq!(e1, vec![Effect::Hub(HubEffect::Debounce { seq: 1 })]);
+        assert_eq!(e2, vec![Effect::Hub(HubEffect::Debounce { seq: 2 })]);
+        assert!(!s.quit, "q is text while typing");
+        // The first timer is stale; the second one searches.
+        assert!(update(&mut s, Msg::Hub(HubMsg::Debounced { seq: 1 })).is_empty());
+        let eff = update(&mut s, Msg::Hub(HubMsg::Debounced { seq: 2 }));
+        let seq = match eff.as_slice() {
+            [Effect::Hub(HubEffect::Search { seq, query })] => {
+                assert_eq!(query.search.as_deref(), Some("lq"));
+                assert_eq!(query.filters, vec!["gguf".to_string()]);
+                *seq
+            }
+            other => panic!("{other:?}"),
+        };
+        // An answer to an older query never replaces a newer one.
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: seq - 1,
+                append: false,
+                result: Ok((vec![summary("old/one", 1)], None)),
+            }),
+        );
+        assert!(s.hub.results.is_empty());
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq,
+                append: false,
+                result: Ok((vec![summary("a/b-GGUF", 10), summary("c/d-GGUF", 5)], None)),
+            }),
+        );
+        assert_eq!(s.hub.results.len(), 2);
+    }
+
+    #[test]
+    fn open_detail_queue_preferred_quant_and_follow_progress() {
+        let mut s = hub_state();
+        s.hub.seq = 1;
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: 1,
+                append: false,
+                result: Ok((vec![summary("acme/tiny-GGUF", 5000)], None)),
+            }),
+        );
+        let eff = update(&mut s, key(KeyCode::Enter));
+        assert_eq!(
+            eff,
+            vec![Effect::Hub(HubEffect::Info {
+                repo: "acme/tiny-GGUF".into()
+            })]
+        );
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Info {
+                repo: "acme/tiny-GGUF".into(),
+                result: Ok(Box::new(info())),
+            }),
+        );
+        let d = s.hub.detail.as_ref().unwrap();
+        assert_eq!(d.choices.len(), 3);
+        assert_eq!(d.choices[d.selected].label, "Q4_K_M");
+        let detail_screen = crate::ui::tests::text(&s);
+        assert!(detail_screen.contains("won't fit"), "{detail_screen}");
+        insta::assert_snapshot!("hub_detail", detail_screen);
+
+        let eff = update(&mut s, ch('d'));
+        let specs = match eff.as_slice() {
+            [Effect::Downloads(DownloadsEffect::Enqueue(specs))] => specs.clone(),
+            other => panic!("{other:?}"),
+        };
+        let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, vec!["tiny.Q4_K_M.gguf", "config.json"]);
+
+        // The manager's events drive the Downloads pane.
+        update(&mut s, ch('2'));
+        for (id, spec) in specs.iter().enumerate() {
+            update(
+                &mut s,
+                Msg::Download(DownloadEvent::Queued {
+                    id: id as u64,
+                    spec: spec.clone(),
+                }),
+            );
+        }
+        update(&mut s, Msg::Download(DownloadEvent::Started { id: 0 }));
+        update(
+            &mut s,
+            Msg::Download(DownloadEvent::Progress(Progress {
+                id: 0,
+                bytes: 1_000_000_000,
+                total: 4_000_000_000,
+                bytes_per_sec: 50_000_000.0,
+                eta: Some(Duration::from_secs(60)),
+            })),
+        );
+        update(
+            &mut s,
+            Msg::Download(DownloadEvent::Failed {
+                id: 1,
+                reason: "checksum mismatch: the file was corrupted in transit; press r to retry"
+                    .into(),
+            }),
+        );
+        let queue = crate::ui::tests::text(&s);
+        assert!(
+            queue.contains("25%") || queue.contains("1.0 GB / 4.0 GB"),
+            "{queue}"
+        );
+        insta::assert_snapshot!("downloads_queue", queue);
+        // Retry only applies to the failed row.
+        update(&mut s, key(KeyCode::Down));
+        assert_eq!(
+            update(&mut s, ch('r')),
+            vec![Effect::Downloads(DownloadsEffect::Retry(1))]
+        );
+        update(&mut s, key(KeyCode::Up));
+        assert_eq!(
+            update(&mut s, ch('p')),
+            vec![Effect::Downloads(DownloadsEffect::Pause(0))]
+        );
+        // A finished file makes the library look again.
+        let eff = update(
+            &mut s,
+            Msg::Download(DownloadEvent::Done {
+                id: 0,
+                path: "/x".into(),
+            }),
+        );
+        assert_eq!(
+            eff,
+            vec![Effect::Library(crate::app::library::LibraryEffect::Scan)]
+        );
+    }
+
+    #[test]
+    fn hub_results_snapshot() {
+        let mut s = hub_state();
+        s.hub.query = "llama".into();
+        s.hub.seq = 1;
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: 1,
+                append: false,
+                result: Ok((
+                    vec![
+                        summary("bartowski/Llama-3-8B-GGUF", 70_000),
+                        summary("TheBloke/Llama-2-7B-GGUF", 60_000),
+                    ],
+                    Some("http://hub.test/api/models?cursor=2".into()),
+                )),
+            }),
+        );
+        insta::assert_snapshot!("hub_results", crate::ui::tests::text(&s));
+        // Reaching the end of the list asks for the next page, once.
+        assert!(matches!(
+            update(&mut s, key(KeyCode::Down)).as_slice(),
+            [Effect::Hub(HubEffect::NextPage { url, .. })] if url.ends_with("cursor=2")
+        ));
+        assert!(update(&mut s, key(KeyCode::Down)).is_empty());
+    }
 }

@@ -3,8 +3,9 @@
 use super::effect::Effect;
 use super::msg::Msg;
 use super::state::{Notice, Pane, State};
+use super::{downloads, hub, library};
 use crate::config::keymap::{Command, Key};
-use crossterm::event::{KeyEventKind, MouseEventKind};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseEventKind};
 
 pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
     match msg {
@@ -14,8 +15,18 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             }
             let key = Key::from_event(&ev);
             match state.keymap.resolve(&state.contexts(), key) {
+                // The `input` bindings serve the chat's fields; the Hub and Library boxes read
+                // their keys directly.
+                Some(cmd)
+                    if super::chat::is_text_command(cmd)
+                        && state.typing()
+                        && !super::chat::typing(state) =>
+                {
+                    type_key(state, ev)
+                }
                 Some(cmd) => command(state, cmd),
-                None if state.typing() => super::chat::key(state, ev),
+                None if super::chat::typing(state) => super::chat::key(state, ev),
+                None if state.typing() => type_key(state, ev),
                 None => vec![],
             }
         }
@@ -68,15 +79,79 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Chat(m) => super::chat::on_msg(state, m),
+        Msg::Library(m) => {
+            state.dirty = true;
+            wrap(library::update(&mut state.library, m), Effect::Library)
+        }
+        Msg::Hub(m) => {
+            state.dirty = true;
+            wrap(hub::update(&mut state.hub, m), Effect::Hub)
+        }
+        Msg::Download(ev) => {
+            // Progress of a pane that is not on screen only matters to the status bar.
+            let visible = state.main_pane == Pane::Downloads
+                || !matches!(ev, crate::downloads::DownloadEvent::Progress(_));
+            let before = state.downloads.active();
+            let outcome = downloads::on_event(&mut state.downloads, ev);
+            if visible || before != state.downloads.active() {
+                state.dirty = true;
+            }
+            if outcome == downloads::Outcome::Finished && !state.library.scanning {
+                state.library.scanning = true;
+                return vec![Effect::Library(library::LibraryEffect::Scan)];
+            }
+            vec![]
+        }
     }
 }
 
-fn focus(state: &mut State, pane: Pane) {
+fn wrap<E>(effects: Vec<E>, f: impl Fn(E) -> Effect) -> Vec<Effect> {
+    effects.into_iter().map(f).collect()
+}
+
+/// Keys that reach a text field because no binding claimed them.
+fn type_key(state: &mut State, ev: KeyEvent) -> Vec<Effect> {
+    if state.focus == Pane::Hub && state.hub.editing {
+        state.dirty = true;
+        let effects = match ev.code {
+            KeyCode::Char(c) => state.hub.edit(Some(c)),
+            KeyCode::Backspace => state.hub.edit(None),
+            KeyCode::Enter => state.hub.end_edit(true),
+            KeyCode::Esc => state.hub.end_edit(false),
+            _ => vec![],
+        };
+        return wrap(effects, Effect::Hub);
+    }
+    if state.focus == Pane::Library && state.library.filtering {
+        match ev.code {
+            KeyCode::Char(c) => state.library.type_char(c),
+            KeyCode::Backspace => state.library.backspace(),
+            KeyCode::Enter => state.library.end_filter(true),
+            KeyCode::Esc => state.library.end_filter(false),
+            _ => return vec![],
+        }
+        state.dirty = true;
+    }
+    vec![]
+}
+
+/// Rows a page-up/down moves in list panes.
+fn page(state: &State) -> usize {
+    usize::from(state.size.1.saturating_sub(8)).max(1)
+}
+
+fn focus(state: &mut State, pane: Pane) -> Vec<Effect> {
     state.focus = pane;
     if pane != Pane::Params {
         state.main_pane = pane;
     }
     state.dirty = true;
+    // Files may have changed behind our back (another tool, a shell); a rescan is cheap.
+    if pane == Pane::Library && !state.library.scanning {
+        state.library.scanning = true;
+        return vec![Effect::Library(library::LibraryEffect::Scan)];
+    }
+    vec![]
 }
 
 fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
@@ -105,13 +180,13 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
                 state.dirty = true;
             }
         }
-        Command::FocusNext => focus(state, state.focus.next()),
-        Command::FocusPrev => focus(state, state.focus.prev()),
-        Command::FocusHub => focus(state, Pane::Hub),
-        Command::FocusDownloads => focus(state, Pane::Downloads),
-        Command::FocusLibrary => focus(state, Pane::Library),
-        Command::FocusChat => focus(state, Pane::Chat),
-        Command::FocusParams => focus(state, Pane::Params),
+        Command::FocusNext => return focus(state, state.focus.next()),
+        Command::FocusPrev => return focus(state, state.focus.prev()),
+        Command::FocusHub => return focus(state, Pane::Hub),
+        Command::FocusDownloads => return focus(state, Pane::Downloads),
+        Command::FocusLibrary => return focus(state, Pane::Library),
+        Command::FocusChat => return focus(state, Pane::Chat),
+        Command::FocusParams => return focus(state, Pane::Params),
         Command::CycleTheme => {
             let i = state
                 .themes
@@ -122,7 +197,45 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
                 return vec![Effect::LoadTheme(next.clone())];
             }
         }
-        other => return super::chat::command(state, other),
+        Command::LoadModel if state.focus == Pane::Library && state.library.confirm.is_none() => {
+            if let Some(name) = state.library.selected_model().map(|m| m.name.clone()) {
+                focus(state, Pane::Chat);
+                state.chat.input_focused = true;
+                return super::chat::load_model(state, name);
+            }
+        }
+        chat_cmd if matches!(state.focus, Pane::Chat | Pane::Params) => {
+            return super::chat::command(state, chat_cmd)
+        }
+        pane_cmd => {
+            state.dirty = true;
+            let page = page(state);
+            if state.library.confirm.is_some() || state.focus == Pane::Library {
+                return wrap(
+                    library::command(&mut state.library, pane_cmd, page),
+                    Effect::Library,
+                );
+            }
+            match state.focus {
+                Pane::Hub => {
+                    let (mut effects, specs) = hub::command(&mut state.hub, pane_cmd, page);
+                    let mut out = wrap(std::mem::take(&mut effects), Effect::Hub);
+                    if !specs.is_empty() {
+                        out.push(Effect::Downloads(downloads::DownloadsEffect::Enqueue(
+                            specs,
+                        )));
+                    }
+                    return out;
+                }
+                Pane::Downloads => {
+                    return wrap(
+                        downloads::command(&mut state.downloads, pane_cmd, page),
+                        Effect::Downloads,
+                    )
+                }
+                _ => {}
+            }
+        }
     }
     vec![]
 }

@@ -87,6 +87,13 @@ pub fn render_table(models: &[Model]) -> String {
     for row in &rows {
         line(row);
     }
+    let total: u64 = models.iter().map(|m| m.size_bytes).sum();
+    out.push_str(&format!(
+        "{} model{}, {} on disk\n",
+        models.len(),
+        if models.len() == 1 { "" } else { "s" },
+        human::bytes(total)
+    ));
     let mut notes = String::new();
     for m in models {
         if let Some(reason) = &m.broken {

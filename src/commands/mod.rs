@@ -3,9 +3,14 @@
 //! Each subcommand lives in its own file with its clap `Args` and a `run` function. They share the
 //! resolved [`Context`] built from the configuration by `main`.
 
+pub mod bench;
+pub mod embed;
 pub mod import;
 pub mod list;
+pub mod pull;
 pub mod rm;
+pub mod run;
+pub mod search;
 pub mod show;
 pub mod verify;
 
@@ -26,6 +31,17 @@ pub struct Context {
     pub threads: usize,
     /// Extra folders the user asked the library to scan.
     pub model_dirs: Vec<PathBuf>,
+}
+
+/// A model argument: an existing path as is, otherwise a library name (`org/name`,
+/// `org/name:QUANT`, a unique suffix) resolved to the file or folder the engine loads.
+pub fn resolve_model(arg: &std::path::Path, ctx: &Context) -> anyhow::Result<PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    let lib = crate::library::Library::scan(&crate::library::LibraryRoots::from_context(ctx));
+    Ok(lib.resolve(&name)?.load_path.clone())
 }
 
 impl Context {

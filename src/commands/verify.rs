@@ -1,6 +1,7 @@
 //! `influence verify MODEL`: re-hash a model's files against the hashes their store recorded.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use crate::commands::Context;
 use crate::library::{human, verify, FileCheck, Library, LibraryRoots, VerifyReport};
@@ -17,7 +18,24 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs, ctx: &Context) -> anyhow::Result<()> {
     let library = Library::scan(&LibraryRoots::from_context(ctx));
     let model = library.resolve(&args.model)?;
-    let report = verify(model, &mut |_, _| {});
+    let show_progress = std::io::stderr().is_terminal() && !args.json;
+    let mut last = std::time::Instant::now();
+    let report = verify(model, &mut |done, total| {
+        // Hashing gigabytes takes a while: a progress line, a few times a second at most.
+        if show_progress && (last.elapsed().as_millis() >= 250 || done == total) {
+            last = std::time::Instant::now();
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!(
+                "\rverifying {}: {pct:>3}% ({} of {})",
+                model.name,
+                human::bytes(done),
+                human::bytes(total)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

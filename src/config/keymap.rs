@@ -66,6 +66,36 @@ pub enum Command {
     InputComplete,
     InputUp,
     InputDown,
+    // List panes (Hub results, Downloads, Library).
+    SelectUp,
+    SelectDown,
+    PageUp,
+    PageDown,
+    SelectFirst,
+    SelectLast,
+    /// Start typing a filter or search text.
+    Filter,
+    CycleSort,
+    /// Show or hide the detail view of the selected item.
+    ToggleDetail,
+    Refresh,
+    Verify,
+    Delete,
+    /// Load the selected model into the chat.
+    LoadModel,
+    /// Answer yes / no to a confirmation.
+    Confirm,
+    Cancel,
+    /// Open the selected item; go back from it.
+    Open,
+    Back,
+    /// Queue the selected download choice.
+    Download,
+    ToggleGguf,
+    /// Downloads: pause or resume the selected one, resume, retry a failed one.
+    Pause,
+    ResumeDownload,
+    Retry,
 }
 
 /// Where a binding applies. Resolution order: the active context, then `normal` (when not
@@ -81,10 +111,11 @@ pub enum Context {
     Chat,
     Params,
     Input,
+    Confirm,
 }
 
 impl Context {
-    pub const ALL: [Context; 9] = [
+    pub const ALL: [Context; 10] = [
         Context::Global,
         Context::Normal,
         Context::Help,
@@ -94,6 +125,7 @@ impl Context {
         Context::Chat,
         Context::Params,
         Context::Input,
+        Context::Confirm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +139,7 @@ impl Context {
             Context::Chat => "chat",
             Context::Params => "params",
             Context::Input => "input",
+            Context::Confirm => "confirm",
         }
     }
 
@@ -222,7 +255,7 @@ pub struct HelpEntry {
 pub enum KeymapError {
     #[error("keymap: {0}")]
     Parse(String),
-    #[error("keymap: unknown context [{0}]; expected one of global, normal, help, hub, downloads, library, chat, params, input")]
+    #[error("keymap: unknown context [{0}]; expected one of global, normal, help, hub, downloads, library, chat, params, input, confirm")]
     Context(String),
     #[error("keymap: {key} is bound twice in [{context}] (to {first:?} and {second:?})")]
     Conflict {

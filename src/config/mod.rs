@@ -210,6 +210,16 @@ impl Loaded {
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface"))
     }
 
+    /// Extra model folders from the config, with `~/` expanded.
+    pub fn model_dirs(&self) -> Vec<PathBuf> {
+        self.config
+            .paths
+            .model_dirs
+            .iter()
+            .map(|d| expand_home(d))
+            .collect()
+    }
+
     /// Inference threads, with 0 meaning one per core.
     pub fn threads(&self) -> usize {
         match self.config.engine.threads {

@@ -354,7 +354,11 @@ mod tests {
         assert_eq!(loaded, a);
         let mut loaded = loaded;
         assert!(loaded.page_branch(0, Page::Prev).unwrap());
-        assert_eq!(loaded.messages[1].alternatives[0].content.len() > 0, true);
+        assert_eq!(loaded.messages[0].content, "first?");
+        assert_eq!(loaded.messages[1].content, "other answer");
+        assert!(loaded.messages[1].alternatives[0]
+            .content
+            .starts_with("Here is code:"));
     }
 
     #[test]
@@ -449,7 +453,7 @@ mod tests {
         assert!(s.starts_with('…') && s.ends_with('…'));
         assert!(s.contains("Straße ÄRGER"));
         assert!(s.chars().count() <= 12 + 2 * SNIPPET_CONTEXT_CHARS + 2);
-        assert_eq!(find_snippet("İstanbul", &fold("i̇stanbul")).is_some(), true);
+        assert!(find_snippet("İstanbul", &fold("i̇stanbul")).is_some());
     }
 
     const CHILD_ENV: &str = "INFLUENCE_TEST_CONVERSATION_WRITER_DIR";

@@ -12,9 +12,18 @@
 //!
 //! Tests of the server and UI use [`EngineHandle::fake`], a scripted stand-in (see [`fake`]).
 
+pub mod bench;
+mod decoder;
+mod embed;
 mod error;
 pub mod fake;
+pub mod gguf;
+mod kv_cache;
 mod params;
+pub mod sampling;
+mod stop;
+pub mod template;
+pub mod tokenize;
 mod types;
 mod worker;
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::inspect::{inspect_gguf, inspect_safetensors, quant_from_file_name};
-use super::{Draft, Format, Location, Model, ModelFile, Source};
+use super::inspect::quant_from_file_name;
+use super::{Draft, Job, Location, ModelFile, Pending, Source};
 
 /// How deep `model_dirs` are searched for models.
 const MAX_DEPTH: usize = 4;
@@ -132,7 +132,7 @@ fn plain_files(paths: &[PathBuf]) -> Vec<ModelFile> {
 }
 
 /// LM Studio: `<root>/<publisher>/<repo>/*.gguf`, named `publisher/repo[:QUANT]`.
-pub(crate) fn scan_lmstudio(root: &Path, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+pub(crate) fn scan_lmstudio(root: &Path, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     for publisher in list_dir(root, warnings) {
         if !publisher.is_dir() || is_hidden(&publisher) {
             continue;
@@ -155,7 +155,6 @@ pub(crate) fn scan_lmstudio(root: &Path, out: &mut Vec<Model>, warnings: &mut Ve
                 } else {
                     repo.clone()
                 };
-                let ins = inspect_gguf(&g.shards);
                 out.push(
                     Draft {
                         name,
@@ -167,7 +166,7 @@ pub(crate) fn scan_lmstudio(root: &Path, out: &mut Vec<Model>, warnings: &mut Ve
                         load_path: g.shards[0].clone(),
                         files: plain_files(&g.shards),
                     }
-                    .finish(ins),
+                    .pending(Job::Gguf(g.shards.clone())),
                 );
             }
         }
@@ -178,7 +177,7 @@ pub(crate) fn scan_lmstudio(root: &Path, out: &mut Vec<Model>, warnings: &mut Ve
 pub(crate) fn scan_folder(
     root: &Path,
     source: Source,
-    out: &mut Vec<Model>,
+    out: &mut Vec<Pending>,
     warnings: &mut Vec<String>,
 ) {
     let mut stack = vec![(root.to_path_buf(), 0usize)];
@@ -204,7 +203,7 @@ fn models_in_dir(
     entries: &[PathBuf],
     source: Source,
     import_record: Option<&Path>,
-    out: &mut Vec<Model>,
+    out: &mut Vec<Pending>,
 ) -> bool {
     let location = || match import_record {
         Some(r) => Location::Import {
@@ -228,7 +227,6 @@ fn models_in_dir(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
     let files = folder_files(dir);
-    let ins = inspect_safetensors(dir, &st);
     out.push(
         Draft {
             name: name.clone(),
@@ -240,14 +238,13 @@ fn models_in_dir(
             load_path: dir.to_path_buf(),
             files,
         }
-        .finish(ins),
+        .pending(Job::Safetensors(dir.to_path_buf(), st)),
     );
     true
 }
 
-fn gguf_file_model(g: &GgufGroup, source: Source, location: Location) -> Model {
+fn gguf_file_model(g: &GgufGroup, source: Source, location: Location) -> Pending {
     let (repo, quant) = split_quant(&g.stem);
-    let ins = inspect_gguf(&g.shards);
     Draft {
         name: g.stem.clone(),
         repo,
@@ -258,7 +255,7 @@ fn gguf_file_model(g: &GgufGroup, source: Source, location: Location) -> Model {
         load_path: g.shards[0].clone(),
         files: plain_files(&g.shards),
     }
-    .finish(ins)
+    .pending(Job::Gguf(g.shards.clone()))
 }
 
 /// Every file of a safetensors model folder (subfolders such as `1_Pooling` included).
@@ -285,7 +282,7 @@ fn folder_files(dir: &Path) -> Vec<ModelFile> {
 }
 
 /// An imported path: a GGUF file (with its sibling shards) or a model folder.
-pub(crate) fn scan_import(path: &Path, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+pub(crate) fn scan_import(path: &Path, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     let location = Location::Import {
         record: path.to_path_buf(),
     };
@@ -319,16 +316,21 @@ pub(crate) fn scan_import(path: &Path, out: &mut Vec<Model>, warnings: &mut Vec<
         .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
-    let format = if is_gguf(path) {
-        Format::Gguf
+    let why = if path.exists() {
+        "is not a .gguf file or a folder with .safetensors files"
     } else {
-        Format::Safetensors
+        "no longer exists"
     };
-    let ins = match format {
-        Format::Gguf => inspect_gguf(&[path.to_path_buf()]),
-        Format::Safetensors => inspect_safetensors(path, &[]),
+    let broken = format!(
+        "{} {why}; remove the import with `influence rm {name}`",
+        path.display()
+    );
+    let job = if is_gguf(path) {
+        Job::Gguf(vec![path.to_path_buf()])
+    } else {
+        Job::Safetensors(path.to_path_buf(), Vec::new())
     };
-    let mut model = Draft {
+    let mut pending = Draft {
         name: name.clone(),
         repo: name,
         quant_tag: None,
@@ -338,23 +340,7 @@ pub(crate) fn scan_import(path: &Path, out: &mut Vec<Model>, warnings: &mut Vec<
         load_path: path.to_path_buf(),
         files: vec![ModelFile::new(path.to_path_buf(), path.to_path_buf(), None)],
     }
-    .finish(ins);
-    if path.exists() {
-        model.broken = Some(format!(
-            "{} is not a .gguf file or a folder with .safetensors files; remove the import with `influence rm {}`",
-            path.display(),
-            model.name
-        ));
-    } else {
-        model.broken = Some(format!(
-            "{} no longer exists; remove the import with `influence rm {}`",
-            path.display(),
-            model.name
-        ));
-    }
-    model.runnable = super::Runnable::No {
-        reason: model.broken.clone().unwrap_or_default(),
-    };
-    model.memory_estimate = None;
-    out.push(model);
+    .pending(job);
+    pending.broken = Some(broken);
+    out.push(pending);
 }

@@ -8,7 +8,7 @@
 //! real file.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Hard caps so a corrupt header cannot make us allocate gigabytes.
@@ -203,15 +203,20 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
     let file = std::fs::File::open(path).map_err(io)?;
     let file_size = file.metadata().map_err(io)?.len();
     let mut r = Reader {
-        inner: BufReader::with_capacity(64 * 1024, file),
+        file,
+        data: Vec::new(),
+        pos: 0,
+        base: 0,
+        file_size,
         section: "file header",
         path: path.display().to_string(),
     };
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic)?;
+    r.need(4)?;
+    let magic: [u8; 4] = [r.data[0], r.data[1], r.data[2], r.data[3]];
     if &magic != b"GGUF" {
         return Err(GgufError::BadMagic(magic));
     }
+    r.pos = 4;
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
         return Err(GgufError::BadVersion(version));
@@ -254,7 +259,7 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
             offset,
         });
     }
-    let position = r.inner.stream_position().map_err(io)?;
+    let position = r.base + r.pos as u64;
     let alignment = metadata
         .get("general.alignment")
         .and_then(MetaValue::as_u64)
@@ -269,28 +274,90 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
     })
 }
 
-struct Reader<R> {
-    inner: BufReader<R>,
+/// Reads the file in large chunks and parses from a byte buffer: a vocabulary is ~100k tiny
+/// strings, and going through `Read` for each one costs more than the rest of the scan.
+struct Reader {
+    file: std::fs::File,
+    /// Bytes of the file from offset `base`; `pos` indexes into it.
+    data: Vec<u8>,
+    pos: usize,
+    base: u64,
+    file_size: u64,
     section: &'static str,
     path: String,
 }
 
-impl<R: Read + Seek> Reader<R> {
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
-        self.inner.read_exact(buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                GgufError::Truncated(self.section)
-            } else {
-                GgufError::Io {
-                    path: self.path.clone(),
-                    source: e,
-                }
-            }
-        })
+const CHUNK: usize = 1 << 20;
+
+impl Reader {
+    fn io_err(&self, source: std::io::Error) -> GgufError {
+        GgufError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Makes sure `n` bytes are buffered at `pos`, reading at least a chunk more.
+    fn need(&mut self, n: usize) -> Result<(), GgufError> {
+        if self.pos + n <= self.data.len() {
+            return Ok(());
+        }
+        let abs = self.base + self.pos as u64;
+        if abs + n as u64 > self.file_size {
+            return Err(GgufError::Truncated(self.section));
+        }
+        // Drop what was parsed; keep the unread tail.
+        self.data.drain(..self.pos);
+        self.base = abs;
+        self.pos = 0;
+        let have = self.data.len();
+        let want = (n - have)
+            .max(CHUNK)
+            .min((self.file_size - abs) as usize - have);
+        // `read_to_end` fills spare capacity without zeroing it byte by byte first.
+        self.data.reserve(want);
+        let read = (&mut self.file)
+            .take(want as u64)
+            .read_to_end(&mut self.data);
+        if let Err(e) = read {
+            return Err(self.io_err(e));
+        }
+        if self.data.len() < n {
+            // The file shrank while we read it.
+            return Err(GgufError::Truncated(self.section));
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
+        let avail = (self.data.len() - self.pos) as u64;
+        if n <= avail {
+            self.pos += n as usize;
+            return Ok(());
+        }
+        let abs = (self.base + self.pos as u64).saturating_add(n);
+        if abs > self.file_size {
+            return Err(GgufError::Truncated(self.section));
+        }
+        self.data.clear();
+        self.pos = 0;
+        self.base = abs;
+        self.file
+            .seek(SeekFrom::Start(abs))
+            .map_err(|e| self.io_err(e))?;
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, GgufError> {
+        self.need(1)?;
+        self.pos += 1;
+        Ok(self.data[self.pos - 1])
     }
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        self.need(N)?;
         let mut b = [0u8; N];
-        self.read_exact(&mut b)?;
+        b.copy_from_slice(&self.data[self.pos..self.pos + N]);
+        self.pos += N;
         Ok(b)
     }
     fn u32(&mut self) -> Result<u32, GgufError> {
@@ -299,14 +366,7 @@ impl<R: Read + Seek> Reader<R> {
     fn u64(&mut self) -> Result<u64, GgufError> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
-    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
-        let n = i64::try_from(n).map_err(|_| GgufError::Corrupt("skip too large".into()))?;
-        self.inner.seek_relative(n).map_err(|e| GgufError::Io {
-            path: self.path.clone(),
-            source: e,
-        })
-    }
-    fn string(&mut self) -> Result<String, GgufError> {
+    fn string_len(&mut self) -> Result<usize, GgufError> {
         let len = self.u64()?;
         if len > MAX_STRING {
             return Err(GgufError::Corrupt(format!(
@@ -314,25 +374,72 @@ impl<R: Read + Seek> Reader<R> {
                 self.section
             )));
         }
-        let mut v = vec![0u8; len as usize];
-        self.read_exact(&mut v)?;
-        while v.last() == Some(&0) {
-            v.pop();
+        Ok(len as usize)
+    }
+    fn string(&mut self) -> Result<String, GgufError> {
+        let len = self.string_len()?;
+        self.need(len)?;
+        let mut v = &self.data[self.pos..self.pos + len];
+        self.pos += len;
+        while let [rest @ .., 0] = v {
+            v = rest;
         }
-        Ok(String::from_utf8_lossy(&v).into_owned())
+        Ok(String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Skips `count` strings: the hot loop of a scan (vocabularies and merges). Written with
+    /// plain slice indexing and shifts so it stays fast even in unoptimized dev builds, where
+    /// every helper call (range indexing, `from_le_bytes`) is a real call.
+    fn skip_strings(&mut self, count: u64) -> Result<(), GgufError> {
+        let mut left = count;
+        while left > 0 {
+            let data: &[u8] = &self.data;
+            let end = data.len();
+            let mut pos = self.pos;
+            while left > 0 && pos + 8 <= end {
+                let len = (data[pos] as u64)
+                    | (data[pos + 1] as u64) << 8
+                    | (data[pos + 2] as u64) << 16
+                    | (data[pos + 3] as u64) << 24
+                    | (data[pos + 4] as u64) << 32
+                    | (data[pos + 5] as u64) << 40
+                    | (data[pos + 6] as u64) << 48
+                    | (data[pos + 7] as u64) << 56;
+                if len > MAX_STRING {
+                    return Err(GgufError::Corrupt(format!(
+                        "a string in the {} claims {len} bytes",
+                        self.section
+                    )));
+                }
+                let next = pos + 8 + len as usize;
+                if next > end {
+                    break;
+                }
+                pos = next;
+                left -= 1;
+            }
+            self.pos = pos;
+            if left > 0 {
+                // The next string straddles the buffer's end: take it the slow way.
+                let len = self.string_len()?;
+                self.skip(len as u64)?;
+                left -= 1;
+            }
+        }
+        Ok(())
     }
 
     /// Reads one metadata value of GGUF value type `ty`; arrays are skipped.
     fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, GgufError> {
         Ok(match ty {
-            0 => MetaValue::Int(self.bytes::<1>()?[0].into()),
-            1 => MetaValue::Int((self.bytes::<1>()?[0] as i8).into()),
+            0 => MetaValue::Int(self.u8()?.into()),
+            1 => MetaValue::Int((self.u8()? as i8).into()),
             2 => MetaValue::Int(u16::from_le_bytes(self.bytes()?).into()),
             3 => MetaValue::Int(i16::from_le_bytes(self.bytes()?).into()),
             4 => MetaValue::Int(u32::from_le_bytes(self.bytes()?).into()),
             5 => MetaValue::Int(i32::from_le_bytes(self.bytes()?).into()),
             6 => MetaValue::Float(f32::from_le_bytes(self.bytes()?).into()),
-            7 => MetaValue::Bool(self.bytes::<1>()?[0] != 0),
+            7 => MetaValue::Bool(self.u8()? != 0),
             8 => MetaValue::Str(self.string()?),
             9 => {
                 if depth > 4 {
@@ -345,25 +452,12 @@ impl<R: Read + Seek> Reader<R> {
                         "an array claims {len} elements"
                     )));
                 }
-                match fixed_size(elem) {
-                    Some(size) => self.skip(len * size)?,
-                    None => {
+                match (fixed_size(elem), elem) {
+                    (Some(size), _) => self.skip(len * size)?,
+                    (None, 8) => self.skip_strings(len)?,
+                    (None, _) => {
                         for _ in 0..len {
-                            match elem {
-                                8 => {
-                                    let n = self.u64()?;
-                                    if n > MAX_STRING {
-                                        return Err(GgufError::Corrupt(format!(
-                                            "a string in the {} claims {n} bytes",
-                                            self.section
-                                        )));
-                                    }
-                                    self.skip(n)?
-                                }
-                                _ => {
-                                    self.value(elem, depth + 1)?;
-                                }
-                            }
+                            self.value(elem, depth + 1)?;
                         }
                     }
                 }

@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::folders::{gguf_groups, is_safetensors};
-use super::inspect::{inspect_gguf, inspect_safetensors};
-use super::{Draft, FileHash, Location, Model, ModelFile, Source};
+use super::{Draft, FileHash, Job, Location, ModelFile, Pending, Source};
 
-pub(crate) fn scan(hub: &Path, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+pub(crate) fn scan(hub: &Path, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     let entries = match std::fs::read_dir(hub) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -135,7 +134,7 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     let snapshots_dir = dir.join("snapshots");
     let entries = match std::fs::read_dir(&snapshots_dir) {
         Ok(e) => e,
@@ -194,7 +193,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                     (files.iter().map(|(_, f)| f.clone()).collect(), None)
                 };
                 let shard_paths: Vec<PathBuf> = g.shards.iter().map(|s| snap_dir.join(s)).collect();
-                let ins = inspect_gguf(&shard_paths);
+                let load_path = shard_paths[0].clone();
                 let quant_tag = if several { Some(g.tag.clone()) } else { None };
                 let name = match &quant_tag {
                     Some(t) => format!("{repo}:{t}{suffix}"),
@@ -208,10 +207,10 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                         revision: Some(commit.clone()),
                         source: Source::HfCache,
                         location: location(only),
-                        load_path: shard_paths[0].clone(),
+                        load_path,
                         files: model_files,
                     }
-                    .finish(ins),
+                    .pending(Job::Gguf(shard_paths)),
                 );
             }
         } else if rels
@@ -223,7 +222,6 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                 .filter(|r| r.components().count() == 1 && is_safetensors(r))
                 .map(|r| snap_dir.join(r))
                 .collect();
-            let ins = inspect_safetensors(snap_dir, &st);
             out.push(
                 Draft {
                     name: format!("{repo}{suffix}"),
@@ -235,7 +233,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Model>, warnings: &mut Vec<St
                     load_path: snap_dir.clone(),
                     files: files.into_iter().map(|(_, f)| f).collect(),
                 }
-                .finish(ins),
+                .pending(Job::Safetensors(snap_dir.clone(), st)),
             );
         }
     }

@@ -41,6 +41,8 @@ pub(crate) struct Inspection {
     pub st_dtypes: BTreeSet<String>,
     /// Bytes per KV-cache value the engine will use.
     pub kv_value_bytes: u64,
+    /// A tokenizer the engine can build: the GGUF vocabulary, or `tokenizer.json`.
+    pub has_tokenizer: bool,
 }
 
 fn is_embedding_arch(arch: &str) -> bool {
@@ -58,6 +60,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         st_dtypes: BTreeSet::new(),
         // candle's quantized models compute in f32, so their KV cache holds f32 values.
         kv_value_bytes: 4,
+        has_tokenizer: false,
     };
     let mut params = 0u64;
     let mut weight_bytes = 0u64;
@@ -92,8 +95,13 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
                 *elems_by_type.entry(t.ty).or_default() += n;
             }
             let bytes = t.ty.bytes_for(n).unwrap_or(0);
-            // candle dequantizes F16/BF16 weights of GGUF models to f32.
-            weight_bytes += if matches!(t.ty.0, 1 | 30) {
+            weight_bytes += if t.name == "token_embd.weight" {
+                // candle's quantized models dequantize the token embedding to f32 for the lookup,
+                // and keep the quantized copy only as a tied LM head (no `output.weight`).
+                let tied = !header.tensors.iter().any(|o| o.name == "output.weight");
+                n * 4 + if tied { bytes } else { 0 }
+            } else if matches!(t.ty.0, 1 | 30) {
+                // F16/BF16 weights are dequantized to f32 as well.
                 bytes * 2
             } else {
                 bytes
@@ -117,6 +125,10 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         .map(str::to_string);
     info.context_length = h.arch_u64("context_length");
     info.chat_template = matches!(h.get("tokenizer.chat_template"), Some(MetaValue::Str(_)));
+    ins.has_tokenizer = matches!(
+        h.get("tokenizer.ggml.tokens"),
+        Some(MetaValue::Array { .. })
+    );
     info.layers = h.arch_u64("block_count");
     let heads = h.arch_u64("attention.head_count");
     info.kv_heads = h.arch_u64("attention.head_count_kv").or(heads);
@@ -251,6 +263,7 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         gguf_types: BTreeSet::new(),
         st_dtypes: BTreeSet::new(),
         kv_value_bytes: 2,
+        has_tokenizer: false,
     };
     let config = match read_json(&dir.join("config.json")) {
         Ok(c) => c,
@@ -343,6 +356,7 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
     info.kv_heads = cfg_u64("num_key_value_heads").or(heads);
     info.head_dim = cfg_u64("head_dim").or_else(|| cfg_u64("hidden_size")?.checked_div(heads?));
     info.chat_template = has_chat_template(dir);
+    ins.has_tokenizer = dir.join("tokenizer.json").is_file();
 
     let st_marker = SENTENCE_TRANSFORMERS_MARKERS
         .iter()

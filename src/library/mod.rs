@@ -24,7 +24,7 @@ pub mod safetensors;
 mod support;
 mod verify;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -249,7 +249,8 @@ pub struct Model {
     pub name: String,
     /// The repository part of the name (`org/name`), used by `org/name:QUANT` lookups.
     pub repo: String,
-    /// The quant tag that tells this file apart from its siblings, if any.
+    /// The quant label from the file name (or header) of a GGUF model, used by `repo:QUANT`
+    /// lookups; it is part of `name` only when the repo holds several GGUF models.
     pub quant_tag: Option<String>,
     /// HF commit for cache models.
     pub revision: Option<String>,
@@ -289,11 +290,78 @@ pub(crate) struct Draft {
     pub files: Vec<ModelFile>,
 }
 
+/// The headers a model's facts come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Job {
+    /// A GGUF file, or every shard of a split one, in order.
+    Gguf(Vec<PathBuf>),
+    /// A safetensors model folder and its `.safetensors` files.
+    Safetensors(PathBuf, Vec<PathBuf>),
+}
+
+impl Job {
+    fn run(&self) -> inspect::Inspection {
+        match self {
+            Job::Gguf(shards) => inspect::inspect_gguf(shards),
+            Job::Safetensors(dir, files) => inspect::inspect_safetensors(dir, files),
+        }
+    }
+
+    /// What the inspection depends on: every file it reads, with size and time. Same key, same
+    /// result, so a rescan can reuse it.
+    fn cache_key(&self) -> CacheKey {
+        let stat = |p: PathBuf| {
+            let m = std::fs::metadata(&p).ok();
+            let len = m.as_ref().map(|m| m.len());
+            let t = m.and_then(|m| m.modified().ok());
+            (p, len, t)
+        };
+        match self {
+            Job::Gguf(shards) => shards.iter().cloned().map(stat).collect(),
+            Job::Safetensors(dir, files) => files
+                .iter()
+                .cloned()
+                .chain(
+                    [
+                        "config.json",
+                        "tokenizer_config.json",
+                        "chat_template.jinja",
+                        "modules.json",
+                    ]
+                    .iter()
+                    .map(|f| dir.join(f)),
+                )
+                .map(stat)
+                .collect(),
+        }
+    }
+}
+
+type CacheKey = Vec<(PathBuf, Option<u64>, Option<SystemTime>)>;
+
+/// A model whose headers are still to be read.
+pub(crate) struct Pending {
+    draft: Draft,
+    job: Job,
+    /// Set when the scanner already knows the model is unusable (a vanished import).
+    pub broken: Option<String>,
+}
+
 impl Draft {
-    /// Reads the headers and assembles the model.
-    pub(crate) fn finish(self, ins: inspect::Inspection) -> Model {
+    pub(crate) fn pending(self, job: Job) -> Pending {
+        Pending {
+            draft: self,
+            job,
+            broken: None,
+        }
+    }
+
+    /// Assembles the model from what its headers say.
+    fn finish(self, ins: inspect::Inspection, broken: Option<String>) -> Model {
         let mut ins = ins;
-        if let Some(missing) = self.files.iter().find(|f| !f.exists) {
+        if broken.is_some() {
+            ins.broken = broken;
+        } else if let Some(missing) = self.files.iter().find(|f| !f.exists) {
             let what = format!(
                 "{} is missing ({}); download the model again",
                 inspect::file_name(&missing.path),
@@ -312,7 +380,13 @@ impl Draft {
             .map(|f| f.size)
             .sum();
         let modified = self.files.iter().filter_map(|f| f.modified).max();
-        let runnable = support::assess(&ins);
+        let runnable = match (&ins.broken, self.source) {
+            // A record pointing at nothing: the reason already says what to do.
+            (Some(b), Source::Import) if !self.load_path.exists() => {
+                Runnable::No { reason: b.clone() }
+            }
+            _ => support::assess(&ins),
+        };
         let memory_estimate = (ins.broken.is_none())
             .then(|| estimate_memory(&ins.info, ins.kind, ins.kv_value_bytes, DEFAULT_CONTEXT));
         Model {
@@ -343,34 +417,73 @@ pub struct Library {
     models: Vec<Model>,
     warnings: Vec<String>,
     roots: Option<LibraryRoots>,
+    /// Header facts by the files they were read from, reused by [`Library::rescan`].
+    cache: HashMap<CacheKey, inspect::Inspection>,
 }
 
 impl Library {
     /// Lists every model under `roots`. Never fails: problems become broken models or warnings.
     pub fn scan(roots: &LibraryRoots) -> Library {
-        let mut lib = Library {
-            models: Vec::new(),
-            warnings: Vec::new(),
-            roots: Some(roots.clone()),
-        };
-        hf_cache::scan(&roots.hf_hub, &mut lib.models, &mut lib.warnings);
+        Self::scan_reusing(roots, &HashMap::new())
+    }
+
+    /// Scans the same roots again, re-reading headers only of files that changed (size or
+    /// modification time) since this library was built. Call it after a download finishes.
+    pub fn rescan(&self) -> Library {
+        match &self.roots {
+            Some(roots) => Self::scan_reusing(roots, &self.cache),
+            None => Library::default(),
+        }
+    }
+
+    fn scan_reusing(
+        roots: &LibraryRoots,
+        cache: &HashMap<CacheKey, inspect::Inspection>,
+    ) -> Library {
+        let mut pending = Vec::new();
+        let mut warnings = Vec::new();
+        hf_cache::scan(&roots.hf_hub, &mut pending, &mut warnings);
         if let Some(ollama) = &roots.ollama {
-            ollama::scan(ollama, &mut lib.models, &mut lib.warnings);
+            ollama::scan(ollama, &mut pending, &mut warnings);
         }
         for root in &roots.lmstudio {
-            folders::scan_lmstudio(root, &mut lib.models, &mut lib.warnings);
+            folders::scan_lmstudio(root, &mut pending, &mut warnings);
         }
         for root in &roots.extra {
-            folders::scan_folder(root, Source::Folder, &mut lib.models, &mut lib.warnings);
+            folders::scan_folder(root, Source::Folder, &mut pending, &mut warnings);
         }
         match imports::read_imports(&roots.imports_file) {
             Ok(list) => {
                 for rec in list {
-                    folders::scan_import(&rec.path, &mut lib.models, &mut lib.warnings);
+                    folders::scan_import(&rec.path, &mut pending, &mut warnings);
                 }
             }
-            Err(e) => lib.warnings.push(e.to_string()),
+            Err(e) => warnings.push(e.to_string()),
         }
+        let keys: Vec<CacheKey> = pending.iter().map(|p| p.job.cache_key()).collect();
+        let todo: Vec<usize> = (0..pending.len())
+            .filter(|i| !cache.contains_key(&keys[*i]))
+            .collect();
+        let fresh = run_jobs(&pending, &todo);
+        let mut new_cache = HashMap::with_capacity(pending.len());
+        for (i, ins) in todo.into_iter().zip(fresh) {
+            new_cache.insert(keys[i].clone(), ins);
+        }
+        let mut models = Vec::with_capacity(pending.len());
+        for (p, key) in pending.into_iter().zip(keys) {
+            let ins = match new_cache.get(&key).or_else(|| cache.get(&key)) {
+                Some(ins) => ins.clone(),
+                None => p.job.run(),
+            };
+            new_cache.entry(key).or_insert_with(|| ins.clone());
+            models.push(p.draft.finish(ins, p.broken));
+        }
+        let mut lib = Library {
+            models,
+            warnings,
+            roots: Some(roots.clone()),
+            cache: new_cache,
+        };
         lib.dedupe();
         lib.models.sort_by(|a, b| {
             a.name
@@ -406,14 +519,66 @@ impl Library {
     }
 
     /// The same file reachable from two roots (a model_dir inside the HF cache, an import of a
-    /// file LM Studio already lists) is listed once, from the first root that found it.
+    /// file LM Studio already lists) is listed once, from the first root that found it. Within
+    /// one store, names sharing a file all stay: two HF revisions with the same blob, or two
+    /// Ollama tags of one model, are separate things to resolve and delete.
     fn dedupe(&mut self) {
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<PathBuf, Source> = HashMap::new();
         self.models.retain(|m| {
             let key = std::fs::canonicalize(&m.load_path).unwrap_or_else(|_| m.load_path.clone());
-            seen.insert(key)
+            match seen.get(&key) {
+                Some(first) => *first == m.source,
+                None => {
+                    seen.insert(key, m.source);
+                    true
+                }
+            }
         });
     }
+}
+
+/// Reads headers on a few threads: a scan is mostly waiting on small reads and walking
+/// vocabularies, and models are independent.
+fn run_jobs(pending: &[Pending], todo: &[usize]) -> Vec<inspect::Inspection> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(todo.len());
+    if threads <= 1 {
+        return todo.iter().map(|i| pending[*i].job.run()).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<inspect::Inspection>> = (0..todo.len()).map(|_| None).collect();
+    let results: Vec<(usize, inspect::Inspection)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(i) = todo.get(k) else {
+                            break;
+                        };
+                        done.push((k, pending[*i].job.run()));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    for (k, ins) in results {
+        slots[k] = Some(ins);
+    }
+    // A worker only dies on a bug; whatever it did not deliver is read again here.
+    slots
+        .into_iter()
+        .zip(todo)
+        .map(|(slot, i)| slot.unwrap_or_else(|| pending[*i].job.run()))
+        .collect()
 }
 
 /// Runs [`Library::scan`] on its own thread and hands the result to `done` (which typically sends

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::inspect::inspect_gguf;
-use super::{Draft, FileHash, Location, Model, ModelFile, Source};
+use super::{Draft, FileHash, Job, Location, ModelFile, Pending, Source};
 
 const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
 const DEFAULT_HOST: &str = "registry.ollama.ai";
@@ -25,7 +24,7 @@ struct Layer {
     digest: String,
 }
 
-pub(crate) fn scan(root: &Path, out: &mut Vec<Model>, warnings: &mut Vec<String>) {
+pub(crate) fn scan(root: &Path, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
     let manifests = root.join("manifests");
     // manifests/<host>/<namespace>/<model>/<tag>: exactly four levels.
     let mut found = Vec::new();
@@ -68,7 +67,7 @@ fn blob_path(root: &Path, digest: &str) -> Option<(PathBuf, FileHash)> {
     ))
 }
 
-fn read_model(root: &Path, manifests: &Path, path: &Path) -> Result<Option<Model>, String> {
+fn read_model(root: &Path, manifests: &Path, path: &Path) -> Result<Option<Pending>, String> {
     let rel = path.strip_prefix(manifests).map_err(|e| e.to_string())?;
     let parts: Vec<String> = rel
         .components()
@@ -103,7 +102,6 @@ fn read_model(root: &Path, manifests: &Path, path: &Path) -> Result<Option<Model
     }
     // The template layer is a Go template for Ollama itself; only the GGUF's Jinja template
     // counts as a chat template here.
-    let ins = inspect_gguf(std::slice::from_ref(&gguf));
     Ok(Some(
         Draft {
             name: format!("{repo}:{tag}"),
@@ -114,9 +112,9 @@ fn read_model(root: &Path, manifests: &Path, path: &Path) -> Result<Option<Model
             location: Location::Ollama {
                 manifest: path.to_path_buf(),
             },
-            load_path: gguf,
+            load_path: gguf.clone(),
             files,
         }
-        .finish(ins),
+        .pending(Job::Gguf(vec![gguf])),
     ))
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use super::{LibraryError, Model};
 
 /// Resolution order; the first step with any match decides:
-/// 1. an existing path (file or folder) → the model loaded from / containing it;
+/// 1. a path (file or folder) → the model loaded from / containing it; a path that starts with
+///    `/`, `./`, `../` or `~` is only ever a path;
 /// 2. the exact name (then the exact name ignoring case);
 /// 3. `repo:QUANT` against each model's repo and quant tag, ignoring case;
 /// 4. a suffix at a `/` boundary of the name or repo, also with a trailing `-GGUF` dropped
@@ -13,8 +14,15 @@ use super::{LibraryError, Model};
 /// 5. any suffix of the name, ignoring case.
 pub(crate) fn resolve<'a>(models: &'a [Model], query: &str) -> Result<&'a Model, LibraryError> {
     let query = query.trim();
-    if looks_like_path(query) && Path::new(query).exists() {
+    if explicit_path(query) {
         return by_path(models, query);
+    }
+    // A bare word that happens to name a file in the current folder is tried as a path first,
+    // then as a name.
+    if Path::new(query).exists() {
+        if let Ok(m) = by_path(models, query) {
+            return Ok(m);
+        }
     }
     let q = query.to_lowercase();
     let steps: [&dyn Fn(&Model) -> bool; 5] = [
@@ -70,13 +78,8 @@ fn is_old_revision(m: &Model) -> bool {
     m.source == super::Source::HfCache && m.name.contains('@')
 }
 
-fn looks_like_path(q: &str) -> bool {
-    q.starts_with('/')
-        || q.starts_with('.')
-        || q.starts_with('~')
-        || q.ends_with(".gguf")
-        || Path::new(q).is_absolute()
-        || (Path::new(q).exists() && !q.contains(':'))
+fn explicit_path(q: &str) -> bool {
+    q.starts_with('/') || q.starts_with("./") || q.starts_with("../") || q.starts_with('~')
 }
 
 fn by_path<'a>(models: &'a [Model], query: &str) -> Result<&'a Model, LibraryError> {

@@ -53,6 +53,11 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                     ),
                 };
             }
+            if !ins.has_tokenizer {
+                return Runnable::No {
+                    reason: "the file has no embedded vocabulary (tokenizer.ggml.tokens), so the engine cannot tokenize text for it".into(),
+                };
+            }
             let slow: Vec<String> = ins
                 .gguf_types
                 .iter()
@@ -100,6 +105,13 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                         "weights stored as {} (quantized safetensors); the engine loads F32/F16/BF16 only",
                         bad.join(", ")
                     ),
+                };
+            }
+            if !ins.has_tokenizer {
+                return Runnable::No {
+                    reason:
+                        "no tokenizer.json next to the weights; download it from the model's repo"
+                            .into(),
                 };
             }
             Runnable::Yes

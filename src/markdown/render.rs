@@ -55,6 +55,9 @@ pub(crate) struct RenderOptions<'a> {
 pub(crate) struct Block {
     /// Byte range of the block in the parsed source.
     pub range: Range<usize>,
+    /// End of the last text the block shows; the range may run further (over trailing
+    /// definitions, fences, blank lines).
+    pub content_end: usize,
     pub lines: Vec<Line<'static>>,
     /// Some for a top-level fenced code block: the state after its last line.
     pub code: Option<CodeResume>,
@@ -95,10 +98,12 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
     let mut depth = 0usize;
     let mut block_start = 0usize;
     let mut block_range = 0..0;
+    let mut content_end = 0usize;
     for (i, (event, range)) in events.iter().enumerate() {
         if depth == 0 {
             block_start = w.out.len();
             block_range = range.clone();
+            content_end = range.start;
             w.code_result = None;
             w.resume = if blocks.is_empty() {
                 opts.resume.cloned()
@@ -109,7 +114,7 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
         match event {
             Event::Start(_) => depth += 1,
             Event::End(_) => depth = depth.saturating_sub(1),
-            _ => {}
+            _ => content_end = content_end.max(range.end),
         }
         w.event(event, &events[i + 1..]);
         if depth == 0 {
@@ -119,6 +124,7 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
                 .any(|b| b.start < block_range.end && b.end > block_range.start);
             blocks.push(Block {
                 range: block_range.clone(),
+                content_end,
                 lines: w.out.split_off(block_start),
                 code: w.code_result.take(),
                 unresolved_reference,
@@ -130,6 +136,7 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
         w.flush_line();
         blocks.push(Block {
             range: block_range,
+            content_end,
             lines: w.out.split_off(block_start),
             code: w.code_result.take(),
             unresolved_reference: true,

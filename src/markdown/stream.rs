@@ -154,13 +154,44 @@ impl MarkdownStream {
             && blocks[take].code.is_some()
             && !blocks[take].unresolved_reference;
 
-        let new_pending_rel = if all {
+        let mut new_pending_rel = if all {
             region.len()
         } else if take < blocks.len() {
             line_start(blocks[take].range.start)
         } else {
             0
         };
+        if !all {
+            // A link reference definition after the last committed block's text opens a
+            // paragraph that the next lines may continue ("[a]: /u\n2) text" is one
+            // paragraph, not a list), and pulldown-cmark may count it into the previous
+            // block's range. The next parse must start at it, not after it. In that gap only
+            // a definition can begin with `[`: any other such line would have produced text.
+            let gap_from = if take > 0 {
+                blocks[take - 1]
+                    .content_end
+                    .saturating_sub(shift)
+                    .min(region.len())
+            } else {
+                0
+            };
+            let gap_to = new_pending_rel.max(gap_from);
+            let mut at = line_start(shift + gap_from);
+            if at < gap_from {
+                at = region[gap_from..]
+                    .find('\n')
+                    .map_or(region.len(), |i| gap_from + i + 1);
+            }
+            while at < gap_to {
+                let line = &region[at..];
+                let indent = line.len() - line.trim_start_matches(' ').len();
+                if indent <= 3 && line[indent..].starts_with('[') {
+                    new_pending_rel = new_pending_rel.min(at);
+                    break;
+                }
+                at = line.find('\n').map_or(region.len(), |i| at + i + 1);
+            }
+        }
         if take == 0 && !open_code {
             return;
         }

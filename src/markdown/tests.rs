@@ -8,8 +8,8 @@ use super::{render, wrap_lines, MarkdownStream, MarkdownStyles};
 const CORPUS: &[&str] = &[
     // Headings, emphasis, links, a table and code in two languages.
     "# Rust ownership 🦀\n\nOwnership has **three** rules, see [the book](https://doc.rust-lang.org/book/) \
-or <https://rust-lang.org>.\n\n## Rules\n\n1. Each value has an *owner*.\n2. One owner at a time.\n   \
-Continued line.\n3. Dropped at scope end.\n\n| Rule | 説明 | ok |\n|:-----|:----:|---:|\n| move | 所有権の移動 | ✅ |\n\
+or <https://rust-lang.org>.\n\n## Rules\n\n1. Each value has an *owner*.\n2. One owner at a time.\n   Continued line.\n   \
+\n   Second paragraph in item two.\n3. Dropped at scope end.\n\n| Rule | 説明 | ok |\n|:-----|:----:|---:|\n| move | 所有権の移動 | ✅ |\n\
 | borrow | `&T` | 👍🏽 |\n\n```rust\nfn main() {\n    let s = String::from(\"hi\");\n    takes(s);\n}\n```\n\n\
 ```python\ndef f(x):\n    return x * 2  # 二倍\n```\n\nDone.",
     // Nested lists, tasks, quotes with code inside.
@@ -26,12 +26,75 @@ Text between.\n\n```js\nconsole.log('open fence');\n\nlet a = `tpl`;\n\n",
     "See [the guide][g] and [missing] and arr[0].\n\n中文段落，包含全角字符。\n\n\
 👨‍👩‍👧‍👦 family, 🇯🇵 flag, e\u{301} accent.\n\n[g]: https://example.com/guide \"Guide\"\n\nAfter defs [g].\n",
     // Ordered list starting at 7, code inside a list item, table without trailing pipes.
-    "7. seven\n8. eight\n\n   ```sh\n   echo hi\n   ```\n9. nine\n\na | b\n--|--\n1 | 2\n3 | 4\n\n\
-    indented code block\n    second line\n\nfinal paragraph with trailing spaces   ",
+    "7. seven\n8. eight\n\n   ```sh\n   echo hi\n   ```\n9. nine\n\na | b\n--|--\n1 | 2\n3 | 4\n\n    indented code block\n    \tsecond line\n\nfinal paragraph with trailing spaces   ",
     // A table that arrives row by row after a paragraph, then an emoji heading.
     "Lead-in paragraph\n\n| h1 | h2 |\n| --- | --- |\n| a | b |\n| c | d |\n\n### 🎉 Party\n\nbye\n",
     // Fence that ends the message unclosed, with a long line.
     "```rust\nfn long() { let v = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]; }\n// trailing",
+];
+
+const FRAGMENTS: &[&str] = &[
+    "",
+    "",
+    "plain text",
+    "more *emph",
+    "asis* here",
+    "# heading",
+    "Setext",
+    "===",
+    "---",
+    "***",
+    "- item",
+    "  - nested",
+    "    continued",
+    "1. first",
+    "2) second",
+    "10. tenth",
+    "- [ ] task",
+    "> quote",
+    "> > deeper",
+    ">",
+    "lazy line",
+    "```rust",
+    "```",
+    "~~~",
+    "~~~python",
+    "````",
+    "let x = [1, 2];",
+    "    indented code",
+    "\tTabbed",
+    "| a | b |",
+    "|---|:-:|",
+    "| 1 | 漢字 |",
+    "a | b",
+    "<div>",
+    "</div>",
+    "<!-- comment -->",
+    "[ref]: https://example.com/r",
+    "[ref] and [other][ref] and [nope]",
+    "[nope]: /late",
+    "see <https://auto.link>",
+    "emoji 👩‍💻 and e\u{301}",
+    "trailing hard  ",
+    "\\escaped \\* star",
+    "- > quote in a list",
+    "  > indented quote",
+    "+ plus item",
+    "* star item",
+    "   - three-space item",
+    "  ```",
+    "1. ```py",
+    "<pre>",
+    "</pre>",
+    "[multi]:",
+    "  https://example.com/multi \"title\"",
+    "[multi] use",
+    "* * *",
+    "text with `code",
+    "close` tick",
+    "![img](/x.png) image",
+    "line ending in backslash\\",
+    "&amp; entity &copy;",
 ];
 
 fn stream_with_splits(text: &str, cuts: &[usize], styles: &MarkdownStyles) -> Vec<Line<'static>> {
@@ -109,13 +172,13 @@ fn stream_commits_before_the_end() {
         .iter()
         .map(|l| l.spans.iter().map(|s| s.content.as_ref()).collect())
         .collect();
-    assert_eq!(committed.len(), 20, "{committed:#?}");
-    assert_eq!(committed[18], "fn main() {");
-    assert_eq!(committed[19], "    let s = String::from(\"hi\");");
+    assert_eq!(committed.len(), 24, "{committed:#?}");
+    assert_eq!(committed[22], "fn main() {");
+    assert_eq!(committed[23], "    let s = String::from(\"hi\");");
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn streamed_equals_full_for_random_splits(
@@ -153,6 +216,24 @@ proptest! {
             // Only a single grapheme wider than the pane may overflow it.
             prop_assert!(w <= width.max(2) as usize, "row {:?} is {} wide at width {}", row, w, width);
         }
+    }
+}
+
+proptest! {
+    // Cheap cases that find block-boundary bugs the corpus misses; run more of them.
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random documents built from lines that open, continue and close every construct, to
+    /// hit block boundaries the hand-written corpus does not.
+    #[test]
+    fn random_line_soup_streams_like_it_renders(
+        picks in proptest::collection::vec(0..FRAGMENTS.len(), 1..40),
+        chunk in 1usize..9,
+    ) {
+        let text: String = picks.iter().map(|&i| FRAGMENTS[i]).collect::<Vec<_>>().join("\n");
+        let styles = MarkdownStyles::dark();
+        let cuts: Vec<usize> = (1..text.len() / chunk + 1).map(|k| k * chunk).collect();
+        prop_assert_eq!(stream_with_splits(&text, &cuts, &styles), render(&text, &styles));
     }
 }
 

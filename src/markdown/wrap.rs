@@ -210,6 +210,17 @@ fn wrap_one(line: &Line, width: usize, out: &mut Vec<Line<'static>>) {
                 }
             }
         }
+        if row.len() == content_start && row_w > 0 && row_w + g.width > width {
+            // The prefix leaves no room for this grapheme: a first-row prefix goes on a row
+            // of its own, a continuation indent is dropped.
+            if i == prefix_len {
+                finish(std::mem::take(&mut row), out);
+            }
+            row.clear();
+            row_w = 0;
+            content_start = 0;
+            last_space = None;
+        }
         if !code && is_space(g.sym) {
             last_space = Some(row.len());
         }

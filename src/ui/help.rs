@@ -44,6 +44,7 @@ fn heading(c: Context) -> &'static str {
         Context::Chat => "Chat",
         Context::Params => "Parameters",
         Context::Input => "While typing",
+        Context::Confirm => "When asked to confirm",
     }
 }
 

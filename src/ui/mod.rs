@@ -1,7 +1,10 @@
 //! Drawing. `draw` lays out the screen; each pane draws itself from `&State`.
 
 pub mod chat;
+pub mod downloads;
 pub mod help;
+pub mod hub;
+pub mod library;
 pub mod panes;
 pub mod params;
 pub mod status;
@@ -104,4 +107,4 @@ pub fn empty_state(f: &mut Frame, area: Rect, lines: &[&str], style: Style) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

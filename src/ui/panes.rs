@@ -7,8 +7,12 @@ use ratatui::Frame;
 
 pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
     let pane = state.main_pane;
-    if pane == Pane::Chat {
-        return super::chat::draw(f, area, state);
+    match pane {
+        Pane::Chat => return super::chat::draw(f, area, state),
+        Pane::Library => return super::library::draw(f, area, state),
+        Pane::Hub => return super::hub::draw(f, area, state),
+        Pane::Downloads => return super::downloads::draw(f, area, state),
+        _ => {}
     }
     let block = pane_block(pane.title(), state.focus == pane, state);
     let inner = block.inner(area);

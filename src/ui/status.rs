@@ -6,21 +6,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 pub fn draw(f: &mut Frame, area: Rect, state: &State) {
     let t = &state.theme;
     let sep = Span::styled(" │ ", t.status_bar);
@@ -49,7 +34,7 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
                 state
                     .status
                     .rss_bytes
-                    .map_or_else(|| "–".to_string(), human_bytes)
+                    .map_or_else(|| "–".to_string(), crate::library::human::bytes)
             ),
             t.status_bar,
         ),
@@ -63,16 +48,4 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
         None => spans.push(Span::styled("? help  q quit", t.status_bar)),
     }
     f.render_widget(Paragraph::new(Line::from(spans)).style(t.status_bar), area);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_bytes;
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(98_362_432), "98.4 MB");
-        assert_eq!(human_bytes(1_117_320_768), "1.1 GB");
-    }
 }

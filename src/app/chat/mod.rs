@@ -305,6 +305,22 @@ pub fn typing(state: &State) -> bool {
     }
 }
 
+/// Commands bound in the `input` context; they act on the chat's fields only.
+pub fn is_text_command(cmd: Command) -> bool {
+    use Command as C;
+    matches!(
+        cmd,
+        C::InputSubmit
+            | C::InputNewline
+            | C::InputCancel
+            | C::InputComplete
+            | C::InputUp
+            | C::InputDown
+            | C::ChatPageUp
+            | C::ChatPageDown
+    )
+}
+
 pub fn markdown_styles(theme: &crate::config::theme::Theme) -> MarkdownStyles {
     let base = if is_light(theme) {
         MarkdownStyles::light()

@@ -636,8 +636,12 @@ async fn the_chat_saves_after_each_finished_message_and_exports_and_copies() {
             sink.lock().unwrap().extend_from_slice(b);
             Ok(())
         }));
-    let mut runner =
-        crate::app::effect::EffectRunner::new(tx, "/nonexistent".into()).with_chat(chat);
+    let mut runner = crate::app::effect::EffectRunner::new(
+        tx,
+        "/nonexistent".into(),
+        crate::app::tests::empty_roots(),
+    )
+    .with_chat(chat);
     let mut s = chat_state();
     s.chat.model = None;
     typ(&mut s, "/model fake/chat.gguf");

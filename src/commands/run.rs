@@ -1,0 +1,190 @@
+//! `influence run --model PATH [sampling flags] PROMPT`: one generation streamed to stdout,
+//! statistics to stderr. The thread count comes from the global `--threads` flag.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::commands::Context;
+use crate::engine::{
+    configure_threads, wait, ChatMessage, EngineHandle, EngineOptions, GenEvent, GenParams,
+    GenRequest, GenStats, Prompt,
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Model file (.gguf).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Sampling temperature, 0..=2 (0 = greedy).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, 0..=1 (1 = off).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Drop tokens below P × the top probability, 0..=1 (0 = off).
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    /// Penalty for recently used tokens (1 = off).
+    #[arg(long, value_name = "R")]
+    pub repeat_penalty: Option<f32>,
+    /// Maximum tokens to generate.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Seed for reproducible sampling.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Stop when this text is generated (repeatable; not printed).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// System prompt (chat mode only).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Feed the prompt to the model as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// The prompt; `-` reads it from standard input.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+}
+
+impl RunArgs {
+    pub fn params(&self) -> GenParams {
+        let d = GenParams::default();
+        GenParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+            seed: self.seed,
+            stop: self.stop.clone(),
+            ..d
+        }
+    }
+}
+
+/// One-line statistics summary for stderr.
+pub fn describe_stats(s: &GenStats) -> String {
+    format!(
+        "prompt {} tokens ({} cached) at {:.1} tok/s | generated {} tokens at {:.1} tok/s | first token after {:.0} ms | finish: {:?}",
+        s.prompt_tokens,
+        s.cached_tokens,
+        s.prompt_tok_s,
+        s.generated_tokens,
+        s.gen_tok_s,
+        s.ttft_ms,
+        s.finish
+    )
+    .to_lowercase()
+}
+
+pub fn run(args: &RunArgs, ctx: &Context) -> anyhow::Result<()> {
+    let params = args.params();
+    params.validate().map_err(anyhow::Error::msg)?;
+    let text = if args.prompt == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the prompt from standard input")?;
+        s
+    } else {
+        args.prompt.clone()
+    };
+    if args.raw && args.system.is_some() {
+        anyhow::bail!("--system applies to chat prompts; drop it or drop --raw");
+    }
+    let threads = configure_threads(ctx.threads, true);
+    let engine = EngineHandle::spawn(EngineOptions {
+        threads,
+        max_loaded: 1,
+    });
+    let info = wait(engine.load(args.model.clone()))?;
+    if let Some(w) = &info.slow_quant_warning {
+        eprintln!("warning: {w}");
+    }
+    let prompt = if args.raw {
+        Prompt::Raw(text)
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &args.system {
+            msgs.push(ChatMessage::system(s.clone()));
+        }
+        msgs.push(ChatMessage::user(text));
+        Prompt::Chat(msgs)
+    };
+    let mut gen = engine.generate(GenRequest {
+        model: args.model.clone(),
+        prompt,
+        params,
+    });
+    let mut out = std::io::stdout().lock();
+    while let Some(ev) = gen.events.blocking_recv() {
+        match ev {
+            GenEvent::Started { .. } => {}
+            GenEvent::Token { text, .. } => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            GenEvent::Done(stats) => {
+                writeln!(out)?;
+                eprintln!("{} ({threads} threads)", describe_stats(&stats));
+                return Ok(());
+            }
+            GenEvent::Failed(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("the engine stopped before finishing the generation")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn flags_map_to_params() {
+        let cli = Cli::parse_from([
+            "x",
+            "--model",
+            "m.gguf",
+            "--temperature",
+            "0",
+            "--top-k",
+            "5",
+            "--stop",
+            "\n",
+            "--stop",
+            "END",
+            "--max-tokens",
+            "7",
+            "hello",
+        ]);
+        let p = cli.run.params();
+        assert_eq!(p.temperature, 0.0);
+        assert_eq!(p.top_k, 5);
+        assert_eq!(p.max_tokens, 7);
+        assert_eq!(p.stop, vec!["\n".to_string(), "END".to_string()]);
+        assert_eq!(p.top_p, GenParams::default().top_p);
+        assert_eq!(cli.run.prompt, "hello");
+        assert!(!cli.run.raw);
+    }
+
+    #[test]
+    fn bad_flag_values_fail_validation() {
+        let cli = Cli::parse_from(["x", "--model", "m", "--top-p", "2", "hi"]);
+        let err = cli.run.params().validate().unwrap_err();
+        assert!(err.contains("top_p"), "{err}");
+    }
+}

@@ -1,0 +1,448 @@
+//! Decoder-only transformer over GGUF weights (llama, mistral, qwen2, qwen3, phi3).
+//!
+//! Written for Influence on candle-core/candle-nn ops. Compared with candle-transformers'
+//! bundled quantized models it keeps `token_embd` quantized (rows are dequantized per lookup),
+//! uses a preallocated, truncatable KV cache, builds RoPE tables for the model's real context,
+//! and runs grouped-query attention without copying K/V per query head.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use super::gguf::{GgufFile, Meta};
+use super::kv_cache::KvCache;
+use super::EngineError;
+
+/// Shape and numerics of a decoder, read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rms_eps: f64,
+    pub rope_base: f32,
+    pub rope_dim: usize,
+    pub context_length: usize,
+    /// NeoX-style rotation (halves) rather than GPT-J style (interleaved pairs).
+    pub rope_neox: bool,
+}
+
+impl DecoderConfig {
+    pub fn from_meta(meta: &Meta, arch: &str) -> Result<Self, EngineError> {
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden = meta.usize(&k("embedding_length"))?;
+        let n_head = meta.usize(&k("attention.head_count"))?;
+        let n_kv_head = meta
+            .opt_usize(&k("attention.head_count_kv"))
+            .unwrap_or(n_head);
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(EngineError::Corrupt {
+                path: meta.path.to_path_buf(),
+                reason: format!("invalid head counts {n_head}/{n_kv_head}"),
+            });
+        }
+        let head_dim = meta
+            .opt_usize(&k("attention.key_length"))
+            .unwrap_or(hidden / n_head);
+        let rope_dim = meta
+            .opt_usize(&k("rope.dimension_count"))
+            .unwrap_or(head_dim)
+            .min(head_dim);
+        Ok(Self {
+            n_layer: meta.usize(&k("block_count"))?,
+            n_head,
+            n_kv_head,
+            head_dim,
+            rms_eps: meta
+                .opt_f32(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
+            rope_base: meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_dim,
+            context_length: meta.opt_usize(&k("context_length")).unwrap_or(2048),
+            // llama.cpp's llama_model_rope_type: these families use NeoX rotation.
+            rope_neox: matches!(arch, "qwen2" | "qwen3" | "phi3"),
+        })
+    }
+}
+
+enum Qkv {
+    Separate { q: QMatMul, k: QMatMul, v: QMatMul },
+    Fused(QMatMul),
+}
+
+enum GateUp {
+    Separate { gate: QMatMul, up: QMatMul },
+    Fused(QMatMul),
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Qkv,
+    /// qwen2 projection biases.
+    bias: Option<(Tensor, Tensor, Tensor)>,
+    /// qwen3 per-head RMS norms on queries and keys.
+    qk_norm: Option<(Tensor, Tensor)>,
+    o: QMatMul,
+    ffn_norm: Tensor,
+    gate_up: GateUp,
+    down: QMatMul,
+    cache: KvCache,
+}
+
+/// A loaded decoder with its KV cache.
+pub struct Decoder {
+    pub cfg: DecoderConfig,
+    embed: Arc<QTensor>,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    lm_head: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+struct Loader<'a> {
+    f: &'a mut GgufFile,
+}
+
+impl Loader<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.f.content.tensor_infos.contains_key(name)
+    }
+
+    fn qtensor(&mut self, name: &str) -> Result<QTensor, EngineError> {
+        if !self.has(name) {
+            return Err(EngineError::Corrupt {
+                path: self.f.path.clone(),
+                reason: format!(
+                    "tensor `{name}` is missing (is this really a {} model?)",
+                    self.f.arch
+                ),
+            });
+        }
+        self.f
+            .content
+            .tensor(&mut self.f.reader, name, &Device::Cpu)
+            .map_err(|e| EngineError::Corrupt {
+                path: self.f.path.clone(),
+                reason: format!("cannot read tensor `{name}`: {e}"),
+            })
+    }
+
+    fn matmul(&mut self, name: &str) -> Result<QMatMul, EngineError> {
+        Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Tensor, EngineError> {
+        Ok(self.qtensor(name)?.dequantize(&Device::Cpu)?)
+    }
+
+    fn opt_dense(&mut self, name: &str) -> Result<Option<Tensor>, EngineError> {
+        if self.has(name) {
+            Ok(Some(self.dense(name)?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn rope_tables(
+    cfg: &DecoderConfig,
+    freq_factors: Option<&[f32]>,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = cfg.rope_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = 1.0 / cfg.rope_base.powf((2 * i) as f32 / cfg.rope_dim as f32);
+            match freq_factors.and_then(|ff| ff.get(i)) {
+                Some(div) if *div > 0.0 => f / div,
+                _ => f,
+            }
+        })
+        .collect();
+    let n = cfg.context_length;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, half), &Device::Cpu)?,
+        Tensor::from_vec(sin, (n, half), &Device::Cpu)?,
+    ))
+}
+
+impl Decoder {
+    /// Reads all weights. The caller has already validated the header (`gguf::open`).
+    pub fn load(f: &mut GgufFile) -> Result<Self, EngineError> {
+        let arch = f.arch.clone();
+        let meta = Meta {
+            path: &f.path,
+            md: &f.content.metadata,
+        };
+        let cfg = DecoderConfig::from_meta(&meta, &arch)?;
+        let mut l = Loader { f };
+
+        let embed = Arc::new(l.qtensor("token_embd.weight")?);
+        let lm_head = if l.has("output.weight") {
+            l.matmul("output.weight")?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
+        let out_norm = l.dense("output_norm.weight")?;
+        let freq_factors = match l.opt_dense("rope_freqs.weight")? {
+            Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let (cos, sin) = rope_tables(&cfg, freq_factors.as_deref())?;
+
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let qkv = if l.has(&p("attn_qkv.weight")) {
+                Qkv::Fused(l.matmul(&p("attn_qkv.weight"))?)
+            } else {
+                Qkv::Separate {
+                    q: l.matmul(&p("attn_q.weight"))?,
+                    k: l.matmul(&p("attn_k.weight"))?,
+                    v: l.matmul(&p("attn_v.weight"))?,
+                }
+            };
+            let bias = match (
+                l.opt_dense(&p("attn_q.bias"))?,
+                l.opt_dense(&p("attn_k.bias"))?,
+                l.opt_dense(&p("attn_v.bias"))?,
+            ) {
+                (Some(q), Some(k), Some(v)) => Some((q, k, v)),
+                _ => None,
+            };
+            let qk_norm = match (
+                l.opt_dense(&p("attn_q_norm.weight"))?,
+                l.opt_dense(&p("attn_k_norm.weight"))?,
+            ) {
+                (Some(q), Some(k)) => Some((q, k)),
+                _ => None,
+            };
+            let gate_up = if l.has(&p("ffn_gate.weight")) {
+                GateUp::Separate {
+                    gate: l.matmul(&p("ffn_gate.weight"))?,
+                    up: l.matmul(&p("ffn_up.weight"))?,
+                }
+            } else {
+                GateUp::Fused(l.matmul(&p("ffn_up.weight"))?)
+            };
+            layers.push(Layer {
+                attn_norm: l.dense(&p("attn_norm.weight"))?,
+                qkv,
+                bias,
+                qk_norm,
+                o: l.matmul(&p("attn_output.weight"))?,
+                ffn_norm: l.dense(&p("ffn_norm.weight"))?,
+                gate_up,
+                down: l.matmul(&p("ffn_down.weight"))?,
+                cache: KvCache::new(cfg.context_length),
+            });
+        }
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            out_norm,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    /// Positions currently held in the KV cache.
+    pub fn cache_len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.cache.len())
+    }
+
+    /// Drops cached positions from `n` on.
+    pub fn truncate_cache(&mut self, n: usize) {
+        for l in &mut self.layers {
+            l.cache.truncate(n);
+        }
+    }
+
+    /// Feeds `ids` at positions `cache_len()..`; returns the logits of the last position when
+    /// `want_logits` (prefill chunks other than the last skip the LM head).
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        want_logits: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let t = ids.len();
+        let pos = self.cache_len();
+        if t == 0 {
+            candle_core::bail!("forward called with no tokens");
+        }
+        if pos + t > self.cfg.context_length {
+            candle_core::bail!(
+                "positions {pos}..{} exceed the context length {}",
+                pos + t,
+                self.cfg.context_length
+            );
+        }
+        let dev = Device::Cpu;
+        let ids_t = Tensor::new(ids, &dev)?.unsqueeze(0)?;
+        let mut x = self.embed.embedding(&ids_t)?.to_dtype(DType::F32)?;
+        let mask = (t > 1).then(|| causal_mask(t, pos)).transpose()?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let cfg = &self.cfg;
+        for layer in &mut self.layers {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
+            let attn = attention(cfg, layer, &h, mask.as_ref(), &cos, &sin)?;
+            x = (x + attn)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
+            let ff = match &layer.gate_up {
+                GateUp::Separate { gate, up } => {
+                    (candle_nn::ops::silu(&linear(gate, &h)?)? * linear(up, &h)?)?
+                }
+                GateUp::Fused(w) => {
+                    let gu = linear(w, &h)?;
+                    let n = gu.dim(D::Minus1)? / 2;
+                    (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, n)?)?
+                        * gu.narrow(D::Minus1, n, n)?)?
+                }
+            };
+            x = (x + linear(&layer.down, &ff)?)?;
+        }
+        if !want_logits {
+            return Ok(None);
+        }
+        let last = x.narrow(1, t - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.out_norm, cfg.rms_eps as f32)?;
+        let logits = self.lm_head.forward(&last)?;
+        Ok(Some(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?))
+    }
+}
+
+/// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for
+/// the call: candle's quantized matmul streams the whole weight once per row for most types,
+/// which makes prefill barely faster than decoding token by token.
+const DENSE_MIN_ROWS: usize = 16;
+
+fn dense_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INFLUENCE_DENSE_PREFILL").map_or(true, |v| v != "0"))
+}
+
+/// `x @ wᵀ`, choosing between candle's quantized kernel and a dequantize-then-GEMM path.
+fn linear(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let QMatMul::QTensor(qt) = w {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        // Q4_K and Q6_K have repacked multi-row kernels in candle 0.11 that beat this.
+        let fast_batched = matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q6K);
+        if rows >= DENSE_MIN_ROWS && !fast_batched && dense_env() {
+            let wd = qt.dequantize(&Device::Cpu)?;
+            return x.broadcast_matmul(&wd.t()?);
+        }
+    }
+    w.forward(x)
+}
+
+/// Additive mask (t, pos + t): query i (at absolute position pos + i) sees keys 0..=pos + i.
+fn causal_mask(t: usize, pos: usize) -> candle_core::Result<Tensor> {
+    let kv = pos + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..kv).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (t, kv), &Device::Cpu)
+}
+
+fn apply_rope(
+    cfg: &DecoderConfig,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let rot = |x: &Tensor| {
+        let x = x.contiguous()?;
+        if cfg.rope_neox {
+            candle_nn::rotary_emb::rope(&x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(&x, cos, sin)
+        }
+    };
+    if cfg.rope_dim == cfg.head_dim {
+        rot(x)
+    } else {
+        let head = rot(&x.narrow(D::Minus1, 0, cfg.rope_dim)?)?;
+        let tail = x.narrow(D::Minus1, cfg.rope_dim, cfg.head_dim - cfg.rope_dim)?;
+        Tensor::cat(&[&head, &tail], D::Minus1)
+    }
+}
+
+fn attention(
+    cfg: &DecoderConfig,
+    layer: &mut Layer,
+    h: &Tensor,
+    mask: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (_, t, _) = h.dims3()?;
+    let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
+    let (q, k, v) = match &layer.qkv {
+        Qkv::Separate { q, k, v } => (linear(q, h)?, linear(k, h)?, linear(v, h)?),
+        Qkv::Fused(w) => {
+            let qkv = linear(w, h)?;
+            (
+                qkv.narrow(D::Minus1, 0, nh * hd)?,
+                qkv.narrow(D::Minus1, nh * hd, nkv * hd)?,
+                qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+            )
+        }
+    };
+    let (q, k, v) = match &layer.bias {
+        Some((bq, bk, bv)) => (
+            q.broadcast_add(bq)?,
+            k.broadcast_add(bk)?,
+            v.broadcast_add(bv)?,
+        ),
+        None => (q, k, v),
+    };
+    let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+    let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+    let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+    let (q, k) = match &layer.qk_norm {
+        Some((qn, kn)) => (
+            candle_nn::ops::rms_norm(&q, qn, cfg.rms_eps as f32)?,
+            candle_nn::ops::rms_norm(&k, kn, cfg.rms_eps as f32)?,
+        ),
+        None => (q, k),
+    };
+    let q = apply_rope(cfg, &q, cos, sin)?;
+    let k = apply_rope(cfg, &k, cos, sin)?;
+    let (k_all, v_all) = layer.cache.append(&k, &v)?;
+    let kv_len = k_all.dim(2)?;
+
+    // Grouped-query attention without repeating K/V: query heads sharing a KV head are
+    // stacked along the row axis, (1, nkv, n_rep * t, hd).
+    let n_rep = nh / nkv;
+    let q = q.reshape((1, nkv, n_rep * t, hd))?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let att = (q.matmul(&k_all.t()?)? * scale)?;
+    let att = match mask {
+        Some(m) => att
+            .reshape((1, nkv, n_rep, t, kv_len))?
+            .broadcast_add(m)?
+            .reshape((1, nkv, n_rep * t, kv_len))?,
+        None => att,
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let y = att.matmul(&v_all)?; // (1, nkv, n_rep * t, hd)
+    let y = y
+        .reshape((1, nh, t, hd))?
+        .transpose(1, 2)?
+        .reshape((1, t, nh * hd))?;
+    linear(&layer.o, &y)
+}

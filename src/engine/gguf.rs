@@ -1,0 +1,258 @@
+//! Opening a GGUF file: header, metadata, architecture and integrity checks before any weight
+//! is read, plus quant-type statistics for the slow-path warning.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+
+use super::EngineError;
+
+/// Architectures the GGUF decoder implements.
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+
+/// An opened GGUF file whose header has been validated.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    pub reader: BufReader<File>,
+    pub arch: String,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> EngineError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        EngineError::NotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        EngineError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Reads and checks the header. Fails with `Corrupt` for a non-GGUF file, `Truncated` when a
+/// tensor's data lies past the end of the file, `UnsupportedArchitecture` for other families.
+pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| header_error(path, file_len, e))?;
+
+    let arch = match content.metadata.get("general.architecture") {
+        Some(Value::String(s)) => s.clone(),
+        _ => {
+            return Err(EngineError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "metadata key `general.architecture` is missing".into(),
+            })
+        }
+    };
+    if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+        return Err(EngineError::UnsupportedArchitecture {
+            arch,
+            supported: SUPPORTED_ARCHS.join(", "),
+        });
+    }
+    check_tensor_extents(path, &content, file_len)?;
+    Ok(GgufFile {
+        path: path.to_path_buf(),
+        content,
+        reader,
+        arch,
+    })
+}
+
+fn header_error(path: &Path, file_len: u64, e: candle_core::Error) -> EngineError {
+    let msg = e.to_string();
+    let path = path.to_path_buf();
+    if msg.contains("unknown dtype") {
+        return EngineError::UnsupportedQuant {
+            dtype: msg.replace("unknown dtype for tensor ", "ggml type id "),
+        };
+    }
+    let eof = msg.contains("failed to fill whole buffer")
+        || msg.contains("UnexpectedEof")
+        || msg.contains("remaining");
+    if eof && file_len >= 8 && !msg.contains("magic") {
+        EngineError::Truncated {
+            path,
+            reason: format!("the header ends early ({msg})"),
+        }
+    } else {
+        EngineError::Corrupt {
+            path,
+            reason: format!("cannot parse the GGUF header: {msg}"),
+        }
+    }
+}
+
+/// Bytes a tensor occupies in the file.
+pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> u64 {
+    (elems / dtype.block_size() * dtype.type_size()) as u64
+}
+
+fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result<(), EngineError> {
+    let mut needed = content.tensor_data_offset;
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        if elems % info.ggml_dtype.block_size() != 0 {
+            return Err(EngineError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{name}` has a shape that does not fit its type"),
+            });
+        }
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(tensor_bytes(info.ggml_dtype, elems));
+        needed = needed.max(end);
+    }
+    if needed > file_len {
+        return Err(EngineError::Truncated {
+            path: path.to_path_buf(),
+            reason: format!("the tensors need {needed} bytes but the file has only {file_len}"),
+        });
+    }
+    Ok(())
+}
+
+/// llama.cpp's spelling of a ggml type.
+pub fn dtype_name(d: GgmlDType) -> &'static str {
+    match d {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+/// Summary of the weight types of a file.
+#[derive(Debug, Clone)]
+pub struct QuantStats {
+    pub n_params: u64,
+    /// Type holding the most bytes among matrices (2-D tensors).
+    pub dominant: String,
+    /// Warning text when most quantized bytes run on candle's slow generic path.
+    pub slow_warning: Option<String>,
+}
+
+pub fn quant_stats(content: &Content) -> QuantStats {
+    let mut bytes: HashMap<&'static str, u64> = HashMap::new();
+    let mut n_params = 0u64;
+    let mut quant_bytes = 0u64;
+    let mut slow_bytes = 0u64;
+    for info in content.tensor_infos.values() {
+        let elems = info.shape.elem_count();
+        n_params += elems as u64;
+        if info.shape.rank() < 2 {
+            continue;
+        }
+        let b = tensor_bytes(info.ggml_dtype, elems);
+        *bytes.entry(dtype_name(info.ggml_dtype)).or_default() += b;
+        if !matches!(
+            info.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
+            quant_bytes += b;
+        }
+        if matches!(
+            info.ggml_dtype,
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+        ) {
+            slow_bytes += b;
+        }
+    }
+    let dominant = bytes
+        .iter()
+        .max_by_key(|(_, b)| **b)
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| "F32".into());
+    let slow_warning = (quant_bytes > 0 && slow_bytes * 2 > quant_bytes).then(|| {
+        format!(
+            "{}% of the quantized weight bytes are Q4_1/Q5_0/Q5_1, which candle runs on a slow generic CPU path (2-4x slower per byte). For speed prefer a Q4_0 or Q8_0 file, or Q4_K_M when the model's row sizes are multiples of 256 (real K-quant rows)",
+            slow_bytes * 100 / quant_bytes
+        )
+    });
+    QuantStats {
+        n_params,
+        dominant,
+        slow_warning,
+    }
+}
+
+/// Typed metadata access with errors naming the missing key.
+pub struct Meta<'a> {
+    pub path: &'a Path,
+    pub md: &'a HashMap<String, Value>,
+}
+
+impl Meta<'_> {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.md.get(key)
+    }
+
+    fn missing(&self, key: &str) -> EngineError {
+        EngineError::Corrupt {
+            path: self.path.to_path_buf(),
+            reason: format!("metadata key `{key}` is missing or has the wrong type"),
+        }
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize, EngineError> {
+        self.opt_usize(key).ok_or_else(|| self.missing(key))
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Option<usize> {
+        match self.md.get(key)? {
+            Value::U8(v) => Some(*v as usize),
+            Value::U16(v) => Some(*v as usize),
+            Value::U32(v) => Some(*v as usize),
+            Value::U64(v) => Some(*v as usize),
+            Value::I8(v) if *v >= 0 => Some(*v as usize),
+            Value::I16(v) if *v >= 0 => Some(*v as usize),
+            Value::I32(v) if *v >= 0 => Some(*v as usize),
+            Value::I64(v) if *v >= 0 => Some(*v as usize),
+            _ => None,
+        }
+    }
+
+    pub fn opt_f32(&self, key: &str) -> Option<f32> {
+        match self.md.get(key)? {
+            Value::F32(v) => Some(*v),
+            Value::F64(v) => Some(*v as f32),
+            _ => None,
+        }
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        match self.md.get(key)? {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        match self.md.get(key)? {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+}

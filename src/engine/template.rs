@@ -1,0 +1,224 @@
+//! Chat templates rendered with minijinja the way transformers renders Jinja templates.
+
+use std::path::Path;
+
+use minijinja::value::{Value, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind};
+
+use super::{ChatMessage, EngineError};
+
+/// ChatML, used when a model ships no template.
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+    }
+}
+
+fn tmpl_err(e: Error) -> EngineError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    EngineError::Template(msg)
+}
+
+/// Python-isms that minijinja does not parse, rewritten before compiling.
+fn rewrite(source: &str) -> String {
+    source
+        .replace("[::-1]", "|reverse")
+        .replace("{% generation %}", "")
+        .replace("{% endgeneration %}", "")
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, EngineError> {
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(tmpl_err)?,
+        );
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> String {
+            chrono::Local::now().format(&fmt).to_string()
+        });
+        env.add_filter("tojson", |v: Value| -> Result<Value, Error> {
+            let mut out = String::new();
+            py_json(&v, &mut out)?;
+            Ok(Value::from_safe_string(out))
+        });
+        env.add_template_owned("chat", rewrite(source))
+            .map_err(tmpl_err)?;
+        Ok(Self {
+            env,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+        })
+    }
+
+    pub fn chatml() -> Self {
+        Self::new(CHATML, "", "<|im_end|>").expect("the built-in ChatML template compiles")
+    }
+
+    /// Finds the template: GGUF metadata first, then `tokenizer_config.json` beside the model.
+    pub fn source_for(model_path: &Path, gguf_template: Option<&str>) -> Option<String> {
+        if let Some(t) = gguf_template {
+            return Some(t.to_string());
+        }
+        let cfg = model_path.parent()?.join("tokenizer_config.json");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(cfg).ok()?).ok()?;
+        match json.get("chat_template")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .find(|i| i.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or_else(|| items.first())
+                .and_then(|i| i.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        }
+    }
+
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let msgs: Vec<Value> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content.clone() })
+            .collect();
+        let tmpl = self.env.get_template("chat").map_err(tmpl_err)?;
+        tmpl.render(context! {
+            messages => msgs,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.clone(),
+            eos_token => self.eos.clone(),
+        })
+        .map_err(tmpl_err)
+    }
+}
+
+/// Serialises like Python's `json.dumps(v, ensure_ascii=False)`: `", "` and `": "` separators,
+/// no HTML escaping.
+fn py_json(v: &Value, out: &mut String) -> Result<(), Error> {
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => out.push_str(&v.to_string()),
+        ValueKind::String => out.push_str(
+            &serde_json::to_string(v.as_str().unwrap_or_default())
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?,
+        ),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            for (i, item) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_json(&item, out)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            for (i, key) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_json(&Value::from(key.to_string()), out)?;
+                out.push_str(": ");
+                py_json(&v.get_item(&key)?, out)?;
+            }
+            out.push('}');
+        }
+        _ => py_json(&Value::from(v.to_string()), out)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOLLM_LIKE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nDefault system<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_with_generation_prompt() {
+        let t = ChatTemplate::chatml();
+        let s = t
+            .render(&[ChatMessage::system("S"), ChatMessage::user("Hi")], true)
+            .unwrap();
+        assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn template_default_system_prompt() {
+        let t = ChatTemplate::new(SMOLLM_LIKE, "", "").unwrap();
+        let s = t.render(&[ChatMessage::user("Hi")], false).unwrap();
+        assert!(s.starts_with("<|im_start|>system\nDefault system<|im_end|>\n<|im_start|>user"));
+    }
+
+    #[test]
+    fn raise_exception_python_methods_and_trim_blocks() {
+        let src = "{% for m in messages %}\n  {% if m.role not in ['user','assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}\n[{{ m.content.strip() }}]\n{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::user("  x ")], false).unwrap(),
+            "[x]\n"
+        );
+        let err = t.render(&[ChatMessage::system("x")], false).unwrap_err();
+        assert!(err.to_string().contains("bad role system"), "{err}");
+    }
+
+    #[test]
+    fn tojson_is_python_style() {
+        let t = ChatTemplate::new("{{ {'a': [1, 'é<'], 'b': none}|tojson }}", "", "").unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            r#"{"a": [1, "é<"], "b": null}"#
+        );
+    }
+
+    #[test]
+    fn bos_and_strftime_available() {
+        let t = ChatTemplate::new(
+            "{{ bos_token }}{{ strftime_now('%Y') | length }}",
+            "<s>",
+            "",
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "<s>4");
+    }
+
+    #[test]
+    fn reversed_slices_are_rewritten() {
+        let t = ChatTemplate::new(
+            "{% for m in messages[::-1] %}{{ m.content }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let s = t
+            .render(
+                &[ChatMessage::user("a"), ChatMessage::assistant("b")],
+                false,
+            )
+            .unwrap();
+        assert_eq!(s, "ba");
+    }
+}

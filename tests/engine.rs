@@ -1,0 +1,484 @@
+//! Engine tests against the real test models (SmolLM2-135M Q4_1 GGUF, all-MiniLM-L6-v2).
+//! Fetch them with `scripts/fetch-test-models.sh`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use influence::engine::tokenize::{Detokenizer, TextTokenizer};
+use influence::engine::{
+    wait, ChatMessage, ContextPolicy, EngineError, EngineHandle, EngineOptions, FinishReason,
+    GenEvent, GenParams, GenRequest, ModelKind, Prompt,
+};
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("INFLUENCE_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/influence-test-models")
+        })
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    let p = models_dir().join(rel);
+    assert!(
+        p.exists(),
+        "test model {} is missing: run scripts/fetch-test-models.sh",
+        p.display()
+    );
+    p
+}
+
+fn smollm() -> PathBuf {
+    fixture("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn minilm() -> PathBuf {
+    fixture("minilm")
+}
+
+fn new_engine() -> EngineHandle {
+    EngineHandle::spawn(EngineOptions {
+        threads: 0,
+        max_loaded: 2,
+    })
+}
+
+/// One engine shared by tests whose results do not depend on the KV cache state.
+fn shared() -> &'static EngineHandle {
+    static E: OnceLock<EngineHandle> = OnceLock::new();
+    E.get_or_init(new_engine)
+}
+
+fn raw(model: PathBuf, text: &str, params: GenParams) -> GenRequest {
+    GenRequest {
+        model,
+        prompt: Prompt::Raw(text.into()),
+        params,
+    }
+}
+
+const STORY: &str = "Once upon a time, there was a little";
+const STORY_IDS: [u32; 9] = [6403, 1980, 253, 655, 28, 665, 436, 253, 1838];
+const STORY_OUT: [u32; 16] = [
+    8180, 3365, 20391, 617, 5732, 288, 1238, 281, 260, 2388, 30, 2306, 761, 253, 2066, 13536,
+];
+
+mod tokenizer {
+    use super::*;
+
+    fn tok() -> TextTokenizer {
+        TextTokenizer::from_gguf_path(&smollm()).unwrap()
+    }
+
+    #[test]
+    fn reference_ids() {
+        let t = tok();
+        assert_eq!(t.encode("Hello").unwrap(), vec![19556]);
+        assert_eq!(t.encode(STORY).unwrap(), STORY_IDS.to_vec());
+        let chatml =
+            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(
+            t.encode(chatml).unwrap(),
+            vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+        );
+    }
+
+    #[test]
+    fn digits_split_individually() {
+        let t = tok();
+        let ids = t.encode("12345").unwrap();
+        assert_eq!(ids.len(), 5, "{ids:?}");
+        for (id, d) in ids.iter().zip("12345".chars()) {
+            assert_eq!(t.decode(&[*id]).unwrap(), d.to_string());
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let t = tok();
+        for s in [
+            "日本語のテキストと中文字符",
+            "emoji 🦀🚀 and ZWJ 👩‍💻",
+            "fn main() {\n    println!(\"{}\", 1 + 2);\n}\n",
+            "  leading spaces\tand tabs",
+        ] {
+            let ids = t.encode(s).unwrap();
+            assert_eq!(t.decode(&ids).unwrap(), s, "{ids:?}");
+        }
+    }
+
+    #[test]
+    fn streaming_detokenizer_never_splits_utf8() {
+        let t = tok();
+        let s = "crab 🦀 and 日本 ok";
+        let ids = t.encode(s).unwrap();
+        assert!(
+            ids.len() > s.split(' ').count(),
+            "multi-byte chars span tokens: {ids:?}"
+        );
+        let mut d = Detokenizer::default();
+        let mut out = String::new();
+        let mut empty_pieces = 0;
+        for id in ids {
+            let piece = d.push(&t, id).unwrap();
+            assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+            if piece.is_empty() {
+                empty_pieces += 1;
+            }
+            out.push_str(&piece);
+        }
+        assert_eq!(out, s);
+        assert!(
+            empty_pieces > 0,
+            "the emoji's byte tokens must be held back"
+        );
+    }
+
+    #[test]
+    fn stop_ids_include_template_end() {
+        let t = tok();
+        assert!(t.is_stop(2), "<|im_end|> (eos) must stop");
+    }
+}
+
+mod generation {
+    use super::*;
+
+    #[test]
+    fn greedy_raw_continuation_matches_reference_ids() {
+        let out = shared()
+            .generate(raw(smollm(), STORY, GenParams::greedy(16)))
+            .collect_blocking()
+            .unwrap();
+        assert_eq!(out.ids, STORY_OUT.to_vec(), "text: {:?}", out.text);
+        assert!(out.text.starts_with(" girl named Emma"), "{:?}", out.text);
+        let stats = out.stats.unwrap();
+        assert_eq!(stats.prompt_tokens, 9);
+        assert_eq!(stats.generated_tokens, 16);
+        assert_eq!(stats.finish, FinishReason::Length);
+    }
+
+    /// 16 prompt tokens: prefill takes the dense (dequantized GEMM) path, which must agree with
+    /// the reference ids computed with candle's quantized kernels.
+    #[test]
+    fn greedy_chatml_prompt_matches_reference_ids() {
+        let prompt =
+            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+        let out = shared()
+            .generate(raw(smollm(), prompt, GenParams::greedy(16)))
+            .collect_blocking()
+            .unwrap();
+        assert_eq!(out.ids, vec![504, 3575, 282, 4649, 314, 7042, 30]);
+        assert_eq!(out.text, "The capital of France is Paris.");
+        let stats = out.stats.unwrap();
+        assert_eq!(stats.prompt_tokens, 16);
+        assert_eq!(stats.finish, FinishReason::Stop);
+    }
+
+    #[test]
+    fn chat_answers_paris() {
+        let req = GenRequest {
+            model: smollm(),
+            prompt: Prompt::Chat(vec![
+                ChatMessage::system("You are a helpful assistant."),
+                ChatMessage::user("What is the capital of France?"),
+            ]),
+            params: GenParams::greedy(20),
+        };
+        let out = shared().generate(req).collect_blocking().unwrap();
+        assert!(out.text.contains("Paris"), "{:?}", out.text);
+        let stats = out.stats.unwrap();
+        // "The capital of France is Paris." then <|im_end|> stops it.
+        assert_eq!(stats.finish, FinishReason::Stop, "{:?}", out.text);
+        assert!(!out.text.contains("<|im_end|>"));
+    }
+
+    #[test]
+    fn stop_string_ends_generation_without_emitting_it() {
+        let mut p = GenParams::greedy(30);
+        p.stop = vec!["Emma".into()];
+        let out = shared()
+            .generate(raw(smollm(), STORY, p))
+            .collect_blocking()
+            .unwrap();
+        assert_eq!(out.text, " girl named ");
+        assert_eq!(out.stats.unwrap().finish, FinishReason::Stop);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible() {
+        let p = GenParams {
+            seed: Some(7),
+            max_tokens: 8,
+            ..GenParams::default()
+        };
+        let a = shared()
+            .generate(raw(smollm(), STORY, p.clone()))
+            .collect_blocking()
+            .unwrap();
+        let b = shared()
+            .generate(raw(smollm(), STORY, p))
+            .collect_blocking()
+            .unwrap();
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.ids.len(), 8);
+    }
+
+    #[test]
+    fn cancel_after_first_token() {
+        let mut g = shared().generate(raw(smollm(), STORY, GenParams::greedy(64)));
+        let stats = loop {
+            match g.events.blocking_recv().expect("engine answered") {
+                GenEvent::Token { .. } => g.cancel.cancel(),
+                GenEvent::Done(s) => break s,
+                GenEvent::Started { .. } => {}
+                GenEvent::Failed(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(stats.finish, FinishReason::Cancelled);
+        assert!(stats.generated_tokens <= 2, "{stats:?}");
+    }
+
+    #[test]
+    fn prefix_reuse_feeds_only_the_new_suffix() {
+        let engine = new_engine();
+        let mut msgs = vec![
+            ChatMessage::system("You are a helpful assistant."),
+            ChatMessage::user("What is the capital of France?"),
+        ];
+        let t1 = engine
+            .generate(GenRequest {
+                model: smollm(),
+                prompt: Prompt::Chat(msgs.clone()),
+                params: GenParams::greedy(12),
+            })
+            .collect_blocking()
+            .unwrap();
+        let s1 = t1.stats.unwrap();
+        assert_eq!(s1.cached_tokens, 0);
+
+        msgs.push(ChatMessage::assistant(t1.text.trim()));
+        msgs.push(ChatMessage::user("And of Italy?"));
+        let full = Prompt::Chat(msgs.clone());
+        let full_len = wait(engine.count_tokens(smollm(), full.clone())).unwrap();
+        let t2 = engine
+            .generate(GenRequest {
+                model: smollm(),
+                prompt: full.clone(),
+                params: GenParams::greedy(8),
+            })
+            .collect_blocking()
+            .unwrap();
+        let s2 = t2.stats.unwrap();
+        assert_eq!(s2.prompt_tokens, full_len);
+        assert!(
+            s2.cached_tokens >= s1.prompt_tokens,
+            "turn 2 reused {} tokens, turn 1 prompt had {}",
+            s2.cached_tokens,
+            s1.prompt_tokens
+        );
+        // Only the turn-2 suffix (answer + new question + markers) was computed.
+        let new = s2.prompt_tokens - s2.cached_tokens;
+        assert!(new < 30, "{new} tokens prefilled: {s2:?}");
+
+        let fresh = new_engine()
+            .generate(GenRequest {
+                model: smollm(),
+                prompt: full,
+                params: GenParams::greedy(8),
+            })
+            .collect_blocking()
+            .unwrap();
+        assert_eq!(fresh.stats.unwrap().cached_tokens, 0);
+        assert_eq!(t2.ids, fresh.ids, "{:?} vs {:?}", t2.text, fresh.text);
+    }
+
+    #[test]
+    fn context_overflow_is_refused_with_numbers() {
+        let p = GenParams {
+            max_tokens: 9000,
+            ..GenParams::greedy(1)
+        };
+        let err = shared()
+            .generate(raw(smollm(), STORY, p))
+            .collect_blocking()
+            .unwrap_err();
+        match err {
+            EngineError::ContextOverflow { prompt_tokens, .. } => assert_eq!(prompt_tokens, 9),
+            e => panic!("expected ContextOverflow, got {e}"),
+        }
+    }
+
+    #[test]
+    fn drop_oldest_reports_dropped_messages() {
+        let long = "word ".repeat(40);
+        let mut msgs = vec![ChatMessage::system("Be brief.")];
+        for _ in 0..3 {
+            msgs.push(ChatMessage::user(long.clone()));
+            msgs.push(ChatMessage::assistant(long.clone()));
+        }
+        msgs.push(ChatMessage::user("Hi"));
+        let params = GenParams {
+            max_tokens: 8192 - 120,
+            context_policy: ContextPolicy::DropOldest,
+            ..GenParams::greedy(1)
+        };
+        let mut g = shared().generate(GenRequest {
+            model: smollm(),
+            prompt: Prompt::Chat(msgs),
+            params,
+        });
+        match g.events.blocking_recv().expect("engine answered") {
+            GenEvent::Started {
+                prompt_tokens,
+                dropped_messages,
+                ..
+            } => {
+                assert!(dropped_messages >= 4, "{dropped_messages}");
+                assert!(prompt_tokens <= 120, "{prompt_tokens}");
+            }
+            other => panic!("expected Started, got {other:?}"),
+        }
+        // Dropping the receiver cancels the (long) generation.
+        drop(g);
+    }
+}
+
+mod loading {
+    use super::*;
+
+    #[test]
+    fn model_info_and_slow_quant_warning() {
+        let info = wait(shared().load(smollm())).unwrap();
+        assert_eq!(info.arch, "llama");
+        assert_eq!(info.kind, ModelKind::Generate);
+        assert_eq!(info.context_length, 8192);
+        assert_eq!(info.n_params, 134_515_008);
+        assert_eq!(info.quant, "Q4_1");
+        assert!(info.slow_quant_warning.unwrap().contains("Q4_0"));
+        let loaded = shared().loaded().blocking_recv().unwrap();
+        assert!(loaded.iter().any(|m| m.id == info.id));
+    }
+
+    fn tmp_copy(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+        std::fs::write(f.path(), bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn truncated_file_is_reported() {
+        let bytes = std::fs::read(smollm()).unwrap();
+        let f = tmp_copy(&bytes[..10 * 1024 * 1024]);
+        let err = wait(shared().load(f.path().to_path_buf())).unwrap_err();
+        assert!(matches!(err, EngineError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_file_is_reported() {
+        let bytes: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let f = tmp_copy(&bytes);
+        let err = wait(shared().load(f.path().to_path_buf())).unwrap_err();
+        assert!(matches!(err, EngineError::Corrupt { .. }), "{err}");
+    }
+
+    fn write_gguf(path: &Path, meta: &[(&str, Value)], weights: usize) {
+        let t = QTensor::quantize(
+            &Tensor::zeros((weights,), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let mut f = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut f, &meta, &[("w.weight", &t)]).unwrap();
+    }
+
+    #[test]
+    fn unsupported_architecture_is_rejected_before_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mamba.gguf");
+        write_gguf(
+            &path,
+            &[("general.architecture", Value::String("mamba".into()))],
+            4096,
+        );
+        // Cut the tensor data: the architecture check must come first.
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 8000).unwrap();
+        let err = wait(shared().load(path)).unwrap_err();
+        match err {
+            EngineError::UnsupportedArchitecture { arch, supported } => {
+                assert_eq!(arch, "mamba");
+                assert!(supported.contains("llama"));
+            }
+            e => panic!("expected UnsupportedArchitecture, got {e}"),
+        }
+    }
+
+    #[test]
+    fn missing_tokenizer_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notok.gguf");
+        write_gguf(
+            &path,
+            &[("general.architecture", Value::String("llama".into()))],
+            16,
+        );
+        let err = wait(shared().load(path)).unwrap_err();
+        assert!(matches!(err, EngineError::MissingTokenizer { .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_file_and_wrong_kind() {
+        let err = wait(shared().load("/nonexistent/model.gguf".into())).unwrap_err();
+        assert!(matches!(err, EngineError::NotFound { .. }), "{err}");
+        let err = shared()
+            .generate(raw(minilm(), "hi", GenParams::greedy(1)))
+            .collect_blocking()
+            .unwrap_err();
+        assert!(matches!(err, EngineError::WrongKind { .. }), "{err}");
+        let err = wait(shared().embed(smollm(), vec!["x".into()])).unwrap_err();
+        assert!(matches!(err, EngineError::WrongKind { .. }), "{err}");
+    }
+}
+
+mod embeddings {
+    use super::*;
+
+    fn cos(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn minilm_matches_reference() {
+        let texts = vec![
+            "A man is eating food.".to_string(),
+            "A man is eating a piece of bread.".to_string(),
+            "The new movie is awesome.".to_string(),
+        ];
+        let v = wait(shared().embed(minilm(), texts)).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].len(), 384);
+        let first = [0.033242, 0.004406, -0.006277, 0.048379, -0.138702];
+        for (a, b) in v[0].iter().zip(first) {
+            assert!((a - b).abs() < 1e-4, "{:?}", &v[0][..5]);
+        }
+        let bread = [0.052518, 0.055241, -0.011188, -0.005745, -0.127208];
+        for (a, b) in v[1].iter().zip(bread) {
+            assert!((a - b).abs() < 1e-4, "{:?}", &v[1][..5]);
+        }
+        let c = cos(&v[0], &v[1]);
+        assert!((c - 0.7553).abs() < 0.002, "cos food/bread {c}");
+        let c = cos(&v[0], &v[2]);
+        assert!((c + 0.0461).abs() < 0.002, "cos food/movie {c}");
+        let n: f32 = v[2].iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-4);
+    }
+}
