@@ -113,3 +113,53 @@ fn tui_shows_five_panes_and_ctrl_c_exits_cleanly() {
         "the alternate screen was not left"
     );
 }
+
+fn models_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/influence-test-models")
+        });
+    assert!(
+        dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .is_file(),
+        "test models missing in {}: run scripts/fetch-test-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn import_list_show_and_name_errors_through_the_binary() {
+    let home = tempfile::tempdir().unwrap();
+    let smol = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    influence(home.path())
+        .arg("import")
+        .arg(&smol)
+        .assert()
+        .success();
+    let out = influence(home.path())
+        .args(["list", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let text = list.to_string();
+    assert!(
+        text.contains("\"llama\"") && text.contains("Q4_1"),
+        "{text}"
+    );
+    influence(home.path())
+        .args(["show", "SmolLM2-135M-Instruct"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("8192"));
+    influence(home.path())
+        .args(["show", "no-such-model"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no-such-model"));
+}

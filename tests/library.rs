@@ -1326,3 +1326,36 @@ mod commands {
         assert!(err.to_string().contains("failed verification"), "{err}");
     }
 }
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Corrupt bytes anywhere in a GGUF, or a cut at any length, never crash a scan: the
+        /// model is listed, broken or not.
+        #[test]
+        fn corrupt_ggufs_never_crash_a_scan(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = tiny_gguf("llama", 8, 17408);
+            let header_len = 600.min(bytes.len());
+            for (at, v) in edits {
+                let i = at.index(header_len);
+                bytes[i] = v;
+            }
+            let keep = cut.index(bytes.len() + 1);
+            let sb = Sandbox::new();
+            sb.write("extra/fuzz.Q8_0.gguf", &bytes[..keep.max(1)]);
+            let lib = sb.scan();
+            prop_assert_eq!(lib.models().len(), 1);
+            let m = &lib.models()[0];
+            if m.broken.is_some() {
+                prop_assert!(!m.runnable.can_run());
+            }
+        }
+    }
+}

@@ -228,11 +228,13 @@ pub fn library_with_models(tmp: &std::path::Path) -> crate::library::Library {
     let models = test_models();
     let data = tmp.join("data");
     let roots = crate::library::LibraryRoots::detect(&tmp.join("hf"), &data, &[]);
-    crate::library::import(
-        &roots,
-        &models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    )
-    .unwrap();
+    // A link inside the temp dir keeps paths on screen the same length on every machine.
+    let smol = tmp.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let real = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if std::fs::hard_link(&real, &smol).is_err() {
+        std::fs::copy(&real, &smol).unwrap();
+    }
+    crate::library::import(&roots, &smol).unwrap();
     crate::library::import(&roots, &models.join("minilm")).unwrap();
     let broken = tmp.join("broken.gguf");
     let head = std::fs::read(models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();

@@ -72,7 +72,7 @@ impl GgmlType {
     /// Bytes used by `elements` values of this type, if the type is known.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let (_, block, size) = self.layout()?;
-        Some(elements.div_ceil(block) * size)
+        Some(elements.div_ceil(block).saturating_mul(size))
     }
 
     /// True for types candle 0.11.1 can load (`GgmlDType::from_u32` accepts them).
@@ -83,11 +83,6 @@ impl GgmlType {
     /// Types candle computes with generic code only (no hand-written kernel): much slower.
     pub fn candle_slow_path(self) -> bool {
         matches!(self.0, 3 | 6 | 7)
-    }
-
-    /// Unquantized float types.
-    pub fn is_float(self) -> bool {
-        matches!(self.0, 0 | 1 | 28 | 30)
     }
 }
 
@@ -128,7 +123,8 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+        // Saturating: a corrupt header must not overflow (and panic) here.
+        self.dims.iter().fold(1u64, |a, d| a.saturating_mul(*d))
     }
 }
 
@@ -538,6 +534,41 @@ mod tests {
         let params: u64 = ours.tensors.iter().map(TensorInfo::elements).sum();
         assert_eq!(params, 134_515_008);
         assert_eq!(ours.data_end(), Some(ours.file_size));
+    }
+
+    /// Absurd dimensions and counts in an otherwise valid header: no overflow panic.
+    #[test]
+    fn absurd_dimensions_do_not_overflow() {
+        let mut b = Vec::new();
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(1u64.to_le_bytes()); // metadata
+        b.extend(20u64.to_le_bytes());
+        b.extend(b"general.architecture");
+        b.extend(8u32.to_le_bytes());
+        b.extend(5u64.to_le_bytes());
+        b.extend(b"llama");
+        b.extend(6u64.to_le_bytes());
+        b.extend(b"weight");
+        b.extend(4u32.to_le_bytes());
+        for _ in 0..4 {
+            b.extend(u64::MAX.to_le_bytes());
+        }
+        b.extend(8u32.to_le_bytes());
+        b.extend(u64::MAX.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        std::fs::write(&p, &b).unwrap();
+        let h = read_header(&p).unwrap();
+        assert_eq!(h.tensors[0].elements(), u64::MAX);
+        assert_eq!(h.data_end(), Some(u64::MAX));
+        let ins = crate::library::inspect::inspect_gguf(&[p]);
+        assert!(ins
+            .broken
+            .as_deref()
+            .unwrap()
+            .contains("tensor data ends at"));
     }
 
     #[test]

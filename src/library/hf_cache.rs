@@ -169,7 +169,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<
         let suffix = if Some(commit) == primary.as_ref() {
             String::new()
         } else {
-            format!("@{}", &commit[..commit.len().min(7)])
+            format!("@{}", commit.chars().take(7).collect::<String>())
         };
         let files = snapshot_files(snap_dir);
         let rels: Vec<PathBuf> = files.iter().map(|(r, _)| r.clone()).collect();
@@ -194,16 +194,16 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<
                 };
                 let shard_paths: Vec<PathBuf> = g.shards.iter().map(|s| snap_dir.join(s)).collect();
                 let load_path = shard_paths[0].clone();
-                let quant_tag = if several { Some(g.tag.clone()) } else { None };
-                let name = match &quant_tag {
-                    Some(t) => format!("{repo}:{t}{suffix}"),
-                    None => format!("{repo}{suffix}"),
+                let name = if several {
+                    format!("{repo}:{}{suffix}", g.tag)
+                } else {
+                    format!("{repo}{suffix}")
                 };
                 out.push(
                     Draft {
                         name,
                         repo: repo.to_string(),
-                        quant_tag: quant_tag.or_else(|| Some(g.tag.clone())),
+                        quant_tag: Some(g.tag.clone()),
                         revision: Some(commit.clone()),
                         source: Source::HfCache,
                         location: location(only),

@@ -88,24 +88,27 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         }
         for t in &header.tensors {
             let n = t.elements();
-            params += n;
+            params = params.saturating_add(n);
             *ins.info.tensor_types.entry(t.ty.name()).or_default() += 1;
             ins.gguf_types.insert(t.ty);
             if t.dims.len() >= 2 {
-                *elems_by_type.entry(t.ty).or_default() += n;
+                let e = elems_by_type.entry(t.ty).or_default();
+                *e = e.saturating_add(n);
             }
             let bytes = t.ty.bytes_for(n).unwrap_or(0);
-            weight_bytes += if t.name == "token_embd.weight" {
+            let held = if t.name == "token_embd.weight" {
                 // candle's quantized models dequantize the token embedding to f32 for the lookup,
                 // and keep the quantized copy only as a tied LM head (no `output.weight`).
                 let tied = !header.tensors.iter().any(|o| o.name == "output.weight");
-                n * 4 + if tied { bytes } else { 0 }
+                n.saturating_mul(4)
+                    .saturating_add(if tied { bytes } else { 0 })
             } else if matches!(t.ty.0, 1 | 30) {
                 // F16/BF16 weights are dequantized to f32 as well.
-                bytes * 2
+                bytes.saturating_mul(2)
             } else {
                 bytes
             };
+            weight_bytes = weight_bytes.saturating_add(held);
         }
         ins.info.tensor_count += header.tensors.len();
         if first.is_none() {
@@ -317,13 +320,14 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         for t in &header.tensors {
             *ins.info.tensor_types.entry(t.dtype.clone()).or_default() += 1;
             ins.st_dtypes.insert(t.dtype.clone());
-            weight_bytes += t.end - t.begin;
+            weight_bytes = weight_bytes.saturating_add(t.end - t.begin);
             // A tied LM head shares the embedding's storage: count those parameters once.
             if !safetensors::is_float(&t.dtype) || (tied && t.name == "lm_head.weight") {
                 continue;
             }
-            params += t.elements();
-            *elems_by_dtype.entry(t.dtype.clone()).or_default() += t.elements();
+            params = params.saturating_add(t.elements());
+            let e = elems_by_dtype.entry(t.dtype.clone()).or_default();
+            *e = e.saturating_add(t.elements());
         }
         ins.info.tensor_count += header.tensors.len();
     }

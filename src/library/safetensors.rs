@@ -19,7 +19,7 @@ pub struct SafeTensor {
 
 impl SafeTensor {
     pub fn elements(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape.iter().fold(1u64, |a, d| a.saturating_mul(*d))
     }
 }
 
@@ -34,7 +34,7 @@ impl SafeHeader {
     /// Absolute offset where the last tensor's bytes end.
     pub fn data_end(&self) -> u64 {
         let base = 8 + self.header_len;
-        base + self.tensors.iter().map(|t| t.end).max().unwrap_or(0)
+        base.saturating_add(self.tensors.iter().map(|t| t.end).max().unwrap_or(0))
     }
 }
 

@@ -130,9 +130,12 @@ pub fn estimate_memory(
 ) -> u64 {
     let ctx = info.context_length.map_or(context, |c| c.min(context));
     let kv = match (kind, info.layers, info.kv_heads, info.head_dim) {
-        (ModelKind::Generate, Some(l), Some(h), Some(d)) => 2 * l * h * d * kv_value_bytes * ctx,
+        (ModelKind::Generate, Some(l), Some(h), Some(d)) => [l, h, d, kv_value_bytes, ctx]
+            .iter()
+            .fold(2u64, |a, x| a.saturating_mul(*x)),
         _ => 0,
     };
-    let total = info.weight_bytes + kv;
-    total + total / 10
+    // Saturating: header values are untrusted.
+    let total = info.weight_bytes.saturating_add(kv);
+    total.saturating_add(total / 10)
 }
