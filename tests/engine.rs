@@ -435,6 +435,62 @@ mod loading {
         assert!(matches!(err, EngineError::MissingTokenizer { .. }), "{err}");
     }
 
+    /// A SentencePiece ("llama") vocabulary is rebuilt from tokens + scores: merges by score,
+    /// a leading "▁" for the first word, byte fallback for characters outside the vocabulary.
+    #[test]
+    fn sentencepiece_vocabulary_from_gguf_metadata() {
+        let pieces: &[(&str, f32, i32)] = &[
+            ("<unk>", 0.0, 2),
+            ("<s>", 0.0, 3),
+            ("</s>", 0.0, 3),
+            ("<0x21>", 0.0, 6),
+            ("\u{2581}", -1.0, 1),
+            ("h", -2.0, 1),
+            ("e", -2.0, 1),
+            ("l", -2.0, 1),
+            ("o", -2.0, 1),
+            ("w", -2.0, 1),
+            ("r", -2.0, 1),
+            ("d", -2.0, 1),
+            ("ll", -3.0, 1),
+            ("llo", -4.0, 1),
+            ("\u{2581}h", -5.0, 1),
+            ("\u{2581}he", -6.0, 1),
+            ("\u{2581}hello", -7.0, 1),
+            ("or", -8.0, 1),
+            ("\u{2581}w", -9.0, 1),
+            ("\u{2581}wor", -10.0, 1),
+            ("ld", -11.0, 1),
+            ("\u{2581}world", -12.0, 1),
+        ];
+        let arr =
+            |f: &dyn Fn(&(&str, f32, i32)) -> Value| Value::Array(pieces.iter().map(f).collect());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spm.gguf");
+        write_gguf(
+            &path,
+            &[
+                ("general.architecture", Value::String("llama".into())),
+                ("tokenizer.ggml.model", Value::String("llama".into())),
+                ("tokenizer.ggml.tokens", arr(&|p| Value::String(p.0.into()))),
+                ("tokenizer.ggml.scores", arr(&|p| Value::F32(p.1))),
+                ("tokenizer.ggml.token_type", arr(&|p| Value::I32(p.2))),
+                ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+                ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+                ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+            ],
+            16,
+        );
+        let t = TextTokenizer::from_gguf_path(&path).unwrap();
+        // BOS is added by default for SentencePiece vocabularies.
+        let ids = t.encode("hello world!").unwrap();
+        assert_eq!(ids, vec![1, 16, 21, 3]);
+        assert_eq!(t.decode(&ids[1..]).unwrap(), "hello world!");
+        assert!(t.is_stop(2));
+        // The control token written in text is recognised as one token.
+        assert_eq!(t.encode("<s>hello").unwrap(), vec![1, 16]);
+    }
+
     #[test]
     fn missing_file_and_wrong_kind() {
         let err = wait(shared().load("/nonexistent/model.gguf".into())).unwrap_err();

@@ -27,6 +27,16 @@ pub struct DecoderConfig {
     pub context_length: usize,
     /// NeoX-style rotation (halves) rather than GPT-J style (interleaved pairs).
     pub rope_neox: bool,
+    /// Gemma: embeddings are multiplied by sqrt(hidden).
+    pub embed_scale: Option<f64>,
+    /// Gemma 3: local layers attend to the last `window` positions only.
+    pub sliding_window: Option<usize>,
+    /// Gemma 3: every `sliding_pattern`-th layer is global, the others local.
+    pub sliding_pattern: usize,
+    /// RoPE base of local layers.
+    pub rope_base_local: f32,
+    /// GELU (tanh) instead of SiLU in the gated FFN.
+    pub gelu: bool,
 }
 
 impl DecoderConfig {
@@ -62,7 +72,19 @@ impl DecoderConfig {
             rope_dim,
             context_length: meta.opt_usize(&k("context_length")).unwrap_or(2048),
             // llama.cpp's llama_model_rope_type: these families use NeoX rotation.
-            rope_neox: matches!(arch, "qwen2" | "qwen3" | "phi3"),
+            rope_neox: matches!(arch, "qwen2" | "qwen3" | "phi3" | "gemma3"),
+            embed_scale: (arch == "gemma3").then(|| (hidden as f64).sqrt()),
+            sliding_window: if arch == "gemma3" {
+                meta.opt_usize(&k("attention.sliding_window"))
+            } else {
+                None
+            },
+            sliding_pattern: meta
+                .opt_usize(&k("attention.sliding_window_type"))
+                .unwrap_or(6)
+                .max(1),
+            rope_base_local: meta.opt_f32(&k("rope.local_freq_base")).unwrap_or(10_000.0),
+            gelu: arch == "gemma3",
         })
     }
 }
@@ -88,6 +110,11 @@ struct Layer {
     ffn_norm: Tensor,
     gate_up: GateUp,
     down: QMatMul,
+    /// Gemma 3 norms applied to the attention and FFN outputs before the residual add.
+    post_attn_norm: Option<Tensor>,
+    post_ffn_norm: Option<Tensor>,
+    /// Local (sliding-window) attention layer.
+    sliding: bool,
     cache: KvCache,
 }
 
@@ -100,6 +127,8 @@ pub struct Decoder {
     lm_head: QMatMul,
     cos: Tensor,
     sin: Tensor,
+    /// RoPE tables of local layers (Gemma 3), when their base differs.
+    local_rope: Option<(Tensor, Tensor)>,
 }
 
 struct Loader<'a> {
@@ -149,12 +178,13 @@ impl Loader<'_> {
 
 fn rope_tables(
     cfg: &DecoderConfig,
+    base: f32,
     freq_factors: Option<&[f32]>,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let half = cfg.rope_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| {
-            let f = 1.0 / cfg.rope_base.powf((2 * i) as f32 / cfg.rope_dim as f32);
+            let f = 1.0 / base.powf((2 * i) as f32 / cfg.rope_dim as f32);
             match freq_factors.and_then(|ff| ff.get(i)) {
                 Some(div) if *div > 0.0 => f / div,
                 _ => f,
@@ -199,7 +229,13 @@ impl Decoder {
             Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
-        let (cos, sin) = rope_tables(&cfg, freq_factors.as_deref())?;
+        let (cos, sin) = rope_tables(&cfg, cfg.rope_base, freq_factors.as_deref())?;
+        let local_rope = match cfg.sliding_window {
+            Some(_) if cfg.rope_base_local != cfg.rope_base => {
+                Some(rope_tables(&cfg, cfg.rope_base_local, None)?)
+            }
+            _ => None,
+        };
 
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -245,6 +281,9 @@ impl Decoder {
                 ffn_norm: l.dense(&p("ffn_norm.weight"))?,
                 gate_up,
                 down: l.matmul(&p("ffn_down.weight"))?,
+                post_attn_norm: l.opt_dense(&p("post_attention_norm.weight"))?,
+                post_ffn_norm: l.opt_dense(&p("post_ffw_norm.weight"))?,
+                sliding: cfg.sliding_window.is_some() && (i + 1) % cfg.sliding_pattern != 0,
                 cache: KvCache::new(cfg.context_length),
             });
         }
@@ -256,6 +295,7 @@ impl Decoder {
             lm_head,
             cos,
             sin,
+            local_rope,
         })
     }
 
@@ -293,27 +333,56 @@ impl Decoder {
         let dev = Device::Cpu;
         let ids_t = Tensor::new(ids, &dev)?.unsqueeze(0)?;
         let mut x = self.embed.embedding(&ids_t)?.to_dtype(DType::F32)?;
-        let mask = (t > 1).then(|| causal_mask(t, pos)).transpose()?;
+        if let Some(scale) = self.cfg.embed_scale {
+            x = (x * scale)?;
+        }
+        let kv = pos + t;
+        let mask = (t > 1).then(|| causal_mask(t, pos, None)).transpose()?;
+        let local_mask = match self.cfg.sliding_window {
+            Some(w) if t > 1 || kv > w + 1 => Some(causal_mask(t, pos, Some(w))?),
+            _ => None,
+        };
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
+        let local = match &self.local_rope {
+            Some((c, s)) => Some((c.narrow(0, pos, t)?, s.narrow(0, pos, t)?)),
+            None => None,
+        };
         let cfg = &self.cfg;
+        let eps = cfg.rms_eps as f32;
         for layer in &mut self.layers {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let attn = attention(cfg, layer, &h, mask.as_ref(), &cos, &sin)?;
+            let (m, c, s) = match (layer.sliding, &local) {
+                (true, Some((c, s))) => (local_mask.as_ref(), c, s),
+                (true, None) => (local_mask.as_ref(), &cos, &sin),
+                (false, _) => (mask.as_ref(), &cos, &sin),
+            };
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let mut attn = attention(cfg, layer, &h, m, c, s)?;
+            if let Some(n) = &layer.post_attn_norm {
+                attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
+            }
             x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let ff = match &layer.gate_up {
-                GateUp::Separate { gate, up } => {
-                    (candle_nn::ops::silu(&linear(gate, &h)?)? * linear(up, &h)?)?
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let act = |g: &Tensor| {
+                if cfg.gelu {
+                    g.gelu()
+                } else {
+                    candle_nn::ops::silu(g)
                 }
+            };
+            let ff = match &layer.gate_up {
+                GateUp::Separate { gate, up } => (act(&linear(gate, &h)?)? * linear(up, &h)?)?,
                 GateUp::Fused(w) => {
                     let gu = linear(w, &h)?;
                     let n = gu.dim(D::Minus1)? / 2;
-                    (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, n)?)?
-                        * gu.narrow(D::Minus1, n, n)?)?
+                    (act(&gu.narrow(D::Minus1, 0, n)?)? * gu.narrow(D::Minus1, n, n)?)?
                 }
             };
-            x = (x + linear(&layer.down, &ff)?)?;
+            let mut ff = linear(&layer.down, &ff)?;
+            if let Some(n) = &layer.post_ffn_norm {
+                ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
+            }
+            x = (x + ff)?;
         }
         if !want_logits {
             return Ok(None);
@@ -349,11 +418,22 @@ fn linear(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     w.forward(x)
 }
 
-/// Additive mask (t, pos + t): query i (at absolute position pos + i) sees keys 0..=pos + i.
-fn causal_mask(t: usize, pos: usize) -> candle_core::Result<Tensor> {
+/// Additive mask (t, pos + t): query i (at absolute position pos + i) sees keys 0..=pos + i,
+/// and with a sliding `window` only keys within `window` positions of it.
+fn causal_mask(t: usize, pos: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
     let kv = pos + t;
     let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..kv).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            let q = pos + i;
+            (0..kv).map(move |j| {
+                let too_old = window.is_some_and(|w| j + w < q);
+                if j > q || too_old {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(data, (t, kv), &Device::Cpu)
 }

@@ -10,6 +10,10 @@ use super::{ChatMessage, EngineError};
 /// ChatML, used when a model ships no template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turn format, used for Gemma files without a template. Gemma has no system role:
+/// the system prompt is prefixed to the first user turn, as Google's template does.
+pub const GEMMA: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set first = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ (first if loop.first else '') + (m['content'] | trim) }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
@@ -73,6 +77,15 @@ impl ChatTemplate {
 
     pub fn chatml() -> Self {
         Self::new(CHATML, "", "<|im_end|>").expect("the built-in ChatML template compiles")
+    }
+
+    /// Built-in template for a model that ships none: Gemma's format for Gemma, else ChatML.
+    pub fn fallback(arch: &str, bos: &str, eos: &str) -> Self {
+        if arch.starts_with("gemma") {
+            Self::new(GEMMA, bos, eos).expect("the built-in Gemma template compiles")
+        } else {
+            Self::chatml()
+        }
     }
 
     /// Finds the template: GGUF metadata first, then `tokenizer_config.json` beside the model.
@@ -203,6 +216,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.render(&[], false).unwrap(), "<s>4");
+    }
+
+    #[test]
+    fn gemma_fallback_folds_system_into_first_user_turn() {
+        let t = ChatTemplate::fallback("gemma3", "<bos>", "<eos>");
+        let s = t
+            .render(
+                &[
+                    ChatMessage::system("Be brief."),
+                    ChatMessage::user("Hi"),
+                    ChatMessage::assistant("Hello"),
+                    ChatMessage::user("Bye"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            s,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
     }
 
     #[test]

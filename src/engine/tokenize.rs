@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -132,8 +132,11 @@ fn from_gguf_metadata(
             })
         }
     };
+    if kind == "llama" {
+        return sentencepiece_bpe(path, meta);
+    }
     if kind != "gpt2" {
-        // SentencePiece ("llama") and other vocabularies are not rebuilt from metadata.
+        // Unigram / WordPiece GGUF vocabularies are not rebuilt from metadata.
         return Err(EngineError::MissingTokenizer {
             path: path.to_path_buf(),
         });
@@ -186,4 +189,138 @@ impl Detokenizer {
             Ok(String::new())
         }
     }
+}
+
+fn string_array(meta: &Meta, key: &str) -> Option<Vec<String>> {
+    match meta.get(key)? {
+        GValue::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                GValue::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn number_array(meta: &Meta, key: &str) -> Option<Vec<f64>> {
+    match meta.get(key)? {
+        GValue::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                GValue::F32(x) => Some(*x as f64),
+                GValue::F64(x) => Some(*x),
+                GValue::I32(x) => Some(*x as f64),
+                GValue::U32(x) => Some(*x as f64),
+                GValue::I8(x) => Some(*x as f64),
+                GValue::U8(x) => Some(*x as f64),
+                GValue::I64(x) => Some(*x as f64),
+                GValue::U64(x) => Some(*x as f64),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Rebuilds a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`: Llama 2, Mistral,
+/// TinyLlama, Phi-3, Gemma) as a `tokenizers` BPE: GGUF stores tokens and scores but no
+/// merges, so every split of a token into two vocabulary pieces becomes a merge ranked by the
+/// merged token's score (the ordering SentencePiece applies), with byte fallback for the rest.
+fn sentencepiece_bpe(path: &Path, meta: &Meta) -> Result<Tokenizer, EngineError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::decoders::DecoderWrapper;
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
+    use tokenizers::AddedToken;
+
+    let missing = || EngineError::MissingTokenizer {
+        path: path.to_path_buf(),
+    };
+    let tokens = string_array(meta, "tokenizer.ggml.tokens").ok_or_else(missing)?;
+    let scores = number_array(meta, "tokenizer.ggml.scores")
+        .filter(|s| s.len() == tokens.len())
+        .unwrap_or_else(|| (0..tokens.len()).map(|i| -(i as f64)).collect());
+    let types = number_array(meta, "tokenizer.ggml.token_type")
+        .filter(|t| t.len() == tokens.len())
+        .map(|t| t.into_iter().map(|x| x as u32).collect::<Vec<u32>>());
+    let add_space_prefix = meta
+        .opt_bool("tokenizer.ggml.add_space_prefix")
+        .unwrap_or(true);
+
+    let mut vocab = Vocab::default();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    // Only normal tokens (type 1) are built by merges; control, byte and user tokens are not.
+    let is_normal = |i: usize| types.as_ref().is_none_or(|t| t[i] == 1);
+    let mut ranked: Vec<(f64, u32, u32, String, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !is_normal(i) {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            let (l, r) = t.split_at(cut);
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                ranked.push((scores[i], li, ri, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|m| (m.3, m.4)).collect();
+
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
+    if let Some(unk) = meta
+        .opt_usize("tokenizer.ggml.unknown_token_id")
+        .or_else(|| meta.opt_usize("tokenizer.ggml.unk_token_id"))
+        .and_then(|i| tokens.get(i))
+    {
+        builder = builder.unk_token(unk.clone());
+    }
+    let bpe = builder.build().map_err(tok_err)?;
+    let mut tok = Tokenizer::new(bpe);
+
+    let replace = Replace::new(" ", "\u{2581}").map_err(tok_err)?;
+    if add_space_prefix {
+        tok.with_normalizer(Some(NormSequence::new(vec![
+            Prepend::new("\u{2581}".into()).into(),
+            replace.into(),
+        ])))
+        .map_err(tok_err)?;
+    } else {
+        tok.with_normalizer(Some(replace)).map_err(tok_err)?;
+    }
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tok_err)?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if add_space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tok.with_decoder(Some(DecoderSequence::new(decoders)));
+
+    if let Some(types) = &types {
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, ty)| **ty == 3)
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        tok.add_special_tokens(special).map_err(tok_err)?;
+        let user: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, ty)| **ty == 4)
+            .map(|(t, _)| AddedToken::from(t.clone(), false))
+            .collect();
+        tok.add_tokens(user).map_err(tok_err)?;
+    }
+    Ok(tok)
 }

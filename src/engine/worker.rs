@@ -120,7 +120,7 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         .unwrap_or_default();
     let template = match tmpl_src {
         Some(src) => ChatTemplate::new(&src, &bos, &eos)?,
-        None => ChatTemplate::chatml(),
+        None => ChatTemplate::fallback(&f.arch, &bos, &eos),
     };
     let stats = gguf::quant_stats(&f.content);
     if let Some(w) = &stats.slow_warning {
