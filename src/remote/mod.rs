@@ -412,4 +412,123 @@ mod tests {
         assert_eq!((t.tokens, t.prompt_tokens), (1, Some(7)));
         assert_eq!(n, 1);
     }
+
+    /// A tiny server speaking both dialects, sending its body in 7-byte pieces so lines arrive
+    /// split across chunks; it wants `Authorization: Bearer k`.
+    async fn serve() -> String {
+        use axum::body::{Body, Bytes};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::post;
+        fn chunked(text: &'static str) -> Body {
+            let pieces: Vec<Result<Bytes, std::convert::Infallible>> = text
+                .as_bytes()
+                .chunks(7)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            Body::from_stream(futures::stream::iter(pieces))
+        }
+        fn authorized(h: &HeaderMap) -> bool {
+            h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer k")
+        }
+        const SSE: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\"Pa\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\"ris ✓\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n\
+data: [DONE]\n\n";
+        const NDJSON: &str = "{\"message\":{\"role\":\"assistant\",\"content\":\"Ro\"},\"done\":false}\n\
+{\"message\":{\"role\":\"assistant\",\"content\":\"me\"},\"done\":false}\n\
+{\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"length\",\"prompt_eval_count\":4,\"eval_count\":2}\n";
+        let app = axum::Router::new()
+            .route(
+                "/v1/chat/completions",
+                post(|h: HeaderMap, body: String| async move {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(v["stream"], true);
+                    assert_eq!(v["messages"][0]["role"], "system");
+                    if !authorized(&h) {
+                        return (StatusCode::UNAUTHORIZED, Body::from("bad key"));
+                    }
+                    (StatusCode::OK, chunked(SSE))
+                }),
+            )
+            .route(
+                "/api/chat",
+                post(|body: String| async move {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(v["options"]["num_predict"], 7);
+                    chunked(NDJSON)
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    async fn run(spec: &str, key: Option<&str>) -> (Result<(), RemoteError>, Vec<GenEvent>) {
+        let spec = RemoteSpec::parse(spec, key.map(String::from))
+            .unwrap()
+            .unwrap();
+        let msgs = vec![
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Capital?"),
+        ];
+        let params = GenParams {
+            max_tokens: 7,
+            ..GenParams::default()
+        };
+        let mut events = Vec::new();
+        let r = stream_chat(
+            &reqwest::Client::new(),
+            &spec,
+            &msgs,
+            &params,
+            &CancelToken::new(),
+            |e| events.push(e),
+        )
+        .await;
+        (r, events)
+    }
+
+    fn text_and_stats(events: &[GenEvent]) -> (String, GenStats) {
+        assert!(matches!(events[0], GenEvent::Started { .. }));
+        let text = events
+            .iter()
+            .filter_map(|e| match e {
+                GenEvent::Token { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        match events.last() {
+            Some(GenEvent::Done(s)) => (text, s.clone()),
+            other => panic!("expected Done last, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_from_openai_and_ollama_servers() {
+        let url = serve().await;
+        let (r, ev) = run(&format!("openai:{url}/v1#m"), Some("k")).await;
+        r.unwrap();
+        let (text, stats) = text_and_stats(&ev);
+        assert_eq!(text, "Paris ✓");
+        assert_eq!((stats.prompt_tokens, stats.generated_tokens), (9, 2));
+        assert_eq!(stats.finish, FinishReason::Stop);
+
+        let (r, ev) = run(&format!("ollama:{url}#m"), None).await;
+        r.unwrap();
+        let (text, stats) = text_and_stats(&ev);
+        assert_eq!(text, "Rome");
+        assert_eq!((stats.prompt_tokens, stats.generated_tokens), (4, 2));
+        assert_eq!(stats.finish, FinishReason::Length);
+
+        let (r, ev) = run(&format!("openai:{url}#m"), Some("wrong")).await;
+        let e = r.unwrap_err();
+        assert!(matches!(e, RemoteError::Status { status: 401, .. }), "{e}");
+        assert!(e.to_string().contains("bad key"));
+        assert!(ev.is_empty());
+
+        let (r, _) = run("openai:http://127.0.0.1:9#m", None).await;
+        assert!(matches!(r, Err(RemoteError::Connect { .. })));
+    }
 }
