@@ -27,7 +27,7 @@ const FRAMES: usize = 600;
 const FRAME_BUDGET: Duration = Duration::from_micros(16_667);
 
 fn message(i: usize) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         return format!("Question {i}: how do I read a file line by line in Rust?");
     }
     format!(
@@ -91,7 +91,7 @@ fn main() {
     });
     let mut conv = Conversation::new();
     for i in 0..MESSAGES {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             conv.push_user(message(i));
         } else {
             conv.start_assistant();
@@ -155,7 +155,7 @@ fn main() {
             }),
         );
         // Every 10th frame the user also types a key while the answer streams.
-        let typed = n % 10 == 0;
+        let typed = n.is_multiple_of(10);
         if typed {
             update(
                 &mut state,

@@ -161,7 +161,7 @@ pub async fn stream_chat(
 ) -> Result<(), RemoteError> {
     let start = Instant::now();
     let url = spec.endpoint();
-    let mut req = client.post(&url).json(&spec.body(&messages, &params));
+    let mut req = client.post(&url).json(&spec.body(messages, params));
     if let Some(k) = &spec.api_key {
         req = req.bearer_auth(k);
     }

@@ -69,7 +69,8 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
         lines.push(Line::styled(e.clone(), t.error));
     }
     lines.push(Line::raw(""));
-    if !p.system_prompt.is_empty() && !(p.editing.is_some() && p.field() == Field::SystemPrompt) {
+    let editing_prompt = p.editing.is_some() && p.field() == Field::SystemPrompt;
+    if !p.system_prompt.is_empty() && !editing_prompt {
         lines.push(Line::styled("System prompt", t.muted));
         lines.push(Line::styled(p.system_prompt.clone(), t.text));
         lines.push(Line::raw(""));

@@ -89,7 +89,7 @@ pub struct Preset {
 /// `<data_dir>/presets.json`: model name → preset.
 pub type Presets = BTreeMap<String, Preset>;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ParamsState {
     pub params: GenParams,
     pub system_prompt: String,
@@ -103,21 +103,6 @@ pub struct ParamsState {
     pub presets: Presets,
     /// The model whose preset is being edited (the loaded model's name).
     pub preset_for: Option<String>,
-}
-
-impl Default for ParamsState {
-    fn default() -> Self {
-        ParamsState {
-            params: GenParams::default(),
-            system_prompt: String::new(),
-            context: 0,
-            selected: 0,
-            editing: None,
-            error: None,
-            presets: Presets::new(),
-            preset_for: None,
-        }
-    }
 }
 
 impl ParamsState {
@@ -282,8 +267,10 @@ mod tests {
 
     #[test]
     fn presets_restore_per_model() {
-        let mut p = ParamsState::default();
-        p.preset_for = Some("a".into());
+        let mut p = ParamsState {
+            preset_for: Some("a".into()),
+            ..ParamsState::default()
+        };
         p.set(Field::MaxTokens, "77").unwrap();
         let saved = p.remember().unwrap();
         assert_eq!(saved["a"].params.max_tokens, 77);
