@@ -264,6 +264,9 @@ pub enum ChatEffect {
         backend: Backend,
         messages: Vec<ChatMessage>,
         params: GenParams,
+        /// The user's context budget (sidebar "Context") when it is below the model's own:
+        /// the prompt plus `max_tokens` must fit it, by the params' context policy.
+        budget: Option<usize>,
     },
     Cancel {
         seq: u64,
@@ -768,6 +771,11 @@ fn send(state: &mut State, text: String) -> Vec<Effect> {
 fn start_generation(state: &mut State, model: ChatModel) -> Vec<Effect> {
     let styles = markdown_styles(&state.theme);
     let params = state.params.params.clone();
+    let budget = match (state.params.context, model.context_length) {
+        (0, _) => None,
+        (b, m) if m > 0 && b >= m => None,
+        (b, _) => Some(b),
+    };
     let chat = &mut state.chat;
     let sp = state.params.system_prompt.trim();
     chat.conv.system_prompt = (!sp.is_empty()).then(|| sp.to_string());
@@ -809,6 +817,7 @@ fn start_generation(state: &mut State, model: ChatModel) -> Vec<Effect> {
             backend: model.backend,
             messages,
             params,
+            budget,
         }),
         fx(ChatEffect::Save(Box::new(chat.conv.clone()))),
     ]

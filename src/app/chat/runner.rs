@@ -139,32 +139,57 @@ impl ChatRunner {
                 backend,
                 messages,
                 params,
+                budget,
             } => {
                 // Only one generation runs at a time; older entries are finished.
                 self.running.clear();
                 let tx = tx.clone();
                 match backend {
-                    Backend::Local(model) => {
+                    Backend::Local(model) if budget.is_none() => {
                         let gen = self.engine.generate(GenRequest {
                             model,
                             prompt: Prompt::Chat(messages),
                             params,
                         });
                         self.running.insert(seq, gen.cancel.clone());
-                        let mut events = gen.events;
+                        tokio::spawn(forward(gen.events, seq, 0, Instant::now(), tx));
+                    }
+                    Backend::Local(model) => {
+                        // Counting tokens to fit the budget comes first, so the engine's own
+                        // cancel flag does not exist yet; ours is relayed to it.
+                        let engine = self.engine.clone();
+                        let cancel = CancelToken::new();
+                        self.running.insert(seq, cancel.clone());
                         tokio::spawn(async move {
                             let start = Instant::now();
-                            while let Some(event) = events.recv().await {
-                                let end = matches!(event, GenEvent::Done(_) | GenEvent::Failed(_));
-                                let m = ChatMsg::Gen {
-                                    seq,
-                                    elapsed_ms: start.elapsed().as_secs_f64() * 1000.0,
-                                    event,
-                                };
-                                if tx.send(Msg::Chat(m)).is_err() || end {
-                                    break;
+                            let fit = fit_budget(&engine, &model, messages, &params, budget).await;
+                            let (messages, dropped) = match fit {
+                                Ok(x) => x,
+                                Err(error) => {
+                                    let _ = tx.send(Msg::Chat(ChatMsg::GenFailed { seq, error }));
+                                    return;
                                 }
+                            };
+                            if cancel.is_cancelled() {
+                                return;
                             }
+                            let gen = engine.generate(GenRequest {
+                                model,
+                                prompt: Prompt::Chat(messages),
+                                params,
+                            });
+                            let relay = {
+                                let (ours, theirs) = (cancel.clone(), gen.cancel.clone());
+                                tokio::spawn(async move {
+                                    while !ours.is_cancelled() {
+                                        tokio::time::sleep(std::time::Duration::from_millis(20))
+                                            .await;
+                                    }
+                                    theirs.cancel();
+                                })
+                            };
+                            forward(gen.events, seq, dropped, start, tx).await;
+                            relay.abort();
                         });
                     }
                     Backend::Remote(spec) => {
@@ -353,6 +378,76 @@ impl ChatRunner {
             };
             done(r);
         });
+    }
+}
+
+/// Relays a local generation's events as `ChatMsg::Gen`, stamped with the time since `start`;
+/// `dropped` adds the turns left out to fit the budget to what the engine reports.
+async fn forward(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<GenEvent>,
+    seq: u64,
+    dropped: usize,
+    start: Instant,
+    tx: UnboundedSender<Msg>,
+) {
+    while let Some(mut event) = events.recv().await {
+        if let GenEvent::Started {
+            dropped_messages, ..
+        } = &mut event
+        {
+            *dropped_messages += dropped;
+        }
+        let end = matches!(event, GenEvent::Done(_) | GenEvent::Failed(_));
+        let m = ChatMsg::Gen {
+            seq,
+            elapsed_ms: start.elapsed().as_secs_f64() * 1000.0,
+            event,
+        };
+        if tx.send(Msg::Chat(m)).is_err() || end {
+            break;
+        }
+    }
+}
+
+/// Makes the prompt plus `max_tokens` fit the user's context budget: with drop-oldest, the
+/// oldest turns after the system prompt are left out (never the last message); with error, the
+/// request is refused. Returns the messages to send and how many were left out.
+async fn fit_budget(
+    engine: &EngineHandle,
+    model: &Path,
+    mut messages: Vec<crate::engine::ChatMessage>,
+    params: &crate::engine::GenParams,
+    budget: Option<usize>,
+) -> Result<(Vec<crate::engine::ChatMessage>, usize), String> {
+    let Some(budget) = budget else {
+        return Ok((messages, 0));
+    };
+    let mut dropped = 0;
+    loop {
+        let n = engine
+            .count_tokens(model.to_path_buf(), Prompt::Chat(messages.clone()))
+            .await
+            .unwrap_or(Err(crate::engine::EngineError::EngineStopped))
+            .map_err(|e| e.to_string())?;
+        if n + params.max_tokens <= budget {
+            return Ok((messages, dropped));
+        }
+        let first = messages
+            .iter()
+            .position(|m| m.role != crate::engine::Role::System)
+            .filter(|i| *i + 1 < messages.len());
+        match (params.context_policy, first) {
+            (crate::engine::ContextPolicy::DropOldest, Some(i)) => {
+                messages.remove(i);
+                dropped += 1;
+            }
+            _ => {
+                return Err(format!(
+                    "the prompt needs {n} tokens plus max_tokens {} but the context budget is {budget}; raise Context in the sidebar, lower max_tokens, /clear, or use the drop-oldest policy",
+                    params.max_tokens
+                ))
+            }
+        }
     }
 }
 

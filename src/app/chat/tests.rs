@@ -705,3 +705,60 @@ async fn the_chat_saves_after_each_finished_message_and_exports_and_copies() {
         runner::osc52("Hello from the fake engine.").as_slice()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_budget_drops_the_oldest_turns_or_refuses() {
+    use crate::engine::{ContextPolicy, EngineHandle, FakeScript};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let chat = runner::ChatRunner::new(EngineHandle::fake(FakeScript::simple()), dir.path().into());
+    let mut runner = crate::app::effect::EffectRunner::new(
+        tx,
+        "/nonexistent".into(),
+        crate::app::tests::empty_roots(),
+    )
+    .with_chat(chat);
+    let mut s = chat_state();
+    s.chat.model = Some(ChatModel {
+        name: "fake".into(),
+        backend: Backend::Local("fake/chat.gguf".into()),
+        context_length: 2048,
+    });
+    s.params.set(params::Field::MaxTokens, "20").unwrap();
+    s.params.set(params::Field::Context, "128").unwrap();
+    s.params.params.context_policy = ContextPolicy::DropOldest;
+    // Three turns of 50 words each: with the budget of 128 (20 reserved for the answer) the
+    // fake engine's word count forces the oldest out.
+    let long = vec!["word"; 50].join(" ");
+    for _ in 0..3 {
+        typ(&mut s, &long);
+        let fx = update(&mut s, key(KeyCode::Enter));
+        drive(&mut s, &mut runner, &mut rx, fx, |s| {
+            s.chat.running.is_none()
+        })
+        .await;
+    }
+    assert!(s.chat.context.dropped > 0, "{:?}", s.chat.context);
+    assert_eq!(
+        s.chat.conv.messages.len(),
+        6,
+        "left out of the request, not deleted"
+    );
+    let last = s.chat.conv.messages.last().unwrap();
+    assert_eq!(last.content, "Hello from the fake engine.");
+
+    s.params.params.context_policy = ContextPolicy::Error;
+    typ(&mut s, &long);
+    let fx = update(&mut s, key(KeyCode::Enter));
+    drive(&mut s, &mut runner, &mut rx, fx, |s| {
+        s.chat.running.is_none()
+    })
+    .await;
+    let n = s.status.notice.clone().unwrap();
+    assert!(
+        n.error && n.text.contains("context budget is 128"),
+        "{}",
+        n.text
+    );
+    assert!(s.chat.conv.messages.last().unwrap().interrupted);
+}
