@@ -174,9 +174,36 @@ fn main() {
             }
         }
     }
+    // Jumping to the first message lays out only the first screenful.
+    update(
+        &mut state,
+        Msg::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)),
+    );
+    update(
+        &mut state,
+        Msg::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)),
+    );
+    let t = Instant::now();
+    update(
+        &mut state,
+        Msg::Key(KeyEvent::new(KeyCode::Home, KeyModifiers::NONE)),
+    );
+    term.draw(|f| influence::ui::draw(f, &state)).unwrap();
+    let home_cold = t.elapsed();
+    let t = Instant::now();
+    update(
+        &mut state,
+        Msg::Key(KeyEvent::new(KeyCode::End, KeyModifiers::NONE)),
+    );
+    update(
+        &mut state,
+        Msg::Key(KeyEvent::new(KeyCode::Home, KeyModifiers::NONE)),
+    );
+    term.draw(|f| influence::ui::draw(f, &state)).unwrap();
+    let home_warm = t.elapsed();
+    let rss_end = influence::procmem::rss_bytes();
     let typed: String = state.chat.input.lines().join("");
     assert!(typed.ends_with("xxxxx"), "typed keys reached the input");
-    let rss_end = influence::procmem::rss_bytes();
 
     println!("chat_frames benchmark (dev profile; this crate unoptimized, deps at opt-level 3)");
     println!("  transcript: {MESSAGES} messages with code; screen 120x40; {FRAMES} frames at 1 token/frame (60 tok/s at 60 fps)");
@@ -188,6 +215,8 @@ fn main() {
         "  keystrokes over one 16.7 ms frame: {over_budget} of {}",
         key_to_screen.len()
     );
+    println!("  Home (first message), cold   {home_cold:>9.2?}");
+    println!("  End + Home, warm             {home_warm:>9.2?}");
     println!(
         "  RSS: start {}, transcript loaded {}, after streaming {}",
         mib(rss_start),

@@ -116,13 +116,25 @@ fn draw_transcript(f: &mut Frame, area: Rect, state: &State) {
         let mut view = chat.view.borrow_mut();
         view.sync_styles(&styles);
         let stream = chat.running.as_ref().and(chat.stream.as_ref());
-        view.window(
-            &chat.conv.messages,
-            stream,
-            width,
-            area.height as usize,
-            chat.scroll,
-        )
+        match chat.top {
+            Some(top) => {
+                let (rows, _) = view.window_from_top(
+                    &chat.conv.messages,
+                    stream,
+                    width,
+                    area.height as usize,
+                    top,
+                );
+                (rows, 0)
+            }
+            None => view.window(
+                &chat.conv.messages,
+                stream,
+                width,
+                area.height as usize,
+                chat.scroll,
+            ),
+        }
     };
     let buf = f.buffer_mut();
     for (y, row) in rows.into_iter().enumerate() {
@@ -138,8 +150,11 @@ fn draw_transcript(f: &mut Frame, area: Rect, state: &State) {
             Row::Gap => {}
         }
     }
-    if chat.scroll > 0 {
-        let text = format!(" ↓ {} more · End jumps to the bottom ", chat.scroll);
+    if chat.scroll > 0 || chat.top.is_some() {
+        let text = match chat.top {
+            Some(_) => " ↓ End jumps to the bottom ".to_string(),
+            None => format!(" ↓ {} more · End jumps to the bottom ", chat.scroll),
+        };
         let w = (text.chars().count() as u16).min(area.width);
         let x = area.x + area.width - w;
         buf.set_stringn(x, area.y + area.height - 1, &text, w as usize, t.selection);

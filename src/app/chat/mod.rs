@@ -121,6 +121,9 @@ pub struct ChatState {
     pub loading: Option<(u64, String)>,
     /// Rows between the bottom of the window and the end of the transcript; 0 follows the stream.
     pub scroll: usize,
+    /// Set after Home: the window is anchored this many rows below the first row instead, so a
+    /// long history need not be laid out to show its beginning.
+    pub top: Option<usize>,
     /// The message actions (copy, edit, page answers) apply to.
     pub selected: Option<usize>,
     pub context: ContextMeter,
@@ -154,6 +157,7 @@ impl ChatState {
             model: None,
             loading: None,
             scroll: 0,
+            top: None,
             selected: None,
             context: ContextMeter::default(),
             last_tok_s: None,
@@ -391,9 +395,15 @@ pub fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
             let h = transcript_dims(state).1.saturating_sub(2).max(1) as isize;
             scroll_by(state, -h)
         }
-        C::ChatTop => scroll_by(state, isize::MAX / 2),
+        C::ChatTop => {
+            state.chat.top = Some(0);
+            state.chat.scroll = 0;
+            state.dirty = true;
+            vec![]
+        }
         C::ChatBottom => {
             state.chat.scroll = 0;
+            state.chat.top = None;
             state.dirty = true;
             vec![]
         }
@@ -548,6 +558,22 @@ fn set_input(chat: &mut ChatState, text: &str) {
 fn scroll_by(state: &mut State, delta: isize) -> Vec<Effect> {
     let (w, h) = transcript_dims(state);
     let chat = &mut state.chat;
+    if let Some(top) = chat.top {
+        let new = if delta >= 0 {
+            top.saturating_sub(delta as usize)
+        } else {
+            top.saturating_add(delta.unsigned_abs())
+        };
+        let styles = markdown_styles(&state.theme);
+        let mut view = chat.view.borrow_mut();
+        view.sync_styles(&styles);
+        let (_, at_end) = view.window_from_top(&chat.conv.messages, stream_ref(chat), w, h, new);
+        drop(view);
+        // Reaching the end hands over to following the stream.
+        chat.top = (!at_end).then_some(new);
+        state.dirty = true;
+        return vec![];
+    }
     let want = if delta >= 0 {
         chat.scroll.saturating_add(delta as usize)
     } else {
@@ -808,6 +834,7 @@ fn start_generation(state: &mut State, model: ChatModel) -> Vec<Effect> {
     chat.stream = Some(MarkdownStream::new(styles));
     chat.view.borrow_mut().start_stream();
     chat.scroll = 0;
+    chat.top = None;
     chat.selected = None;
     state.status.notice = None;
     state.dirty = true;
@@ -1015,6 +1042,7 @@ fn open_conversation(state: &mut State, conv: Conversation) {
     chat.view.borrow_mut().reset();
     chat.stream = None;
     chat.scroll = 0;
+    chat.top = None;
     chat.selected = None;
     chat.editing = None;
     chat.context = ContextMeter::default();
@@ -1046,6 +1074,7 @@ fn run_slash(state: &mut State, cmd: Slash) -> Vec<Effect> {
             state.chat.conv.clear();
             state.chat.view.borrow_mut().reset();
             state.chat.scroll = 0;
+            state.chat.top = None;
             state.chat.selected = None;
             state.chat.context = ContextMeter::default();
             notice(state, false, "Cleared");

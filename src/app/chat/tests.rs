@@ -340,12 +340,26 @@ fn scroll_follows_until_the_user_scrolls_up_then_holds_still() {
     update(&mut s, key(KeyCode::End));
     assert_eq!(s.chat.scroll, 0);
     // Scrolling far up is clamped at the first row.
-    update(&mut s, key(KeyCode::Home));
+    for _ in 0..100 {
+        update(&mut s, key(KeyCode::PageUp));
+    }
     let top = s.chat.scroll;
     update(&mut s, ch('k'));
     assert_eq!(s.chat.scroll, top);
     update(&mut s, ch('j'));
     assert_eq!(s.chat.scroll, top - 1);
+    // Home anchors at the first row without laying out the rest; scrolling down to the end
+    // follows the stream again.
+    update(&mut s, key(KeyCode::Home));
+    assert_eq!(s.chat.top, Some(0));
+    update(&mut s, ch('k'));
+    assert_eq!(s.chat.top, Some(0));
+    update(&mut s, ch('j'));
+    assert_eq!(s.chat.top, Some(1));
+    for _ in 0..100 {
+        update(&mut s, key(KeyCode::PageDown));
+    }
+    assert_eq!((s.chat.top, s.chat.scroll), (None, 0));
 }
 
 #[test]

@@ -174,6 +174,42 @@ impl Transcript {
         (out, scroll)
     }
 
+    /// The window `height` rows tall starting `top` rows below the first row, and whether it
+    /// reaches the end of the transcript. Lays out only the messages down to the window's end,
+    /// so jumping to the first message of a long history is cheap.
+    pub fn window_from_top(
+        &mut self,
+        messages: &[Message],
+        stream: Option<&MarkdownStream>,
+        body_width: u16,
+        height: usize,
+        top: usize,
+    ) -> (Vec<Row>, bool) {
+        let mut out: Vec<Row> = Vec::with_capacity(height);
+        let mut skip = top;
+        let last = messages.len().saturating_sub(1);
+        for i in 0..messages.len() {
+            let s = if i == last { stream } else { None };
+            let h = self.message_height(i, &messages[i], s, body_width);
+            if out.len() >= height {
+                return (out, false);
+            }
+            if skip >= h {
+                skip -= h;
+                continue;
+            }
+            let rows = self.message_rows(i, &messages[i], s, body_width);
+            let take = (height - out.len()).min(rows.len() - skip);
+            out.extend(rows[skip..skip + take].iter().cloned());
+            let ends_here = i == last && skip + take == rows.len();
+            skip = 0;
+            if ends_here {
+                return (out, true);
+            }
+        }
+        (out, true)
+    }
+
     /// The largest useful scroll (the first row at the top of the window), computed only as far
     /// as needed to decide whether `want` is reachable.
     pub fn max_scroll(
@@ -235,6 +271,22 @@ mod tests {
         // A window taller than everything shows everything.
         let (rows, _) = t.window(&m, None, 40, 100, 0);
         assert_eq!(rows.len(), 50);
+    }
+
+    #[test]
+    fn window_from_top_matches_the_bottom_window() {
+        let m = msgs(10);
+        let mut t = Transcript::default();
+        t.sync_styles(&MarkdownStyles::dark());
+        let (rows, end) = t.window_from_top(&m, None, 40, 7, 0);
+        assert!(!end);
+        assert_eq!(rows[0], Row::Header(0));
+        // Starting 43 rows down shows the same as scrolling 0 from the bottom (50 rows).
+        let (from_top, end) = t.window_from_top(&m, None, 40, 7, 43);
+        assert!(end);
+        assert_eq!(from_top, t.window(&m, None, 40, 7, 0).0);
+        let (past, end) = t.window_from_top(&m, None, 40, 7, 48);
+        assert!(end && past.len() == 2);
     }
 
     #[test]
