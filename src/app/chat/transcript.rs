@@ -188,9 +188,9 @@ impl Transcript {
         let mut out: Vec<Row> = Vec::with_capacity(height);
         let mut skip = top;
         let last = messages.len().saturating_sub(1);
-        for i in 0..messages.len() {
+        for (i, m) in messages.iter().enumerate() {
             let s = if i == last { stream } else { None };
-            let h = self.message_height(i, &messages[i], s, body_width);
+            let h = self.message_height(i, m, s, body_width);
             if out.len() >= height {
                 return (out, false);
             }
@@ -198,7 +198,7 @@ impl Transcript {
                 skip -= h;
                 continue;
             }
-            let rows = self.message_rows(i, &messages[i], s, body_width);
+            let rows = self.message_rows(i, m, s, body_width);
             let take = (height - out.len()).min(rows.len() - skip);
             out.extend(rows[skip..skip + take].iter().cloned());
             let ends_here = i == last && skip + take == rows.len();
