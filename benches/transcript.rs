@@ -61,12 +61,26 @@ fn main() {
     let wrap_all = t.elapsed();
     let rows: usize = caches.iter().map(|c| c.rows().len()).sum();
 
-    // Stream the last message: 60 tokens that cross a paragraph, a list and a code fence.
+    println!("transcript benchmark (dev profile; this crate unoptimized, deps at opt-level 3)");
+    println!("  syntect first use          {warm:>10.2?}");
+    println!("  render {MESSAGES} messages       {render_all:>10.2?}  ({logical} logical lines)");
+    println!("  wrap all at width {WIDTH}     {wrap_all:>10.2?}  ({rows} rows)");
+
     let last = message(MESSAGES + 1);
-    let all_tokens = split_tokens(&last);
+    stream_scenario("streaming", &last, &styles, &mut caches);
+    // An unresolved `[1]` early in the message keeps the rest uncommitted (a later definition
+    // could turn it into a link), which is the stream's slow path.
+    let held = last.replace("with `?`.", "with `?` [1].");
+    stream_scenario("held [1]", &held, &styles, &mut caches);
+}
+
+/// 60 tokens that cross a list and a code fence, each followed by one frame: committed rows
+/// (incremental), the tail, and enough cached history rows above to fill the window.
+fn stream_scenario(name: &str, last: &str, styles: &MarkdownStyles, caches: &mut [WrapCache]) {
+    let all_tokens = split_tokens(last);
     let mut stream = MarkdownStream::new(styles.clone());
-    // The first tokens arrive before the measurement, so the 60 measured ones run through
-    // the list and into the code block.
+    // The first tokens arrive before the measurement, so the measured ones run through the
+    // list and into the code block.
     for tok in &all_tokens[..30] {
         stream.push(tok);
     }
@@ -78,8 +92,6 @@ fn main() {
         let t = Instant::now();
         stream.push(tok);
         let pushed = t.elapsed();
-        // One frame: committed rows (incremental), the tail, and enough cached history rows
-        // above to fill the window.
         let committed_rows = stream_cache.wrap(stream.committed(), WIDTH).len();
         let tail_rows = wrap_lines(&stream.tail_lines(), WIDTH);
         let mut visible = committed_rows + tail_rows.len();
@@ -98,28 +110,25 @@ fn main() {
     let finish = t.elapsed();
     assert_eq!(
         stream.committed(),
-        render(stream.source(), &styles).as_slice()
+        render(stream.source(), styles).as_slice()
     );
 
     push_times.sort();
     frame_times.sort();
-    println!("transcript benchmark (dev profile; this crate unoptimized, deps at opt-level 3)");
-    println!("  syntect first use          {warm:>10.2?}");
-    println!("  render {MESSAGES} messages       {render_all:>10.2?}  ({logical} logical lines)");
-    println!("  wrap all at width {WIDTH}     {wrap_all:>10.2?}  ({rows} rows)");
+    println!("  {name}:");
     println!(
-        "  push only   p50 {:>9.2?}  p95 {:>9.2?}  max {:>9.2?}",
+        "    push only   p50 {:>9.2?}  p95 {:>9.2?}  max {:>9.2?}",
         percentile(&push_times, 0.5),
         percentile(&push_times, 0.95),
         push_times[push_times.len() - 1]
     );
     println!(
-        "  push+frame  p50 {:>9.2?}  p95 {:>9.2?}  max {:>9.2?}",
+        "    push+frame  p50 {:>9.2?}  p95 {:>9.2?}  max {:>9.2?}",
         percentile(&frame_times, 0.5),
         percentile(&frame_times, 0.95),
         frame_times[frame_times.len() - 1]
     );
-    println!("  finish                     {finish:>10.2?}");
+    println!("    finish                   {finish:>10.2?}");
 }
 
 /// Splits like a tokenizer would: short pieces, newlines kept attached.

@@ -13,6 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if loaded.config.engine.requant_q8 && std::env::var_os("INFLUENCE_REQUANT_Q8").is_none() {
+        // The engine reads this once when it loads a model; set it before any thread starts.
+        std::env::set_var("INFLUENCE_REQUANT_Q8", "1");
+    }
     let _log_guard =
         match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, false) {
             Ok(g) => Some(g),

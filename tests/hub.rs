@@ -365,6 +365,21 @@ mod info {
             .unwrap_err();
         assert!(matches!(err, HubError::NotHubCompatible { .. }), "{err:?}");
         assert!(err.to_string().contains("X-Repo-Commit"));
+        {
+            let mut f = e.hub.faults();
+            f.strip_metadata_headers = false;
+            f.mirror_308_to = Some(e.hub.cdn.clone());
+        }
+        // A mirror bouncing to another host loses the Hub headers: say so, don't guess.
+        let err = c
+            .file_meta(GGUF, "main", "tiny-llama.Q4_K_M.gguf")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HubError::NotHubCompatible { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&e.hub.endpoint),
+            "names the endpoint: {err}"
+        );
     }
 
     #[tokio::test]
@@ -780,7 +795,7 @@ mod download {
     #[tokio::test]
     async fn two_queued_downloads_run_at_once() {
         let e = env().await;
-        e.hub.faults().slow = Some(1_000_000);
+        e.hub.faults().slow = Some(300_000);
         let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
         let a = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
         let b = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q8_0.gguf"));
@@ -801,6 +816,45 @@ mod download {
             "both in flight before the first finished"
         );
         assert!(e.hub.max_concurrent_bodies() >= 2);
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn progress_is_throttled_and_complete() {
+        let e = env().await;
+        e.hub.faults().slow = Some(400_000);
+        let mut cfg = e.config(None);
+        cfg.progress_interval =
+            ManagerConfig::new(e.client(None), "x".into(), "y".into()).progress_interval;
+        let (h, mut ev) = downloads::spawn(cfg).unwrap();
+        let t0 = Instant::now();
+        let id = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
+        let (res, seen) = wait_all(&mut ev, &[id]).await;
+        assert!(res[&id].is_ok(), "{res:?}");
+        let elapsed = t0.elapsed().as_secs_f64();
+        let progress: Vec<_> = seen
+            .iter()
+            .filter_map(|e| match e {
+                DownloadEvent::Progress(p) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        // First (0 bytes) and last (complete) snapshots plus at most 4 per second in between.
+        assert!(
+            progress.len() as f64 <= elapsed * 4.0 + 3.0,
+            "{} snapshots in {elapsed:.2} s",
+            progress.len()
+        );
+        assert!(
+            progress.len() >= 3,
+            "some snapshots in between: {progress:?}"
+        );
+        assert!(progress.windows(2).all(|w| w[0].bytes <= w[1].bytes));
+        let last = progress.last().unwrap();
+        assert_eq!((last.bytes, last.total), (300 * 1024, 300 * 1024));
+        assert!(progress
+            .iter()
+            .any(|p| p.bytes_per_sec > 0.0 && p.eta.is_some()));
         h.shutdown().await;
     }
 
@@ -950,6 +1004,29 @@ mod download {
             );
         }
         assert!(repo.get("tiny-llama.Q8_0.gguf").is_none());
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_same_blob_requested_twice_at_once_is_fetched_once() {
+        let e = env().await;
+        e.hub.faults().slow = Some(500_000);
+        let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
+        let a = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
+        let b = h.enqueue(DownloadSpec::new(GGUF, "tiny-llama.Q4_K_M.gguf"));
+        let (res, _) = wait_all(&mut ev, &[a, b]).await;
+        assert!(res.values().all(|r| r.is_ok()), "{res:?}");
+        let cdn = e
+            .hub
+            .log()
+            .iter()
+            .filter(|l| l.origin == Origin::Cdn)
+            .count();
+        assert_eq!(
+            cdn, 1,
+            "the second job waited on the blob lock and reused the result"
+        );
+        e.assert_file_ok(GGUF, "tiny-llama.Q4_K_M.gguf");
         h.shutdown().await;
     }
 

@@ -27,6 +27,8 @@ pub struct EffectRunner {
     tx: UnboundedSender<Msg>,
     config_dir: PathBuf,
     library_roots: LibraryRoots,
+    /// The last scan, so a rescan re-reads only files that changed.
+    last_library: Arc<std::sync::Mutex<Option<Library>>>,
     hub: Option<HubClient>,
     downloads: Option<DownloadHandle>,
     /// The search in flight; a newer one aborts it so stale results never arrive.
@@ -45,6 +47,7 @@ impl EffectRunner {
             tx,
             config_dir,
             library_roots,
+            last_library: Arc::default(),
             hub: None,
             downloads: None,
             search: None,
@@ -185,9 +188,21 @@ impl EffectRunner {
             let _ = tx.send(Msg::Library(m));
         };
         let roots = self.library_roots.clone();
+        let last = self.last_library.clone();
+        let scan = move || {
+            let prev = last.lock().ok().and_then(|mut l| l.take());
+            let lib = match prev {
+                Some(prev) => prev.rescan(),
+                None => Library::scan(&roots),
+            };
+            if let Ok(mut l) = last.lock() {
+                *l = Some(lib.clone());
+            }
+            lib
+        };
         let job = move || match effect {
             LibraryEffect::Scan => {
-                let lib = Library::scan(&roots);
+                let lib = scan();
                 send(LibraryMsg::Scanned {
                     models: Arc::new(lib.models().to_vec()),
                     warnings: lib.warnings().to_vec(),
@@ -210,7 +225,8 @@ impl EffectRunner {
                 send(LibraryMsg::Verified(report));
             }
             LibraryEffect::PlanDelete(model) => {
-                let lib = Library::scan(&roots);
+                // Plan against the disk as it is now, not as it was at the last scan.
+                let lib = scan();
                 let plan = lib.delete_plan(&model).map_err(|e| e.to_string());
                 send(LibraryMsg::DeletePlanned(plan));
             }

@@ -53,6 +53,7 @@ pub struct EngineConfig {
     pub threads: usize,
     pub max_loaded: usize,
     pub context_policy: String,
+    pub requant_q8: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -367,7 +368,8 @@ partial!(PartialPaths { hf_home: String, model_dirs: Vec<String> });
 partial!(PartialEngine {
     threads: usize,
     max_loaded: usize,
-    context_policy: String
+    context_policy: String,
+    requant_q8: bool
 });
 partial!(PartialChat {
     temperature: f32,
@@ -840,6 +842,27 @@ mod tests {
         )
         .unwrap();
         assert!(load(&env, None, &Default::default()).is_ok());
+    }
+
+    #[test]
+    fn every_default_key_can_be_set_in_a_file() {
+        // The file schema must accept every key the defaults define, or users get "unknown field".
+        let mut text = String::new();
+        let defaults: toml::Table = toml::from_str(DEFAULT_CONFIG).unwrap();
+        for (k, v) in &defaults {
+            match v {
+                toml::Value::Table(t) => {
+                    text.push_str(&format!("[{k}]\n"));
+                    for (k2, v2) in t {
+                        text.push_str(&format!("{k2} = {v2}\n"));
+                    }
+                }
+                v => text.insert_str(0, &format!("{k} = {v}\n")),
+            }
+        }
+        let dir = home_with(&text);
+        let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
+        load(&env, None, &Default::default()).unwrap();
     }
 
     #[test]

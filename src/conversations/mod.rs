@@ -51,6 +51,10 @@ pub enum ConversationError {
     NoSuchMessage { index: usize, len: usize },
     #[error("message {index} is a {role} message; only user messages can be edited and resent")]
     NotUserMessage { index: usize, role: Role },
+    #[error("message {index} is a {role} message; only assistant answers can be edited in place")]
+    NotAssistantMessage { index: usize, role: Role },
+    #[error("nothing to continue: the last message is not a partial answer")]
+    NothingToContinue,
     #[error("nothing to regenerate: send a message first")]
     NothingToRegenerate,
     #[error("the last message is not an assistant answer being generated")]

@@ -22,23 +22,8 @@ pub const FORMAT_VERSION: u32 = 1;
 const AUTO_TITLE_CHARS: usize = 60;
 pub(crate) const DEFAULT_TITLE: &str = "New chat";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
+/// The same roles the engine takes, so a conversation is sent without conversion.
+pub use crate::engine::Role;
 
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -330,6 +315,49 @@ impl Conversation {
         edited.active_branch = branches.len();
         edited.branches = branches;
         self.messages.push(edited);
+        self.touch();
+        Ok(self.history())
+    }
+
+    /// Replaces the text of assistant message `index` (a user correcting the model). The
+    /// previous text stays as an alternative answer, so the edit can be paged back.
+    pub fn edit_assistant(&mut self, index: usize, content: impl Into<String>) -> Result<()> {
+        let len = self.messages.len();
+        let m = self
+            .messages
+            .get_mut(index)
+            .ok_or(ConversationError::NoSuchMessage { index, len })?;
+        if m.role != Role::Assistant {
+            return Err(ConversationError::NotAssistantMessage {
+                index,
+                role: m.role,
+            });
+        }
+        let old = m.current_answer();
+        let at = m.active_alt.min(m.alternatives.len());
+        m.alternatives.insert(at, old);
+        m.active_alt = m.alternatives.len();
+        m.show(Alternative {
+            content: content.into(),
+            stats: None,
+            interrupted: false,
+            created: now_rfc3339(),
+        });
+        self.touch();
+        Ok(())
+    }
+
+    /// Lets the model carry on with the last answer (after a stop or a length limit): the
+    /// answer stays in place and new tokens are appended to it. Returns the turns to send,
+    /// ending with that partial answer.
+    pub fn continue_answer(&mut self) -> Result<Vec<ChatTurn>> {
+        match self.messages.last_mut() {
+            Some(m) if m.role == Role::Assistant && !m.content.is_empty() => {
+                m.interrupted = false;
+                m.stats = None;
+            }
+            _ => return Err(ConversationError::NothingToContinue),
+        }
         self.touch();
         Ok(self.history())
     }
@@ -679,6 +707,39 @@ mod tests {
             ["What is Rust?", "A language.", "Changed question"]
         );
         assert_eq!(c.messages[2].branches[0].len(), 2);
+    }
+
+    #[test]
+    fn edit_assistant_keeps_the_old_text_as_an_alternative() {
+        let mut c = chat();
+        c.edit_assistant(1, "Corrected.").unwrap();
+        assert_eq!(c.messages[1].content, "Corrected.");
+        assert_eq!(c.messages[1].stats, None);
+        assert_eq!(c.messages[1].alternative_position(), (2, 2));
+        c.page_alternative(1, Page::Prev).unwrap();
+        assert_eq!(c.messages[1].content, "A language.");
+        assert!(matches!(
+            c.edit_assistant(0, "x"),
+            Err(ConversationError::NotAssistantMessage { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn continue_answer_appends_to_the_partial_answer() {
+        let mut c = Conversation::new();
+        c.push_user("count");
+        assert!(matches!(
+            c.continue_answer(),
+            Err(ConversationError::NothingToContinue)
+        ));
+        c.start_assistant();
+        c.append_token("1, 2,").unwrap();
+        c.mark_interrupted(None).unwrap();
+        let turns = c.continue_answer().unwrap();
+        assert_eq!(turns.last().unwrap().content, "1, 2,");
+        assert!(!c.messages[1].interrupted);
+        c.append_token(" 3").unwrap();
+        assert_eq!(c.messages[1].content, "1, 2, 3");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct ConversationStore {
 }
 
 const SNIPPET_CONTEXT_CHARS: usize = 40;
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 impl ConversationStore {
     /// Opens (creating if needed) the folder and indexes the conversations in it.
@@ -60,8 +61,33 @@ impl ConversationStore {
             summaries: Vec::new(),
             errors: Vec::new(),
         };
+        store.remove_stale_temp_files();
         store.refresh()?;
         Ok(store)
+    }
+
+    /// A write killed midway leaves its temp file (`.<name>.<pid>.tmp`) behind. Old ones are
+    /// removed; recent ones may belong to a write in progress in another process.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -418,6 +444,30 @@ mod tests {
         let imported = store.add_imported(clash).unwrap();
         assert_ne!(imported.id, "20260101-000000-000-deadbeef");
         assert_eq!(store.list().len(), 2);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir
+            .path()
+            .join(".20260101-000000-000-00000000.json.4242.tmp");
+        let fresh = dir
+            .path()
+            .join(".20260101-000000-000-00000001.json.4243.tmp");
+        std::fs::write(&stale, b"{\"partial").unwrap();
+        std::fs::write(&fresh, b"{\"partial").unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let store = ConversationStore::open(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+        assert!(store.list().is_empty() && store.load_errors().is_empty());
     }
 
     #[test]

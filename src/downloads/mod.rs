@@ -2,6 +2,13 @@
 //! Face cache, runs a few at a time, resumes partial files with HTTP Range, hashes while writing
 //! and only places a file in the cache once its sha256 (or git sha1) matches the Hub's.
 //!
+//! Feeding a UI: [`spawn`] returns an unbounded receiver of [`DownloadEvent`]s (progress is
+//! throttled per file to `progress_interval`, 250 ms by default). Forward it into the app's
+//! message channel from a small task, e.g.
+//! `while let Some(ev) = events.recv().await { if app_tx.send(Msg::Download(ev)).is_err() { break } }`,
+//! or `select!` on it in the event loop. Commands go through the cloneable [`DownloadHandle`],
+//! whose methods never block. [`DownloadHandle::list`] gives the whole queue (for the first draw).
+//!
 //! ```no_run
 //! # async fn demo(hub: influence::hub::HubClient) -> Result<(), influence::downloads::DownloadError> {
 //! use influence::downloads::{spawn, DownloadEvent, DownloadSpec, ManagerConfig};
@@ -235,7 +242,8 @@ impl DownloadHandle {
         let _ = self.tx.send(Command::Resume(id));
     }
 
-    /// Removes a job (stopping it if running) and deletes its partial file.
+    /// Removes a job from the queue, stopping it if running. An unfinished job's partial file is
+    /// deleted; on a finished job this only clears it from the list (the model stays).
     pub fn cancel(&self, id: DownloadId) {
         let _ = self.tx.send(Command::Cancel(id));
     }

@@ -15,13 +15,14 @@ use super::cache::RepoCache;
 use super::disk::{ensure_space, map_write_error};
 use super::error::DownloadError;
 use super::{DownloadId, DownloadSpec, ManagerConfig, Progress};
+use crate::hub::client::error_chain;
 use crate::hub::{HubClient, HubError};
 
 /// Batches buffered between the network and the writer thread.
 const WRITE_QUEUE: usize = 8;
 const BATCH_BYTES: usize = 1 << 20;
 /// Read size when hashing a resumed prefix.
-const WRITE_BUFFER: usize = 1 << 20;
+const PREFIX_READ: usize = 1 << 20;
 /// Bytes written between two writeback kicks.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
@@ -248,12 +249,12 @@ async fn attempt_once(
     }
     .map_err(|e| DownloadError::io("open", &part, e))?;
 
-    let (data_tx, data_rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
-    let hasher = Hasher::new(&meta.etag, meta.size);
-    let part_for_writer = part.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        write_loop(file, &part_for_writer, start, hasher, data_rx)
-    });
+    let sink = Sink::spawn(
+        file,
+        part.clone(),
+        start,
+        Hasher::new(&meta.etag, meta.size),
+    );
 
     let mut meter = Meter::new(task.id, start, meta.size, ctx.progress_interval);
     let _ = tx.send(WorkerMsg::Progress(meter.snapshot(start)));
@@ -286,7 +287,7 @@ async fn attempt_once(
                 batch.push(chunk);
                 if batch_bytes >= BATCH_BYTES {
                     batch_bytes = 0;
-                    if data_tx.send(std::mem::take(&mut batch)).await.is_err() {
+                    if !sink.send(std::mem::take(&mut batch)).await {
                         // The writer stopped; its error is collected below.
                         break Ok(());
                     }
@@ -300,14 +301,10 @@ async fn attempt_once(
     };
     if !batch.is_empty() {
         // Whatever arrived is kept, so a resume starts after it.
-        let _ = data_tx.send(batch).await;
+        sink.send(batch).await;
     }
-    drop(data_tx);
     drop(response);
-    let written = match writer.await {
-        Ok(r) => r,
-        Err(e) => Err(std::io::Error::other(e.to_string())),
-    };
+    let written = sink.finish().await;
     let (hasher, on_disk) = match (outcome, written) {
         (_, Err(e)) => return Err(map_write_error(&blobs, meta.size - start, e)),
         (Err(e @ DownloadError::SizeMismatch { .. }), Ok(_)) => {
@@ -338,18 +335,59 @@ async fn attempt_once(
     cache.link(&meta.commit, &spec.path, &meta.etag, &spec.revision)
 }
 
-/// Runs on a blocking thread: hashes the resumed prefix, then hashes and writes every chunk as it
-/// arrives, so verification needs no second read of the file.
-fn write_loop(
-    file: std::fs::File,
+/// The two consumers of a download's bytes, each on its own blocking thread and fed the same
+/// batches (cloning a `Bytes` is a reference-count bump): one hashes, one writes. The checksum is
+/// ready when the last byte is on disk, without a second read of the file.
+struct Sink {
+    write_tx: mpsc::Sender<Vec<Bytes>>,
+    hash_tx: mpsc::Sender<Vec<Bytes>>,
+    writer: tokio::task::JoinHandle<std::io::Result<u64>>,
+    hasher: tokio::task::JoinHandle<std::io::Result<Hasher>>,
+}
+
+impl Sink {
+    fn spawn(file: std::fs::File, path: PathBuf, start: u64, hasher: Hasher) -> Sink {
+        let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let (hash_tx, hash_rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_loop(file, start, write_rx));
+        let hasher = tokio::task::spawn_blocking(move || hash_loop(&path, start, hasher, hash_rx));
+        Sink {
+            write_tx,
+            hash_tx,
+            writer,
+            hasher,
+        }
+    }
+
+    /// False when a consumer has stopped (its error comes from [`Sink::finish`]).
+    async fn send(&self, batch: Vec<Bytes>) -> bool {
+        self.hash_tx.send(batch.clone()).await.is_ok() && self.write_tx.send(batch).await.is_ok()
+    }
+
+    /// Waits for both threads: the hasher state and the file length, or the first I/O error.
+    async fn finish(self) -> std::io::Result<(Hasher, u64)> {
+        drop(self.write_tx);
+        drop(self.hash_tx);
+        let written = joined(self.writer.await)?;
+        let hasher = joined(self.hasher.await)?;
+        Ok((hasher, written))
+    }
+}
+
+fn joined<T>(r: Result<std::io::Result<T>, tokio::task::JoinError>) -> std::io::Result<T> {
+    r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
+/// Hashes the resumed prefix (read back from the partial file), then every batch as it arrives.
+fn hash_loop(
     path: &Path,
     start: u64,
     mut hasher: Hasher,
     mut rx: mpsc::Receiver<Vec<Bytes>>,
-) -> std::io::Result<(Hasher, u64)> {
+) -> std::io::Result<Hasher> {
     if start > 0 {
         let mut prefix = std::fs::File::open(path)?.take(start);
-        let mut buf = vec![0u8; WRITE_BUFFER];
+        let mut buf = vec![0u8; PREFIX_READ];
         let mut n_total = 0u64;
         loop {
             let n = prefix.read(&mut buf)?;
@@ -365,14 +403,24 @@ fn write_loop(
             ));
         }
     }
-    let mut file = file;
-    let mut written = start;
-    let mut flushed_to = start;
     while let Some(batch) = rx.blocking_recv() {
         for piece in &batch {
             hasher.update(piece);
         }
-        // One writev per batch: no copy into a user-space buffer first.
+    }
+    Ok(hasher)
+}
+
+/// Appends every batch with one `writev`, starts writeback early and syncs at the end, so a
+/// blob renamed into the cache is on disk.
+fn write_loop(
+    mut file: std::fs::File,
+    start: u64,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+) -> std::io::Result<u64> {
+    let mut written = start;
+    let mut flushed_to = start;
+    while let Some(batch) = rx.blocking_recv() {
         write_all_vectored(&mut file, &batch)?;
         written += batch.iter().map(|b| b.len() as u64).sum::<u64>();
         if written - flushed_to >= WRITEBACK_STEP {
@@ -381,7 +429,7 @@ fn write_loop(
         }
     }
     file.sync_data()?;
-    Ok((hasher, written))
+    Ok(written)
 }
 
 fn write_all_vectored(file: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
@@ -518,20 +566,6 @@ impl Meter {
             eta: if left == 0 { Some(Duration::ZERO) } else { eta },
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -2,13 +2,27 @@
 //!
 //! Callers (TUI, HTTP server, CLI) hold a cheap, cloneable [`EngineHandle`] and talk to that thread
 //! through a std channel. Replies come back on tokio channels, so async code `.await`s them and
-//! sync code uses `blocking_recv`. Model code never runs on tokio workers: a forward pass blocks a
-//! core for tens of milliseconds.
+//! sync code uses `blocking_recv` (or [`wait`] / [`Generation::collect_blocking`]). Model code
+//! never runs on tokio workers: a forward pass blocks a core for tens of milliseconds.
+//!
+//! What it runs:
+//! - GGUF decoders written here on candle-core/candle-nn (`decoder.rs`): llama (also mistral and
+//!   SmolLM2, tied embeddings), qwen2 (q/k/v biases), qwen3 (q/k norms), phi3 (fused qkv and
+//!   gate/up), gemma3 (sliding-window local layers, extra norms). `token_embd` stays quantized.
+//! - Hugging Face safetensors folders of the same families except gemma3 (f32/f16/bf16, run in
+//!   f32), and BERT embedding folders (mean pooling + L2 normalisation).
+//! - Tokenizers from `tokenizer.json` or rebuilt from GGUF metadata (byte-level BPE and
+//!   SentencePiece), chat templates via minijinja, sampling in [`sampling`].
+//!
+//! Each generative model keeps the token ids in its KV cache; a request reuses the longest common
+//! prefix and prefills only the rest (`GenStats::cached_tokens`). Prompt chunks of 16+ tokens use
+//! a dense f32 GEMM on weights dequantized per call (see `docs/PERFORMANCE.md`).
 //!
 //! Threads: candle's quantized-matmul pool reads `CANDLE_NUM_THREADS` and rayon reads
 //! `RAYON_NUM_THREADS` once, when they first start. [`EngineHandle::spawn`] therefore sets both to
 //! [`EngineOptions::threads`] (when the user has not set them) *before* the engine thread runs its
 //! first tensor operation. Spawning a second engine later in the same process cannot change them.
+//! On a busy 2-core machine 1 thread is much faster than 2 (candle's spinning barrier pool).
 //!
 //! Tests of the server and UI use [`EngineHandle::fake`], a scripted stand-in (see [`fake`]).
 
@@ -18,6 +32,7 @@ mod embed;
 mod error;
 pub mod fake;
 pub mod gguf;
+mod hf_folder;
 mod kv_cache;
 mod params;
 pub mod sampling;

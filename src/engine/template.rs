@@ -121,6 +121,8 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone(),
             eos_token => self.eos.clone(),
+            // Llama 3.x templates print it in the system header.
+            date_string => chrono::Local::now().format("%d %b %Y").to_string(),
         })
         .map_err(tmpl_err)
     }
@@ -236,6 +238,29 @@ mod tests {
             s,
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
         );
+    }
+
+    #[test]
+    fn template_source_prefers_gguf_then_tokenizer_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        assert_eq!(ChatTemplate::source_for(&model, None), None);
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ChatTemplate::source_for(&model, None).as_deref(), Some("D"));
+        assert_eq!(
+            ChatTemplate::source_for(&model, Some("G")).as_deref(),
+            Some("G")
+        );
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": "S"}"#,
+        )
+        .unwrap();
+        assert_eq!(ChatTemplate::source_for(&model, None).as_deref(), Some("S"));
     }
 
     #[test]

@@ -82,6 +82,32 @@ impl TextTokenizer {
         })
     }
 
+    /// A `tokenizer.json` with ids taken from the model's config files (safetensors folders).
+    pub fn from_file(
+        path: &Path,
+        bos_id: Option<u32>,
+        eos_ids: &[u32],
+        add_bos: bool,
+    ) -> Result<Self, EngineError> {
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+        let mut stop_ids = eos_ids.to_vec();
+        for t in TEMPLATE_END_TOKENS {
+            if let Some(id) = tok.token_to_id(t) {
+                stop_ids.push(id);
+            }
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Ok(Self {
+            tok,
+            bos_id,
+            eos_id: eos_ids.first().copied(),
+            add_bos,
+            stop_ids,
+        })
+    }
+
     /// Opens a GGUF file (header only) and builds its tokenizer; for tools and tests.
     pub fn from_gguf_path(path: &Path) -> Result<Self, EngineError> {
         let f = super::gguf::open(path)?;
@@ -147,17 +173,64 @@ fn from_gguf_metadata(
         ))
     })?;
     let pre = meta.opt_str("tokenizer.ggml.pre").unwrap_or("gpt2");
-    if matches!(pre, "smollm" | "starcoder") {
-        // candle falls back to GPT-2's ByteLevel(add_prefix_space = true) for these; the
-        // reference tokenizer.json splits digits individually and adds no prefix space.
-        let seq: PreTokenizerWrapper = Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])
-        .into();
-        tok.with_pre_tokenizer(Some(seq));
+    if let Some((normalizer, pt)) = pre_tokenizer_for(pre)? {
+        if let Some(n) = normalizer {
+            tok.with_normalizer(Some(n)).map_err(tok_err)?;
+        }
+        tok.with_pre_tokenizer(Some(pt));
     }
     Ok(tok)
+}
+
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+type PreTokenizerFix = Option<(Option<tokenizers::NormalizerWrapper>, PreTokenizerWrapper)>;
+
+/// Pre-tokenizers for `tokenizer.ggml.pre` values that candle's `from_gguf` gets wrong: it
+/// falls back to GPT-2's ByteLevel with `add_prefix_space = true` for every name it does not
+/// know, while llama.cpp adds no prefix space. `None` keeps candle's choice (qwen2, llama3).
+fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerFix, EngineError> {
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::SplitDelimiterBehavior;
+    let split = |re: &str| -> Result<PreTokenizerWrapper, EngineError> {
+        Ok(Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?
+        .into())
+    };
+    Ok(match pre {
+        "qwen2" | "llama3" | "smaug-bpe" | "lfm2" => None,
+        "smollm" | "starcoder" => Some((
+            None,
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])
+            .into(),
+        )),
+        "llama-bpe" => Some((
+            None,
+            Sequence::new(vec![
+                split(REGEX_LLAMA3)?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+        )),
+        "deepseek-r1-qwen" => Some((
+            Some(NFC.into()),
+            Sequence::new(vec![
+                split(REGEX_QWEN2)?,
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into(),
+        )),
+        _ => Some((None, ByteLevel::new(false, true, true).into())),
+    })
 }
 
 /// Turns a stream of token ids into text pieces that are always complete UTF-8.
@@ -181,7 +254,15 @@ impl Detokenizer {
         self.ids.push(id);
         let text = tok.decode(&self.ids[self.prev..])?;
         if text.len() > prev_text.len() && !text.ends_with('\u{FFFD}') {
-            let piece = text[prev_text.len()..].to_string();
+            // Normally `text` extends `prev_text`; if a decoder rewrote earlier characters,
+            // emit from the first difference, always on a character boundary.
+            let common = text
+                .char_indices()
+                .zip(prev_text.chars())
+                .take_while(|((_, a), b)| a == b)
+                .last()
+                .map_or(0, |((i, c), _)| i + c.len_utf8());
+            let piece = text[common..].to_string();
             self.prev = self.cur;
             self.cur = self.ids.len();
             Ok(piece)
@@ -323,4 +404,43 @@ fn sentencepiece_bpe(path: &Path, meta: &Meta) -> Result<Tokenizer, EngineError>
         tok.add_tokens(user).map_err(tok_err)?;
     }
     Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::tokenizer::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn splits(pre: &str, input: &str) -> Vec<String> {
+        let (_, pt) = pre_tokenizer_for(pre).unwrap().unwrap();
+        let mut s = PreTokenizedString::from(input);
+        pt.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(s, _, _)| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn llama_bpe_groups_digits_by_three_without_prefix_space() {
+        assert_eq!(
+            splits("llama-bpe", "Hi 12345"),
+            ["Hi", "\u{120}", "123", "45"]
+        );
+    }
+
+    #[test]
+    fn smollm_splits_digits_individually() {
+        assert_eq!(splits("smollm", "a 123"), ["a", "\u{120}", "1", "2", "3"]);
+    }
+
+    #[test]
+    fn unknown_pre_adds_no_prefix_space() {
+        assert_eq!(splits("default", "Hello world"), ["Hello", "\u{120}world"]);
+    }
+
+    #[test]
+    fn known_pipelines_are_left_to_candle() {
+        assert!(pre_tokenizer_for("qwen2").unwrap().is_none());
+    }
 }

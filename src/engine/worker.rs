@@ -10,6 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::decoder::Decoder;
 use super::embed::{folder_model_type, Embedder};
 use super::gguf::{self, Meta};
+use super::hf_folder;
 use super::sampling::Sampler;
 use super::stop::StopMatcher;
 use super::template::ChatTemplate;
@@ -122,7 +123,10 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         Some(src) => ChatTemplate::new(&src, &bos, &eos)?,
         None => ChatTemplate::fallback(&f.arch, &bos, &eos),
     };
-    let stats = gguf::quant_stats(&f.content);
+    let mut stats = gguf::quant_stats(&f.content);
+    if super::decoder::requant_q8_requested() && stats.slow_warning.take().is_some() {
+        tracing::info!(model = %path.display(), "converting Q4_1/Q5_0/Q5_1 weights to Q8_0 at load");
+    }
     if let Some(w) = &stats.slow_warning {
         tracing::warn!(model = %path.display(), "{w}");
     }
@@ -224,17 +228,22 @@ impl Worker {
         let start = Instant::now();
         let (model, info) = if key.is_dir() {
             let mt = folder_model_type(&key)?;
-            if mt != "bert" {
+            if mt == "bert" {
+                let (e, info) = Embedder::load(&key, id)?;
+                (Model::Embed(Box::new(e)), info)
+            } else if hf_folder::SUPPORTED_FOLDER_TYPES.contains(&mt.as_str()) {
+                let (g, info) = hf_folder::load(&key, &mt, id)?;
+                (Model::Gen(Box::new(g)), info)
+            } else {
                 return Err(EngineError::UnsupportedArchitecture {
                     arch: mt,
                     supported: format!(
-                        "GGUF files ({}) and BERT embedding folders",
-                        gguf::SUPPORTED_ARCHS.join(", ")
+                        "GGUF files ({}), safetensors folders ({}) and BERT embedding folders",
+                        gguf::SUPPORTED_ARCHS.join(", "),
+                        hf_folder::SUPPORTED_FOLDER_TYPES.join(", ")
                     ),
                 });
             }
-            let (e, info) = Embedder::load(&key, id)?;
-            (Model::Embed(Box::new(e)), info)
         } else {
             let (g, info) = load_gguf(&key, id)?;
             (Model::Gen(Box::new(g)), info)

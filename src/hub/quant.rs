@@ -157,8 +157,13 @@ impl Quant {
     /// `gemma-3-1b-it-f16.gguf`. The match must stand alone (no letter or digit on either side),
     /// so `BF16` is not read as `F16` and `IQ4_XS` not as `Q4_..`; the longest match wins.
     pub fn from_file_name(name: &str) -> Option<Quant> {
+        // Some repos name the folder after the quant (`Q8_0/model-00001-of-00002.gguf`).
         let file = name.rsplit('/').next().unwrap_or(name);
-        let up = file.to_ascii_uppercase();
+        Quant::find_in(file).or_else(|| Quant::find_in(name))
+    }
+
+    fn find_in(text: &str) -> Option<Quant> {
+        let up = text.to_ascii_uppercase();
         let bytes = up.as_bytes();
         let mut best: Option<Quant> = None;
         for q in ALL {
@@ -340,16 +345,8 @@ pub fn fit_for(file_bytes: u64, mem: MemInfo) -> FitReport {
     }
 }
 
-/// `1.5 GB`, `300 MB`, `12 KB`, `7 B` (decimal units, like the Hub shows).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
-    for (u, f) in UNITS {
-        if n as f64 >= f {
-            return format!("{:.1} {u}", n as f64 / f);
-        }
-    }
-    format!("{n} B")
-}
+/// Sizes in decimal units, as the Hub shows them.
+pub use crate::library::human::bytes as human_bytes;
 
 /// What the user asked to pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -582,6 +579,7 @@ mod tests {
             ("model-q3_k_l.gguf", Some(Quant::Q3_K_L)),
             ("model-Q2_K.gguf", Some(Quant::Q2_K)),
             ("model.gguf", None),
+            ("Q5_K_M/model-00001-of-00002.gguf", Some(Quant::Q5_K_M)),
             ("XQ4_0.gguf", None),
         ];
         for (name, want) in cases {

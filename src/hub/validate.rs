@@ -156,6 +156,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever passes the check can be joined onto a folder without escaping it.
+        #[test]
+        fn accepted_paths_stay_inside(path in "[a-zA-Z0-9._/\\\\:~ -]{0,24}") {
+            if validate_repo_path(&path).is_ok() {
+                let p = std::path::Path::new(&path);
+                proptest::prop_assert!(p
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))));
+                proptest::prop_assert!(std::path::Path::new("/base").join(p).starts_with("/base"));
+            }
+        }
+
+        #[test]
+        fn accepted_repo_ids_make_one_cache_folder(id in "[a-zA-Z0-9._/-]{0,20}") {
+            if validate_repo_id(&id).is_ok() {
+                let folder = format!("models--{}", id.replace('/', "--"));
+                proptest::prop_assert!(!folder.contains('/') && !folder.contains(".."));
+            }
+        }
+    }
+
     #[test]
     fn hex() {
         assert!(is_commit("0123456789abcdef0123456789abcdef01234567"));

@@ -1,9 +1,25 @@
 //! Markdown for the chat transcript: pulldown-cmark events become width-free logical lines
-//! (`render`), a newline-gated collector keeps the streamed message cheap (`stream`), and
-//! `wrap` reflows logical lines to the pane width at draw time.
+//! (`render`), a newline-gated collector keeps the streamed message cheap (`MarkdownStream`),
+//! and `wrap_lines` reflows logical lines to the pane width at draw time.
 //!
-//! Lines carry no width so that a resize only rewraps; wrapping is cached per width by the
-//! caller (see [`WrapCache`]).
+//! Lines carry no width, so a resize only rewraps. How the chat pane is meant to use this:
+//!
+//! ```text
+//! finished message:  lines = render(&content, &styles)          // once per message (and theme)
+//!                    rows  = msg.wrap_cache.wrap(&lines, width)  // cached per width
+//! streamed message:  on each token:  stream.push(delta)          // cheap; commits at '\n'
+//!                    on each frame:  rows  = cache.wrap(stream.committed(), width)
+//!                                              // committed lines only grow, so only new
+//!                                              // lines are wrapped
+//!                                    rows += wrap_lines(&stream.tail_lines(), width)
+//!                                              // the unfinished block; never cache it
+//!                    on GenDone:     stream.finish(); lines = stream.into_lines()
+//!                                              // == render(&content, &styles)
+//! draw:              only the rows inside the viewport; a row whose `Line::style` has a
+//!                    background is a code row and is already padded to the width.
+//! ```
+//!
+//! On a theme change, re-render (and `WrapCache::invalidate`) every message.
 
 mod highlight;
 mod render;

@@ -47,9 +47,13 @@ pub(crate) struct CodeResume {
 pub(crate) struct RenderOptions<'a> {
     /// A block precedes this source (already committed), so the first block gets a separator.
     pub leading_separator: bool,
-    /// The first block is a fenced code block whose separator, label and first `lines` code
-    /// lines were already emitted: skip them and continue highlighting from this state.
+    /// The first rendered (not skipped) block is a fenced code block whose separator, label
+    /// and first `lines` code lines the caller already has: skip them and continue
+    /// highlighting from this state.
     pub resume: Option<&'a CodeResume>,
+    /// Top-level blocks starting before this offset are parsed but not rendered (their
+    /// `lines` come back empty): the caller already holds their lines.
+    pub skip_before: usize,
 }
 
 pub(crate) struct Block {
@@ -68,6 +72,8 @@ pub(crate) struct Block {
 
 pub(crate) struct Rendered {
     pub blocks: Vec<Block>,
+    /// `RenderOptions::resume` was applied (its block's lines exclude what the caller has).
+    pub resumed: bool,
     /// Source ranges of link reference definitions (they render nothing but apply document-wide).
     pub definitions: Vec<Range<usize>>,
 }
@@ -99,26 +105,42 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
     let mut block_start = 0usize;
     let mut block_range = 0..0;
     let mut content_end = 0usize;
+    let mut skipping = false;
+    let mut rendered_any = false;
+    let mut resumed = false;
+    let mut given_resume = false;
     for (i, (event, range)) in events.iter().enumerate() {
         if depth == 0 {
+            skipping = range.start < opts.skip_before;
             block_start = w.out.len();
             block_range = range.clone();
             content_end = range.start;
             w.code_result = None;
-            w.resume = if blocks.is_empty() {
-                opts.resume.cloned()
-            } else {
+            w.resume = if skipping || rendered_any {
                 None
+            } else {
+                opts.resume.cloned()
             };
+            rendered_any |= !skipping;
+            given_resume = w.resume.is_some();
         }
         match event {
             Event::Start(_) => depth += 1,
             Event::End(_) => depth = depth.saturating_sub(1),
             _ => content_end = content_end.max(range.end),
         }
-        w.event(event, &events[i + 1..]);
+        if skipping {
+            if depth == 0 {
+                // Counted, so the next rendered block still gets its separator.
+                w.block_counts[0] += 1;
+            }
+        } else {
+            w.event(event, &events[i + 1..]);
+        }
         if depth == 0 {
             w.flush_line();
+            resumed |= given_resume && w.resume.is_none();
+            w.resume = None;
             let unresolved_reference = broken
                 .iter()
                 .any(|b| b.start < block_range.end && b.end > block_range.start);
@@ -144,6 +166,7 @@ pub(crate) fn render_blocks(src: &str, styles: &MarkdownStyles, opts: &RenderOpt
     }
     Rendered {
         blocks,
+        resumed,
         definitions,
     }
 }

@@ -4,20 +4,24 @@
 //! last newline is parsed, and every top-level block that a later line can no longer change
 //! is committed: all blocks but the last (CommonMark never reopens a closed block), plus the
 //! finished lines of a top-level fenced code block that is still open (its highlighter state
-//! is kept, so those lines are never highlighted twice). Two things can still change a closed
-//! block's rendering, and both are handled:
+//! is kept, so those lines are never highlighted twice). Three things can still change a closed
+//! block's rendering or the parse after it, and all are handled:
 //!
 //! - link reference definitions apply document-wide: definitions found in committed text are
 //!   replayed in front of every later parse, and a block holding an unresolved `[label]` is
-//!   held back (with everything after it) until a definition resolves it or the message ends;
-//! - the separator before a block depends on whether one precedes it, which is passed in.
+//!   held back (with everything after it) until a definition resolves it or the message ends.
+//!   Held blocks, and an open code block after them, are rendered once and reused by later
+//!   commits and frames until a new definition appears;
+//! - the separator before a block depends on whether one precedes it, which is passed in;
+//! - a definition can be continued by the next line into a paragraph, so a parse never starts
+//!   just after one.
 //!
 //! The result: after `finish`, `committed()` equals `render(source)` exactly, committed lines
 //! never change, and each commit re-renders only the open block.
 
 use ratatui::text::Line;
 
-use super::render::{render_blocks, CodeResume, RenderOptions};
+use super::render::{render_blocks, CodeResume, RenderOptions, Rendered};
 use super::MarkdownStyles;
 
 #[derive(Debug, Clone)]
@@ -33,7 +37,38 @@ pub struct MarkdownStream {
     code: Option<CodeResume>,
     /// Source of link reference definitions found in committed text, replayed before parses.
     definitions: String,
+    /// Closed blocks held back by an unresolved `[label]`, rendered once and reused until a
+    /// new definition appears, so a held block does not cost a render per frame.
+    held: Option<Held>,
     finished: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    /// Source offset where the last held block ends.
+    end: usize,
+    lines: Vec<Line<'static>>,
+    /// Definitions known when `lines` were rendered.
+    definitions: usize,
+    /// The open fenced code block after the held blocks: its lines so far and the
+    /// highlighter state after them, so each frame highlights only new lines.
+    code: Option<HeldCode>,
+}
+
+#[derive(Debug, Clone)]
+struct HeldCode {
+    resume: CodeResume,
+    lines: Vec<Line<'static>>,
+}
+
+/// What `render_pending` reused from the held cache.
+#[derive(Clone, Copy, PartialEq)]
+enum Reuse {
+    Nothing,
+    /// Held blocks were skipped: their lines are `Held::lines`.
+    Held,
+    /// Also the open code block was resumed: its first lines are `HeldCode::lines`.
+    HeldAndCode,
 }
 
 impl MarkdownStream {
@@ -46,6 +81,7 @@ impl MarkdownStream {
             any_block: false,
             code: None,
             definitions: String::new(),
+            held: None,
             finished: false,
         }
     }
@@ -77,16 +113,16 @@ impl MarkdownStream {
         if self.finished || self.pending >= self.source.len() {
             return Vec::new();
         }
-        let input = self.parse_input(self.source.len());
-        let opts = RenderOptions {
-            leading_separator: self.any_block,
-            resume: self.code.as_ref(),
-        };
-        render_blocks(&input, &self.styles, &opts)
-            .blocks
-            .into_iter()
-            .flat_map(|b| b.lines)
-            .collect()
+        let (rendered, reuse) = self.render_pending(self.source.len());
+        let mut lines = Vec::new();
+        if let Some(held) = self.held.as_ref().filter(|_| reuse != Reuse::Nothing) {
+            lines.extend(held.lines.iter().cloned());
+            if let Some(code) = held.code.as_ref().filter(|_| reuse == Reuse::HeldAndCode) {
+                lines.extend(code.lines.iter().cloned());
+            }
+        }
+        lines.extend(rendered.blocks.into_iter().flat_map(|b| b.lines));
+        lines
     }
 
     /// Commits everything; afterwards `committed()` equals `render(self.source())`.
@@ -98,6 +134,16 @@ impl MarkdownStream {
             self.commit(self.source.len(), true);
         }
         self.finished = true;
+    }
+
+    /// The rendered message, for caching once the stream is done. Before `finish` this holds
+    /// only the committed lines.
+    pub fn into_lines(self) -> Vec<Line<'static>> {
+        self.committed
+    }
+
+    pub fn styles(&self) -> &MarkdownStyles {
+        &self.styles
     }
 
     pub fn source(&self) -> &str {
@@ -115,16 +161,65 @@ impl MarkdownStream {
         input
     }
 
+    /// Parses `source[pending..end]` and renders it, skipping the held blocks (and resuming
+    /// the open code block after them) while their cached lines are still valid.
+    fn render_pending(&self, end: usize) -> (Rendered, Reuse) {
+        let input = self.parse_input(end);
+        let shift = self.definitions.len();
+        let full = RenderOptions {
+            leading_separator: self.any_block,
+            resume: self.code.as_ref(),
+            skip_before: 0,
+        };
+        let Some(held) = &self.held else {
+            return (render_blocks(&input, &self.styles, &full), Reuse::Nothing);
+        };
+        let mut opts = RenderOptions {
+            leading_separator: self.any_block,
+            resume: held.code.as_ref().map(|c| &c.resume),
+            skip_before: held.end.saturating_sub(self.pending) + shift,
+        };
+        let rendered = render_blocks(&input, &self.styles, &opts);
+        if rendered.definitions.len() != held.definitions {
+            // A new definition may resolve a held `[label]`: render everything again.
+            return (render_blocks(&input, &self.styles, &full), Reuse::Nothing);
+        }
+        if held.code.is_none() {
+            return (rendered, Reuse::Held);
+        }
+        if rendered.resumed {
+            return (rendered, Reuse::HeldAndCode);
+        }
+        opts.resume = None;
+        (render_blocks(&input, &self.styles, &opts), Reuse::Held)
+    }
+
     fn commit(&mut self, end: usize, all: bool) {
         let shift = self.definitions.len();
         let input = self.parse_input(end);
-        let rendered = {
+        let (mut rendered, mut reuse) = self.render_pending(end);
+        let held_before = self
+            .held
+            .as_ref()
+            .map_or(0, |h| h.end.saturating_sub(self.pending) + shift);
+        let first_open = |r: &Rendered| {
+            r.blocks
+                .iter()
+                .take(r.blocks.len().saturating_sub(1))
+                .take_while(|b| !b.unresolved_reference)
+                .count()
+        };
+        if reuse != Reuse::Nothing && (all || first_open(&rendered) > 0) {
+            // Held blocks are about to be committed: they need their lines.
             let opts = RenderOptions {
                 leading_separator: self.any_block,
                 resume: self.code.as_ref(),
+                skip_before: 0,
             };
-            render_blocks(&input, &self.styles, &opts)
-        };
+            rendered = render_blocks(&input, &self.styles, &opts);
+            reuse = Reuse::Nothing;
+        }
+        let definitions_seen = rendered.definitions.len();
         let blocks = rendered.blocks;
         let region = &input[shift..];
         let line_start = |pos: usize| -> usize {
@@ -191,6 +286,55 @@ impl MarkdownStream {
                 }
                 at = line.find('\n').map_or(region.len(), |i| at + i + 1);
             }
+        }
+        // Complete blocks left uncommitted are held: keep their lines for the next renders,
+        // and the lines of an open code block after them.
+        let held_range = if all || open_code {
+            take..take
+        } else {
+            take..blocks.len().saturating_sub(1).max(take)
+        };
+        let old_held = self.held.take();
+        if !held_range.is_empty() {
+            let (mut lines, mut old_code_lines) = match old_held {
+                Some(old) if reuse != Reuse::Nothing => (
+                    old.lines,
+                    old.code
+                        .filter(|_| reuse == Reuse::HeldAndCode)
+                        .map(|c| c.lines),
+                ),
+                _ => (Vec::new(), None),
+            };
+            // A block's full lines: the first rendered block after the held ones may have
+            // been resumed, so its cached lines come first.
+            let mut full_lines = |b: &super::render::Block| -> Option<Vec<Line<'static>>> {
+                if reuse != Reuse::Nothing && b.range.start < held_before {
+                    return None;
+                }
+                let mut out = old_code_lines.take().unwrap_or_default();
+                out.extend(b.lines.iter().cloned());
+                Some(out)
+            };
+            for b in &blocks[held_range.clone()] {
+                if let Some(l) = full_lines(b) {
+                    lines.extend(l);
+                }
+            }
+            let code = blocks
+                .last()
+                .filter(|b| b.code.is_some() && blocks.len() > held_range.end)
+                .and_then(|b| {
+                    Some(HeldCode {
+                        resume: b.code.clone()?,
+                        lines: full_lines(b)?,
+                    })
+                });
+            self.held = Some(Held {
+                end: self.pending + blocks[held_range.end - 1].range.end - shift,
+                lines,
+                definitions: definitions_seen,
+                code,
+            });
         }
         if take == 0 && !open_code {
             return;
@@ -306,6 +450,34 @@ mod tests {
             .flat_map(|l| l.spans.iter().map(|s| s.content.to_string()))
             .collect();
         assert!(joined.contains("(https://example.com)"), "{joined}");
+    }
+
+    #[test]
+    fn held_blocks_and_the_code_after_them_are_rendered_once() {
+        let styles = MarkdownStyles::dark();
+        let mut s = MarkdownStream::new(styles.clone());
+        s.push("Cited [1] here.\n\nNext para.\n\n```rust\nfn a() {}\n");
+        // `[1]` could still be defined later, so nothing is final yet.
+        assert!(s.committed().is_empty());
+        let held = s.held.as_ref().expect("blocks are held");
+        assert_eq!(held.lines.len(), 3, "{:?}", held.lines);
+        assert_eq!(held.code.as_ref().map(|c| c.lines.len()), Some(3));
+        s.push("let b = 2;\n");
+        assert_eq!(
+            s.held
+                .as_ref()
+                .and_then(|h| h.code.as_ref())
+                .map(|c| c.lines.len()),
+            Some(4)
+        );
+        let mut shown = s.committed().to_vec();
+        shown.extend(s.tail_lines());
+        assert_eq!(shown, render(s.source(), &styles));
+        // A definition for the label releases everything.
+        s.push("```\n\n[1]: https://example.com/cite\n\nEnd.\n");
+        assert_eq!(s.committed().len(), 7, "{:?}", s.committed());
+        s.finish();
+        assert_eq!(s.committed(), render(s.source(), &styles));
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! Streaming equals full rendering, for any split; style snapshots of the presets.
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use ratatui::text::Line;
 
 use super::{render, wrap_lines, MarkdownStream, MarkdownStyles};
+
+/// Failing seeds are kept next to this file (`tests.regressions`) and replayed first.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    }
+}
 
 const CORPUS: &[&str] = &[
     // Headings, emphasis, links, a table and code in two languages.
@@ -178,7 +188,7 @@ fn stream_commits_before_the_end() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(config(64))]
 
     #[test]
     fn streamed_equals_full_for_random_splits(
@@ -216,12 +226,39 @@ proptest! {
             // Only a single grapheme wider than the pane may overflow it.
             prop_assert!(w <= width.max(2) as usize, "row {:?} is {} wide at width {}", row, w, width);
         }
+        // Nothing is lost or duplicated: only spaces at break points, padding and repeated
+        // quote bars differ (rules are stretched to the width instead).
+        let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '│').collect::<String>();
+        for line in &lines {
+            let text: String = line.spans.iter().map(|s| s.content.as_ref()).collect();
+            if width == 0 || text.trim_start_matches(['│', ' ']).starts_with('─') {
+                continue;
+            }
+            let rows: String = wrap_lines(std::slice::from_ref(line), width)
+                .iter()
+                .flat_map(|r| r.spans.iter().map(|s| s.content.to_string()))
+                .collect();
+            prop_assert_eq!(squash(&rows), squash(&text));
+        }
     }
 }
 
 proptest! {
     // Cheap cases that find block-boundary bugs the corpus misses; run more of them.
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(config(256))]
+
+    /// Random text dense in markdown punctuation: no panics, and streaming still matches.
+    #[test]
+    fn punctuation_noise_streams_like_it_renders(
+        text in "[\\[\\]`*_#>|\\-\n \t~0-9a-z:/!<()=.+\u{1b}漢👍]{0,300}",
+        chunk in 1usize..7,
+    ) {
+        let styles = MarkdownStyles::dark();
+        let cuts: Vec<usize> = (1..text.len() / chunk + 1).map(|k| k * chunk).collect();
+        let lines = stream_with_splits(&text, &cuts, &styles);
+        prop_assert_eq!(&lines, &render(&text, &styles));
+        let _ = wrap_lines(&lines, 7);
+    }
 
     /// Random documents built from lines that open, continue and close every construct, to
     /// hit block boundaries the hand-written corpus does not.
@@ -266,4 +303,28 @@ fn snapshot_dark_preset() {
 #[test]
 fn snapshot_light_preset() {
     insta::assert_snapshot!(dump(&render(SNAPSHOT_DOC, &MarkdownStyles::light())));
+}
+
+/// The flow the chat pane follows (see the module docs): cached rows for committed lines,
+/// the tail wrapped per frame, and the finished stream equal to a fresh render.
+#[test]
+fn chat_pane_flow_matches_a_full_render_at_every_frame() {
+    let styles = MarkdownStyles::dark();
+    let text = CORPUS[0];
+    let width = 24;
+    let mut stream = MarkdownStream::new(styles.clone());
+    let mut cache = super::WrapCache::new();
+    for (i, piece) in text.split_inclusive(' ').enumerate() {
+        stream.push(piece);
+        let mut rows = cache.wrap(stream.committed(), width).to_vec();
+        rows.extend(wrap_lines(&stream.tail_lines(), width));
+        if i % 7 == 0 {
+            let arrived = stream.source().to_string();
+            assert_eq!(rows, wrap_lines(&render(&arrived, &styles), width));
+        }
+    }
+    stream.finish();
+    let rows = cache.wrap(stream.committed(), width).to_vec();
+    assert_eq!(rows, wrap_lines(&render(text, &styles), width));
+    assert_eq!(stream.into_lines(), render(text, &styles));
 }

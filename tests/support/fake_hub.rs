@@ -120,6 +120,8 @@ pub struct FakeRepo {
     pub files: Vec<FakeFile>,
     /// Old id that now answers with a same-origin 307 to this repo.
     pub renamed_from: Option<String>,
+    /// The `gguf` object of model info.
+    pub gguf: Option<Value>,
 }
 
 impl FakeRepo {
@@ -141,6 +143,7 @@ impl FakeRepo {
             last_modified: "2025-01-02T00:00:00.000Z".into(),
             files: vec![],
             renamed_from: None,
+            gguf: None,
         }
     }
 
@@ -190,6 +193,11 @@ impl FakeRepo {
 
     pub fn branch(mut self, name: &str) -> Self {
         self.branches.push(name.to_string());
+        self
+    }
+
+    pub fn gguf(mut self, v: Value) -> Self {
+        self.gguf = Some(v);
         self
     }
 
@@ -267,6 +275,8 @@ pub struct Faults {
     pub expire_signature: Option<Countdown>,
     /// Regular files go through a relative 307 to `/api/resolve-cache/...` (mode B).
     pub resolve_cache_mode: bool,
+    /// Every hub request is answered with a 308 to this origin (mirror style).
+    pub mirror_308_to: Option<String>,
 }
 
 /// Which listener answered.
@@ -584,6 +594,19 @@ async fn route_hub(ctx: &Ctx) -> Response {
             "Invalid credentials in Authorization header",
         );
     }
+    let mirror = ctx.shared.faults.lock().unwrap().mirror_308_to.clone();
+    if let Some(origin) = mirror {
+        let q = if ctx.raw_query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", ctx.raw_query)
+        };
+        return Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header("location", format!("{origin}{}{q}", ctx.raw_path))
+            .body(Body::empty())
+            .unwrap();
+    }
     let seg = segments(&ctx.raw_path);
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     if let Some(r) = renamed(ctx, &seg) {
@@ -864,6 +887,10 @@ fn model_info(ctx: &Ctx, id: &str, rev: Option<&str>) -> Response {
         "siblings": siblings, "spaces": [],
         "usedStorage": repo.files.iter().map(|f| f.size()).sum::<u64>(),
     });
+    let mut body = body;
+    if let Some(g) = &repo.gguf {
+        body["gguf"] = g.clone();
+    }
     json_resp(StatusCode::OK, body)
 }
 
@@ -1358,6 +1385,11 @@ pub fn standard_repos() -> Vec<FakeRepo> {
                 content("q2k-2", 90 * kb),
             )
             .tags(&["gguf", "llama", "text-generation", "license:apache-2.0"])
+            .gguf(json!({
+                "total": 1_100_000_000u64, "architecture": "llama", "context_length": 2048,
+                "chat_template": "{{ messages }}", "bos_token": "<s>", "eos_token": "</s>",
+                "totalFileSize": 1_130_000u64
+            }))
             .pipeline("text-generation")
             .library("gguf")
             .stats(5000, 40)

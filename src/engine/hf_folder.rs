@@ -1,0 +1,210 @@
+//! Generative models stored as Hugging Face folders: `config.json`, `*.safetensors`
+//! (f32/f16/bf16), `tokenizer.json`, `tokenizer_config.json`. Run by the same decoder as GGUF
+//! files, in f32.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value as Json;
+
+use super::decoder::{Decoder, DecoderConfig};
+use super::template::ChatTemplate;
+use super::tokenize::TextTokenizer;
+use super::worker::GenModel;
+use super::{EngineError, ModelInfo, ModelKind};
+
+/// `model_type`s this loader runs.
+pub const SUPPORTED_FOLDER_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+
+fn corrupt(path: &Path, reason: impl std::fmt::Display) -> EngineError {
+    EngineError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_json(path: &Path) -> Option<Json> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn num(cfg: &Json, key: &str) -> Option<usize> {
+    cfg.get(key)?.as_u64().map(|v| v as usize)
+}
+
+/// Token ids from a number or an array of numbers.
+fn ids(v: Option<&Json>) -> Vec<u32> {
+    match v {
+        Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `bos_token` / `eos_token` written as a string or as `{"content": ...}`.
+fn token_string(v: Option<&Json>) -> Option<String> {
+    match v? {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), EngineError> {
+    let need = |k: &str| {
+        num(cfg, k).ok_or_else(|| corrupt(&dir.join("config.json"), format!("`{k}` is missing")))
+    };
+    let hidden = need("hidden_size")?;
+    let n_head = need("num_attention_heads")?;
+    let n_kv_head = num(cfg, "num_key_value_heads").unwrap_or(n_head);
+    let head_dim = num(cfg, "head_dim").unwrap_or(hidden / n_head.max(1));
+    let partial = cfg
+        .get("partial_rotary_factor")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0);
+    let rope_base = cfg
+        .get("rope_theta")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(10_000.0) as f32;
+    let rope_dim = ((head_dim as f64 * partial) as usize).min(head_dim);
+    let context_length = num(cfg, "max_position_embeddings").unwrap_or(4096);
+    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+        return Err(corrupt(
+            dir,
+            format!("invalid head counts {n_head}/{n_kv_head}"),
+        ));
+    }
+    let dc = DecoderConfig {
+        n_layer: need("num_hidden_layers")?,
+        n_head,
+        n_kv_head,
+        head_dim,
+        rms_eps: cfg
+            .get("rms_norm_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-6),
+        rope_base,
+        rope_dim,
+        context_length,
+        // Hugging Face checkpoints keep the unpermuted Q/K layout: rotate halves.
+        rope_neox: true,
+        embed_scale: None,
+        sliding_window: None,
+        sliding_pattern: 1,
+        rope_base_local: rope_base,
+        gelu: false,
+    };
+    let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
+    Ok((dc, factors))
+}
+
+/// Per-frequency divisors of Llama 3.x "llama3" RoPE scaling.
+fn llama3_rope_factors(scaling: Option<&Json>, base: f32, rope_dim: usize) -> Option<Vec<f32>> {
+    let s = scaling?;
+    let kind = s.get("rope_type").or_else(|| s.get("type"))?.as_str()?;
+    if kind != "llama3" {
+        return None;
+    }
+    let f = |k: &str, d: f64| s.get(k).and_then(|v| v.as_f64()).unwrap_or(d) as f32;
+    let factor = f("factor", 8.0);
+    let low = f("low_freq_factor", 1.0);
+    let high = f("high_freq_factor", 4.0);
+    let orig = f("original_max_position_embeddings", 8192.0);
+    let (low_wl, high_wl) = (orig / low, orig / high);
+    Some(
+        (0..rope_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / base.powf((2 * i) as f32 / rope_dim as f32);
+                let wl = 2.0 * std::f32::consts::PI / freq;
+                let scaled = if wl < high_wl {
+                    freq
+                } else if wl > low_wl {
+                    freq / factor
+                } else {
+                    let smooth = (orig / wl - low) / (high - low);
+                    (1.0 - smooth) * freq / factor + smooth * freq
+                };
+                freq / scaled
+            })
+            .collect(),
+    )
+}
+
+/// Loads a generative Hugging Face folder whose `config.json` declares `model_type`.
+pub(crate) fn load(
+    dir: &Path,
+    model_type: &str,
+    id: String,
+) -> Result<(GenModel, ModelInfo), EngineError> {
+    let cfg_json = read_json(&dir.join("config.json"))
+        .ok_or_else(|| corrupt(dir, "config.json is not valid JSON"))?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(EngineError::MissingTokenizer {
+            path: dir.to_path_buf(),
+        });
+    }
+    let tok_cfg = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Json::Null);
+    let gen_cfg = read_json(&dir.join("generation_config.json")).unwrap_or(Json::Null);
+    let mut eos = ids(cfg_json.get("eos_token_id"));
+    eos.extend(ids(gen_cfg.get("eos_token_id")));
+    let bos = ids(cfg_json.get("bos_token_id")).first().copied();
+    let add_bos = tok_cfg
+        .get("add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let tok = TextTokenizer::from_file(&tok_path, bos, &eos, add_bos)?;
+
+    let (dc, factors) = config(dir, &cfg_json)?;
+
+    let bos_s = token_string(tok_cfg.get("bos_token")).unwrap_or_default();
+    let eos_s = token_string(tok_cfg.get("eos_token")).unwrap_or_default();
+    let template = match ChatTemplate::source_for(&dir.join("config.json"), None) {
+        Some(src) => ChatTemplate::new(&src, &bos_s, &eos_s)?,
+        None => ChatTemplate::fallback(model_type, &bos_s, &eos_s),
+    };
+
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| corrupt(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(corrupt(dir, "no .safetensors weight files in the folder"));
+    }
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for f in &files {
+        let t = candle_core::safetensors::load(f, &Device::Cpu)
+            .map_err(|e| corrupt(f, format!("cannot read safetensors: {e}")))?;
+        tensors.extend(t);
+    }
+    let n_params: u64 = tensors.values().map(|t| t.elem_count() as u64).sum();
+    let quant = tensors
+        .get("model.embed_tokens.weight")
+        .map(|t| format!("{:?}", t.dtype()).to_uppercase())
+        .unwrap_or_else(|| "F32".into());
+    let dec = Decoder::load_safetensors(dir, dc, tensors, factors)?;
+    let info = ModelInfo {
+        id,
+        arch: model_type.to_string(),
+        kind: ModelKind::Generate,
+        context_length: dec.cfg.context_length,
+        n_params,
+        quant,
+        slow_quant_warning: None,
+    };
+    Ok((
+        GenModel {
+            dec,
+            tok,
+            template,
+            cached: Vec::new(),
+        },
+        info,
+    ))
+}
