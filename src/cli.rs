@@ -26,7 +26,6 @@ pub struct Cli {
     /// Inference threads (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
-
     /// Run the OpenAI/Ollama-compatible API server without the TUI (logs also go to stderr).
     #[arg(long)]
     pub serve: bool,
@@ -36,7 +35,8 @@ pub struct Cli {
     /// Port the server listens on (default 11435).
     #[arg(long, value_name = "P")]
     pub port: Option<u16>,
-    /// Model to load (opens the chat in the TUI; default model with --serve).
+    /// Model to load: a library name (org/name, org/name:QUANT) or a path. Opens the TUI in the
+    /// chat with it; with --serve, the default model.
     #[arg(long, value_name = "M")]
     pub model: Option<String>,
     /// API key clients must send (Authorization: Bearer or x-api-key); overrides INFLUENCE_API_KEY.

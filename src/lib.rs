@@ -17,6 +17,7 @@
 //! | `server` | OpenAI- and Ollama-compatible HTTP API |
 //! | `markdown` | streaming markdown rendering with syntax highlighting |
 //! | `conversations` | chat history, saved atomically |
+//! | `remote` | OpenAI-compatible and Ollama chat backends (streaming) |
 
 pub mod app;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod library;
 pub mod logging;
 pub mod markdown;
 pub mod procmem;
+pub mod remote;
 pub mod serve;
 pub mod server;
 pub mod tui;

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         None if cli.serve => influence::serve::run(loaded, cli.model.clone()),
-        None => run_tui(loaded),
+        None => run_tui(loaded, cli.model),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,11 +78,11 @@ fn context(loaded: &config::Loaded) -> commands::Context {
     }
 }
 
-fn run_tui(loaded: config::Loaded) -> anyhow::Result<()> {
+fn run_tui(loaded: config::Loaded, model: Option<String>) -> anyhow::Result<()> {
     influence::tui::terminal::install_panic_hook();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(influence::tuiapp::run(loaded))
+    rt.block_on(influence::tuiapp::run(loaded, model))
 }

@@ -1,11 +1,15 @@
 //! Starts the full-screen app on the real terminal.
 
+use crate::app::chat::params::ParamsState;
+use crate::app::chat::runner::{load_presets, ChatRunner};
 use crate::app::effect::EffectRunner;
 use crate::app::msg::Msg;
-use crate::app::state::State;
+use crate::app::state::{Notice, Pane, State};
 use crate::config::keymap::Keymap;
 use crate::config::theme::{self, Theme};
 use crate::config::Loaded;
+use crate::engine::{EngineHandle, EngineOptions};
+use crate::library::LibraryRoots;
 use crate::tui::frame::FrameClock;
 use crate::tui::terminal::TerminalGuard;
 use std::time::Duration;
@@ -15,15 +19,63 @@ pub fn initial_state(loaded: &Loaded, size: (u16, u16)) -> anyhow::Result<State>
     let c = &loaded.config;
     let theme = Theme::load(&c.theme, &loaded.dirs.config_dir).map_err(anyhow::Error::msg)?;
     let keymap = Keymap::load(&c.keys)?;
-    Ok(State::new(
+    let mut state = State::new(
         theme,
         theme::available(&loaded.dirs.config_dir),
         keymap,
         size,
-    ))
+    );
+    state.params = ParamsState::from_config(c);
+    Ok(state)
 }
 
-pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+/// The chat's side of start-up: the engine and store behind the runner, presets, the last
+/// conversation reopened, and `--model` loaded with the input focused.
+fn start_chat(
+    loaded: &Loaded,
+    state: &mut State,
+    model: Option<String>,
+    roots: LibraryRoots,
+    engine: EngineHandle,
+) -> (ChatRunner, Vec<crate::app::effect::Effect>) {
+    let data_dir = loaded.dirs.data_dir.clone();
+    let runner = ChatRunner::new(engine, data_dir.clone())
+        .with_library(roots)
+        .with_remote_key(std::env::var("INFLUENCE_REMOTE_API_KEY").ok());
+    let mut problems: Vec<String> = Vec::new();
+    match load_presets(&data_dir) {
+        Ok(p) => state.params.presets = p,
+        Err(e) => problems.push(e),
+    }
+    if let Some(store) = runner.store() {
+        state.chat.list = store.list().to_vec();
+        if let Some(last) = store.list().first() {
+            match store.load(&last.id) {
+                Ok(conv) => state.chat.conv = conv,
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        for e in store.load_errors() {
+            problems.push(format!("{}: {}", e.path.display(), e.message));
+        }
+    }
+    let mut effects = Vec::new();
+    if let Some(m) = model {
+        state.focus = Pane::Chat;
+        state.main_pane = Pane::Chat;
+        state.chat.input_focused = true;
+        effects = crate::app::chat::load_model(state, m);
+    }
+    if let Some(p) = problems.into_iter().next() {
+        state.status.notice = Some(Notice {
+            error: true,
+            text: p,
+        });
+    }
+    (runner, effects)
+}
+
+pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut state = initial_state(&loaded, size)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -41,8 +93,24 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if let Err(e) = &downloads {
         state.downloads.unavailable = Some(e.clone());
     }
+    // One engine for the chat and the API server: they take turns on its thread.
+    let engine = EngineHandle::spawn(EngineOptions {
+        threads: loaded.config.engine.threads,
+        max_loaded: loaded.config.engine.max_loaded.max(1),
+    });
+    let server = crate::app::server::ServerRunner::new(
+        engine.clone(),
+        crate::serve::options_for(&loaded, model.clone()),
+        crate::serve::listen_addr(&loaded.config.server.host, loaded.config.server.port)
+            .map_err(|e| e.to_string()),
+        roots.clone(),
+    );
+    let (chat, first) = start_chat(&loaded, &mut state, model, roots.clone(), engine);
     let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone(), roots)
-        .with_services(hub, downloads.ok());
+        .with_server(server)
+        .with_services(hub, downloads.ok())
+        .with_chat(chat);
+    runner.run(first);
     // The library is listed at start so every pane knows what is on disk.
     state.library.scanning = true;
     runner.run(vec![crate::app::effect::Effect::Library(

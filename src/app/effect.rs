@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     LoadTheme(String),
+    Chat(super::chat::ChatEffect),
     Library(LibraryEffect),
     Hub(HubEffect),
     Downloads(DownloadsEffect),
@@ -36,6 +37,7 @@ pub struct EffectRunner {
     search: Option<tokio::task::JoinHandle<()>>,
     debounce: Option<tokio::task::JoinHandle<()>>,
     server: Option<ServerRunner>,
+    chat: Option<super::chat::runner::ChatRunner>,
 }
 
 impl EffectRunner {
@@ -54,12 +56,19 @@ impl EffectRunner {
             search: None,
             debounce: None,
             server: None,
+            chat: None,
         }
     }
 
     /// Lets the server toggle start the API server over the app's engine.
     pub fn with_server(mut self, server: ServerRunner) -> Self {
         self.server = Some(server);
+        self
+    }
+
+    /// Gives the runner the engine and conversation store the chat works with.
+    pub fn with_chat(mut self, chat: super::chat::runner::ChatRunner) -> EffectRunner {
+        self.chat = Some(chat);
         self
     }
 
@@ -95,6 +104,10 @@ impl EffectRunner {
                     };
                     let _ = self.tx.send(msg);
                 }
+                Effect::Chat(e) => match self.chat.as_mut() {
+                    Some(chat) => chat.run(e, &self.tx),
+                    None => tracing::warn!(?e, "chat effect without a chat runner"),
+                },
                 Effect::Library(e) => self.library(e),
                 Effect::Hub(e) => self.hub(e),
                 Effect::Downloads(e) => self.downloads(e),

@@ -1,5 +1,6 @@
 //! The app: state, messages, the pure update, effects and the event loop that ties them.
 
+pub mod chat;
 pub mod downloads;
 pub mod effect;
 pub mod hub;

@@ -19,6 +19,8 @@ pub enum Msg {
     ThemeFailed(String),
     /// SIGTERM or another request from outside to leave.
     Shutdown,
+    /// Results of the chat's background work.
+    Chat(super::chat::ChatMsg),
     Library(LibraryMsg),
     Hub(HubMsg),
     Download(DownloadEvent),

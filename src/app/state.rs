@@ -85,6 +85,8 @@ pub struct State {
     pub themes: Vec<String>,
     pub keymap: Keymap,
     pub status: Status,
+    pub chat: super::chat::ChatState,
+    pub params: super::chat::params::ParamsState,
     pub library: LibraryState,
     pub hub: HubState,
     pub downloads: DownloadsState,
@@ -107,6 +109,8 @@ impl State {
             themes,
             keymap,
             status: Status::default(),
+            chat: Default::default(),
+            params: Default::default(),
             library: LibraryState::default(),
             hub: HubState::new(String::new(), None),
             downloads: DownloadsState::default(),
@@ -118,6 +122,7 @@ impl State {
     pub fn typing(&self) -> bool {
         (self.focus == Pane::Library && self.library.typing())
             || (self.focus == Pane::Hub && self.hub.typing())
+            || super::chat::typing(self)
     }
 
     /// Keymap contexts for the current mode, most specific first.

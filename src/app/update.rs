@@ -15,12 +15,22 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             }
             let key = Key::from_event(&ev);
             match state.keymap.resolve(&state.contexts(), key) {
+                // The `input` bindings serve the chat's fields; the Hub and Library boxes read
+                // their keys directly.
+                Some(cmd)
+                    if super::chat::is_text_command(cmd)
+                        && state.typing()
+                        && !super::chat::typing(state) =>
+                {
+                    type_key(state, ev)
+                }
                 Some(cmd) => command(state, cmd),
+                None if super::chat::typing(state) => super::chat::key(state, ev),
                 None if state.typing() => type_key(state, ev),
                 None => vec![],
             }
         }
-        Msg::Paste(_) => vec![],
+        Msg::Paste(text) => super::chat::paste(state, text),
         Msg::Mouse(ev) => {
             match ev.kind {
                 MouseEventKind::ScrollDown if state.help.is_some() => {
@@ -31,7 +41,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
                 }
                 _ => {}
             }
-            vec![]
+            super::chat::mouse(state, ev)
         }
         Msg::Resize(w, h) => {
             state.size = (w, h);
@@ -68,6 +78,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             state.quit = true;
             vec![]
         }
+        Msg::Chat(m) => super::chat::on_msg(state, m),
         Msg::Library(m) => {
             state.dirty = true;
             wrap(library::update(&mut state.library, m), Effect::Library)
@@ -196,6 +207,16 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
             if let Some(next) = state.themes.get(i % state.themes.len().max(1)) {
                 return vec![Effect::LoadTheme(next.clone())];
             }
+        }
+        Command::LoadModel if state.focus == Pane::Library && state.library.confirm.is_none() => {
+            if let Some(name) = state.library.selected_model().map(|m| m.name.clone()) {
+                focus(state, Pane::Chat);
+                state.chat.input_focused = true;
+                return super::chat::load_model(state, name);
+            }
+        }
+        chat_cmd if matches!(state.focus, Pane::Chat | Pane::Params) => {
+            return super::chat::command(state, chat_cmd)
         }
         pane_cmd => {
             state.dirty = true;

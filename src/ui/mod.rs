@@ -1,10 +1,12 @@
 //! Drawing. `draw` lays out the screen; each pane draws itself from `&State`.
 
+pub mod chat;
 pub mod downloads;
 pub mod help;
 pub mod hub;
 pub mod library;
 pub mod panes;
+pub mod params;
 pub mod status;
 
 use crate::app::state::{Pane, State, MIN_SIZE};

@@ -8,6 +8,7 @@ use ratatui::Frame;
 pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
     let pane = state.main_pane;
     match pane {
+        Pane::Chat => return super::chat::draw(f, area, state),
         Pane::Library => return super::library::draw(f, area, state),
         Pane::Hub => return super::hub::draw(f, area, state),
         Pane::Downloads => return super::downloads::draw(f, area, state),
@@ -27,8 +28,5 @@ pub fn draw_main(f: &mut Frame, area: Rect, state: &State) {
 }
 
 pub fn draw_params(f: &mut Frame, area: Rect, state: &State) {
-    let block = pane_block(Pane::Params.title(), state.focus == Pane::Params, state);
-    let inner = block.inner(area);
-    f.render_widget(block, area);
-    empty_state(f, inner, &["No model loaded."], state.theme.muted);
+    super::params::draw(f, area, state);
 }

@@ -9,12 +9,24 @@ use ratatui::Frame;
 pub fn draw(f: &mut Frame, area: Rect, state: &State) {
     let t = &state.theme;
     let sep = Span::styled(" │ ", t.status_bar);
+    let chat = &state.chat;
+    let model = match (&chat.loading, &chat.model) {
+        (Some((_, name)), _) => format!(" model: loading {name}"),
+        (None, Some(m)) => format!(" model: {}", m.name),
+        (None, None) => " model: none".into(),
+    };
+    let speed = chat
+        .running
+        .as_ref()
+        .and_then(|r| r.tok_s())
+        .or(chat.last_tok_s)
+        .map_or_else(|| "– tok/s".to_string(), |s| format!("{s:.1} tok/s"));
     let mut spans = vec![
-        Span::styled(" model: none", t.status_bar),
+        Span::styled(model, t.status_bar),
         sep.clone(),
         server_span(state),
         sep.clone(),
-        Span::styled("– tok/s", t.status_bar),
+        Span::styled(speed, t.status_bar),
         sep.clone(),
         Span::styled(
             format!(

@@ -53,7 +53,8 @@ fn too_small_message() {
 
 #[test]
 fn help_overlay_lists_bindings_from_the_keymap() {
-    let mut s = test_state(100, 40);
+    // Tall enough for every binding (chat and input contexts included) on one screen.
+    let mut s = test_state(100, 110);
     update(
         &mut s,
         Msg::Key(KeyEvent::new(KeyCode::Char('?'), KeyModifiers::NONE)),
