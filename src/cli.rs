@@ -26,9 +26,22 @@ pub struct Cli {
     /// Inference threads (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
-    /// Model to open the chat with: a library name (org/name, org/name:QUANT) or a path.
-    #[arg(long, global = true, value_name = "MODEL")]
+
+    /// Run the OpenAI/Ollama-compatible API server without the TUI (logs also go to stderr).
+    #[arg(long)]
+    pub serve: bool,
+    /// Address the server listens on (default 127.0.0.1).
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// Port the server listens on (default 11435).
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Model to load (opens the chat in the TUI; default model with --serve).
+    #[arg(long, value_name = "M")]
     pub model: Option<String>,
+    /// API key clients must send (Authorization: Bearer or x-api-key); overrides INFLUENCE_API_KEY.
+    #[arg(long, value_name = "K")]
+    pub api_key: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -67,7 +80,9 @@ impl Cli {
             log_level: self.log_level.clone(),
             threads: self.threads,
             endpoint: self.endpoint.clone(),
-            ..Default::default()
+            host: self.host.clone(),
+            port: self.port,
+            api_key: self.api_key.clone(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod logging;
 pub mod markdown;
 pub mod procmem;
 pub mod remote;
+pub mod serve;
 pub mod server;
 pub mod tui;
 pub mod tuiapp;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         std::env::set_var("INFLUENCE_REQUANT_Q8", "1");
     }
     let _log_guard =
-        match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, false) {
+        match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, cli.serve) {
             Ok(g) => Some(g),
             Err(e) => {
                 eprintln!(
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             print!("{}", loaded.describe());
             Ok(())
         }
+        None if cli.serve => influence::serve::run(loaded, cli.model.clone()),
         None => run_tui(loaded, cli.model),
     };
     match result {

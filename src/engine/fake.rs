@@ -24,6 +24,9 @@ pub struct FakeScript {
     pub token_delay: Duration,
     /// Length of the vectors returned by `embed`.
     pub embedding_dim: usize,
+    /// Stats of every generation that ended, in order (shared by clones of the script), so
+    /// tests can see a cancellation nobody was listening for any more.
+    pub finished: std::sync::Arc<std::sync::Mutex<Vec<GenStats>>>,
 }
 
 impl FakeScript {
@@ -41,6 +44,7 @@ impl FakeScript {
                 .collect(),
             token_delay: Duration::ZERO,
             embedding_dim: 8,
+            finished: Default::default(),
         }
     }
 }
@@ -214,7 +218,7 @@ impl FakeWorker {
                 }
                 let total_ms = start.elapsed().as_secs_f64() * 1e3;
                 let gen_ms = (total_ms - ttft_ms).max(0.0);
-                let _ = events.send(GenEvent::Done(GenStats {
+                let stats = GenStats {
                     prompt_tokens,
                     cached_tokens: 0,
                     generated_tokens: generated,
@@ -228,7 +232,11 @@ impl FakeWorker {
                         0.0
                     },
                     finish,
-                }));
+                };
+                if let Ok(mut log) = self.script.finished.lock() {
+                    log.push(stats.clone());
+                }
+                let _ = events.send(GenEvent::Done(stats));
             }
         }
     }

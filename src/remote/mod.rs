@@ -83,7 +83,9 @@ impl RemoteSpec {
             .nth(1)
             .unwrap_or(&self.base_url)
             .to_string();
-        format!("{}@{host}", self.model)
+        // Servers that name models by path (Influence's own) get the file name only.
+        let model = self.model.rsplit('/').next().unwrap_or(&self.model);
+        format!("{model}@{host}")
     }
 
     pub fn endpoint(&self) -> String {
@@ -350,6 +352,10 @@ mod tests {
             .unwrap();
         assert_eq!(s.endpoint(), "http://127.0.0.1:8080/v1/chat/completions");
         assert_eq!(s.display_name(), "qwen@127.0.0.1:8080");
+        let s = RemoteSpec::parse("openai:http://h:1#/m/x.gguf", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.display_name(), "x.gguf@h:1");
         let s = RemoteSpec::parse("ollama:http://h:11434/#llama3", Some("k".into()))
             .unwrap()
             .unwrap();
