@@ -480,6 +480,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn model_names_resolve_through_the_library_and_paths_directly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = LibraryRoots::detect(&tmp.path().join("hf"), &tmp.path().join("data"), &[]);
+        let smol = crate::app::tests::test_models().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        crate::library::import(&roots, &smol).unwrap();
+        let (name, path) = resolve("SmolLM2-135M-Instruct", Some(&roots)).unwrap();
+        assert_eq!(path, smol);
+        assert!(name.contains("SmolLM2-135M-Instruct"), "{name}");
+        let (name, path) = resolve(smol.to_str().unwrap(), Some(&roots)).unwrap();
+        assert_eq!((name.as_str(), path), ("SmolLM2-135M-Instruct.Q4_1", smol));
+        let e = resolve("no-such-model", Some(&roots)).unwrap_err();
+        assert!(e.contains("no-such-model"), "{e}");
+    }
+
+    #[test]
     fn osc52_encodes_base64() {
         assert_eq!(osc52("hi"), b"\x1b]52;c;aGk=\x07".to_vec());
         assert_eq!(slug("What is: the *capital*?"), "what-is-the-capital");
