@@ -134,3 +134,88 @@ fn ask_smollm2_change_temperature_export_and_quit() {
     assert_eq!(app.wait_exit(Duration::from_secs(15)), 0);
     assert!(!app.parser.screen().alternate_screen());
 }
+
+/// Kills the `--serve` process when the test ends, pass or fail.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_same_chat_against_influence_serve_over_openai_and_ollama() {
+    let smol = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smol = smol.to_str().unwrap();
+    let server_home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        server_home.path().join("config.toml"),
+        "[chat]\ntemperature = 0.0\nmax_tokens = 48\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Server(
+        std::process::Command::new(env!("CARGO_BIN_EXE_influence"))
+            .args(["--serve", "--port", &port.to_string(), "--model", smol])
+            .env("INFLUENCE_HOME", server_home.path())
+            .env("HF_HOME", server_home.path().join("hf"))
+            .env("HOME", server_home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start influence --serve"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "influence --serve did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[chat]\ntemperature = 0.0\nmax_tokens = 48\n",
+    )
+    .unwrap();
+    let openai = format!("openai:http://127.0.0.1:{port}/v1#{smol}");
+    let mut app = spawn(home.path(), &["--model", &openai]);
+    app.wait_for("the remote model", Duration::from_secs(30), |s| {
+        s.contains("Ask anything.")
+            && s.contains(&format!("SmolLM2-135M-Instruct.Q4_1.gguf@127.0.0.1:{port}"))
+    });
+    app.send(b"What is the capital of France?\r");
+    app.wait_for("Paris over OpenAI SSE", Duration::from_secs(120), |s| {
+        s.contains("Paris")
+    });
+    app.wait_for("the answer to finish", Duration::from_secs(120), |s| {
+        !generating(s) && s.contains("tok/s ·") && s.contains(" tok/s │")
+    });
+
+    // Same server, Ollama dialect, in a new chat.
+    app.send(b"/new\r");
+    app.wait_for("a new chat", Duration::from_secs(5), |s| {
+        s.contains("Chat · New chat") && s.contains("Ask anything.")
+    });
+    app.send(format!("/model ollama:http://127.0.0.1:{port}#{smol}\r").as_bytes());
+    app.wait_for("the Ollama model", Duration::from_secs(30), |s| {
+        s.contains("ready") || s.contains("Q4_1.gguf@127.0.0.1")
+    });
+    app.send(b"What is the capital of France?\r");
+    app.wait_for("Paris over Ollama NDJSON", Duration::from_secs(120), |s| {
+        s.contains("Paris")
+    });
+    app.wait_for("the answer to finish", Duration::from_secs(120), |s| {
+        !generating(s) && s.contains("tok/s ·") && s.contains(" tok/s │")
+    });
+    app.send(b"\x03");
+    assert_eq!(app.wait_exit(Duration::from_secs(15)), 0);
+}
