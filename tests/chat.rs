@@ -3,25 +3,12 @@
 #[path = "support/pty.rs"]
 mod pty;
 
+#[path = "support/models.rs"]
+mod models;
+use models::models_dir;
 use pty::PtyApp;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set"))
-                .join(".cache/influence-test-models")
-        });
-    let smol = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        smol.is_file(),
-        "test model missing: {} — run scripts/fetch-test-models.sh",
-        smol.display()
-    );
-    dir
-}
 
 fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir)

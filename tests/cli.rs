@@ -3,7 +3,10 @@
 #[path = "support/pty.rs"]
 mod pty;
 
+#[path = "support/models.rs"]
+mod models;
 use assert_cmd::Command;
+use models::models_dir;
 use predicates::prelude::*;
 use pty::PtyApp;
 use std::time::Duration;
@@ -112,22 +115,6 @@ fn tui_shows_five_panes_and_ctrl_c_exits_cleanly() {
         !app.parser.screen().alternate_screen(),
         "the alternate screen was not left"
     );
-}
-
-fn models_dir() -> std::path::PathBuf {
-    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".cache/influence-test-models")
-        });
-    assert!(
-        dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-            .is_file(),
-        "test models missing in {}: run scripts/fetch-test-models.sh",
-        dir.display()
-    );
-    dir
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Engine tests against the real test models (SmolLM2-135M Q4_1 GGUF, all-MiniLM-L6-v2).
 //! Fetch them with `scripts/fetch-test-models.sh`.
 
+#[path = "support/models.rs"]
+mod models;
+use models::{minilm, smollm};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -12,33 +15,6 @@ use influence::engine::{
     wait, ChatMessage, ContextPolicy, EngineError, EngineHandle, EngineOptions, FinishReason,
     GenEvent, GenParams, GenRequest, ModelKind, Prompt,
 };
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("INFLUENCE_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/influence-test-models")
-        })
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    let p = models_dir().join(rel);
-    assert!(
-        p.exists(),
-        "test model {} is missing: run scripts/fetch-test-models.sh",
-        p.display()
-    );
-    p
-}
-
-fn smollm() -> PathBuf {
-    fixture("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-fn minilm() -> PathBuf {
-    fixture("minilm")
-}
 
 fn new_engine() -> EngineHandle {
     EngineHandle::spawn(EngineOptions {

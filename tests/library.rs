@@ -3,6 +3,9 @@
 //! Uses the real SmolLM2 GGUF and MiniLM folder from `scripts/fetch-test-models.sh`, plus small
 //! synthetic stores built in temp folders.
 
+#[path = "support/models.rs"]
+mod models;
+use models::{minilm, smollm as smol};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -19,33 +22,6 @@ const COMMIT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 // ---------------------------------------------------------------------------------------------
 // fixtures
-
-fn test_models() -> PathBuf {
-    std::env::var_os("INFLUENCE_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/influence-test-models")
-        })
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    let p = test_models().join(rel);
-    assert!(
-        p.exists(),
-        "missing test model {}: run scripts/fetch-test-models.sh",
-        p.display()
-    );
-    p
-}
-
-fn smol() -> PathBuf {
-    fixture("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-fn minilm() -> PathBuf {
-    fixture("minilm")
-}
 
 /// A sandbox with every root in its own temp folder; nothing from the real machine leaks in.
 struct Sandbox {

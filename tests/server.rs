@@ -2,6 +2,9 @@
 //! the curl examples of docs/API.md against a served instance, and the official Python clients
 //! against the real binary with the real SmolLM2 / MiniLM models.
 
+#[path = "support/models.rs"]
+mod models;
+use models::models_dir as test_models;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -1562,26 +1565,6 @@ async fn server_handle_binds_counts_and_stops_gracefully() {
 }
 
 // ---------------------------------------------------------------- the real binary + Python clients
-
-fn test_models() -> PathBuf {
-    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/influence-test-models")
-        });
-    for p in [
-        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "minilm/model.safetensors",
-    ] {
-        assert!(
-            dir.join(p).is_file(),
-            "missing test model {}: run scripts/fetch-test-models.sh",
-            dir.join(p).display()
-        );
-    }
-    dir
-}
 
 fn venv_python() -> PathBuf {
     let venv = std::env::var_os("INFLUENCE_VENV")

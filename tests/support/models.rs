@@ -1,0 +1,46 @@
+//! The real test models fetched by `scripts/fetch-test-models.sh`. Missing files fail the test
+//! with the command that fetches them; nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `$INFLUENCE_TEST_MODELS`, or `~/.cache/influence-test-models`, checked to hold both models.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/influence-test-models")
+        });
+    for p in [
+        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "minilm/model.safetensors",
+    ] {
+        assert!(
+            dir.join(p).is_file(),
+            "missing test model {}: run scripts/fetch-test-models.sh",
+            dir.join(p).display()
+        );
+    }
+    dir
+}
+
+/// A file or folder inside the models folder.
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = models_dir().join(rel);
+    assert!(
+        p.exists(),
+        "missing test model {}: run scripts/fetch-test-models.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn smollm() -> PathBuf {
+    fixture("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub fn minilm() -> PathBuf {
+    fixture("minilm")
+}
