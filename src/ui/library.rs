@@ -15,9 +15,10 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
     let lib = &state.library;
     let t = &state.theme;
     let title = if lib.scanned {
+        let n = lib.models.len();
         format!(
-            "Library — {} models, {}",
-            lib.models.len(),
+            "Library — {n} model{}, {}",
+            if n == 1 { "" } else { "s" },
             human::bytes(lib.total_bytes())
         )
     } else {
