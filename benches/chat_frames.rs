@@ -6,6 +6,9 @@
 //! Run without a release build: `cargo bench --bench chat_frames` (dev profile: this crate at
 //! opt-level 0, deps at opt-level 3, so the numbers are an upper bound).
 
+#[path = "support/corpus.rs"]
+mod corpus;
+use corpus::message;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -25,20 +28,6 @@ use ratatui::Terminal;
 const MESSAGES: usize = 2_000;
 const FRAMES: usize = 600;
 const FRAME_BUDGET: Duration = Duration::from_micros(16_667);
-
-fn message(i: usize) -> String {
-    if i.is_multiple_of(2) {
-        return format!("Question {i}: how do I read a file line by line in Rust?");
-    }
-    format!(
-        "## Answer {i}\n\nUse a **`BufReader`** and iterate over `lines()`; each item is an \
-`io::Result<String>`, so handle errors with `?`. See [the docs](https://doc.rust-lang.org/std/io/trait.BufRead.html).\n\n\
-1. Open the file.\n2. Wrap it in a reader.\n   - buffering matters for big files\n3. Iterate.\n\n\
-```rust\nuse std::fs::File;\nuse std::io::{{BufRead, BufReader}};\n\nfn main() -> std::io::Result<()> {{\n    \
-let file = File::open(\"input.txt\")?;\n    for (n, line) in BufReader::new(file).lines().enumerate() {{\n        \
-println!(\"{{n}}: {{}}\", line?);\n    }}\n    Ok(())\n}}\n```\n\n| step | cost |\n|---|---:|\n| open | 1 |\n| read | {i} |\n"
-    )
-}
 
 /// Splits like a tokenizer would: short pieces, spaces and newlines leading.
 fn tokens(text: &str) -> Vec<String> {

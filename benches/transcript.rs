@@ -6,6 +6,9 @@
 //! Run without a release build: `cargo test --bench transcript` (dev profile, deps at
 //! opt-level 3, this crate at opt-level 0, so the numbers are an upper bound).
 
+#[path = "support/corpus.rs"]
+mod corpus;
+use corpus::message;
 use std::time::{Duration, Instant};
 
 use influence::markdown::{render, wrap_lines, MarkdownStream, MarkdownStyles, WrapCache};
@@ -14,20 +17,6 @@ use ratatui::text::Line;
 const MESSAGES: usize = 2_000;
 const WIDTH: u16 = 100;
 const VISIBLE_ROWS: usize = 50;
-
-fn message(i: usize) -> String {
-    if i.is_multiple_of(2) {
-        return format!("Question {i}: how do I read a file line by line in Rust?");
-    }
-    format!(
-        "## Answer {i}\n\nUse a **`BufReader`** and iterate over `lines()`; each item is an \
-`io::Result<String>`, so handle errors with `?`. See [the docs](https://doc.rust-lang.org/std/io/trait.BufRead.html).\n\n\
-1. Open the file.\n2. Wrap it in a reader.\n   - buffering matters for big files\n3. Iterate.\n\n\
-```rust\nuse std::fs::File;\nuse std::io::{{BufRead, BufReader}};\n\nfn main() -> std::io::Result<()> {{\n    \
-let file = File::open(\"input.txt\")?;\n    for (n, line) in BufReader::new(file).lines().enumerate() {{\n        \
-println!(\"{{n}}: {{}}\", line?);\n    }}\n    Ok(())\n}}\n```\n\n| step | cost |\n|---|---:|\n| open | 1 |\n| read | {i} |\n"
-    )
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
