@@ -14,6 +14,8 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::gguf::{GgufFile, Meta};
 use super::kv_cache::KvCache;
+use super::ops;
+use super::q8::{self, Q8Matrix};
 use super::EngineError;
 
 /// Shape and numerics of a decoder, read from GGUF metadata.
@@ -91,14 +93,20 @@ impl DecoderConfig {
     }
 }
 
+/// A weight matrix: Q8_0 on Influence's own kernel where the CPU runs it, otherwise candle's.
+enum Linear {
+    Q8(Arc<Q8Matrix>),
+    Candle(QMatMul),
+}
+
 enum Qkv {
-    Separate { q: QMatMul, k: QMatMul, v: QMatMul },
-    Fused(QMatMul),
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
 }
 
 enum GateUp {
-    Separate { gate: QMatMul, up: QMatMul },
-    Fused(QMatMul),
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
 }
 
 struct Layer {
@@ -108,10 +116,10 @@ struct Layer {
     bias: Option<(Tensor, Tensor, Tensor)>,
     /// qwen3 per-head RMS norms on queries and keys.
     qk_norm: Option<(Tensor, Tensor)>,
-    o: QMatMul,
+    o: Linear,
     ffn_norm: Tensor,
     gate_up: GateUp,
-    down: QMatMul,
+    down: Linear,
     /// Gemma 3 norms applied to the attention and FFN outputs before the residual add.
     post_attn_norm: Option<Tensor>,
     post_ffn_norm: Option<Tensor>,
@@ -126,7 +134,7 @@ pub struct Decoder {
     embed: Embedding,
     layers: Vec<Layer>,
     out_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
     /// RoPE tables of local layers (Gemma 3), when their base differs.
@@ -259,25 +267,43 @@ impl Loader<'_> {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    fn matmul(&mut self, name: &str) -> Result<QMatMul, EngineError> {
+    fn matmul(&mut self, name: &str) -> Result<Linear, EngineError> {
         match &self.src {
             Source::Gguf(_) => {
-                let q = self.qtensor(name)?;
+                let mut q = self.qtensor(name)?;
                 let slow = matches!(
                     q.dtype(),
                     GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
                 );
                 if slow && self.requant_q8 {
                     let d = q.dequantize(&Device::Cpu)?;
-                    return Ok(QMatMul::from_qtensor(QTensor::quantize(
-                        &d,
-                        GgmlDType::Q8_0,
-                    )?)?);
+                    q = QTensor::quantize(&d, GgmlDType::Q8_0)?;
                 }
-                Ok(QMatMul::from_qtensor(q)?)
+                match self.repack_q8(name, &q)? {
+                    Some(m) => Ok(Linear::Q8(Arc::new(m))),
+                    None => Ok(Linear::Candle(QMatMul::from_qtensor(q)?)),
+                }
             }
-            Source::Dense { .. } => Ok(QMatMul::Tensor(self.take_dense(name)?)),
+            Source::Dense { .. } => Ok(Linear::Candle(QMatMul::Tensor(self.take_dense(name)?))),
         }
+    }
+
+    /// The matrix repacked for Influence's Q8_0 kernel, when it is Q8_0 and the CPU runs it.
+    fn repack_q8(&self, name: &str, q: &QTensor) -> Result<Option<Q8Matrix>, EngineError> {
+        if q.dtype() != GgmlDType::Q8_0 || !q8::available() {
+            return Ok(None);
+        }
+        let (n, k) = q.shape().dims2()?;
+        let path = match &self.src {
+            Source::Gguf(f) => f.path.clone(),
+            Source::Dense { path, .. } => path.clone(),
+        };
+        Q8Matrix::from_gguf_bytes(&q.data()?, n, k)
+            .map(Some)
+            .map_err(|reason| EngineError::Corrupt {
+                path,
+                reason: format!("tensor `{name}`: {reason}"),
+            })
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor, EngineError> {
@@ -297,7 +323,13 @@ impl Loader<'_> {
 
     fn embedding(&mut self, name: &str) -> Result<Embedding, EngineError> {
         match &self.src {
-            Source::Gguf(_) => Ok(Embedding::Quantized(Arc::new(self.qtensor(name)?))),
+            Source::Gguf(_) => {
+                let q = self.qtensor(name)?;
+                match self.repack_q8(name, &q)? {
+                    Some(m) => Ok(Embedding::Q8(Arc::new(m))),
+                    None => Ok(Embedding::Quantized(Arc::new(q))),
+                }
+            }
             Source::Dense { .. } => Ok(Embedding::Dense(self.take_dense(name)?)),
         }
     }
@@ -305,6 +337,7 @@ impl Loader<'_> {
 
 /// Token embedding table: GGUF tables stay quantized and only looked-up rows are dequantized.
 enum Embedding {
+    Q8(Arc<Q8Matrix>),
     Quantized(Arc<QTensor>),
     Dense(Tensor),
 }
@@ -312,6 +345,17 @@ enum Embedding {
 impl Embedding {
     fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Embedding::Q8(m) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let mut data = Vec::with_capacity(ids.len() * m.cols());
+                for &id in &ids {
+                    if id as usize >= m.rows() {
+                        candle_core::bail!("token id {id} outside the vocabulary ({})", m.rows());
+                    }
+                    data.extend(m.row(id as usize));
+                }
+                Tensor::from_vec(data, (1, ids.len(), m.cols()), &Device::Cpu)
+            }
             Embedding::Quantized(q) => q.embedding(ids)?.to_dtype(DType::F32),
             Embedding::Dense(w) => {
                 let (b, t) = ids.dims2()?;
@@ -322,11 +366,12 @@ impl Embedding {
     }
 
     /// The same table as the output projection (tied embeddings).
-    fn as_lm_head(&self) -> candle_core::Result<QMatMul> {
-        match self {
-            Embedding::Quantized(q) => QMatMul::from_arc(q.clone()),
-            Embedding::Dense(w) => Ok(QMatMul::Tensor(w.clone())),
-        }
+    fn as_lm_head(&self) -> candle_core::Result<Linear> {
+        Ok(match self {
+            Embedding::Q8(m) => Linear::Q8(m.clone()),
+            Embedding::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
+            Embedding::Dense(w) => Linear::Candle(QMatMul::Tensor(w.clone())),
+        })
     }
 }
 
@@ -558,7 +603,10 @@ impl Decoder {
                 }
             };
             let ff = match &layer.gate_up {
-                GateUp::Separate { gate, up } => (act(&linear(gate, &h)?)? * linear(up, &h)?)?,
+                GateUp::Separate { gate, up } => {
+                    let [g, u] = linear_many([gate, up], &h)?;
+                    (act(&g)? * u)?
+                }
                 GateUp::Fused(w) => {
                     let gu = linear(w, &h)?;
                     let n = gu.dim(D::Minus1)? / 2;
@@ -576,7 +624,7 @@ impl Decoder {
         }
         let last = x.narrow(1, t - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.out_norm, cfg.rms_eps as f32)?;
-        let logits = self.lm_head.forward(&last)?;
+        let logits = linear(&self.lm_head, &last)?;
         Ok(Some(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?))
     }
 }
@@ -591,8 +639,54 @@ fn dense_env() -> bool {
     *ON.get_or_init(|| std::env::var("INFLUENCE_DENSE_PREFILL").map_or(true, |v| v != "0"))
 }
 
-/// `x @ wᵀ`, choosing between candle's quantized kernel and a dequantize-then-GEMM path.
-fn linear(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+/// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): Q8_0 matrices run in one
+/// parallel region on one quantization of `x`.
+fn linear_many<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Result<[Tensor; N]> {
+    let q8: Vec<&Q8Matrix> = ws
+        .iter()
+        .filter_map(|w| match w {
+            Linear::Q8(m) => Some(&**m),
+            Linear::Candle(_) => None,
+        })
+        .collect();
+    if q8.len() == N {
+        let outs = q8_matmul(&q8, x)?;
+        return outs
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("q8 matmul output count".into()));
+    }
+    let mut outs = Vec::with_capacity(N);
+    for w in ws {
+        outs.push(linear(w, x)?);
+    }
+    outs.try_into()
+        .map_err(|_| candle_core::Error::Msg("matmul output count".into()))
+}
+
+fn q8_matmul(ws: &[&Q8Matrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    let mut dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&0);
+    let m = x.elem_count() / k.max(1);
+    let data = x.flatten_all()?.to_vec1::<f32>()?;
+    q8::matmul(ws, &data, m)
+        .into_iter()
+        .zip(ws)
+        .map(|(out, w)| {
+            if let Some(last) = dims.last_mut() {
+                *last = w.rows();
+            }
+            Tensor::from_vec(out, dims.as_slice(), &Device::Cpu)
+        })
+        .collect()
+}
+
+/// `x @ wᵀ`, choosing between Influence's Q8_0 kernel, candle's quantized kernel and a
+/// dequantize-then-GEMM path.
+fn linear(w: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let w = match w {
+        Linear::Q8(m) => return Ok(q8_matmul(&[&**m], x)?.remove(0)),
+        Linear::Candle(w) => w,
+    };
     if let QMatMul::QTensor(qt) = w {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         // Q4_K and Q6_K have repacked multi-row kernels in candle 0.11 that beat this.
@@ -659,7 +753,10 @@ fn attention(
     let (_, t, _) = h.dims3()?;
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
     let (q, k, v) = match &layer.qkv {
-        Qkv::Separate { q, k, v } => (linear(q, h)?, linear(k, h)?, linear(v, h)?),
+        Qkv::Separate { q, k, v } => {
+            let [q, k, v] = linear_many([q, k, v], h)?;
+            (q, k, v)
+        }
         Qkv::Fused(w) => {
             let qkv = linear(w, h)?;
             (
@@ -705,7 +802,7 @@ fn attention(
             .reshape((1, nkv, n_rep * t, kv_len))?,
         None => att,
     };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let att = ops::softmax_last_dim(&att)?;
     let y = att.matmul(&v_all)?; // (1, nkv, n_rep * t, hd)
     let y = y
         .reshape((1, nh, t, hd))?
@@ -744,8 +841,7 @@ mod tests {
         assert_eq!(seen(&full[1]), [true, true, true]);
     }
 
-    #[test]
-    fn slow_quant_matrices_can_be_requantized_to_q8_0() {
+    fn smollm_path() -> PathBuf {
         let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -758,6 +854,12 @@ mod tests {
             "{} is missing: run scripts/fetch-test-models.sh",
             path.display()
         );
+        path
+    }
+
+    #[test]
+    fn slow_quant_matrices_can_be_requantized_to_q8_0() {
+        let path = smollm_path();
         let mut f = super::super::gguf::open(&path).unwrap();
         let name = "blk.0.ffn_up.weight";
         let original = f.content.tensor(&mut f.reader, name, &Device::Cpu).unwrap();
@@ -766,12 +868,18 @@ mod tests {
             src: Source::Gguf(&mut f),
             requant_q8: true,
         };
-        let QMatMul::QTensor(q) = l.matmul(name).unwrap() else {
-            panic!("expected a quantized matrix");
-        };
-        assert_eq!(q.dtype(), GgmlDType::Q8_0);
         let a = original.dequantize(&Device::Cpu).unwrap();
-        let b = q.dequantize(&Device::Cpu).unwrap();
+        let b = match l.matmul(name).unwrap() {
+            Linear::Q8(m) => {
+                let rows: Vec<f32> = (0..m.rows()).flat_map(|r| m.row(r)).collect();
+                Tensor::from_vec(rows, (m.rows(), m.cols()), &Device::Cpu).unwrap()
+            }
+            Linear::Candle(QMatMul::QTensor(q)) => {
+                assert_eq!(q.dtype(), GgmlDType::Q8_0);
+                q.dequantize(&Device::Cpu).unwrap()
+            }
+            Linear::Candle(_) => panic!("expected a quantized matrix"),
+        };
         let err: f32 = (a - b)
             .unwrap()
             .abs()

@@ -1,0 +1,510 @@
+//! Q8_0 matrix multiplication with AVX-512 VNNI.
+//!
+//! candle 0.11 multiplies Q8_0 weights one 32-value block at a time per row (AVX2), and its
+//! repacked VNNI kernel only takes matrices whose inner size is a multiple of 256 — which rules
+//! out SmolLM2's 576-wide projections. This kernel handles any multiple of 32 and:
+//! - stores weights offset by +128 as unsigned bytes, so `vpdpbusd` multiplies them directly
+//!   with the signed activation bytes; the offset is removed with one per-block correction
+//!   (`128 · Σa`) computed once per activation row, not per weight row;
+//! - multiplies tiles of 4 weight rows × up to 4 activation rows, so prompt processing reads
+//!   each weight row once per 4 prompt rows instead of once per row;
+//! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on
+//!   candle's barrier pool, the same threads candle's own kernels use.
+//!
+//! Used only where the CPU has AVX-512 F/BW/VNNI ([`available`]); elsewhere the engine keeps
+//! candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
+
+use half::f16;
+
+/// Values per Q8_0 block.
+pub const BLOCK: usize = 32;
+/// Bytes per GGUF Q8_0 block: f16 scale + 32 signed bytes.
+const GGUF_BLOCK_BYTES: usize = 34;
+/// Weight rows per tile (the kernel is written for 4).
+const ROWS: usize = 4;
+/// Activation rows per tile.
+const ACTS: usize = 4;
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            std::env::var("INFLUENCE_Q8_KERNEL").map_or(true, |v| v != "0")
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// An `n × k` Q8_0 weight matrix (rows are output features), repacked for the kernel.
+///
+/// Rows are grouped in tiles of [`ROWS`]; within a tile the 64-byte pairs of blocks of its rows
+/// are interleaved (pair 0 of rows 0..4, then pair 1 …) and so are the scales (16 per row per
+/// group), so the kernel reads the matrix as one sequential stream the hardware prefetcher can
+/// follow. Rows are padded to a multiple of 64 values and the row count to a multiple of
+/// [`ROWS`], with zeros.
+pub struct Q8Matrix {
+    n: usize,
+    k: usize,
+    /// Weights as `w + 128`, tile-interleaved.
+    qs: Vec<u8>,
+    /// Block scales (f16 bits), tile-interleaved.
+    d: Vec<u16>,
+}
+
+/// Pairs of blocks per padded row.
+fn pairs(k: usize) -> usize {
+    k.div_ceil(2 * BLOCK)
+}
+
+/// Groups of 16 block scales per padded row.
+fn groups(k: usize) -> usize {
+    (k / BLOCK).div_ceil(GROUP)
+}
+
+/// Block scales per group (one zmm of f32).
+const GROUP: usize = 16;
+
+impl Q8Matrix {
+    /// Repacks raw GGUF Q8_0 data of an `n × k` matrix.
+    pub fn from_gguf_bytes(data: &[u8], n: usize, k: usize) -> Result<Self, String> {
+        if !k.is_multiple_of(BLOCK) {
+            return Err(format!("row length {k} is not a multiple of {BLOCK}"));
+        }
+        let kb = k / BLOCK;
+        if data.len() != n * kb * GGUF_BLOCK_BYTES {
+            return Err(format!(
+                "{} bytes of Q8_0 data for a {n}×{k} matrix (expected {})",
+                data.len(),
+                n * kb * GGUF_BLOCK_BYTES
+            ));
+        }
+        let tiles = n.div_ceil(ROWS);
+        let (np, ng) = (pairs(k), groups(k));
+        // Padding weights stay 0 (not 128): they meet zero activations either way.
+        let mut qs = vec![0u8; tiles * np * ROWS * 2 * BLOCK];
+        let mut d = vec![0u16; tiles * ng * ROWS * GROUP];
+        for (r, row) in data.chunks_exact(kb * GGUF_BLOCK_BYTES).enumerate() {
+            let (t, rr) = (r / ROWS, r % ROWS);
+            for (b, blk) in row.chunks_exact(GGUF_BLOCK_BYTES).enumerate() {
+                d[Self::scale_at(t, ng, rr, b)] = u16::from_le_bytes([blk[0], blk[1]]);
+                let at = Self::block_at(t, np, rr, b);
+                for (dst, &q) in qs[at..at + BLOCK].iter_mut().zip(&blk[2..]) {
+                    *dst = q ^ 0x80;
+                }
+            }
+        }
+        Ok(Self { n, k, qs, d })
+    }
+
+    /// Offset of block `b` of row `rr` of tile `t` in `qs`.
+    fn block_at(t: usize, np: usize, rr: usize, b: usize) -> usize {
+        ((t * np + b / 2) * ROWS + rr) * 2 * BLOCK + (b % 2) * BLOCK
+    }
+
+    /// Offset of the scale of block `b` of row `rr` of tile `t` in `d`.
+    fn scale_at(t: usize, ng: usize, rr: usize, b: usize) -> usize {
+        ((t * ng + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Dequantized row `r` (token-embedding lookups).
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let (t, rr) = (r / ROWS, r % ROWS);
+        let (np, ng) = (pairs(self.k), groups(self.k));
+        (0..self.k / BLOCK)
+            .flat_map(|b| {
+                let s = f16::from_bits(self.d[Self::scale_at(t, ng, rr, b)]).to_f32();
+                let at = Self::block_at(t, np, rr, b);
+                self.qs[at..at + BLOCK]
+                    .iter()
+                    .map(move |&v| (v as i32 - 128) as f32 * s)
+            })
+            .collect()
+    }
+}
+
+/// Activation rows quantized to Q8_0 blocks, with the per-block offset corrections, padded like
+/// the weights.
+pub struct QuantRows {
+    m: usize,
+    /// Padded row length in values.
+    kp: usize,
+    /// Padded scales per row.
+    sp: usize,
+    qs: Vec<i8>,
+    /// Block scales.
+    d: Vec<f32>,
+    /// Per-block corrections for the weights' +128 offset: `128 · d · Σq`.
+    corr: Vec<f32>,
+}
+
+impl QuantRows {
+    /// Quantizes `m` rows of `k` values (row-major `x`), as ggml's `quantize_row_q8_0` does.
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        debug_assert_eq!(x.len(), m * k);
+        debug_assert_eq!(k % BLOCK, 0);
+        let kp = pairs(k) * 2 * BLOCK;
+        let sp = groups(k) * GROUP;
+        let mut qs = vec![0i8; m * kp];
+        let mut d = vec![0f32; m * sp];
+        let mut corr = vec![0f32; m * sp];
+        for i in 0..m {
+            let src = &x[i * k..(i + 1) * k];
+            let dst = &mut qs[i * kp..i * kp + k];
+            for (b, (src, dst)) in src
+                .chunks_exact(BLOCK)
+                .zip(dst.chunks_exact_mut(BLOCK))
+                .enumerate()
+            {
+                let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, &v) in dst.iter_mut().zip(src) {
+                    let r = (v * inv).round() as i8;
+                    *q = r;
+                    sum += r as i32;
+                }
+                d[i * sp + b] = scale;
+                corr[i * sp + b] = 128.0 * scale * sum as f32;
+            }
+        }
+        Self {
+            m,
+            kp,
+            sp,
+            qs,
+            d,
+            corr,
+        }
+    }
+}
+
+/// `x @ wᵀ` for every matrix in `ws` (all with `k` columns): one row-major `m × n` output per
+/// matrix. `x` is `m` rows of `k` values.
+pub fn matmul(ws: &[&Q8Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = ws.first() else {
+        return Vec::new();
+    };
+    let k = first.k;
+    assert!(
+        ws.iter().all(|w| w.k == k) && x.len() == m * k,
+        "q8 matmul: shape mismatch"
+    );
+    let a = QuantRows::new(x, m, k);
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+    // Work units are tiles of ROWS weight rows, numbered across all matrices.
+    let tiles: Vec<usize> = ws.iter().map(|w| w.n.div_ceil(ROWS)).collect();
+    let total: usize = tiles.iter().sum();
+    let dsts: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
+    let run = |range: std::ops::Range<usize>| {
+        for unit in range {
+            let (mut j, mut t) = (0, unit);
+            while t >= tiles[j] {
+                t -= tiles[j];
+                j += 1;
+            }
+            // SAFETY: each unit writes only the columns of its own tile of its own matrix's
+            // output, units are disjoint, and the buffers outlive the parallel region.
+            unsafe { tile_all_acts(ws[j], t, &a, dsts[j] as *mut f32) };
+        }
+    };
+    if total * m * k < 1 << 16 {
+        run(0..total);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(total, run);
+    }
+    outs
+}
+
+/// Computes the output columns of weight tile `t` for every activation row.
+///
+/// # Safety
+/// `out` must point to an `a.m × w.n` buffer, and no other thread may write those columns.
+unsafe fn tile_all_acts(w: &Q8Matrix, t: usize, a: &QuantRows, out: *mut f32) {
+    let mut i0 = 0;
+    while i0 < a.m {
+        let acts = (a.m - i0).min(ACTS);
+        let mut res = [[0f32; ACTS]; ROWS];
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: `available()` checked the CPU features.
+            unsafe {
+                match acts {
+                    4 => avx512::tile::<4>(w, t, a, i0, &mut res),
+                    3 => avx512::tile::<3>(w, t, a, i0, &mut res),
+                    2 => avx512::tile::<2>(w, t, a, i0, &mut res),
+                    _ => avx512::tile::<1>(w, t, a, i0, &mut res),
+                }
+            }
+        } else {
+            tile_scalar(w, t, a, i0, acts, &mut res);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        tile_scalar(w, t, a, i0, acts, &mut res);
+        for (rr, row) in res.iter().enumerate() {
+            let r = t * ROWS + rr;
+            if r >= w.n {
+                break;
+            }
+            for (i, v) in row[..acts].iter().enumerate() {
+                // SAFETY: r < n and i0 + i < m, inside the caller's buffer.
+                unsafe { *out.add((i0 + i) * w.n + r) = *v };
+            }
+        }
+        i0 += acts;
+    }
+}
+
+/// Reference kernel: the same arithmetic, one value at a time.
+fn tile_scalar(
+    w: &Q8Matrix,
+    t: usize,
+    a: &QuantRows,
+    i0: usize,
+    acts: usize,
+    res: &mut [[f32; ACTS]; ROWS],
+) {
+    let (np, ng) = (pairs(w.k), groups(w.k));
+    for (rr, row) in res.iter_mut().enumerate() {
+        for (i, v) in row[..acts].iter_mut().enumerate() {
+            let ai = i0 + i;
+            let mut sum = 0f32;
+            for b in 0..w.k / BLOCK {
+                let at = Q8Matrix::block_at(t, np, rr, b);
+                let wq = &w.qs[at..at + BLOCK];
+                let aq = &a.qs[ai * a.kp + b * BLOCK..][..BLOCK];
+                let dot: i32 = wq.iter().zip(aq).map(|(&x, &y)| x as i32 * y as i32).sum();
+                let sw = f16::from_bits(w.d[Q8Matrix::scale_at(t, ng, rr, b)]).to_f32();
+                sum += sw * (a.d[ai * a.sp + b] * dot as f32 - a.corr[ai * a.sp + b]);
+            }
+            *v = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{groups, pairs, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
+    use std::arch::x86_64::*;
+
+    /// Weight tile `t` (4 rows) times `M` activation rows from `i0`.
+    ///
+    /// Per pair of blocks (64 bytes) and (row, act) pair: one `vpdpbusd`, a convert, a scale
+    /// permute and an FMA. Lanes 0–7 of a pair's product belong to its first block and 8–15 to
+    /// the second, so the scale vector is permuted to match; lanes are summed once at the end.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile<const M: usize>(
+        w: &Q8Matrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        let (np, ng) = (pairs(w.k), groups(w.k));
+        let mut wq = w.qs.as_ptr().add(t * np * ROWS * 2 * BLOCK);
+        let mut ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
+        for g in 0..ng {
+            let first = g * GROUP / 2;
+            let last = ((g + 1) * GROUP / 2).min(np);
+            // Combined scales of this group for every (row, act) pair; the offset correction
+            // goes straight into the accumulators (only the lane sum matters).
+            let mut sc = [[_mm512_setzero_ps(); M]; ROWS];
+            for (rr, row) in acc.iter_mut().enumerate() {
+                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(ws.add(rr * GROUP) as *const __m256i));
+                for (i, v) in row.iter_mut().enumerate() {
+                    let base = (i0 + i) * a.sp + g * GROUP;
+                    let da = _mm512_loadu_ps(a.d.as_ptr().add(base));
+                    let c = _mm512_loadu_ps(a.corr.as_ptr().add(base));
+                    sc[rr][i] = _mm512_mul_ps(sw, da);
+                    *v = _mm512_fnmadd_ps(sw, c, *v);
+                }
+            }
+            ws = ws.add(ROWS * GROUP);
+            for p in first..last {
+                let j = (2 * (p - first)) as i32;
+                let idx = _mm512_set_epi32(
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                );
+                let mut av = [_mm512_setzero_si512(); M];
+                for (i, v) in av.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(
+                        a.qs.as_ptr().add((i0 + i) * a.kp + p * 2 * BLOCK) as *const __m512i
+                    );
+                }
+                for (rr, row) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_loadu_si512(wq.add(rr * 2 * BLOCK) as *const __m512i);
+                    for (i, v) in row.iter_mut().enumerate() {
+                        let dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av[i]);
+                        let s = _mm512_permutexvar_ps(idx, sc[rr][i]);
+                        *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), s, *v);
+                    }
+                }
+                wq = wq.add(ROWS * 2 * BLOCK);
+            }
+        }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            for (d, v) in dst.iter_mut().zip(row) {
+                *d = _mm512_reduce_add_ps(*v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random `n × k` matrix as GGUF Q8_0 bytes and its dequantized values.
+    fn random_matrix(n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let mut s = seed;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u32
+        };
+        let mut bytes = Vec::new();
+        let mut vals = Vec::new();
+        for _ in 0..n * k / BLOCK {
+            let d = f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5);
+            bytes.extend(d.to_bits().to_le_bytes());
+            for _ in 0..BLOCK {
+                let q = (next() % 255) as i32 - 127;
+                bytes.push(q as i8 as u8);
+                vals.push(q as f32 * d.to_f32());
+            }
+        }
+        (bytes, vals)
+    }
+
+    fn random_acts(m: usize, k: usize) -> Vec<f32> {
+        (0..m * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1.0 + (i % 5) as f32))
+            .collect()
+    }
+
+    /// The exact product of the dequantized weights with the quantized activations.
+    fn reference(w: &[f32], a: &QuantRows, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; a.m * n];
+        for i in 0..a.m {
+            for r in 0..n {
+                let mut s = 0f64;
+                for c in 0..k {
+                    let av = a.qs[i * a.kp + c] as f64 * a.d[i * a.sp + c / BLOCK] as f64;
+                    s += w[r * k + c] as f64 * av;
+                }
+                out[i * n + r] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn check(n: usize, k: usize, m: usize) {
+        let (bytes, vals) = random_matrix(n, k, (n * 31 + k * 7 + m) as u64);
+        let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+        let x = random_acts(m, k);
+        let got = &matmul(&[&w], &x, m)[0];
+        let want = reference(&vals, &QuantRows::new(&x, m, k), n, k);
+        for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
+            let tol = 1e-4 * (1.0 + e.abs()) + 1e-3;
+            assert!(
+                (g - e).abs() <= tol,
+                "n={n} k={k} m={m}: element {idx} is {g}, expected {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_reference_for_odd_shapes() {
+        // k = 576 leaves a 2-block tail after one 16-block group; 96 an odd block count;
+        // n and m not multiples of the tile sizes exercise the edge tiles.
+        for &(n, k, m) in &[
+            (16, 576, 1),
+            (7, 576, 5),
+            (9, 96, 3),
+            (64, 1536, 8),
+            (5, 32, 2),
+        ] {
+            check(n, k, m);
+        }
+    }
+
+    #[test]
+    fn large_products_run_in_parallel_and_agree() {
+        check(512, 576, 17);
+    }
+
+    #[test]
+    fn fused_matrices_match_separate_calls() {
+        let (b1, _) = random_matrix(40, 64, 1);
+        let (b2, _) = random_matrix(24, 64, 2);
+        let w1 = Q8Matrix::from_gguf_bytes(&b1, 40, 64).unwrap();
+        let w2 = Q8Matrix::from_gguf_bytes(&b2, 24, 64).unwrap();
+        let x = random_acts(3, 64);
+        let both = matmul(&[&w1, &w2], &x, 3);
+        assert_eq!(both[0], matmul(&[&w1], &x, 3)[0]);
+        assert_eq!(both[1], matmul(&[&w2], &x, 3)[0]);
+    }
+
+    #[test]
+    fn scalar_kernel_agrees() {
+        let (n, k, m) = (8, 576, 3);
+        let (bytes, _) = random_matrix(n, k, 5);
+        let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+        let x = random_acts(m, k);
+        let fast = &matmul(&[&w], &x, m)[0];
+        let a = QuantRows::new(&x, m, k);
+        for t in 0..n / ROWS {
+            let mut res = [[0f32; ACTS]; ROWS];
+            tile_scalar(&w, t, &a, 0, m, &mut res);
+            for (rr, row) in res.iter().enumerate() {
+                for (i, v) in row[..m].iter().enumerate() {
+                    let f = fast[i * n + t * ROWS + rr];
+                    assert!((v - f).abs() <= 1e-4 * (1.0 + f.abs()), "{v} vs {f}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_dequantize() {
+        let (bytes, vals) = random_matrix(3, 64, 9);
+        let w = Q8Matrix::from_gguf_bytes(&bytes, 3, 64).unwrap();
+        assert_eq!(w.row(2), vals[128..192]);
+        assert!(Q8Matrix::from_gguf_bytes(&bytes[1..], 3, 64).is_err());
+    }
+}
