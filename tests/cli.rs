@@ -150,3 +150,46 @@ fn import_list_show_and_name_errors_through_the_binary() {
         .failure()
         .stderr(predicate::str::contains("no-such-model"));
 }
+
+#[test]
+fn bench_prints_one_json_line_with_every_measurement() {
+    let home = tempfile::tempdir().unwrap();
+    let out = influence(home.path())
+        .args(["--threads", "1", "bench", "--model"])
+        .arg(models::smollm())
+        .args(["--prompt-tokens", "20", "--gen-tokens", "4"])
+        .args(["--turn2-tokens", "6", "--runs", "1", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    for key in [
+        "prompt_tok_s",
+        "gen_tok_s",
+        "ttft_ms",
+        "ttft_turn2_ms",
+        "load_ms",
+        "peak_rss_mib",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {text}"));
+        assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
+    }
+    assert_eq!(v["threads"], 1);
+    // The model (98 MB of weights) is resident at its peak.
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 90.0, "{text}");
+
+    // A second turn longer than the context is refused with the numbers.
+    influence(home.path())
+        .args(["bench", "--model"])
+        .arg(models::smollm())
+        .args(["--prompt-tokens", "8000", "--turn2-tokens", "900"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("8964"));
+}

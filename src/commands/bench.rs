@@ -1,6 +1,6 @@
-//! `influence bench --model PATH [--prompt-tokens N] [--gen-tokens M] [--runs R] [--json]`:
-//! load time, prompt tokens/s, time to first token and decode tokens/s (medians after a
-//! warm-up). Use the global `--threads` flag to compare thread counts; results on a busy
+//! `influence bench --model PATH [--prompt-tokens N] [--gen-tokens M] [--turn2-tokens K]
+//! [--runs R] [--json]`: load time, prompt tokens/s, time to first token of a first and a second
+//! chat turn, decode tokens/s (medians after a warm-up) and peak memory. Use the global `--threads` flag to compare thread counts; results on a busy
 //! machine vary a lot, so record the load (`uptime`) next to the numbers.
 
 use std::path::PathBuf;
@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// Tokens to decode after the prompt.
     #[arg(long, default_value_t = 64, value_name = "M")]
     pub gen_tokens: usize,
+    /// New tokens of the second turn, whose time to first token is measured with the first
+    /// turn kept in the KV cache.
+    #[arg(long = "turn2-tokens", default_value_t = 32, value_name = "K")]
+    pub turn2_tokens: usize,
     /// Measured repetitions after one warm-up run; medians are reported.
     #[arg(long, default_value_t = 3, value_name = "R")]
     pub runs: usize,
@@ -37,6 +41,7 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         &args.model,
         args.prompt_tokens,
         args.gen_tokens,
+        args.turn2_tokens,
         args.runs,
         threads,
     )?;
@@ -52,9 +57,14 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         );
         println!("first token:  {:.0} ms", r.ttft_ms);
         println!(
+            "turn 2:       first token after {:.0} ms ({} new tokens, the rest cached)",
+            r.ttft_turn2_ms, args.turn2_tokens
+        );
+        println!(
             "generation:   {:.1} tok/s ({} tokens)",
             r.gen_tok_s, args.gen_tokens
         );
+        println!("peak memory:  {:.0} MiB", r.peak_rss_mib);
         println!("runs:         {} (+1 warm-up), medians", args.runs);
     }
     Ok(())

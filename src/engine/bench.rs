@@ -1,5 +1,6 @@
-//! Engine-only benchmark: load time, prefill speed on an empty cache, time to first token and
-//! greedy decode speed, measured directly on the decoder (no channel, no sampling filters).
+//! Engine-only benchmark: load time, prefill speed on an empty cache, time to first token of a
+//! first and of a second chat turn, greedy decode speed and peak memory, measured directly on
+//! the decoder (no channel, no sampling filters).
 
 use std::path::Path;
 use std::time::Instant;
@@ -16,8 +17,13 @@ pub struct BenchResult {
     pub prompt_tok_s: f64,
     pub gen_tok_s: f64,
     pub ttft_ms: f64,
+    /// Time to first token of a second turn: `turn2_tokens` new tokens after the first turn's
+    /// prompt and answer, which stay in the KV cache (prefix reuse).
+    pub ttft_turn2_ms: f64,
     pub load_ms: f64,
     pub threads: usize,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -25,22 +31,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Loads `path`, then `runs` times: prefill `prompt_tokens` ids on an empty cache and decode
-/// `gen_tokens` greedily. One warm-up run is done first and not counted.
+/// Loads `path`, then `runs` times: prefill `prompt_tokens` ids on an empty cache, decode
+/// `gen_tokens` greedily, then feed `turn2_tokens` more ids as a second turn and take its first
+/// token. One warm-up run is done first and not counted.
 pub fn run_bench(
     path: &Path,
     prompt_tokens: usize,
     gen_tokens: usize,
+    turn2_tokens: usize,
     runs: usize,
     threads: usize,
 ) -> Result<BenchResult, EngineError> {
     let t = Instant::now();
     let (mut g, info) = load_gguf(path, path.to_string_lossy().to_string())?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    if prompt_tokens == 0 || prompt_tokens + gen_tokens > info.context_length {
+    let total = prompt_tokens + gen_tokens + turn2_tokens;
+    if prompt_tokens == 0 || turn2_tokens == 0 || total > info.context_length {
         return Err(EngineError::BadParams(format!(
-            "prompt_tokens + gen_tokens = {} is out of range; allowed 1..={} (the model's context)",
-            prompt_tokens + gen_tokens,
+            "prompt, generated and turn-2 tokens add up to {total}; each part must be at least 1 \
+             (generated may be 0) and the sum at most {} (the model's context)",
             info.context_length
         )));
     }
@@ -49,8 +58,9 @@ pub fn run_bench(
         "The quick brown fox jumps over the lazy dog while the committee reviews the annual budget report. ",
     )?;
     let ids: Vec<u32> = seed.iter().copied().cycle().take(prompt_tokens).collect();
+    let turn2: Vec<u32> = seed.iter().copied().cycle().take(turn2_tokens).collect();
 
-    let (mut pp, mut tg, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pp, mut tg, mut ttft, mut ttft2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {
         g.dec.truncate_cache(0);
         let t0 = Instant::now();
@@ -70,6 +80,11 @@ pub fn run_bench(
             next = argmax(&l);
         }
         let decode = t1.elapsed().as_secs_f64();
+        // The second turn's prompt is its new tokens only: everything before stays cached.
+        let t2 = Instant::now();
+        let l = g.dec.forward(&turn2, true)?.unwrap_or_default();
+        std::hint::black_box(argmax(&l));
+        let second = t2.elapsed().as_secs_f64() * 1e3;
         if run == 0 {
             continue; // warm-up
         }
@@ -78,13 +93,16 @@ pub fn run_bench(
             tg.push(gen_tokens as f64 / decode);
         }
         ttft.push(first);
+        ttft2.push(second);
     }
     g.dec.truncate_cache(0);
     Ok(BenchResult {
         prompt_tok_s: median(pp),
         gen_tok_s: if tg.is_empty() { 0.0 } else { median(tg) },
         ttft_ms: median(ttft),
+        ttft_turn2_ms: median(ttft2),
         load_ms,
         threads,
+        peak_rss_mib: crate::procmem::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
     })
 }
