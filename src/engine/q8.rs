@@ -4,8 +4,9 @@
 //! repacked VNNI kernel only takes matrices whose inner size is a multiple of 256 — which rules
 //! out SmolLM2's 576-wide projections. This kernel handles any multiple of 32 and:
 //! - stores weights offset by +128 as unsigned bytes, so `vpdpbusd` multiplies them directly
-//!   with the signed activation bytes; the offset is removed with one per-block correction
-//!   (`128 · Σa`) computed once per activation row, not per weight row;
+//!   with the signed activation bytes; the offset's contribution (`128 · Σa` per 4-byte lane)
+//!   is computed once per activation row and is the accumulator `vpdpbusd` starts from, so
+//!   every block's dot product is exact in integers, as in ggml and candle;
 //! - multiplies tiles of 4 weight rows × up to 4 activation rows, so prompt processing reads
 //!   each weight row once per 4 prompt rows instead of once per row;
 //! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on
@@ -140,8 +141,8 @@ impl Q8Matrix {
     }
 }
 
-/// Activation rows quantized to Q8_0 blocks, with the per-block offset corrections, padded like
-/// the weights.
+/// Activation rows quantized to Q8_0 blocks, with the offset corrections, padded like the
+/// weights.
 pub struct QuantRows {
     m: usize,
     /// Padded row length in values.
@@ -151,8 +152,9 @@ pub struct QuantRows {
     qs: Vec<i8>,
     /// Block scales.
     d: Vec<f32>,
-    /// Per-block corrections for the weights' +128 offset: `128 · d · Σq`.
-    corr: Vec<f32>,
+    /// `-128 ·` the sum of each 4 consecutive values: what the weights' +128 offset adds to
+    /// each `vpdpbusd` lane, taken away in advance.
+    off: Vec<i32>,
 }
 
 impl QuantRows {
@@ -164,7 +166,7 @@ impl QuantRows {
         let sp = groups(k) * GROUP;
         let mut qs = vec![0i8; m * kp];
         let mut d = vec![0f32; m * sp];
-        let mut corr = vec![0f32; m * sp];
+        let mut off = vec![0i32; m * kp / 4];
         for i in 0..m {
             let src = &x[i * k..(i + 1) * k];
             let dst = &mut qs[i * kp..i * kp + k];
@@ -176,15 +178,14 @@ impl QuantRows {
                 let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let scale = amax / 127.0;
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                let mut sum = 0i32;
                 for (q, &v) in dst.iter_mut().zip(src) {
-                    let r = (v * inv).round() as i8;
-                    *q = r;
-                    sum += r as i32;
+                    *q = (v * inv).round() as i8;
                 }
                 d[i * sp + b] = scale;
-                corr[i * sp + b] = 128.0 * scale * sum as f32;
             }
+        }
+        for (o, q) in off.iter_mut().zip(qs.chunks_exact(4)) {
+            *o = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
         }
         Self {
             m,
@@ -192,7 +193,7 @@ impl QuantRows {
             sp,
             qs,
             d,
-            corr,
+            off,
         }
     }
 }
@@ -291,9 +292,13 @@ fn tile_scalar(
                 let at = Q8Matrix::block_at(t, np, rr, b);
                 let wq = &w.qs[at..at + BLOCK];
                 let aq = &a.qs[ai * a.kp + b * BLOCK..][..BLOCK];
-                let dot: i32 = wq.iter().zip(aq).map(|(&x, &y)| x as i32 * y as i32).sum();
+                let dot: i32 = wq
+                    .iter()
+                    .zip(aq)
+                    .map(|(&x, &y)| (x as i32 - 128) * y as i32)
+                    .sum();
                 let sw = f16::from_bits(w.d[Q8Matrix::scale_at(t, ng, rr, b)]).to_f32();
-                sum += sw * (a.d[ai * a.sp + b] * dot as f32 - a.corr[ai * a.sp + b]);
+                sum += sw * a.d[ai * a.sp + b] * dot as f32;
             }
             *v = sum;
         }
@@ -325,17 +330,13 @@ mod avx512 {
         for g in 0..ng {
             let first = g * GROUP / 2;
             let last = ((g + 1) * GROUP / 2).min(np);
-            // Combined scales of this group for every (row, act) pair; the offset correction
-            // goes straight into the accumulators (only the lane sum matters).
+            // Combined scales of this group for every (row, act) pair.
             let mut sc = [[_mm512_setzero_ps(); M]; ROWS];
-            for (rr, row) in acc.iter_mut().enumerate() {
+            for (rr, row) in sc.iter_mut().enumerate() {
                 let sw = _mm512_cvtph_ps(_mm256_loadu_si256(ws.add(rr * GROUP) as *const __m256i));
                 for (i, v) in row.iter_mut().enumerate() {
-                    let base = (i0 + i) * a.sp + g * GROUP;
-                    let da = _mm512_loadu_ps(a.d.as_ptr().add(base));
-                    let c = _mm512_loadu_ps(a.corr.as_ptr().add(base));
-                    sc[rr][i] = _mm512_mul_ps(sw, da);
-                    *v = _mm512_fnmadd_ps(sw, c, *v);
+                    let da = _mm512_loadu_ps(a.d.as_ptr().add((i0 + i) * a.sp + g * GROUP));
+                    *v = _mm512_mul_ps(sw, da);
                 }
             }
             ws = ws.add(ROWS * GROUP);
@@ -360,15 +361,17 @@ mod avx512 {
                     j,
                 );
                 let mut av = [_mm512_setzero_si512(); M];
-                for (i, v) in av.iter_mut().enumerate() {
-                    *v = _mm512_loadu_si512(
-                        a.qs.as_ptr().add((i0 + i) * a.kp + p * 2 * BLOCK) as *const __m512i
-                    );
+                let mut ov = [_mm512_setzero_si512(); M];
+                for i in 0..M {
+                    let at = (i0 + i) * a.kp + p * 2 * BLOCK;
+                    av[i] = _mm512_loadu_si512(a.qs.as_ptr().add(at) as *const __m512i);
+                    ov[i] = _mm512_loadu_si512(a.off.as_ptr().add(at / 4) as *const __m512i);
                 }
                 for (rr, row) in acc.iter_mut().enumerate() {
                     let wv = _mm512_loadu_si512(wq.add(rr * 2 * BLOCK) as *const __m512i);
                     for (i, v) in row.iter_mut().enumerate() {
-                        let dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av[i]);
+                        // Starting from the offset correction leaves the exact Σ w·a per lane.
+                        let dp = _mm512_dpbusd_epi32(ov[i], wv, av[i]);
                         let s = _mm512_permutexvar_ps(idx, sc[rr][i]);
                         *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), s, *v);
                     }
@@ -440,7 +443,7 @@ mod tests {
         let got = &matmul(&[&w], &x, m)[0];
         let want = reference(&vals, &QuantRows::new(&x, m, k), n, k);
         for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
-            let tol = 1e-4 * (1.0 + e.abs()) + 1e-3;
+            let tol = 2e-5 * (1.0 + e.abs());
             assert!(
                 (g - e).abs() <= tol,
                 "n={n} k={k} m={m}: element {idx} is {g}, expected {e}"
