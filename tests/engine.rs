@@ -1,10 +1,10 @@
-//! Engine tests against the real test models (SmolLM2-135M Q4_1 GGUF, Gemma-3-270M Q4_K_M GGUF,
-//! all-MiniLM-L6-v2).
+//! Engine tests against the real test models (SmolLM2-135M Q4_1, Gemma-3-270M Q4_K_M and
+//! Qwen2.5-Coder-0.5B Q4_K_M GGUFs, all-MiniLM-L6-v2).
 //! Fetch them with `scripts/fetch-test-models.sh`.
 
 #[path = "support/models.rs"]
 mod models;
-use models::{gemma3, minilm, smollm};
+use models::{gemma3, minilm, qwen2, smollm};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -178,6 +178,27 @@ mod generation {
         assert_eq!(out.text, "The capital of France is Paris.");
         let stats = out.stats.unwrap();
         assert_eq!(stats.prompt_tokens, 16);
+        assert_eq!(stats.finish, FinishReason::Stop);
+    }
+
+    /// Qwen2 (projection biases, NeoX RoPE, 14 query heads on 2 KV heads, Q5_0 + K-quant + Q8_0
+    /// weights) through its own chat template with its default system prompt: the known answer
+    /// (`models.md` §5, the same as llama.cpp `0c1e570` gives on this file).
+    #[test]
+    fn qwen2_chat_answers_paris_with_the_reference_ids() {
+        let req = GenRequest {
+            model: qwen2(),
+            prompt: Prompt::Chat(vec![ChatMessage::user("What is the capital of France?")]),
+            params: GenParams::greedy(16),
+        };
+        let out = shared().generate(req).collect_blocking().unwrap();
+        assert_eq!(out.text, "The capital of France is Paris.");
+        assert_eq!(out.ids, vec![785, 6722, 315, 9625, 374, 12095, 13]);
+        let stats = out.stats.unwrap();
+        assert_eq!(
+            stats.prompt_tokens, 36,
+            "the template's default system prompt is rendered"
+        );
         assert_eq!(stats.finish, FinishReason::Stop);
     }
 

@@ -17,6 +17,7 @@ pub fn models_dir() -> PathBuf {
         "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "minilm/model.safetensors",
         "gemma3/gemma-3-270m-q4_k_m.gguf",
+        "qwen2/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     ] {
         assert!(
             dir.join(p).is_file(),
@@ -45,6 +46,11 @@ pub fn smollm() -> PathBuf {
 /// Gemma-3-270M base, Q4_K_M (Q5_0, Q4_K, Q8_0 and Q6_K tensors).
 pub fn gemma3() -> PathBuf {
     fixture("gemma3/gemma-3-270m-q4_k_m.gguf")
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (mostly Q5_0, with Q4_K, Q6_K and a Q8_0 output matrix).
+pub fn qwen2() -> PathBuf {
+    fixture("qwen2/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 }
 
 pub fn minilm() -> PathBuf {
