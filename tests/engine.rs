@@ -722,4 +722,107 @@ mod hf_folder {
         assert!(!a.ids.is_empty());
         assert_eq!(a.ids, b.ids, "{:?} vs {:?}", a.text, b.text);
     }
+
+    /// Writes a GGUF with SmolLM2's tokenizer metadata, `arch`'s hyperparameters for the tiny
+    /// model and the given f32 tensors.
+    fn write_tiny_gguf(path: &Path, arch: &str, tensors: Vec<(String, Tensor)>) {
+        let src = gguf_file::Content::read(&mut std::fs::File::open(smollm()).unwrap()).unwrap();
+        let mut meta: Vec<(String, Value)> = src
+            .metadata
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .collect();
+        meta.push(("general.architecture".into(), Value::String(arch.into())));
+        for (k, v) in [
+            ("block_count", Value::U32(LAYERS as u32)),
+            ("embedding_length", Value::U32(HIDDEN as u32)),
+            ("feed_forward_length", Value::U32(FFN as u32)),
+            ("attention.head_count", Value::U32(HEADS as u32)),
+            ("attention.head_count_kv", Value::U32(KV_HEADS as u32)),
+            ("context_length", Value::U32(512)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("rope.freq_base", Value::F32(10000.0)),
+        ] {
+            meta.push((format!("{arch}.{k}"), v));
+        }
+        let qts: Vec<(String, QTensor)> = tensors
+            .into_iter()
+            .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
+            .collect();
+        let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = qts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut f = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut f, &meta_refs, &t_refs).unwrap();
+    }
+
+    /// Phi-3 layout (fused q/k/v and gate/up matrices, NeoX RoPE on unpermuted Q/K rows) and
+    /// Qwen2 layout (NeoX RoPE, Q/K/V biases, here zero) must compute exactly what the Llama
+    /// layout computes with the same weights: same greedy tokens.
+    #[test]
+    fn phi3_and_qwen2_layouts_match_llama() {
+        let dir = tempfile::tempdir().unwrap();
+        let embed = rnd((VOCAB, HIDDEN));
+        let out_norm = norm_w();
+        let mut llama = vec![
+            ("token_embd.weight".to_string(), embed.clone()),
+            ("output_norm.weight".to_string(), out_norm.clone()),
+        ];
+        let (mut phi3, mut qwen2) = (llama.clone(), llama.clone());
+        for i in 0..LAYERS {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let (an, fnorm) = (norm_w(), norm_w());
+            let q = rnd((HEADS * HEAD_DIM, HIDDEN));
+            let k = rnd((KV_HEADS * HEAD_DIM, HIDDEN));
+            let v = rnd((KV_HEADS * HEAD_DIM, HIDDEN));
+            let o = rnd((HIDDEN, HEADS * HEAD_DIM));
+            let (gate, up) = (rnd((FFN, HIDDEN)), rnd((FFN, HIDDEN)));
+            let down = rnd((HIDDEN, FFN));
+            let shared = [
+                (p("attn_norm.weight"), an),
+                (p("ffn_norm.weight"), fnorm),
+                (p("attn_output.weight"), o),
+                (p("ffn_down.weight"), down),
+            ];
+            llama.extend(shared.clone());
+            phi3.extend(shared.clone());
+            qwen2.extend(shared);
+            llama.extend([
+                (p("attn_q.weight"), permute(&q, HEADS)),
+                (p("attn_k.weight"), permute(&k, KV_HEADS)),
+                (p("attn_v.weight"), v.clone()),
+                (p("ffn_gate.weight"), gate.clone()),
+                (p("ffn_up.weight"), up.clone()),
+            ]);
+            phi3.extend([
+                (p("attn_qkv.weight"), Tensor::cat(&[&q, &k, &v], 0).unwrap()),
+                (p("ffn_up.weight"), Tensor::cat(&[&gate, &up], 0).unwrap()),
+            ]);
+            let zeros = |n: usize| Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+            qwen2.extend([
+                (p("attn_q.weight"), q),
+                (p("attn_k.weight"), k),
+                (p("attn_v.weight"), v),
+                (p("attn_q.bias"), zeros(HEADS * HEAD_DIM)),
+                (p("attn_k.bias"), zeros(KV_HEADS * HEAD_DIM)),
+                (p("attn_v.bias"), zeros(KV_HEADS * HEAD_DIM)),
+                (p("ffn_gate.weight"), gate),
+                (p("ffn_up.weight"), up),
+            ]);
+        }
+        let engine = new_engine();
+        let mut outs = Vec::new();
+        for (arch, tensors) in [("llama", llama), ("phi3", phi3), ("qwen2", qwen2)] {
+            let path = dir.path().join(format!("tiny-{arch}.gguf"));
+            write_tiny_gguf(&path, arch, tensors);
+            assert_eq!(wait(engine.load(path.clone())).unwrap().arch, arch);
+            let out = engine
+                .generate(raw(path, STORY, GenParams::greedy(8)))
+                .collect_blocking()
+                .unwrap();
+            assert_eq!(out.ids.len(), 8, "{arch}: {:?}", out.text);
+            outs.push((arch, out.ids));
+        }
+        assert_eq!(outs[1].1, outs[0].1, "phi3 vs llama");
+        assert_eq!(outs[2].1, outs[0].1, "qwen2 vs llama");
+    }
 }
