@@ -1,4 +1,4 @@
-//! Q8_0 matrix multiplication with AVX-512 VNNI.
+//! Q8_0 matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
 //!
 //! candle 0.11 multiplies Q8_0 weights one 32-value block at a time per row (AVX2), and its
 //! repacked VNNI kernel only takes matrices whose inner size is a multiple of 256 — which rules
@@ -12,7 +12,8 @@
 //! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on
 //!   candle's barrier pool, the same threads candle's own kernels use.
 //!
-//! Used only where the CPU has AVX-512 F/BW/VNNI ([`available`]); elsewhere the engine keeps
+//! [`kernel`] picks the variant the CPU runs: AVX-512 F/BW/VL + VNNI, else AVX2 + FMA + F16C
+//! (same layout, one 32-byte block at a time with `vpmaddubsw`), else none and the engine keeps
 //! candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
 
 use half::f16;
@@ -26,24 +27,49 @@ const ROWS: usize = 4;
 /// Activation rows per tile.
 const ACTS: usize = 4;
 
-/// Whether this CPU runs the kernel.
-pub fn available() -> bool {
+/// The SIMD variants of the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 F/BW/VL + VNNI: `vpdpbusd` on 64 bytes at a time.
+    Avx512,
+    /// AVX2 + FMA + F16C: `vpmaddubsw` with the sign trick on 32 bytes at a time.
+    Avx2,
+}
+
+/// The kernel this CPU runs, if any. `INFLUENCE_Q8_KERNEL=0` turns it off (candle's kernels run
+/// instead) and `INFLUENCE_Q8_KERNEL=avx2` picks the AVX2 variant on an AVX-512 machine.
+pub fn kernel() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| {
-            std::env::var("INFLUENCE_Q8_KERNEL").map_or(true, |v| v != "0")
-                && is_x86_feature_detected!("avx512f")
+        static K: OnceLock<Option<Kernel>> = OnceLock::new();
+        *K.get_or_init(|| {
+            let choice = std::env::var("INFLUENCE_Q8_KERNEL").unwrap_or_default();
+            let avx512 = is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vnni");
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            match choice.as_str() {
+                "0" => None,
+                "avx2" if avx2 => Some(Kernel::Avx2),
+                _ if avx512 => Some(Kernel::Avx512),
+                _ if avx2 => Some(Kernel::Avx2),
+                _ => None,
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
     }
+}
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    kernel().is_some()
 }
 
 /// An `n × k` Q8_0 weight matrix (rows are output features), repacked for the kernel.
@@ -201,6 +227,12 @@ impl QuantRows {
 /// `x @ wᵀ` for every matrix in `ws` (all with `k` columns): one row-major `m × n` output per
 /// matrix. `x` is `m` rows of `k` values.
 pub fn matmul(ws: &[&Q8Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_with(kernel(), ws, x, m)
+}
+
+/// [`matmul`] on a chosen kernel (`None`: the scalar reference). The caller guarantees the CPU
+/// runs it, as [`kernel`] does.
+fn matmul_with(kern: Option<Kernel>, ws: &[&Q8Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let Some(first) = ws.first() else {
         return Vec::new();
     };
@@ -224,7 +256,7 @@ pub fn matmul(ws: &[&Q8Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             }
             // SAFETY: each unit writes only the columns of its own tile of its own matrix's
             // output, units are disjoint, and the buffers outlive the parallel region.
-            unsafe { tile_all_acts(ws[j], t, &a, dsts[j] as *mut f32) };
+            unsafe { tile_all_acts(kern, ws[j], t, &a, dsts[j] as *mut f32) };
         }
     };
     if total * m * k < 1 << 16 {
@@ -238,28 +270,39 @@ pub fn matmul(ws: &[&Q8Matrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
 /// Computes the output columns of weight tile `t` for every activation row.
 ///
 /// # Safety
-/// `out` must point to an `a.m × w.n` buffer, and no other thread may write those columns.
-unsafe fn tile_all_acts(w: &Q8Matrix, t: usize, a: &QuantRows, out: *mut f32) {
+/// `out` must point to an `a.m × w.n` buffer, no other thread may write those columns, and the
+/// CPU must run `kern`.
+unsafe fn tile_all_acts(
+    kern: Option<Kernel>,
+    w: &Q8Matrix,
+    t: usize,
+    a: &QuantRows,
+    out: *mut f32,
+) {
     let mut i0 = 0;
     while i0 < a.m {
         let acts = (a.m - i0).min(ACTS);
         let mut res = [[0f32; ACTS]; ROWS];
+        // SAFETY: the caller checked the CPU features of `kern`.
         #[cfg(target_arch = "x86_64")]
-        if available() {
-            // SAFETY: `available()` checked the CPU features.
-            unsafe {
-                match acts {
-                    4 => avx512::tile::<4>(w, t, a, i0, &mut res),
-                    3 => avx512::tile::<3>(w, t, a, i0, &mut res),
-                    2 => avx512::tile::<2>(w, t, a, i0, &mut res),
-                    _ => avx512::tile::<1>(w, t, a, i0, &mut res),
-                }
+        unsafe {
+            match (kern, acts) {
+                (Some(Kernel::Avx512), 4) => avx512::tile::<4>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx512), 3) => avx512::tile::<3>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx512), 2) => avx512::tile::<2>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx512), _) => avx512::tile::<1>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx2), 4) => avx2::tile::<4>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx2), 3) => avx2::tile::<3>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx2), 2) => avx2::tile::<2>(w, t, a, i0, &mut res),
+                (Some(Kernel::Avx2), _) => avx2::tile::<1>(w, t, a, i0, &mut res),
+                (None, _) => tile_scalar(w, t, a, i0, acts, &mut res),
             }
-        } else {
-            tile_scalar(w, t, a, i0, acts, &mut res);
         }
         #[cfg(not(target_arch = "x86_64"))]
-        tile_scalar(w, t, a, i0, acts, &mut res);
+        {
+            let _ = kern;
+            tile_scalar(w, t, a, i0, acts, &mut res);
+        }
         for (rr, row) in res.iter().enumerate() {
             let r = t * ROWS + rr;
             if r >= w.n {
@@ -387,9 +430,92 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{groups, pairs, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
+    use std::arch::x86_64::*;
+
+    /// Weight tile `t` (4 rows) times `M` activation rows from `i0`, 32 bytes (one block) at a
+    /// time. `vpmaddubsw` multiplies unsigned by signed bytes and saturates at 16 bits, so the
+    /// +128 offset cannot stay in (255 · 127 · 2 overflows): the weights get their sign back
+    /// and go in as |w| against a · sign(w), at most 127 · 127 · 2 per pair, as in ggml.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<const M: usize>(
+        w: &Q8Matrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        let (np, ng) = (pairs(w.k), groups(w.k));
+        let kb = w.k / BLOCK;
+        let wq = w.qs.as_ptr().add(t * np * ROWS * 2 * BLOCK);
+        let ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); M]; ROWS];
+        for b in 0..kb {
+            let (g, j) = (b / GROUP, b % GROUP);
+            let (p, half) = (b / 2, b % 2);
+            let mut av = [_mm256_setzero_si256(); M];
+            let mut da = [0f32; M];
+            for i in 0..M {
+                av[i] = _mm256_loadu_si256(
+                    a.qs.as_ptr().add((i0 + i) * a.kp + b * BLOCK) as *const __m256i
+                );
+                da[i] = *a.d.get_unchecked((i0 + i) * a.sp + b);
+            }
+            for (rr, row) in acc.iter_mut().enumerate() {
+                let at = (p * ROWS + rr) * 2 * BLOCK + half * BLOCK;
+                let wu = _mm256_loadu_si256(wq.add(at) as *const __m256i);
+                let ws8 = _mm256_xor_si256(wu, flip);
+                let wabs = _mm256_sign_epi8(ws8, ws8);
+                let bits = *ws.add((g * ROWS + rr) * GROUP + j);
+                let sw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+                for (i, v) in row.iter_mut().enumerate() {
+                    let signed = _mm256_sign_epi8(av[i], ws8);
+                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
+                    let s = _mm256_set1_ps(sw * da[i]);
+                    *v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *v);
+                }
+            }
+        }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            for (d, v) in dst.iter_mut().zip(row) {
+                let h = _mm_add_ps(_mm256_castps256_ps128(*v), _mm256_extractf128_ps(*v, 1));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+                *d = _mm_cvtss_f32(h);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every variant this CPU runs, and the scalar reference.
+    fn kernels() -> Vec<Option<Kernel>> {
+        let mut v = vec![None];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                v.push(Some(Kernel::Avx2));
+            }
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                v.push(Some(Kernel::Avx512));
+            }
+        }
+        v
+    }
 
     /// A random `n × k` matrix as GGUF Q8_0 bytes and its dequantized values.
     fn random_matrix(n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
@@ -440,14 +566,16 @@ mod tests {
         let (bytes, vals) = random_matrix(n, k, (n * 31 + k * 7 + m) as u64);
         let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
         let x = random_acts(m, k);
-        let got = &matmul(&[&w], &x, m)[0];
         let want = reference(&vals, &QuantRows::new(&x, m, k), n, k);
-        for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
-            let tol = 2e-5 * (1.0 + e.abs());
-            assert!(
-                (g - e).abs() <= tol,
-                "n={n} k={k} m={m}: element {idx} is {g}, expected {e}"
-            );
+        for kern in kernels() {
+            let got = &matmul_with(kern, &[&w], &x, m)[0];
+            for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
+                let tol = 2e-5 * (1.0 + e.abs());
+                assert!(
+                    (g - e).abs() <= tol,
+                    "{kern:?} n={n} k={k} m={m}: element {idx} is {g}, expected {e}"
+                );
+            }
         }
     }
 
@@ -481,26 +609,6 @@ mod tests {
         let both = matmul(&[&w1, &w2], &x, 3);
         assert_eq!(both[0], matmul(&[&w1], &x, 3)[0]);
         assert_eq!(both[1], matmul(&[&w2], &x, 3)[0]);
-    }
-
-    #[test]
-    fn scalar_kernel_agrees() {
-        let (n, k, m) = (8, 576, 3);
-        let (bytes, _) = random_matrix(n, k, 5);
-        let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
-        let x = random_acts(m, k);
-        let fast = &matmul(&[&w], &x, m)[0];
-        let a = QuantRows::new(&x, m, k);
-        for t in 0..n / ROWS {
-            let mut res = [[0f32; ACTS]; ROWS];
-            tile_scalar(&w, t, &a, 0, m, &mut res);
-            for (rr, row) in res.iter().enumerate() {
-                for (i, v) in row[..m].iter().enumerate() {
-                    let f = fast[i * n + t * ROWS + rr];
-                    assert!((v - f).abs() <= 1e-4 * (1.0 + f.abs()), "{v} vs {f}");
-                }
-            }
-        }
     }
 
     #[test]
