@@ -673,36 +673,8 @@ mod hf_folder {
             .unwrap();
 
         // GGUF twin: SmolLM2's tokenizer metadata + the same weights.
-        let src = gguf_file::Content::read(&mut std::fs::File::open(smollm()).unwrap()).unwrap();
-        let mut meta: Vec<(String, Value)> = src
-            .metadata
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("tokenizer."))
-            .collect();
-        for (k, v) in [
-            ("general.architecture", Value::String("llama".into())),
-            ("llama.block_count", Value::U32(LAYERS as u32)),
-            ("llama.embedding_length", Value::U32(HIDDEN as u32)),
-            ("llama.attention.head_count", Value::U32(HEADS as u32)),
-            ("llama.attention.head_count_kv", Value::U32(KV_HEADS as u32)),
-            ("llama.context_length", Value::U32(512)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-            ("llama.rope.freq_base", Value::F32(10000.0)),
-        ] {
-            meta.push((k.to_string(), v));
-        }
-        let qts: Vec<(String, QTensor)> = gg
-            .into_iter()
-            .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
-            .collect();
         let gguf_path = dir.path().join("tiny-llama.gguf");
-        {
-            let meta_refs: Vec<(&str, &Value)> =
-                meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            let t_refs: Vec<(&str, &QTensor)> = qts.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            let mut f = std::fs::File::create(&gguf_path).unwrap();
-            gguf_file::write(&mut f, &meta_refs, &t_refs).unwrap();
-        }
+        write_tiny_gguf(&gguf_path, "llama", gg);
 
         let engine = new_engine();
         let info = wait(engine.load(folder.clone())).unwrap();

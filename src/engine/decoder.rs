@@ -216,13 +216,21 @@ impl Loader<'_> {
         }
     }
 
+    /// The model file or folder, for error messages.
+    fn path(&self) -> PathBuf {
+        match &self.src {
+            Source::Gguf(f) => f.path.clone(),
+            Source::Dense { path, .. } => path.clone(),
+        }
+    }
+
     fn missing(&self, name: &str) -> EngineError {
-        let (path, what) = match &self.src {
-            Source::Gguf(f) => (f.path.clone(), name.to_string()),
-            Source::Dense { path, .. } => (path.clone(), hf_name(name)),
+        let what = match &self.src {
+            Source::Gguf(_) => name.to_string(),
+            Source::Dense { .. } => hf_name(name),
         };
         EngineError::Corrupt {
-            path,
+            path: self.path(),
             reason: format!(
                 "tensor `{what}` is missing (is this really a model of this architecture?)"
             ),
@@ -276,8 +284,7 @@ impl Loader<'_> {
                     GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
                 );
                 if slow && self.requant_q8 {
-                    let d = q.dequantize(&Device::Cpu)?;
-                    q = QTensor::quantize(&d, GgmlDType::Q8_0)?;
+                    q = QTensor::quantize(&dequantize_parallel(&q)?, GgmlDType::Q8_0)?;
                 }
                 match self.repack_q8(name, &q)? {
                     Some(m) => Ok(Linear::Q8(Arc::new(m))),
@@ -294,14 +301,10 @@ impl Loader<'_> {
             return Ok(None);
         }
         let (n, k) = q.shape().dims2()?;
-        let path = match &self.src {
-            Source::Gguf(f) => f.path.clone(),
-            Source::Dense { path, .. } => path.clone(),
-        };
         Q8Matrix::from_gguf_bytes(&q.data()?, n, k)
             .map(Some)
             .map_err(|reason| EngineError::Corrupt {
-                path,
+                path: self.path(),
                 reason: format!("tensor `{name}`: {reason}"),
             })
     }

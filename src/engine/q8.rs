@@ -45,13 +45,7 @@ pub fn kernel() -> Option<Kernel> {
         static K: OnceLock<Option<Kernel>> = OnceLock::new();
         *K.get_or_init(|| {
             let choice = std::env::var("INFLUENCE_Q8_KERNEL").unwrap_or_default();
-            let avx512 = is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni");
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
+            let (avx512, avx2) = (supported(Kernel::Avx512), supported(Kernel::Avx2));
             match choice.as_str() {
                 "0" => None,
                 "avx2" if avx2 => Some(Kernel::Avx2),
@@ -64,6 +58,31 @@ pub fn kernel() -> Option<Kernel> {
     #[cfg(not(target_arch = "x86_64"))]
     {
         None
+    }
+}
+
+/// Whether this CPU has the instructions of `k`.
+fn supported(k: Kernel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match k {
+            Kernel::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            Kernel::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = k;
+        false
     }
 }
 
@@ -498,22 +517,12 @@ mod tests {
     /// Every variant this CPU runs, and the scalar reference.
     fn kernels() -> Vec<Option<Kernel>> {
         let mut v = vec![None];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                v.push(Some(Kernel::Avx2));
-            }
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
-            {
-                v.push(Some(Kernel::Avx512));
-            }
-        }
+        v.extend(
+            [Kernel::Avx2, Kernel::Avx512]
+                .into_iter()
+                .filter(|k| supported(*k))
+                .map(Some),
+        );
         v
     }
 
