@@ -66,20 +66,31 @@ impl TextTokenizer {
                 stop_ids.push(id as u32);
             }
         }
-        for t in TEMPLATE_END_TOKENS {
-            if let Some(id) = tok.token_to_id(t) {
-                stop_ids.push(id);
-            }
-        }
+        Ok(Self::with_stops(tok, bos_id, eos_id, add_bos, stop_ids))
+    }
+
+    /// Adds the chat templates' end-of-turn tokens the vocabulary has to `stop_ids`.
+    fn with_stops(
+        tok: Tokenizer,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        add_bos: bool,
+        mut stop_ids: Vec<u32>,
+    ) -> Self {
+        stop_ids.extend(
+            TEMPLATE_END_TOKENS
+                .iter()
+                .filter_map(|t| tok.token_to_id(t)),
+        );
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(Self {
+        Self {
             tok,
             bos_id,
             eos_id,
             add_bos,
             stop_ids,
-        })
+        }
     }
 
     /// A `tokenizer.json` with ids taken from the model's config files (safetensors folders).
@@ -91,21 +102,13 @@ impl TextTokenizer {
     ) -> Result<Self, EngineError> {
         let tok = Tokenizer::from_file(path)
             .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
-        let mut stop_ids = eos_ids.to_vec();
-        for t in TEMPLATE_END_TOKENS {
-            if let Some(id) = tok.token_to_id(t) {
-                stop_ids.push(id);
-            }
-        }
-        stop_ids.sort_unstable();
-        stop_ids.dedup();
-        Ok(Self {
+        Ok(Self::with_stops(
             tok,
             bos_id,
-            eos_id: eos_ids.first().copied(),
+            eos_ids.first().copied(),
             add_bos,
-            stop_ids,
-        })
+            eos_ids.to_vec(),
+        ))
     }
 
     /// Opens a GGUF file (header only) and builds its tokenizer; for tools and tests.
