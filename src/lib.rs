@@ -14,6 +14,7 @@
 //! | `hub` | Hugging Face Hub client |
 //! | `downloads` | persistent download queue into the HF cache layout |
 //! | `library` | local model inventory |
+//! | `pytorch` | PyTorch `.bin` checkpoints: pickle allow-list, tensor index, loading via candle |
 //! | `server` | OpenAI- and Ollama-compatible HTTP API |
 //! | `markdown` | streaming markdown rendering with syntax highlighting |
 //! | `conversations` | chat history, saved atomically |
@@ -32,6 +33,7 @@ pub mod library;
 pub mod logging;
 pub mod markdown;
 pub mod procmem;
+pub mod pytorch;
 pub mod remote;
 pub mod serve;
 pub mod server;

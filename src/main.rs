@@ -6,13 +6,24 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = |k: &str| std::env::var(k).ok();
-    let loaded = match config::load(&env, cli.config.as_deref(), &cli.flag_overrides()) {
+    let cwd = std::env::current_dir().ok();
+    let loaded = match config::load_with_dotenv(
+        &env,
+        cwd.as_deref(),
+        cli.config.as_deref(),
+        &cli.flag_overrides(),
+    ) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("influence: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
+    // Variables read outside the config (proxies, RUST_LOG, the remote API key, kernel switches)
+    // see the `.env` values too. No thread has started yet, so changing the environment is safe.
+    for (k, v) in loaded.dotenv.missing_from(&env) {
+        std::env::set_var(k, v);
+    }
     if loaded.config.engine.requant_q8 && std::env::var_os("INFLUENCE_REQUANT_Q8").is_none() {
         // The engine reads this once when it loads a model; set it before any thread starts.
         std::env::set_var("INFLUENCE_REQUANT_Q8", "1");

@@ -13,10 +13,12 @@ use std::time::Duration;
 
 fn influence(home: &std::path::Path) -> Command {
     let mut c = Command::cargo_bin("influence").unwrap();
+    // The home is also the working folder, so a `.env` in the checkout never leaks in.
     c.env_clear()
         .env("INFLUENCE_HOME", home)
         .env("HF_HOME", home.join("hf"))
-        .env("HOME", home);
+        .env("HOME", home)
+        .current_dir(home);
     c
 }
 
@@ -48,6 +50,61 @@ fn config_prints_values_and_sources() {
         .stdout(predicate::str::is_match(r"server.port\s+= 9999\s+# env INFLUENCE_PORT").unwrap())
         .stdout(predicate::str::is_match(r"engine.threads\s+= 3\s+# flag --threads").unwrap())
         .stdout(predicate::str::is_match(r"server.max_queue\s+= 16\s+# default").unwrap());
+}
+
+#[test]
+fn dotenv_files_supply_values_and_config_names_them() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    let project_env = project.path().join(".env");
+    std::fs::write(
+        &project_env,
+        "# for this project\nINFLUENCE_THEME=light\nINFLUENCE_PORT=9100\nAWS_SECRET_KEY=x\n",
+    )
+    .unwrap();
+    std::fs::write(home.path().join(".env"), "INFLUENCE_THREADS=3\nINFLUENCE_THEME=dark\n").unwrap();
+    let out = influence(home.path())
+        .current_dir(project.path())
+        .env("INFLUENCE_PORT", "9200")
+        .arg("config")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .to_string()
+    };
+    assert!(
+        line("theme").ends_with(&format!("# {} (INFLUENCE_THEME)", project_env.display())),
+        "{out}"
+    );
+    assert!(line("server.port").contains("= 9200"), "the real environment wins: {out}");
+    assert!(line("server.port").ends_with("# env INFLUENCE_PORT"), "{out}");
+    assert!(
+        line("engine.threads").ends_with(&format!(
+            "# {} (INFLUENCE_THREADS)",
+            home.path().join(".env").display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("ignored: AWS_SECRET_KEY"), "{out}");
+
+    std::fs::write(&project_env, "INFLUENCE_THEME=light\nthis is not a setting\n").unwrap();
+    influence(home.path())
+        .current_dir(project.path())
+        .arg("config")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}: line 2",
+            project_env.display()
+        )))
+        .stderr(predicate::str::contains("this is not a setting"));
 }
 
 #[test]

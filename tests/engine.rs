@@ -4,6 +4,8 @@
 
 #[path = "support/models.rs"]
 mod models;
+#[path = "support/torch_zip.rs"]
+mod torch_zip;
 use models::{gemma3, minilm, qwen2, smollm};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -564,6 +566,49 @@ mod embeddings {
         let n: f32 = v[2].iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-4);
     }
+
+    /// The same MiniLM weights as `pytorch_model.bin` (one file, and two shards with their index)
+    /// give bit-identical embeddings.
+    #[test]
+    fn pytorch_bin_matches_safetensors_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let single = dir.path().join("minilm-bin");
+        let sharded = dir.path().join("minilm-shards");
+        torch_zip::minilm_as_pytorch(&minilm(), &single, 1);
+        torch_zip::minilm_as_pytorch(&minilm(), &sharded, 2);
+        assert!(!single.join("model.safetensors").exists());
+        assert!(sharded.join("pytorch_model-00002-of-00002.bin").is_file());
+        let texts = vec![
+            "A man is eating food.".to_string(),
+            "The new movie is awesome.".to_string(),
+        ];
+        let engine = new_engine();
+        let want = wait(engine.embed(minilm(), texts.clone())).unwrap();
+        let st = wait(engine.load(minilm())).unwrap();
+        let info = wait(engine.load(single.clone())).unwrap();
+        assert_eq!(info.kind, ModelKind::Embed);
+        assert_eq!(info.n_params, st.n_params);
+        assert_eq!(wait(engine.embed(single, texts.clone())).unwrap(), want);
+        assert_eq!(wait(engine.embed(sharded, texts)).unwrap(), want);
+    }
+
+    /// A checkpoint whose pickle calls `os.system` is refused by the allow-list: the error names
+    /// the global, and the command never ran.
+    #[test]
+    fn pickle_naming_os_system_is_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("evil");
+        let tensors = torch_zip::minilm_as_pytorch(&minilm(), &folder, 1);
+        let marker = dir.path().join("pwned");
+        let mut p = torch_zip::Pickle::default();
+        p.op(b"\x80\x02").global("os", "system");
+        p.text(&format!("touch {}", marker.display())).op(b"\x85R.");
+        torch_zip::write_with_pickle(&folder.join("pytorch_model.bin"), &tensors, &p.bytes);
+        let err = wait(new_engine().load(folder)).unwrap_err();
+        assert!(matches!(err, EngineError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains("`os.system`"), "{err}");
+        assert!(!marker.exists());
+    }
 }
 
 mod hf_folder {
@@ -676,6 +721,16 @@ mod hf_folder {
         let gguf_path = dir.path().join("tiny-llama.gguf");
         write_tiny_gguf(&gguf_path, "llama", gg);
 
+        // PyTorch twin: the same tensors as pytorch_model.bin next to the same config files.
+        let folder_bin = dir.path().join("tiny-llama-bin");
+        std::fs::create_dir(&folder_bin).unwrap();
+        for f in ["config.json", "tokenizer_config.json", "tokenizer.json"] {
+            std::fs::copy(folder.join(f), folder_bin.join(f)).unwrap();
+        }
+        let mut named: Vec<(String, Tensor)> = hf.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        torch_zip::write_checkpoint(&folder_bin.join("pytorch_model.bin"), &named);
+
         let engine = new_engine();
         let info = wait(engine.load(folder.clone())).unwrap();
         assert_eq!(info.arch, "llama");
@@ -690,6 +745,8 @@ mod hf_folder {
         };
         let a = run(folder);
         let b = run(gguf_path);
+        let c = run(folder_bin);
+        assert_eq!(a.ids, c.ids, "pytorch: {:?} vs {:?}", a.text, c.text);
         assert_eq!(a.stats.as_ref().unwrap().prompt_tokens, STORY_IDS.len());
         assert!(!a.ids.is_empty());
         assert_eq!(a.ids, b.ids, "{:?} vs {:?}", a.text, b.text);

@@ -472,6 +472,76 @@ mod download {
         h.shutdown().await;
     }
 
+    /// Repos with only PyTorch weights: the `.bin` set is pulled (one file, or every shard with
+    /// its index), never training state or other formats.
+    #[tokio::test]
+    async fn pulls_pytorch_weights_when_there_is_no_safetensors() {
+        use support::fake_hub::content;
+        let kb = 1024;
+        let hub = FakeHub::builder()
+            .repo(
+                FakeRepo::new("old/bert-bin")
+                    .file("config.json", br#"{"model_type":"bert"}"#.to_vec())
+                    .file("pytorch_model.bin", content("bin", 120 * kb))
+                    .file("training_args.bin", content("args", 2 * kb))
+                    .file("tf_model.h5", content("h5", 100 * kb))
+                    .file("vocab.txt", b"[PAD]\n[UNK]\n".to_vec()),
+            )
+            .repo(
+                FakeRepo::new("old/llama-shards")
+                    .file("config.json", br#"{"model_type":"llama"}"#.to_vec())
+                    .file("pytorch_model-00001-of-00002.bin", content("b1", 90 * kb))
+                    .file("pytorch_model-00002-of-00002.bin", content("b2", 80 * kb))
+                    .file(
+                        "pytorch_model.bin.index.json",
+                        br#"{"metadata":{},"weight_map":{}}"#.to_vec(),
+                    )
+                    .file("optimizer.bin", content("opt", 40 * kb))
+                    .file("tokenizer.json", br#"{"version":"1.0"}"#.to_vec()),
+            )
+            .start()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let e = Env {
+            cache: dir.path().join("hf/hub"),
+            data: dir.path().join("data"),
+            hub,
+            _dir: dir,
+        };
+        let (h, mut ev) = downloads::spawn(e.config(None)).unwrap();
+        for (repo, want, not) in [
+            (
+                "old/bert-bin",
+                &["pytorch_model.bin", "config.json", "vocab.txt"][..],
+                &["training_args.bin", "tf_model.h5"][..],
+            ),
+            (
+                "old/llama-shards",
+                &[
+                    "pytorch_model-00001-of-00002.bin",
+                    "pytorch_model-00002-of-00002.bin",
+                    "pytorch_model.bin.index.json",
+                    "config.json",
+                    "tokenizer.json",
+                ][..],
+                &["optimizer.bin"][..],
+            ),
+        ] {
+            let info = e.client(None).model_info(repo, None).await.unwrap();
+            let ids = enqueue_selection(&h, &info, &PullRequest::default());
+            assert_eq!(ids.len(), want.len(), "{repo}");
+            let (res, _) = wait_all(&mut ev, &ids).await;
+            assert!(res.values().all(|r| r.is_ok()), "{res:?}");
+            for p in want {
+                e.assert_file_ok(repo, p);
+            }
+            for p in not {
+                assert!(!e.snapshot(repo, p).exists(), "{repo}: {p} was pulled");
+            }
+        }
+        h.shutdown().await;
+    }
+
     #[tokio::test]
     async fn resumes_after_a_cut_connection_with_range() {
         let e = env().await;

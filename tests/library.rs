@@ -5,6 +5,8 @@
 
 #[path = "support/models.rs"]
 mod models;
+#[path = "support/torch_zip.rs"]
+mod torch_zip;
 use models::{minilm, smollm as smol};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -341,6 +343,44 @@ mod inventory {
         );
         // An encoder keeps no KV cache: weights + 10%.
         assert_eq!(m.memory_estimate, Some(m.info.weight_bytes * 11 / 10));
+    }
+
+    #[test]
+    fn pytorch_folders_are_listed_with_their_format_and_refusals() {
+        let sb = Sandbox::new();
+        let models = sb.root.join("models");
+        let tensors = torch_zip::minilm_as_pytorch(&minilm(), &models.join("minilm-bin"), 1);
+        // The same weights, but the pickle names a global a tensor archive never needs.
+        let evil = models.join("evil-bin");
+        torch_zip::minilm_as_pytorch(&minilm(), &evil, 1);
+        let mut p = torch_zip::Pickle::default();
+        p.op(b"\x80\x02").global("os", "system").text("id").op(b"\x85R.");
+        torch_zip::write_with_pickle(&evil.join("pytorch_model.bin"), &tensors, &p.bytes);
+        let roots = LibraryRoots {
+            extra: vec![models, minilm()],
+            ..sb.roots.clone()
+        };
+        let lib = Library::scan(&roots);
+        let names: Vec<&str> = lib.models().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["evil-bin", "minilm", "minilm-bin"]);
+        let (evil, st, bin) = (&lib.models()[0], &lib.models()[1], &lib.models()[2]);
+        assert_eq!(bin.format, Format::Pytorch);
+        assert_eq!(bin.format.label(), "pytorch");
+        assert_eq!(bin.kind, ModelKind::Embedding);
+        assert_eq!(bin.runnable, Runnable::Yes);
+        assert_eq!(bin.broken, None);
+        assert_eq!(bin.info.quant.as_deref(), Some("F32"));
+        assert_eq!(bin.info.parameters, st.info.parameters);
+        assert_eq!(bin.info.tensor_types, st.info.tensor_types);
+        assert_eq!(bin.info.weight_bytes, st.info.weight_bytes);
+        assert_eq!(evil.format, Format::Pytorch);
+        assert_eq!(evil.broken, None, "intact, but refused");
+        match &evil.runnable {
+            Runnable::No { reason } => assert!(reason.contains("`os.system`"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let json = serde_json::to_value(bin).unwrap();
+        assert_eq!(json["format"], "pytorch");
     }
 
     #[test]

@@ -39,7 +39,7 @@ const PREFERRED: [&str; 6] = ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q4_0", "Q6_K", "Q8_
 /// One thing the detail view offers to download.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
-    /// `Q4_K_M`, or `safetensors` for a full-precision set.
+    /// `Q4_K_M`, or `safetensors` / `pytorch` for a full-precision set.
     pub label: String,
     pub files: Vec<String>,
     pub size: u64,
@@ -173,7 +173,8 @@ pub fn sort_label(s: Sort) -> &'static str {
     }
 }
 
-/// The download choices for a model: each GGUF quant (all parts), then a safetensors set.
+/// The download choices for a model: each GGUF quant (all parts), then a safetensors set, or a
+/// PyTorch `.bin` set when there is no safetensors.
 pub fn choices(info: &ModelInfo, mem: Option<MemInfo>) -> Vec<Choice> {
     let mut out = Vec::new();
     for g in group_gguf(&info.files) {
@@ -212,6 +213,30 @@ pub fn choices(info: &ModelInfo, mem: Option<MemInfo>) -> Vec<Choice> {
             fit: mem.map(|m| fit_for(size, m)),
             note: None,
         });
+    } else {
+        let (files, note) = match crate::hub::pytorch_set(info) {
+            Ok(Some(files)) => (files, None),
+            Ok(None) => (Vec::new(), None),
+            Err(e) => {
+                let parts = info
+                    .files
+                    .iter()
+                    .filter(|f| crate::pytorch::is_weights_name(&f.path))
+                    .cloned()
+                    .collect();
+                (parts, Some(e.to_string()))
+            }
+        };
+        if !files.is_empty() {
+            let size = files.iter().filter_map(|f| f.size).sum();
+            out.push(Choice {
+                label: "pytorch".into(),
+                files: files.into_iter().map(|f| f.path).collect(),
+                size,
+                fit: mem.map(|m| fit_for(size, m)),
+                note,
+            });
+        }
     }
     out
 }
@@ -222,7 +247,8 @@ pub fn specs_for(detail: &Detail, choice: &Choice) -> Result<Vec<DownloadSpec>, 
         .info
         .as_ref()
         .ok_or("the model details are still loading")?;
-    let req = if choice.label == "safetensors" {
+    let full_precision = choice.label == "safetensors" || choice.label == "pytorch";
+    let req = if full_precision {
         PullRequest::default()
     } else {
         PullRequest {
@@ -231,8 +257,8 @@ pub fn specs_for(detail: &Detail, choice: &Choice) -> Result<Vec<DownloadSpec>, 
         }
     };
     let has_gguf = info.files.iter().any(|f| f.path.ends_with(".gguf"));
-    let files = if choice.label == "safetensors" && has_gguf {
-        // A repo with both formats: the safetensors weights and the small files beside them
+    let files = if full_precision && has_gguf {
+        // A repo with both formats: the full-precision weights and the small files beside them
         // (configs, tokenizer), never the GGUF files.
         let small = info.files.iter().filter(|f| {
             let p = f.path.to_ascii_lowercase();

@@ -1,9 +1,11 @@
-//! Layered configuration: embedded defaults → user file → environment → CLI flags.
+//! Layered configuration: embedded defaults → user file → environment (and `.env` files) → CLI
+//! flags.
 //!
 //! Each layer is a TOML table merged over the previous one; every leaf remembers where it came
 //! from so `influence config` can say why a value is what it is. Each file layer is checked
 //! against the schema on its own, so a mistake is reported with its file, line and key.
 
+pub mod dotenv;
 pub mod keymap;
 pub mod theme;
 
@@ -99,6 +101,11 @@ pub enum Source {
     Default,
     File(PathBuf),
     Env(String),
+    /// A variable set in a `.env` file (and not in the real environment).
+    DotEnv {
+        file: PathBuf,
+        var: String,
+    },
     Flag(String),
 }
 
@@ -108,6 +115,7 @@ impl fmt::Display for Source {
             Source::Default => write!(f, "default"),
             Source::File(p) => write!(f, "{}", p.display()),
             Source::Env(v) => write!(f, "env {v}"),
+            Source::DotEnv { file, var } => write!(f, "{} ({var})", file.display()),
             Source::Flag(n) => write!(f, "flag --{n}"),
         }
     }
@@ -127,6 +135,12 @@ pub enum ConfigError {
     Read {
         file: PathBuf,
         source: std::io::Error,
+    },
+    #[error("{file}: line {line}: {message}")]
+    DotEnv {
+        file: PathBuf,
+        line: usize,
+        message: String,
     },
     #[error("environment variable {var}={value:?}: {message}")]
     Env {
@@ -198,6 +212,8 @@ pub struct Loaded {
     pub config: Config,
     pub sources: BTreeMap<String, Source>,
     pub dirs: Dirs,
+    /// The `.env` files that were read.
+    pub dotenv: dotenv::DotEnv,
 }
 
 impl Loaded {
@@ -254,6 +270,23 @@ impl Loaded {
             self.dirs.data_dir.display(),
             self.dirs.log_dir.display()
         ));
+        for f in &self.dotenv.files {
+            let names: Vec<&str> = f.vars.iter().map(|(k, _)| k.as_str()).collect();
+            out.push_str(&format!(
+                "# .env file:   {}: {}{}\n",
+                f.path.display(),
+                if names.is_empty() {
+                    "nothing Influence reads".to_string()
+                } else {
+                    names.join(", ")
+                },
+                if f.ignored.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (ignored: {})", f.ignored.join(", "))
+                }
+            ));
+        }
         let table = toml::Table::try_from(&self.config).unwrap_or_default();
         let mut leaves = Vec::new();
         flatten("", &toml::Value::Table(table), &mut leaves);
@@ -501,7 +534,7 @@ fn typed(defaults: &toml::Table, key: &str, raw: &str) -> Result<toml::Value, St
     }
 }
 
-/// Builds the effective configuration from all four layers.
+/// Builds the effective configuration from all four layers, without `.env` files.
 ///
 /// `env` is injected so tests can run in parallel with different environments.
 pub fn load(
@@ -509,7 +542,28 @@ pub fn load(
     config_flag: Option<&Path>,
     flags: &FlagOverrides,
 ) -> Result<Loaded, ConfigError> {
-    let dirs = Dirs::resolve(env, config_flag);
+    load_layers(env, dotenv::DotEnv::default(), config_flag, flags)
+}
+
+/// [`load`], with the variables of `<cwd>/.env` and `<config dir>/.env` under the environment:
+/// a variable set in the real environment wins over both files.
+pub fn load_with_dotenv(
+    env: &dyn Fn(&str) -> Option<String>,
+    cwd: Option<&Path>,
+    config_flag: Option<&Path>,
+    flags: &FlagOverrides,
+) -> Result<Loaded, ConfigError> {
+    let files = dotenv::DotEnv::discover(env, cwd, config_flag)?;
+    load_layers(env, files, config_flag, flags)
+}
+
+fn load_layers(
+    env: &dyn Fn(&str) -> Option<String>,
+    files: dotenv::DotEnv,
+    config_flag: Option<&Path>,
+    flags: &FlagOverrides,
+) -> Result<Loaded, ConfigError> {
+    let dirs = Dirs::resolve(&|k| files.lookup(env, k), config_flag);
     let mut sources = BTreeMap::new();
     let mut merged: toml::Table =
         toml::from_str(DEFAULT_CONFIG).expect("embedded default config is valid TOML");
@@ -538,14 +592,36 @@ pub fn load(
     let mut env_layer = toml::Table::new();
     let mut env_sources = BTreeMap::new();
     for (var, key) in ENV_KEYS {
-        if let Some(raw) = env(var).filter(|v| !v.is_empty()) {
-            let value = typed(&defaults, key, &raw).map_err(|message| ConfigError::Env {
-                var: var.to_string(),
-                value: raw.clone(),
-                message,
+        let found = match env(var) {
+            Some(raw) => Some((raw, Source::Env(var.to_string()))),
+            None => files.get(var).map(|(raw, file)| {
+                let source = Source::DotEnv {
+                    file: file.to_path_buf(),
+                    var: var.to_string(),
+                };
+                (raw.to_string(), source)
+            }),
+        };
+        if let Some((raw, source)) = found.filter(|(v, _)| !v.is_empty()) {
+            let value = typed(&defaults, key, &raw).map_err(|message| match &source {
+                Source::DotEnv { file, .. } => ConfigError::DotEnv {
+                    file: file.clone(),
+                    line: files
+                        .files
+                        .iter()
+                        .find(|f| f.path == *file)
+                        .and_then(|f| f.line_of(var))
+                        .unwrap_or(1),
+                    message: format!("{var}={raw:?}: {message}"),
+                },
+                _ => ConfigError::Env {
+                    var: var.to_string(),
+                    value: raw.clone(),
+                    message,
+                },
             })?;
             set_path(&mut env_layer, key, value);
-            env_sources.insert(key.to_string(), Source::Env(var.to_string()));
+            env_sources.insert(key.to_string(), source);
         }
     }
     merge(
@@ -602,6 +678,7 @@ pub fn load(
         config,
         sources,
         dirs,
+        dotenv: files,
     };
     validate(&loaded)?;
     Ok(loaded)
@@ -863,6 +940,70 @@ mod tests {
         let dir = home_with(&text);
         let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
         load(&env, None, &Default::default()).unwrap();
+    }
+
+    #[test]
+    fn dotenv_files_sit_under_the_environment() {
+        let home = tempfile::tempdir().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("config.toml"), "theme = \"high-contrast\"\n").unwrap();
+        std::fs::write(
+            home.path().join(".env"),
+            "INFLUENCE_PORT=9100\nINFLUENCE_THEME=dark\nHF_TOKEN=hf_from_file\n",
+        )
+        .unwrap();
+        std::fs::write(
+            cwd.path().join(".env"),
+            "INFLUENCE_THEME=light\nINFLUENCE_HOST=127.0.0.5\nSECRET=x\n",
+        )
+        .unwrap();
+        let env = env_of(&[
+            ("INFLUENCE_HOME", home.path().to_str().unwrap()),
+            ("INFLUENCE_HOST", "127.0.0.7"),
+        ]);
+        let l = load_with_dotenv(&env, Some(cwd.path()), None, &Default::default()).unwrap();
+        // The current folder's file beats the config folder's, and both beat config.toml.
+        assert_eq!(l.config.theme, "light");
+        assert_eq!(
+            l.sources["theme"],
+            Source::DotEnv {
+                file: cwd.path().join(".env"),
+                var: "INFLUENCE_THEME".into()
+            }
+        );
+        assert_eq!(l.config.server.port, 9100);
+        assert_eq!(l.token().as_deref(), Some("hf_from_file"));
+        // The real environment beats both files.
+        assert_eq!(l.config.server.host, "127.0.0.7");
+        assert_eq!(l.sources["server.host"], Source::Env("INFLUENCE_HOST".into()));
+        let shown = l.describe();
+        let line = shown.lines().find(|l| l.starts_with("theme ")).unwrap();
+        assert!(
+            line.contains(&format!("{} (INFLUENCE_THEME)", cwd.path().join(".env").display())),
+            "{shown}"
+        );
+        assert!(shown.contains("(ignored: SECRET)"), "{shown}");
+        assert!(!shown.contains("hf_from_file"), "{shown}");
+
+        // `load` alone reads no files.
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(l.config.theme, "high-contrast");
+        assert!(l.dotenv.files.is_empty());
+    }
+
+    #[test]
+    fn dotenv_value_errors_name_the_file_and_line() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join(".env"), "# mine\nINFLUENCE_THREADS=lots\n").unwrap();
+        let env = env_of(&[("INFLUENCE_HOME", home.path().to_str().unwrap())]);
+        let err = load_with_dotenv(&env, None, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".env: line 2"), "{err}");
+        assert!(
+            err.contains("INFLUENCE_THREADS") && err.contains("whole number"),
+            "{err}"
+        );
     }
 
     #[test]

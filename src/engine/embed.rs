@@ -1,5 +1,5 @@
-//! Sentence embeddings with BERT-family encoders from a safetensors folder
-//! (`config.json` + `model.safetensors` + `tokenizer.json`): mean pooling over real tokens,
+//! Sentence embeddings with BERT-family encoders from a Hugging Face folder
+//! (`config.json` + `model.safetensors` or `pytorch_model.bin` + `tokenizer.json`): mean pooling over real tokens,
 //! then L2 normalisation — the sentence-transformers recipe.
 
 use std::path::Path;
@@ -61,15 +61,10 @@ impl Embedder {
         tok.with_truncation(None)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
 
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(corrupt(dir, "model.safetensors is missing"));
-        }
-        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-            .map_err(|e| corrupt(&weights, format!("cannot read safetensors: {e}")))?;
+        let tensors = super::weights::load_folder(dir)?;
         let n_params: u64 = tensors.values().map(|t| t.elem_count() as u64).sum();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let model = BertModel::load(vb, &cfg).map_err(|e| corrupt(&weights, e))?;
+        let model = BertModel::load(vb, &cfg).map_err(|e| corrupt(dir, e))?;
         let info = ModelInfo {
             id,
             arch: "bert".into(),

@@ -16,8 +16,11 @@ pub enum EngineError {
     #[error("{path} is truncated: {reason}. The download is probably incomplete; run `influence verify` or pull the file again")]
     Truncated { path: PathBuf, reason: String },
 
-    #[error("{path} is not a valid model file: {reason}. Re-download it, or check that it is a GGUF file or a safetensors folder")]
+    #[error("{path} is not a valid model file: {reason}. Re-download it, or check that it is a GGUF file or a safetensors or PyTorch folder")]
     Corrupt { path: PathBuf, reason: String },
+
+    #[error("{path} was refused: {reason}. Use the model's safetensors or GGUF weights instead")]
+    Refused { path: PathBuf, reason: String },
 
     #[error("no usable tokenizer for {path}: the GGUF has no embedded tokenizer and there is no tokenizer.json next to it. Download the model's tokenizer.json into the same folder")]
     MissingTokenizer { path: PathBuf },

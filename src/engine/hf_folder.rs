@@ -1,11 +1,9 @@
-//! Generative models stored as Hugging Face folders: `config.json`, `*.safetensors`
-//! (f32/f16/bf16), `tokenizer.json`, `tokenizer_config.json`. Run by the same decoder as GGUF
+//! Generative models stored as Hugging Face folders: `config.json`, `*.safetensors` or
+//! `pytorch_model*.bin` (f32/f16/bf16), `tokenizer.json`, `tokenizer_config.json`. Run by the same decoder as GGUF
 //! files, in f32.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 
 use super::decoder::{Decoder, DecoderConfig};
@@ -168,21 +166,7 @@ pub(crate) fn load(
         None => ChatTemplate::fallback(model_type, &bos_s, &eos_s),
     };
 
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| corrupt(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(corrupt(dir, "no .safetensors weight files in the folder"));
-    }
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for f in &files {
-        let t = candle_core::safetensors::load(f, &Device::Cpu)
-            .map_err(|e| corrupt(f, format!("cannot read safetensors: {e}")))?;
-        tensors.extend(t);
-    }
+    let tensors = super::weights::load_folder(dir)?;
     let n_params: u64 = tensors.values().map(|t| t.elem_count() as u64).sum();
     let quant = tensors
         .get("model.embed_tokens.weight")

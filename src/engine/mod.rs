@@ -10,7 +10,9 @@
 //!   SmolLM2, tied embeddings), qwen2 (q/k/v biases), qwen3 (q/k norms), phi3 (fused qkv and
 //!   gate/up), gemma3 (sliding-window local layers, extra norms). `token_embd` stays quantized.
 //! - Hugging Face safetensors folders of the same families except gemma3 (f32/f16/bf16, run in
-//!   f32), and BERT embedding folders (mean pooling + L2 normalisation).
+//!   f32), and BERT embedding folders (mean pooling + L2 normalisation). Folders with only
+//!   PyTorch `pytorch_model.bin` weights load too, through `crate::pytorch`'s pickle allow-list
+//!   and candle's pickle reader (`weights.rs`).
 //! - Tokenizers from `tokenizer.json` or rebuilt from GGUF metadata (byte-level BPE and
 //!   SentencePiece), chat templates via minijinja, sampling in [`sampling`].
 //!
@@ -42,6 +44,7 @@ mod stop;
 pub mod template;
 pub mod tokenize;
 mod types;
+mod weights;
 mod worker;
 
 use std::path::PathBuf;

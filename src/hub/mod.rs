@@ -14,8 +14,8 @@ pub mod validate;
 pub use client::{FileMeta, FileResponse, HubClient};
 pub use error::HubError;
 pub use quant::{
-    fit_for, group_gguf, human_bytes, select_files, Fit, FitReport, GgufGroup, PullRequest, Quant,
-    SelectError,
+    fit_for, group_gguf, human_bytes, pytorch_set, select_files, Fit, FitReport, GgufGroup,
+    PullRequest, Quant, SelectError,
 };
 pub use sysmem::MemInfo;
 pub use token::read_token;

@@ -377,7 +377,7 @@ pub enum SelectError {
     )]
     IncompleteSplit { repo: String, quant: String },
     #[error(
-        "{repo} has no GGUF or safetensors weights; choose files with --file (files: {available})"
+        "{repo} has no GGUF, safetensors or PyTorch weights; choose files with --file (files: {available})"
     )]
     NoWeights { repo: String, available: String },
 }
@@ -406,6 +406,9 @@ const SAFETENSORS_COMPANIONS: [&str; 12] = [
     "model.safetensors.index.json",
 ];
 
+/// Index of a sharded PyTorch checkpoint (`pytorch_model-0000N-of-0000M.bin`).
+const PYTORCH_INDEX: &str = "pytorch_model.bin.index.json";
+
 /// README and licence files are pulled only below this size.
 const SMALL_DOC_LIMIT: u64 = 1024 * 1024;
 
@@ -422,7 +425,8 @@ const DEFAULT_QUANTS: [Quant; 8] = [
 ];
 
 /// Chooses what to download: the requested files, one GGUF quant (all parts) with its small
-/// companions, or a safetensors set. Never every file blindly.
+/// companions, a safetensors set, or (when there is no safetensors) a PyTorch `.bin` set. Never
+/// every file blindly.
 pub fn select_files(info: &ModelInfo, req: &PullRequest) -> Result<Vec<RepoFile>, SelectError> {
     let list = || {
         let mut names: Vec<&str> = info.files.iter().map(|f| f.path.as_str()).collect();
@@ -514,10 +518,64 @@ pub fn select_files(info: &ModelInfo, req: &PullRequest) -> Result<Vec<RepoFile>
         out.extend(docs);
         return Ok(out);
     }
+    if let Some(weights) = pytorch_set(info)? {
+        let mut out = weights;
+        out.extend(
+            info.files
+                .iter()
+                .filter(|f| {
+                    SAFETENSORS_COMPANIONS.contains(&f.path.as_str()) || f.path == PYTORCH_INDEX
+                })
+                .cloned(),
+        );
+        out.extend(docs);
+        return Ok(out);
+    }
     Err(SelectError::NoWeights {
         repo: info.id.clone(),
         available: list(),
     })
+}
+
+/// The PyTorch weights of a repo: `pytorch_model.bin`, or every shard of a split checkpoint
+/// (which needs its index). Training state (`optimizer.bin`, `training_args.bin`) is not weights.
+pub fn pytorch_set(info: &ModelInfo) -> Result<Option<Vec<RepoFile>>, SelectError> {
+    let top = |f: &&RepoFile| !f.path.contains('/');
+    if let Some(single) = info.files.iter().filter(top).find(|f| f.path == "pytorch_model.bin") {
+        return Ok(Some(vec![single.clone()]));
+    }
+    let mut shards: Vec<(u32, u32, &RepoFile)> = info
+        .files
+        .iter()
+        .filter(top)
+        .filter(|f| crate::pytorch::is_weights_name(&f.path))
+        .filter_map(|f| {
+            let (i, n) = f
+                .path
+                .strip_prefix("pytorch_model-")?
+                .strip_suffix(".bin")?
+                .split_once("-of-")?;
+            Some((i.parse().ok()?, n.parse().ok()?, f))
+        })
+        .collect();
+    if shards.is_empty() {
+        return Ok(None);
+    }
+    shards.sort_by_key(|(i, _, _)| *i);
+    let total = shards[0].1;
+    let complete = shards.len() as u32 == total
+        && shards
+            .iter()
+            .enumerate()
+            .all(|(k, (i, n, _))| *i == k as u32 + 1 && *n == total)
+        && info.files.iter().any(|f| f.path == PYTORCH_INDEX);
+    if !complete {
+        return Err(SelectError::IncompleteSplit {
+            repo: info.id.clone(),
+            quant: "PyTorch".into(),
+        });
+    }
+    Ok(Some(shards.into_iter().map(|(_, _, f)| f.clone()).collect()))
 }
 
 fn is_small_doc(f: &RepoFile) -> bool {
@@ -695,9 +753,62 @@ mod tests {
                 "tokenizer.json",
             ]
         );
-        let none = info(vec![file("pytorch_model.bin", 1)]);
+        let none = info(vec![file("README.md", 1), file("onnx/model.onnx", 1)]);
         assert!(matches!(
             select_files(&none, &PullRequest::default()),
+            Err(SelectError::NoWeights { .. })
+        ));
+    }
+
+    #[test]
+    fn selects_pytorch_weights_when_there_is_no_safetensors() {
+        let paths = |i: &ModelInfo| -> Vec<String> {
+            select_files(i, &PullRequest::default())
+                .unwrap()
+                .into_iter()
+                .map(|f| f.path)
+                .collect()
+        };
+        let single = info(vec![
+            file("pytorch_model.bin", 10),
+            file("training_args.bin", 1),
+            file("config.json", 1),
+            file("vocab.txt", 1),
+            file("tf_model.h5", 10),
+            file("README.md", 1),
+        ]);
+        assert_eq!(
+            paths(&single),
+            ["pytorch_model.bin", "config.json", "vocab.txt", "README.md"]
+        );
+        let sharded = info(vec![
+            file("pytorch_model-00002-of-00002.bin", 10),
+            file("pytorch_model-00001-of-00002.bin", 10),
+            file("pytorch_model.bin.index.json", 1),
+            file("optimizer.bin", 10),
+            file("tokenizer.json", 1),
+        ]);
+        assert_eq!(
+            paths(&sharded),
+            [
+                "pytorch_model-00001-of-00002.bin",
+                "pytorch_model-00002-of-00002.bin",
+                "pytorch_model.bin.index.json",
+                "tokenizer.json",
+            ]
+        );
+        let missing_part = info(vec![
+            file("pytorch_model-00001-of-00003.bin", 10),
+            file("pytorch_model-00003-of-00003.bin", 10),
+            file("pytorch_model.bin.index.json", 1),
+        ]);
+        assert!(matches!(
+            select_files(&missing_part, &PullRequest::default()),
+            Err(SelectError::IncompleteSplit { .. })
+        ));
+        let only_training_state = info(vec![file("optimizer.bin", 10)]);
+        assert!(matches!(
+            select_files(&only_training_state, &PullRequest::default()),
             Err(SelectError::NoWeights { .. })
         ));
     }

@@ -19,6 +19,26 @@ pub(crate) fn is_safetensors(p: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
+/// `pytorch_model.bin` or one of its shards.
+pub(crate) fn is_pytorch_weights(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| crate::pytorch::is_weights_name(&n.to_string_lossy()))
+}
+
+/// The job that reads a model folder's weights: its safetensors files, or else its PyTorch
+/// weights (what the engine loads). `files` are the folder's entries; `None` if it has neither.
+pub(crate) fn folder_job(dir: &Path, files: &[PathBuf]) -> Option<Job> {
+    let pick = |f: fn(&Path) -> bool| -> Vec<PathBuf> {
+        files.iter().filter(|p| f(p)).cloned().collect()
+    };
+    let st = pick(is_safetensors);
+    if !st.is_empty() {
+        return Some(Job::Safetensors(dir.to_path_buf(), st));
+    }
+    let bin = pick(is_pytorch_weights);
+    (!bin.is_empty()).then(|| Job::Pytorch(dir.to_path_buf(), bin))
+}
+
 /// One GGUF model among a folder's files: a single file or the shards of a split model.
 #[derive(Debug, Clone)]
 pub(crate) struct GgufGroup {
@@ -214,14 +234,10 @@ fn models_in_dir(
     for g in gguf_groups(entries) {
         out.push(gguf_file_model(&g, source, location()));
     }
-    let st: Vec<PathBuf> = entries
-        .iter()
-        .filter(|p| is_safetensors(p) && p.is_file())
-        .cloned()
-        .collect();
-    if st.is_empty() {
+    let weights: Vec<PathBuf> = entries.iter().filter(|p| p.is_file()).cloned().collect();
+    let Some(job) = folder_job(dir, &weights) else {
         return false;
-    }
+    };
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -238,7 +254,7 @@ fn models_in_dir(
             load_path: dir.to_path_buf(),
             files,
         }
-        .pending(Job::Safetensors(dir.to_path_buf(), st)),
+        .pending(job),
     );
     true
 }
@@ -292,7 +308,7 @@ pub(crate) fn scan_import(path: &Path, out: &mut Vec<Pending>, warnings: &mut Ve
         models_in_dir(path, &entries, Source::Import, Some(path), out);
         if out.len() == before {
             warnings.push(format!(
-                "imported folder {} holds no .gguf or .safetensors files any more",
+                "imported folder {} holds no .gguf, .safetensors or pytorch_model.bin files any more",
                 path.display()
             ));
         }
@@ -317,7 +333,7 @@ pub(crate) fn scan_import(path: &Path, out: &mut Vec<Pending>, warnings: &mut Ve
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
     let why = if path.exists() {
-        "is not a .gguf file or a folder with .safetensors files"
+        "is not a .gguf file or a model folder"
     } else {
         "no longer exists"
     };

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use super::folders::{gguf_groups, is_safetensors};
+use super::folders::{folder_job, gguf_groups};
 use super::{Draft, FileHash, Job, Location, ModelFile, Pending, Source};
 
 pub(crate) fn scan(hub: &Path, out: &mut Vec<Pending>, warnings: &mut Vec<String>) {
@@ -213,15 +213,14 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<
                     .pending(Job::Gguf(shard_paths)),
                 );
             }
-        } else if rels
-            .iter()
-            .any(|r| r.components().count() == 1 && is_safetensors(r))
-        {
-            let st: Vec<PathBuf> = rels
+        } else if let Some(job) = folder_job(
+            snap_dir,
+            &rels
                 .iter()
-                .filter(|r| r.components().count() == 1 && is_safetensors(r))
+                .filter(|r| r.components().count() == 1)
                 .map(|r| snap_dir.join(r))
-                .collect();
+                .collect::<Vec<_>>(),
+        ) {
             out.push(
                 Draft {
                     name: format!("{repo}{suffix}"),
@@ -233,7 +232,7 @@ fn scan_repo(dir: &Path, repo: &str, out: &mut Vec<Pending>, warnings: &mut Vec<
                     load_path: snap_dir.clone(),
                     files: files.into_iter().map(|(_, f)| f).collect(),
                 }
-                .pending(Job::Safetensors(snap_dir.clone(), st)),
+                .pending(job),
             );
         }
     }

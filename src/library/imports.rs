@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::folders::{is_gguf, is_safetensors};
+use super::folders::{is_gguf, is_pytorch_weights, is_safetensors};
 use super::{Library, LibraryError, LibraryRoots};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +47,7 @@ pub(crate) fn write_imports(path: &Path, imports: Vec<ImportRecord>) -> Result<(
     crate::fsutil::write_atomic(path, &json).map_err(|e| LibraryError::io("writing", path, e))
 }
 
-/// Adds `path` (a `.gguf` file or a folder holding `.gguf`/`.safetensors` files) to the imports
+/// Adds `path` (a `.gguf` file or a folder holding `.gguf`, `.safetensors` or PyTorch weights) to the imports
 /// list, by reference. Refuses paths that are not models and paths the library already lists.
 pub fn import(roots: &LibraryRoots, path: &Path) -> Result<ImportRecord, LibraryError> {
     let abs = std::fs::canonicalize(path).map_err(|e| LibraryError::NotAModel {
@@ -65,11 +65,14 @@ pub fn import(roots: &LibraryRoots, path: &Path) -> Result<ImportRecord, Library
         let entries = std::fs::read_dir(&abs).map_err(|e| LibraryError::io("reading", &abs, e))?;
         let has_model = entries
             .flatten()
-            .any(|e| is_gguf(&e.path()) || is_safetensors(&e.path()));
+            .any(|e| {
+                let p = e.path();
+                is_gguf(&p) || is_safetensors(&p) || is_pytorch_weights(&p)
+            });
         if !has_model {
             return Err(LibraryError::NotAModel {
                 path: abs,
-                reason: "the folder holds no .gguf or .safetensors files".into(),
+                reason: "the folder holds no .gguf, .safetensors or pytorch_model.bin files".into(),
             });
         }
     }

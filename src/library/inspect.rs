@@ -43,6 +43,9 @@ pub(crate) struct Inspection {
     pub kv_value_bytes: u64,
     /// A tokenizer the engine can build: the GGUF vocabulary, or `tokenizer.json`.
     pub has_tokenizer: bool,
+    /// Why the engine refuses the weights although they are intact (a PyTorch pickle naming a
+    /// global outside the allow-list, or the legacy PyTorch format).
+    pub refused: Option<String>,
 }
 
 fn is_embedding_arch(arch: &str) -> bool {
@@ -61,6 +64,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         // candle's quantized models compute in f32, so their KV cache holds f32 values.
         kv_value_bytes: 4,
         has_tokenizer: false,
+        refused: None,
     };
     let mut params = 0u64;
     let mut weight_bytes = 0u64;
@@ -255,11 +259,85 @@ pub(crate) fn quant_from_file_name(stem: &str) -> Option<(&'static str, std::ops
     None
 }
 
+/// One tensor as a folder's weight files describe it.
+struct FolderTensor {
+    name: String,
+    dtype: String,
+    elements: u64,
+    bytes: u64,
+}
+
 /// Reads a safetensors model folder: `config.json`, every `*.safetensors` header, the tokenizer
 /// config for a chat template.
 pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
+    inspect_folder(dir, files, Format::Safetensors, &mut |file, ins| {
+        let header = match safetensors::read_header(file) {
+            Ok(h) => h,
+            Err(e) => {
+                ins.broken
+                    .get_or_insert_with(|| format!("{}: {e}", file_name(file)));
+                return Vec::new();
+            }
+        };
+        let end = header.data_end();
+        if end > header.file_size {
+            ins.broken.get_or_insert_with(|| {
+                format!(
+                    "{}: tensor data ends at {} but file is {} (truncated download? delete it and download again)",
+                    file_name(file),
+                    human_bytes(end),
+                    human_bytes(header.file_size)
+                )
+            });
+        }
+        header
+            .tensors
+            .into_iter()
+            .map(|t| FolderTensor {
+                elements: t.elements(),
+                bytes: t.end - t.begin,
+                name: t.name,
+                dtype: t.dtype,
+            })
+            .collect()
+    })
+}
+
+/// Reads a model folder whose weights are PyTorch `.bin` files: the same facts as for
+/// safetensors, from each checkpoint's pickle index (checked against the allow-list).
+pub(crate) fn inspect_pytorch(dir: &Path, files: &[PathBuf]) -> Inspection {
+    use crate::pytorch::{read_index, PytorchError};
+    inspect_folder(dir, files, Format::Pytorch, &mut |file, ins| {
+        match read_index(file) {
+            Ok(list) => list
+                .into_iter()
+                .map(|t| FolderTensor {
+                    name: t.name,
+                    dtype: t.dtype.to_string(),
+                    elements: t.elements,
+                    bytes: t.bytes,
+                })
+                .collect(),
+            Err(e @ (PytorchError::Refused { .. } | PytorchError::Legacy { .. })) => {
+                ins.refused.get_or_insert_with(|| e.to_string());
+                Vec::new()
+            }
+            Err(e) => {
+                ins.broken.get_or_insert_with(|| e.to_string());
+                Vec::new()
+            }
+        }
+    })
+}
+
+fn inspect_folder(
+    dir: &Path,
+    files: &[PathBuf],
+    format: Format,
+    read: &mut dyn FnMut(&Path, &mut Inspection) -> Vec<FolderTensor>,
+) -> Inspection {
     let mut ins = Inspection {
-        format: Format::Safetensors,
+        format,
         info: ModelInfo::default(),
         kind: ModelKind::Generate,
         broken: None,
@@ -267,6 +345,7 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
         st_dtypes: BTreeSet::new(),
         kv_value_bytes: 2,
         has_tokenizer: false,
+        refused: None,
     };
     let config = match read_json(&dir.join("config.json")) {
         Ok(c) => c,
@@ -298,38 +377,20 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
     let mut weight_bytes = 0u64;
     let mut elems_by_dtype: BTreeMap<String, u64> = BTreeMap::new();
     for file in files {
-        let header = match safetensors::read_header(file) {
-            Ok(h) => h,
-            Err(e) => {
-                ins.broken
-                    .get_or_insert_with(|| format!("{}: {e}", file_name(file)));
-                continue;
-            }
-        };
-        let end = header.data_end();
-        if end > header.file_size {
-            ins.broken.get_or_insert_with(|| {
-                format!(
-                    "{}: tensor data ends at {} but file is {} (truncated download? delete it and download again)",
-                    file_name(file),
-                    human_bytes(end),
-                    human_bytes(header.file_size)
-                )
-            });
-        }
-        for t in &header.tensors {
+        let tensors = read(file, &mut ins);
+        ins.info.tensor_count += tensors.len();
+        for t in tensors {
             *ins.info.tensor_types.entry(t.dtype.clone()).or_default() += 1;
             ins.st_dtypes.insert(t.dtype.clone());
-            weight_bytes = weight_bytes.saturating_add(t.end - t.begin);
+            weight_bytes = weight_bytes.saturating_add(t.bytes);
             // A tied LM head shares the embedding's storage: count those parameters once.
             if !safetensors::is_float(&t.dtype) || (tied && t.name == "lm_head.weight") {
                 continue;
             }
-            params = params.saturating_add(t.elements());
-            let e = elems_by_dtype.entry(t.dtype.clone()).or_default();
-            *e = e.saturating_add(t.elements());
+            params = params.saturating_add(t.elements);
+            let e = elems_by_dtype.entry(t.dtype).or_default();
+            *e = e.saturating_add(t.elements);
         }
-        ins.info.tensor_count += header.tensors.len();
     }
     let info = &mut ins.info;
     if !files.is_empty() {

@@ -5,8 +5,8 @@
 //! - other apps' stores, read-only: Ollama manifests and LM Studio folders;
 //! - folders the user adds in the config (`model_dirs`) and paths imported by reference.
 //!
-//! Everything it knows about a model comes from headers (GGUF header, safetensors header,
-//! `config.json`), so a scan of hundreds of models takes milliseconds. [`Library::scan`] is a
+//! Everything it knows about a model comes from headers (GGUF header, safetensors header, the
+//! pickle index of a PyTorch `.bin`, `config.json`), so a scan of hundreds of models takes milliseconds. [`Library::scan`] is a
 //! plain function of the roots: the UI calls it on a background thread (see [`scan_in_background`])
 //! and again whenever a download finishes.
 
@@ -113,6 +113,8 @@ impl Source {
 pub enum Format {
     Gguf,
     Safetensors,
+    /// PyTorch `pytorch_model.bin` weights (a zip holding a pickled state dict).
+    Pytorch,
 }
 
 impl Format {
@@ -120,6 +122,7 @@ impl Format {
         match self {
             Format::Gguf => "gguf",
             Format::Safetensors => "safetensors",
+            Format::Pytorch => "pytorch",
         }
     }
 }
@@ -297,6 +300,8 @@ pub(crate) enum Job {
     Gguf(Vec<PathBuf>),
     /// A safetensors model folder and its `.safetensors` files.
     Safetensors(PathBuf, Vec<PathBuf>),
+    /// A model folder with only PyTorch weights, and its `pytorch_model*.bin` files.
+    Pytorch(PathBuf, Vec<PathBuf>),
 }
 
 impl Job {
@@ -304,6 +309,7 @@ impl Job {
         match self {
             Job::Gguf(shards) => inspect::inspect_gguf(shards),
             Job::Safetensors(dir, files) => inspect::inspect_safetensors(dir, files),
+            Job::Pytorch(dir, files) => inspect::inspect_pytorch(dir, files),
         }
     }
 
@@ -318,7 +324,7 @@ impl Job {
         };
         match self {
             Job::Gguf(shards) => shards.iter().cloned().map(stat).collect(),
-            Job::Safetensors(dir, files) => files
+            Job::Safetensors(dir, files) | Job::Pytorch(dir, files) => files
                 .iter()
                 .cloned()
                 .chain(

@@ -6,10 +6,11 @@ use super::{Format, ModelInfo, ModelKind, Runnable};
 /// GGUF architectures the engine has a quantized model for (Mistral GGUFs say `llama`).
 pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
 
-/// safetensors `model_type`s the engine loads (plus BERT-family embedding models).
+/// `model_type`s the engine loads from safetensors or PyTorch weights (plus BERT-family
+/// embedding models).
 pub const SUPPORTED_SAFETENSORS_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "phi3"];
 
-/// Embedding architectures the engine loads from safetensors.
+/// Embedding architectures the engine loads from safetensors or PyTorch weights.
 const SUPPORTED_EMBEDDING_ARCHS: &[&str] = &["bert"];
 
 /// The context the memory estimate assumes (or the model's own limit, if smaller).
@@ -70,7 +71,12 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                 Runnable::SlowPath { types: slow }
             }
         }
-        Format::Safetensors => {
+        Format::Safetensors | Format::Pytorch => {
+            if let Some(reason) = &ins.refused {
+                return Runnable::No {
+                    reason: reason.clone(),
+                };
+            }
             let supported = if ins.kind == ModelKind::Embedding {
                 SUPPORTED_EMBEDDING_ARCHS.contains(&arch)
             } else {
@@ -87,7 +93,7 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
                         "no config.json says which architecture this is".to_string()
                     } else {
                         format!(
-                            "architecture \"{arch}\" is not supported (safetensors: {})",
+                            "architecture \"{arch}\" is not supported (safetensors and PyTorch: {})",
                             list.join(", ")
                         )
                     },

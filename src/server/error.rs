@@ -145,6 +145,7 @@ impl ApiError {
             | EngineError::UnsupportedQuant { .. }
             | EngineError::Truncated { .. }
             | EngineError::Corrupt { .. }
+            | EngineError::Refused { .. }
             | EngineError::MissingTokenizer { .. } => {
                 let mut err = Self::new(dialect, StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
                 err.param = Some("model".into());

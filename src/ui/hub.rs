@@ -167,7 +167,7 @@ fn detail(f: &mut Frame, area: Rect, d: &Detail, state: &State) {
         empty_state(
             f,
             parts[1],
-            &["This repository has no GGUF or safetensors weights."],
+            &["This repository has no GGUF, safetensors or PyTorch weights."],
             t.muted,
         );
         return;
