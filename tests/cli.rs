@@ -62,7 +62,11 @@ fn dotenv_files_supply_values_and_config_names_them() {
         "# for this project\nINFLUENCE_THEME=light\nINFLUENCE_PORT=9100\nAWS_SECRET_KEY=x\n",
     )
     .unwrap();
-    std::fs::write(home.path().join(".env"), "INFLUENCE_THREADS=3\nINFLUENCE_THEME=dark\n").unwrap();
+    std::fs::write(
+        home.path().join(".env"),
+        "INFLUENCE_THREADS=3\nINFLUENCE_THEME=dark\n",
+    )
+    .unwrap();
     let out = influence(home.path())
         .current_dir(project.path())
         .env("INFLUENCE_PORT", "9200")
@@ -83,8 +87,14 @@ fn dotenv_files_supply_values_and_config_names_them() {
         line("theme").ends_with(&format!("# {} (INFLUENCE_THEME)", project_env.display())),
         "{out}"
     );
-    assert!(line("server.port").contains("= 9200"), "the real environment wins: {out}");
-    assert!(line("server.port").ends_with("# env INFLUENCE_PORT"), "{out}");
+    assert!(
+        line("server.port").contains("= 9200"),
+        "the real environment wins: {out}"
+    );
+    assert!(
+        line("server.port").ends_with("# env INFLUENCE_PORT"),
+        "{out}"
+    );
     assert!(
         line("engine.threads").ends_with(&format!(
             "# {} (INFLUENCE_THREADS)",
@@ -94,7 +104,11 @@ fn dotenv_files_supply_values_and_config_names_them() {
     );
     assert!(out.contains("ignored: AWS_SECRET_KEY"), "{out}");
 
-    std::fs::write(&project_env, "INFLUENCE_THEME=light\nthis is not a setting\n").unwrap();
+    std::fs::write(
+        &project_env,
+        "INFLUENCE_THEME=light\nthis is not a setting\n",
+    )
+    .unwrap();
     influence(home.path())
         .current_dir(project.path())
         .arg("config")

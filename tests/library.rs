@@ -354,7 +354,10 @@ mod inventory {
         let evil = models.join("evil-bin");
         torch_zip::minilm_as_pytorch(&minilm(), &evil, 1);
         let mut p = torch_zip::Pickle::default();
-        p.op(b"\x80\x02").global("os", "system").text("id").op(b"\x85R.");
+        p.op(b"\x80\x02")
+            .global("os", "system")
+            .text("id")
+            .op(b"\x85R.");
         torch_zip::write_with_pickle(&evil.join("pytorch_model.bin"), &tensors, &p.bytes);
         let roots = LibraryRoots {
             extra: vec![models, minilm()],

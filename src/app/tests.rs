@@ -463,6 +463,31 @@ mod hub_and_downloads {
     }
 
     #[test]
+    fn a_pytorch_only_repo_offers_its_bin_set() {
+        let mut i = info();
+        i.files = vec![
+            lfs("pytorch_model.bin", 90_000_000),
+            lfs("optimizer.bin", 180_000_000),
+            i.files[3].clone(),
+        ];
+        let choices = crate::app::hub::choices(&i, None);
+        assert_eq!(choices.len(), 1, "{choices:?}");
+        assert_eq!(choices[0].label, "pytorch");
+        assert_eq!(choices[0].files, ["pytorch_model.bin"]);
+        assert_eq!(choices[0].size, 90_000_000);
+        let detail = crate::app::hub::Detail {
+            repo: i.id.clone(),
+            info: Some(Box::new(i)),
+            error: None,
+            choices: choices.clone(),
+            selected: 0,
+        };
+        let specs = crate::app::hub::specs_for(&detail, &choices[0]).unwrap();
+        let files: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(files, ["pytorch_model.bin", "config.json"]);
+    }
+
+    #[test]
     fn open_detail_queue_preferred_quant_and_follow_progress() {
         let mut s = hub_state();
         s.hub.seq = 1;

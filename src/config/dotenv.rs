@@ -156,8 +156,7 @@ impl DotEnv {
         }
         let dirs = Dirs::resolve(&|k| found.lookup(env, k), config_flag);
         let in_config = dirs.config_dir.join(FILE_NAME);
-        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b))
-        {
+        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
             (Ok(a), Ok(b)) => a == b,
             _ => a == b,
         };
@@ -224,7 +223,9 @@ mod tests {
         assert_eq!(f.ignored, vec!["DATABASE_URL", "PATH"]);
         assert_eq!(f.line_of("HF_TOKEN"), Some(3));
         assert_eq!(f.line_of("INFLUENCE_THEME"), Some(2));
-        assert!(DotEnvFile::read(&dir.path().join("none")).unwrap().is_none());
+        assert!(DotEnvFile::read(&dir.path().join("none"))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

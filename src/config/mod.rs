@@ -1,5 +1,5 @@
-//! Layered configuration: embedded defaults → user file → environment (and `.env` files) → CLI
-//! flags.
+//! Layered configuration: embedded defaults → user file → environment (and `.env` files) →
+//! CLI flags.
 //!
 //! Each layer is a TOML table merged over the previous one; every leaf remembers where it came
 //! from so `influence config` can say why a value is what it is. Each file layer is checked
@@ -946,7 +946,11 @@ mod tests {
     fn dotenv_files_sit_under_the_environment() {
         let home = tempfile::tempdir().unwrap();
         let cwd = tempfile::tempdir().unwrap();
-        std::fs::write(home.path().join("config.toml"), "theme = \"high-contrast\"\n").unwrap();
+        std::fs::write(
+            home.path().join("config.toml"),
+            "theme = \"high-contrast\"\n",
+        )
+        .unwrap();
         std::fs::write(
             home.path().join(".env"),
             "INFLUENCE_PORT=9100\nINFLUENCE_THEME=dark\nHF_TOKEN=hf_from_file\n",
@@ -975,11 +979,17 @@ mod tests {
         assert_eq!(l.token().as_deref(), Some("hf_from_file"));
         // The real environment beats both files.
         assert_eq!(l.config.server.host, "127.0.0.7");
-        assert_eq!(l.sources["server.host"], Source::Env("INFLUENCE_HOST".into()));
+        assert_eq!(
+            l.sources["server.host"],
+            Source::Env("INFLUENCE_HOST".into())
+        );
         let shown = l.describe();
         let line = shown.lines().find(|l| l.starts_with("theme ")).unwrap();
         assert!(
-            line.contains(&format!("{} (INFLUENCE_THEME)", cwd.path().join(".env").display())),
+            line.contains(&format!(
+                "{} (INFLUENCE_THEME)",
+                cwd.path().join(".env").display()
+            )),
             "{shown}"
         );
         assert!(shown.contains("(ignored: SECRET)"), "{shown}");

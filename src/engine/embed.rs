@@ -1,5 +1,5 @@
-//! Sentence embeddings with BERT-family encoders from a Hugging Face folder
-//! (`config.json` + `model.safetensors` or `pytorch_model.bin` + `tokenizer.json`): mean pooling over real tokens,
+//! Sentence embeddings with BERT-family encoders from a Hugging Face folder (`config.json`,
+//! `model.safetensors` or `pytorch_model.bin`, `tokenizer.json`): mean pooling over real tokens,
 //! then L2 normalisation — the sentence-transformers recipe.
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Generative models stored as Hugging Face folders: `config.json`, `*.safetensors` or
-//! `pytorch_model*.bin` (f32/f16/bf16), `tokenizer.json`, `tokenizer_config.json`. Run by the same decoder as GGUF
-//! files, in f32.
+//! `pytorch_model*.bin` (f32/f16/bf16), `tokenizer.json`, `tokenizer_config.json`. Run by the
+//! same decoder as GGUF files, in f32.
 
 use std::path::Path;
 

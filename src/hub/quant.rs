@@ -541,7 +541,12 @@ pub fn select_files(info: &ModelInfo, req: &PullRequest) -> Result<Vec<RepoFile>
 /// (which needs its index). Training state (`optimizer.bin`, `training_args.bin`) is not weights.
 pub fn pytorch_set(info: &ModelInfo) -> Result<Option<Vec<RepoFile>>, SelectError> {
     let top = |f: &&RepoFile| !f.path.contains('/');
-    if let Some(single) = info.files.iter().filter(top).find(|f| f.path == "pytorch_model.bin") {
+    if let Some(single) = info
+        .files
+        .iter()
+        .filter(top)
+        .find(|f| f.path == "pytorch_model.bin")
+    {
         return Ok(Some(vec![single.clone()]));
     }
     let mut shards: Vec<(u32, u32, &RepoFile)> = info
@@ -575,7 +580,9 @@ pub fn pytorch_set(info: &ModelInfo) -> Result<Option<Vec<RepoFile>>, SelectErro
             quant: "PyTorch".into(),
         });
     }
-    Ok(Some(shards.into_iter().map(|(_, _, f)| f.clone()).collect()))
+    Ok(Some(
+        shards.into_iter().map(|(_, _, f)| f.clone()).collect(),
+    ))
 }
 
 fn is_small_doc(f: &RepoFile) -> bool {

@@ -28,9 +28,8 @@ pub(crate) fn is_pytorch_weights(p: &Path) -> bool {
 /// The job that reads a model folder's weights: its safetensors files, or else its PyTorch
 /// weights (what the engine loads). `files` are the folder's entries; `None` if it has neither.
 pub(crate) fn folder_job(dir: &Path, files: &[PathBuf]) -> Option<Job> {
-    let pick = |f: fn(&Path) -> bool| -> Vec<PathBuf> {
-        files.iter().filter(|p| f(p)).cloned().collect()
-    };
+    let pick =
+        |f: fn(&Path) -> bool| -> Vec<PathBuf> { files.iter().filter(|p| f(p)).cloned().collect() };
     let st = pick(is_safetensors);
     if !st.is_empty() {
         return Some(Job::Safetensors(dir.to_path_buf(), st));

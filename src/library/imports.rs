@@ -63,12 +63,10 @@ pub fn import(roots: &LibraryRoots, path: &Path) -> Result<ImportRecord, Library
         }
     } else {
         let entries = std::fs::read_dir(&abs).map_err(|e| LibraryError::io("reading", &abs, e))?;
-        let has_model = entries
-            .flatten()
-            .any(|e| {
-                let p = e.path();
-                is_gguf(&p) || is_safetensors(&p) || is_pytorch_weights(&p)
-            });
+        let has_model = entries.flatten().any(|e| {
+            let p = e.path();
+            is_gguf(&p) || is_safetensors(&p) || is_pytorch_weights(&p)
+        });
         if !has_model {
             return Err(LibraryError::NotAModel {
                 path: abs,

@@ -307,8 +307,11 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
 /// safetensors, from each checkpoint's pickle index (checked against the allow-list).
 pub(crate) fn inspect_pytorch(dir: &Path, files: &[PathBuf]) -> Inspection {
     use crate::pytorch::{read_index, PytorchError};
-    inspect_folder(dir, files, Format::Pytorch, &mut |file, ins| {
-        match read_index(file) {
+    inspect_folder(
+        dir,
+        files,
+        Format::Pytorch,
+        &mut |file, ins| match read_index(file) {
             Ok(list) => list
                 .into_iter()
                 .map(|t| FolderTensor {
@@ -326,8 +329,8 @@ pub(crate) fn inspect_pytorch(dir: &Path, files: &[PathBuf]) -> Inspection {
                 ins.broken.get_or_insert_with(|| e.to_string());
                 Vec::new()
             }
-        }
-    })
+        },
+    )
 }
 
 fn inspect_folder(

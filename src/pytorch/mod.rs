@@ -30,7 +30,7 @@ pub enum PytorchError {
     },
     #[error("{path} is a PyTorch file in the legacy format (torch.save before 1.6), which the engine does not read; use the model's safetensors weights, or re-save it with a current torch")]
     Legacy { path: PathBuf },
-    #[error("{path} is not a PyTorch checkpoint ({reason}); the download may be incomplete")]
+    #[error("{path} is not a PyTorch model checkpoint: {reason}")]
     NotArchive { path: PathBuf, reason: String },
     #[error("{path}: refused: {source}")]
     Refused {
@@ -92,13 +92,15 @@ pub fn read_index(path: &Path) -> Result<Vec<TensorMeta>, PytorchError> {
     if got < 4 || &magic != b"PK\x03\x04" {
         return Err(PytorchError::NotArchive {
             path: path.to_path_buf(),
-            reason: "it is not a zip file".into(),
+            reason: "it is not a zip file (an incomplete download?)".into(),
         });
     }
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
         PytorchError::NotArchive {
             path: path.to_path_buf(),
-            reason: format!("its zip directory cannot be read: {e}"),
+            reason: format!(
+                "its zip directory cannot be read ({e}); the download may be incomplete"
+            ),
         }
     })?;
     let mut sizes: HashMap<String, u64> = HashMap::new();
@@ -155,6 +157,15 @@ pub fn read_index(path: &Path) -> Result<Vec<TensorMeta>, PytorchError> {
         let dir = name.strip_suffix(".pkl").unwrap_or(&name);
         tensors_of(obj, dir, &sizes, &mut out).map_err(damaged)?;
     }
+    if out.is_empty() {
+        // A training checkpoint nests its state dict under a key; a model's weights never do.
+        return Err(PytorchError::NotArchive {
+            path: path.to_path_buf(),
+            reason:
+                "its pickle holds no tensors at the top level, so it is not a model's state dict"
+                    .into(),
+        });
+    }
     Ok(out)
 }
 
@@ -203,15 +214,13 @@ fn tensors_of(
             continue;
         };
         let (callable, args) = match *callable {
-            Object::Class { class_name, .. } if class_name == "_rebuild_parameter" => {
-                match *args {
-                    Object::Tuple(mut a) if !a.is_empty() => match a.remove(0) {
-                        Object::Reduce { callable, args } => (*callable, *args),
-                        _ => return Err(format!("tensor {name}: a parameter without a tensor")),
-                    },
+            Object::Class { class_name, .. } if class_name == "_rebuild_parameter" => match *args {
+                Object::Tuple(mut a) if !a.is_empty() => match a.remove(0) {
+                    Object::Reduce { callable, args } => (*callable, *args),
                     _ => return Err(format!("tensor {name}: a parameter without a tensor")),
-                }
-            }
+                },
+                _ => return Err(format!("tensor {name}: a parameter without a tensor")),
+            },
             c => (c, *args),
         };
         match callable {
@@ -348,6 +357,58 @@ mod tests {
         assert!(!is_weights_name("optimizer.bin"));
         assert!(!is_weights_name("pytorch_model-1-of-.bin"));
         assert!(!is_weights_name("pytorch_model.bin.index.json"));
+    }
+
+    fn archive(dir: &Path, pickle: &[u8], storages: &[(&str, usize)]) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join("pytorch_model.bin");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("archive/data.pkl", opts).unwrap();
+        zip.write_all(pickle).unwrap();
+        for (key, len) in storages {
+            zip.start_file(format!("archive/data/{key}"), opts).unwrap();
+            zip.write_all(&vec![0u8; *len]).unwrap();
+        }
+        zip.finish().unwrap();
+        path
+    }
+
+    /// `{"w": _rebuild_tensor_v2(storage("0", FloatStorage, 6), 0, (2, 3), (3, 1), False, None)}`
+    const ONE_TENSOR: &[u8] = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K\x03K\x01\x86\x89NtRs.";
+
+    #[test]
+    fn tensors_are_listed_and_checked_against_their_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = archive(dir.path(), ONE_TENSOR, &[("0", 24)]);
+        let list = read_index(&p).unwrap();
+        assert_eq!(
+            list,
+            [TensorMeta {
+                name: "w".into(),
+                dtype: "F32",
+                shape: vec![2, 3],
+                elements: 6,
+                bytes: 24
+            }]
+        );
+        let loaded = load(&p).unwrap();
+        assert_eq!(loaded[0].1.dims(), [2, 3]);
+        // A storage shorter than its tensor, or missing: damaged, not a panic or a short read.
+        let p = archive(dir.path(), ONE_TENSOR, &[("0", 20)]);
+        let err = read_index(&p).unwrap_err();
+        assert!(matches!(err, PytorchError::Damaged { .. }), "{err}");
+        let p = archive(dir.path(), ONE_TENSOR, &[]);
+        assert!(read_index(&p).unwrap_err().to_string().contains("missing"));
+        // A training checkpoint that nests the state dict under a key.
+        let p = archive(dir.path(), b"\x80\x02}X\x01\x00\x00\x00m}s.", &[]);
+        let err = read_index(&p).unwrap_err();
+        assert!(matches!(err, PytorchError::NotArchive { .. }), "{err}");
+        // Too few rebuild arguments, which would make candle's reader index out of bounds.
+        let short = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n)Rs.";
+        let err = read_index(&archive(dir.path(), short, &[])).unwrap_err();
+        assert!(matches!(err, PytorchError::Damaged { .. }), "{err}");
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub enum PickleError {
     Unsupported { name: &'static str, offset: usize },
     #[error("the pickle is damaged at byte {offset}: {what}")]
     Malformed { offset: usize, what: String },
-    #[error("the pickle is too large or too deeply nested for a tensor archive (at byte {offset})")]
+    #[error(
+        "the pickle is too large or too deeply nested for a tensor archive (at byte {offset})"
+    )]
     TooLarge { offset: usize },
 }
 
@@ -58,7 +60,10 @@ enum Item {
     /// A string constant, kept so STACK_GLOBAL can be checked.
     Str(String, u64),
     /// Anything else: how many objects candle would hold for it, and how deep it nests.
-    Val { weight: u64, depth: u32 },
+    Val {
+        weight: u64,
+        depth: u32,
+    },
 }
 
 impl Item {
@@ -230,11 +235,10 @@ impl<'a> Walker<'a> {
     }
 
     fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
-        let item = self
-            .memo
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| self.bad(format!("memo entry {key} is read before it is written")))?;
+        let item =
+            self.memo.get(&key).cloned().ok_or_else(|| {
+                self.bad(format!("memo entry {key} is read before it is written"))
+            })?;
         // candle clones the object: it counts again.
         self.push(item)
     }
@@ -527,7 +531,8 @@ mod tests {
     use super::*;
 
     /// `os.system("echo pwned")` as `pickle.dumps` writes it with protocol 2.
-    const OS_SYSTEM: &[u8] = b"\x80\x02cos\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
+    const OS_SYSTEM: &[u8] =
+        b"\x80\x02cos\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
 
     #[test]
     fn refuses_a_global_that_runs_code() {
@@ -557,13 +562,22 @@ mod tests {
         );
         // The module name read back from the memo is still seen.
         let p = b"\x80\x04\x8c\x02os\x94\x8c\x05popen\x94h\x00h\x01\x93.";
-        assert_eq!(check(p).unwrap_err(), PickleError::Global("os.popen".into()));
+        assert_eq!(
+            check(p).unwrap_err(),
+            PickleError::Global("os.popen".into())
+        );
         // A name the walk cannot know.
         let p = b"\x80\x04\x8c\x02os\x8c\x01a\x8c\x01b\x86\x93.";
         assert_eq!(check(p).unwrap_err(), PickleError::HiddenGlobal);
-        assert_eq!(check(b"\x80\x02\x82\x01.").unwrap_err(), PickleError::Extension);
+        assert_eq!(
+            check(b"\x80\x02\x82\x01.").unwrap_err(),
+            PickleError::Extension
+        );
         let p = b"(ios\nsystem\nX\x02\x00\x00\x00id.";
-        assert_eq!(check(p).unwrap_err(), PickleError::Global("os.system".into()));
+        assert_eq!(
+            check(p).unwrap_err(),
+            PickleError::Global("os.system".into())
+        );
     }
 
     #[test]

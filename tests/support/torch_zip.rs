@@ -113,8 +113,8 @@ pub fn state_dict_pickle(tensors: &[(String, Tensor)]) -> Vec<u8> {
 pub fn write_with_pickle(path: &Path, tensors: &[(String, Tensor)], pickle: &[u8]) {
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(pickle).unwrap();
     zip.start_file("archive/byteorder", opts).unwrap();
@@ -144,8 +144,9 @@ pub fn minilm_as_pytorch(src: &Path, dest: &Path, shards: usize) -> Vec<(String,
             std::fs::copy(&p, dest.join(&name)).unwrap();
         }
     }
-    let map = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
-        .unwrap();
+    let map =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     let mut tensors: Vec<(String, Tensor)> = map.into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     if shards <= 1 {
