@@ -79,11 +79,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut state = initial_state(&loaded, size)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let roots = crate::library::LibraryRoots::detect(
-        &loaded.hf_home(),
-        &loaded.dirs.data_dir,
-        &loaded.model_dirs(),
-    );
+    let roots = LibraryRoots::from_config(&loaded);
     let hub = crate::hub::HubClient::new(&loaded.config.hub.endpoint, loaded.token())?;
     state.hub = crate::app::hub::HubState::new(
         loaded.config.hub.endpoint.clone(),
