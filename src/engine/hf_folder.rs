@@ -9,9 +9,9 @@ use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 
 use super::decoder::{Decoder, DecoderConfig};
+use super::gen_model::GenModel;
 use super::template::ChatTemplate;
 use super::tokenize::TextTokenizer;
-use super::worker::GenModel;
 use super::{EngineError, ModelInfo, ModelKind};
 
 /// `model_type`s this loader runs.

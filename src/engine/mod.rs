@@ -31,6 +31,7 @@ mod decoder;
 mod embed;
 mod error;
 pub mod fake;
+mod gen_model;
 pub mod gguf;
 mod hf_folder;
 mod kv_cache;
