@@ -7,6 +7,7 @@
 //! stats and saves again. Esc stops at once: the partial answer is kept and marked interrupted,
 //! and later events of that generation are dropped by their sequence number.
 
+pub mod layout;
 pub mod params;
 pub mod runner;
 pub mod slash;
@@ -362,7 +363,7 @@ fn is_light(theme: &crate::config::theme::Theme) -> bool {
 
 /// Transcript body width and height for the current terminal size.
 fn transcript_dims(state: &State) -> (u16, usize) {
-    let area = crate::ui::chat::transcript_area(state);
+    let area = layout::transcript_area(state);
     (
         area.width.saturating_sub(transcript::BODY_INDENT),
         area.height as usize,
@@ -534,7 +535,7 @@ pub fn mouse(state: &mut State, ev: MouseEvent) -> Vec<Effect> {
     if state.main_pane != Pane::Chat || state.help.is_some() {
         return vec![];
     }
-    let area = crate::ui::chat::transcript_area(state);
+    let area = layout::transcript_area(state);
     let over = ev.column >= area.x
         && ev.column < area.x + area.width
         && ev.row >= area.y
