@@ -1,5 +1,7 @@
 //! Starts the full-screen app on the real terminal.
 
+pub mod event_loop;
+
 use crate::app::chat::params::ParamsState;
 use crate::app::chat::runner::{load_presets, ChatRunner};
 use crate::app::effect::EffectRunner;
@@ -117,7 +119,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     spawn_signal_watch(tx.clone());
 
     let mut guard = TerminalGuard::enter()?;
-    let stats = crate::app::run(
+    let stats = event_loop::run(
         &mut guard.terminal,
         &mut state,
         crate::tui::events::stream(),
