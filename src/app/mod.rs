@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod downloads;
+pub mod effect;
 pub mod hub;
 pub mod library;
 pub mod msg;
@@ -10,9 +11,6 @@ pub mod runner;
 pub mod server;
 pub mod state;
 pub mod update;
-
-// The runner module holds the Effect enum for now; its old path keeps working.
-pub use runner as effect;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,7 +1,7 @@
 //! The event loop: the one place that joins the pure app to the terminal and the drawing code.
 
-use crate::app::effect::EffectRunner;
 use crate::app::msg::Msg;
+use crate::app::runner::EffectRunner;
 use crate::app::state::State;
 use crate::app::update;
 use crate::tui::frame::FrameClock;

@@ -619,7 +619,7 @@ fn picker_searches_and_opens() {
 /// Runs effects and feeds the results back until `done(state)` holds.
 async fn drive(
     s: &mut State,
-    runner: &mut crate::app::effect::EffectRunner,
+    runner: &mut crate::app::runner::EffectRunner,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Msg>,
     effects: Vec<Effect>,
     done: impl Fn(&State) -> bool,
@@ -650,7 +650,7 @@ async fn the_chat_saves_after_each_finished_message_and_exports_and_copies() {
             sink.lock().unwrap().extend_from_slice(b);
             Ok(())
         }));
-    let mut runner = crate::app::effect::EffectRunner::new(
+    let mut runner = crate::app::runner::EffectRunner::new(
         tx,
         "/nonexistent".into(),
         crate::app::tests::empty_roots(),
@@ -726,7 +726,7 @@ async fn a_context_budget_drops_the_oldest_turns_or_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let chat = runner::ChatRunner::new(EngineHandle::fake(FakeScript::simple()), dir.path().into());
-    let mut runner = crate::app::effect::EffectRunner::new(
+    let mut runner = crate::app::runner::EffectRunner::new(
         tx,
         "/nonexistent".into(),
         crate::app::tests::empty_roots(),

@@ -1,6 +1,9 @@
-//! Effects: what `update` asks the outside world to do, and the runner that does it.
+//! The runners: they turn the `Effect`s that `update` returns into IO, threads and tasks, and
+//! send the results back as `Msg`s. They are the only part of the app that sends `Msg`s; the
+//! pure core (state, messages, effects, update and the panes) never imports them.
 
 use super::downloads::DownloadsEffect;
+use super::effect::Effect;
 use super::hub::{HubEffect, HubMsg, DEBOUNCE_MS};
 use super::library::{LibraryEffect, LibraryMsg};
 use super::msg::Msg;
@@ -13,16 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    LoadTheme(String),
-    Chat(super::chat::ChatEffect),
-    Library(LibraryEffect),
-    Hub(HubEffect),
-    Downloads(DownloadsEffect),
-    Server(ServerEffect),
-}
 
 /// Turns effects into IO and background tasks; results come back as `Msg`s.
 pub struct EffectRunner {
