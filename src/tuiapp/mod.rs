@@ -3,9 +3,9 @@
 pub mod event_loop;
 
 use crate::app::chat::params::ParamsState;
-use crate::app::chat::runner::{load_presets, ChatRunner};
-use crate::app::runner::EffectRunner;
 use crate::app::msg::Msg;
+use crate::app::runner::chat::{load_presets, ChatRunner};
+use crate::app::runner::EffectRunner;
 use crate::app::state::{Notice, Pane, State};
 use crate::config::keymap::Keymap;
 use crate::config::theme::{self, Theme};

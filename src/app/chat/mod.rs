@@ -9,7 +9,6 @@
 
 pub mod layout;
 pub mod params;
-pub mod runner;
 pub mod slash;
 pub mod transcript;
 

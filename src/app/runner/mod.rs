@@ -2,12 +2,15 @@
 //! send the results back as `Msg`s. They are the only part of the app that sends `Msg`s; the
 //! pure core (state, messages, effects, update and the panes) never imports them.
 
+pub mod chat;
+
 use super::downloads::DownloadsEffect;
 use super::effect::Effect;
 use super::hub::{HubEffect, HubMsg, DEBOUNCE_MS};
 use super::library::{LibraryEffect, LibraryMsg};
 use super::msg::Msg;
 use super::server::{ServerEffect, ServerMsg, ServerRunner};
+use chat::ChatRunner;
 use crate::config::theme::Theme;
 use crate::downloads::{DownloadEvent, DownloadHandle};
 use crate::hub::HubClient;
@@ -30,7 +33,7 @@ pub struct EffectRunner {
     search: Option<tokio::task::JoinHandle<()>>,
     debounce: Option<tokio::task::JoinHandle<()>>,
     server: Option<ServerRunner>,
-    chat: Option<super::chat::runner::ChatRunner>,
+    chat: Option<ChatRunner>,
 }
 
 impl EffectRunner {
@@ -60,7 +63,7 @@ impl EffectRunner {
     }
 
     /// Gives the runner the engine and conversation store the chat works with.
-    pub fn with_chat(mut self, chat: super::chat::runner::ChatRunner) -> EffectRunner {
+    pub fn with_chat(mut self, chat: ChatRunner) -> EffectRunner {
         self.chat = Some(chat);
         self
     }
