@@ -96,7 +96,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         threads: loaded.config.engine.threads,
         max_loaded: loaded.config.engine.max_loaded.max(1),
     });
-    let server = crate::app::server::ServerRunner::new(
+    let server = crate::app::runner::server::ServerRunner::new(
         engine.clone(),
         crate::serve::options_for(&loaded, model.clone()),
         crate::serve::listen_addr(&loaded.config.server.host, loaded.config.server.port)

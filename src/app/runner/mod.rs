@@ -3,18 +3,20 @@
 //! pure core (state, messages, effects, update and the panes) never imports them.
 
 pub mod chat;
+pub mod server;
 
 use super::downloads::DownloadsEffect;
 use super::effect::Effect;
 use super::hub::{HubEffect, HubMsg, DEBOUNCE_MS};
 use super::library::{LibraryEffect, LibraryMsg};
 use super::msg::Msg;
-use super::server::{ServerEffect, ServerMsg, ServerRunner};
-use chat::ChatRunner;
+use super::server::ServerMsg;
 use crate::config::theme::Theme;
 use crate::downloads::{DownloadEvent, DownloadHandle};
 use crate::hub::HubClient;
 use crate::library::{Library, LibraryRoots};
+use chat::ChatRunner;
+use server::ServerRunner;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
