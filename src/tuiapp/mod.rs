@@ -66,7 +66,10 @@ fn start_chat(
         state.focus = Pane::Chat;
         state.main_pane = Pane::Chat;
         state.chat.input_focused = true;
-        effects = crate::app::chat::load_model(state, m);
+        effects = crate::app::chat::load_model(state, m)
+            .into_iter()
+            .map(crate::app::effect::Effect::Chat)
+            .collect();
     }
     if let Some(p) = problems.into_iter().next() {
         state.status.notice = Some(Notice {
