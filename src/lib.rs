@@ -7,7 +7,7 @@
 //! | `cli` | clap types for the binary |
 //! | `commands` | scripted subcommands over the modules below |
 //! | `config` | layered configuration, keymap and themes |
-//! | `app` | `State`, `Msg`, the pure `update`, effects and the event loop |
+//! | `app` | `State`, `Msg`, the pure `update`, effects and the runners that carry them out |
 //! | `tui` | terminal lifecycle and input events |
 //! | `ui` | drawing: one module per pane |
 //! | `engine` | inference on a dedicated thread (candle) |
@@ -19,6 +19,11 @@
 //! | `markdown` | streaming markdown rendering with syntax highlighting |
 //! | `conversations` | chat history, saved atomically |
 //! | `remote` | OpenAI-compatible and Ollama chat backends (streaming) |
+//! | `tuiapp` | start-up of the full-screen app and the event loop |
+//! | `serve` | headless `--serve` |
+//!
+//! Each layer imports only the layers below it (`docs/ARCHITECTURE.md` §2.1, checked by
+//! `tests/layers.rs`).
 
 pub mod app;
 pub mod cli;

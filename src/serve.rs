@@ -57,8 +57,7 @@ pub fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
 async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let cfg = &loaded.config;
     let addr = listen_addr(&cfg.server.host, cfg.server.port)?;
-    let model_dirs = loaded.model_dirs();
-    let roots = LibraryRoots::detect(&loaded.hf_home(), &loaded.dirs.data_dir, &model_dirs);
+    let roots = LibraryRoots::from_config(&loaded);
     let library = tokio::task::spawn_blocking(move || Library::scan(&roots))
         .await
         .context("the library scan crashed")?;

@@ -1291,7 +1291,7 @@ mod commands {
             threads: 1,
             model_dirs: vec![sb.root.join("extra")],
         };
-        let roots = LibraryRoots::from_context(&ctx);
+        let roots = ctx.library_roots();
         assert_eq!(roots.hf_hub, sb.roots.hf_hub);
         assert_eq!(roots.imports_file, sb.roots.imports_file);
         assert_eq!(roots.extra, sb.roots.extra);

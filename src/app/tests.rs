@@ -1,15 +1,12 @@
-//! Update transitions and the loop on `TestBackend`: no terminal, no IO.
+//! Update transitions: no terminal, no IO.
 
-use super::effect::{Effect, EffectRunner};
+use super::effect::Effect;
 use super::msg::Msg;
 use super::state::{Pane, State};
 use super::update::update;
 use crate::config::keymap::Keymap;
 use crate::config::theme::{self, Theme};
-use crate::tui::frame::FrameClock;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
 use std::collections::BTreeMap;
 
 pub fn empty_roots() -> crate::library::LibraryRoots {
@@ -30,7 +27,7 @@ fn key(c: KeyCode) -> Msg {
     Msg::Key(KeyEvent::new(c, KeyModifiers::NONE))
 }
 
-fn ch(c: char) -> Msg {
+pub(crate) fn ch(c: char) -> Msg {
     key(KeyCode::Char(c))
 }
 
@@ -148,60 +145,6 @@ fn memory_sample_redraws_only_on_visible_change() {
     assert!(!s.dirty);
     update(&mut s, Msg::Memory(60 << 20));
     assert!(s.dirty);
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn loop_coalesces_many_messages_into_few_frames() {
-    let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
-    let mut state = test_state(100, 30);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into(), empty_roots());
-    // 500 visible changes queued at once, then quit.
-    for i in 0..500u64 {
-        tx.send(Msg::Memory((i + 1) << 20)).unwrap();
-    }
-    tx.send(ch('q')).unwrap();
-    let events = futures::stream::pending::<Msg>();
-    let stats = super::run(
-        &mut terminal,
-        &mut state,
-        events,
-        &mut rx,
-        &mut runner,
-        FrameClock::new(60),
-    )
-    .await
-    .unwrap();
-    assert_eq!(stats.msgs, 501);
-    assert!(stats.frames <= 2, "drew {} frames", stats.frames);
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn loop_draws_the_screen_and_quits_on_keys() {
-    let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
-    let mut state = test_state(100, 30);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = EffectRunner::new(tx.clone(), "/nonexistent".into(), empty_roots());
-    let events = futures::stream::iter(vec![ch('3')]).chain(futures::stream::iter(vec![]));
-    let handle = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        tx.send(ch('q')).unwrap();
-    });
-    use futures::StreamExt;
-    super::run(
-        &mut terminal,
-        &mut state,
-        events.chain(futures::stream::pending()),
-        &mut rx,
-        &mut runner,
-        FrameClock::new(60),
-    )
-    .await
-    .unwrap();
-    handle.await.unwrap();
-    assert!(state.quit);
-    let screen = format!("{:?}", terminal.backend().buffer());
-    assert!(screen.contains("Library"));
 }
 
 /// The real test models folder; panics with the fix when it is missing.

@@ -25,12 +25,14 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
                     type_key(state, ev)
                 }
                 Some(cmd) => command(state, cmd),
-                None if super::chat::typing(state) => super::chat::key(state, ev),
+                None if super::chat::typing(state) => {
+                    wrap(super::chat::key(state, ev), Effect::Chat)
+                }
                 None if state.typing() => type_key(state, ev),
                 None => vec![],
             }
         }
-        Msg::Paste(text) => super::chat::paste(state, text),
+        Msg::Paste(text) => wrap(super::chat::paste(state, text), Effect::Chat),
         Msg::Mouse(ev) => {
             match ev.kind {
                 MouseEventKind::ScrollDown if state.help.is_some() => {
@@ -41,7 +43,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
                 }
                 _ => {}
             }
-            super::chat::mouse(state, ev)
+            wrap(super::chat::mouse(state, ev), Effect::Chat)
         }
         Msg::Resize(w, h) => {
             state.size = (w, h);
@@ -78,7 +80,7 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             state.quit = true;
             vec![]
         }
-        Msg::Chat(m) => super::chat::on_msg(state, m),
+        Msg::Chat(m) => wrap(super::chat::on_msg(state, m), Effect::Chat),
         Msg::Library(m) => {
             state.dirty = true;
             wrap(library::update(&mut state.library, m), Effect::Library)
@@ -212,11 +214,11 @@ fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
             if let Some(name) = state.library.selected_model().map(|m| m.name.clone()) {
                 focus(state, Pane::Chat);
                 state.chat.input_focused = true;
-                return super::chat::load_model(state, name);
+                return wrap(super::chat::load_model(state, name), Effect::Chat);
             }
         }
         chat_cmd if matches!(state.focus, Pane::Chat | Pane::Params) => {
-            return super::chat::command(state, chat_cmd)
+            return wrap(super::chat::command(state, chat_cmd), Effect::Chat)
         }
         pane_cmd => {
             state.dirty = true;

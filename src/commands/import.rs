@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::commands::Context;
-use crate::library::{import, Library, LibraryRoots};
+use crate::library::{import, Library};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImportArgs {
@@ -12,7 +12,7 @@ pub struct ImportArgs {
 }
 
 pub fn run(args: ImportArgs, ctx: &Context) -> anyhow::Result<()> {
-    let roots = LibraryRoots::from_context(ctx);
+    let roots = ctx.library_roots();
     let record = import(&roots, &args.path)?;
     let library = Library::scan(&roots);
     let name = library

@@ -1,7 +1,7 @@
 //! `influence list [--json]`: every local model in one table.
 
 use crate::commands::Context;
-use crate::library::{human, Library, LibraryRoots, Model, ModelKind};
+use crate::library::{human, Library, Model, ModelKind};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
@@ -11,7 +11,7 @@ pub struct ListArgs {
 }
 
 pub fn run(args: ListArgs, ctx: &Context) -> anyhow::Result<()> {
-    let library = Library::scan(&LibraryRoots::from_context(ctx));
+    let library = Library::scan(&ctx.library_roots());
     for w in library.warnings() {
         eprintln!("warning: {w}");
     }

@@ -40,11 +40,16 @@ pub fn resolve_model(arg: &std::path::Path, ctx: &Context) -> anyhow::Result<Pat
         return Ok(arg.to_path_buf());
     }
     let name = arg.to_string_lossy();
-    let lib = crate::library::Library::scan(&crate::library::LibraryRoots::from_context(ctx));
+    let lib = crate::library::Library::scan(&ctx.library_roots());
     Ok(lib.resolve(&name)?.load_path.clone())
 }
 
 impl Context {
+    /// Where the library looks for models, from this context's folders.
+    pub fn library_roots(&self) -> crate::library::LibraryRoots {
+        crate::library::LibraryRoots::detect(&self.hf_home, &self.data_dir, &self.model_dirs)
+    }
+
     /// The Hugging Face hub cache folder (`$HF_HOME/hub`).
     pub fn hub_cache(&self) -> PathBuf {
         self.hf_home.join("hub")

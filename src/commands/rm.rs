@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::commands::Context;
-use crate::library::{human, DeletePlan, Library, LibraryRoots};
+use crate::library::{human, DeletePlan, Library};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RmArgs {
@@ -15,7 +15,7 @@ pub struct RmArgs {
 }
 
 pub fn run(args: RmArgs, ctx: &Context) -> anyhow::Result<()> {
-    let library = Library::scan(&LibraryRoots::from_context(ctx));
+    let library = Library::scan(&ctx.library_roots());
     let model = library.resolve(&args.model)?;
     let plan = library.delete_plan(model)?;
     let stdin = std::io::stdin();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::commands::Context;
-use crate::library::{human, Library, LibraryRoots, Model, ModelKind, Runnable, DEFAULT_CONTEXT};
+use crate::library::{human, Library, Model, ModelKind, Runnable, DEFAULT_CONTEXT};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShowArgs {
@@ -15,7 +15,7 @@ pub struct ShowArgs {
 }
 
 pub fn run(args: ShowArgs, ctx: &Context) -> anyhow::Result<()> {
-    let library = Library::scan(&LibraryRoots::from_context(ctx));
+    let library = Library::scan(&ctx.library_roots());
     let model = library.resolve(&args.model)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(model)?);

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use crate::commands::Context;
-use crate::library::{human, verify, FileCheck, Library, LibraryRoots, VerifyReport};
+use crate::library::{human, verify, FileCheck, Library, VerifyReport};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
@@ -16,7 +16,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: VerifyArgs, ctx: &Context) -> anyhow::Result<()> {
-    let library = Library::scan(&LibraryRoots::from_context(ctx));
+    let library = Library::scan(&ctx.library_roots());
     let model = library.resolve(&args.model)?;
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let mut last = std::time::Instant::now();

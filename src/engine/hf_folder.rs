@@ -7,9 +7,9 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use super::decoder::{Decoder, DecoderConfig};
+use super::gen_model::GenModel;
 use super::template::ChatTemplate;
 use super::tokenize::TextTokenizer;
-use super::worker::GenModel;
 use super::{EngineError, ModelInfo, ModelKind};
 
 /// `model_type`s this loader runs.

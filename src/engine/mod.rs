@@ -33,6 +33,7 @@ mod decoder;
 mod embed;
 mod error;
 pub mod fake;
+mod gen_model;
 pub mod gguf;
 mod hf_folder;
 mod kv_cache;

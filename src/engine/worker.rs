@@ -9,6 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::decoder::Decoder;
 use super::embed::{folder_model_type, Embedder};
+use super::gen_model::GenModel;
 use super::gguf::{self, Meta};
 use super::hf_folder;
 use super::sampling::Sampler;
@@ -35,15 +36,6 @@ pub(crate) fn wrong_kind(path: &Path, actual: ModelKind, wanted: ModelKind) -> E
         wanted: wanted.into(),
         wanted_kind: wanted_kind.into(),
     }
-}
-
-/// A generative model with its tokenizer, template and the ids currently in its KV cache.
-pub(crate) struct GenModel {
-    pub dec: Decoder,
-    pub tok: TextTokenizer,
-    pub template: ChatTemplate,
-    /// Token ids whose keys/values sit in `dec`'s cache, in order.
-    pub cached: Vec<u32>,
 }
 
 enum Model {

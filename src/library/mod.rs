@@ -79,9 +79,14 @@ impl LibraryRoots {
         }
     }
 
-    /// The roots for a CLI subcommand's context.
-    pub fn from_context(ctx: &crate::commands::Context) -> Self {
-        Self::detect(&ctx.hf_home, &ctx.data_dir, &ctx.model_dirs)
+    /// The roots the loaded configuration names: its `paths.hf_home`, data folder and
+    /// `paths.model_dirs`.
+    pub fn from_config(loaded: &crate::config::Loaded) -> Self {
+        Self::detect(
+            &loaded.hf_home(),
+            &loaded.dirs.data_dir,
+            &loaded.model_dirs(),
+        )
     }
 }
 

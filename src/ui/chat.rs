@@ -1,75 +1,18 @@
 //! The Chat pane: transcript (only the visible rows are built), context meter, slash-command
 //! hint, the input, and the saved-chats overlay.
 
-use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 use ratatui::Frame;
 
-use super::{empty_state, pane_block, SIDEBAR_WIDTH};
+use super::{empty_state, pane_block};
+use crate::app::chat::layout::layout;
 use crate::app::chat::transcript::{Row, BODY_INDENT};
-use crate::app::chat::{markdown_styles, slash, ChatState, CONTEXT_WARN};
+use crate::app::chat::{markdown_styles, slash, CONTEXT_WARN};
 use crate::app::state::{Pane, State};
 use crate::engine::ContextPolicy;
-
-/// The main pane's rectangle for a terminal size (mirrors `ui::draw`).
-pub fn main_area(size: (u16, u16)) -> Rect {
-    let area = Rect::new(0, 0, size.0, size.1);
-    let rows = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Min(3),
-        Constraint::Length(1),
-    ])
-    .split(area);
-    Layout::new(
-        Direction::Horizontal,
-        [Constraint::Min(20), Constraint::Length(SIDEBAR_WIDTH)],
-    )
-    .split(rows[1])[0]
-}
-
-/// Where each part of the pane goes inside its border.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ChatLayout {
-    pub transcript: Rect,
-    pub meter: Rect,
-    pub hint: Option<Rect>,
-    pub input: Rect,
-}
-
-fn input_height(chat: &ChatState) -> u16 {
-    chat.input.lines().len().clamp(1, 6) as u16 + 1
-}
-
-fn hint_visible(chat: &ChatState) -> bool {
-    chat.input_focused && !slash::candidates(&chat.input_text()).is_empty()
-}
-
-pub fn layout(inner: Rect, chat: &ChatState) -> ChatLayout {
-    let hint = hint_visible(chat);
-    let rows = Layout::vertical([
-        Constraint::Min(1),
-        Constraint::Length(1),
-        Constraint::Length(u16::from(hint)),
-        Constraint::Length(input_height(chat)),
-    ])
-    .split(inner);
-    ChatLayout {
-        transcript: rows[0],
-        meter: rows[1],
-        hint: hint.then_some(rows[2]),
-        input: rows[3],
-    }
-}
-
-/// The transcript's rectangle for the state's terminal size (used by `update` for scrolling).
-pub fn transcript_area(state: &State) -> Rect {
-    let inner = Block::default()
-        .borders(Borders::ALL)
-        .inner(main_area(state.size));
-    layout(inner, &state.chat).transcript
-}
 
 pub fn draw(f: &mut Frame, area: Rect, state: &State) {
     let chat = &state.chat;

@@ -16,8 +16,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Wrap};
 use ratatui::Frame;
 
-/// Width of the Parameters sidebar.
-pub const SIDEBAR_WIDTH: u16 = 30;
+pub use crate::app::chat::layout::SIDEBAR_WIDTH;
 
 pub fn draw(f: &mut Frame, state: &State) {
     let area = f.area();

@@ -7,8 +7,8 @@
 //! stats and saves again. Esc stops at once: the partial answer is kept and marked interrupted,
 //! and later events of that generation are dropped by their sequence number.
 
+pub mod layout;
 pub mod params;
-pub mod runner;
 pub mod slash;
 pub mod transcript;
 
@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 use tui_textarea::{CursorMove, TextArea};
 
-use super::effect::Effect;
 use super::state::{Notice, Pane, State};
 use crate::config::keymap::Command;
 use crate::conversations::{
@@ -291,10 +290,6 @@ pub enum ChatEffect {
     SavePresets(Presets),
 }
 
-fn fx(e: ChatEffect) -> Effect {
-    Effect::Chat(e)
-}
-
 fn notice(state: &mut State, error: bool, text: impl Into<String>) {
     state.status.notice = Some(Notice {
         error,
@@ -362,7 +357,7 @@ fn is_light(theme: &crate::config::theme::Theme) -> bool {
 
 /// Transcript body width and height for the current terminal size.
 fn transcript_dims(state: &State) -> (u16, usize) {
-    let area = crate::ui::chat::transcript_area(state);
+    let area = layout::transcript_area(state);
     (
         area.width.saturating_sub(transcript::BODY_INDENT),
         area.height as usize,
@@ -377,7 +372,7 @@ fn stream_ref(chat: &ChatState) -> Option<&MarkdownStream> {
 // Keys and commands
 
 /// Commands bound in the `chat`, `params` and `input` keymap contexts.
-pub fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
+pub fn command(state: &mut State, cmd: Command) -> Vec<ChatEffect> {
     use Command as C;
     match cmd {
         C::ChatFocusInput => {
@@ -465,7 +460,7 @@ pub fn command(state: &mut State, cmd: Command) -> Vec<Effect> {
 }
 
 /// A key the keymap did not resolve while typing: it edits the focused field.
-pub fn key(state: &mut State, ev: KeyEvent) -> Vec<Effect> {
+pub fn key(state: &mut State, ev: KeyEvent) -> Vec<ChatEffect> {
     if state.focus == Pane::Params {
         if let Some(buf) = state.params.editing.as_mut() {
             match ev.code {
@@ -497,7 +492,7 @@ pub fn key(state: &mut State, ev: KeyEvent) -> Vec<Effect> {
         return if q.trim().is_empty() {
             vec![]
         } else {
-            vec![fx(ChatEffect::Search(q))]
+            vec![ChatEffect::Search(q)]
         };
     }
     if state.chat.input_focused {
@@ -509,7 +504,7 @@ pub fn key(state: &mut State, ev: KeyEvent) -> Vec<Effect> {
     vec![]
 }
 
-pub fn paste(state: &mut State, text: String) -> Vec<Effect> {
+pub fn paste(state: &mut State, text: String) -> Vec<ChatEffect> {
     if state.focus == Pane::Params {
         if let Some(buf) = state.params.editing.as_mut() {
             buf.push_str(&text.replace(['\r', '\n'], " "));
@@ -530,11 +525,11 @@ pub fn paste(state: &mut State, text: String) -> Vec<Effect> {
 }
 
 /// The wheel scrolls the transcript (never the input history) when the pointer is over it.
-pub fn mouse(state: &mut State, ev: MouseEvent) -> Vec<Effect> {
+pub fn mouse(state: &mut State, ev: MouseEvent) -> Vec<ChatEffect> {
     if state.main_pane != Pane::Chat || state.help.is_some() {
         return vec![];
     }
-    let area = crate::ui::chat::transcript_area(state);
+    let area = layout::transcript_area(state);
     let over = ev.column >= area.x
         && ev.column < area.x + area.width
         && ev.row >= area.y
@@ -555,7 +550,7 @@ fn set_input(chat: &mut ChatState, text: &str) {
     chat.input = t;
 }
 
-fn scroll_by(state: &mut State, delta: isize) -> Vec<Effect> {
+fn scroll_by(state: &mut State, delta: isize) -> Vec<ChatEffect> {
     let (w, h) = transcript_dims(state);
     let chat = &mut state.chat;
     if let Some(top) = chat.top {
@@ -593,7 +588,7 @@ fn scroll_by(state: &mut State, delta: isize) -> Vec<Effect> {
     vec![]
 }
 
-fn input_updown(state: &mut State, up: bool) -> Vec<Effect> {
+fn input_updown(state: &mut State, up: bool) -> Vec<ChatEffect> {
     match state.focus {
         Pane::Params if state.params.editing.is_none() => vec![],
         Pane::Params => vec![],
@@ -651,7 +646,7 @@ fn history_step(chat: &mut ChatState, up: bool) {
     set_input(chat, &text);
 }
 
-fn cancel(state: &mut State) -> Vec<Effect> {
+fn cancel(state: &mut State) -> Vec<ChatEffect> {
     state.dirty = true;
     if state.focus == Pane::Params {
         state.params.editing = None;
@@ -672,7 +667,7 @@ fn cancel(state: &mut State) -> Vec<Effect> {
     vec![]
 }
 
-fn submit(state: &mut State) -> Vec<Effect> {
+fn submit(state: &mut State) -> Vec<ChatEffect> {
     if state.focus == Pane::Params {
         return commit_param(state);
     }
@@ -686,7 +681,7 @@ fn submit(state: &mut State) -> Vec<Effect> {
         state.dirty = true;
         return match items.get(sel) {
             Some(item) if item.id == state.chat.conv.id => vec![],
-            Some(item) => vec![fx(ChatEffect::Open(item.id.clone()))],
+            Some(item) => vec![ChatEffect::Open(item.id.clone())],
             None => vec![],
         };
     }
@@ -718,7 +713,7 @@ fn submit(state: &mut State) -> Vec<Effect> {
     send(state, text)
 }
 
-fn commit_param(state: &mut State) -> Vec<Effect> {
+fn commit_param(state: &mut State) -> Vec<ChatEffect> {
     let Some(buf) = state.params.editing.take() else {
         return vec![];
     };
@@ -738,7 +733,7 @@ fn commit_param(state: &mut State) -> Vec<Effect> {
     }
 }
 
-fn param_changed(state: &mut State, f: Field) -> Vec<Effect> {
+fn param_changed(state: &mut State, f: Field) -> Vec<ChatEffect> {
     notice(
         state,
         false,
@@ -749,12 +744,12 @@ fn param_changed(state: &mut State, f: Field) -> Vec<Effect> {
         ),
     );
     match state.params.remember() {
-        Some(p) => vec![fx(ChatEffect::SavePresets(p))],
+        Some(p) => vec![ChatEffect::SavePresets(p)],
         None => vec![],
     }
 }
 
-fn send(state: &mut State, text: String) -> Vec<Effect> {
+fn send(state: &mut State, text: String) -> Vec<ChatEffect> {
     if state.chat.running.is_some() {
         notice(
             state,
@@ -794,7 +789,7 @@ fn send(state: &mut State, text: String) -> Vec<Effect> {
 }
 
 /// Begins streaming into the conversation's last (empty assistant) message.
-fn start_generation(state: &mut State, model: ChatModel) -> Vec<Effect> {
+fn start_generation(state: &mut State, model: ChatModel) -> Vec<ChatEffect> {
     let styles = markdown_styles(&state.theme);
     let params = state.params.params.clone();
     let budget = match (state.params.context, model.context_length) {
@@ -839,18 +834,18 @@ fn start_generation(state: &mut State, model: ChatModel) -> Vec<Effect> {
     state.status.notice = None;
     state.dirty = true;
     vec![
-        fx(ChatEffect::Generate {
+        ChatEffect::Generate {
             seq,
             backend: model.backend,
             messages,
             params,
             budget,
-        }),
-        fx(ChatEffect::Save(Box::new(chat.conv.clone()))),
+        },
+        ChatEffect::Save(Box::new(chat.conv.clone())),
     ]
 }
 
-fn stop(state: &mut State) -> Vec<Effect> {
+fn stop(state: &mut State) -> Vec<ChatEffect> {
     let Some(run) = state.chat.running.take() else {
         return vec![];
     };
@@ -864,12 +859,12 @@ fn stop(state: &mut State) -> Vec<Effect> {
     state.chat.stream = None;
     notice(state, false, "Stopped; the partial answer is kept");
     vec![
-        fx(ChatEffect::Cancel { seq: run.seq }),
-        fx(ChatEffect::Save(Box::new(state.chat.conv.clone()))),
+        ChatEffect::Cancel { seq: run.seq },
+        ChatEffect::Save(Box::new(state.chat.conv.clone())),
     ]
 }
 
-fn regenerate(state: &mut State) -> Vec<Effect> {
+fn regenerate(state: &mut State) -> Vec<ChatEffect> {
     if state.chat.running.is_some() {
         notice(state, true, "Stop the current answer first (Esc)");
         return vec![];
@@ -894,7 +889,7 @@ fn target(chat: &ChatState, role: Option<ConvRole>) -> Option<usize> {
     chat.conv.messages.iter().rposition(|m| m.role == role)
 }
 
-fn start_edit(state: &mut State) -> Vec<Effect> {
+fn start_edit(state: &mut State) -> Vec<ChatEffect> {
     if state.chat.running.is_some() {
         notice(state, true, "Stop the current answer first (Esc)");
         return vec![];
@@ -924,10 +919,10 @@ fn start_edit(state: &mut State) -> Vec<Effect> {
     vec![]
 }
 
-fn copy_message(state: &mut State) -> Vec<Effect> {
+fn copy_message(state: &mut State) -> Vec<ChatEffect> {
     let chat = &state.chat;
     match target(chat, None) {
-        Some(i) => vec![fx(ChatEffect::Copy(chat.conv.messages[i].content.clone()))],
+        Some(i) => vec![ChatEffect::Copy(chat.conv.messages[i].content.clone())],
         None => {
             notice(state, true, "Nothing to copy yet");
             vec![]
@@ -936,7 +931,7 @@ fn copy_message(state: &mut State) -> Vec<Effect> {
 }
 
 /// Copies code block `n` (1-based) of the target message, or its last one.
-fn copy_code(state: &mut State, n: Option<usize>) -> Vec<Effect> {
+fn copy_code(state: &mut State, n: Option<usize>) -> Vec<ChatEffect> {
     let chat = &state.chat;
     let Some(i) = target(chat, None) else {
         notice(state, true, "Nothing to copy yet");
@@ -948,7 +943,7 @@ fn copy_code(state: &mut State, n: Option<usize>) -> Vec<Effect> {
         None => blocks.last(),
     };
     match pick {
-        Some(code) => vec![fx(ChatEffect::Copy(code.clone()))],
+        Some(code) => vec![ChatEffect::Copy(code.clone())],
         None => {
             let msg = match n {
                 Some(n) => format!("That message has {} code block(s), not {n}", blocks.len()),
@@ -980,7 +975,7 @@ pub fn code_blocks(markdown: &str) -> Vec<String> {
     out
 }
 
-fn select(state: &mut State, dir: isize) -> Vec<Effect> {
+fn select(state: &mut State, dir: isize) -> Vec<ChatEffect> {
     let n = state.chat.conv.messages.len();
     if n == 0 {
         return vec![];
@@ -996,7 +991,7 @@ fn select(state: &mut State, dir: isize) -> Vec<Effect> {
     vec![]
 }
 
-fn page(state: &mut State, dir: Page) -> Vec<Effect> {
+fn page(state: &mut State, dir: Page) -> Vec<ChatEffect> {
     if state.chat.running.is_some() {
         return vec![];
     }
@@ -1015,7 +1010,7 @@ fn page(state: &mut State, dir: Page) -> Vec<Effect> {
     match changed {
         Ok(true) => {
             state.dirty = true;
-            vec![fx(ChatEffect::Save(Box::new(state.chat.conv.clone())))]
+            vec![ChatEffect::Save(Box::new(state.chat.conv.clone()))]
         }
         Ok(false) => vec![],
         Err(e) => {
@@ -1025,7 +1020,7 @@ fn page(state: &mut State, dir: Page) -> Vec<Effect> {
     }
 }
 
-fn new_chat(state: &mut State) -> Vec<Effect> {
+fn new_chat(state: &mut State) -> Vec<ChatEffect> {
     if state.chat.running.is_some() {
         notice(state, true, "Stop the current answer first (Esc)");
         return vec![];
@@ -1049,13 +1044,13 @@ fn open_conversation(state: &mut State, conv: Conversation) {
     state.dirty = true;
 }
 
-fn open_picker(state: &mut State) -> Vec<Effect> {
+fn open_picker(state: &mut State) -> Vec<ChatEffect> {
     state.chat.picker = Some(Picker::default());
     state.dirty = true;
     vec![]
 }
 
-fn run_slash(state: &mut State, cmd: Slash) -> Vec<Effect> {
+fn run_slash(state: &mut State, cmd: Slash) -> Vec<ChatEffect> {
     match cmd {
         Slash::Help => {
             let list: Vec<String> = slash::COMMANDS.iter().map(|(c, _)| c.to_string()).collect();
@@ -1078,22 +1073,22 @@ fn run_slash(state: &mut State, cmd: Slash) -> Vec<Effect> {
             state.chat.selected = None;
             state.chat.context = ContextMeter::default();
             notice(state, false, "Cleared");
-            vec![fx(ChatEffect::Save(Box::new(state.chat.conv.clone())))]
+            vec![ChatEffect::Save(Box::new(state.chat.conv.clone()))]
         }
         Slash::New => new_chat(state),
         Slash::Save(title) => {
             if let Some(t) = title {
                 state.chat.conv.rename(t);
             }
-            vec![fx(ChatEffect::Save(Box::new(state.chat.conv.clone())))]
+            vec![ChatEffect::Save(Box::new(state.chat.conv.clone()))]
         }
         Slash::Rename(t) => {
             state.chat.conv.rename(t);
             state.dirty = true;
-            vec![fx(ChatEffect::Save(Box::new(state.chat.conv.clone())))]
+            vec![ChatEffect::Save(Box::new(state.chat.conv.clone()))]
         }
         Slash::Load(None) | Slash::History => open_picker(state),
-        Slash::Load(Some(q)) => vec![fx(ChatEffect::OpenMatching(q))],
+        Slash::Load(Some(q)) => vec![ChatEffect::OpenMatching(q)],
         Slash::Delete => {
             if state.chat.running.is_some() {
                 notice(state, true, "Stop the current answer first (Esc)");
@@ -1101,13 +1096,13 @@ fn run_slash(state: &mut State, cmd: Slash) -> Vec<Effect> {
             }
             let id = state.chat.conv.id.clone();
             open_conversation(state, Conversation::new());
-            vec![fx(ChatEffect::Delete(id))]
+            vec![ChatEffect::Delete(id)]
         }
-        Slash::Export(format) => vec![fx(ChatEffect::Export {
+        Slash::Export(format) => vec![ChatEffect::Export {
             conv: Box::new(state.chat.conv.clone()),
             format,
-        })],
-        Slash::Import(path) => vec![fx(ChatEffect::Import(PathBuf::from(path)))],
+        }],
+        Slash::Import(path) => vec![ChatEffect::Import(PathBuf::from(path))],
         Slash::Set(f, v) => match state.params.set(f, &v) {
             Ok(()) => {
                 state.params.error = None;
@@ -1136,18 +1131,18 @@ fn run_slash(state: &mut State, cmd: Slash) -> Vec<Effect> {
 }
 
 /// Starts loading a model by library name, path or remote spec.
-pub fn load_model(state: &mut State, spec: String) -> Vec<Effect> {
+pub fn load_model(state: &mut State, spec: String) -> Vec<ChatEffect> {
     state.chat.seq += 1;
     let seq = state.chat.seq;
     state.chat.loading = Some((seq, spec.clone()));
     notice(state, false, format!("Loading {spec}…"));
-    vec![fx(ChatEffect::LoadModel { seq, spec })]
+    vec![ChatEffect::LoadModel { seq, spec }]
 }
 
 // ---------------------------------------------------------------------------------------------
 // Results from the runner
 
-pub fn on_msg(state: &mut State, msg: ChatMsg) -> Vec<Effect> {
+pub fn on_msg(state: &mut State, msg: ChatMsg) -> Vec<ChatEffect> {
     match msg {
         ChatMsg::ModelLoaded { seq, result } => {
             if state.chat.loading.as_ref().map(|l| l.0) != Some(seq) {
@@ -1258,7 +1253,7 @@ pub fn on_msg(state: &mut State, msg: ChatMsg) -> Vec<Effect> {
     }
 }
 
-fn on_gen(state: &mut State, seq: u64, elapsed_ms: f64, event: GenEvent) -> Vec<Effect> {
+fn on_gen(state: &mut State, seq: u64, elapsed_ms: f64, event: GenEvent) -> Vec<ChatEffect> {
     let current = state.chat.running.as_ref().map(|r| r.seq) == Some(seq);
     if !current {
         return vec![];
@@ -1326,16 +1321,16 @@ fn on_gen(state: &mut State, seq: u64, elapsed_ms: f64, event: GenEvent) -> Vec<
     }
 }
 
-fn gen_failed(state: &mut State, error: String) -> Vec<Effect> {
+fn gen_failed(state: &mut State, error: String) -> Vec<ChatEffect> {
     let chat = &mut state.chat;
     chat.running = None;
     chat.stream = None;
     let _ = chat.conv.mark_interrupted(None);
     notice(state, true, format!("Generation failed: {error}"));
-    vec![fx(ChatEffect::Save(Box::new(state.chat.conv.clone())))]
+    vec![ChatEffect::Save(Box::new(state.chat.conv.clone()))]
 }
 
-fn finish(state: &mut State, stats: GenStats) -> Vec<Effect> {
+fn finish(state: &mut State, stats: GenStats) -> Vec<ChatEffect> {
     let chat = &mut state.chat;
     let Some(run) = chat.running.take() else {
         return vec![];
@@ -1372,7 +1367,7 @@ fn finish(state: &mut State, stats: GenStats) -> Vec<Effect> {
         );
     }
     state.dirty = true;
-    vec![fx(ChatEffect::Save(Box::new(state.chat.conv.clone())))]
+    vec![ChatEffect::Save(Box::new(state.chat.conv.clone()))]
 }
 
 #[cfg(test)]

@@ -619,7 +619,7 @@ fn picker_searches_and_opens() {
 /// Runs effects and feeds the results back until `done(state)` holds.
 async fn drive(
     s: &mut State,
-    runner: &mut crate::app::effect::EffectRunner,
+    runner: &mut crate::app::runner::EffectRunner,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Msg>,
     effects: Vec<Effect>,
     done: impl Fn(&State) -> bool,
@@ -645,12 +645,15 @@ async fn the_chat_saves_after_each_finished_message_and_exports_and_copies() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let clip: Arc<Mutex<Vec<u8>>> = Arc::default();
     let sink = clip.clone();
-    let chat = runner::ChatRunner::new(EngineHandle::fake(FakeScript::simple()), dir.path().into())
-        .with_clipboard(Box::new(move |b| {
-            sink.lock().unwrap().extend_from_slice(b);
-            Ok(())
-        }));
-    let mut runner = crate::app::effect::EffectRunner::new(
+    let chat = crate::app::runner::chat::ChatRunner::new(
+        EngineHandle::fake(FakeScript::simple()),
+        dir.path().into(),
+    )
+    .with_clipboard(Box::new(move |b| {
+        sink.lock().unwrap().extend_from_slice(b);
+        Ok(())
+    }));
+    let mut runner = crate::app::runner::EffectRunner::new(
         tx,
         "/nonexistent".into(),
         crate::app::tests::empty_roots(),
@@ -716,7 +719,7 @@ async fn the_chat_saves_after_each_finished_message_and_exports_and_copies() {
     .await;
     assert_eq!(
         clip.lock().unwrap().as_slice(),
-        runner::osc52("Hello from the fake engine.").as_slice()
+        crate::app::runner::chat::osc52("Hello from the fake engine.").as_slice()
     );
 }
 
@@ -725,8 +728,11 @@ async fn a_context_budget_drops_the_oldest_turns_or_refuses() {
     use crate::engine::{ContextPolicy, EngineHandle, FakeScript};
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let chat = runner::ChatRunner::new(EngineHandle::fake(FakeScript::simple()), dir.path().into());
-    let mut runner = crate::app::effect::EffectRunner::new(
+    let chat = crate::app::runner::chat::ChatRunner::new(
+        EngineHandle::fake(FakeScript::simple()),
+        dir.path().into(),
+    );
+    let mut runner = crate::app::runner::EffectRunner::new(
         tx,
         "/nonexistent".into(),
         crate::app::tests::empty_roots(),

@@ -1,9 +1,11 @@
 //! Starts the full-screen app on the real terminal.
 
+pub mod event_loop;
+
 use crate::app::chat::params::ParamsState;
-use crate::app::chat::runner::{load_presets, ChatRunner};
-use crate::app::effect::EffectRunner;
 use crate::app::msg::Msg;
+use crate::app::runner::chat::{load_presets, ChatRunner};
+use crate::app::runner::EffectRunner;
 use crate::app::state::{Notice, Pane, State};
 use crate::config::keymap::Keymap;
 use crate::config::theme::{self, Theme};
@@ -64,7 +66,10 @@ fn start_chat(
         state.focus = Pane::Chat;
         state.main_pane = Pane::Chat;
         state.chat.input_focused = true;
-        effects = crate::app::chat::load_model(state, m);
+        effects = crate::app::chat::load_model(state, m)
+            .into_iter()
+            .map(crate::app::effect::Effect::Chat)
+            .collect();
     }
     if let Some(p) = problems.into_iter().next() {
         state.status.notice = Some(Notice {
@@ -79,11 +84,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut state = initial_state(&loaded, size)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let roots = crate::library::LibraryRoots::detect(
-        &loaded.hf_home(),
-        &loaded.dirs.data_dir,
-        &loaded.model_dirs(),
-    );
+    let roots = LibraryRoots::from_config(&loaded);
     let hub = crate::hub::HubClient::new(&loaded.config.hub.endpoint, loaded.token())?;
     state.hub = crate::app::hub::HubState::new(
         loaded.config.hub.endpoint.clone(),
@@ -98,7 +99,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         threads: loaded.config.engine.threads,
         max_loaded: loaded.config.engine.max_loaded.max(1),
     });
-    let server = crate::app::server::ServerRunner::new(
+    let server = crate::app::runner::server::ServerRunner::new(
         engine.clone(),
         crate::serve::options_for(&loaded, model.clone()),
         crate::serve::listen_addr(&loaded.config.server.host, loaded.config.server.port)
@@ -121,7 +122,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     spawn_signal_watch(tx.clone());
 
     let mut guard = TerminalGuard::enter()?;
-    let stats = crate::app::run(
+    let stats = event_loop::run(
         &mut guard.terminal,
         &mut state,
         crate::tui::events::stream(),

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::params::Presets;
-use super::slash::ExportFormat;
-use super::{Backend, ChatEffect, ChatModel, ChatMsg};
+use crate::app::chat::params::Presets;
+use crate::app::chat::slash::ExportFormat;
+use crate::app::chat::{Backend, ChatEffect, ChatModel, ChatMsg};
 use crate::app::msg::Msg;
 use crate::conversations::{export_json, export_markdown, import_json, ConversationStore};
 use crate::engine::{CancelToken, EngineHandle, GenEvent, GenRequest, Prompt};
