@@ -25,6 +25,7 @@ const DOMAIN: &[&str] = &[
     "fsutil",
     "procmem",
     "logging",
+    "pytorch",
 ];
 
 /// The front ends: each one sits on top and nothing below it may reach it.
@@ -627,6 +628,27 @@ fn no_new_import_cycles() {
     assert!(
         gone.is_empty(),
         "these cycles are gone; remove them from KNOWN_CYCLES: {gone:?}"
+    );
+}
+
+/// Every top-level module has a layer, so a new one cannot escape the rules by being unlisted.
+#[test]
+fn every_top_level_module_has_a_layer() {
+    let scanned = scan_crate();
+    let classified: Vec<&str> = DOMAIN
+        .iter()
+        .chain(FRONT_ENDS)
+        .chain(&["app", "ui", "tui"])
+        .copied()
+        .collect();
+    let unlisted: Vec<String> = scanned
+        .keys()
+        .filter(|p| p.len() == 1 && !classified.contains(&p[0].as_str()))
+        .map(|p| p[0].clone())
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "top-level modules without a layer (add each to DOMAIN or FRONT_ENDS): {unlisted:?}"
     );
 }
 
