@@ -36,6 +36,28 @@ fn version_and_help() {
 }
 
 #[test]
+fn subcommand_help_lists_its_own_options_before_the_global_ones() {
+    let home = tempfile::tempdir().unwrap();
+    let out = influence(home.path())
+        .args(["pull", "--help"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8(out).unwrap();
+    let at = |needle: &str| {
+        help.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing from:\n{help}"))
+    };
+    assert!(at("--quant") < at("Global options:"), "{help}");
+    assert!(at("--revision") < at("Global options:"), "{help}");
+    assert!(at("Global options:") < at("--theme"), "{help}");
+    // Flags of the app itself (not of pull) are not offered at all.
+    assert!(!help.contains("--serve"), "{help}");
+}
+
+#[test]
 fn config_prints_values_and_sources() {
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join("config.toml"), "theme = \"light\"\n").unwrap();
