@@ -65,6 +65,8 @@ pub enum Command {
     Verify(crate::commands::verify::VerifyArgs),
     /// Delete a model (lists exactly what will be removed first).
     Rm(crate::commands::rm::RmArgs),
+    /// Give a model a second name (nothing is copied); `rm NAME` removes the name only.
+    Cp(crate::commands::cp::CpArgs),
     /// Add a .gguf file or a model folder to the library, by reference (nothing is copied).
     Import(crate::commands::import::ImportArgs),
     /// Generate text with a model, streamed to stdout (chat template applied unless --raw).
@@ -73,6 +75,8 @@ pub enum Command {
     Embed(crate::commands::embed::EmbedArgs),
     /// Measure prompt and generation speed, time to first token and load time.
     Bench(crate::commands::bench::BenchArgs),
+    /// Show the models loaded in the running servers (--serve and the app's) on this machine.
+    Ps(crate::commands::ps::PsArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }
