@@ -3,6 +3,10 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Heading of the flags every subcommand accepts. A named heading is printed after the default
+/// "Options", so each subcommand's help lists its own options first.
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "influence",
@@ -12,19 +16,19 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// Config file to use instead of the default location.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log level for the log file (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Colour theme (dark, light, high-contrast, or a file in the config's themes/ folder).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME")]
     pub theme: Option<String>,
     /// Hub endpoint (mirrors work); overrides HF_ENDPOINT.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "URL")]
     pub endpoint: Option<String>,
     /// Inference threads (default: one per core).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "N")]
     pub threads: Option<usize>,
     /// Run the OpenAI/Ollama-compatible API server without the TUI (logs also go to stderr).
     #[arg(long)]
@@ -61,6 +65,8 @@ pub enum Command {
     Verify(crate::commands::verify::VerifyArgs),
     /// Delete a model (lists exactly what will be removed first).
     Rm(crate::commands::rm::RmArgs),
+    /// Give a model a second name (nothing is copied); `rm NAME` removes the name only.
+    Cp(crate::commands::cp::CpArgs),
     /// Add a .gguf file or a model folder to the library, by reference (nothing is copied).
     Import(crate::commands::import::ImportArgs),
     /// Generate text with a model, streamed to stdout (chat template applied unless --raw).
@@ -69,6 +75,8 @@ pub enum Command {
     Embed(crate::commands::embed::EmbedArgs),
     /// Measure prompt and generation speed, time to first token and load time.
     Bench(crate::commands::bench::BenchArgs),
+    /// Show the models loaded in the running servers (--serve and the app's) on this machine.
+    Ps(crate::commands::ps::PsArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }

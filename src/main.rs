@@ -47,10 +47,18 @@ fn main() -> ExitCode {
         Some(Command::Show(a)) => commands::show::run(a, &ctx),
         Some(Command::Verify(a)) => commands::verify::run(a, &ctx),
         Some(Command::Rm(a)) => commands::rm::run(a, &ctx),
+        Some(Command::Cp(a)) => commands::cp::run(a, &ctx),
         Some(Command::Import(a)) => commands::import::run(a, &ctx),
         Some(Command::Run(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
             a.model = p;
-            commands::run::run(&a, &ctx)
+            // On a terminal the answer is drawn as the chat draws it, in the user's theme.
+            let theme = influence::config::theme::Theme::load(
+                &loaded.config.theme,
+                &loaded.dirs.config_dir,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let styles = influence::app::chat::markdown_styles(&theme);
+            commands::run::run(&a, &ctx, &styles)
         }),
         Some(Command::Embed(mut a)) => commands::resolve_model(&a.model, &ctx).and_then(|p| {
             a.model = p;
@@ -60,6 +68,10 @@ fn main() -> ExitCode {
             a.model = p;
             commands::bench::run(&a, &ctx)
         }),
+        Some(Command::Ps(a)) => {
+            let key = Some(loaded.config.server.api_key.clone()).filter(|k| !k.is_empty());
+            commands::ps::run(a, &ctx, key)
+        }
         Some(Command::Config) => {
             print!("{}", loaded.describe());
             Ok(())

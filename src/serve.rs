@@ -35,6 +35,7 @@ pub fn options_for(loaded: &Loaded, default_model: Option<String>) -> ServerOpti
         cache_dir: loaded.hf_home().join("hub"),
         data_dir: loaded.dirs.data_dir.clone(),
     });
+    options.runtime_dir = Some(crate::server::runtime::records_dir(&loaded.dirs.data_dir));
     options
 }
 

@@ -38,6 +38,28 @@ fn version_and_help() {
 }
 
 #[test]
+fn subcommand_help_lists_its_own_options_before_the_global_ones() {
+    let home = tempfile::tempdir().unwrap();
+    let out = influence(home.path())
+        .args(["pull", "--help"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8(out).unwrap();
+    let at = |needle: &str| {
+        help.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing from:\n{help}"))
+    };
+    assert!(at("--quant") < at("Global options:"), "{help}");
+    assert!(at("--revision") < at("Global options:"), "{help}");
+    assert!(at("Global options:") < at("--theme"), "{help}");
+    // Flags of the app itself (not of pull) are not offered at all.
+    assert!(!help.contains("--serve"), "{help}");
+}
+
+#[test]
 fn config_prints_values_and_sources() {
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join("config.toml"), "theme = \"light\"\n").unwrap();
@@ -263,4 +285,290 @@ fn bench_prints_one_json_line_with_every_measurement() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("8964"));
+}
+
+/// Kills a `--serve` child when the test ends, pass or fail.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `influence --serve --port P ARGS` in `home`, once it answers `/health`.
+fn serve(home: &std::path::Path, port: u16, args: &[&str]) -> Served {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_influence"))
+        .args(["--serve", "--port", &port.to_string()])
+        .args(args)
+        .env("INFLUENCE_HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("HOME", home)
+        .env_remove("INFLUENCE_API_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start influence --serve");
+    let mut served = Served(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http(port, "GET", "/health", None).starts_with("HTTP/1.1 200") {
+        if let Ok(Some(status)) = served.0.try_wait() {
+            panic!("influence --serve exited early: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "influence --serve did not answer /health on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    served
+}
+
+/// One HTTP/1.1 request; the whole answer (status line, headers, body), or "" when nothing
+/// listens.
+fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let body = body.unwrap_or("");
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn cp_gives_a_second_name_that_resolves_in_the_cli_and_the_api() {
+    let home = tempfile::tempdir().unwrap();
+    let smol = models::smollm();
+    influence(home.path())
+        .arg("import")
+        .arg(&smol)
+        .assert()
+        .success();
+    influence(home.path())
+        .args(["cp", "SmolLM2-135M-Instruct", "tiny"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("tiny is now another name for"));
+    // Nothing was copied: the only file under the home is the alias list (and the imports).
+    let aliases = std::fs::read_to_string(home.path().join("data/aliases.json")).unwrap();
+    assert!(aliases.contains("\"tiny\""), "{aliases}");
+    influence(home.path())
+        .args(["show", "tiny"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("8192"));
+    influence(home.path())
+        .args(["list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("alias   tiny → "));
+    influence(home.path())
+        .args([
+            "--threads",
+            "1",
+            "run",
+            "--model",
+            "tiny",
+            "--temperature",
+            "0",
+        ])
+        .args(["--max-tokens", "3", "Hello"])
+        .assert()
+        .success();
+    // A model's own name is never shadowed, and a path-like name is refused.
+    influence(home.path())
+        .args(["cp", "tiny", "SmolLM2-135M-Instruct.Q4_1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already the name of a model"));
+    influence(home.path())
+        .args(["cp", "tiny", "./x"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("read as a path"));
+
+    // The API resolves it too, and answers with the name it was asked for.
+    let port = free_port();
+    let server = serve(home.path(), port, &[]);
+    let show = http(port, "POST", "/api/show", Some(r#"{"model":"tiny"}"#));
+    assert!(show.starts_with("HTTP/1.1 200"), "{show}");
+    assert!(show.contains("llama"), "{show}");
+    drop(server);
+
+    // rm removes the name only.
+    influence(home.path())
+        .args(["rm", "tiny"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Removed the name tiny"));
+    assert!(smol.is_file());
+    influence(home.path())
+        .args(["show", "tiny"])
+        .assert()
+        .failure();
+}
+
+#[test]
+fn run_renders_markdown_on_a_terminal_and_stays_plain_when_piped() {
+    let home = tempfile::tempdir().unwrap();
+    let qwen = models::qwen2();
+    let qwen = qwen.to_str().unwrap();
+    let args = [
+        "--threads",
+        "2",
+        "run",
+        "--model",
+        qwen,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "60",
+        "Write a Python function that adds two numbers.",
+    ];
+    let piped = influence(home.path())
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let piped = String::from_utf8(piped).unwrap();
+    assert!(
+        piped.contains("```python"),
+        "the model writes a fence: {piped}"
+    );
+    assert!(
+        !piped.contains('\x1b'),
+        "piped output has no escapes: {piped:?}"
+    );
+
+    let home_s = home.path().to_str().unwrap();
+    let mut app = PtyApp::spawn(
+        &args,
+        &[("INFLUENCE_HOME", home_s), ("HOME", home_s)],
+        100,
+        40,
+    );
+    assert_eq!(app.wait_exit(Duration::from_secs(180)), 0);
+    let screen = app.screen();
+    assert!(
+        !screen.contains("```"),
+        "fences are rendered away:\n{screen}"
+    );
+    // Row by row: a padded code row fills the width, so `contents()` runs it into the next.
+    let rows: Vec<String> = app.parser.screen().rows(0, 100).collect();
+    let (row, col) = rows
+        .iter()
+        .enumerate()
+        .find_map(|(r, l)| l.find("def ").map(|b| (r, l[..b].chars().count())))
+        .unwrap_or_else(|| panic!("no code on screen:\n{screen}"));
+    let cell = app
+        .parser
+        .screen()
+        .cell(row as u16, col as u16)
+        .expect("a cell");
+    assert!(
+        matches!(cell.fgcolor(), vt100::Color::Rgb(..)),
+        "`def` is highlighted: {:?}\n{screen}",
+        cell.fgcolor()
+    );
+    assert!(
+        matches!(cell.bgcolor(), vt100::Color::Rgb(..)),
+        "code rows have the code background"
+    );
+}
+
+#[test]
+fn ps_lists_the_models_of_running_servers_and_both_dialects_agree() {
+    let home = tempfile::tempdir().unwrap();
+    influence(home.path())
+        .arg("ps")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("No Influence server is running"));
+
+    let smol = models::smollm();
+    let port = free_port();
+    let server = serve(home.path(), port, &["--model", smol.to_str().unwrap()]);
+    // The default model loads in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http(port, "GET", "/api/ps", None).contains("\"context_length\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the model did not load: {}",
+            http(port, "GET", "/api/ps", None)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let table = influence(home.path())
+        .arg("ps")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.contains(&format!("127.0.0.1:{port}")), "{table}");
+    assert!(table.contains("serve"), "{table}");
+    assert!(table.contains("0 generating, 0 waiting"), "{table}");
+    assert!(table.contains("SmolLM2-135M-Instruct"), "{table}");
+    assert!(table.contains("cpu") && table.contains("8192"), "{table}");
+
+    let json = influence(home.path())
+        .args(["ps", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let list: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let ollama = &list[0]["ps"]["models"][0];
+    let memory = ollama["memory_bytes"].as_u64().unwrap();
+    assert!(memory > 98_000_000, "weights and cache: {memory}");
+    assert_eq!(ollama["size"].as_u64(), Some(memory));
+
+    // The OpenAI dialect answers the same facts for the same model.
+    let models = http(port, "GET", "/v1/models", None);
+    let body = &models[models.find("\r\n\r\n").unwrap() + 4..];
+    let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c.is_whitespace());
+    let v: serde_json::Value = serde_json::Deserializer::from_str(body)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let loaded: Vec<&serde_json::Value> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["loaded"] == true)
+        .collect();
+    assert_eq!(loaded.len(), 1, "{v}");
+    for key in ["device", "memory_bytes", "context_length"] {
+        assert_eq!(loaded[0][key], ollama[key], "{key}");
+    }
+    assert_eq!(v["active_requests"], 0);
+
+    // Once it stops, it is gone from the list.
+    drop(server);
+    influence(home.path())
+        .arg("ps")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("No Influence server is running"));
 }

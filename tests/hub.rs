@@ -1139,7 +1139,105 @@ mod cli {
             files: vec![],
             quant: quant.map(str::to_string),
             revision: "main".into(),
+            output: None,
         }
+    }
+
+    /// `influence pull --output DIR` through the real binary: plain files, a resumed partial,
+    /// nothing downloaded again on a rerun, and the library listing DIR.
+    #[test]
+    fn pull_output_writes_plain_files_resumes_and_the_library_lists_them() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let hub = rt.block_on(start_standard());
+        let home = tempfile::tempdir().unwrap();
+        let out = home.path().join("models");
+        let bin = |args: &[&str]| {
+            let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+            c.env_clear()
+                .env("INFLUENCE_HOME", home.path())
+                .env("HF_HOME", home.path().join("hf"))
+                .env("HOME", home.path())
+                .args(["--endpoint", &hub.endpoint])
+                .args(args);
+            c
+        };
+        // Half of the file is already there from an interrupted run.
+        let file = hub.file(GGUF, "tiny-llama.Q8_0.gguf");
+        let blobs = out.join(".influence-downloads/models--acme--tiny-llama-GGUF/blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let half = file.data.len() / 2;
+        std::fs::write(
+            blobs.join(format!("{}.influence.part", file.sha256)),
+            &file.data[..half],
+        )
+        .unwrap();
+        let out_s = out.to_str().unwrap();
+        bin(&["pull", GGUF, "--quant", "Q8_0", "--output", out_s])
+            .assert()
+            .success()
+            .stderr(predicates::str::contains("the library lists"));
+        let placed = out.join("tiny-llama.Q8_0.gguf");
+        assert_eq!(
+            std::fs::read(&placed).unwrap(),
+            file.data,
+            "verified content"
+        );
+        assert!(
+            out.join("config.json").is_file(),
+            "the small files come along"
+        );
+        assert!(
+            !out.join(".influence-downloads").exists(),
+            "the private cache is gone once everything is in place"
+        );
+        assert!(
+            !home
+                .path()
+                .join("hf/hub")
+                .join("models--acme--tiny-llama-GGUF")
+                .exists(),
+            "nothing went into the Hugging Face cache"
+        );
+        let resumed: Vec<_> = hub
+            .log()
+            .into_iter()
+            .filter(|l| {
+                l.origin == Origin::Cdn && l.range.as_deref().is_some_and(|r| r.ends_with('-'))
+            })
+            .collect();
+        assert_eq!(resumed.len(), 1, "one resumed transfer: {resumed:?}");
+        assert_eq!(
+            resumed[0].range.as_deref(),
+            Some(format!("bytes={half}-").as_str())
+        );
+
+        // A rerun checks the files and downloads nothing.
+        hub.clear_log();
+        bin(&["pull", GGUF, "--quant", "Q8_0", "--output", out_s])
+            .assert()
+            .success()
+            .stderr(predicates::str::contains("(verified)"));
+        // Only the start of the header is read again, for the memory estimate.
+        let log = hub.log();
+        assert!(
+            log.iter()
+                .filter(|l| l.origin == Origin::Cdn)
+                .all(|l| l.range.as_deref() == Some("bytes=0-262143")),
+            "no file downloaded again: {log:?}"
+        );
+        let listed = bin(&["list", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let listed = String::from_utf8(listed).unwrap();
+        assert!(
+            listed.contains(placed.to_str().unwrap()),
+            "the library lists the pulled file: {listed}"
+        );
+        drop(hub);
+        rt.shutdown_background();
     }
 
     #[test]

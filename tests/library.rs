@@ -272,9 +272,11 @@ mod inventory {
             (m.info.layers, m.info.kv_heads, m.info.head_dim),
             (Some(30), Some(3), Some(64))
         );
-        // weights + f32 KV cache for 4096 tokens (2 x 30 layers x 3 heads x 64 x 4 B x 4096) + 10%.
+        // The file + the f32 copy of the token embedding (vocab x width x 4 B) + f32 KV cache for
+        // 4096 tokens (2 x 30 layers x 3 heads x 64 x 4 B x 4096) + 10%: the estimate the Hub
+        // and `pull` make from the same header keys.
         let kv = 2 * 30 * 3 * 64 * 4 * 4096;
-        let expected = (m.info.weight_bytes + kv) * 11 / 10;
+        let expected = (SMOL_SIZE + 49_152 * 576 * 4 + kv) * 11 / 10;
         let est = m.memory_estimate.unwrap();
         assert!(est.abs_diff(expected) <= 1, "{est} vs {expected}");
         // The engine holds the file's tensors plus an f32 copy of the token embedding.
@@ -477,10 +479,12 @@ mod inventory {
         // Tied embedding: the Q8_0 copy stays as LM head, plus its f32 copy for the lookup.
         let weights = 17408 + 64 * 256 * 4 + 256;
         assert_eq!(q.info.weight_bytes, weights);
+        // The file, the f32 embedding copy the header implies (3 tokens x width 64 x 4 B), the
+        // KV cache and 10%.
         assert_eq!(
             q.memory_estimate,
-            Some((weights + kv) * 11 / 10),
-            "weights + KV + 10%"
+            Some((q.size_bytes + 3 * 64 * 4 + kv) * 11 / 10),
+            "file + embedding + KV + 10%"
         );
     }
 

@@ -1417,6 +1417,55 @@ mod pull {
         assert_eq!(v, json!({"status": "success"}));
     }
 
+    /// The app's Downloads pane sees pulls that API clients start (its own queue's ids stay
+    /// apart from theirs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pulls_through_the_api_reach_the_downloads_pane() {
+        let hub = FakeHub::builder()
+            .repo(
+                FakeRepo::new("acme/pulled-GGUF").file("pulled.Q8_0.gguf", gguf("llama", "Pulled")),
+            )
+            .start()
+            .await;
+        let endpoint = hub.endpoint.clone();
+        let (obs_tx, mut obs_rx) = tokio::sync::mpsc::unbounded_channel();
+        let fx = setup_in(move |dir, o, _| {
+            o.pull = Some(PullSettings {
+                endpoint,
+                token: None,
+                cache_dir: dir.join("hf/hub"),
+                data_dir: dir.join("data"),
+            });
+            o.pull_observer = Some(obs_tx);
+        });
+        let (s, v) = post(
+            &fx.app,
+            "/api/pull",
+            json!({"model": "acme/pulled-GGUF", "stream": false}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let mut pane = influence::app::downloads::DownloadsState::default();
+        let mut seen = Vec::new();
+        while let Ok(ev) = obs_rx.try_recv() {
+            seen.push(ev.clone());
+            influence::app::downloads::on_event(&mut pane, ev);
+        }
+        assert_eq!(pane.rows.len(), 1, "{seen:?}");
+        let row = &pane.rows[0];
+        assert_eq!(row.spec.path, "pulled.Q8_0.gguf");
+        assert!(
+            row.id >= 1 << 62,
+            "apart from the app's own ids: {}",
+            row.id
+        );
+        assert!(
+            matches!(row.state, influence::app::downloads::RowState::Done),
+            "{:?}",
+            row.state
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pull_errors_are_ollama_shaped() {
         let (_hub, fx) = hub_and_fixture().await;

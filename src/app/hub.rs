@@ -3,9 +3,11 @@
 use crate::config::keymap::Command;
 use crate::downloads::DownloadSpec;
 use crate::hub::{
-    fit_for, group_gguf, select_files, FitReport, MemInfo, ModelInfo, ModelSummary, PullRequest,
-    SearchQuery, Sort,
+    fit_for, gguf_need, group_gguf, select_files, shape_source, FitReport, MemInfo, ModelInfo,
+    ModelSummary, PullRequest, SearchQuery, Sort,
 };
+use crate::library::memory::ModelShape;
+use crate::markdown::{render_model_card, MarkdownStyles};
 
 /// Search results wait this long after the last keystroke, so typing never floods the Hub.
 pub const DEBOUNCE_MS: u64 = 350;
@@ -23,14 +25,45 @@ pub enum HubMsg {
         repo: String,
         result: Result<Box<ModelInfo>, String>,
     },
+    /// The repo's README.md, the model card.
+    Card {
+        repo: String,
+        result: Result<String, String>,
+    },
+    /// The shape read from the start of one of the repo's GGUF files (for memory estimates).
+    Shape {
+        repo: String,
+        result: Result<Option<ModelShape>, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubEffect {
-    Debounce { seq: u64 },
-    Search { seq: u64, query: SearchQuery },
-    NextPage { seq: u64, url: String },
-    Info { repo: String },
+    Debounce {
+        seq: u64,
+    },
+    Search {
+        seq: u64,
+        query: SearchQuery,
+    },
+    NextPage {
+        seq: u64,
+        url: String,
+    },
+    Info {
+        repo: String,
+    },
+    /// Fetch the model card (README.md) of `repo` at `revision`.
+    Card {
+        repo: String,
+        revision: String,
+    },
+    /// Read the shape of `repo` from the start of its file `path` at `revision`.
+    Shape {
+        repo: String,
+        revision: String,
+        path: String,
+    },
 }
 
 /// Quantizations offered first, best balance of quality and size first.
@@ -55,7 +88,28 @@ pub struct Detail {
     pub error: Option<String>,
     pub choices: Vec<Choice>,
     pub selected: usize,
+    /// What the memory estimates need beyond file sizes; `None` until read (or unreadable).
+    pub shape: Option<ModelShape>,
+    pub card: Card,
+    /// First row of the model card on screen.
+    pub card_scroll: usize,
 }
+
+/// The model card beside the quant list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Card {
+    Loading,
+    /// The repo has no README.md.
+    Absent,
+    Failed(String),
+    Ready {
+        source: String,
+        lines: Vec<ratatui::text::Line<'static>>,
+    },
+}
+
+/// How much of a README is fetched; longer cards are cut (and say so).
+pub const CARD_MAX_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct HubState {
@@ -127,6 +181,23 @@ impl HubState {
         }]
     }
 
+    /// The first search, when the app starts: the most downloaded models (GGUF only, the
+    /// default filter), so the pane opens on something to pick from.
+    pub fn open(&mut self) -> Vec<HubEffect> {
+        self.search_now()
+    }
+
+    /// Renders the model card again (after a theme change).
+    pub fn restyle(&mut self, styles: &MarkdownStyles) {
+        if let Some(Detail {
+            card: Card::Ready { source, lines },
+            ..
+        }) = self.detail.as_mut()
+        {
+            *lines = render_model_card(source, styles);
+        }
+    }
+
     /// A typed character or deletion: results follow after a pause in typing.
     pub fn edit(&mut self, c: Option<char>) -> Vec<HubEffect> {
         match c {
@@ -175,7 +246,19 @@ pub fn sort_label(s: Sort) -> &'static str {
 
 /// The download choices for a model: each GGUF quant (all parts), then a safetensors set, or a
 /// PyTorch `.bin` set when there is no safetensors.
-pub fn choices(info: &ModelInfo, mem: Option<MemInfo>) -> Vec<Choice> {
+/// A safetensors or PyTorch set's fit, estimated from its weights alone (its config.json is not
+/// fetched), with the same estimator the Library uses.
+fn weights_only_fit(size: u64, mem: MemInfo) -> FitReport {
+    let facts = crate::library::memory::MemoryFacts::new(size, None, None);
+    let need = crate::library::memory::estimate(
+        &facts,
+        crate::library::ModelKind::Generate,
+        crate::library::DEFAULT_CONTEXT,
+    );
+    fit_for(need, None, mem)
+}
+
+pub fn choices(info: &ModelInfo, mem: Option<MemInfo>, shape: Option<ModelShape>) -> Vec<Choice> {
     let mut out = Vec::new();
     for g in group_gguf(&info.files) {
         let label = g
@@ -195,7 +278,10 @@ pub fn choices(info: &ModelInfo, mem: Option<MemInfo>) -> Vec<Choice> {
             label,
             files: g.files.iter().map(|f| f.path.clone()).collect(),
             size: g.total_size,
-            fit: mem.map(|m| fit_for(g.total_size, m)),
+            fit: mem.map(|m| {
+                let (need, ctx) = gguf_need(g.total_size, g.quant, shape);
+                fit_for(need, ctx, m)
+            }),
             note,
         });
     }
@@ -210,7 +296,7 @@ pub fn choices(info: &ModelInfo, mem: Option<MemInfo>) -> Vec<Choice> {
             label: "safetensors".into(),
             files: weights.iter().map(|f| f.path.clone()).collect(),
             size,
-            fit: mem.map(|m| fit_for(size, m)),
+            fit: mem.map(|m| weights_only_fit(size, m)),
             note: None,
         });
     } else {
@@ -233,7 +319,7 @@ pub fn choices(info: &ModelInfo, mem: Option<MemInfo>) -> Vec<Choice> {
                 label: "pytorch".into(),
                 files: files.into_iter().map(|f| f.path).collect(),
                 size,
-                fit: mem.map(|m| fit_for(size, m)),
+                fit: mem.map(|m| weights_only_fit(size, m)),
                 note,
             });
         }
@@ -301,6 +387,9 @@ pub fn command(s: &mut HubState, cmd: Command, page: usize) -> (Vec<HubEffect>, 
             Command::SelectDown => d.selected = (d.selected + 1).min(last),
             Command::SelectFirst => d.selected = 0,
             Command::SelectLast => d.selected = last,
+            // The quant list is short; paging scrolls the model card beside it.
+            Command::PageDown => d.card_scroll = d.card_scroll.saturating_add(page.max(1)),
+            Command::PageUp => d.card_scroll = d.card_scroll.saturating_sub(page.max(1)),
             Command::Back | Command::Cancel => s.detail = None,
             Command::Download | Command::Open => {
                 if let Some((d, c)) = s.selected_choice() {
@@ -364,6 +453,9 @@ pub fn command(s: &mut HubState, cmd: Command, page: usize) -> (Vec<HubEffect>, 
                     error: None,
                     choices: vec![],
                     selected: 0,
+                    shape: None,
+                    card: Card::Loading,
+                    card_scroll: 0,
                 });
                 none.0 = vec![HubEffect::Info { repo: m.id.clone() }];
             }
@@ -373,7 +465,8 @@ pub fn command(s: &mut HubState, cmd: Command, page: usize) -> (Vec<HubEffect>, 
     none
 }
 
-pub fn update(s: &mut HubState, msg: HubMsg) -> Vec<HubEffect> {
+/// `styles` render a model card that arrives.
+pub fn update(s: &mut HubState, msg: HubMsg, styles: &MarkdownStyles) -> Vec<HubEffect> {
     match msg {
         HubMsg::Debounced { seq } if seq == s.seq => return s.search_now(),
         HubMsg::Debounced { .. } => {}
@@ -399,7 +492,7 @@ pub fn update(s: &mut HubState, msg: HubMsg) -> Vec<HubEffect> {
             if let Some(d) = s.detail.as_mut().filter(|d| d.repo == repo) {
                 match result {
                     Ok(info) => {
-                        d.choices = choices(&info, s.mem);
+                        d.choices = choices(&info, s.mem, d.shape);
                         // Preselect a good balance of quality and size that fits and runs.
                         let ok = |c: &Choice| {
                             c.note.is_none() && c.fit.is_none_or(|f| f.fit == crate::hub::Fit::Fits)
@@ -409,9 +502,52 @@ pub fn update(s: &mut HubState, msg: HubMsg) -> Vec<HubEffect> {
                             .find_map(|q| d.choices.iter().position(|c| c.label == *q && ok(c)))
                             .or_else(|| d.choices.iter().position(ok))
                             .unwrap_or(0);
+                        let revision = info.sha.clone().unwrap_or_else(|| "main".into());
+                        let mut effects = Vec::new();
+                        if info.files.iter().any(|f| f.path == "README.md") {
+                            effects.push(HubEffect::Card {
+                                repo: repo.clone(),
+                                revision: revision.clone(),
+                            });
+                        } else {
+                            d.card = Card::Absent;
+                        }
+                        if let Some(path) = shape_source(&info) {
+                            effects.push(HubEffect::Shape {
+                                repo: repo.clone(),
+                                revision,
+                                path,
+                            });
+                        }
                         d.info = Some(info);
+                        return effects;
                     }
-                    Err(e) => d.error = Some(e),
+                    Err(e) => {
+                        d.error = Some(e);
+                        d.card = Card::Absent;
+                    }
+                }
+            }
+        }
+        HubMsg::Card { repo, result } => {
+            if let Some(d) = s.detail.as_mut().filter(|d| d.repo == repo) {
+                d.card = match result {
+                    Ok(source) => Card::Ready {
+                        lines: render_model_card(&source, styles),
+                        source,
+                    },
+                    Err(e) => Card::Failed(e),
+                };
+            }
+        }
+        HubMsg::Shape { repo, result } => {
+            if let Some(d) = s.detail.as_mut().filter(|d| d.repo == repo) {
+                // An unreadable header leaves the size-only estimates, which say they are.
+                if let Ok(Some(shape)) = result {
+                    d.shape = Some(shape);
+                    if let Some(info) = &d.info {
+                        d.choices = choices(info, s.mem, d.shape);
+                    }
                 }
             }
         }

@@ -413,7 +413,7 @@ mod hub_and_downloads {
             lfs("optimizer.bin", 180_000_000),
             i.files[3].clone(),
         ];
-        let choices = crate::app::hub::choices(&i, None);
+        let choices = crate::app::hub::choices(&i, None, None);
         assert_eq!(choices.len(), 1, "{choices:?}");
         assert_eq!(choices[0].label, "pytorch");
         assert_eq!(choices[0].files, ["pytorch_model.bin"]);
@@ -424,10 +424,149 @@ mod hub_and_downloads {
             error: None,
             choices: choices.clone(),
             selected: 0,
+            shape: None,
+            card: crate::app::hub::Card::Absent,
+            card_scroll: 0,
         };
         let specs = crate::app::hub::specs_for(&detail, &choices[0]).unwrap();
         let files: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(files, ["pytorch_model.bin", "config.json"]);
+    }
+
+    #[test]
+    fn hub_opens_on_the_most_popular_models() {
+        let mut s = hub_state();
+        let eff = s.hub.open();
+        let seq = match eff.as_slice() {
+            [HubEffect::Search { seq, query }] => {
+                assert_eq!(query.search, None, "no query: the whole Hub");
+                assert_eq!(query.sort, Some(crate::hub::Sort::Downloads));
+                assert_eq!(query.filters, vec!["gguf".to_string()]);
+                *seq
+            }
+            other => panic!("{other:?}"),
+        };
+        let loading = crate::ui::tests::text(&s);
+        assert!(loading.contains("Searching…"), "{loading}");
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq,
+                append: false,
+                result: Ok((
+                    vec![
+                        summary("bartowski/Llama-3.2-1B-Instruct-GGUF", 2_400_000),
+                        summary("Qwen/Qwen2.5-0.5B-Instruct-GGUF", 1_100_000),
+                        summary("unsloth/gemma-3-270m-it-GGUF", 650_000),
+                    ],
+                    None,
+                )),
+            }),
+        );
+        let screen = crate::ui::tests::text(&s);
+        assert!(screen.contains("Most downloaded"), "{screen}");
+        assert!(screen.contains("2.4M"), "{screen}");
+        insta::assert_snapshot!("hub_opening_list", screen);
+    }
+
+    #[test]
+    fn hub_detail_shows_the_model_card_beside_the_quants() {
+        let mut s = hub_state();
+        s.hub.seq = 1;
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Results {
+                seq: 1,
+                append: false,
+                result: Ok((vec![summary("acme/tiny-GGUF", 5000)], None)),
+            }),
+        );
+        update(&mut s, key(KeyCode::Enter));
+        let mut with_card = info();
+        with_card.files.push(RepoFile {
+            path: "README.md".into(),
+            size: Some(900),
+            blob_id: Some("c".repeat(40)),
+            lfs: None,
+        });
+        let eff = update(
+            &mut s,
+            Msg::Hub(HubMsg::Info {
+                repo: "acme/tiny-GGUF".into(),
+                result: Ok(Box::new(with_card)),
+            }),
+        );
+        assert_eq!(
+            eff,
+            vec![
+                Effect::Hub(HubEffect::Card {
+                    repo: "acme/tiny-GGUF".into(),
+                    revision: "a".repeat(40),
+                }),
+                Effect::Hub(HubEffect::Shape {
+                    repo: "acme/tiny-GGUF".into(),
+                    revision: "a".repeat(40),
+                    path: "tiny.Q2_K.gguf".into(),
+                }),
+            ]
+        );
+        let loading = crate::ui::tests::text(&s);
+        assert!(loading.contains("Loading README.md"), "{loading}");
+        assert!(
+            loading.contains("Gated: accept its conditions"),
+            "{loading}"
+        );
+        assert!(loading.contains("Licence: apache-2.0"), "{loading}");
+        let mut card = String::from(
+            "---\nlicense: apache-2.0\n---\n# Tiny GGUF\n\nA **tiny** llama, quantized.\n\n```python\nfrom llama_cpp import Llama\nllm = Llama(\"tiny.Q4_K_M.gguf\")\n```\n\n## Files\n\n",
+        );
+        for i in 0..40 {
+            card.push_str(&format!("- line {i} of the card\n"));
+        }
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Card {
+                repo: "acme/tiny-GGUF".into(),
+                result: Ok(card),
+            }),
+        );
+        // The header of each GGUF gives the KV-cache shape: the estimate then includes it.
+        update(
+            &mut s,
+            Msg::Hub(HubMsg::Shape {
+                repo: "acme/tiny-GGUF".into(),
+                result: Ok(Some(crate::library::memory::ModelShape {
+                    kv_bytes_per_token: 100_000,
+                    context_length: Some(2048),
+                    embedding_f32_bytes: 0,
+                })),
+            }),
+        );
+        let screen = crate::ui::tests::text(&s);
+        assert!(screen.contains("Model card"), "{screen}");
+        assert!(
+            screen.contains("Tiny GGUF") && screen.contains("from llama_cpp"),
+            "{screen}"
+        );
+        assert!(
+            !screen.contains("```") && !screen.contains("license:"),
+            "{screen}"
+        );
+        assert!(screen.contains("Memory @2048 tokens"), "{screen}");
+        assert!(screen.contains("2.4 GB · fits"), "{screen}");
+        insta::assert_snapshot!("hub_model_card", screen);
+        assert!(!screen.contains("line 39 of the card"));
+        for _ in 0..3 {
+            update(&mut s, key(KeyCode::PageDown));
+        }
+        let scrolled = crate::ui::tests::text(&s);
+        assert!(scrolled.contains("line 39 of the card"), "{scrolled}");
+        assert!(!scrolled.contains("Tiny GGUF"), "{scrolled}");
+        assert_eq!(
+            s.hub.detail.as_ref().unwrap().selected,
+            1,
+            "paging scrolls the card, not the quant list"
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
                 text: format!("Theme: {}", theme.name),
             });
             state.theme = *theme;
+            state
+                .hub
+                .restyle(&super::chat::markdown_styles(&state.theme));
             state.dirty = true;
             vec![]
         }
@@ -94,7 +97,8 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
         }
         Msg::Hub(m) => {
             state.dirty = true;
-            wrap(hub::update(&mut state.hub, m), Effect::Hub)
+            let styles = super::chat::markdown_styles(&state.theme);
+            wrap(hub::update(&mut state.hub, m, &styles), Effect::Hub)
         }
         Msg::Download(ev) => {
             // Progress of a pane that is not on screen only matters to the status bar.

@@ -19,6 +19,12 @@ pub fn run(args: ListArgs, ctx: &Context) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(library.models())?);
     } else {
         print!("{}", render_table(library.models()));
+        for a in library.aliases() {
+            let target = library
+                .resolve(&a.name)
+                .map_or_else(|_| format!("{} (missing)", a.target), |m| m.name.clone());
+            println!("alias   {} → {target}", a.name);
+        }
     }
     Ok(())
 }

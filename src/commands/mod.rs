@@ -1,12 +1,14 @@
-//! Scripted subcommands (`influence search|pull|list|show|verify|rm|import|run|embed|bench|config`).
+//! Scripted subcommands (`influence search|pull|list|show|verify|rm|cp|import|run|embed|bench|ps|config`).
 //!
 //! Each subcommand lives in its own file with its clap `Args` and a `run` function. They share the
 //! resolved [`Context`] built from the configuration by `main`.
 
 pub mod bench;
+pub mod cp;
 pub mod embed;
 pub mod import;
 pub mod list;
+pub mod ps;
 pub mod pull;
 pub mod rm;
 pub mod run;

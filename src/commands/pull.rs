@@ -1,5 +1,10 @@
-//! `influence pull REPO`: download a model (one GGUF quant, or a safetensors set) into the
-//! Hugging Face cache, with progress on stderr.
+//! `influence pull REPO [--output DIR]`: download a model (one GGUF quant, or a safetensors set)
+//! into the Hugging Face cache, or as plain files under DIR, with progress on stderr.
+//!
+//! With `--output`, the same download manager fetches into a private cache inside DIR
+//! (`DIR/.influence-downloads`, hidden from the library), so resuming and the sha256 check work
+//! exactly as for the cache; each verified file is then renamed to `DIR/<path>` and DIR is added
+//! to the library by reference.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -10,8 +15,8 @@ use anyhow::{bail, Context as _};
 use crate::commands::Context;
 use crate::downloads::{self, DownloadEvent, DownloadSpec, ManagerConfig, Progress};
 use crate::hub::{
-    fit_for, group_gguf, human_bytes, select_files, validate_repo_id, HubClient, MemInfo,
-    PullRequest,
+    fetch_shape, fit_for, gguf_need, group_gguf, human_bytes, select_files, validate_repo_id,
+    HubClient, MemInfo, PullRequest,
 };
 
 /// Download a model from the Hub into the Hugging Face cache.
@@ -28,7 +33,14 @@ pub struct PullArgs {
     /// Branch, tag or commit.
     #[arg(long, default_value = "main")]
     pub revision: String,
+    /// Write plain files under DIR instead of the Hugging Face cache; the library lists DIR.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
 }
+
+/// The private download cache inside an `--output` folder; its partial files make a rerun
+/// resume.
+pub const STAGING: &str = ".influence-downloads";
 
 pub fn run(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
     validate_repo_id(&args.repo)?;
@@ -44,9 +56,78 @@ pub fn run(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
         .data_dir
         .join("cli-pull")
         .join(std::process::id().to_string());
-    let result = rt.block_on(pull(client, args, ctx.hub_cache(), queue_dir.clone()));
+    let output = match &args.output {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+            Some(std::fs::canonicalize(dir)?)
+        }
+        None => None,
+    };
+    let cache = output
+        .as_ref()
+        .map_or_else(|| ctx.hub_cache(), |d| d.join(STAGING));
+    let result = rt.block_on(pull(client, args, cache, queue_dir.clone(), output.clone()));
     let _ = std::fs::remove_dir_all(&queue_dir);
-    result
+    result?;
+    if let Some(dir) = output {
+        let roots = ctx.library_roots();
+        match crate::library::import(&roots, &dir) {
+            Ok(_) | Err(crate::library::LibraryError::AlreadyListed { .. }) => {
+                eprintln!("the library lists {}", dir.display());
+            }
+            // Only small files were asked for (`--file README.md`): nothing to list yet.
+            Err(e @ crate::library::LibraryError::NotAModel { .. }) => {
+                eprintln!("not added to the library: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Where a repo file goes under `--output`.
+fn plain_path(dir: &std::path::Path, repo_path: &str) -> PathBuf {
+    repo_path
+        .split('/')
+        .fold(dir.to_path_buf(), |p, part| p.join(part))
+}
+
+/// A file already under DIR with the size and hash the Hub lists needs no download.
+fn already_there(dir: &std::path::Path, f: &crate::hub::RepoFile) -> bool {
+    let target = plain_path(dir, &f.path);
+    let Ok(meta) = std::fs::metadata(&target) else {
+        return false;
+    };
+    if f.size.is_some_and(|n| n != meta.len()) {
+        return false;
+    }
+    let expected = match (&f.lfs, &f.blob_id) {
+        (Some(lfs), _) => crate::library::FileHash::Sha256(lfs.sha256.clone()),
+        (None, Some(oid)) => crate::library::FileHash::GitSha1(oid.clone()),
+        (None, None) => return false,
+    };
+    crate::library::file_matches(&target, &expected).unwrap_or(false)
+}
+
+/// Moves a verified download out of the private cache to `DIR/<path>` (same file system, so a
+/// rename) and drops the snapshot link that pointed at it.
+fn place(
+    done: &std::path::Path,
+    dir: &std::path::Path,
+    repo_path: &str,
+) -> anyhow::Result<PathBuf> {
+    let blob = std::fs::canonicalize(done)
+        .with_context(|| format!("the downloaded file {} vanished", done.display()))?;
+    let target = plain_path(dir, repo_path);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::rename(&blob, &target)
+        .with_context(|| format!("cannot move {} to {}", blob.display(), target.display()))?;
+    let _ = std::fs::remove_file(done);
+    Ok(target)
 }
 
 async fn pull(
@@ -54,6 +135,7 @@ async fn pull(
     args: PullArgs,
     cache: PathBuf,
     queue_dir: PathBuf,
+    output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let info = client.model_info(&args.repo, Some(&args.revision)).await?;
     for p in &info.rejected_paths {
@@ -71,15 +153,27 @@ async fn pull(
         files.len(),
         human_bytes(total)
     );
-    let gguf_bytes: u64 = group_gguf(&files).iter().map(|g| g.total_size).sum();
-    if gguf_bytes > 0 {
-        if let Some(mem) = MemInfo::read() {
-            eprintln!("memory: {}", fit_for(gguf_bytes, mem).describe());
-        }
+    let groups = group_gguf(&files);
+    if let (Some(g), Some(mem)) = (groups.iter().find(|g| !g.is_projector), MemInfo::read()) {
+        // The same estimate the Hub pane and the Library show, from the same header keys.
+        let shape = match fetch_shape(&client, &info.id, &args.revision, &g.files[0].path).await {
+            Ok(shape) => shape,
+            Err(e) => {
+                eprintln!("warning: cannot read the model's header for the memory estimate: {e}");
+                None
+            }
+        };
+        let (need, ctx) = gguf_need(g.total_size, g.quant, shape);
+        eprintln!("memory: {}", fit_for(need, ctx, mem).describe());
     }
-    let (handle, mut events) = downloads::spawn(ManagerConfig::new(client, cache, queue_dir))?;
+    let (handle, mut events) =
+        downloads::spawn(ManagerConfig::new(client, cache.clone(), queue_dir))?;
     let mut names = HashMap::new();
     for f in &files {
+        if let Some(dir) = output.as_deref().filter(|d| already_there(d, f)) {
+            eprintln!("have  {} (verified)", plain_path(dir, &f.path).display());
+            continue;
+        }
         let id = handle.enqueue(DownloadSpec::from_file(&info.id, &args.revision, f));
         names.insert(id, f.path.clone());
     }
@@ -122,7 +216,15 @@ async fn pull(
                 pending.remove(&id);
                 last.remove(&id);
                 clear_line(tty);
-                eprintln!("done  {}", path.display());
+                let name = names.get(&id).cloned().unwrap_or_default();
+                match output.as_deref().map(|d| place(&path, d, &name)) {
+                    None => eprintln!("done  {}", path.display()),
+                    Some(Ok(target)) => eprintln!("done  {}", target.display()),
+                    Some(Err(e)) => {
+                        eprintln!("failed {name}: {e:#}");
+                        failures.push(format!("{name}: {e:#}"));
+                    }
+                }
             }
             DownloadEvent::Failed { id, reason } => {
                 pending.remove(&id);
@@ -140,7 +242,14 @@ async fn pull(
     clear_line(tty);
     match failures.len() {
         0 => {
-            eprintln!("pulled {} into the Hugging Face cache", info.id);
+            match &output {
+                Some(dir) => {
+                    // Nothing left to resume: the private cache goes.
+                    let _ = std::fs::remove_dir_all(&cache);
+                    eprintln!("pulled {} into {}", info.id, dir.display());
+                }
+                None => eprintln!("pulled {} into the Hugging Face cache", info.id),
+            }
             Ok(())
         }
         1 => bail!("{}", failures[0]),

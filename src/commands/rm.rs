@@ -3,11 +3,12 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::commands::Context;
-use crate::library::{human, DeletePlan, Library};
+use crate::library::{human, remove_alias, DeletePlan, Library};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RmArgs {
-    /// A name (`org/name`, `org/name:QUANT`, a unique suffix) or a path.
+    /// A name (`org/name`, `org/name:QUANT`, a unique suffix), a path, or an alias from `cp`
+    /// (which removes only the alias).
     pub model: String,
     /// Delete without asking.
     #[arg(long, short = 'y')]
@@ -15,7 +16,18 @@ pub struct RmArgs {
 }
 
 pub fn run(args: RmArgs, ctx: &Context) -> anyhow::Result<()> {
-    let library = Library::scan(&ctx.library_roots());
+    let roots = ctx.library_roots();
+    let library = Library::scan(&roots);
+    // An alias goes on its own: the model keeps its files and other names.
+    if let Some(alias) = library.alias(&args.model) {
+        let name = alias.name.clone();
+        remove_alias(&roots, &name)?;
+        println!(
+            "Removed the name {name} (the model {} is kept).",
+            alias.target
+        );
+        return Ok(());
+    }
     let model = library.resolve(&args.model)?;
     let plan = library.delete_plan(model)?;
     let stdin = std::io::stdin();

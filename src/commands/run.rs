@@ -1,7 +1,10 @@
 //! `influence run --model PATH [sampling flags] PROMPT`: one generation streamed to stdout,
 //! statistics to stderr. The thread count comes from the global `--threads` flag.
+//!
+//! On a terminal the answer is rendered as the chat renders it (markdown, highlighted code);
+//! piped or redirected, it is the model's plain text.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -11,6 +14,8 @@ use crate::engine::{
     configure_threads, wait, ChatMessage, EngineHandle, EngineOptions, GenEvent, GenParams,
     GenRequest, GenStats, Prompt,
 };
+use crate::markdown::ansi::AnsiStream;
+use crate::markdown::MarkdownStyles;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -84,7 +89,8 @@ pub fn describe_stats(s: &GenStats) -> String {
     .to_lowercase()
 }
 
-pub fn run(args: &RunArgs, ctx: &Context) -> anyhow::Result<()> {
+/// `styles` render the answer when stdout is a terminal (the chat's, from the user's theme).
+pub fn run(args: &RunArgs, ctx: &Context, styles: &MarkdownStyles) -> anyhow::Result<()> {
     let params = args.params();
     params.validate().map_err(anyhow::Error::msg)?;
     let text = if args.prompt == "-" {
@@ -124,15 +130,30 @@ pub fn run(args: &RunArgs, ctx: &Context) -> anyhow::Result<()> {
         params,
     });
     let mut out = std::io::stdout().lock();
+    let mut rendered = out.is_terminal().then(|| {
+        // A terminal that reports no size (some ptys) gets the classic one.
+        let (w, h) = crossterm::terminal::size()
+            .ok()
+            .filter(|(w, h)| *w > 0 && *h > 0)
+            .unwrap_or((80, 24));
+        AnsiStream::new(styles.clone(), w, h)
+    });
     while let Some(ev) = gen.events.blocking_recv() {
         match ev {
             GenEvent::Started { .. } => {}
             GenEvent::Token { text, .. } => {
-                out.write_all(text.as_bytes())?;
+                match rendered.as_mut() {
+                    Some(r) => out.write_all(r.push(&text).as_bytes())?,
+                    None => out.write_all(text.as_bytes())?,
+                }
                 out.flush()?;
             }
             GenEvent::Done(stats) => {
-                writeln!(out)?;
+                match rendered.as_mut() {
+                    Some(r) => out.write_all(r.finish().as_bytes())?,
+                    None => writeln!(out)?,
+                }
+                out.flush()?;
                 eprintln!("{} ({threads} threads)", describe_stats(&stats));
                 return Ok(());
             }

@@ -144,6 +144,39 @@ pub enum DownloadEvent {
     },
 }
 
+impl DownloadEvent {
+    /// The job the event is about (`None` for a notice).
+    pub fn id(&self) -> Option<DownloadId> {
+        match self {
+            DownloadEvent::Queued { id, .. }
+            | DownloadEvent::Started { id }
+            | DownloadEvent::Retrying { id, .. }
+            | DownloadEvent::Paused { id }
+            | DownloadEvent::Done { id, .. }
+            | DownloadEvent::Failed { id, .. }
+            | DownloadEvent::Cancelled { id } => Some(*id),
+            DownloadEvent::Progress(p) => Some(p.id),
+            DownloadEvent::Notice { .. } => None,
+        }
+    }
+
+    /// The same event about job `id + offset`: for showing another queue's jobs in one view.
+    pub fn offset_id(mut self, offset: DownloadId) -> DownloadEvent {
+        match &mut self {
+            DownloadEvent::Queued { id, .. }
+            | DownloadEvent::Started { id }
+            | DownloadEvent::Retrying { id, .. }
+            | DownloadEvent::Paused { id }
+            | DownloadEvent::Done { id, .. }
+            | DownloadEvent::Failed { id, .. }
+            | DownloadEvent::Cancelled { id } => *id = id.wrapping_add(offset),
+            DownloadEvent::Progress(p) => p.id = p.id.wrapping_add(offset),
+            DownloadEvent::Notice { .. } => {}
+        }
+        self
+    }
+}
+
 /// The state of a job as [`DownloadHandle::list`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum JobState {

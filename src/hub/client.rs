@@ -368,6 +368,48 @@ impl HubClient {
         }
     }
 
+    /// The first `max` bytes of a file (fewer if it is shorter), e.g. a GGUF header's metadata:
+    /// a ranged GET, read up to `max` bytes even from a server that ignores the range.
+    pub async fn read_prefix(
+        &self,
+        repo: &str,
+        revision: &str,
+        path: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, HubError> {
+        validate_repo_id(repo)?;
+        validate_revision(revision)?;
+        validate_repo_path(path)?;
+        let url = self.file_url(repo, revision, path)?;
+        let ctx = ErrCtx {
+            repo,
+            revision: Some(revision),
+            path: Some(path),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let range = format!("bytes=0-{}", max.saturating_sub(1));
+        headers.insert(RANGE, HeaderValue::from_str(&range).expect("ascii range"));
+        let (mut resp, _) = self
+            .send(Method::GET, url, headers, Some(METADATA_TIMEOUT), true)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_for(resp, &ctx).await);
+        }
+        let mut out = Vec::with_capacity(max.min(1 << 20));
+        while out.len() < max {
+            let chunk = resp.chunk().await.map_err(|e| HubError::Network {
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            })?;
+            match chunk {
+                Some(c) => out.extend_from_slice(&c[..c.len().min(max - out.len())]),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     fn file_meta_from(
         &self,
         resp: &Response,

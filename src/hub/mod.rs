@@ -6,6 +6,7 @@
 pub mod client;
 pub mod error;
 pub mod quant;
+pub mod shape;
 pub mod sysmem;
 pub mod token;
 pub mod types;
@@ -14,9 +15,10 @@ pub mod validate;
 pub use client::{FileMeta, FileResponse, HubClient};
 pub use error::HubError;
 pub use quant::{
-    fit_for, group_gguf, human_bytes, pytorch_set, select_files, Fit, FitReport, GgufGroup,
-    PullRequest, Quant, SelectError,
+    fit_for, gguf_need, group_gguf, human_bytes, pytorch_set, select_files, Fit, FitReport,
+    GgufGroup, PullRequest, Quant, SelectError,
 };
+pub use shape::{fetch_shape, shape_source};
 pub use sysmem::MemInfo;
 pub use token::read_token;
 pub use types::{

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use super::sysmem::MemInfo;
 use super::types::{ModelInfo, RepoFile};
+use crate::library::memory::{self, MemoryFacts, ModelShape};
+use crate::library::ModelKind;
 
 /// GGUF quantisation types as they appear in file names.
 #[allow(non_camel_case_types)]
@@ -295,51 +297,76 @@ pub enum Fit {
 pub struct FitReport {
     pub fit: Fit,
     pub need_bytes: u64,
+    /// The context the estimate includes a KV cache for; `None` when the model's shape is not
+    /// known yet, so the estimate covers the weights only (a lower bound).
+    pub context: Option<u64>,
     pub available_bytes: u64,
     pub total_bytes: u64,
 }
 
 impl FitReport {
-    /// e.g. "needs 4.9 GB, 12.1 GB free of 16.0 GB: fits".
+    /// For a table cell: "4.9 GB · fits", "≥4.4 GB · tight" (weights only), "33 GB · won't fit".
+    pub fn short(&self) -> String {
+        let verdict = match self.fit {
+            Fit::Fits => "fits",
+            Fit::Tight => "tight",
+            Fit::WontFit => "won't fit",
+        };
+        let bound = if self.context.is_some() { "" } else { "≥" };
+        format!("{bound}{} · {verdict}", human_bytes(self.need_bytes))
+    }
+
+    /// e.g. "needs 4.9 GB with a 4096-token context, 12.1 GB free of 16.0 GB: fits".
     pub fn describe(&self) -> String {
         let verdict = match self.fit {
             Fit::Fits => "fits",
             Fit::Tight => "tight: close other programs first",
             Fit::WontFit => "won't fit in this machine's memory",
         };
+        let need = match self.context {
+            Some(ctx) => format!(
+                "needs {} with a {ctx}-token context",
+                human_bytes(self.need_bytes)
+            ),
+            None => format!(
+                "needs at least {} (weights only)",
+                human_bytes(self.need_bytes)
+            ),
+        };
         format!(
-            "needs {}, {} free of {}: {verdict}",
-            human_bytes(self.need_bytes),
+            "{need}, {} free of {}: {verdict}",
             human_bytes(self.available_bytes),
             human_bytes(self.total_bytes)
         )
     }
 }
 
-/// Runtime overhead on top of the weights: KV cache at a default context, compute buffers and
-/// the program itself. Deliberately rough; the engine has the precise per-architecture estimate.
-const OVERHEAD_FIXED: u64 = 512 * 1024 * 1024;
-
-/// Memory a GGUF of `file_bytes` needs once loaded: the weights (memory-mapped, so about the file
-/// size) plus 10% and a fixed overhead for the KV cache and buffers.
-pub fn estimate_memory(file_bytes: u64) -> u64 {
-    file_bytes + file_bytes / 10 + OVERHEAD_FIXED
+/// The memory a GGUF download of `file_bytes` (all parts) in quant `quant` needs, from the one
+/// estimator the Library uses ([`crate::library::memory`]), and the context it assumes.
+pub fn gguf_need(
+    file_bytes: u64,
+    quant: Option<Quant>,
+    shape: Option<ModelShape>,
+) -> (u64, Option<u64>) {
+    let facts = MemoryFacts::new(file_bytes, quant.map(Quant::name), shape);
+    let need = memory::estimate(&facts, ModelKind::Generate, memory::DEFAULT_CONTEXT);
+    (need, shape.map(|s| memory::context_for(s.context_length)))
 }
 
-/// Compares the estimate for `file_bytes` with `mem`. "Fits" keeps 15% of the available memory
-/// free for the rest of the system.
-pub fn fit_for(file_bytes: u64, mem: MemInfo) -> FitReport {
-    let need = estimate_memory(file_bytes);
-    let fit = if need <= mem.available_bytes / 100 * 85 {
+/// Compares a need of `need_bytes` (with a KV cache for `context` tokens, if known) with `mem`.
+/// "Fits" keeps 15% of the available memory free for the rest of the system.
+pub fn fit_for(need_bytes: u64, context: Option<u64>, mem: MemInfo) -> FitReport {
+    let fit = if need_bytes <= mem.available_bytes / 100 * 85 {
         Fit::Fits
-    } else if need <= mem.total_bytes {
+    } else if need_bytes <= mem.total_bytes {
         Fit::Tight
     } else {
         Fit::WontFit
     };
     FitReport {
         fit,
-        need_bytes: need,
+        need_bytes,
+        context,
         available_bytes: mem.available_bytes,
         total_bytes: mem.total_bytes,
     }
@@ -685,12 +712,29 @@ mod tests {
             total_bytes: 16 * gb,
             available_bytes: 8 * gb,
         };
-        assert_eq!(fit_for(2 * gb, mem).fit, Fit::Fits);
-        assert_eq!(fit_for(9 * gb, mem).fit, Fit::Tight);
-        assert_eq!(fit_for(20 * gb, mem).fit, Fit::WontFit);
-        let r = fit_for(2 * gb, mem);
+        let need = |b| gguf_need(b, Some(Quant::Q4_K_M), None).0;
+        assert_eq!(fit_for(need(2 * gb), None, mem).fit, Fit::Fits);
+        assert_eq!(fit_for(need(9 * gb), None, mem).fit, Fit::Tight);
+        assert_eq!(fit_for(need(20 * gb), None, mem).fit, Fit::WontFit);
+        let r = fit_for(need(2 * gb), None, mem);
         assert!(r.need_bytes > 2 * gb);
-        assert!(r.describe().contains("8.0 GB free of 16.0 GB"));
+        assert!(
+            r.describe().contains("8.0 GB free of 16.0 GB"),
+            "{}",
+            r.describe()
+        );
+        assert!(r.describe().contains("at least"), "{}", r.describe());
+        let shape = ModelShape {
+            kv_bytes_per_token: 100_000,
+            context_length: Some(2048),
+            embedding_f32_bytes: 0,
+        };
+        let (with_kv, ctx) = gguf_need(2 * gb, Some(Quant::Q4_K_M), Some(shape));
+        assert_eq!(ctx, Some(2048));
+        assert_eq!(with_kv, need(2 * gb) + 100_000 * 2048 * 11 / 10);
+        assert!(fit_for(with_kv, ctx, mem)
+            .describe()
+            .contains("2048-token context"));
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub enum LibraryError {
     AlreadyListed { path: PathBuf, name: String },
     #[error("the imports list {path} is unreadable ({reason}); fix or delete that file and import again")]
     ImportsFile { path: PathBuf, reason: String },
+    #[error("the alias list {path} is unreadable ({reason}); fix or delete that file")]
+    AliasesFile { path: PathBuf, reason: String },
+    #[error("cannot use \"{name}\" as a name: {reason}")]
+    InvalidAlias { name: String, reason: String },
+    #[error("\"{name}\" is another name for {target}, which is no longer in the library ({path}); remove the alias with `influence rm {name}`")]
+    DanglingAlias {
+        name: String,
+        target: String,
+        path: PathBuf,
+    },
     #[error("refusing to delete {path}: it is outside {root}. The library changed since it was scanned; run the command again")]
     OutsideStore { path: PathBuf, root: PathBuf },
     #[error(

@@ -270,10 +270,76 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
     })
 }
 
+/// The metadata of a GGUF file whose first bytes are `prefix` (fetched over HTTP, say): every
+/// entry that lies wholly inside it. An entry cut off by the end of the prefix ends the list; a
+/// prefix that is not a GGUF start, or metadata that is corrupt, is an error.
+pub fn read_metadata_prefix(prefix: &[u8]) -> Result<BTreeMap<String, MetaValue>, GgufError> {
+    let mut r = Reader {
+        file: std::io::Cursor::new(prefix),
+        data: Vec::new(),
+        pos: 0,
+        base: 0,
+        file_size: prefix.len() as u64,
+        section: "file header",
+        path: "the downloaded header".into(),
+    };
+    r.need(4)?;
+    let magic: [u8; 4] = [r.data[0], r.data[1], r.data[2], r.data[3]];
+    if &magic != b"GGUF" {
+        return Err(GgufError::BadMagic(magic));
+    }
+    r.pos = 4;
+    let version = r.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::BadVersion(version));
+    }
+    let _tensor_count = r.u64()?;
+    let kv_count = r.u64()?;
+    if kv_count > MAX_COUNT {
+        return Err(GgufError::Corrupt(format!(
+            "{kv_count} metadata entries declared"
+        )));
+    }
+    r.section = "metadata";
+    let mut metadata = BTreeMap::new();
+    for _ in 0..kv_count {
+        let Some(key) = within(r.string())? else {
+            break;
+        };
+        let Some(ty) = within(r.u32())? else { break };
+        if ty == 9 {
+            // An array's length comes before its items, so a vocabulary cut short still says
+            // how many tokens it has.
+            let Some((elem, len)) = within(r.u32().and_then(|e| Ok((e, r.u64()?))))? else {
+                break;
+            };
+            metadata.insert(key, MetaValue::Array { len });
+            if within(r.array_items(elem, len, 0))?.is_none() {
+                break;
+            }
+            continue;
+        }
+        let Some(value) = within(r.value(ty, 0))? else {
+            break;
+        };
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+/// `Ok(None)` where a read ran into the end of a prefix.
+fn within<T>(res: Result<T, GgufError>) -> Result<Option<T>, GgufError> {
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(GgufError::Truncated(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads the file in large chunks and parses from a byte buffer: a vocabulary is ~100k tiny
 /// strings, and going through `Read` for each one costs more than the rest of the scan.
-struct Reader {
-    file: std::fs::File,
+struct Reader<F: Read + Seek = std::fs::File> {
+    file: F,
     /// Bytes of the file from offset `base`; `pos` indexes into it.
     data: Vec<u8>,
     pos: usize,
@@ -285,7 +351,7 @@ struct Reader {
 
 const CHUNK: usize = 1 << 20;
 
-impl Reader {
+impl<F: Read + Seek> Reader<F> {
     fn io_err(&self, source: std::io::Error) -> GgufError {
         GgufError::Io {
             path: self.path.clone(),
@@ -425,6 +491,25 @@ impl Reader {
         Ok(())
     }
 
+    /// Skips the `len` items of an array of value type `elem`.
+    fn array_items(&mut self, elem: u32, len: u64, depth: u32) -> Result<(), GgufError> {
+        if len > MAX_COUNT * 16 {
+            return Err(GgufError::Corrupt(format!(
+                "an array claims {len} elements"
+            )));
+        }
+        match (fixed_size(elem), elem) {
+            (Some(size), _) => self.skip(len * size),
+            (None, 8) => self.skip_strings(len),
+            (None, _) => {
+                for _ in 0..len {
+                    self.value(elem, depth + 1)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Reads one metadata value of GGUF value type `ty`; arrays are skipped.
     fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, GgufError> {
         Ok(match ty {
@@ -443,20 +528,7 @@ impl Reader {
                 }
                 let elem = self.u32()?;
                 let len = self.u64()?;
-                if len > MAX_COUNT * 16 {
-                    return Err(GgufError::Corrupt(format!(
-                        "an array claims {len} elements"
-                    )));
-                }
-                match (fixed_size(elem), elem) {
-                    (Some(size), _) => self.skip(len * size)?,
-                    (None, 8) => self.skip_strings(len)?,
-                    (None, _) => {
-                        for _ in 0..len {
-                            self.value(elem, depth + 1)?;
-                        }
-                    }
-                }
+                self.array_items(elem, len, depth)?;
                 MetaValue::Array { len }
             }
             10 => MetaValue::Int(u64::from_le_bytes(self.bytes()?).into()),
@@ -500,6 +572,37 @@ mod tests {
             p.display()
         );
         p
+    }
+
+    /// A prefix of a real file gives the same metadata as the whole header, up to where it
+    /// ends, and the vocabulary's length even when its strings are cut off.
+    #[test]
+    fn metadata_prefix_of_smollm2() {
+        let path = smollm2();
+        let full = read_header(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let head = read_metadata_prefix(&bytes[..64 * 1024]).unwrap();
+        for key in [
+            "general.architecture",
+            "llama.block_count",
+            "llama.context_length",
+        ] {
+            assert_eq!(head.get(key), full.get(key), "{key}");
+        }
+        assert_eq!(
+            head.get("tokenizer.ggml.tokens"),
+            Some(&MetaValue::Array { len: 49152 })
+        );
+        let whole = read_metadata_prefix(&bytes[..full.data_offset as usize]).unwrap();
+        assert_eq!(whole, full.metadata);
+        assert!(matches!(
+            read_metadata_prefix(b"<html>not a model</html>"),
+            Err(GgufError::BadMagic(_))
+        ));
+        assert!(matches!(
+            read_metadata_prefix(b"GG"),
+            Err(GgufError::Truncated(_))
+        ));
     }
 
     /// Our reader must agree with candle's on a real file: same tensors, types, shapes, offsets,

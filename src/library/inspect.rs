@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::gguf::{self, GgmlType, GgufHeader, MetaValue};
 use super::human::bytes as human_bytes;
+use super::memory::{kv_per_token, MemoryFacts, ModelShape};
 use super::safetensors;
 use super::{Format, ModelInfo, ModelKind};
 
@@ -39,8 +40,8 @@ pub(crate) struct Inspection {
     pub gguf_types: BTreeSet<GgmlType>,
     /// safetensors dtypes present.
     pub st_dtypes: BTreeSet<String>,
-    /// Bytes per KV-cache value the engine will use.
-    pub kv_value_bytes: u64,
+    /// What the memory estimate is computed from.
+    pub memory: MemoryFacts,
     /// A tokenizer the engine can build: the GGUF vocabulary, or `tokenizer.json`.
     pub has_tokenizer: bool,
     /// Why the engine refuses the weights although they are intact (a PyTorch pickle naming a
@@ -61,8 +62,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         broken: None,
         gguf_types: BTreeSet::new(),
         st_dtypes: BTreeSet::new(),
-        // candle's quantized models compute in f32, so their KV cache holds f32 values.
-        kv_value_bytes: 4,
+        memory: MemoryFacts::default(),
         has_tokenizer: false,
         refused: None,
     };
@@ -70,6 +70,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
     let mut weight_bytes = 0u64;
     let mut elems_by_type: BTreeMap<GgmlType, u64> = BTreeMap::new();
     let mut first: Option<GgufHeader> = None;
+    let mut file_bytes = 0u64;
     for shard in shards {
         let header = match gguf::read_header(shard) {
             Ok(h) => h,
@@ -115,6 +116,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
             weight_bytes = weight_bytes.saturating_add(held);
         }
         ins.info.tensor_count += header.tensors.len();
+        file_bytes = file_bytes.saturating_add(header.file_size);
         if first.is_none() {
             first = Some(header);
         }
@@ -157,6 +159,11 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
     if info.architecture.as_deref().is_some_and(is_embedding_arch) {
         ins.kind = ModelKind::Embedding;
     }
+    ins.memory = MemoryFacts::new(
+        file_bytes,
+        ins.info.quant.as_deref(),
+        ModelShape::from_metadata(&h.metadata),
+    );
     ins
 }
 
@@ -346,7 +353,7 @@ fn inspect_folder(
         broken: None,
         gguf_types: BTreeSet::new(),
         st_dtypes: BTreeSet::new(),
-        kv_value_bytes: 2,
+        memory: MemoryFacts::default(),
         has_tokenizer: false,
         refused: None,
     };
@@ -404,9 +411,10 @@ fn inspect_folder(
         .iter()
         .max_by_key(|(_, n)| **n)
         .map(|(d, _)| d.clone());
-    if let Some(dominant) = info.quant.as_deref() {
-        ins.kv_value_bytes = safetensors::dtype_size(dominant).unwrap_or(4).max(2);
-    }
+    let kv_value_bytes = info
+        .quant
+        .as_deref()
+        .map_or(2, |d| safetensors::dtype_size(d).unwrap_or(4).max(2));
     info.architecture = cfg_str("model_type").or_else(|| {
         config
             .as_ref()
@@ -432,6 +440,21 @@ fn inspect_folder(
     if st_marker || info.architecture.as_deref().is_some_and(is_embedding_arch) {
         ins.kind = ModelKind::Embedding;
     }
+    let shape = match (info.layers, info.kv_heads, info.head_dim) {
+        (Some(l), Some(h), Some(d)) => Some(ModelShape {
+            kv_bytes_per_token: kv_per_token(l, h, d, kv_value_bytes),
+            context_length: info.context_length,
+            // The engine looks tokens up in the stored embedding; no extra copy.
+            embedding_f32_bytes: 0,
+        }),
+        _ => None,
+    };
+    // safetensors weights load at their stored width.
+    ins.memory = MemoryFacts {
+        file_bytes: weight_bytes,
+        widened: false,
+        shape,
+    };
     ins
 }
 

@@ -10,6 +10,7 @@
 //! plain function of the roots: the UI calls it on a background thread (see [`scan_in_background`])
 //! and again whenever a download finishes.
 
+mod aliases;
 mod delete;
 mod error;
 mod folders;
@@ -18,6 +19,7 @@ mod hf_cache;
 pub mod human;
 mod imports;
 mod inspect;
+pub mod memory;
 mod ollama;
 mod resolve;
 pub mod safetensors;
@@ -28,13 +30,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use aliases::{add_alias, read_aliases, remove_alias, Alias};
 pub use delete::{DeletePlan, Removal};
 pub use error::LibraryError;
 pub use imports::{import, read_imports, ImportRecord};
-pub use support::{
-    estimate_memory, DEFAULT_CONTEXT, SUPPORTED_GGUF_ARCHS, SUPPORTED_SAFETENSORS_ARCHS,
-};
-pub use verify::{verify, FileCheck, FileVerdict, VerifyReport};
+pub use memory::DEFAULT_CONTEXT;
+pub use support::{SUPPORTED_GGUF_ARCHS, SUPPORTED_SAFETENSORS_ARCHS};
+pub use verify::{file_matches, verify, FileCheck, FileVerdict, VerifyReport};
 
 /// Where to look for models. Every root is injectable so tests use temp folders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,8 +400,13 @@ impl Draft {
             }
             _ => support::assess(&ins),
         };
-        let memory_estimate = (ins.broken.is_none())
-            .then(|| estimate_memory(&ins.info, ins.kind, ins.kv_value_bytes, DEFAULT_CONTEXT));
+        let memory_estimate = (ins.broken.is_none()).then(|| {
+            memory::estimate(
+                &ins.memory,
+                ins.kind,
+                memory::context_for(ins.info.context_length),
+            )
+        });
         Model {
             name: self.name,
             repo: self.repo,
@@ -428,6 +435,8 @@ pub struct Library {
     models: Vec<Model>,
     warnings: Vec<String>,
     roots: Option<LibraryRoots>,
+    /// Second names (`influence cp`), resolved before the models' own names.
+    aliases: Vec<Alias>,
     /// Header facts by the files they were read from, reused by [`Library::rescan`].
     cache: HashMap<CacheKey, inspect::Inspection>,
 }
@@ -489,8 +498,16 @@ impl Library {
             new_cache.entry(key).or_insert_with(|| ins.clone());
             models.push(p.draft.finish(ins, p.broken));
         }
+        let aliases = match read_aliases(&roots.aliases_file()) {
+            Ok(list) => list,
+            Err(e) => {
+                warnings.push(e.to_string());
+                Vec::new()
+            }
+        };
         let mut lib = Library {
             models,
+            aliases,
             warnings,
             roots: Some(roots.clone()),
             cache: new_cache,
@@ -518,9 +535,25 @@ impl Library {
         &self.warnings
     }
 
-    /// Finds a model by path, `org/name`, `org/name:QUANT`, or a unique suffix of a name.
+    /// Finds a model by alias, path, `org/name`, `org/name:QUANT`, or a unique suffix of a name.
     pub fn resolve(&self, name_or_path: &str) -> Result<&Model, LibraryError> {
-        resolve::resolve(&self.models, name_or_path)
+        match self.alias(name_or_path) {
+            Some(a) => aliases::target(&self.models, a),
+            None => resolve::resolve(&self.models, name_or_path),
+        }
+    }
+
+    /// The alias called `name` (ignoring case), if there is one.
+    pub fn alias(&self, name: &str) -> Option<&Alias> {
+        let name = name.trim();
+        self.aliases
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Every alias, by name.
+    pub fn aliases(&self) -> &[Alias] {
+        &self.aliases
     }
 
     /// What `rm` would remove for `model`; refuses models in another app's store.

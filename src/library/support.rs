@@ -1,7 +1,7 @@
 //! Can Influence's engine (candle 0.11.1) run a model, and how much memory will it take?
 
 use super::inspect::Inspection;
-use super::{Format, ModelInfo, ModelKind, Runnable};
+use super::{Format, ModelKind, Runnable};
 
 /// GGUF architectures the engine has a quantized model for (Mistral GGUFs say `llama`).
 pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
@@ -12,9 +12,6 @@ pub const SUPPORTED_SAFETENSORS_ARCHS: &[&str] = &["llama", "mistral", "qwen2", 
 
 /// Embedding architectures the engine loads from safetensors or PyTorch weights.
 const SUPPORTED_EMBEDDING_ARCHS: &[&str] = &["bert"];
-
-/// The context the memory estimate assumes (or the model's own limit, if smaller).
-pub const DEFAULT_CONTEXT: u64 = 4096;
 
 pub(crate) fn assess(ins: &Inspection) -> Runnable {
     if let Some(reason) = &ins.broken {
@@ -123,25 +120,4 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
             Runnable::Yes
         }
     }
-}
-
-/// Bytes needed to run a model: weights + KV cache for `context` tokens + ~10% overhead.
-/// KV cache per token = 2 (K and V) × layers × kv_heads × head_dim × bytes per value.
-/// Embedding models (encoders) keep no KV cache.
-pub fn estimate_memory(
-    info: &ModelInfo,
-    kind: ModelKind,
-    kv_value_bytes: u64,
-    context: u64,
-) -> u64 {
-    let ctx = info.context_length.map_or(context, |c| c.min(context));
-    let kv = match (kind, info.layers, info.kv_heads, info.head_dim) {
-        (ModelKind::Generate, Some(l), Some(h), Some(d)) => [l, h, d, kv_value_bytes, ctx]
-            .iter()
-            .fold(2u64, |a, x| a.saturating_mul(*x)),
-        _ => 0,
-    };
-    // Saturating: header values are untrusted.
-    let total = info.weight_bytes.saturating_add(kv);
-    total.saturating_add(total / 10)
 }

@@ -101,6 +101,14 @@ pub fn verify(model: &Model, progress: &mut dyn FnMut(u64, u64)) -> VerifyReport
     }
 }
 
+/// Whether the file at `path` has the hash `expected`.
+pub fn file_matches(path: &std::path::Path, expected: &FileHash) -> std::io::Result<bool> {
+    let actual = hash_file(path, expected, &mut |_| {})?;
+    Ok(match expected {
+        FileHash::Sha256(h) | FileHash::GitSha1(h) => actual.eq_ignore_ascii_case(h),
+    })
+}
+
 /// Streams the file through sha256, or through git's blob sha1 (`"blob {len}\0" + content`).
 fn hash_file(
     path: &std::path::Path,

@@ -21,6 +21,8 @@
 //!
 //! On a theme change, re-render (and `WrapCache::invalidate`) every message.
 
+pub mod ansi;
+mod card;
 mod highlight;
 mod render;
 mod stream;
@@ -28,6 +30,7 @@ mod stream;
 mod tests;
 mod wrap;
 
+pub use card::{card_text, render_model_card};
 pub use highlight::theme_names;
 pub use render::render;
 pub use stream::MarkdownStream;

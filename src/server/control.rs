@@ -30,6 +30,8 @@ pub struct ServerHandle {
     requests: Arc<AtomicU64>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), std::io::Error>>>,
+    /// This server's entry for `influence ps`, removed when it stops.
+    _record: Option<super::runtime::RecordGuard>,
 }
 
 impl ServerHandle {
@@ -46,6 +48,11 @@ impl ServerHandle {
             tracing::warn!("{w}");
         }
         let requests = ctx.requests();
+        let record = ctx.options().runtime_dir.as_deref().and_then(|dir| {
+            super::runtime::record(dir, addr, ctx.api_key().is_some())
+                .map_err(|e| tracing::warn!("cannot record the server for `influence ps`: {e}"))
+                .ok()
+        });
         let app = router(ctx);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -61,6 +68,7 @@ impl ServerHandle {
             requests,
             shutdown: Some(tx),
             task: Some(task),
+            _record: record,
         })
     }
 
@@ -94,6 +102,7 @@ impl ServerHandle {
                 Ok(())
             }
         };
+        self._record = None;
         tracing::info!(addr = %self.addr, "API server stopped");
         result
     }

@@ -18,8 +18,10 @@ pub mod metrics;
 pub mod models;
 pub mod ollama;
 pub mod openai;
+pub mod ps;
 pub mod pull;
 pub mod queue;
+pub mod runtime;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -61,6 +63,12 @@ pub struct ServerOptions {
     pub retry_after_secs: u64,
     /// Hub access for `/api/pull`; without it the route answers 501.
     pub pull: Option<pull::PullSettings>,
+    /// Where a bound server records its address for `influence ps` ([`runtime`]); none in
+    /// tests that bind their own.
+    pub runtime_dir: Option<std::path::PathBuf>,
+    /// Gets a copy of every `/api/pull` download event (ids moved out of the app queue's range),
+    /// so the app's Downloads pane shows pulls clients start.
+    pub pull_observer: Option<tokio::sync::mpsc::UnboundedSender<crate::downloads::DownloadEvent>>,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +82,8 @@ impl Default for ServerOptions {
             defaults: GenParams::default(),
             retry_after_secs: 2,
             pull: None,
+            runtime_dir: None,
+            pull_observer: None,
         }
     }
 }
@@ -107,6 +117,8 @@ impl ServerOptions {
             defaults,
             retry_after_secs: 2,
             pull: None,
+            runtime_dir: None,
+            pull_observer: None,
         }
     }
 }

@@ -183,7 +183,10 @@ impl ServerCtx {
         }
         match attempt {
             Ok(m) => Ok(ModelEntry {
-                name: m.name.clone(),
+                // A client that asked by a second name (`influence cp`) sees that name back.
+                name: lib
+                    .alias(query)
+                    .map_or_else(|| m.name.clone(), |a| a.name.clone()),
                 path: m.load_path.clone(),
                 model: Some(m.clone()),
                 engine: None,

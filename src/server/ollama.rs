@@ -108,34 +108,47 @@ pub async fn show(
     })))
 }
 
+/// Loaded models in Ollama's shape (`size` is the memory it takes, as Ollama reports it), plus
+/// the facts `/v1/models` gives too ([`super::ps::facts`]) and the server's request activity.
 pub async fn ps(State(ctx): State<ServerCtx>) -> Json<Value> {
-    let loaded = ctx.loaded_models().await;
+    let loaded = super::ps::loaded(&ctx).await;
     let models: Vec<Value> = loaded
         .iter()
-        .map(|info| {
-            let name = ctx.name_for_path(&info.id);
-            let entry = ctx.resolve_model(Some(&name), D).ok();
-            let size = entry.as_ref().map_or(0, ModelEntry::size);
-            json!({
-                "name": name,
-                "model": name,
-                "size": size,
-                "digest": entry.as_ref().map(ModelEntry::digest).unwrap_or_default(),
+        .map(|m| {
+            let entry = m.entry.as_ref();
+            let mut v = json!({
+                "name": m.name,
+                "model": m.name,
+                "size": m.memory_bytes,
+                "digest": entry.map(ModelEntry::digest).unwrap_or_default(),
                 "details": {
                     "parent_model": "",
-                    "format": entry.as_ref().map_or("", ModelEntry::format),
-                    "family": info.arch,
-                    "families": [info.arch],
-                    "parameter_size": human::params(info.n_params),
-                    "quantization_level": info.quant,
+                    "format": entry.map_or("", ModelEntry::format),
+                    "family": m.info.arch,
+                    "families": [m.info.arch],
+                    "parameter_size": human::params(m.info.n_params),
+                    "quantization_level": m.info.quant,
                 },
                 "expires_at": "0001-01-01T00:00:00Z",
                 "size_vram": 0,
-                "context_length": info.context_length,
-            })
+            });
+            merge(&mut v, super::ps::facts(m));
+            v
         })
         .collect();
-    Json(json!({ "models": models }))
+    let a = super::ps::activity(&ctx);
+    Json(json!({
+        "models": models,
+        "active_requests": a.running,
+        "queued_requests": a.waiting,
+    }))
+}
+
+/// Adds the keys of object `extra` to object `v`.
+pub(crate) fn merge(v: &mut Value, extra: Value) {
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+        obj.extend(more);
+    }
 }
 
 /// Ollama's `options` (unknown keys such as `num_thread` are accepted and ignored).

@@ -31,9 +31,32 @@ fn model_object(e: &ModelEntry) -> Value {
     })
 }
 
+/// Every model; a loaded one also says where it runs, its memory and context (the same facts as
+/// Ollama's `/api/ps`), and the list carries the server's request activity.
 pub async fn list_models(State(ctx): State<ServerCtx>) -> Json<Value> {
-    let data: Vec<Value> = ctx.list_models().iter().map(model_object).collect();
-    Json(json!({ "object": "list", "data": data }))
+    let loaded = super::ps::loaded(&ctx).await;
+    let data: Vec<Value> = ctx
+        .list_models()
+        .iter()
+        .map(|e| {
+            let mut v = model_object(e);
+            if let Some(m) = loaded
+                .iter()
+                .find(|m| m.info.id == e.path.to_string_lossy())
+            {
+                super::ollama::merge(&mut v, super::ps::facts(m));
+                super::ollama::merge(&mut v, json!({ "loaded": true }));
+            }
+            v
+        })
+        .collect();
+    let a = super::ps::activity(&ctx);
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "active_requests": a.running,
+        "queued_requests": a.waiting,
+    }))
 }
 
 pub async fn get_model(

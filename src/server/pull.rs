@@ -181,6 +181,57 @@ impl Pull {
     }
 }
 
+/// Ids of API pulls as the observer sees them: far above any queue the app keeps, and apart
+/// per pull (each pull's own queue numbers its jobs from 1).
+fn observer_offset() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (1 << 62) + n * (1 << 24)
+}
+
+/// Passes a pull's events on, and a copy to `observer`. A job the observer saw start but not
+/// end (the client went away, which stops the pull) is reported as failed, so the observer's
+/// view never shows it running forever.
+fn tee(
+    mut events: UnboundedReceiver<DownloadEvent>,
+    observer: tokio::sync::mpsc::UnboundedSender<DownloadEvent>,
+) -> UnboundedReceiver<DownloadEvent> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let offset = observer_offset();
+    tokio::spawn(async move {
+        let mut open = HashSet::new();
+        while let Some(ev) = events.recv().await {
+            if let Some(id) = ev.id() {
+                match &ev {
+                    DownloadEvent::Done { .. }
+                    | DownloadEvent::Failed { .. }
+                    | DownloadEvent::Cancelled { .. } => {
+                        open.remove(&id);
+                    }
+                    _ => {
+                        open.insert(id);
+                    }
+                }
+            }
+            let _ = observer.send(ev.clone().offset_id(offset));
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+        for id in open {
+            let _ = observer.send(
+                DownloadEvent::Failed {
+                    id,
+                    reason: "the API client that started this pull went away; pull again to resume"
+                        .into(),
+                }
+                .offset_id(offset),
+            );
+        }
+    });
+    rx
+}
+
 pub async fn pull(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<PullBody>,
@@ -220,6 +271,10 @@ pub async fn pull(
         queue_dir.clone(),
     ))
     .map_err(|e| ApiError::internal(D, e.to_string()))?;
+    let events = match ctx.options().pull_observer.clone() {
+        Some(observer) => tee(events, observer),
+        None => events,
+    };
     let revision = info.sha.clone().unwrap_or_else(|| "main".to_string());
     let mut map = HashMap::new();
     for f in &files {

@@ -99,9 +99,23 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         threads: loaded.config.engine.threads,
         max_loaded: loaded.config.engine.max_loaded.max(1),
     });
+    let mut server_options = crate::serve::options_for(&loaded, model.clone());
+    // Pulls that API clients start show in the Downloads pane beside the app's own.
+    let (pull_tx, mut pull_rx) = tokio::sync::mpsc::unbounded_channel();
+    server_options.pull_observer = Some(pull_tx);
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = pull_rx.recv().await {
+                if tx.send(Msg::Download(ev)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let server = crate::app::runner::server::ServerRunner::new(
         engine.clone(),
-        crate::serve::options_for(&loaded, model.clone()),
+        server_options,
         crate::serve::listen_addr(&loaded.config.server.host, loaded.config.server.port)
             .map_err(|e| e.to_string()),
         roots.clone(),
@@ -112,6 +126,14 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         .with_services(hub, downloads.ok())
         .with_chat(chat);
     runner.run(first);
+    // The Hub pane opens on the most popular models rather than an empty box.
+    let opening = state.hub.open();
+    runner.run(
+        opening
+            .into_iter()
+            .map(crate::app::effect::Effect::Hub)
+            .collect(),
+    );
     // The library is listed at start so every pane knows what is on disk.
     state.library.scanning = true;
     runner.run(vec![crate::app::effect::Effect::Library(

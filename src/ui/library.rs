@@ -166,7 +166,11 @@ fn detail(f: &mut Frame, area: Rect, m: &Model, lib: &LibraryState, state: &Stat
     if let Some(mem) = m.memory_estimate {
         lines.push(kv(
             "Memory",
-            format!("≈{} with a 4096-token context", human::bytes(mem)),
+            format!(
+                "≈{} with a {}-token context",
+                human::bytes(mem),
+                crate::library::memory::context_for(info.context_length)
+            ),
             state,
         ));
     }

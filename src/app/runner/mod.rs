@@ -177,6 +177,27 @@ impl EffectRunner {
                     let _ = tx.send(Msg::Hub(HubMsg::Info { repo, result }));
                 });
             }
+            HubEffect::Card { repo, revision } => {
+                tokio::spawn(async move {
+                    let max = super::hub::CARD_MAX_BYTES;
+                    let result = client
+                        .read_prefix(&repo, &revision, "README.md", max)
+                        .await
+                        .map(|bytes| crate::markdown::card_text(&bytes, max))
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Hub(HubMsg::Card { repo, result }));
+                });
+            }
+            HubEffect::Shape {
+                repo,
+                revision,
+                path,
+            } => {
+                tokio::spawn(async move {
+                    let result = crate::hub::fetch_shape(&client, &repo, &revision, &path).await;
+                    let _ = tx.send(Msg::Hub(HubMsg::Shape { repo, result }));
+                });
+            }
         }
     }
 
