@@ -145,7 +145,8 @@ impl ApiError {
             | EngineError::UnsupportedQuant { .. }
             | EngineError::Truncated { .. }
             | EngineError::Corrupt { .. }
-            | EngineError::MissingTokenizer { .. } => {
+            | EngineError::MissingTokenizer { .. }
+            | EngineError::TemplateTooExpensive { .. } => {
                 let mut err = Self::new(dialect, StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
                 err.param = Some("model".into());
                 err
