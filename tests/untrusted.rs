@@ -315,29 +315,37 @@ mod chat_templates {
     }
 
     /// The deepest value a template can build within its fuel, printed, serialised and
-    /// dropped on a thread with the engine thread's stack (the default 2 MiB): no overflow.
+    /// dropped, rendered from a thread with the engine thread's stack (the default 2 MiB): no
+    /// overflow, on the normal budget and on the largest one a 2 MB request gets.
     #[test]
     fn deeply_nested_values_do_not_overflow_the_engine_stack() {
-        let deep = "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}";
-        for tail in [
-            "",
-            "{{ ns.x }}",
-            "{{ ns.x | tojson }}",
-            "{{ ns.x | length }}",
+        use influence::engine::template::RenderBudget;
+        let deep = |outer: u32, inner: u32| {
+            format!("{{% set ns = namespace(x=[]) %}}{{% for j in range({outer}) %}}{{% for i in range({inner}) %}}{{% set ns.x = [ns.x] %}}{{% endfor %}}{{% endfor %}}")
+        };
+        for (budget, outer, inner) in [
+            (RenderBudget::for_messages(&chat()), 1, 30_000),
+            (RenderBudget::for_input(1000, 2 << 20), 2, 100_000),
+            (RenderBudget::for_input(1000, 2 << 20), 30, 100_000),
         ] {
-            let src = format!("{deep}{tail}");
-            let t = ChatTemplate::new(&src, "", "", Path::new("deep.jinja")).unwrap();
-            let msgs = chat();
-            let r = std::thread::Builder::new()
-                .stack_size(2 << 20)
-                .spawn(move || t.render(&msgs, true).map(|s| s.len()))
-                .unwrap()
-                .join()
-                .expect("rendering overflowed or panicked");
-            assert!(
-                r.is_err() || tail.is_empty() || tail.contains("length"),
-                "{tail}: {r:?}"
-            );
+            for tail in ["", "{{ ns.x }}", "{{ ns.x | tojson }}", "{{ ns.x | length }}"] {
+                let src = format!("{}{tail}", deep(outer, inner));
+                let t = ChatTemplate::new(&src, "", "", Path::new("deep.jinja")).unwrap();
+                let msgs = chat();
+                let r = std::thread::Builder::new()
+                    .stack_size(2 << 20)
+                    .spawn(move || t.render_measured(&msgs, true, budget).map(|(s, c)| (s.len(), c.fuel)))
+                    .unwrap()
+                    .join()
+                    .expect("rendering panicked");
+                eprintln!("fuel {} depth {}: {tail:?} -> {r:?}", budget.fuel, outer * inner);
+                let fits = outer < 30;
+                match (fits, tail) {
+                    (false, _) => assert!(matches!(r, Err(EngineError::TemplateTooExpensive { .. })), "{r:?}"),
+                    (true, t) if t.contains("tojson") => assert!(matches!(r, Err(EngineError::Template(_))), "{r:?}"),
+                    (true, _) => assert!(r.is_ok(), "{tail}: {r:?}"),
+                }
+            }
         }
     }
 }
@@ -486,7 +494,7 @@ mod fuzz_twins {
             .u32(1)
             .u64(dims[0])
             .u32(0)
-            .u64(dims[0] * dims[1] * 4);
+            .u64(dims[0].wrapping_mul(dims[1]).wrapping_mul(4));
         g.align();
         g.0.extend(vec![0u8; 256]);
         g.bytes()
@@ -646,8 +654,15 @@ mod fuzz_twins {
             i += 1;
         }
         body.push('}');
-        within_a_second("a 2 MB body of tiny keys", move || {
-            untrusted::server_json(body.as_bytes())
-        });
+        let err = within_a_second("a 2 MB body of tiny keys", move || {
+            influence::server::extract::parse::<influence::server::openai::ChatRequest>(
+                influence::server::error::Dialect::OpenAi,
+                body.as_bytes(),
+            )
+            .map(|_| ())
+        })
+        .unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("messages"), "{}", err.message);
     }
 }

@@ -46,6 +46,13 @@ pub const BASE_OUTPUT: usize = 1024 * 1024;
 /// Extra rendered text per byte of message text: a template prints each message once or twice.
 pub const OUTPUT_PER_INPUT_BYTE: usize = 4;
 
+/// Stack for the thread a template renders on, plus [`RENDER_STACK_PER_FUEL`] per unit of
+/// fuel: the deepest value a template can build is about one level per 5 fuel, and each
+/// level costs a few hundred bytes of stack to print or drop (measured in
+/// `tests/untrusted.rs`, `deeply_nested_values_do_not_overflow_the_engine_stack`).
+const RENDER_STACK_BASE: usize = 8 * 1024 * 1024;
+const RENDER_STACK_PER_FUEL: usize = 128;
+
 /// What one render of an untrusted template may spend. Scaled to its input, so a long but
 /// honest conversation renders while a template that loops on its own is cut off early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +273,35 @@ impl ChatTemplate {
 
     /// Renders with any context (tests measure templates with tools this way).
     pub fn render_context(
+        &self,
+        ctx: Value,
+        budget: RenderBudget,
+    ) -> Result<(String, RenderCost), EngineError> {
+        // Within its fuel a template can still build a value nested hundreds of thousands
+        // deep (`{% set ns.x = [ns.x] %}` in a loop), and printing or merely dropping it
+        // recurses once per level: on the engine thread's 2 MiB stack that is an abort. So
+        // the render gets its own thread with a stack sized to the fuel; only the pages it
+        // touches are ever backed by memory.
+        let stack = RENDER_STACK_BASE
+            .saturating_add((budget.fuel as usize).saturating_mul(RENDER_STACK_PER_FUEL));
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(stack)
+                .spawn_scoped(scope, || self.render_here(ctx, budget))
+                .map_err(|e| {
+                    EngineError::Template(format!("cannot start the template renderer: {e}"))
+                })?;
+            worker.join().unwrap_or_else(|_| {
+                Err(EngineError::Template(
+                    "the template renderer failed; this is a bug, please report it with the model"
+                        .into(),
+                ))
+            })
+        })
+    }
+
+    fn render_here(
         &self,
         ctx: Value,
         budget: RenderBudget,

@@ -29,6 +29,11 @@ pub const MAX_TOKENIZER_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Parses a `tokenizer.json` read from `path` (named in errors).
 pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, EngineError> {
+    // tokenizers 0.23 panics (`expect("Helper")`) on a JSON syntax error inside `decoder`; a
+    // syntax check first turns every such file into an error (found by fuzzing).
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+        EngineError::Tokenizer(format!("cannot read {}: not valid JSON ({e})", path.display()))
+    })?;
     Tokenizer::from_bytes(bytes)
         .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))
 }
