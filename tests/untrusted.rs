@@ -271,6 +271,53 @@ mod chat_templates {
         vec![ChatMessage::system("Be brief."), ChatMessage::user("Hi")]
     }
 
+    /// A ten-message conversation, the shape the chat and the server render.
+    fn conversation() -> Vec<ChatMessage> {
+        let mut m = vec![ChatMessage::system("You are a helpful assistant. Answer briefly and cite sources when you can.")];
+        for i in 0..4 {
+            m.push(ChatMessage::user(format!("Question {i}: what is the capital of a country whose name starts with the letter {}? Explain the history a little.", (b'A' + i) as char)));
+            m.push(ChatMessage::assistant(format!("<think>\nThe user asks question {i}.\n</think>\n\nThe capital is somewhere; here is a paragraph of history that goes on for a while to be realistic about length.")));
+        }
+        m.push(ChatMessage::user("Thanks! And one more: what is 2 + 2?"));
+        m
+    }
+
+    /// The real templates of the test models render with plenty of room: under a twentieth of
+    /// the base fuel and a tenth of the base output cap. The numbers are in docs/FUZZING.md.
+    #[test]
+    fn real_templates_fit_the_budget_with_room() {
+        use influence::engine::template::{RenderBudget, BASE_FUEL, BASE_OUTPUT};
+        let msgs = conversation();
+        for model in [models::smollm(), models::qwen2(), models::gemma3()] {
+            let content = candle_core::quantized::gguf_file::Content::read(
+                &mut std::fs::File::open(&model).unwrap(),
+            )
+            .unwrap();
+            // Gemma 3 270M (base) ships none: the built-in Gemma template is measured instead.
+            let (src, t) = match content.metadata.get("tokenizer.chat_template") {
+                Some(candle_core::quantized::gguf_file::Value::String(s)) => {
+                    (s.clone(), ChatTemplate::new(s, "<s>", "</s>", &model).unwrap())
+                }
+                _ => (
+                    influence::engine::template::GEMMA.to_string(),
+                    ChatTemplate::fallback("gemma3", "<bos>", "<eos>"),
+                ),
+            };
+            let (text, cost) = t
+                .render_measured(&msgs, true, RenderBudget::for_messages(&msgs))
+                .unwrap();
+            eprintln!(
+                "{}: template {} bytes, fuel {}, output {} bytes",
+                model.file_name().unwrap().to_string_lossy(),
+                src.len(),
+                cost.fuel,
+                text.len()
+            );
+            assert!(cost.fuel * 20 < BASE_FUEL, "{}: {cost:?}", model.display());
+            assert!(cost.output_bytes * 10 < BASE_OUTPUT, "{}: {cost:?}", model.display());
+        }
+    }
+
     #[test]
     fn a_template_bomb_is_refused_fast_naming_its_file() {
         let t =

@@ -32,11 +32,11 @@ const TEMPLATE_FILES: &[&str] = &[
 /// `tokenizer_config.json` (a few hundred added tokens spelled out) is a few MB.
 pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Fuel every render may spend, whatever its input. The largest real templates measured use
-/// under 4,000 on a ten-message conversation (docs/ARCHITECTURE.md, "Untrusted input"); this is
-/// over 100 times that, and a nested-loop bomb spends it in about 10 ms.
+/// Fuel every render may spend, whatever its input. The largest real template measured,
+/// Qwen3's with two tools, uses 852 on a ten-message conversation (docs/FUZZING.md); this is
+/// over 500 times that, and the nested-loop bomb spends it in about 40 ms.
 pub const BASE_FUEL: u64 = 500_000;
-/// Extra fuel per message: real templates walk the list two or three times, ~100 fuel a message.
+/// Extra fuel per message: real templates walk the list two or three times, under 100 a message.
 pub const FUEL_PER_MESSAGE: u64 = 2_000;
 /// Extra fuel per 64 bytes of message text (minijinja charges about one per 64 bytes it
 /// creates or filters): room for a template to copy, trim and split each message ~30 times.
