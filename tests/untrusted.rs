@@ -273,7 +273,9 @@ mod chat_templates {
 
     /// A ten-message conversation, the shape the chat and the server render.
     fn conversation() -> Vec<ChatMessage> {
-        let mut m = vec![ChatMessage::system("You are a helpful assistant. Answer briefly and cite sources when you can.")];
+        let mut m = vec![ChatMessage::system(
+            "You are a helpful assistant. Answer briefly and cite sources when you can.",
+        )];
         for i in 0..4 {
             m.push(ChatMessage::user(format!("Question {i}: what is the capital of a country whose name starts with the letter {}? Explain the history a little.", (b'A' + i) as char)));
             m.push(ChatMessage::assistant(format!("<think>\nThe user asks question {i}.\n</think>\n\nThe capital is somewhere; here is a paragraph of history that goes on for a while to be realistic about length.")));
@@ -295,9 +297,10 @@ mod chat_templates {
             .unwrap();
             // Gemma 3 270M (base) ships none: the built-in Gemma template is measured instead.
             let (src, t) = match content.metadata.get("tokenizer.chat_template") {
-                Some(candle_core::quantized::gguf_file::Value::String(s)) => {
-                    (s.clone(), ChatTemplate::new(s, "<s>", "</s>", &model).unwrap())
-                }
+                Some(candle_core::quantized::gguf_file::Value::String(s)) => (
+                    s.clone(),
+                    ChatTemplate::new(s, "<s>", "</s>", &model).unwrap(),
+                ),
                 _ => (
                     influence::engine::template::GEMMA.to_string(),
                     ChatTemplate::fallback("gemma3", "<bos>", "<eos>"),
@@ -314,7 +317,11 @@ mod chat_templates {
                 text.len()
             );
             assert!(cost.fuel * 20 < BASE_FUEL, "{}: {cost:?}", model.display());
-            assert!(cost.output_bytes * 10 < BASE_OUTPUT, "{}: {cost:?}", model.display());
+            assert!(
+                cost.output_bytes * 10 < BASE_OUTPUT,
+                "{}: {cost:?}",
+                model.display()
+            );
         }
     }
 
@@ -375,21 +382,38 @@ mod chat_templates {
             (RenderBudget::for_input(1000, 2 << 20), 2, 100_000),
             (RenderBudget::for_input(1000, 2 << 20), 30, 100_000),
         ] {
-            for tail in ["", "{{ ns.x }}", "{{ ns.x | tojson }}", "{{ ns.x | length }}"] {
+            for tail in [
+                "",
+                "{{ ns.x }}",
+                "{{ ns.x | tojson }}",
+                "{{ ns.x | length }}",
+            ] {
                 let src = format!("{}{tail}", deep(outer, inner));
                 let t = ChatTemplate::new(&src, "", "", Path::new("deep.jinja")).unwrap();
                 let msgs = chat();
                 let r = std::thread::Builder::new()
                     .stack_size(2 << 20)
-                    .spawn(move || t.render_measured(&msgs, true, budget).map(|(s, c)| (s.len(), c.fuel)))
+                    .spawn(move || {
+                        t.render_measured(&msgs, true, budget)
+                            .map(|(s, c)| (s.len(), c.fuel))
+                    })
                     .unwrap()
                     .join()
                     .expect("rendering panicked");
-                eprintln!("fuel {} depth {}: {tail:?} -> {r:?}", budget.fuel, outer * inner);
+                eprintln!(
+                    "fuel {} depth {}: {tail:?} -> {r:?}",
+                    budget.fuel,
+                    outer * inner
+                );
                 let fits = outer < 30;
                 match (fits, tail) {
-                    (false, _) => assert!(matches!(r, Err(EngineError::TemplateTooExpensive { .. })), "{r:?}"),
-                    (true, t) if t.contains("tojson") => assert!(matches!(r, Err(EngineError::Template(_))), "{r:?}"),
+                    (false, _) => assert!(
+                        matches!(r, Err(EngineError::TemplateTooExpensive { .. })),
+                        "{r:?}"
+                    ),
+                    (true, t) if t.contains("tojson") => {
+                        assert!(matches!(r, Err(EngineError::Template(_))), "{r:?}")
+                    }
                     (true, _) => assert!(r.is_ok(), "{tail}: {r:?}"),
                 }
             }

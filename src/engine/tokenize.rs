@@ -32,7 +32,10 @@ pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, Engi
     // tokenizers 0.23 panics (`expect("Helper")`) on a JSON syntax error inside `decoder`; a
     // syntax check first turns every such file into an error (found by fuzzing).
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
-        EngineError::Tokenizer(format!("cannot read {}: not valid JSON ({e})", path.display()))
+        EngineError::Tokenizer(format!(
+            "cannot read {}: not valid JSON ({e})",
+            path.display()
+        ))
     })?;
     Tokenizer::from_bytes(bytes)
         .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))
