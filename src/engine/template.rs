@@ -557,6 +557,53 @@ mod tests {
         assert_eq!(text(&model, None).as_deref(), Some("J"));
     }
 
+    /// A template from `tokenizer_config.json` runs on the same budget, and the refusal names
+    /// that file.
+    #[test]
+    fn a_tokenizer_config_template_bomb_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(
+            &config,
+            r#"{"chat_template": "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}"}"#,
+        )
+        .unwrap();
+        let src = ChatTemplate::source_for(&dir.path().join("config.json"), None).unwrap();
+        let t = ChatTemplate::new(&src.text, "", "", &src.origin).unwrap();
+        let err = t.render(&[ChatMessage::user("Hi")], true).unwrap_err();
+        match &err {
+            EngineError::TemplateTooExpensive { path, .. } => assert_eq!(path, &config),
+            other => panic!("{other:?}"),
+        }
+        assert!(err
+            .to_string()
+            .contains("this model's chat template is too expensive to render"));
+    }
+
+    #[test]
+    fn output_over_the_cap_is_refused() {
+        let t = ChatTemplate::new("{{ 'x' * 5000 }}", "", "", Path::new("t.jinja")).unwrap();
+        let budget = RenderBudget {
+            fuel: 1_000_000,
+            max_output: 4096,
+        };
+        let err = t.render_measured(&[], false, budget).unwrap_err();
+        assert!(err.to_string().contains("output passed"), "{err}");
+        let (text, cost) = t
+            .render_measured(&[], false, RenderBudget::for_input(0, 0))
+            .unwrap();
+        assert_eq!(text.len(), 5000);
+        assert!(cost.fuel > 0);
+    }
+
+    #[test]
+    fn invalid_strftime_formats_are_errors_not_panics() {
+        let t =
+            ChatTemplate::new("{{ strftime_now('%Q') }}", "", "", Path::new("t.jinja")).unwrap();
+        let err = t.render(&[], false).unwrap_err();
+        assert!(err.to_string().contains("invalid format"), "{err}");
+    }
+
     #[test]
     fn reversed_slices_are_rewritten() {
         let t = ChatTemplate::new(

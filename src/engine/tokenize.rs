@@ -482,6 +482,38 @@ mod tests {
             .collect()
     }
 
+    /// Regression (found by the `tokenizer_files` fuzz twin): a control character inside the
+    /// `decoder` object made tokenizers panic instead of returning an error.
+    #[test]
+    fn a_broken_decoder_is_an_error_not_a_panic() {
+        let json = "{\"version\":\"1.0\",\"decoder\":{\"type\":\"Byte\u{1}Level\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+        let err = tokenizer_from_bytes(json.as_bytes(), Path::new("t/tokenizer.json")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("t/tokenizer.json") && msg.contains("not valid JSON"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn tokenizer_config_fields_and_errors() {
+        let c = TokenizerConfig::parse(
+            br#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true,
+                "chat_template": [{"name": "default", "template": "T"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bos_token.as_deref(), Some("<s>"));
+        assert_eq!(c.eos_token.as_deref(), Some("</s>"));
+        assert_eq!(c.add_bos_token, Some(true));
+        assert_eq!(c.chat_template.as_deref(), Some("T"));
+        assert!(TokenizerConfig::parse(b"[1]")
+            .unwrap_err()
+            .contains("JSON object"));
+        assert!(TokenizerConfig::parse(b"{")
+            .unwrap_err()
+            .contains("not valid JSON"));
+    }
+
     #[test]
     fn llama_bpe_groups_digits_by_three_without_prefix_space() {
         assert_eq!(

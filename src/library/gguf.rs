@@ -590,6 +590,7 @@ mod tests {
         assert_eq!(h.tensors[0].elements(), u64::MAX);
         assert_eq!(h.data_end(), Some(u64::MAX));
         let ins = crate::library::inspect::inspect_gguf(&[p]);
+        assert_eq!(ins.info.parameters, None, "an overflowing count shows as ?");
         assert!(ins
             .broken
             .as_deref()

@@ -197,3 +197,71 @@ pub fn is_float(dtype: &str) -> bool {
         "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(json: &str, data: usize) -> Vec<u8> {
+        let mut b = (json.len() as u64).to_le_bytes().to_vec();
+        b.extend(json.as_bytes());
+        b.extend(vec![0u8; data]);
+        b
+    }
+
+    #[test]
+    fn reads_tensors_and_skips_metadata() {
+        let b = file(
+            r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#,
+            16,
+        );
+        let h = read_header_from_bytes(&b, b.len() as u64).unwrap();
+        assert_eq!(h.tensors.len(), 1);
+        assert_eq!(h.tensors[0].elements(), 4);
+        assert_eq!(h.data_end(), b.len() as u64);
+    }
+
+    #[test]
+    fn bad_headers_are_clear_errors() {
+        let dup = file(
+            r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        );
+        let e = read_header_from_bytes(&dup, dup.len() as u64).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let back = file(
+            r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+            4,
+        );
+        let e = read_header_from_bytes(&back, back.len() as u64).unwrap_err();
+        assert!(e.to_string().contains("ends before it begins"), "{e}");
+        let mut huge = (u64::MAX).to_le_bytes().to_vec();
+        huge.extend(b"{}");
+        assert!(matches!(
+            read_header_from_bytes(&huge, 10),
+            Err(SafetensorsError::HeaderTooLong { .. })
+        ));
+        assert!(matches!(
+            read_header_from_bytes(b"abc", 3),
+            Err(SafetensorsError::TooShort(3))
+        ));
+    }
+
+    /// A shape whose element count overflows, or whose bytes do not match its offsets, is an
+    /// impossible tensor: the model is broken and its parameter count unknown ("?").
+    #[test]
+    fn impossible_shapes_mark_the_model_broken_with_no_count() {
+        for json in [
+            r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#,
+            r#"{"w":{"dtype":"F32","shape":[1000,1000],"data_offsets":[0,16]}}"#,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("model.safetensors");
+            std::fs::write(&f, file(json, 16)).unwrap();
+            let ins = crate::library::inspect::inspect_safetensors(dir.path(), &[f]);
+            assert_eq!(ins.info.parameters, None, "{json}");
+            let why = ins.broken.unwrap();
+            assert!(why.contains("tensor w") && why.contains("corrupt"), "{why}");
+        }
+    }
+}
