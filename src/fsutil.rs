@@ -33,9 +33,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Reads a whole file that should be small, refusing one over `limit` bytes: files beside a
+/// model come from strangers, and a multi-gigabyte "config" must not be pulled into memory.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {limit} bytes, more than a file of its kind holds",
+                path.display()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_limited_refuses_files_over_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(read_limited(&p, 5).unwrap(), b"12345");
+        let err = read_limited(&p, 4).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("larger than 4 bytes"), "{err}");
+    }
 
     #[test]
     fn atomic_write_replaces_content_and_leaves_no_temp() {

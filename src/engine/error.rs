@@ -48,6 +48,9 @@ pub enum EngineError {
     #[error("the chat template failed: {0}. Use raw prompts, or a model whose template Influence can render")]
     Template(String),
 
+    #[error("{}: this model's chat template is too expensive to render ({what}). The template may have been made to hang the app; send a raw prompt, or use another copy of the model", path.display())]
+    TemplateTooExpensive { path: PathBuf, what: String },
+
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
 

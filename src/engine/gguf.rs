@@ -38,6 +38,7 @@ fn io_err(path: &Path, e: std::io::Error) -> EngineError {
 /// Reads and checks the header. Fails with `Corrupt` for a non-GGUF file, `Truncated` when a
 /// tensor's data lies past the end of the file, `UnsupportedArchitecture` for other families.
 pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
+    precheck(path)?;
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
     let mut reader = BufReader::new(file);
@@ -65,6 +66,59 @@ pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
         reader,
         arch,
     })
+}
+
+/// Checks the header with the library's reader before candle's reads it: candle divides by
+/// `general.alignment` and multiplies tensor dimensions without checking, so a crafted file
+/// would panic it (a crash, in the TUI a wrecked screen) instead of failing with a reason.
+fn precheck(path: &Path) -> Result<(), EngineError> {
+    use crate::library::gguf::{read_header, GgufError};
+    let corrupt = |reason: String| EngineError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let header = match read_header(path) {
+        Ok(h) => h,
+        Err(GgufError::Io { source, .. }) => return Err(io_err(path, source)),
+        Err(GgufError::Truncated(section)) => {
+            return Err(EngineError::Truncated {
+                path: path.to_path_buf(),
+                reason: format!("the file ends inside the {section}"),
+            })
+        }
+        Err(e) => return Err(corrupt(e.to_string())),
+    };
+    safe_for_candle(&header).map_err(corrupt)
+}
+
+/// Whether candle's GGUF reader can read a header the library's reader accepted without
+/// panicking: a power-of-two alignment and tensor sizes that fit in `usize`.
+pub fn safe_for_candle(header: &crate::library::gguf::GgufHeader) -> Result<(), String> {
+    use crate::library::gguf::MetaValue;
+    match header.get("general.alignment") {
+        Some(MetaValue::Int(a)) if *a > 0 && *a <= 1 << 30 && (*a as u64).is_power_of_two() => {}
+        None => {}
+        Some(other) => {
+            return Err(format!(
+                "`general.alignment` is {other:?}; it must be a power of two"
+            ))
+        }
+    }
+    for t in &header.tensors {
+        if t.dims
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(usize::try_from(*d).ok()?))
+            // Room for the byte count too: no type takes more than 8 bytes an element.
+            .and_then(|n| n.checked_mul(8))
+            .is_none()
+        {
+            return Err(format!(
+                "tensor `{}` has an impossible shape {:?}",
+                t.name, t.dims
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn header_error(path: &Path, file_len: u64, e: candle_core::Error) -> EngineError {
@@ -161,23 +215,24 @@ pub fn quant_stats(content: &Content) -> QuantStats {
     let mut slow_bytes = 0u64;
     for info in content.tensor_infos.values() {
         let elems = info.shape.elem_count();
-        n_params += elems as u64;
+        n_params = n_params.saturating_add(elems as u64);
         if info.shape.rank() < 2 {
             continue;
         }
         let b = tensor_bytes(info.ggml_dtype, elems);
-        *bytes.entry(dtype_name(info.ggml_dtype)).or_default() += b;
+        let e = bytes.entry(dtype_name(info.ggml_dtype)).or_default();
+        *e = e.saturating_add(b);
         if !matches!(
             info.ggml_dtype,
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
         ) {
-            quant_bytes += b;
+            quant_bytes = quant_bytes.saturating_add(b);
         }
         if matches!(
             info.ggml_dtype,
             GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
         ) {
-            slow_bytes += b;
+            slow_bytes = slow_bytes.saturating_add(b);
         }
     }
     let dominant = bytes
@@ -185,10 +240,10 @@ pub fn quant_stats(content: &Content) -> QuantStats {
         .max_by_key(|(_, b)| **b)
         .map(|(n, _)| n.to_string())
         .unwrap_or_else(|| "F32".into());
-    let slow_warning = (quant_bytes > 0 && slow_bytes * 2 > quant_bytes).then(|| {
+    let slow_warning = (quant_bytes > 0 && slow_bytes.saturating_mul(2) > quant_bytes).then(|| {
         format!(
             "{}% of the quantized weight bytes are Q4_1/Q5_0/Q5_1, which candle runs on a slow generic CPU path (2-4x slower per byte). For speed prefer a Q8_0 or Q4_0 file, or Q4_K_M when the model's row sizes are multiples of 256 (real K-quant rows); or set engine.requant_q8 = true in the config to convert them to Q8_0 at load ({}, about 1.5x the memory for those weights)",
-            slow_bytes * 100 / quant_bytes,
+            (slow_bytes as u128 * 100 / quant_bytes as u128),
             if super::q8::available() {
                 "measured 1.3-1.6x faster generation and 1.5-1.8x faster prompts with the AVX-512 kernel this CPU runs"
             } else {

@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use super::decoder::{Decoder, DecoderConfig};
 use super::gen_model::GenModel;
 use super::template::ChatTemplate;
-use super::tokenize::TextTokenizer;
+use super::tokenize::{TextTokenizer, TokenizerConfig};
 use super::{EngineError, ModelInfo, ModelKind};
 
 /// `model_type`s this loader runs.
@@ -23,7 +23,8 @@ fn corrupt(path: &Path, reason: impl std::fmt::Display) -> EngineError {
 }
 
 fn read_json(path: &Path) -> Option<Json> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    let bytes = crate::fsutil::read_limited(path, super::template::MAX_CONFIG_BYTES).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn num(cfg: &Json, key: &str) -> Option<usize> {
@@ -40,15 +41,6 @@ fn ids(v: Option<&Json>) -> Vec<u32> {
             .map(|x| x as u32)
             .collect(),
         _ => Vec::new(),
-    }
-}
-
-/// `bos_token` / `eos_token` written as a string or as `{"content": ...}`.
-fn token_string(v: Option<&Json>) -> Option<String> {
-    match v? {
-        Json::String(s) => Some(s.clone()),
-        Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
-        _ => None,
     }
 }
 
@@ -146,23 +138,26 @@ pub(crate) fn load(
             path: dir.to_path_buf(),
         });
     }
-    let tok_cfg = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Json::Null);
+    let tok_cfg = crate::fsutil::read_limited(
+        &dir.join("tokenizer_config.json"),
+        super::template::MAX_CONFIG_BYTES,
+    )
+    .ok()
+    .and_then(|b| TokenizerConfig::parse(&b).ok())
+    .unwrap_or_default();
     let gen_cfg = read_json(&dir.join("generation_config.json")).unwrap_or(Json::Null);
     let mut eos = ids(cfg_json.get("eos_token_id"));
     eos.extend(ids(gen_cfg.get("eos_token_id")));
     let bos = ids(cfg_json.get("bos_token_id")).first().copied();
-    let add_bos = tok_cfg
-        .get("add_bos_token")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    let add_bos = tok_cfg.add_bos_token.unwrap_or(false);
     let tok = TextTokenizer::from_file(&tok_path, bos, &eos, add_bos)?;
 
     let (dc, factors) = config(dir, &cfg_json)?;
 
-    let bos_s = token_string(tok_cfg.get("bos_token")).unwrap_or_default();
-    let eos_s = token_string(tok_cfg.get("eos_token")).unwrap_or_default();
+    let bos_s = tok_cfg.bos_token.unwrap_or_default();
+    let eos_s = tok_cfg.eos_token.unwrap_or_default();
     let template = match ChatTemplate::source_for(&dir.join("config.json"), None) {
-        Some(src) => ChatTemplate::new(&src, &bos_s, &eos_s)?,
+        Some(src) => ChatTemplate::new(&src.text, &bos_s, &eos_s, &src.origin)?,
         None => ChatTemplate::fallback(model_type, &bos_s, &eos_s),
     };
 

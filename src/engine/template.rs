@@ -1,6 +1,13 @@
 //! Chat templates rendered with minijinja the way transformers renders Jinja templates.
+//!
+//! A template is code written by whoever made the model file, so every render runs on a budget
+//! ([`RenderBudget`]): minijinja's fuel bounds the work and the memory a render may use, and a
+//! cap bounds the text it writes. A template that goes over fails at once with
+//! [`EngineError::TemplateTooExpensive`], naming the file it came from; it never hangs the
+//! engine thread.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use minijinja::value::{Value, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind};
@@ -14,15 +21,86 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 /// the system prompt is prefixed to the first user turn, as Google's template does.
 pub const GEMMA: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set first = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ (first if loop.first else '') + (m['content'] | trim) }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
 
+/// Template files a model folder may carry, most preferred first (the order transformers uses).
+const TEMPLATE_FILES: &[&str] = &[
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer_config.json",
+];
+
+/// Config files beside a model over this size are not read: the largest real
+/// `tokenizer_config.json` (a few hundred added tokens spelled out) is a few MB.
+pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Fuel every render may spend, whatever its input. The largest real template measured,
+/// Qwen3's with two tools, uses 852 on a ten-message conversation (docs/FUZZING.md); this is
+/// over 500 times that, and the nested-loop bomb spends it in about 40 ms.
+pub const BASE_FUEL: u64 = 500_000;
+/// Extra fuel per message: real templates walk the list two or three times, under 100 a message.
+pub const FUEL_PER_MESSAGE: u64 = 2_000;
+/// Extra fuel per 64 bytes of message text (minijinja charges about one per 64 bytes it
+/// creates or filters): room for a template to copy, trim and split each message ~30 times.
+pub const FUEL_PER_64_INPUT_BYTES: u64 = 32;
+/// Rendered text every render may write, whatever its input.
+pub const BASE_OUTPUT: usize = 1024 * 1024;
+/// Extra rendered text per byte of message text: a template prints each message once or twice.
+pub const OUTPUT_PER_INPUT_BYTE: usize = 4;
+
+/// Stack for the thread a template renders on, plus [`RENDER_STACK_PER_FUEL`] per unit of
+/// fuel: the deepest value a template can build is about one level per 5 fuel, and each
+/// level costs a few hundred bytes of stack to print or drop (measured in
+/// `tests/untrusted.rs`, `deeply_nested_values_do_not_overflow_the_engine_stack`).
+const RENDER_STACK_BASE: usize = 8 * 1024 * 1024;
+const RENDER_STACK_PER_FUEL: usize = 128;
+
+/// What one render of an untrusted template may spend. Scaled to its input, so a long but
+/// honest conversation renders while a template that loops on its own is cut off early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderBudget {
+    /// minijinja fuel: about one per instruction and one per 64 bytes of data created.
+    pub fuel: u64,
+    /// Bytes of rendered output.
+    pub max_output: usize,
+}
+
+impl RenderBudget {
+    /// The budget for rendering `items` values holding `input_bytes` of text in total.
+    pub fn for_input(items: usize, input_bytes: usize) -> Self {
+        let fuel = BASE_FUEL
+            .saturating_add(FUEL_PER_MESSAGE.saturating_mul(items as u64))
+            .saturating_add(FUEL_PER_64_INPUT_BYTES.saturating_mul(input_bytes as u64 / 64 + 1));
+        let max_output =
+            BASE_OUTPUT.saturating_add(OUTPUT_PER_INPUT_BYTE.saturating_mul(input_bytes));
+        RenderBudget { fuel, max_output }
+    }
+
+    /// The budget for a chat of `messages`.
+    pub fn for_messages(messages: &[ChatMessage]) -> Self {
+        let bytes = messages.iter().map(|m| m.content.len()).sum();
+        Self::for_input(messages.len(), bytes)
+    }
+}
+
+/// A template's text and the file it came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSource {
+    pub text: String,
+    pub origin: PathBuf,
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// Where the template came from: a model file, a config file, or a built-in's name.
+    origin: PathBuf,
 }
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,8 +122,40 @@ fn rewrite(source: &str) -> String {
         .replace("{% endgeneration %}", "")
 }
 
+/// Collects rendered text and refuses to grow past its cap.
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl Write for CappedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(bytes.len()) > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other(
+                "the rendered text is over its size cap",
+            ));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a finished render cost, for measuring real templates against the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderCost {
+    pub fuel: u64,
+    pub output_bytes: usize,
+}
+
 impl ChatTemplate {
-    pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, EngineError> {
+    /// Compiles `source`; `origin` is the file it came from, named when a render fails.
+    pub fn new(source: &str, bos: &str, eos: &str, origin: &Path) -> Result<Self, EngineError> {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -58,12 +168,12 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_function("strftime_now", |fmt: String| -> String {
-            chrono::Local::now().format(&fmt).to_string()
+        env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
+            strftime(&fmt)
         });
         env.add_filter("tojson", |v: Value| -> Result<Value, Error> {
             let mut out = String::new();
-            py_json(&v, &mut out)?;
+            py_json(&v, &mut out, 0)?;
             Ok(Value::from_safe_string(out))
         });
         env.add_template_owned("chat", rewrite(source))
@@ -72,65 +182,233 @@ impl ChatTemplate {
             env,
             bos: bos.to_string(),
             eos: eos.to_string(),
+            origin: origin.to_path_buf(),
         })
     }
 
     pub fn chatml() -> Self {
-        Self::new(CHATML, "", "<|im_end|>").expect("the built-in ChatML template compiles")
+        Self::new(
+            CHATML,
+            "",
+            "<|im_end|>",
+            Path::new("the built-in ChatML template"),
+        )
+        .expect("the built-in ChatML template compiles")
     }
 
     /// Built-in template for a model that ships none: Gemma's format for Gemma, else ChatML.
     pub fn fallback(arch: &str, bos: &str, eos: &str) -> Self {
         if arch.starts_with("gemma") {
-            Self::new(GEMMA, bos, eos).expect("the built-in Gemma template compiles")
+            Self::new(GEMMA, bos, eos, Path::new("the built-in Gemma template"))
+                .expect("the built-in Gemma template compiles")
         } else {
             Self::chatml()
         }
     }
 
-    /// Finds the template: GGUF metadata first, then `tokenizer_config.json` beside the model.
-    pub fn source_for(model_path: &Path, gguf_template: Option<&str>) -> Option<String> {
-        if let Some(t) = gguf_template {
-            return Some(t.to_string());
-        }
-        let cfg = model_path.parent()?.join("tokenizer_config.json");
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(cfg).ok()?).ok()?;
-        match json.get("chat_template")? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(items) => items
-                .iter()
-                .find(|i| i.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .or_else(|| items.first())
-                .and_then(|i| i.get("template")?.as_str().map(str::to_string)),
-            _ => None,
-        }
+    /// The file this template came from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
     }
 
+    /// Finds the template: GGUF metadata first, then the template files beside the model
+    /// (`chat_template.jinja`, `chat_template.json`, `tokenizer_config.json`).
+    pub fn source_for(model_path: &Path, gguf_template: Option<&str>) -> Option<TemplateSource> {
+        if let Some(t) = gguf_template {
+            return Some(TemplateSource {
+                text: t.to_string(),
+                origin: model_path.to_path_buf(),
+            });
+        }
+        let dir = model_path.parent()?;
+        TEMPLATE_FILES.iter().find_map(|name| {
+            let path = dir.join(name);
+            let bytes = crate::fsutil::read_limited(&path, MAX_CONFIG_BYTES).ok()?;
+            let text = if name.ends_with(".jinja") {
+                String::from_utf8(bytes).ok()?
+            } else {
+                template_from_config(&bytes)?
+            };
+            Some(TemplateSource { text, origin: path })
+        })
+    }
+
+    /// Renders a chat on the budget its size allows.
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
+        self.render_measured(
+            messages,
+            add_generation_prompt,
+            RenderBudget::for_messages(messages),
+        )
+        .map(|(text, _)| text)
+    }
+
+    /// Renders on an explicit budget and reports what the render cost.
+    pub fn render_measured(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        budget: RenderBudget,
+    ) -> Result<(String, RenderCost), EngineError> {
         let msgs: Vec<Value> = messages
             .iter()
             .map(|m| context! { role => m.role.as_str(), content => m.content.clone() })
             .collect();
-        let tmpl = self.env.get_template("chat").map_err(tmpl_err)?;
-        tmpl.render(context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos.clone(),
-            eos_token => self.eos.clone(),
-            // Llama 3.x templates print it in the system header.
-            date_string => chrono::Local::now().format("%d %b %Y").to_string(),
+        self.render_context(
+            context! {
+                messages => msgs,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.clone(),
+                eos_token => self.eos.clone(),
+                // Llama 3.x templates print it in the system header.
+                date_string => chrono::Local::now().format("%d %b %Y").to_string(),
+            },
+            budget,
+        )
+    }
+
+    /// Renders with any context (tests measure templates with tools this way).
+    pub fn render_context(
+        &self,
+        ctx: Value,
+        budget: RenderBudget,
+    ) -> Result<(String, RenderCost), EngineError> {
+        // Within its fuel a template can still build a value nested hundreds of thousands
+        // deep (`{% set ns.x = [ns.x] %}` in a loop), and printing or merely dropping it
+        // recurses once per level: on the engine thread's 2 MiB stack that is an abort. So
+        // the render gets its own thread with a stack sized to the fuel; only the pages it
+        // touches are ever backed by memory.
+        let stack = RENDER_STACK_BASE
+            .saturating_add((budget.fuel as usize).saturating_mul(RENDER_STACK_PER_FUEL));
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(stack)
+                .spawn_scoped(scope, || self.render_here(ctx, budget))
+                .map_err(|e| {
+                    EngineError::Template(format!("cannot start the template renderer: {e}"))
+                })?;
+            worker.join().unwrap_or_else(|_| {
+                Err(EngineError::Template(
+                    "the template renderer failed; this is a bug, please report it with the model"
+                        .into(),
+                ))
+            })
         })
-        .map_err(tmpl_err)
+    }
+
+    fn render_here(
+        &self,
+        ctx: Value,
+        budget: RenderBudget,
+    ) -> Result<(String, RenderCost), EngineError> {
+        // Fuel is set per environment; a clone shares the compiled template and costs a few
+        // map copies, far less than the render itself.
+        let mut env = self.env.clone();
+        env.set_fuel(Some(budget.fuel));
+        let tmpl = env.get_template("chat").map_err(tmpl_err)?;
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            cap: budget.max_output,
+            over: false,
+        };
+        let rendered = tmpl.render_captured_to(ctx, &mut out);
+        let too_expensive = |what: String| EngineError::TemplateTooExpensive {
+            path: self.origin.clone(),
+            what,
+        };
+        if out.over {
+            return Err(too_expensive(format!(
+                "its output passed {:.1} MB",
+                budget.max_output as f64 / 1e6
+            )));
+        }
+        let captured = match rendered {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(too_expensive(format!(
+                    "it used up its budget of {} steps",
+                    budget.fuel
+                )))
+            }
+            Err(e) => return Err(tmpl_err(e)),
+        };
+        let fuel = captured
+            .state()
+            .fuel_levels()
+            .map(|(used, _)| used)
+            .unwrap_or_default();
+        let output_bytes = out.buf.len();
+        let text = String::from_utf8(out.buf)
+            .map_err(|e| EngineError::Template(format!("the template wrote invalid UTF-8: {e}")))?;
+        Ok((text, RenderCost { fuel, output_bytes }))
     }
 }
 
+/// The template in a `tokenizer_config.json` or `chat_template.json`: a string, or a list of
+/// named templates of which `default` (else the first) is used.
+pub fn template_from_config(bytes: &[u8]) -> Option<String> {
+    template_from_json(&serde_json::from_slice(bytes).ok()?)
+}
+
+/// [`template_from_config`] on parsed JSON.
+pub fn template_from_json(json: &serde_json::Value) -> Option<String> {
+    match json.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .find(|i| i.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| items.first())
+            .and_then(|i| i.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// `strftime_now(fmt)`. chrono panics while formatting an invalid specifier, so the format is
+/// checked first: a template's bad format string is an error, not a crash.
+fn strftime(fmt: &str) -> Result<String, Error> {
+    use chrono::format::{Item, StrftimeItems};
+    let items: Vec<Item> = StrftimeItems::new(fmt).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) || fmt.len() > 256 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: invalid format {fmt:?}"),
+        ));
+    }
+    let mut out = String::new();
+    std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "{}",
+            chrono::Local::now().format_with_items(items.into_iter())
+        ),
+    )
+    .map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: cannot format {fmt:?}"),
+        )
+    })?;
+    Ok(out)
+}
+
+/// Nesting deeper than this is refused by `tojson`: real tool schemas are a few levels deep,
+/// and a template can build a value nested deep enough to overflow the stack.
+const MAX_JSON_DEPTH: usize = 128;
+
 /// Serialises like Python's `json.dumps(v, ensure_ascii=False)`: `", "` and `": "` separators,
 /// no HTML escaping.
-fn py_json(v: &Value, out: &mut String) -> Result<(), Error> {
+fn py_json(v: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: value nested more than {MAX_JSON_DEPTH} deep"),
+        ));
+    }
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -145,7 +423,7 @@ fn py_json(v: &Value, out: &mut String) -> Result<(), Error> {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                py_json(&item, out)?;
+                py_json(&item, out, depth + 1)?;
             }
             out.push(']');
         }
@@ -155,13 +433,13 @@ fn py_json(v: &Value, out: &mut String) -> Result<(), Error> {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                py_json(&Value::from(key.to_string()), out)?;
+                py_json(&Value::from(key.to_string()), out, depth + 1)?;
                 out.push_str(": ");
-                py_json(&v.get_item(&key)?, out)?;
+                py_json(&v.get_item(&key)?, out, depth + 1)?;
             }
             out.push('}');
         }
-        _ => py_json(&Value::from(v.to_string()), out)?,
+        _ => py_json(&Value::from(v.to_string()), out, depth)?,
     }
     Ok(())
 }
@@ -183,7 +461,7 @@ mod tests {
 
     #[test]
     fn template_default_system_prompt() {
-        let t = ChatTemplate::new(SMOLLM_LIKE, "", "").unwrap();
+        let t = ChatTemplate::new(SMOLLM_LIKE, "", "", Path::new("t.jinja")).unwrap();
         let s = t.render(&[ChatMessage::user("Hi")], false).unwrap();
         assert!(s.starts_with("<|im_start|>system\nDefault system<|im_end|>\n<|im_start|>user"));
     }
@@ -191,7 +469,7 @@ mod tests {
     #[test]
     fn raise_exception_python_methods_and_trim_blocks() {
         let src = "{% for m in messages %}\n  {% if m.role not in ['user','assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}\n[{{ m.content.strip() }}]\n{% endfor %}";
-        let t = ChatTemplate::new(src, "", "").unwrap();
+        let t = ChatTemplate::new(src, "", "", Path::new("t.jinja")).unwrap();
         assert_eq!(
             t.render(&[ChatMessage::user("  x ")], false).unwrap(),
             "[x]\n"
@@ -202,7 +480,13 @@ mod tests {
 
     #[test]
     fn tojson_is_python_style() {
-        let t = ChatTemplate::new("{{ {'a': [1, 'é<'], 'b': none}|tojson }}", "", "").unwrap();
+        let t = ChatTemplate::new(
+            "{{ {'a': [1, 'é<'], 'b': none}|tojson }}",
+            "",
+            "",
+            Path::new("t.jinja"),
+        )
+        .unwrap();
         assert_eq!(
             t.render(&[], false).unwrap(),
             r#"{"a": [1, "é<"], "b": null}"#
@@ -215,6 +499,7 @@ mod tests {
             "{{ bos_token }}{{ strftime_now('%Y') | length }}",
             "<s>",
             "",
+            Path::new("t.jinja"),
         )
         .unwrap();
         assert_eq!(t.render(&[], false).unwrap(), "<s>4");
@@ -241,26 +526,82 @@ mod tests {
     }
 
     #[test]
-    fn template_source_prefers_gguf_then_tokenizer_config() {
+    fn template_source_prefers_gguf_then_template_files() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m.gguf");
+        let text = |m: &Path, g: Option<&str>| ChatTemplate::source_for(m, g).map(|s| s.text);
         assert_eq!(ChatTemplate::source_for(&model, None), None);
+        let config = dir.path().join("tokenizer_config.json");
         std::fs::write(
-            dir.path().join("tokenizer_config.json"),
+            &config,
             r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
         )
         .unwrap();
-        assert_eq!(ChatTemplate::source_for(&model, None).as_deref(), Some("D"));
         assert_eq!(
-            ChatTemplate::source_for(&model, Some("G")).as_deref(),
-            Some("G")
+            ChatTemplate::source_for(&model, None),
+            Some(TemplateSource {
+                text: "D".into(),
+                origin: config.clone()
+            })
         );
+        assert_eq!(
+            ChatTemplate::source_for(&model, Some("G")),
+            Some(TemplateSource {
+                text: "G".into(),
+                origin: model.clone()
+            })
+        );
+        std::fs::write(&config, r#"{"chat_template": "S"}"#).unwrap();
+        assert_eq!(text(&model, None).as_deref(), Some("S"));
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        assert_eq!(text(&model, None).as_deref(), Some("J"));
+    }
+
+    /// A template from `tokenizer_config.json` runs on the same budget, and the refusal names
+    /// that file.
+    #[test]
+    fn a_tokenizer_config_template_bomb_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tokenizer_config.json");
         std::fs::write(
-            dir.path().join("tokenizer_config.json"),
-            r#"{"chat_template": "S"}"#,
+            &config,
+            r#"{"chat_template": "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}"}"#,
         )
         .unwrap();
-        assert_eq!(ChatTemplate::source_for(&model, None).as_deref(), Some("S"));
+        let src = ChatTemplate::source_for(&dir.path().join("config.json"), None).unwrap();
+        let t = ChatTemplate::new(&src.text, "", "", &src.origin).unwrap();
+        let err = t.render(&[ChatMessage::user("Hi")], true).unwrap_err();
+        match &err {
+            EngineError::TemplateTooExpensive { path, .. } => assert_eq!(path, &config),
+            other => panic!("{other:?}"),
+        }
+        assert!(err
+            .to_string()
+            .contains("this model's chat template is too expensive to render"));
+    }
+
+    #[test]
+    fn output_over_the_cap_is_refused() {
+        let t = ChatTemplate::new("{{ 'x' * 5000 }}", "", "", Path::new("t.jinja")).unwrap();
+        let budget = RenderBudget {
+            fuel: 1_000_000,
+            max_output: 4096,
+        };
+        let err = t.render_measured(&[], false, budget).unwrap_err();
+        assert!(err.to_string().contains("output passed"), "{err}");
+        let (text, cost) = t
+            .render_measured(&[], false, RenderBudget::for_input(0, 0))
+            .unwrap();
+        assert_eq!(text.len(), 5000);
+        assert!(cost.fuel > 0);
+    }
+
+    #[test]
+    fn invalid_strftime_formats_are_errors_not_panics() {
+        let t =
+            ChatTemplate::new("{{ strftime_now('%Q') }}", "", "", Path::new("t.jinja")).unwrap();
+        let err = t.render(&[], false).unwrap_err();
+        assert!(err.to_string().contains("invalid format"), "{err}");
     }
 
     #[test]
@@ -269,6 +610,7 @@ mod tests {
             "{% for m in messages[::-1] %}{{ m.content }}{% endfor %}",
             "",
             "",
+            Path::new("t.jinja"),
         )
         .unwrap();
         let s = t

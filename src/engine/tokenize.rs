@@ -23,6 +23,66 @@ pub const TEMPLATE_END_TOKENS: &[&str] = &[
     "<|eom_id|>",
 ];
 
+/// A `tokenizer.json` over this size is refused unread; the largest real ones (Gemma's
+/// 262k-token vocabulary) are about 35 MB.
+pub const MAX_TOKENIZER_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Parses a `tokenizer.json` read from `path` (named in errors).
+pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, EngineError> {
+    // tokenizers 0.23 panics (`expect("Helper")`) on a JSON syntax error inside `decoder`; a
+    // syntax check first turns every such file into an error (found by fuzzing).
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+        EngineError::Tokenizer(format!(
+            "cannot read {}: not valid JSON ({e})",
+            path.display()
+        ))
+    })?;
+    Tokenizer::from_bytes(bytes)
+        .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads and parses the `tokenizer.json` at `path`, refusing one over [`MAX_TOKENIZER_BYTES`].
+pub fn read_tokenizer(path: &Path) -> Result<Tokenizer, EngineError> {
+    let bytes = crate::fsutil::read_limited(path, MAX_TOKENIZER_BYTES)
+        .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+    tokenizer_from_bytes(&bytes, path)
+}
+
+/// What the engine takes from a `tokenizer_config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenizerConfig {
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub add_bos_token: Option<bool>,
+    pub chat_template: Option<String>,
+}
+
+impl TokenizerConfig {
+    /// Parses the file's bytes; the error says what is wrong with them.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+        if !json.is_object() {
+            return Err("not a JSON object".into());
+        }
+        Ok(TokenizerConfig {
+            bos_token: token_string(json.get("bos_token")),
+            eos_token: token_string(json.get("eos_token")),
+            add_bos_token: json.get("add_bos_token").and_then(|v| v.as_bool()),
+            chat_template: super::template::template_from_json(&json),
+        })
+    }
+}
+
+/// `bos_token` / `eos_token` written as a string or as `{"content": ...}`.
+fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
 pub struct TextTokenizer {
     tok: Tokenizer,
     pub bos_id: Option<u32>,
@@ -45,8 +105,7 @@ impl TextTokenizer {
         };
         let side = path.parent().map(|d| d.join("tokenizer.json"));
         let tok = match side {
-            Some(p) if p.is_file() => Tokenizer::from_file(&p)
-                .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", p.display())))?,
+            Some(p) if p.is_file() => read_tokenizer(&p)?,
             _ => from_gguf_metadata(path, content, &meta)?,
         };
         let model_kind = meta.opt_str("tokenizer.ggml.model").unwrap_or("gpt2");
@@ -100,8 +159,7 @@ impl TextTokenizer {
         eos_ids: &[u32],
         add_bos: bool,
     ) -> Result<Self, EngineError> {
-        let tok = Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+        let tok = read_tokenizer(path)?;
         Ok(Self::with_stops(
             tok,
             bos_id,
@@ -422,6 +480,38 @@ mod tests {
             .into_iter()
             .map(|(s, _, _)| s.to_string())
             .collect()
+    }
+
+    /// Regression (found by the `tokenizer_files` fuzz twin): a control character inside the
+    /// `decoder` object made tokenizers panic instead of returning an error.
+    #[test]
+    fn a_broken_decoder_is_an_error_not_a_panic() {
+        let json = "{\"version\":\"1.0\",\"decoder\":{\"type\":\"Byte\u{1}Level\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}";
+        let err = tokenizer_from_bytes(json.as_bytes(), Path::new("t/tokenizer.json")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("t/tokenizer.json") && msg.contains("not valid JSON"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn tokenizer_config_fields_and_errors() {
+        let c = TokenizerConfig::parse(
+            br#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true,
+                "chat_template": [{"name": "default", "template": "T"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bos_token.as_deref(), Some("<s>"));
+        assert_eq!(c.eos_token.as_deref(), Some("</s>"));
+        assert_eq!(c.add_bos_token, Some(true));
+        assert_eq!(c.chat_template.as_deref(), Some("T"));
+        assert!(TokenizerConfig::parse(b"[1]")
+            .unwrap_err()
+            .contains("JSON object"));
+        assert!(TokenizerConfig::parse(b"{")
+            .unwrap_err()
+            .contains("not valid JSON"));
     }
 
     #[test]

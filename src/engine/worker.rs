@@ -112,7 +112,7 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         .and_then(|i| tok.token_text(i))
         .unwrap_or_default();
     let template = match tmpl_src {
-        Some(src) => ChatTemplate::new(&src, &bos, &eos)?,
+        Some(src) => ChatTemplate::new(&src.text, &bos, &eos, &src.origin)?,
         None => ChatTemplate::fallback(&f.arch, &bos, &eos),
     };
     let mut stats = gguf::quant_stats(&f.content);

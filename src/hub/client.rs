@@ -16,6 +16,11 @@ use super::types::{
 };
 use super::validate::{is_hex, validate_repo_id, validate_repo_path, validate_revision};
 
+/// JSON answers (search pages, model info, tree pages) over this size are refused; the largest
+/// real ones, a full search page or the tree of a repo with thousands of files, are a few MB.
+pub const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+/// Error bodies are read only this far for their message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Redirect hops followed before giving up.
 pub const MAX_REDIRECTS: usize = 10;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -171,7 +176,8 @@ impl HubClient {
     async fn search_url(&self, url: Url) -> Result<SearchPage, HubError> {
         let resp = self.get_ok(url.clone(), ErrCtx::default()).await?;
         let next = next_link(resp.headers(), &url).filter(|n| n != &url);
-        let models: Vec<ModelSummary> = self.json(resp, &url).await?;
+        let bytes = self.body_capped(resp, &url, MAX_JSON_BODY).await?;
+        let models = parse_search_page(&bytes, &url)?;
         Ok(SearchPage {
             models,
             next: next.map(|u| u.to_string()),
@@ -201,8 +207,8 @@ impl HubClient {
             path: None,
         };
         let resp = self.get_ok(url.clone(), ctx).await?;
-        let raw: RawInfo = self.json(resp, &url).await?;
-        Ok(info_from_raw(raw))
+        let bytes = self.body_capped(resp, &url, MAX_JSON_BODY).await?;
+        parse_model_info(&bytes, &url)
     }
 
     /// Every file of the repo at `revision`, from the recursive tree listing (follows pagination).
@@ -235,16 +241,10 @@ impl HubClient {
             }
             let resp = self.get_ok(url.clone(), ctx.clone()).await?;
             next = next_link(resp.headers(), &url);
-            let entries: Vec<RawTreeEntry> = self.json(resp, &url).await?;
-            for e in entries {
-                if validate_repo_path(&e.path).is_err() {
-                    rejected.push(e.path);
-                    continue;
-                }
-                if let TreeEntry::File(f) = tree_entry(e) {
-                    files.push(f);
-                }
-            }
+            let bytes = self.body_capped(resp, &url, MAX_JSON_BODY).await?;
+            let (page, bad) = parse_tree_page(&bytes, &url)?;
+            files.extend(page);
+            rejected.extend(bad);
         }
         Ok((files, rejected))
     }
@@ -476,16 +476,29 @@ impl HubClient {
         }
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
+    /// Reads a response body, refusing one longer than `cap`: a mirror or a proxy that sends
+    /// gigabytes of "JSON" must not fill memory.
+    async fn body_capped(
         &self,
-        resp: Response,
+        mut resp: Response,
         url: &Url,
-    ) -> Result<T, HubError> {
-        let bytes = resp.bytes().await.map_err(|e| self.net_err(&e))?;
-        serde_json::from_slice(&bytes).map_err(|e| HubError::InvalidResponse {
+        cap: usize,
+    ) -> Result<Vec<u8>, HubError> {
+        let too_big = || HubError::InvalidResponse {
             url: url.to_string(),
-            reason: e.to_string(),
-        })
+            reason: format!("the answer is larger than {cap} bytes"),
+        };
+        if resp.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.net_err(&e))? {
+            if body.len() + chunk.len() > cap {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Sends a request and follows redirects by hand: the token goes only to the hub's origin,
@@ -531,10 +544,7 @@ impl HubClient {
                 location,
             ) {
                 (true, Some(loc)) => {
-                    let next = url.join(&loc).map_err(|e| HubError::InvalidResponse {
-                        url: url.to_string(),
-                        reason: format!("bad redirect target `{loc}`: {e}"),
-                    })?;
+                    let next = redirect_target(&url, &loc)?;
                     if !cross_origin && !same_origin(&next, &self.origin) {
                         // Metadata lives on the hub's hops; the CDN adds nothing.
                         return Ok((resp, meta));
@@ -579,7 +589,11 @@ impl HubClient {
         let mut message = header_str(h, "x-error-message");
         let retry_after = retry_after(h);
         if message.is_none() {
-            let body = resp.bytes().await.unwrap_or_default();
+            let url = resp.url().clone();
+            let body = self
+                .body_capped(resp, &url, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
             message = error_body(&body);
         }
         let message = message.unwrap_or_default();
@@ -720,6 +734,50 @@ fn tree_entry(e: RawTreeEntry) -> TreeEntry {
             size: l.size.or(e.size).unwrap_or(0),
         }),
         path: e.path,
+    })
+}
+
+/// Parses a JSON answer from `url` into `T`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], url: &Url) -> Result<T, HubError> {
+    serde_json::from_slice(bytes).map_err(|e| HubError::InvalidResponse {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A `/api/models/{repo}` answer; unsafe file names go to `rejected_paths`.
+pub fn parse_model_info(bytes: &[u8], url: &Url) -> Result<ModelInfo, HubError> {
+    let raw: RawInfo = parse_json(bytes, url)?;
+    Ok(info_from_raw(raw))
+}
+
+/// One page of a tree listing: its files, and the paths refused as unsafe.
+pub fn parse_tree_page(bytes: &[u8], url: &Url) -> Result<(Vec<RepoFile>, Vec<String>), HubError> {
+    let entries: Vec<RawTreeEntry> = parse_json(bytes, url)?;
+    let mut files = Vec::new();
+    let mut rejected = Vec::new();
+    for e in entries {
+        if validate_repo_path(&e.path).is_err() {
+            rejected.push(e.path);
+            continue;
+        }
+        if let TreeEntry::File(f) = tree_entry(e) {
+            files.push(f);
+        }
+    }
+    Ok((files, rejected))
+}
+
+/// One page of search results.
+pub fn parse_search_page(bytes: &[u8], url: &Url) -> Result<Vec<ModelSummary>, HubError> {
+    parse_json(bytes, url)
+}
+
+/// Where a redirect's `Location` (absolute or relative) leads from `from`.
+pub fn redirect_target(from: &Url, location: &str) -> Result<Url, HubError> {
+    from.join(location).map_err(|e| HubError::InvalidResponse {
+        url: from.to_string(),
+        reason: format!("bad redirect target `{location}`: {e}"),
     })
 }
 

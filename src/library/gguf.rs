@@ -75,6 +75,11 @@ impl GgmlType {
         Some(elements.div_ceil(block).saturating_mul(size))
     }
 
+    /// Elements per block, if the type is known.
+    pub fn block_size(self) -> Option<u64> {
+        self.layout().map(|(_, block, _)| block)
+    }
+
     /// True for types candle 0.11.1 can load (`GgmlDType::from_u32` accepts them).
     pub fn candle_loads(self) -> bool {
         matches!(self.0, 0..=3 | 6..=15 | 30)
@@ -198,14 +203,27 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let file_size = file.metadata().map_err(io)?.len();
+    read_header_from(file, file_size, &path.display().to_string())
+}
+
+/// Reads a GGUF header from `source`, which holds `file_size` bytes; `name` is used in errors.
+///
+/// Memory stays bounded by the input, not by what the header claims: counts and lengths are
+/// checked against the bytes left before anything is allocated for them, so a header of a few
+/// bytes cannot make the reader reserve gigabytes.
+pub fn read_header_from<R: Read + Seek>(
+    source: R,
+    file_size: u64,
+    name: &str,
+) -> Result<GgufHeader, GgufError> {
     let mut r = Reader {
-        file,
+        file: source,
         data: Vec::new(),
         pos: 0,
         base: 0,
         file_size,
         section: "file header",
-        path: path.display().to_string(),
+        path: name.to_string(),
     };
     r.need(4)?;
     let magic: [u8; 4] = [r.data[0], r.data[1], r.data[2], r.data[3]];
@@ -233,7 +251,9 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
         metadata.insert(key, value);
     }
     r.section = "tensor list";
-    let mut tensors = Vec::with_capacity(tensor_count as usize);
+    // A tensor entry takes at least 24 bytes (name length, dimension count, type, offset).
+    let room = r.remaining() / 24;
+    let mut tensors = Vec::with_capacity(tensor_count.min(room) as usize);
     for _ in 0..tensor_count {
         let name = r.string()?;
         let n_dims = r.u32()?;
@@ -338,8 +358,8 @@ fn within<T>(res: Result<T, GgufError>) -> Result<Option<T>, GgufError> {
 
 /// Reads the file in large chunks and parses from a byte buffer: a vocabulary is ~100k tiny
 /// strings, and going through `Read` for each one costs more than the rest of the scan.
-struct Reader<F: Read + Seek = std::fs::File> {
-    file: F,
+struct Reader<R = std::fs::File> {
+    file: R,
     /// Bytes of the file from offset `base`; `pos` indexes into it.
     data: Vec<u8>,
     pos: usize,
@@ -351,7 +371,13 @@ struct Reader<F: Read + Seek = std::fs::File> {
 
 const CHUNK: usize = 1 << 20;
 
-impl<F: Read + Seek> Reader<F> {
+impl<R: Read + Seek> Reader<R> {
+    /// Bytes of the input not yet parsed.
+    fn remaining(&self) -> u64 {
+        self.file_size
+            .saturating_sub(self.base.saturating_add(self.pos as u64))
+    }
+
     fn io_err(&self, source: std::io::Error) -> GgufError {
         GgufError::Io {
             path: self.path.clone(),
@@ -667,6 +693,7 @@ mod tests {
         assert_eq!(h.tensors[0].elements(), u64::MAX);
         assert_eq!(h.data_end(), Some(u64::MAX));
         let ins = crate::library::inspect::inspect_gguf(&[p]);
+        assert_eq!(ins.info.parameters, None, "an overflowing count shows as ?");
         assert!(ins
             .broken
             .as_deref()

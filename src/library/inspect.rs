@@ -66,7 +66,8 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         has_tokenizer: false,
         refused: None,
     };
-    let mut params = 0u64;
+    // `None` once a tensor's shape is impossible or the total overflows: shown as "?".
+    let mut params = Some(0u64);
     let mut weight_bytes = 0u64;
     let mut elems_by_type: BTreeMap<GgmlType, u64> = BTreeMap::new();
     let mut first: Option<GgufHeader> = None;
@@ -93,7 +94,15 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         }
         for t in &header.tensors {
             let n = t.elements();
-            params = params.saturating_add(n);
+            match (params, impossible_gguf_shape(t)) {
+                (Some(p), None) => params = p.checked_add(n),
+                (_, Some(why)) => {
+                    params = None;
+                    ins.broken
+                        .get_or_insert_with(|| format!("{}: {why}", file_name(shard)));
+                }
+                (None, None) => {}
+            }
             *ins.info.tensor_types.entry(t.ty.name()).or_default() += 1;
             ins.gguf_types.insert(t.ty);
             if t.dims.len() >= 2 {
@@ -124,8 +133,14 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
     let Some(h) = first else {
         return ins;
     };
+    if params.is_none() {
+        ins.broken.get_or_insert_with(|| {
+            "the tensors add up to more parameters than any model has (the header is corrupt)"
+                .into()
+        });
+    }
     let info = &mut ins.info;
-    info.parameters = Some(params);
+    info.parameters = params;
     info.weight_bytes = weight_bytes;
     info.architecture = h.architecture().map(str::to_string);
     info.display_name = h
@@ -165,6 +180,51 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         ModelShape::from_metadata(&h.metadata),
     );
     ins
+}
+
+/// Why a GGUF tensor's shape cannot be real: its element count overflows, or a quantized
+/// tensor's is not a whole number of blocks.
+fn impossible_gguf_shape(t: &gguf::TensorInfo) -> Option<String> {
+    let dims = || format!("{:?}", t.dims);
+    let Some(n) = t.dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)) else {
+        return Some(format!(
+            "tensor {} has an impossible shape {} (the header is corrupt)",
+            t.name,
+            dims()
+        ));
+    };
+    match t.ty.block_size() {
+        Some(block) if n % block != 0 => Some(format!(
+            "tensor {} has {n} elements, not a whole number of {}-element {} blocks (the header is corrupt)",
+            t.name,
+            block,
+            t.ty.name()
+        )),
+        _ => None,
+    }
+}
+
+/// Why a safetensors tensor's shape cannot be real: its element count overflows, or its bytes
+/// are not what the shape and dtype need (the format requires an exact fit).
+fn impossible_st_shape(t: &safetensors::SafeTensor) -> Option<String> {
+    let span = t.end - t.begin;
+    let Some(n) = t.shape.iter().try_fold(1u64, |a, d| a.checked_mul(*d)) else {
+        return Some(format!(
+            "tensor {} has an impossible shape {:?} (the header is corrupt)",
+            t.name, t.shape
+        ));
+    };
+    let size = safetensors::dtype_size(&t.dtype)?;
+    match n.checked_mul(size) {
+        Some(need) if need == span => None,
+        need => Some(format!(
+            "tensor {} of shape {:?} and type {} needs {} bytes but its offsets span {span} (the header is corrupt)",
+            t.name,
+            t.shape,
+            t.dtype,
+            need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+        )),
+    }
 }
 
 /// llama.cpp's `llama_ftype` names, stored as `general.file_type`.
@@ -272,6 +332,8 @@ struct FolderTensor {
     dtype: String,
     elements: u64,
     bytes: u64,
+    /// Why the tensor's shape cannot be right, when the reader can tell.
+    shape_error: Option<String>,
 }
 
 /// Reads a safetensors model folder: `config.json`, every `*.safetensors` header, the tokenizer
@@ -301,6 +363,7 @@ pub(crate) fn inspect_safetensors(dir: &Path, files: &[PathBuf]) -> Inspection {
             .tensors
             .into_iter()
             .map(|t| FolderTensor {
+                shape_error: impossible_st_shape(&t),
                 elements: t.elements(),
                 bytes: t.end - t.begin,
                 name: t.name,
@@ -326,6 +389,7 @@ pub(crate) fn inspect_pytorch(dir: &Path, files: &[PathBuf]) -> Inspection {
                     dtype: t.dtype.to_string(),
                     elements: t.elements,
                     bytes: t.bytes,
+                    shape_error: None,
                 })
                 .collect(),
             Err(e @ (PytorchError::Refused { .. } | PytorchError::Legacy { .. })) => {
@@ -383,7 +447,7 @@ fn inspect_folder(
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
 
-    let mut params = 0u64;
+    let mut params = Some(0u64);
     let mut weight_bytes = 0u64;
     let mut elems_by_dtype: BTreeMap<String, u64> = BTreeMap::new();
     for file in files {
@@ -393,18 +457,29 @@ fn inspect_folder(
             *ins.info.tensor_types.entry(t.dtype.clone()).or_default() += 1;
             ins.st_dtypes.insert(t.dtype.clone());
             weight_bytes = weight_bytes.saturating_add(t.bytes);
+            if let Some(why) = &t.shape_error {
+                params = None;
+                ins.broken
+                    .get_or_insert_with(|| format!("{}: {why}", file_name(file)));
+            }
             // A tied LM head shares the embedding's storage: count those parameters once.
             if !safetensors::is_float(&t.dtype) || (tied && t.name == "lm_head.weight") {
                 continue;
             }
-            params = params.saturating_add(t.elements);
+            params = params.and_then(|p| p.checked_add(t.elements));
             let e = elems_by_dtype.entry(t.dtype).or_default();
             *e = e.saturating_add(t.elements);
         }
     }
+    if params.is_none() {
+        ins.broken.get_or_insert_with(|| {
+            "the tensors add up to more parameters than any model has (the header is corrupt)"
+                .into()
+        });
+    }
     let info = &mut ins.info;
     if !files.is_empty() {
-        info.parameters = Some(params);
+        info.parameters = params;
     }
     info.weight_bytes = weight_bytes;
     info.quant = elems_by_dtype

@@ -146,7 +146,8 @@ impl ApiError {
             | EngineError::Truncated { .. }
             | EngineError::Corrupt { .. }
             | EngineError::Refused { .. }
-            | EngineError::MissingTokenizer { .. } => {
+            | EngineError::MissingTokenizer { .. }
+            | EngineError::TemplateTooExpensive { .. } => {
                 let mut err = Self::new(dialect, StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
                 err.param = Some("model".into());
                 err

@@ -57,10 +57,14 @@ pub fn parse<T: DeserializeOwned>(dialect: Dialect, bytes: &[u8]) -> Result<T, A
             "the request body must be a JSON object",
         ));
     }
-    match serde_json::from_value::<T>(value.clone()) {
+    match serde_path_to_error::deserialize::<_, T>(&value) {
         Ok(t) => Ok(t),
         Err(e) => {
-            let msg = e.to_string();
+            let top = match e.path().iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+                _ => None,
+            };
+            let msg = e.into_inner().to_string();
             if let Some(field) = missing_field(&msg) {
                 return Err(ApiError::bad_field(
                     dialect,
@@ -68,7 +72,7 @@ pub fn parse<T: DeserializeOwned>(dialect: Dialect, bytes: &[u8]) -> Result<T, A
                     format!("{field} is required"),
                 ));
             }
-            match culprit::<T>(&value) {
+            match top.or_else(|| culprit::<T>(&value)) {
                 Some(field) => Err(ApiError::bad_field(dialect, &field, msg)),
                 None => Err(ApiError::bad_request(
                     dialect,
@@ -79,15 +83,20 @@ pub fn parse<T: DeserializeOwned>(dialect: Dialect, bytes: &[u8]) -> Result<T, A
     }
 }
 
+/// Objects with more keys than this are not searched for a culprit: each try re-parses the
+/// whole body, and a 2 MB body of tiny keys would make that quadratic.
+const MAX_CULPRIT_KEYS: usize = 64;
+
 fn missing_field(msg: &str) -> Option<String> {
     let rest = msg.strip_prefix("missing field `")?;
     Some(rest.split('`').next()?.to_string())
 }
 
-/// The top-level key at fault: first one whose removal makes the body valid, then a required
-/// one whose removal turns the error into "missing field" (its value had the wrong type).
+/// When the error's path names no field (a custom check on the whole body), the top-level key
+/// at fault: first one whose removal makes the body valid, then a required one whose removal
+/// turns the error into "missing field" (its value had the wrong type).
 fn culprit<T: DeserializeOwned>(value: &serde_json::Value) -> Option<String> {
-    let obj = value.as_object()?;
+    let obj = value.as_object().filter(|o| o.len() <= MAX_CULPRIT_KEYS)?;
     let without = |key: &str| {
         let mut o = obj.clone();
         o.remove(key);

@@ -91,7 +91,7 @@ fn table(f: &mut Frame, area: Rect, state: &State) {
             Row::new(vec![
                 Span::raw(m.name.clone()),
                 Span::raw(m.info.architecture.clone().unwrap_or_else(|| "?".into())),
-                Span::raw(m.info.parameters.map(human::params).unwrap_or_default()),
+                Span::raw(m.info.parameters.map_or_else(|| "?".into(), human::params)),
                 Span::raw(m.info.quant.clone().unwrap_or_default()),
                 Span::raw(
                     m.info
