@@ -633,10 +633,11 @@ pub async fn run(
     let split = (req.reasoning.split && prefill.is_empty() && matches!(req.input, Input::Chat(_)))
         .then(|| ReasoningSplitter::new(caps.opens_think && req.reasoning.think != Some(false)));
     let tools_on = req.tools_active();
+    let names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
     let parallel = req.parallel_tool_calls;
     let stream = gen::begin(ctx, dialect, model, ready, prompt, req.params, req.budget).await?;
     let parser = tools_on.then(|| {
-        let mut p = ToolParser::new(caps.format);
+        let mut p = ToolParser::new(caps.format).knowing(names);
         let pre = p.push(&prefill);
         debug_assert!(pre.is_empty(), "a forced prefix is never complete text");
         p

@@ -31,6 +31,9 @@ enum State {
     Call,
     /// Llama 3 output that does not start with a call: everything passes through.
     Plain,
+    /// Hermes-family output that starts like a bare JSON object or a fenced code block: small
+    /// models often write the call that way instead of inside `<tool_call>`. Held to the end.
+    Bare,
 }
 
 /// Parses one generation's output for `format`'s tool calls.
@@ -39,6 +42,8 @@ pub struct ToolParser {
     state: State,
     buf: String,
     next_id: Box<dyn FnMut() -> String + Send>,
+    /// The offered tools' names: a bare JSON answer counts as a call only if it names one.
+    known: Vec<String>,
 }
 
 impl std::fmt::Debug for ToolParser {
@@ -62,7 +67,15 @@ impl ToolParser {
             state: State::Start,
             buf: String::new(),
             next_id,
+            known: Vec::new(),
         }
+    }
+
+    /// Also reads a whole answer that is only a JSON call (bare or in a code fence) naming one
+    /// of `names` (Hermes family).
+    pub fn knowing(mut self, names: Vec<String>) -> Self {
+        self.known = names;
+        self
     }
 
     /// Feeds a text delta; returns what can be said for sure so far.
@@ -86,9 +99,19 @@ impl ToolParser {
                                 State::Plain
                             }
                         }
+                        ToolFormat::Hermes
+                            if !self.known.is_empty()
+                                && (lead.starts_with('{') || lead.starts_with("```")) =>
+                        {
+                            State::Bare
+                        }
+                        ToolFormat::Hermes if !self.known.is_empty() && "```".starts_with(lead) => {
+                            return out
+                        }
                         _ => State::Text,
                     };
                 }
+                State::Bare => return out,
                 State::Plain => {
                     if !self.buf.is_empty() {
                         out.push(Piece::Text(std::mem::take(&mut self.buf)));
@@ -135,6 +158,7 @@ impl ToolParser {
         let rest = std::mem::take(&mut self.buf);
         let state = std::mem::replace(&mut self.state, State::Text);
         match state {
+            State::Bare => self.bare(&rest),
             State::Call => match self.format {
                 // A model may stop right after the JSON, without the closing tag.
                 ToolFormat::Hermes => self.hermes(&rest, false),
@@ -156,6 +180,30 @@ impl ToolParser {
                 }
                 vec![Piece::Text(raw)]
             }
+        }
+    }
+
+    fn bare(&mut self, all: &str) -> Vec<Piece> {
+        let mut body = all.trim();
+        if let Some(inner) = body.strip_prefix("```") {
+            let inner = inner.strip_prefix("json").unwrap_or(inner);
+            body = inner.strip_suffix("```").unwrap_or(inner).trim();
+        }
+        let calls = json_sequence(body, ',').and_then(|vals| {
+            vals.into_iter()
+                .flat_map(|v| match v {
+                    Value::Array(items) => items,
+                    one => vec![one],
+                })
+                .map(|v| call_from_value(&v).filter(|(n, _)| self.known.contains(n)))
+                .collect::<Option<Vec<_>>>()
+        });
+        match calls {
+            Some(calls) if !calls.is_empty() => calls
+                .into_iter()
+                .map(|c| Piece::Call(self.call(c)))
+                .collect(),
+            _ => vec![Piece::Text(all.to_string())],
         }
     }
 
@@ -398,6 +446,34 @@ mod tests {
                 vec![Piece::Text(text.into())],
                 "{format:?} {text}"
             );
+        }
+    }
+
+    #[test]
+    fn bare_json_calls_of_known_tools() {
+        let fenced = "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Paris\"}\n}\n```";
+        let mut p = parser(ToolFormat::Hermes).knowing(vec!["get_weather".into()]);
+        let mut out = p.push(&fenced[..5]);
+        out.extend(p.push(&fenced[5..]));
+        out.extend(p.finish());
+        assert_eq!(
+            out,
+            vec![call(
+                "call_1",
+                "get_weather",
+                serde_json::json!({"city": "Paris"})
+            )]
+        );
+        // Unknown names and other JSON stay text, as written.
+        for text in [
+            "{\"name\": \"other\", \"arguments\": {}}",
+            "```python\nprint(1)\n```",
+            "{\"a\": 1}",
+        ] {
+            let mut p = parser(ToolFormat::Hermes).knowing(vec!["get_weather".into()]);
+            let mut out = p.push(text);
+            out.extend(p.finish());
+            assert_eq!(out, vec![Piece::Text(text.into())]);
         }
     }
 
