@@ -162,6 +162,8 @@ fn main() {
         engine.load(model.clone()).await.unwrap().expect("SmolLM2 loads");
         let opts = ServerOptions {
             max_queue: clients.max(1),
+            // The bench names the model file directly, with no library around it.
+            allow_paths: true,
             ..ServerOptions::default()
         };
         let ctx = ServerCtx::new(engine.clone(), Arc::new(RwLock::new(Library::default())), opts);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates (or updates) the Python virtual environment with the official `openai` and `ollama`
-# client packages that tests/server.rs drives against `influence --serve`.
+# Creates (or updates) the Python virtual environment with the official `openai`, `ollama` and
+# `anthropic` client packages that tests/server.rs drives against `influence --serve`.
 #
 # The venv lives outside the repository: ${INFLUENCE_VENV:-$HOME/.cache/influence-venv}.
 # Idempotent: when the pinned versions are already installed it returns at once.
@@ -9,10 +9,11 @@ set -euo pipefail
 VENV="${INFLUENCE_VENV:-$HOME/.cache/influence-venv}"
 OPENAI_VERSION="3.51.0"
 OLLAMA_VERSION="0.6.3"
-STAMP="$VENV/.influence-clients-openai-$OPENAI_VERSION-ollama-$OLLAMA_VERSION"
+ANTHROPIC_VERSION="2.10.0"
+STAMP="$VENV/.influence-clients-openai-$OPENAI_VERSION-ollama-$OLLAMA_VERSION-anthropic-$ANTHROPIC_VERSION"
 
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ]; then
-    echo "python clients ready in $VENV (openai $OPENAI_VERSION, ollama $OLLAMA_VERSION)"
+    echo "python clients ready in $VENV (openai $OPENAI_VERSION, ollama $OLLAMA_VERSION, anthropic $ANTHROPIC_VERSION)"
     exit 0
 fi
 
@@ -31,7 +32,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "openai==$OPENAI_VERSION" "ollama==$OLLAMA_VERSION"
+    "openai==$OPENAI_VERSION" "ollama==$OLLAMA_VERSION" "anthropic==$ANTHROPIC_VERSION"
 rm -f "$VENV"/.influence-clients-*
 touch "$STAMP"
-echo "python clients installed in $VENV (openai $OPENAI_VERSION, ollama $OLLAMA_VERSION)"
+echo "python clients installed in $VENV (openai $OPENAI_VERSION, ollama $OLLAMA_VERSION, anthropic $ANTHROPIC_VERSION)"

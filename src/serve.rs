@@ -78,9 +78,13 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     }
     let ctx = ServerCtx::new(engine.clone(), Arc::new(RwLock::new(library)), options);
     if let Some(m) = &model {
+        // `ServerCtx::new` added a path to the library; its name is the model's API id.
         let entry = ctx
-            .resolve_model(Some(m), crate::server::Dialect::OpenAi)
+            .resolve_model(None, crate::server::Dialect::OpenAi)
             .map_err(|e| anyhow::anyhow!("--model {m}: {}", e.message))?;
+        if entry.name != *m {
+            eprintln!("influence: serving {m} as `{}`", entry.name);
+        }
         // Load now so the first request does not wait; failures are reported, not fatal.
         let path = entry.path.clone();
         let name = entry.name.clone();

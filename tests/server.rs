@@ -327,8 +327,7 @@ mod openai {
                     {"role": "system", "content": "You are a helpful assistant."},
                     {"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}
                 ],
-                "temperature": 0, "top_p": 1, "seed": 42,
-                "some_future_field": {"x": 1}, "user": "me"
+                "temperature": 0, "top_p": 1, "seed": 42, "user": "me"
             }),
         )
         .await;
@@ -713,7 +712,7 @@ mod ollama {
             "/api/chat",
             json!({"model": CHAT, "stream": false, "messages": [{"role":"user","content":"hi"}],
                    "options": {"temperature": 0, "top_p": 0.9, "top_k": 10, "min_p": 0.1, "repeat_penalty": 1.1,
-                               "num_predict": 3, "num_ctx": 512, "seed": 1, "num_thread": 4}}),
+                               "num_predict": 3, "num_ctx": 512, "seed": 1}}),
         )
         .await;
         assert_eq!(s, StatusCode::OK, "{v}");
@@ -870,8 +869,15 @@ mod ollama {
     #[tokio::test]
     async fn unknown_model_is_404_in_ollama_shape() {
         let fx = setup();
-        for uri in ["/api/chat", "/api/generate", "/api/embed"] {
-            let (s, v) = post(&fx.app, uri, json!({"model": "x", "prompt": "hi", "messages": [{"role":"user","content":"hi"}], "input": "a"})).await;
+        for (uri, body) in [
+            (
+                "/api/chat",
+                json!({"model": "x", "messages": [{"role":"user","content":"hi"}]}),
+            ),
+            ("/api/generate", json!({"model": "x", "prompt": "hi"})),
+            ("/api/embed", json!({"model": "x", "input": "a"})),
+        ] {
+            let (s, v) = post(&fx.app, uri, body).await;
             assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
             assert_eq!(v, json!({"error": "model 'x' not found"}));
         }
@@ -1066,6 +1072,299 @@ mod legacy {
     }
 }
 
+// ---------------------------------------------------------------- tools, reasoning, strict fields
+
+mod agents {
+    use super::*;
+
+    const CALL: [&str; 5] = [
+        "Checking.<tool",
+        "_call>\n{\"name\": \"get_weather\", ",
+        "\"arguments\": {\"city\": ",
+        "\"Paris\"}}\n</tool_call>",
+        "\n",
+    ];
+
+    fn speaking(tokens: &[&str]) -> Fx {
+        let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        setup_with(move |_, s| s.tokens = tokens)
+    }
+
+    fn tools() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+    }
+
+    fn ask() -> Value {
+        json!([{"role": "user", "content": "Weather in Paris?"}])
+    }
+
+    #[tokio::test]
+    async fn openai_tool_calls_non_streamed_and_streamed() {
+        let fx = speaking(&CALL);
+        let body = json!({"model": CHAT, "messages": ask(), "tools": tools()});
+        let (s, v) = post(&fx.app, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(choice["message"]["content"], "Checking.\n");
+
+        let mut body = body;
+        body["stream"] = json!(true);
+        let (s, _, b) = stream(&fx.app, Method::POST, "/v1/chat/completions", Some(body)).await;
+        assert_eq!(s, StatusCode::OK);
+        let events = sse_data(&records(b, "\n\n").await);
+        let chunks: Vec<Value> = events
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+            .collect();
+        assert_eq!(calls.len(), 1, "{chunks:?}");
+        assert_eq!(calls[0][0]["index"], 0);
+        assert_eq!(calls[0][0]["function"]["name"], "get_weather");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Checking.\n");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_tools_the_same_text_is_plain_content() {
+        let fx = speaking(&CALL);
+        let (_, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": ask()}),
+        )
+        .await;
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert!(
+            v["choices"][0]["message"].get("tool_calls").is_none(),
+            "{v}"
+        );
+        assert_eq!(v["choices"][0]["message"]["content"], CALL.concat());
+    }
+
+    #[tokio::test]
+    async fn a_broken_call_comes_back_as_content() {
+        let broken = [
+            "<tool_call>{\"name\": \"get_weather\", \"arg",
+            "uments\": {oops</tool_call>",
+        ];
+        let fx = speaking(&broken);
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": ask(), "tools": tools()}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["choices"][0]["message"]["content"], broken.concat());
+    }
+
+    #[tokio::test]
+    async fn a_tool_round_trip_is_accepted() {
+        let fx = setup();
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "tools": tools(), "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "refusal": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "22 C"}
+            ]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = post(
+            &fx.app,
+            "/api/chat",
+            json!({"model": CHAT, "stream": false, "tools": tools(), "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "content": "22 C", "tool_name": "get_weather"}
+            ]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        // Arguments that are not a JSON object are refused, naming the message.
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": [
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "f", "arguments": "not json"}}]}
+            ]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_openai_error(&v, "messages");
+    }
+
+    #[tokio::test]
+    async fn ollama_tool_calls() {
+        let fx = speaking(&CALL);
+        let body = json!({"model": CHAT, "messages": ask(), "tools": tools(), "stream": false});
+        let (s, v) = post(&fx.app, "/api/chat", body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let call = &v["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather");
+        assert_eq!(call["arguments"], json!({"city": "Paris"}));
+        assert_eq!(v["done_reason"], "stop");
+        let mut body = body;
+        body["stream"] = json!(true);
+        let (_, _, b) = stream(&fx.app, Method::POST, "/api/chat", Some(body)).await;
+        let lines: Vec<Value> = records(b, "\n")
+            .await
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let calls: Vec<&Value> = lines
+            .iter()
+            .filter_map(|l| l["message"].get("tool_calls"))
+            .collect();
+        assert_eq!(calls.len(), 1, "{lines:?}");
+        assert_eq!(calls[0][0]["function"]["arguments"]["city"], "Paris");
+    }
+
+    #[tokio::test]
+    async fn thinking_is_split_before_tool_calls() {
+        // A call written while thinking is not a call.
+        let fx = speaking(&[
+            "<think>maybe <tool_call>{\"name\": \"get_weather\"}</tool_call>",
+            " no</think>\n\n",
+            "Paris is sunny.",
+        ]);
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": ask(), "tools": tools()}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let m = &v["choices"][0]["message"];
+        assert_eq!(
+            m["reasoning_content"],
+            "maybe <tool_call>{\"name\": \"get_weather\"}</tool_call> no"
+        );
+        assert_eq!(m["content"], "Paris is sunny.");
+        assert!(m.get("tool_calls").is_none(), "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        let (_, v) = post(
+            &fx.app,
+            "/api/chat",
+            json!({"model": CHAT, "messages": ask(), "stream": false}),
+        )
+        .await;
+        assert!(
+            v["message"]["thinking"]
+                .as_str()
+                .unwrap()
+                .starts_with("maybe"),
+            "{v}"
+        );
+        assert_eq!(v["message"]["content"], "Paris is sunny.");
+    }
+
+    #[tokio::test]
+    async fn fields_that_would_be_ignored_are_400s_naming_them() {
+        let fx = setup();
+        let chat = |extra: Value| {
+            let mut b = json!({"model": CHAT, "messages": ask()});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        for (extra, field) in [
+            (json!({"mirostat": 2}), "mirostat"),
+            (json!({"logprobs": true}), "logprobs"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (
+                json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+                "tool_choice",
+            ),
+            (json!({"reasoning_effort": "high"}), "reasoning_effort"),
+            (
+                json!({"stream_options": {"include_usage": true, "x": 1}}),
+                "stream_options",
+            ),
+        ] {
+            let (s, v) = post(&fx.app, "/v1/chat/completions", chat(extra.clone())).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains(field),
+                "{extra}: {v}"
+            );
+        }
+        for (extra, field) in [
+            (json!({"options": {"num_thread": 4}}), "options.num_thread"),
+            (json!({"format": "json"}), "format"),
+            (json!({"think": true}), "think"),
+            (json!({"templat": "x"}), "templat"),
+        ] {
+            let (s, v) = post(&fx.app, "/api/chat", chat(extra.clone())).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {v}");
+            assert_ollama_error(&v, field);
+        }
+        // `think: false` on a model without thinking has nothing to turn off: it is fine.
+        let (s, v) = post(
+            &fx.app,
+            "/api/chat",
+            chat(json!({"think": false, "stream": false})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = post(
+            &fx.app,
+            "/v1/generate",
+            json!({"prompt": "hi", "model": CHAT, "nucleus": 1}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn forced_choice_starts_the_call() {
+        // The model continues after the forced opening `<tool_call>\n{"name": "get_weather", "arguments": `.
+        let fx = speaking(&["{\"city\": \"Paris\"}}", "</tool_call>"]);
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": ask(), "tools": tools(),
+                   "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather", "{v}");
+        assert_eq!(call["arguments"], "{\"city\":\"Paris\"}");
+    }
+}
+
 // ---------------------------------------------------------------- security and limits
 
 mod security {
@@ -1120,6 +1419,196 @@ mod security {
             let (s, _, _) = send(&fx.app, req(Method::GET, "/v1/models", None, &[h])).await;
             assert_eq!(s, StatusCode::OK, "{h:?}");
         }
+    }
+
+    /// Strings that must never reach a client: the file's bytes, the file system, build paths
+    /// and backtraces. The client's own `query` may be echoed.
+    fn assert_leaks(body: &Value, secret_bytes: &str, query: &str) {
+        let text = body.to_string().replace(query, "");
+        for needle in [
+            secret_bytes,
+            "0x",
+            "magic",
+            "/tmp",
+            "/etc",
+            "/root",
+            "src/",
+            ".rs:",
+            "backtrace",
+            "modified",
+            "1970",
+        ] {
+            assert!(
+                !text.to_lowercase().contains(&needle.to_lowercase()),
+                "the answer leaks `{needle}`: {text}"
+            );
+        }
+    }
+
+    fn assert_leaks_nothing(body: &Value, secret_bytes: &str) {
+        assert_leaks(body, secret_bytes, "\u{0}");
+    }
+
+    #[tokio::test]
+    async fn paths_are_refused_whether_or_not_the_file_exists() {
+        let fx = setup();
+        let real = load_path(&fx.ctx.library().read().unwrap(), CHAT);
+        for model in [
+            "/etc/passwd",
+            "/etc/shadow",
+            "/no/such/file.gguf",
+            real.as_str(),
+            "../../etc/passwd",
+            "~/.ssh/id_rsa",
+        ] {
+            let chat = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+            let (s, v) = post(&fx.app, "/v1/chat/completions", chat.clone()).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{model}: {v}");
+            assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("allow_paths"),
+                "{v}"
+            );
+            assert_leaks(&v, "root:", model);
+            let (s, v) = post(&fx.app, "/api/chat", chat).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{model}: {v}");
+            assert_leaks(&v, "root:", model);
+            let (s, v) = post(&fx.app, "/api/show", json!({ "model": model })).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{model}: {v}");
+            assert!(v.get("modified_at").is_none(), "{v}");
+            assert_leaks(&v, "root:", model);
+            let (s, _) = get(&fx.app, &format!("/v1/models/{model}")).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{model}");
+        }
+        // The same model by its library name works.
+        let (s, _) = post(&fx.app, "/api/show", json!({ "model": CHAT })).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn allow_paths_lets_a_path_through() {
+        let fx = setup_with(|o, _| o.allow_paths = true);
+        let real = load_path(&fx.ctx.library().read().unwrap(), CHAT);
+        let (s, v) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": real, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        // The library's name, not the path, is what the answer calls it.
+        assert_eq!(
+            v["model"], "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+            "{v}"
+        );
+    }
+
+    /// A library model whose file holds someone's secrets instead of weights: the real engine
+    /// fails to load it, and the client learns that, not what the file says or where it is.
+    #[tokio::test]
+    async fn a_broken_model_file_leaks_neither_bytes_nor_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("models");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join("secrets.gguf"),
+            b"root:x:0:0:root:/root:/bin/bash\nsecret-token-1234567890\n".repeat(20),
+        )
+        .unwrap();
+        let roots = LibraryRoots {
+            hf_hub: dir.path().join("hf/hub"),
+            ollama: None,
+            lmstudio: vec![],
+            extra: vec![folder],
+            imports_file: dir.path().join("imports.json"),
+        };
+        let lib = Library::scan(&roots);
+        let engine = EngineHandle::spawn(influence::engine::EngineOptions {
+            threads: 1,
+            max_loaded: 1,
+        });
+        let ctx = ServerCtx::new(engine, Arc::new(RwLock::new(lib)), ServerOptions::default());
+        let app = router(ctx);
+        let chat = json!({"model": "secrets", "messages": [{"role": "user", "content": "hi"}]});
+        let (s, v) = post(&app, "/v1/chat/completions", chat.clone()).await;
+        assert!(s.is_client_error() || s.is_server_error(), "{s} {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("secrets"),
+            "{v}"
+        );
+        assert_leaks_nothing(&v, "root:x");
+        assert_leaks_nothing(&v, "secret-token");
+        let (_, v) = post(&app, "/api/chat", chat).await;
+        assert_leaks_nothing(&v, "root:x");
+        let (_, v) = post(
+            &app,
+            "/api/generate",
+            json!({"model": "secrets", "prompt": "hi", "stream": false}),
+        )
+        .await;
+        assert_leaks_nothing(&v, "secret-token");
+    }
+
+    /// `--model PATH` for a file outside the library: the file joins the library under its
+    /// file stem, and that name is its API id.
+    #[tokio::test]
+    async fn a_default_model_path_is_served_under_a_friendly_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("elsewhere/My-Model.Q8_0.gguf");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, gguf("llama", "Mine")).unwrap();
+        let (lib, _) = library_in(dir.path());
+        let mut script = FakeScript::simple();
+        let canonical = std::fs::canonicalize(&file).unwrap();
+        script.models = vec![fake_model(
+            &canonical.to_string_lossy(),
+            ModelKind::Generate,
+        )];
+        let opts = ServerOptions {
+            default_model: Some(file.to_string_lossy().into_owned()),
+            ..ServerOptions::default()
+        };
+        let ctx = ServerCtx::new(EngineHandle::fake(script), Arc::new(RwLock::new(lib)), opts);
+        let app = router(ctx.clone());
+        let (_, v) = get(&app, "/v1/models").await;
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&"My-Model.Q8_0"), "{ids:?}");
+        assert!(
+            !ids.iter()
+                .any(|i| i.contains('/') && i.contains("elsewhere")),
+            "{ids:?}"
+        );
+        for model in [None, Some("default"), Some("My-Model.Q8_0")] {
+            let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+            if let Some(m) = model {
+                body["model"] = json!(m);
+            }
+            let (s, v) = post(&app, "/v1/chat/completions", body).await;
+            assert_eq!(s, StatusCode::OK, "{model:?}: {v}");
+            assert_eq!(v["model"], "My-Model.Q8_0");
+        }
+        // Still there after a rescan (a pull or delete triggers one).
+        ctx.rescan().await;
+        let (s, _) = post(&app, "/api/show", json!({"model": "My-Model.Q8_0"})).await;
+        assert_eq!(s, StatusCode::OK);
+        // ... and the API cannot delete it.
+        let r = req(
+            Method::DELETE,
+            "/api/delete",
+            Some(&json!({"model": "My-Model.Q8_0"})),
+            &[],
+        );
+        let (s, _, _) = send(&app, r).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(file.is_file());
     }
 
     #[tokio::test]
@@ -1660,15 +2149,27 @@ struct Served {
 }
 
 impl Served {
+    /// With `--model MODEL` and the test models folder as a configured model folder, so every
+    /// test model has a library name.
     fn start(model: &Path) -> Served {
         let model = model.to_string_lossy().into_owned();
-        Served::start_with(&["--model", &model], true)
+        let config = format!(
+            "[paths]\nmodel_dirs = [{:?}]\n",
+            test_models().to_string_lossy()
+        );
+        Served::start_in(&["--model", &model], true, &config)
     }
 
     /// `influence --serve --port P ARGS`, in a fresh home; stderr goes to the test's stderr or,
     /// with `inherit_stderr = false`, to `stderr.log` in that home.
     fn start_with(args: &[&str], inherit_stderr: bool) -> Served {
+        Served::start_in(args, inherit_stderr, "")
+    }
+
+    /// Like [`Served::start_with`], with `config` as the home's config.toml.
+    fn start_in(args: &[&str], inherit_stderr: bool, config: &str) -> Served {
         let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("config.toml"), config).unwrap();
         let port = free_port();
         let stderr = if inherit_stderr {
             std::process::Stdio::inherit()
@@ -1776,21 +2277,28 @@ fn serve_flags_key_and_exposure_warning() {
     assert!(keyed.stop().success());
 }
 
+/// The names the served library gives the test models (their file stems and folder names).
+const SERVED_SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1";
+const SERVED_MINILM: &str = "minilm";
+const SERVED_QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+
 /// The official `openai` and `ollama` Python packages against `influence --serve` running the
-/// real SmolLM2 (chat) and MiniLM (embeddings).
+/// real SmolLM2 (chat) and MiniLM (embeddings), named by their library names; the `--model`
+/// path is served under its name, never as a path.
 #[test]
 fn official_python_clients_against_influence_serve() {
     let py = venv_python();
     let models = test_models();
     let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let minilm = models.join("minilm");
     let served = Served::start(&gguf);
+    let listed = http_get(served.port, "/v1/models").unwrap();
+    assert!(listed.contains(SERVED_SMOLLM), "{listed}");
+    assert!(
+        !listed.contains(&*gguf.to_string_lossy()),
+        "a path is an API id: {listed}"
+    );
     let base = format!("http://127.0.0.1:{}", served.port);
-    let args = vec![
-        base.clone(),
-        gguf.to_string_lossy().into_owned(),
-        minilm.to_string_lossy().into_owned(),
-    ];
+    let args = vec![base.clone(), SERVED_SMOLLM.into(), SERVED_MINILM.into()];
     run_client(&py, "openai_client.py", &args);
     run_client(&py, "ollama_client.py", &args);
     let status = served.stop();
@@ -1798,4 +2306,37 @@ fn official_python_clients_against_influence_serve() {
         status.success(),
         "influence --serve exited with {status} after SIGTERM"
     );
+}
+
+/// Tools with the official clients against the real Qwen2.5-Coder-0.5B, whose chat template
+/// has a tools section: forced, automatic and streamed calls, a full round trip, and the
+/// fields that are refused rather than ignored.
+#[test]
+fn official_python_clients_call_tools() {
+    let py = venv_python();
+    let qwen = test_models().join("qwen2/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let served = Served::start(&qwen);
+    let args = vec![
+        format!("http://127.0.0.1:{}", served.port),
+        SERVED_QWEN.into(),
+    ];
+    run_client(&py, "openai_tools.py", &args);
+    run_client(&py, "ollama_tools.py", &args);
+    assert!(served.stop().success());
+}
+
+/// The official `anthropic` package against `/v1/messages`: SmolLM2 for text and streaming,
+/// Qwen2.5-Coder for a tool_use round trip.
+#[test]
+fn official_anthropic_client_against_influence_serve() {
+    let py = venv_python();
+    let smollm = test_models().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let served = Served::start(&smollm);
+    let args = vec![
+        format!("http://127.0.0.1:{}", served.port),
+        SERVED_SMOLLM.into(),
+        SERVED_QWEN.into(),
+    ];
+    run_client(&py, "anthropic_client.py", &args);
+    assert!(served.stop().success());
 }

@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     pub max_queue: usize,
     pub body_limit: usize,
+    /// Let requests name model files by path, not only library names.
+    pub allow_paths: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -416,7 +418,7 @@ partial!(PartialChat {
 });
 partial!(PartialServer {
     host: String, port: u16, api_key: String, cors_origins: Vec<String>, max_queue: usize,
-    body_limit: usize,
+    body_limit: usize, allow_paths: bool,
 });
 partial!(PartialDownloads { concurrency: usize });
 partial!(PartialUi { fps: u32 });

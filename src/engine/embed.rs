@@ -73,6 +73,7 @@ impl Embedder {
             n_params,
             quant: "F32".into(),
             slow_quant_warning: None,
+            chat_template: None,
         };
         Ok((
             Self {

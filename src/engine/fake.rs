@@ -62,6 +62,7 @@ pub fn fake_model(id: &str, kind: ModelKind) -> ModelInfo {
         n_params: 1_000_000,
         quant: "Q8_0".into(),
         slow_quant_warning: None,
+        chat_template: None,
     }
 }
 
@@ -249,6 +250,15 @@ fn count_words(prompt: &Prompt) -> usize {
         Prompt::Chat(msgs) => msgs
             .iter()
             .map(|m| m.content.split_whitespace().count() + 4)
+            .sum(),
+        Prompt::Template { messages, .. } => messages
+            .iter()
+            .map(|m| {
+                m.get("content")
+                    .and_then(|c| c.as_str())
+                    .map_or(0, |c| c.split_whitespace().count())
+                    + 4
+            })
             .sum(),
     }
 }

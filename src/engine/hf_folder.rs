@@ -176,6 +176,7 @@ pub(crate) fn load(
         n_params,
         quant,
         slow_quant_warning: None,
+        chat_template: Some(template.source().to_string()),
     };
     Ok((
         GenModel {

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use minijinja::value::{Value, ValueKind};
-use minijinja::{context, Environment, Error, ErrorKind};
+use minijinja::{Environment, Error, ErrorKind};
 
 use super::{ChatMessage, EngineError};
 
@@ -94,6 +94,8 @@ pub struct ChatTemplate {
     eos: String,
     /// Where the template came from: a model file, a config file, or a built-in's name.
     origin: PathBuf,
+    /// The Jinja source as the model ships it (before [`rewrite`]).
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -183,7 +185,13 @@ impl ChatTemplate {
             bos: bos.to_string(),
             eos: eos.to_string(),
             origin: origin.to_path_buf(),
+            source: source.to_string(),
         })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn chatml() -> Self {
@@ -254,21 +262,72 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         budget: RenderBudget,
     ) -> Result<(String, RenderCost), EngineError> {
-        let msgs: Vec<Value> = messages
+        let msgs: Vec<serde_json::Value> = messages
             .iter()
-            .map(|m| context! { role => m.role.as_str(), content => m.content.clone() })
+            .map(|m| serde_json::json!({ "role": m.role.as_str(), "content": m.content }))
             .collect();
-        self.render_context(
-            context! {
-                messages => msgs,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos.clone(),
-                eos_token => self.eos.clone(),
-                // Llama 3.x templates print it in the system header.
-                date_string => chrono::Local::now().format("%d %b %Y").to_string(),
-            },
+        self.render_json_measured(
+            &msgs,
+            add_generation_prompt,
+            &serde_json::Map::new(),
             budget,
         )
+    }
+
+    /// Renders messages given as JSON objects (so they may carry `tool_calls`, `tool_call_id`,
+    /// `reasoning_content` and whatever else a template reads), with `extra` top-level
+    /// variables such as `tools` or `enable_thinking`. The built-in variables win over `extra`.
+    /// The budget scales with everything the template is given, tools included.
+    pub fn render_json(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, EngineError> {
+        let items = messages.len()
+            + extra
+                .values()
+                .map(|v| v.as_array().map_or(1, Vec::len))
+                .sum::<usize>();
+        let bytes = messages
+            .iter()
+            .chain(extra.values())
+            .map(|v| v.to_string().len())
+            .sum();
+        let budget = RenderBudget::for_input(items, bytes);
+        self.render_json_measured(messages, add_generation_prompt, extra, budget)
+            .map(|(text, _)| text)
+    }
+
+    fn render_json_measured(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+        budget: RenderBudget,
+    ) -> Result<(String, RenderCost), EngineError> {
+        let mut vars = extra.clone();
+        for (k, v) in [
+            ("messages", serde_json::Value::from(messages.to_vec())),
+            (
+                "add_generation_prompt",
+                serde_json::Value::from(add_generation_prompt),
+            ),
+            ("bos_token", serde_json::Value::from(self.bos.clone())),
+            ("eos_token", serde_json::Value::from(self.eos.clone())),
+            // Llama 3.x templates print it in the system header.
+            (
+                "date_string",
+                serde_json::Value::from(chrono::Local::now().format("%d %b %Y").to_string()),
+            ),
+        ] {
+            vars.insert(k.to_string(), v);
+        }
+        let ctx: std::collections::BTreeMap<String, Value> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), jinja_value(v)))
+            .collect();
+        self.render_context(Value::from(ctx), budget)
     }
 
     /// Renders with any context (tests measure templates with tools this way).
@@ -346,6 +405,27 @@ impl ChatTemplate {
         let text = String::from_utf8(out.buf)
             .map_err(|e| EngineError::Template(format!("the template wrote invalid UTF-8: {e}")))?;
         Ok((text, RenderCost { fuel, output_bytes }))
+    }
+}
+
+/// A JSON value as a template value (minijinja's serde bridge is not compiled in).
+fn jinja_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.clone()),
+        J::Array(items) => Value::from(items.iter().map(jinja_value).collect::<Vec<_>>()),
+        J::Object(map) => Value::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), jinja_value(v)))
+                .collect::<std::collections::BTreeMap<String, Value>>(),
+        ),
     }
 }
 
@@ -602,6 +682,45 @@ mod tests {
             ChatTemplate::new("{{ strftime_now('%Q') }}", "", "", Path::new("t.jinja")).unwrap();
         let err = t.render(&[], false).unwrap_err();
         assert!(err.to_string().contains("invalid format"), "{err}");
+    }
+
+    /// Qwen2.5's tool section, trimmed: tools reach the template, and so do assistant tool
+    /// calls and tool results.
+    const QWEN_TOOLS: &str = "{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools><|im_end|>\n{%- endif %}{%- for message in messages %}{%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant{% for tc in message.tool_calls %}\n<tool_call>\n{\"name\": \"{{ tc.function.name }}\", \"arguments\": {{ tc.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n{%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response><|im_end|>\n{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}";
+
+    #[test]
+    fn tools_and_tool_messages_reach_the_template() {
+        let t = ChatTemplate::new(QWEN_TOOLS, "", "", Path::new("t.jinja")).unwrap();
+        let msgs = vec![
+            serde_json::json!({"role": "user", "content": "Weather in Paris?"}),
+            serde_json::json!({"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            ]}),
+            serde_json::json!({"role": "tool", "tool_call_id": "c1", "content": "22C"}),
+        ];
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "tools".into(),
+            serde_json::json!([{"type": "function", "function": {"name": "get_weather"}}]),
+        );
+        let s = t.render_json(&msgs, true, &extra).unwrap();
+        assert!(
+            s.starts_with("<|im_start|>system\n# Tools\n<tools>{\"function\": {\"name\": \"get_weather\"}, \"type\": \"function\"}</tools>"),
+            "{s}"
+        );
+        assert!(s.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "{s}");
+        assert!(s.contains("<tool_response>\n22C\n</tool_response>"), "{s}");
+        assert!(s.ends_with("<|im_end|><|im_start|>assistant"), "{s}");
+        // Without tools the section is absent, and a caller's variable cannot replace a
+        // built-in one.
+        let mut extra = serde_json::Map::new();
+        extra.insert("add_generation_prompt".into(), serde_json::json!(false));
+        let s = t.render_json(&msgs[..1], true, &extra).unwrap();
+        assert_eq!(
+            s,
+            "<|im_start|>user\nWeather in Paris?<|im_end|><|im_start|>assistant"
+        );
+        assert_eq!(t.source(), QWEN_TOOLS);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct ModelInfo {
     pub quant: String,
     /// Set when most weights use a quant type that candle runs slowly on CPU.
     pub slow_quant_warning: Option<String>,
+    /// The Jinja source of the chat template in use (the model's own, or the built-in
+    /// fallback); `None` for embedding models. The API reads it to learn the model's tool-call
+    /// and reasoning conventions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 /// Chat roles, serialised lowercase like the OpenAI API.
@@ -84,6 +89,16 @@ impl ChatMessage {
 pub enum Prompt {
     Chat(Vec<ChatMessage>),
     Raw(String),
+    /// Messages as JSON objects for the chat template (they may carry `tool_calls`,
+    /// `tool_call_id` and other fields templates read), plus extra template variables such as
+    /// `tools`.
+    Template {
+        messages: Vec<serde_json::Value>,
+        vars: serde_json::Map<String, serde_json::Value>,
+        /// The start of the answer, written after the generation prompt; the model continues
+        /// from it (how the API makes a model call a tool).
+        prefill: String,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use super::template::ChatTemplate;
 use super::tokenize::{Detokenizer, TextTokenizer};
 use super::{
     CancelToken, ChatMessage, ContextPolicy, EngineCmd, EngineError, EngineOptions, FinishReason,
-    GenEvent, GenRequest, GenStats, ModelInfo, ModelKind, Prompt, Role,
+    GenEvent, GenRequest, GenStats, ModelInfo, ModelKind, Prompt,
 };
 
 /// Prompt tokens fed per forward pass during prefill: bounds attention memory and lets a
@@ -131,6 +131,7 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         n_params: stats.n_params,
         quant: stats.dominant,
         slow_quant_warning: stats.slow_warning,
+        chat_template: Some(template.source().to_string()),
     };
     Ok((
         GenModel {
@@ -302,6 +303,11 @@ fn render(g: &GenModel, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
     let text = match prompt {
         Prompt::Raw(s) => s.clone(),
         Prompt::Chat(msgs) => g.template.render(msgs, true)?,
+        Prompt::Template {
+            messages,
+            vars,
+            prefill,
+        } => g.template.render_json(messages, true, vars)? + prefill,
     };
     g.tok.encode(&text)
 }
@@ -329,26 +335,60 @@ fn fit_prompt(
         prompt_tokens: n,
         context: ctx.saturating_sub(max_tokens),
     };
-    let msgs = match (policy, prompt) {
-        (ContextPolicy::DropOldest, Prompt::Chat(m)) => m.clone(),
-        _ => return Err(overflow(ids.len())),
-    };
-    let mut msgs: Vec<ChatMessage> = msgs;
+    if policy != ContextPolicy::DropOldest {
+        return Err(overflow(ids.len()));
+    }
+    // Never drop the system prompt or the last message (the question being asked).
+    let droppable = |role: &str, i: usize, n: usize| role != "system" && i + 1 < n;
     let mut dropped = 0;
-    loop {
-        // Never drop the system prompt or the last message (the question being asked).
-        let Some(victim) = msgs
-            .iter()
-            .take(msgs.len().saturating_sub(1))
-            .position(|m| m.role != Role::System)
-        else {
-            return Err(overflow(ids.len()));
-        };
-        msgs.remove(victim);
-        dropped += 1;
-        ids = render(g, &Prompt::Chat(msgs.clone()))?;
-        if fits(ids.len()) {
-            return Ok((ids, dropped));
+    match prompt {
+        Prompt::Raw(_) => Err(overflow(ids.len())),
+        Prompt::Chat(m) => {
+            let mut msgs: Vec<ChatMessage> = m.clone();
+            loop {
+                let n = msgs.len();
+                let Some(victim) = (0..n).find(|&i| droppable(msgs[i].role.as_str(), i, n)) else {
+                    return Err(overflow(ids.len()));
+                };
+                msgs.remove(victim);
+                dropped += 1;
+                ids = render(g, &Prompt::Chat(msgs.clone()))?;
+                if fits(ids.len()) {
+                    return Ok((ids, dropped));
+                }
+            }
+        }
+        Prompt::Template {
+            messages,
+            vars,
+            prefill,
+        } => {
+            let mut msgs = messages.clone();
+            let role = |m: &serde_json::Value| {
+                m.get("role")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            loop {
+                let n = msgs.len();
+                let Some(victim) = (0..n).find(|&i| droppable(&role(&msgs[i]), i, n)) else {
+                    return Err(overflow(ids.len()));
+                };
+                msgs.remove(victim);
+                dropped += 1;
+                ids = render(
+                    g,
+                    &Prompt::Template {
+                        messages: msgs.clone(),
+                        vars: vars.clone(),
+                        prefill: prefill.clone(),
+                    },
+                )?;
+                if fits(ids.len()) {
+                    return Ok((ids, dropped));
+                }
+            }
         }
     }
 }

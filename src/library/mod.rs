@@ -38,6 +38,11 @@ pub use memory::DEFAULT_CONTEXT;
 pub use support::{SUPPORTED_GGUF_ARCHS, SUPPORTED_SAFETENSORS_ARCHS};
 pub use verify::{file_matches, verify, FileCheck, FileVerdict, VerifyReport};
 
+/// Whether a query can only mean a file path (`/…`, `./…`, `../…`, `~…`, a backslash).
+pub fn looks_like_path(query: &str) -> bool {
+    resolve::explicit_path(query.trim())
+}
+
 /// Where to look for models. Every root is injectable so tests use temp folders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibraryRoots {
@@ -439,6 +444,8 @@ pub struct Library {
     aliases: Vec<Alias>,
     /// Header facts by the files they were read from, reused by [`Library::rescan`].
     cache: HashMap<CacheKey, inspect::Inspection>,
+    /// Paths added for this run with [`Library::adopt`], listed again by every rescan.
+    adopted: Vec<PathBuf>,
 }
 
 impl Library {
@@ -450,10 +457,16 @@ impl Library {
     /// Scans the same roots again, re-reading headers only of files that changed (size or
     /// modification time) since this library was built. Call it after a download finishes.
     pub fn rescan(&self) -> Library {
-        match &self.roots {
+        let mut lib = match &self.roots {
             Some(roots) => Self::scan_reusing(roots, &self.cache),
             None => Library::default(),
+        };
+        for path in &self.adopted {
+            if let Err(e) = lib.adopt(path) {
+                lib.warnings.push(e.to_string());
+            }
         }
+        lib
     }
 
     fn scan_reusing(
@@ -511,6 +524,7 @@ impl Library {
             warnings,
             roots: Some(roots.clone()),
             cache: new_cache,
+            adopted: Vec::new(),
         };
         lib.dedupe();
         lib.models.sort_by(|a, b| {
@@ -554,6 +568,61 @@ impl Library {
     /// Every alias, by name.
     pub fn aliases(&self) -> &[Alias] {
         &self.aliases
+    }
+
+    /// Finds a model by name only (steps 2-5 of [`Library::resolve`]); paths are never looked
+    /// at, so callers on the network cannot probe the file system.
+    pub fn resolve_name(&self, name: &str) -> Result<&Model, LibraryError> {
+        resolve::resolve_name(&self.models, name)
+    }
+
+    /// Makes `path` (a `.gguf` file or a model folder) nameable for this run: a path the library
+    /// already lists gives that model's name; any other model file is listed under its file stem
+    /// (or folder name) until the program exits, without touching the imports list. Returns the
+    /// name.
+    pub fn adopt(&mut self, path: &Path) -> Result<String, LibraryError> {
+        if let Ok(m) = resolve::resolve(&self.models, &path.to_string_lossy()) {
+            return Ok(m.name.clone());
+        }
+        let abs = std::fs::canonicalize(path).map_err(|e| LibraryError::NotAModel {
+            path: path.to_path_buf(),
+            reason: format!("cannot open it ({e})"),
+        })?;
+        if let Some(m) = self.models.iter().find(|m| m.load_path == abs) {
+            return Ok(m.name.clone());
+        }
+        let mut pending = Vec::new();
+        let mut warnings = Vec::new();
+        folders::scan_import(&abs, &mut pending, &mut warnings);
+        let mut added = Vec::new();
+        for p in pending {
+            if p.broken.is_some() {
+                continue;
+            }
+            let ins = p.job.run();
+            let mut model = p.draft.finish(ins, None);
+            // Listed like a configured folder: the API may name it, nothing may delete it.
+            model.source = Source::Folder;
+            model.location = Location::Folder;
+            if self
+                .models
+                .iter()
+                .any(|m| m.name.eq_ignore_ascii_case(&model.name))
+            {
+                model.name = format!("local/{}", model.name);
+            }
+            added.push(model);
+        }
+        let Some(first) = added.first() else {
+            return Err(LibraryError::NotAModel {
+                path: abs,
+                reason: "it is not a .gguf file or a folder with model files".into(),
+            });
+        };
+        let name = first.name.clone();
+        self.models.extend(added);
+        self.adopted.push(abs);
+        Ok(name)
     }
 
     /// What `rm` would remove for `model`; refuses models in another app's store.

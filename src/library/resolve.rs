@@ -24,6 +24,16 @@ pub(crate) fn resolve<'a>(models: &'a [Model], query: &str) -> Result<&'a Model,
             return Ok(m);
         }
     }
+    resolve_name(models, query)
+}
+
+/// Steps 2-5 of [`resolve`]: names only, never the file system (what the API server uses, so a
+/// request cannot probe paths).
+pub(crate) fn resolve_name<'a>(
+    models: &'a [Model],
+    query: &str,
+) -> Result<&'a Model, LibraryError> {
+    let query = query.trim();
     let q = query.to_lowercase();
     let steps: [&dyn Fn(&Model) -> bool; 5] = [
         &|m| m.name == query,
@@ -78,7 +88,13 @@ fn is_old_revision(m: &Model) -> bool {
     m.source == super::Source::HfCache && m.name.contains('@')
 }
 
-fn explicit_path(q: &str) -> bool {
+/// Whether `q` can only mean a path: it starts with `/`, `./`, `../` or `~`, or holds a
+/// backslash or a NUL (never part of a model name).
+pub(crate) fn explicit_path(q: &str) -> bool {
+    q.contains('\\') || q.contains('\0') || explicit_path_prefix(q)
+}
+
+fn explicit_path_prefix(q: &str) -> bool {
     q.starts_with('/') || q.starts_with("./") || q.starts_with("../") || q.starts_with('~')
 }
 

@@ -15,13 +15,18 @@ use crate::engine::EngineError;
 pub enum Dialect {
     OpenAi,
     Ollama,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Anthropic,
 }
 
 impl Dialect {
-    /// `/api/...` routes are Ollama's; everything else answers like OpenAI.
+    /// `/api/...` routes are Ollama's, `/v1/messages...` Anthropic's; everything else answers
+    /// like OpenAI.
     pub fn from_path(path: &str) -> Self {
         if path == "/api" || path.starts_with("/api/") {
             Dialect::Ollama
+        } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
         } else {
             Dialect::OpenAi
         }
@@ -84,8 +89,8 @@ impl ApiError {
     pub fn model_not_found(dialect: Dialect, name: &str, detail: Option<String>) -> Self {
         let message = match (dialect, detail) {
             (Dialect::Ollama, _) => format!("model '{name}' not found"),
-            (Dialect::OpenAi, Some(d)) => format!("The model `{name}` does not exist: {d}"),
-            (Dialect::OpenAi, None) => format!("The model `{name}` does not exist"),
+            (_, Some(d)) => format!("The model `{name}` does not exist: {d}"),
+            (_, None) => format!("The model `{name}` does not exist"),
         };
         let mut e = Self::new(dialect, StatusCode::NOT_FOUND, message);
         e.param = Some("model".into());
@@ -118,12 +123,22 @@ impl ApiError {
     }
 
     /// Maps an engine failure to the status a client can act on.
+    ///
+    /// The answer names the model by its API name and says what to do; it never carries what
+    /// the engine said about files (paths, bytes read from them, backtraces of the inference
+    /// library). The full error goes to the log.
     pub fn from_engine(dialect: Dialect, model: &str, e: EngineError) -> Self {
-        match e {
-            EngineError::NotFound { .. } => Self::model_not_found(dialect, model, None),
+        let logged = |what: &str| {
+            tracing::warn!(model = %model, "{what}: {e}");
+        };
+        match &e {
+            EngineError::NotFound { .. } => {
+                logged("model file missing");
+                Self::model_not_found(dialect, model, None)
+            }
             EngineError::BadParams(msg) => {
                 let field = msg.split([' ', ':']).next().unwrap_or_default().to_string();
-                Self::bad_field(dialect, &field, msg)
+                Self::bad_field(dialect, &field, msg.clone())
             }
             EngineError::ContextOverflow { .. } => {
                 let mut err = Self::bad_request(dialect, e.to_string());
@@ -131,8 +146,16 @@ impl ApiError {
                 err.param = Some("messages".into());
                 err
             }
-            EngineError::WrongKind { .. } => {
-                let mut err = Self::bad_request(dialect, e.to_string());
+            EngineError::WrongKind {
+                actual,
+                wanted,
+                wanted_kind,
+                ..
+            } => {
+                let mut err = Self::bad_request(
+                    dialect,
+                    format!("the model `{model}` is {actual} model and cannot be used for {wanted}; pick a {wanted_kind} model"),
+                );
                 err.param = Some("model".into());
                 err
             }
@@ -141,18 +164,77 @@ impl ApiError {
                 err.kind = "server_error";
                 err
             }
-            EngineError::UnsupportedArchitecture { .. }
-            | EngineError::UnsupportedQuant { .. }
-            | EngineError::Truncated { .. }
-            | EngineError::Corrupt { .. }
-            | EngineError::Refused { .. }
-            | EngineError::MissingTokenizer { .. }
-            | EngineError::TemplateTooExpensive { .. } => {
-                let mut err = Self::new(dialect, StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+            EngineError::UnsupportedArchitecture { arch, supported } => {
+                logged("model not loadable");
+                let mut err = Self::new(
+                    dialect,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the model `{model}` has architecture `{arch}`, which Influence cannot run; it can run: {supported}"),
+                );
                 err.param = Some("model".into());
                 err
             }
-            other => Self::internal(dialect, other.to_string()),
+            EngineError::UnsupportedQuant { dtype } => {
+                logged("model not loadable");
+                let mut err = Self::new(
+                    dialect,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the model `{model}` uses tensor type {dtype}, which Influence cannot run; use a file quantized as Q4_0, Q8_0, Q4_K_M or Q6_K"),
+                );
+                err.param = Some("model".into());
+                err
+            }
+            EngineError::Truncated { .. }
+            | EngineError::Corrupt { .. }
+            | EngineError::MissingTokenizer { .. } => {
+                logged("model not loadable");
+                let what = match &e {
+                    EngineError::Truncated { .. } => "is truncated (an incomplete download?)",
+                    EngineError::MissingTokenizer { .. } => "has no usable tokenizer",
+                    _ => "is not a valid model file",
+                };
+                let mut err = Self::new(
+                    dialect,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the model `{model}` {what}; run `influence verify {model}` on the server, and see the server log"),
+                );
+                err.param = Some("model".into());
+                err
+            }
+            EngineError::Refused { reason, .. } => {
+                logged("model refused");
+                let mut err = Self::new(
+                    dialect,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the model `{model}` was refused: {reason}; use its safetensors or GGUF weights instead"),
+                );
+                err.param = Some("model".into());
+                err
+            }
+            EngineError::TemplateTooExpensive { what, .. } => {
+                logged("chat template over budget");
+                let mut err = Self::new(
+                    dialect,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the model `{model}`: this model's chat template is too expensive to render ({what}); send a raw prompt, or use another copy of the model"),
+                );
+                err.param = Some("model".into());
+                err
+            }
+            EngineError::Template(_) => {
+                logged("chat template failed");
+                Self::internal(
+                    dialect,
+                    format!("the chat template of `{model}` failed on this conversation; see the server log, or send a raw prompt"),
+                )
+            }
+            EngineError::Candle(_) | EngineError::Tokenizer(_) | EngineError::Io { .. } => {
+                logged("generation failed");
+                Self::internal(
+                    dialect,
+                    format!("running `{model}` failed; the details are in the server log"),
+                )
+            }
         }
     }
 
@@ -160,6 +242,21 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         match self.dialect {
             Dialect::Ollama => json!({ "error": self.message }),
+            Dialect::Anthropic => json!({
+                "type": "error",
+                "error": {
+                    "type": match self.status.as_u16() {
+                        400 | 422 => "invalid_request_error",
+                        401 => "authentication_error",
+                        403 => "permission_error",
+                        404 => "not_found_error",
+                        413 => "request_too_large",
+                        503 => "overloaded_error",
+                        _ => "api_error",
+                    },
+                    "message": self.message,
+                }
+            }),
             Dialect::OpenAi => json!({
                 "error": {
                     "message": self.message,

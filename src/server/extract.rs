@@ -14,9 +14,29 @@ use super::error::{ApiError, Dialect};
 /// The parsed body; the rejection is an [`ApiError`] in the route's dialect.
 pub struct ApiJson<T>(pub T);
 
+/// The keys a request body may have. Anything else is a 400 naming it: a field the server does
+/// not act on is never accepted silently.
+pub trait Fields {
+    /// Top-level keys.
+    const FIELDS: &'static [&'static str];
+    /// Keys allowed inside object-valued fields (`options` of Ollama), by field.
+    const NESTED: &'static [(&'static str, &'static [&'static str])] = &[];
+}
+
+/// Declares a request type's keys: `fields!(Type: "a", "b"; nested "options" => OPTS)`.
+#[macro_export]
+macro_rules! fields {
+    ($t:ty: $($f:expr),* $(,)? $(; nested $($k:literal => $v:expr),*)?) => {
+        impl $crate::server::extract::Fields for $t {
+            const FIELDS: &'static [&'static str] = &[$($f),*];
+            $(const NESTED: &'static [(&'static str, &'static [&'static str])] = &[$(($k, $v)),*];)?
+        }
+    };
+}
+
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Fields,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -40,8 +60,8 @@ where
 }
 
 /// Parses `bytes` as `T`, naming the offending top-level field when the JSON is well-formed
-/// but a field has the wrong type or value.
-pub fn parse<T: DeserializeOwned>(dialect: Dialect, bytes: &[u8]) -> Result<T, ApiError> {
+/// but a field has the wrong type or value, or is not one `T` knows.
+pub fn parse<T: DeserializeOwned + Fields>(dialect: Dialect, bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request(
             dialect,
@@ -51,11 +71,22 @@ pub fn parse<T: DeserializeOwned>(dialect: Dialect, bytes: &[u8]) -> Result<T, A
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(dialect, format!("the request body is not valid JSON: {e}"))
     })?;
-    if !value.is_object() {
+    let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request(
             dialect,
             "the request body must be a JSON object",
         ));
+    };
+    for (k, v) in obj {
+        if !T::FIELDS.contains(&k.as_str()) {
+            return Err(unknown(dialect, k));
+        }
+        if let (Some((_, inner)), Some(o)) = (T::NESTED.iter().find(|(n, _)| n == k), v.as_object())
+        {
+            if let Some(bad) = o.keys().find(|ik| !inner.contains(&ik.as_str())) {
+                return Err(unknown(dialect, &format!("{k}.{bad}")));
+            }
+        }
     }
     match serde_path_to_error::deserialize::<_, T>(&value) {
         Ok(t) => Ok(t),
@@ -86,6 +117,14 @@ pub fn parse<T: DeserializeOwned>(dialect: Dialect, bytes: &[u8]) -> Result<T, A
 /// Objects with more keys than this are not searched for a culprit: each try re-parses the
 /// whole body, and a 2 MB body of tiny keys would make that quadratic.
 const MAX_CULPRIT_KEYS: usize = 64;
+
+fn unknown(dialect: Dialect, field: &str) -> ApiError {
+    ApiError::bad_field(
+        dialect,
+        field,
+        format!("{field} is not supported by this endpoint (Influence does not accept fields it would ignore); see docs/API.md"),
+    )
+}
 
 fn missing_field(msg: &str) -> Option<String> {
     let rest = msg.strip_prefix("missing field `")?;
@@ -125,6 +164,18 @@ mod tests {
         model: String,
         #[serde(default)]
         temperature: Option<f32>,
+    }
+
+    crate::fields!(Req: "model", "temperature"; nested "temperature" => &["x"]);
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = parse::<Req>(Dialect::OpenAi, br#"{"model":"m","logit_bias":{}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logit_bias"));
+        assert!(e.message.contains("not supported"), "{}", e.message);
+        let e =
+            parse::<Req>(Dialect::Ollama, br#"{"model":"m","temperature":{"y":1}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature.y"));
     }
 
     #[test]

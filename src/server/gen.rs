@@ -3,17 +3,13 @@
 //! The [`GenStream`] holds the request's place in the engine queue. Dropping it (the client
 //! hung up, so hyper dropped the response body or the handler future) cancels the generation.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use futures::Stream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
-    CancelToken, EngineError, FinishReason, GenEvent, GenParams, GenRequest, GenStats, ModelInfo,
-    Prompt,
+    CancelToken, EngineError, GenEvent, GenParams, GenRequest, GenStats, ModelInfo, Prompt,
 };
 
 use super::error::{ApiError, Dialect};
@@ -84,60 +80,19 @@ impl GenStream {
             }
         }
     }
-
-    /// Reads the whole generation (non-streaming answers).
-    pub async fn collect(
-        mut self,
-        dialect: Dialect,
-        model: &str,
-    ) -> Result<(String, GenStats), ApiError> {
-        let mut text = String::new();
-        while let Some(frame) = self.next_frame().await {
-            match frame {
-                Frame::Token(t) => text.push_str(&t),
-                Frame::Done(stats) => return Ok((text, stats)),
-                Frame::Failed(e) => return Err(ApiError::from_engine(dialect, model, e)),
-            }
-        }
-        Err(ApiError::from_engine(
-            dialect,
-            model,
-            EngineError::EngineStopped,
-        ))
-    }
-
-    /// A response body: `render` turns each frame into bytes; the body ends after `Done` or
-    /// `Failed`. `head` goes first.
-    pub fn into_body_stream<F>(
-        self,
-        head: Option<Bytes>,
-        render: F,
-    ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
-    where
-        F: FnMut(Frame) -> Bytes + Send + 'static,
-    {
-        let head = futures::stream::iter(head.map(Ok));
-        let body = futures::stream::unfold(Some((self, render)), |state| async move {
-            let (mut s, mut render) = state?;
-            let frame = s.next_frame().await?;
-            let last = matches!(frame, Frame::Done(_) | Frame::Failed(_));
-            let bytes = render(frame);
-            Some((Ok(bytes), (!last).then_some((s, render))))
-        });
-        futures::StreamExt::chain(head, body)
-    }
 }
 
 /// A request's turn at the engine with its model loaded.
-struct Ready {
+pub struct Ready {
     turn: Turn,
-    info: ModelInfo,
+    /// What the engine reported for the model (its chat template included).
+    pub info: ModelInfo,
     load: Duration,
     request_start: Instant,
 }
 
 /// Waits in the queue (503 when it is full), then makes sure the model is loaded.
-async fn admit_and_load(
+pub async fn admit_and_load(
     ctx: &ServerCtx,
     dialect: Dialect,
     model: &ModelEntry,
@@ -192,16 +147,17 @@ impl Budget {
     }
 }
 
-/// Queues for the engine, loads the model and starts generating.
-pub async fn start(
+/// Starts generating on a loaded model (see [`admit_and_load`]), fitting `max_tokens` to the
+/// room `budget` allows.
+pub async fn begin(
     ctx: &ServerCtx,
     dialect: Dialect,
     model: &ModelEntry,
+    ready: Ready,
     prompt: Prompt,
     mut params: GenParams,
     budget: Budget,
 ) -> Result<GenStream, ApiError> {
-    let ready = admit_and_load(ctx, dialect, model).await?;
     let engine = ctx.engine();
     if budget.num_ctx.is_some() || budget.fit != Fit::AsGiven {
         let used = engine
@@ -313,19 +269,58 @@ pub async fn load_only(
     Ok((ready.load, ready.request_start.elapsed()))
 }
 
-/// `stop` | `length` for a finish reason (a cancelled run has nobody left to read it).
-pub fn finish_str(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-    }
-}
-
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The sampling fields every dialect shares, with the same names and meaning in each.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct SamplingFields {
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<StopSpec>,
+}
+
+impl SamplingFields {
+    /// The keys these fields take in a request body.
+    pub const NAMES: &'static [&'static str] = &[
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "seed",
+        "stop",
+    ];
+
+    /// With the dialect's own `max_tokens` and `repeat_last_n`.
+    pub fn input(self, max_tokens: Option<usize>, repeat_last_n: Option<usize>) -> ParamInput {
+        ParamInput {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n,
+            max_tokens,
+            seed: self.seed.map(|s| s as u64),
+            stop: self.stop.map(StopSpec::into_vec),
+        }
+    }
 }
 
 /// Sampling fields as a request gave them; `None` keeps the server's default.

@@ -10,11 +10,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{ChatMessage, GenStats, Prompt};
+use crate::engine::GenStats;
 
+use super::core::{self, Event, Finish, GenRequest, Input, Message, Role};
 use super::error::{ApiError, Dialect};
 use super::extract::ApiJson;
-use super::gen::{self, build_params, finish_str, Budget, Fit, Frame, ParamInput, StopSpec};
+use super::gen::{build_params, Budget, Fit, SamplingFields, StopSpec};
 use super::ServerCtx;
 
 const D: Dialect = Dialect::OpenAi;
@@ -34,6 +35,7 @@ pub async fn root() -> &'static str {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     prompt: String,
     #[serde(default)]
@@ -61,17 +63,25 @@ pub struct GenerateRequest {
     stop: Option<StopSpec>,
 }
 
+crate::fields!(GenerateRequest: "prompt", "model", "system", "raw", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop");
+
 impl GenerateRequest {
-    fn prompt(&self) -> Prompt {
+    fn input(&self) -> Input {
         if self.raw.unwrap_or(false) {
-            return Prompt::Raw(self.prompt.clone());
+            return Input::Raw(self.prompt.clone());
         }
         let mut msgs = Vec::new();
         if let Some(s) = self.system.as_ref().filter(|s| !s.is_empty()) {
-            msgs.push(ChatMessage::system(s.clone()));
+            msgs.push(Message::new(Role::System, s.clone()));
         }
-        msgs.push(ChatMessage::user(self.prompt.clone()));
-        Prompt::Chat(msgs)
+        msgs.push(Message::new(Role::User, self.prompt.clone()));
+        Input::Chat(msgs)
+    }
+
+    /// The turn for the core: no tools, no reasoning split (the text comes back as generated).
+    fn turn(&self, ctx: &ServerCtx) -> Result<GenRequest, ApiError> {
+        let (params, budget) = self.params(ctx)?;
+        Ok(GenRequest::new(self.input(), params, budget))
     }
 
     fn params(&self, ctx: &ServerCtx) -> Result<(crate::engine::GenParams, Budget), ApiError> {
@@ -82,17 +92,16 @@ impl GenerateRequest {
                 "prompt is empty; send some text",
             ));
         }
-        let input = ParamInput {
+        let input = SamplingFields {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
-            repeat_last_n: None,
-            max_tokens: self.max_tokens,
-            seed: self.seed,
-            stop: self.stop.clone().map(StopSpec::into_vec),
-        };
+            seed: self.seed.map(|s| s as i64),
+            stop: self.stop.clone(),
+        }
+        .input(self.max_tokens, None);
         let fit = if self.max_tokens.is_some() {
             Fit::AsGiven
         } else {
@@ -103,12 +112,12 @@ impl GenerateRequest {
     }
 }
 
-fn summary(stats: &GenStats) -> serde_json::Map<String, Value> {
+fn summary(stats: &GenStats, finish: Finish) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
     m.insert("tokens".into(), json!(stats.generated_tokens));
     m.insert("prompt_tokens".into(), json!(stats.prompt_tokens));
     m.insert("cached_tokens".into(), json!(stats.cached_tokens));
-    m.insert("finish_reason".into(), json!(finish_str(stats.finish)));
+    m.insert("finish_reason".into(), json!(finish.as_openai()));
     m.insert("ttft_ms".into(), json!(stats.ttft_ms));
     m.insert("time_ms".into(), json!(stats.prompt_ms + stats.gen_ms));
     m.insert("tokens_per_second".into(), json!(stats.gen_tok_s));
@@ -119,12 +128,11 @@ pub async fn generate(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let (params, budget) = req.params(&ctx)?;
+    let turn = req.turn(&ctx)?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
-    let s = gen::start(&ctx, D, &model, req.prompt(), params, budget).await?;
-    let (text, stats) = s.collect(D, &model.name).await?;
-    let mut out = summary(&stats);
-    out.insert("text".into(), json!(text));
+    let done = core::run(&ctx, D, &model, turn).await?.collect().await?;
+    let mut out = summary(&done.stats, done.finish);
+    out.insert("text".into(), json!(done.text));
     out.insert("model".into(), json!(model.name));
     Ok(Json(Value::Object(out)))
 }
@@ -156,22 +164,22 @@ pub async fn generate_stream(
             None => ApiError::bad_request(D, msg),
         }
     })?;
-    let (params, budget) = req.params(&ctx)?;
+    let turn = req.turn(&ctx)?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
-    let s = gen::start(&ctx, D, &model, req.prompt(), params, budget).await?;
+    let out = core::run(&ctx, D, &model, turn).await?;
     let name = model.name.clone();
-    let body = s.into_body_stream(None, move |frame| match frame {
-        Frame::Token(t) => Bytes::from(format!("data: {}\n\n", json!({ "token": t }))),
-        Frame::Done(stats) => {
-            let mut m = summary(&stats);
+    let body = out.into_body(None, move |event| match event {
+        Event::Text(t) | Event::Reasoning(t) => {
+            Bytes::from(format!("data: {}\n\n", json!({ "token": t })))
+        }
+        Event::ToolCall { .. } => Bytes::new(),
+        Event::Done { stats, finish } => {
+            let mut m = summary(&stats, finish);
             m.insert("done".into(), json!(true));
             m.insert("model".into(), json!(name));
             Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", Value::Object(m)))
         }
-        Frame::Failed(e) => Bytes::from(format!(
-            "data: {}\n\ndata: [DONE]\n\n",
-            ApiError::from_engine(D, &name, e).body()
-        )),
+        Event::Failed(e) => Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", e.body())),
     });
     Ok((
         [

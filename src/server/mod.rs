@@ -1,4 +1,8 @@
-//! OpenAI- and Ollama-compatible HTTP API over the shared engine.
+//! OpenAI-, Ollama- and Anthropic-compatible HTTP API over the shared engine.
+//!
+//! Every generating route decodes its request into the dialect-neutral [`core::GenRequest`] and
+//! encodes the neutral [`core::Event`]s in its own wire format; tool calls and reasoning are
+//! handled once, in [`core`], [`tools`] and [`reasoning`].
 //!
 //! [`router`] builds the whole API as an axum `Router` without a socket, so tests drive it with
 //! `tower::ServiceExt::oneshot`; [`control::ServerHandle`] binds it to an address for the TUI's
@@ -8,8 +12,10 @@
 //! then the route. Every error, including a bad key, a body over the limit and malformed JSON,
 //! comes back in the dialect the route speaks (see [`error::Dialect`]).
 
+pub mod anthropic;
 pub mod auth;
 pub mod control;
+pub mod core;
 pub mod error;
 pub mod extract;
 pub mod gen;
@@ -21,7 +27,10 @@ pub mod openai;
 pub mod ps;
 pub mod pull;
 pub mod queue;
+pub mod reasoning;
+pub mod responses;
 pub mod runtime;
+pub mod tools;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,6 +78,9 @@ pub struct ServerOptions {
     /// Gets a copy of every `/api/pull` download event (ids moved out of the app queue's range),
     /// so the app's Downloads pane shows pulls clients start.
     pub pull_observer: Option<tokio::sync::mpsc::UnboundedSender<crate::downloads::DownloadEvent>>,
+    /// Requests may name model files by path (`server.allow_paths`); otherwise only library
+    /// names resolve and a path gets 404.
+    pub allow_paths: bool,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +96,7 @@ impl Default for ServerOptions {
             pull: None,
             runtime_dir: None,
             pull_observer: None,
+            allow_paths: false,
         }
     }
 }
@@ -119,6 +132,7 @@ impl ServerOptions {
             pull: None,
             runtime_dir: None,
             pull_observer: None,
+            allow_paths: cfg.server.allow_paths,
         }
     }
 }
@@ -132,6 +146,8 @@ struct Inner {
     started: Instant,
     /// Models this server saw loaded, for `/api/ps` while the engine is busy generating.
     last_loaded: Mutex<Vec<ModelInfo>>,
+    /// What each chat template supports, by template source.
+    caps: Mutex<std::collections::HashMap<String, Arc<core::Caps>>>,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -148,11 +164,29 @@ impl std::fmt::Debug for ServerCtx {
 
 impl ServerCtx {
     /// The same `engine` the TUI uses, and the shared library (rescanned after deletes).
+    ///
+    /// A default model given as a path (`--model PATH`) is added to the library for this run
+    /// (see [`Library::adopt`]), and its library name becomes its API id.
     pub fn new(
         engine: EngineHandle,
         library: Arc<RwLock<Library>>,
-        options: ServerOptions,
+        mut options: ServerOptions,
     ) -> Self {
+        if let Some(d) = options.default_model.clone() {
+            if std::path::Path::new(&d).exists() {
+                let adopted = library
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .adopt(std::path::Path::new(&d));
+                match adopted {
+                    Ok(name) => {
+                        tracing::info!(model = %name, "the default model is served under its library name");
+                        options.default_model = Some(name);
+                    }
+                    Err(e) => tracing::warn!("default model: {e}"),
+                }
+            }
+        }
         let queue = GenQueue::new(options.max_queue);
         ServerCtx(Arc::new(Inner {
             engine,
@@ -162,7 +196,12 @@ impl ServerCtx {
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
             last_loaded: Mutex::new(Vec::new()),
+            caps: Mutex::default(),
         }))
+    }
+
+    pub(crate) fn caps_cache(&self) -> &Mutex<std::collections::HashMap<String, Arc<core::Caps>>> {
+        &self.0.caps
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -242,17 +281,16 @@ impl ServerCtx {
 
     /// Scans the library's roots again (after a pull or delete) and swaps the result in.
     pub async fn rescan(&self) {
-        let roots = self
+        let current = self
             .0
             .library
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .roots()
-            .cloned();
-        let Some(roots) = roots else {
+            .clone();
+        if current.roots().is_none() {
             return;
-        };
-        if let Ok(lib) = tokio::task::spawn_blocking(move || Library::scan(&roots)).await {
+        }
+        if let Ok(lib) = tokio::task::spawn_blocking(move || current.rescan()).await {
             *self.0.library.write().unwrap_or_else(|p| p.into_inner()) = lib;
         }
     }
@@ -270,6 +308,10 @@ pub fn router(ctx: ServerCtx) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/responses", post(responses::create))
+        // Anthropic
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         // Ollama
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))

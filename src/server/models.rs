@@ -1,8 +1,11 @@
 //! Which model a request means, and what the listings show.
 //!
-//! A request names a library model (anything [`Library::resolve`] accepts), a model path on disk
-//! (loaded directly, e.g. a folder given with `--model`), or nothing / [`DEFAULT_ALIAS`] when the
-//! server has a default model.
+//! A request names a library model by name ([`Library::resolve_name`]: our store, the HF cache,
+//! imports, other apps' stores, configured folders, and a `--model PATH` added for this run), or
+//! nothing / [`DEFAULT_ALIAS`] when the server has a default model. A path is refused with 404,
+//! whether or not the file exists, unless `server.allow_paths` is on.
+//!
+//! [`Library::resolve_name`]: crate::library::Library::resolve_name
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -171,12 +174,26 @@ impl ServerCtx {
     }
 
     fn lookup(&self, query: &str) -> Result<ModelEntry, LookupError> {
+        let allow_paths = self.options().allow_paths;
+        if !allow_paths && crate::library::looks_like_path(query) {
+            // The same answer whether or not the file exists: nothing about it leaks.
+            return Err(LookupError::NotFound(Some(
+                "the API serves library models by name (see GET /v1/models or /api/tags); paths are refused unless server.allow_paths = true".into(),
+            )));
+        }
         let lib = self.library().read().unwrap_or_else(|p| p.into_inner());
-        let mut attempt = lib.resolve(query);
+        let find = |q: &str| {
+            if allow_paths {
+                lib.resolve(q)
+            } else {
+                lib.resolve_name(q)
+            }
+        };
+        let mut attempt = find(query);
         // Ollama clients add the default tag.
         if attempt.is_err() {
             if let Some(stripped) = query.strip_suffix(":latest") {
-                if let Ok(m) = lib.resolve(stripped) {
+                if let Ok(m) = find(stripped) {
                     attempt = Ok(m);
                 }
             }
@@ -192,13 +209,17 @@ impl ServerCtx {
                 engine: None,
             }),
             Err(e @ LibraryError::Ambiguous { .. }) => Err(LookupError::Ambiguous(e.to_string())),
-            Err(e) => {
-                if Path::new(query).exists() && Path::new(query).is_absolute() {
-                    Ok(ModelEntry::loose(query, self.seen_loaded(query)))
-                } else {
-                    Err(LookupError::NotFound(Some(e.to_string())))
-                }
+            Err(_)
+                if allow_paths && Path::new(query).is_absolute() && Path::new(query).exists() =>
+            {
+                Ok(ModelEntry::loose(query, self.seen_loaded(query)))
             }
+            Err(LibraryError::NotFound { suggestions, .. }) if !suggestions.is_empty() => Err(
+                LookupError::NotFound(Some(format!("did you mean {}?", suggestions.join(", ")))),
+            ),
+            Err(_) => Err(LookupError::NotFound(Some(
+                "see GET /v1/models or /api/tags for the models this server has".into(),
+            ))),
         }
     }
 

@@ -2,7 +2,7 @@
 //! `/api/generate`, `/api/embed`, `/api/embeddings`, `/api/delete`. Streams are NDJSON
 //! (one JSON object per line), on by default, ending with a `"done": true` line with timings.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -12,15 +12,15 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{ChatMessage, GenStats, Prompt, Role};
+use crate::engine::GenStats;
 use crate::library::{human, LibraryError};
 
+use super::core::{self, Event};
 use super::error::{ApiError, Dialect};
 use super::extract::ApiJson;
-use super::gen::{
-    self, build_params, finish_str, Budget, Fit, Frame, GenStream, ParamInput, StopSpec,
-};
+use super::gen::{self, build_params, Budget, Fit, SamplingFields};
 use super::models::ModelEntry;
+use super::tools;
 use super::ServerCtx;
 
 const D: Dialect = Dialect::Ollama;
@@ -65,6 +65,8 @@ pub struct NameRequest {
     name: Option<String>,
 }
 
+crate::fields!(NameRequest: "model", "name");
+
 impl NameRequest {
     fn name(&self) -> Option<&str> {
         self.model.as_deref().or(self.name.as_deref())
@@ -98,7 +100,7 @@ pub async fn show(
     };
     Ok(Json(json!({
         "license": "",
-        "modelfile": format!("# Served by Influence\nFROM {}\n", e.path.display()),
+        "modelfile": format!("# Served by Influence\nFROM {}\n", e.name),
         "parameters": "",
         "template": "",
         "details": details(&e),
@@ -151,30 +153,32 @@ pub(crate) fn merge(v: &mut Value, extra: Value) {
     }
 }
 
-/// Ollama's `options` (unknown keys such as `num_thread` are accepted and ignored).
+/// Ollama's `options`: the sampling fields Influence acts on. Anything else (hardware hints
+/// such as `num_thread`) is a 400 naming it.
 #[derive(Debug, Default, Deserialize)]
 pub struct Options {
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<usize>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repeat_penalty: Option<f32>,
+    #[serde(flatten)]
+    common: SamplingFields,
     #[serde(default)]
     repeat_last_n: Option<usize>,
     #[serde(default)]
     num_predict: Option<i64>,
     #[serde(default)]
     num_ctx: Option<u64>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default)]
-    stop: Option<StopSpec>,
 }
+
+const OPTIONS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "stop",
+    "repeat_last_n",
+    "num_predict",
+    "num_ctx",
+];
 
 impl Options {
     /// The generation parameters and the token budget.
@@ -205,20 +209,9 @@ impl Options {
                 ))
             }
         };
-        let input = ParamInput {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            repeat_last_n: self.repeat_last_n,
-            max_tokens,
-            seed: self.seed.map(|s| s as u64),
-            stop: self.stop.map(StopSpec::into_vec),
-        };
         let p = build_params(
             &ctx.options().defaults,
-            input,
+            self.common.input(max_tokens, self.repeat_last_n),
             &[("max_tokens", "num_predict")],
             D,
         )?;
@@ -227,10 +220,59 @@ impl Options {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
+    /// Newer clients number their calls.
+    #[serde(default)]
+    index: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InCall {
+    function: InFunction,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OllamaMessage {
     role: String,
     #[serde(default)]
     content: String,
+    #[serde(default)]
+    images: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<InCall>>,
+    #[serde(default)]
+    thinking: Option<String>,
+    /// For a tool result: the function that produced it.
+    #[serde(default)]
+    tool_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionSpec {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSpec {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    function: FunctionSpec,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,13 +282,21 @@ pub struct ChatRequest {
     #[serde(default)]
     messages: Vec<OllamaMessage>,
     #[serde(default)]
+    tools: Option<Vec<ToolSpec>>,
+    #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    format: Option<Value>,
+    #[serde(default)]
+    think: Option<Value>,
     #[serde(default)]
     options: Option<Options>,
     /// `0` with nothing to generate unloads the model (how Ollama clients free memory).
     #[serde(default)]
     keep_alive: Option<Value>,
 }
+
+crate::fields!(ChatRequest: "model", "messages", "tools", "stream", "format", "think", "options", "keep_alive"; nested "options" => OPTIONS);
 
 #[derive(Debug, Deserialize)]
 pub struct GenerateRequest {
@@ -261,10 +311,58 @@ pub struct GenerateRequest {
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
+    format: Option<Value>,
+    #[serde(default)]
+    think: Option<Value>,
+    #[serde(default)]
+    images: Option<Vec<Value>>,
+    #[serde(default)]
     options: Option<Options>,
     /// `0` with nothing to generate unloads the model (how Ollama clients free memory).
     #[serde(default)]
     keep_alive: Option<Value>,
+}
+
+crate::fields!(GenerateRequest: "model", "prompt", "system", "raw", "stream", "format", "think", "images", "options", "keep_alive"; nested "options" => OPTIONS);
+
+/// `format`: plain text only until constrained decoding lands.
+fn check_format(v: &Option<Value>) -> Result<(), ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s.is_empty() => Ok(()),
+        Some(_) => Err(ApiError::bad_field(
+            D,
+            "format",
+            "format (JSON mode and schemas) is not supported yet: it needs constrained decoding; leave it out",
+        )),
+    }
+}
+
+/// `think`: `true`/`false`, or an effort level (`"low"`, `"medium"`, `"high"`).
+fn think_of(v: Option<Value>) -> Result<(Option<bool>, Option<String>), ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok((None, None)),
+        Some(Value::Bool(b)) => Ok((Some(b), None)),
+        Some(Value::String(s)) if ["low", "medium", "high"].contains(&s.as_str()) => {
+            Ok((Some(true), Some(s)))
+        }
+        Some(_) => Err(ApiError::bad_field(
+            D,
+            "think",
+            "think must be true, false, \"low\", \"medium\" or \"high\"",
+        )),
+    }
+}
+
+fn no_images(images: &Option<Vec<Value>>, field: &str) -> Result<(), ApiError> {
+    if images.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Err(ApiError::bad_field(
+            D,
+            field,
+            format!("{field}: images are not supported (Influence runs text models)"),
+        ));
+    }
+    Ok(())
 }
 
 fn now_rfc3339() -> String {
@@ -300,9 +398,16 @@ enum Kind {
     Generate,
 }
 
+fn calls_json(calls: &[core::ToolCall]) -> Value {
+    calls
+        .iter()
+        .map(|c| json!({ "function": { "name": c.name, "arguments": c.arguments } }))
+        .collect()
+}
+
 impl Kind {
-    fn piece(self, model: &str, text: &str) -> Value {
-        match self {
+    fn piece(self, model: &str, text: &str, thinking: &str, calls: &[core::ToolCall]) -> Value {
+        let mut v = match self {
             Kind::Chat => json!({
                 "model": model,
                 "created_at": now_rfc3339(),
@@ -315,73 +420,73 @@ impl Kind {
                 "response": text,
                 "done": false,
             }),
+        };
+        let target = match self {
+            Kind::Chat => &mut v["message"],
+            Kind::Generate => &mut v,
+        };
+        if !thinking.is_empty() {
+            target["thinking"] = json!(thinking);
         }
+        if !calls.is_empty() {
+            target["tool_calls"] = calls_json(calls);
+        }
+        v
     }
+}
+
+/// Ollama's closing fields: why it ended and the timings, in nanoseconds.
+fn finish_fields(
+    v: &mut Value,
+    stats: &GenStats,
+    finish: core::Finish,
+    request_start: Instant,
+    load: Duration,
+) {
+    v["done"] = json!(true);
+    // Ollama says `stop` for an answer that called tools.
+    v["done_reason"] = json!(match finish {
+        core::Finish::Length => "length",
+        _ => "stop",
+    });
+    v["total_duration"] = json!(ns(request_start.elapsed()));
+    v["load_duration"] = json!(ns(load));
+    v["prompt_eval_count"] = json!(stats.prompt_tokens);
+    v["prompt_eval_duration"] = json!(ms_ns(stats.prompt_ms));
+    v["eval_count"] = json!(stats.generated_tokens);
+    v["eval_duration"] = json!(ms_ns(stats.gen_ms));
 }
 
 async fn run(
     ctx: ServerCtx,
     kind: Kind,
     model: ModelEntry,
-    prompt: Prompt,
-    options: Option<Options>,
+    turn: core::GenRequest,
     stream: bool,
 ) -> Result<Response, ApiError> {
-    let (params, budget) = options.unwrap_or_default().params(&ctx)?;
-    let s = gen::start(&ctx, D, &model, prompt, params, budget).await?;
+    turn.check_tools(D, "tools")?;
+    let out = core::run(&ctx, D, &model, turn).await?;
     let name = model.name.clone();
+    let request_start = out.stream().request_start;
+    let load = out.stream().load;
     if !stream {
-        let request_start = s.request_start;
-        let load = s.load;
-        let (text, stats) = collect(s)
-            .await
-            .map_err(|e| ApiError::from_engine(D, &name, e))?;
-        let mut v = kind.piece(&name, &text);
-        v["done"] = json!(true);
-        let mut t = serde_json::Map::new();
-        t.insert("done_reason".into(), json!(finish_str(stats.finish)));
-        t.insert("total_duration".into(), json!(ns(request_start.elapsed())));
-        t.insert("load_duration".into(), json!(ns(load)));
-        t.insert("prompt_eval_count".into(), json!(stats.prompt_tokens));
-        t.insert("prompt_eval_duration".into(), json!(ms_ns(stats.prompt_ms)));
-        t.insert("eval_count".into(), json!(stats.generated_tokens));
-        t.insert("eval_duration".into(), json!(ms_ns(stats.gen_ms)));
-        for (k, val) in t {
-            v[k] = val;
-        }
+        let done = out.collect().await?;
+        let mut v = kind.piece(&name, &done.text, &done.reasoning, &done.tool_calls);
+        finish_fields(&mut v, &done.stats, done.finish, request_start, load);
         return Ok(Json(v).into_response());
     }
-    let request_start = s.request_start;
-    let load = s.load;
-    let body = s.into_body_stream(None, move |frame| match frame {
-        Frame::Token(t) => ndjson_line(&kind.piece(&name, &t)),
-        Frame::Done(stats) => {
-            let mut v = kind.piece(&name, "");
-            v["done"] = json!(true);
-            v["done_reason"] = json!(finish_str(stats.finish));
-            v["total_duration"] = json!(ns(request_start.elapsed()));
-            v["load_duration"] = json!(ns(load));
-            v["prompt_eval_count"] = json!(stats.prompt_tokens);
-            v["prompt_eval_duration"] = json!(ms_ns(stats.prompt_ms));
-            v["eval_count"] = json!(stats.generated_tokens);
-            v["eval_duration"] = json!(ms_ns(stats.gen_ms));
+    let body = out.into_body(None, move |event| match event {
+        Event::Text(t) => ndjson_line(&kind.piece(&name, &t, "", &[])),
+        Event::Reasoning(t) => ndjson_line(&kind.piece(&name, "", &t, &[])),
+        Event::ToolCall { call, .. } => ndjson_line(&kind.piece(&name, "", "", &[call])),
+        Event::Done { stats, finish } => {
+            let mut v = kind.piece(&name, "", "", &[]);
+            finish_fields(&mut v, &stats, finish, request_start, load);
             ndjson_line(&v)
         }
-        Frame::Failed(e) => ndjson_line(&ApiError::from_engine(D, &name, e).body()),
+        Event::Failed(e) => ndjson_line(&e.body()),
     });
     Ok(ndjson_response(body))
-}
-
-async fn collect(mut s: GenStream) -> Result<(String, GenStats), crate::engine::EngineError> {
-    let mut text = String::new();
-    while let Some(frame) = s.next_frame().await {
-        match frame {
-            Frame::Token(t) => text.push_str(&t),
-            Frame::Done(stats) => return Ok((text, stats)),
-            Frame::Failed(e) => return Err(e),
-        }
-    }
-    Err(crate::engine::EngineError::EngineStopped)
 }
 
 /// `keep_alive` of zero: `0`, `"0"`, `"0s"`, `"0m"`.
@@ -407,13 +512,13 @@ async fn load_answer(
     if is_zero(keep_alive) {
         let _ = ctx.engine().unload(model.path.clone()).await;
         ctx.forget_loaded(&model.path.to_string_lossy());
-        let mut v = kind.piece(&model.name, "");
+        let mut v = kind.piece(&model.name, "", "", &[]);
         v["done"] = json!(true);
         v["done_reason"] = json!("unload");
         return Ok(Json(v).into_response());
     }
     let (load, total) = gen::load_only(ctx, D, model).await?;
-    let mut v = kind.piece(&model.name, "");
+    let mut v = kind.piece(&model.name, "", "", &[]);
     v["done"] = json!(true);
     v["done_reason"] = json!("load");
     v["total_duration"] = json!(ns(total));
@@ -421,72 +526,170 @@ async fn load_answer(
     Ok(Json(v).into_response())
 }
 
+fn to_messages(messages: Vec<OllamaMessage>) -> Result<Vec<core::Message>, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut last_ids: Vec<(String, String)> = Vec::new();
+    for (i, m) in messages.into_iter().enumerate() {
+        let bad =
+            |what: String| ApiError::bad_field(D, "messages", format!("messages[{i}]: {what}"));
+        let role = match m.role.as_str() {
+            "system" => core::Role::System,
+            "user" => core::Role::User,
+            "assistant" => core::Role::Assistant,
+            "tool" => core::Role::Tool,
+            other => {
+                return Err(bad(format!(
+                    "role `{other}` is not supported; allowed: system, user, assistant, tool"
+                )))
+            }
+        };
+        if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(bad(
+                "images are not supported (Influence runs text models)".into()
+            ));
+        }
+        let mut tool_calls = Vec::new();
+        for (j, c) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
+            if role != core::Role::Assistant {
+                return Err(bad("only assistant messages carry tool_calls".into()));
+            }
+            if c.kind.as_deref().is_some_and(|k| k != "function") {
+                return Err(bad(format!("tool_calls[{j}].type must be `function`")));
+            }
+            let _ = c.function.index;
+            let arguments = match c.function.arguments {
+                None | Some(Value::Null) => json!({}),
+                Some(v @ Value::Object(_)) => v,
+                Some(_) => {
+                    return Err(bad(format!(
+                        "tool_calls[{j}].function.arguments must be a JSON object"
+                    )))
+                }
+            };
+            tool_calls.push(core::ToolCall {
+                id: c.id.unwrap_or_else(tools::call_id),
+                name: c.function.name,
+                arguments,
+            });
+        }
+        if !tool_calls.is_empty() {
+            last_ids = tool_calls
+                .iter()
+                .map(|c| (c.name.clone(), c.id.clone()))
+                .collect();
+        }
+        // Ollama's tool results name the function, not a call id: match them to the calls.
+        let tool_call_id = (role == core::Role::Tool)
+            .then(|| {
+                let by_name = m
+                    .tool_name
+                    .as_ref()
+                    .and_then(|n| last_ids.iter().position(|(name, _)| name == n));
+                let at = by_name.unwrap_or(0);
+                (at < last_ids.len()).then(|| last_ids.remove(at).1)
+            })
+            .flatten();
+        out.push(core::Message {
+            role: Some(role),
+            content: m.content,
+            tool_calls,
+            tool_call_id,
+            name: m.tool_name,
+            reasoning: m.thinking,
+        });
+    }
+    Ok(out)
+}
+
+fn to_tools(specs: Option<Vec<ToolSpec>>) -> Result<Vec<core::Tool>, ApiError> {
+    specs
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.kind.as_deref().is_some_and(|k| k != "function") {
+                return Err(ApiError::bad_field(
+                    D,
+                    "tools",
+                    format!("tools[{i}].type must be `function`"),
+                ));
+            }
+            Ok(core::Tool {
+                name: t.function.name,
+                description: t.function.description,
+                parameters: t
+                    .function
+                    .parameters
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            })
+        })
+        .collect()
+}
+
 pub async fn chat(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(ApiError::bad_field(
-                    D,
-                    "messages",
-                    format!("messages[{i}].role `{other}` is not supported; allowed: system, user, assistant"),
-                ))
-            }
-        };
-        messages.push(ChatMessage {
-            role,
-            content: m.content,
-        });
-    }
+    let messages = to_messages(req.messages)?;
+    check_format(&req.format)?;
+    let tools = to_tools(req.tools)?;
+    let (think, effort) = think_of(req.think)?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     if messages.is_empty() {
         return load_answer(&ctx, Kind::Chat, &model, &req.keep_alive).await;
     }
-    run(
-        ctx,
-        Kind::Chat,
-        model,
-        Prompt::Chat(messages),
-        req.options,
-        req.stream.unwrap_or(true),
-    )
-    .await
+    let (params, budget) = req.options.unwrap_or_default().params(&ctx)?;
+    let mut turn = core::GenRequest::new(core::Input::Chat(messages), params, budget);
+    turn.tools = tools;
+    turn.reasoning = core::Reasoning {
+        split: true,
+        think,
+        effort,
+    };
+    run(ctx, Kind::Chat, model, turn, req.stream.unwrap_or(true)).await
 }
 
 pub async fn generate(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
+    check_format(&req.format)?;
+    no_images(&req.images, "images")?;
+    let (think, effort) = think_of(req.think)?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     let prompt = req.prompt.unwrap_or_default();
     if prompt.is_empty() {
         return load_answer(&ctx, Kind::Generate, &model, &req.keep_alive).await;
     }
-    let prompt = if req.raw.unwrap_or(false) {
-        Prompt::Raw(prompt)
+    let raw = req.raw.unwrap_or(false);
+    if raw && (think.is_some() || req.system.is_some()) {
+        let field = if think.is_some() { "think" } else { "system" };
+        return Err(ApiError::bad_field(
+            D,
+            field,
+            format!(
+                "{field} has no effect with raw: true (no chat template is applied); leave one out"
+            ),
+        ));
+    }
+    let input = if raw {
+        core::Input::Raw(prompt)
     } else {
         let mut msgs = Vec::new();
         if let Some(system) = req.system.filter(|s| !s.is_empty()) {
-            msgs.push(ChatMessage::system(system));
+            msgs.push(core::Message::new(core::Role::System, system));
         }
-        msgs.push(ChatMessage::user(prompt));
-        Prompt::Chat(msgs)
+        msgs.push(core::Message::new(core::Role::User, prompt));
+        core::Input::Chat(msgs)
     };
-    run(
-        ctx,
-        Kind::Generate,
-        model,
-        prompt,
-        req.options,
-        req.stream.unwrap_or(true),
-    )
-    .await
+    let (params, budget) = req.options.unwrap_or_default().params(&ctx)?;
+    let mut turn = core::GenRequest::new(input, params, budget);
+    turn.reasoning = core::Reasoning {
+        split: !raw,
+        think,
+        effort,
+    };
+    run(ctx, Kind::Generate, model, turn, req.stream.unwrap_or(true)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +706,8 @@ pub struct EmbedRequest {
     #[serde(default)]
     input: Option<EmbedInput>,
 }
+
+crate::fields!(EmbedRequest: "model", "input");
 
 pub async fn embed(
     State(ctx): State<ServerCtx>,
@@ -530,6 +735,8 @@ pub struct EmbeddingsRequest {
     prompt: String,
 }
 
+crate::fields!(EmbeddingsRequest: "model", "prompt");
+
 /// The older single-text endpoint.
 pub async fn embeddings(
     State(ctx): State<ServerCtx>,
@@ -556,15 +763,33 @@ pub async fn delete(
         let lib = ctx.library().read().unwrap_or_else(|p| p.into_inner());
         lib.delete_plan(&model)
     };
+    // Library errors name files; the client gets the model name, the log gets the rest.
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(model = %entry.name, "delete through the API failed: {e}");
+        ApiError::internal(
+            D,
+            format!(
+                "deleting `{}` failed; the details are in the server log",
+                entry.name
+            ),
+        )
+    };
     let plan = plan.map_err(|e| match e {
-        LibraryError::ForeignStore { .. } => ApiError::new(D, StatusCode::FORBIDDEN, e.to_string()),
-        other => ApiError::internal(D, other.to_string()),
+        LibraryError::ForeignStore { store, .. } => ApiError::new(
+            D,
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{}` lives in {store}; Influence never deletes files it does not own. Remove it with that app",
+                entry.name
+            ),
+        ),
+        other => failed(&other),
     })?;
     let _ = ctx.engine().unload(entry.path.clone()).await;
     tokio::task::spawn_blocking(move || plan.execute())
         .await
-        .map_err(|e| ApiError::internal(D, format!("the delete task failed: {e}")))?
-        .map_err(|e| ApiError::internal(D, e.to_string()))?;
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))?;
     ctx.rescan().await;
     tracing::info!(model = %entry.name, "deleted through the API");
     Ok(StatusCode::OK.into_response())

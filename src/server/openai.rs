@@ -10,13 +10,12 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{ChatMessage, GenStats, Prompt, Role};
+use crate::engine::GenStats;
 
+use super::core::{self, Event, ToolChoice};
 use super::error::{ApiError, Dialect};
-use super::extract::ApiJson;
-use super::gen::{
-    self, build_params, finish_str, unix_now, Budget, Fit, Frame, ParamInput, StopSpec,
-};
+use super::extract::{ApiJson, Fields};
+use super::gen::{self, build_params, unix_now, Budget, Fit, SamplingFields};
 use super::models::ModelEntry;
 use super::ServerCtx;
 
@@ -68,6 +67,7 @@ pub async fn get_model(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
@@ -89,40 +89,106 @@ struct Part {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InFunction {
+    name: String,
+    /// A JSON object, as a string.
+    arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InCall {
+    id: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    function: InFunction,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Message {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<InCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    /// What this server said the model thought, sent back by clients that keep it.
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    /// Fields the official client echoes back from an answer; only their empty values are
+    /// accepted.
+    #[serde(default)]
+    refusal: Option<Value>,
+    #[serde(default)]
+    audio: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    #[serde(default)]
+    annotations: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionSpec {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSpec {
+    #[serde(rename = "type")]
+    kind: String,
+    function: FunctionSpec,
 }
 
 /// Sampling fields shared by chat and text completions (plus llama.cpp-style extensions).
 #[derive(Debug, Deserialize)]
 struct Sampling {
+    #[serde(flatten)]
+    common: SamplingFields,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<usize>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repeat_penalty: Option<f32>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default)]
-    stop: Option<StopSpec>,
     #[serde(default)]
     n: Option<u64>,
     #[serde(default)]
     presence_penalty: Option<f32>,
     #[serde(default)]
     frequency_penalty: Option<f32>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    /// An end-user id; logged with the request.
+    #[serde(default)]
+    user: Option<String>,
 }
+
+const SAMPLING: &[&str] = &[
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "user",
+];
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -133,8 +199,22 @@ pub struct ChatRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    tools: Option<Vec<ToolSpec>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<String>,
     #[serde(flatten)]
     sampling: Sampling,
+}
+
+impl Fields for ChatRequest {
+    const FIELDS: &'static [&'static str] = &const_concat::CHAT;
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +237,50 @@ pub struct CompletionRequest {
     sampling: Sampling,
 }
 
+impl Fields for CompletionRequest {
+    const FIELDS: &'static [&'static str] = &const_concat::COMPLETION;
+}
+
+/// The field lists, each the request's own keys plus the shared sampling ones.
+mod const_concat {
+    use super::{SamplingFields, SAMPLING};
+
+    const fn join<const N: usize>(parts: [&[&'static str]; 3]) -> [&'static str; N] {
+        let mut out = [""; N];
+        let mut n = 0;
+        let mut p = 0;
+        while p < parts.len() {
+            let mut i = 0;
+            while i < parts[p].len() {
+                out[n] = parts[p][i];
+                n += 1;
+                i += 1;
+            }
+            p += 1;
+        }
+        assert!(n == N, "field list length");
+        out
+    }
+
+    const CHAT_OWN: &[&str] = &[
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "reasoning_effort",
+    ];
+    const COMPLETION_OWN: &[&str] = &["model", "prompt", "stream", "stream_options"];
+    pub const CHAT: [&str; CHAT_OWN.len() + SAMPLING.len() + SamplingFields::NAMES.len()] =
+        join([CHAT_OWN, SAMPLING, SamplingFields::NAMES]);
+    pub const COMPLETION: [&str;
+        COMPLETION_OWN.len() + SAMPLING.len() + SamplingFields::NAMES.len()] =
+        join([COMPLETION_OWN, SAMPLING, SamplingFields::NAMES]);
+}
+
 impl Sampling {
     fn params(
         self,
@@ -177,14 +301,45 @@ impl Sampling {
             ("frequency_penalty", self.frequency_penalty),
         ] {
             if let Some(v) = v {
-                if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
+                if v != 0.0 {
                     return Err(ApiError::bad_field(
                         D,
                         name,
-                        format!("{name} = {v} is out of range; allowed -2..=2"),
+                        format!("{name} = {v} is not supported (only 0); use repeat_penalty, which Influence's sampler applies"),
                     ));
                 }
             }
+        }
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(ApiError::bad_field(
+                    D,
+                    "logprobs",
+                    "logprobs is not supported; send false or leave it out",
+                ))
+            }
+        }
+        if self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::bad_field(
+                D,
+                "top_logprobs",
+                "top_logprobs is not supported; leave it out",
+            ));
+        }
+        if self
+            .logit_bias
+            .as_ref()
+            .is_some_and(|v| !(v.is_null() || v.as_object().is_some_and(|o| o.is_empty())))
+        {
+            return Err(ApiError::bad_field(
+                D,
+                "logit_bias",
+                "logit_bias is not supported; leave it out",
+            ));
+        }
+        if let Some(u) = &self.user {
+            tracing::debug!(user = %u, "request from end user");
         }
         let (max_name, max) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(v), _) => ("max_completion_tokens", Some(v)),
@@ -193,17 +348,6 @@ impl Sampling {
         let max_tokens = max
             .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
             .or(default_max);
-        let input = ParamInput {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            repeat_last_n: None,
-            max_tokens,
-            seed: self.seed.map(|s| s as u64),
-            stop: self.stop.map(StopSpec::into_vec),
-        };
         let fit = if max.is_some() {
             Fit::AsGiven
         } else {
@@ -211,7 +355,7 @@ impl Sampling {
         };
         let p = build_params(
             &ctx.options().defaults,
-            input,
+            self.common.input(max_tokens, None),
             &[("max_tokens", max_name)],
             D,
         )?;
@@ -219,7 +363,11 @@ impl Sampling {
     }
 }
 
-fn to_chat(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+fn bad_message(i: usize, what: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_field(D, "messages", format!("messages[{i}]: {what}"))
+}
+
+fn to_messages(messages: Vec<Message>) -> Result<Vec<core::Message>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_field(
             D,
@@ -232,17 +380,30 @@ fn to_chat(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
         .enumerate()
         .map(|(i, m)| {
             let role = match m.role.as_str() {
-                "system" | "developer" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
+                "system" | "developer" => core::Role::System,
+                "user" => core::Role::User,
+                "assistant" => core::Role::Assistant,
+                "tool" => core::Role::Tool,
                 other => {
-                    return Err(ApiError::bad_field(
-                        D,
-                        "messages",
-                        format!("messages[{i}].role `{other}` is not supported; allowed: system, developer, user, assistant"),
-                    ))
+                    return Err(bad_message(i, format!("role `{other}` is not supported; allowed: system, developer, user, assistant, tool")))
                 }
             };
+            for (field, v) in [
+                ("refusal", &m.refusal),
+                ("audio", &m.audio),
+                ("function_call", &m.function_call),
+            ] {
+                if v.as_ref().is_some_and(|v| !v.is_null()) {
+                    return Err(bad_message(i, format!("{field} is not supported; send null or leave it out")));
+                }
+            }
+            if m
+                .annotations
+                .as_ref()
+                .is_some_and(|v| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty())))
+            {
+                return Err(bad_message(i, "annotations are not supported; leave them out"));
+            }
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
@@ -250,20 +411,123 @@ fn to_chat(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                     let mut text = String::new();
                     for p in parts {
                         if p.kind != "text" {
-                            return Err(ApiError::bad_field(
-                                D,
-                                "messages",
-                                format!("messages[{i}].content has a `{}` part; only text parts are supported", p.kind),
-                            ));
+                            return Err(bad_message(i, format!("content has a `{}` part; only text parts are supported", p.kind)));
                         }
                         text.push_str(p.text.as_deref().unwrap_or_default());
                     }
                     text
                 }
             };
-            Ok(ChatMessage { role, content })
+            let mut tool_calls = Vec::new();
+            for (j, c) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                if role != core::Role::Assistant {
+                    return Err(bad_message(i, "only assistant messages carry tool_calls"));
+                }
+                if c.kind.as_deref().is_some_and(|k| k != "function") {
+                    return Err(bad_message(i, format!("tool_calls[{j}].type must be `function`")));
+                }
+                let arguments = match serde_json::from_str::<Value>(&c.function.arguments) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => {
+                        return Err(bad_message(i, format!("tool_calls[{j}].function.arguments is not a JSON object")))
+                    }
+                };
+                tool_calls.push(core::ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments,
+                });
+            }
+            if role == core::Role::Tool && m.tool_call_id.is_none() {
+                return Err(bad_message(i, "a tool message needs tool_call_id (the id of the call it answers)"));
+            }
+            Ok(core::Message {
+                role: Some(role),
+                content,
+                tool_calls,
+                tool_call_id: m.tool_call_id,
+                name: m.name,
+                reasoning: m.reasoning_content,
+            })
         })
         .collect()
+}
+
+fn to_tools(specs: Option<Vec<ToolSpec>>) -> Result<Vec<core::Tool>, ApiError> {
+    specs
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.kind != "function" {
+                return Err(ApiError::bad_field(
+                    D,
+                    "tools",
+                    format!("tools[{i}].type `{}` is not supported; allowed: function", t.kind),
+                ));
+            }
+            if t.function.strict == Some(true) {
+                return Err(ApiError::bad_field(
+                    D,
+                    "tools",
+                    format!("tools[{i}].function.strict = true needs constrained decoding, which this server does not do yet; leave strict out"),
+                ));
+            }
+            Ok(core::Tool {
+                name: t.function.name,
+                description: t.function.description,
+                parameters: t
+                    .function
+                    .parameters
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            })
+        })
+        .collect()
+}
+
+fn to_tool_choice(v: Option<Value>) -> Result<ToolChoice, ApiError> {
+    let bad = || {
+        ApiError::bad_field(
+            D,
+            "tool_choice",
+            "tool_choice must be `auto`, `none`, `required` or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+        )
+    };
+    match v {
+        None | Some(Value::Null) => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(bad()),
+        },
+        Some(Value::Object(o)) => {
+            if o.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(bad());
+            }
+            o.get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .map(|n| ToolChoice::Named(n.to_string()))
+                .ok_or_else(bad)
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn check_response_format(v: &Option<Value>) -> Result<(), ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
+        Some(f) => Err(ApiError::bad_field(
+            D,
+            "response_format",
+            format!(
+                "response_format type `{}` is not supported yet: it needs constrained decoding; allowed: text",
+                f.get("type").and_then(Value::as_str).unwrap_or("?")
+            ),
+        )),
+    }
 }
 
 fn usage(prompt: usize, cached: usize, completion: usize) -> Value {
@@ -306,19 +570,73 @@ fn error_event(e: ApiError) -> Bytes {
     Bytes::from(b)
 }
 
+fn call_json(index: Option<usize>, c: &core::ToolCall) -> Value {
+    let mut v = json!({
+        "id": c.id,
+        "type": "function",
+        "function": { "name": c.name, "arguments": c.arguments.to_string() },
+    });
+    if let Some(i) = index {
+        v["index"] = json!(i);
+    }
+    v
+}
+
+/// The last frames of a stream: the finish chunk, the usage chunk when asked for, `[DONE]`.
+fn stream_end(
+    chunk: &dyn Fn(Value, Option<&str>) -> Value,
+    empty_delta: Value,
+    stats: &GenStats,
+    finish: &str,
+    include_usage: bool,
+) -> Bytes {
+    let mut last = chunk(empty_delta.clone(), Some(finish));
+    last["usage"] = stats_usage(stats);
+    let mut out = sse(&last).to_vec();
+    if include_usage {
+        let mut u = chunk(empty_delta, None);
+        u["choices"] = json!([]);
+        u["usage"] = stats_usage(stats);
+        out.extend_from_slice(&sse(&u));
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    Bytes::from(out)
+}
+
 pub async fn chat_completions(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let messages = to_chat(req.messages)?;
+    let messages = to_messages(req.messages)?;
+    check_response_format(&req.response_format)?;
     let (params, budget) = req.sampling.params(&ctx, None)?;
+    let mut turn = core::GenRequest::new(core::Input::Chat(messages), params, budget);
+    turn.tools = to_tools(req.tools)?;
+    turn.tool_choice = to_tool_choice(req.tool_choice)?;
+    turn.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
+    turn.reasoning.split = true;
+    turn.reasoning.effort = req.reasoning_effort;
+    turn.check_tools(D, "tool_choice")?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
-    let stream = gen::start(&ctx, D, &model, Prompt::Chat(messages), params, budget).await?;
+    let out = core::run(&ctx, D, &model, turn).await?;
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
     let created = unix_now();
     let name = model.name.clone();
     if !req.stream.unwrap_or(false) {
-        let (text, stats) = stream.collect(D, &name).await?;
+        let done = out.collect().await?;
+        // OpenAI sends `null` content with calls and nothing said.
+        let content = if done.text.is_empty() && !done.tool_calls.is_empty() {
+            Value::Null
+        } else {
+            json!(done.text)
+        };
+        let mut message = json!({ "role": "assistant", "content": content });
+        if !done.tool_calls.is_empty() {
+            message["tool_calls"] = done.tool_calls.iter().map(|c| call_json(None, c)).collect();
+        }
+        if !done.reasoning.is_empty() {
+            message["reasoning_content"] = json!(done.reasoning);
+        }
         return Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -327,11 +645,11 @@ pub async fn chat_completions(
             "system_fingerprint": fingerprint(),
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": text },
+                "message": message,
                 "logprobs": null,
-                "finish_reason": finish_str(stats.finish),
+                "finish_reason": done.finish.as_openai(),
             }],
-            "usage": stats_usage(&stats),
+            "usage": stats_usage(&done.stats),
         }))
         .into_response());
     }
@@ -347,23 +665,17 @@ pub async fn chat_completions(
         })
     };
     let head = sse(&chunk(json!({ "role": "assistant", "content": "" }), None));
-    let model_name = model.name.clone();
-    let body = stream.into_body_stream(Some(head), move |frame| match frame {
-        Frame::Token(t) => sse(&chunk(json!({ "content": t }), None)),
-        Frame::Done(stats) => {
-            let mut last = chunk(json!({}), Some(finish_str(stats.finish)));
-            last["usage"] = stats_usage(&stats);
-            let mut out = sse(&last).to_vec();
-            if include_usage {
-                let mut u = chunk(json!({}), None);
-                u["choices"] = json!([]);
-                u["usage"] = stats_usage(&stats);
-                out.extend_from_slice(&sse(&u));
-            }
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            Bytes::from(out)
+    let body = out.into_body(Some(head), move |event| match event {
+        Event::Text(t) => sse(&chunk(json!({ "content": t }), None)),
+        Event::Reasoning(t) => sse(&chunk(json!({ "reasoning_content": t }), None)),
+        Event::ToolCall { index, call } => sse(&chunk(
+            json!({ "tool_calls": [call_json(Some(index), &call)] }),
+            None,
+        )),
+        Event::Done { stats, finish } => {
+            stream_end(&chunk, json!({}), &stats, finish.as_openai(), include_usage)
         }
-        Frame::Failed(e) => error_event(ApiError::from_engine(D, &model_name, e)),
+        Event::Failed(e) => error_event(e),
     });
     Ok(sse_response(body))
 }
@@ -389,12 +701,13 @@ pub async fn completions(
     // OpenAI's documented default for this endpoint.
     let (params, budget) = req.sampling.params(&ctx, Some(16))?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
-    let stream = gen::start(&ctx, D, &model, Prompt::Raw(prompt), params, budget).await?;
+    let turn = core::GenRequest::new(core::Input::Raw(prompt), params, budget);
+    let out = core::run(&ctx, D, &model, turn).await?;
     let id = format!("cmpl-{:016x}", rand::random::<u64>());
     let created = unix_now();
     let name = model.name.clone();
     if !req.stream.unwrap_or(false) {
-        let (text, stats) = stream.collect(D, &name).await?;
+        let done = out.collect().await?;
         return Ok(Json(json!({
             "id": id,
             "object": "text_completion",
@@ -402,17 +715,17 @@ pub async fn completions(
             "model": name,
             "system_fingerprint": fingerprint(),
             "choices": [{
-                "text": text,
+                "text": done.text,
                 "index": 0,
                 "logprobs": null,
-                "finish_reason": finish_str(stats.finish),
+                "finish_reason": done.finish.as_openai(),
             }],
-            "usage": stats_usage(&stats),
+            "usage": stats_usage(&done.stats),
         }))
         .into_response());
     }
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    let chunk = move |text: &str, finish: Option<&str>| {
+    let chunk = move |text: Value, finish: Option<&str>| {
         json!({
             "id": id,
             "object": "text_completion",
@@ -422,23 +735,13 @@ pub async fn completions(
             "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }],
         })
     };
-    let model_name = model.name.clone();
-    let body = stream.into_body_stream(None, move |frame| match frame {
-        Frame::Token(t) => sse(&chunk(&t, None)),
-        Frame::Done(stats) => {
-            let mut last = chunk("", Some(finish_str(stats.finish)));
-            last["usage"] = stats_usage(&stats);
-            let mut out = sse(&last).to_vec();
-            if include_usage {
-                let mut u = chunk("", None);
-                u["choices"] = json!([]);
-                u["usage"] = stats_usage(&stats);
-                out.extend_from_slice(&sse(&u));
-            }
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            Bytes::from(out)
+    let body = out.into_body(None, move |event| match event {
+        Event::Text(t) | Event::Reasoning(t) => sse(&chunk(json!(t), None)),
+        Event::ToolCall { .. } => Bytes::new(),
+        Event::Done { stats, finish } => {
+            stream_end(&chunk, json!(""), &stats, finish.as_openai(), include_usage)
         }
-        Frame::Failed(e) => error_event(ApiError::from_engine(D, &model_name, e)),
+        Event::Failed(e) => error_event(e),
     });
     Ok(sse_response(body))
 }
@@ -520,3 +823,5 @@ pub async fn embeddings(
     }))
     .into_response())
 }
+
+crate::fields!(EmbeddingsRequest: "model", "input", "encoding_format", "dimensions");

@@ -46,7 +46,12 @@ pub struct PullBody {
     name: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    /// Ollama's clients send `false`; Influence always checks TLS certificates.
+    #[serde(default)]
+    insecure: Option<bool>,
 }
+
+crate::fields!(PullBody: "model", "name", "stream", "insecure");
 
 /// `hf.co/org/repo:Q4_K_M` → (`org/repo`, `Some("Q4_K_M")`).
 pub fn parse_name(name: &str) -> (String, Option<String>) {
@@ -243,6 +248,13 @@ pub async fn pull(
             "this server was started without Hub access, so it cannot pull; use `influence pull`",
         ));
     };
+    if req.insecure == Some(true) {
+        return Err(ApiError::bad_field(
+            D,
+            "insecure",
+            "insecure: true is not supported; Influence always verifies the Hub's certificates",
+        ));
+    }
     let name = req
         .model
         .as_deref()
@@ -270,7 +282,13 @@ pub async fn pull(
         settings.cache_dir.clone(),
         queue_dir.clone(),
     ))
-    .map_err(|e| ApiError::internal(D, e.to_string()))?;
+    .map_err(|e| {
+        tracing::warn!("pull through the API: the download queue did not start: {e}");
+        ApiError::internal(
+            D,
+            "the download queue did not start; the details are in the server log",
+        )
+    })?;
     let events = match ctx.options().pull_observer.clone() {
         Some(observer) => tee(events, observer),
         None => events,

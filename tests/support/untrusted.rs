@@ -148,9 +148,9 @@ pub fn chat_template(data: &[u8]) {
 /// The server's JSON extractors, for every request type: memory at most 32 times the body
 /// plus 64 KiB; a refused body is a 4xx with a message.
 pub fn server_json(data: &[u8]) {
-    use influence::server::extract::parse;
-    use influence::server::{legacy, ollama, openai};
-    fn one<T: serde::de::DeserializeOwned>(dialect: Dialect, data: &[u8]) {
+    use influence::server::extract::{parse, Fields};
+    use influence::server::{anthropic, legacy, ollama, openai, responses};
+    fn one<T: serde::de::DeserializeOwned + Fields>(dialect: Dialect, data: &[u8]) {
         let (r, peak) = peak_during(|| parse::<T>(dialect, data).map(|_| ()));
         within(
             peak,
@@ -170,6 +170,8 @@ pub fn server_json(data: &[u8]) {
     one::<ollama::GenerateRequest>(Dialect::Ollama, data);
     one::<ollama::EmbedRequest>(Dialect::Ollama, data);
     one::<legacy::GenerateRequest>(Dialect::OpenAi, data);
+    one::<anthropic::MessagesRequest>(Dialect::Anthropic, data);
+    one::<responses::ResponsesRequest>(Dialect::OpenAi, data);
 }
 
 /// The download manager's parsing of Hub answers: JSON bodies (model info, tree pages, search

@@ -1,0 +1,165 @@
+//! Tool calling per model family: how calls look in the output, a streaming parser for them,
+//! and what a model whose template knows no tools is told instead.
+//!
+//! Families, told apart by their chat template's own markers:
+//! - **Hermes / Qwen**: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, any number,
+//!   anywhere in the answer. Also what the fallback prompt asks for.
+//! - **Llama 3.x**: the answer *is* the call: `{"name": …, "parameters": {…}}` (optionally after
+//!   `<|python_tag|>`, several separated by `;`).
+//! - **Mistral**: `[TOOL_CALLS][{"name": …, "arguments": {…}}]`, or `[TOOL_CALLS]name[ARGS]{…}`
+//!   in newer templates.
+
+pub mod parse;
+
+use serde_json::{json, Value};
+
+pub use parse::{Piece, ToolParser};
+
+use super::core::{Tool, ToolChoice};
+
+/// How a model writes tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    Hermes,
+    Llama3,
+    Mistral,
+}
+
+impl ToolFormat {
+    /// The family a chat template writes its calls in; Hermes when it shows none (that is
+    /// also the format the fallback prompt teaches).
+    pub fn detect(template: &str) -> ToolFormat {
+        if template.contains("[TOOL_CALLS]") {
+            ToolFormat::Mistral
+        } else if template.contains("<tool_call>") {
+            ToolFormat::Hermes
+        } else if template.contains("<|python_tag|>")
+            || (template.contains("<|start_header_id|>") && template.contains("parameters"))
+        {
+            ToolFormat::Llama3
+        } else {
+            ToolFormat::Hermes
+        }
+    }
+
+    /// The start of the answer that commits the model to a call (`tool_choice` `required`, or
+    /// one named function). The parser reads it as if the model had written it.
+    pub fn forced_prefix(self, choice: &ToolChoice) -> Option<String> {
+        let name = match choice {
+            ToolChoice::Auto | ToolChoice::None => return None,
+            ToolChoice::Required => None,
+            ToolChoice::Named(n) => Some(n.as_str()),
+        };
+        let (open, args_key) = match self {
+            ToolFormat::Hermes => ("<tool_call>\n{\"name\": \"", "arguments"),
+            ToolFormat::Llama3 => ("{\"name\": \"", "parameters"),
+            ToolFormat::Mistral => ("[TOOL_CALLS][{\"name\": \"", "arguments"),
+        };
+        Some(match name {
+            None => open.to_string(),
+            Some(n) => format!("{open}{n}\", \"{args_key}\": "),
+        })
+    }
+}
+
+/// A fresh id for a call, in OpenAI's style.
+pub fn call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// Tools as chat templates expect them (the OpenAI / transformers shape).
+pub fn template_tools(tools: &[Tool]) -> Value {
+    Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({ "name": t.name, "parameters": t.parameters });
+                if let Some(d) = &t.description {
+                    f["description"] = json!(d);
+                }
+                json!({ "type": "function", "function": f })
+            })
+            .collect(),
+    )
+}
+
+/// The system prompt for models whose chat template has no `tools` section: it lists the
+/// tools and teaches the Hermes format, which the parser then reads. Documented in docs/API.md.
+pub fn fallback_system_prompt(tools: &[Tool]) -> String {
+    let mut s = String::from(
+        "You can call functions to help answer. The functions you may call are listed below as JSON schemas, one per line, inside <tools></tools>:\n<tools>\n",
+    );
+    for t in template_tools(tools).as_array().into_iter().flatten() {
+        s.push_str(&t.to_string());
+        s.push('\n');
+    }
+    s.push_str(
+        "</tools>\nTo call a function, answer with one line per call in exactly this form, and nothing else:\n<tool_call>{\"name\": \"FUNCTION_NAME\", \"arguments\": {ARGUMENTS AS JSON}}</tool_call>\nThe results come back in <tool_response></tool_response>. When you need no function, answer normally.",
+    );
+    s
+}
+
+/// An earlier call written out the way the fallback prompt asks for it.
+pub fn fallback_call_text(name: &str, arguments: &Value) -> String {
+    format!(
+        "<tool_call>{{\"name\": {}, \"arguments\": {arguments}}}</tool_call>",
+        json!(name)
+    )
+}
+
+/// A tool result for a template without a `tool` role.
+pub fn fallback_result_text(content: &str) -> String {
+    format!("<tool_response>\n{content}\n</tool_response>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_from_their_templates() {
+        assert_eq!(
+            ToolFormat::detect("{{ '<tool_call>' }}{{ tools }}"),
+            ToolFormat::Hermes
+        );
+        assert_eq!(
+            ToolFormat::detect("[AVAILABLE_TOOLS]{{ tools }}[TOOL_CALLS]"),
+            ToolFormat::Mistral
+        );
+        assert_eq!(
+            ToolFormat::detect("<|start_header_id|>{{ 'parameters' }}"),
+            ToolFormat::Llama3
+        );
+        assert_eq!(ToolFormat::detect("plain chatml"), ToolFormat::Hermes);
+    }
+
+    #[test]
+    fn forced_prefixes_parse_as_the_start_of_a_call() {
+        let named = ToolChoice::Named("get_weather".into());
+        for format in [ToolFormat::Hermes, ToolFormat::Llama3, ToolFormat::Mistral] {
+            assert_eq!(format.forced_prefix(&ToolChoice::Auto), None);
+            let prefix = format.forced_prefix(&named).unwrap();
+            let rest = match format {
+                ToolFormat::Mistral => "{\"city\": \"Paris\"}}]",
+                _ => "{\"city\": \"Paris\"}}",
+            };
+            let mut p = ToolParser::new(format);
+            let mut out = p.push(&prefix);
+            out.extend(p.push(rest));
+            out.extend(p.finish());
+            match out.as_slice() {
+                [Piece::Call(c)] => {
+                    assert_eq!(c.name, "get_weather");
+                    assert_eq!(c.arguments, json!({"city": "Paris"}));
+                }
+                other => panic!("{format:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_distinct() {
+        assert_ne!(call_id(), call_id());
+        assert!(call_id().starts_with("call_"));
+    }
+}
