@@ -8,6 +8,8 @@ import sys
 
 import anthropic
 
+# This SDK version has no `temperature` argument; the field still goes in the body (extra_body).
+
 WEATHER = {
     "name": "get_weather",
     "description": "Get the current weather for a city.",
@@ -32,7 +34,7 @@ def main():
     question = [{"role": "user", "content": "What is the capital of France?"}]
 
     m = client.messages.create(
-        model=chat_model, max_tokens=20, temperature=0, system="You are a helpful assistant.", messages=question
+        model=chat_model, max_tokens=20, extra_body={"temperature": 0}, system="You are a helpful assistant.", messages=question
     )
     text = "".join(b.text for b in m.content if b.type == "text")
     check("Paris" in text, f"message mentions Paris: {text!r}")
@@ -40,7 +42,7 @@ def main():
     check(m.usage.input_tokens > 0 and m.usage.output_tokens > 0, f"usage: {m.usage}")
 
     parts = []
-    with client.messages.stream(model=chat_model, max_tokens=20, temperature=0, messages=question) as s:
+    with client.messages.stream(model=chat_model, max_tokens=20, extra_body={"temperature": 0}, messages=question) as s:
         for t in s.text_stream:
             parts.append(t)
         final = s.get_final_message()
@@ -52,7 +54,7 @@ def main():
 
     ask = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
     t = client.messages.create(
-        model=tool_model, max_tokens=80, temperature=0, tools=[WEATHER], messages=ask,
+        model=tool_model, max_tokens=80, extra_body={"temperature": 0}, tools=[WEATHER], messages=ask,
         tool_choice={"type": "tool", "name": "get_weather"},
     )
     uses = [b for b in t.content if b.type == "tool_use"]
@@ -60,7 +62,7 @@ def main():
     check("paris" in str(uses[0].input.get("city", "")).lower(), f"tool input: {uses[0].input}")
     check(t.stop_reason == "tool_use", f"tool stop_reason: {t.stop_reason}")
 
-    with client.messages.stream(model=tool_model, max_tokens=80, temperature=0, tools=[WEATHER], messages=ask,
+    with client.messages.stream(model=tool_model, max_tokens=80, extra_body={"temperature": 0}, tools=[WEATHER], messages=ask,
                                 tool_choice={"type": "any"}) as s:
         streamed = s.get_final_message()
     su = [b for b in streamed.content if b.type == "tool_use"]
@@ -70,7 +72,7 @@ def main():
         {"role": "assistant", "content": t.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "22 C and sunny"}]},
     ]
-    r = client.messages.create(model=tool_model, max_tokens=60, temperature=0, tools=[WEATHER], messages=history)
+    r = client.messages.create(model=tool_model, max_tokens=60, extra_body={"temperature": 0}, tools=[WEATHER], messages=history)
     answer = "".join(b.text for b in r.content if b.type == "text")
     check("22" in answer or "sunny" in answer.lower(), f"round trip answer uses the result: {answer!r}")
 
