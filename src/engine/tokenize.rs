@@ -29,9 +29,9 @@ pub const MAX_TOKENIZER_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Parses a `tokenizer.json` read from `path` (named in errors).
 pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, EngineError> {
-    // tokenizers 0.23 panics (`expect("Helper")`) on a JSON syntax error inside `decoder`; a
-    // syntax check first turns every such file into an error (found by fuzzing).
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+    // tokenizers 0.23 panics (`expect("Helper")`) on any JSON error inside `decoder`; a full
+    // check first turns every such file into an error (found by fuzzing).
+    serde_json::from_slice::<JsonCheck>(bytes).map_err(|e| {
         EngineError::Tokenizer(format!(
             "cannot read {}: not valid JSON ({e})",
             path.display()
@@ -39,6 +39,51 @@ pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, Engi
     })?;
     Tokenizer::from_bytes(bytes)
         .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Accepts any valid JSON and keeps nothing. Unlike `IgnoredAny`, it decodes every string, so
+/// invalid UTF-8 and lone surrogate escapes are caught too.
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonCheckVisitor)
+    }
+}
+
+struct JsonCheckVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonCheckVisitor {
+    type Value = JsonCheck;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonCheck, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonCheck, A::Error> {
+        while map.next_entry::<JsonCheck, JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
 }
 
 /// Reads and parses the `tokenizer.json` at `path`, refusing one over [`MAX_TOKENIZER_BYTES`].
@@ -493,6 +538,19 @@ mod tests {
             msg.contains("t/tokenizer.json") && msg.contains("not valid JSON"),
             "{msg}"
         );
+    }
+
+    /// Regression (fuzz twin): invalid UTF-8 or a lone surrogate inside `decoder` passed a
+    /// syntax-only check and still reached the panic.
+    #[test]
+    fn strings_inside_the_decoder_are_checked_too() {
+        for bad in [&b"\"Byte\xffLevel\""[..], b"\"Byte\\ud800Level\""] {
+            let mut json = br#"{"version":"1.0","decoder":{"type":"#.to_vec();
+            json.extend(bad);
+            json.extend(br#"},"model":{"type":"BPE","vocab":{},"merges":[]}}"#);
+            let err = tokenizer_from_bytes(&json, Path::new("tokenizer.json")).unwrap_err();
+            assert!(err.to_string().contains("not valid JSON"), "{err}");
+        }
     }
 
     #[test]
