@@ -37,8 +37,86 @@ pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, Engi
             path.display()
         ))
     })?;
+    check_bpe_merges(bytes)
+        .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
     Tokenizer::from_bytes(bytes)
         .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))
+}
+
+/// tokenizers 0.23 builds each BPE merge in a buffer as long as the longest vocabulary token
+/// and panics on a merge that does not fit (found by fuzzing). Real merges always produce a
+/// vocabulary token, so one that cannot is refused here. Files whose `model` is not a BPE of
+/// the expected shape are left to tokenizers to judge.
+fn check_bpe_merges(bytes: &[u8]) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        model: Model,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        vocab: MaxKeyLen,
+        merges: Vec<Merge>,
+        #[serde(default)]
+        continuing_subword_prefix: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Merge {
+        Pair(String, String),
+        Line(String),
+    }
+    let Ok(file) = serde_json::from_slice::<File>(bytes) else {
+        return Ok(());
+    };
+    let m = file.model;
+    if m.kind.as_deref().is_some_and(|k| k != "BPE") {
+        return Ok(());
+    }
+    let prefix = m.continuing_subword_prefix.map_or(0, |p| p.len());
+    for merge in &m.merges {
+        let (a, b) = match merge {
+            Merge::Pair(a, b) => (a.as_str(), b.as_str()),
+            Merge::Line(l) => match l.split_once(' ') {
+                Some(ab) => ab,
+                None => continue,
+            },
+        };
+        if b.len() < prefix || a.len() + b.len() - prefix > m.vocab.0 {
+            return Err(format!(
+                "the merge `{a} {b}` makes a token longer than any in the vocabulary"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The length of the longest key of a JSON object, keeping none of them.
+struct MaxKeyLen(usize);
+
+impl<'de> serde::Deserialize<'de> for MaxKeyLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaxKeyLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a vocabulary object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MaxKeyLen, A::Error> {
+                let mut max = 0;
+                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    max = max.max(k.len());
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(MaxKeyLen(max))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Accepts any valid JSON and keeps nothing. Unlike `IgnoredAny`, it decodes every string, so
@@ -551,6 +629,23 @@ mod tests {
             let err = tokenizer_from_bytes(&json, Path::new("tokenizer.json")).unwrap_err();
             assert!(err.to_string().contains("not valid JSON"), "{err}");
         }
+    }
+
+    /// Regression (fuzz target `tokenizer_files`, crash-fb83933d): a merge longer than every
+    /// vocabulary token made tokenizers index past its buffer.
+    #[test]
+    fn a_merge_longer_than_the_vocabulary_is_an_error_not_a_panic() {
+        for merges in [r#"["He ll"]"#, r#"[["He", "ll"]]"#] {
+            let json = format!(
+                r#"{{"version":"1.0","model":{{"type":"BPE","vocab":{{"<s>":0,"H":1,"e":2,"l":3,"He":4,"ll":5}},"merges":{merges}}}}}"#
+            );
+            let err =
+                tokenizer_from_bytes(json.as_bytes(), Path::new("tokenizer.json")).unwrap_err();
+            assert!(err.to_string().contains("longer than any"), "{err}");
+        }
+        // The real shape still loads.
+        let ok = r#"{"version":"1.0","model":{"type":"BPE","vocab":{"H":0,"e":1,"He":2},"merges":["H e"]}}"#;
+        tokenizer_from_bytes(ok.as_bytes(), Path::new("tokenizer.json")).unwrap();
     }
 
     #[test]
