@@ -29,16 +29,139 @@ pub const MAX_TOKENIZER_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Parses a `tokenizer.json` read from `path` (named in errors).
 pub fn tokenizer_from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, EngineError> {
-    // tokenizers 0.23 panics (`expect("Helper")`) on a JSON syntax error inside `decoder`; a
-    // syntax check first turns every such file into an error (found by fuzzing).
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+    // tokenizers 0.23 panics (`expect("Helper")`) on any JSON error inside `decoder`; a full
+    // check first turns every such file into an error (found by fuzzing).
+    serde_json::from_slice::<JsonCheck>(bytes).map_err(|e| {
         EngineError::Tokenizer(format!(
             "cannot read {}: not valid JSON ({e})",
             path.display()
         ))
     })?;
+    check_bpe_merges(bytes)
+        .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
     Tokenizer::from_bytes(bytes)
         .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))
+}
+
+/// tokenizers 0.23 builds each BPE merge in a buffer as long as the longest vocabulary token
+/// and panics on a merge that does not fit (found by fuzzing). Real merges always produce a
+/// vocabulary token, so one that cannot is refused here. Files whose `model` is not a BPE of
+/// the expected shape are left to tokenizers to judge.
+fn check_bpe_merges(bytes: &[u8]) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        model: Model,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        vocab: MaxKeyLen,
+        merges: Vec<Merge>,
+        #[serde(default)]
+        continuing_subword_prefix: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Merge {
+        Pair(String, String),
+        Line(String),
+    }
+    let Ok(file) = serde_json::from_slice::<File>(bytes) else {
+        return Ok(());
+    };
+    let m = file.model;
+    if m.kind.as_deref().is_some_and(|k| k != "BPE") {
+        return Ok(());
+    }
+    let prefix = m.continuing_subword_prefix.map_or(0, |p| p.len());
+    for merge in &m.merges {
+        let (a, b) = match merge {
+            Merge::Pair(a, b) => (a.as_str(), b.as_str()),
+            Merge::Line(l) => match l.split_once(' ') {
+                Some(ab) => ab,
+                None => continue,
+            },
+        };
+        if b.len() < prefix || a.len() + b.len() - prefix > m.vocab.0 {
+            return Err(format!(
+                "the merge `{a} {b}` makes a token longer than any in the vocabulary"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The length of the longest key of a JSON object, keeping none of them.
+struct MaxKeyLen(usize);
+
+impl<'de> serde::Deserialize<'de> for MaxKeyLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaxKeyLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a vocabulary object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MaxKeyLen, A::Error> {
+                let mut max = 0;
+                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    max = max.max(k.len());
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(MaxKeyLen(max))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Accepts any valid JSON and keeps nothing. Unlike `IgnoredAny`, it decodes every string, so
+/// invalid UTF-8 and lone surrogate escapes are caught too.
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonCheckVisitor)
+    }
+}
+
+struct JsonCheckVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonCheckVisitor {
+    type Value = JsonCheck;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonCheck, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonCheck, A::Error> {
+        while map.next_entry::<JsonCheck, JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
 }
 
 /// Reads and parses the `tokenizer.json` at `path`, refusing one over [`MAX_TOKENIZER_BYTES`].
@@ -493,6 +616,36 @@ mod tests {
             msg.contains("t/tokenizer.json") && msg.contains("not valid JSON"),
             "{msg}"
         );
+    }
+
+    /// Regression (fuzz twin): invalid UTF-8 or a lone surrogate inside `decoder` passed a
+    /// syntax-only check and still reached the panic.
+    #[test]
+    fn strings_inside_the_decoder_are_checked_too() {
+        for bad in [&b"\"Byte\xffLevel\""[..], b"\"Byte\\ud800Level\""] {
+            let mut json = br#"{"version":"1.0","decoder":{"type":"#.to_vec();
+            json.extend(bad);
+            json.extend(br#"},"model":{"type":"BPE","vocab":{},"merges":[]}}"#);
+            let err = tokenizer_from_bytes(&json, Path::new("tokenizer.json")).unwrap_err();
+            assert!(err.to_string().contains("not valid JSON"), "{err}");
+        }
+    }
+
+    /// Regression (fuzz target `tokenizer_files`, crash-fb83933d): a merge longer than every
+    /// vocabulary token made tokenizers index past its buffer.
+    #[test]
+    fn a_merge_longer_than_the_vocabulary_is_an_error_not_a_panic() {
+        for merges in [r#"["He ll"]"#, r#"[["He", "ll"]]"#] {
+            let json = format!(
+                r#"{{"version":"1.0","model":{{"type":"BPE","vocab":{{"<s>":0,"H":1,"e":2,"l":3,"He":4,"ll":5}},"merges":{merges}}}}}"#
+            );
+            let err =
+                tokenizer_from_bytes(json.as_bytes(), Path::new("tokenizer.json")).unwrap_err();
+            assert!(err.to_string().contains("longer than any"), "{err}");
+        }
+        // The real shape still loads.
+        let ok = r#"{"version":"1.0","model":{"type":"BPE","vocab":{"H":0,"e":1,"He":2},"merges":["H e"]}}"#;
+        tokenizer_from_bytes(ok.as_bytes(), Path::new("tokenizer.json")).unwrap();
     }
 
     #[test]
