@@ -173,11 +173,12 @@ fn the_same_chat_against_influence_serve_over_openai_and_ollama() {
         "[chat]\ntemperature = 0.0\nmax_tokens = 48\n",
     )
     .unwrap();
-    let openai = format!("openai:http://127.0.0.1:{port}/v1#{smol}");
+    // The server names a `--model` path by its file stem; the API refuses paths.
+    let served = "SmolLM2-135M-Instruct.Q4_1";
+    let openai = format!("openai:http://127.0.0.1:{port}/v1#{served}");
     let mut app = spawn(home.path(), &["--model", &openai]);
     app.wait_for("the remote model", Duration::from_secs(30), |s| {
-        s.contains("Ask anything.")
-            && s.contains(&format!("SmolLM2-135M-Instruct.Q4_1.gguf@127.0.0.1:{port}"))
+        s.contains("Ask anything.") && s.contains(&format!("{served}@127.0.0.1:{port}"))
     });
     app.send(b"What is the capital of France?\r");
     app.wait_for("Paris over OpenAI SSE", Duration::from_secs(120), |s| {
@@ -192,9 +193,9 @@ fn the_same_chat_against_influence_serve_over_openai_and_ollama() {
     app.wait_for("a new chat", Duration::from_secs(5), |s| {
         s.contains("Chat · New chat") && s.contains("Ask anything.")
     });
-    app.send(format!("/model ollama:http://127.0.0.1:{port}#{smol}\r").as_bytes());
+    app.send(format!("/model ollama:http://127.0.0.1:{port}#{served}\r").as_bytes());
     app.wait_for("the Ollama model", Duration::from_secs(30), |s| {
-        s.contains("ready") || s.contains("Q4_1.gguf@127.0.0.1")
+        s.contains("ready") || s.contains(&format!("{served}@127.0.0.1"))
     });
     app.send(b"What is the capital of France?\r");
     app.wait_for("Paris over Ollama NDJSON", Duration::from_secs(120), |s| {

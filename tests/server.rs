@@ -1837,7 +1837,7 @@ mod fake_hub;
 mod pull {
     use super::fake_hub::{FakeHub, FakeRepo};
     use super::*;
-    use influence::server::pull::PullSettings;
+    use influence::server::pull::{PullObserver, PullSettings};
 
     async fn hub_and_fixture() -> (FakeHub, Fx) {
         let hub = FakeHub::builder()
@@ -1925,7 +1925,7 @@ mod pull {
                 cache_dir: dir.join("hf/hub"),
                 data_dir: dir.join("data"),
             });
-            o.pull_observer = Some(obs_tx);
+            o.pull_observer = Some(PullObserver::new(obs_tx));
         });
         let (s, v) = post(
             &fx.app,
@@ -1952,6 +1952,111 @@ mod pull {
             matches!(row.state, influence::app::downloads::RowState::Done),
             "{:?}",
             row.state
+        );
+    }
+
+    /// Pause, resume and cancel on a Downloads-pane row of an API pull reach that pull's own
+    /// queue: the client sees the cancel, and the row's queue is gone once the pull ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_downloads_pane_steers_pulls_api_clients_start() {
+        let size = 4 << 20;
+        let hub = FakeHub::builder()
+            .repo(
+                FakeRepo::new("acme/big-GGUF")
+                    .file("big.Q8_0.gguf", super::fake_hub::content("big", size)),
+            )
+            .start()
+            .await;
+        hub.faults().slow = Some(128 * 1024);
+        let endpoint = hub.endpoint.clone();
+        let (obs_tx, mut obs_rx) = tokio::sync::mpsc::unbounded_channel();
+        let observer = PullObserver::new(obs_tx);
+        let obs = observer.clone();
+        let fx = setup_in(move |dir, o, _| {
+            o.pull = Some(PullSettings {
+                endpoint,
+                token: None,
+                cache_dir: dir.join("hf/hub"),
+                data_dir: dir.join("data"),
+            });
+            o.pull_observer = Some(obs);
+        });
+        let app = fx.app.clone();
+        let client = tokio::spawn(async move {
+            let (s, _, body) = stream(
+                &app,
+                Method::POST,
+                "/api/pull",
+                Some(json!({"model": "acme/big-GGUF"})),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK);
+            records(body, "\n").await
+        });
+        let mut pane = influence::app::downloads::DownloadsState::default();
+        let wait_for =
+            |pane: &mut influence::app::downloads::DownloadsState,
+             rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>,
+             what: &str,
+             done: &dyn Fn(&influence::app::downloads::Row) -> bool| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    while let Ok(ev) = rx.try_recv() {
+                        influence::app::downloads::on_event(pane, ev);
+                    }
+                    if pane.rows.first().is_some_and(done) {
+                        return;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no {what}: {:?}",
+                        pane.rows
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+        use influence::app::downloads::RowState;
+        wait_for(&mut pane, &mut obs_rx, "progress", &|r| r.bytes > 0);
+        let id = pane.rows[0].id;
+        let (queue, inner) = observer.queue_of(id).expect("the running pull's queue");
+        queue.pause(inner);
+        wait_for(&mut pane, &mut obs_rx, "pause", &|r| {
+            matches!(r.state, RowState::Paused)
+        });
+        let (queue, inner) = observer.queue_of(id).expect("still running while paused");
+        queue.resume(inner);
+        wait_for(&mut pane, &mut obs_rx, "resume", &|r| {
+            !matches!(r.state, RowState::Paused)
+        });
+        queue.cancel(inner);
+        let lines = tokio::time::timeout(Duration::from_secs(20), client)
+            .await
+            .expect("the client's stream ends after the cancel")
+            .unwrap();
+        assert!(
+            lines.last().is_some_and(|l| l.contains("cancelled")),
+            "{lines:?}"
+        );
+        // A cancelled row leaves the pane.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pane.rows.is_empty() {
+            while let Ok(ev) = obs_rx.try_recv() {
+                influence::app::downloads::on_event(&mut pane, ev);
+            }
+            assert!(std::time::Instant::now() < deadline, "{:?}", pane.rows);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while observer.queue_of(id).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ended pull's queue is kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            observer.queue_of(5).is_none(),
+            "the app's own ids are not API pulls"
         );
     }
 

@@ -38,6 +38,19 @@ pub enum DownloadsEffect {
     Retry(DownloadId),
 }
 
+impl DownloadsEffect {
+    /// The row an effect acts on; `None` for new downloads.
+    pub fn id(&self) -> Option<DownloadId> {
+        match self {
+            DownloadsEffect::Enqueue(_) => None,
+            DownloadsEffect::Pause(id)
+            | DownloadsEffect::Resume(id)
+            | DownloadsEffect::Cancel(id)
+            | DownloadsEffect::Retry(id) => Some(*id),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DownloadsState {
     pub rows: Vec<Row>,

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use minijinja::value::{Value, ValueKind};
+use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 
 use super::{ChatMessage, EngineError};
@@ -173,11 +173,15 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| -> Result<String, Error> {
             strftime(&fmt)
         });
-        env.add_filter("tojson", |v: Value| -> Result<Value, Error> {
-            let mut out = String::new();
-            py_json(&v, &mut out, 0)?;
-            Ok(Value::from_safe_string(out))
-        });
+        env.add_filter(
+            "tojson",
+            |v: Value, kwargs: Kwargs| -> Result<Value, Error> {
+                let style = JsonStyle::from_kwargs(&kwargs)?;
+                let mut out = String::new();
+                py_json(&v, &style, &mut out, 0)?;
+                Ok(Value::from_safe_string(out))
+            },
+        );
         env.add_template_owned("chat", rewrite(source))
             .map_err(tmpl_err)?;
         Ok(Self {
@@ -480,9 +484,81 @@ fn strftime(fmt: &str) -> Result<String, Error> {
 /// and a template can build a value nested deep enough to overflow the stack.
 const MAX_JSON_DEPTH: usize = 128;
 
-/// Serialises like Python's `json.dumps(v, ensure_ascii=False)`: `", "` and `": "` separators,
-/// no HTML escaping.
-fn py_json(v: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
+/// The keyword arguments of transformers' `tojson` filter (Llama 3.x tool templates pass
+/// `indent=4`, GLM's `ensure_ascii=False`), with its defaults.
+struct JsonStyle {
+    indent: Option<String>,
+    ensure_ascii: bool,
+    sort_keys: bool,
+    item_sep: String,
+    key_sep: String,
+}
+
+impl JsonStyle {
+    fn from_kwargs(kwargs: &Kwargs) -> Result<Self, Error> {
+        let indent = match kwargs.get::<Option<Value>>("indent")? {
+            None => None,
+            Some(v) if v.is_none() || v.is_undefined() => None,
+            Some(v) => match v.as_str() {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    let n = usize::try_from(v.clone()).map_err(|_| {
+                        Error::new(
+                            ErrorKind::InvalidOperation,
+                            format!("tojson: indent must be a small number or a string, not {v}"),
+                        )
+                    })?;
+                    if n > 16 {
+                        return Err(Error::new(
+                            ErrorKind::InvalidOperation,
+                            "tojson: indent over 16 is refused",
+                        ));
+                    }
+                    Some(" ".repeat(n))
+                }
+            },
+        };
+        let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+        let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+        // Python's default separators depend on whether there is an indent.
+        let (mut item_sep, mut key_sep) = match indent {
+            Some(_) => (",".to_string(), ": ".to_string()),
+            None => (", ".to_string(), ": ".to_string()),
+        };
+        if let Some(seps) = kwargs.get::<Option<Vec<String>>>("separators")? {
+            match seps.as_slice() {
+                [i, k] => (item_sep, key_sep) = (i.clone(), k.clone()),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be two strings",
+                    ))
+                }
+            }
+        }
+        kwargs.assert_all_used()?;
+        Ok(JsonStyle {
+            indent,
+            ensure_ascii,
+            sort_keys,
+            item_sep,
+            key_sep,
+        })
+    }
+
+    /// Before an item (or the closing bracket, `level` one less) of a container at `level`.
+    fn newline(&self, out: &mut String, level: usize) {
+        if let Some(ind) = &self.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(ind);
+            }
+        }
+    }
+}
+
+/// Serialises like Python's `json.dumps` with the given style; no HTML escaping.
+fn py_json(v: &Value, style: &JsonStyle, out: &mut String, depth: usize) -> Result<(), Error> {
     if depth > MAX_JSON_DEPTH {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
@@ -493,33 +569,67 @@ fn py_json(v: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => out.push_str(&v.to_string()),
-        ValueKind::String => out.push_str(
-            &serde_json::to_string(v.as_str().unwrap_or_default())
-                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?,
-        ),
+        ValueKind::String => py_json_str(v.as_str().unwrap_or_default(), style, out)?,
         ValueKind::Seq | ValueKind::Iterable => {
-            out.push('[');
-            for (i, item) in v.try_iter()?.enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                py_json(&item, out, depth + 1)?;
+            let items: Vec<Value> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
             }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                style.newline(out, depth + 1);
+                py_json(item, style, out, depth + 1)?;
+            }
+            style.newline(out, depth);
             out.push(']');
         }
         ValueKind::Map => {
-            out.push('{');
-            for (i, key) in v.try_iter()?.enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                py_json(&Value::from(key.to_string()), out, depth + 1)?;
-                out.push_str(": ");
-                py_json(&v.get_item(&key)?, out, depth + 1)?;
+            let mut keys: Vec<Value> = v.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
             }
+            if style.sort_keys {
+                keys.sort_by_key(|k| k.to_string());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                style.newline(out, depth + 1);
+                py_json_str(&key.to_string(), style, out)?;
+                out.push_str(&style.key_sep);
+                py_json(&v.get_item(key)?, style, out, depth + 1)?;
+            }
+            style.newline(out, depth);
             out.push('}');
         }
-        _ => py_json(&Value::from(v.to_string()), out, depth)?,
+        _ => py_json_str(&v.to_string(), style, out)?,
+    }
+    Ok(())
+}
+
+fn py_json_str(s: &str, style: &JsonStyle, out: &mut String) -> Result<(), Error> {
+    let quoted = serde_json::to_string(s)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    if !style.ensure_ascii {
+        out.push_str(&quoted);
+        return Ok(());
+    }
+    for c in quoted.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
     }
     Ok(())
 }
@@ -556,6 +666,31 @@ mod tests {
         );
         let err = t.render(&[ChatMessage::system("x")], false).unwrap_err();
         assert!(err.to_string().contains("bad role system"), "{err}");
+    }
+
+    #[test]
+    fn tojson_takes_the_transformers_keywords() {
+        let r = |src: &str| {
+            ChatTemplate::new(src, "", "", Path::new("t.jinja"))
+                .unwrap()
+                .render(&[ChatMessage::user("x")], false)
+                .unwrap()
+        };
+        // What Python's json.dumps(..., indent=4) prints.
+        assert_eq!(
+            r("{{ {'a': [1, {}], 'b': [], 'c': {'d': 'é'}}|tojson(indent=4) }}"),
+            "{\n    \"a\": [\n        1,\n        {}\n    ],\n    \"b\": [],\n    \"c\": {\n        \"d\": \"é\"\n    }\n}"
+        );
+        assert_eq!(
+            r("{{ {'b': 'é😀', 'a': 1}|tojson(ensure_ascii=True, sort_keys=True) }}"),
+            "{\"a\": 1, \"b\": \"\\u00e9\\ud83d\\ude00\"}"
+        );
+        assert_eq!(r("{{ [1, 2]|tojson(separators=[',', ':']) }}"), "[1,2]");
+        let err = ChatTemplate::new("{{ 1|tojson(colour=1) }}", "", "", Path::new("t.jinja"))
+            .unwrap()
+            .render(&[ChatMessage::user("x")], false)
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
     }
 
     #[test]

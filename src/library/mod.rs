@@ -570,10 +570,13 @@ impl Library {
         &self.aliases
     }
 
-    /// Finds a model by name only (steps 2-5 of [`Library::resolve`]); paths are never looked
-    /// at, so callers on the network cannot probe the file system.
+    /// Finds a model by alias or name only (steps 2-5 of [`Library::resolve`]); paths are
+    /// never looked at, so callers on the network cannot probe the file system.
     pub fn resolve_name(&self, name: &str) -> Result<&Model, LibraryError> {
-        resolve::resolve_name(&self.models, name)
+        match self.alias(name) {
+            Some(a) => aliases::target(&self.models, a),
+            None => resolve::resolve_name(&self.models, name),
+        }
     }
 
     /// Makes `path` (a `.gguf` file or a model folder) nameable for this run: a path the library

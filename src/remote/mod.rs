@@ -83,7 +83,7 @@ impl RemoteSpec {
             .nth(1)
             .unwrap_or(&self.base_url)
             .to_string();
-        // Servers that name models by path (Influence's own) get the file name only.
+        // A model named by path (servers with path access on) shows its file name only.
         let model = self.model.rsplit('/').next().unwrap_or(&self.model);
         format!("{model}@{host}")
     }

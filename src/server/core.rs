@@ -23,6 +23,7 @@ use super::gen::{self, Budget, Frame, GenStream};
 use super::models::ModelEntry;
 use super::reasoning::{ReasoningSplitter, Split};
 use super::tools::{self, Piece, ToolFormat, ToolParser};
+pub use super::tools::{Tool, ToolCall, ToolChoice};
 use super::ServerCtx;
 
 /// Who said a message.
@@ -44,15 +45,6 @@ impl Role {
             Role::Tool => "tool",
         }
     }
-}
-
-/// A call the model made (or made in an earlier turn).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ToolCall {
-    pub id: String,
-    pub name: String,
-    /// Always a JSON object.
-    pub arguments: Value,
 }
 
 /// One message of the conversation.
@@ -82,28 +74,6 @@ impl Message {
     fn role(&self) -> Role {
         self.role.unwrap_or(Role::User)
     }
-}
-
-/// A function the model may call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tool {
-    pub name: String,
-    pub description: Option<String>,
-    /// JSON Schema of the arguments object.
-    pub parameters: Value,
-}
-
-/// Whether and which tool the model must call.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum ToolChoice {
-    #[default]
-    Auto,
-    /// Tools are not offered this turn.
-    None,
-    /// The answer must be a call (any tool).
-    Required,
-    /// The answer must call this function.
-    Named(String),
 }
 
 /// Thinking controls.
@@ -837,7 +807,7 @@ mod tests {
         let (p, prefill) = build_prompt(&r, &Caps::of(Some(QWEN_LIKE)), Dialect::OpenAi).unwrap();
         assert_eq!(
             prefill,
-            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\":"
         );
         assert!(matches!(p, Prompt::Template { prefill: ref x, .. } if *x == prefill));
         r.tool_choice = ToolChoice::Named("other".into());

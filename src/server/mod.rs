@@ -75,9 +75,9 @@ pub struct ServerOptions {
     /// Where a bound server records its address for `influence ps` ([`runtime`]); none in
     /// tests that bind their own.
     pub runtime_dir: Option<std::path::PathBuf>,
-    /// Gets a copy of every `/api/pull` download event (ids moved out of the app queue's range),
-    /// so the app's Downloads pane shows pulls clients start.
-    pub pull_observer: Option<tokio::sync::mpsc::UnboundedSender<crate::downloads::DownloadEvent>>,
+    /// Gets a copy of every `/api/pull` download event and a handle on each pull's queue, so the
+    /// app's Downloads pane shows and steers pulls clients start.
+    pub pull_observer: Option<pull::PullObserver>,
     /// Requests may name model files by path (`server.allow_paths`); otherwise only library
     /// names resolve and a path gets 404.
     pub allow_paths: bool,

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -17,7 +18,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::downloads::{self, DownloadEvent, DownloadHandle, DownloadSpec, ManagerConfig};
+use crate::downloads::{
+    self, DownloadEvent, DownloadHandle, DownloadId, DownloadSpec, ManagerConfig,
+};
 use crate::hub::{select_files, validate_repo_id, HubClient, HubError, PullRequest};
 
 use super::error::{ApiError, Dialect};
@@ -188,10 +191,57 @@ impl Pull {
 
 /// Ids of API pulls as the observer sees them: far above any queue the app keeps, and apart
 /// per pull (each pull's own queue numbers its jobs from 1).
-fn observer_offset() -> u64 {
+const OBSERVED_BASE: DownloadId = 1 << 62;
+const OBSERVED_SPAN: DownloadId = 1 << 24;
+
+fn observer_offset() -> DownloadId {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    (1 << 62) + n * (1 << 24)
+    OBSERVED_BASE + n * OBSERVED_SPAN
+}
+
+/// Lets the app show, and steer, the pulls API clients start: a copy of their events with ids
+/// moved out of the app queue's range, and the queue behind each running pull, so pause, resume
+/// and cancel in the Downloads pane reach it.
+#[derive(Debug, Clone)]
+pub struct PullObserver {
+    events: tokio::sync::mpsc::UnboundedSender<DownloadEvent>,
+    queues: Arc<Mutex<HashMap<DownloadId, DownloadHandle>>>,
+}
+
+impl PullObserver {
+    pub fn new(events: tokio::sync::mpsc::UnboundedSender<DownloadEvent>) -> Self {
+        PullObserver {
+            events,
+            queues: Arc::default(),
+        }
+    }
+
+    /// Whether `id` (as the observer sees it) belongs to an API pull.
+    pub fn is_api_pull(id: DownloadId) -> bool {
+        id >= OBSERVED_BASE
+    }
+
+    /// The running pull's queue behind an observed id, and the id in that queue; `None` once
+    /// the pull has ended.
+    pub fn queue_of(&self, id: DownloadId) -> Option<(DownloadHandle, DownloadId)> {
+        if !Self::is_api_pull(id) {
+            return None;
+        }
+        let offset = id - (id - OBSERVED_BASE) % OBSERVED_SPAN;
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.get(&offset).map(|h| (h.clone(), id - offset))
+    }
+
+    fn register(&self, offset: DownloadId, queue: DownloadHandle) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.insert(offset, queue);
+    }
+
+    fn unregister(&self, offset: DownloadId) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.remove(&offset);
+    }
 }
 
 /// Passes a pull's events on, and a copy to `observer`. A job the observer saw start but not
@@ -199,10 +249,12 @@ fn observer_offset() -> u64 {
 /// view never shows it running forever.
 fn tee(
     mut events: UnboundedReceiver<DownloadEvent>,
-    observer: tokio::sync::mpsc::UnboundedSender<DownloadEvent>,
+    observer: PullObserver,
+    queue: DownloadHandle,
 ) -> UnboundedReceiver<DownloadEvent> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let offset = observer_offset();
+    observer.register(offset, queue);
     tokio::spawn(async move {
         let mut open = HashSet::new();
         while let Some(ev) = events.recv().await {
@@ -218,13 +270,14 @@ fn tee(
                     }
                 }
             }
-            let _ = observer.send(ev.clone().offset_id(offset));
+            let _ = observer.events.send(ev.clone().offset_id(offset));
             if tx.send(ev).is_err() {
                 break;
             }
         }
+        observer.unregister(offset);
         for id in open {
-            let _ = observer.send(
+            let _ = observer.events.send(
                 DownloadEvent::Failed {
                     id,
                     reason: "the API client that started this pull went away; pull again to resume"
@@ -290,7 +343,7 @@ pub async fn pull(
         )
     })?;
     let events = match ctx.options().pull_observer.clone() {
-        Some(observer) => tee(events, observer),
+        Some(observer) => tee(events, observer, handle.clone()),
         None => events,
     };
     let revision = info.sha.clone().unwrap_or_else(|| "main".to_string());

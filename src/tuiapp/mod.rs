@@ -102,7 +102,8 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let mut server_options = crate::serve::options_for(&loaded, model.clone());
     // Pulls that API clients start show in the Downloads pane beside the app's own.
     let (pull_tx, mut pull_rx) = tokio::sync::mpsc::unbounded_channel();
-    server_options.pull_observer = Some(pull_tx);
+    let api_pulls = crate::server::pull::PullObserver::new(pull_tx);
+    server_options.pull_observer = Some(api_pulls.clone());
     {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -123,6 +124,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let (chat, first) = start_chat(&loaded, &mut state, model, roots.clone(), engine);
     let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone(), roots)
         .with_server(server)
+        .with_api_pulls(api_pulls)
         .with_services(hub, downloads.ok())
         .with_chat(chat);
     runner.run(first);

@@ -489,9 +489,16 @@ mod tests {
         assert_eq!(path, smol);
         assert!(name.contains("SmolLM2-135M-Instruct"), "{name}");
         let (name, path) = resolve(smol.to_str().unwrap(), Some(&roots)).unwrap();
-        assert_eq!((name.as_str(), path), ("SmolLM2-135M-Instruct.Q4_1", smol));
+        assert_eq!(
+            (name.as_str(), path),
+            ("SmolLM2-135M-Instruct.Q4_1", smol.clone())
+        );
         let e = resolve("no-such-model", Some(&roots)).unwrap_err();
         assert!(e.contains("no-such-model"), "{e}");
+        // A second name from `influence cp` works in `/model` too.
+        crate::library::add_alias(&Library::scan(&roots), "SmolLM2-135M-Instruct", "tiny").unwrap();
+        let (_, path) = resolve("tiny", Some(&roots)).unwrap();
+        assert_eq!(path, smol);
     }
 
     #[test]

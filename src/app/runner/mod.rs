@@ -12,9 +12,10 @@ use super::library::{LibraryEffect, LibraryMsg};
 use super::msg::Msg;
 use super::server::ServerMsg;
 use crate::config::theme::Theme;
-use crate::downloads::{DownloadEvent, DownloadHandle};
+use crate::downloads::{DownloadEvent, DownloadHandle, DownloadId};
 use crate::hub::HubClient;
 use crate::library::{Library, LibraryRoots};
+use crate::server::pull::PullObserver;
 use chat::ChatRunner;
 use server::ServerRunner;
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub struct EffectRunner {
     debounce: Option<tokio::task::JoinHandle<()>>,
     server: Option<ServerRunner>,
     chat: Option<ChatRunner>,
+    /// The queues of pulls API clients started, for pause/resume/cancel on their rows.
+    api_pulls: Option<PullObserver>,
 }
 
 impl EffectRunner {
@@ -51,6 +54,7 @@ impl EffectRunner {
             last_library: Arc::default(),
             hub: None,
             downloads: None,
+            api_pulls: None,
             search: None,
             debounce: None,
             server: None,
@@ -61,6 +65,12 @@ impl EffectRunner {
     /// Lets the server toggle start the API server over the app's engine.
     pub fn with_server(mut self, server: ServerRunner) -> Self {
         self.server = Some(server);
+        self
+    }
+
+    /// Lets the Downloads pane steer the pulls API clients start.
+    pub fn with_api_pulls(mut self, observer: PullObserver) -> Self {
+        self.api_pulls = Some(observer);
         self
     }
 
@@ -202,6 +212,10 @@ impl EffectRunner {
     }
 
     fn downloads(&mut self, effect: DownloadsEffect) {
+        if let Some(id) = effect.id().filter(|id| PullObserver::is_api_pull(*id)) {
+            self.api_pull(effect, id);
+            return;
+        }
         let Some(d) = &self.downloads else {
             let _ = self.tx.send(Msg::Download(DownloadEvent::Notice {
                 message: "the download manager is not running (see the log)".into(),
@@ -218,6 +232,24 @@ impl EffectRunner {
             DownloadsEffect::Resume(id) => d.resume(id),
             DownloadsEffect::Cancel(id) => d.cancel(id),
             DownloadsEffect::Retry(id) => d.retry(id),
+        }
+    }
+
+    /// A row of a pull an API client started: its own queue runs it while the client waits.
+    fn api_pull(&mut self, effect: DownloadsEffect, id: DownloadId) {
+        let queue = self.api_pulls.as_ref().and_then(|o| o.queue_of(id));
+        let Some((queue, inner)) = queue else {
+            let _ = self.tx.send(Msg::Download(DownloadEvent::Notice {
+                message: "that pull was started by an API client and has ended; pull it again from the client (or from the Hub pane)".into(),
+            }));
+            return;
+        };
+        match effect {
+            DownloadsEffect::Pause(_) => queue.pause(inner),
+            DownloadsEffect::Resume(_) => queue.resume(inner),
+            DownloadsEffect::Cancel(_) => queue.cancel(inner),
+            DownloadsEffect::Retry(_) => queue.retry(inner),
+            DownloadsEffect::Enqueue(_) => {}
         }
     }
 

@@ -15,7 +15,36 @@ use serde_json::{json, Value};
 
 pub use parse::{Piece, ToolParser};
 
-use super::core::{Tool, ToolChoice};
+/// A call the model made (or made in an earlier turn).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// Always a JSON object.
+    pub arguments: Value,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    /// Tools are not offered this turn.
+    None,
+    /// The answer must be a call (any tool).
+    Required,
+    /// The answer must call this function.
+    Named(String),
+}
 
 /// How a model writes tool calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +86,9 @@ impl ToolFormat {
         };
         Some(match name {
             None => open.to_string(),
-            Some(n) => format!("{open}{n}\", \"{args_key}\": "),
+            // No trailing space: BPE vocabularies join it with what follows (` {"`), so a
+            // prefix ending in a lone space leaves the model an unnatural split and it drifts.
+            Some(n) => format!("{open}{n}\", \"{args_key}\":"),
         })
     }
 }
@@ -140,8 +171,8 @@ mod tests {
             assert_eq!(format.forced_prefix(&ToolChoice::Auto), None);
             let prefix = format.forced_prefix(&named).unwrap();
             let rest = match format {
-                ToolFormat::Mistral => "{\"city\": \"Paris\"}}]",
-                _ => "{\"city\": \"Paris\"}}",
+                ToolFormat::Mistral => " {\"city\": \"Paris\"}}]",
+                _ => " {\"city\": \"Paris\"}}",
             };
             let mut p = ToolParser::new(format);
             let mut out = p.push(&prefix);

@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
+use super::ToolCall;
 use super::ToolFormat;
-use crate::server::core::ToolCall;
 
 /// One piece of parsed output.
 #[derive(Debug, Clone, PartialEq)]
