@@ -260,14 +260,14 @@ impl HubClient {
         )
     }
 
-    /// Commit, etag and size of a file without downloading it: a HEAD on the resolve URL that
-    /// follows same-origin redirects (renames, `/api/resolve-cache`) but stops before the CDN.
-    pub async fn file_meta(
+    /// A file's URL once its repo, revision and path are checked, and the context its errors
+    /// name.
+    fn checked_file_url<'a>(
         &self,
-        repo: &str,
-        revision: &str,
-        path: &str,
-    ) -> Result<FileMeta, HubError> {
+        repo: &'a str,
+        revision: &'a str,
+        path: &'a str,
+    ) -> Result<(Url, ErrCtx<'a>), HubError> {
         validate_repo_id(repo)?;
         validate_revision(revision)?;
         validate_repo_path(path)?;
@@ -277,6 +277,18 @@ impl HubClient {
             revision: Some(revision),
             path: Some(path),
         };
+        Ok((url, ctx))
+    }
+
+    /// Commit, etag and size of a file without downloading it: a HEAD on the resolve URL that
+    /// follows same-origin redirects (renames, `/api/resolve-cache`) but stops before the CDN.
+    pub async fn file_meta(
+        &self,
+        repo: &str,
+        revision: &str,
+        path: &str,
+    ) -> Result<FileMeta, HubError> {
+        let (url, ctx) = self.checked_file_url(repo, revision, path)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let (resp, hops) = self
@@ -314,15 +326,7 @@ impl HubClient {
         path: &str,
         from: u64,
     ) -> Result<FileResponse, HubError> {
-        validate_repo_id(repo)?;
-        validate_revision(revision)?;
-        validate_repo_path(path)?;
-        let url = self.file_url(repo, revision, path)?;
-        let ctx = ErrCtx {
-            repo,
-            revision: Some(revision),
-            path: Some(path),
-        };
+        let (url, ctx) = self.checked_file_url(repo, revision, path)?;
         let mut from = from;
         loop {
             let mut headers = HeaderMap::new();
@@ -377,15 +381,7 @@ impl HubClient {
         path: &str,
         max: usize,
     ) -> Result<Vec<u8>, HubError> {
-        validate_repo_id(repo)?;
-        validate_revision(revision)?;
-        validate_repo_path(path)?;
-        let url = self.file_url(repo, revision, path)?;
-        let ctx = ErrCtx {
-            repo,
-            revision: Some(revision),
-            path: Some(path),
-        };
+        let (url, ctx) = self.checked_file_url(repo, revision, path)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let range = format!("bytes=0-{}", max.saturating_sub(1));

@@ -216,27 +216,8 @@ pub fn read_header_from<R: Read + Seek>(
     file_size: u64,
     name: &str,
 ) -> Result<GgufHeader, GgufError> {
-    let mut r = Reader {
-        file: source,
-        data: Vec::new(),
-        pos: 0,
-        base: 0,
-        file_size,
-        section: "file header",
-        path: name.to_string(),
-    };
-    r.need(4)?;
-    let magic: [u8; 4] = [r.data[0], r.data[1], r.data[2], r.data[3]];
-    if &magic != b"GGUF" {
-        return Err(GgufError::BadMagic(magic));
-    }
-    r.pos = 4;
-    let version = r.u32()?;
-    if !(2..=3).contains(&version) {
-        return Err(GgufError::BadVersion(version));
-    }
-    let tensor_count = r.u64()?;
-    let kv_count = r.u64()?;
+    let mut r = Reader::new(source, file_size, name.to_string());
+    let (version, tensor_count, kv_count) = r.preamble()?;
     if tensor_count > MAX_COUNT || kv_count > MAX_COUNT {
         return Err(GgufError::Corrupt(format!(
             "{tensor_count} tensors and {kv_count} metadata entries declared"
@@ -294,27 +275,12 @@ pub fn read_header_from<R: Read + Seek>(
 /// entry that lies wholly inside it. An entry cut off by the end of the prefix ends the list; a
 /// prefix that is not a GGUF start, or metadata that is corrupt, is an error.
 pub fn read_metadata_prefix(prefix: &[u8]) -> Result<BTreeMap<String, MetaValue>, GgufError> {
-    let mut r = Reader {
-        file: std::io::Cursor::new(prefix),
-        data: Vec::new(),
-        pos: 0,
-        base: 0,
-        file_size: prefix.len() as u64,
-        section: "file header",
-        path: "the downloaded header".into(),
-    };
-    r.need(4)?;
-    let magic: [u8; 4] = [r.data[0], r.data[1], r.data[2], r.data[3]];
-    if &magic != b"GGUF" {
-        return Err(GgufError::BadMagic(magic));
-    }
-    r.pos = 4;
-    let version = r.u32()?;
-    if !(2..=3).contains(&version) {
-        return Err(GgufError::BadVersion(version));
-    }
-    let _tensor_count = r.u64()?;
-    let kv_count = r.u64()?;
+    let mut r = Reader::new(
+        std::io::Cursor::new(prefix),
+        prefix.len() as u64,
+        "the downloaded header".into(),
+    );
+    let (_, _, kv_count) = r.preamble()?;
     if kv_count > MAX_COUNT {
         return Err(GgufError::Corrupt(format!(
             "{kv_count} metadata entries declared"
@@ -372,6 +338,33 @@ struct Reader<R = std::fs::File> {
 const CHUNK: usize = 1 << 20;
 
 impl<R: Read + Seek> Reader<R> {
+    fn new(file: R, file_size: u64, path: String) -> Self {
+        Reader {
+            file,
+            data: Vec::new(),
+            pos: 0,
+            base: 0,
+            file_size,
+            section: "file header",
+            path,
+        }
+    }
+
+    /// The magic, then the version, tensor count and metadata count.
+    fn preamble(&mut self) -> Result<(u32, u64, u64), GgufError> {
+        self.need(4)?;
+        let magic: [u8; 4] = [self.data[0], self.data[1], self.data[2], self.data[3]];
+        if &magic != b"GGUF" {
+            return Err(GgufError::BadMagic(magic));
+        }
+        self.pos = 4;
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::BadVersion(version));
+        }
+        Ok((version, self.u64()?, self.u64()?))
+    }
+
     /// Bytes of the input not yet parsed.
     fn remaining(&self) -> u64 {
         self.file_size
