@@ -29,6 +29,7 @@
 //! Tests of the server and UI use [`EngineHandle::fake`], a scripted stand-in (see [`fake`]).
 
 pub mod bench;
+pub mod constraint;
 mod decoder;
 mod embed;
 mod error;
@@ -53,6 +54,7 @@ use std::sync::mpsc;
 
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+pub use constraint::{Constraint, Grammar};
 pub use error::EngineError;
 pub use fake::FakeScript;
 pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE};

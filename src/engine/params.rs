@@ -34,6 +34,10 @@ pub struct GenParams {
     /// Strings that end the generation (not emitted).
     pub stop: Vec<String>,
     pub context_policy: ContextPolicy,
+    /// A grammar the output must match (structured output, forced tool calls). Set by the API
+    /// per request, never saved with presets.
+    #[serde(skip)]
+    pub constraint: Option<super::constraint::Constraint>,
 }
 
 impl Default for GenParams {
@@ -49,6 +53,7 @@ impl Default for GenParams {
             seed: None,
             stop: Vec::new(),
             context_policy: ContextPolicy::Error,
+            constraint: None,
         }
     }
 }

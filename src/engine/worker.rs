@@ -12,6 +12,7 @@ use super::embed::{folder_model_type, Embedder};
 use super::gen_model::GenModel;
 use super::gguf::{self, Meta};
 use super::hf_folder;
+use super::constraint::{SeqConstraint, Step};
 use super::sampling::Sampler;
 use super::stop::StopMatcher;
 use super::template::ChatTemplate;
@@ -139,6 +140,7 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
             tok,
             template,
             cached: Vec::new(),
+            vocab: None,
         },
         info,
     ))
@@ -268,6 +270,11 @@ impl Worker {
         let p = &req.params;
         let ctx = g.dec.cfg.context_length;
         let (ids, dropped) = fit_prompt(g, &req.prompt, p.max_tokens, ctx, p.context_policy)?;
+        // Compiled before `Started`, so a bad grammar is refused before any output.
+        let constraint = match &p.constraint {
+            Some(c) => Some(g.vocab()?.start(c)?),
+            None => None,
+        };
 
         // Keep the longest common prefix with what the cache holds; at least one prompt token
         // must be fed again to get logits.
@@ -286,7 +293,7 @@ impl Worker {
             dropped_messages: dropped,
         });
 
-        let run = run_generation(g, &ids, keep, p, events, cancel, start);
+        let run = run_generation(g, &ids, keep, p, constraint, events, cancel, start);
         if run.is_err() {
             // The cache may hold a partial chunk; forget it rather than reuse bad state.
             g.dec.truncate_cache(0);
@@ -403,6 +410,7 @@ fn run_generation(
     ids: &[u32],
     keep: usize,
     p: &super::GenParams,
+    mut constraint: Option<SeqConstraint>,
     events: &UnboundedSender<GenEvent>,
     cancel: &CancelToken,
     start: Instant,
@@ -451,6 +459,9 @@ fn run_generation(
     let mut decode_ms = 0.0;
     let t_gen = Instant::now();
     loop {
+        if let Some(c) = &mut constraint {
+            c.mask(&mut logits)?;
+        }
         let id = sampler.sample(&mut logits, &history);
         if g.tok.is_stop(id) {
             stats.finish = FinishReason::Stop;
@@ -460,11 +471,19 @@ fn run_generation(
         history.push(id);
         stats.generated_tokens += 1;
         let piece = detok.push(&g.tok, id)?;
-        let (text, hit) = stop.push(&piece);
+        let complete = match &mut constraint {
+            Some(c) => c.accept(id, &piece)? == Step::Complete,
+            None => false,
+        };
+        let (mut text, hit) = stop.push(&piece);
+        if complete && !hit {
+            // Nothing may follow a complete grammar: text held for a stop string is final.
+            text.push_str(&stop.flush());
+        }
         if stats.generated_tokens == 1 {
             stats.ttft_ms = ms(start);
         }
-        if hit {
+        if hit || complete {
             if !text.is_empty() {
                 let _ = events.send(GenEvent::Token { id, text });
             }

@@ -354,6 +354,7 @@ fn to_turn(ctx: &ServerCtx, req: MessagesRequest) -> Result<(core::GenRequest, b
         }
         let _ = t.cache_control;
         turn.tools.push(core::Tool {
+            strict: false,
             name: t.name,
             description: t.description,
             parameters: t.input_schema,

@@ -16,7 +16,7 @@ use futures::Stream;
 use serde_json::{json, Map, Value};
 
 use crate::engine::template::ChatTemplate;
-use crate::engine::{ChatMessage, FinishReason, GenParams, GenStats, Prompt};
+use crate::engine::{ChatMessage, Constraint, FinishReason, GenParams, GenStats, Prompt};
 
 use super::error::{ApiError, Dialect};
 use super::gen::{self, Budget, Frame, GenStream};
@@ -91,6 +91,9 @@ pub struct Tool {
     pub description: Option<String>,
     /// JSON Schema of the arguments object.
     pub parameters: Value,
+    /// The client asked for arguments that always match `parameters` (they are then
+    /// constrained to it even when the model calls on its own).
+    pub strict: bool,
 }
 
 /// Whether and which tool the model must call.
@@ -134,6 +137,9 @@ pub struct GenRequest {
     /// `false`: only the first call of an answer is kept.
     pub parallel_tool_calls: bool,
     pub reasoning: Reasoning,
+    /// The answer's required shape (`response_format`, `format`, `grammar`); a forced tool
+    /// call takes precedence.
+    pub constraint: Option<Constraint>,
     pub params: GenParams,
     pub budget: Budget,
 }
@@ -146,6 +152,7 @@ impl GenRequest {
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,
             reasoning: Reasoning::default(),
+            constraint: None,
             params,
             budget,
         }
@@ -253,6 +260,7 @@ impl Caps {
                 name: PROBE_TOOL.into(),
                 description: Some("probe".into()),
                 parameters: json!({"type": "object", "properties": {}}),
+                strict: false,
             }]),
         );
         let tools = t
@@ -640,7 +648,9 @@ pub async fn run(
     let tools_on = req.tools_active();
     let names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
     let parallel = req.parallel_tool_calls;
-    let stream = gen::begin(ctx, dialect, model, ready, prompt, req.params, req.budget).await?;
+    let mut params = req.params;
+    params.constraint = pick_constraint(&req.tools, &req.tool_choice, req.constraint, &caps, tools_on, &req.input, req.reasoning.think);
+    let stream = gen::begin(ctx, dialect, model, ready, prompt, params, req.budget).await?;
     let parser = tools_on.then(|| {
         let mut p = ToolParser::new(caps.format).knowing(names);
         let pre = p.push(&prefill);
@@ -658,6 +668,32 @@ pub async fn run(
         queue: VecDeque::new(),
         ended: false,
     })
+}
+
+/// The one constraint a generation gets: a forced call's; else the requested output shape;
+/// else, with tools on, the lazy one that keeps each call the model opens well formed. A
+/// model that thinks first (its prompt opens `<think>`) is constrained only after `</think>`.
+fn pick_constraint(
+    tools: &[Tool],
+    choice: &ToolChoice,
+    output: Option<Constraint>,
+    caps: &Caps,
+    tools_on: bool,
+    input: &Input,
+    think: Option<bool>,
+) -> Option<Constraint> {
+    let call = || {
+        tools_on
+            .then(|| caps.format.call_constraint(tools, choice, "tools"))
+            .flatten()
+    };
+    let forced = tools_on && matches!(choice, ToolChoice::Required | ToolChoice::Named(_));
+    let mut c = if forced { call() } else { output.or_else(call) }?;
+    let thinks_first = caps.opens_think && think != Some(false) && matches!(input, Input::Chat(_));
+    if thinks_first && c.trigger.is_none() && !forced {
+        c.trigger = Some("</think>".into());
+    }
+    Some(c)
 }
 
 /// The prompt's size in tokens once rendered for the model (tools and all).
@@ -722,6 +758,7 @@ mod tests {
             name: "get_weather".into(),
             description: Some("Weather for a city".into()),
             parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            strict: false,
         }
     }
 

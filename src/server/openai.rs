@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::GenStats;
+use crate::engine::{Constraint, GenStats};
 
 use super::core::{self, Event, ToolChoice};
 use super::error::{ApiError, Dialect};
@@ -209,6 +209,9 @@ pub struct ChatRequest {
     response_format: Option<Value>,
     #[serde(default)]
     reasoning_effort: Option<String>,
+    /// A grammar in llguidance's Lark syntax (llama.cpp's `grammar` field).
+    #[serde(default)]
+    grammar: Option<String>,
     #[serde(flatten)]
     sampling: Sampling,
 }
@@ -233,6 +236,8 @@ pub struct CompletionRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    grammar: Option<String>,
     #[serde(flatten)]
     sampling: Sampling,
 }
@@ -272,8 +277,9 @@ mod const_concat {
         "parallel_tool_calls",
         "response_format",
         "reasoning_effort",
+        "grammar",
     ];
-    const COMPLETION_OWN: &[&str] = &["model", "prompt", "stream", "stream_options"];
+    const COMPLETION_OWN: &[&str] = &["model", "prompt", "stream", "stream_options", "grammar"];
     pub const CHAT: [&str; CHAT_OWN.len() + SAMPLING.len() + SamplingFields::NAMES.len()] =
         join([CHAT_OWN, SAMPLING, SamplingFields::NAMES]);
     pub const COMPLETION: [&str;
@@ -466,14 +472,8 @@ fn to_tools(specs: Option<Vec<ToolSpec>>) -> Result<Vec<core::Tool>, ApiError> {
                     format!("tools[{i}].type `{}` is not supported; allowed: function", t.kind),
                 ));
             }
-            if t.function.strict == Some(true) {
-                return Err(ApiError::bad_field(
-                    D,
-                    "tools",
-                    format!("tools[{i}].function.strict = true needs constrained decoding, which this server does not do yet; leave strict out"),
-                ));
-            }
             Ok(core::Tool {
+                strict: t.function.strict == Some(true),
                 name: t.function.name,
                 description: t.function.description,
                 parameters: t
@@ -515,18 +515,20 @@ fn to_tool_choice(v: Option<Value>) -> Result<ToolChoice, ApiError> {
     }
 }
 
-fn check_response_format(v: &Option<Value>) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
-        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
-        Some(f) => Err(ApiError::bad_field(
+/// `response_format` and `grammar` as the one constraint of the answer.
+fn output_constraint(
+    response_format: Option<Value>,
+    grammar: Option<String>,
+) -> Result<Option<Constraint>, ApiError> {
+    let format = super::structured::openai_response_format(D, response_format, "response_format")?;
+    let grammar = super::structured::grammar(D, grammar)?;
+    match (format, grammar) {
+        (Some(_), Some(_)) => Err(ApiError::bad_field(
             D,
-            "response_format",
-            format!(
-                "response_format type `{}` is not supported yet: it needs constrained decoding; allowed: text",
-                f.get("type").and_then(Value::as_str).unwrap_or("?")
-            ),
+            "grammar",
+            "grammar and response_format both shape the answer; send one of them",
         )),
+        (f, g) => Ok(f.or(g)),
     }
 }
 
@@ -608,7 +610,7 @@ pub async fn chat_completions(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let messages = to_messages(req.messages)?;
-    check_response_format(&req.response_format)?;
+    let constraint = output_constraint(req.response_format, req.grammar)?;
     let (params, budget) = req.sampling.params(&ctx, None)?;
     let mut turn = core::GenRequest::new(core::Input::Chat(messages), params, budget);
     turn.tools = to_tools(req.tools)?;
@@ -616,6 +618,7 @@ pub async fn chat_completions(
     turn.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
     turn.reasoning.split = true;
     turn.reasoning.effort = req.reasoning_effort;
+    turn.constraint = constraint;
     turn.check_tools(D, "tool_choice")?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     let out = core::run(&ctx, D, &model, turn).await?;
@@ -701,7 +704,8 @@ pub async fn completions(
     // OpenAI's documented default for this endpoint.
     let (params, budget) = req.sampling.params(&ctx, Some(16))?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
-    let turn = core::GenRequest::new(core::Input::Raw(prompt), params, budget);
+    let mut turn = core::GenRequest::new(core::Input::Raw(prompt), params, budget);
+    turn.constraint = super::structured::grammar(D, req.grammar)?;
     let out = core::run(&ctx, D, &model, turn).await?;
     let id = format!("cmpl-{:016x}", rand::random::<u64>());
     let created = unix_now();
