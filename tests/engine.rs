@@ -968,6 +968,10 @@ mod constrained {
         let out = ask("Is Paris in France?", with(g, 8));
         assert!(out.text == "yes" || out.text == "no", "{:?}", out.text);
         assert_eq!(out.stats.unwrap().finish, FinishReason::Stop);
+        // llama.cpp's llguidance grammars start with a `%llguidance` header.
+        let g = Constraint::lark("%llguidance {}\nstart: \"yes\" | \"no\"", "grammar");
+        let out = ask("Is Paris in France?", with(g, 8));
+        assert!(out.text == "yes" || out.text == "no", "{:?}", out.text);
         // A raw prompt (completions) is constrained the same way.
         let g = Constraint::lark(r#"start: /[0-9]{3}/"#, "grammar");
         let out = shared()
