@@ -77,6 +77,7 @@ fn main() {
         name: "bench".into(),
         backend: Backend::Local("bench.gguf".into()),
         context_length: 8192,
+        keeps_thinking: false,
     });
     let mut conv = Conversation::new();
     for i in 0..MESSAGES {

@@ -54,7 +54,7 @@ fn cpu_features() -> String {
 }
 
 /// Tokens and decode tokens/s, end to end.
-fn run(engine: &EngineHandle, constraint: Option<Constraint>, tokens: usize) -> (usize, f64) {
+fn run(engine: &EngineHandle, constraint: Option<Box<Constraint>>, tokens: usize) -> (usize, f64) {
     let params = GenParams {
         constraint,
         ..GenParams::greedy(tokens)
@@ -95,10 +95,18 @@ fn main() {
         "properties": {"title": {"type": "string"}, "story": {"type": "string", "minLength": 2000}},
         "required": ["title", "story"]
     });
-    let constrained = || Some(Constraint::schema(schema.clone(), "response_format"));
+    let constrained = || {
+        Some(Box::new(Constraint::schema(
+            schema.clone(),
+            "response_format",
+        )))
+    };
     let t = std::time::Instant::now();
     run(&engine, constrained(), 4);
-    println!("warm-up with vocabulary preparation: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "warm-up with vocabulary preparation: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     run(&engine, None, 4);
     let (mut free, mut json_) = (Vec::new(), Vec::new());
     let (mut n_free, mut n_json) = (0, 0);
@@ -111,10 +119,16 @@ fn main() {
         json_.push(r);
     }
     let (f, j) = (median(free), median(json_));
-    println!("SmolLM2-135M Q4_1, {threads} thread(s), CPU: {}", cpu_features());
+    println!(
+        "SmolLM2-135M Q4_1, {threads} thread(s), CPU: {}",
+        cpu_features()
+    );
     println!("| decode | tok/s (median of {runs}) | tokens per run | vs unconstrained |");
     println!("|---|---|---|---|");
-    println!("| unconstrained | {f:.1} | {:.0} | 1.00 |", n_free as f64 / runs as f64);
+    println!(
+        "| unconstrained | {f:.1} | {:.0} | 1.00 |",
+        n_free as f64 / runs as f64
+    );
     println!(
         "| json_schema | {j:.1} | {:.0} | {:.3} ({:+.1}%) |",
         n_json as f64 / runs as f64,

@@ -919,7 +919,7 @@ mod constrained {
 
     fn with(c: Constraint, max_tokens: usize) -> GenParams {
         GenParams {
-            constraint: Some(c),
+            constraint: Some(Box::new(c)),
             ..GenParams::greedy(max_tokens)
         }
     }
@@ -942,7 +942,8 @@ mod constrained {
         );
         let stats = out.stats.unwrap();
         assert_eq!(stats.finish, FinishReason::Stop, "{:?}", out.text);
-        let v: Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {:?}", out.text));
+        let v: Value =
+            serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {:?}", out.text));
         assert!(v["age"].is_u64(), "{v}");
         validate(&[(schema, out.text)]);
     }
@@ -978,16 +979,29 @@ mod constrained {
             .generate(raw(smollm(), "The number is ", with(g, 8)))
             .collect_blocking()
             .unwrap();
-        assert!(out.text.len() == 3 && out.text.bytes().all(|b| b.is_ascii_digit()), "{:?}", out.text);
+        assert!(
+            out.text.len() == 3 && out.text.bytes().all(|b| b.is_ascii_digit()),
+            "{:?}",
+            out.text
+        );
     }
 
     #[test]
     fn a_bad_grammar_is_refused_before_any_output() {
         for (c, field) in [
-            (Constraint::lark("start: undefined_rule", "grammar"), "grammar"),
-            (Constraint::lark("this is not lark {{{", "grammar"), "grammar"),
             (
-                Constraint::schema(json!({"type": "object", "properties": {"a": {"type": "nonsense"}}}), "response_format"),
+                Constraint::lark("start: undefined_rule", "grammar"),
+                "grammar",
+            ),
+            (
+                Constraint::lark("this is not lark {{{", "grammar"),
+                "grammar",
+            ),
+            (
+                Constraint::schema(
+                    json!({"type": "object", "properties": {"a": {"type": "nonsense"}}}),
+                    "response_format",
+                ),
                 "response_format",
             ),
         ] {
@@ -1010,10 +1024,14 @@ mod constrained {
     fn small_schema() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             (1usize..10).prop_map(|n| json!({"type": "string", "maxLength": n})),
-            (0i64..50, 1i64..500).prop_map(|(lo, span)| json!({"type": "integer", "minimum": lo, "maximum": lo + span})),
+            (0i64..50, 1i64..500).prop_map(
+                |(lo, span)| json!({"type": "integer", "minimum": lo, "maximum": lo + span})
+            ),
             Just(json!({"type": "boolean"})),
             proptest::collection::vec("[a-z]{1,6}", 1..4).prop_map(|v| json!({"enum": v})),
-            Just(json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3})),
+            Just(
+                json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3})
+            ),
         ];
         (proptest::collection::vec(leaf, 1..4), any::<u8>()).prop_map(|(props, req_bits)| {
             let names = ["id", "title", "count", "ok"];

@@ -185,10 +185,7 @@ impl Vocab {
     /// reported against its field.
     pub fn start(&self, c: &Constraint) -> Result<SeqConstraint, EngineError> {
         let bad = |e: String| {
-            EngineError::BadParams(format!(
-                "{}: the grammar cannot be used: {e}",
-                c.field
-            ))
+            EngineError::BadParams(format!("{}: the grammar cannot be used: {e}", c.field))
         };
         let matcher = guarded("compiling the grammar", || {
             let parser = self.factory.create_parser(c.top_level())?;
@@ -282,8 +279,14 @@ impl SeqConstraint {
             self.tail.clear();
             self.active = true;
             if !after.is_empty() {
-                let ids = self.matcher.tok_env().map(|e| e.tokenize_bytes(after.as_bytes()));
-                if ids.and_then(|ids| self.matcher.consume_tokens(&ids)).is_err() {
+                let ids = self
+                    .matcher
+                    .tok_env()
+                    .map(|e| e.tokenize_bytes(after.as_bytes()));
+                if ids
+                    .and_then(|ids| self.matcher.consume_tokens(&ids))
+                    .is_err()
+                {
                     // The model wrote past the trigger in one token, in a way the grammar
                     // cannot read; leave this opening unconstrained.
                     tracing::debug!("constraint: text after the trigger does not fit the grammar");
@@ -332,7 +335,8 @@ mod tests {
     fn compact_adds_options_once() {
         let s = compact(serde_json::json!({"type": "object"}));
         assert_eq!(s["x-guidance"]["whitespace_flexible"], false);
-        let mine = serde_json::json!({"type": "object", "x-guidance": {"whitespace_flexible": true}});
+        let mine =
+            serde_json::json!({"type": "object", "x-guidance": {"whitespace_flexible": true}});
         assert_eq!(compact(mine.clone()), mine);
         assert_eq!(compact(Value::Bool(true)), Value::Bool(true));
     }

@@ -29,7 +29,7 @@ pub struct FakeScript {
     pub finished: std::sync::Arc<std::sync::Mutex<Vec<GenStats>>>,
     /// The constraint of every generation started, in order (the fake does not enforce them;
     /// tests see what the API asked the engine for).
-    pub constraints: std::sync::Arc<std::sync::Mutex<Vec<Option<super::Constraint>>>>,
+    pub constraints: std::sync::Arc<std::sync::Mutex<Vec<Option<Box<super::Constraint>>>>>,
 }
 
 impl FakeScript {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use super::constraint::Vocab;
 use super::decoder::Decoder;
-use super::EngineError;
 use super::template::ChatTemplate;
 use super::tokenize::TextTokenizer;
+use super::EngineError;
 
 /// A generative model with its tokenizer, template and the ids currently in its KV cache.
 pub(crate) struct GenModel {
@@ -25,9 +25,15 @@ impl GenModel {
         if self.vocab.is_none() {
             let t = std::time::Instant::now();
             let v = Vocab::build(&self.tok).map(Arc::new);
-            tracing::info!(ms = t.elapsed().as_millis() as u64, ok = v.is_ok(), "vocabulary prepared for constrained decoding");
+            tracing::info!(
+                ms = t.elapsed().as_millis() as u64,
+                ok = v.is_ok(),
+                "vocabulary prepared for constrained decoding"
+            );
             self.vocab = Some(v);
         }
-        self.vocab.clone().unwrap_or(Err(EngineError::EngineStopped))
+        self.vocab
+            .clone()
+            .unwrap_or(Err(EngineError::EngineStopped))
     }
 }

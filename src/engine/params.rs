@@ -37,7 +37,7 @@ pub struct GenParams {
     /// A grammar the output must match (structured output, forced tool calls). Set by the API
     /// per request, never saved with presets.
     #[serde(skip)]
-    pub constraint: Option<super::constraint::Constraint>,
+    pub constraint: Option<Box<super::constraint::Constraint>>,
 }
 
 impl Default for GenParams {

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::constraint::{SeqConstraint, Step};
 use super::decoder::Decoder;
 use super::embed::{folder_model_type, Embedder};
 use super::gen_model::GenModel;
 use super::gguf::{self, Meta};
 use super::hf_folder;
-use super::constraint::{SeqConstraint, Step};
 use super::sampling::Sampler;
 use super::stop::StopMatcher;
 use super::template::ChatTemplate;

@@ -649,7 +649,16 @@ pub async fn run(
     let names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
     let parallel = req.parallel_tool_calls;
     let mut params = req.params;
-    params.constraint = pick_constraint(&req.tools, &req.tool_choice, req.constraint, &caps, tools_on, &req.input, req.reasoning.think);
+    params.constraint = pick_constraint(
+        &req.tools,
+        &req.tool_choice,
+        req.constraint,
+        &caps,
+        tools_on,
+        &req.input,
+        req.reasoning.think,
+    )
+    .map(Box::new);
     let stream = gen::begin(ctx, dialect, model, ready, prompt, params, req.budget).await?;
     let parser = tools_on.then(|| {
         let mut p = ToolParser::new(caps.format).knowing(names);

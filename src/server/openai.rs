@@ -469,7 +469,10 @@ fn to_tools(specs: Option<Vec<ToolSpec>>) -> Result<Vec<core::Tool>, ApiError> {
                 return Err(ApiError::bad_field(
                     D,
                     "tools",
-                    format!("tools[{i}].type `{}` is not supported; allowed: function", t.kind),
+                    format!(
+                        "tools[{i}].type `{}` is not supported; allowed: function",
+                        t.kind
+                    ),
                 ));
             }
             Ok(core::Tool {

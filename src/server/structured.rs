@@ -78,7 +78,11 @@ pub fn openai_response_format(
             let spec = o
                 .get("json_schema")
                 .and_then(Value::as_object)
-                .ok_or_else(|| bad(format!("{field}.json_schema must be an object with a `schema`")))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{field}.json_schema must be an object with a `schema`"
+                    ))
+                })?;
             let inner = format!("{field}.json_schema");
             json_schema_spec(dialect, spec, &inner).map(Some)
         }
@@ -103,12 +107,19 @@ fn json_schema_spec(
             "{field}.{k} is not supported; allowed: name, schema, strict, description"
         )));
     }
-    if spec.get("strict").is_some_and(|s| !(s.is_boolean() || s.is_null())) {
+    if spec
+        .get("strict")
+        .is_some_and(|s| !(s.is_boolean() || s.is_null()))
+    {
         return Err(bad(format!("{field}.strict must be true or false")));
     }
     match spec.get("name") {
         Some(Value::String(n)) if !n.is_empty() && n.len() <= 64 => {}
-        Some(_) => return Err(bad(format!("{field}.name must be a string of 1 to 64 characters"))),
+        Some(_) => {
+            return Err(bad(format!(
+                "{field}.name must be a string of 1 to 64 characters"
+            )))
+        }
         None => return Err(bad(format!("{field}.name is required"))),
     }
     // OpenAI's default when `schema` is left out: any JSON object.
@@ -129,17 +140,29 @@ pub fn responses_text(dialect: Dialect, v: Option<Value>) -> Result<Option<Const
     let Value::Object(o) = v else {
         return Err(bad("text", "text must be an object with a `format`".into()));
     };
-    if let Some(k) = o.keys().find(|k| k.as_str() != "format" && k.as_str() != "verbosity") {
-        return Err(bad("text", format!("text.{k} is not supported; allowed: format")));
+    if let Some(k) = o
+        .keys()
+        .find(|k| k.as_str() != "format" && k.as_str() != "verbosity")
+    {
+        return Err(bad(
+            "text",
+            format!("text.{k} is not supported; allowed: format"),
+        ));
     }
     if o.get("verbosity").is_some_and(|v| !v.is_null()) {
-        return Err(bad("text", "text.verbosity is not supported; leave it out".into()));
+        return Err(bad(
+            "text",
+            "text.verbosity is not supported; leave it out".into(),
+        ));
     }
     let Some(format) = o.get("format").filter(|f| !f.is_null()) else {
         return Ok(None);
     };
     let Value::Object(f) = format else {
-        return Err(bad("text", "text.format must be an object with a `type`".into()));
+        return Err(bad(
+            "text",
+            "text.format must be an object with a `type`".into(),
+        ));
     };
     match f.get("type").and_then(Value::as_str).unwrap_or_default() {
         "text" if f.len() == 1 => Ok(None),
@@ -198,10 +221,14 @@ mod tests {
 
     #[test]
     fn response_formats() {
-        assert!(openai_response_format(D, None, "response_format").unwrap().is_none());
-        assert!(openai_response_format(D, Some(json!({"type": "text"})), "response_format")
+        assert!(openai_response_format(D, None, "response_format")
             .unwrap()
             .is_none());
+        assert!(
+            openai_response_format(D, Some(json!({"type": "text"})), "response_format")
+                .unwrap()
+                .is_none()
+        );
         let c = openai_response_format(D, Some(json!({"type": "json_object"})), "response_format")
             .unwrap()
             .unwrap();
@@ -214,7 +241,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(matches!(c.grammar, Grammar::JsonSchema(ref s) if s["properties"]["a"]["type"] == "integer"));
+        assert!(
+            matches!(c.grammar, Grammar::JsonSchema(ref s) if s["properties"]["a"]["type"] == "integer")
+        );
         for bad in [
             json!({"type": "xml"}),
             json!({"type": "json_schema"}),
@@ -236,11 +265,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.field, "text.format");
-        assert!(responses_text(D, Some(json!({"format": {"type": "text"}}))).unwrap().is_none());
+        assert!(responses_text(D, Some(json!({"format": {"type": "text"}})))
+            .unwrap()
+            .is_none());
         assert!(responses_text(D, Some(json!({"format": {"type": "yaml"}}))).is_err());
-        assert!(ollama_format(Dialect::Ollama, Some(json!(""))).unwrap().is_none());
-        assert!(ollama_format(Dialect::Ollama, Some(json!("json"))).unwrap().is_some());
-        assert!(ollama_format(Dialect::Ollama, Some(json!({"type": "object"}))).unwrap().is_some());
+        assert!(ollama_format(Dialect::Ollama, Some(json!("")))
+            .unwrap()
+            .is_none());
+        assert!(ollama_format(Dialect::Ollama, Some(json!("json")))
+            .unwrap()
+            .is_some());
+        assert!(
+            ollama_format(Dialect::Ollama, Some(json!({"type": "object"})))
+                .unwrap()
+                .is_some()
+        );
         assert!(ollama_format(Dialect::Ollama, Some(json!("yaml"))).is_err());
         assert!(ollama_format(Dialect::Ollama, Some(json!([1]))).is_err());
     }
@@ -250,7 +289,9 @@ mod tests {
         assert!(grammar(D, None).unwrap().is_none());
         assert!(grammar(D, Some("  ".into())).is_err());
         assert!(grammar(D, Some("x".repeat(MAX_GRAMMAR_BYTES + 1))).is_err());
-        let c = grammar(D, Some("start: \"yes\" | \"no\"".into())).unwrap().unwrap();
+        let c = grammar(D, Some("start: \"yes\" | \"no\"".into()))
+            .unwrap()
+            .unwrap();
         assert_eq!(c.field, "grammar");
     }
 }

@@ -1330,7 +1330,8 @@ fn on_gen(state: &mut State, seq: u64, elapsed_ms: f64, event: GenEvent) -> Vec<
                 chat.context.used = r.prompt_tokens + r.tokens;
             }
             // A scrolled-up view stays where it is while the answer grows below it.
-            let height = |chat: &ChatState| match (chat.conv.messages.last(), chat.stream.as_ref()) {
+            let height = |chat: &ChatState| match (chat.conv.messages.last(), chat.stream.as_ref())
+            {
                 (Some(m), Some(s)) => Some(chat.view.borrow_mut().streaming_height(m, s, w)),
                 _ => None,
             };

@@ -792,7 +792,13 @@ fn thinking_streams_folded_unfolds_on_its_key_and_stays_out_of_later_turns() {
     typ(&mut s, "why?");
     let fx = update(&mut s, key(KeyCode::Enter));
     let seq = generate_seq(&fx).unwrap();
-    for t in ["<th", "ink>\nweigh the", " options\n</think>", "\n\nBecause", " it is."] {
+    for t in [
+        "<th",
+        "ink>\nweigh the",
+        " options\n</think>",
+        "\n\nBecause",
+        " it is.",
+    ] {
         update(&mut s, tok(seq, 60.0, t));
     }
     // Only the answer reaches the markdown stream; the thinking is drawn folded above it.
@@ -806,7 +812,10 @@ fn thinking_streams_folded_unfolds_on_its_key_and_stays_out_of_later_turns() {
         .flat_map(|l| l.spans.iter().map(|sp| sp.content.to_string()))
         .collect();
     assert_eq!(streamed.trim(), "Because it is.");
-    update(&mut s, gen(seq, 90.0, GenEvent::Done(stats(5, FinishReason::Stop))));
+    update(
+        &mut s,
+        gen(seq, 90.0, GenEvent::Done(stats(5, FinishReason::Stop))),
+    );
     let answer = s.chat.conv.messages.last().unwrap().clone();
     assert!(answer.content.starts_with("<think>"), "stored as written");
     assert!(!s.chat.view.borrow().is_unfolded(&answer.id));

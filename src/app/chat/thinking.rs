@@ -179,7 +179,10 @@ mod tests {
         let folded = lines("a b c\nd", true, false, Style::new(), "z");
         assert_eq!(folded.len(), 2);
         let text: String = folded[0].spans.iter().map(|s| s.content.as_ref()).collect();
-        assert!(text.contains("Thought (4 words)") && text.contains("z to unfold"), "{text}");
+        assert!(
+            text.contains("Thought (4 words)") && text.contains("z to unfold"),
+            "{text}"
+        );
         let open = lines("a b c\nd", false, true, Style::new(), "z");
         assert_eq!(open.len(), 4);
         let head: String = open[0].spans.iter().map(|s| s.content.as_ref()).collect();

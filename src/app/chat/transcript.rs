@@ -95,7 +95,13 @@ impl Transcript {
             return Vec::new();
         };
         let muted = self.styles.clone().unwrap_or_default().muted;
-        thinking::lines(text, parts.closed, self.is_unfolded(&m.id), muted, THINKING_KEY)
+        thinking::lines(
+            text,
+            parts.closed,
+            self.is_unfolded(&m.id),
+            muted,
+            THINKING_KEY,
+        )
     }
 
     fn body(&mut self, i: usize, m: &Message, width: u16) -> &[Line<'static>] {
@@ -344,7 +350,9 @@ mod tests {
         let text = |rows: &[Row]| -> Vec<String> {
             rows.iter()
                 .filter_map(|r| match r {
-                    Row::Body(1, l) => Some(l.spans.iter().map(|s| s.content.to_string()).collect()),
+                    Row::Body(1, l) => {
+                        Some(l.spans.iter().map(|s| s.content.to_string()).collect())
+                    }
                     _ => None,
                 })
                 .collect()
@@ -352,7 +360,10 @@ mod tests {
         let folded = text(&t.window(&m, None, 60, 100, 0).0);
         assert!(folded[0].starts_with("▸ Thought (6 words)"), "{folded:?}");
         assert!(!folded.iter().any(|l| l.contains("step two")), "{folded:?}");
-        assert!(folded.iter().any(|l| l.contains("The answer.")), "{folded:?}");
+        assert!(
+            folded.iter().any(|l| l.contains("The answer.")),
+            "{folded:?}"
+        );
         assert!(t.toggle_thinking(&m[1].id));
         let open = text(&t.window(&m, None, 60, 100, 0).0);
         assert!(open[0].starts_with("▾ Thought"), "{open:?}");

@@ -148,7 +148,11 @@ impl ToolFormat {
         } else {
             ""
         };
-        let lark = format!("start: {lead}({})\n{}\n", alts.join(" | "), rules.join("\n"));
+        let lark = format!(
+            "start: {lead}({})\n{}\n",
+            alts.join(" | "),
+            rules.join("\n")
+        );
         let mut c = Constraint::lark(lark, field);
         if !forced {
             c.trigger = Some(written);
