@@ -141,6 +141,7 @@ fn main() {
                 event: GenEvent::Token {
                     id: 0,
                     text: tok.clone(),
+                    logprob: None,
                 },
             }),
         );

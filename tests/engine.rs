@@ -1068,3 +1068,34 @@ mod constrained {
         }
     }
 }
+
+/// Log-probabilities on the real SmolLM2: greedy picks the most likely token, so it heads its
+/// own list of alternatives.
+#[test]
+fn logprobs_come_with_every_token_when_asked() {
+    let mut g = shared().generate(raw(
+        smollm(),
+        STORY,
+        GenParams {
+            logprobs: Some(3),
+            ..GenParams::greedy(6)
+        },
+    ));
+    let mut n = 0;
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            GenEvent::Token { id, logprob, .. } => {
+                let lp = logprob.expect("a logprob per token");
+                assert_eq!(lp.id, id);
+                assert_eq!(lp.top.len(), 3);
+                assert_eq!(lp.top[0].id, id, "greedy takes the most likely token");
+                assert!(lp.logprob <= 0.0 && lp.top[0].logprob >= lp.top[1].logprob);
+                n += 1;
+            }
+            GenEvent::Done(_) => break,
+            GenEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(n, 6);
+}

@@ -1420,7 +1420,8 @@ mod agents {
         };
         for (extra, field) in [
             (json!({"mirostat": 2}), "mirostat"),
-            (json!({"logprobs": true}), "logprobs"),
+            (json!({"logprobs": 3}), "logprobs"),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
             (
                 json!({"response_format": {"type": "xml"}}),
                 "response_format",

@@ -217,6 +217,7 @@ impl FakeWorker {
                     let ev = GenEvent::Token {
                         id: i as u32,
                         text: tok.clone(),
+                        logprob: None,
                     };
                     if events.send(ev).is_err() {
                         finish = FinishReason::Cancelled;

@@ -400,6 +400,24 @@ fn fit_prompt(
     }
 }
 
+fn token_logprob(g: &GenModel, logits: &[f32], id: u32, top: usize) -> super::TokenLogprob {
+    let text = |i: u32| g.tok.decode(&[i]).unwrap_or_default();
+    let (logprob, best) = super::sampling::logprobs(logits, id, top);
+    super::TokenLogprob {
+        id,
+        text: text(id),
+        logprob,
+        top: best
+            .into_iter()
+            .map(|(i, logprob)| super::TopLogprob {
+                id: i,
+                text: text(i),
+                logprob,
+            })
+            .collect(),
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -463,6 +481,9 @@ fn run_generation(
             c.mask(&mut logits)?;
         }
         let id = sampler.sample(&mut logits, &history);
+        let logprob = p
+            .logprobs
+            .map(|n| Box::new(token_logprob(g, &logits, id, n)));
         if g.tok.is_stop(id) {
             stats.finish = FinishReason::Stop;
             break;
@@ -485,12 +506,12 @@ fn run_generation(
         }
         if hit || complete {
             if !text.is_empty() {
-                let _ = events.send(GenEvent::Token { id, text });
+                let _ = events.send(GenEvent::Token { id, text, logprob });
             }
             stats.finish = FinishReason::Stop;
             break;
         }
-        if events.send(GenEvent::Token { id, text }).is_err() {
+        if events.send(GenEvent::Token { id, text, logprob }).is_err() {
             stats.finish = FinishReason::Cancelled;
             break;
         }
@@ -516,6 +537,7 @@ fn run_generation(
         let _ = events.send(GenEvent::Token {
             id: last_id,
             text: rest,
+            logprob: None,
         });
     }
     stats.gen_ms = ms(t_gen);

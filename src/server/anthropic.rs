@@ -477,6 +477,8 @@ impl Encoder {
         match e {
             Event::Text(t) => out = self.delta(Open::Text, &t),
             Event::Reasoning(t) => out = self.delta(Open::Thinking, &t),
+            // Never asked for in this dialect.
+            Event::Logprob(_) => {}
             Event::ToolCall { call, .. } => {
                 self.close(&mut out);
                 out.extend(sse(

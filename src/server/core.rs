@@ -452,6 +452,9 @@ impl Finish {
 pub enum Event {
     Text(String),
     Reasoning(String),
+    /// The next token's log-probability (only when the request asked for them); its text
+    /// follows as `Text` or `Reasoning`.
+    Logprob(Box<crate::engine::TokenLogprob>),
     /// A complete call; `index` counts the answer's calls from 0.
     ToolCall {
         index: usize,
@@ -470,6 +473,8 @@ pub struct Completion {
     pub text: String,
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
+    /// Per token, when asked for.
+    pub logprobs: Vec<crate::engine::TokenLogprob>,
     pub stats: GenStats,
     pub finish: Finish,
 }
@@ -502,7 +507,14 @@ impl Output {
                 return None;
             }
             match self.stream.next_frame().await {
-                Some(Frame::Token(t)) => self.feed(&t),
+                Some(Frame::Token(t, logprob)) => {
+                    if let Some(lp) = logprob {
+                        self.queue.push_back(Event::Logprob(lp));
+                    }
+                    if !t.is_empty() {
+                        self.feed(&t);
+                    }
+                }
                 Some(Frame::Done(stats)) => {
                     self.flush();
                     self.ended = true;
@@ -588,8 +600,10 @@ impl Output {
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut tool_calls = Vec::new();
+        let mut logprobs = Vec::new();
         while let Some(e) = self.next().await {
             match e {
+                Event::Logprob(lp) => logprobs.push(*lp),
                 Event::Text(t) => text.push_str(&t),
                 Event::Reasoning(t) => reasoning.push_str(&t),
                 Event::ToolCall { call, .. } => tool_calls.push(call),
@@ -598,6 +612,7 @@ impl Output {
                         text,
                         reasoning,
                         tool_calls,
+                        logprobs,
                         stats,
                         finish,
                     })

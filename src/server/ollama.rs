@@ -488,6 +488,7 @@ async fn run(
     let body = out.into_body(None, move |event| match event {
         Event::Text(t) => ndjson_line(&kind.piece(&name, &t, "", &[])),
         Event::Reasoning(t) => ndjson_line(&kind.piece(&name, "", &t, &[])),
+        Event::Logprob(_) => Bytes::new(),
         Event::ToolCall { call, .. } => ndjson_line(&kind.piece(&name, "", "", &[call])),
         Event::Done { stats, finish } => {
             let mut v = kind.piece(&name, "", "", &[]);

@@ -579,6 +579,7 @@ impl StreamEncoder {
         match e {
             Event::Text(t) => self.delta(&mut out, false, &t),
             Event::Reasoning(t) => self.delta(&mut out, true, &t),
+            Event::Logprob(_) => {}
             Event::ToolCall { call, .. } => {
                 self.close(&mut out);
                 let index = self.output.len();

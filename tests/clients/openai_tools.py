@@ -130,7 +130,7 @@ def main():
     for bad, field in [
         (dict(tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
         (dict(response_format={"type": "xml"}), "response_format"),
-        (dict(logprobs=True), "logprobs"),
+        (dict(logprobs=True, top_logprobs=50), "top_logprobs"),
         (dict(extra_body={"mirostat": 2}), "mirostat"),
     ]:
         try:

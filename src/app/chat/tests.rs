@@ -55,6 +55,7 @@ fn tok(seq: u64, ms: f64, t: &str) -> Msg {
         GenEvent::Token {
             id: 1,
             text: t.into(),
+            logprob: None,
         },
     )
 }
