@@ -41,7 +41,7 @@ pub struct GenParams {
     /// Report each token's log-probability and this many most likely alternatives (at most
     /// [`MAX_TOP_LOGPROBS`]); `None` = off. Per request, never saved.
     #[serde(skip)]
-    pub logprobs: Option<usize>,
+    pub logprobs: Option<u8>,
 }
 
 impl Default for GenParams {
@@ -122,7 +122,7 @@ impl GenParams {
                 self.stop.len()
             ));
         }
-        if let Some(n) = self.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
+        if let Some(n) = self.logprobs.filter(|n| *n as usize > MAX_TOP_LOGPROBS) {
             return Err(format!(
                 "top_logprobs = {n} is out of range; allowed 0..={MAX_TOP_LOGPROBS}"
             ));

@@ -483,7 +483,7 @@ fn run_generation(
         let id = sampler.sample(&mut logits, &history);
         let logprob = p
             .logprobs
-            .map(|n| Box::new(token_logprob(g, &logits, id, n)));
+            .map(|n| Box::new(token_logprob(g, &logits, id, n as usize)));
         if g.tok.is_stop(id) {
             stats.finish = FinishReason::Stop;
             break;

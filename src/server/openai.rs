@@ -411,7 +411,7 @@ impl Sampling {
             &[("max_tokens", max_name)],
             D,
         )?;
-        p.logprobs = logprobs;
+        p.logprobs = logprobs.map(|n| n.min(MAX_TOP_LOGPROBS) as u8);
         Ok((p, Budget { num_ctx: None, fit }))
     }
 }
