@@ -77,6 +77,7 @@ fn main() {
         name: "bench".into(),
         backend: Backend::Local("bench.gguf".into()),
         context_length: 8192,
+        keeps_thinking: false,
     });
     let mut conv = Conversation::new();
     for i in 0..MESSAGES {
@@ -140,6 +141,7 @@ fn main() {
                 event: GenEvent::Token {
                     id: 0,
                     text: tok.clone(),
+                    logprob: None,
                 },
             }),
         );

@@ -855,3 +855,247 @@ mod hf_folder {
         assert_eq!(outs[2].1, outs[0].1, "qwen2 vs llama");
     }
 }
+
+/// Constrained decoding on the real SmolLM2: every output matches its grammar, checked by the
+/// pinned Python `jsonschema` package (scripts/python-clients.sh installs it).
+mod constrained {
+    use super::*;
+    use influence::engine::Constraint;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn venv_python() -> PathBuf {
+        let venv = std::env::var_os("INFLUENCE_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                    .join(".cache/influence-venv")
+            });
+        let py = venv.join("bin/python");
+        assert!(
+            py.is_file(),
+            "the Python venv is missing ({}): run scripts/python-clients.sh",
+            py.display()
+        );
+        py
+    }
+
+    /// Validates `(schema, output)` pairs with `jsonschema`; panics with its message if any
+    /// output does not parse or validate.
+    fn validate(cases: &[(Value, String)]) {
+        use std::io::Write;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/validate_schema.py");
+        let mut child = std::process::Command::new(venv_python())
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for (schema, output) in cases {
+            writeln!(stdin, "{}", json!({"schema": schema, "output": output})).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ask(text: &str, params: GenParams) -> influence::engine::Collected {
+        shared()
+            .generate(GenRequest {
+                model: smollm(),
+                prompt: Prompt::Chat(vec![ChatMessage::user(text)]),
+                params,
+            })
+            .collect_blocking()
+            .unwrap()
+    }
+
+    fn with(c: Constraint, max_tokens: usize) -> GenParams {
+        GenParams {
+            constraint: Some(Box::new(c)),
+            ..GenParams::greedy(max_tokens)
+        }
+    }
+
+    #[test]
+    fn json_schema_output_parses_and_validates() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 16},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                "city": {"enum": ["Paris", "Rome", "Oslo"]}
+            },
+            "required": ["name", "age", "city"],
+            "additionalProperties": false
+        });
+        let out = ask(
+            "Describe a person.",
+            with(Constraint::schema(schema.clone(), "response_format"), 64),
+        );
+        let stats = out.stats.unwrap();
+        assert_eq!(stats.finish, FinishReason::Stop, "{:?}", out.text);
+        let v: Value =
+            serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {:?}", out.text));
+        assert!(v["age"].is_u64(), "{v}");
+        validate(&[(schema, out.text)]);
+    }
+
+    #[test]
+    fn any_json_object_mode() {
+        let out = ask(
+            "What is the capital of France? Answer in JSON.",
+            with(Constraint::json_object("format"), 48),
+        );
+        // With free-form objects the model may run out of tokens; what it wrote still starts as
+        // an object, and when it stopped on its own it is one.
+        assert!(out.text.starts_with('{'), "{:?}", out.text);
+        if out.stats.unwrap().finish == FinishReason::Stop {
+            let v: Value = serde_json::from_str(&out.text).unwrap();
+            assert!(v.is_object());
+        }
+    }
+
+    #[test]
+    fn a_lark_grammar_limits_the_answer() {
+        let g = Constraint::lark(r#"start: "yes" | "no""#, "grammar");
+        let out = ask("Is Paris in France?", with(g, 8));
+        assert!(out.text == "yes" || out.text == "no", "{:?}", out.text);
+        assert_eq!(out.stats.unwrap().finish, FinishReason::Stop);
+        // llama.cpp's llguidance grammars start with a `%llguidance` header.
+        let g = Constraint::lark("%llguidance {}\nstart: \"yes\" | \"no\"", "grammar");
+        let out = ask("Is Paris in France?", with(g, 8));
+        assert!(out.text == "yes" || out.text == "no", "{:?}", out.text);
+        // A raw prompt (completions) is constrained the same way.
+        let g = Constraint::lark(r#"start: /[0-9]{3}/"#, "grammar");
+        let out = shared()
+            .generate(raw(smollm(), "The number is ", with(g, 8)))
+            .collect_blocking()
+            .unwrap();
+        assert!(
+            out.text.len() == 3 && out.text.bytes().all(|b| b.is_ascii_digit()),
+            "{:?}",
+            out.text
+        );
+    }
+
+    #[test]
+    fn a_bad_grammar_is_refused_before_any_output() {
+        for (c, field) in [
+            (
+                Constraint::lark("start: undefined_rule", "grammar"),
+                "grammar",
+            ),
+            (
+                Constraint::lark("this is not lark {{{", "grammar"),
+                "grammar",
+            ),
+            (
+                Constraint::schema(
+                    json!({"type": "object", "properties": {"a": {"type": "nonsense"}}}),
+                    "response_format",
+                ),
+                "response_format",
+            ),
+        ] {
+            let mut g = shared().generate(GenRequest {
+                model: smollm(),
+                prompt: Prompt::Raw("x".into()),
+                params: with(c, 4),
+            });
+            match g.events.blocking_recv() {
+                Some(GenEvent::Failed(EngineError::BadParams(msg))) => {
+                    assert!(msg.starts_with(field), "{msg}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    /// A small schema whose every instance is short, so a constrained answer always closes
+    /// within the token budget.
+    fn small_schema() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            (1usize..10).prop_map(|n| json!({"type": "string", "maxLength": n})),
+            (0i64..50, 1i64..500).prop_map(
+                |(lo, span)| json!({"type": "integer", "minimum": lo, "maximum": lo + span})
+            ),
+            Just(json!({"type": "boolean"})),
+            proptest::collection::vec("[a-z]{1,6}", 1..4).prop_map(|v| json!({"enum": v})),
+            Just(
+                json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3})
+            ),
+        ];
+        (proptest::collection::vec(leaf, 1..4), any::<u8>()).prop_map(|(props, req_bits)| {
+            let names = ["id", "title", "count", "ok"];
+            let mut properties = serde_json::Map::new();
+            let mut required = Vec::new();
+            for (i, p) in props.into_iter().enumerate() {
+                properties.insert(names[i].into(), p);
+                if req_bits & (1 << i) != 0 || i == 0 {
+                    required.push(json!(names[i]));
+                }
+            }
+            json!({
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": false
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_small_schemas_always_validate(schema in small_schema(), seed in 0u64..1000, hot in any::<bool>()) {
+            let params = GenParams {
+                temperature: if hot { 0.9 } else { 0.0 },
+                seed: Some(seed),
+                ..with(Constraint::schema(schema.clone(), "response_format"), 96)
+            };
+            let out = ask("Fill in the record.", params);
+            prop_assert_eq!(out.stats.unwrap().finish, FinishReason::Stop, "{:?} for {}", out.text, schema);
+            validate(&[(schema, out.text)]);
+        }
+    }
+}
+
+/// Log-probabilities on the real SmolLM2: greedy picks the most likely token, so it heads its
+/// own list of alternatives.
+#[test]
+fn logprobs_come_with_every_token_when_asked() {
+    let mut g = shared().generate(raw(
+        smollm(),
+        STORY,
+        GenParams {
+            logprobs: Some(3),
+            ..GenParams::greedy(6)
+        },
+    ));
+    let mut n = 0;
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            GenEvent::Token { id, logprob, .. } => {
+                let lp = logprob.expect("a logprob per token");
+                assert_eq!(lp.id, id);
+                assert_eq!(lp.top.len(), 3);
+                assert_eq!(lp.top[0].id, id, "greedy takes the most likely token");
+                assert!(lp.logprob <= 0.0 && lp.top[0].logprob >= lp.top[1].logprob);
+                n += 1;
+            }
+            GenEvent::Done(_) => break,
+            GenEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(n, 6);
+}

@@ -1284,6 +1284,130 @@ mod agents {
         assert_eq!(v["message"]["content"], "Paris is sunny.");
     }
 
+    /// Each dialect's structured-output field reaches the engine as a constraint; forced tool
+    /// choices become a call grammar (the real engine enforces them: tests/engine.rs and the
+    /// Python clients).
+    #[tokio::test]
+    async fn structured_output_fields_become_engine_constraints() {
+        use influence::engine::{Constraint, Grammar};
+        let fx = setup();
+        let schema =
+            json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]});
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "/v1/chat/completions",
+                json!({"model": CHAT, "messages": ask(), "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": true}}}),
+                "response_format.json_schema",
+            ),
+            (
+                "/v1/chat/completions",
+                json!({"model": CHAT, "messages": ask(), "response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (
+                "/v1/chat/completions",
+                json!({"model": CHAT, "messages": ask(), "grammar": "start: \"yes\" | \"no\""}),
+                "grammar",
+            ),
+            (
+                "/v1/completions",
+                json!({"model": CHAT, "prompt": "x", "grammar": "start: /[0-9]+/"}),
+                "grammar",
+            ),
+            (
+                "/api/chat",
+                json!({"model": CHAT, "messages": ask(), "stream": false, "format": "json"}),
+                "format",
+            ),
+            (
+                "/api/generate",
+                json!({"model": CHAT, "prompt": "x", "stream": false, "format": schema}),
+                "format",
+            ),
+            (
+                "/api/chat",
+                json!({"model": CHAT, "messages": ask(), "stream": false, "grammar": "start: \"ok\""}),
+                "grammar",
+            ),
+            (
+                "/v1/responses",
+                json!({"model": CHAT, "input": "x", "text": {"format": {"type": "json_schema", "name": "t", "schema": schema}}}),
+                "text.format",
+            ),
+            (
+                "/v1/chat/completions",
+                json!({"model": CHAT, "messages": ask(), "tools": tools(), "tool_choice": "required"}),
+                "tools",
+            ),
+            (
+                "/v1/messages",
+                json!({"model": CHAT, "max_tokens": 10, "messages": ask(), "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "get_weather"}}),
+                "tools",
+            ),
+        ];
+        for (uri, body, field) in cases {
+            let (s, v) = post(&fx.app, uri, body.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{uri} {body}: {v}");
+            let c: Option<Constraint> = fx
+                .script
+                .constraints
+                .lock()
+                .unwrap()
+                .pop()
+                .unwrap()
+                .map(|b| *b);
+            let c = c.unwrap_or_else(|| panic!("{uri} {body}: no constraint"));
+            assert_eq!(c.field, field, "{uri} {body}");
+            match (&c.grammar, field) {
+                (Grammar::JsonSchema(s), "response_format.json_schema" | "text.format") => {
+                    assert_eq!(s["required"], json!(["a"]), "{s}")
+                }
+                (Grammar::Lark(g), "tools") => {
+                    assert!(g.contains("%json") && g.contains("}"), "{g}");
+                    assert!(
+                        c.trigger.is_none(),
+                        "a forced call is constrained from the start"
+                    );
+                }
+                _ => {}
+            }
+        }
+        // Tools in `auto` get the lazy grammar that waits for the call marker... (the fake's
+        // template shows no tool markers, so the Hermes fallback's `<tool_call>`).
+        let (s, _) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": ask(), "tools": tools()}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let c = fx
+            .script
+            .constraints
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.trigger.as_deref(), Some("<tool_call>"));
+        // ... and plain requests none.
+        let (s, _) = post(
+            &fx.app,
+            "/v1/chat/completions",
+            json!({"model": CHAT, "messages": ask()}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(fx
+            .script
+            .constraints
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .is_none());
+    }
+
     #[tokio::test]
     async fn fields_that_would_be_ignored_are_400s_naming_them() {
         let fx = setup();
@@ -1296,10 +1420,20 @@ mod agents {
         };
         for (extra, field) in [
             (json!({"mirostat": 2}), "mirostat"),
-            (json!({"logprobs": true}), "logprobs"),
+            (json!({"logprobs": 3}), "logprobs"),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "xml"}}),
                 "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+                "response_format.json_schema",
+            ),
+            (json!({"grammar": ""}), "grammar"),
+            (
+                json!({"grammar": "start: \"a\"", "response_format": {"type": "json_object"}}),
+                "grammar",
             ),
             (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
             (json!({"tool_choice": "required"}), "tool_choice"),
@@ -1322,7 +1456,11 @@ mod agents {
         }
         for (extra, field) in [
             (json!({"options": {"num_thread": 4}}), "options.num_thread"),
-            (json!({"format": "json"}), "format"),
+            (json!({"format": "yaml"}), "format"),
+            (
+                json!({"format": "json", "grammar": "start: \"a\""}),
+                "grammar",
+            ),
             (json!({"think": true}), "think"),
             (json!({"templat": "x"}), "templat"),
         ] {

@@ -50,6 +50,8 @@ pub enum Command {
     ChatEdit,
     ChatCopy,
     ChatCopyCode,
+    /// Fold or unfold the thinking of the selected (or the last) answer.
+    ChatToggleThinking,
     ChatSelectPrev,
     ChatSelectNext,
     ChatPagePrev,

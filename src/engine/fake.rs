@@ -27,6 +27,9 @@ pub struct FakeScript {
     /// Stats of every generation that ended, in order (shared by clones of the script), so
     /// tests can see a cancellation nobody was listening for any more.
     pub finished: std::sync::Arc<std::sync::Mutex<Vec<GenStats>>>,
+    /// The constraint of every generation started, in order (the fake does not enforce them;
+    /// tests see what the API asked the engine for).
+    pub constraints: std::sync::Arc<std::sync::Mutex<Vec<Option<Box<super::Constraint>>>>>,
 }
 
 impl FakeScript {
@@ -45,6 +48,7 @@ impl FakeScript {
             token_delay: Duration::ZERO,
             embedding_dim: 8,
             finished: Default::default(),
+            constraints: Default::default(),
         }
     }
 }
@@ -178,6 +182,9 @@ impl FakeWorker {
                     let _ = events.send(GenEvent::Failed(e));
                     return;
                 }
+                if let Ok(mut log) = self.script.constraints.lock() {
+                    log.push(req.params.constraint.clone());
+                }
                 let prompt_tokens = count_words(&req.prompt);
                 let _ = events.send(GenEvent::Started {
                     prompt_tokens,
@@ -210,6 +217,7 @@ impl FakeWorker {
                     let ev = GenEvent::Token {
                         id: i as u32,
                         text: tok.clone(),
+                        logprob: None,
                     };
                     if events.send(ev).is_err() {
                         finish = FinishReason::Cancelled;

@@ -184,6 +184,7 @@ pub(crate) fn load(
             tok,
             template,
             cached: Vec::new(),
+            vocab: None,
         },
         info,
     ))

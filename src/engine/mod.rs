@@ -29,6 +29,7 @@
 //! Tests of the server and UI use [`EngineHandle::fake`], a scripted stand-in (see [`fake`]).
 
 pub mod bench;
+pub mod constraint;
 mod decoder;
 mod embed;
 mod error;
@@ -53,12 +54,13 @@ use std::sync::mpsc;
 
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+pub use constraint::{Constraint, Grammar};
 pub use error::EngineError;
 pub use fake::FakeScript;
-pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE};
+pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS};
 pub use types::{
     CancelToken, ChatMessage, Collected, FinishReason, GenEvent, GenRequest, GenStats, Generation,
-    ModelInfo, ModelKind, Prompt, Role,
+    ModelInfo, ModelKind, Prompt, Role, TokenLogprob, TopLogprob,
 };
 
 /// How the engine thread is set up.

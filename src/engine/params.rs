@@ -34,6 +34,14 @@ pub struct GenParams {
     /// Strings that end the generation (not emitted).
     pub stop: Vec<String>,
     pub context_policy: ContextPolicy,
+    /// A grammar the output must match (structured output, forced tool calls). Set by the API
+    /// per request, never saved with presets.
+    #[serde(skip)]
+    pub constraint: Option<Box<super::constraint::Constraint>>,
+    /// Report each token's log-probability and this many most likely alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`]); `None` = off. Per request, never saved.
+    #[serde(skip)]
+    pub logprobs: Option<u8>,
 }
 
 impl Default for GenParams {
@@ -49,6 +57,8 @@ impl Default for GenParams {
             seed: None,
             stop: Vec::new(),
             context_policy: ContextPolicy::Error,
+            constraint: None,
+            logprobs: None,
         }
     }
 }
@@ -58,6 +68,7 @@ pub const MAX_TEMPERATURE: f32 = 2.0;
 pub const MAX_REPEAT_PENALTY: f32 = 5.0;
 pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_TOKENS_LIMIT: usize = 1_000_000;
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl GenParams {
     /// Greedy decoding with no repeat penalty: deterministic, for tests and comparisons.
@@ -109,6 +120,11 @@ impl GenParams {
             return Err(format!(
                 "stop has {} entries; allowed at most {MAX_STOP_STRINGS}",
                 self.stop.len()
+            ));
+        }
+        if let Some(n) = self.logprobs.filter(|n| *n as usize > MAX_TOP_LOGPROBS) {
+            return Err(format!(
+                "top_logprobs = {n} is out of range; allowed 0..={MAX_TOP_LOGPROBS}"
             ));
         }
         if self.stop.iter().any(|s| s.is_empty()) {

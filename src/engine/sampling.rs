@@ -120,6 +120,45 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Log-probability of `id` under `logits` (temperature 1), and the `top` most likely ids with
+/// theirs, most likely first. Tokens at −∞ (masked) have no probability and are never listed.
+pub fn logprobs(logits: &[f32], id: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|l| ((l - max) as f64).exp())
+        .sum();
+    let norm = max + sum.ln() as f32;
+    let lp = |l: f32| {
+        if l.is_finite() {
+            l - norm
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let chosen = logits
+        .get(id as usize)
+        .map_or(f32::NEG_INFINITY, |l| lp(*l));
+    let mut best: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, l)| (i as u32, *l))
+        .collect();
+    let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+    if top > 0 && top < best.len() {
+        best.select_nth_unstable_by(top - 1, by);
+    }
+    best.truncate(top);
+    best.sort_unstable_by(by);
+    (chosen, best.into_iter().map(|(i, l)| (i, lp(l))).collect())
+}
+
 fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
     let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = logits.map(|l| ((l - max) / temperature).exp()).collect();
@@ -150,6 +189,19 @@ mod tests {
             counts[s.sample(&mut logits.to_vec(), &[]) as usize] += 1;
         }
         counts
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let logits = [0.0, 1.0, f32::NEG_INFINITY, 2.0];
+        let (lp, top) = logprobs(&logits, 1, 2);
+        let z = (0f32.exp() + 1f32.exp() + 2f32.exp()).ln();
+        assert!((lp - (1.0 - z)).abs() < 1e-5);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![3, 1]);
+        assert!((top[0].1 - (2.0 - z)).abs() < 1e-5);
+        let total: f32 = logprobs(&logits, 0, 4).1.iter().map(|t| t.1.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        assert_eq!(logprobs(&logits, 2, 0).0, f32::NEG_INFINITY);
     }
 
     #[test]

@@ -155,9 +155,31 @@ pub enum GenEvent {
     Token {
         id: u32,
         text: String,
+        /// Its log-probability, when the request asked for them ([`GenParams::logprobs`]).
+        logprob: Option<Box<TokenLogprob>>,
     },
     Done(GenStats),
     Failed(EngineError),
+}
+
+/// A generated token's log-probability and the most likely tokens at its position, from the
+/// distribution the sampler drew from (after the repeat penalty and any constraint, before
+/// temperature and truncation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    /// The token decoded on its own (a partial UTF-8 character shows as U+FFFD).
+    pub text: String,
+    pub logprob: f32,
+    /// Most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
 }
 
 /// Shared flag asking a running generation to stop; checked before every token and between
@@ -195,7 +217,7 @@ impl Generation {
                 GenEvent::Started {
                     dropped_messages, ..
                 } => out.dropped_messages = dropped_messages,
-                GenEvent::Token { id, text } => {
+                GenEvent::Token { id, text, .. } => {
                     out.ids.push(id);
                     out.text.push_str(&text);
                 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::constraint::{SeqConstraint, Step};
 use super::decoder::Decoder;
 use super::embed::{folder_model_type, Embedder};
 use super::gen_model::GenModel;
@@ -139,6 +140,7 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
             tok,
             template,
             cached: Vec::new(),
+            vocab: None,
         },
         info,
     ))
@@ -268,6 +270,11 @@ impl Worker {
         let p = &req.params;
         let ctx = g.dec.cfg.context_length;
         let (ids, dropped) = fit_prompt(g, &req.prompt, p.max_tokens, ctx, p.context_policy)?;
+        // Compiled before `Started`, so a bad grammar is refused before any output.
+        let constraint = match &p.constraint {
+            Some(c) => Some(g.vocab()?.start(c)?),
+            None => None,
+        };
 
         // Keep the longest common prefix with what the cache holds; at least one prompt token
         // must be fed again to get logits.
@@ -286,7 +293,7 @@ impl Worker {
             dropped_messages: dropped,
         });
 
-        let run = run_generation(g, &ids, keep, p, events, cancel, start);
+        let run = run_generation(g, &ids, keep, p, constraint, events, cancel, start);
         if run.is_err() {
             // The cache may hold a partial chunk; forget it rather than reuse bad state.
             g.dec.truncate_cache(0);
@@ -393,6 +400,24 @@ fn fit_prompt(
     }
 }
 
+fn token_logprob(g: &GenModel, logits: &[f32], id: u32, top: usize) -> super::TokenLogprob {
+    let text = |i: u32| g.tok.decode(&[i]).unwrap_or_default();
+    let (logprob, best) = super::sampling::logprobs(logits, id, top);
+    super::TokenLogprob {
+        id,
+        text: text(id),
+        logprob,
+        top: best
+            .into_iter()
+            .map(|(i, logprob)| super::TopLogprob {
+                id: i,
+                text: text(i),
+                logprob,
+            })
+            .collect(),
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -403,6 +428,7 @@ fn run_generation(
     ids: &[u32],
     keep: usize,
     p: &super::GenParams,
+    mut constraint: Option<SeqConstraint>,
     events: &UnboundedSender<GenEvent>,
     cancel: &CancelToken,
     start: Instant,
@@ -451,7 +477,13 @@ fn run_generation(
     let mut decode_ms = 0.0;
     let t_gen = Instant::now();
     loop {
+        if let Some(c) = &mut constraint {
+            c.mask(&mut logits)?;
+        }
         let id = sampler.sample(&mut logits, &history);
+        let logprob = p
+            .logprobs
+            .map(|n| Box::new(token_logprob(g, &logits, id, n as usize)));
         if g.tok.is_stop(id) {
             stats.finish = FinishReason::Stop;
             break;
@@ -460,18 +492,26 @@ fn run_generation(
         history.push(id);
         stats.generated_tokens += 1;
         let piece = detok.push(&g.tok, id)?;
-        let (text, hit) = stop.push(&piece);
+        let complete = match &mut constraint {
+            Some(c) => c.accept(id, &piece)? == Step::Complete,
+            None => false,
+        };
+        let (mut text, hit) = stop.push(&piece);
+        if complete && !hit {
+            // Nothing may follow a complete grammar: text held for a stop string is final.
+            text.push_str(&stop.flush());
+        }
         if stats.generated_tokens == 1 {
             stats.ttft_ms = ms(start);
         }
-        if hit {
+        if hit || complete {
             if !text.is_empty() {
-                let _ = events.send(GenEvent::Token { id, text });
+                let _ = events.send(GenEvent::Token { id, text, logprob });
             }
             stats.finish = FinishReason::Stop;
             break;
         }
-        if events.send(GenEvent::Token { id, text }).is_err() {
+        if events.send(GenEvent::Token { id, text, logprob }).is_err() {
             stats.finish = FinishReason::Cancelled;
             break;
         }
@@ -497,6 +537,7 @@ fn run_generation(
         let _ = events.send(GenEvent::Token {
             id: last_id,
             text: rest,
+            logprob: None,
         });
     }
     stats.gen_ms = ms(t_gen);

@@ -274,6 +274,7 @@ fn token(tally: &mut Tally, emit: &mut impl FnMut(GenEvent), text: &str) {
     emit(GenEvent::Token {
         id: 0,
         text: text.to_string(),
+        logprob: None,
     });
 }
 

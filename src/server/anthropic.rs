@@ -354,6 +354,7 @@ fn to_turn(ctx: &ServerCtx, req: MessagesRequest) -> Result<(core::GenRequest, b
         }
         let _ = t.cache_control;
         turn.tools.push(core::Tool {
+            strict: false,
             name: t.name,
             description: t.description,
             parameters: t.input_schema,
@@ -476,6 +477,8 @@ impl Encoder {
         match e {
             Event::Text(t) => out = self.delta(Open::Text, &t),
             Event::Reasoning(t) => out = self.delta(Open::Thinking, &t),
+            // Never asked for in this dialect.
+            Event::Logprob(_) => {}
             Event::ToolCall { call, .. } => {
                 self.close(&mut out);
                 out.extend(sse(

@@ -16,7 +16,7 @@ use futures::Stream;
 use serde_json::{json, Map, Value};
 
 use crate::engine::template::ChatTemplate;
-use crate::engine::{ChatMessage, FinishReason, GenParams, GenStats, Prompt};
+use crate::engine::{ChatMessage, Constraint, FinishReason, GenParams, GenStats, Prompt};
 
 use super::error::{ApiError, Dialect};
 use super::gen::{self, Budget, Frame, GenStream};
@@ -104,6 +104,9 @@ pub struct GenRequest {
     /// `false`: only the first call of an answer is kept.
     pub parallel_tool_calls: bool,
     pub reasoning: Reasoning,
+    /// The answer's required shape (`response_format`, `format`, `grammar`); a forced tool
+    /// call takes precedence.
+    pub constraint: Option<Constraint>,
     pub params: GenParams,
     pub budget: Budget,
 }
@@ -116,6 +119,7 @@ impl GenRequest {
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,
             reasoning: Reasoning::default(),
+            constraint: None,
             params,
             budget,
         }
@@ -223,6 +227,7 @@ impl Caps {
                 name: PROBE_TOOL.into(),
                 description: Some("probe".into()),
                 parameters: json!({"type": "object", "properties": {}}),
+                strict: false,
             }]),
         );
         let tools = t
@@ -414,6 +419,9 @@ impl Finish {
 pub enum Event {
     Text(String),
     Reasoning(String),
+    /// The next token's log-probability (only when the request asked for them); its text
+    /// follows as `Text` or `Reasoning`.
+    Logprob(Box<crate::engine::TokenLogprob>),
     /// A complete call; `index` counts the answer's calls from 0.
     ToolCall {
         index: usize,
@@ -432,6 +440,8 @@ pub struct Completion {
     pub text: String,
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
+    /// Per token, when asked for.
+    pub logprobs: Vec<crate::engine::TokenLogprob>,
     pub stats: GenStats,
     pub finish: Finish,
 }
@@ -464,7 +474,14 @@ impl Output {
                 return None;
             }
             match self.stream.next_frame().await {
-                Some(Frame::Token(t)) => self.feed(&t),
+                Some(Frame::Token(t, logprob)) => {
+                    if let Some(lp) = logprob {
+                        self.queue.push_back(Event::Logprob(lp));
+                    }
+                    if !t.is_empty() {
+                        self.feed(&t);
+                    }
+                }
                 Some(Frame::Done(stats)) => {
                     self.flush();
                     self.ended = true;
@@ -550,8 +567,10 @@ impl Output {
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut tool_calls = Vec::new();
+        let mut logprobs = Vec::new();
         while let Some(e) = self.next().await {
             match e {
+                Event::Logprob(lp) => logprobs.push(*lp),
                 Event::Text(t) => text.push_str(&t),
                 Event::Reasoning(t) => reasoning.push_str(&t),
                 Event::ToolCall { call, .. } => tool_calls.push(call),
@@ -560,6 +579,7 @@ impl Output {
                         text,
                         reasoning,
                         tool_calls,
+                        logprobs,
                         stats,
                         finish,
                     })
@@ -610,7 +630,18 @@ pub async fn run(
     let tools_on = req.tools_active();
     let names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
     let parallel = req.parallel_tool_calls;
-    let stream = gen::begin(ctx, dialect, model, ready, prompt, req.params, req.budget).await?;
+    let mut params = req.params;
+    params.constraint = pick_constraint(
+        &req.tools,
+        &req.tool_choice,
+        req.constraint,
+        &caps,
+        tools_on,
+        &req.input,
+        req.reasoning.think,
+    )
+    .map(Box::new);
+    let stream = gen::begin(ctx, dialect, model, ready, prompt, params, req.budget).await?;
     let parser = tools_on.then(|| {
         let mut p = ToolParser::new(caps.format).knowing(names);
         let pre = p.push(&prefill);
@@ -628,6 +659,32 @@ pub async fn run(
         queue: VecDeque::new(),
         ended: false,
     })
+}
+
+/// The one constraint a generation gets: a forced call's; else the requested output shape;
+/// else, with tools on, the lazy one that keeps each call the model opens well formed. A
+/// model that thinks first (its prompt opens `<think>`) is constrained only after `</think>`.
+fn pick_constraint(
+    tools: &[Tool],
+    choice: &ToolChoice,
+    output: Option<Constraint>,
+    caps: &Caps,
+    tools_on: bool,
+    input: &Input,
+    think: Option<bool>,
+) -> Option<Constraint> {
+    let call = || {
+        tools_on
+            .then(|| caps.format.call_constraint(tools, choice, "tools"))
+            .flatten()
+    };
+    let forced = tools_on && matches!(choice, ToolChoice::Required | ToolChoice::Named(_));
+    let mut c = if forced { call() } else { output.or_else(call) }?;
+    let thinks_first = caps.opens_think && think != Some(false) && matches!(input, Input::Chat(_));
+    if thinks_first && c.trigger.is_none() && !forced {
+        c.trigger = Some("</think>".into());
+    }
+    Some(c)
 }
 
 /// The prompt's size in tokens once rendered for the model (tools and all).
@@ -692,6 +749,7 @@ mod tests {
             name: "get_weather".into(),
             description: Some("Weather for a city".into()),
             parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            strict: false,
         }
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{
     CancelToken, EngineError, GenEvent, GenParams, GenRequest, GenStats, ModelInfo, Prompt,
+    TokenLogprob,
 };
 
 use super::error::{ApiError, Dialect};
@@ -44,7 +45,9 @@ impl Drop for GenStream {
 
 /// One step of a running generation, as the dialects render it.
 pub enum Frame {
-    Token(String),
+    /// Text (possibly empty while a character is incomplete) and, when asked for, the token's
+    /// log-probability.
+    Token(String, Option<Box<TokenLogprob>>),
     Done(GenStats),
     Failed(EngineError),
 }
@@ -57,9 +60,9 @@ impl GenStream {
         }
         loop {
             match self.events.recv().await {
-                Some(GenEvent::Token { text, .. }) => {
-                    if !text.is_empty() {
-                        return Some(Frame::Token(text));
+                Some(GenEvent::Token { text, logprob, .. }) => {
+                    if !text.is_empty() || logprob.is_some() {
+                        return Some(Frame::Token(text, logprob));
                     }
                 }
                 Some(GenEvent::Started { .. }) => {}

@@ -172,7 +172,7 @@ pub async fn generate_stream(
         Event::Text(t) | Event::Reasoning(t) => {
             Bytes::from(format!("data: {}\n\n", json!({ "token": t })))
         }
-        Event::ToolCall { .. } => Bytes::new(),
+        Event::ToolCall { .. } | Event::Logprob(_) => Bytes::new(),
         Event::Done { stats, finish } => {
             let mut m = summary(&stats, finish);
             m.insert("done".into(), json!(true));

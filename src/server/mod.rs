@@ -30,6 +30,7 @@ pub mod queue;
 pub mod reasoning;
 pub mod responses;
 pub mod runtime;
+pub mod structured;
 pub mod tools;
 
 use std::sync::atomic::AtomicU64;

@@ -287,6 +287,9 @@ pub struct ChatRequest {
     stream: Option<bool>,
     #[serde(default)]
     format: Option<Value>,
+    /// A grammar in llguidance's Lark syntax (an Influence extension, as llama.cpp's).
+    #[serde(default)]
+    grammar: Option<String>,
     #[serde(default)]
     think: Option<Value>,
     #[serde(default)]
@@ -296,7 +299,7 @@ pub struct ChatRequest {
     keep_alive: Option<Value>,
 }
 
-crate::fields!(ChatRequest: "model", "messages", "tools", "stream", "format", "think", "options", "keep_alive"; nested "options" => OPTIONS);
+crate::fields!(ChatRequest: "model", "messages", "tools", "stream", "format", "grammar", "think", "options", "keep_alive"; nested "options" => OPTIONS);
 
 #[derive(Debug, Deserialize)]
 pub struct GenerateRequest {
@@ -312,6 +315,9 @@ pub struct GenerateRequest {
     stream: Option<bool>,
     #[serde(default)]
     format: Option<Value>,
+    /// A grammar in llguidance's Lark syntax (an Influence extension, as llama.cpp's).
+    #[serde(default)]
+    grammar: Option<String>,
     #[serde(default)]
     think: Option<Value>,
     #[serde(default)]
@@ -323,18 +329,22 @@ pub struct GenerateRequest {
     keep_alive: Option<Value>,
 }
 
-crate::fields!(GenerateRequest: "model", "prompt", "system", "raw", "stream", "format", "think", "images", "options", "keep_alive"; nested "options" => OPTIONS);
+crate::fields!(GenerateRequest: "model", "prompt", "system", "raw", "stream", "format", "grammar", "think", "images", "options", "keep_alive"; nested "options" => OPTIONS);
 
-/// `format`: plain text only until constrained decoding lands.
-fn check_format(v: &Option<Value>) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) if s.is_empty() => Ok(()),
-        Some(_) => Err(ApiError::bad_field(
+/// `format` and the raw `grammar` as the answer's one constraint.
+fn output_constraint(
+    format: Option<Value>,
+    grammar: Option<String>,
+) -> Result<Option<crate::engine::Constraint>, ApiError> {
+    let format = super::structured::ollama_format(D, format)?;
+    let grammar = super::structured::grammar(D, grammar)?;
+    match (format, grammar) {
+        (Some(_), Some(_)) => Err(ApiError::bad_field(
             D,
-            "format",
-            "format (JSON mode and schemas) is not supported yet: it needs constrained decoding; leave it out",
+            "grammar",
+            "grammar and format both shape the answer; send one of them",
         )),
+        (f, g) => Ok(f.or(g)),
     }
 }
 
@@ -478,6 +488,7 @@ async fn run(
     let body = out.into_body(None, move |event| match event {
         Event::Text(t) => ndjson_line(&kind.piece(&name, &t, "", &[])),
         Event::Reasoning(t) => ndjson_line(&kind.piece(&name, "", &t, &[])),
+        Event::Logprob(_) => Bytes::new(),
         Event::ToolCall { call, .. } => ndjson_line(&kind.piece(&name, "", "", &[call])),
         Event::Done { stats, finish } => {
             let mut v = kind.piece(&name, "", "", &[]);
@@ -615,6 +626,7 @@ fn to_tools(specs: Option<Vec<ToolSpec>>) -> Result<Vec<core::Tool>, ApiError> {
                 ));
             }
             Ok(core::Tool {
+                strict: false,
                 name: t.function.name,
                 description: t.function.description,
                 parameters: t
@@ -631,7 +643,7 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let messages = to_messages(req.messages)?;
-    check_format(&req.format)?;
+    let constraint = output_constraint(req.format, req.grammar)?;
     let tools = to_tools(req.tools)?;
     let (think, effort) = think_of(req.think)?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
@@ -641,6 +653,7 @@ pub async fn chat(
     let (params, budget) = req.options.unwrap_or_default().params(&ctx)?;
     let mut turn = core::GenRequest::new(core::Input::Chat(messages), params, budget);
     turn.tools = tools;
+    turn.constraint = constraint;
     turn.reasoning = core::Reasoning {
         split: true,
         think,
@@ -653,7 +666,7 @@ pub async fn generate(
     State(ctx): State<ServerCtx>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
-    check_format(&req.format)?;
+    let constraint = output_constraint(req.format, req.grammar)?;
     no_images(&req.images, "images")?;
     let (think, effort) = think_of(req.think)?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
@@ -684,6 +697,7 @@ pub async fn generate(
     };
     let (params, budget) = req.options.unwrap_or_default().params(&ctx)?;
     let mut turn = core::GenRequest::new(input, params, budget);
+    turn.constraint = constraint;
     turn.reasoning = core::Reasoning {
         split: !raw,
         think,

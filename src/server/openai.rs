@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::GenStats;
+use crate::engine::{Constraint, GenStats, TokenLogprob, MAX_TOP_LOGPROBS};
 
 use super::core::{self, Event, ToolChoice};
 use super::error::{ApiError, Dialect};
@@ -209,6 +209,9 @@ pub struct ChatRequest {
     response_format: Option<Value>,
     #[serde(default)]
     reasoning_effort: Option<String>,
+    /// A grammar in llguidance's Lark syntax (llama.cpp's `grammar` field).
+    #[serde(default)]
+    grammar: Option<String>,
     #[serde(flatten)]
     sampling: Sampling,
 }
@@ -233,6 +236,8 @@ pub struct CompletionRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    grammar: Option<String>,
     #[serde(flatten)]
     sampling: Sampling,
 }
@@ -272,8 +277,9 @@ mod const_concat {
         "parallel_tool_calls",
         "response_format",
         "reasoning_effort",
+        "grammar",
     ];
-    const COMPLETION_OWN: &[&str] = &["model", "prompt", "stream", "stream_options"];
+    const COMPLETION_OWN: &[&str] = &["model", "prompt", "stream", "stream_options", "grammar"];
     pub const CHAT: [&str; CHAT_OWN.len() + SAMPLING.len() + SamplingFields::NAMES.len()] =
         join([CHAT_OWN, SAMPLING, SamplingFields::NAMES]);
     pub const COMPLETION: [&str;
@@ -282,10 +288,72 @@ mod const_concat {
 }
 
 impl Sampling {
+    /// `logprobs` / `top_logprobs` as the endpoint defines them: chat takes `logprobs: true`
+    /// and `top_logprobs: 0..=20`; completions take `logprobs: 0..=5` (the number of
+    /// alternatives).
+    fn logprobs_wanted(&self, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+        let top = match &self.top_logprobs {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|n| *n as usize <= MAX_TOP_LOGPROBS)
+                    .ok_or_else(|| {
+                        ApiError::bad_field(
+                            D,
+                            "top_logprobs",
+                            format!("top_logprobs must be an integer 0..={MAX_TOP_LOGPROBS}"),
+                        )
+                    })? as usize,
+            ),
+        };
+        match endpoint {
+            Endpoint::Chat => match &self.logprobs {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => match top {
+                    None => Ok(None),
+                    Some(_) => Err(ApiError::bad_field(
+                        D,
+                        "top_logprobs",
+                        "top_logprobs needs logprobs: true",
+                    )),
+                },
+                Some(Value::Bool(true)) => Ok(Some(top.unwrap_or(0))),
+                Some(_) => Err(ApiError::bad_field(
+                    D,
+                    "logprobs",
+                    "logprobs must be true or false",
+                )),
+            },
+            Endpoint::Completion => {
+                if top.is_some() {
+                    return Err(ApiError::bad_field(
+                        D,
+                        "top_logprobs",
+                        "top_logprobs is a chat completions field; completions take logprobs: N",
+                    ));
+                }
+                match &self.logprobs {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| *n <= 5)
+                        .map(|n| Some(n as usize))
+                        .ok_or_else(|| {
+                            ApiError::bad_field(
+                                D,
+                                "logprobs",
+                                "logprobs must be an integer 0..=5 (the alternatives to list per token)",
+                            )
+                        }),
+                }
+            }
+        }
+    }
+
     fn params(
         self,
         ctx: &ServerCtx,
         default_max: Option<usize>,
+        endpoint: Endpoint,
     ) -> Result<(crate::engine::GenParams, Budget), ApiError> {
         if let Some(n) = self.n {
             if n != 1 {
@@ -310,23 +378,7 @@ impl Sampling {
                 }
             }
         }
-        match &self.logprobs {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(_) => {
-                return Err(ApiError::bad_field(
-                    D,
-                    "logprobs",
-                    "logprobs is not supported; send false or leave it out",
-                ))
-            }
-        }
-        if self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_field(
-                D,
-                "top_logprobs",
-                "top_logprobs is not supported; leave it out",
-            ));
-        }
+        let logprobs = self.logprobs_wanted(endpoint)?;
         if self
             .logit_bias
             .as_ref()
@@ -353,14 +405,48 @@ impl Sampling {
         } else {
             Fit::CapToRoom
         };
-        let p = build_params(
+        let mut p = build_params(
             &ctx.options().defaults,
             self.common.input(max_tokens, None),
             &[("max_tokens", max_name)],
             D,
         )?;
+        p.logprobs = logprobs.map(|n| n.min(MAX_TOP_LOGPROBS) as u8);
         Ok((p, Budget { num_ctx: None, fit }))
     }
+}
+
+/// Which endpoint a [`Sampling`] belongs to (they read `logprobs` differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// One token in chat's `logprobs.content` shape.
+fn chat_logprob(lp: &TokenLogprob) -> Value {
+    let entry = |text: &str, logprob: f32| json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()});
+    let mut v = entry(&lp.text, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|t| entry(&t.text, t.logprob)).collect();
+    v
+}
+
+/// Tokens in the completions endpoint's `logprobs` shape (parallel arrays).
+fn completion_logprobs(lps: &[TokenLogprob], start_offset: usize) -> Value {
+    let mut offset = start_offset;
+    let mut offsets = Vec::with_capacity(lps.len());
+    for lp in lps {
+        offsets.push(offset);
+        offset += lp.text.len();
+    }
+    json!({
+        "tokens": lps.iter().map(|l| l.text.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|l| {
+            l.top.iter().map(|t| (t.text.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
 }
 
 fn bad_message(i: usize, what: impl std::fmt::Display) -> ApiError {
@@ -463,17 +549,14 @@ fn to_tools(specs: Option<Vec<ToolSpec>>) -> Result<Vec<core::Tool>, ApiError> {
                 return Err(ApiError::bad_field(
                     D,
                     "tools",
-                    format!("tools[{i}].type `{}` is not supported; allowed: function", t.kind),
-                ));
-            }
-            if t.function.strict == Some(true) {
-                return Err(ApiError::bad_field(
-                    D,
-                    "tools",
-                    format!("tools[{i}].function.strict = true needs constrained decoding, which this server does not do yet; leave strict out"),
+                    format!(
+                        "tools[{i}].type `{}` is not supported; allowed: function",
+                        t.kind
+                    ),
                 ));
             }
             Ok(core::Tool {
+                strict: t.function.strict == Some(true),
                 name: t.function.name,
                 description: t.function.description,
                 parameters: t
@@ -515,18 +598,20 @@ fn to_tool_choice(v: Option<Value>) -> Result<ToolChoice, ApiError> {
     }
 }
 
-fn check_response_format(v: &Option<Value>) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
-        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
-        Some(f) => Err(ApiError::bad_field(
+/// `response_format` and `grammar` as the one constraint of the answer.
+fn output_constraint(
+    response_format: Option<Value>,
+    grammar: Option<String>,
+) -> Result<Option<Constraint>, ApiError> {
+    let format = super::structured::openai_response_format(D, response_format, "response_format")?;
+    let grammar = super::structured::grammar(D, grammar)?;
+    match (format, grammar) {
+        (Some(_), Some(_)) => Err(ApiError::bad_field(
             D,
-            "response_format",
-            format!(
-                "response_format type `{}` is not supported yet: it needs constrained decoding; allowed: text",
-                f.get("type").and_then(Value::as_str).unwrap_or("?")
-            ),
+            "grammar",
+            "grammar and response_format both shape the answer; send one of them",
         )),
+        (f, g) => Ok(f.or(g)),
     }
 }
 
@@ -608,14 +693,16 @@ pub async fn chat_completions(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let messages = to_messages(req.messages)?;
-    check_response_format(&req.response_format)?;
-    let (params, budget) = req.sampling.params(&ctx, None)?;
+    let constraint = output_constraint(req.response_format, req.grammar)?;
+    let (params, budget) = req.sampling.params(&ctx, None, Endpoint::Chat)?;
+    let want_logprobs = params.logprobs.is_some();
     let mut turn = core::GenRequest::new(core::Input::Chat(messages), params, budget);
     turn.tools = to_tools(req.tools)?;
     turn.tool_choice = to_tool_choice(req.tool_choice)?;
     turn.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
     turn.reasoning.split = true;
     turn.reasoning.effort = req.reasoning_effort;
+    turn.constraint = constraint;
     turn.check_tools(D, "tool_choice")?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     let out = core::run(&ctx, D, &model, turn).await?;
@@ -646,7 +733,11 @@ pub async fn chat_completions(
             "choices": [{
                 "index": 0,
                 "message": message,
-                "logprobs": null,
+                "logprobs": if want_logprobs {
+                    json!({"content": done.logprobs.iter().map(chat_logprob).collect::<Vec<_>>()})
+                } else {
+                    Value::Null
+                },
                 "finish_reason": done.finish.as_openai(),
             }],
             "usage": stats_usage(&done.stats),
@@ -668,6 +759,11 @@ pub async fn chat_completions(
     let body = out.into_body(Some(head), move |event| match event {
         Event::Text(t) => sse(&chunk(json!({ "content": t }), None)),
         Event::Reasoning(t) => sse(&chunk(json!({ "reasoning_content": t }), None)),
+        Event::Logprob(lp) => {
+            let mut c = chunk(json!({}), None);
+            c["choices"][0]["logprobs"] = json!({ "content": [chat_logprob(&lp)] });
+            sse(&c)
+        }
         Event::ToolCall { index, call } => sse(&chunk(
             json!({ "tool_calls": [call_json(Some(index), &call)] }),
             None,
@@ -699,9 +795,11 @@ pub async fn completions(
         }
     };
     // OpenAI's documented default for this endpoint.
-    let (params, budget) = req.sampling.params(&ctx, Some(16))?;
+    let (params, budget) = req.sampling.params(&ctx, Some(16), Endpoint::Completion)?;
+    let want_logprobs = params.logprobs.is_some();
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
-    let turn = core::GenRequest::new(core::Input::Raw(prompt), params, budget);
+    let mut turn = core::GenRequest::new(core::Input::Raw(prompt), params, budget);
+    turn.constraint = super::structured::grammar(D, req.grammar)?;
     let out = core::run(&ctx, D, &model, turn).await?;
     let id = format!("cmpl-{:016x}", rand::random::<u64>());
     let created = unix_now();
@@ -717,7 +815,11 @@ pub async fn completions(
             "choices": [{
                 "text": done.text,
                 "index": 0,
-                "logprobs": null,
+                "logprobs": if want_logprobs {
+                    completion_logprobs(&done.logprobs, 0)
+                } else {
+                    Value::Null
+                },
                 "finish_reason": done.finish.as_openai(),
             }],
             "usage": stats_usage(&done.stats),
@@ -735,8 +837,15 @@ pub async fn completions(
             "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }],
         })
     };
+    let mut offset = 0;
     let body = out.into_body(None, move |event| match event {
         Event::Text(t) | Event::Reasoning(t) => sse(&chunk(json!(t), None)),
+        Event::Logprob(lp) => {
+            let mut c = chunk(json!(""), None);
+            c["choices"][0]["logprobs"] = completion_logprobs(std::slice::from_ref(&lp), offset);
+            offset += lp.text.len();
+            sse(&c)
+        }
         Event::ToolCall { .. } => Bytes::new(),
         Event::Done { stats, finish } => {
             stream_end(&chunk, json!(""), &stats, finish.as_openai(), include_usage)

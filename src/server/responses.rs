@@ -199,16 +199,11 @@ fn to_tools(tools: Option<Vec<Value>>) -> Result<Vec<core::Tool>, ApiError> {
                 format!("tools[{i}]: only function tools are supported (built-in tools such as web search are not)"),
             ));
         }
-        if t.get("strict").and_then(Value::as_bool) == Some(true) {
-            return Err(bad(
-                "tools",
-                format!("tools[{i}].strict = true needs constrained decoding, which this server does not do yet; send strict: false"),
-            ));
-        }
         let Some(name) = t.get("name").and_then(Value::as_str) else {
             return Err(bad("tools", format!("tools[{i}] needs a name")));
         };
         out.push(core::Tool {
+            strict: t.get("strict").and_then(Value::as_bool) == Some(true),
             name: name.to_string(),
             description: t
                 .get("description")
@@ -278,7 +273,7 @@ fn response_object(
         "store": false,
         "previous_response_id": null,
         "reasoning": {"effort": null, "summary": null},
-        "text": {"format": {"type": "text"}},
+        "text": req.text,
         "truncation": "disabled",
         "metadata": {},
     })
@@ -293,6 +288,8 @@ struct Echo {
     temperature: Option<f32>,
     top_p: Option<f32>,
     max_output_tokens: Option<u64>,
+    /// The requested output format (`{"format": {"type": "text"}}` when none was).
+    text: Value,
 }
 
 fn usage(stats: &crate::engine::GenStats) -> Value {
@@ -352,17 +349,7 @@ pub async fn create(
             r.get("effort").and_then(Value::as_str).map(str::to_string)
         }
     };
-    if let Some(t) = &req.text {
-        let plain = t
-            .get("format")
-            .is_none_or(|f| f.get("type").and_then(Value::as_str) == Some("text"));
-        if !plain
-            || t.as_object()
-                .is_some_and(|o| o.keys().any(|k| k != "format"))
-        {
-            return Err(bad("text", "text.format other than `text` needs constrained decoding, which this server does not do yet"));
-        }
-    }
+    let constraint = super::structured::responses_text(D, req.text.clone())?;
     if let Some(u) = &req.user {
         tracing::debug!(user = %u, "request from end user");
     }
@@ -371,6 +358,11 @@ pub async fn create(
         tools: Value::Array(req.tools.clone().unwrap_or_default()),
         tool_choice: req.tool_choice.clone().unwrap_or_else(|| json!("auto")),
         parallel: req.parallel_tool_calls.unwrap_or(true),
+        text: req
+            .text
+            .clone()
+            .filter(|t| t.get("format").is_some_and(|f| !f.is_null()))
+            .unwrap_or_else(|| json!({"format": {"type": "text"}})),
         temperature: req.temperature,
         top_p: req.top_p,
         max_output_tokens: req.max_output_tokens,
@@ -405,6 +397,7 @@ pub async fn create(
     turn.parallel_tool_calls = echo.parallel;
     turn.reasoning.split = true;
     turn.reasoning.effort = effort;
+    turn.constraint = constraint;
     turn.check_tools(D, "tool_choice")?;
     let model = ctx.resolve_model(req.model.as_deref(), D)?;
     let out = core::run(&ctx, D, &model, turn).await?;
@@ -586,6 +579,7 @@ impl StreamEncoder {
         match e {
             Event::Text(t) => self.delta(&mut out, false, &t),
             Event::Reasoning(t) => self.delta(&mut out, true, &t),
+            Event::Logprob(_) => {}
             Event::ToolCall { call, .. } => {
                 self.close(&mut out);
                 let index = self.output.len();

@@ -362,6 +362,7 @@ mod tests {
             name: "SmolLM2-135M".into(),
             backend: Backend::Local("/m/smol.gguf".into()),
             context_length: 2048,
+            keeps_thinking: false,
         });
         let mut c = Conversation::new();
         c.push_user("What is the capital of France?");
@@ -392,6 +393,8 @@ mod tests {
             dropped: 0,
             ttft_ms: Some(90.0),
             elapsed_ms: 590.0,
+            answer_at: Some(0),
+            streamed_to: partial.len(),
         });
         s.chat.context.used = 621;
         s.chat.input.insert_str("Thanks! And /");

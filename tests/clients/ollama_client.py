@@ -4,8 +4,10 @@ Usage: python ollama_client.py BASE_URL CHAT_MODEL EMBED_MODEL
 Exits non-zero with a message on the first check that fails.
 """
 
+import json
 import sys
 
+import jsonschema
 from ollama import Client, ResponseError
 
 QUESTION = [
@@ -49,6 +51,21 @@ def main():
 
     g = c.generate(model=chat_model, prompt="What is the capital of France?", options=OPTIONS)
     check("Paris" in g.response, f"generate mentions Paris: {g.response!r}")
+
+    # `format`: a JSON Schema constrains the answer, so it always parses and validates.
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string", "maxLength": 20}, "is_big": {"type": "boolean"}},
+        "required": ["capital", "is_big"],
+        "additionalProperties": False,
+    }
+    for opts in (OPTIONS, {"temperature": 0.8, "seed": 5, "num_predict": 40}):
+        f = c.chat(model=chat_model, messages=QUESTION, options=opts, format=schema)
+        value = json.loads(f.message.content)
+        jsonschema.validate(value, schema)
+        check(f.done_reason == "stop", f"format schema answer validates: {value}")
+    j = c.generate(model=chat_model, prompt="Name a color as JSON.", options={"num_predict": 40, "temperature": 0}, format="json")
+    check(j.response.startswith("{"), f"format json: {j.response!r}")
 
     e = c.embed(model=embed_model, input=["first text", "second text"])
     check(len(e.embeddings) == 2 and len(e.embeddings[0]) == 384, f"embed: {len(e.embeddings)} vectors")

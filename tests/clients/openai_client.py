@@ -4,9 +4,11 @@ Usage: python openai_client.py BASE_URL CHAT_MODEL EMBED_MODEL
 Exits non-zero with a message on the first check that fails.
 """
 
+import json
 import math
 import sys
 
+import jsonschema
 import openai
 from openai import OpenAI
 
@@ -65,6 +67,58 @@ def main():
     check(len(parts) > 1, f"streamed in several chunks: {len(parts)}")
     check(finish in ("stop", "length"), f"streamed finish_reason: {finish}")
     check(usage is not None and usage.completion_tokens >= 1, f"streamed usage: {usage}")
+
+    # Structured output: the answer is constrained to the schema, so it always parses and
+    # validates (the schema's strings are bounded, so it always closes within max_tokens).
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "country": {"enum": ["France", "Italy", "Spain"]},
+            "population_millions": {"type": "integer", "minimum": 0, "maximum": 40},
+        },
+        "required": ["city", "country", "population_millions"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "capital", "schema": schema, "strict": True}}
+    for temperature in (0, 0.8):
+        r = client.chat.completions.create(
+            model=chat_model, messages=QUESTION, temperature=temperature, max_tokens=60, seed=3,
+            response_format=fmt,
+        )
+        value = json.loads(r.choices[0].message.content)
+        jsonschema.validate(value, schema)
+        check(r.choices[0].finish_reason == "stop", f"json_schema answer validates at t={temperature}: {value}")
+    parts = []
+    for chunk in client.chat.completions.create(
+        model=chat_model, messages=QUESTION, temperature=0, max_tokens=60, response_format=fmt, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+    jsonschema.validate(json.loads("".join(parts)), schema)
+    check(len(parts) > 1, f"streamed json_schema answer validates: {''.join(parts)}")
+    # The SDK's own structured-output helper parses the answer into the schema.
+    parsed = client.chat.completions.parse(
+        model=chat_model, messages=QUESTION, temperature=0, max_tokens=60, response_format=fmt
+    )
+    check(json.loads(parsed.choices[0].message.content)["country"] in ("France", "Italy", "Spain"), "parse() helper")
+    mode = client.chat.completions.create(
+        model=chat_model, messages=QUESTION + [{"role": "user", "content": "Answer in JSON."}], temperature=0,
+        max_tokens=60, response_format={"type": "json_object"},
+    )
+    check(mode.choices[0].message.content.startswith("{"), f"json_object mode: {mode.choices[0].message.content!r}")
+    yes_no = client.chat.completions.create(
+        model=chat_model, messages=[{"role": "user", "content": "Is Paris in France?"}], temperature=0,
+        max_tokens=5, extra_body={"grammar": 'start: "yes" | "no"'},
+    )
+    check(yes_no.choices[0].message.content in ("yes", "no"), f"grammar: {yes_no.choices[0].message.content!r}")
+    try:
+        client.chat.completions.create(
+            model=chat_model, messages=QUESTION, max_tokens=5, extra_body={"grammar": "start: nowhere"}
+        )
+        check(False, "a grammar that does not compile should fail")
+    except openai.BadRequestError as err:
+        check(err.status_code == 400 and "grammar" in str(err), f"bad grammar is a 400 naming it: {err}")
 
     c = client.completions.create(
         model=chat_model, prompt="The capital of France is", max_tokens=8, temperature=0

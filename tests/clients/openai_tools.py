@@ -8,6 +8,7 @@ a message on the first check that fails.
 import json
 import sys
 
+import jsonschema
 import openai
 from openai import OpenAI
 
@@ -54,6 +55,24 @@ def main():
     )
     the_call(forced.choices[0].message)
     check(forced.choices[0].finish_reason == "tool_calls", f"forced finish_reason: {forced.choices[0].finish_reason}")
+
+    # Forced calls are constrained from the first token: whatever is asked, with any sampling,
+    # the answer is one call of an offered tool whose arguments match its schema.
+    strict = {**WEATHER, "function": {**WEATHER["function"], "strict": True}}
+    schema = WEATHER["function"]["parameters"]
+    for i, (prompt, temperature) in enumerate([
+        ("Tell me a joke about cats.", 0),
+        ("What is 2 + 2?", 1.0),
+        ("Weather in Oslo and in Rome, please.", 0.7),
+    ]):
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], temperature=temperature, seed=i,
+            max_tokens=60, tools=[strict], tool_choice="required",
+        )
+        calls = r.choices[0].message.tool_calls or []
+        check(len(calls) == 1 and calls[0].function.name == "get_weather", f"required call for {prompt!r}: {r.choices[0].message}")
+        jsonschema.validate(json.loads(calls[0].function.arguments), schema)
+        check(r.choices[0].finish_reason == "tool_calls", f"required call arguments validate: {calls[0].function.arguments}")
 
     auto = client.chat.completions.create(messages=ASK, **common)
     call = the_call(auto.choices[0].message)
@@ -110,8 +129,8 @@ def main():
 
     for bad, field in [
         (dict(tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
-        (dict(response_format={"type": "json_object"}), "response_format"),
-        (dict(logprobs=True), "logprobs"),
+        (dict(response_format={"type": "xml"}), "response_format"),
+        (dict(logprobs=True, top_logprobs=50), "top_logprobs"),
         (dict(extra_body={"mirostat": 2}), "mirostat"),
     ]:
         try:

@@ -10,6 +10,7 @@
 pub mod layout;
 pub mod params;
 pub mod slash;
+pub mod thinking;
 pub mod transcript;
 
 use std::cell::RefCell;
@@ -47,6 +48,9 @@ pub struct ChatModel {
     pub backend: Backend,
     /// Tokens of context the model holds; 0 when the backend does not say.
     pub context_length: usize,
+    /// The model's chat template handles earlier thinking itself, so answers go back to it as
+    /// written; otherwise their thinking is left out of later turns.
+    pub keeps_thinking: bool,
 }
 
 /// A generation in flight.
@@ -59,6 +63,10 @@ pub struct Running {
     pub dropped: usize,
     pub ttft_ms: Option<f64>,
     pub elapsed_ms: f64,
+    /// Where the answer (after any thinking) starts in the message, once known, and how much
+    /// of it the markdown stream has been given.
+    pub answer_at: Option<usize>,
+    pub streamed_to: usize,
 }
 
 impl Running {
@@ -407,6 +415,7 @@ pub fn command(state: &mut State, cmd: Command) -> Vec<ChatEffect> {
         C::ChatEdit => start_edit(state),
         C::ChatCopy => copy_message(state),
         C::ChatCopyCode => copy_code(state, None),
+        C::ChatToggleThinking => toggle_thinking(state),
         C::ChatSelectPrev => select(state, -1),
         C::ChatSelectNext => select(state, 1),
         C::ChatPagePrev => page(state, Page::Prev),
@@ -812,7 +821,10 @@ fn start_generation(state: &mut State, model: ChatModel) -> Vec<ChatEffect> {
                 ConvRole::User => crate::engine::Role::User,
                 ConvRole::Assistant => crate::engine::Role::Assistant,
             },
-            content: t.content,
+            content: match t.role {
+                ConvRole::Assistant => thinking::for_history(&t.content, model.keeps_thinking),
+                _ => t.content,
+            },
         })
         .collect();
     chat.seq += 1;
@@ -825,6 +837,8 @@ fn start_generation(state: &mut State, model: ChatModel) -> Vec<ChatEffect> {
         dropped: 0,
         ttft_ms: None,
         elapsed_ms: 0.0,
+        answer_at: None,
+        streamed_to: 0,
     });
     chat.stream = Some(MarkdownStream::new(styles));
     chat.view.borrow_mut().start_stream();
@@ -916,6 +930,24 @@ fn start_edit(state: &mut State) -> Vec<ChatEffect> {
         false,
         "Editing: Enter resends (the old branch is kept), Esc cancels",
     );
+    vec![]
+}
+
+/// Unfolds (or folds again) the thinking of the selected message, else of the last answer
+/// that has any.
+fn toggle_thinking(state: &mut State) -> Vec<ChatEffect> {
+    let chat = &mut state.chat;
+    let has = |m: &crate::conversations::Message| thinking::split(&m.content).thinking.is_some();
+    let target = match chat.selected {
+        Some(i) => chat.conv.messages.get(i).filter(|m| has(m)),
+        None => chat.conv.messages.iter().rev().find(|m| has(m)),
+    };
+    let Some(id) = target.map(|m| m.id.clone()) else {
+        notice(state, false, "No thinking to unfold in this answer");
+        return vec![];
+    };
+    state.chat.view.borrow_mut().toggle_thinking(&id);
+    state.dirty = true;
     vec![]
 }
 
@@ -1297,20 +1329,16 @@ fn on_gen(state: &mut State, seq: u64, elapsed_ms: f64, event: GenEvent) -> Vec<
                 }
                 chat.context.used = r.prompt_tokens + r.tokens;
             }
-            let _ = chat.conv.append_token(&text);
             // A scrolled-up view stays where it is while the answer grows below it.
-            let before = (chat.scroll > 0)
-                .then(|| {
-                    chat.stream
-                        .as_ref()
-                        .map(|s| chat.view.borrow_mut().stream_height(s, w))
-                })
-                .flatten();
-            if let Some(s) = chat.stream.as_mut() {
-                s.push(&text);
-            }
-            if let (Some(b), Some(s)) = (before, chat.stream.as_ref()) {
-                let after = chat.view.borrow_mut().stream_height(s, w);
+            let height = |chat: &ChatState| match (chat.conv.messages.last(), chat.stream.as_ref())
+            {
+                (Some(m), Some(s)) => Some(chat.view.borrow_mut().streaming_height(m, s, w)),
+                _ => None,
+            };
+            let before = (chat.scroll > 0).then(|| height(chat)).flatten();
+            let _ = chat.conv.append_token(&text);
+            feed_answer(chat);
+            if let (Some(b), Some(after)) = (before, height(chat)) {
                 chat.scroll += after.saturating_sub(b);
             }
             state.dirty = true;
@@ -1319,6 +1347,34 @@ fn on_gen(state: &mut State, seq: u64, elapsed_ms: f64, event: GenEvent) -> Vec<
         GenEvent::Done(stats) => finish(state, stats),
         GenEvent::Failed(e) => gen_failed(state, e.to_string()),
     }
+}
+
+/// Gives the markdown stream the answer part of the message being generated; thinking is
+/// drawn from the message itself. When a late `</think>` shows that what streamed so far was
+/// thinking, the stream starts over from the real answer.
+fn feed_answer(chat: &mut ChatState) {
+    let (Some(m), Some(run), Some(stream)) = (
+        chat.conv.messages.last(),
+        chat.running.as_mut(),
+        chat.stream.as_mut(),
+    ) else {
+        return;
+    };
+    let parts = thinking::split(&m.content);
+    if parts.answer.is_empty() {
+        return;
+    }
+    let at = m.content.len() - parts.answer.len();
+    if run.answer_at != Some(at) {
+        if run.answer_at.is_some() {
+            *stream = MarkdownStream::new(stream.styles().clone());
+            chat.view.borrow_mut().start_stream();
+        }
+        run.answer_at = Some(at);
+        run.streamed_to = at;
+    }
+    stream.push(&m.content[run.streamed_to..]);
+    run.streamed_to = m.content.len();
 }
 
 fn gen_failed(state: &mut State, error: String) -> Vec<ChatEffect> {

@@ -27,6 +27,7 @@ fn local_model() -> ChatModel {
         name: "fake".into(),
         backend: Backend::Local("fake/chat.gguf".into()),
         context_length: 100,
+        keeps_thinking: false,
     }
 }
 
@@ -54,6 +55,7 @@ fn tok(seq: u64, ms: f64, t: &str) -> Msg {
         GenEvent::Token {
             id: 1,
             text: t.into(),
+            logprob: None,
         },
     )
 }
@@ -471,6 +473,7 @@ fn model_loaded_applies_its_preset_and_stale_loads_are_ignored() {
         name: "smol".into(),
         backend: Backend::Local("/m/smol.gguf".into()),
         context_length: 2048,
+        keeps_thinking: false,
     };
     update(
         &mut s,
@@ -743,6 +746,7 @@ async fn a_context_budget_drops_the_oldest_turns_or_refuses() {
         name: "fake".into(),
         backend: Backend::Local("fake/chat.gguf".into()),
         context_length: 2048,
+        keeps_thinking: false,
     });
     s.params.set(params::Field::MaxTokens, "20").unwrap();
     s.params.set(params::Field::Context, "128").unwrap();
@@ -781,4 +785,78 @@ async fn a_context_budget_drops_the_oldest_turns_or_refuses() {
         n.text
     );
     assert!(s.chat.conv.messages.last().unwrap().interrupted);
+}
+
+#[test]
+fn thinking_streams_folded_unfolds_on_its_key_and_stays_out_of_later_turns() {
+    let mut s = chat_state();
+    typ(&mut s, "why?");
+    let fx = update(&mut s, key(KeyCode::Enter));
+    let seq = generate_seq(&fx).unwrap();
+    for t in [
+        "<th",
+        "ink>\nweigh the",
+        " options\n</think>",
+        "\n\nBecause",
+        " it is.",
+    ] {
+        update(&mut s, tok(seq, 60.0, t));
+    }
+    // Only the answer reaches the markdown stream; the thinking is drawn folded above it.
+    let streamed: String = s
+        .chat
+        .stream
+        .as_ref()
+        .unwrap()
+        .tail_lines()
+        .iter()
+        .flat_map(|l| l.spans.iter().map(|sp| sp.content.to_string()))
+        .collect();
+    assert_eq!(streamed.trim(), "Because it is.");
+    update(
+        &mut s,
+        gen(seq, 90.0, GenEvent::Done(stats(5, FinishReason::Stop))),
+    );
+    let answer = s.chat.conv.messages.last().unwrap().clone();
+    assert!(answer.content.starts_with("<think>"), "stored as written");
+    assert!(!s.chat.view.borrow().is_unfolded(&answer.id));
+    update(&mut s, key(KeyCode::Esc));
+    update(&mut s, ch('z'));
+    assert!(s.chat.view.borrow().is_unfolded(&answer.id));
+    update(&mut s, ch('z'));
+    assert!(!s.chat.view.borrow().is_unfolded(&answer.id));
+    // The next request carries the answer without its thinking.
+    update(&mut s, ch('i'));
+    typ(&mut s, "and?");
+    let fx = update(&mut s, key(KeyCode::Enter));
+    let sent = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Chat(ChatEffect::Generate { messages, .. }) => Some(messages.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(sent[1].content, "Because it is.");
+}
+
+#[test]
+fn a_late_closer_turns_what_streamed_into_thinking() {
+    let mut s = chat_state();
+    typ(&mut s, "q");
+    let fx = update(&mut s, key(KeyCode::Enter));
+    let seq = generate_seq(&fx).unwrap();
+    // The template opened the block, so the output starts inside it with no `<think>`.
+    for t in ["let me see", "</think>\n\n", "Yes."] {
+        update(&mut s, tok(seq, 60.0, t));
+    }
+    let streamed: String = s
+        .chat
+        .stream
+        .as_ref()
+        .unwrap()
+        .tail_lines()
+        .iter()
+        .flat_map(|l| l.spans.iter().map(|sp| sp.content.to_string()))
+        .collect();
+    assert_eq!(streamed.trim(), "Yes.");
 }

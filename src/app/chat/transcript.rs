@@ -6,8 +6,11 @@
 //! Everything is lazy: a frame touches the messages it shows, so a 2,000-message history costs
 //! what its last screenful costs.
 
+use std::collections::HashSet;
+
 use ratatui::text::Line;
 
+use super::thinking;
 use crate::conversations::Message;
 use crate::markdown::{render, wrap_lines, MarkdownStream, MarkdownStyles, WrapCache};
 
@@ -21,7 +24,11 @@ struct Key {
     id: String,
     len: usize,
     alt: usize,
+    unfolded: bool,
 }
+
+/// The key that folds and unfolds thinking, as the folded line names it.
+pub const THINKING_KEY: &str = "z";
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -46,6 +53,8 @@ pub struct Transcript {
     styles: Option<MarkdownStyles>,
     entries: Vec<Option<Entry>>,
     stream_wrap: WrapCache,
+    /// Messages (by id) whose thinking is shown in full; all others show one folded line.
+    unfolded: HashSet<String>,
 }
 
 impl Transcript {
@@ -62,6 +71,37 @@ impl Transcript {
     pub fn reset(&mut self) {
         self.entries.clear();
         self.stream_wrap.invalidate();
+        self.unfolded.clear();
+    }
+
+    /// Folds or unfolds the thinking of message `id`; returns whether it is now unfolded.
+    pub fn toggle_thinking(&mut self, id: &str) -> bool {
+        if self.unfolded.remove(id) {
+            false
+        } else {
+            self.unfolded.insert(id.to_string());
+            true
+        }
+    }
+
+    pub fn is_unfolded(&self, id: &str) -> bool {
+        self.unfolded.contains(id)
+    }
+
+    /// The thinking lines of `m` (folded or not), unwrapped; empty when it has none.
+    fn thinking_lines(&self, m: &Message) -> Vec<Line<'static>> {
+        let parts = thinking::split(&m.content);
+        let Some(text) = parts.thinking else {
+            return Vec::new();
+        };
+        let muted = self.styles.clone().unwrap_or_default().muted;
+        thinking::lines(
+            text,
+            parts.closed,
+            self.is_unfolded(&m.id),
+            muted,
+            THINKING_KEY,
+        )
     }
 
     fn body(&mut self, i: usize, m: &Message, width: u16) -> &[Line<'static>] {
@@ -72,13 +112,16 @@ impl Transcript {
             id: m.id.clone(),
             len: m.content.len(),
             alt: m.active_alt,
+            unfolded: self.is_unfolded(&m.id),
         };
         let stale = self.entries[i].as_ref().is_none_or(|e| e.key != key);
         if stale {
             let styles = self.styles.clone().unwrap_or_default();
+            let mut lines = self.thinking_lines(m);
+            lines.extend(render(thinking::split(&m.content).answer, &styles));
             self.entries[i] = Some(Entry {
                 key,
-                lines: render(&m.content, &styles),
+                lines,
                 wrap: WrapCache::new(),
             });
         }
@@ -100,6 +143,11 @@ impl Transcript {
         committed + wrap_lines(&stream.tail_lines(), width).len()
     }
 
+    /// Rows the message being streamed occupies: its thinking, then the answer's stream.
+    pub fn streaming_height(&mut self, m: &Message, stream: &MarkdownStream, width: u16) -> usize {
+        wrap_lines(&self.thinking_lines(m), width).len() + self.stream_height(stream, width)
+    }
+
     /// Called when a new stream starts, so its committed rows are not mixed with the last one.
     pub fn start_stream(&mut self) {
         self.stream_wrap.invalidate();
@@ -114,7 +162,11 @@ impl Transcript {
         width: u16,
     ) -> Vec<Row> {
         let body: Vec<Line<'static>> = match stream {
-            Some(s) => self.stream_rows(s, width),
+            Some(s) => {
+                let mut rows = wrap_lines(&self.thinking_lines(m), width);
+                rows.extend(self.stream_rows(s, width));
+                rows
+            }
             None => self.body(i, m, width).to_vec(),
         };
         let mut rows = Vec::with_capacity(body.len() + 2);
@@ -132,7 +184,7 @@ impl Transcript {
         width: u16,
     ) -> usize {
         let body = match stream {
-            Some(s) => self.stream_height(s, width),
+            Some(s) => self.streaming_height(m, s, width),
             None => self.body(i, m, width).len(),
         };
         body + 2
@@ -287,6 +339,37 @@ mod tests {
         assert_eq!(from_top, t.window(&m, None, 40, 7, 0).0);
         let (past, end) = t.window_from_top(&m, None, 40, 7, 48);
         assert!(end && past.len() == 2);
+    }
+
+    #[test]
+    fn thinking_is_one_folded_line_until_unfolded() {
+        let mut m = msgs(2);
+        m[1].content = "<think>\nstep one\nstep two\nstep three\n</think>\n\nThe answer.".into();
+        let mut t = Transcript::default();
+        t.sync_styles(&MarkdownStyles::dark());
+        let text = |rows: &[Row]| -> Vec<String> {
+            rows.iter()
+                .filter_map(|r| match r {
+                    Row::Body(1, l) => {
+                        Some(l.spans.iter().map(|s| s.content.to_string()).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let folded = text(&t.window(&m, None, 60, 100, 0).0);
+        assert!(folded[0].starts_with("▸ Thought (6 words)"), "{folded:?}");
+        assert!(!folded.iter().any(|l| l.contains("step two")), "{folded:?}");
+        assert!(
+            folded.iter().any(|l| l.contains("The answer.")),
+            "{folded:?}"
+        );
+        assert!(t.toggle_thinking(&m[1].id));
+        let open = text(&t.window(&m, None, 60, 100, 0).0);
+        assert!(open[0].starts_with("▾ Thought"), "{open:?}");
+        assert!(open.iter().any(|l| l.contains("step two")), "{open:?}");
+        assert!(!t.toggle_thinking(&m[1].id));
+        assert_eq!(text(&t.window(&m, None, 60, 100, 0).0), folded);
     }
 
     #[test]

@@ -354,6 +354,7 @@ impl ChatRunner {
                 name: s.display_name(),
                 backend: Backend::Remote(s),
                 context_length: 0,
+                keeps_thinking: false,
             }));
             return;
         }
@@ -372,6 +373,10 @@ impl ChatRunner {
                     name,
                     backend: Backend::Local(path),
                     context_length: info.context_length,
+                    keeps_thinking: info
+                        .chat_template
+                        .as_deref()
+                        .is_some_and(crate::app::chat::thinking::template_keeps_thinking),
                 }),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(crate::engine::EngineError::EngineStopped.to_string()),

@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 pub use parse::{Piece, ToolParser};
 
+use crate::engine::{constraint, Constraint};
+
 /// A call the model made (or made in an earlier turn).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -31,6 +33,9 @@ pub struct Tool {
     pub description: Option<String>,
     /// JSON Schema of the arguments object.
     pub parameters: Value,
+    /// The client asked for arguments that always match `parameters` (they are then
+    /// constrained to it even when the model calls on its own).
+    pub strict: bool,
 }
 
 /// Whether and which tool the model must call.
@@ -92,6 +97,107 @@ impl ToolFormat {
         })
     }
 }
+
+impl ToolFormat {
+    /// What comes before a call's JSON, and what after it.
+    fn call_shape(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ToolFormat::Hermes => ("<tool_call>\n", "arguments", ""),
+            ToolFormat::Llama3 => ("", "parameters", ""),
+            ToolFormat::Mistral => ("[TOOL_CALLS][", "arguments", "]"),
+        }
+    }
+
+    /// The text that, once written, starts a call in `auto` mode; `None` where a call is only
+    /// recognised by its place (Llama 3's answer-is-the-call).
+    fn trigger(self) -> Option<&'static str> {
+        match self {
+            ToolFormat::Hermes => Some(HERMES_OPEN_MARKER),
+            ToolFormat::Mistral => Some("[TOOL_CALLS]"),
+            ToolFormat::Llama3 => None,
+        }
+    }
+
+    /// The constraint that makes calls well formed: the called name is an offered tool and the
+    /// arguments a JSON object (matching the tool's schema when it is strict, or when the call
+    /// is forced). Forced (`required`, a named function): the answer is one call, constrained
+    /// from the first token after [`forced_prefix`](Self::forced_prefix). `auto`: lazy, from
+    /// each opening marker the model writes. `None` when there is nothing to constrain.
+    pub fn call_constraint(
+        self,
+        tools: &[Tool],
+        choice: &ToolChoice,
+        field: &str,
+    ) -> Option<Constraint> {
+        let (open, args_key, close) = self.call_shape();
+        let (offered, forced): (Vec<&Tool>, bool) = match choice {
+            ToolChoice::None => return None,
+            ToolChoice::Auto => (tools.iter().collect(), false),
+            ToolChoice::Required => (tools.iter().collect(), true),
+            ToolChoice::Named(n) => (tools.iter().filter(|t| &t.name == n).collect(), true),
+        };
+        if offered.is_empty() {
+            return None;
+        }
+        let written = match (forced, self.trigger()) {
+            (true, _) => self.forced_prefix(choice)?,
+            (false, Some(t)) => t.to_string(),
+            (false, None) => return None,
+        };
+        let mut rules = Vec::new();
+        let mut alts = Vec::new();
+        for (i, t) in offered.iter().enumerate() {
+            let head = format!(
+                "{open}{{\"name\": {}, \"{args_key}\": ",
+                serde_json::Value::from(t.name.as_str())
+            );
+            let Some(mut rest) = head.strip_prefix(&written) else {
+                continue;
+            };
+            if !forced && self == ToolFormat::Hermes {
+                rest = rest.trim_start_matches('\n');
+            }
+            let schema = if forced || t.strict {
+                t.parameters.clone()
+            } else {
+                json!({"type": "object"})
+            };
+            let args = constraint::compact(schema);
+            let lit = |s: &str| serde_json::Value::from(s).to_string();
+            let mut body = Vec::new();
+            if !rest.is_empty() {
+                body.push(lit(rest));
+            }
+            body.push(format!("args{i}"));
+            body.push(lit(&format!("}}{close}")));
+            rules.push(format!("call{i}: {}", body.join(" ")));
+            rules.push(format!("args{i}: %json {args}"));
+            alts.push(format!("call{i}"));
+        }
+        if alts.is_empty() {
+            return None;
+        }
+        // Models taught the fallback prompt write `<tool_call>{` with no newline.
+        let lead = if !forced && self == ToolFormat::Hermes {
+            "\"\\n\"? "
+        } else {
+            ""
+        };
+        let lark = format!(
+            "start: {lead}({})\n{}\n",
+            alts.join(" | "),
+            rules.join("\n")
+        );
+        let mut c = Constraint::lark(lark, field);
+        if !forced {
+            c.trigger = Some(written);
+            c.repeat = true;
+        }
+        Some(c)
+    }
+}
+
+const HERMES_OPEN_MARKER: &str = "<tool_call>";
 
 /// A fresh id for a call, in OpenAI's style.
 pub fn call_id() -> String {
