@@ -164,10 +164,6 @@ impl KMatrix {
         self.k
     }
 
-    pub fn ktype(&self) -> KType {
-        self.ty
-    }
-
     /// Tile block `b` of tile `t`.
     fn tile_block(&self, t: usize, b: usize) -> &[u8] {
         let tb = self.ty.tile_block_bytes();
@@ -251,13 +247,22 @@ impl QuantRowsK {
         let mut bs16 = vec![0i16; m * nb * 16];
         let mut bs32x4 = vec![0i16; m * nb * 32];
         for (blk, (src, dst)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
-            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            for (q, &v) in dst.iter_mut().zip(src) {
-                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            // candle's `quantize_row_q8k` exactly (scale from the signed extreme, 1 / iscale),
+            // so both engines see the same activation bytes on K-quant files.
+            let (mut max, mut amax) = (0f32, 0f32);
+            for &v in src {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
             }
-            d[blk] = scale;
+            if amax > 0.0 {
+                let iscale = -127.0 / max;
+                for (q, &v) in dst.iter_mut().zip(src) {
+                    *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+                }
+                d[blk] = 1.0 / iscale;
+            }
             for (s, chunk) in dst.chunks_exact(16).enumerate() {
                 bs16[blk * 16 + s] = chunk.iter().map(|&v| v as i16).sum();
             }
@@ -284,7 +289,7 @@ pub fn kernel() -> Option<Kernel> {
     super::simd::kernel()
 }
 
-/// Whether a matrix of type `ty` with rows of `k` values runs on these kernels here.
+/// Whether a Q4_K or Q6_K matrix with rows of `k` values runs on these kernels here.
 pub fn runs(k: usize) -> bool {
     kernel().is_some() && k > 0 && k.is_multiple_of(QK)
 }
@@ -421,22 +426,39 @@ fn tile_scalar(
                         KType::Q6K => dot += sc * (q - 32) * av as i32,
                     }
                 }
-                sum += d * a.d[blk] * dot as f32 - dmin * a.d[blk] * mins as f32;
+                sum += block_sum(d, dmin, a.d[blk], dot, mins);
             }
             *v = sum;
         }
     }
 }
 
-/// Unpacks 4 rows' Q4_K scales and minimums (12 bytes each) into 32 bytes each, row-major.
+/// One block's contribution to an output from its exact integer dot product and minimum term.
+/// Every variant adds these in block order with this one expression, so all of them (and the
+/// scalar reference) give bit-identical results: greedy outputs cannot depend on which variant
+/// the CPU picked.
+#[inline(always)]
+fn block_sum(d: f32, dmin: f32, da: f32, dot: i32, mins: i32) -> f32 {
+    d * da * dot as f32 - dmin * da * mins as f32
+}
+
+/// Unpacks 4 rows' Q4_K scales and minimums (12 bytes each) into 32 bytes each, row-major,
+/// with ggml's word-wide bit moves (the same values as [`scale_min_k4`]).
 #[inline(always)]
 fn unpack_q4k_scales(packed: &[u8], sc: &mut [u8; 32], mn: &mut [u8; 32]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
     for r in 0..ROWS {
         let s = &packed[12 * r..12 * r + 12];
-        for j in 0..8 {
-            let (a, b) = scale_min_k4(j, s);
-            sc[8 * r + j] = a;
-            mn[8 * r + j] = b;
+        let word =
+            |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+        let (u0, u1, u2) = (word(0), word(1), word(2));
+        let scales = [u0 & LOW6, (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4)];
+        let mins = [u1 & LOW6, ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4)];
+        for h in 0..2 {
+            sc[8 * r + 4 * h..][..4].copy_from_slice(&scales[h].to_le_bytes());
+            mn[8 * r + 4 * h..][..4].copy_from_slice(&mins[h].to_le_bytes());
         }
     }
 }
@@ -444,8 +466,8 @@ fn unpack_q4k_scales(packed: &[u8], sc: &mut [u8; 32], mn: &mut [u8; 32]) {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{
-        unpack_q4k_scales, KMatrix, QuantRowsK, ACTS, Q4_D, Q4_SCALES, Q6_D, Q6_QH, Q6_SCALES, QK,
-        ROWS,
+        block_sum, unpack_q4k_scales, KMatrix, QuantRowsK, ACTS, Q4_D, Q4_SCALES, Q6_D, Q6_QH,
+        Q6_SCALES, QK, ROWS,
     };
     use std::arch::x86_64::*;
 
@@ -457,14 +479,6 @@ mod avx512 {
             *v = base + (j / width) as i16;
         }
         _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
-    }
-
-    /// Sum of the 16 lanes of `v` in groups of 4, one sum per row.
-    #[inline(always)]
-    unsafe fn sums_of_4(v: __m512) -> [f32; 4] {
-        let mut l = [0f32; 16];
-        _mm512_storeu_ps(l.as_mut_ptr(), v);
-        [0, 1, 2, 3].map(|r| l[4 * r] + l[4 * r + 1] + l[4 * r + 2] + l[4 * r + 3])
     }
 
     /// Q4_K weight tile `t` (4 rows) times `M` activation rows from `i0`.
@@ -490,15 +504,12 @@ mod avx512 {
                 *x = spread((8 * r + 2 * v) as i16, 16);
             }
         }
-        let dm_idx = _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4);
-        let mut facc = [[_mm512_setzero_ps(); M]; ROWS];
-        let mut mside = [_mm512_setzero_ps(); M];
+        let mut acc = [[0f32; M]; ROWS];
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
             let dd = _mm256_cvtph_ps(_mm_loadu_si128(base.add(Q4_D) as *const __m128i));
             let mut dv = [0f32; 8];
             _mm256_storeu_ps(dv.as_mut_ptr(), dd);
-            let dmv = _mm512_permutexvar_ps(dm_idx, _mm512_castps256_ps512(dd));
             let (mut sc, mut mn) = ([0u8; 32], [0u8; 32]);
             unpack_q4k_scales(
                 std::slice::from_raw_parts(base.add(Q4_SCALES), 48),
@@ -509,13 +520,17 @@ mod avx512 {
             let mn_all = _mm512_cvtepu8_epi16(_mm256_loadu_si256(mn.as_ptr() as *const __m256i));
             let mut da = [0f32; M];
             let mut aq = [std::ptr::null::<i8>(); M];
+            // Per activation row, lanes 4r..4r+4 of one `vpmaddwd` sum to row r's minimum term.
+            let mut mins = [[0i32; 16]; M];
             for i in 0..M {
                 let blk = (i0 + i) * nb + b;
                 da[i] = *a.d.get_unchecked(blk);
                 aq[i] = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
                 let bs = _mm512_loadu_si512(a.bs32x4.as_ptr().add(blk * 32) as *const __m512i);
-                let mc = _mm512_cvtepi32_ps(_mm512_madd_epi16(mn_all, bs));
-                mside[i] = _mm512_fmadd_ps(mc, _mm512_mul_ps(dmv, _mm512_set1_ps(da[i])), mside[i]);
+                _mm512_storeu_si512(
+                    mins[i].as_mut_ptr() as *mut __m512i,
+                    _mm512_madd_epi16(mn_all, bs),
+                );
             }
             for r in 0..ROWS {
                 let q = base.add(128 * r);
@@ -536,19 +551,14 @@ mod avx512 {
                     }
                 }
                 for i in 0..M {
-                    facc[r][i] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(iacc[i]),
-                        _mm512_set1_ps(dv[r] * da[i]),
-                        facc[r][i],
-                    );
+                    let dot = _mm512_reduce_add_epi32(iacc[i]);
+                    let mn = mins[i][4 * r..4 * r + 4].iter().sum::<i32>();
+                    acc[r][i] += block_sum(dv[r], dv[4 + r], da[i], dot, mn);
                 }
             }
         }
-        for i in 0..M {
-            let mins = sums_of_4(mside[i]);
-            for r in 0..ROWS {
-                res[r][i] = _mm512_reduce_add_ps(facc[r][i]) - mins[r];
-            }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            dst[..M].copy_from_slice(row);
         }
     }
 
@@ -574,7 +584,7 @@ mod avx512 {
         let shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
         let shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
         let idx = [spread(0, 8), spread(4, 8), spread(8, 8), spread(12, 8)];
-        let mut facc = [[_mm512_setzero_ps(); M]; ROWS];
+        let mut acc = [[0f32; M]; ROWS];
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
             let mut dv = [0f32; 4];
@@ -631,18 +641,13 @@ mod avx512 {
                     }
                 }
                 for i in 0..M {
-                    facc[r][i] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(iacc[i]),
-                        _mm512_set1_ps(dv[r] * da[i]),
-                        facc[r][i],
-                    );
+                    let dot = _mm512_reduce_add_epi32(iacc[i]);
+                    acc[r][i] += block_sum(dv[r], 0.0, da[i], dot, 0);
                 }
             }
         }
-        for (dst, row) in res.iter_mut().zip(&facc) {
-            for (d, v) in dst.iter_mut().zip(row) {
-                *d = _mm512_reduce_add_ps(*v);
-            }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            dst[..M].copy_from_slice(row);
         }
     }
 }
@@ -650,17 +655,17 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        unpack_q4k_scales, KMatrix, QuantRowsK, ACTS, Q4_D, Q4_SCALES, Q6_D, Q6_QH, Q6_SCALES, QK,
-        ROWS,
+        block_sum, unpack_q4k_scales, KMatrix, QuantRowsK, ACTS, Q4_D, Q4_SCALES, Q6_D, Q6_QH,
+        Q6_SCALES, QK, ROWS,
     };
     use std::arch::x86_64::*;
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-        _mm_cvtss_f32(h)
+    unsafe fn hsum256_i32(v: __m256i) -> i32 {
+        hsum_i32(_mm_add_epi32(
+            _mm256_castsi256_si128(v),
+            _mm256_extracti128_si256(v, 1),
+        ))
     }
 
     #[inline(always)]
@@ -683,8 +688,7 @@ mod avx2 {
         let nb = w.k / QK;
         let tbb = w.ty.tile_block_bytes();
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut facc = [[_mm256_setzero_ps(); M]; ROWS];
-        let mut mins = [[0f32; M]; ROWS];
+        let mut acc = [[0f32; M]; ROWS];
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
             let mut dv = [0f32; 8];
@@ -709,9 +713,9 @@ mod avx2 {
             }
             for r in 0..ROWS {
                 let mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr().add(8 * r) as *const _));
+                let mut mins = [0i32; M];
                 for i in 0..M {
-                    let m = hsum_i32(_mm_madd_epi16(mn16, bs[i]));
-                    mins[r][i] += dv[4 + r] * da[i] * m as f32;
+                    mins[i] = hsum_i32(_mm_madd_epi16(mn16, bs[i]));
                 }
                 let q = base.add(128 * r);
                 let mut iacc = [_mm256_setzero_si256(); M];
@@ -737,18 +741,13 @@ mod avx2 {
                     }
                 }
                 for i in 0..M {
-                    facc[r][i] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(iacc[i]),
-                        _mm256_set1_ps(dv[r] * da[i]),
-                        facc[r][i],
-                    );
+                    let dot = hsum256_i32(iacc[i]);
+                    acc[r][i] += block_sum(dv[r], dv[4 + r], da[i], dot, mins[i]);
                 }
             }
         }
-        for r in 0..ROWS {
-            for i in 0..M {
-                res[r][i] = hsum(facc[r][i]) - mins[r][i];
-            }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            dst[..M].copy_from_slice(row);
         }
     }
 
@@ -766,7 +765,7 @@ mod avx2 {
         let tbb = w.ty.tile_block_bytes();
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
-        let mut facc = [[_mm256_setzero_ps(); M]; ROWS];
+        let mut acc = [[0f32; M]; ROWS];
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
             let mut dv = [0f32; 4];
@@ -825,18 +824,12 @@ mod avx2 {
                     }
                 }
                 for i in 0..M {
-                    facc[r][i] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(iacc[i]),
-                        _mm256_set1_ps(dv[r] * da[i]),
-                        facc[r][i],
-                    );
+                    acc[r][i] += block_sum(dv[r], 0.0, da[i], hsum256_i32(iacc[i]), 0);
                 }
             }
         }
-        for (dst, row) in res.iter_mut().zip(&facc) {
-            for (d, v) in dst.iter_mut().zip(row) {
-                *d = hsum(*v);
-            }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            dst[..M].copy_from_slice(row);
         }
     }
 }
@@ -1001,8 +994,11 @@ mod tests {
         let x = random_acts(m, k, (n + m) as u64);
         let want = reference(&vals, &QuantRowsK::new(&x, m, k), n, k);
         let mags = magnitudes(&vals, &x, m, n, k);
+        let scalar = matmul_with(None, &[&w], &x, m);
         for kern in kernels() {
             let got = &matmul_with(kern, &[&w], &x, m)[0];
+            // Exact integers per block, one float expression in block order: bit-identical.
+            assert_eq!(got, &scalar[0], "{} {kern:?} n={n} k={k} m={m}", ty.name());
             assert_close(
                 &format!("{} {kern:?} n={n} k={k} m={m}", ty.name()),
                 got,
@@ -1131,6 +1127,26 @@ mod tests {
                             ty.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn word_wide_scale_unpacking_matches_ggml() {
+        let mut rng = Rng(5);
+        for _ in 0..200 {
+            let packed: Vec<u8> = (0..48).map(|_| rng.next() as u8).collect();
+            let (mut sc, mut mn) = ([0u8; 32], [0u8; 32]);
+            unpack_q4k_scales(&packed, &mut sc, &mut mn);
+            for r in 0..ROWS {
+                for j in 0..8 {
+                    let want = scale_min_k4(j, &packed[12 * r..12 * r + 12]);
+                    assert_eq!(
+                        (sc[8 * r + j], mn[8 * r + j]),
+                        want,
+                        "row {r} sub-block {j}"
+                    );
                 }
             }
         }
