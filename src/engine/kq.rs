@@ -1,8 +1,8 @@
 //! Q4_K and Q6_K matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
 //!
 //! A Q4_K_M file is Q4_K and Q6_K matrices. candle 0.11 keeps each of them twice (its GGUF
-//! blocks and a repacked copy with f32 scales, larger than the file's), and decodes one row at a
-//! time. Here, as in `q8.rs`:
+//! blocks and a repacked copy with f32 scales, larger than the file's): peak memory on a 1.5B
+//! model was twice the file. Here, as in `q8.rs`:
 //! - weights are repacked at load into tiles of 4 rows whose 256-value blocks are interleaved
 //!   (block 0 of rows 0..4, then block 1 …), so a matrix is one sequential stream, and the GGUF
 //!   copy is dropped: the repacked form is the same size as the file's;
