@@ -784,10 +784,10 @@ mod avx2 {
                 let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb as *const __m128i));
                 let neg = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
                 let mut iacc = [_mm256_setzero_si256(); M];
-                for i in 0..M {
+                for (i, acc) in iacc.iter_mut().enumerate() {
                     let blk = (i0 + i) * nb + b;
                     let bs = _mm256_loadu_si256(a.bs16.as_ptr().add(blk * 16) as *const __m256i);
-                    iacc[i] = _mm256_madd_epi16(neg, bs);
+                    *acc = _mm256_madd_epi16(neg, bs);
                 }
                 for g in 0..2 {
                     let ql0 = _mm256_loadu_si256(base.add(128 * r + 64 * g) as *const __m256i);

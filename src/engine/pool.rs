@@ -100,7 +100,7 @@ fn wait_until(done: impl Fn() -> bool) {
     let mut spins = 0u32;
     while !done() {
         spins = spins.wrapping_add(1);
-        if spins % 64 != 0 || start.elapsed() < budget {
+        if !spins.is_multiple_of(64) || start.elapsed() < budget {
             std::hint::spin_loop();
         } else {
             // A token left by an earlier unpark makes this return at once; the loop re-checks.

@@ -12,9 +12,9 @@
 //! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on the
 //!   own kernels' pool (`pool.rs`: spin briefly, then park).
 //!
-//! [`kernel`] picks the variant the CPU runs (`simd.rs`): AVX-512 F/BW/VL + VNNI, else AVX2 + FMA
-//! + F16C (same layout, one 32-byte block at a time with `vpmaddubsw`), else none and the engine
-//! keeps candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
+//! [`kernel`] picks the variant the CPU runs (`simd.rs`): AVX-512 F/BW/VL + VNNI, else AVX2, FMA
+//! and F16C (same layout, one 32-byte block at a time with `vpmaddubsw`), else none and the
+//! engine keeps candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
 
 use half::f16;
 
