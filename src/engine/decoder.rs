@@ -13,6 +13,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::gguf::{GgufFile, Meta};
+use super::kq::{self, KMatrix, KType};
 use super::kv_cache::KvCache;
 use super::ops;
 use super::q8::{self, Q8Matrix};
@@ -93,10 +94,18 @@ impl DecoderConfig {
     }
 }
 
-/// A weight matrix: Q8_0 on Influence's own kernel where the CPU runs it, otherwise candle's.
+/// A weight matrix: Q8_0, Q4_K and Q6_K on Influence's own kernels where the CPU runs them,
+/// otherwise candle's.
 enum Linear {
     Q8(Arc<Q8Matrix>),
+    K(Arc<KMatrix>),
     Candle(QMatMul),
+}
+
+/// A matrix repacked for one of Influence's own kernels (its GGUF copy is dropped).
+enum Own {
+    Q8(Q8Matrix),
+    K(KMatrix),
 }
 
 enum Qkv {
@@ -286,8 +295,9 @@ impl Loader<'_> {
                 if slow && self.requant_q8 {
                     q = QTensor::quantize(&dequantize_parallel(&q)?, GgmlDType::Q8_0)?;
                 }
-                match self.repack_q8(name, &q)? {
-                    Some(m) => Ok(Linear::Q8(Arc::new(m))),
+                match self.repack(name, &q)? {
+                    Some(Own::Q8(m)) => Ok(Linear::Q8(Arc::new(m))),
+                    Some(Own::K(m)) => Ok(Linear::K(Arc::new(m))),
                     None => Ok(Linear::Candle(QMatMul::from_qtensor(q)?)),
                 }
             }
@@ -295,18 +305,30 @@ impl Loader<'_> {
         }
     }
 
-    /// The matrix repacked for Influence's Q8_0 kernel, when it is Q8_0 and the CPU runs it.
-    fn repack_q8(&self, name: &str, q: &QTensor) -> Result<Option<Q8Matrix>, EngineError> {
-        if q.dtype() != GgmlDType::Q8_0 || !q8::available() {
+    /// The matrix repacked for one of Influence's own kernels, when its type has one and the CPU
+    /// runs it.
+    fn repack(&self, name: &str, q: &QTensor) -> Result<Option<Own>, EngineError> {
+        let (n, k) = q.shape().dims2()?;
+        let corrupt = |reason: String| EngineError::Corrupt {
+            path: self.path(),
+            reason: format!("tensor `{name}`: {reason}"),
+        };
+        let kty = match q.dtype() {
+            GgmlDType::Q8_0 if q8::available() => {
+                return Q8Matrix::from_gguf_bytes(&q.data()?, n, k)
+                    .map(|m| Some(Own::Q8(m)))
+                    .map_err(corrupt);
+            }
+            GgmlDType::Q4K => KType::Q4K,
+            GgmlDType::Q6K => KType::Q6K,
+            _ => return Ok(None),
+        };
+        if !kq::runs(k) {
             return Ok(None);
         }
-        let (n, k) = q.shape().dims2()?;
-        Q8Matrix::from_gguf_bytes(&q.data()?, n, k)
-            .map(Some)
-            .map_err(|reason| EngineError::Corrupt {
-                path: self.path(),
-                reason: format!("tensor `{name}`: {reason}"),
-            })
+        KMatrix::from_gguf_bytes(&q.data()?, kty, n, k)
+            .map(|m| Some(Own::K(m)))
+            .map_err(corrupt)
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor, EngineError> {
@@ -328,8 +350,9 @@ impl Loader<'_> {
         match &self.src {
             Source::Gguf(_) => {
                 let q = self.qtensor(name)?;
-                match self.repack_q8(name, &q)? {
-                    Some(m) => Ok(Embedding::Q8(Arc::new(m))),
+                match self.repack(name, &q)? {
+                    Some(Own::Q8(m)) => Ok(Embedding::Q8(Arc::new(m))),
+                    Some(Own::K(m)) => Ok(Embedding::K(Arc::new(m))),
                     None => Ok(Embedding::Quantized(Arc::new(q))),
                 }
             }
@@ -341,6 +364,7 @@ impl Loader<'_> {
 /// Token embedding table: GGUF tables stay quantized and only looked-up rows are dequantized.
 enum Embedding {
     Q8(Arc<Q8Matrix>),
+    K(Arc<KMatrix>),
     Quantized(Arc<QTensor>),
     Dense(Tensor),
 }
@@ -348,17 +372,8 @@ enum Embedding {
 impl Embedding {
     fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Embedding::Q8(m) => {
-                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-                let mut data = Vec::with_capacity(ids.len() * m.cols());
-                for &id in &ids {
-                    if id as usize >= m.rows() {
-                        candle_core::bail!("token id {id} outside the vocabulary ({})", m.rows());
-                    }
-                    data.extend(m.row(id as usize));
-                }
-                Tensor::from_vec(data, (1, ids.len(), m.cols()), &Device::Cpu)
-            }
+            Embedding::Q8(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
+            Embedding::K(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
             Embedding::Quantized(q) => q.embedding(ids)?.to_dtype(DType::F32),
             Embedding::Dense(w) => {
                 let (b, t) = ids.dims2()?;
@@ -372,10 +387,29 @@ impl Embedding {
     fn as_lm_head(&self) -> candle_core::Result<Linear> {
         Ok(match self {
             Embedding::Q8(m) => Linear::Q8(m.clone()),
+            Embedding::K(m) => Linear::K(m.clone()),
             Embedding::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
             Embedding::Dense(w) => Linear::Candle(QMatMul::Tensor(w.clone())),
         })
     }
+}
+
+/// The embedding rows of `ids` from a table of `rows × cols` read by `row`.
+fn rows_of(
+    ids: &Tensor,
+    rows: usize,
+    cols: usize,
+    row: impl Fn(usize) -> Vec<f32>,
+) -> candle_core::Result<Tensor> {
+    let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+    let mut data = Vec::with_capacity(ids.len() * cols);
+    for &id in &ids {
+        if id as usize >= rows {
+            candle_core::bail!("token id {id} outside the vocabulary ({rows})");
+        }
+        data.extend(row(id as usize));
+    }
+    Tensor::from_vec(data, (1, ids.len(), cols), &Device::Cpu)
 }
 
 fn rope_tables(
@@ -642,21 +676,42 @@ fn dense_env() -> bool {
     *ON.get_or_init(|| std::env::var("INFLUENCE_DENSE_PREFILL").map_or(true, |v| v != "0"))
 }
 
-/// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): Q8_0 matrices run in one
-/// parallel region on one quantization of `x`.
+/// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): when all are Q8_0, or all
+/// Q4_K/Q6_K, they run in one parallel region on one quantization of `x`.
 fn linear_many<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Result<[Tensor; N]> {
     let q8: Vec<&Q8Matrix> = ws
         .iter()
         .filter_map(|w| match w {
             Linear::Q8(m) => Some(&**m),
-            Linear::Candle(_) => None,
+            _ => None,
         })
         .collect();
-    if q8.len() == N {
-        let outs = q8_matmul(&q8, x)?;
+    let kq: Vec<&KMatrix> = ws
+        .iter()
+        .filter_map(|w| match w {
+            Linear::K(m) => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    let fused = if q8.len() == N {
+        Some(own_matmul(
+            x,
+            |data, m| q8::matmul(&q8, data, m),
+            q8.iter().map(|w| w.rows()),
+        )?)
+    } else if kq.len() == N {
+        Some(own_matmul(
+            x,
+            |data, m| kq::matmul(&kq, data, m),
+            kq.iter().map(|w| w.rows()),
+        )?)
+    } else {
+        None
+    };
+    if let Some(outs) = fused {
         return outs
             .try_into()
-            .map_err(|_| candle_core::Error::Msg("q8 matmul output count".into()));
+            .map_err(|_| candle_core::Error::Msg("matmul output count".into()));
     }
     let mut outs = Vec::with_capacity(N);
     for w in ws {
@@ -666,28 +721,45 @@ fn linear_many<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Res
         .map_err(|_| candle_core::Error::Msg("matmul output count".into()))
 }
 
-fn q8_matmul(ws: &[&Q8Matrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+/// Runs an own kernel (`mm(x data, rows of x)`, one output per matrix) on `x`, shaping each
+/// output like `x` with its matrix's row count (`rows`) as the last dimension.
+fn own_matmul(
+    x: &Tensor,
+    mm: impl FnOnce(&[f32], usize) -> Vec<Vec<f32>>,
+    rows: impl Iterator<Item = usize>,
+) -> candle_core::Result<Vec<Tensor>> {
     let mut dims = x.dims().to_vec();
     let k = *dims.last().unwrap_or(&0);
     let m = x.elem_count() / k.max(1);
     let data = x.flatten_all()?.to_vec1::<f32>()?;
-    q8::matmul(ws, &data, m)
+    mm(&data, m)
         .into_iter()
-        .zip(ws)
-        .map(|(out, w)| {
+        .zip(rows)
+        .map(|(out, n)| {
             if let Some(last) = dims.last_mut() {
-                *last = w.rows();
+                *last = n;
             }
             Tensor::from_vec(out, dims.as_slice(), &Device::Cpu)
         })
         .collect()
 }
 
-/// `x @ wᵀ`, choosing between Influence's Q8_0 kernel, candle's quantized kernel and a
+/// `x @ wᵀ`, choosing between Influence's own kernels, candle's quantized kernel and a
 /// dequantize-then-GEMM path.
 fn linear(w: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     let w = match w {
-        Linear::Q8(m) => return Ok(q8_matmul(&[&**m], x)?.remove(0)),
+        Linear::Q8(m) => {
+            let m = &**m;
+            return Ok(
+                own_matmul(x, |d, r| q8::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
+            );
+        }
+        Linear::K(m) => {
+            let m = &**m;
+            return Ok(
+                own_matmul(x, |d, r| kq::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
+            );
+        }
         Linear::Candle(w) => w,
     };
     if let QMatMul::QTensor(qt) = w {
@@ -932,7 +1004,7 @@ mod tests {
                 assert_eq!(q.dtype(), GgmlDType::Q8_0);
                 q.dequantize(&Device::Cpu).unwrap()
             }
-            Linear::Candle(_) => panic!("expected a quantized matrix"),
+            Linear::K(_) | Linear::Candle(_) => panic!("expected a quantized matrix"),
         };
         let err: f32 = (a - b)
             .unwrap()

@@ -9,14 +9,16 @@
 //!   every block's dot product is exact in integers, as in ggml and candle;
 //! - multiplies tiles of 4 weight rows × up to 4 activation rows, so prompt processing reads
 //!   each weight row once per 4 prompt rows instead of once per row;
-//! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on
-//!   candle's barrier pool, the same threads candle's own kernels use.
+//! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on the
+//!   own kernels' pool (`pool.rs`: spin briefly, then park).
 //!
-//! [`kernel`] picks the variant the CPU runs: AVX-512 F/BW/VL + VNNI, else AVX2 + FMA + F16C
-//! (same layout, one 32-byte block at a time with `vpmaddubsw`), else none and the engine keeps
-//! candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
+//! [`kernel`] picks the variant the CPU runs (`simd.rs`): AVX-512 F/BW/VL + VNNI, else AVX2, FMA
+//! and F16C (same layout, one 32-byte block at a time with `vpmaddubsw`), else none and the
+//! engine keeps candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
 
 use half::f16;
+
+use super::simd::Kernel;
 
 /// Values per Q8_0 block.
 pub const BLOCK: usize = 32;
@@ -27,63 +29,9 @@ const ROWS: usize = 4;
 /// Activation rows per tile.
 const ACTS: usize = 4;
 
-/// The SIMD variants of the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// AVX-512 F/BW/VL + VNNI: `vpdpbusd` on 64 bytes at a time.
-    Avx512,
-    /// AVX2 + FMA + F16C: `vpmaddubsw` with the sign trick on 32 bytes at a time.
-    Avx2,
-}
-
-/// The kernel this CPU runs, if any. `INFLUENCE_Q8_KERNEL=0` turns it off (candle's kernels run
-/// instead) and `INFLUENCE_Q8_KERNEL=avx2` picks the AVX2 variant on an AVX-512 machine.
+/// The kernel variant this CPU runs (`simd::kernel`), if any.
 pub fn kernel() -> Option<Kernel> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static K: OnceLock<Option<Kernel>> = OnceLock::new();
-        *K.get_or_init(|| {
-            let choice = std::env::var("INFLUENCE_Q8_KERNEL").unwrap_or_default();
-            let (avx512, avx2) = (supported(Kernel::Avx512), supported(Kernel::Avx2));
-            match choice.as_str() {
-                "0" => None,
-                "avx2" if avx2 => Some(Kernel::Avx2),
-                _ if avx512 => Some(Kernel::Avx512),
-                _ if avx2 => Some(Kernel::Avx2),
-                _ => None,
-            }
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
-    }
-}
-
-/// Whether this CPU has the instructions of `k`.
-fn supported(k: Kernel) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match k {
-            Kernel::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            Kernel::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = k;
-        false
-    }
+    super::simd::kernel()
 }
 
 /// Whether this CPU runs the kernel.
@@ -281,7 +229,7 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&Q8Matrix], x: &[f32], m: usize) -> V
     if total * m * k < 1 << 16 {
         run(0..total);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(total, run);
+        super::pool::run_chunked(total, run);
     }
     outs
 }
@@ -518,9 +466,8 @@ mod tests {
     fn kernels() -> Vec<Option<Kernel>> {
         let mut v = vec![None];
         v.extend(
-            [Kernel::Avx2, Kernel::Avx512]
+            super::super::simd::variants_for_tests()
                 .into_iter()
-                .filter(|k| supported(*k))
                 .map(Some),
         );
         v
