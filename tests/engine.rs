@@ -986,6 +986,33 @@ mod constrained {
         );
     }
 
+    /// llama.cpp's GBNF, translated: classes, repetition counts, groups and literals all
+    /// constrain the real model's answer.
+    #[test]
+    fn a_gbnf_grammar_limits_the_answer() {
+        let gbnf = r#"
+# llama.cpp style: an answer, a space, a two- or three-digit number
+root ::= answer " " num
+answer ::= ("yes" | "no")
+num ::= [1-9] [0-9]{1,2}
+"#;
+        let lark = influence::server::gbnf::to_lark(gbnf).unwrap();
+        let out = ask(
+            "Is Paris in France, and how old is it?",
+            with(Constraint::lark(lark, "grammar"), 12),
+        );
+        let (answer, num) = out.text.split_once(' ').expect("answer, space, number");
+        assert!(answer == "yes" || answer == "no", "{:?}", out.text);
+        assert!(
+            (2..=3).contains(&num.len())
+                && !num.starts_with('0')
+                && num.bytes().all(|b| b.is_ascii_digit()),
+            "{:?}",
+            out.text
+        );
+        assert_eq!(out.stats.unwrap().finish, FinishReason::Stop);
+    }
+
     #[test]
     fn a_bad_grammar_is_refused_before_any_output() {
         for (c, field) in [

@@ -18,6 +18,7 @@ pub mod control;
 pub mod core;
 pub mod error;
 pub mod extract;
+pub mod gbnf;
 pub mod gen;
 pub mod legacy;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! Structured output fields of each dialect, read into the engine's [`Constraint`]: OpenAI's
 //! `response_format`, the Responses API's `text.format`, Ollama's `format` and the raw
-//! `grammar` field (llguidance's Lark syntax, as llama.cpp accepts it).
+//! `grammar` field (llama.cpp's GBNF, translated by [`super::gbnf`], or llguidance's Lark).
 //!
 //! Only the shape is checked here; the grammar compiles in the engine, against the model's
 //! vocabulary, and a schema it cannot use is refused there with a 400 naming the same field.
@@ -193,7 +193,7 @@ pub fn ollama_format(dialect: Dialect, v: Option<Value>) -> Result<Option<Constr
     }
 }
 
-/// The raw `grammar` field: a grammar in llguidance's Lark syntax.
+/// The raw `grammar` field: llama.cpp's GBNF (`root ::= …`, translated) or llguidance's Lark.
 pub fn grammar(dialect: Dialect, g: Option<String>) -> Result<Option<Constraint>, ApiError> {
     let Some(g) = g else {
         return Ok(None);
@@ -202,13 +202,19 @@ pub fn grammar(dialect: Dialect, g: Option<String>) -> Result<Option<Constraint>
         return Err(ApiError::bad_field(
             dialect,
             "grammar",
-            "grammar is empty; send a Lark grammar with a `start` rule, or leave it out",
+            "grammar is empty; send a GBNF grammar with a `root` rule or a Lark grammar with a `start` rule, or leave it out",
         ));
     }
     if g.len() > MAX_GRAMMAR_BYTES {
         return Err(too_big(dialect, "grammar", g.len()));
     }
-    Ok(Some(Constraint::lark(g, "grammar")))
+    let lark = if super::gbnf::looks_like_gbnf(&g) {
+        super::gbnf::to_lark(&g)
+            .map_err(|e| ApiError::bad_field(dialect, "grammar", format!("grammar: {e}")))?
+    } else {
+        g
+    };
+    Ok(Some(Constraint::lark(lark, "grammar")))
 }
 
 #[cfg(test)]
