@@ -160,6 +160,42 @@ fn worker(shared: &'static Shared) {
     }
 }
 
+/// The driver the own matmul kernels share: one zeroed row-major `m × n` output per matrix
+/// (`ns` holds each matrix's `n`), work split into tiles of `rows` output columns numbered
+/// across all the matrices (so fused q/k/v or gate/up calls share one parallel region), run on
+/// the pool unless the product of `m × k` per column is too small to pay for it.
+/// `tile(j, t, out)` fills tile `t` of matrix `j`, where `out` is that matrix's output buffer;
+/// it must write only its own tile's columns.
+pub fn tiled<F: Fn(usize, usize, *mut f32) + Sync>(
+    ns: &[usize],
+    m: usize,
+    k: usize,
+    rows: usize,
+    tile: F,
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = ns.iter().map(|n| vec![0f32; m * n]).collect();
+    let tiles: Vec<usize> = ns.iter().map(|n| n.div_ceil(rows)).collect();
+    let total: usize = tiles.iter().sum();
+    // Addresses, so the closure is Sync; each unit writes only its own tile's columns.
+    let dsts: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
+    let run = |range: Range<usize>| {
+        for unit in range {
+            let (mut j, mut t) = (0, unit);
+            while t >= tiles[j] {
+                t -= tiles[j];
+                j += 1;
+            }
+            tile(j, t, dsts[j] as *mut f32);
+        }
+    };
+    if total * m * k < 1 << 16 {
+        run(0..total);
+    } else {
+        run_chunked(total, run);
+    }
+    outs
+}
+
 /// Runs `f` over `0..n` in chunks on the pool's threads and the calling thread; returns when
 /// every chunk is done.
 pub fn run_chunked<F: Fn(Range<usize>) + Sync>(n: usize, f: F) {

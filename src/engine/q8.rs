@@ -209,29 +209,12 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&Q8Matrix], x: &[f32], m: usize) -> V
         "q8 matmul: shape mismatch"
     );
     let a = QuantRows::new(x, m, k);
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
-    // Work units are tiles of ROWS weight rows, numbered across all matrices.
-    let tiles: Vec<usize> = ws.iter().map(|w| w.n.div_ceil(ROWS)).collect();
-    let total: usize = tiles.iter().sum();
-    let dsts: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
-    let run = |range: std::ops::Range<usize>| {
-        for unit in range {
-            let (mut j, mut t) = (0, unit);
-            while t >= tiles[j] {
-                t -= tiles[j];
-                j += 1;
-            }
-            // SAFETY: each unit writes only the columns of its own tile of its own matrix's
-            // output, units are disjoint, and the buffers outlive the parallel region.
-            unsafe { tile_all_acts(kern, ws[j], t, &a, dsts[j] as *mut f32) };
-        }
-    };
-    if total * m * k < 1 << 16 {
-        run(0..total);
-    } else {
-        super::pool::run_chunked(total, run);
-    }
-    outs
+    let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
+    super::pool::tiled(&ns, m, k, ROWS, |j, t, out| {
+        // SAFETY: `tiled` hands each tile of each matrix to one call with that matrix's
+        // `m × n` output, which outlives the parallel region; the CPU runs `kern`.
+        unsafe { tile_all_acts(kern, ws[j], t, &a, out) }
+    })
 }
 
 /// Computes the output columns of weight tile `t` for every activation row.
