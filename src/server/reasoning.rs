@@ -5,6 +5,8 @@
 //! inside it. This runs before tool-call parsing, so a call written while thinking is never
 //! taken for a real one.
 
+use super::tools::parse::partial_suffix;
+
 /// A piece of the output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Split {
@@ -76,7 +78,7 @@ impl ReasoningSplitter {
                         self.state = State::Answer;
                         continue;
                     }
-                    let keep = held(&self.buf, close);
+                    let keep = partial_suffix(&self.buf, close);
                     let cut = self.buf.len() - keep;
                     if cut > 0 {
                         out.push(Split::Reasoning(self.buf[..cut].to_string()));
@@ -104,14 +106,6 @@ impl ReasoningSplitter {
             _ => vec![Split::Content(rest)],
         }
     }
-}
-
-/// Bytes at the end of `s` that may be the start of `marker`.
-fn held(s: &str, marker: &str) -> usize {
-    (1..marker.len().min(s.len() + 1))
-        .rev()
-        .find(|&n| s.is_char_boundary(s.len() - n) && marker.starts_with(&s[s.len() - n..]))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -286,8 +286,9 @@ impl ToolFormat {
     }
 }
 
-/// The length of the longest suffix of `s` that is a proper prefix of `marker`.
-fn partial_suffix(s: &str, marker: &str) -> usize {
+/// The length of the longest suffix of `s` that is a proper prefix of `marker`: the bytes a
+/// streaming splitter holds back until it knows whether the marker follows.
+pub(crate) fn partial_suffix(s: &str, marker: &str) -> usize {
     (1..marker.len().min(s.len() + 1))
         .rev()
         .find(|&n| s.is_char_boundary(s.len() - n) && marker.starts_with(&s[s.len() - n..]))
