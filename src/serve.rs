@@ -70,6 +70,8 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let engine = EngineHandle::spawn(EngineOptions {
         threads: cfg.engine.threads,
         max_loaded: cfg.engine.max_loaded.max(1),
+        parallel: cfg.engine.parallel,
+        kv_budget: cfg.engine.kv_budget,
     });
     let options = options_for(&loaded, model.clone());
     if let Some(msg) = exposure_warning(addr, options.api_key.is_some()) {

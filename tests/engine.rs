@@ -23,6 +23,7 @@ fn new_engine() -> EngineHandle {
     EngineHandle::spawn(EngineOptions {
         threads: 0,
         max_loaded: 2,
+        ..EngineOptions::default()
     })
 }
 
@@ -1125,4 +1126,278 @@ fn logprobs_come_with_every_token_when_asked() {
         }
     }
     assert_eq!(n, 6);
+}
+
+/// Continuous batching: several sequences decode in one forward per step, each on its own KV
+/// slot, with the tokens each gives alone.
+mod batching {
+    use super::*;
+    use influence::engine::{EngineStats, PREFILL_CHUNK};
+    use std::time::{Duration, Instant};
+
+    fn engine(parallel: usize, kv_budget: usize) -> EngineHandle {
+        let e = EngineHandle::spawn(EngineOptions {
+            threads: 0,
+            max_loaded: 2,
+            parallel,
+            kv_budget,
+        });
+        wait(e.load(smollm())).expect("SmolLM2 loads");
+        e
+    }
+
+    fn seeded(seed: u64, max_tokens: usize) -> GenParams {
+        GenParams {
+            seed: Some(seed),
+            temperature: 0.9,
+            max_tokens,
+            ..GenParams::default()
+        }
+    }
+
+    /// Requests that each run a while (counting does not reach an end of text quickly).
+    fn requests() -> Vec<GenRequest> {
+        let texts = [
+            STORY,
+            "1, 2, 3, 4, 5,",
+            "The three primary colors are",
+            "def fibonacci(n):",
+            "Paris is the capital of",
+        ];
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let p = if i % 2 == 0 {
+                    GenParams::greedy(24)
+                } else {
+                    seeded(40 + i as u64, 24)
+                };
+                raw(smollm(), t, p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_requests_give_exactly_the_tokens_each_gives_alone() {
+        let alone: Vec<Vec<u32>> = requests()
+            .into_iter()
+            .map(|r| engine(4, 0).generate(r).collect_blocking().unwrap().ids)
+            .collect();
+        let e = engine(4, 0);
+        let gens: Vec<_> = requests().into_iter().map(|r| e.generate(r)).collect();
+        let together: Vec<Vec<u32>> = gens
+            .into_iter()
+            .map(|g| g.collect_blocking().unwrap().ids)
+            .collect();
+        let stats = e.stats();
+        assert!(
+            stats.max_batch >= 4,
+            "the requests were not decoded together: {stats:?}"
+        );
+        assert!(stats.decode_rows > stats.decode_steps, "{stats:?}");
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            assert!(a.len() >= 8, "request {i} gave only {a:?}");
+            assert_eq!(a, t, "request {i} changed when batched");
+        }
+    }
+
+    fn started(g: &mut influence::engine::Generation) -> usize {
+        match g.events.blocking_recv().expect("engine answered") {
+            GenEvent::Started { cached_tokens, .. } => cached_tokens,
+            GenEvent::Failed(e) => panic!("{e}"),
+            other => panic!("unexpected before Started: {other:?}"),
+        }
+    }
+
+    fn next_token(g: &mut influence::engine::Generation) -> Option<u32> {
+        loop {
+            match g.events.blocking_recv().expect("engine answered") {
+                GenEvent::Token { id, .. } => return Some(id),
+                GenEvent::Done(_) => return None,
+                GenEvent::Failed(e) => panic!("{e}"),
+                GenEvent::Started { .. } => {}
+            }
+        }
+    }
+
+    fn drain(g: influence::engine::Generation) -> influence::engine::GenStats {
+        g.collect_blocking().unwrap().stats.unwrap()
+    }
+
+    /// The engine's counters once `cond` holds (they are published after every step).
+    fn until(e: &EngineHandle, cond: impl Fn(&EngineStats) -> bool) -> EngineStats {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = e.stats();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine never got there: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn settled(e: &EngineHandle) -> EngineStats {
+        until(e, |s| s.active == 0 && s.waiting == 0)
+    }
+
+    #[test]
+    fn a_sequence_cancelled_mid_batch_frees_its_slot() {
+        // One API slot: the second request can only start once the first has left.
+        let e = engine(1, 0);
+        let mut a = e.generate(raw(smollm(), "1, 2, 3, 4, 5,", GenParams::greedy(200)));
+        started(&mut a);
+        assert!(next_token(&mut a).is_some());
+        let mut b = e.generate(raw(smollm(), STORY, GenParams::greedy(8)));
+        let s = until(&e, |s| s.waiting == 1);
+        assert_eq!(
+            s.active, 1,
+            "B waits while A holds the only API slot: {s:?}"
+        );
+        a.cancel.cancel();
+        let stats = drain(a);
+        assert_eq!(stats.finish, FinishReason::Cancelled);
+        assert!(stats.generated_tokens < 200, "{stats:?}");
+        started(&mut b);
+        let out = b.collect_blocking().unwrap();
+        assert_eq!(out.ids, STORY_OUT[..8].to_vec());
+        let s = settled(&e);
+        assert_eq!(s.active, 0, "{s:?}");
+    }
+
+    #[test]
+    fn a_long_prompt_mid_stream_delays_others_by_at_most_one_chunk() {
+        let e = engine(4, 0);
+        let mut a = e.generate(raw(smollm(), "1, 2, 3, 4, 5,", GenParams::greedy(120)));
+        started(&mut a);
+        for _ in 0..3 {
+            assert!(next_token(&mut a).is_some());
+        }
+        let chunks_before = e.stats().prefill_chunks;
+        // About five chunks of prompt.
+        let long = "The committee reviewed the annual budget report line by line. ".repeat(48);
+        let mut b = e.generate(raw(smollm(), &long, GenParams::greedy(4)));
+        let prompt_tokens = loop {
+            match b.events.blocking_recv().expect("engine answered") {
+                GenEvent::Started { prompt_tokens, .. } => break prompt_tokens,
+                GenEvent::Failed(e) => panic!("{e}"),
+                _ => {}
+            }
+        };
+        assert!(prompt_tokens > 4 * PREFILL_CHUNK, "{prompt_tokens}");
+        // B's first token comes while A is still generating: the two really overlapped.
+        assert!(next_token(&mut b).is_some());
+        let a_tokens_after_b = {
+            let mut n = 0;
+            while next_token(&mut a).is_some() {
+                n += 1;
+            }
+            n
+        };
+        assert!(a_tokens_after_b > 0, "A ended before B's prompt was read");
+        drain(b);
+        let s = settled(&e);
+        let chunks = s.prefill_chunks - chunks_before;
+        assert!(chunks >= 5, "{s:?}");
+        assert_eq!(
+            s.max_chunks_between_tokens, 1,
+            "a running stream waited more than one prompt chunk for its next token: {s:?}"
+        );
+    }
+
+    #[test]
+    fn the_chat_is_served_before_waiting_api_requests() {
+        let e = engine(1, 0);
+        let mut api = e.generate(raw(smollm(), "1, 2, 3, 4, 5,", GenParams::greedy(200)));
+        started(&mut api);
+        assert!(next_token(&mut api).is_some());
+        // A second API request waits for the only API slot; the chat does not.
+        let mut waiting = e.generate(raw(smollm(), STORY, GenParams::greedy(4)));
+        let mut chat = e.generate_interactive(raw(smollm(), STORY, GenParams::greedy(8)));
+        started(&mut chat);
+        let out: Vec<u32> = std::iter::from_fn(|| next_token(&mut chat)).collect();
+        assert_eq!(out, STORY_OUT[..8].to_vec());
+        assert_eq!(
+            e.stats().waiting,
+            1,
+            "the API request still waits: {:?}",
+            e.stats()
+        );
+        assert!(
+            next_token(&mut api).is_some(),
+            "the running API stream went on"
+        );
+        api.cancel.cancel();
+        drain(api);
+        started(&mut waiting);
+        drain(waiting);
+    }
+
+    #[test]
+    fn a_request_beyond_the_kv_budget_is_refused_and_idle_slots_are_evicted() {
+        let e = engine(4, 96);
+        let err = e
+            .generate(raw(smollm(), STORY, GenParams::greedy(100)))
+            .collect_blocking()
+            .unwrap_err();
+        assert!(
+            matches!(err, EngineError::KvBudget { budget: 96, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("engine.kv_budget"), "{err}");
+        // Each of these reserves 9 + 60 positions: the second only fits once the first's idle
+        // slot is evicted.
+        let first = e
+            .generate(raw(smollm(), STORY, GenParams::greedy(60)))
+            .collect_blocking()
+            .unwrap();
+        assert!(!first.ids.is_empty());
+        let second = e
+            .generate(raw(smollm(), "1, 2, 3, 4, 5,", GenParams::greedy(60)))
+            .collect_blocking()
+            .unwrap();
+        assert!(!second.ids.is_empty());
+        let s = settled(&e);
+        assert!(s.evictions >= 1, "{s:?}");
+        assert!(s.kv_used <= 96, "{s:?}");
+    }
+
+    #[test]
+    fn a_returning_conversation_lands_on_the_slot_with_its_prefix() {
+        let e = engine(4, 0);
+        let chat = |q: &str| {
+            vec![
+                ChatMessage::system("You are a helpful assistant."),
+                ChatMessage::user(q),
+            ]
+        };
+        let gen = |msgs: Vec<ChatMessage>| {
+            e.generate(GenRequest {
+                model: smollm(),
+                prompt: Prompt::Chat(msgs),
+                params: GenParams::greedy(8),
+            })
+            .collect_blocking()
+            .unwrap()
+        };
+        let a1 = gen(chat("What is the capital of France?"));
+        // Another conversation in between, sharing only the system prompt.
+        gen(chat("Name a color."));
+        let mut a = chat("What is the capital of France?");
+        a.push(ChatMessage::assistant(a1.text.trim()));
+        a.push(ChatMessage::user("And of Italy?"));
+        let a2 = gen(a);
+        let s1 = a1.stats.unwrap();
+        let s2 = a2.stats.unwrap();
+        assert!(
+            s2.cached_tokens >= s1.prompt_tokens,
+            "turn 2 reused {} tokens; turn 1's prompt had {}",
+            s2.cached_tokens,
+            s1.prompt_tokens
+        );
+    }
 }

@@ -1667,6 +1667,7 @@ mod security {
         let engine = EngineHandle::spawn(influence::engine::EngineOptions {
             threads: 1,
             max_loaded: 1,
+            ..influence::engine::EngineOptions::default()
         });
         let ctx = ServerCtx::new(engine, Arc::new(RwLock::new(lib)), ServerOptions::default());
         let app = router(ctx);
@@ -1874,6 +1875,68 @@ mod concurrency {
         )
         .await;
         assert_eq!(s, StatusCode::OK);
+    }
+
+    /// With the real engine and `parallel = 2`, two streams decode together in one batch and
+    /// a third request, with no room to wait, gets the overload 503.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_streams_share_the_engine_and_overload_still_gets_503() {
+        let model = test_models().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let engine = EngineHandle::spawn(influence::engine::EngineOptions {
+            parallel: 2,
+            ..influence::engine::EngineOptions::default()
+        });
+        let opts = ServerOptions {
+            parallel: 2,
+            max_queue: 0,
+            allow_paths: true,
+            ..ServerOptions::default()
+        };
+        let ctx = ServerCtx::new(
+            engine.clone(),
+            Arc::new(RwLock::new(Library::default())),
+            opts,
+        );
+        let app = router(ctx);
+        let name = model.to_string_lossy().into_owned();
+        let body = |q: &str| {
+            json!({"model": name, "stream": true, "temperature": 0, "max_tokens": 48,
+                   "messages": [{"role": "user", "content": q}]})
+        };
+        let (s1, _, b1) = stream(
+            &app,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(body("Count from 1 to 50.")),
+        )
+        .await;
+        let (s2, _, b2) = stream(
+            &app,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(body("Name ten animals.")),
+        )
+        .await;
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        let (s3, h, _) = send(
+            &app,
+            req(Method::POST, "/v1/chat/completions", Some(&body("Hi")), &[]),
+        )
+        .await;
+        assert_eq!(s3, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(h.contains_key(header::RETRY_AFTER));
+        let (r1, r2) = tokio::join!(records(b1, "\n\n"), records(b2, "\n\n"));
+        for r in [r1, r2] {
+            let data = sse_data(&r);
+            assert_eq!(data.last().unwrap(), "[DONE]");
+            assert!(data.len() > 4, "{data:?}");
+        }
+        let stats = engine.stats();
+        assert_eq!(
+            stats.max_batch, 2,
+            "the two streams were not batched: {stats:?}"
+        );
+        assert_eq!(stats.parallel, 2);
     }
 
     #[tokio::test]

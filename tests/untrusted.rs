@@ -466,6 +466,7 @@ mod server {
         let engine = EngineHandle::spawn(EngineOptions {
             threads: 1,
             max_loaded: 2,
+            ..EngineOptions::default()
         });
         let ctx = ServerCtx::new(engine, Arc::new(RwLock::new(lib)), ServerOptions::default());
         let app = router(ctx);

@@ -15,6 +15,8 @@ pub enum Msg {
     Resize(u16, u16),
     /// A periodic sample of this process's memory.
     Memory(u64),
+    /// Sequences the engine is decoding now (the chat's and API clients').
+    Streams(usize),
     ThemeLoaded(Box<Theme>),
     ThemeFailed(String),
     /// SIGTERM or another request from outside to leave.

@@ -68,6 +68,8 @@ pub struct Notice {
 pub struct Status {
     /// Resident memory of this process, in bytes, when known.
     pub rss_bytes: Option<u64>,
+    /// Sequences the engine decodes now, across the chat and API clients.
+    pub streams: usize,
     pub notice: Option<Notice>,
 }
 

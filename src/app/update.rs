@@ -59,6 +59,13 @@ pub fn update(state: &mut State, msg: Msg) -> Vec<Effect> {
             }
             vec![]
         }
+        Msg::Streams(n) => {
+            if state.status.streams != n {
+                state.status.streams = n;
+                state.dirty = true;
+            }
+            vec![]
+        }
         Msg::ThemeLoaded(theme) => {
             state.status.notice = Some(Notice {
                 error: false,

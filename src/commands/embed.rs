@@ -22,6 +22,7 @@ pub fn run(args: &EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
     let engine = EngineHandle::spawn(EngineOptions {
         threads,
         max_loaded: 1,
+        ..EngineOptions::default()
     });
     let vectors = wait(engine.embed(args.model.clone(), args.texts.clone()))?;
     let mut out = std::io::stdout().lock();

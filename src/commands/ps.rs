@@ -105,6 +105,18 @@ pub fn render(answers: &[(ServerRecord, Result<Value, String>)]) -> String {
             n("active_requests"),
             n("queued_requests")
         ));
+        let e = &v["engine"];
+        if let Some(active) = e["active_sequences"].as_u64() {
+            let g = |k: &str| e[k].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "  engine: {active} streams decoding together (up to {} + the app's chat), {} waiting for a slot; KV {} of {} positions ({})\n",
+                g("parallel"),
+                g("waiting_sequences"),
+                g("kv_used_positions"),
+                g("kv_budget_positions"),
+                human::bytes(g("kv_bytes")),
+            ));
+        }
         let models = v["models"].as_array().cloned().unwrap_or_default();
         if models.is_empty() {
             out.push_str("  no model loaded\n");

@@ -109,6 +109,7 @@ pub fn run(args: &RunArgs, ctx: &Context, styles: &MarkdownStyles) -> anyhow::Re
     let engine = EngineHandle::spawn(EngineOptions {
         threads,
         max_loaded: 1,
+        ..EngineOptions::default()
     });
     let info = wait(engine.load(args.model.clone()))?;
     if let Some(w) = &info.slow_quant_warning {
@@ -124,7 +125,7 @@ pub fn run(args: &RunArgs, ctx: &Context, styles: &MarkdownStyles) -> anyhow::Re
         msgs.push(ChatMessage::user(text));
         Prompt::Chat(msgs)
     };
-    let mut gen = engine.generate(GenRequest {
+    let mut gen = engine.generate_interactive(GenRequest {
         model: args.model.clone(),
         prompt,
         params,

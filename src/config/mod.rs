@@ -56,6 +56,10 @@ pub struct EngineConfig {
     pub max_loaded: usize,
     pub context_policy: String,
     pub requant_q8: bool,
+    /// API sequences decoded together per model.
+    pub parallel: usize,
+    /// KV cache positions per model across its slots; 0 = context × (parallel + 1).
+    pub kv_budget: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -300,7 +304,15 @@ impl Loaded {
                 value.to_string()
             };
             let source = self.sources.get(&key).cloned().unwrap_or(Source::Default);
-            out.push_str(&format!("{key:width$} = {shown}    # {source}\n"));
+            let derived = if key == "engine.kv_budget" && self.config.engine.kv_budget == 0 {
+                format!(
+                    " (each model's context × {} positions)",
+                    self.config.engine.parallel + 1
+                )
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("{key:width$} = {shown}    # {source}{derived}\n"));
         }
         out
     }
@@ -404,7 +416,9 @@ partial!(PartialEngine {
     threads: usize,
     max_loaded: usize,
     context_policy: String,
-    requant_q8: bool
+    requant_q8: bool,
+    parallel: usize,
+    kv_budget: usize
 });
 partial!(PartialChat {
     temperature: f32,
@@ -725,6 +739,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
             "engine.context_policy",
             format!("{:?}", c.engine.context_policy),
             "expected \"error\" or \"drop-oldest\"",
+        ));
+    }
+    if !(1..=64).contains(&c.engine.parallel) {
+        return Err(bad(
+            "engine.parallel",
+            c.engine.parallel.to_string(),
+            "expected 1 to 64 sequences",
         ));
     }
     if c.engine.max_loaded == 0 {

@@ -8,7 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::sampling::argmax;
-use super::worker::{load_gguf, PREFILL_CHUNK};
+use super::scheduler::PREFILL_CHUNK;
+use super::worker::load_gguf;
 use super::EngineError;
 
 /// Results of [`run_bench`]; medians over the runs.
@@ -62,7 +63,7 @@ pub fn run_bench(
 
     let (mut pp, mut tg, mut ttft, mut ttft2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {
-        g.dec.truncate_cache(0);
+        g.dec.truncate_slot(0, 0);
         let t0 = Instant::now();
         let mut logits = Vec::new();
         let n_chunks = ids.len().div_ceil(PREFILL_CHUNK);
@@ -95,7 +96,7 @@ pub fn run_bench(
         ttft.push(first);
         ttft2.push(second);
     }
-    g.dec.truncate_cache(0);
+    g.dec.truncate_slot(0, 0);
     Ok(BenchResult {
         prompt_tok_s: median(pp),
         gen_tok_s: if tg.is_empty() { 0.0 } else { median(tg) },

@@ -134,7 +134,17 @@ struct Layer {
     post_ffn_norm: Option<Tensor>,
     /// Local (sliding-window) attention layer.
     sliding: bool,
-    cache: KvCache,
+}
+
+/// One sequence's part of a batched forward pass: `ids` are fed at positions
+/// `slot_len(slot)..` of its KV slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    pub slot: usize,
+    pub ids: &'a [u32],
+    /// Whether to return the logits of its last position (prefill chunks other than the last
+    /// skip the LM head).
+    pub logits: bool,
 }
 
 /// A loaded decoder with its KV cache.
@@ -148,6 +158,8 @@ pub struct Decoder {
     sin: Tensor,
     /// RoPE tables of local layers (Gemma 3), when their base differs.
     local_rope: Option<(Tensor, Tensor)>,
+    /// KV slots: one cache per layer for each sequence the engine holds.
+    slots: Vec<Vec<KvCache>>,
 }
 
 /// Where weights come from. Names are always GGUF names; safetensors folders are mapped to
@@ -553,7 +565,6 @@ impl Decoder {
                 post_attn_norm: l.opt_dense(&p("post_attention_norm.weight"))?,
                 post_ffn_norm: l.opt_dense(&p("post_ffw_norm.weight"))?,
                 sliding: cfg.sliding_window.is_some() && (i + 1) % cfg.sliding_pattern != 0,
-                cache: KvCache::new(cfg.context_length),
             });
         }
         Ok(Self {
@@ -565,68 +576,140 @@ impl Decoder {
             cos,
             sin,
             local_rope,
+            slots: Vec::new(),
         })
     }
 
-    /// Positions currently held in the KV cache.
-    pub fn cache_len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.cache.len())
+    /// Positions held in KV slot `slot` (0 for a slot never used).
+    pub fn slot_len(&self, slot: usize) -> usize {
+        self.slots
+            .get(slot)
+            .and_then(|s| s.first())
+            .map_or(0, |c| c.len())
     }
 
-    /// Drops cached positions from `n` on.
-    pub fn truncate_cache(&mut self, n: usize) {
-        for l in &mut self.layers {
-            l.cache.truncate(n);
+    /// Drops slot `slot`'s positions from `n` on; its memory is kept for reuse.
+    pub fn truncate_slot(&mut self, slot: usize, n: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            for c in s {
+                c.truncate(n);
+            }
         }
     }
 
-    /// Feeds `ids` at positions `cache_len()..`; returns the logits of the last position when
-    /// `want_logits` (prefill chunks other than the last skip the LM head).
+    /// Empties slot `slot` and frees its memory.
+    pub fn release_slot(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            for c in s {
+                c.release();
+            }
+        }
+    }
+
+    /// Caps slot `slot`'s growth at `n` positions (what the KV budget reserved for it).
+    pub fn limit_slot(&mut self, slot: usize, n: usize) {
+        let n = n.min(self.cfg.context_length);
+        for c in self.slot_caches(slot) {
+            c.set_max(n);
+        }
+    }
+
+    /// Positions slot `slot` can hold without growing (its allocated memory).
+    pub fn slot_capacity(&self, slot: usize) -> usize {
+        self.slots
+            .get(slot)
+            .and_then(|s| s.first())
+            .map_or(0, |c| c.capacity())
+    }
+
+    /// Positions allocated across every slot (memory held, used or not).
+    pub fn kv_allocated(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.first())
+            .map(|c| c.capacity())
+            .sum()
+    }
+
+    /// Bytes of K and V one position takes in one slot (f32, every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.cfg.n_layer * 2 * self.cfg.n_kv_head * self.cfg.head_dim * 4
+    }
+
+    fn slot_caches(&mut self, slot: usize) -> &mut Vec<KvCache> {
+        while self.slots.len() <= slot {
+            let n = self.cfg.context_length;
+            self.slots
+                .push((0..self.cfg.n_layer).map(|_| KvCache::new(n)).collect());
+        }
+        &mut self.slots[slot]
+    }
+
+    /// Single-sequence forward on slot 0 (benchmarks and tools that run one sequence).
     pub fn forward(
         &mut self,
         ids: &[u32],
         want_logits: bool,
     ) -> candle_core::Result<Option<Vec<f32>>> {
-        let t = ids.len();
-        let pos = self.cache_len();
-        if t == 0 {
+        let mut out = self.forward_batch(&[SeqStep {
+            slot: 0,
+            ids,
+            logits: want_logits,
+        }])?;
+        Ok(out.pop().flatten())
+    }
+
+    /// One forward pass over several sequences, each on its own KV slot: the weight matrices
+    /// run once over every sequence's rows (one read of the weights per step), attention runs
+    /// per sequence over its own positions. Returns, per sequence, the logits of its last
+    /// position when it asked for them.
+    ///
+    /// A sequence's rows go through the same kernels whether it runs alone or in a batch (the
+    /// dense-GEMM path is taken only by a single sequence's prompt chunk), so batching never
+    /// changes its numbers.
+    pub fn forward_batch(
+        &mut self,
+        seqs: &[SeqStep],
+    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        if seqs.is_empty() || seqs.iter().any(|s| s.ids.is_empty()) {
             candle_core::bail!("forward called with no tokens");
         }
-        if pos + t > self.cfg.context_length {
-            candle_core::bail!(
-                "positions {pos}..{} exceed the context length {}",
-                pos + t,
-                self.cfg.context_length
-            );
+        for (i, s) in seqs.iter().enumerate() {
+            if seqs[..i].iter().any(|o| o.slot == s.slot) {
+                candle_core::bail!("slot {} appears twice in one batch", s.slot);
+            }
+            let pos = self.slot_len(s.slot);
+            if pos + s.ids.len() > self.cfg.context_length {
+                candle_core::bail!(
+                    "positions {pos}..{} exceed the context length {}",
+                    pos + s.ids.len(),
+                    self.cfg.context_length
+                );
+            }
         }
+        let dense_ok = seqs.len() == 1;
+        let all: Vec<u32> = seqs.iter().flat_map(|s| s.ids.iter().copied()).collect();
         let dev = Device::Cpu;
-        let ids_t = Tensor::new(ids, &dev)?.unsqueeze(0)?;
+        let ids_t = Tensor::new(all.as_slice(), &dev)?.unsqueeze(0)?;
         let mut x = self.embed.lookup(&ids_t)?;
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale)?;
         }
-        let kv = pos + t;
-        let mask = (t > 1).then(|| causal_mask(t, pos, None)).transpose()?;
-        let local_mask = match self.cfg.sliding_window {
-            Some(w) if t > 1 || kv > w + 1 => Some(causal_mask(t, pos, Some(w))?),
-            _ => None,
-        };
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        let local = match &self.local_rope {
-            Some((c, s)) => Some((c.narrow(0, pos, t)?, s.narrow(0, pos, t)?)),
-            None => None,
-        };
+        // Per-sequence attention inputs: row offset, length, masks and RoPE rows.
+        let mut parts = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for s in seqs {
+            let t = s.ids.len();
+            let pos = self.slot_len(s.slot);
+            parts.push(self.seq_part(s.slot, offset, t, pos)?);
+            offset += t;
+            self.slot_caches(s.slot);
+        }
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
-        for layer in &mut self.layers {
-            let (m, c, s) = match (layer.sliding, &local) {
-                (true, Some((c, s))) => (local_mask.as_ref(), c, s),
-                (true, None) => (local_mask.as_ref(), &cos, &sin),
-                (false, _) => (mask.as_ref(), &cos, &sin),
-            };
+        for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut attn = attention(cfg, layer, &h, m, c, s)?;
+            let mut attn = attention(cfg, layer, li, &h, &parts, &mut self.slots, dense_ok)?;
             if let Some(n) = &layer.post_attn_norm {
                 attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
             }
@@ -641,29 +724,82 @@ impl Decoder {
             };
             let ff = match &layer.gate_up {
                 GateUp::Separate { gate, up } => {
-                    let [g, u] = linear_many([gate, up], &h)?;
+                    let [g, u] = linear_many([gate, up], &h, dense_ok)?;
                     (act(&g)? * u)?
                 }
                 GateUp::Fused(w) => {
-                    let gu = linear(w, &h)?;
+                    let gu = linear(w, &h, dense_ok)?;
                     let n = gu.dim(D::Minus1)? / 2;
                     (act(&gu.narrow(D::Minus1, 0, n)?)? * gu.narrow(D::Minus1, n, n)?)?
                 }
             };
-            let mut ff = linear(&layer.down, &ff)?;
+            let mut ff = linear(&layer.down, &ff, dense_ok)?;
             if let Some(n) = &layer.post_ffn_norm {
                 ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
             }
             x = (x + ff)?;
         }
-        if !want_logits {
-            return Ok(None);
+        let wanted: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].logits).collect();
+        let mut out = vec![None; seqs.len()];
+        if wanted.is_empty() {
+            return Ok(out);
         }
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.out_norm, cfg.rms_eps as f32)?;
-        let logits = linear(&self.lm_head, &last)?;
-        Ok(Some(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?))
+        let lasts = wanted
+            .iter()
+            .map(|&i| x.narrow(1, parts[i].offset + parts[i].t - 1, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let last = Tensor::cat(&lasts, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.out_norm, eps)?;
+        let logits = linear(&self.lm_head, &last, dense_ok)?.to_dtype(DType::F32)?;
+        for (row, &i) in wanted.iter().enumerate() {
+            out[i] = Some(logits.narrow(1, row, 1)?.flatten_all()?.to_vec1()?);
+        }
+        Ok(out)
     }
+
+    /// The masks and RoPE rows of `t` new positions from `pos` on.
+    fn seq_part(
+        &self,
+        slot: usize,
+        offset: usize,
+        t: usize,
+        pos: usize,
+    ) -> candle_core::Result<SeqPart> {
+        let kv = pos + t;
+        let mask = (t > 1).then(|| causal_mask(t, pos, None)).transpose()?;
+        let local_mask = match self.cfg.sliding_window {
+            Some(w) if t > 1 || kv > w + 1 => Some(causal_mask(t, pos, Some(w))?),
+            _ => None,
+        };
+        let local = match &self.local_rope {
+            Some((c, s)) => Some((c.narrow(0, pos, t)?, s.narrow(0, pos, t)?)),
+            None => None,
+        };
+        Ok(SeqPart {
+            slot,
+            offset,
+            t,
+            mask,
+            local_mask,
+            cos: self.cos.narrow(0, pos, t)?,
+            sin: self.sin.narrow(0, pos, t)?,
+            local,
+        })
+    }
+}
+
+/// What attention needs to know about one sequence of a batch.
+struct SeqPart {
+    slot: usize,
+    /// First row of this sequence in the batch.
+    offset: usize,
+    t: usize,
+    mask: Option<Tensor>,
+    local_mask: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    /// RoPE rows of local layers, when their base differs.
+    local: Option<(Tensor, Tensor)>,
 }
 
 /// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for
@@ -678,7 +814,11 @@ fn dense_env() -> bool {
 
 /// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): when all are Q8_0, or all
 /// Q4_K/Q6_K, they run in one parallel region on one quantization of `x`.
-fn linear_many<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Result<[Tensor; N]> {
+fn linear_many<const N: usize>(
+    ws: [&Linear; N],
+    x: &Tensor,
+    dense_ok: bool,
+) -> candle_core::Result<[Tensor; N]> {
     let q8: Vec<&Q8Matrix> = ws
         .iter()
         .filter_map(|w| match w {
@@ -715,7 +855,7 @@ fn linear_many<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Res
     }
     let mut outs = Vec::with_capacity(N);
     for w in ws {
-        outs.push(linear(w, x)?);
+        outs.push(linear(w, x, dense_ok)?);
     }
     outs.try_into()
         .map_err(|_| candle_core::Error::Msg("matmul output count".into()))
@@ -745,8 +885,8 @@ fn own_matmul(
 }
 
 /// `x @ wᵀ`, choosing between Influence's own kernels, candle's quantized kernel and a
-/// dequantize-then-GEMM path.
-fn linear(w: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+/// dequantize-then-GEMM path (only when `dense_ok`: one sequence's prompt chunk).
+fn linear(w: &Linear, x: &Tensor, dense_ok: bool) -> candle_core::Result<Tensor> {
     let w = match w {
         Linear::Q8(m) => {
             let m = &**m;
@@ -766,7 +906,7 @@ fn linear(w: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         // Q4_K and Q6_K have repacked multi-row kernels in candle 0.11 that beat this.
         let fast_batched = matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q6K);
-        if rows >= DENSE_MIN_ROWS && !fast_batched && dense_env() {
+        if dense_ok && rows >= DENSE_MIN_ROWS && !fast_batched && dense_env() {
             let wd = dequantize_parallel(qt)?;
             return x.broadcast_matmul(&wd.t()?);
         }
@@ -868,23 +1008,25 @@ fn apply_rope(
     }
 }
 
+/// Attention of layer `li` for every sequence of the batch: q/k/v and the output projection
+/// run over all rows at once, RoPE, the KV append and the score/value products per sequence.
 fn attention(
     cfg: &DecoderConfig,
-    layer: &mut Layer,
+    layer: &Layer,
+    li: usize,
     h: &Tensor,
-    mask: Option<&Tensor>,
-    cos: &Tensor,
-    sin: &Tensor,
+    parts: &[SeqPart],
+    slots: &mut [Vec<KvCache>],
+    dense_ok: bool,
 ) -> candle_core::Result<Tensor> {
-    let (_, t, _) = h.dims3()?;
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
     let (q, k, v) = match &layer.qkv {
         Qkv::Separate { q, k, v } => {
-            let [q, k, v] = linear_many([q, k, v], h)?;
+            let [q, k, v] = linear_many([q, k, v], h, dense_ok)?;
             (q, k, v)
         }
         Qkv::Fused(w) => {
-            let qkv = linear(w, h)?;
+            let qkv = linear(w, h, dense_ok)?;
             (
                 qkv.narrow(D::Minus1, 0, nh * hd)?,
                 qkv.narrow(D::Minus1, nh * hd, nkv * hd)?,
@@ -900,6 +1042,57 @@ fn attention(
         ),
         None => (q, k, v),
     };
+    let mut ys = Vec::with_capacity(parts.len());
+    for p in parts {
+        let (mask, cos, sin) = match (layer.sliding, &p.local) {
+            (true, Some((c, s))) => (p.local_mask.as_ref(), c, s),
+            (true, None) => (p.local_mask.as_ref(), &p.cos, &p.sin),
+            (false, _) => (p.mask.as_ref(), &p.cos, &p.sin),
+        };
+        let rows = |x: &Tensor| {
+            if parts.len() == 1 {
+                Ok(x.clone())
+            } else {
+                x.narrow(1, p.offset, p.t)
+            }
+        };
+        let y = seq_attention(
+            cfg,
+            layer,
+            &rows(&q)?,
+            &rows(&k)?,
+            &rows(&v)?,
+            &mut slots[p.slot][li],
+            mask,
+            cos,
+            sin,
+        )?;
+        ys.push(y);
+    }
+    let y = if ys.len() == 1 {
+        ys.remove(0)
+    } else {
+        Tensor::cat(&ys, 1)?
+    };
+    linear(&layer.o, &y, dense_ok)
+}
+
+/// One sequence's attention over its own KV slot: `q`, `k`, `v` are its `t` new rows,
+/// (1, t, heads × head_dim).
+#[allow(clippy::too_many_arguments)]
+fn seq_attention(
+    cfg: &DecoderConfig,
+    layer: &Layer,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: &mut KvCache,
+    mask: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (_, t, _) = q.dims3()?;
+    let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
     let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
     let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
     let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -912,7 +1105,7 @@ fn attention(
     };
     let q = apply_rope(cfg, &q, cos, sin)?;
     let k = apply_rope(cfg, &k, cos, sin)?;
-    let (k_all, v_all) = layer.cache.append(&k, &v)?;
+    let (k_all, v_all) = cache.append(&k, &v)?;
     let kv_len = k_all.dim(2)?;
 
     // Grouped-query attention without repeating K/V: query heads sharing a KV head are
@@ -930,11 +1123,9 @@ fn attention(
     };
     let att = ops::softmax_last_dim(&att)?;
     let y = att.matmul(&v_all)?; // (1, nkv, n_rep * t, hd)
-    let y = y
-        .reshape((1, nh, t, hd))?
+    y.reshape((1, nh, t, hd))?
         .transpose(1, 2)?
-        .reshape((1, t, nh * hd))?;
-    linear(&layer.o, &y)
+        .reshape((1, t, nh * hd))
 }
 
 #[cfg(test)]
@@ -981,6 +1172,56 @@ mod tests {
             path.display()
         );
         path
+    }
+
+    /// A sequence's logits are bit-identical alone and in a batch: the property that lets a
+    /// seeded request give the same tokens however many others share its steps.
+    #[test]
+    fn batched_decode_matches_single_sequences_bit_for_bit() {
+        let mut f = super::super::gguf::open(&smollm_path()).unwrap();
+        let mut dec = Decoder::load(&mut f).unwrap();
+        let prompts: [&[u32]; 3] = [&[1, 4093, 198, 1780, 314], &[6403, 1980, 253], &[19556]];
+        for (slot, p) in prompts.iter().enumerate() {
+            let step = SeqStep {
+                slot,
+                ids: p,
+                logits: false,
+            };
+            dec.forward_batch(&[step]).unwrap();
+        }
+        let next = [[260u32], [655], [28]];
+        let lens: Vec<usize> = (0..3).map(|s| dec.slot_len(s)).collect();
+        let mut alone = Vec::new();
+        for (slot, ids) in next.iter().enumerate() {
+            let step = SeqStep {
+                slot,
+                ids,
+                logits: true,
+            };
+            alone.push(dec.forward_batch(&[step]).unwrap().remove(0).unwrap());
+            dec.truncate_slot(slot, lens[slot]);
+        }
+        let steps: Vec<SeqStep> = next
+            .iter()
+            .enumerate()
+            .map(|(slot, ids)| SeqStep {
+                slot,
+                ids,
+                logits: true,
+            })
+            .collect();
+        let batched = dec.forward_batch(&steps).unwrap();
+        for (slot, (a, b)) in alone.iter().zip(&batched).enumerate() {
+            let b = b.as_ref().unwrap();
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "slot {slot}: batched logits differ from its own");
+            assert_eq!(dec.slot_len(slot), lens[slot] + 1);
+        }
+        assert!(dec
+            .forward_batch(&[steps[0], steps[0]])
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 
     #[test]

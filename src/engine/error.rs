@@ -39,6 +39,17 @@ pub enum EngineError {
         wanted_kind: String,
     },
 
+    #[error("this request needs {need} KV cache positions (prompt {prompt_tokens} + max_tokens {max_tokens}) but the engine's KV budget is {budget}. Lower max_tokens, shorten the prompt, or raise engine.kv_budget")]
+    KvBudget {
+        need: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+        budget: usize,
+    },
+
+    #[error("the model was unloaded while this request was generating. Send the request again")]
+    Unloaded,
+
     #[error("invalid generation parameters: {0}")]
     BadParams(String),
 

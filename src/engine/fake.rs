@@ -172,6 +172,7 @@ impl FakeWorker {
                 req,
                 events,
                 cancel,
+                ..
             } => {
                 let start = Instant::now();
                 if let Err(e) = req.params.validate() {

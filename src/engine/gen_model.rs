@@ -4,23 +4,36 @@ use std::sync::Arc;
 
 use super::constraint::Vocab;
 use super::decoder::Decoder;
+use super::scheduler::Batcher;
 use super::template::ChatTemplate;
 use super::tokenize::TextTokenizer;
 use super::EngineError;
 
-/// A generative model with its tokenizer, template and the ids currently in its KV cache.
+/// A generative model with its tokenizer, template and the scheduler of its sequences.
 pub(crate) struct GenModel {
     pub dec: Decoder,
     pub tok: TextTokenizer,
     pub template: ChatTemplate,
-    /// Token ids whose keys/values sit in `dec`'s cache, in order.
-    pub cached: Vec<u32>,
+    /// Its running and waiting sequences and their KV slots.
+    pub batch: Batcher,
     /// The vocabulary prepared for constrained decoding, built on the first request that
     /// needs it (a failure is kept too, so it is not retried on every request).
     pub vocab: Option<Result<Arc<Vocab>, EngineError>>,
 }
 
 impl GenModel {
+    /// One sequence at a time within the model's context, until the engine configures it.
+    pub fn new(dec: Decoder, tok: TextTokenizer, template: ChatTemplate) -> Self {
+        let ctx = dec.cfg.context_length;
+        Self {
+            dec,
+            tok,
+            template,
+            batch: Batcher::new(1, ctx),
+            vocab: None,
+        }
+    }
+
     pub fn vocab(&mut self) -> Result<Arc<Vocab>, EngineError> {
         if self.vocab.is_none() {
             let t = std::time::Instant::now();

@@ -178,14 +178,5 @@ pub(crate) fn load(
         slow_quant_warning: None,
         chat_template: Some(template.source().to_string()),
     };
-    Ok((
-        GenModel {
-            dec,
-            tok,
-            template,
-            cached: Vec::new(),
-            vocab: None,
-        },
-        info,
-    ))
+    Ok((GenModel::new(dec, tok, template), info))
 }

@@ -36,6 +36,25 @@ impl KvCache {
         self.len = self.len.min(n);
     }
 
+    /// Forgets every position and frees the buffers.
+    pub fn release(&mut self) {
+        self.k = None;
+        self.v = None;
+        self.len = 0;
+        self.capacity = 0;
+    }
+
+    /// Caps how far the buffers may grow (a sequence's reservation): growth by doubling then
+    /// never allocates past what the engine's KV budget granted.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(self.len);
+    }
+
+    /// Positions the buffers can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     fn grow(&mut self, need: usize, like: &Tensor) -> Result<()> {
         if need > self.max {
             candle_core::bail!(

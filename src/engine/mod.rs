@@ -44,6 +44,7 @@ mod params;
 mod pool;
 mod q8;
 pub mod sampling;
+mod scheduler;
 mod simd;
 mod stop;
 pub mod template;
@@ -53,7 +54,7 @@ mod weights;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
@@ -61,6 +62,7 @@ pub use constraint::{Constraint, Grammar};
 pub use error::EngineError;
 pub use fake::FakeScript;
 pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS};
+pub use scheduler::{EngineStats, Priority, PREFILL_CHUNK};
 pub use types::{
     CancelToken, ChatMessage, Collected, FinishReason, GenEvent, GenRequest, GenStats, Generation,
     ModelInfo, ModelKind, Prompt, Role, TokenLogprob, TopLogprob,
@@ -73,13 +75,36 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Models kept resident at once; the least recently used is unloaded beyond this.
     pub max_loaded: usize,
+    /// Sequences of API requests decoded together per model (the app's chat has one more
+    /// slot of its own).
+    pub parallel: usize,
+    /// KV cache positions across a model's slots; 0 = its context × (parallel + 1).
+    pub kv_budget: usize,
 }
+
+/// Sequences decoded together by default. Decoding on a CPU is bound by memory bandwidth, so
+/// a batch of 4 rows costs little more than one row while the weights stream once; beyond
+/// that, 2-4 cores become the limit and every slot holds its own KV cache.
+pub const DEFAULT_PARALLEL: usize = 4;
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             threads: 0,
             max_loaded: 1,
+            parallel: DEFAULT_PARALLEL,
+            kv_budget: 0,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The KV budget, in positions, of a model with context `ctx`.
+    pub fn kv_budget_for(&self, ctx: usize) -> usize {
+        if self.kv_budget > 0 {
+            self.kv_budget
+        } else {
+            ctx * (self.parallel.max(1) + 1)
         }
     }
 }
@@ -97,6 +122,7 @@ pub(crate) enum EngineCmd {
         req: GenRequest,
         events: tmpsc::UnboundedSender<GenEvent>,
         cancel: CancelToken,
+        priority: Priority,
     },
     Embed {
         model: PathBuf,
@@ -136,6 +162,7 @@ impl EngineCmd {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<EngineCmd>,
+    counters: Arc<scheduler::EngineCounters>,
 }
 
 /// The thread count the engine will use for `threads = 0`.
@@ -173,16 +200,26 @@ impl EngineHandle {
         let threads = configure_threads(opts.threads, false);
         let (tx, rx) = mpsc::channel();
         let opts = EngineOptions { threads, ..opts };
+        let counters = Arc::new(scheduler::EngineCounters::default());
+        let shared = counters.clone();
         std::thread::Builder::new()
             .name("influence-engine".into())
-            .spawn(move || worker::run(rx, opts))
+            .spawn(move || worker::run(rx, opts, shared))
             .expect("the OS refused to start the engine thread");
-        Self { tx }
+        Self { tx, counters }
     }
 
     /// Builds a handle from a sender whose receiver is served by some engine thread.
     pub(crate) fn from_sender(tx: mpsc::Sender<EngineCmd>) -> Self {
-        Self { tx }
+        Self {
+            tx,
+            counters: Default::default(),
+        }
+    }
+
+    /// The scheduler's counters now: active and waiting sequences, batch sizes, KV use.
+    pub fn stats(&self) -> EngineStats {
+        self.counters.snapshot()
     }
 
     fn send(&self, cmd: EngineCmd) {
@@ -198,14 +235,25 @@ impl EngineHandle {
         rx
     }
 
-    /// Starts a generation; the model is loaded first when needed.
+    /// Starts a generation for an API client; the model is loaded first when needed.
     pub fn generate(&self, req: GenRequest) -> Generation {
+        self.generate_as(req, Priority::Background)
+    }
+
+    /// Starts a generation someone at the keyboard waits for: it is admitted and prefilled
+    /// before API requests, on a slot of its own.
+    pub fn generate_interactive(&self, req: GenRequest) -> Generation {
+        self.generate_as(req, Priority::Interactive)
+    }
+
+    fn generate_as(&self, req: GenRequest, priority: Priority) -> Generation {
         let (events, rx) = tmpsc::unbounded_channel();
         let cancel = CancelToken::new();
         self.send(EngineCmd::Generate {
             req,
             events,
             cancel: cancel.clone(),
+            priority,
         });
         Generation { events: rx, cancel }
     }

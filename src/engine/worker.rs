@@ -1,30 +1,30 @@
-//! The engine thread: owns the loaded models and serves [`EngineCmd`]s one at a time.
+//! The engine thread: owns the loaded models. Between commands it steps each model's
+//! [`Batcher`]: every running sequence advances by one token per step, prompts by chunks.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::constraint::{SeqConstraint, Step};
 use super::decoder::Decoder;
 use super::embed::{folder_model_type, Embedder};
 use super::gen_model::GenModel;
 use super::gguf::{self, Meta};
 use super::hf_folder;
-use super::sampling::Sampler;
-use super::stop::StopMatcher;
+use super::scheduler::{Batcher, EngineCounters, Pending, Priority};
 use super::template::ChatTemplate;
-use super::tokenize::{Detokenizer, TextTokenizer};
+use super::tokenize::TextTokenizer;
 use super::{
-    CancelToken, ChatMessage, ContextPolicy, EngineCmd, EngineError, EngineOptions, FinishReason,
-    GenEvent, GenRequest, GenStats, ModelInfo, ModelKind, Prompt,
+    CancelToken, ChatMessage, ContextPolicy, EngineCmd, EngineError, EngineOptions, GenEvent,
+    GenRequest, ModelInfo, ModelKind, Prompt,
 };
 
-/// Prompt tokens fed per forward pass during prefill: bounds attention memory and lets a
-/// cancel land between chunks.
-pub const PREFILL_CHUNK: usize = 128;
+/// Commands handled in a row before the next step, so a flood of requests cannot stall the
+/// running streams.
+const COMMANDS_PER_STEP: usize = 32;
 
 pub(crate) fn wrong_kind(path: &Path, actual: ModelKind, wanted: ModelKind) -> EngineError {
     let (actual, wanted, wanted_kind) = match (actual, wanted) {
@@ -54,38 +54,73 @@ struct Worker {
     opts: EngineOptions,
     /// Most recently used first.
     models: Vec<Entry>,
+    counters: Arc<EngineCounters>,
+    /// Commands that need a model which cannot be loaded until a busy one finishes.
+    deferred: VecDeque<EngineCmd>,
 }
 
-pub(crate) fn run(rx: mpsc::Receiver<EngineCmd>, opts: EngineOptions) {
+/// The text of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+pub(crate) fn run(
+    rx: mpsc::Receiver<EngineCmd>,
+    opts: EngineOptions,
+    counters: Arc<EngineCounters>,
+) {
     let mut w = Worker {
         opts,
         models: Vec::new(),
+        counters,
+        deferred: VecDeque::new(),
     };
-    tracing::info!(threads = opts.threads, "inference engine started");
-    while let Ok(cmd) = rx.recv() {
-        let events = match &cmd {
-            EngineCmd::Generate { events, .. } => Some(events.clone()),
-            _ => None,
-        };
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| w.handle(cmd))) {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(%msg, "engine command panicked; caches cleared");
-            for e in &mut w.models {
-                if let Model::Gen(g) = &mut e.model {
-                    g.dec.truncate_cache(0);
-                    g.cached.clear();
-                }
-            }
-            if let Some(ev) = events {
-                let _ = ev.send(GenEvent::Failed(EngineError::Candle(format!(
-                    "internal error: {msg}"
-                ))));
+    tracing::info!(
+        threads = opts.threads,
+        parallel = opts.parallel,
+        "inference engine started"
+    );
+    let mut open = true;
+    loop {
+        for _ in 0..w.deferred.len() {
+            if let Some(cmd) = w.deferred.pop_front() {
+                w.handle_guarded(cmd);
             }
         }
+        let mut handled = 0;
+        while open && handled < COMMANDS_PER_STEP {
+            let cmd = if w.has_work() {
+                match rx.try_recv() {
+                    Ok(c) => c,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            w.handle_guarded(cmd);
+            handled += 1;
+        }
+        if !w.has_work() {
+            if open {
+                continue;
+            }
+            break;
+        }
+        w.step_guarded();
     }
 }
 
@@ -134,16 +169,7 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         slow_quant_warning: stats.slow_warning,
         chat_template: Some(template.source().to_string()),
     };
-    Ok((
-        GenModel {
-            dec,
-            tok,
-            template,
-            cached: Vec::new(),
-            vocab: None,
-        },
-        info,
-    ))
+    Ok((GenModel::new(dec, tok, template), info))
 }
 
 impl Worker {
@@ -156,6 +182,13 @@ impl Worker {
             EngineCmd::Unload { model, reply } => {
                 let key = canonical(&model).unwrap_or(model.clone());
                 let before = self.models.len();
+                for e in &mut self.models {
+                    if e.key == key || e.info.id == model.to_string_lossy() {
+                        if let Model::Gen(g) = &mut e.model {
+                            g.batch.fail_all(&mut g.dec, || Some(EngineError::Unloaded));
+                        }
+                    }
+                }
                 self.models
                     .retain(|e| e.key != key && e.info.id != model.to_string_lossy());
                 let _ = reply.send(self.models.len() != before);
@@ -197,10 +230,87 @@ impl Worker {
                 req,
                 events,
                 cancel,
+                priority,
             } => {
-                if let Err(e) = self.generate(req, &events, &cancel) {
+                if let Err(e) = self.submit(req, &events, cancel, priority) {
                     let _ = events.send(GenEvent::Failed(e));
                 }
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        self.models.iter().any(|e| match &e.model {
+            Model::Gen(g) => g.batch.has_work(),
+            Model::Embed(_) => false,
+        })
+    }
+
+    /// Whether `path`'s model is loaded or can be without unloading one that is generating.
+    fn can_load(&self, path: &Path) -> bool {
+        let Ok(key) = canonical(path) else {
+            return true; // `ensure` reports the missing file
+        };
+        if self.models.iter().any(|e| e.key == key) {
+            return true;
+        }
+        let idle = self
+            .models
+            .iter()
+            .filter(|e| !matches!(&e.model, Model::Gen(g) if g.batch.has_work()))
+            .count();
+        let busy = self.models.len() - idle;
+        busy < self.opts.max_loaded.max(1)
+    }
+
+    fn handle_guarded(&mut self, cmd: EngineCmd) {
+        let needs = match &cmd {
+            EngineCmd::Load { path, .. } => Some(path.clone()),
+            EngineCmd::Generate { req, .. } => Some(req.model.clone()),
+            EngineCmd::Embed { model, .. } | EngineCmd::CountTokens { model, .. } => {
+                Some(model.clone())
+            }
+            EngineCmd::Unload { .. } | EngineCmd::Loaded { .. } => None,
+        };
+        if needs.is_some_and(|p| !self.can_load(&p)) {
+            self.deferred.push_back(cmd);
+            return;
+        }
+        let events = match &cmd {
+            EngineCmd::Generate { events, .. } => Some(events.clone()),
+            _ => None,
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.handle(cmd))) {
+            let msg = panic_text(&*panic);
+            tracing::error!(%msg, "engine command panicked");
+            if let Some(ev) = events {
+                let _ = ev.send(GenEvent::Failed(EngineError::Candle(format!(
+                    "internal error: {msg}"
+                ))));
+            }
+        }
+    }
+
+    /// One step of every model with work.
+    fn step_guarded(&mut self) {
+        let counters = self.counters.clone();
+        for e in &mut self.models {
+            let Model::Gen(g) = &mut e.model else {
+                continue;
+            };
+            if !g.batch.has_work() {
+                continue;
+            }
+            let g = &mut **g;
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                g.batch.step(&mut g.dec, &g.tok, &counters)
+            }));
+            if let Err(panic) = run {
+                let msg = panic_text(&*panic);
+                tracing::error!(%msg, model = %e.info.id, "engine step panicked; its sequences failed and caches cleared");
+                g.batch.fail_all(&mut g.dec, || {
+                    Some(EngineError::Candle(format!("internal error: {msg}")))
+                });
             }
         }
     }
@@ -213,11 +323,18 @@ impl Worker {
             self.models.insert(0, e);
             return Ok(0);
         }
-        // Free memory before reading the next model.
+        // Free memory before reading the next model: the least recently used that is not
+        // generating (`can_load` deferred the command when every one is).
         while self.models.len() >= self.opts.max_loaded.max(1) {
-            if let Some(e) = self.models.pop() {
-                tracing::info!(model = %e.info.id, "unloading least recently used model");
-            }
+            let Some(i) = self
+                .models
+                .iter()
+                .rposition(|e| !matches!(&e.model, Model::Gen(g) if g.batch.has_work()))
+            else {
+                break;
+            };
+            let e = self.models.remove(i);
+            tracing::info!(model = %e.info.id, "unloading least recently used model");
         }
         let id = key.to_string_lossy().to_string();
         let start = Instant::now();
@@ -243,16 +360,23 @@ impl Worker {
             let (g, info) = load_gguf(&key, id)?;
             (Model::Gen(Box::new(g)), info)
         };
+        let mut model = model;
+        if let Model::Gen(g) = &mut model {
+            let budget = self.opts.kv_budget_for(g.dec.cfg.context_length);
+            g.batch = Batcher::new(self.opts.parallel, budget);
+        }
         tracing::info!(model = %info.id, arch = %info.arch, ms = start.elapsed().as_millis() as u64, "model loaded");
         self.models.insert(0, Entry { key, info, model });
         Ok(0)
     }
 
-    fn generate(
+    /// Validates a request and queues it on its model's batcher.
+    fn submit(
         &mut self,
         req: GenRequest,
         events: &UnboundedSender<GenEvent>,
-        cancel: &CancelToken,
+        cancel: CancelToken,
+        priority: Priority,
     ) -> Result<(), EngineError> {
         let start = Instant::now();
         req.params.validate().map_err(EngineError::BadParams)?;
@@ -267,40 +391,34 @@ impl Worker {
                 ))
             }
         };
-        let p = &req.params;
+        let p = req.params;
         let ctx = g.dec.cfg.context_length;
         let (ids, dropped) = fit_prompt(g, &req.prompt, p.max_tokens, ctx, p.context_policy)?;
+        let need = (ids.len() + p.max_tokens).min(ctx);
+        if need > g.batch.budget() {
+            return Err(EngineError::KvBudget {
+                need,
+                prompt_tokens: ids.len(),
+                max_tokens: p.max_tokens,
+                budget: g.batch.budget(),
+            });
+        }
         // Compiled before `Started`, so a bad grammar is refused before any output.
         let constraint = match &p.constraint {
             Some(c) => Some(g.vocab()?.start(c)?),
             None => None,
         };
-
-        // Keep the longest common prefix with what the cache holds; at least one prompt token
-        // must be fed again to get logits.
-        let lcp = g
-            .cached
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let keep = lcp.min(ids.len() - 1);
-        g.dec.truncate_cache(keep);
-        g.cached.truncate(keep);
-        let _ = events.send(GenEvent::Started {
-            prompt_tokens: ids.len(),
-            cached_tokens: keep,
-            dropped_messages: dropped,
+        g.batch.submit(Pending {
+            ids,
+            dropped,
+            params: p,
+            constraint,
+            events: events.clone(),
+            cancel,
+            priority,
+            start,
+            need,
         });
-
-        let run = run_generation(g, &ids, keep, p, constraint, events, cancel, start);
-        if run.is_err() {
-            // The cache may hold a partial chunk; forget it rather than reuse bad state.
-            g.dec.truncate_cache(0);
-            g.cached.clear();
-        }
-        let stats = run?;
-        let _ = events.send(GenEvent::Done(stats));
         Ok(())
     }
 }
@@ -398,151 +516,4 @@ fn fit_prompt(
             }
         }
     }
-}
-
-fn token_logprob(g: &GenModel, logits: &[f32], id: u32, top: usize) -> super::TokenLogprob {
-    let text = |i: u32| g.tok.decode(&[i]).unwrap_or_default();
-    let (logprob, best) = super::sampling::logprobs(logits, id, top);
-    super::TokenLogprob {
-        id,
-        text: text(id),
-        logprob,
-        top: best
-            .into_iter()
-            .map(|(i, logprob)| super::TopLogprob {
-                id: i,
-                text: text(i),
-                logprob,
-            })
-            .collect(),
-    }
-}
-
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_generation(
-    g: &mut GenModel,
-    ids: &[u32],
-    keep: usize,
-    p: &super::GenParams,
-    mut constraint: Option<SeqConstraint>,
-    events: &UnboundedSender<GenEvent>,
-    cancel: &CancelToken,
-    start: Instant,
-) -> Result<GenStats, EngineError> {
-    let ctx = g.dec.cfg.context_length;
-    let mut stats = GenStats {
-        prompt_tokens: ids.len(),
-        cached_tokens: keep,
-        generated_tokens: 0,
-        ttft_ms: 0.0,
-        prompt_ms: 0.0,
-        gen_ms: 0.0,
-        prompt_tok_s: 0.0,
-        gen_tok_s: 0.0,
-        finish: FinishReason::Stop,
-    };
-    let stopped = |c: &CancelToken| c.is_cancelled() || events.is_closed();
-
-    // Prefill the uncached suffix.
-    let t_prompt = Instant::now();
-    let suffix = &ids[keep..];
-    let mut logits = Vec::new();
-    let n_chunks = suffix.len().div_ceil(PREFILL_CHUNK);
-    for (ci, chunk) in suffix.chunks(PREFILL_CHUNK).enumerate() {
-        if stopped(cancel) {
-            stats.finish = FinishReason::Cancelled;
-            return Ok(stats);
-        }
-        let last = ci + 1 == n_chunks;
-        if let Some(l) = g.dec.forward(chunk, last)? {
-            logits = l;
-        }
-        g.cached.extend_from_slice(chunk);
-    }
-    stats.prompt_ms = ms(t_prompt);
-    if stats.prompt_ms > 0.0 {
-        stats.prompt_tok_s = suffix.len() as f64 / (stats.prompt_ms / 1e3);
-    }
-
-    let mut sampler = Sampler::new(p);
-    let mut history: Vec<u32> = ids.to_vec();
-    let mut detok = Detokenizer::default();
-    let mut stop = StopMatcher::new(&p.stop);
-    let mut last_id = 0;
-    let mut decode_steps = 0usize;
-    let mut decode_ms = 0.0;
-    let t_gen = Instant::now();
-    loop {
-        if let Some(c) = &mut constraint {
-            c.mask(&mut logits)?;
-        }
-        let id = sampler.sample(&mut logits, &history);
-        let logprob = p
-            .logprobs
-            .map(|n| Box::new(token_logprob(g, &logits, id, n as usize)));
-        if g.tok.is_stop(id) {
-            stats.finish = FinishReason::Stop;
-            break;
-        }
-        last_id = id;
-        history.push(id);
-        stats.generated_tokens += 1;
-        let piece = detok.push(&g.tok, id)?;
-        let complete = match &mut constraint {
-            Some(c) => c.accept(id, &piece)? == Step::Complete,
-            None => false,
-        };
-        let (mut text, hit) = stop.push(&piece);
-        if complete && !hit {
-            // Nothing may follow a complete grammar: text held for a stop string is final.
-            text.push_str(&stop.flush());
-        }
-        if stats.generated_tokens == 1 {
-            stats.ttft_ms = ms(start);
-        }
-        if hit || complete {
-            if !text.is_empty() {
-                let _ = events.send(GenEvent::Token { id, text, logprob });
-            }
-            stats.finish = FinishReason::Stop;
-            break;
-        }
-        if events.send(GenEvent::Token { id, text, logprob }).is_err() {
-            stats.finish = FinishReason::Cancelled;
-            break;
-        }
-        if stats.generated_tokens >= p.max_tokens || g.dec.cache_len() + 1 > ctx {
-            stats.finish = FinishReason::Length;
-            break;
-        }
-        if stopped(cancel) {
-            stats.finish = FinishReason::Cancelled;
-            break;
-        }
-        let t = Instant::now();
-        logits = g
-            .dec
-            .forward(&[id], true)?
-            .ok_or_else(|| EngineError::Candle("the decoder returned no logits".into()))?;
-        g.cached.push(id);
-        decode_steps += 1;
-        decode_ms += ms(t);
-    }
-    let rest = stop.flush();
-    if !rest.is_empty() && stats.finish != FinishReason::Stop {
-        let _ = events.send(GenEvent::Token {
-            id: last_id,
-            text: rest,
-            logprob: None,
-        });
-    }
-    stats.gen_ms = ms(t_gen);
-    if decode_ms > 0.0 {
-        stats.gen_tok_s = decode_steps as f64 / (decode_ms / 1e3);
-    }
-    Ok(stats)
 }

@@ -146,6 +146,17 @@ impl ApiError {
                 err.param = Some("messages".into());
                 err
             }
+            EngineError::KvBudget { .. } => {
+                let mut err = Self::bad_request(dialect, e.to_string());
+                err.code = Some("context_length_exceeded");
+                err.param = Some("max_tokens".into());
+                err
+            }
+            EngineError::Unloaded => {
+                let mut err = Self::new(dialect, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                err.kind = "server_error";
+                err
+            }
             EngineError::WrongKind {
                 actual,
                 wanted,

@@ -63,7 +63,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, queue_depth: usize) -> String {
+    pub fn render(&self, queue_depth: usize, engine: &crate::engine::EngineStats) -> String {
         let mut out = String::new();
         out.push_str("# HELP influence_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE influence_http_requests_total counter\n");
@@ -136,6 +136,78 @@ impl Metrics {
                 "gauge",
                 self.in_flight.load(Ordering::Relaxed),
             ),
+            (
+                "influence_engine_active_sequences",
+                "Sequences holding a KV slot now (prefilling or decoding), the app's chat included.",
+                "gauge",
+                engine.active as u64,
+            ),
+            (
+                "influence_engine_waiting_sequences",
+                "Requests the engine holds until a slot or KV budget frees up.",
+                "gauge",
+                engine.waiting as u64,
+            ),
+            (
+                "influence_engine_parallel",
+                "API sequences one model decodes together (engine.parallel).",
+                "gauge",
+                engine.parallel as u64,
+            ),
+            (
+                "influence_engine_steps_total",
+                "Scheduler steps (one batched decode and at most one prompt chunk each).",
+                "counter",
+                engine.steps,
+            ),
+            (
+                "influence_engine_decode_steps_total",
+                "Batched decode forwards.",
+                "counter",
+                engine.decode_steps,
+            ),
+            (
+                "influence_engine_decode_rows_total",
+                "Sequences carried by decode forwards (divided by the steps: the mean batch size).",
+                "counter",
+                engine.decode_rows,
+            ),
+            (
+                "influence_engine_max_batch",
+                "The largest decode batch so far.",
+                "gauge",
+                engine.max_batch as u64,
+            ),
+            (
+                "influence_engine_prefill_chunks_total",
+                "Prompt chunks fed between decode steps.",
+                "counter",
+                engine.prefill_chunks,
+            ),
+            (
+                "influence_engine_kv_used_positions",
+                "KV cache positions reserved by running sequences or held by idle slots.",
+                "gauge",
+                engine.kv_used as u64,
+            ),
+            (
+                "influence_engine_kv_budget_positions",
+                "KV cache positions a model may use (engine.kv_budget).",
+                "gauge",
+                engine.kv_budget as u64,
+            ),
+            (
+                "influence_engine_kv_bytes",
+                "KV cache memory allocated.",
+                "gauge",
+                engine.kv_bytes as u64,
+            ),
+            (
+                "influence_engine_kv_evictions_total",
+                "Idle KV slots evicted (least recently used first) to make room.",
+                "counter",
+                engine.evictions,
+            ),
         ];
         for (name, help, kind, v) in counters {
             let _ = writeln!(
@@ -204,6 +276,7 @@ pub async fn handler(State(ctx): State<ServerCtx>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        ctx.metrics().render(ctx.queue().depth()),
+        ctx.metrics()
+            .render(ctx.queue().depth(), &ctx.engine().stats()),
     )
 }

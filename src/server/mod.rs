@@ -62,8 +62,10 @@ pub struct ServerOptions {
     pub api_key: Option<String>,
     /// Origins allowed by CORS (`*` for any); empty turns CORS off.
     pub cors_origins: Vec<String>,
-    /// Requests that may wait while one generates; more get 503.
+    /// Requests that may wait while `parallel` generate; more get 503.
     pub max_queue: usize,
+    /// Generations that run at once (the engine's `parallel`).
+    pub parallel: usize,
     /// Largest request body in bytes; larger ones get 413.
     pub body_limit: usize,
     /// What requests naming no model (or `default`) get: a library name or a model path.
@@ -91,6 +93,7 @@ impl Default for ServerOptions {
             api_key: None,
             cors_origins: Vec::new(),
             max_queue: 16,
+            parallel: 1,
             body_limit: 2 * 1024 * 1024,
             default_model: None,
             defaults: GenParams::default(),
@@ -127,6 +130,7 @@ impl ServerOptions {
             api_key: Some(cfg.server.api_key.clone()).filter(|k| !k.is_empty()),
             cors_origins: cfg.server.cors_origins.clone(),
             max_queue: cfg.server.max_queue,
+            parallel: cfg.engine.parallel,
             body_limit: cfg.server.body_limit,
             default_model: None,
             defaults,
@@ -189,7 +193,7 @@ impl ServerCtx {
                 }
             }
         }
-        let queue = GenQueue::new(options.max_queue);
+        let queue = GenQueue::new(options.max_queue, options.parallel);
         ServerCtx(Arc::new(Inner {
             engine,
             library,

@@ -143,6 +143,7 @@ pub async fn ps(State(ctx): State<ServerCtx>) -> Json<Value> {
         "models": models,
         "active_requests": a.running,
         "queued_requests": a.waiting,
+        "engine": super::ps::engine_facts(&ctx.engine().stats()),
     }))
 }
 

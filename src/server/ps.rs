@@ -66,3 +66,18 @@ pub fn facts(m: &Loaded) -> Value {
         "context_length": m.info.context_length,
     })
 }
+
+/// The engine's streams and KV use: every sequence it decodes (the app's chat included), not
+/// only this server's requests.
+pub fn engine_facts(s: &crate::engine::EngineStats) -> Value {
+    json!({
+        "active_sequences": s.active,
+        "waiting_sequences": s.waiting,
+        "parallel": s.parallel,
+        "max_batch": s.max_batch,
+        "kv_used_positions": s.kv_used,
+        "kv_budget_positions": s.kv_budget,
+        "kv_bytes": s.kv_bytes,
+        "kv_evictions": s.evictions,
+    })
+}

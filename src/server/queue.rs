@@ -1,5 +1,6 @@
-//! Admission in front of the engine: at most one generation runs, `max_queue` more may wait,
-//! and anything beyond that is turned away with 503 at once instead of piling up.
+//! Admission in front of the engine: at most `parallel` generations run (the engine batches
+//! them), `max_queue` more may wait, and anything beyond that is turned away with 503 at once
+//! instead of piling up.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,12 +40,13 @@ impl Drop for WaitingGuard {
 }
 
 impl GenQueue {
-    /// `max_queue` requests may wait while one runs.
-    pub fn new(max_queue: usize) -> Self {
-        let capacity = max_queue + 1;
+    /// `max_queue` requests may wait while `parallel` run.
+    pub fn new(max_queue: usize, parallel: usize) -> Self {
+        let parallel = parallel.max(1);
+        let capacity = max_queue + parallel;
         Self {
             admitted: Arc::new(Semaphore::new(capacity)),
-            running: Arc::new(Semaphore::new(1)),
+            running: Arc::new(Semaphore::new(parallel)),
             waiting: Arc::new(AtomicUsize::new(0)),
             capacity,
         }
@@ -95,7 +97,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_refuses_and_frees_on_drop() {
-        let q = GenQueue::new(1);
+        let q = GenQueue::new(1, 1);
         let a = q.try_admit().unwrap();
         let b = q.try_admit().unwrap();
         assert!(q.try_admit().is_none());
@@ -112,5 +114,21 @@ mod tests {
         drop(tb);
         assert_eq!(q.in_use(), 0);
         assert!(q.try_admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn parallel_requests_run_together() {
+        let q = GenQueue::new(1, 2);
+        let a = q.try_admit().unwrap().turn().await;
+        let b = q.try_admit().unwrap().turn().await;
+        let c = q.try_admit().unwrap();
+        assert!(q.try_admit().is_none());
+        let waiting = tokio::spawn(c.turn());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        let _c = waiting.await.unwrap();
+        drop(b);
+        assert_eq!(q.in_use(), 1);
     }
 }

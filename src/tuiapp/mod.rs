@@ -98,6 +98,8 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
     let engine = EngineHandle::spawn(EngineOptions {
         threads: loaded.config.engine.threads,
         max_loaded: loaded.config.engine.max_loaded.max(1),
+        parallel: loaded.config.engine.parallel,
+        kv_budget: loaded.config.engine.kv_budget,
     });
     let mut server_options = crate::serve::options_for(&loaded, model.clone());
     // Pulls that API clients start show in the Downloads pane beside the app's own.
@@ -121,7 +123,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
             .map_err(|e| e.to_string()),
         roots.clone(),
     );
-    let (chat, first) = start_chat(&loaded, &mut state, model, roots.clone(), engine);
+    let (chat, first) = start_chat(&loaded, &mut state, model, roots.clone(), engine.clone());
     let mut runner = EffectRunner::new(tx.clone(), loaded.dirs.config_dir.clone(), roots)
         .with_server(server)
         .with_api_pulls(api_pulls)
@@ -142,7 +144,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         crate::app::library::LibraryEffect::Scan,
     )]);
 
-    spawn_memory_sampler(tx.clone());
+    spawn_memory_sampler(tx.clone(), engine.clone());
     spawn_signal_watch(tx.clone());
 
     let mut guard = TerminalGuard::enter()?;
@@ -187,14 +189,20 @@ fn start_downloads(
     Ok(handle)
 }
 
-fn spawn_memory_sampler(tx: tokio::sync::mpsc::UnboundedSender<Msg>) {
+/// Memory every 2 s, and the engine's stream count every 500 ms (the update ignores repeats).
+fn spawn_memory_sampler(tx: tokio::sync::mpsc::UnboundedSender<Msg>, engine: EngineHandle) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        for i in 0u64.. {
             tick.tick().await;
-            if let Some(b) = crate::procmem::rss_bytes() {
-                if tx.send(Msg::Memory(b)).is_err() {
-                    break;
+            if tx.send(Msg::Streams(engine.stats().active)).is_err() {
+                break;
+            }
+            if i % 4 == 0 {
+                if let Some(b) = crate::procmem::rss_bytes() {
+                    if tx.send(Msg::Memory(b)).is_err() {
+                        break;
+                    }
                 }
             }
         }

@@ -28,6 +28,17 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
         sep.clone(),
         Span::styled(speed, t.status_bar),
         sep.clone(),
+    ];
+    // Streams beyond the chat's own: API clients share the engine's batch.
+    let own = usize::from(chat.running.is_some());
+    if state.status.streams > own {
+        spans.push(Span::styled(
+            format!("{} streams", state.status.streams),
+            t.status_bar,
+        ));
+        spans.push(sep.clone());
+    }
+    spans.extend([
         Span::styled(
             format!(
                 "mem {}",
@@ -39,7 +50,7 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
             t.status_bar,
         ),
         sep.clone(),
-    ];
+    ]);
     match &state.status.notice {
         Some(n) => spans.push(Span::styled(
             n.text.clone(),

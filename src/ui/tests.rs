@@ -44,6 +44,20 @@ fn screen_120x36_with_chat_focused() {
 }
 
 #[test]
+fn the_status_bar_counts_the_engines_streams() {
+    let mut s = test_state(120, 36);
+    update(&mut s, Msg::Streams(0));
+    assert!(!text(&s).contains("streams"));
+    s.dirty = false;
+    update(&mut s, Msg::Streams(3));
+    assert!(s.dirty, "a new count is worth a frame");
+    assert!(text(&s).contains("│ 3 streams │"), "{}", text(&s));
+    s.dirty = false;
+    update(&mut s, Msg::Streams(3));
+    assert!(!s.dirty);
+}
+
+#[test]
 fn too_small_message() {
     let s = test_state(40, 10);
     let t = text(&s);

@@ -146,7 +146,7 @@ impl ChatRunner {
                 let tx = tx.clone();
                 match backend {
                     Backend::Local(model) if budget.is_none() => {
-                        let gen = self.engine.generate(GenRequest {
+                        let gen = self.engine.generate_interactive(GenRequest {
                             model,
                             prompt: Prompt::Chat(messages),
                             params,
@@ -173,7 +173,7 @@ impl ChatRunner {
                             if cancel.is_cancelled() {
                                 return;
                             }
-                            let gen = engine.generate(GenRequest {
+                            let gen = engine.generate_interactive(GenRequest {
                                 model,
                                 prompt: Prompt::Chat(messages),
                                 params,
