@@ -1,0 +1,1298 @@
+//! Q4_0, Q4_1, Q5_0 and Q5_1 matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
+//!
+//! candle 0.11 multiplies these types one 32-value block per row at a time, and for Q4_1, Q5_0
+//! and Q5_1 without SIMD at all: SmolLM2's Q4_1 file decoded at a fraction of its Q8_0 speed.
+//! Here, as in `q8.rs` and `kq.rs`:
+//! - weights are repacked at load into tiles of 4 rows read as one sequential stream (the GGUF
+//!   copy is dropped; the repacked form is the same size). In each 128-value chunk of a row,
+//!   byte `i` holds value `i` (low nibble) and value `64 + i` (high nibble), so one 64-byte load
+//!   splits into two vectors of 64 consecutive values; the fifth bits of Q5_0/Q5_1 are a 128-bit
+//!   mask per chunk that AVX-512 applies with one masked add;
+//! - activations are quantized per call to 8 bits per 32 values (ggml's Q8_0/Q8_1). The weights
+//!   stay unsigned (0..15, 0..31), which is what `vpdpbusd` / `vpmaddubsw` take, so every 4-value
+//!   lane's dot product is exact in integers; Q4_0's −8 and Q5_0's −16 offsets start the lanes
+//!   from `−offset · Σa`, and Q4_1/Q5_1's minimums meet each block's activation sum;
+//! - tiles of 4 weight rows × up to 4 activation rows read each weight once per call, however
+//!   many rows a batched decode or a prompt brings.
+//!
+//! **Numerics.** Every variant computes the same float operations in the same order, so results
+//! are bit-identical across AVX-512, AVX2 and the scalar reference, and an activation row's
+//! result never depends on the other rows of the call (the batching engine relies on that: a
+//! seeded request gives the same tokens alone or batched). The order is fixed by 16 float lanes
+//! per (weight row, activation row): lane `l` holds the 4-value integer sums at offset
+//! `4 · (l % 8)` of the even blocks (`l < 8`) or odd blocks (`l ≥ 8`), each added in block order
+//! as `fma(sum, d_w · d_a, lane)`; the minimums go into 16 more lanes (block `b` into lane
+//! `b % 16`) as `fma(m_w, s_a, lane)`; both are summed by [`hsum16`]'s tree.
+
+use half::f16;
+
+use super::simd::Kernel;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+/// Weight rows per tile (the kernels are written for 4).
+const ROWS: usize = 4;
+/// Most activation rows per tile call.
+const ACTS: usize = 4;
+/// Block scales per group (one zmm of f32).
+const GROUP: usize = 16;
+/// Values per chunk: one 64-byte load of nibbles.
+const CHUNK: usize = 128;
+
+/// The types these kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LType {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+}
+
+impl LType {
+    /// Bytes of one GGUF block of 32 values.
+    const fn block_bytes(self) -> usize {
+        match self {
+            LType::Q4_0 => 18,
+            LType::Q4_1 => 20,
+            LType::Q5_0 => 22,
+            LType::Q5_1 => 24,
+        }
+    }
+
+    /// Whether the type has a per-block minimum (`w = d · q + m`) rather than an offset.
+    const fn has_min(self) -> bool {
+        matches!(self, LType::Q4_1 | LType::Q5_1)
+    }
+
+    /// Whether values have a fifth bit.
+    const fn high_bit(self) -> bool {
+        matches!(self, LType::Q5_0 | LType::Q5_1)
+    }
+
+    /// What is taken from the unsigned value: `w = d · (q − offset)`.
+    const fn offset(self) -> i32 {
+        match self {
+            LType::Q4_0 => 8,
+            LType::Q5_0 => 16,
+            LType::Q4_1 | LType::Q5_1 => 0,
+        }
+    }
+
+    /// Where the 16 bytes of nibbles start in a GGUF block.
+    const fn qs_at(self) -> usize {
+        match self {
+            LType::Q4_0 => 2,
+            LType::Q4_1 => 4,
+            LType::Q5_0 => 6,
+            LType::Q5_1 => 8,
+        }
+    }
+
+    /// Where the 4 bytes of fifth bits start in a GGUF block (Q5 types).
+    const fn qh_at(self) -> usize {
+        match self {
+            LType::Q5_1 => 4,
+            _ => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LType::Q4_0 => "Q4_0",
+            LType::Q4_1 => "Q4_1",
+            LType::Q5_0 => "Q5_0",
+            LType::Q5_1 => "Q5_1",
+        }
+    }
+
+    /// The unsigned quantized value `j` (0..32) of a GGUF block.
+    fn gguf_value(self, blk: &[u8], j: usize) -> u8 {
+        let qs = &blk[self.qs_at()..self.qs_at() + 16];
+        let lo = if j < 16 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - 16] >> 4
+        };
+        if !self.high_bit() {
+            return lo;
+        }
+        let h = &blk[self.qh_at()..self.qh_at() + 4];
+        let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        lo | (((qh >> j) & 1) as u8) << 4
+    }
+}
+
+/// Blocks per padded row: an even count, so a row is whole 128-value chunks and at most one
+/// 64-value half chunk (no padding to 128 values: SmolLM2's 576-wide rows would grow 11%).
+fn padded_blocks(k: usize) -> usize {
+    (k / BLOCK).next_multiple_of(2)
+}
+
+/// Groups of 16 block scales per padded row.
+fn groups(kbp: usize) -> usize {
+    kbp.div_ceil(GROUP)
+}
+
+/// An `n × k` weight matrix of one of the [`LType`]s (rows are output features), repacked.
+///
+/// Per tile of 4 rows: the rows' full chunks interleaved (chunk 0 of rows 0..4, then chunk 1 …),
+/// then the rows' half chunks (32 bytes: low nibbles are the first 32 values, high nibbles the
+/// next 32); the fifth bits in the same order (16 bytes per chunk, 8 per half chunk, bit `w` =
+/// value `w` of the chunk); block scales and minimums (f16 bits) in groups of 16 per row, rows
+/// interleaved per group. Padding (rows to a multiple of 4, blocks to even, scales to whole
+/// groups) is zeros.
+pub struct LMatrix {
+    ty: LType,
+    n: usize,
+    k: usize,
+    /// Padded blocks per row.
+    kbp: usize,
+    qs: Vec<u8>,
+    qh: Vec<u8>,
+    d: Vec<u16>,
+    mn: Vec<u16>,
+}
+
+impl LMatrix {
+    /// Repacks raw GGUF data of an `n × k` matrix of type `ty`.
+    pub fn from_gguf_bytes(data: &[u8], ty: LType, n: usize, k: usize) -> Result<Self, String> {
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            return Err(format!("row length {k} is not a multiple of {BLOCK}"));
+        }
+        let kb = k / BLOCK;
+        let bb = ty.block_bytes();
+        if n.checked_mul(kb * bb) != Some(data.len()) {
+            return Err(format!(
+                "{} bytes of {} data for a {n}×{k} matrix (expected {})",
+                data.len(),
+                ty.name(),
+                n.saturating_mul(kb * bb)
+            ));
+        }
+        let kbp = padded_blocks(k);
+        let tiles = n.div_ceil(ROWS);
+        let ng = groups(kbp);
+        let mut m = Self {
+            ty,
+            n,
+            k,
+            kbp,
+            qs: vec![0u8; tiles * ROWS * kbp * 16],
+            qh: if ty.high_bit() {
+                vec![0u8; tiles * ROWS * kbp * 4]
+            } else {
+                Vec::new()
+            },
+            d: vec![0u16; tiles * ng * ROWS * GROUP],
+            mn: if ty.has_min() {
+                vec![0u16; tiles * ng * ROWS * GROUP]
+            } else {
+                Vec::new()
+            },
+        };
+        for (r, row) in data.chunks_exact(kb * bb).enumerate() {
+            let (t, rr) = (r / ROWS, r % ROWS);
+            for (b, blk) in row.chunks_exact(bb).enumerate() {
+                let s = m.scale_at(t, rr, b);
+                m.d[s] = u16::from_le_bytes([blk[0], blk[1]]);
+                if ty.has_min() {
+                    m.mn[s] = u16::from_le_bytes([blk[2], blk[3]]);
+                }
+                for j in 0..BLOCK {
+                    let q = ty.gguf_value(blk, j);
+                    let (byte, high, bit) = m.place(t, rr, b * BLOCK + j);
+                    m.qs[byte] |= if high { (q & 0x0F) << 4 } else { q & 0x0F };
+                    if ty.high_bit() && q & 0x10 != 0 {
+                        m.qh[bit / 8] |= 1 << (bit % 8);
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Full chunks per padded row, and whether a half chunk follows them.
+    fn chunks(&self) -> (usize, bool) {
+        (self.kbp / 4, self.kbp % 4 == 2)
+    }
+
+    /// Offset in `qs` of chunk `c` of row `rr` of tile `t` (the half chunk is `c` = full count).
+    fn qs_at(&self, t: usize, c: usize, rr: usize) -> usize {
+        let nc = self.kbp / 4;
+        let tile = t * ROWS * self.kbp * 16;
+        if c < nc {
+            tile + (c * ROWS + rr) * 64
+        } else {
+            tile + nc * ROWS * 64 + rr * 32
+        }
+    }
+
+    /// Offset in `qh` of the fifth bits of chunk `c` of row `rr` of tile `t`.
+    fn qh_at(&self, t: usize, c: usize, rr: usize) -> usize {
+        let nc = self.kbp / 4;
+        let tile = t * ROWS * self.kbp * 4;
+        if c < nc {
+            tile + (c * ROWS + rr) * 16
+        } else {
+            tile + nc * ROWS * 16 + rr * 8
+        }
+    }
+
+    /// Where value `v` (0..padded k) of row `rr` of tile `t` lives: its byte in `qs`, whether it
+    /// is the high nibble, and its bit index in `qh`.
+    fn place(&self, t: usize, rr: usize, v: usize) -> (usize, bool, usize) {
+        let (c, w) = (v / CHUNK, v % CHUNK);
+        // Chunk index = full count: the half chunk, 32 values per nibble.
+        let (byte, high) = if c == self.kbp / 4 {
+            (w % 32, w >= 32)
+        } else {
+            (w % 64, w >= 64)
+        };
+        (
+            self.qs_at(t, c, rr) + byte,
+            high,
+            self.qh_at(t, c, rr) * 8 + w,
+        )
+    }
+
+    /// The unsigned quantized value `v` of row `rr` of tile `t`.
+    fn value(&self, t: usize, rr: usize, v: usize) -> u8 {
+        let (byte, high, bit) = self.place(t, rr, v);
+        let b = self.qs[byte];
+        let lo = if high { b >> 4 } else { b & 0x0F };
+        if self.ty.high_bit() {
+            lo | ((self.qh[bit / 8] >> (bit % 8)) & 1) << 4
+        } else {
+            lo
+        }
+    }
+
+    /// Offset in `d` / `mn` of the scale of block `b` of row `rr` of tile `t`.
+    fn scale_at(&self, t: usize, rr: usize, b: usize) -> usize {
+        ((t * groups(self.kbp) + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+    }
+
+    /// Block `b`'s scale and minimum (0 for types without one) of row `rr` of tile `t`.
+    fn scales(&self, t: usize, rr: usize, b: usize) -> (f32, f32) {
+        let at = self.scale_at(t, rr, b);
+        let m = if self.ty.has_min() {
+            f16::from_bits(self.mn[at]).to_f32()
+        } else {
+            0.0
+        };
+        (f16::from_bits(self.d[at]).to_f32(), m)
+    }
+
+    /// Dequantized row `r` (token-embedding lookups), as ggml dequantizes: `d · (q − offset)` or
+    /// `d · q + m`.
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let (t, rr) = (r / ROWS, r % ROWS);
+        let off = self.ty.offset();
+        let mut out = Vec::with_capacity(self.k);
+        for b in 0..self.k / BLOCK {
+            let (d, m) = self.scales(t, rr, b);
+            for v in b * BLOCK..(b + 1) * BLOCK {
+                let q = self.value(t, rr, v) as i32;
+                out.push(if self.ty.has_min() {
+                    d * q as f32 + m
+                } else {
+                    (q - off) as f32 * d
+                });
+            }
+        }
+        out
+    }
+
+    /// The whole matrix dequantized, row-major `n × k`, rows split across the own pool.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut out = vec![0f32; n * k];
+        let dst = out.as_mut_ptr() as usize;
+        super::pool::run_chunked(n, |rows| {
+            for r in rows {
+                let row = self.row(r);
+                // SAFETY: each row index is handed to one call, rows are disjoint `k`-value
+                // ranges of `out`, and `out` outlives the parallel region.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), (dst as *mut f32).add(r * k), k)
+                };
+            }
+        });
+        out
+    }
+}
+
+/// Activation rows quantized to 8 bits per 32 values, padded like the weights.
+pub struct QuantRows {
+    m: usize,
+    /// Padded row length in values.
+    kp: usize,
+    /// Padded scales per row.
+    sp: usize,
+    qs: Vec<i8>,
+    /// Block scales.
+    d: Vec<f32>,
+    /// `d ·` the block's sum: what a block's weight minimum meets (ggml's Q8_1 `s`).
+    s: Vec<f32>,
+    /// `−8 ·` the sum of each 4 consecutive values: what Q4_0's offset takes from each 4-value
+    /// lane (twice that for Q5_0), the start of the lane's integer dot product.
+    off8: Vec<i32>,
+}
+
+impl QuantRows {
+    /// Quantizes `m` rows of `k` values (row-major `x`), as ggml's `quantize_row_q8_0` does.
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        debug_assert_eq!(x.len(), m * k);
+        debug_assert_eq!(k % BLOCK, 0);
+        let kbp = padded_blocks(k);
+        let kp = kbp * BLOCK;
+        let sp = groups(kbp) * GROUP;
+        let mut qs = vec![0i8; m * kp];
+        let mut d = vec![0f32; m * sp];
+        let mut s = vec![0f32; m * sp];
+        for i in 0..m {
+            let src = &x[i * k..(i + 1) * k];
+            let dst = &mut qs[i * kp..i * kp + k];
+            for (b, (src, dst)) in src
+                .chunks_exact(BLOCK)
+                .zip(dst.chunks_exact_mut(BLOCK))
+                .enumerate()
+            {
+                let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, &v) in dst.iter_mut().zip(src) {
+                    *q = (v * inv).round() as i8;
+                    sum += *q as i32;
+                }
+                d[i * sp + b] = scale;
+                s[i * sp + b] = scale * sum as f32;
+            }
+        }
+        let off8 = qs
+            .chunks_exact(4)
+            .map(|q| -8 * q.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        Self {
+            m,
+            kp,
+            sp,
+            qs,
+            d,
+            s,
+            off8,
+        }
+    }
+}
+
+/// The kernel variant this CPU runs (`simd::kernel`), if any.
+pub fn kernel() -> Option<Kernel> {
+    super::simd::kernel()
+}
+
+/// Whether a matrix of these types with rows of `k` values runs on these kernels here.
+pub fn runs(k: usize) -> bool {
+    kernel().is_some() && k > 0 && k.is_multiple_of(BLOCK)
+}
+
+/// `x @ wᵀ` for every matrix in `ws` (all with `k` columns, types may differ): one row-major
+/// `m × n` output per matrix. `x` is `m` rows of `k` values.
+pub fn matmul(ws: &[&LMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_with(kernel(), ws, x, m)
+}
+
+/// [`matmul`] on a chosen kernel (`None`: the scalar reference). The caller guarantees the CPU
+/// runs it, as [`kernel`] does.
+fn matmul_with(kern: Option<Kernel>, ws: &[&LMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let Some(first) = ws.first() else {
+        return Vec::new();
+    };
+    let k = first.k;
+    assert!(
+        ws.iter().all(|w| w.k == k) && x.len() == m * k,
+        "legacy-quant matmul: shape mismatch"
+    );
+    let a = QuantRows::new(x, m, k);
+    let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
+    super::pool::tiled(&ns, m, k, ROWS, |j, t, out| {
+        // SAFETY: `tiled` hands each tile of each matrix to one call with that matrix's
+        // `m × n` output, which outlives the parallel region; the CPU runs `kern`.
+        unsafe { tile_all_acts(kern, ws[j], t, &a, out) }
+    })
+}
+
+/// Computes the output columns of weight tile `t` for every activation row.
+///
+/// # Safety
+/// `out` must point to an `a.m × w.n` buffer, no other thread may write those columns, and the
+/// CPU must run `kern`.
+unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRows, out: *mut f32) {
+    // AVX2 has 16 vector registers: 4 rows × 2 activations of accumulators leave room for the
+    // weights and activations.
+    let most = match kern {
+        Some(Kernel::Avx2) => 2,
+        _ => ACTS,
+    };
+    let mut i0 = 0;
+    while i0 < a.m {
+        let acts = (a.m - i0).min(most);
+        let mut res = [[0f32; ACTS]; ROWS];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked the CPU features of `kern`.
+        unsafe {
+            match kern {
+                Some(Kernel::Avx512) => avx512::tile(w, t, a, i0, acts, &mut res),
+                Some(Kernel::Avx2) => avx2::tile(w, t, a, i0, acts, &mut res),
+                None => tile_scalar(w, t, a, i0, acts, &mut res),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = kern;
+            tile_scalar(w, t, a, i0, acts, &mut res);
+        }
+        for (rr, row) in res.iter().enumerate() {
+            let r = t * ROWS + rr;
+            if r >= w.n {
+                break;
+            }
+            for (i, v) in row[..acts].iter().enumerate() {
+                // SAFETY: r < n and i0 + i < m, inside the caller's buffer.
+                unsafe { *out.add((i0 + i) * w.n + r) = *v };
+            }
+        }
+        i0 += acts;
+    }
+}
+
+/// The fixed summation tree of 16 lanes every variant uses: halves, then quarters, then pairs.
+#[inline(always)]
+fn hsum16(l: &[f32; 16]) -> f32 {
+    let mut t8 = [0f32; 8];
+    for (j, v) in t8.iter_mut().enumerate() {
+        *v = l[j] + l[j + 8];
+    }
+    let t4 = [t8[0] + t8[4], t8[1] + t8[5], t8[2] + t8[6], t8[3] + t8[7]];
+    let t2 = [t4[0] + t4[2], t4[1] + t4[3]];
+    t2[0] + t2[1]
+}
+
+/// Reference kernel: the lanes of the module docs, one value at a time.
+fn tile_scalar(
+    w: &LMatrix,
+    t: usize,
+    a: &QuantRows,
+    i0: usize,
+    acts: usize,
+    res: &mut [[f32; ACTS]; ROWS],
+) {
+    let (nc, half) = w.chunks();
+    let off = w.ty.offset();
+    for (rr, row) in res.iter_mut().enumerate() {
+        for (i, v) in row[..acts].iter_mut().enumerate() {
+            let ai = i0 + i;
+            let mut lanes = [0f32; 16];
+            for c in 0..nc + half as usize {
+                let vectors = if c < nc { 2 } else { 1 };
+                for h in 0..vectors {
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        let base = c * CHUNK + 64 * h + 4 * l;
+                        let b = base / BLOCK;
+                        let mut dot = 0i32;
+                        for j in base..base + 4 {
+                            let av = a.qs[ai * a.kp + j] as i32;
+                            dot += (w.value(t, rr, j) as i32 - off) * av;
+                        }
+                        let (dw, _) = w.scales(t, rr, b);
+                        let s = dw * a.d[ai * a.sp + b];
+                        *lane = (dot as f32).mul_add(s, *lane);
+                    }
+                }
+            }
+            let mut sum = hsum16(&lanes);
+            if w.ty.has_min() {
+                let mut mins = [0f32; 16];
+                for b in 0..groups(w.kbp) * GROUP {
+                    let (_, m) = w.scales(t, rr, b);
+                    mins[b % 16] = m.mul_add(a.s[ai * a.sp + b], mins[b % 16]);
+                }
+                sum += hsum16(&mins);
+            }
+            *v = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, CHUNK, GROUP, ROWS};
+    use std::arch::x86_64::*;
+
+    /// Runs the tile for `w`'s type and `acts` activation rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL and VNNI; `t` must be a tile of `w` and `i0 + acts`
+    /// rows of `a` must exist.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    pub(super) unsafe fn tile(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        macro_rules! by_acts {
+            ($off:literal, $high:literal, $min:literal) => {
+                match acts {
+                    4 => tile_impl::<$off, $high, $min, 4>(w, t, a, i0, res),
+                    3 => tile_impl::<$off, $high, $min, 3>(w, t, a, i0, res),
+                    2 => tile_impl::<$off, $high, $min, 2>(w, t, a, i0, res),
+                    _ => tile_impl::<$off, $high, $min, 1>(w, t, a, i0, res),
+                }
+            };
+        }
+        match w.ty {
+            LType::Q4_0 => by_acts!(1, false, false),
+            LType::Q4_1 => by_acts!(0, false, true),
+            LType::Q5_0 => by_acts!(2, true, false),
+            LType::Q5_1 => by_acts!(0, true, true),
+        }
+    }
+
+    /// Horizontal sum in [`hsum16`]'s order.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn hsum(v: __m512) -> f32 {
+        let mut l = [0f32; 16];
+        _mm512_storeu_ps(l.as_mut_ptr(), v);
+        hsum16(&l)
+    }
+
+    /// Index vector for `vpermps`: lanes 0–7 take element `j`, lanes 8–15 element `j + 1`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn pair_index(j: i32) -> __m512i {
+        _mm512_inserti64x4(_mm512_set1_epi32(j), _mm256_set1_epi32(j + 1), 1)
+    }
+
+    /// The integer start of 16 lanes from value `at` of `a`: `−8 · OFF · Σa` per 4 values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    #[inline]
+    unsafe fn start<const OFF: i32>(a: &QuantRows, at: usize) -> __m512i {
+        if OFF == 0 {
+            return _mm512_setzero_si512();
+        }
+        let o = _mm512_loadu_si512(a.off8.as_ptr().add(at / 4) as *const __m512i);
+        if OFF == 2 {
+            _mm512_slli_epi32(o, 1)
+        } else {
+            o
+        }
+    }
+
+    /// Weight tile `t` (4 rows) times `M` activation rows from `i0`. `OFF`: the offset in units
+    /// of 8 (Q4_0: 1, Q5_0: 2); `HIGH`: fifth bits; `MIN`: per-block minimums.
+    ///
+    /// Per chunk (128 values) and row: one 64-byte load split into two nibble vectors (plus a
+    /// masked add of 16 each for the fifth bits). Per vector and (row, act): `vpdpbusd` from the
+    /// offset start, a convert, a scale permute and an FMA.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    #[inline]
+    unsafe fn tile_impl<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        let (nc, half) = w.chunks();
+        let nch = nc + half as usize;
+        let ng = groups(w.kbp);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let b16 = _mm512_set1_epi8(0x10);
+        let idx = [
+            pair_index(0),
+            pair_index(2),
+            pair_index(4),
+            pair_index(6),
+            pair_index(8),
+            pair_index(10),
+            pair_index(12),
+            pair_index(14),
+        ];
+        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
+        for g in 0..ng {
+            // d_w · d_a of this group's 16 blocks for every (row, act) pair.
+            let mut sc = [[_mm512_setzero_ps(); M]; ROWS];
+            for (rr, row) in sc.iter_mut().enumerate() {
+                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                    sd.add((g * ROWS + rr) * GROUP) as *const __m256i
+                ));
+                for (i, v) in row.iter_mut().enumerate() {
+                    let da = _mm512_loadu_ps(a.d.as_ptr().add((i0 + i) * a.sp + g * GROUP));
+                    *v = _mm512_mul_ps(sw, da);
+                }
+            }
+            for c in 4 * g..(4 * g + 4).min(nch) {
+                let cc = c - 4 * g;
+                if c < nc {
+                    let mut av = [[_mm512_setzero_si512(); M]; 2];
+                    let mut st = [[_mm512_setzero_si512(); M]; 2];
+                    for h in 0..2 {
+                        for i in 0..M {
+                            let at = (i0 + i) * a.kp + c * CHUNK + 64 * h;
+                            av[h][i] = _mm512_loadu_si512(a.qs.as_ptr().add(at) as *const __m512i);
+                            st[h][i] = start::<OFF>(a, at);
+                        }
+                    }
+                    for (rr, row) in acc.iter_mut().enumerate() {
+                        let raw =
+                            _mm512_loadu_si512(w.qs.as_ptr().add(w.qs_at(t, c, rr)) as *const _);
+                        let mut lo = _mm512_and_si512(raw, m4);
+                        let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                        if HIGH {
+                            let bits = w.qh.as_ptr().add(w.qh_at(t, c, rr)) as *const u64;
+                            lo = _mm512_mask_add_epi8(lo, bits.read_unaligned(), lo, b16);
+                            hi = _mm512_mask_add_epi8(hi, bits.add(1).read_unaligned(), hi, b16);
+                        }
+                        for (i, v) in row.iter_mut().enumerate() {
+                            let d0 = _mm512_dpbusd_epi32(st[0][i], lo, av[0][i]);
+                            let d1 = _mm512_dpbusd_epi32(st[1][i], hi, av[1][i]);
+                            let s0 = _mm512_permutexvar_ps(idx[2 * cc], sc[rr][i]);
+                            let s1 = _mm512_permutexvar_ps(idx[2 * cc + 1], sc[rr][i]);
+                            *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, *v);
+                            *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s1, *v);
+                        }
+                    }
+                } else {
+                    let mut av = [_mm512_setzero_si512(); M];
+                    let mut st = [_mm512_setzero_si512(); M];
+                    for i in 0..M {
+                        let at = (i0 + i) * a.kp + c * CHUNK;
+                        av[i] = _mm512_loadu_si512(a.qs.as_ptr().add(at) as *const __m512i);
+                        st[i] = start::<OFF>(a, at);
+                    }
+                    let m4y = _mm256_set1_epi8(0x0F);
+                    for (rr, row) in acc.iter_mut().enumerate() {
+                        let raw =
+                            _mm256_loadu_si256(w.qs.as_ptr().add(w.qs_at(t, c, rr)) as *const _);
+                        let lo = _mm256_and_si256(raw, m4y);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4y);
+                        let mut wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                        if HIGH {
+                            let bits = w.qh.as_ptr().add(w.qh_at(t, c, rr)) as *const u64;
+                            wv = _mm512_mask_add_epi8(wv, bits.read_unaligned(), wv, b16);
+                        }
+                        for (i, v) in row.iter_mut().enumerate() {
+                            let d0 = _mm512_dpbusd_epi32(st[i], wv, av[i]);
+                            let s0 = _mm512_permutexvar_ps(idx[2 * cc], sc[rr][i]);
+                            *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, *v);
+                        }
+                    }
+                }
+            }
+        }
+        let mut mins = [[_mm512_setzero_ps(); M]; ROWS];
+        if MIN {
+            let sm = w.mn.as_ptr().add(t * ng * ROWS * GROUP);
+            for g in 0..ng {
+                for (rr, row) in mins.iter_mut().enumerate() {
+                    let mw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        sm.add((g * ROWS + rr) * GROUP) as *const __m256i
+                    ));
+                    for (i, v) in row.iter_mut().enumerate() {
+                        let sa = _mm512_loadu_ps(a.s.as_ptr().add((i0 + i) * a.sp + g * GROUP));
+                        *v = _mm512_fmadd_ps(mw, sa, *v);
+                    }
+                }
+            }
+        }
+        for rr in 0..ROWS {
+            for i in 0..M {
+                let mut sum = hsum(acc[rr][i]);
+                if MIN {
+                    sum += hsum(mins[rr][i]);
+                }
+                res[rr][i] = sum;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, CHUNK, GROUP, ROWS};
+    use std::arch::x86_64::*;
+
+    /// Runs the tile for `w`'s type and `acts` (1 or 2) activation rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `t` must be a tile of `w` and `i0 + acts` rows of
+    /// `a` must exist.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        macro_rules! by_acts {
+            ($off:literal, $high:literal, $min:literal) => {
+                match acts {
+                    2 => tile_impl::<$off, $high, $min, 2>(w, t, a, i0, res),
+                    _ => tile_impl::<$off, $high, $min, 1>(w, t, a, i0, res),
+                }
+            };
+        }
+        match w.ty {
+            LType::Q4_0 => by_acts!(1, false, false),
+            LType::Q4_1 => by_acts!(0, false, true),
+            LType::Q5_0 => by_acts!(2, true, false),
+            LType::Q5_1 => by_acts!(0, true, true),
+        }
+    }
+
+    /// 32 fifth bits as bytes of 0x10 or 0 (ggml's `bytes_from_bits_32`, masked to bit 4).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn fifth_bits(bits: u32) -> __m256i {
+        let shuf = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
+        let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+        let set = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
+    #[target_feature(enable = "avx")]
+    #[inline]
+    unsafe fn store(v: __m256, dst: &mut [f32]) {
+        _mm256_storeu_ps(dst.as_mut_ptr(), v);
+    }
+
+    /// Weight tile `t` times `M` activation rows, one 32-value block per vector. The even blocks
+    /// (lanes 0–7 of the AVX-512 variant) are one pass, the odd blocks (lanes 8–15) a second,
+    /// so each lane sees the same additions in the same order with half the registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile_impl<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        let (nc, half) = w.chunks();
+        let nch = nc + half as usize;
+        let m4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut lanes = [[[0f32; 16]; M]; ROWS];
+        for p in 0..2 {
+            let mut acc = [[_mm256_setzero_ps(); M]; ROWS];
+            for c in 0..nch {
+                let full = c < nc;
+                for h in 0..(if full { 2 } else { 1 }) {
+                    // The block this vector covers, where its bytes and fifth bits are.
+                    let (b, at, byte, nibble_high, bit) = if full {
+                        let b = 4 * c + 2 * h + p;
+                        (
+                            b,
+                            c * CHUNK + 64 * h + 32 * p,
+                            32 * p,
+                            h == 1,
+                            64 * h + 32 * p,
+                        )
+                    } else {
+                        (4 * c + p, c * CHUNK + 32 * p, 0, p == 1, 32 * p)
+                    };
+                    let mut av = [_mm256_setzero_si256(); M];
+                    let mut st = [_mm256_setzero_si256(); M];
+                    let mut da = [0f32; M];
+                    for i in 0..M {
+                        let ai = (i0 + i) * a.kp + at;
+                        av[i] = _mm256_loadu_si256(a.qs.as_ptr().add(ai) as *const __m256i);
+                        if OFF != 0 {
+                            let o =
+                                _mm256_loadu_si256(a.off8.as_ptr().add(ai / 4) as *const __m256i);
+                            st[i] = if OFF == 2 { _mm256_slli_epi32(o, 1) } else { o };
+                        }
+                        da[i] = *a.d.get_unchecked((i0 + i) * a.sp + b);
+                    }
+                    for (rr, row) in acc.iter_mut().enumerate() {
+                        let raw = _mm256_loadu_si256(
+                            w.qs.as_ptr().add(w.qs_at(t, c, rr) + byte) as *const __m256i
+                        );
+                        let mut wv = if nibble_high {
+                            _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
+                        } else {
+                            _mm256_and_si256(raw, m4)
+                        };
+                        if HIGH {
+                            let q = w.qh.as_ptr().add(w.qh_at(t, c, rr) + bit / 8) as *const u32;
+                            wv = _mm256_or_si256(wv, fifth_bits(q.read_unaligned()));
+                        }
+                        let dw = w.scales(t, rr, b).0;
+                        for (i, v) in row.iter_mut().enumerate() {
+                            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av[i]), ones);
+                            let dot = _mm256_add_epi32(dot, st[i]);
+                            let s = _mm256_set1_ps(dw * da[i]);
+                            *v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *v);
+                        }
+                    }
+                }
+            }
+            for rr in 0..ROWS {
+                for i in 0..M {
+                    store(acc[rr][i], &mut lanes[rr][i][8 * p..8 * p + 8]);
+                }
+            }
+        }
+        let mut mins = [[[0f32; 16]; M]; ROWS];
+        if MIN {
+            let ng = groups(w.kbp);
+            let sm = w.mn.as_ptr().add(t * ng * ROWS * GROUP);
+            let mut macc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
+            for g in 0..ng {
+                for (rr, row) in macc.iter_mut().enumerate() {
+                    for hh in 0..2 {
+                        let mw = _mm256_cvtph_ps(_mm_loadu_si128(
+                            sm.add((g * ROWS + rr) * GROUP + 8 * hh) as *const __m128i,
+                        ));
+                        for (i, v) in row.iter_mut().enumerate() {
+                            let sa = _mm256_loadu_ps(
+                                a.s.as_ptr().add((i0 + i) * a.sp + g * GROUP + 8 * hh),
+                            );
+                            v[hh] = _mm256_fmadd_ps(mw, sa, v[hh]);
+                        }
+                    }
+                }
+            }
+            for rr in 0..ROWS {
+                for i in 0..M {
+                    store(macc[rr][i][0], &mut mins[rr][i][..8]);
+                    store(macc[rr][i][1], &mut mins[rr][i][8..]);
+                }
+            }
+        }
+        for rr in 0..ROWS {
+            for i in 0..M {
+                let mut sum = hsum16(&lanes[rr][i]);
+                if MIN {
+                    sum += hsum16(&mins[rr][i]);
+                }
+                res[rr][i] = sum;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    const TYPES: [LType; 4] = [LType::Q4_0, LType::Q4_1, LType::Q5_0, LType::Q5_1];
+
+    /// Every variant this CPU runs, and the scalar reference.
+    fn kernels() -> Vec<Option<Kernel>> {
+        let mut v = vec![None];
+        v.extend(
+            super::super::simd::variants_for_tests()
+                .into_iter()
+                .map(Some),
+        );
+        v
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+    }
+
+    /// Random GGUF bytes for an `n × k` matrix of type `ty`: every bit of the quantized values
+    /// random, the scale small and positive and the minimum small of either sign, like real ones.
+    fn random_gguf(ty: LType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let mut rng = Rng(seed);
+        let mut out = Vec::new();
+        for _ in 0..n * k / BLOCK {
+            let mut blk: Vec<u8> = (0..ty.block_bytes()).map(|_| rng.next() as u8).collect();
+            let d = f16::from_f32(1e-3 + (rng.next() % 1000) as f32 * 2e-5);
+            blk[0..2].copy_from_slice(&d.to_le_bytes());
+            if ty.has_min() {
+                let m = f16::from_f32(((rng.next() % 2001) as f32 - 1000.0) * 2e-5);
+                blk[2..4].copy_from_slice(&m.to_le_bytes());
+            }
+            out.extend(blk);
+        }
+        out
+    }
+
+    /// Dequantizes GGUF bytes straight from the block format (ggml's `dequantize_row_q4_0` and
+    /// siblings), independently of the repacked layout.
+    fn dequant_gguf(ty: LType, data: &[u8]) -> Vec<f32> {
+        let f = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let mut out = Vec::new();
+        for blk in data.chunks_exact(ty.block_bytes()) {
+            let d = f(&blk[0..2]);
+            let (qs, qh) = match ty {
+                LType::Q4_0 => (&blk[2..18], 0u32),
+                LType::Q4_1 => (&blk[4..20], 0),
+                LType::Q5_0 => (
+                    &blk[6..22],
+                    u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]),
+                ),
+                LType::Q5_1 => (
+                    &blk[8..24],
+                    u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]),
+                ),
+            };
+            let mut y = [0f32; BLOCK];
+            for j in 0..16 {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                let x0 = (qs[j] & 0x0F) as u32 | h0;
+                let x1 = (qs[j] >> 4) as u32 | h1;
+                let (v0, v1) = match ty {
+                    LType::Q4_0 => ((x0 as i32 - 8) as f32 * d, (x1 as i32 - 8) as f32 * d),
+                    LType::Q5_0 => ((x0 as i32 - 16) as f32 * d, (x1 as i32 - 16) as f32 * d),
+                    LType::Q4_1 | LType::Q5_1 => {
+                        let m = f(&blk[2..4]);
+                        (x0 as f32 * d + m, x1 as f32 * d + m)
+                    }
+                };
+                y[j] = v0;
+                y[j + 16] = v1;
+            }
+            out.extend(y);
+        }
+        out
+    }
+
+    fn candle_dtype(ty: LType) -> GgmlDType {
+        match ty {
+            LType::Q4_0 => GgmlDType::Q4_0,
+            LType::Q4_1 => GgmlDType::Q4_1,
+            LType::Q5_0 => GgmlDType::Q5_0,
+            LType::Q5_1 => GgmlDType::Q5_1,
+        }
+    }
+
+    fn candle_tensor(ty: LType, data: &[u8], n: usize, k: usize) -> QTensor {
+        let st = QStorage::from_data(
+            std::borrow::Cow::Borrowed(data),
+            &Device::Cpu,
+            candle_dtype(ty),
+        )
+        .unwrap();
+        QTensor::new(st, (n, k)).unwrap()
+    }
+
+    fn random_acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        (0..m * k)
+            .map(|i| ((rng.next() % 2001) as f32 / 1000.0 - 1.0) * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    /// The exact product (f64) of the dequantized weights with the quantized activations.
+    fn reference(w: &[f32], a: &QuantRows, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; a.m * n];
+        for i in 0..a.m {
+            for r in 0..n {
+                let mut s = 0f64;
+                for c in 0..k {
+                    let av = a.qs[i * a.kp + c] as f64 * a.d[i * a.sp + c / BLOCK] as f64;
+                    s += w[r * k + c] as f64 * av;
+                }
+                out[i * n + r] = s as f32;
+            }
+        }
+        out
+    }
+
+    /// Σ |w · a| per output: the size of the terms, for relative tolerances.
+    fn magnitudes(w: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for r in 0..n {
+                out[i * n + r] = (0..k).map(|c| (w[r * k + c] * x[i * k + c]).abs()).sum();
+            }
+        }
+        out
+    }
+
+    fn check(ty: LType, n: usize, k: usize, m: usize) {
+        let bytes = random_gguf(ty, n, k, (n * 31 + k * 7 + m) as u64);
+        let vals = dequant_gguf(ty, &bytes);
+        let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+        let x = random_acts(m, k, (n + m) as u64);
+        let want = reference(&vals, &QuantRows::new(&x, m, k), n, k);
+        let mags = magnitudes(&vals, &x, m, n, k);
+        let scalar = matmul_with(None, &[&w], &x, m).remove(0);
+        for kern in kernels() {
+            let what = format!("{} {kern:?} n={n} k={k} m={m}", ty.name());
+            let got = matmul_with(kern, &[&w], &x, m).remove(0);
+            // Same float operations in the same order: bit-identical.
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                scalar.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{what}: differs from the scalar reference"
+            );
+            for (idx, ((g, e), s)) in got.iter().zip(&want).zip(&mags).enumerate() {
+                let tol = 1e-5 * s + 1e-6;
+                assert!(
+                    (g - e).abs() <= tol,
+                    "{what}: element {idx} is {g}, expected {e} (tolerance {tol})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dequantization_matches_candle() {
+        for ty in TYPES {
+            for &(n, k) in &[(5, 64), (6, 96), (3, 576), (4, 160)] {
+                let bytes = random_gguf(ty, n, k, 3);
+                let ours = dequant_gguf(ty, &bytes);
+                let theirs: Vec<f32> = candle_tensor(ty, &bytes, n, k)
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(ours, theirs, "{} {n}×{k}", ty.name());
+                let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+                for r in 0..n {
+                    assert_eq!(w.row(r), ours[r * k..(r + 1) * k], "{} row {r}", ty.name());
+                }
+                assert_eq!(w.dequantize(), ours, "{} whole matrix", ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn matches_reference_for_odd_shapes() {
+        // k = 576: 4 full chunks and a half chunk, 2 groups (the second partial); 32 and 96 an
+        // odd block count (padded); 160 a full chunk and a half; rows not a multiple of 4 leave
+        // padded edge tiles; 1 to 9 activation rows cover every tile width and remainders.
+        for ty in TYPES {
+            for &(n, k, m) in &[
+                (4, 32, 1),
+                (7, 96, 2),
+                (9, 160, 3),
+                (5, 576, 5),
+                (16, 576, 4),
+                (6, 1536, 9),
+                (13, 2048, 1),
+                (3, 640, 7),
+            ] {
+                check(ty, n, k, m);
+            }
+        }
+    }
+
+    #[test]
+    fn large_products_run_in_parallel_and_agree() {
+        check(LType::Q4_1, 300, 576, 6);
+        check(LType::Q5_0, 258, 1536, 1);
+    }
+
+    /// Row `i` of a call with `m` rows is bit-identical to a call with row `i` alone, on every
+    /// variant: a sequence's tokens cannot depend on what it is batched with.
+    #[test]
+    fn rows_do_not_depend_on_the_other_rows() {
+        let (n, k) = (37, 576);
+        let x = random_acts(9, k, 21);
+        for ty in TYPES {
+            let bytes = random_gguf(ty, n, k, 20);
+            let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+            for kern in kernels() {
+                let alone: Vec<Vec<f32>> = (0..9)
+                    .map(|i| matmul_with(kern, &[&w], &x[i * k..(i + 1) * k], 1).remove(0))
+                    .collect();
+                for m in 1..=9 {
+                    let all = matmul_with(kern, &[&w], &x[..m * k], m).remove(0);
+                    for (i, want) in alone.iter().enumerate().take(m) {
+                        let got = &all[i * n..(i + 1) * n];
+                        assert!(
+                            got.iter()
+                                .zip(want)
+                                .all(|(g, e)| g.to_bits() == e.to_bits()),
+                            "{} {kern:?}: row {i} of {m} differs from the row alone",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_mixed_types_match_separate_calls() {
+        let (k, m) = (576, 5);
+        let ws: Vec<LMatrix> = TYPES
+            .iter()
+            .enumerate()
+            .map(|(j, &ty)| {
+                let n = 20 + 3 * j;
+                LMatrix::from_gguf_bytes(&random_gguf(ty, n, k, j as u64), ty, n, k).unwrap()
+            })
+            .collect();
+        let refs: Vec<&LMatrix> = ws.iter().collect();
+        let x = random_acts(m, k, 4);
+        for kern in kernels() {
+            let all = matmul_with(kern, &refs, &x, m);
+            for (j, w) in ws.iter().enumerate() {
+                assert_eq!(all[j], matmul_with(kern, &[w], &x, m)[0], "{kern:?} {j}");
+            }
+        }
+    }
+
+    /// Against candle's f32 matmul on the dequantized weights: the only difference is the
+    /// 8-bit activations, whose rounding error is at most half a step, `amax / 254` of each
+    /// 32-value block, per value; and against candle's own quantized kernel.
+    #[test]
+    fn matches_candle_within_activation_rounding() {
+        let (n, k, m) = (24, 576, 3);
+        for ty in TYPES {
+            let bytes = random_gguf(ty, n, k, 11);
+            let wt = candle_tensor(ty, &bytes, n, k)
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            let wv: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+            let x = random_acts(m, k, 12);
+            let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+            let want: Vec<f32> = xt
+                .matmul(&wt.t().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let qm = QMatMul::from_qtensor(candle_tensor(ty, &bytes, n, k)).unwrap();
+            let theirs: Vec<f32> = qm
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+            for kern in kernels() {
+                let got = &matmul_with(kern, &[&w], &x, m)[0];
+                for i in 0..m {
+                    for r in 0..n {
+                        let bound: f32 = (0..k)
+                            .map(|c| {
+                                let blk = &x[i * k + c / BLOCK * BLOCK..][..BLOCK];
+                                let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                                wv[r * k + c].abs() * amax / 254.0
+                            })
+                            .sum::<f32>()
+                            * 1.01
+                            + 1e-5;
+                        let (g, e) = (got[i * n + r], want[i * n + r]);
+                        assert!(
+                            (g - e).abs() <= bound,
+                            "{} {kern:?} ({i}, {r}): {g} vs f32 {e}, bound {bound}",
+                            ty.name()
+                        );
+                        let c = theirs[i * n + r];
+                        assert!(
+                            (g - c).abs() <= 2.0 * bound,
+                            "{} {kern:?} ({i}, {r}): {g} vs candle {c}",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Not a test: time per call of SmolLM2's FFN shapes for 1, 4, 8 and 16 rows, own kernel
+    /// (each variant) against candle's quantized matmul and the dense path. Run with
+    /// `cargo test --release --lib engine::legacy::tests::bench_rows -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_rows() {
+        use std::time::Instant;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let (mut best, reps) = (f64::MAX, 20);
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+            }
+            best
+        };
+        for ty in [LType::Q4_1, LType::Q4_0, LType::Q5_0, LType::Q5_1] {
+            for &(n, k) in &[(1536, 576), (576, 1536)] {
+                let bytes = random_gguf(ty, n, k, 1);
+                let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+                let qm = QMatMul::from_qtensor(candle_tensor(ty, &bytes, n, k)).unwrap();
+                for m in [1usize, 4, 8, 16, 64] {
+                    let x = random_acts(m, k, 2);
+                    let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                    let mut line = format!("{} {n}x{k} m={m:2}:", ty.name());
+                    for kern in kernels().into_iter().skip(1) {
+                        let us = time(&mut || {
+                            std::hint::black_box(matmul_with(kern, &[&w], &x, m));
+                        });
+                        line += &format!(" {kern:?} {us:8.1} µs");
+                    }
+                    let us = time(&mut || {
+                        std::hint::black_box(qm.forward(&xt).unwrap());
+                    });
+                    line += &format!(" | candle {us:8.1} µs");
+                    if m >= 16 {
+                        let us = time(&mut || {
+                            let wd =
+                                Tensor::from_vec(w.dequantize(), (n, k), &Device::Cpu).unwrap();
+                            std::hint::black_box(xt.matmul(&wd.t().unwrap()).unwrap());
+                        });
+                        line += &format!(" | dense {us:8.1} µs");
+                    }
+                    println!("{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let bytes = random_gguf(LType::Q4_1, 2, 64, 1);
+        assert!(LMatrix::from_gguf_bytes(&bytes, LType::Q4_1, 2, 64).is_ok());
+        assert!(LMatrix::from_gguf_bytes(&bytes, LType::Q4_1, 1, 128).is_ok());
+        assert!(LMatrix::from_gguf_bytes(&bytes[1..], LType::Q4_1, 2, 64).is_err());
+        assert!(LMatrix::from_gguf_bytes(&bytes, LType::Q4_1, 4, 16).is_err());
+        assert!(LMatrix::from_gguf_bytes(&bytes, LType::Q4_0, 2, 64).is_err());
+    }
+}
