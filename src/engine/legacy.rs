@@ -2,27 +2,31 @@
 //!
 //! candle 0.11 multiplies these types one 32-value block per row at a time, and for Q4_1, Q5_0
 //! and Q5_1 without SIMD at all: SmolLM2's Q4_1 file decoded at a fraction of its Q8_0 speed.
-//! Here, as in `q8.rs` and `kq.rs`:
-//! - weights are repacked at load into tiles of 4 rows read as one sequential stream (the GGUF
-//!   copy is dropped; the repacked form is the same size). In each 128-value chunk of a row,
-//!   byte `i` holds value `i` (low nibble) and value `64 + i` (high nibble), so one 64-byte load
-//!   splits into two vectors of 64 consecutive values; the fifth bits of Q5_0/Q5_1 are a 128-bit
-//!   mask per chunk that AVX-512 applies with one masked add;
-//! - activations are quantized per call to 8 bits per 32 values (ggml's Q8_0/Q8_1). The weights
-//!   stay unsigned (0..15, 0..31), which is what `vpdpbusd` / `vpmaddubsw` take, so every 4-value
-//!   lane's dot product is exact in integers; Q4_0's −8 and Q5_0's −16 offsets start the lanes
-//!   from `−offset · Σa`, and Q4_1/Q5_1's minimums meet each block's activation sum;
-//! - tiles of 4 weight rows × up to 4 activation rows read each weight once per call, however
-//!   many rows a batched decode or a prompt brings.
+//! Here, as in `q8.rs` and `kq.rs`, weights are repacked at load into tiles of 4 rows read as
+//! one sequential stream (the GGUF copy is dropped; the repacked form is the same size), and
+//! tiles of 4 weight rows × up to 4 activation rows read each weight once per call, however many
+//! rows a batched decode or a prompt brings. What differs is the lane layout:
+//! - **one block per 32-bit lane.** A row's blocks go in groups of 16; within a group, 4-byte
+//!   word `u` of block `j`'s GGUF nibbles is lane `j` of load `u` (each byte holds value `4u + p`
+//!   in its low and value `16 + 4u + p` in its high nibble). Activations, quantized per call to
+//!   8 bits per 32 values (ggml's Q8_0/Q8_1), are laid out the same way, so a chain of 8
+//!   `vpdpbusd` leaves each of the 16 blocks' exact integer dot product in its own lane, and the
+//!   scales apply once per block: one convert and one FMA per 16 blocks, no permutes or
+//!   horizontal sums inside the loop;
+//! - the weights stay unsigned (0..15, 0..31), which is what `vpdpbusd` / `vpmaddubsw` take;
+//!   Q4_0's −8 and Q5_0's −16 offsets start each lane from `−offset · Σa` of its block, and
+//!   Q4_1/Q5_1's minimums meet the block's activation sum (ggml's Q8_1 `s`);
+//! - the fifth bits of Q5_0/Q5_1 are stored as one 64-bit byte mask per nibble vector, applied
+//!   with one masked add (AVX-512) or expanded from 32 bits (AVX2);
+//! - a row's last, partial group is stored compactly and read with lane-masked loads, so rows
+//!   are not padded (SmolLM2's 576-wide rows are 18 blocks: 16 + 2).
 //!
 //! **Numerics.** Every variant computes the same float operations in the same order, so results
 //! are bit-identical across AVX-512, AVX2 and the scalar reference, and an activation row's
 //! result never depends on the other rows of the call (the batching engine relies on that: a
-//! seeded request gives the same tokens alone or batched). The order is fixed by 16 float lanes
-//! per (weight row, activation row): lane `l` holds the 4-value integer sums at offset
-//! `4 · (l % 8)` of the even blocks (`l < 8`) or odd blocks (`l ≥ 8`), each added in block order
-//! as `fma(sum, d_w · d_a, lane)`; the minimums go into 16 more lanes (block `b` into lane
-//! `b % 16`) as `fma(m_w, s_a, lane)`; both are summed by [`hsum16`]'s tree.
+//! seeded request gives the same tokens alone or batched). Block `b`'s exact integer dot
+//! product goes into float lane `b % 16` as `fma(dot, d_w · d_a, lane)`, then (types with a
+//! minimum) `fma(m_w, s_a, lane)`; the 16 lanes are summed by [`hsum16`]'s tree.
 
 use half::f16;
 
@@ -34,10 +38,12 @@ pub const BLOCK: usize = 32;
 const ROWS: usize = 4;
 /// Most activation rows per tile call.
 const ACTS: usize = 4;
-/// Block scales per group (one zmm of f32).
+/// Blocks per group: one per 32-bit lane of a zmm.
 const GROUP: usize = 16;
-/// Values per chunk: one 64-byte load of nibbles.
-const CHUNK: usize = 128;
+/// Bytes of one group of one activation row: 8 slices of 4 values × 16 blocks.
+const ACT_GROUP: usize = 8 * 4 * GROUP;
+/// Bytes of the fifth-bit masks of one group of one row: 4 loads × (low, high) × 8 bytes.
+const QH_GROUP: usize = 64;
 
 /// The types these kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,49 +110,25 @@ impl LType {
             LType::Q5_1 => "Q5_1",
         }
     }
-
-    /// The unsigned quantized value `j` (0..32) of a GGUF block.
-    fn gguf_value(self, blk: &[u8], j: usize) -> u8 {
-        let qs = &blk[self.qs_at()..self.qs_at() + 16];
-        let lo = if j < 16 {
-            qs[j] & 0x0F
-        } else {
-            qs[j - 16] >> 4
-        };
-        if !self.high_bit() {
-            return lo;
-        }
-        let h = &blk[self.qh_at()..self.qh_at() + 4];
-        let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        lo | (((qh >> j) & 1) as u8) << 4
-    }
 }
 
-/// Blocks per padded row: an even count, so a row is whole 128-value chunks and at most one
-/// 64-value half chunk (no padding to 128 values: SmolLM2's 576-wide rows would grow 11%).
-fn padded_blocks(k: usize) -> usize {
-    (k / BLOCK).next_multiple_of(2)
-}
-
-/// Groups of 16 block scales per padded row.
-fn groups(kbp: usize) -> usize {
-    kbp.div_ceil(GROUP)
+/// Groups per row of `kb` blocks (the last may be partial).
+fn groups(kb: usize) -> usize {
+    kb.div_ceil(GROUP)
 }
 
 /// An `n × k` weight matrix of one of the [`LType`]s (rows are output features), repacked.
 ///
-/// Per tile of 4 rows: the rows' full chunks interleaved (chunk 0 of rows 0..4, then chunk 1 …),
-/// then the rows' half chunks (32 bytes: low nibbles are the first 32 values, high nibbles the
-/// next 32); the fifth bits in the same order (16 bytes per chunk, 8 per half chunk, bit `w` =
-/// value `w` of the chunk); block scales and minimums (f16 bits) in groups of 16 per row, rows
-/// interleaved per group. Padding (rows to a multiple of 4, blocks to even, scales to whole
+/// Per tile of 4 rows and group: the 4 rows' nibbles one after the other (256 bytes each, or
+/// 16 per block in a partial group), each as 4 loads × the group's blocks × 4 bytes; the fifth
+/// bits as 64 bytes of masks per row and group (low mask of load `u` at byte `16u`, high mask at
+/// `16u + 8`; bit `4j + p` belongs to byte `p` of block `j`); block scales and minimums (f16
+/// bits) as 16 per row and group. Padding (rows to a multiple of 4, scales and masks to whole
 /// groups) is zeros.
 pub struct LMatrix {
     ty: LType,
     n: usize,
     k: usize,
-    /// Padded blocks per row.
-    kbp: usize,
     qs: Vec<u8>,
     qh: Vec<u8>,
     d: Vec<u16>,
@@ -169,17 +151,15 @@ impl LMatrix {
                 n.saturating_mul(kb * bb)
             ));
         }
-        let kbp = padded_blocks(k);
         let tiles = n.div_ceil(ROWS);
-        let ng = groups(kbp);
+        let ng = groups(kb);
         let mut m = Self {
             ty,
             n,
             k,
-            kbp,
-            qs: vec![0u8; tiles * ROWS * kbp * 16],
+            qs: vec![0u8; tiles * ROWS * kb * 16],
             qh: if ty.high_bit() {
-                vec![0u8; tiles * ROWS * kbp * 4]
+                vec![0u8; tiles * ng * ROWS * QH_GROUP]
             } else {
                 Vec::new()
             },
@@ -198,12 +178,19 @@ impl LMatrix {
                 if ty.has_min() {
                     m.mn[s] = u16::from_le_bytes([blk[2], blk[3]]);
                 }
-                for j in 0..BLOCK {
-                    let q = ty.gguf_value(blk, j);
-                    let (byte, high, bit) = m.place(t, rr, b * BLOCK + j);
-                    m.qs[byte] |= if high { (q & 0x0F) << 4 } else { q & 0x0F };
-                    if ty.high_bit() && q & 0x10 != 0 {
-                        m.qh[bit / 8] |= 1 << (bit % 8);
+                let qs = &blk[ty.qs_at()..ty.qs_at() + 16];
+                for (i, &byte) in qs.iter().enumerate() {
+                    let at = m.byte_at(t, rr, b, i);
+                    m.qs[at] = byte;
+                }
+                if ty.high_bit() {
+                    let h = &blk[ty.qh_at()..ty.qh_at() + 4];
+                    let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                    for v in 0..BLOCK {
+                        if (qh >> v) & 1 == 1 {
+                            let bit = m.bit_at(t, rr, b, v);
+                            m.qh[bit / 8] |= 1 << (bit % 8);
+                        }
                     }
                 }
             }
@@ -219,56 +206,45 @@ impl LMatrix {
         self.k
     }
 
-    /// Full chunks per padded row, and whether a half chunk follows them.
-    fn chunks(&self) -> (usize, bool) {
-        (self.kbp / 4, self.kbp % 4 == 2)
+    /// Blocks per row.
+    fn kb(&self) -> usize {
+        self.k / BLOCK
     }
 
-    /// Offset in `qs` of chunk `c` of row `rr` of tile `t` (the half chunk is `c` = full count).
-    fn qs_at(&self, t: usize, c: usize, rr: usize) -> usize {
-        let nc = self.kbp / 4;
-        let tile = t * ROWS * self.kbp * 16;
-        if c < nc {
-            tile + (c * ROWS + rr) * 64
-        } else {
-            tile + nc * ROWS * 64 + rr * 32
-        }
+    /// Blocks in group `g` of a row.
+    fn width(&self, g: usize) -> usize {
+        (self.kb() - g * GROUP).min(GROUP)
     }
 
-    /// Offset in `qh` of the fifth bits of chunk `c` of row `rr` of tile `t`.
-    fn qh_at(&self, t: usize, c: usize, rr: usize) -> usize {
-        let nc = self.kbp / 4;
-        let tile = t * ROWS * self.kbp * 4;
-        if c < nc {
-            tile + (c * ROWS + rr) * 16
-        } else {
-            tile + nc * ROWS * 16 + rr * 8
-        }
+    /// Offset in `qs` of group `g` of row `rr` of tile `t`.
+    fn group_at(&self, t: usize, g: usize, rr: usize) -> usize {
+        t * ROWS * self.kb() * 16 + g * ROWS * GROUP * 16 + rr * self.width(g) * 16
     }
 
-    /// Where value `v` (0..padded k) of row `rr` of tile `t` lives: its byte in `qs`, whether it
-    /// is the high nibble, and its bit index in `qh`.
-    fn place(&self, t: usize, rr: usize, v: usize) -> (usize, bool, usize) {
-        let (c, w) = (v / CHUNK, v % CHUNK);
-        // Chunk index = full count: the half chunk, 32 values per nibble.
-        let (byte, high) = if c == self.kbp / 4 {
-            (w % 32, w >= 32)
-        } else {
-            (w % 64, w >= 64)
-        };
-        (
-            self.qs_at(t, c, rr) + byte,
-            high,
-            self.qh_at(t, c, rr) * 8 + w,
-        )
+    /// Offset in `qs` of GGUF nibble byte `i` (0..16) of block `b` of row `rr` of tile `t`.
+    fn byte_at(&self, t: usize, rr: usize, b: usize, i: usize) -> usize {
+        let (g, j) = (b / GROUP, b % GROUP);
+        self.group_at(t, g, rr) + ((i / 4) * self.width(g) + j) * 4 + i % 4
     }
 
-    /// The unsigned quantized value `v` of row `rr` of tile `t`.
-    fn value(&self, t: usize, rr: usize, v: usize) -> u8 {
-        let (byte, high, bit) = self.place(t, rr, v);
-        let b = self.qs[byte];
-        let lo = if high { b >> 4 } else { b & 0x0F };
+    /// Offset in `qh` of the masks of group `g` of row `rr` of tile `t`.
+    fn masks_at(&self, t: usize, g: usize, rr: usize) -> usize {
+        ((t * groups(self.kb()) + g) * ROWS + rr) * QH_GROUP
+    }
+
+    /// Bit index in `qh` of the fifth bit of value `v` of block `b` of row `rr` of tile `t`.
+    fn bit_at(&self, t: usize, rr: usize, b: usize, v: usize) -> usize {
+        let (g, j) = (b / GROUP, b % GROUP);
+        let (u, p, high) = ((v % 16) / 4, v % 4, v >= 16);
+        (self.masks_at(t, g, rr) + 16 * u + 8 * high as usize) * 8 + 4 * j + p
+    }
+
+    /// The unsigned quantized value `v` (0..32) of block `b` of row `rr` of tile `t`.
+    fn value(&self, t: usize, rr: usize, b: usize, v: usize) -> u8 {
+        let byte = self.qs[self.byte_at(t, rr, b, v % 16)];
+        let lo = if v >= 16 { byte >> 4 } else { byte & 0x0F };
         if self.ty.high_bit() {
+            let bit = self.bit_at(t, rr, b, v);
             lo | ((self.qh[bit / 8] >> (bit % 8)) & 1) << 4
         } else {
             lo
@@ -277,10 +253,11 @@ impl LMatrix {
 
     /// Offset in `d` / `mn` of the scale of block `b` of row `rr` of tile `t`.
     fn scale_at(&self, t: usize, rr: usize, b: usize) -> usize {
-        ((t * groups(self.kbp) + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+        ((t * groups(self.kb()) + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
     }
 
-    /// Block `b`'s scale and minimum (0 for types without one) of row `rr` of tile `t`.
+    /// Block `b`'s scale and minimum (0 for types without one) of row `rr` of tile `t`; zeros
+    /// for the padding blocks of a partial group.
     fn scales(&self, t: usize, rr: usize, b: usize) -> (f32, f32) {
         let at = self.scale_at(t, rr, b);
         let m = if self.ty.has_min() {
@@ -297,12 +274,12 @@ impl LMatrix {
         let (t, rr) = (r / ROWS, r % ROWS);
         let off = self.ty.offset();
         let mut out = Vec::with_capacity(self.k);
-        for b in 0..self.k / BLOCK {
+        for b in 0..self.kb() {
             let (d, m) = self.scales(t, rr, b);
-            for v in b * BLOCK..(b + 1) * BLOCK {
-                let q = self.value(t, rr, v) as i32;
+            for v in 0..BLOCK {
+                let q = self.value(t, rr, b, v) as i32;
                 out.push(if self.ty.has_min() {
-                    d * q as f32 + m
+                    q as f32 * d + m
                 } else {
                     (q - off) as f32 * d
                 });
@@ -330,10 +307,12 @@ impl LMatrix {
     }
 }
 
-/// Activation rows quantized to 8 bits per 32 values, padded like the weights.
+/// Activation rows quantized to 8 bits per 32 values, in the weights' lane layout: per row and
+/// group, 8 slices (values `4s..4s + 4` of each block) × 16 blocks × 4 bytes. Partial groups
+/// are padded with zeros.
 pub struct QuantRows {
     m: usize,
-    /// Padded row length in values.
+    /// Padded bytes per row.
     kp: usize,
     /// Padded scales per row.
     sp: usize,
@@ -342,8 +321,7 @@ pub struct QuantRows {
     d: Vec<f32>,
     /// `d ·` the block's sum: what a block's weight minimum meets (ggml's Q8_1 `s`).
     s: Vec<f32>,
-    /// `−8 ·` the sum of each 4 consecutive values: what Q4_0's offset takes from each 4-value
-    /// lane (twice that for Q5_0), the start of the lane's integer dot product.
+    /// `−8 ·` the block's sum: the start of Q4_0's lanes (twice that for Q5_0).
     off8: Vec<i32>,
 }
 
@@ -352,36 +330,28 @@ impl QuantRows {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(k % BLOCK, 0);
-        let kbp = padded_blocks(k);
-        let kp = kbp * BLOCK;
-        let sp = groups(kbp) * GROUP;
+        let ng = groups(k / BLOCK);
+        let (kp, sp) = (ng * ACT_GROUP, ng * GROUP);
         let mut qs = vec![0i8; m * kp];
         let mut d = vec![0f32; m * sp];
         let mut s = vec![0f32; m * sp];
+        let mut off8 = vec![0i32; m * sp];
         for i in 0..m {
-            let src = &x[i * k..(i + 1) * k];
-            let dst = &mut qs[i * kp..i * kp + k];
-            for (b, (src, dst)) in src
-                .chunks_exact(BLOCK)
-                .zip(dst.chunks_exact_mut(BLOCK))
-                .enumerate()
-            {
+            for (b, src) in x[i * k..(i + 1) * k].chunks_exact(BLOCK).enumerate() {
                 let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let scale = amax / 127.0;
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                 let mut sum = 0i32;
-                for (q, &v) in dst.iter_mut().zip(src) {
-                    *q = (v * inv).round() as i8;
-                    sum += *q as i32;
+                for (v, &x) in src.iter().enumerate() {
+                    let q = (x * inv).round() as i8;
+                    qs[i * kp + Self::at(b, v)] = q;
+                    sum += q as i32;
                 }
                 d[i * sp + b] = scale;
                 s[i * sp + b] = scale * sum as f32;
+                off8[i * sp + b] = -8 * sum;
             }
         }
-        let off8 = qs
-            .chunks_exact(4)
-            .map(|q| -8 * q.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
         Self {
             m,
             kp,
@@ -391,6 +361,11 @@ impl QuantRows {
             s,
             off8,
         }
+    }
+
+    /// Offset within a row of value `v` of block `b`.
+    fn at(b: usize, v: usize) -> usize {
+        (b / GROUP) * ACT_GROUP + (v / 4) * 4 * GROUP + (b % GROUP) * 4 + v % 4
     }
 }
 
@@ -419,7 +394,7 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&LMatrix], x: &[f32], m: usize) -> Ve
     let k = first.k;
     assert!(
         ws.iter().all(|w| w.k == k) && x.len() == m * k,
-        "legacy-quant matmul: shape mismatch"
+        "Q4_0/Q4_1/Q5_0/Q5_1 matmul: shape mismatch"
     );
     let a = QuantRows::new(x, m, k);
     let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
@@ -436,8 +411,7 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&LMatrix], x: &[f32], m: usize) -> Ve
 /// `out` must point to an `a.m × w.n` buffer, no other thread may write those columns, and the
 /// CPU must run `kern`.
 unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRows, out: *mut f32) {
-    // AVX2 has 16 vector registers: 4 rows × 2 activations of accumulators leave room for the
-    // weights and activations.
+    // AVX2 has 16 vector registers: 8 unpacked weight vectors and 4 × 2 accumulators fill them.
     let most = match kern {
         Some(Kernel::Avx2) => 2,
         _ => ACTS,
@@ -495,46 +469,35 @@ fn tile_scalar(
     acts: usize,
     res: &mut [[f32; ACTS]; ROWS],
 ) {
-    let (nc, half) = w.chunks();
-    let off = w.ty.offset();
+    let (kb, off) = (w.kb(), w.ty.offset());
     for (rr, row) in res.iter_mut().enumerate() {
         for (i, v) in row[..acts].iter_mut().enumerate() {
             let ai = i0 + i;
             let mut lanes = [0f32; 16];
-            for c in 0..nc + half as usize {
-                let vectors = if c < nc { 2 } else { 1 };
-                for h in 0..vectors {
-                    for (l, lane) in lanes.iter_mut().enumerate() {
-                        let base = c * CHUNK + 64 * h + 4 * l;
-                        let b = base / BLOCK;
-                        let mut dot = 0i32;
-                        for j in base..base + 4 {
-                            let av = a.qs[ai * a.kp + j] as i32;
-                            dot += (w.value(t, rr, j) as i32 - off) * av;
-                        }
-                        let (dw, _) = w.scales(t, rr, b);
-                        let s = dw * a.d[ai * a.sp + b];
-                        *lane = (dot as f32).mul_add(s, *lane);
+            // Padding blocks of a partial group add fma(0, 0, lane) as the vector code does.
+            for b in 0..groups(kb) * GROUP {
+                let mut dot = 0i32;
+                if b < kb {
+                    for val in 0..BLOCK {
+                        let av = a.qs[ai * a.kp + QuantRows::at(b, val)] as i32;
+                        dot += (w.value(t, rr, b, val) as i32 - off) * av;
                     }
                 }
-            }
-            let mut sum = hsum16(&lanes);
-            if w.ty.has_min() {
-                let mut mins = [0f32; 16];
-                for b in 0..groups(w.kbp) * GROUP {
-                    let (_, m) = w.scales(t, rr, b);
-                    mins[b % 16] = m.mul_add(a.s[ai * a.sp + b], mins[b % 16]);
+                let (dw, mw) = w.scales(t, rr, b);
+                let lane = &mut lanes[b % GROUP];
+                *lane = (dot as f32).mul_add(dw * a.d[ai * a.sp + b], *lane);
+                if w.ty.has_min() {
+                    *lane = mw.mul_add(a.s[ai * a.sp + b], *lane);
                 }
-                sum += hsum16(&mins);
             }
-            *v = sum;
+            *v = hsum16(&lanes);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, CHUNK, GROUP, ROWS};
+    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
     use std::arch::x86_64::*;
 
     /// Runs the tile for `w`'s type and `acts` activation rows.
@@ -569,43 +532,12 @@ mod avx512 {
         }
     }
 
-    /// Horizontal sum in [`hsum16`]'s order.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn hsum(v: __m512) -> f32 {
-        let mut l = [0f32; 16];
-        _mm512_storeu_ps(l.as_mut_ptr(), v);
-        hsum16(&l)
-    }
-
-    /// Index vector for `vpermps`: lanes 0–7 take element `j`, lanes 8–15 element `j + 1`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn pair_index(j: i32) -> __m512i {
-        _mm512_inserti64x4(_mm512_set1_epi32(j), _mm256_set1_epi32(j + 1), 1)
-    }
-
-    /// The integer start of 16 lanes from value `at` of `a`: `−8 · OFF · Σa` per 4 values.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    #[inline]
-    unsafe fn start<const OFF: i32>(a: &QuantRows, at: usize) -> __m512i {
-        if OFF == 0 {
-            return _mm512_setzero_si512();
-        }
-        let o = _mm512_loadu_si512(a.off8.as_ptr().add(at / 4) as *const __m512i);
-        if OFF == 2 {
-            _mm512_slli_epi32(o, 1)
-        } else {
-            o
-        }
-    }
-
     /// Weight tile `t` (4 rows) times `M` activation rows from `i0`. `OFF`: the offset in units
     /// of 8 (Q4_0: 1, Q5_0: 2); `HIGH`: fifth bits; `MIN`: per-block minimums.
     ///
-    /// Per chunk (128 values) and row: one 64-byte load split into two nibble vectors (plus a
-    /// masked add of 16 each for the fifth bits). Per vector and (row, act): `vpdpbusd` from the
-    /// offset start, a convert, a scale permute and an FMA.
+    /// Per group and row: 4 loads split into 8 nibble vectors (plus masked adds of 16 for the
+    /// fifth bits). Per group and (row, act): 8 `vpdpbusd` in two chains from the offset start,
+    /// then one convert, one multiply of the scales and one FMA (two with minimums).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     #[inline]
     unsafe fn tile_impl<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
@@ -615,116 +547,83 @@ mod avx512 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let (nc, half) = w.chunks();
-        let nch = nc + half as usize;
-        let ng = groups(w.kbp);
+        let ng = groups(w.kb());
         let m4 = _mm512_set1_epi8(0x0F);
         let b16 = _mm512_set1_epi8(0x10);
-        let idx = [
-            pair_index(0),
-            pair_index(2),
-            pair_index(4),
-            pair_index(6),
-            pair_index(8),
-            pair_index(10),
-            pair_index(12),
-            pair_index(14),
-        ];
         let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let sm =
+            w.mn.as_ptr()
+                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
         for g in 0..ng {
-            // d_w · d_a of this group's 16 blocks for every (row, act) pair.
-            let mut sc = [[_mm512_setzero_ps(); M]; ROWS];
-            for (rr, row) in sc.iter_mut().enumerate() {
-                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(
+            let width = w.width(g);
+            let lanes: __mmask16 = if width == GROUP {
+                0xFFFF
+            } else {
+                (1u16 << width) - 1
+            };
+            for (rr, row) in acc.iter_mut().enumerate() {
+                let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
+                let mut lo = [_mm512_setzero_si512(); 4];
+                let mut hi = [_mm512_setzero_si512(); 4];
+                for u in 0..4 {
+                    // Lanes past a partial group's blocks read as zeros (and are not touched
+                    // in memory).
+                    let raw = _mm512_maskz_loadu_epi32(lanes, base.add(u * width * 4) as *const _);
+                    lo[u] = _mm512_and_si512(raw, m4);
+                    hi[u] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                    if HIGH {
+                        let masks = w.qh.as_ptr().add(w.masks_at(t, g, rr) + 16 * u) as *const u64;
+                        lo[u] = _mm512_mask_add_epi8(lo[u], masks.read_unaligned(), lo[u], b16);
+                        hi[u] =
+                            _mm512_mask_add_epi8(hi[u], masks.add(1).read_unaligned(), hi[u], b16);
+                    }
+                }
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
                     sd.add((g * ROWS + rr) * GROUP) as *const __m256i
                 ));
-                for (i, v) in row.iter_mut().enumerate() {
-                    let da = _mm512_loadu_ps(a.d.as_ptr().add((i0 + i) * a.sp + g * GROUP));
-                    *v = _mm512_mul_ps(sw, da);
-                }
-            }
-            for c in 4 * g..(4 * g + 4).min(nch) {
-                let cc = c - 4 * g;
-                if c < nc {
-                    let mut av = [[_mm512_setzero_si512(); M]; 2];
-                    let mut st = [[_mm512_setzero_si512(); M]; 2];
-                    for h in 0..2 {
-                        for i in 0..M {
-                            let at = (i0 + i) * a.kp + c * CHUNK + 64 * h;
-                            av[h][i] = _mm512_loadu_si512(a.qs.as_ptr().add(at) as *const __m512i);
-                            st[h][i] = start::<OFF>(a, at);
-                        }
-                    }
-                    for (rr, row) in acc.iter_mut().enumerate() {
-                        let raw =
-                            _mm512_loadu_si512(w.qs.as_ptr().add(w.qs_at(t, c, rr)) as *const _);
-                        let mut lo = _mm512_and_si512(raw, m4);
-                        let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
-                        if HIGH {
-                            let bits = w.qh.as_ptr().add(w.qh_at(t, c, rr)) as *const u64;
-                            lo = _mm512_mask_add_epi8(lo, bits.read_unaligned(), lo, b16);
-                            hi = _mm512_mask_add_epi8(hi, bits.add(1).read_unaligned(), hi, b16);
-                        }
-                        for (i, v) in row.iter_mut().enumerate() {
-                            let d0 = _mm512_dpbusd_epi32(st[0][i], lo, av[0][i]);
-                            let d1 = _mm512_dpbusd_epi32(st[1][i], hi, av[1][i]);
-                            let s0 = _mm512_permutexvar_ps(idx[2 * cc], sc[rr][i]);
-                            let s1 = _mm512_permutexvar_ps(idx[2 * cc + 1], sc[rr][i]);
-                            *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, *v);
-                            *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s1, *v);
-                        }
-                    }
-                } else {
-                    let mut av = [_mm512_setzero_si512(); M];
-                    let mut st = [_mm512_setzero_si512(); M];
-                    for i in 0..M {
-                        let at = (i0 + i) * a.kp + c * CHUNK;
-                        av[i] = _mm512_loadu_si512(a.qs.as_ptr().add(at) as *const __m512i);
-                        st[i] = start::<OFF>(a, at);
-                    }
-                    let m4y = _mm256_set1_epi8(0x0F);
-                    for (rr, row) in acc.iter_mut().enumerate() {
-                        let raw =
-                            _mm256_loadu_si256(w.qs.as_ptr().add(w.qs_at(t, c, rr)) as *const _);
-                        let lo = _mm256_and_si256(raw, m4y);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4y);
-                        let mut wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                        if HIGH {
-                            let bits = w.qh.as_ptr().add(w.qh_at(t, c, rr)) as *const u64;
-                            wv = _mm512_mask_add_epi8(wv, bits.read_unaligned(), wv, b16);
-                        }
-                        for (i, v) in row.iter_mut().enumerate() {
-                            let d0 = _mm512_dpbusd_epi32(st[i], wv, av[i]);
-                            let s0 = _mm512_permutexvar_ps(idx[2 * cc], sc[rr][i]);
-                            *v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, *v);
-                        }
-                    }
-                }
-            }
-        }
-        let mut mins = [[_mm512_setzero_ps(); M]; ROWS];
-        if MIN {
-            let sm = w.mn.as_ptr().add(t * ng * ROWS * GROUP);
-            for g in 0..ng {
-                for (rr, row) in mins.iter_mut().enumerate() {
-                    let mw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                let mw = if MIN {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
                         sm.add((g * ROWS + rr) * GROUP) as *const __m256i
-                    ));
-                    for (i, v) in row.iter_mut().enumerate() {
-                        let sa = _mm512_loadu_ps(a.s.as_ptr().add((i0 + i) * a.sp + g * GROUP));
-                        *v = _mm512_fmadd_ps(mw, sa, *v);
+                    ))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                for (i, v) in row.iter_mut().enumerate() {
+                    let ai = i0 + i;
+                    let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP);
+                    let sc = a.sp * ai + g * GROUP;
+                    let mut d0 = if OFF == 0 {
+                        _mm512_setzero_si512()
+                    } else {
+                        let o = _mm512_loadu_si512(a.off8.as_ptr().add(sc) as *const __m512i);
+                        if OFF == 2 {
+                            _mm512_slli_epi32(o, 1)
+                        } else {
+                            o
+                        }
+                    };
+                    let mut d1 = _mm512_setzero_si512();
+                    for u in 0..4 {
+                        let alo = _mm512_loadu_si512(ap.add(64 * u) as *const __m512i);
+                        let ahi = _mm512_loadu_si512(ap.add(64 * (4 + u)) as *const __m512i);
+                        d0 = _mm512_dpbusd_epi32(d0, lo[u], alo);
+                        d1 = _mm512_dpbusd_epi32(d1, hi[u], ahi);
+                    }
+                    let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1));
+                    let s = _mm512_mul_ps(dw, _mm512_loadu_ps(a.d.as_ptr().add(sc)));
+                    *v = _mm512_fmadd_ps(dot, s, *v);
+                    if MIN {
+                        *v = _mm512_fmadd_ps(mw, _mm512_loadu_ps(a.s.as_ptr().add(sc)), *v);
                     }
                 }
             }
         }
         for rr in 0..ROWS {
             for i in 0..M {
-                let mut sum = hsum(acc[rr][i]);
-                if MIN {
-                    sum += hsum(mins[rr][i]);
-                }
-                res[rr][i] = sum;
+                let mut l = [0f32; 16];
+                _mm512_storeu_ps(l.as_mut_ptr(), acc[rr][i]);
+                res[rr][i] = hsum16(&l);
             }
         }
     }
@@ -732,7 +631,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, CHUNK, GROUP, ROWS};
+    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
     use std::arch::x86_64::*;
 
     /// Runs the tile for `w`'s type and `acts` (1 or 2) activation rows.
@@ -781,15 +680,10 @@ mod avx2 {
         _mm256_and_si256(set, _mm256_set1_epi8(0x10))
     }
 
-    #[target_feature(enable = "avx")]
-    #[inline]
-    unsafe fn store(v: __m256, dst: &mut [f32]) {
-        _mm256_storeu_ps(dst.as_mut_ptr(), v);
-    }
-
-    /// Weight tile `t` times `M` activation rows, one 32-value block per vector. The even blocks
-    /// (lanes 0–7 of the AVX-512 variant) are one pass, the odd blocks (lanes 8–15) a second,
-    /// so each lane sees the same additions in the same order with half the registers.
+    /// Weight tile `t` times `M` activation rows, each group as two halves of 8 blocks (lanes
+    /// 0–7 and 8–15 of the AVX-512 variant), so each lane sees the same operations in the same
+    /// order. The integer dot products use `vpmaddubsw` (at most 31 · 128 · 2 per pair: no
+    /// saturation) and `vpmaddwd` by ones.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn tile_impl<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
@@ -799,105 +693,93 @@ mod avx2 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let (nc, half) = w.chunks();
-        let nch = nc + half as usize;
+        let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut lanes = [[[0f32; 16]; M]; ROWS];
-        for p in 0..2 {
-            let mut acc = [[_mm256_setzero_ps(); M]; ROWS];
-            for c in 0..nch {
-                let full = c < nc;
-                for h in 0..(if full { 2 } else { 1 }) {
-                    // The block this vector covers, where its bytes and fifth bits are.
-                    let (b, at, byte, nibble_high, bit) = if full {
-                        let b = 4 * c + 2 * h + p;
-                        (
-                            b,
-                            c * CHUNK + 64 * h + 32 * p,
-                            32 * p,
-                            h == 1,
-                            64 * h + 32 * p,
-                        )
-                    } else {
-                        (4 * c + p, c * CHUNK + 32 * p, 0, p == 1, 32 * p)
-                    };
-                    let mut av = [_mm256_setzero_si256(); M];
-                    let mut st = [_mm256_setzero_si256(); M];
-                    let mut da = [0f32; M];
-                    for i in 0..M {
-                        let ai = (i0 + i) * a.kp + at;
-                        av[i] = _mm256_loadu_si256(a.qs.as_ptr().add(ai) as *const __m256i);
-                        if OFF != 0 {
-                            let o =
-                                _mm256_loadu_si256(a.off8.as_ptr().add(ai / 4) as *const __m256i);
-                            st[i] = if OFF == 2 { _mm256_slli_epi32(o, 1) } else { o };
-                        }
-                        da[i] = *a.d.get_unchecked((i0 + i) * a.sp + b);
-                    }
-                    for (rr, row) in acc.iter_mut().enumerate() {
-                        let raw = _mm256_loadu_si256(
-                            w.qs.as_ptr().add(w.qs_at(t, c, rr) + byte) as *const __m256i
-                        );
-                        let mut wv = if nibble_high {
-                            _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
-                        } else {
-                            _mm256_and_si256(raw, m4)
-                        };
+        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let sm =
+            w.mn.as_ptr()
+                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
+        let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
+        for g in 0..ng {
+            let width = w.width(g);
+            for h in 0..2 {
+                if 8 * h >= width {
+                    continue;
+                }
+                // Which of this half's 8 lanes hold blocks.
+                let valid = (width - 8 * h).min(8) as i32;
+                let lanes = _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(valid),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                );
+                for (rr, row) in acc.iter_mut().enumerate() {
+                    let base = w.qs.as_ptr().add(w.group_at(t, g, rr) + 32 * h);
+                    let mut lo = [_mm256_setzero_si256(); 4];
+                    let mut hi = [_mm256_setzero_si256(); 4];
+                    for u in 0..4 {
+                        // Masked-off lanes read as zeros and are not touched in memory.
+                        let raw =
+                            _mm256_maskload_epi32(base.add(u * width * 4) as *const i32, lanes);
+                        lo[u] = _mm256_and_si256(raw, m4);
+                        hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                         if HIGH {
-                            let q = w.qh.as_ptr().add(w.qh_at(t, c, rr) + bit / 8) as *const u32;
-                            wv = _mm256_or_si256(wv, fifth_bits(q.read_unaligned()));
-                        }
-                        let dw = w.scales(t, rr, b).0;
-                        for (i, v) in row.iter_mut().enumerate() {
-                            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av[i]), ones);
-                            let dot = _mm256_add_epi32(dot, st[i]);
-                            let s = _mm256_set1_ps(dw * da[i]);
-                            *v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *v);
+                            let at = w.masks_at(t, g, rr) + 16 * u + 4 * h;
+                            let masks = w.qh.as_ptr().add(at) as *const u32;
+                            lo[u] = _mm256_or_si256(lo[u], fifth_bits(masks.read_unaligned()));
+                            hi[u] =
+                                _mm256_or_si256(hi[u], fifth_bits(masks.add(2).read_unaligned()));
                         }
                     }
-                }
-            }
-            for rr in 0..ROWS {
-                for i in 0..M {
-                    store(acc[rr][i], &mut lanes[rr][i][8 * p..8 * p + 8]);
-                }
-            }
-        }
-        let mut mins = [[[0f32; 16]; M]; ROWS];
-        if MIN {
-            let ng = groups(w.kbp);
-            let sm = w.mn.as_ptr().add(t * ng * ROWS * GROUP);
-            let mut macc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
-            for g in 0..ng {
-                for (rr, row) in macc.iter_mut().enumerate() {
-                    for hh in 0..2 {
-                        let mw = _mm256_cvtph_ps(_mm_loadu_si128(
-                            sm.add((g * ROWS + rr) * GROUP + 8 * hh) as *const __m128i,
-                        ));
-                        for (i, v) in row.iter_mut().enumerate() {
-                            let sa = _mm256_loadu_ps(
-                                a.s.as_ptr().add((i0 + i) * a.sp + g * GROUP + 8 * hh),
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(
+                        sd.add((g * ROWS + rr) * GROUP + 8 * h) as *const __m128i,
+                    ));
+                    let mw = if MIN {
+                        _mm256_cvtph_ps(_mm_loadu_si128(
+                            sm.add((g * ROWS + rr) * GROUP + 8 * h) as *const __m128i
+                        ))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for (i, v) in row.iter_mut().enumerate() {
+                        let ai = i0 + i;
+                        let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP + 32 * h);
+                        let sc = a.sp * ai + g * GROUP + 8 * h;
+                        let mut dot = if OFF == 0 {
+                            _mm256_setzero_si256()
+                        } else {
+                            let o = _mm256_loadu_si256(a.off8.as_ptr().add(sc) as *const __m256i);
+                            if OFF == 2 {
+                                _mm256_slli_epi32(o, 1)
+                            } else {
+                                o
+                            }
+                        };
+                        for u in 0..4 {
+                            let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
+                            let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
+                            let p = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo[u], alo),
+                                _mm256_maddubs_epi16(hi[u], ahi),
                             );
-                            v[hh] = _mm256_fmadd_ps(mw, sa, v[hh]);
+                            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, ones));
+                        }
+                        let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
+                        v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[h]);
+                        if MIN {
+                            let sa = _mm256_loadu_ps(a.s.as_ptr().add(sc));
+                            v[h] = _mm256_fmadd_ps(mw, sa, v[h]);
                         }
                     }
-                }
-            }
-            for rr in 0..ROWS {
-                for i in 0..M {
-                    store(macc[rr][i][0], &mut mins[rr][i][..8]);
-                    store(macc[rr][i][1], &mut mins[rr][i][8..]);
                 }
             }
         }
         for rr in 0..ROWS {
             for i in 0..M {
-                let mut sum = hsum16(&lanes[rr][i]);
-                if MIN {
-                    sum += hsum16(&mins[rr][i]);
-                }
-                res[rr][i] = sum;
+                let mut l = [0f32; 16];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[rr][i][0]);
+                _mm256_storeu_ps(l.as_mut_ptr().add(8), acc[rr][i][1]);
+                res[rr][i] = hsum16(&l);
             }
         }
     }
@@ -1025,7 +907,8 @@ mod tests {
             for r in 0..n {
                 let mut s = 0f64;
                 for c in 0..k {
-                    let av = a.qs[i * a.kp + c] as f64 * a.d[i * a.sp + c / BLOCK] as f64;
+                    let q = a.qs[i * a.kp + QuantRows::at(c / BLOCK, c % BLOCK)];
+                    let av = q as f64 * a.d[i * a.sp + c / BLOCK] as f64;
                     s += w[r * k + c] as f64 * av;
                 }
                 out[i * n + r] = s as f32;
@@ -1097,9 +980,10 @@ mod tests {
 
     #[test]
     fn matches_reference_for_odd_shapes() {
-        // k = 576: 4 full chunks and a half chunk, 2 groups (the second partial); 32 and 96 an
-        // odd block count (padded); 160 a full chunk and a half; rows not a multiple of 4 leave
-        // padded edge tiles; 1 to 9 activation rows cover every tile width and remainders.
+        // Blocks per row 1, 3, 5 (one partial group), 18 (SmolLM2's 576: a full group and 2),
+        // 48 and 64 (whole groups), 20, 31 and 9: partial groups of every AVX2 half split.
+        // Rows not a multiple of 4 leave padded edge tiles; 1 to 9 activation rows cover every
+        // tile width and remainders.
         for ty in TYPES {
             for &(n, k, m) in &[
                 (4, 32, 1),
@@ -1110,6 +994,8 @@ mod tests {
                 (6, 1536, 9),
                 (13, 2048, 1),
                 (3, 640, 7),
+                (5, 32 * 31, 3),
+                (4, 32 * 9, 4),
             ] {
                 check(ty, n, k, m);
             }
