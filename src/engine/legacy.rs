@@ -497,8 +497,19 @@ fn tile_scalar(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
+    use super::{groups, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
     use std::arch::x86_64::*;
+
+    /// The last three levels of [`hsum16`]'s tree on its first level's 8 sums: lanes `j` and
+    /// `j + 4`, then `j` and `j + 2`, then the pair (with shuffles, not a store and reload: the
+    /// compiler turned that into gathers).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn hsum8(t8: __m256) -> f32 {
+        let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
+        let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+        _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
+    }
 
     /// Runs the tile for `w`'s type and `acts` activation rows.
     ///
@@ -621,9 +632,9 @@ mod avx512 {
         }
         for rr in 0..ROWS {
             for i in 0..M {
-                let mut l = [0f32; 16];
-                _mm512_storeu_ps(l.as_mut_ptr(), acc[rr][i]);
-                res[rr][i] = hsum16(&l);
+                let v = acc[rr][i];
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+                res[rr][i] = hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
             }
         }
     }
@@ -631,8 +642,19 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{groups, hsum16, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
+    use super::{groups, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
     use std::arch::x86_64::*;
+
+    /// The last three levels of [`hsum16`]'s tree on its first level's 8 sums: lanes `j` and
+    /// `j + 4`, then `j` and `j + 2`, then the pair (with shuffles, not a store and reload: the
+    /// compiler turned that into gathers).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn hsum8(t8: __m256) -> f32 {
+        let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
+        let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+        _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
+    }
 
     /// Runs the tile for `w`'s type and `acts` (1 or 2) activation rows.
     ///
@@ -776,10 +798,7 @@ mod avx2 {
         }
         for rr in 0..ROWS {
             for i in 0..M {
-                let mut l = [0f32; 16];
-                _mm256_storeu_ps(l.as_mut_ptr(), acc[rr][i][0]);
-                _mm256_storeu_ps(l.as_mut_ptr().add(8), acc[rr][i][1]);
-                res[rr][i] = hsum16(&l);
+                res[rr][i] = hsum8(_mm256_add_ps(acc[rr][i][0], acc[rr][i][1]));
             }
         }
     }
