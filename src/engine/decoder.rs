@@ -697,14 +697,6 @@ fn dense_env() -> bool {
     *ON.get_or_init(|| std::env::var("INFLUENCE_DENSE_PREFILL").map_or(true, |v| v != "0"))
 }
 
-/// Whether a Q4_0/Q4_1/Q5_0/Q5_1 matmul of `rows` rows takes the dequantize-then-GEMM path
-/// instead of the own kernel. TEMPORARY: `INFLUENCE_LEGACY_DENSE=1` for measuring.
-fn legacy_dense(rows: usize) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    rows >= DENSE_MIN_ROWS
-        && *ON.get_or_init(|| std::env::var("INFLUENCE_LEGACY_DENSE").is_ok_and(|v| v == "1"))
-}
-
 /// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): when all are Q8_0, all
 /// Q4_K/Q6_K, or all Q4_0/Q4_1/Q5_0/Q5_1, they run in one parallel region on one quantization
 /// of `x`.
@@ -730,8 +722,7 @@ fn linear_many<const N: usize>(ws: [&Linear; N], x: &Tensor) -> candle_core::Res
             _ => None,
         })
         .collect();
-    let rows = x.elem_count() / x.dim(D::Minus1)?;
-    let fused = if lq.len() == N && !legacy_dense(rows) {
+    let fused = if lq.len() == N {
         Some(own_matmul(
             x,
             |data, m| legacy::matmul(&lq, data, m),
@@ -804,13 +795,10 @@ fn linear(w: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
                 own_matmul(x, |d, r| kq::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
             );
         }
+        // Prompts too: the 4 × 4 tiles read each weight once per call and beat dequantizing for
+        // a dense GEMM at every row count measured (docs/PERFORMANCE.md).
         Linear::L(m) => {
             let m = &**m;
-            let rows = x.elem_count() / x.dim(D::Minus1)?;
-            if legacy_dense(rows) {
-                let wd = Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), &Device::Cpu)?;
-                return x.broadcast_matmul(&wd.t()?);
-            }
             return Ok(
                 own_matmul(x, |d, r| legacy::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
             );

@@ -288,7 +288,9 @@ impl LMatrix {
         out
     }
 
-    /// The whole matrix dequantized, row-major `n × k`, rows split across the own pool.
+    /// The whole matrix dequantized, row-major `n × k`, rows split across the own pool (tests
+    /// and the dense-path comparison of `bench_rows`; the decoder never needs it).
+    #[cfg(test)]
     pub fn dequantize(&self) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let mut out = vec![0f32; n * k];
@@ -568,6 +570,12 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
         for g in 0..ng {
             let width = w.width(g);
+            if width <= 8 {
+                // A partial last group of at most 8 blocks (SmolLM2's 576-wide rows end with
+                // 2): the same lanes with 256-bit operations, half the work of 512-bit ones.
+                narrow_group::<OFF, HIGH, MIN, M>(w, t, a, i0, g, &mut acc);
+                continue;
+            }
             let lanes: __mmask16 = if width == GROUP {
                 0xFFFF
             } else {
@@ -635,6 +643,89 @@ mod avx512 {
                 let v = acc[rr][i];
                 let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
                 res[rr][i] = hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
+            }
+        }
+    }
+
+    /// Group `g` (at most 8 blocks, the row's last) of weight tile `t` times `M` activation rows
+    /// from `i0`, added to lanes 0–7 of `acc` exactly as [`tile_impl`] would (lanes 8–15 would
+    /// only get `fma(0, 0, lane)`, which leaves them as they are).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    #[inline]
+    unsafe fn narrow_group<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        g: usize,
+        acc: &mut [[__m512; M]; ROWS],
+    ) {
+        let ng = groups(w.kb());
+        let width = w.width(g);
+        let lanes: __mmask8 = ((1u16 << width) - 1) as __mmask8;
+        let m4 = _mm256_set1_epi8(0x0F);
+        let b16 = _mm256_set1_epi8(0x10);
+        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let sm =
+            w.mn.as_ptr()
+                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
+        for (rr, row) in acc.iter_mut().enumerate() {
+            let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for u in 0..4 {
+                let raw = _mm256_maskz_loadu_epi32(lanes, base.add(u * width * 4) as *const _);
+                lo[u] = _mm256_and_si256(raw, m4);
+                hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if HIGH {
+                    let masks = w.qh.as_ptr().add(w.masks_at(t, g, rr) + 16 * u) as *const u32;
+                    lo[u] = _mm256_mask_add_epi8(lo[u], masks.read_unaligned(), lo[u], b16);
+                    hi[u] = _mm256_mask_add_epi8(hi[u], masks.add(2).read_unaligned(), hi[u], b16);
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(
+                sd.add((g * ROWS + rr) * GROUP) as *const __m128i
+            ));
+            let mw = if MIN {
+                _mm256_cvtph_ps(_mm_loadu_si128(
+                    sm.add((g * ROWS + rr) * GROUP) as *const __m128i
+                ))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (i, v) in row.iter_mut().enumerate() {
+                let ai = i0 + i;
+                let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP);
+                let sc = a.sp * ai + g * GROUP;
+                let mut d0 = if OFF == 0 {
+                    _mm256_setzero_si256()
+                } else {
+                    let o = _mm256_loadu_si256(a.off8.as_ptr().add(sc) as *const __m256i);
+                    if OFF == 2 {
+                        _mm256_slli_epi32(o, 1)
+                    } else {
+                        o
+                    }
+                };
+                let mut d1 = _mm256_setzero_si256();
+                for u in 0..4 {
+                    let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
+                    let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
+                    d0 = _mm256_dpbusd_epi32(d0, lo[u], alo);
+                    d1 = _mm256_dpbusd_epi32(d1, hi[u], ahi);
+                }
+                let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(d0, d1));
+                let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
+                let mut low = _mm512_castps512_ps256(*v);
+                low = _mm256_fmadd_ps(dot, s, low);
+                if MIN {
+                    low = _mm256_fmadd_ps(mw, _mm256_loadu_ps(a.s.as_ptr().add(sc)), low);
+                }
+                *v = _mm512_castpd_ps(_mm512_insertf64x4(
+                    _mm512_castps_pd(*v),
+                    _mm256_castps_pd(low),
+                    0,
+                ));
             }
         }
     }
