@@ -319,9 +319,9 @@ pub struct QuantRows {
     /// Padded scales per row.
     sp: usize,
     qs: Vec<i8>,
-    /// Block scales.
+    /// Block scales (values of f16s).
     d: Vec<f32>,
-    /// `d ·` the block's sum: what a block's weight minimum meets (ggml's Q8_1 `s`).
+    /// `d ·` the block's sum: what a block's weight minimum meets (ggml's Q8_1 `s`; an f16).
     s: Vec<f32>,
     /// `−8 ·` the block's sum: the start of Q4_0's lanes (twice that for Q5_0).
     off8: Vec<i32>,
@@ -349,8 +349,11 @@ impl QuantRows {
                     qs[i * kp + Self::at(b, v)] = q;
                     sum += q as i32;
                 }
-                d[i * sp + b] = scale;
-                s[i * sp + b] = scale * sum as f32;
+                // The scale and sum rounded to f16 as ggml's and candle's Q8_0/Q8_1 blocks store
+                // them, so greedy outputs follow theirs (near-ties between tokens flip on less).
+                let dh = f16::from_f32(scale);
+                d[i * sp + b] = dh.to_f32();
+                s[i * sp + b] = (f16::from_f32(sum as f32) * dh).to_f32();
                 off8[i * sp + b] = -8 * sum;
             }
         }
