@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
 use super::kv_cache::KvCache;
+use super::legacy::{self, LMatrix, LType};
 use super::ops;
 use super::q8::{self, Q8Matrix};
 use super::EngineError;
@@ -94,11 +95,12 @@ impl DecoderConfig {
     }
 }
 
-/// A weight matrix: Q8_0, Q4_K and Q6_K on Influence's own kernels where the CPU runs them,
-/// otherwise candle's.
+/// A weight matrix: Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 and (opt-in) Q4_K/Q6_K on Influence's own
+/// kernels where the CPU runs them, otherwise candle's.
 enum Linear {
     Q8(Arc<Q8Matrix>),
     K(Arc<KMatrix>),
+    L(Arc<LMatrix>),
     Candle(QMatMul),
 }
 
@@ -106,6 +108,7 @@ enum Linear {
 enum Own {
     Q8(Q8Matrix),
     K(KMatrix),
+    L(LMatrix),
 }
 
 enum Qkv {
@@ -310,6 +313,7 @@ impl Loader<'_> {
                 match self.repack(name, &q)? {
                     Some(Own::Q8(m)) => Ok(Linear::Q8(Arc::new(m))),
                     Some(Own::K(m)) => Ok(Linear::K(Arc::new(m))),
+                    Some(Own::L(m)) => Ok(Linear::L(Arc::new(m))),
                     None => Ok(Linear::Candle(QMatMul::from_qtensor(q)?)),
                 }
             }
@@ -333,6 +337,19 @@ impl Loader<'_> {
             }
             GgmlDType::Q4K => KType::Q4K,
             GgmlDType::Q6K => KType::Q6K,
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+                if legacy::runs(k) =>
+            {
+                let lty = match q.dtype() {
+                    GgmlDType::Q4_0 => LType::Q4_0,
+                    GgmlDType::Q4_1 => LType::Q4_1,
+                    GgmlDType::Q5_0 => LType::Q5_0,
+                    _ => LType::Q5_1,
+                };
+                return LMatrix::from_gguf_bytes(&q.data()?, lty, n, k)
+                    .map(|m| Some(Own::L(m)))
+                    .map_err(corrupt);
+            }
             _ => return Ok(None),
         };
         if !kq::runs(k) {
@@ -365,6 +382,7 @@ impl Loader<'_> {
                 match self.repack(name, &q)? {
                     Some(Own::Q8(m)) => Ok(Embedding::Q8(Arc::new(m))),
                     Some(Own::K(m)) => Ok(Embedding::K(Arc::new(m))),
+                    Some(Own::L(m)) => Ok(Embedding::L(Arc::new(m))),
                     None => Ok(Embedding::Quantized(Arc::new(q))),
                 }
             }
@@ -377,6 +395,7 @@ impl Loader<'_> {
 enum Embedding {
     Q8(Arc<Q8Matrix>),
     K(Arc<KMatrix>),
+    L(Arc<LMatrix>),
     Quantized(Arc<QTensor>),
     Dense(Tensor),
 }
@@ -386,6 +405,7 @@ impl Embedding {
         match self {
             Embedding::Q8(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
             Embedding::K(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
+            Embedding::L(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
             Embedding::Quantized(q) => q.embedding(ids)?.to_dtype(DType::F32),
             Embedding::Dense(w) => {
                 let (b, t) = ids.dims2()?;
@@ -400,6 +420,7 @@ impl Embedding {
         Ok(match self {
             Embedding::Q8(m) => Linear::Q8(m.clone()),
             Embedding::K(m) => Linear::K(m.clone()),
+            Embedding::L(m) => Linear::L(m.clone()),
             Embedding::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
             Embedding::Dense(w) => Linear::Candle(QMatMul::Tensor(w.clone())),
         })
@@ -812,8 +833,9 @@ fn dense_env() -> bool {
     *ON.get_or_init(|| std::env::var("INFLUENCE_DENSE_PREFILL").map_or(true, |v| v != "0"))
 }
 
-/// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): when all are Q8_0, or all
-/// Q4_K/Q6_K, they run in one parallel region on one quantization of `x`.
+/// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): when all are Q8_0, all
+/// Q4_K/Q6_K, or all Q4_0/Q4_1/Q5_0/Q5_1, they run in one parallel region on one quantization
+/// of `x`.
 fn linear_many<const N: usize>(
     ws: [&Linear; N],
     x: &Tensor,
@@ -833,7 +855,20 @@ fn linear_many<const N: usize>(
             _ => None,
         })
         .collect();
-    let fused = if q8.len() == N {
+    let lq: Vec<&LMatrix> = ws
+        .iter()
+        .filter_map(|w| match w {
+            Linear::L(m) => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    let fused = if lq.len() == N {
+        Some(own_matmul(
+            x,
+            |data, m| legacy::matmul(&lq, data, m),
+            lq.iter().map(|w| w.rows()),
+        )?)
+    } else if q8.len() == N {
         Some(own_matmul(
             x,
             |data, m| q8::matmul(&q8, data, m),
@@ -898,6 +933,14 @@ fn linear(w: &Linear, x: &Tensor, dense_ok: bool) -> candle_core::Result<Tensor>
             let m = &**m;
             return Ok(
                 own_matmul(x, |d, r| kq::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
+            );
+        }
+        // Prompts too: the 4 × 4 tiles read each weight once per call and beat dequantizing for
+        // a dense GEMM at every row count measured (docs/PERFORMANCE.md).
+        Linear::L(m) => {
+            let m = &**m;
+            return Ok(
+                own_matmul(x, |d, r| legacy::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
             );
         }
         Linear::Candle(w) => w,
@@ -1245,7 +1288,9 @@ mod tests {
                 assert_eq!(q.dtype(), GgmlDType::Q8_0);
                 q.dequantize(&Device::Cpu).unwrap()
             }
-            Linear::K(_) | Linear::Candle(_) => panic!("expected a quantized matrix"),
+            Linear::K(_) | Linear::L(_) | Linear::Candle(_) => {
+                panic!("expected a quantized matrix")
+            }
         };
         let err: f32 = (a - b)
             .unwrap()

@@ -1050,6 +1050,36 @@ mod tests {
         check(KType::Q6K, 258, 1024, 1);
     }
 
+    /// Row `i` of a call with `m` rows is bit-identical to a call with row `i` alone, on every
+    /// variant: a sequence's tokens cannot depend on what it is batched with.
+    #[test]
+    fn rows_do_not_depend_on_the_other_rows() {
+        let (n, k) = (37, 512);
+        let x = random_acts(9, k, 21);
+        for ty in [KType::Q4K, KType::Q6K] {
+            let bytes = random_gguf(ty, n, k, 20);
+            let w = KMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+            for kern in kernels() {
+                let alone: Vec<Vec<f32>> = (0..9)
+                    .map(|i| matmul_with(kern, &[&w], &x[i * k..(i + 1) * k], 1).remove(0))
+                    .collect();
+                for m in 1..=9 {
+                    let all = matmul_with(kern, &[&w], &x[..m * k], m).remove(0);
+                    for (i, want) in alone.iter().enumerate().take(m) {
+                        let got = &all[i * n..(i + 1) * n];
+                        assert!(
+                            got.iter()
+                                .zip(want)
+                                .all(|(g, e)| g.to_bits() == e.to_bits()),
+                            "{} {kern:?}: row {i} of {m} differs from the row alone",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn fused_mixed_types_match_separate_calls() {
         let (k, m) = (512, 5);

@@ -39,6 +39,7 @@ pub mod gguf;
 mod hf_folder;
 mod kq;
 mod kv_cache;
+mod legacy;
 mod ops;
 mod params;
 mod pool;

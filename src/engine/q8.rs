@@ -550,6 +550,33 @@ mod tests {
         assert_eq!(both[1], matmul(&[&w2], &x, 3)[0]);
     }
 
+    /// Row `i` of a call with `m` rows is bit-identical to a call with row `i` alone, on every
+    /// variant: a sequence's tokens cannot depend on what it is batched with.
+    #[test]
+    fn rows_do_not_depend_on_the_other_rows() {
+        let (n, k) = (37, 576);
+        let (bytes, _) = random_matrix(n, k, 20);
+        let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+        let x: Vec<f32> = random_acts(9, k).iter().map(|v| v * 1.37 - 0.1).collect();
+        for kern in kernels() {
+            let alone: Vec<Vec<f32>> = (0..9)
+                .map(|i| matmul_with(kern, &[&w], &x[i * k..(i + 1) * k], 1).remove(0))
+                .collect();
+            for m in 1..=9 {
+                let all = matmul_with(kern, &[&w], &x[..m * k], m).remove(0);
+                for (i, want) in alone.iter().enumerate().take(m) {
+                    let got = &all[i * n..(i + 1) * n];
+                    assert!(
+                        got.iter()
+                            .zip(want)
+                            .all(|(g, e)| g.to_bits() == e.to_bits()),
+                        "{kern:?}: row {i} of {m} differs from the row alone"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn rows_dequantize() {
         let (bytes, vals) = random_matrix(3, 64, 9);

@@ -1,5 +1,5 @@
-//! Which SIMD variant Influence's own matmul kernels (`q8.rs`, `kq.rs`) run, chosen once at run
-//! time from the CPU's features.
+//! Which SIMD variant Influence's own matmul kernels (`q8.rs`, `kq.rs`, `legacy.rs`) run, chosen
+//! once at run time from the CPU's features.
 //!
 //! `INFLUENCE_KERNEL` overrides the choice for every own kernel: `0` (or `candle`) turns them off
 //! and candle's kernels run instead, `avx2` forces the AVX2 variant on an AVX-512 machine, and
