@@ -1202,6 +1202,45 @@ mod batching {
         }
     }
 
+    /// Qwen2 mixes Q5_0, Q4_K and Q8_0 matrices (the own kernels and candle's): its rows too
+    /// are the same alone and batched, prompts packed into one forward included.
+    #[test]
+    fn a_mixed_quant_model_gives_the_same_tokens_batched() {
+        let reqs = || {
+            [
+                "The three primary colors are",
+                "def add(a, b):",
+                "Water boils at",
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let p = if i == 1 {
+                    seeded(9, 12)
+                } else {
+                    GenParams::greedy(12)
+                };
+                raw(qwen2(), t, p)
+            })
+            .collect::<Vec<_>>()
+        };
+        let e = engine(4, 0);
+        wait(e.load(qwen2())).unwrap();
+        let alone: Vec<Vec<u32>> = reqs()
+            .into_iter()
+            .map(|r| e.generate(r).collect_blocking().unwrap().ids)
+            .collect();
+        let e = engine(4, 0);
+        wait(e.load(qwen2())).unwrap();
+        let gens: Vec<_> = reqs().into_iter().map(|r| e.generate(r)).collect();
+        let together: Vec<Vec<u32>> = gens
+            .into_iter()
+            .map(|g| g.collect_blocking().unwrap().ids)
+            .collect();
+        assert!(e.stats().max_batch >= 2, "{:?}", e.stats());
+        assert_eq!(alone, together);
+    }
+
     fn started(g: &mut influence::engine::Generation) -> usize {
         match g.events.blocking_recv().expect("engine answered") {
             GenEvent::Started { cached_tokens, .. } => cached_tokens,

@@ -652,6 +652,33 @@ impl Decoder {
             .sum()
     }
 
+    /// Whether prompt chunks of several sequences may share one forward pass without changing
+    /// any row's numbers: true unless some matrix runs a lone chunk on a kernel that a packed
+    /// batch would not use (see [`linear`]).
+    pub fn packs_prompts(&self) -> bool {
+        // A lone chunk would take the dense GEMM, or candle's multi-row Q6_K kernel where a
+        // packed batch takes its single-row one.
+        let dense = |w: &Linear| match w {
+            Linear::Candle(QMatMul::QTensor(qt)) => {
+                splits_rows(qt.dtype())
+                    || (dense_env() && !matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q6K))
+            }
+            _ => false,
+        };
+        let layer_dense = |l: &Layer| {
+            let qkv = match &l.qkv {
+                Qkv::Separate { q, k, v } => dense(q) || dense(k) || dense(v),
+                Qkv::Fused(w) => dense(w),
+            };
+            let ffn = match &l.gate_up {
+                GateUp::Separate { gate, up } => dense(gate) || dense(up),
+                GateUp::Fused(w) => dense(w),
+            };
+            qkv || ffn || dense(&l.o) || dense(&l.down)
+        };
+        !dense(&self.lm_head) && !self.layers.iter().any(layer_dense)
+    }
+
     /// Bytes of K and V one position takes in one slot (f32, every layer).
     pub fn kv_bytes_per_token(&self) -> usize {
         self.cfg.n_layer * 2 * self.cfg.n_kv_head * self.cfg.head_dim * 4
@@ -953,8 +980,23 @@ fn linear(w: &Linear, x: &Tensor, dense_ok: bool) -> candle_core::Result<Tensor>
             let wd = dequantize_parallel(qt)?;
             return x.broadcast_matmul(&wd.t()?);
         }
+        if !dense_ok && rows > 1 && splits_rows(qt.dtype()) {
+            // Rows of different sequences: each gets the single-row kernel it gets alone.
+            let (b, t, k) = x.dims3()?;
+            let flat = x.reshape((b * t, k))?;
+            let outs = (0..b * t)
+                .map(|r| w.forward(&flat.narrow(0, r, 1)?.unsqueeze(0)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Tensor::cat(&outs, 1)?.reshape((b, t, ()));
+        }
     }
     w.forward(x)
+}
+
+/// Types whose candle kernel gives a row different numbers at one row than within several
+/// (candle 0.11 runs Q6_K on a compact GEMV for one row and on repacked tiles for more).
+fn splits_rows(dtype: GgmlDType) -> bool {
+    dtype == GgmlDType::Q6K
 }
 
 /// `qt` dequantized to f32 with the rows split across candle's barrier pool: candle's own

@@ -484,78 +484,104 @@ impl Batcher {
         self.remove(dec, done);
     }
 
-    /// Feeds one prompt chunk: interactive sequences first, otherwise the prefilling sequence
-    /// served longest ago.
+    /// Feeds prompt chunks: interactive sequences first, then those served longest ago. One
+    /// forward pass carries at most [`PREFILL_CHUNK`] prompt rows: one sequence's next chunk,
+    /// or, when the model allows it without changing numbers ([`Decoder::packs_prompts`]),
+    /// the whole next chunks of several short prompts.
     fn prefill(&mut self, dec: &mut Decoder, tok: &TextTokenizer, counters: &EngineCounters) {
-        let Some(i) = (0..self.running.len())
+        let mut order: Vec<usize> = (0..self.running.len())
             .filter(|&i| matches!(self.running[i].phase, Phase::Prefill { .. }))
-            .min_by_key(|&i| {
+            .collect();
+        if order.is_empty() {
+            return;
+        }
+        order.sort_by_key(|&i| {
+            let s = &self.running[i];
+            (
+                s.req.priority != Priority::Interactive,
+                s.last_chunk_step,
+                i,
+            )
+        });
+        let chunk = |s: &Seq| match s.phase {
+            Phase::Prefill { fed } => (fed, (fed + PREFILL_CHUNK).min(s.req.ids.len())),
+            Phase::Decode { .. } => unreachable!("filtered to prefilling sequences"),
+        };
+        let packs = dec.packs_prompts();
+        let mut chosen = vec![order[0]];
+        let (f, e) = chunk(&self.running[order[0]]);
+        let mut rows = e - f;
+        if packs {
+            for &i in &order[1..] {
+                let (f, e) = chunk(&self.running[i]);
+                if rows + (e - f) <= PREFILL_CHUNK {
+                    chosen.push(i);
+                    rows += e - f;
+                }
+            }
+        }
+        let spans: Vec<(usize, usize)> = chosen.iter().map(|&i| chunk(&self.running[i])).collect();
+        let steps: Vec<SeqStep> = chosen
+            .iter()
+            .zip(&spans)
+            .map(|(&i, &(f, e))| {
                 let s = &self.running[i];
-                (
-                    s.req.priority != Priority::Interactive,
-                    s.last_chunk_step,
-                    i,
-                )
+                SeqStep {
+                    slot: s.slot,
+                    ids: &s.req.ids[f..e],
+                    logits: e == s.req.ids.len(),
+                }
             })
-        else {
-            return;
-        };
-        let clock = self.clock;
-        let s = &mut self.running[i];
-        let Phase::Prefill { fed } = s.phase else {
-            return;
-        };
-        let end = (fed + PREFILL_CHUNK).min(s.req.ids.len());
-        let last = end == s.req.ids.len();
+            .collect();
         let t = Instant::now();
-        let out = dec.forward_batch(&[SeqStep {
-            slot: s.slot,
-            ids: &s.req.ids[fed..end],
-            logits: last,
-        }]);
-        s.stats.prompt_ms += ms(t);
-        s.last_chunk_step = clock;
+        let out = dec.forward_batch(&steps);
+        let took = ms(t);
         counters.prefill_chunks.fetch_add(1, Ordering::Relaxed);
-        let logits = match out {
-            Ok(mut out) => out.pop().flatten(),
+        let out = match out {
+            Ok(out) => out,
             Err(e) => {
                 let e = EngineError::from(e);
-                self.fail(dec, &[i], &e);
+                self.fail(dec, &chosen, &e);
                 return;
             }
         };
-        self.slots[s.slot]
-            .ids
-            .extend_from_slice(&s.req.ids[fed..end]);
         for (j, other) in self.running.iter_mut().enumerate() {
-            if j != i && matches!(other.phase, Phase::Decode { .. }) {
+            if !chosen.contains(&j) && matches!(other.phase, Phase::Decode { .. }) {
                 other.chunks_since_token += 1;
             }
         }
-        let s = &mut self.running[i];
-        if !last {
-            s.phase = Phase::Prefill { fed: end };
-            return;
-        }
-        let fed_now = s.req.ids.len() - s.stats.cached_tokens;
-        if s.stats.prompt_ms > 0.0 {
-            s.stats.prompt_tok_s = fed_now as f64 / (s.stats.prompt_ms / 1e3);
-        }
-        let result = match logits {
-            Some(l) => {
-                let len = dec.slot_len(s.slot);
-                sample(s, tok, l, len, dec.cfg.context_length)
+        let clock = self.clock;
+        let mut done = Vec::new();
+        for ((&i, &(f, e)), logits) in chosen.iter().zip(&spans).zip(out) {
+            let s = &mut self.running[i];
+            self.slots[s.slot].ids.extend_from_slice(&s.req.ids[f..e]);
+            s.stats.prompt_ms += took;
+            s.last_chunk_step = clock;
+            if e < s.req.ids.len() {
+                s.phase = Phase::Prefill { fed: e };
+                continue;
             }
-            None => Err(EngineError::Candle("the decoder returned no logits".into())),
-        };
-        match result {
-            Ok(After::Continue(id)) => s.phase = Phase::Decode { next: id },
-            Ok(After::Finish(f)) => {
-                s.stats.finish = f;
-                self.remove(dec, vec![(i, Ok(()))]);
+            let fed_now = s.req.ids.len() - s.stats.cached_tokens;
+            if s.stats.prompt_ms > 0.0 {
+                s.stats.prompt_tok_s = fed_now as f64 / (s.stats.prompt_ms / 1e3);
             }
-            Err(e) => self.remove(dec, vec![(i, Err(e))]),
+            let result = match logits {
+                Some(l) => {
+                    let len = dec.slot_len(s.slot);
+                    sample(s, tok, l, len, dec.cfg.context_length)
+                }
+                None => Err(EngineError::Candle("the decoder returned no logits".into())),
+            };
+            match result {
+                Ok(After::Continue(id)) => s.phase = Phase::Decode { next: id },
+                Ok(After::Finish(f)) => {
+                    s.stats.finish = f;
+                    done.push((i, Ok(())));
+                }
+                Err(e) => done.push((i, Err(e))),
+            }
         }
+        self.remove(dec, done);
     }
 
     /// Fails the sequences at `idx` after a forward error; their slots may hold a partial
