@@ -4,7 +4,8 @@
 //!    a real socket (same engine, same prompt, greedy), so both see the same machine load: the
 //!    ratio of their wall times is the server's overhead (target: under 5%).
 //! 2. Eight concurrent streaming clients: total tokens/s and time to first token (p50/p95;
-//!    the engine serves one request at a time, so later clients include their queue wait).
+//!    the engine batches `engine.parallel` of them, default 4, so later clients include their
+//!    queue wait). `benches/batching.rs` sweeps the client count against llama-server.
 //! 3. The server's own cost per token, isolated: the scripted test engine (no model, no delay)
 //!    streams 2000 tokens directly and over HTTP; the difference per token is what the server
 //!    adds, to set against the real model's time per token from part 1. On a busy machine the
@@ -162,6 +163,7 @@ fn main() {
         engine.load(model.clone()).await.unwrap().expect("SmolLM2 loads");
         let opts = ServerOptions {
             max_queue: clients.max(1),
+            parallel: EngineOptions::default().parallel,
             // The bench names the model file directly, with no library around it.
             allow_paths: true,
             ..ServerOptions::default()
