@@ -16,8 +16,10 @@
 //! - Tokenizers from `tokenizer.json` or rebuilt from GGUF metadata (byte-level BPE and
 //!   SentencePiece), chat templates via minijinja, sampling in [`sampling`].
 //!
-//! Each generative model keeps the token ids in its KV cache; a request reuses the longest common
-//! prefix and prefills only the rest (`GenStats::cached_tokens`). Prompt chunks of 16+ tokens use
+//! Generation is continuously batched (`scheduler.rs`): each step decodes one token of every
+//! running sequence in one forward pass, then feeds at most one prompt chunk. Each sequence owns a
+//! KV slot that keeps its token ids afterwards; a request lands on the slot holding its prefix and
+//! prefills only the rest (`GenStats::cached_tokens`). Prompt chunks of 16+ tokens use
 //! a dense f32 GEMM on weights dequantized per call (see `docs/PERFORMANCE.md`).
 //!
 //! Threads: candle's quantized-matmul pool reads `CANDLE_NUM_THREADS` and rayon reads

@@ -237,7 +237,7 @@ pub struct Embedded {
     pub total: Duration,
 }
 
-/// Embeds `texts` under the same queue rules (the engine does one thing at a time).
+/// Embeds `texts` under the same queue rules as generations.
 pub async fn embed(
     ctx: &ServerCtx,
     dialect: Dialect,
