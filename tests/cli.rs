@@ -71,7 +71,14 @@ fn config_prints_values_and_sources() {
         .stdout(predicate::str::is_match(r#"theme\s+= "light"\s+# .*config.toml"#).unwrap())
         .stdout(predicate::str::is_match(r"server.port\s+= 9999\s+# env INFLUENCE_PORT").unwrap())
         .stdout(predicate::str::is_match(r"engine.threads\s+= 3\s+# flag --threads").unwrap())
-        .stdout(predicate::str::is_match(r"server.max_queue\s+= 16\s+# default").unwrap());
+        .stdout(predicate::str::is_match(r"server.max_queue\s+= 16\s+# default").unwrap())
+        .stdout(predicate::str::is_match(r"engine.parallel\s+= 4\s+# default").unwrap())
+        .stdout(
+            predicate::str::is_match(
+                r"engine.kv_budget\s+= 0\s+# default \(each model's context × 5 positions\)",
+            )
+            .unwrap(),
+        );
 }
 
 #[test]

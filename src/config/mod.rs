@@ -901,6 +901,26 @@ mod tests {
     }
 
     #[test]
+    fn batching_settings_are_checked() {
+        let dir = home_with("[engine]\nparallel = 0\n");
+        let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
+        let err = load(&env, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("engine.parallel") && err.contains("1 to 64"),
+            "{err}"
+        );
+        let dir = home_with("[engine]\nparallel = 8\nkv_budget = 4096\n");
+        let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(
+            (l.config.engine.parallel, l.config.engine.kv_budget),
+            (8, 4096)
+        );
+    }
+
+    #[test]
     fn range_errors_name_the_source() {
         let dir = home_with("[chat]\ntemperature = 7.0\n");
         let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
