@@ -178,18 +178,22 @@ impl LMatrix {
                 if ty.has_min() {
                     m.mn[s] = u16::from_le_bytes([blk[2], blk[3]]);
                 }
+                // Word u of the block's nibbles is lane j of load u (see `byte_at`).
                 let qs = &blk[ty.qs_at()..ty.qs_at() + 16];
-                for (i, &byte) in qs.iter().enumerate() {
-                    let at = m.byte_at(t, rr, b, i);
-                    m.qs[at] = byte;
+                let (at, width) = (m.byte_at(t, rr, b, 0), m.width(b / GROUP));
+                for (u, word) in qs.chunks_exact(4).enumerate() {
+                    m.qs[at + u * width * 4..][..4].copy_from_slice(word);
                 }
                 if ty.high_bit() {
+                    // Bits 4u..4u + 4 (low nibbles) and 16 + 4u.. (high) of the block's 32
+                    // go to bits 4j..4j + 4 of load u's low and high masks (see `bit_at`).
                     let h = &blk[ty.qh_at()..ty.qh_at() + 4];
                     let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                    for v in 0..BLOCK {
-                        if (qh >> v) & 1 == 1 {
-                            let bit = m.bit_at(t, rr, b, v);
-                            m.qh[bit / 8] |= 1 << (bit % 8);
+                    let (base, j) = (m.masks_at(t, b / GROUP, rr), b % GROUP);
+                    for u in 0..4 {
+                        for (half, shift) in [(0, 4 * u), (8, 16 + 4 * u)] {
+                            let nib = ((qh >> shift) & 0x0F) as u8;
+                            m.qh[base + 16 * u + half + j / 2] |= nib << (4 * (j % 2));
                         }
                     }
                 }
