@@ -204,7 +204,8 @@ pub struct QuantStats {
     pub n_params: u64,
     /// Type holding the most bytes among matrices (2-D tensors).
     pub dominant: String,
-    /// Warning text when most quantized bytes run on candle's slow generic path.
+    /// Warning text when most quantized bytes run on candle's slow generic path (only on a CPU
+    /// without the own kernels).
     pub slow_warning: Option<String>,
 }
 
@@ -231,7 +232,8 @@ pub fn quant_stats(content: &Content) -> QuantStats {
         if matches!(
             info.ggml_dtype,
             GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-        ) {
+        ) && super::simd::kernel().is_none()
+        {
             slow_bytes = slow_bytes.saturating_add(b);
         }
     }

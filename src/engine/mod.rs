@@ -85,6 +85,13 @@ pub struct EngineOptions {
     pub kv_budget: usize,
 }
 
+/// Whether this CPU runs Influence's own kernels (AVX2 or AVX-512 VNNI on x86-64, unless
+/// `INFLUENCE_KERNEL=0`): then Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are all fast types, where
+/// candle's generic code makes Q4_1, Q5_0 and Q5_1 slow.
+pub fn own_kernels_run() -> bool {
+    simd::kernel().is_some()
+}
+
 /// Sequences decoded together by default. Decoding on a CPU is bound by memory bandwidth, so
 /// a batch of 4 rows costs little more than one row while the weights stream once; beyond
 /// that, 2-4 cores become the limit and every slot holds its own KV cache.

@@ -85,7 +85,8 @@ impl GgmlType {
         matches!(self.0, 0..=3 | 6..=15 | 30)
     }
 
-    /// Types candle computes with generic code only (no hand-written kernel): much slower.
+    /// Types candle computes with generic code only (no hand-written kernel): much slower where
+    /// the CPU does not run Influence's own kernels for them ([`crate::engine::own_kernels_run`]).
     pub fn candle_slow_path(self) -> bool {
         matches!(self.0, 3 | 6 | 7)
     }

@@ -59,7 +59,7 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
             let slow: Vec<String> = ins
                 .gguf_types
                 .iter()
-                .filter(|t| t.candle_slow_path())
+                .filter(|t| t.candle_slow_path() && !crate::engine::own_kernels_run())
                 .map(|t| t.name())
                 .collect();
             if slow.is_empty() {
