@@ -374,10 +374,28 @@ mod avx512 {
         }
         for (dst, row) in res.iter_mut().zip(&acc) {
             for (d, v) in dst.iter_mut().zip(row) {
-                *d = _mm512_reduce_add_ps(*v);
+                // Even blocks' lanes plus odd blocks' lanes, then the AVX2 variant's horizontal
+                // sum: both variants give the same bits.
+                let lo = _mm512_castps512_ps256(*v);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*v)));
+                *d = super::hsum8(_mm256_add_ps(lo, hi));
             }
         }
     }
+}
+
+/// The sum of 8 lanes in one fixed order, shared by both SIMD variants.
+///
+/// # Safety
+/// The CPU must have AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn hsum8(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    _mm_cvtss_f32(h)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -403,7 +421,8 @@ mod avx2 {
         let ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
         let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); M]; ROWS];
+        // Even and odd blocks accumulate apart, as in the AVX-512 variant's two 8-lane halves.
+        let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
         for b in 0..kb {
             let (g, j) = (b / GROUP, b % GROUP);
             let (p, half) = (b / 2, b % 2);
@@ -426,16 +445,13 @@ mod avx2 {
                     let signed = _mm256_sign_epi8(av[i], ws8);
                     let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
                     let s = _mm256_set1_ps(sw * da[i]);
-                    *v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *v);
+                    v[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[half]);
                 }
             }
         }
         for (dst, row) in res.iter_mut().zip(&acc) {
             for (d, v) in dst.iter_mut().zip(row) {
-                let h = _mm_add_ps(_mm256_castps256_ps128(*v), _mm256_extractf128_ps(*v, 1));
-                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-                *d = _mm_cvtss_f32(h);
+                *d = super::hsum8(_mm256_add_ps(v[0], v[1]));
             }
         }
     }
@@ -530,6 +546,39 @@ mod tests {
             (5, 32, 2),
         ] {
             check(n, k, m);
+        }
+    }
+
+    /// Every SIMD variant this CPU runs gives the same bits, so a model's output does not
+    /// depend on whether the machine has AVX-512.
+    #[test]
+    fn simd_variants_agree_bit_for_bit() {
+        let simd: Vec<Kernel> = kernels().into_iter().flatten().collect();
+        for &(n, k, m) in &[
+            (16, 576, 1),
+            (7, 576, 5),
+            (9, 96, 3),
+            (64, 1536, 8),
+            (5, 32, 4),
+        ] {
+            let (bytes, _) = random_matrix(n, k, (n * 13 + k + m) as u64);
+            let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+            let x = random_acts(m, k);
+            let outs: Vec<Vec<f32>> = simd
+                .iter()
+                .map(|&kern| matmul_with(Some(kern), &[&w], &x, m).remove(0))
+                .collect();
+            for (kern, out) in simd.iter().zip(&outs).skip(1) {
+                let same = out
+                    .iter()
+                    .zip(&outs[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{kern:?} differs from {:?} at n={n} k={k} m={m}",
+                    simd[0]
+                );
+            }
         }
     }
 
