@@ -1241,7 +1241,7 @@ mod tests {
     /// (each variant) against candle's quantized matmul and the dense path. Run with
     /// `cargo test --release --lib engine::legacy::tests::bench_rows -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "a measurement that prints timings and asserts nothing; run it by hand"]
     fn bench_rows() {
         use std::time::Instant;
         let time = |f: &mut dyn FnMut()| {

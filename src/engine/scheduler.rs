@@ -464,21 +464,8 @@ impl Batcher {
                 .max_chunks_between_tokens
                 .fetch_max(s.chunks_since_token, Ordering::Relaxed);
             s.chunks_since_token = 0;
-            let logits = match logits {
-                Some(l) => l,
-                None => {
-                    done.push((i, Err(EngineError::Candle("no logits".into()))));
-                    continue;
-                }
-            };
-            let len = dec.slot_len(s.slot);
-            match sample(s, tok, logits, len, dec.cfg.context_length) {
-                Ok(After::Continue(id)) => s.phase = Phase::Decode { next: id },
-                Ok(After::Finish(f)) => {
-                    s.stats.finish = f;
-                    done.push((i, Ok(())));
-                }
-                Err(e) => done.push((i, Err(e))),
+            if let Some(end) = advance(s, tok, logits, dec) {
+                done.push((i, end));
             }
         }
         self.remove(dec, done);
@@ -565,20 +552,8 @@ impl Batcher {
             if s.stats.prompt_ms > 0.0 {
                 s.stats.prompt_tok_s = fed_now as f64 / (s.stats.prompt_ms / 1e3);
             }
-            let result = match logits {
-                Some(l) => {
-                    let len = dec.slot_len(s.slot);
-                    sample(s, tok, l, len, dec.cfg.context_length)
-                }
-                None => Err(EngineError::Candle("the decoder returned no logits".into())),
-            };
-            match result {
-                Ok(After::Continue(id)) => s.phase = Phase::Decode { next: id },
-                Ok(After::Finish(f)) => {
-                    s.stats.finish = f;
-                    done.push((i, Ok(())));
-                }
-                Err(e) => done.push((i, Err(e))),
+            if let Some(end) = advance(s, tok, logits, dec) {
+                done.push((i, end));
             }
         }
         self.remove(dec, done);
@@ -606,8 +581,7 @@ impl Batcher {
         if err.is_some() {
             slot.ids.clear();
             dec.truncate_slot(s.slot, 0);
-        }
-        if err.is_none() {
+        } else {
             let rest = s.stop.flush();
             if !rest.is_empty() && s.stats.finish != FinishReason::Stop {
                 let _ = s.req.events.send(GenEvent::Token {
@@ -658,6 +632,31 @@ fn finish_event(events: UnboundedSender<GenEvent>, err: Option<EngineError>, sta
         Some(e) => GenEvent::Failed(e),
         None => GenEvent::Done(stats.clone()),
     });
+}
+
+/// Moves `s` on from the logits of its last position: samples and sends its next token, which
+/// the next decode step feeds. `Some` when the sequence ends (finished, or failed).
+fn advance(
+    s: &mut Seq,
+    tok: &TextTokenizer,
+    logits: Option<Vec<f32>>,
+    dec: &Decoder,
+) -> Option<Result<(), EngineError>> {
+    let result = match logits {
+        Some(l) => sample(s, tok, l, dec.slot_len(s.slot), dec.cfg.context_length),
+        None => Err(EngineError::Candle("the decoder returned no logits".into())),
+    };
+    match result {
+        Ok(After::Continue(id)) => {
+            s.phase = Phase::Decode { next: id };
+            None
+        }
+        Ok(After::Finish(f)) => {
+            s.stats.finish = f;
+            Some(Ok(()))
+        }
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// Samples the token after `logits` for `s`, sends it, and says whether the sequence goes on.
