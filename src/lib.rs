@@ -25,6 +25,14 @@
 //! Each layer imports only the layers below it (`docs/ARCHITECTURE.md` §2.1, checked by
 //! `tests/layers.rs`).
 
+// candle's Metal backend is built only on macOS (Cargo.toml gates it by target), so a build with
+// `--features metal` elsewhere would otherwise compile a CPU-only binary that cannot honour
+// `--device metal`.
+#[cfg(all(feature = "metal", not(target_os = "macos")))]
+compile_error!(
+    "the `metal` feature needs macOS (Apple GPUs); on Linux or Windows build with `--features cuda` for an NVIDIA GPU, or with no feature for the CPU"
+);
+
 pub mod app;
 pub mod cli;
 pub mod commands;
