@@ -30,6 +30,13 @@ pub struct Cli {
     /// Inference threads (default: one per core).
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "N")]
     pub threads: Option<usize>,
+    /// Where models run: auto (a GPU when this build has one and it answers), cpu, cuda,
+    /// cuda:N or metal; overrides INFLUENCE_DEVICE and engine.device.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// GPU number for --device cuda or metal (or auto); the same as cuda:N.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "N")]
+    pub device_index: Option<usize>,
     /// Run the OpenAI/Ollama-compatible API server without the TUI (logs also go to stderr).
     #[arg(long)]
     pub serve: bool,
@@ -87,6 +94,8 @@ impl Cli {
             theme: self.theme.clone(),
             log_level: self.log_level.clone(),
             threads: self.threads,
+            device: self.device.clone(),
+            device_index: self.device_index,
             endpoint: self.endpoint.clone(),
             host: self.host.clone(),
             port: self.port,

@@ -74,6 +74,20 @@ fn main() -> ExitCode {
         }
         Some(Command::Config) => {
             print!("{}", loaded.describe());
+            // What `engine.device` resolves to on this machine with this build.
+            let built = influence::engine::device::compiled_backends();
+            let built = if built.is_empty() {
+                "none (CPU only)".to_string()
+            } else {
+                built.join(", ")
+            };
+            match influence::engine::device::select(loaded.device()) {
+                Ok(c) => println!(
+                    "# device:      {} ({}); GPU backends built: {built}",
+                    c.label, c.reason
+                ),
+                Err(e) => println!("# device:      unusable: {e}; GPU backends built: {built}"),
+            }
             Ok(())
         }
         None if cli.serve => influence::serve::run(loaded, cli.model.clone()),
@@ -97,6 +111,7 @@ fn context(loaded: &config::Loaded) -> commands::Context {
         endpoint: loaded.config.hub.endpoint.clone(),
         token: loaded.token(),
         threads: loaded.threads(),
+        device: loaded.device(),
         model_dirs: loaded.model_dirs(),
     }
 }

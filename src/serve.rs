@@ -72,7 +72,11 @@ async fn serve(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         max_loaded: cfg.engine.max_loaded.max(1),
         parallel: cfg.engine.parallel,
         kv_budget: cfg.engine.kv_budget,
+        device: loaded.device(),
     });
+    if let Some(e) = &engine.device().error {
+        anyhow::bail!("{e}");
+    }
     let options = options_for(&loaded, model.clone());
     if let Some(msg) = exposure_warning(addr, options.api_key.is_some()) {
         // Also logged by `ServerHandle::start`; said plainly here for whoever started it.

@@ -243,7 +243,22 @@ fn import_list_show_and_name_errors_through_the_binary() {
         .args(["show", "SmolLM2-135M-Instruct"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("8192"));
+        .stdout(predicate::str::contains("8192"))
+        // The device and whether the model fits its memory (a 135M model fits any machine).
+        .stdout(
+            predicate::str::is_match(r"Device:\s+cpu \(auto: .*\): fits: needs about").unwrap(),
+        );
+    let out = influence(home.path())
+        .args(["show", "SmolLM2-135M-Instruct", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["device"]["name"], "cpu");
+    assert_eq!(v["device"]["fits"], true);
+    assert!(v["device"]["free_bytes"].as_u64().unwrap() > 0);
     influence(home.path())
         .args(["show", "no-such-model"])
         .assert()
@@ -281,6 +296,9 @@ fn bench_prints_one_json_line_with_every_measurement() {
         assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
     }
     assert_eq!(v["threads"], 1);
+    // A CPU build runs `auto` on the CPU and says so; there is no GPU memory to report.
+    assert_eq!(v["device"], "cpu", "{text}");
+    assert!(v["gpu_mem_mib"].is_null(), "{text}");
     // The model (98 MB of weights) is resident at its peak.
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 90.0, "{text}");
 
@@ -292,6 +310,65 @@ fn bench_prints_one_json_line_with_every_measurement() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("8964"));
+}
+
+#[test]
+fn devices_are_chosen_reported_and_refused_by_feature_name() {
+    let home = tempfile::tempdir().unwrap();
+    // `config` says what `auto` resolves to and why.
+    influence(home.path())
+        .arg("config")
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r#"engine.device\s+= "auto"\s+# default"#).unwrap())
+        .stdout(predicate::str::contains(
+            "# device:      cpu (auto: this build has no GPU backend",
+        ))
+        .stdout(predicate::str::contains(
+            "GPU backends built: none (CPU only)",
+        ));
+    influence(home.path())
+        .env("INFLUENCE_DEVICE", "cuda")
+        .args(["--device-index", "1", "config"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(r#"engine.device\s+= "cuda:1"\s+# flag --device-index"#)
+                .unwrap(),
+        )
+        .stdout(predicate::str::contains("--features cuda"));
+
+    // A GPU the build lacks is refused before any weight is read, naming the feature.
+    for (device, feature) in [("cuda", "--features cuda"), ("metal", "--features metal")] {
+        influence(home.path())
+            .args(["--device", device, "run", "--max-tokens", "1", "--model"])
+            .arg(models::smollm())
+            .arg("hi")
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(feature))
+            .stderr(predicate::str::contains("--device cpu"));
+    }
+    influence(home.path())
+        .args(["--device", "cuda", "bench", "--model"])
+        .arg(models::smollm())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--features cuda"));
+    // A bad name is a configuration error naming the flag.
+    influence(home.path())
+        .args(["--device", "tpu", "config"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("engine.device"))
+        .stderr(predicate::str::contains("--device"));
+    // `--device cpu` runs.
+    influence(home.path())
+        .args(["--device", "cpu", "run", "--max-tokens", "2", "--model"])
+        .arg(models::smollm())
+        .arg("hi")
+        .assert()
+        .success();
 }
 
 /// Kills a `--serve` child when the test ends, pass or fail.

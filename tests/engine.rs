@@ -1148,6 +1148,7 @@ mod batching {
             max_loaded: 2,
             parallel,
             kv_budget,
+            ..EngineOptions::default()
         });
         wait(e.load(smollm())).expect("SmolLM2 loads");
         e

@@ -1129,6 +1129,7 @@ mod cli {
             endpoint: endpoint.to_string(),
             token: token.map(str::to_string),
             threads: 1,
+            device: Default::default(),
             model_dirs: vec![],
         }
     }

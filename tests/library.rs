@@ -1303,6 +1303,7 @@ mod commands {
             endpoint: "http://127.0.0.1:9".into(),
             token: None,
             threads: 1,
+            device: Default::default(),
             model_dirs: vec![sb.root.join("extra")],
         };
         let roots = ctx.library_roots();

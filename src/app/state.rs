@@ -70,6 +70,9 @@ pub struct Status {
     pub rss_bytes: Option<u64>,
     /// Sequences the engine decodes now, across the chat and API clients.
     pub streams: usize,
+    /// Where models run (`cpu`, `cpu (auto)`, `cuda:0 NVIDIA H200`); empty until the engine
+    /// starts.
+    pub device: String,
     pub notice: Option<Notice>,
 }
 

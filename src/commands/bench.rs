@@ -37,6 +37,7 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         anyhow::bail!("--runs must be at least 1");
     }
     let threads = configure_threads(ctx.threads, true);
+    let device = crate::engine::device::select(ctx.device)?;
     let r = run_bench(
         &args.model,
         args.prompt_tokens,
@@ -44,11 +45,13 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         args.turn2_tokens,
         args.runs,
         threads,
+        &device,
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("model:        {}", args.model.display());
+        println!("device:       {} ({})", r.device, device.reason);
         println!("threads:      {}", r.threads);
         println!("load:         {:.0} ms", r.load_ms);
         println!(
@@ -65,6 +68,9 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
             r.gen_tok_s, args.gen_tokens
         );
         println!("peak memory:  {:.0} MiB", r.peak_rss_mib);
+        if let Some(m) = r.gpu_mem_mib {
+            println!("GPU memory:   {m:.0} MiB");
+        }
         println!("runs:         {} (+1 warm-up), medians", args.runs);
     }
     Ok(())

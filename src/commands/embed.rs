@@ -22,8 +22,12 @@ pub fn run(args: &EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
     let engine = EngineHandle::spawn(EngineOptions {
         threads,
         max_loaded: 1,
+        device: ctx.device,
         ..EngineOptions::default()
     });
+    if let Some(e) = &engine.device().error {
+        anyhow::bail!("{e}");
+    }
     let vectors = wait(engine.embed(args.model.clone(), args.texts.clone()))?;
     let mut out = std::io::stdout().lock();
     for v in vectors {

@@ -31,6 +31,8 @@ pub struct Context {
     pub token: Option<String>,
     /// Inference threads.
     pub threads: usize,
+    /// The device the engine is asked for.
+    pub device: crate::engine::device::DeviceRequest,
     /// Extra folders the user asked the library to scan.
     pub model_dirs: Vec<PathBuf>,
 }

@@ -109,8 +109,12 @@ pub fn run(args: &RunArgs, ctx: &Context, styles: &MarkdownStyles) -> anyhow::Re
     let engine = EngineHandle::spawn(EngineOptions {
         threads,
         max_loaded: 1,
+        device: ctx.device,
         ..EngineOptions::default()
     });
+    if let Some(e) = &engine.device().error {
+        anyhow::bail!("{e}");
+    }
     let info = wait(engine.load(args.model.clone()))?;
     if let Some(w) = &info.slow_quant_warning {
         eprintln!("warning: {w}");

@@ -17,12 +17,60 @@ pub struct ShowArgs {
 pub fn run(args: ShowArgs, ctx: &Context) -> anyhow::Result<()> {
     let library = Library::scan(&ctx.library_roots());
     let model = library.resolve(&args.model)?;
+    let device = crate::engine::device::select(ctx.device)?;
+    let fit = device_fit(&device, model.memory_estimate);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(model)?);
+        let mut v = serde_json::to_value(model)?;
+        v["device"] = serde_json::json!({
+            "name": device.label,
+            "reason": device.reason,
+            "free_bytes": device.memory().map(|m| m.0),
+            "fits": fit.as_ref().map(|f| f.0),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render_details(model));
+        let line = match &fit {
+            Some((_, text)) => format!("{} ({}): {text}", device.label, device.reason),
+            None => format!("{} ({})", device.label, device.reason),
+        };
+        println!("{:<14} {line}", "Device:");
     }
     Ok(())
+}
+
+/// Whether the model's memory estimate fits the device's free memory (the GPU's own for a
+/// GPU), and the sentence that says so.
+fn device_fit(
+    device: &crate::engine::device::DeviceChoice,
+    estimate: Option<u64>,
+) -> Option<(bool, String)> {
+    let need = estimate?;
+    let (free, _) = device.memory()?;
+    let place = if device.is_gpu() {
+        "GPU memory free"
+    } else {
+        "memory available"
+    };
+    Some(if need <= free {
+        (
+            true,
+            format!(
+                "fits: needs about {}, {} {place}",
+                human::bytes(need),
+                human::bytes(free)
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "does not fit: needs about {}, only {} {place}",
+                human::bytes(need),
+                human::bytes(free)
+            ),
+        )
+    })
 }
 
 /// The `show` text: one `key: value` line per fact, then the files.

@@ -5,6 +5,7 @@
 //! from so `influence config` can say why a value is what it is. Each file layer is checked
 //! against the schema on its own, so a mistake is reported with its file, line and key.
 
+pub mod device;
 pub mod dotenv;
 pub mod keymap;
 pub mod theme;
@@ -60,6 +61,8 @@ pub struct EngineConfig {
     pub parallel: usize,
     /// KV cache positions per model across its slots; 0 = context × (parallel + 1).
     pub kv_budget: usize,
+    /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal` (see [`device::DeviceRequest`]).
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -169,6 +172,8 @@ pub struct FlagOverrides {
     pub theme: Option<String>,
     pub log_level: Option<String>,
     pub threads: Option<usize>,
+    pub device: Option<String>,
+    pub device_index: Option<usize>,
     pub endpoint: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -241,6 +246,11 @@ impl Loaded {
             .iter()
             .map(|d| expand_home(d))
             .collect()
+    }
+
+    /// The device the engine is asked for (validated at load).
+    pub fn device(&self) -> device::DeviceRequest {
+        self.config.engine.device.parse().unwrap_or_default()
     }
 
     /// Inference threads, with 0 meaning one per core.
@@ -418,7 +428,8 @@ partial!(PartialEngine {
     context_policy: String,
     requant_q8: bool,
     parallel: usize,
-    kv_budget: usize
+    kv_budget: usize,
+    device: String
 });
 partial!(PartialChat {
     temperature: f32,
@@ -506,6 +517,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HF_TOKEN", "hub.token"),
     ("HF_HOME", "paths.hf_home"),
     ("INFLUENCE_THREADS", "engine.threads"),
+    ("INFLUENCE_DEVICE", "engine.device"),
     ("INFLUENCE_HOST", "server.host"),
     ("INFLUENCE_PORT", "server.port"),
     ("INFLUENCE_API_KEY", "server.api_key"),
@@ -667,6 +679,11 @@ fn load_layers(
         flags.threads.map(|n| toml::Value::Integer(n as i64)),
     );
     flag(
+        "engine.device",
+        "device",
+        flags.device.clone().map(Into::into),
+    );
+    flag(
         "hub.endpoint",
         "endpoint",
         flags.endpoint.clone().map(Into::into),
@@ -682,6 +699,37 @@ fn load_layers(
         "api-key",
         flags.api_key.clone().map(Into::into),
     );
+
+    if let Some(n) = flags.device_index {
+        // The index joins whichever device the layers above chose: `--device-index 1` with
+        // `engine.device = "cuda"` is `cuda:1`.
+        let current = merged
+            .get("engine")
+            .and_then(|e| e.get("device"))
+            .and_then(|d| d.as_str())
+            .unwrap_or("auto")
+            .to_string();
+        let origin = sources
+            .get("engine.device")
+            .cloned()
+            .unwrap_or(Source::Default);
+        let bad = |message: String| ConfigError::Invalid {
+            key: "engine.device".into(),
+            value: format!("{current:?}"),
+            origin: origin.clone(),
+            message,
+        };
+        let req = current
+            .parse::<device::DeviceRequest>()
+            .map_err(&bad)?
+            .with_index(Some(n))
+            .map_err(&bad)?;
+        set_path(&mut merged, "engine.device", req.to_string().into());
+        sources.insert(
+            "engine.device".into(),
+            Source::Flag("device-index".to_string()),
+        );
+    }
 
     let config =
         Config::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
@@ -747,6 +795,9 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
             c.engine.parallel.to_string(),
             "expected 1 to 64 sequences",
         ));
+    }
+    if let Err(e) = c.engine.device.parse::<device::DeviceRequest>() {
+        return Err(bad("engine.device", format!("{:?}", c.engine.device), &e));
     }
     if c.engine.max_loaded == 0 {
         return Err(bad("engine.max_loaded", "0".into(), "expected at least 1"));
@@ -847,6 +898,69 @@ mod tests {
         assert_eq!(l.sources["server.host"], Source::Flag("host".into()));
         assert_eq!(l.config.server.max_queue, 16);
         assert!(!l.sources.contains_key("server.max_queue"));
+    }
+
+    #[test]
+    fn device_comes_from_file_env_then_flags_and_the_index_joins_it() {
+        let dir = home_with("[engine]\ndevice = \"cpu\"\n");
+        let home = dir.path().to_str().unwrap();
+        let l = load(
+            &env_of(&[("INFLUENCE_HOME", home)]),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(l.config.engine.device, "cpu");
+        assert!(matches!(l.sources["engine.device"], Source::File(_)));
+
+        let env = env_of(&[("INFLUENCE_HOME", home), ("INFLUENCE_DEVICE", "cuda")]);
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(l.device().to_string(), "cuda");
+        assert_eq!(
+            l.sources["engine.device"],
+            Source::Env("INFLUENCE_DEVICE".into())
+        );
+
+        let flags = FlagOverrides {
+            device: Some("metal".into()),
+            ..Default::default()
+        };
+        let l = load(&env, None, &flags).unwrap();
+        assert_eq!(l.config.engine.device, "metal");
+        assert_eq!(l.sources["engine.device"], Source::Flag("device".into()));
+
+        // --device-index joins the env's `cuda`.
+        let flags = FlagOverrides {
+            device_index: Some(1),
+            ..Default::default()
+        };
+        let l = load(&env, None, &flags).unwrap();
+        assert_eq!(l.config.engine.device, "cuda:1");
+        assert_eq!(
+            l.sources["engine.device"],
+            Source::Flag("device-index".into())
+        );
+        assert!(l.describe().contains("engine.device"));
+
+        // Contradictions and unknown names are configuration errors naming the key.
+        let flags = FlagOverrides {
+            device: Some("cuda:0".into()),
+            device_index: Some(1),
+            ..Default::default()
+        };
+        let err = load(&env, None, &flags).unwrap_err().to_string();
+        assert!(
+            err.contains("engine.device") && err.contains("contradicts"),
+            "{err}"
+        );
+        let env = env_of(&[("INFLUENCE_HOME", home), ("INFLUENCE_DEVICE", "tpu")]);
+        let err = load(&env, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("engine.device") && err.contains("INFLUENCE_DEVICE"),
+            "{err}"
+        );
     }
 
     #[test]

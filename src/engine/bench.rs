@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::device::DeviceChoice;
 use super::sampling::argmax;
 use super::scheduler::PREFILL_CHUNK;
 use super::worker::load_gguf;
@@ -25,6 +26,11 @@ pub struct BenchResult {
     pub threads: usize,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
+    /// `cpu` or the GPU, as in `cuda:0 NVIDIA H200`.
+    pub device: String,
+    /// GPU memory taken while the model was loaded and run (the device's free memory before
+    /// loading minus after the runs), MiB; absent on the CPU.
+    pub gpu_mem_mib: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -42,9 +48,11 @@ pub fn run_bench(
     turn2_tokens: usize,
     runs: usize,
     threads: usize,
+    device: &DeviceChoice,
 ) -> Result<BenchResult, EngineError> {
+    let free_before = device.is_gpu().then(|| device.memory()).flatten();
     let t = Instant::now();
-    let (mut g, info) = load_gguf(path, path.to_string_lossy().to_string())?;
+    let (mut g, info) = load_gguf(path, path.to_string_lossy().to_string(), &device.device)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let total = prompt_tokens + gen_tokens + turn2_tokens;
     if prompt_tokens == 0 || turn2_tokens == 0 || total > info.context_length {
@@ -97,6 +105,12 @@ pub fn run_bench(
         ttft2.push(second);
     }
     g.dec.truncate_slot(0, 0);
+    let gpu_mem_mib = match (free_before, device.memory()) {
+        (Some((before, _)), Some((after, _))) => {
+            Some(before.saturating_sub(after) as f64 / (1 << 20) as f64)
+        }
+        _ => None,
+    };
     Ok(BenchResult {
         prompt_tok_s: median(pp),
         gen_tok_s: if tg.is_empty() { 0.0 } else { median(tg) },
@@ -105,5 +119,7 @@ pub fn run_bench(
         load_ms,
         threads,
         peak_rss_mib: crate::procmem::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+        device: device.label.clone(),
+        gpu_mem_mib,
     })
 }

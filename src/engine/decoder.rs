@@ -12,6 +12,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::device::HOST;
 use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
 use super::kv_cache::KvCache;
@@ -163,6 +164,8 @@ pub struct Decoder {
     local_rope: Option<(Tensor, Tensor)>,
     /// KV slots: one cache per layer for each sequence the engine holds.
     slots: Vec<Vec<KvCache>>,
+    /// Where the weights, KV cache, RoPE tables and activations live.
+    device: Device,
 }
 
 /// Where weights come from. Names are always GGUF names; safetensors folders are mapped to
@@ -177,6 +180,7 @@ enum Source<'a> {
 
 struct Loader<'a> {
     src: Source<'a>,
+    device: Device,
     /// Convert Q4_1/Q5_0/Q5_1 matrices to Q8_0 at load (`INFLUENCE_REQUANT_Q8=1`): they then run
     /// on the Q8_0 kernel (1.3-1.6x faster generation, 1.5-1.8x faster prompts; ~1.3x on candle's
     /// kernels), with ~1.5x the memory for those weights and slightly different outputs.
@@ -261,18 +265,24 @@ impl Loader<'_> {
         }
     }
 
+    /// A tensor as stored, in host memory (for the own kernels, dequantizing, lookups).
     fn qtensor(&mut self, name: &str) -> Result<QTensor, EngineError> {
+        self.qtensor_on(name, &HOST)
+    }
+
+    fn qtensor_on(&mut self, name: &str, device: &Device) -> Result<QTensor, EngineError> {
         if !self.has(name) {
             return Err(self.missing(name));
         }
         match &mut self.src {
-            Source::Gguf(f) => f
-                .content
-                .tensor(&mut f.reader, name, &Device::Cpu)
-                .map_err(|e| EngineError::Corrupt {
-                    path: f.path.clone(),
-                    reason: format!("cannot read tensor `{name}`: {e}"),
-                }),
+            Source::Gguf(f) => {
+                f.content
+                    .tensor(&mut f.reader, name, device)
+                    .map_err(|e| EngineError::Corrupt {
+                        path: f.path.clone(),
+                        reason: format!("cannot read tensor `{name}`: {e}"),
+                    })
+            }
             Source::Dense { .. } => Err(EngineError::Candle(format!(
                 "quantized tensor `{name}` requested from a safetensors model"
             ))),
@@ -296,11 +306,18 @@ impl Loader<'_> {
                 .remove(&hf.replace("up_proj", "gate_up_proj"))
                 .ok_or_else(|| EngineError::Candle(format!("tensor `{hf}` vanished")))?,
         };
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
     }
 
     fn matmul(&mut self, name: &str) -> Result<Linear, EngineError> {
         match &self.src {
+            // A GPU runs candle's quantized matmul on the weights as stored.
+            Source::Gguf(_) if !self.device.is_cpu() => {
+                let device = self.device.clone();
+                Ok(Linear::Candle(QMatMul::from_qtensor(
+                    self.qtensor_on(name, &device)?,
+                )?))
+            }
             Source::Gguf(_) => {
                 let mut q = self.qtensor(name)?;
                 let slow = matches!(
@@ -362,7 +379,10 @@ impl Loader<'_> {
 
     fn dense(&mut self, name: &str) -> Result<Tensor, EngineError> {
         match &self.src {
-            Source::Gguf(_) => Ok(self.qtensor(name)?.dequantize(&Device::Cpu)?),
+            Source::Gguf(_) => Ok(self
+                .qtensor(name)?
+                .dequantize(&HOST)?
+                .to_device(&self.device)?),
             Source::Dense { .. } => self.take_dense(name),
         }
     }
@@ -377,6 +397,12 @@ impl Loader<'_> {
 
     fn embedding(&mut self, name: &str) -> Result<Embedding, EngineError> {
         match &self.src {
+            // On a GPU the table stays quantized in host memory: a lookup dequantizes a few rows
+            // and copies them over, so the device holds no second copy unless the output
+            // projection is tied to it.
+            Source::Gguf(_) if !self.device.is_cpu() => {
+                Ok(Embedding::Quantized(Arc::new(self.qtensor(name)?)))
+            }
             Source::Gguf(_) => {
                 let q = self.qtensor(name)?;
                 match self.repack(name, &q)? {
@@ -401,16 +427,21 @@ enum Embedding {
 }
 
 impl Embedding {
-    fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    /// The rows of `ids`, (1, ids, hidden), on `device`.
+    fn lookup(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
         match self {
+            // The own kernels' tables exist only on the CPU.
             Embedding::Q8(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
             Embedding::K(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
             Embedding::L(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
-            Embedding::Quantized(q) => q.embedding(ids)?.to_dtype(DType::F32),
+            Embedding::Quantized(q) => {
+                let host = Tensor::new(ids, &HOST)?.unsqueeze(0)?;
+                q.embedding(&host)?.to_dtype(DType::F32)?.to_device(device)
+            }
             Embedding::Dense(w) => {
-                let (b, t) = ids.dims2()?;
-                w.index_select(&ids.flatten_all()?, 0)?
-                    .reshape((b, t, w.dim(1)?))
+                let ids_t = Tensor::new(ids, w.device())?;
+                w.index_select(&ids_t, 0)?
+                    .reshape((1, ids.len(), w.dim(1)?))
             }
         }
     }
@@ -429,26 +460,26 @@ impl Embedding {
 
 /// The embedding rows of `ids` from a table of `rows × cols` read by `row`.
 fn rows_of(
-    ids: &Tensor,
+    ids: &[u32],
     rows: usize,
     cols: usize,
     row: impl Fn(usize) -> Vec<f32>,
 ) -> candle_core::Result<Tensor> {
-    let ids = ids.flatten_all()?.to_vec1::<u32>()?;
     let mut data = Vec::with_capacity(ids.len() * cols);
-    for &id in &ids {
+    for &id in ids {
         if id as usize >= rows {
             candle_core::bail!("token id {id} outside the vocabulary ({rows})");
         }
         data.extend(row(id as usize));
     }
-    Tensor::from_vec(data, (1, ids.len(), cols), &Device::Cpu)
+    Tensor::from_vec(data, (1, ids.len(), cols), &HOST)
 }
 
 fn rope_tables(
     cfg: &DecoderConfig,
     base: f32,
     freq_factors: Option<&[f32]>,
+    device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let half = cfg.rope_dim / 2;
     let inv: Vec<f32> = (0..half)
@@ -471,14 +502,14 @@ fn rope_tables(
         }
     }
     Ok((
-        Tensor::from_vec(cos, (n, half), &Device::Cpu)?,
-        Tensor::from_vec(sin, (n, half), &Device::Cpu)?,
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
     ))
 }
 
 impl Decoder {
     /// Reads all weights. The caller has already validated the header (`gguf::open`).
-    pub fn load(f: &mut GgufFile) -> Result<Self, EngineError> {
+    pub fn load(f: &mut GgufFile, device: &Device) -> Result<Self, EngineError> {
         let arch = f.arch.clone();
         let meta = Meta {
             path: &f.path,
@@ -489,7 +520,9 @@ impl Decoder {
             cfg,
             Loader {
                 src: Source::Gguf(f),
-                requant_q8: requant_q8_requested(),
+                device: device.clone(),
+                // The Q8_0 conversion exists for the own CPU kernels.
+                requant_q8: device.is_cpu() && requant_q8_requested(),
             },
             None,
         )
@@ -501,6 +534,7 @@ impl Decoder {
         cfg: DecoderConfig,
         tensors: HashMap<String, Tensor>,
         freq_factors: Option<Vec<f32>>,
+        device: &Device,
     ) -> Result<Self, EngineError> {
         Self::build(
             cfg,
@@ -509,6 +543,7 @@ impl Decoder {
                     path: dir.to_path_buf(),
                     tensors,
                 },
+                device: device.clone(),
                 requant_q8: false,
             },
             freq_factors,
@@ -521,8 +556,13 @@ impl Decoder {
         freq_factors: Option<Vec<f32>>,
     ) -> Result<Self, EngineError> {
         let embed = l.embedding("token_embd.weight")?;
+        let gpu_gguf = !l.device.is_cpu() && matches!(l.src, Source::Gguf(_));
         let lm_head = if l.has("output.weight") {
             l.matmul("output.weight")?
+        } else if gpu_gguf {
+            // Tied embeddings: the lookup table stays in host memory, the projection runs on
+            // the device from its own copy.
+            l.matmul("token_embd.weight")?
         } else {
             embed.as_lm_head()?
         };
@@ -531,10 +571,11 @@ impl Decoder {
             Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
             None => freq_factors,
         };
-        let (cos, sin) = rope_tables(&cfg, cfg.rope_base, freq_factors.as_deref())?;
+        let device = l.device.clone();
+        let (cos, sin) = rope_tables(&cfg, cfg.rope_base, freq_factors.as_deref(), &device)?;
         let local_rope = match cfg.sliding_window {
             Some(_) if cfg.rope_base_local != cfg.rope_base => {
-                Some(rope_tables(&cfg, cfg.rope_base_local, None)?)
+                Some(rope_tables(&cfg, cfg.rope_base_local, None, &device)?)
             }
             _ => None,
         };
@@ -598,7 +639,13 @@ impl Decoder {
             sin,
             local_rope,
             slots: Vec::new(),
+            device,
         })
+    }
+
+    /// Whether this decoder computes on the CPU (its own kernels) rather than a GPU.
+    pub fn on_cpu(&self) -> bool {
+        self.device.is_cpu()
     }
 
     /// Positions held in KV slot `slot` (0 for a slot never used).
@@ -656,6 +703,10 @@ impl Decoder {
     /// any row's numbers: true unless some matrix runs a lone chunk on a kernel that a packed
     /// batch would not use (see [`linear`]).
     pub fn packs_prompts(&self) -> bool {
+        // candle's GPU kernels change with the row count; keep prompt chunks alone there.
+        if !self.device.is_cpu() {
+            return false;
+        }
         // A lone chunk would take the dense GEMM, or candle's multi-row Q6_K kernel where a
         // packed batch takes its single-row one.
         let dense = |w: &Linear| match w {
@@ -737,9 +788,7 @@ impl Decoder {
         }
         let dense_ok = seqs.len() == 1;
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.ids.iter().copied()).collect();
-        let dev = Device::Cpu;
-        let ids_t = Tensor::new(all.as_slice(), &dev)?.unsqueeze(0)?;
-        let mut x = self.embed.lookup(&ids_t)?;
+        let mut x = self.embed.lookup(&all, &self.device)?;
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale)?;
         }
@@ -799,8 +848,11 @@ impl Decoder {
         let last = Tensor::cat(&lasts, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.out_norm, eps)?;
         let logits = linear(&self.lm_head, &last, dense_ok)?.to_dtype(DType::F32)?;
+        // One copy off the device for every row.
+        let all = logits.flatten_all()?.to_vec1::<f32>()?;
+        let vocab = all.len() / wanted.len();
         for (row, &i) in wanted.iter().enumerate() {
-            out[i] = Some(logits.narrow(1, row, 1)?.flatten_all()?.to_vec1()?);
+            out[i] = Some(all[row * vocab..(row + 1) * vocab].to_vec());
         }
         Ok(out)
     }
@@ -814,9 +866,12 @@ impl Decoder {
         pos: usize,
     ) -> candle_core::Result<SeqPart> {
         let kv = pos + t;
-        let mask = (t > 1).then(|| causal_mask(t, pos, None)).transpose()?;
+        let dev = &self.device;
+        let mask = (t > 1)
+            .then(|| causal_mask(t, pos, None, dev))
+            .transpose()?;
         let local_mask = match self.cfg.sliding_window {
-            Some(w) if t > 1 || kv > w + 1 => Some(causal_mask(t, pos, Some(w))?),
+            Some(w) if t > 1 || kv > w + 1 => Some(causal_mask(t, pos, Some(w), dev)?),
             _ => None,
         };
         let local = match &self.local_rope {
@@ -941,7 +996,7 @@ fn own_matmul(
             if let Some(last) = dims.last_mut() {
                 *last = n;
             }
-            Tensor::from_vec(out, dims.as_slice(), &Device::Cpu)
+            Tensor::from_vec(out, dims.as_slice(), &HOST)
         })
         .collect()
 }
@@ -972,7 +1027,8 @@ fn linear(w: &Linear, x: &Tensor, dense_ok: bool) -> candle_core::Result<Tensor>
         }
         Linear::Candle(w) => w,
     };
-    if let QMatMul::QTensor(qt) = w {
+    // The dense and row-split paths below work around candle's CPU kernels.
+    if let (QMatMul::QTensor(qt), true) = (w, x.device().is_cpu()) {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         // Q4_K and Q6_K have repacked multi-row kernels in candle 0.11 that beat this.
         let fast_batched = matches!(qt.dtype(), GgmlDType::Q4K | GgmlDType::Q6K);
@@ -1045,14 +1101,19 @@ fn dequantize_parallel(qt: &QTensor) -> candle_core::Result<Tensor> {
         _ => None,
     };
     match out {
-        Some(v) => Tensor::from_vec(v, (n, k), &Device::Cpu),
-        None => qt.dequantize(&Device::Cpu),
+        Some(v) => Tensor::from_vec(v, (n, k), &HOST),
+        None => qt.dequantize(&HOST),
     }
 }
 
 /// Additive mask (t, pos + t): query i (at absolute position pos + i) sees keys 0..=pos + i,
 /// and with a sliding `window` only keys within `window` positions of it.
-fn causal_mask(t: usize, pos: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+fn causal_mask(
+    t: usize,
+    pos: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let kv = pos + t;
     let data: Vec<f32> = (0..t)
         .flat_map(|i| {
@@ -1067,7 +1128,7 @@ fn causal_mask(t: usize, pos: usize, window: Option<usize>) -> candle_core::Resu
             })
         })
         .collect();
-    Tensor::from_vec(data, (t, kv), &Device::Cpu)
+    Tensor::from_vec(data, (t, kv), device)
 }
 
 fn apply_rope(
@@ -1234,11 +1295,17 @@ mod tests {
     #[test]
     fn sliding_window_mask() {
         // 3 new queries at positions 2..5, window 2: query 4 sees keys 2..=4 only.
-        let m: Vec<Vec<f32>> = causal_mask(3, 2, Some(2)).unwrap().to_vec2().unwrap();
+        let m: Vec<Vec<f32>> = causal_mask(3, 2, Some(2), &Device::Cpu)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let seen = |row: &Vec<f32>| row.iter().map(|v| v.is_finite()).collect::<Vec<_>>();
         assert_eq!(seen(&m[0]), [true, true, true, false, false]);
         assert_eq!(seen(&m[2]), [false, false, true, true, true]);
-        let full: Vec<Vec<f32>> = causal_mask(2, 1, None).unwrap().to_vec2().unwrap();
+        let full: Vec<Vec<f32>> = causal_mask(2, 1, None, &Device::Cpu)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(seen(&full[0]), [true, true, false]);
         assert_eq!(seen(&full[1]), [true, true, true]);
     }
@@ -1264,7 +1331,7 @@ mod tests {
     #[test]
     fn batched_decode_matches_single_sequences_bit_for_bit() {
         let mut f = super::super::gguf::open(&smollm_path()).unwrap();
-        let mut dec = Decoder::load(&mut f).unwrap();
+        let mut dec = Decoder::load(&mut f, &Device::Cpu).unwrap();
         let prompts: [&[u32]; 3] = [&[1, 4093, 198, 1780, 314], &[6403, 1980, 253], &[19556]];
         for (slot, p) in prompts.iter().enumerate() {
             let step = SeqStep {
@@ -1318,6 +1385,7 @@ mod tests {
         assert_eq!(original.dtype(), GgmlDType::Q4_1);
         let mut l = Loader {
             src: Source::Gguf(&mut f),
+            device: Device::Cpu,
             requant_q8: true,
         };
         let a = original.dequantize(&Device::Cpu).unwrap();

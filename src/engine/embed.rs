@@ -42,7 +42,7 @@ pub fn folder_model_type(dir: &Path) -> Result<String, EngineError> {
 }
 
 impl Embedder {
-    pub fn load(dir: &Path, id: String) -> Result<(Self, ModelInfo), EngineError> {
+    pub fn load(dir: &Path, id: String, device: &Device) -> Result<(Self, ModelInfo), EngineError> {
         let cfg_path = dir.join("config.json");
         let cfg: Config =
             serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| corrupt(&cfg_path, e))?)
@@ -63,7 +63,7 @@ impl Embedder {
 
         let tensors = super::weights::load_folder(dir)?;
         let n_params: u64 = tensors.values().map(|t| t.elem_count() as u64).sum();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = BertModel::load(vb, &cfg).map_err(|e| corrupt(dir, e))?;
         let info = ModelInfo {
             id,
@@ -103,7 +103,7 @@ impl Embedder {
             ids[self.max_len - 1] = last;
         }
         let n = ids.len();
-        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let ids = Tensor::new(ids.as_slice(), &self.model.device)?.unsqueeze(0)?;
         let types = ids.zeros_like()?;
         let mask = ids.ones_like()?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (1, n, dim)

@@ -73,6 +73,9 @@ pub enum EngineError {
     )]
     Io { path: PathBuf, reason: String },
 
+    #[error("{0}")]
+    Device(String),
+
     #[error("the inference engine has stopped (its thread exited). Restart Influence; if it keeps happening, check the log for a crash")]
     EngineStopped,
 }

@@ -129,6 +129,7 @@ pub(crate) fn load(
     dir: &Path,
     model_type: &str,
     id: String,
+    device: &candle_core::Device,
 ) -> Result<(GenModel, ModelInfo), EngineError> {
     let cfg_json = read_json(&dir.join("config.json"))
         .ok_or_else(|| corrupt(dir, "config.json is not valid JSON"))?;
@@ -167,7 +168,8 @@ pub(crate) fn load(
         .get("model.embed_tokens.weight")
         .map(|t| format!("{:?}", t.dtype()).to_uppercase())
         .unwrap_or_else(|| "F32".into());
-    let dec = Decoder::load_safetensors(dir, dc, tensors, factors)?;
+    let mut dec = Decoder::load_safetensors(dir, dc, tensors, factors, device)?;
+    super::worker::warm_up(&mut dec, tok.bos_id.unwrap_or(0))?;
     let info = ModelInfo {
         id,
         arch: model_type.to_string(),

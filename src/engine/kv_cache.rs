@@ -1,7 +1,7 @@
 //! Per-layer key/value cache: one buffer per tensor, grown by doubling up to the context length,
 //! written in place with `slice_set` and truncatable to any prefix (for prompt-prefix reuse).
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Smallest allocation, in positions; avoids regrowing for short chats.
 const MIN_CAPACITY: usize = 256;
@@ -65,7 +65,7 @@ impl KvCache {
         let new_cap = need.max(self.capacity * 2).max(MIN_CAPACITY).min(self.max);
         let (b, h, _, d) = like.dims4()?;
         let alloc = |old: &Option<Tensor>| -> Result<Tensor> {
-            let t = Tensor::zeros((b, h, new_cap, d), DType::F32, &Device::Cpu)?;
+            let t = Tensor::zeros((b, h, new_cap, d), DType::F32, like.device())?;
             if let (Some(old), true) = (old, self.len > 0) {
                 t.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
             }
@@ -101,6 +101,7 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     fn t(vals: &[f32], seq: usize) -> Tensor {
         Tensor::from_slice(vals, (1, 1, seq, 1), &Device::Cpu).unwrap()

@@ -33,6 +33,7 @@
 pub mod bench;
 pub mod constraint;
 mod decoder;
+pub mod device;
 mod embed;
 mod error;
 pub mod fake;
@@ -83,6 +84,8 @@ pub struct EngineOptions {
     pub parallel: usize,
     /// KV cache positions across a model's slots; 0 = its context × (parallel + 1).
     pub kv_budget: usize,
+    /// The device models load onto (`auto` by default).
+    pub device: device::DeviceRequest,
 }
 
 /// Whether this CPU runs Influence's own kernels (AVX2 or AVX-512 VNNI on x86-64, unless
@@ -104,6 +107,7 @@ impl Default for EngineOptions {
             max_loaded: 1,
             parallel: DEFAULT_PARALLEL,
             kv_budget: 0,
+            device: device::DeviceRequest::default(),
         }
     }
 }
@@ -173,6 +177,57 @@ impl EngineCmd {
 pub struct EngineHandle {
     tx: mpsc::Sender<EngineCmd>,
     counters: Arc<scheduler::EngineCounters>,
+    device: Arc<DeviceStatus>,
+}
+
+/// The engine's device as front ends show it: the status bar, `ps`, `/api/ps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// `cpu`, `cuda:0 NVIDIA H200`, `metal:0`.
+    pub label: String,
+    /// Why this device (under `auto`, why not a GPU).
+    pub reason: String,
+    /// Why the requested device could not start; every load then fails with it.
+    pub error: Option<String>,
+    /// Chosen by `auto`.
+    pub auto: bool,
+    /// Free and total bytes of the device's memory when it started (the GPU's own, or the
+    /// system's for the CPU and Apple GPUs).
+    pub memory: Option<(u64, u64)>,
+    /// A GPU, not the CPU.
+    pub gpu: bool,
+}
+
+impl DeviceStatus {
+    /// What the status bar shows: the device, marked when `auto` picked it.
+    pub fn short(&self) -> String {
+        if self.auto {
+            format!("{} (auto)", self.label)
+        } else {
+            self.label.clone()
+        }
+    }
+
+    fn of(r: &Result<device::DeviceChoice, EngineError>) -> Self {
+        match r {
+            Ok(c) => Self {
+                label: c.label.clone(),
+                reason: c.reason.clone(),
+                error: None,
+                auto: c.auto,
+                memory: c.memory(),
+                gpu: c.is_gpu(),
+            },
+            Err(e) => Self {
+                label: "none".into(),
+                reason: String::new(),
+                error: Some(e.to_string()),
+                auto: false,
+                memory: None,
+                gpu: false,
+            },
+        }
+    }
 }
 
 /// The thread count the engine will use for `threads = 0`.
@@ -206,17 +261,35 @@ pub fn configure_threads(threads: usize, force: bool) -> usize {
 
 impl EngineHandle {
     /// Starts the real engine thread.
+    ///
+    /// The device is started here, so [`EngineHandle::device`] can report it (or why it
+    /// failed) before any model loads.
     pub fn spawn(opts: EngineOptions) -> Self {
         let threads = configure_threads(opts.threads, false);
         let (tx, rx) = mpsc::channel();
         let opts = EngineOptions { threads, ..opts };
         let counters = Arc::new(scheduler::EngineCounters::default());
         let shared = counters.clone();
+        let chosen = device::select(opts.device);
+        match &chosen {
+            Ok(c) => tracing::info!(device = %c.label, reason = %c.reason, "engine device"),
+            Err(e) => tracing::error!("{e}"),
+        }
+        let status = Arc::new(DeviceStatus::of(&chosen));
         std::thread::Builder::new()
             .name("influence-engine".into())
-            .spawn(move || worker::run(rx, opts, shared))
+            .spawn(move || worker::run(rx, opts, chosen, shared))
             .expect("the OS refused to start the engine thread");
-        Self { tx, counters }
+        Self {
+            tx,
+            counters,
+            device: status,
+        }
+    }
+
+    /// The device models run on, or why it could not start.
+    pub fn device(&self) -> &DeviceStatus {
+        &self.device
     }
 
     /// Builds a handle from a sender whose receiver is served by some engine thread.
@@ -224,6 +297,14 @@ impl EngineHandle {
         Self {
             tx,
             counters: Default::default(),
+            device: Arc::new(DeviceStatus {
+                label: "cpu".into(),
+                reason: "a scripted engine for tests".into(),
+                error: None,
+                auto: false,
+                memory: None,
+                gpu: false,
+            }),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Small decoder ops tuned for the token-by-token path.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// Below this many values a softmax runs on the calling thread.
 const SERIAL_SOFTMAX_MAX: usize = 1 << 16;
@@ -13,7 +13,7 @@ const SERIAL_SOFTMAX_MAX: usize = 1 << 16;
 /// divide, so outputs do not change; large ones (prompt chunks) still go to candle-nn.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     use candle_core::cpu::kernels::VecOps;
-    if x.elem_count() >= SERIAL_SOFTMAX_MAX {
+    if x.elem_count() >= SERIAL_SOFTMAX_MAX || !x.device().is_cpu() {
         return candle_nn::ops::softmax_last_dim(x);
     }
     let d = x.dim(candle_core::D::Minus1)?;
@@ -32,12 +32,13 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
             *v /= sum;
         }
     }
-    Tensor::from_vec(data, x.shape(), &Device::Cpu)
+    Tensor::from_vec(data, x.shape(), x.device())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn softmax_matches_candle_nn_exactly() {

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use candle_core::Device;
+
 use super::decoder::Decoder;
+use super::device::DeviceChoice;
 use super::embed::{folder_model_type, Embedder};
 use super::gen_model::GenModel;
 use super::gguf::{self, Meta};
@@ -52,6 +55,9 @@ struct Entry {
 
 struct Worker {
     opts: EngineOptions,
+    /// The device every model loads onto, or why it could not start (then every load fails
+    /// with that reason).
+    device: Result<DeviceChoice, EngineError>,
     /// Most recently used first.
     models: Vec<Entry>,
     counters: Arc<EngineCounters>,
@@ -71,10 +77,12 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 pub(crate) fn run(
     rx: mpsc::Receiver<EngineCmd>,
     opts: EngineOptions,
+    device: Result<DeviceChoice, EngineError>,
     counters: Arc<EngineCounters>,
 ) {
     let mut w = Worker {
         opts,
+        device,
         models: Vec::new(),
         counters,
         deferred: VecDeque::new(),
@@ -131,7 +139,11 @@ fn canonical(path: &Path) -> Result<PathBuf, EngineError> {
 }
 
 /// Loads a GGUF generative model; the tokenizer and template are checked before any weight.
-pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo), EngineError> {
+pub(crate) fn load_gguf(
+    path: &Path,
+    id: String,
+    device: &Device,
+) -> Result<(GenModel, ModelInfo), EngineError> {
     let mut f = gguf::open(path)?;
     let tok = TextTokenizer::for_gguf(path, &f.content)?;
     let meta = Meta {
@@ -158,7 +170,24 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
     if let Some(w) = &stats.slow_warning {
         tracing::warn!(model = %path.display(), "{w}");
     }
-    let dec = Decoder::load(&mut f)?;
+    if !device.is_cpu() {
+        let cfg = super::decoder::DecoderConfig::from_meta(&meta, &f.arch)?;
+        // Everything but the embedding table goes to the device (a tied one goes too).
+        let tied = !f.content.tensor_infos.contains_key("output.weight");
+        let weights: u64 = f
+            .content
+            .tensor_infos
+            .iter()
+            .filter(|(name, _)| tied || name.as_str() != "token_embd.weight")
+            .map(|(_, t)| {
+                (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
+            })
+            .sum();
+        let kv = (cfg.n_layer * 2 * cfg.n_kv_head * cfg.head_dim * 4) as u64;
+        super::device::check_fits(device, weights, kv, cfg.context_length as u64)?;
+    }
+    let mut dec = Decoder::load(&mut f, device)?;
+    warm_up(&mut dec, tok.bos_id.unwrap_or(0))?;
     let info = ModelInfo {
         id,
         arch: f.arch.clone(),
@@ -170,6 +199,20 @@ pub(crate) fn load_gguf(path: &Path, id: String) -> Result<(GenModel, ModelInfo)
         chat_template: Some(template.source().to_string()),
     };
     Ok((GenModel::new(dec, tok, template), info))
+}
+
+/// One short forward on a GPU right after loading, so the first answer does not pay for
+/// loading and compiling the device's kernels (Metal compiles its shaders on first use).
+pub(crate) fn warm_up(dec: &mut Decoder, token: u32) -> Result<(), EngineError> {
+    if dec.on_cpu() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let r = dec.forward(&[token, token], true);
+    dec.release_slot(0);
+    r?;
+    tracing::info!(ms = t.elapsed().as_millis() as u64, "device warmed up");
+    Ok(())
 }
 
 impl Worker {
@@ -315,6 +358,10 @@ impl Worker {
         }
     }
 
+    fn device(&self) -> Result<&DeviceChoice, EngineError> {
+        self.device.as_ref().map_err(Clone::clone)
+    }
+
     /// Index of the loaded model (moved to the front), loading it if needed.
     fn ensure(&mut self, path: &Path) -> Result<usize, EngineError> {
         let key = canonical(path)?;
@@ -341,10 +388,10 @@ impl Worker {
         let (model, info) = if key.is_dir() {
             let mt = folder_model_type(&key)?;
             if mt == "bert" {
-                let (e, info) = Embedder::load(&key, id)?;
+                let (e, info) = Embedder::load(&key, id, &self.device()?.device)?;
                 (Model::Embed(Box::new(e)), info)
             } else if hf_folder::SUPPORTED_FOLDER_TYPES.contains(&mt.as_str()) {
-                let (g, info) = hf_folder::load(&key, &mt, id)?;
+                let (g, info) = hf_folder::load(&key, &mt, id, &self.device()?.device)?;
                 (Model::Gen(Box::new(g)), info)
             } else {
                 return Err(EngineError::UnsupportedArchitecture {
@@ -357,7 +404,7 @@ impl Worker {
                 });
             }
         } else {
-            let (g, info) = load_gguf(&key, id)?;
+            let (g, info) = load_gguf(&key, id, &self.device()?.device)?;
             (Model::Gen(Box::new(g)), info)
         };
         let mut model = model;

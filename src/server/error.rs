@@ -170,6 +170,14 @@ impl ApiError {
                 err.param = Some("model".into());
                 err
             }
+            // The device's own words: no paths, and the numbers a client can act on (a model
+            // that does not fit the GPU is 503 so a client may retry once memory is freed).
+            EngineError::Device(_) => {
+                logged("device");
+                let mut err = Self::new(dialect, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                err.kind = "server_error";
+                err
+            }
             EngineError::EngineStopped => {
                 let mut err = Self::new(dialect, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
                 err.kind = "server_error";

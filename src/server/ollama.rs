@@ -134,7 +134,7 @@ pub async fn ps(State(ctx): State<ServerCtx>) -> Json<Value> {
                 "expires_at": "0001-01-01T00:00:00Z",
                 "size_vram": 0,
             });
-            merge(&mut v, super::ps::facts(m));
+            merge(&mut v, super::ps::facts(&ctx, m));
             v
         })
         .collect();

@@ -43,7 +43,7 @@ pub async fn list_models(State(ctx): State<ServerCtx>) -> Json<Value> {
                 .iter()
                 .find(|m| m.info.id == e.path.to_string_lossy())
             {
-                super::ollama::merge(&mut v, super::ps::facts(m));
+                super::ollama::merge(&mut v, super::ps::facts(&ctx, m));
                 super::ollama::merge(&mut v, json!({ "loaded": true }));
             }
             v

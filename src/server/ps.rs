@@ -23,9 +23,6 @@ pub struct Activity {
     pub waiting: usize,
 }
 
-/// Where the engine computes. It is CPU-only today.
-pub const DEVICE: &str = "cpu";
-
 pub async fn loaded(ctx: &ServerCtx) -> Vec<Loaded> {
     ctx.loaded_models()
         .await
@@ -59,9 +56,9 @@ pub fn activity(ctx: &ServerCtx) -> Activity {
 }
 
 /// The facts both dialects attach to a loaded model.
-pub fn facts(m: &Loaded) -> Value {
+pub fn facts(ctx: &ServerCtx, m: &Loaded) -> Value {
     json!({
-        "device": DEVICE,
+        "device": ctx.engine().device().label,
         "memory_bytes": m.memory_bytes,
         "context_length": m.info.context_length,
     })

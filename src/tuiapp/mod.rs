@@ -100,7 +100,28 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
         max_loaded: loaded.config.engine.max_loaded.max(1),
         parallel: loaded.config.engine.parallel,
         kv_budget: loaded.config.engine.kv_budget,
+        device: loaded.device(),
     });
+    // Before the terminal changes: an unusable device is said plainly on the shell.
+    let device = engine.device();
+    if let Some(e) = &device.error {
+        anyhow::bail!("{e}");
+    }
+    state.status.device = device.short();
+    if device.gpu {
+        // The Hub's "fits" compares against the memory models will load into.
+        if let Some((free, total)) = device.memory {
+            state.hub.mem = Some(crate::hub::MemInfo {
+                total_bytes: total,
+                available_bytes: free,
+            });
+        }
+    } else if device.auto && device.reason.contains("did not start") {
+        state.status.notice = Some(Notice {
+            error: true,
+            text: device.reason.clone(),
+        });
+    }
     let mut server_options = crate::serve::options_for(&loaded, model.clone());
     // Pulls that API clients start show in the Downloads pane beside the app's own.
     let (pull_tx, mut pull_rx) = tokio::sync::mpsc::unbounded_channel();

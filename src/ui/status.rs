@@ -38,6 +38,10 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
         ));
         spans.push(sep.clone());
     }
+    if !state.status.device.is_empty() {
+        spans.push(Span::styled(state.status.device.clone(), t.status_bar));
+        spans.push(sep.clone());
+    }
     spans.extend([
         Span::styled(
             format!(

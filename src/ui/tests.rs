@@ -58,6 +58,21 @@ fn the_status_bar_counts_the_engines_streams() {
 }
 
 #[test]
+fn the_status_bar_names_the_device() {
+    let mut s = test_state(120, 36);
+    assert!(
+        !text(&s).contains("cpu"),
+        "no device before the engine starts"
+    );
+    s.status.device = "cuda:0 NVIDIA H200".into();
+    assert!(
+        text(&s).contains("│ cuda:0 NVIDIA H200 │ mem"),
+        "{}",
+        text(&s)
+    );
+}
+
+#[test]
 fn too_small_message() {
     let s = test_state(40, 10);
     let t = text(&s);
