@@ -67,7 +67,15 @@ pub fn run(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
     let cache = output
         .as_ref()
         .map_or_else(|| ctx.hub_cache(), |d| d.join(STAGING));
-    let result = rt.block_on(pull(client, args, cache, queue_dir.clone(), output.clone()));
+    let device = ctx.device;
+    let result = rt.block_on(pull(
+        client,
+        args,
+        cache,
+        queue_dir.clone(),
+        output.clone(),
+        device,
+    ));
     let _ = std::fs::remove_dir_all(&queue_dir);
     result?;
     if let Some(dir) = output {
@@ -136,6 +144,7 @@ async fn pull(
     cache: PathBuf,
     queue_dir: PathBuf,
     output: Option<PathBuf>,
+    device: crate::engine::device::DeviceRequest,
 ) -> anyhow::Result<()> {
     let info = client.model_info(&args.repo, Some(&args.revision)).await?;
     for p in &info.rejected_paths {
@@ -154,7 +163,17 @@ async fn pull(
         human_bytes(total)
     );
     let groups = group_gguf(&files);
-    if let (Some(g), Some(mem)) = (groups.iter().find(|g| !g.is_projector), MemInfo::read()) {
+    // On a GPU the question is whether it fits the GPU's free memory.
+    let device = crate::engine::device::select(device).ok();
+    let gpu = device.as_ref().filter(|d| d.is_gpu());
+    let mem = match gpu.and_then(|d| d.memory()) {
+        Some((free, total)) => Some(MemInfo {
+            total_bytes: total,
+            available_bytes: free,
+        }),
+        None => MemInfo::read(),
+    };
+    if let (Some(g), Some(mem)) = (groups.iter().find(|g| !g.is_projector), mem) {
         // The same estimate the Hub pane and the Library show, from the same header keys.
         let shape = match fetch_shape(&client, &info.id, &args.revision, &g.files[0].path).await {
             Ok(shape) => shape,
@@ -164,7 +183,8 @@ async fn pull(
             }
         };
         let (need, ctx) = gguf_need(g.total_size, g.quant, shape);
-        eprintln!("memory: {}", fit_for(need, ctx, mem).describe());
+        let on = gpu.map_or_else(String::new, |d| format!(" on {}", d.label));
+        eprintln!("memory{on}: {}", fit_for(need, ctx, mem).describe());
     }
     let (handle, mut events) =
         downloads::spawn(ManagerConfig::new(client, cache.clone(), queue_dir))?;

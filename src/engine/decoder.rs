@@ -44,6 +44,18 @@ pub struct DecoderConfig {
     pub rope_base_local: f32,
     /// GELU (tanh) instead of SiLU in the gated FFN.
     pub gelu: bool,
+    /// Attention score scale, where not 1/sqrt(head_dim) (Granite, Gemma 2 27B).
+    pub attn_scale: Option<f64>,
+    /// Granite: attention and FFN outputs are scaled by this before the residual add.
+    pub residual_scale: Option<f64>,
+    /// Granite: logits are divided by this.
+    pub logit_scale: Option<f32>,
+    /// Gemma 2: attention scores become `cap · tanh(score / cap)` before the mask.
+    pub attn_softcap: Option<f32>,
+    /// Gemma 2: logits become `cap · tanh(logit / cap)`.
+    pub final_softcap: Option<f32>,
+    /// SmolLM3: every `n`-th layer (1-based) attends without RoPE.
+    pub no_rope_step: Option<usize>,
 }
 
 impl DecoderConfig {
@@ -67,31 +79,85 @@ impl DecoderConfig {
             .opt_usize(&k("rope.dimension_count"))
             .unwrap_or(head_dim)
             .min(head_dim);
+        let n_layer = meta.usize(&k("block_count"))?;
+        let gemma = matches!(arch, "gemma2" | "gemma3");
+        let rope_base = meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
+        let positive = |v: Option<f32>| v.filter(|x| x.is_finite() && *x > 0.0);
+        if arch == "olmo2" && meta.opt_usize(&k("attention.sliding_window")).unwrap_or(0) > 0 {
+            return Err(EngineError::UnsupportedArchitecture {
+                arch: "olmo2 with sliding-window attention (OLMo 3)".into(),
+                supported: super::gguf::SUPPORTED_ARCHS.join(", "),
+            });
+        }
+        let attn_scale = match arch {
+            "granite" => positive(meta.opt_f32(&k("attention.scale"))).map(f64::from),
+            // llama.cpp's rule (from gemma_pytorch): the 27B model (46 layers) scales by the
+            // hidden size per head, the others by the head size.
+            "gemma2" if n_layer == 46 => Some(1.0 / ((hidden / n_head) as f64).sqrt()),
+            _ => None,
+        };
         Ok(Self {
-            n_layer: meta.usize(&k("block_count"))?,
+            n_layer,
             n_head,
             n_kv_head,
             head_dim,
             rms_eps: meta
                 .opt_f32(&k("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f64,
-            rope_base: meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_base,
             rope_dim,
             context_length: meta.opt_usize(&k("context_length")).unwrap_or(2048),
             // llama.cpp's llama_model_rope_type: these families use NeoX rotation.
-            rope_neox: matches!(arch, "qwen2" | "qwen3" | "phi3" | "gemma3"),
-            embed_scale: (arch == "gemma3").then(|| (hidden as f64).sqrt()),
-            sliding_window: if arch == "gemma3" {
+            rope_neox: matches!(
+                arch,
+                "qwen2" | "qwen3" | "phi3" | "gemma2" | "gemma3" | "olmo2"
+            ),
+            embed_scale: if gemma {
+                Some((hidden as f64).sqrt())
+            } else if arch == "granite" {
+                positive(meta.opt_f32(&k("embedding_scale"))).map(f64::from)
+            } else {
+                None
+            },
+            sliding_window: if gemma {
                 meta.opt_usize(&k("attention.sliding_window"))
             } else {
                 None
             },
             sliding_pattern: meta
                 .opt_usize(&k("attention.sliding_window_type"))
-                .unwrap_or(6)
+                .unwrap_or(if arch == "gemma2" { 2 } else { 6 })
                 .max(1),
-            rope_base_local: meta.opt_f32(&k("rope.local_freq_base")).unwrap_or(10_000.0),
-            gelu: arch == "gemma3",
+            rope_base_local: meta.opt_f32(&k("rope.local_freq_base")).unwrap_or(
+                if arch == "gemma3" {
+                    10_000.0
+                } else {
+                    rope_base
+                },
+            ),
+            gelu: gemma,
+            attn_scale,
+            residual_scale: if arch == "granite" {
+                positive(meta.opt_f32(&k("residual_scale"))).map(f64::from)
+            } else {
+                None
+            },
+            logit_scale: if arch == "granite" {
+                positive(meta.opt_f32(&k("logit_scale")))
+            } else {
+                None
+            },
+            attn_softcap: if arch == "gemma2" {
+                positive(meta.opt_f32(&k("attn_logit_softcapping")))
+            } else {
+                None
+            },
+            final_softcap: if arch == "gemma2" {
+                positive(meta.opt_f32(&k("final_logit_softcapping")))
+            } else {
+                None
+            },
+            no_rope_step: (arch == "smollm3").then_some(4),
         })
     }
 }
@@ -123,14 +189,18 @@ enum GateUp {
 }
 
 struct Layer {
-    attn_norm: Tensor,
+    /// Pre-attention norm (OLMo 2 has none: it norms the attention output instead).
+    attn_norm: Option<Tensor>,
     qkv: Qkv,
     /// qwen2 projection biases.
     bias: Option<(Tensor, Tensor, Tensor)>,
-    /// qwen3 per-head RMS norms on queries and keys.
+    /// RMS norms on queries and keys: per head (qwen3), or over all heads at once (OLMo 2,
+    /// whose weights span every head).
     qk_norm: Option<(Tensor, Tensor)>,
+    /// Applies RoPE (SmolLM3 leaves every fourth layer without).
+    rope: bool,
     o: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Option<Tensor>,
     gate_up: GateUp,
     down: Linear,
     /// Gemma 3 norms applied to the attention and FFN outputs before the residual add.
@@ -616,12 +686,13 @@ impl Decoder {
                 GateUp::Fused(l.matmul(&p("ffn_up.weight"))?)
             };
             layers.push(Layer {
-                attn_norm: l.dense(&p("attn_norm.weight"))?,
+                attn_norm: l.opt_dense(&p("attn_norm.weight"))?,
                 qkv,
                 bias,
                 qk_norm,
                 o: l.matmul(&p("attn_output.weight"))?,
-                ffn_norm: l.dense(&p("ffn_norm.weight"))?,
+                ffn_norm: l.opt_dense(&p("ffn_norm.weight"))?,
+                rope: cfg.no_rope_step.is_none_or(|n| (i + 1) % n != 0),
                 gate_up,
                 down: l.matmul(&p("ffn_down.weight"))?,
                 post_attn_norm: l.opt_dense(&p("post_attention_norm.weight"))?,
@@ -646,6 +717,20 @@ impl Decoder {
     /// Whether this decoder computes on the CPU (its own kernels) rather than a GPU.
     pub fn on_cpu(&self) -> bool {
         self.device.is_cpu()
+    }
+
+    /// One short forward on a GPU right after loading, so the first answer does not pay for
+    /// loading and compiling the device's kernels (Metal compiles its shaders on first use).
+    pub fn warm_up(&mut self, token: u32) -> Result<(), EngineError> {
+        if self.on_cpu() {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        let r = self.forward(&[token, token], true);
+        self.release_slot(0);
+        r?;
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "device warmed up");
+        Ok(())
     }
 
     /// Positions held in KV slot `slot` (0 for a slot never used).
@@ -790,6 +875,8 @@ impl Decoder {
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.ids.iter().copied()).collect();
         let mut x = self.embed.lookup(&all, &self.device)?;
         if let Some(scale) = self.cfg.embed_scale {
+            // llama.cpp scales Gemma's embeddings by sqrt(hidden) in f32, Granite's by its
+            // multiplier; either way one multiply.
             x = (x * scale)?;
         }
         // Per-sequence attention inputs: row offset, length, masks and RoPE rows.
@@ -805,13 +892,20 @@ impl Decoder {
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let norm = |x: &Tensor, w: &Option<Tensor>| match w {
+                Some(w) => candle_nn::ops::rms_norm(x, w, eps),
+                None => Ok(x.clone()),
+            };
+            let h = norm(&x, &layer.attn_norm)?;
             let mut attn = attention(cfg, layer, li, &h, &parts, &mut self.slots, dense_ok)?;
             if let Some(n) = &layer.post_attn_norm {
                 attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
             }
+            if let Some(r) = cfg.residual_scale {
+                attn = (attn * r)?;
+            }
             x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let h = norm(&x, &layer.ffn_norm)?;
             let act = |g: &Tensor| {
                 if cfg.gelu {
                     g.gelu()
@@ -834,6 +928,9 @@ impl Decoder {
             if let Some(n) = &layer.post_ffn_norm {
                 ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
             }
+            if let Some(r) = cfg.residual_scale {
+                ff = (ff * r)?;
+            }
             x = (x + ff)?;
         }
         let wanted: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].logits).collect();
@@ -847,7 +944,13 @@ impl Decoder {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let last = Tensor::cat(&lasts, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.out_norm, eps)?;
-        let logits = linear(&self.lm_head, &last, dense_ok)?.to_dtype(DType::F32)?;
+        let mut logits = linear(&self.lm_head, &last, dense_ok)?.to_dtype(DType::F32)?;
+        if let Some(s) = self.cfg.logit_scale {
+            logits = (logits / s as f64)?;
+        }
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = ((logits / cap as f64)?.tanh()? * cap as f64)?;
+        }
         // One copy off the device for every row.
         let all = logits.flatten_all()?.to_vec1::<f32>()?;
         let vocab = all.len() / wanted.len();
@@ -1239,18 +1342,33 @@ fn seq_attention(
 ) -> candle_core::Result<Tensor> {
     let (_, t, _) = q.dims3()?;
     let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
+    let eps = cfg.rms_eps as f32;
+    // OLMo 2 norms all heads' queries (keys) as one vector, before splitting them.
+    let (q, k) = match &layer.qk_norm {
+        Some((qn, kn)) if qn.dim(0)? == nh * hd && nh > 1 => (
+            candle_nn::ops::rms_norm(q, qn, eps)?,
+            candle_nn::ops::rms_norm(k, kn, eps)?,
+        ),
+        _ => (q.clone(), k.clone()),
+    };
     let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
     let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
     let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
     let (q, k) = match &layer.qk_norm {
-        Some((qn, kn)) => (
-            candle_nn::ops::rms_norm(&q, qn, cfg.rms_eps as f32)?,
-            candle_nn::ops::rms_norm(&k, kn, cfg.rms_eps as f32)?,
+        Some((qn, kn)) if qn.dim(0)? == hd => (
+            candle_nn::ops::rms_norm(&q, qn, eps)?,
+            candle_nn::ops::rms_norm(&k, kn, eps)?,
         ),
-        None => (q, k),
+        _ => (q, k),
     };
-    let q = apply_rope(cfg, &q, cos, sin)?;
-    let k = apply_rope(cfg, &k, cos, sin)?;
+    let (q, k) = if layer.rope {
+        (
+            apply_rope(cfg, &q, cos, sin)?,
+            apply_rope(cfg, &k, cos, sin)?,
+        )
+    } else {
+        (q, k)
+    };
     let (k_all, v_all) = cache.append(&k, &v)?;
     let kv_len = k_all.dim(2)?;
 
@@ -1258,8 +1376,11 @@ fn seq_attention(
     // stacked along the row axis, (1, nkv, n_rep * t, hd).
     let n_rep = nh / nkv;
     let q = q.reshape((1, nkv, n_rep * t, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let att = (q.matmul(&k_all.t()?)? * scale)?;
+    let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
+    let mut att = (q.matmul(&k_all.t()?)? * scale)?;
+    if let Some(cap) = cfg.attn_softcap {
+        att = ((att / cap as f64)?.tanh()? * cap as f64)?;
+    }
     let att = match mask {
         Some(m) => att
             .reshape((1, nkv, n_rep, t, kv_len))?

@@ -12,7 +12,9 @@ use candle_core::quantized::GgmlDType;
 use super::EngineError;
 
 /// Architectures the GGUF decoder implements.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+pub const SUPPORTED_ARCHS: &[&str] = &[
+    "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "granite", "olmo2", "smollm3",
+];
 
 /// An opened GGUF file whose header has been validated.
 pub struct GgufFile {

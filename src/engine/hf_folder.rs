@@ -87,6 +87,12 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         sliding_pattern: 1,
         rope_base_local: rope_base,
         gelu: false,
+        attn_scale: None,
+        residual_scale: None,
+        logit_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
+        no_rope_step: None,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))
@@ -169,7 +175,7 @@ pub(crate) fn load(
         .map(|t| format!("{:?}", t.dtype()).to_uppercase())
         .unwrap_or_else(|| "F32".into());
     let mut dec = Decoder::load_safetensors(dir, dc, tensors, factors, device)?;
-    super::worker::warm_up(&mut dec, tok.bos_id.unwrap_or(0))?;
+    dec.warm_up(tok.bos_id.unwrap_or(0))?;
     let info = ModelInfo {
         id,
         arch: model_type.to_string(),

@@ -187,7 +187,7 @@ pub(crate) fn load_gguf(
         super::device::check_fits(device, weights, kv, cfg.context_length as u64)?;
     }
     let mut dec = Decoder::load(&mut f, device)?;
-    warm_up(&mut dec, tok.bos_id.unwrap_or(0))?;
+    dec.warm_up(tok.bos_id.unwrap_or(0))?;
     let info = ModelInfo {
         id,
         arch: f.arch.clone(),
@@ -199,20 +199,6 @@ pub(crate) fn load_gguf(
         chat_template: Some(template.source().to_string()),
     };
     Ok((GenModel::new(dec, tok, template), info))
-}
-
-/// One short forward on a GPU right after loading, so the first answer does not pay for
-/// loading and compiling the device's kernels (Metal compiles its shaders on first use).
-pub(crate) fn warm_up(dec: &mut Decoder, token: u32) -> Result<(), EngineError> {
-    if dec.on_cpu() {
-        return Ok(());
-    }
-    let t = Instant::now();
-    let r = dec.forward(&[token, token], true);
-    dec.release_slot(0);
-    r?;
-    tracing::info!(ms = t.elapsed().as_millis() as u64, "device warmed up");
-    Ok(())
 }
 
 impl Worker {

@@ -4,7 +4,7 @@ use super::inspect::Inspection;
 use super::{Format, ModelKind, Runnable};
 
 /// GGUF architectures the engine has a quantized model for (Mistral GGUFs say `llama`).
-pub const SUPPORTED_GGUF_ARCHS: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+pub use crate::engine::gguf::SUPPORTED_ARCHS as SUPPORTED_GGUF_ARCHS;
 
 /// `model_type`s the engine loads from safetensors or PyTorch weights (plus BERT-family
 /// embedding models).
