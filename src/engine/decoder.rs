@@ -56,6 +56,8 @@ pub struct DecoderConfig {
     pub final_softcap: Option<f32>,
     /// SmolLM3: every `n`-th layer (1-based) attends without RoPE.
     pub no_rope_step: Option<usize>,
+    /// Mixture of experts: experts each token uses (`expert_used_count`).
+    pub experts_used: usize,
 }
 
 impl DecoderConfig {
@@ -81,6 +83,7 @@ impl DecoderConfig {
             .min(head_dim);
         let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3");
+        let granite = matches!(arch, "granite" | "granitemoe");
         let rope_base = meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let positive = |v: Option<f32>| v.filter(|x| x.is_finite() && *x > 0.0);
         if arch == "olmo2" && meta.opt_usize(&k("attention.sliding_window")).unwrap_or(0) > 0 {
@@ -90,7 +93,9 @@ impl DecoderConfig {
             });
         }
         let attn_scale = match arch {
-            "granite" => positive(meta.opt_f32(&k("attention.scale"))).map(f64::from),
+            "granite" | "granitemoe" => {
+                positive(meta.opt_f32(&k("attention.scale"))).map(f64::from)
+            }
             // llama.cpp's rule (from gemma_pytorch): the 27B model (46 layers) scales by the
             // hidden size per head, the others by the head size.
             "gemma2" if n_layer == 46 => Some(1.0 / ((hidden / n_head) as f64).sqrt()),
@@ -110,11 +115,11 @@ impl DecoderConfig {
             // llama.cpp's llama_model_rope_type: these families use NeoX rotation.
             rope_neox: matches!(
                 arch,
-                "qwen2" | "qwen3" | "phi3" | "gemma2" | "gemma3" | "olmo2"
+                "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "gemma2" | "gemma3" | "olmo2"
             ),
             embed_scale: if gemma {
                 Some((hidden as f64).sqrt())
-            } else if arch == "granite" {
+            } else if granite {
                 positive(meta.opt_f32(&k("embedding_scale"))).map(f64::from)
             } else {
                 None
@@ -137,12 +142,12 @@ impl DecoderConfig {
             ),
             gelu: gemma,
             attn_scale,
-            residual_scale: if arch == "granite" {
+            residual_scale: if granite {
                 positive(meta.opt_f32(&k("residual_scale"))).map(f64::from)
             } else {
                 None
             },
-            logit_scale: if arch == "granite" {
+            logit_scale: if granite {
                 positive(meta.opt_f32(&k("logit_scale")))
             } else {
                 None
@@ -158,6 +163,7 @@ impl DecoderConfig {
                 None
             },
             no_rope_step: (arch == "smollm3").then_some(4),
+            experts_used: meta.opt_usize(&k("expert_used_count")).unwrap_or(0),
         })
     }
 }
@@ -183,6 +189,30 @@ enum Qkv {
     Fused(Linear),
 }
 
+/// A layer's feed-forward block: one gated MLP, or a mixture of experts.
+enum Ffn {
+    Dense { gate_up: GateUp, down: Linear },
+    Moe(Moe),
+}
+
+/// Mixture of experts: a router picks `top_k` experts per token and the block's output is
+/// their weighted sum. Each expert is its own set of matrices (cut from the file's stacked
+/// tensors at load), so a token reads only the experts it chose.
+struct Moe {
+    /// `ffn_gate_inp`: one logit per expert.
+    router: Linear,
+    experts: Vec<Expert>,
+    top_k: usize,
+    /// Renormalise the chosen experts' weights to sum to 1 (qwen3moe, Mixtral, Granite MoE).
+    norm: bool,
+}
+
+struct Expert {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
 enum GateUp {
     Separate { gate: Linear, up: Linear },
     Fused(Linear),
@@ -201,8 +231,7 @@ struct Layer {
     rope: bool,
     o: Linear,
     ffn_norm: Option<Tensor>,
-    gate_up: GateUp,
-    down: Linear,
+    ffn: Ffn,
     /// Gemma 3 norms applied to the attention and FFN outputs before the residual add.
     post_attn_norm: Option<Tensor>,
     post_ffn_norm: Option<Tensor>,
@@ -320,6 +349,54 @@ impl Loader<'_> {
             Source::Gguf(f) => f.path.clone(),
             Source::Dense { path, .. } => path.clone(),
         }
+    }
+
+    fn corrupt(&self, reason: &str) -> EngineError {
+        EngineError::Corrupt {
+            path: self.path(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The experts of a stacked (experts, rows, cols) GGUF tensor, one matrix each: an
+    /// expert's rows are contiguous in the file, so each is cut out as its own matrix and
+    /// repacked for the own kernels like any other.
+    fn experts(&mut self, name: &str) -> Result<Vec<Linear>, EngineError> {
+        if !matches!(self.src, Source::Gguf(_)) {
+            return Err(EngineError::Candle(format!(
+                "mixture-of-experts tensor `{name}` requested from a safetensors model"
+            )));
+        }
+        let q = self.qtensor(name)?;
+        let (n_exp, rows, cols) = q.shape().dims3().map_err(|_| {
+            self.corrupt(&format!(
+                "tensor `{name}` is not a stack of expert matrices"
+            ))
+        })?;
+        let dtype = q.dtype();
+        let data = q.data()?;
+        if n_exp == 0 || data.len() % n_exp != 0 {
+            return Err(self.corrupt(&format!("tensor `{name}` has a ragged expert stack")));
+        }
+        let per = data.len() / n_exp;
+        let mut out = Vec::with_capacity(n_exp);
+        for e in 0..n_exp {
+            let bytes = std::borrow::Cow::Borrowed(&data[e * per..(e + 1) * per]);
+            let storage = candle_core::quantized::QStorage::from_data(bytes, &self.device, dtype)?;
+            let qe = QTensor::new(storage, (rows, cols))?;
+            let label = format!("{name}[{e}]");
+            out.push(if self.device.is_cpu() {
+                match self.repack(&label, &qe)? {
+                    Some(Own::Q8(m)) => Linear::Q8(Arc::new(m)),
+                    Some(Own::K(m)) => Linear::K(Arc::new(m)),
+                    Some(Own::L(m)) => Linear::L(Arc::new(m)),
+                    None => Linear::Candle(QMatMul::from_qtensor(qe)?),
+                }
+            } else {
+                Linear::Candle(QMatMul::from_qtensor(qe)?)
+            });
+        }
+        Ok(out)
     }
 
     fn missing(&self, name: &str) -> EngineError {
@@ -677,13 +754,42 @@ impl Decoder {
                 (Some(q), Some(k)) => Some((q, k)),
                 _ => None,
             };
-            let gate_up = if l.has(&p("ffn_gate.weight")) {
-                GateUp::Separate {
-                    gate: l.matmul(&p("ffn_gate.weight"))?,
-                    up: l.matmul(&p("ffn_up.weight"))?,
+            let ffn = if l.has(&p("ffn_gate_inp.weight")) {
+                let (gate, up, down) = (
+                    l.experts(&p("ffn_gate_exps.weight"))?,
+                    l.experts(&p("ffn_up_exps.weight"))?,
+                    l.experts(&p("ffn_down_exps.weight"))?,
+                );
+                if gate.len() != up.len() || up.len() != down.len() || gate.is_empty() {
+                    return Err(
+                        l.corrupt("blk.{i}: the expert tensors disagree on the expert count")
+                    );
                 }
+                let top_k = cfg.experts_used.clamp(1, gate.len());
+                Ffn::Moe(Moe {
+                    router: l.matmul(&p("ffn_gate_inp.weight"))?,
+                    experts: gate
+                        .into_iter()
+                        .zip(up)
+                        .zip(down)
+                        .map(|((gate, up), down)| Expert { gate, up, down })
+                        .collect(),
+                    top_k,
+                    norm: true,
+                })
             } else {
-                GateUp::Fused(l.matmul(&p("ffn_up.weight"))?)
+                let gate_up = if l.has(&p("ffn_gate.weight")) {
+                    GateUp::Separate {
+                        gate: l.matmul(&p("ffn_gate.weight"))?,
+                        up: l.matmul(&p("ffn_up.weight"))?,
+                    }
+                } else {
+                    GateUp::Fused(l.matmul(&p("ffn_up.weight"))?)
+                };
+                Ffn::Dense {
+                    gate_up,
+                    down: l.matmul(&p("ffn_down.weight"))?,
+                }
             };
             layers.push(Layer {
                 attn_norm: l.opt_dense(&p("attn_norm.weight"))?,
@@ -693,8 +799,7 @@ impl Decoder {
                 o: l.matmul(&p("attn_output.weight"))?,
                 ffn_norm: l.opt_dense(&p("ffn_norm.weight"))?,
                 rope: cfg.no_rope_step.is_none_or(|n| (i + 1) % n != 0),
-                gate_up,
-                down: l.matmul(&p("ffn_down.weight"))?,
+                ffn,
                 post_attn_norm: l.opt_dense(&p("post_attention_norm.weight"))?,
                 post_ffn_norm: l.opt_dense(&p("post_ffw_norm.weight"))?,
                 sliding: cfg.sliding_window.is_some() && (i + 1) % cfg.sliding_pattern != 0,
@@ -806,11 +911,23 @@ impl Decoder {
                 Qkv::Separate { q, k, v } => dense(q) || dense(k) || dense(v),
                 Qkv::Fused(w) => dense(w),
             };
-            let ffn = match &l.gate_up {
-                GateUp::Separate { gate, up } => dense(gate) || dense(up),
-                GateUp::Fused(w) => dense(w),
+            let ffn = match &l.ffn {
+                Ffn::Dense { gate_up, down } => {
+                    dense(down)
+                        || match gate_up {
+                            GateUp::Separate { gate, up } => dense(gate) || dense(up),
+                            GateUp::Fused(w) => dense(w),
+                        }
+                }
+                // Experts see each token alone or with others that chose them: candle's
+                // kernels would change a row's numbers with that company.
+                Ffn::Moe(m) => m.experts.iter().any(|e| {
+                    [&e.gate, &e.up, &e.down]
+                        .iter()
+                        .any(|w| matches!(w, Linear::Candle(_)))
+                }),
             };
-            qkv || ffn || dense(&l.o) || dense(&l.down)
+            qkv || ffn || dense(&l.o)
         };
         !dense(&self.lm_head) && !self.layers.iter().any(layer_dense)
     }
@@ -913,18 +1030,23 @@ impl Decoder {
                     candle_nn::ops::silu(g)
                 }
             };
-            let ff = match &layer.gate_up {
-                GateUp::Separate { gate, up } => {
-                    let [g, u] = linear_many([gate, up], &h, dense_ok)?;
-                    (act(&g)? * u)?
+            let mut ff = match &layer.ffn {
+                Ffn::Dense { gate_up, down } => {
+                    let ff = match gate_up {
+                        GateUp::Separate { gate, up } => {
+                            let [g, u] = linear_many([gate, up], &h, dense_ok)?;
+                            (act(&g)? * u)?
+                        }
+                        GateUp::Fused(w) => {
+                            let gu = linear(w, &h, dense_ok)?;
+                            let n = gu.dim(D::Minus1)? / 2;
+                            (act(&gu.narrow(D::Minus1, 0, n)?)? * gu.narrow(D::Minus1, n, n)?)?
+                        }
+                    };
+                    linear(down, &ff, dense_ok)?
                 }
-                GateUp::Fused(w) => {
-                    let gu = linear(w, &h, dense_ok)?;
-                    let n = gu.dim(D::Minus1)? / 2;
-                    (act(&gu.narrow(D::Minus1, 0, n)?)? * gu.narrow(D::Minus1, n, n)?)?
-                }
+                Ffn::Moe(moe) => moe_forward(moe, &h, &act)?,
             };
-            let mut ff = linear(&layer.down, &ff, dense_ok)?;
             if let Some(n) = &layer.post_ffn_norm {
                 ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
             }
@@ -1006,6 +1128,63 @@ struct SeqPart {
     sin: Tensor,
     /// RoPE rows of local layers, when their base differs.
     local: Option<(Tensor, Tensor)>,
+}
+
+/// A mixture-of-experts block over every row of `h` (1, rows, hidden): the router's softmax
+/// picks each row's `top_k` experts (ties to the lower index, as a stable sort), then every
+/// expert runs once over the rows that chose it and its output is added to theirs, weighted.
+fn moe_forward(
+    moe: &Moe,
+    h: &Tensor,
+    act: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (_, rows, hidden) = h.dims3()?;
+    let n_exp = moe.experts.len();
+    let logits = linear(&moe.router, h, false)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    // Per expert: the rows that chose it and their weights.
+    let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_exp];
+    for r in 0..rows {
+        let l = &logits[r * n_exp..(r + 1) * n_exp];
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = l.iter().map(|x| (x - max).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        let probs: Vec<f32> = e.iter().map(|x| x / sum).collect();
+        let mut order: Vec<usize> = (0..n_exp).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let top = &order[..moe.top_k];
+        let total: f32 = top.iter().map(|&i| probs[i]).sum();
+        // llama.cpp clamps the sum to the smallest f16 normal before dividing.
+        let total = total.max(6.103_515_6e-5);
+        for &i in top {
+            let w = if moe.norm { probs[i] / total } else { probs[i] };
+            chosen[i].push((r, w));
+        }
+    }
+    let flat = h.reshape((rows, hidden))?;
+    let mut out = vec![0f32; rows * hidden];
+    for (e, picks) in chosen.iter().enumerate() {
+        if picks.is_empty() {
+            continue;
+        }
+        let ex = &moe.experts[e];
+        let idx: Vec<u32> = picks.iter().map(|&(r, _)| r as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), h.device())?;
+        let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
+        let [g, u] = linear_many([&ex.gate, &ex.up], &x, false)?;
+        let y = linear(&ex.down, &(act(&g)? * u)?, false)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (j, &(r, w)) in picks.iter().enumerate() {
+            let dst = &mut out[r * hidden..(r + 1) * hidden];
+            for (d, v) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {
+                *d += w * v;
+            }
+        }
+    }
+    Tensor::from_vec(out, (1, rows, hidden), h.device())
 }
 
 /// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for

@@ -13,7 +13,18 @@ use super::EngineError;
 
 /// Architectures the GGUF decoder implements.
 pub const SUPPORTED_ARCHS: &[&str] = &[
-    "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "granite", "olmo2", "smollm3",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+    "phi3",
+    "gemma2",
+    "gemma3",
+    "granite",
+    "granitemoe",
+    "olmo2",
+    "smollm3",
 ];
 
 /// An opened GGUF file whose header has been validated.

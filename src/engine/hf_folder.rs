@@ -93,6 +93,7 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         attn_softcap: None,
         final_softcap: None,
         no_rope_step: None,
+        experts_used: 0,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))
