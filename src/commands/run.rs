@@ -2,7 +2,8 @@
 //! statistics to stderr. The thread count comes from the global `--threads` flag.
 //!
 //! On a terminal the answer is rendered as the chat renders it (markdown, highlighted code);
-//! piped or redirected, it is the model's plain text.
+//! piped or redirected, it is the model's plain text. `--json` prints each token's id and
+//! log-probabilities instead, for scripts that compare runs (devices, builds, engines).
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use anyhow::Context as _;
 use crate::commands::Context;
 use crate::engine::{
     configure_threads, wait, ChatMessage, EngineHandle, EngineOptions, GenEvent, GenParams,
-    GenRequest, GenStats, Prompt,
+    GenRequest, GenStats, Prompt, TokenLogprob,
 };
 use crate::markdown::ansi::AnsiStream;
 use crate::markdown::MarkdownStyles;
@@ -52,6 +53,13 @@ pub struct RunArgs {
     /// Feed the prompt to the model as is, without the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// Print one JSON object per generated token (id, log-probability, the most likely
+    /// alternatives, text), then one with the statistics, instead of the answer's text.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json: how many of the most likely tokens to list at each step.
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "json")]
+    pub top_logprobs: u8,
     /// The prompt; `-` reads it from standard input.
     #[arg(value_name = "PROMPT")]
     pub prompt: String,
@@ -69,9 +77,53 @@ impl RunArgs {
             max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
             seed: self.seed,
             stop: self.stop.clone(),
+            logprobs: self.json.then_some(self.top_logprobs),
             ..d
         }
     }
+}
+
+/// One generated token in `--json` output. `text` is what the token adds to the answer (empty
+/// while a multi-byte character is incomplete); the alternatives' `text` is each token alone.
+#[derive(serde::Serialize)]
+struct JsonToken<'a> {
+    id: u32,
+    logprob: Option<f32>,
+    top: Vec<JsonTop<'a>>,
+    text: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct JsonTop<'a> {
+    id: u32,
+    logprob: f32,
+    text: &'a str,
+}
+
+/// The last line of `--json` output.
+#[derive(serde::Serialize)]
+struct JsonDone<'a> {
+    #[serde(flatten)]
+    stats: &'a GenStats,
+    threads: usize,
+}
+
+fn json_token(id: u32, text: &str, lp: Option<&TokenLogprob>) -> serde_json::Result<String> {
+    serde_json::to_string(&JsonToken {
+        id,
+        logprob: lp.map(|l| l.logprob),
+        top: lp.map_or_else(Vec::new, |l| {
+            l.top
+                .iter()
+                .map(|t| JsonTop {
+                    id: t.id,
+                    logprob: t.logprob,
+                    text: &t.text,
+                })
+                .collect()
+        }),
+        text,
+    })
 }
 
 /// One-line statistics summary for stderr.
@@ -135,6 +187,27 @@ pub fn run(args: &RunArgs, ctx: &Context, styles: &MarkdownStyles) -> anyhow::Re
         params,
     });
     let mut out = std::io::stdout().lock();
+    if args.json {
+        while let Some(ev) = gen.events.blocking_recv() {
+            match ev {
+                GenEvent::Started { .. } => {}
+                GenEvent::Token { id, text, logprob } => {
+                    writeln!(out, "{}", json_token(id, &text, logprob.as_deref())?)?;
+                }
+                GenEvent::Done(stats) => {
+                    let done = JsonDone {
+                        stats: &stats,
+                        threads,
+                    };
+                    writeln!(out, "{}", serde_json::to_string(&done)?)?;
+                    out.flush()?;
+                    return Ok(());
+                }
+                GenEvent::Failed(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("the engine stopped before finishing the generation");
+    }
     let mut rendered = out.is_terminal().then(|| {
         // A terminal that reports no size (some ptys) gets the classic one.
         let (w, h) = crossterm::terminal::size()
@@ -205,6 +278,52 @@ mod tests {
         assert_eq!(p.top_p, GenParams::default().top_p);
         assert_eq!(cli.run.prompt, "hello");
         assert!(!cli.run.raw);
+    }
+
+    #[test]
+    fn json_asks_for_logprobs_and_top_logprobs_needs_it() {
+        let cli = Cli::parse_from(["x", "--model", "m", "--json", "hi"]);
+        assert_eq!(cli.run.params().logprobs, Some(2));
+        let cli = Cli::parse_from(["x", "--model", "m", "--json", "--top-logprobs", "5", "hi"]);
+        assert_eq!(cli.run.params().logprobs, Some(5));
+        let cli = Cli::parse_from(["x", "--model", "m", "hi"]);
+        assert_eq!(cli.run.params().logprobs, None);
+        assert!(Cli::try_parse_from(["x", "--model", "m", "--top-logprobs", "3", "hi"]).is_err());
+        let cli = Cli::parse_from(["x", "--model", "m", "--json", "--top-logprobs", "21", "hi"]);
+        let err = cli.run.params().validate().unwrap_err();
+        assert!(err.contains("top_logprobs"), "{err}");
+    }
+
+    #[test]
+    fn json_token_lines_carry_ids_logprobs_and_alternatives() {
+        let lp = TokenLogprob {
+            id: 7,
+            text: "a\"b".into(),
+            logprob: -0.25,
+            top: vec![
+                crate::engine::TopLogprob {
+                    id: 7,
+                    text: "a\"b".into(),
+                    logprob: -0.25,
+                },
+                crate::engine::TopLogprob {
+                    id: 9,
+                    text: " c".into(),
+                    logprob: -1.5,
+                },
+            ],
+        };
+        let line = json_token(7, "a\"b", Some(&lp)).unwrap();
+        assert_eq!(
+            line,
+            r#"{"id":7,"logprob":-0.25,"top":[{"id":7,"logprob":-0.25,"text":"a\"b"},{"id":9,"logprob":-1.5,"text":" c"}],"text":"a\"b"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["top"][1]["id"], 9);
+        assert_eq!(
+            json_token(3, "x", None).unwrap(),
+            r#"{"id":3,"logprob":null,"top":[],"text":"x"}"#
+        );
     }
 
     #[test]
