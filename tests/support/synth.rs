@@ -1,0 +1,1939 @@
+//! Seeded random-weight GGUF files shaped like real models, for tests and for machines that
+//! carry no model files (`scripts/gpu-check.sh`). Shared by `tests/synth.rs` and
+//! `examples/gen_gguf.rs`; it is dev tooling and never part of the product binary.
+//!
+//! A file is a pure function of its [`Spec`]: the same seed, family, shape and quant mix give
+//! the same bytes on any machine, however many threads write it. Every row of every tensor
+//! draws from its own stream (seeded by the tensor's name and the row), so rows are written in
+//! parallel and any row can be regenerated on its own.
+//!
+//! Quantized blocks are random bits with chosen scales: finite f16 scales, offsets that centre
+//! each block, and element magnitudes such that every projection maps a unit-RMS input to a
+//! unit-RMS output. Such a network has no preferred tokens, so its greedy choice would hang on
+//! float rounding; [`Plan`] builds the logits with a margin instead (see [`Scales`]).
+
+#![allow(dead_code)]
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use half::f16;
+
+// ---------------------------------------------------------------------------------------------
+// Random numbers
+
+/// SplitMix64's finaliser: turns seeds and counters into well-mixed stream seeds.
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of stream (`a`, `b`) under the file's seed.
+pub fn stream_seed(seed: u64, a: u64, b: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ a).wrapping_add(b))
+}
+
+/// FNV-1a: a tensor's stream family comes from its name, so adding a tensor to a family never
+/// changes the bytes of the others.
+pub fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// wyrand: about one multiply per 8 bytes, which keeps a 5 GB file's bits cheap.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = (self.0 as u128).wrapping_mul((self.0 ^ 0xe703_7ed1_a0b4_28db) as u128);
+        ((t >> 64) as u64) ^ (t as u64)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let v = self.next_u64().to_le_bytes();
+            rest.copy_from_slice(&v[..rest.len()]);
+        }
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+    }
+
+    /// Uniform in [-1, 1): variance 1/3.
+    pub fn sym(&mut self) -> f32 {
+        2.0 * self.unit() - 1.0
+    }
+
+    /// Uniform in 0..n (n ≤ 2^32; the bias of the multiply-shift is below 2^-32).
+    pub fn below(&mut self, n: u32) -> u32 {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as u32
+    }
+}
+
+const SQRT3: f32 = 1.732_050_8;
+
+// ---------------------------------------------------------------------------------------------
+// Tensor types and their blocks
+
+/// The ggml tensor types the generator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QType {
+    pub const ALL: [QType; 10] = [
+        QType::F32,
+        QType::F16,
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+        QType::Q8_0,
+        QType::Q4K,
+        QType::Q5K,
+        QType::Q6K,
+    ];
+
+    /// `ggml_type` as written in a GGUF tensor info.
+    pub fn ggml_id(self) -> u32 {
+        match self {
+            QType::F32 => 0,
+            QType::F16 => 1,
+            QType::Q4_0 => 2,
+            QType::Q4_1 => 3,
+            QType::Q5_0 => 6,
+            QType::Q5_1 => 7,
+            QType::Q8_0 => 8,
+            QType::Q4K => 12,
+            QType::Q5K => 13,
+            QType::Q6K => 14,
+        }
+    }
+
+    /// Values per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            QType::F32 | QType::F16 => 1,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
+            QType::Q4K | QType::Q5K | QType::Q6K => 256,
+        }
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QType::F32 => 4,
+            QType::F16 => 2,
+            QType::Q4_0 => 18,
+            QType::Q4_1 => 20,
+            QType::Q5_0 => 22,
+            QType::Q5_1 => 24,
+            QType::Q8_0 => 34,
+            QType::Q4K => 144,
+            QType::Q5K => 176,
+            QType::Q6K => 210,
+        }
+    }
+
+    /// Bytes of a row of `n` values (`n` a multiple of the block length).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_len() * self.block_bytes()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QType::F32 => "F32",
+            QType::F16 => "F16",
+            QType::Q4_0 => "Q4_0",
+            QType::Q4_1 => "Q4_1",
+            QType::Q5_0 => "Q5_0",
+            QType::Q5_1 => "Q5_1",
+            QType::Q8_0 => "Q8_0",
+            QType::Q4K => "Q4_K",
+            QType::Q5K => "Q5_K",
+            QType::Q6K => "Q6_K",
+        }
+    }
+}
+
+impl fmt::Display for QType {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn put_f16(b: &mut [u8], x: f32) -> f32 {
+    let h = f16::from_f32(x);
+    b[..2].copy_from_slice(&h.to_le_bytes());
+    h.to_f32()
+}
+
+fn get_f16(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// RMS of the integer levels of each format with uniformly random bits, including the offset
+/// the format subtracts (so `d = sigma / LEVEL_RMS` gives elements of RMS `sigma`).
+const Q8_0_LEVEL_RMS: f32 = 73.6; // -127..=127
+const Q4_0_LEVEL_RMS: f32 = 4.637; // q - 8, q in 0..16
+const Q4_1_LEVEL_RMS: f32 = 4.610; // q - 7.5 after the centring offset
+const Q5_0_LEVEL_RMS: f32 = 9.247; // q - 16, q in 0..32
+const Q5_1_LEVEL_RMS: f32 = 9.233; // q - 15.5
+const Q6K_LEVEL_RMS: f32 = 18.47; // q - 32, q in 0..64
+/// K-quant sub-block scales: Q4_K/Q5_K draw them from 32..64, Q6_K's magnitudes from 64..128.
+const K_SCALE_RMS: f32 = 48.39;
+const Q6K_SCALE_RMS: f32 = 97.27;
+
+/// Each block's scale varies by ±30% around the row's, as real quantized weights do, so a
+/// kernel that applies the wrong block's scale gives wrong numbers.
+fn jitter(rng: &mut Rng) -> f32 {
+    0.7 + 0.6 * rng.unit()
+}
+
+/// Packs eight 6-bit (scale, min) pairs the way `get_scale_min_k4` reads them.
+fn pack_k_scales(sc: &[u8; 8], m: &[u8; 8], out: &mut [u8]) {
+    for j in 0..4 {
+        out[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        out[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+        out[j + 8] = (sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4);
+    }
+}
+
+fn unpack_k_scale(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Fills `out` with one row of random valid blocks whose values have RMS ≈ `sigma`: quant
+/// bits uniformly random, scales finite and offsets centring each block on zero.
+pub fn random_row(q: QType, rng: &mut Rng, sigma: f32, out: &mut [u8]) {
+    let bb = q.block_bytes();
+    assert_eq!(out.len() % bb, 0, "a row is whole blocks");
+    match q {
+        QType::F32 => {
+            for c in out.chunks_exact_mut(4) {
+                c.copy_from_slice(&(rng.sym() * SQRT3 * sigma).to_le_bytes());
+            }
+        }
+        QType::F16 => {
+            for c in out.chunks_exact_mut(2) {
+                put_f16(c, rng.sym() * SQRT3 * sigma);
+            }
+        }
+        _ => {
+            // The row's RMS stays `sigma` exactly: an embedding's magnitude sets its token's
+            // logit margin (see `Scales`), and a row of one block would otherwise swing ±30%.
+            let jit: Vec<f32> = (0..out.len() / bb).map(|_| jitter(rng)).collect();
+            let norm = (jit.iter().map(|j| j * j).sum::<f32>() / jit.len() as f32).sqrt();
+            rng.fill(out);
+            for (b, j) in out.chunks_exact_mut(bb).zip(jit) {
+                fix_block(q, b, sigma * j / norm, rng);
+            }
+        }
+    }
+}
+
+/// Overwrites the scale fields of a block of random bits so its values have RMS ≈ `s`.
+fn fix_block(q: QType, b: &mut [u8], s: f32, rng: &mut Rng) {
+    match q {
+        QType::Q8_0 => {
+            put_f16(b, s / Q8_0_LEVEL_RMS);
+            // Quantizers emit -127..=127; -128 trips sign tricks in some SIMD dot products.
+            for x in &mut b[2..] {
+                if *x == 0x80 {
+                    *x = 0x81;
+                }
+            }
+        }
+        QType::Q4_0 => {
+            put_f16(b, s / Q4_0_LEVEL_RMS);
+        }
+        QType::Q4_1 => {
+            let d = put_f16(b, s / Q4_1_LEVEL_RMS);
+            put_f16(&mut b[2..], -7.5 * d);
+        }
+        QType::Q5_0 => {
+            put_f16(b, s / Q5_0_LEVEL_RMS);
+        }
+        QType::Q5_1 => {
+            let d = put_f16(b, s / Q5_1_LEVEL_RMS);
+            put_f16(&mut b[2..], -15.5 * d);
+        }
+        QType::Q4K | QType::Q5K => {
+            // value = d·sc·q − dmin·m; m is chosen so each sub-block's mean is ~0.
+            let (centre, dmin_ratio, levels) = if q == QType::Q4K {
+                (7.5, 8.0, Q4_1_LEVEL_RMS)
+            } else {
+                (15.5, 16.0, Q5_1_LEVEL_RMS)
+            };
+            let d = put_f16(b, s / (K_SCALE_RMS * levels));
+            let dmin = put_f16(&mut b[2..], d * dmin_ratio);
+            let mut sc = [0u8; 8];
+            let mut m = [0u8; 8];
+            for j in 0..8 {
+                sc[j] = 32 + rng.below(32) as u8;
+                let mj = if dmin > 0.0 {
+                    (centre * sc[j] as f32 * d / dmin).round()
+                } else {
+                    0.0
+                };
+                m[j] = mj.clamp(0.0, 63.0) as u8;
+            }
+            pack_k_scales(&sc, &m, &mut b[4..16]);
+        }
+        QType::Q6K => {
+            for sc in &mut b[192..208] {
+                let mag = 64 + rng.below(64) as i32;
+                let v = if rng.next_u64() & 1 == 0 { mag } else { -mag };
+                *sc = v as i8 as u8;
+            }
+            put_f16(&mut b[208..], s / (Q6K_SCALE_RMS * Q6K_LEVEL_RMS));
+        }
+        QType::F32 | QType::F16 => unreachable!("float rows are not blocks"),
+    }
+}
+
+/// Decodes one row (as ggml's `dequantize_row_*` do).
+pub fn dequantize_row(q: QType, src: &[u8], out: &mut [f32]) {
+    let bb = q.block_bytes();
+    let bl = q.block_len();
+    assert_eq!(src.len() / bb * bl, out.len(), "row length");
+    match q {
+        QType::F32 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            return;
+        }
+        QType::F16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = get_f16(c);
+            }
+            return;
+        }
+        _ => {}
+    }
+    for (b, y) in src.chunks_exact(bb).zip(out.chunks_exact_mut(bl)) {
+        match q {
+            QType::Q8_0 => {
+                let d = get_f16(b);
+                for (o, &x) in y.iter_mut().zip(&b[2..34]) {
+                    *o = d * x as i8 as f32;
+                }
+            }
+            QType::Q4_0 | QType::Q4_1 => {
+                let d = get_f16(b);
+                let (m, qs) = if q == QType::Q4_1 {
+                    (get_f16(&b[2..]), &b[4..20])
+                } else {
+                    (-8.0 * d, &b[2..18])
+                };
+                for j in 0..16 {
+                    y[j] = d * (qs[j] & 0xF) as f32 + m;
+                    y[j + 16] = d * (qs[j] >> 4) as f32 + m;
+                }
+            }
+            QType::Q5_0 | QType::Q5_1 => {
+                let d = get_f16(b);
+                let (m, rest) = if q == QType::Q5_1 {
+                    (get_f16(&b[2..]), &b[4..])
+                } else {
+                    (-16.0 * d, &b[2..])
+                };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..20];
+                for j in 0..16 {
+                    let h0 = ((qh >> j) & 1) << 4;
+                    let h1 = ((qh >> (j + 16)) & 1) << 4;
+                    y[j] = d * ((qs[j] & 0xF) as u32 | h0) as f32 + m;
+                    y[j + 16] = d * ((qs[j] >> 4) as u32 | h1) as f32 + m;
+                }
+            }
+            QType::Q4K => {
+                let d = get_f16(b);
+                let dmin = get_f16(&b[2..]);
+                let scales = &b[4..16];
+                let qs = &b[16..144];
+                for g in 0..4 {
+                    let (s1, m1) = unpack_k_scale(2 * g, scales);
+                    let (s2, m2) = unpack_k_scale(2 * g + 1, scales);
+                    let q = &qs[32 * g..32 * g + 32];
+                    for l in 0..32 {
+                        y[64 * g + l] = d * s1 as f32 * (q[l] & 0xF) as f32 - dmin * m1 as f32;
+                        y[64 * g + 32 + l] = d * s2 as f32 * (q[l] >> 4) as f32 - dmin * m2 as f32;
+                    }
+                }
+            }
+            QType::Q5K => {
+                let d = get_f16(b);
+                let dmin = get_f16(&b[2..]);
+                let scales = &b[4..16];
+                let qh = &b[16..48];
+                let qs = &b[48..176];
+                for g in 0..4 {
+                    let (s1, m1) = unpack_k_scale(2 * g, scales);
+                    let (s2, m2) = unpack_k_scale(2 * g + 1, scales);
+                    let q = &qs[32 * g..32 * g + 32];
+                    for l in 0..32 {
+                        let h1 = ((qh[l] >> (2 * g)) & 1) << 4;
+                        let h2 = ((qh[l] >> (2 * g + 1)) & 1) << 4;
+                        y[64 * g + l] =
+                            d * s1 as f32 * ((q[l] & 0xF) | h1) as f32 - dmin * m1 as f32;
+                        y[64 * g + 32 + l] =
+                            d * s2 as f32 * ((q[l] >> 4) | h2) as f32 - dmin * m2 as f32;
+                    }
+                }
+            }
+            QType::Q6K => {
+                let ql = &b[..128];
+                let qh = &b[128..192];
+                let sc = &b[192..208];
+                let d = get_f16(&b[208..]);
+                for half in 0..2 {
+                    let ql = &ql[64 * half..];
+                    let qh = &qh[32 * half..];
+                    let y = &mut y[128 * half..];
+                    let sc = &sc[8 * half..];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                        y[l] = d * (sc[is] as i8 as f32) * q1 as f32;
+                        y[l + 32] = d * (sc[is + 2] as i8 as f32) * q2 as f32;
+                        y[l + 64] = d * (sc[is + 4] as i8 as f32) * q3 as f32;
+                        y[l + 96] = d * (sc[is + 6] as i8 as f32) * q4 as f32;
+                    }
+                }
+            }
+            QType::F32 | QType::F16 => unreachable!(),
+        }
+    }
+}
+
+fn nearest(x: f32, lo: i32, hi: i32) -> i32 {
+    (x.round() as i32).clamp(lo, hi)
+}
+
+/// Encodes one row with plain round-to-nearest scales (llama.cpp's reference quantizers
+/// without their error search): good enough for weights that are random anyway.
+pub fn quantize_row(q: QType, x: &[f32], out: &mut [u8]) {
+    let bb = q.block_bytes();
+    let bl = q.block_len();
+    assert_eq!(x.len() / bl * bb, out.len(), "row length");
+    match q {
+        QType::F32 => {
+            for (c, v) in out.chunks_exact_mut(4).zip(x) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+            return;
+        }
+        QType::F16 => {
+            for (c, &v) in out.chunks_exact_mut(2).zip(x) {
+                put_f16(c, v);
+            }
+            return;
+        }
+        _ => {}
+    }
+    let inv = |d: f32| if d != 0.0 { 1.0 / d } else { 0.0 };
+    // The value of largest magnitude, with its sign.
+    let signed_max = |v: &[f32]| {
+        v.iter()
+            .fold(0f32, |a, &b| if b.abs() > a.abs() { b } else { a })
+    };
+    for (y, b) in x.chunks_exact(bl).zip(out.chunks_exact_mut(bb)) {
+        match q {
+            QType::Q8_0 => {
+                let amax = y.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let id = inv(put_f16(b, amax / 127.0));
+                for (o, v) in b[2..].iter_mut().zip(y) {
+                    *o = nearest(v * id, -127, 127) as i8 as u8;
+                }
+            }
+            QType::Q4_0 | QType::Q5_0 => {
+                let (half, top, qs_at) = if q == QType::Q4_0 {
+                    (8.0, 15, 2)
+                } else {
+                    (16.0, 31, 6)
+                };
+                let id = inv(put_f16(b, signed_max(y) / -half));
+                let l: Vec<i32> = y.iter().map(|v| nearest(v * id + half, 0, top)).collect();
+                pack_low_32(&l, &mut b[qs_at..qs_at + 16]);
+                if q == QType::Q5_0 {
+                    b[2..6].copy_from_slice(&high_bits_32(&l).to_le_bytes());
+                }
+            }
+            QType::Q4_1 | QType::Q5_1 => {
+                let (top, qs_at) = if q == QType::Q4_1 { (15, 4) } else { (31, 8) };
+                let lo = y.iter().fold(f32::INFINITY, |a, &v| a.min(v));
+                let hi = y.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let id = inv(put_f16(b, (hi - lo) / top as f32));
+                let m = put_f16(&mut b[2..], lo);
+                let l: Vec<i32> = y.iter().map(|v| nearest((v - m) * id, 0, top)).collect();
+                pack_low_32(&l, &mut b[qs_at..qs_at + 16]);
+                if q == QType::Q5_1 {
+                    b[4..8].copy_from_slice(&high_bits_32(&l).to_le_bytes());
+                }
+            }
+            QType::Q4K | QType::Q5K => quantize_k(q, y, b),
+            QType::Q6K => {
+                let mut scales = [0f32; 16];
+                for (s, sub) in scales.iter_mut().zip(y.chunks_exact(16)) {
+                    *s = signed_max(sub) / -32.0;
+                }
+                let smax = scales.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = put_f16(&mut b[208..], smax / 127.0);
+                let id = inv(d);
+                let mut l = [0i32; 256];
+                for (j, sub) in y.chunks_exact(16).enumerate() {
+                    let sc = nearest(scales[j] * id, -127, 127);
+                    b[192 + j] = sc as i8 as u8;
+                    let idl = inv(d * sc as f32);
+                    for (k, v) in sub.iter().enumerate() {
+                        l[16 * j + k] = nearest(v * idl + 32.0, 0, 63);
+                    }
+                }
+                for half in 0..2 {
+                    let l = &l[128 * half..];
+                    for i in 0..32 {
+                        let q = |k: usize| l[i + 32 * k] as u8;
+                        b[64 * half + i] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+                        b[64 * half + i + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+                        b[128 + 32 * half + i] = (q(0) >> 4)
+                            | ((q(1) >> 4) << 2)
+                            | ((q(2) >> 4) << 4)
+                            | ((q(3) >> 4) << 6);
+                    }
+                }
+            }
+            QType::F32 | QType::F16 => unreachable!(),
+        }
+    }
+}
+
+/// Low nibbles of 32 levels: element j and j + 16 share byte j.
+fn pack_low_32(l: &[i32], out: &mut [u8]) {
+    for j in 0..16 {
+        out[j] = (l[j] as u8 & 0xF) | ((l[j + 16] as u8 & 0xF) << 4);
+    }
+}
+
+/// Bit 4 of each of 32 levels, element i in bit i.
+fn high_bits_32(l: &[i32]) -> u32 {
+    l.iter()
+        .enumerate()
+        .fold(0u32, |h, (i, &v)| h | ((((v >> 4) & 1) as u32) << i))
+}
+
+fn quantize_k(q: QType, y: &[f32], b: &mut [u8]) {
+    let top = if q == QType::Q4K { 15 } else { 31 };
+    let mut scale = [0f32; 8];
+    let mut minv = [0f32; 8];
+    for (j, sub) in y.chunks_exact(32).enumerate() {
+        let lo = sub.iter().fold(0f32, |a, &v| a.min(v));
+        let hi = sub.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        scale[j] = (hi - lo) / top as f32;
+        minv[j] = -lo;
+    }
+    let smax = scale.iter().fold(0f32, |a, &v| a.max(v));
+    let mmax = minv.iter().fold(0f32, |a, &v| a.max(v));
+    let d = put_f16(b, smax / 63.0);
+    let dmin = put_f16(&mut b[2..], mmax / 63.0);
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..8 {
+        sc[j] = if d > 0.0 {
+            nearest(scale[j] / d, 0, 63) as u8
+        } else {
+            0
+        };
+        m[j] = if dmin > 0.0 {
+            nearest(minv[j] / dmin, 0, 63) as u8
+        } else {
+            0
+        };
+    }
+    pack_k_scales(&sc, &m, &mut b[4..16]);
+    let mut l = [0u8; 256];
+    for (j, sub) in y.chunks_exact(32).enumerate() {
+        let dl = d * sc[j] as f32;
+        let ml = dmin * m[j] as f32;
+        for (k, v) in sub.iter().enumerate() {
+            l[32 * j + k] = if dl > 0.0 {
+                nearest((v + ml) / dl, 0, top) as u8
+            } else {
+                0
+            };
+        }
+    }
+    let qs_at = if q == QType::Q4K { 16 } else { 48 };
+    if q == QType::Q5K {
+        b[16..48].fill(0);
+    }
+    for g in 0..4 {
+        for i in 0..32 {
+            let lo = l[64 * g + i];
+            let hi = l[64 * g + 32 + i];
+            b[qs_at + 32 * g + i] = (lo & 0xF) | ((hi & 0xF) << 4);
+            if q == QType::Q5K {
+                b[16 + i] |= ((lo >> 4) << (2 * g)) | ((hi >> 4) << (2 * g + 1));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF metadata values and the writer
+
+/// A GGUF metadata value. Arrays carry their element type so an empty one is still typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Meta {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+    Array(u32, Vec<Meta>),
+}
+
+const GGUF_STRING: u32 = 8;
+const GGUF_INT32: u32 = 5;
+
+impl Meta {
+    pub fn type_id(&self) -> u32 {
+        match self {
+            Meta::U8(_) => 0,
+            Meta::I8(_) => 1,
+            Meta::U16(_) => 2,
+            Meta::I16(_) => 3,
+            Meta::U32(_) => 4,
+            Meta::I32(_) => GGUF_INT32,
+            Meta::F32(_) => 6,
+            Meta::Bool(_) => 7,
+            Meta::Str(_) => GGUF_STRING,
+            Meta::Array(..) => 9,
+            Meta::U64(_) => 10,
+            Meta::I64(_) => 11,
+            Meta::F64(_) => 12,
+        }
+    }
+
+    pub fn strings<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Meta {
+        Meta::Array(
+            GGUF_STRING,
+            items.into_iter().map(|s| Meta::Str(s.into())).collect(),
+        )
+    }
+
+    pub fn i32s(items: impl IntoIterator<Item = i32>) -> Meta {
+        Meta::Array(GGUF_INT32, items.into_iter().map(Meta::I32).collect())
+    }
+
+    pub fn str(s: impl Into<String>) -> Meta {
+        Meta::Str(s.into())
+    }
+
+    fn write_value(&self, w: &mut impl Write) -> io::Result<()> {
+        match self {
+            Meta::U8(v) => w.write_all(&[*v]),
+            Meta::I8(v) => w.write_all(&v.to_le_bytes()),
+            Meta::U16(v) => w.write_all(&v.to_le_bytes()),
+            Meta::I16(v) => w.write_all(&v.to_le_bytes()),
+            Meta::U32(v) => w.write_all(&v.to_le_bytes()),
+            Meta::I32(v) => w.write_all(&v.to_le_bytes()),
+            Meta::U64(v) => w.write_all(&v.to_le_bytes()),
+            Meta::I64(v) => w.write_all(&v.to_le_bytes()),
+            Meta::F32(v) => w.write_all(&v.to_le_bytes()),
+            Meta::F64(v) => w.write_all(&v.to_le_bytes()),
+            Meta::Bool(v) => w.write_all(&[*v as u8]),
+            Meta::Str(s) => write_str(w, s),
+            Meta::Array(ty, items) => {
+                w.write_all(&ty.to_le_bytes())?;
+                w.write_all(&(items.len() as u64).to_le_bytes())?;
+                for it in items {
+                    if it.type_id() != *ty {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("GGUF array of type {ty} holds a {:?}", it),
+                        ));
+                    }
+                    it.write_value(w)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// From candle's reader, for `--tokenizer-from`.
+    pub fn from_candle(v: &candle_core::quantized::gguf_file::Value) -> Meta {
+        use candle_core::quantized::gguf_file::Value as V;
+        match v {
+            V::U8(x) => Meta::U8(*x),
+            V::I8(x) => Meta::I8(*x),
+            V::U16(x) => Meta::U16(*x),
+            V::I16(x) => Meta::I16(*x),
+            V::U32(x) => Meta::U32(*x),
+            V::I32(x) => Meta::I32(*x),
+            V::U64(x) => Meta::U64(*x),
+            V::I64(x) => Meta::I64(*x),
+            V::F32(x) => Meta::F32(*x),
+            V::F64(x) => Meta::F64(*x),
+            V::Bool(x) => Meta::Bool(*x),
+            V::String(x) => Meta::Str(x.clone()),
+            V::Array(items) => {
+                let items: Vec<Meta> = items.iter().map(Meta::from_candle).collect();
+                // candle drops the element type of an empty array; any type reads back empty.
+                let ty = items.first().map_or(GGUF_INT32, Meta::type_id);
+                Meta::Array(ty, items)
+            }
+        }
+    }
+}
+
+fn write_str(w: &mut impl Write, s: &str) -> io::Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+/// GGUF's default `general.alignment`.
+pub const ALIGN: u64 = 32;
+
+fn align_up(x: u64) -> u64 {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+/// Writes the GGUF v3 header: metadata, tensor infos (offsets packed in order, each aligned)
+/// and the padding up to the data section. Returns the bytes written.
+pub fn write_header(
+    w: &mut impl Write,
+    metadata: &[(String, Meta)],
+    tensors: &[PlannedTensor],
+) -> io::Result<u64> {
+    let mut c = CountingWriter { inner: w, n: 0 };
+    c.write_all(b"GGUF")?;
+    c.write_all(&3u32.to_le_bytes())?;
+    c.write_all(&(tensors.len() as u64).to_le_bytes())?;
+    c.write_all(&(metadata.len() as u64).to_le_bytes())?;
+    for (k, v) in metadata {
+        write_str(&mut c, k)?;
+        c.write_all(&v.type_id().to_le_bytes())?;
+        v.write_value(&mut c)?;
+    }
+    for t in tensors {
+        write_str(&mut c, &t.name)?;
+        c.write_all(&(t.dims.len() as u32).to_le_bytes())?;
+        for d in &t.dims {
+            c.write_all(&(*d as u64).to_le_bytes())?;
+        }
+        c.write_all(&t.qtype.ggml_id().to_le_bytes())?;
+        c.write_all(&t.offset.to_le_bytes())?;
+    }
+    let pad = align_up(c.n) - c.n;
+    c.write_all(&vec![0u8; pad as usize])?;
+    Ok(c.n)
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Families as data
+
+/// A tensor dimension, in terms of the shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    Hidden,
+    /// Query heads × head dimension.
+    QueryWidth,
+    /// KV heads × head dimension.
+    KvWidth,
+    /// The head dimension.
+    Head,
+    Ffn,
+    Vocab,
+}
+
+/// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
+/// `tensor_category`) and its scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cat {
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOut,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+impl Cat {
+    /// Whether the matrix writes into the residual stream (its output scale sets how much the
+    /// layers move the hidden state; see [`Scales`]).
+    fn writes_residual(self) -> bool {
+        matches!(self, Cat::AttnOut | Cat::FfnDown)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    TokenEmbd,
+    /// The LM head (absent when embeddings are tied).
+    Output,
+    OutputNorm,
+    /// An RMSNorm weight inside a layer (attention, FFN, per-head Q/K norms).
+    Norm,
+    /// A projection bias (qwen2).
+    Bias,
+    Proj(Cat),
+}
+
+/// One tensor of a family; `{i}` in the name is the layer index.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorTemplate {
+    pub name: &'static str,
+    /// ggml order: the row length first.
+    pub dims: &'static [Dim],
+    pub role: Role,
+}
+
+const fn t(name: &'static str, dims: &'static [Dim], role: Role) -> TensorTemplate {
+    TensorTemplate { name, dims, role }
+}
+
+/// A shape field a metadata key reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Context,
+    Hidden,
+    Layers,
+    Ffn,
+    Heads,
+    KvHeads,
+    HeadDim,
+    Vocab,
+    RmsEps,
+    RopeBase,
+}
+
+/// A family's vocabulary conventions for the synthetic tokenizer.
+#[derive(Debug, Clone, Copy)]
+pub struct TokStyle {
+    /// `tokenizer.ggml.pre`: the pre-tokenizer both Influence and llama.cpp know by this name.
+    pub pre: &'static str,
+    /// Control tokens, placed at the end of the vocabulary (as Llama 3 does).
+    pub specials: &'static [&'static str],
+    pub bos: &'static str,
+    pub eos: &'static str,
+    pub add_bos: bool,
+    pub chat_template: &'static str,
+}
+
+/// A model family: everything the generator needs to write its files.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// `general.architecture`, the prefix of the shape keys.
+    pub arch: &'static str,
+    /// Tensors before the layers, of each layer (in file order), and after the layers.
+    pub head: &'static [TensorTemplate],
+    pub layer: &'static [TensorTemplate],
+    pub tail: &'static [TensorTemplate],
+    /// `{arch}.{key}` → shape field. `attention.key_length`/`value_length` are added for every
+    /// family when the head dimension is not hidden / heads.
+    pub meta: &'static [(&'static str, Field)],
+    pub tok: TokStyle,
+    pub presets: &'static [(&'static str, Shape)],
+}
+
+/// The dimensions and numerics of one model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+    /// Output projection shares `token_embd` (no `output.weight`).
+    pub tied: bool,
+}
+
+impl Shape {
+    fn dim(&self, d: Dim) -> usize {
+        match d {
+            Dim::Hidden => self.hidden,
+            Dim::QueryWidth => self.heads * self.head_dim,
+            Dim::KvWidth => self.kv_heads * self.head_dim,
+            Dim::Head => self.head_dim,
+            Dim::Ffn => self.ffn,
+            Dim::Vocab => self.vocab,
+        }
+    }
+
+    fn field(&self, f: Field) -> Meta {
+        match f {
+            Field::Context => Meta::U32(self.context as u32),
+            Field::Hidden => Meta::U32(self.hidden as u32),
+            Field::Layers => Meta::U32(self.layers as u32),
+            Field::Ffn => Meta::U32(self.ffn as u32),
+            Field::Heads => Meta::U32(self.heads as u32),
+            Field::KvHeads => Meta::U32(self.kv_heads as u32),
+            Field::HeadDim => Meta::U32(self.head_dim as u32),
+            Field::Vocab => Meta::U32(self.vocab as u32),
+            Field::RmsEps => Meta::F32(self.rms_eps),
+            Field::RopeBase => Meta::F32(self.rope_base),
+        }
+    }
+
+    /// Checks what any decoder needs of a shape; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("kv-heads", self.kv_heads),
+            ("head-dim", self.head_dim),
+            ("ffn", self.ffn),
+            ("vocab", self.vocab),
+            ("context", self.context),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("--{name} must be at least 1"));
+            }
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(format!(
+                "--heads {} is not a multiple of --kv-heads {}",
+                self.heads, self.kv_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "--head-dim {} must be even (RoPE rotates pairs)",
+                self.head_dim
+            ));
+        }
+        if self.hidden > u32::MAX as usize
+            || self.vocab > u32::MAX as usize
+            || self.ffn > u32::MAX as usize
+        {
+            return Err("dimensions must fit in 32 bits".into());
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return Err(format!("--rope-base {} must be positive", self.rope_base));
+        }
+        Ok(())
+    }
+}
+
+use Dim::*;
+
+const LLAMA_HEAD: &[TensorTemplate] = &[t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd)];
+const LLAMA_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    t(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+];
+const LLAMA_TAIL: &[TensorTemplate] = &[
+    t("output_norm.weight", &[Hidden], Role::OutputNorm),
+    t("output.weight", &[Hidden, Vocab], Role::Output),
+];
+
+/// The shape keys llama.cpp's loader reads for llama-style decoders.
+const LLAMA_META: &[(&str, Field)] = &[
+    ("vocab_size", Field::Vocab),
+    ("context_length", Field::Context),
+    ("embedding_length", Field::Hidden),
+    ("block_count", Field::Layers),
+    ("feed_forward_length", Field::Ffn),
+    ("rope.dimension_count", Field::HeadDim),
+    ("attention.head_count", Field::Heads),
+    ("attention.head_count_kv", Field::KvHeads),
+    ("rope.freq_base", Field::RopeBase),
+    ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+];
+
+/// Llama 3's chat format (the template its instruct GGUFs carry, minus tool calling).
+const LLAMA3_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+const LLAMA3_TOK: TokStyle = TokStyle {
+    pre: "llama-bpe",
+    specials: &[
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eom_id|>",
+        "<|eot_id|>",
+    ],
+    bos: "<|begin_of_text|>",
+    eos: "<|eot_id|>",
+    add_bos: true,
+    chat_template: LLAMA3_TEMPLATE,
+};
+
+/// Llama 3 shapes. Context is Llama 3's 8192: the 3.1/3.2 files' 128k context needs
+/// `rope_freqs` scaling, which the generator does not write.
+const LLAMA_PRESETS: &[(&str, Shape)] = &[
+    (
+        "tiny",
+        Shape {
+            hidden: 256,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            ffn: 512,
+            vocab: 1024,
+            context: 2048,
+            rope_base: 500_000.0,
+            rms_eps: 1e-5,
+            tied: false,
+        },
+    ),
+    (
+        "1b",
+        Shape {
+            hidden: 2048,
+            layers: 16,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 64,
+            ffn: 8192,
+            vocab: 128_256,
+            context: 8192,
+            rope_base: 500_000.0,
+            rms_eps: 1e-5,
+            tied: true,
+        },
+    ),
+    (
+        "8b",
+        Shape {
+            hidden: 4096,
+            layers: 32,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            ffn: 14_336,
+            vocab: 128_256,
+            context: 8192,
+            rope_base: 500_000.0,
+            rms_eps: 1e-5,
+            tied: false,
+        },
+    ),
+];
+
+pub const LLAMA: Family = Family {
+    arch: "llama",
+    head: LLAMA_HEAD,
+    layer: LLAMA_LAYER,
+    tail: LLAMA_TAIL,
+    meta: LLAMA_META,
+    tok: LLAMA3_TOK,
+    presets: LLAMA_PRESETS,
+};
+
+pub const FAMILIES: &[&Family] = &[&LLAMA];
+
+pub fn family(name: &str) -> Result<&'static Family, String> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.arch == name)
+        .ok_or_else(|| {
+            format!(
+                "unknown family `{name}`; known: {}",
+                FAMILIES
+                    .iter()
+                    .map(|f| f.arch)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+impl Family {
+    pub fn preset(&self, name: &str) -> Result<Shape, String> {
+        self.presets
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| {
+                format!(
+                    "family {} has no preset `{name}`; presets: {}",
+                    self.arch,
+                    self.presets
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quant mixes
+
+/// A file's quantization as llama-quantize names it (`general.file_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4KS,
+    Q4KM,
+    Q5KM,
+    Q6K,
+}
+
+impl Mix {
+    pub const ALL: [Mix; 11] = [
+        Mix::F32,
+        Mix::F16,
+        Mix::Q4_0,
+        Mix::Q4_1,
+        Mix::Q5_0,
+        Mix::Q5_1,
+        Mix::Q8_0,
+        Mix::Q4KS,
+        Mix::Q4KM,
+        Mix::Q5KM,
+        Mix::Q6K,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::F32 => "F32",
+            Mix::F16 => "F16",
+            Mix::Q4_0 => "Q4_0",
+            Mix::Q4_1 => "Q4_1",
+            Mix::Q5_0 => "Q5_0",
+            Mix::Q5_1 => "Q5_1",
+            Mix::Q8_0 => "Q8_0",
+            Mix::Q4KS => "Q4_K_S",
+            Mix::Q4KM => "Q4_K_M",
+            Mix::Q5KM => "Q5_K_M",
+            Mix::Q6K => "Q6_K",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Mix, String> {
+        Mix::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!(
+                    "unknown quant `{s}`; known: {}",
+                    Mix::ALL.map(Mix::name).join(", ")
+                )
+            })
+    }
+
+    /// `llama_ftype`.
+    pub fn file_type(self) -> u32 {
+        match self {
+            Mix::F32 => 0,
+            Mix::F16 => 1,
+            Mix::Q4_0 => 2,
+            Mix::Q4_1 => 3,
+            Mix::Q8_0 => 7,
+            Mix::Q5_0 => 8,
+            Mix::Q5_1 => 9,
+            Mix::Q4KS => 14,
+            Mix::Q4KM => 15,
+            Mix::Q5KM => 17,
+            Mix::Q6K => 18,
+        }
+    }
+
+    fn base(self) -> QType {
+        match self {
+            Mix::F32 => QType::F32,
+            Mix::F16 => QType::F16,
+            Mix::Q4_0 => QType::Q4_0,
+            Mix::Q4_1 => QType::Q4_1,
+            Mix::Q5_0 => QType::Q5_0,
+            Mix::Q5_1 => QType::Q5_1,
+            Mix::Q8_0 => QType::Q8_0,
+            Mix::Q4KS | Mix::Q4KM => QType::Q4K,
+            Mix::Q5KM => QType::Q5K,
+            Mix::Q6K => QType::Q6K,
+        }
+    }
+
+    /// The type llama.cpp's `llama_tensor_get_type` gives a matrix (llama-quant.cpp, for
+    /// dense models without an importance matrix), including its fallback for rows that are
+    /// not whole blocks.
+    pub fn matrix_type(
+        self,
+        role: Role,
+        layer: usize,
+        n_layer: usize,
+        ncols: usize,
+        tied: bool,
+    ) -> QType {
+        let base = self.base();
+        if matches!(base, QType::F32 | QType::F16) {
+            return base;
+        }
+        // llama.cpp's use_more_bits: the first and last eighth of the layers and every third
+        // one between them.
+        let more_bits = |i: usize, n: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+        let ty = match role {
+            Role::Output | Role::TokenEmbd if role == Role::Output || tied => {
+                if !ncols.is_multiple_of(base.block_len()) || base == QType::Q8_0 {
+                    QType::Q8_0
+                } else {
+                    QType::Q6K
+                }
+            }
+            Role::Proj(Cat::AttnV) => match self {
+                Mix::Q4KM | Mix::Q5KM if more_bits(layer, n_layer) => QType::Q6K,
+                Mix::Q4KS if layer < 4 => QType::Q5K,
+                _ => base,
+            },
+            Role::Proj(Cat::FfnDown) => match self {
+                Mix::Q4KM | Mix::Q5KM if more_bits(layer, n_layer) => QType::Q6K,
+                Mix::Q4KS if layer < n_layer / 8 => QType::Q5K,
+                _ => base,
+            },
+            _ => base,
+        };
+        if ncols.is_multiple_of(ty.block_len()) {
+            return ty;
+        }
+        let fallback = match ty {
+            QType::Q4K => QType::Q5_0,
+            QType::Q5K => QType::Q5_1,
+            QType::Q6K => QType::Q8_0,
+            other => other,
+        };
+        if ncols.is_multiple_of(fallback.block_len()) {
+            fallback
+        } else {
+            QType::F16
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizers
+
+/// GPT-2's byte → printable character map, in its order (printable bytes first).
+pub fn byte_chars() -> Vec<(u8, char)> {
+    let mut printable: Vec<u8> = (b'!'..=b'~').collect();
+    printable.extend(0xA1..=0xAC);
+    printable.extend(0xAE..=0xFF);
+    let mut out: Vec<(u8, char)> = printable.iter().map(|&b| (b, b as char)).collect();
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        if !printable.contains(&b) {
+            out.push((b, char::from_u32(256 + n).expect("valid char")));
+            n += 1;
+        }
+    }
+    out
+}
+
+/// Tokenizer metadata and which token ids may be predicted (normal tokens).
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    pub metadata: Vec<(String, Meta)>,
+    pub normal: Vec<bool>,
+}
+
+/// A gpt2-style byte-level BPE: the 256 byte tokens, merges for a space before a letter and
+/// for letter pairs, filler words up to `vocab`, then the family's control tokens.
+///
+/// Filler words are a space, three or more letters and a digit: any id decodes to readable
+/// text, no merge produces one, and no pre-tokenizer ever yields one as a whole word (they all
+/// split letters from digits). That last point keeps llama.cpp's tokens equal to Influence's:
+/// for `llama-bpe` llama.cpp takes a word that is in the vocabulary whole, before merging.
+pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary, String> {
+    let n_spec = style.specials.len();
+    if vocab < 256 + n_spec {
+        return Err(format!(
+            "--vocab {vocab} is too small: the synthetic tokenizer needs 256 byte tokens and {n_spec} control tokens"
+        ));
+    }
+    let mut tokens: Vec<String> = byte_chars()
+        .into_iter()
+        .map(|(_, c)| c.to_string())
+        .collect();
+    let letters: Vec<char> = ('a'..='z').collect();
+    let mut merges: Vec<String> = Vec::new();
+    let room = vocab - 256 - n_spec;
+    let candidates = letters
+        .iter()
+        .map(|&a| (String::from('Ġ'), a.to_string()))
+        .chain(
+            letters
+                .iter()
+                .flat_map(|&a| letters.iter().map(move |&b| (a.to_string(), b.to_string()))),
+        );
+    for (a, b) in candidates.take(room) {
+        merges.push(format!("{a} {b}"));
+        tokens.push(format!("{a}{b}"));
+    }
+    let fillers = vocab - n_spec - tokens.len();
+    let mut len = 3u32;
+    while 26u64.pow(len) * 10 < fillers as u64 {
+        len += 1;
+    }
+    let space = 26u64.pow(len) * 10;
+    for i in 0..fillers as u64 {
+        // A multiplier coprime with 260 scatters consecutive ids over the words.
+        let mut k = (i * 7919) % space;
+        let mut w = String::from('Ġ');
+        for _ in 0..len {
+            w.push(letters[(k % 26) as usize]);
+            k /= 26;
+        }
+        w.push(char::from(b'0' + k as u8));
+        tokens.push(w);
+    }
+    let first_special = tokens.len();
+    tokens.extend(style.specials.iter().map(|s| s.to_string()));
+    let id_of = |s: &str| -> u32 {
+        (first_special
+            + style
+                .specials
+                .iter()
+                .position(|x| *x == s)
+                .expect("listed special")) as u32
+    };
+    let mut types = vec![1i32; first_special];
+    types.extend(std::iter::repeat_n(3, n_spec));
+    let normal = types.iter().map(|&t| t == 1).collect();
+    let metadata = vec![
+        ("tokenizer.ggml.model".into(), Meta::str("gpt2")),
+        ("tokenizer.ggml.pre".into(), Meta::str(style.pre)),
+        ("tokenizer.ggml.tokens".into(), Meta::strings(tokens)),
+        ("tokenizer.ggml.token_type".into(), Meta::i32s(types)),
+        ("tokenizer.ggml.merges".into(), Meta::strings(merges)),
+        (
+            "tokenizer.ggml.bos_token_id".into(),
+            Meta::U32(id_of(style.bos)),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Meta::U32(id_of(style.eos)),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Meta::Bool(style.add_bos),
+        ),
+        (
+            "tokenizer.chat_template".into(),
+            Meta::str(style.chat_template),
+        ),
+    ];
+    Ok(Vocabulary { metadata, normal })
+}
+
+/// Every `tokenizer.*` key of a real GGUF file, in name order; normal tokens are those of
+/// type 1 (all but BOS/EOS when the file has no types).
+pub fn vocabulary_from_gguf(path: &Path) -> Result<Vocabulary, String> {
+    use candle_core::quantized::gguf_file::{Content, Value};
+    let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let content = Content::read(&mut f)
+        .map_err(|e| format!("cannot read {} as GGUF: {e}", path.display()))?;
+    let mut keys: Vec<&String> = content
+        .metadata
+        .keys()
+        .filter(|k| k.starts_with("tokenizer."))
+        .collect();
+    keys.sort();
+    let n = match content.metadata.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(a)) if !a.is_empty() => a.len(),
+        _ => {
+            return Err(format!(
+                "{} has no tokenizer.ggml.tokens to copy",
+                path.display()
+            ))
+        }
+    };
+    let as_u32 = |k: &str| match content.metadata.get(k) {
+        Some(v) => v.to_u32().ok(),
+        None => None,
+    };
+    let normal = match content.metadata.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(a)) if a.len() == n => a
+            .iter()
+            .map(|v| matches!(v, Value::I32(1) | Value::U32(1)))
+            .collect(),
+        _ => {
+            let special: Vec<u32> = ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]
+                .iter()
+                .filter_map(|k| as_u32(k))
+                .collect();
+            (0..n as u32).map(|i| !special.contains(&i)).collect()
+        }
+    };
+    let metadata = keys
+        .into_iter()
+        .map(|k| (k.clone(), Meta::from_candle(&content.metadata[k])))
+        .collect();
+    Ok(Vocabulary { metadata, normal })
+}
+
+pub fn vocabulary_len(v: &Vocabulary) -> usize {
+    v.normal.len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+
+/// Everything that determines a file.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub family: &'static Family,
+    pub preset: String,
+    pub shape: Shape,
+    pub mix: Mix,
+    pub seed: u64,
+    /// How far the greedy token stands above the rest; see [`Scales`].
+    pub margin: f32,
+    /// `None`: the synthetic vocabulary; otherwise one copied from a real file.
+    pub vocabulary: Option<Vocabulary>,
+}
+
+pub const DEFAULT_MARGIN: f32 = 2.0;
+
+impl Spec {
+    pub fn preset(
+        family: &'static Family,
+        preset: &str,
+        mix: Mix,
+        seed: u64,
+    ) -> Result<Spec, String> {
+        Ok(Spec {
+            family,
+            preset: preset.to_string(),
+            shape: family.preset(preset)?,
+            mix,
+            seed,
+            margin: DEFAULT_MARGIN,
+            vocabulary: None,
+        })
+    }
+}
+
+/// A tensor as it will be written.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub qtype: QType,
+    pub role: Role,
+    pub layer: usize,
+    /// RMS of its values (projections and embeddings); norms and biases ignore it.
+    pub sigma: f32,
+    /// Offset in the data section.
+    pub offset: u64,
+    pub bytes: u64,
+    stream: u64,
+}
+
+impl PlannedTensor {
+    pub fn row_len(&self) -> usize {
+        self.dims[0]
+    }
+    pub fn rows(&self) -> usize {
+        self.dims[1..].iter().product()
+    }
+    pub fn row_bytes(&self) -> usize {
+        self.qtype.row_bytes(self.row_len())
+    }
+}
+
+/// The numbers that shape the network's outputs.
+///
+/// A network of random projections has no preferred token: its logits are a Gaussian cloud and
+/// the top two are close (for 128k tokens the expected gap is about a fifth of the logits'
+/// spread), so a 1% difference in the hidden state between two implementations flips the
+/// greedy choice every few steps. Scaling the output matrix does not help: it scales the gap
+/// and the error alike. So the logits are given structure instead:
+///
+/// - The embedding of the current token `x` flows through the residual stream, and the LM head
+///   row of one token `next(x)` is that embedding (plus noise, `OUT_NOISE`). With tied
+///   embeddings `next(x) = x`; otherwise `next` is a seeded permutation of the normal tokens,
+///   so greedy text walks through the vocabulary instead of repeating itself.
+/// - The layers add a random part of RMS `rho` relative to the embedding. It moves every
+///   other logit (so the layers' arithmetic shows in every log-probability) but the
+///   structured token keeps an expected logit `margin` times the expected maximum of the
+///   others: the winning logit is about `sqrt(hidden) / sqrt(1 + rho²)` standard deviations
+///   up, the best of `vocab` random ones about `sqrt(2 ln vocab)`, and `rho` is solved from
+///   that. With the default margin of 2 the top-2 gap is about `sqrt(2 ln vocab)` standard
+///   deviations, 7 nats for Llama 3 shapes, against float differences of a few hundredths.
+/// - `output_norm`'s weight sets the logits' spread (`LOGIT_STD`), so log-probabilities look
+///   like a real model's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Hidden-state RMS the layers add, relative to the embedding's.
+    pub rho: f32,
+    /// RMS each residual-writing matrix's output gets (attention output, FFN down).
+    pub branch: f32,
+    pub output_norm: f32,
+    /// Whether `margin` could be met at this width and vocabulary.
+    pub margin_met: bool,
+}
+
+/// Standard deviation of the logits of the tokens that do not win.
+pub const LOGIT_STD: f32 = 1.5;
+/// Noise added to each LM-head row, relative to the embedding it copies.
+pub const OUT_NOISE: f32 = 0.5;
+/// Token embeddings' RMS.
+pub const EMBD_STD: f32 = 1.0;
+/// RMS of `silu(gate) * up` for unit-normal gate and up: the FFN's inner activations.
+const SWIGLU_RMS: f32 = 0.6;
+/// Below this, the layers hardly matter; the margin gives way instead.
+const MIN_RHO: f32 = 0.5;
+
+impl Scales {
+    pub fn for_shape(shape: &Shape, margin: f32) -> Scales {
+        let noise = if shape.tied { 0.0 } else { OUT_NOISE };
+        let z = (2.0 * (shape.vocab.max(2) as f64).ln()).sqrt() as f32;
+        let a = (shape.hidden as f32).sqrt() / ((1.0 + noise * noise).sqrt() * margin * z);
+        let rho_sq = a * a - 1.0;
+        let margin_met = rho_sq >= MIN_RHO * MIN_RHO;
+        let rho = if margin_met { rho_sq.sqrt() } else { MIN_RHO };
+        // Two residual writes per layer, assumed uncorrelated (attention's averaging over
+        // positions only makes its part smaller, and the margin larger).
+        let branch = rho * EMBD_STD / (2.0 * shape.layers as f32).sqrt();
+        Scales {
+            rho,
+            branch,
+            output_norm: LOGIT_STD / (EMBD_STD * (shape.hidden as f32).sqrt()),
+            margin_met,
+        }
+    }
+}
+
+/// A file ready to write: metadata, tensors, scales and the LM head's token map.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub spec: Spec,
+    pub metadata: Vec<(String, Meta)>,
+    pub tensors: Vec<PlannedTensor>,
+    pub scales: Scales,
+    /// For each LM-head row, the token whose embedding it copies (`u32::MAX`: a control token's
+    /// row, left at zero so it never wins).
+    pub next_src: Vec<u32>,
+    pub data_bytes: u64,
+}
+
+impl Plan {
+    pub fn new(spec: Spec) -> Result<Plan, String> {
+        let mut spec = spec;
+        if !(spec.margin.is_finite() && spec.margin > 0.0) {
+            return Err(format!("--margin {} must be positive", spec.margin));
+        }
+        let vocabulary = match spec.vocabulary.take() {
+            Some(v) => {
+                let n = vocabulary_len(&v);
+                if spec.shape.vocab != n {
+                    spec.shape.vocab = n;
+                }
+                v
+            }
+            None => synthetic_vocabulary(&spec.family.tok, spec.shape.vocab)?,
+        };
+        spec.shape.validate()?;
+        let shape = spec.shape;
+        let fam = spec.family;
+        let scales = Scales::for_shape(&shape, spec.margin);
+
+        let mut tensors = Vec::new();
+        let mut add = |tpl: &TensorTemplate, layer: usize| {
+            if tpl.role == Role::Output && shape.tied {
+                return;
+            }
+            let name = tpl.name.replace("{i}", &layer.to_string());
+            let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d)).collect();
+            let ncols = dims[0];
+            let qtype = if dims.len() == 1 {
+                QType::F32
+            } else {
+                spec.mix
+                    .matrix_type(tpl.role, layer, shape.layers, ncols, shape.tied)
+            };
+            let sigma = match tpl.role {
+                Role::TokenEmbd | Role::Output => EMBD_STD,
+                Role::Proj(c) if c.writes_residual() => {
+                    let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
+                    scales.branch / (inner * (ncols as f32).sqrt())
+                }
+                Role::Proj(_) => 1.0 / (ncols as f32).sqrt(),
+                Role::Norm | Role::OutputNorm | Role::Bias => 0.0,
+            };
+            let stream = name_hash(&name);
+            tensors.push(PlannedTensor {
+                name,
+                dims,
+                qtype,
+                role: tpl.role,
+                layer,
+                sigma,
+                offset: 0,
+                bytes: 0,
+                stream,
+            });
+        };
+        for tpl in fam.head {
+            add(tpl, 0);
+        }
+        for layer in 0..shape.layers {
+            for tpl in fam.layer {
+                add(tpl, layer);
+            }
+        }
+        for tpl in fam.tail {
+            add(tpl, 0);
+        }
+        let mut offset = 0u64;
+        for t in &mut tensors {
+            if !t.row_len().is_multiple_of(t.qtype.block_len()) {
+                return Err(format!(
+                    "{} has rows of {} values, not whole {} blocks",
+                    t.name,
+                    t.row_len(),
+                    t.qtype
+                ));
+            }
+            t.offset = offset;
+            t.bytes = (t.rows() * t.row_bytes()) as u64;
+            offset = align_up(offset + t.bytes);
+        }
+
+        let mut metadata: Vec<(String, Meta)> = vec![
+            ("general.architecture".into(), Meta::str(fam.arch)),
+            ("general.type".into(), Meta::str("model")),
+            (
+                "general.name".into(),
+                Meta::str(format!(
+                    "synthetic {} {} {} seed {}",
+                    fam.arch,
+                    spec.preset,
+                    spec.mix.name(),
+                    spec.seed
+                )),
+            ),
+            (
+                "general.description".into(),
+                Meta::str(
+                    "Random weights with valid quantized blocks, written by Influence's gen_gguf \
+                     for tests and benchmarks; not a trained model.",
+                ),
+            ),
+            ("general.file_type".into(), Meta::U32(spec.mix.file_type())),
+            ("general.quantization_version".into(), Meta::U32(2)),
+        ];
+        for (key, field) in fam.meta {
+            metadata.push((format!("{}.{key}", fam.arch), shape.field(*field)));
+        }
+        if shape.heads * shape.head_dim != shape.hidden {
+            for key in ["attention.key_length", "attention.value_length"] {
+                metadata.push((
+                    format!("{}.{key}", fam.arch),
+                    Meta::U32(shape.head_dim as u32),
+                ));
+            }
+        }
+        metadata.extend(vocabulary.metadata.iter().cloned());
+
+        let next_src = if shape.tied {
+            Vec::new()
+        } else {
+            let normal: Vec<u32> = (0..shape.vocab as u32)
+                .filter(|&i| vocabulary.normal[i as usize])
+                .collect();
+            let mut perm = normal.clone();
+            let mut rng = Rng::new(stream_seed(spec.seed, name_hash("next-token map"), 0));
+            for i in (1..perm.len()).rev() {
+                let j = rng.below(i as u32 + 1) as usize;
+                perm.swap(i, j);
+            }
+            let mut src = vec![u32::MAX; shape.vocab];
+            for (y, x) in normal.iter().zip(&perm) {
+                src[*y as usize] = *x;
+            }
+            src
+        };
+        spec.vocabulary = Some(vocabulary);
+        Ok(Plan {
+            spec,
+            metadata,
+            tensors,
+            scales,
+            next_src,
+            data_bytes: offset,
+        })
+    }
+
+    /// Header bytes (metadata, tensor infos and padding).
+    pub fn header_bytes(&self) -> u64 {
+        let mut sink = io::sink();
+        write_header(&mut sink, &self.metadata, &self.tensors).expect("a sink never fails")
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.header_bytes() + self.data_bytes
+    }
+
+    /// Fills whole rows `first..` of `t` into `out`.
+    fn fill_rows(&self, t: &PlannedTensor, first: usize, out: &mut [u8], scratch: &mut Vec<f32>) {
+        let seed = self.spec.seed;
+        let rb = t.row_bytes();
+        for (k, row_out) in out.chunks_exact_mut(rb).enumerate() {
+            let row = first + k;
+            let mut rng = Rng::new(stream_seed(seed, t.stream, row as u64));
+            match t.role {
+                Role::Norm | Role::OutputNorm | Role::Bias => {
+                    let (centre, spread) = match t.role {
+                        Role::Norm => (1.0, 0.1),
+                        Role::OutputNorm => {
+                            (self.scales.output_norm, 0.05 * self.scales.output_norm)
+                        }
+                        _ => (0.0, 0.05),
+                    };
+                    scratch.clear();
+                    scratch.extend((0..t.row_len()).map(|_| centre + spread * rng.sym()));
+                    quantize_row(t.qtype, scratch, row_out);
+                }
+                Role::TokenEmbd | Role::Proj(_) => random_row(t.qtype, &mut rng, t.sigma, row_out),
+                Role::Output => self.output_row(t, row, &mut rng, row_out, scratch),
+            }
+        }
+    }
+
+    /// An LM-head row: the embedding of the token it follows, plus noise, re-quantized.
+    fn output_row(
+        &self,
+        t: &PlannedTensor,
+        row: usize,
+        rng: &mut Rng,
+        out: &mut [u8],
+        scratch: &mut Vec<f32>,
+    ) {
+        let src = self.next_src[row];
+        if src == u32::MAX {
+            out.fill(0);
+            return;
+        }
+        let embd = self
+            .tensors
+            .iter()
+            .find(|e| e.role == Role::TokenEmbd)
+            .expect("every family has token_embd");
+        let mut bits = vec![0u8; embd.row_bytes()];
+        let mut erng = Rng::new(stream_seed(self.spec.seed, embd.stream, src as u64));
+        random_row(embd.qtype, &mut erng, embd.sigma, &mut bits);
+        scratch.resize(t.row_len(), 0.0);
+        dequantize_row(embd.qtype, &bits, scratch);
+        let norm = 1.0 / (1.0 + OUT_NOISE * OUT_NOISE).sqrt();
+        for v in scratch.iter_mut() {
+            *v = (*v + OUT_NOISE * SQRT3 * EMBD_STD * rng.sym()) * norm;
+        }
+        quantize_row(t.qtype, scratch, out);
+    }
+
+    /// One line per tensor type: how many tensors and bytes.
+    pub fn type_summary(&self) -> String {
+        let mut by: Vec<(QType, usize, u64)> = Vec::new();
+        for t in &self.tensors {
+            match by.iter_mut().find(|(q, ..)| *q == t.qtype) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += t.bytes;
+                }
+                None => by.push((t.qtype, 1, t.bytes)),
+            }
+        }
+        by.sort_by_key(|(q, ..)| q.ggml_id());
+        by.iter()
+            .map(|(q, n, b)| format!("{q}: {n} tensors, {:.1} MiB", *b as f64 / (1 << 20) as f64))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// What [`write_file`] did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Bytes per unit of work handed to the threads and then to the writer.
+const CHUNK_BYTES: usize = 16 << 20;
+
+/// Writes the plan's file to `path` (through a temporary file beside it, renamed at the end,
+/// so an interrupted run leaves no half file under the real name). Rows are generated on
+/// `threads` threads while a writer thread streams the previous chunk out.
+pub fn write_file(plan: &Plan, path: &Path, threads: usize) -> io::Result<Written> {
+    let start = Instant::now();
+    let threads = threads.max(1);
+    let tmp = path.with_extension("gguf.partial");
+    let file = File::create(&tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let header = write_header(&mut w, &plan.metadata, &plan.tensors)?;
+
+    let (to_writer, from_main) = mpsc::sync_channel::<Vec<u8>>(2);
+    let (recycle, reuse) = mpsc::channel::<Vec<u8>>();
+    let result = std::thread::scope(|s| -> io::Result<()> {
+        let writer = s.spawn(move || -> io::Result<()> {
+            for buf in from_main {
+                w.write_all(&buf)?;
+                let _ = recycle.send(buf);
+            }
+            w.flush()
+        });
+        let mut produced: io::Result<()> = Ok(());
+        'tensors: for t in &plan.tensors {
+            let rb = t.row_bytes();
+            let rows_per_chunk = (CHUNK_BYTES / rb).max(1);
+            let mut row = 0;
+            while row < t.rows() {
+                let n = rows_per_chunk.min(t.rows() - row);
+                let mut buf = reuse.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.resize(n * rb, 0);
+                let per = n.div_ceil(threads);
+                std::thread::scope(|inner| {
+                    for (i, part) in buf.chunks_mut(per * rb).enumerate() {
+                        let first = row + i * per;
+                        inner.spawn(move || {
+                            let mut scratch = Vec::new();
+                            plan.fill_rows(t, first, part, &mut scratch);
+                        });
+                    }
+                });
+                row += n;
+                let end = t.offset + t.bytes;
+                if row == t.rows() && align_up(end) > end {
+                    buf.resize(buf.len() + (align_up(end) - end) as usize, 0);
+                }
+                if to_writer.send(buf).is_err() {
+                    produced = Err(io::Error::other("the writer thread stopped"));
+                    break 'tensors;
+                }
+            }
+        }
+        drop(to_writer);
+        let written = writer.join().expect("writer thread panicked");
+        written.and(produced)
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(Written {
+        bytes: header + plan.data_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
