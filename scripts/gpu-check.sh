@@ -7,7 +7,10 @@
 # GGUFs there (1B- and 8B-shaped, Q4_K_M and Q8_0; see tests/support/synth.rs), and for each:
 #   - greedy tokens for 16 steps on both devices (`influence run --json`): they agree, or the
 #     first step where they differ is printed with each device's gap between its top two
-#     log-probabilities (a small gap is float rounding; a large one is a bug);
+#     log-probabilities (a small gap is float rounding; a large one is a bug). The generated
+#     models give the greedy token a margin of several nats, so tokens agree even where the
+#     layers' numbers do not; the largest difference in the runner-up's log-probability shows
+#     those (hundredths are rounding, more than 0.5 is flagged);
 #   - `influence bench --json` on both devices: one table of prompt and decode tok/s, load time,
 #     peak RSS, peak GPU memory (nvidia-smi) and decode as a fraction of the bandwidth limit.
 #
@@ -163,7 +166,10 @@ compare_steps() { # a-steps b-steps a-name b-name
         g = x[3] - x[5]; if (i == 1 || g < ming) ming = g
       }
       if (n < want) { printf "only %d of %d steps to compare (%s %d, %s %d)\n", n, want, an, na, bn, nb; exit 1 }
-      printf "agree for %d steps (smallest top-2 gap %.2f nats; runner-up log-probabilities differ by at most %.4f)\n", n, ming, maxd
+      # Tokens can agree while the layers compute different numbers: the runner-up
+      # log-probability moves with every layer, the structured winner hardly at all.
+      warn = maxd > 0.5 ? "; WARNING: large difference, the layers disagree" : ""
+      printf "agree %d/%d; smallest top-2 gap %.2f nats; runner-up log-prob differs by <= %.4f%s\n", n, want, ming, maxd, warn
     }' "$1" "$2"
 }
 
@@ -246,7 +252,6 @@ for m in $MODELS; do
       frac="$(awk -v t="$tg" -v s="$size_gb" -v bw="$BANDWIDTH_GBS" 'BEGIN { printf "%.0f%%", 100 * t * s / bw }')"
     fi
     agree="${verdict[$dev]:-(reference)}"
-    case "$agree" in agree*) agree="agree ${STEPS}/${STEPS}" ;; esac
     awk -v m="$name" -v g="$size_gb" -v d="$shown_dev" -v a="$agree" -v l="$load" -v pp="$pp" -v tg="$tg" \
         -v f="$frac" -v r="$rss" -v gm="$gpu_mem" \
         'BEGIN { printf "| %s | %s | %s | %s | %.1f | %.1f | %.1f | %s | %.0f | %s |\n", m, g, d, a, l / 1000, pp, tg, f, r, gm }' >> "$TABLE"
