@@ -151,6 +151,11 @@ fn every_quant_type_dequantizes_to_finite_values_of_the_expected_magnitude() {
                 .to_vec1()
                 .unwrap();
             assert!(got.iter().all(|v| v.is_finite()), "{q}: non-finite value");
+            if q == QType::Q8_0 {
+                let levels = bytes.chunks_exact(34).flat_map(|b| &b[2..]);
+                assert!(levels.clone().all(|&l| l != 0x80), "Q8_0 level -128");
+                assert!(levels.clone().any(|&l| l == 0x81) && levels.clone().any(|&l| l == 0x7F));
+            }
             let r = rms(&got);
             assert!(
                 (0.85 * sigma..1.2 * sigma).contains(&r),
@@ -238,23 +243,41 @@ fn greedy(e: &EngineHandle, model: &Path, prompt: Prompt, n: usize) -> (Vec<u32>
     panic!("the engine stopped");
 }
 
-/// The tiny model loads, decodes the same tokens twice, and each step's winner stands clear:
+/// The tiny models load, decode the same tokens twice, and each step's winner stands clear:
 /// with a separate LM head it is the token the seeded map puts after the previous one, with
 /// tied embeddings the previous token again (see `synth::Scales`).
+///
+/// The ids are llama.cpp `0c1e570`'s on the same files: `llama-server -m FILE`, then POST
+/// `/completion` with `{"prompt": "the quick brown fox", "n_predict": 16, "temperature": 0,
+/// "samplers": ["top_k"], "top_k": 1, "return_tokens": true}`, its `tokens`. The files'
+/// sha256 is pinned too: a change to the generator changes every recorded golden.
 #[test]
-fn tiny_models_load_and_greedy_decode_deterministically_with_clear_margins() {
+fn tiny_models_decode_llama_cpp_s_greedy_tokens_with_clear_margins() {
     let dir = tempfile::tempdir().unwrap();
     let mut tied = tiny(Mix::Q8_0, 3);
     tied.shape.tied = true;
-    for (spec, name) in [
-        (tiny(Mix::Q4KM, 3), "untied-q4km.gguf"),
-        (tied, "tied-q8.gguf"),
-    ] {
+    let cases = [
+        (
+            tiny(Mix::Q4KM, 3),
+            "untied-q4km.gguf",
+            vec![
+                27, 716, 1009, 873, 712, 951, 954, 290, 296, 780, 28, 686, 424, 159, 806, 149,
+            ],
+            Some("9fc204f23243ce221b6c1f8c33313c5b02fcfc94ba18af442a1dcf8fa0eddc1e"),
+        ),
+        (tied, "tied-q8.gguf", vec![669; 16], None),
+    ];
+    for (spec, name, want, sha) in cases {
         let (plan, path) = write(spec, dir.path(), name, 2);
+        if let Some(sha) = sha {
+            use sha2::Digest;
+            let got = hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()));
+            assert_eq!(got, sha, "{name}: the generator's bytes changed");
+        }
         let e = engine();
         let prompt = || Prompt::Raw("the quick brown fox".into());
         let (ids, gaps) = greedy(&e, &path, prompt(), 16);
-        assert_eq!(ids.len(), 16, "{name}");
+        assert_eq!(ids, want, "{name}");
         let (again, _) = greedy(&engine(), &path, prompt(), 16);
         assert_eq!(ids, again, "{name}: not deterministic");
         let min_gap = gaps.iter().copied().fold(f32::INFINITY, f32::min);
