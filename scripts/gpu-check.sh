@@ -12,13 +12,12 @@
 #     layers' numbers do not; the largest difference in the runner-up's log-probability shows
 #     those (hundredths are rounding, more than 0.5 is flagged);
 #   - `influence bench --json` on both devices: one table of prompt and decode tok/s, load time,
-#     peak RSS, peak GPU memory (nvidia-smi) and decode as a fraction of the bandwidth limit.
+#     peak RSS, GPU memory (as bench reports it, and nvidia-smi's peak for the process) and
+#     decode as a fraction of the bandwidth limit (decode tok/s × file size ÷ bandwidth).
 #
-# Assemble the folder on the build machine (portable CPU code: the GPU host's CPU may differ):
-#   scripts/build-cuda.sh                                    # the CUDA `influence`, stripped
-#   RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release --example gen_gguf
-#   mkdir -p gpu-check && cp <cuda influence> target/release/examples/gen_gguf \
-#     scripts/gpu-check.sh gpu-check/ && strip gpu-check/gen_gguf
+# Assemble the folder on the build machine (build-cuda.sh builds both binaries for x86-64-v3,
+# not this machine's CPU, and strips them):
+#   scripts/build-cuda.sh --out gpu-check && cp scripts/gpu-check.sh gpu-check/
 # Run it there:
 #   OUT=/some/dir gpu-check/gpu-check.sh
 #
@@ -115,7 +114,7 @@ run_influence() { # out-file limit-seconds args...
   local out="$1" limit="$2"
   shift 2
   echo "+ influence $*" >> "$LOG"
-  timeout "$limit" "$INFLUENCE" "$@" > "$out" 2>> "$LOG" &
+  timeout "$limit" "$INFLUENCE" "$@" > "$out" 2> "$out.err" &
   local pid=$!
   local sampler=""
   if [ "$HAS_SMI" = 1 ]; then
@@ -125,7 +124,12 @@ run_influence() { # out-file limit-seconds args...
   local rc=0
   wait "$pid" || rc=$?
   if [ -n "$sampler" ]; then wait "$sampler" || true; fi
-  if [ "$rc" = 124 ]; then echo "  (timed out after ${limit}s)" | tee -a "$LOG" >&2; fi
+  cat "$out.err" >> "$LOG"
+  if [ "$rc" = 124 ]; then
+    echo "  (timed out after ${limit}s)" | tee -a "$LOG" >&2
+  elif [ "$rc" != 0 ]; then
+    tail -n 3 "$out.err" | sed 's/^/    /' >&2
+  fi
   return "$rc"
 }
 
@@ -183,8 +187,8 @@ json_str() { # key file
 FAILED=0
 TABLE="$OUT/table.md"
 {
-  echo "| model | file GB | device | greedy vs cpu | load s | prompt tok/s | decode tok/s | decode / bandwidth limit | peak RSS MiB | peak GPU MiB |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| model | file GB | device | greedy vs cpu | load s | prompt tok/s | decode tok/s | decode / bandwidth limit | peak RSS MiB | GPU MiB (bench) | peak GPU MiB (nvidia-smi) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
 } > "$TABLE"
 
 for m in $MODELS; do
@@ -245,6 +249,8 @@ for m in $MODELS; do
     pp="$(json_num prompt_tok_s "$bj")"; tg="$(json_num gen_tok_s "$bj")"
     load="$(json_num load_ms "$bj")"; rss="$(json_num peak_rss_mib "$bj")"
     shown_dev="$(json_str device "$bj")"; shown_dev="${shown_dev:-$dev}"
+    bench_mem="$(json_num gpu_mem_mib "$bj")"
+    if [ -n "$bench_mem" ]; then bench_mem="$(awk -v m="$bench_mem" 'BEGIN { printf "%.0f", m }')"; else bench_mem="-"; fi
     gpu_mem="-"
     if [ "$dev" != cpu ] && [ -s "$bj.gpumem" ]; then gpu_mem="$(cat "$bj.gpumem")"; fi
     frac="-"
@@ -253,8 +259,8 @@ for m in $MODELS; do
     fi
     agree="${verdict[$dev]:-(reference)}"
     awk -v m="$name" -v g="$size_gb" -v d="$shown_dev" -v a="$agree" -v l="$load" -v pp="$pp" -v tg="$tg" \
-        -v f="$frac" -v r="$rss" -v gm="$gpu_mem" \
-        'BEGIN { printf "| %s | %s | %s | %s | %.1f | %.1f | %.1f | %s | %.0f | %s |\n", m, g, d, a, l / 1000, pp, tg, f, r, gm }' >> "$TABLE"
+        -v f="$frac" -v r="$rss" -v bm="$bench_mem" -v gm="$gpu_mem" \
+        'BEGIN { printf "| %s | %s | %s | %s | %.1f | %.1f | %.1f | %s | %.0f | %s | %s |\n", m, g, d, a, l / 1000, pp, tg, f, r, bm, gm }' >> "$TABLE"
   done
   unset verdict
   rm -f "$file"

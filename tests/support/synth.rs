@@ -898,6 +898,13 @@ pub struct TokStyle {
 }
 
 /// A model family: everything the generator needs to write its files.
+///
+/// Adding one is data: its tensors (qwen2 adds `attn_{q,k,v}.bias` as [`Role::Bias`], qwen3
+/// `attn_{q,k}_norm` of [`Dim::Head`] as [`Role::Norm`]), the shape keys its loader reads, its
+/// vocabulary style and presets, then an entry in [`FAMILIES`]. A family whose forward pass
+/// rescales the residual stream (Gemma multiplies embeddings by sqrt(hidden), soft-caps
+/// logits) needs [`Scales`] to account for it, or its greedy margins shrink; a mixture of
+/// experts adds 3-D expert tensors (a third [`Dim`]) with the router as a projection.
 #[derive(Debug, Clone, Copy)]
 pub struct Family {
     /// `general.architecture`, the prefix of the shape keys.
