@@ -296,6 +296,96 @@ fn tiny_models_decode_llama_cpp_s_greedy_tokens_with_clear_margins() {
     }
 }
 
+/// Greedy ids, and per step the runner-up's id and the top-2 log-probability gap.
+fn greedy_top2(e: &EngineHandle, model: &Path, n: usize) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+    let mut params = GenParams::greedy(n);
+    params.logprobs = Some(2);
+    let mut gen = e.generate(GenRequest {
+        model: model.to_path_buf(),
+        prompt: Prompt::Raw("the quick brown fox".into()),
+        params,
+    });
+    let (mut ids, mut second, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(ev) = gen.events.blocking_recv() {
+        match ev {
+            GenEvent::Token { id, logprob, .. } => {
+                let lp = logprob.expect("logprobs were asked for");
+                ids.push(id);
+                second.push(lp.top[1].id);
+                gaps.push(lp.top[0].logprob - lp.top[1].logprob);
+            }
+            GenEvent::Done(_) => return (ids, second, gaps),
+            GenEvent::Failed(e) => panic!("{}: {e}", model.display()),
+            GenEvent::Started { .. } => {}
+        }
+    }
+    panic!("the engine stopped");
+}
+
+/// Each newer family, generated tiny (`gen_gguf --family F --preset tiny --quant q4_k_m
+/// --seed 7`), decodes llama.cpp `0c1e570`'s greedy tokens, and at every step the same
+/// runner-up with the same top-2 log-probability gap within 0.25 nats. The winner follows the
+/// generator's token map whatever the layers do, but the runner-up and the gap come out of
+/// every layer: a wrong scale, norm, soft-cap, window, RoPE skip or expert weight moves them.
+///
+/// Recorded with `llama-server -m F.gguf -t 2 -c 512`, then POST `/completion` with
+/// `{"prompt": "the quick brown fox", "n_predict": 16, "temperature": 0, "samplers": ["top_k"],
+/// "top_k": 1, "repeat_penalty": 1.0, "return_tokens": true, "n_probs": 2}`: `tokens`, and
+/// from `completion_probabilities` each step's second `top_logprobs` id and the first two's
+/// log-probability difference (the server reports 15 steps where a token ends mid-character).
+#[test]
+fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
+    type Golden = (&'static str, &'static [u32], &'static [u32], &'static [f32]);
+    #[rustfmt::skip]
+    let cases: &[Golden] = &[
+        (
+            "granite",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[614, 44, 815, 146, 226, 6, 122, 819, 853, 651, 275, 537, 361, 659, 517],
+            &[12.651, 12.036, 12.129, 10.636, 10.816, 11.396, 11.609, 10.796, 12.148, 10.128, 11.908, 10.839, 12.896, 12.154, 14.497],
+        ),
+        (
+            "smollm3",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[80, 889, 878, 921, 596, 918, 583, 342, 411, 651, 275, 634, 409, 812, 434],
+            &[10.154, 6.521, 9.614, 4.491, 7.18, 5.544, 7.03, 5.041, 8.583, 8.716, 9.141, 5.421, 8.161, 7.745, 10.947],
+        ),
+        (
+            "gemma2",
+            &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
+            &[848, 848, 848, 848, 848, 848, 848, 848, 848, 848, 848, 848, 848, 848, 848, 848],
+            &[5.436, 5.345, 5.334, 5.336, 5.314, 5.277, 5.267, 5.272, 5.27, 5.271, 5.272, 5.287, 5.27, 5.266, 5.263, 5.265],
+        ),
+        (
+            "olmo2",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[381, 904, 317, 278, 1013, 413, 122, 216, 783, 752, 658, 537, 220, 107, 634],
+            &[4.079, 4.926, 4.639, 3.957, 2.887, 6.768, 3.764, 3.538, 6.071, 2.87, 4.91, 4.786, 5.843, 4.915, 4.76],
+        ),
+        (
+            "qwen3moe",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[70, 75, 922, 116, 337, 634, 952, 266, 266, 437, 386, 537, 354, 659, 634],
+            &[9.701, 9.806, 11.88, 7.932, 9.572, 9.25, 10.767, 10.455, 9.771, 7.239, 9.853, 9.79, 11.629, 10.421, 12.16],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine();
+    for &(fam, ids, runner_ups, gaps) in cases {
+        let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q4KM, 7).unwrap();
+        let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
+        let (got, second, got_gaps) = greedy_top2(&e, &path, 16);
+        assert_eq!(got, ids, "{fam}: greedy tokens");
+        assert_eq!(&second[..runner_ups.len()], runner_ups, "{fam}: runner-ups");
+        for (step, (g, want)) in got_gaps.iter().zip(gaps).enumerate() {
+            assert!(
+                (g - want).abs() < 0.25,
+                "{fam} step {step}: top-2 gap {g} where llama.cpp has {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn synthetic_vocabulary_round_trips_text_and_knows_its_control_tokens() {
     let dir = tempfile::tempdir().unwrap();

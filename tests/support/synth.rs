@@ -820,6 +820,10 @@ pub enum Dim {
     Head,
     Ffn,
     Vocab,
+    /// Experts of a mixture-of-experts layer.
+    Experts,
+    /// Each expert's FFN inner size.
+    FfnExp,
 }
 
 /// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
@@ -853,6 +857,8 @@ pub enum Role {
     Norm,
     /// A projection bias (qwen2).
     Bias,
+    /// A mixture-of-experts router (`ffn_gate_inp`), kept in F32 as llama-quantize does.
+    Router,
     Proj(Cat),
 }
 
@@ -882,6 +888,17 @@ pub enum Field {
     Vocab,
     RmsEps,
     RopeBase,
+    Experts,
+    ExpertsUsed,
+    FfnExp,
+}
+
+/// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
+/// soft-caps).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Const {
+    F32(f32),
+    U32(u32),
 }
 
 /// A family's vocabulary conventions for the synthetic tokenizer.
@@ -916,6 +933,8 @@ pub struct Family {
     /// `{arch}.{key}` → shape field. `attention.key_length`/`value_length` are added for every
     /// family when the head dimension is not hidden / heads.
     pub meta: &'static [(&'static str, Field)],
+    /// `{arch}.{key}` → a fixed value.
+    pub consts: &'static [(&'static str, Const)],
     pub tok: TokStyle,
     pub presets: &'static [(&'static str, Shape)],
 }
@@ -935,6 +954,11 @@ pub struct Shape {
     pub rms_eps: f32,
     /// Output projection shares `token_embd` (no `output.weight`).
     pub tied: bool,
+    /// Mixture of experts: experts per layer (0: a dense FFN), experts per token, and each
+    /// expert's inner size.
+    pub experts: usize,
+    pub experts_used: usize,
+    pub ffn_exp: usize,
 }
 
 impl Shape {
@@ -946,6 +970,8 @@ impl Shape {
             Dim::Head => self.head_dim,
             Dim::Ffn => self.ffn,
             Dim::Vocab => self.vocab,
+            Dim::Experts => self.experts,
+            Dim::FfnExp => self.ffn_exp,
         }
     }
 
@@ -961,6 +987,9 @@ impl Shape {
             Field::Vocab => Meta::U32(self.vocab as u32),
             Field::RmsEps => Meta::F32(self.rms_eps),
             Field::RopeBase => Meta::F32(self.rope_base),
+            Field::Experts => Meta::U32(self.experts as u32),
+            Field::ExpertsUsed => Meta::U32(self.experts_used as u32),
+            Field::FfnExp => Meta::U32(self.ffn_exp as u32),
         }
     }
 
@@ -998,6 +1027,12 @@ impl Shape {
             || self.ffn > u32::MAX as usize
         {
             return Err("dimensions must fit in 32 bits".into());
+        }
+        if self.experts_used > self.experts {
+            return Err(format!(
+                "--experts-used {} is more than --experts {}",
+                self.experts_used, self.experts
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
             return Err(format!("--rope-base {} must be positive", self.rope_base));
@@ -1103,6 +1138,9 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             rope_base: 500_000.0,
             rms_eps: 1e-5,
             tied: false,
+            experts: 0,
+            experts_used: 0,
+            ffn_exp: 0,
         },
     ),
     (
@@ -1119,6 +1157,9 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             rope_base: 500_000.0,
             rms_eps: 1e-5,
             tied: true,
+            experts: 0,
+            experts_used: 0,
+            ffn_exp: 0,
         },
     ),
     (
@@ -1135,6 +1176,9 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             rope_base: 500_000.0,
             rms_eps: 1e-5,
             tied: false,
+            experts: 0,
+            experts_used: 0,
+            ffn_exp: 0,
         },
     ),
 ];
@@ -1145,11 +1189,281 @@ pub const LLAMA: Family = Family {
     layer: LLAMA_LAYER,
     tail: LLAMA_TAIL,
     meta: LLAMA_META,
+    consts: &[],
     tok: LLAMA3_TOK,
     presets: LLAMA_PRESETS,
 };
 
-pub const FAMILIES: &[&Family] = &[&LLAMA];
+/// The tiny shape every family below is checked at, with `tied` and experts as given.
+const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
+    Shape {
+        hidden: 256,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        ffn: 512,
+        vocab: 1024,
+        context: 2048,
+        rope_base: 10_000.0,
+        rms_eps: 1e-5,
+        tied,
+        experts,
+        experts_used,
+        ffn_exp: 256,
+    }
+}
+
+const NORM_Q: TensorTemplate = t("blk.{i}.attn_q_norm.weight", &[Head], Role::Norm);
+const NORM_K: TensorTemplate = t("blk.{i}.attn_k_norm.weight", &[Head], Role::Norm);
+
+/// Granite: llama's tensors with multipliers on the embeddings, residual branches, attention
+/// scores and logits (values near 1, so the logits keep their margin while each one shows).
+pub const GRANITE: Family = Family {
+    arch: "granite",
+    head: LLAMA_HEAD,
+    layer: LLAMA_LAYER,
+    tail: LLAMA_TAIL,
+    meta: LLAMA_META,
+    consts: &[
+        ("embedding_scale", Const::F32(2.0)),
+        ("residual_scale", Const::F32(0.7)),
+        ("attention.scale", Const::F32(0.1)),
+        ("logit_scale", Const::F32(1.25)),
+    ],
+    tok: LLAMA3_TOK,
+    presets: &[("tiny", tiny_shape(false, 0, 0))],
+};
+
+/// SmolLM3: llama's tensors; every fourth layer has no RoPE (four layers, so one shows).
+pub const SMOLLM3: Family = Family {
+    arch: "smollm3",
+    head: LLAMA_HEAD,
+    layer: LLAMA_LAYER,
+    tail: LLAMA_TAIL,
+    meta: LLAMA_META,
+    consts: &[],
+    tok: LLAMA3_TOK,
+    presets: &[(
+        "tiny",
+        Shape {
+            layers: 4,
+            ..tiny_shape(false, 0, 0)
+        },
+    )],
+};
+
+const GEMMA2_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    t(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.post_attention_norm.weight", &[Hidden], Role::Norm),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+    t("blk.{i}.post_ffw_norm.weight", &[Hidden], Role::Norm),
+];
+
+/// Gemma 2: post-norms, GELU, tied embeddings scaled by sqrt(hidden), local layers with an
+/// 8-position window (every other one) and soft-capped attention scores and logits (caps small
+/// enough to change the numbers).
+pub const GEMMA2: Family = Family {
+    arch: "gemma2",
+    head: LLAMA_HEAD,
+    layer: GEMMA2_LAYER,
+    tail: &[t("output_norm.weight", &[Hidden], Role::OutputNorm)],
+    meta: LLAMA_META,
+    consts: &[
+        ("attn_logit_softcapping", Const::F32(2.0)),
+        ("final_logit_softcapping", Const::F32(10.0)),
+        ("attention.sliding_window", Const::U32(8)),
+    ],
+    tok: LLAMA3_TOK,
+    presets: &[("tiny", tiny_shape(true, 0, 0))],
+};
+
+const OLMO2_LAYER: &[TensorTemplate] = &[
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    t(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    t("blk.{i}.attn_q_norm.weight", &[QueryWidth], Role::Norm),
+    t("blk.{i}.attn_k_norm.weight", &[KvWidth], Role::Norm),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.post_attention_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+    t("blk.{i}.post_ffw_norm.weight", &[Hidden], Role::Norm),
+];
+
+/// OLMo 2: no pre-norms, norms on each branch's output, and q/k norms over all heads at once.
+pub const OLMO2: Family = Family {
+    arch: "olmo2",
+    head: LLAMA_HEAD,
+    layer: OLMO2_LAYER,
+    tail: LLAMA_TAIL,
+    meta: LLAMA_META,
+    consts: &[],
+    tok: LLAMA3_TOK,
+    presets: &[("tiny", tiny_shape(false, 0, 0))],
+};
+
+const QWEN3MOE_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    t(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    NORM_Q,
+    NORM_K,
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+    ),
+    t(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+    ),
+];
+
+/// Qwen3 MoE: qwen3's per-head q/k norms and a softmax top-k router over stacked experts.
+/// `30b-a3b-narrow` keeps Qwen3-30B-A3B's 48 layers, 128 experts with 8 active, at a width
+/// this machine holds.
+pub const QWEN3MOE: Family = Family {
+    arch: "qwen3moe",
+    head: LLAMA_HEAD,
+    layer: QWEN3MOE_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::Ffn),
+        ("rope.dimension_count", Field::HeadDim),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeads),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+        ("expert_count", Field::Experts),
+        ("expert_used_count", Field::ExpertsUsed),
+        ("expert_feed_forward_length", Field::FfnExp),
+    ],
+    consts: &[],
+    tok: LLAMA3_TOK,
+    presets: &[
+        ("tiny", tiny_shape(false, 8, 2)),
+        (
+            "30b-a3b-narrow",
+            Shape {
+                hidden: 1024,
+                layers: 48,
+                heads: 16,
+                kv_heads: 4,
+                head_dim: 64,
+                ffn: 3072,
+                vocab: 32_768,
+                context: 4096,
+                rope_base: 1_000_000.0,
+                rms_eps: 1e-6,
+                tied: false,
+                experts: 128,
+                experts_used: 8,
+                ffn_exp: 256,
+            },
+        ),
+    ],
+};
+
+pub const FAMILIES: &[&Family] = &[&LLAMA, &GRANITE, &SMOLLM3, &GEMMA2, &OLMO2, &QWEN3MOE];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
     FAMILIES
@@ -1674,7 +1988,7 @@ impl Plan {
             let name = tpl.name.replace("{i}", &layer.to_string());
             let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d)).collect();
             let ncols = dims[0];
-            let qtype = if dims.len() == 1 {
+            let qtype = if dims.len() == 1 || tpl.role == Role::Router {
                 QType::F32
             } else {
                 spec.mix
@@ -1686,7 +2000,7 @@ impl Plan {
                     let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
-                Role::Proj(_) => 1.0 / (ncols as f32).sqrt(),
+                Role::Proj(_) | Role::Router => 1.0 / (ncols as f32).sqrt(),
                 Role::Norm | Role::OutputNorm | Role::Bias => 0.0,
             };
             let stream = name_hash(&name);
@@ -1753,6 +2067,13 @@ impl Plan {
         ];
         for (key, field) in fam.meta {
             metadata.push((format!("{}.{key}", fam.arch), shape.field(*field)));
+        }
+        for (key, value) in fam.consts {
+            let v = match *value {
+                Const::F32(x) => Meta::F32(x),
+                Const::U32(x) => Meta::U32(x),
+            };
+            metadata.push((format!("{}.{key}", fam.arch), v));
         }
         if shape.heads * shape.head_dim != shape.hidden {
             for key in ["attention.key_length", "attention.value_length"] {
@@ -1823,7 +2144,9 @@ impl Plan {
                     scratch.extend((0..t.row_len()).map(|_| centre + spread * rng.sym()));
                     quantize_row(t.qtype, scratch, row_out);
                 }
-                Role::TokenEmbd | Role::Proj(_) => random_row(t.qtype, &mut rng, t.sigma, row_out),
+                Role::TokenEmbd | Role::Proj(_) | Role::Router => {
+                    random_row(t.qtype, &mut rng, t.sigma, row_out)
+                }
                 Role::Output => self.output_row(t, row, &mut rng, row_out, scratch),
             }
         }
