@@ -1096,7 +1096,7 @@ impl Decoder {
             .then(|| causal_mask(t, pos, None, dev))
             .transpose()?;
         let local_mask = match self.cfg.sliding_window {
-            Some(w) if t > 1 || kv > w + 1 => Some(causal_mask(t, pos, Some(w), dev)?),
+            Some(w) if t > 1 || kv > w => Some(causal_mask(t, pos, Some(w), dev)?),
             _ => None,
         };
         let local = match &self.local_rope {
@@ -1401,7 +1401,9 @@ fn causal_mask(
         .flat_map(|i| {
             let q = pos + i;
             (0..kv).map(move |j| {
-                let too_old = window.is_some_and(|w| j + w < q);
+                // A window of `w` positions includes the query's own (llama.cpp masks
+                // `q - j >= w`, as transformers' sliding-window mask does).
+                let too_old = window.is_some_and(|w| j + w <= q);
                 if j > q || too_old {
                     f32::NEG_INFINITY
                 } else {
@@ -1594,14 +1596,14 @@ mod tests {
 
     #[test]
     fn sliding_window_mask() {
-        // 3 new queries at positions 2..5, window 2: query 4 sees keys 2..=4 only.
+        // 3 new queries at positions 2..5, window 2: query 4 sees keys 3..=4 only.
         let m: Vec<Vec<f32>> = causal_mask(3, 2, Some(2), &Device::Cpu)
             .unwrap()
             .to_vec2()
             .unwrap();
         let seen = |row: &Vec<f32>| row.iter().map(|v| v.is_finite()).collect::<Vec<_>>();
-        assert_eq!(seen(&m[0]), [true, true, true, false, false]);
-        assert_eq!(seen(&m[2]), [false, false, true, true, true]);
+        assert_eq!(seen(&m[0]), [false, true, true, false, false]);
+        assert_eq!(seen(&m[2]), [false, false, false, true, true]);
         let full: Vec<Vec<f32>> = causal_mask(2, 1, None, &Device::Cpu)
             .unwrap()
             .to_vec2()

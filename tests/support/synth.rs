@@ -935,6 +935,8 @@ pub struct Family {
     pub meta: &'static [(&'static str, Field)],
     /// `{arch}.{key}` → a fixed value.
     pub consts: &'static [(&'static str, Const)],
+    /// The decoder multiplies token embeddings by sqrt(hidden) (Gemma).
+    pub embeddings_scaled: bool,
     pub tok: TokStyle,
     pub presets: &'static [(&'static str, Shape)],
 }
@@ -1190,6 +1192,7 @@ pub const LLAMA: Family = Family {
     tail: LLAMA_TAIL,
     meta: LLAMA_META,
     consts: &[],
+    embeddings_scaled: false,
     tok: LLAMA3_TOK,
     presets: LLAMA_PRESETS,
 };
@@ -1231,6 +1234,7 @@ pub const GRANITE: Family = Family {
         ("attention.scale", Const::F32(0.1)),
         ("logit_scale", Const::F32(1.25)),
     ],
+    embeddings_scaled: false,
     tok: LLAMA3_TOK,
     presets: &[("tiny", tiny_shape(false, 0, 0))],
 };
@@ -1243,6 +1247,7 @@ pub const SMOLLM3: Family = Family {
     tail: LLAMA_TAIL,
     meta: LLAMA_META,
     consts: &[],
+    embeddings_scaled: false,
     tok: LLAMA3_TOK,
     presets: &[(
         "tiny",
@@ -1305,10 +1310,11 @@ pub const GEMMA2: Family = Family {
     tail: &[t("output_norm.weight", &[Hidden], Role::OutputNorm)],
     meta: LLAMA_META,
     consts: &[
-        ("attn_logit_softcapping", Const::F32(2.0)),
+        ("attn_logit_softcapping", Const::F32(0.3)),
         ("final_logit_softcapping", Const::F32(10.0)),
         ("attention.sliding_window", Const::U32(8)),
     ],
+    embeddings_scaled: true,
     tok: LLAMA3_TOK,
     presets: &[("tiny", tiny_shape(true, 0, 0))],
 };
@@ -1363,6 +1369,7 @@ pub const OLMO2: Family = Family {
     tail: LLAMA_TAIL,
     meta: LLAMA_META,
     consts: &[],
+    embeddings_scaled: false,
     tok: LLAMA3_TOK,
     presets: &[("tiny", tiny_shape(false, 0, 0))],
 };
@@ -1438,6 +1445,7 @@ pub const QWEN3MOE: Family = Family {
         ("expert_feed_forward_length", Field::FfnExp),
     ],
     consts: &[],
+    embeddings_scaled: false,
     tok: LLAMA3_TOK,
     presets: &[
         ("tiny", tiny_shape(false, 8, 2)),
@@ -1978,7 +1986,18 @@ impl Plan {
         spec.shape.validate()?;
         let shape = spec.shape;
         let fam = spec.family;
-        let scales = Scales::for_shape(&shape, spec.margin);
+        let mut scales = Scales::for_shape(&shape, spec.margin);
+        // Gemma multiplies embeddings by sqrt(hidden) on the way in: the table is written that
+        // much smaller so the residual stream has the RMS the margin assumes (else the
+        // embedding drowns every layer out), and a tied LM head's norm makes up for it.
+        let embd_std = if fam.embeddings_scaled {
+            EMBD_STD / (shape.hidden as f32).sqrt()
+        } else {
+            EMBD_STD
+        };
+        if fam.embeddings_scaled && shape.tied {
+            scales.output_norm *= (shape.hidden as f32).sqrt();
+        }
 
         let mut tensors = Vec::new();
         let mut add = |tpl: &TensorTemplate, layer: usize| {
@@ -1995,7 +2014,8 @@ impl Plan {
                     .matrix_type(tpl.role, layer, shape.layers, ncols, shape.tied)
             };
             let sigma = match tpl.role {
-                Role::TokenEmbd | Role::Output => EMBD_STD,
+                Role::TokenEmbd => embd_std,
+                Role::Output => EMBD_STD,
                 Role::Proj(c) if c.writes_residual() => {
                     let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
                     scales.branch / (inner * (ncols as f32).sqrt())
