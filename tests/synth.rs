@@ -514,3 +514,52 @@ fn run_json_lists_token_ids_with_top_logprobs() {
     );
     assert_eq!(ids, want);
 }
+
+/// The library reads a mixture-of-experts file's expert counts and the parameters one token
+/// reads, and `show` states both; the memory estimate counts every expert.
+#[test]
+fn the_library_counts_a_moe_model_s_total_and_active_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("qwen3moe").unwrap(), "tiny", Mix::Q8_0, 1).unwrap();
+    let (plan, path) = write(spec, dir.path(), "moe.gguf", 2);
+    let elems = |t: &synth::PlannedTensor| t.dims.iter().product::<usize>() as u64;
+    let total: u64 = plan.tensors.iter().map(elems).sum();
+    let experts: u64 = plan
+        .tensors
+        .iter()
+        .filter(|t| t.name.contains("_exps."))
+        .map(elems)
+        .sum();
+    assert!(experts > total / 2, "most weights are experts");
+    let active = total - experts + experts * 2 / 8;
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+        c.env_clear()
+            .env("INFLUENCE_HOME", dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        c
+    };
+    cli().arg("import").arg(&path).assert().success();
+    let out = cli().args(["show", "moe", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["parameters"], total);
+    assert_eq!(v["info"]["experts"], 8);
+    assert_eq!(v["info"]["experts_used"], 2);
+    assert_eq!(v["info"]["active_parameters"], active);
+    let weights = v["info"]["weight_bytes"].as_u64().unwrap();
+    let file = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        weights > file / 2,
+        "every expert counts: {weights} of a {file}-byte file"
+    );
+    let text = cli().args(["show", "moe"]).output().unwrap().stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("Experts:       8, 2 per token, "), "{text}");
+}

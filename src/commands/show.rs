@@ -106,6 +106,12 @@ pub fn render_details(m: &Model) -> String {
             format!("{} ({})", human::params(p), thousands(p))
         }),
     );
+    if let (Some(n), Some(used)) = (m.info.experts, m.info.experts_used) {
+        let active = m.info.active_parameters.map_or_else(String::new, |a| {
+            format!(", {} active per token", human::params(a))
+        });
+        kv("Experts", format!("{n}, {used} per token{active}"));
+    }
     kv("Quant", m.info.quant.clone().unwrap_or_else(unknown));
     if !m.info.tensor_types.is_empty() {
         let types: Vec<String> = m

@@ -8,7 +8,10 @@
 //! What it runs:
 //! - GGUF decoders written here on candle-core/candle-nn (`decoder.rs`): llama (also mistral and
 //!   SmolLM2, tied embeddings), qwen2 (q/k/v biases), qwen3 (q/k norms), phi3 (fused qkv and
-//!   gate/up), gemma3 (sliding-window local layers, extra norms). `token_embd` stays quantized.
+//!   gate/up), gemma3 (sliding-window local layers, extra norms), gemma2 (soft-capped scores and
+//!   logits), granite (embedding, residual, attention and logit multipliers), olmo2 (post-norms,
+//!   full-width q/k norms), smollm3 (layers without RoPE), and mixture-of-experts qwen3moe,
+//!   granitemoe and Mixtral-style llama files. `token_embd` stays quantized.
 //! - Hugging Face safetensors folders of the same families except gemma3 (f32/f16/bf16, run in
 //!   f32), and BERT embedding folders (mean pooling + L2 normalisation). Folders with only
 //!   PyTorch `pytorch_model.bin` weights load too, through `crate::pytorch`'s pickle allow-list

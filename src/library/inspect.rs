@@ -68,6 +68,7 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
     };
     // `None` once a tensor's shape is impossible or the total overflows: shown as "?".
     let mut params = Some(0u64);
+    let mut expert_params = 0u64;
     let mut weight_bytes = 0u64;
     let mut elems_by_type: BTreeMap<GgmlType, u64> = BTreeMap::new();
     let mut first: Option<GgufHeader> = None;
@@ -94,6 +95,9 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         }
         for t in &header.tensors {
             let n = t.elements();
+            if t.name.contains("_exps.") {
+                expert_params = expert_params.saturating_add(n);
+            }
             match (params, impossible_gguf_shape(t)) {
                 (Some(p), None) => params = p.checked_add(n),
                 (_, Some(why)) => {
@@ -141,6 +145,16 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
     }
     let info = &mut ins.info;
     info.parameters = params;
+    // Mixture of experts: each token reads the shared weights and `used` of `count` experts.
+    info.experts = h.arch_u64("expert_count").filter(|&n| n > 0);
+    info.experts_used = h.arch_u64("expert_used_count");
+    info.active_parameters = match (params, info.experts, info.experts_used) {
+        (Some(p), Some(count), Some(used)) if expert_params > 0 && used <= count => Some(
+            p - expert_params.min(p)
+                + (expert_params as u128 * used as u128 / count as u128) as u64,
+        ),
+        _ => None,
+    };
     info.weight_bytes = weight_bytes;
     info.architecture = h.architecture().map(str::to_string);
     info.display_name = h

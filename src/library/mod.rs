@@ -221,6 +221,12 @@ pub struct ModelInfo {
     /// `general.name` or the config's `_name_or_path`.
     pub display_name: Option<String>,
     pub parameters: Option<u64>,
+    /// Mixture of experts: experts per layer and experts each token uses.
+    pub experts: Option<u64>,
+    pub experts_used: Option<u64>,
+    /// Parameters one token reads (the shared weights and its experts); the memory estimate
+    /// still counts every expert.
+    pub active_parameters: Option<u64>,
     /// Number of tensors per storage type (`Q4_1`: 210, `F32`: 61, ...).
     pub tensor_types: BTreeMap<String, usize>,
     /// The quantization label (`Q4_K_M`, `Q4_1`, `F16`, ...).
