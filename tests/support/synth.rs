@@ -1471,7 +1471,92 @@ pub const QWEN3MOE: Family = Family {
     ],
 };
 
-pub const FAMILIES: &[&Family] = &[&LLAMA, &GRANITE, &SMOLLM3, &GEMMA2, &OLMO2, &QWEN3MOE];
+const GRANITEMOE_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    t(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+    ),
+    t(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+    ),
+];
+
+/// Granite MoE: Granite's multipliers over a mixture of experts (its loader reads the experts'
+/// width from `feed_forward_length`).
+pub const GRANITEMOE: Family = Family {
+    arch: "granitemoe",
+    head: LLAMA_HEAD,
+    layer: GRANITEMOE_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::FfnExp),
+        ("rope.dimension_count", Field::HeadDim),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeads),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+        ("expert_count", Field::Experts),
+        ("expert_used_count", Field::ExpertsUsed),
+    ],
+    consts: &[
+        ("embedding_scale", Const::F32(2.0)),
+        ("residual_scale", Const::F32(0.7)),
+        ("attention.scale", Const::F32(0.1)),
+        ("logit_scale", Const::F32(1.25)),
+    ],
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[("tiny", tiny_shape(false, 8, 2))],
+};
+
+pub const FAMILIES: &[&Family] = &[
+    &LLAMA,
+    &GRANITE,
+    &SMOLLM3,
+    &GEMMA2,
+    &OLMO2,
+    &QWEN3MOE,
+    &GRANITEMOE,
+];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
     FAMILIES
