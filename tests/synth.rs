@@ -219,28 +219,8 @@ fn engine() -> EngineHandle {
 
 /// Greedy ids and, per step, the gap between the two most likely tokens' log-probabilities.
 fn greedy(e: &EngineHandle, model: &Path, prompt: Prompt, n: usize) -> (Vec<u32>, Vec<f32>) {
-    let mut params = GenParams::greedy(n);
-    params.logprobs = Some(2);
-    let mut gen = e.generate(GenRequest {
-        model: model.to_path_buf(),
-        prompt,
-        params,
-    });
-    let (mut ids, mut gaps) = (Vec::new(), Vec::new());
-    while let Some(ev) = gen.events.blocking_recv() {
-        match ev {
-            GenEvent::Token { id, logprob, .. } => {
-                let lp = logprob.expect("logprobs were asked for");
-                assert_eq!(lp.top[0].id, id, "greedy takes the most likely token");
-                ids.push(id);
-                gaps.push(lp.top[0].logprob - lp.top[1].logprob);
-            }
-            GenEvent::Done(_) => return (ids, gaps),
-            GenEvent::Failed(e) => panic!("{e}"),
-            GenEvent::Started { .. } => {}
-        }
-    }
-    panic!("the engine stopped");
+    let (ids, _, gaps) = greedy_top2(e, model, prompt, n);
+    (ids, gaps)
 }
 
 /// The tiny models load, decode the same tokens twice, and each step's winner stands clear:
@@ -297,12 +277,17 @@ fn tiny_models_decode_llama_cpp_s_greedy_tokens_with_clear_margins() {
 }
 
 /// Greedy ids, and per step the runner-up's id and the top-2 log-probability gap.
-fn greedy_top2(e: &EngineHandle, model: &Path, n: usize) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+fn greedy_top2(
+    e: &EngineHandle,
+    model: &Path,
+    prompt: Prompt,
+    n: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
     let mut params = GenParams::greedy(n);
     params.logprobs = Some(2);
     let mut gen = e.generate(GenRequest {
         model: model.to_path_buf(),
-        prompt: Prompt::Raw("the quick brown fox".into()),
+        prompt,
         params,
     });
     let (mut ids, mut second, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
@@ -310,6 +295,7 @@ fn greedy_top2(e: &EngineHandle, model: &Path, n: usize) -> (Vec<u32>, Vec<u32>,
         match ev {
             GenEvent::Token { id, logprob, .. } => {
                 let lp = logprob.expect("logprobs were asked for");
+                assert_eq!(lp.top[0].id, id, "greedy takes the most likely token");
                 ids.push(id);
                 second.push(lp.top[1].id);
                 gaps.push(lp.top[0].logprob - lp.top[1].logprob);
@@ -383,7 +369,8 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
     for &(fam, ids, runner_ups, gaps) in cases {
         let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q4KM, 7).unwrap();
         let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
-        let (got, second, got_gaps) = greedy_top2(&e, &path, 16);
+        let prompt = Prompt::Raw("the quick brown fox".into());
+        let (got, second, got_gaps) = greedy_top2(&e, &path, prompt, 16);
         assert_eq!(got, ids, "{fam}: greedy tokens");
         // Where the second and third tokens are within float noise of each other the two
         // engines may name either; more than two such steps is not noise.
