@@ -500,6 +500,7 @@ impl Loader<'_> {
                     .map_err(corrupt);
             }
             GgmlDType::Q4K => KType::Q4K,
+            GgmlDType::Q5K => KType::Q5K,
             GgmlDType::Q6K => KType::Q6K,
             GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
                 if legacy::runs(k) =>
@@ -898,7 +899,8 @@ impl Decoder {
             return false;
         }
         // A lone chunk would take the dense GEMM, or candle's multi-row Q6_K kernel where a
-        // packed batch takes its single-row one.
+        // packed batch takes its single-row one. Only candle's matrices can: the own kernels
+        // (every K-quant included, wherever they run) give a row the same numbers in any batch.
         let dense = |w: &Linear| match w {
             Linear::Candle(QMatMul::QTensor(qt)) => {
                 splits_rows(qt.dtype())
@@ -1198,8 +1200,8 @@ fn dense_env() -> bool {
 }
 
 /// `x @ wᵀ` for several matrices sharing one input (q/k/v, gate/up): when all are Q8_0, all
-/// Q4_K/Q6_K, or all Q4_0/Q4_1/Q5_0/Q5_1, they run in one parallel region on one quantization
-/// of `x`.
+/// Q4_K/Q5_K/Q6_K, or all Q4_0/Q4_1/Q5_0/Q5_1, they run in one parallel region on one
+/// quantization of `x`.
 fn linear_many<const N: usize>(
     ws: [&Linear; N],
     x: &Tensor,
@@ -1332,7 +1334,9 @@ fn linear(w: &Linear, x: &Tensor, dense_ok: bool) -> candle_core::Result<Tensor>
 }
 
 /// Types whose candle kernel gives a row different numbers at one row than within several
-/// (candle 0.11 runs Q6_K on a compact GEMV for one row and on repacked tiles for more).
+/// (candle 0.11 runs Q6_K on a compact GEMV for one row and on repacked tiles for more). Only
+/// asked of matrices left on candle's kernels (`INFLUENCE_KERNEL=0`, `INFLUENCE_KQUANT=0`, or a
+/// CPU without AVX2): the own Q6_K kernel is row-independent, so its rows share one call.
 fn splits_rows(dtype: GgmlDType) -> bool {
     dtype == GgmlDType::Q6K
 }

@@ -1,22 +1,36 @@
-//! Q4_K and Q6_K matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
+//! Q4_K, Q5_K and Q6_K matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
 //!
-//! A Q4_K_M file is Q4_K and Q6_K matrices. candle 0.11 keeps each of them twice (its GGUF
-//! blocks and a repacked copy with f32 scales, larger than the file's): peak memory on a 1.5B
-//! model was twice the file. Here, as in `q8.rs`:
-//! - weights are repacked at load into tiles of 4 rows whose 256-value blocks are interleaved
-//!   (block 0 of rows 0..4, then block 1 …), so a matrix is one sequential stream, and the GGUF
+//! A Q4_K_M file is Q4_K and Q6_K matrices (Q5_K_M files add Q5_K). candle 0.11 keeps each of
+//! them twice (its GGUF blocks and a repacked copy with f32 scales, larger than the file's): peak
+//! memory on a 1.5B model was twice the file. Here, as in `q8.rs` and `legacy.rs`:
+//! - weights are repacked at load into tiles of 16 rows whose 256-value blocks are interleaved
+//!   (block 0 of rows 0..16, then block 1 …), so a matrix is one sequential stream, and the GGUF
 //!   copy is dropped: the repacked form is the same size as the file's;
-//! - activations are quantized per call to 8 bits in 256-value blocks with their sums per 16
-//!   values (ggml's Q8_K), so each block's dot product is exact in integers: 4- and 6-bit weights
-//!   times 8-bit activations in `vpmaddubsw`, the sub-block scales applied with `vpdpwssd` (AVX-512)
-//!   or `vpmaddwd` (AVX2), one float multiply per block. Q4_K's minimums and Q6_K's −32 offset
-//!   meet the activation sums instead of every value;
-//! - tiles of 4 weight rows × up to 4 activation rows let prompts read each weight once per 4
-//!   prompt rows, and several matrices sharing an input (q/k/v, gate/up) run in one parallel
-//!   region on one quantization of it, even when they mix the two types.
+//! - **one weight row per 32-bit lane.** Every section of a GGUF block (nibbles, fifth or high
+//!   bits, packed scales) is cut into 4-byte words, and word `g` of the tile's 16 rows is one
+//!   64-byte vector, row `r` in lane `r`. A 4-value group of activations broadcast to all lanes
+//!   then meets 16 rows at once: `vpdpbusd` with an embedded broadcast (AVX-512) or
+//!   `vpmaddubsw` (AVX2) leaves each row's sums in its own lane, so no horizontal sums are
+//!   needed, and scales, minimums and the float step apply to 16 rows per instruction. (The first
+//!   version kept one row's values across a vector and summed lanes per row and block: its prompt
+//!   path ran at 0.4-0.5x candle's and spilled its 4 × 4 register tile.) Because the layout is
+//!   GGUF's words moved, not re-encoded, repacking is a word scatter;
+//! - activations are quantized once per call to 8 bits in 256-value blocks with their sums per
+//!   16 and 32 values (ggml's Q8_K), so each block's dot product is exact in integers; Q4_K/Q5_K
+//!   minimums and Q6_K's −32 offset meet the activation sums instead of every value;
+//! - tiles of 16 weight rows × up to 4 activation rows read each weight once per 4 prompt rows,
+//!   and several matrices sharing an input (q/k/v, gate/up) run in one parallel region on one
+//!   quantization of it, even when they mix the three types.
+//!
+//! **Numerics.** Each block's dot product (and minimum term) is an exact integer in every
+//! variant, and every variant turns it into a float with one expression ([`block_sum`],
+//! [`block_sum6`]) added in block order, so the AVX-512, AVX2 and scalar kernels give
+//! bit-identical results and an activation row's result never depends on the other rows of the
+//! call (the batching engine relies on both). The expression is the one the earlier 4-row
+//! kernels used, so outputs did not change with the new layout.
 //!
 //! The variant comes from `simd::kernel`; without one (or off x86-64) the engine keeps candle's
-//! kernels.
+//! kernels. `INFLUENCE_KQUANT=0` also keeps candle's for these three types (for comparisons).
 
 use half::f16;
 
@@ -24,8 +38,8 @@ use super::simd::Kernel;
 
 /// Values per K-quant super-block.
 pub const QK: usize = 256;
-/// Weight rows per tile (the kernels are written for 4).
-const ROWS: usize = 4;
+/// Weight rows per tile: one per 32-bit lane of a 512-bit vector.
+const ROWS: usize = 16;
 /// Most activation rows per tile call.
 const ACTS: usize = 4;
 
@@ -33,7 +47,21 @@ const ACTS: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KType {
     Q4K,
+    Q5K,
     Q6K,
+}
+
+/// Where each section of a tile block starts (bytes). Every section holds 4-byte words, word `g`
+/// of row `r` at `64 g + 4 r`, except the f16 scales (`2 r`).
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Q6_K: high bit pairs; Q5_K: fifth bits.
+    qh: usize,
+    /// Packed scales (and minimums).
+    sc: usize,
+    d: usize,
+    /// Q4_K/Q5_K only.
+    dmin: usize,
 }
 
 impl KType {
@@ -41,39 +69,74 @@ impl KType {
     const fn block_bytes(self) -> usize {
         match self {
             KType::Q4K => 144,
+            KType::Q5K => 176,
             KType::Q6K => 210,
         }
     }
 
-    /// Bytes of one block of a 4-row tile.
+    /// Bytes of one block of a 16-row tile.
     const fn tile_block_bytes(self) -> usize {
         ROWS * self.block_bytes()
+    }
+
+    /// The sections of a tile block: nibbles (2048 bytes) first, then (Q5_K) 512 bytes of fifth
+    /// bits or (Q6_K) 1024 of high bit pairs, the scales (192 or 256), and the f16 scales.
+    const fn layout(self) -> Layout {
+        match self {
+            KType::Q4K => Layout {
+                qh: 0,
+                sc: 2048,
+                d: 2240,
+                dmin: 2272,
+            },
+            KType::Q5K => Layout {
+                qh: 2048,
+                sc: 2560,
+                d: 2752,
+                dmin: 2784,
+            },
+            KType::Q6K => Layout {
+                qh: 2048,
+                sc: 3072,
+                d: 3328,
+                dmin: 0,
+            },
+        }
+    }
+
+    /// The GGUF block's sections of 4-byte words as (start in the GGUF block, words, start in
+    /// the tile block), and where the f16 scales are in the GGUF block (d, dmin).
+    fn sections(self) -> (&'static [(usize, usize, usize)], usize, Option<usize>) {
+        match self {
+            // d, dmin, 12 bytes of scales, 128 of nibbles.
+            KType::Q4K => (&[(4, 3, 2048), (16, 32, 0)], 0, Some(2)),
+            // d, dmin, 12 bytes of scales, 32 of fifth bits, 128 of nibbles.
+            KType::Q5K => (&[(4, 3, 2560), (16, 8, 2048), (48, 32, 0)], 0, Some(2)),
+            // 128 bytes of low nibbles, 64 of high bit pairs, 16 of scales, d.
+            KType::Q6K => (&[(0, 32, 0), (128, 16, 2048), (192, 4, 3072)], 208, None),
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             KType::Q4K => "Q4_K",
+            KType::Q5K => "Q5_K",
             KType::Q6K => "Q6_K",
         }
     }
 }
 
-// Offsets inside one tile block. Q4_K: 4 × 128 bytes of nibbles, 4 × 12 bytes of packed 6-bit
-// scales and minimums, 4 f16 scales, 4 f16 minimum scales. Q6_K: 4 × 128 bytes of low nibbles,
-// 4 × 64 bytes of high bit pairs, 4 × 16 signed scales, 4 f16 scales.
-const Q4_SCALES: usize = 512;
-const Q4_D: usize = 560;
-const Q4_DMIN: usize = 568;
-const Q6_QH: usize = 512;
-const Q6_SCALES: usize = 768;
-const Q6_D: usize = 832;
-
-/// An `n × k` Q4_K or Q6_K weight matrix (rows are output features), repacked for the kernels.
+/// An `n × k` Q4_K, Q5_K or Q6_K weight matrix (rows are output features), repacked for the
+/// kernels: tiles of 16 rows, block by block, each block's GGUF words row-interleaved (module
+/// docs). The row count is padded to a multiple of 16 with zero rows.
 ///
-/// Q4_K nibbles are reordered so that in each 128-value half byte `i` holds value `i` (low
-/// nibble) and value `64 + i` (high nibble), the layout Q6_K's low bits already have: a 64-byte
-/// load then splits into two vectors of 64 consecutive values. Q6_K blocks are kept as they
-/// are. The row count is padded to a multiple of 4 with zero rows.
+/// What a word holds, by the GGUF formats:
+/// - Q4_K/Q5_K nibble word `g = 8 p + c` (p, c < 4, 8): byte `b` holds value `64 p + 4 c + b`
+///   in its low nibble (sub-block `2 p`) and `64 p + 32 + 4 c + b` in its high one (`2 p + 1`);
+///   Q5_K fifth-bit word `c`: bit `s` of byte `b` is the fifth bit of value `32 s + 4 c + b`;
+/// - Q6_K low-nibble word `g = 16 h + c` (h, c < 2, 16): byte `b` holds value `128 h + 4 c + b`
+///   low and `128 h + 64 + 4 c + b` high; high-bit word `8 h + c'` (c' < 8): bit pairs 0, 1, 2,
+///   3 of byte `b` belong to values `128 h + 4 c' + b` plus 0, 32, 64, 96.
 pub struct KMatrix {
     ty: KType,
     n: usize,
@@ -112,39 +175,21 @@ impl KMatrix {
         }
         let tiles = n.div_ceil(ROWS);
         let tb = ty.tile_block_bytes();
+        let lay = ty.layout();
+        let (sections, d_at, dmin_at) = ty.sections();
         let mut out = vec![0u8; tiles * nb * tb];
         for (r, row) in data.chunks_exact(nb * bb).enumerate() {
             let (t, rr) = (r / ROWS, r % ROWS);
             for (b, blk) in row.chunks_exact(bb).enumerate() {
                 let dst = &mut out[(t * nb + b) * tb..][..tb];
-                match ty {
-                    KType::Q4K => {
-                        dst[Q4_D + 2 * rr..][..2].copy_from_slice(&blk[0..2]);
-                        dst[Q4_DMIN + 2 * rr..][..2].copy_from_slice(&blk[2..4]);
-                        dst[Q4_SCALES + 12 * rr..][..12].copy_from_slice(&blk[4..16]);
-                        let qs = &blk[16..144];
-                        // GGUF: byte 32j + l holds value 64j + l (low) and 64j + 32 + l (high).
-                        let nib = |v: usize| {
-                            let (j, w) = (v / 64, v % 64);
-                            if w < 32 {
-                                qs[32 * j + w] & 0x0F
-                            } else {
-                                qs[32 * j + w - 32] >> 4
-                            }
-                        };
-                        let q = &mut dst[128 * rr..][..128];
-                        for g in 0..2 {
-                            for i in 0..64 {
-                                q[64 * g + i] = nib(128 * g + i) | (nib(128 * g + 64 + i) << 4);
-                            }
-                        }
+                for &(from, words, to) in sections {
+                    for g in 0..words {
+                        dst[to + 64 * g + 4 * rr..][..4].copy_from_slice(&blk[from + 4 * g..][..4]);
                     }
-                    KType::Q6K => {
-                        dst[128 * rr..][..128].copy_from_slice(&blk[0..128]);
-                        dst[Q6_QH + 64 * rr..][..64].copy_from_slice(&blk[128..192]);
-                        dst[Q6_SCALES + 16 * rr..][..16].copy_from_slice(&blk[192..208]);
-                        dst[Q6_D + 2 * rr..][..2].copy_from_slice(&blk[208..210]);
-                    }
+                }
+                dst[lay.d + 2 * rr..][..2].copy_from_slice(&blk[d_at..d_at + 2]);
+                if let Some(at) = dmin_at {
+                    dst[lay.dmin + 2 * rr..][..2].copy_from_slice(&blk[at..at + 2]);
                 }
             }
         }
@@ -170,24 +215,43 @@ impl KMatrix {
         &self.data[(t * (self.k / QK) + b) * tb..][..tb]
     }
 
+    /// Byte `i` (0..4) of word `g` of row `rr` in the section at `at` of a tile block.
+    fn word_byte(tb: &[u8], at: usize, g: usize, rr: usize, i: usize) -> u8 {
+        tb[at + 64 * g + 4 * rr + i]
+    }
+
     /// The quantized value `v` (0..256) of row `rr` in a tile block, and its integer
-    /// (scale, minimum) such that the weight is `d · scale · q − dmin · minimum` (Q4_K) or
+    /// (scale, minimum) such that the weight is `d · scale · q − dmin · minimum` (Q4_K, Q5_K) or
     /// `d · scale · (q − 32)` (Q6_K, minimum unused).
     fn value(ty: KType, tb: &[u8], rr: usize, v: usize) -> (i32, i32, i32) {
-        let (g, w) = (v / 128, v % 128);
+        let lay = ty.layout();
         match ty {
-            KType::Q4K => {
-                let byte = tb[128 * rr + 64 * g + w % 64];
-                let q = if w < 64 { byte & 0x0F } else { byte >> 4 };
-                let (sc, mn) = scale_min_k4(v / 32, &tb[Q4_SCALES + 12 * rr..][..12]);
+            KType::Q4K | KType::Q5K => {
+                let (p, x) = (v / 64, v % 64);
+                let l = x % 32;
+                let byte = Self::word_byte(tb, 0, 8 * p + l / 4, rr, l % 4);
+                let mut q = if x < 32 { byte & 0x0F } else { byte >> 4 };
+                if ty == KType::Q5K {
+                    let bits = Self::word_byte(tb, lay.qh, l / 4, rr, l % 4);
+                    q |= ((bits >> (v / 32)) & 1) << 4;
+                }
+                let mut packed = [0u8; 12];
+                for (i, s) in packed.iter_mut().enumerate() {
+                    *s = Self::word_byte(tb, lay.sc, i / 4, rr, i % 4);
+                }
+                let (sc, mn) = scale_min_k4(v / 32, &packed);
                 (q as i32, sc as i32, mn as i32)
             }
             KType::Q6K => {
-                let (l, quarter) = (w % 32, w / 32);
-                let byte = tb[128 * rr + 64 * g + l + 32 * (quarter % 2)];
-                let lo = if quarter < 2 { byte & 0x0F } else { byte >> 4 };
-                let hi = (tb[Q6_QH + 64 * rr + 32 * g + l] >> (2 * quarter)) & 3;
-                let sc = tb[Q6_SCALES + 16 * rr + v / 16] as i8;
+                let (h, y) = (v / 128, v % 128);
+                let (high, c, b) = (y >= 64, (y % 64) / 4, y % 4);
+                let byte = Self::word_byte(tb, 0, 16 * h + c, rr, b);
+                let lo = if high { byte >> 4 } else { byte & 0x0F };
+                let pair = (c / 8) + 2 * high as usize;
+                let bits = Self::word_byte(tb, lay.qh, 8 * h + c % 8, rr, b);
+                let hi = (bits >> (2 * pair)) & 3;
+                let j = v / 16;
+                let sc = Self::word_byte(tb, lay.sc, j / 4, rr, j % 4) as i8;
                 ((lo | (hi << 4)) as i32, sc as i32, 0)
             }
         }
@@ -195,14 +259,15 @@ impl KMatrix {
 
     /// The f32 scales (d, dmin) of row `rr` in a tile block.
     fn scales(ty: KType, tb: &[u8], rr: usize) -> (f32, f32) {
+        let lay = ty.layout();
         let f = |at: usize| f16::from_le_bytes([tb[at], tb[at + 1]]).to_f32();
         match ty {
-            KType::Q4K => (f(Q4_D + 2 * rr), f(Q4_DMIN + 2 * rr)),
-            KType::Q6K => (f(Q6_D + 2 * rr), 0.0),
+            KType::Q4K | KType::Q5K => (f(lay.d + 2 * rr), f(lay.dmin + 2 * rr)),
+            KType::Q6K => (f(lay.d + 2 * rr), 0.0),
         }
     }
 
-    /// Dequantized row `r` (token-embedding lookups).
+    /// Dequantized row `r` (token-embedding lookups), as ggml dequantizes.
     pub fn row(&self, r: usize) -> Vec<f32> {
         let (t, rr) = (r / ROWS, r % ROWS);
         let mut out = Vec::with_capacity(self.k);
@@ -212,7 +277,7 @@ impl KMatrix {
             for v in 0..QK {
                 let (q, sc, mn) = Self::value(self.ty, tb, rr, v);
                 out.push(match self.ty {
-                    KType::Q4K => d * sc as f32 * q as f32 - dmin * mn as f32,
+                    KType::Q4K | KType::Q5K => d * sc as f32 * q as f32 - dmin * mn as f32,
                     KType::Q6K => d * (sc * (q - 32)) as f32,
                 });
             }
@@ -222,18 +287,25 @@ impl KMatrix {
 }
 
 /// Activation rows quantized to 8 bits per 256-value block (ggml's Q8_K), with the sums the
-/// weights' minimums and offsets meet.
+/// weights' minimums and offsets meet, packed as pairs of i16 in 32-bit words so one
+/// `vpdpwssd` / `vpmaddwd` against a broadcast word covers two sub-blocks of 16 rows.
 pub struct QuantRowsK {
     m: usize,
     k: usize,
     qs: Vec<i8>,
     /// Block scales.
     d: Vec<f32>,
-    /// Sums of each 16 values (16 per block): Q6_K's −32 offset.
-    bs16: Vec<i16>,
-    /// Sums of each 32 values, the block's 8 repeated 4 times (32 per block): Q4_K's minimums,
-    /// laid out to meet 4 rows' minimums in one vector.
-    bs32x4: Vec<i16>,
+    /// 4 words per block for Q4_K/Q5_K minimums: the sums of 32 values `s` as
+    /// (s0, s2), (s1, s3), (s4, s6), (s5, s7), the pairing the packed minimums unpack to.
+    w4: Vec<i32>,
+    /// 8 words per block for Q6_K's −32 offset: the sums of 16 values `t` as (t0, t2), (t1, t3),
+    /// (t4, t6), (t5, t7), … , the pairing of the scales' bytes in their words.
+    w6: Vec<i32>,
+}
+
+/// Two i16 in one word: `lo` in the low half.
+fn pair(lo: i32, hi: i32) -> i32 {
+    (lo as i16 as u16 as u32 | ((hi as i16 as u16 as u32) << 16)) as i32
 }
 
 impl QuantRowsK {
@@ -244,8 +316,8 @@ impl QuantRowsK {
         let nb = k / QK;
         let mut qs = vec![0i8; m * k];
         let mut d = vec![0f32; m * nb];
-        let mut bs16 = vec![0i16; m * nb * 16];
-        let mut bs32x4 = vec![0i16; m * nb * 32];
+        let mut w4 = vec![0i32; m * nb * 4];
+        let mut w6 = vec![0i32; m * nb * 8];
         for (blk, (src, dst)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
             // candle's `quantize_row_q8k` exactly (scale from the signed extreme, 1 / iscale),
             // so both engines see the same activation bytes on K-quant files.
@@ -263,14 +335,19 @@ impl QuantRowsK {
                 }
                 d[blk] = 1.0 / iscale;
             }
-            for (s, chunk) in dst.chunks_exact(16).enumerate() {
-                bs16[blk * 16 + s] = chunk.iter().map(|&v| v as i16).sum();
+            let mut s16 = [0i32; 16];
+            for (s, chunk) in s16.iter_mut().zip(dst.chunks_exact(16)) {
+                *s = chunk.iter().map(|&v| v as i32).sum();
             }
-            for s in 0..8 {
-                let sum = bs16[blk * 16 + 2 * s] + bs16[blk * 16 + 2 * s + 1];
-                for r in 0..ROWS {
-                    bs32x4[blk * 32 + 8 * r + s] = sum;
-                }
+            let s32: Vec<i32> = (0..8).map(|j| s16[2 * j] + s16[2 * j + 1]).collect();
+            for (q, w) in w4[blk * 4..][..4].iter_mut().enumerate() {
+                // Words 0, 1 pair sub-blocks (0, 2), (1, 3); words 2, 3 the same from 4.
+                let base = 4 * (q / 2) + q % 2;
+                *w = pair(s32[base], s32[base + 2]);
+            }
+            for (q, w) in w6[blk * 8..][..8].iter_mut().enumerate() {
+                let base = 4 * (q / 2) + q % 2;
+                *w = pair(s16[base], s16[base + 2]);
             }
         }
         Self {
@@ -278,9 +355,18 @@ impl QuantRowsK {
             k,
             qs,
             d,
-            bs16,
-            bs32x4,
+            w4,
+            w6,
         }
+    }
+
+    /// The sum of activation row `i`'s values `from..from + len` (the scalar reference's own,
+    /// independent of the packed words).
+    fn sum(&self, i: usize, from: usize, len: usize) -> i32 {
+        self.qs[i * self.k + from..][..len]
+            .iter()
+            .map(|&v| v as i32)
+            .sum()
     }
 }
 
@@ -289,22 +375,24 @@ pub fn kernel() -> Option<Kernel> {
     super::simd::kernel()
 }
 
-/// Whether the own K-quant kernels were asked for (`INFLUENCE_KQUANT=1`). They are off by
-/// default: they decode 1.3-2.3x faster and halve a Q4_K_M model's memory, but their prompt
-/// path runs at 0.4-0.5x candle's repacked kernels (docs/PERFORMANCE.md), and a long prompt
-/// matters as much as decode, so candle's kernels stay the default until that path is fixed.
-pub fn requested() -> bool {
+/// Whether the own K-quant kernels are turned off (`INFLUENCE_KQUANT=0`, for comparisons with
+/// candle's: they are on by default wherever `simd::kernel` picks a variant).
+fn turned_off() -> bool {
     use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("INFLUENCE_KQUANT")
-            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "true"))
+    static OFF: OnceLock<bool> = OnceLock::new();
+    *OFF.get_or_init(|| {
+        std::env::var("INFLUENCE_KQUANT").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "off" | "false" | "candle"
+            )
+        })
     })
 }
 
-/// Whether a Q4_K or Q6_K matrix with rows of `k` values runs on these kernels here.
+/// Whether a Q4_K, Q5_K or Q6_K matrix with rows of `k` values runs on these kernels here.
 pub fn runs(k: usize) -> bool {
-    requested() && kernel().is_some() && k > 0 && k.is_multiple_of(QK)
+    !turned_off() && kernel().is_some() && k > 0 && k.is_multiple_of(QK)
 }
 
 /// `x @ wᵀ` for every matrix in `ws` (all with `k` columns): one row-major `m × n` output per
@@ -333,6 +421,9 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&KMatrix], x: &[f32], m: usize) -> Ve
     })
 }
 
+/// One tile call's results: `[activation row][weight row of the tile]`.
+type Res = [[f32; ROWS]; ACTS];
+
 /// Computes the output columns of weight tile `t` for every activation row.
 ///
 /// # Safety
@@ -345,7 +436,8 @@ unsafe fn tile_all_acts(
     a: &QuantRowsK,
     out: *mut f32,
 ) {
-    // AVX2 has 16 vector registers: 4 rows × 2 activations of accumulators fill them.
+    // AVX2 has 16 vector registers: 2 activation rows' partial sums, dot products and the
+    // unpacked weights fill them.
     let most = match kern {
         Some(Kernel::Avx2) => 2,
         _ => ACTS,
@@ -353,24 +445,28 @@ unsafe fn tile_all_acts(
     let mut i0 = 0;
     while i0 < a.m {
         let acts = (a.m - i0).min(most);
-        let mut res = [[0f32; ACTS]; ROWS];
+        let mut res: Res = [[0f32; ROWS]; ACTS];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller checked the CPU features of `kern`.
         unsafe {
-            match (kern, w.ty, acts) {
-                (Some(Kernel::Avx512), KType::Q4K, 4) => avx512::q4k::<4>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q4K, 3) => avx512::q4k::<3>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q4K, 2) => avx512::q4k::<2>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q4K, _) => avx512::q4k::<1>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q6K, 4) => avx512::q6k::<4>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q6K, 3) => avx512::q6k::<3>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q6K, 2) => avx512::q6k::<2>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx512), KType::Q6K, _) => avx512::q6k::<1>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx2), KType::Q4K, 2) => avx2::q4k::<2>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx2), KType::Q4K, _) => avx2::q4k::<1>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx2), KType::Q6K, 2) => avx2::q6k::<2>(w, t, a, i0, &mut res),
-                (Some(Kernel::Avx2), KType::Q6K, _) => avx2::q6k::<1>(w, t, a, i0, &mut res),
-                (None, _, _) => tile_scalar(w, t, a, i0, acts, &mut res),
+            macro_rules! by_acts {
+                ($m:ident :: $f:ident) => {
+                    match acts {
+                        4 => $m::$f::<4>(w, t, a, i0, &mut res),
+                        3 => $m::$f::<3>(w, t, a, i0, &mut res),
+                        2 => $m::$f::<2>(w, t, a, i0, &mut res),
+                        _ => $m::$f::<1>(w, t, a, i0, &mut res),
+                    }
+                };
+            }
+            match (kern, w.ty) {
+                (Some(Kernel::Avx512), KType::Q4K) => by_acts!(avx512::q4k),
+                (Some(Kernel::Avx512), KType::Q5K) => by_acts!(avx512::q5k),
+                (Some(Kernel::Avx512), KType::Q6K) => by_acts!(avx512::q6k),
+                (Some(Kernel::Avx2), KType::Q4K) => by_acts!(avx2::q4k),
+                (Some(Kernel::Avx2), KType::Q5K) => by_acts!(avx2::q5k),
+                (Some(Kernel::Avx2), KType::Q6K) => by_acts!(avx2::q6k),
+                (None, _) => tile_scalar(w, t, a, i0, acts, &mut res),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -378,454 +474,661 @@ unsafe fn tile_all_acts(
             let _ = kern;
             tile_scalar(w, t, a, i0, acts, &mut res);
         }
-        for (rr, row) in res.iter().enumerate() {
-            let r = t * ROWS + rr;
-            if r >= w.n {
-                break;
-            }
-            for (i, v) in row[..acts].iter().enumerate() {
-                // SAFETY: r < n and i0 + i < m, inside the caller's buffer.
-                unsafe { *out.add((i0 + i) * w.n + r) = *v };
-            }
+        for (i, row) in res[..acts].iter().enumerate() {
+            let r0 = t * ROWS;
+            let valid = w.n.saturating_sub(r0).min(ROWS);
+            // SAFETY: r0 + valid <= n and i0 + i < m, inside the caller's buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), out.add((i0 + i) * w.n + r0), valid)
+            };
         }
         i0 += acts;
     }
 }
 
-/// Reference kernel: the same integer arithmetic per block, one value at a time.
-fn tile_scalar(
-    w: &KMatrix,
-    t: usize,
-    a: &QuantRowsK,
-    i0: usize,
-    acts: usize,
-    res: &mut [[f32; ACTS]; ROWS],
-) {
+/// Reference kernel: the same integer arithmetic per block, one value at a time, from the
+/// GGUF definitions of the values (through [`KMatrix::value`]) rather than the vector layout.
+fn tile_scalar(w: &KMatrix, t: usize, a: &QuantRowsK, i0: usize, acts: usize, res: &mut Res) {
     let nb = w.k / QK;
-    for (rr, row) in res.iter_mut().enumerate() {
-        for (i, v) in row[..acts].iter_mut().enumerate() {
-            let ai = i0 + i;
+    for (i, out) in res[..acts].iter_mut().enumerate() {
+        let ai = i0 + i;
+        for (rr, v) in out.iter_mut().enumerate() {
             let mut sum = 0f32;
             for b in 0..nb {
                 let tb = w.tile_block(t, b);
                 let (d, dmin) = KMatrix::scales(w.ty, tb, rr);
                 let aq = &a.qs[ai * a.k + b * QK..][..QK];
-                let blk = ai * nb + b;
+                let da = a.d[ai * nb + b];
                 let (mut dot, mut mins) = (0i32, 0i32);
                 for (vi, &av) in aq.iter().enumerate() {
                     let (q, sc, mn) = KMatrix::value(w.ty, tb, rr, vi);
                     match w.ty {
-                        KType::Q4K => {
+                        KType::Q4K | KType::Q5K => {
                             dot += sc * q * av as i32;
-                            mins += mn * av as i32;
+                            if vi % 32 == 0 {
+                                mins += mn * a.sum(ai, b * QK + vi, 32);
+                            }
                         }
                         KType::Q6K => dot += sc * (q - 32) * av as i32,
                     }
                 }
-                sum += block_sum(d, dmin, a.d[blk], dot, mins);
+                sum += match w.ty {
+                    KType::Q6K => block_sum6(d, da, dot),
+                    _ => block_sum(d, dmin, da, dot, mins),
+                };
             }
             *v = sum;
         }
     }
 }
 
-/// One block's contribution to an output from its exact integer dot product and minimum term.
-/// Every variant adds these in block order with this one expression, so all of them (and the
-/// scalar reference) give bit-identical results: greedy outputs cannot depend on which variant
-/// the CPU picked.
+/// One Q4_K/Q5_K block's contribution to an output from its exact integer dot product and
+/// minimum term. Every variant adds these in block order with this one expression (vector
+/// lanes included: no fused multiply-add), so all of them and the scalar reference give
+/// bit-identical results: greedy outputs cannot depend on which variant the CPU picked.
 #[inline(always)]
 fn block_sum(d: f32, dmin: f32, da: f32, dot: i32, mins: i32) -> f32 {
     d * da * dot as f32 - dmin * da * mins as f32
 }
 
-/// Unpacks 4 rows' Q4_K scales and minimums (12 bytes each) into 32 bytes each, row-major,
-/// with ggml's word-wide bit moves (the same values as [`scale_min_k4`]).
+/// [`block_sum`] for Q6_K, which has no minimum.
 #[inline(always)]
-fn unpack_q4k_scales(packed: &[u8], sc: &mut [u8; 32], mn: &mut [u8; 32]) {
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    for r in 0..ROWS {
-        let s = &packed[12 * r..12 * r + 12];
-        let word =
-            |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-        let (u0, u1, u2) = (word(0), word(1), word(2));
-        let scales = [u0 & LOW6, (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4)];
-        let mins = [u1 & LOW6, ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4)];
-        for h in 0..2 {
-            sc[8 * r + 4 * h..][..4].copy_from_slice(&scales[h].to_le_bytes());
-            mn[8 * r + 4 * h..][..4].copy_from_slice(&mins[h].to_le_bytes());
-        }
-    }
+fn block_sum6(d: f32, da: f32, dot: i32) -> f32 {
+    d * da * dot as f32
 }
+
+/// `vpshufb` index bytes that put byte `j` (0..4) of each 32-bit lane into the bytes of the lane
+/// marked 1 in `mask` (bit `i` for byte `i`) and zero the others.
+#[cfg(target_arch = "x86_64")]
+const fn lane_shuffle(j: usize, mask: u8) -> [u8; 16] {
+    let mut out = [0x80u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        if mask & (1 << (i % 4)) != 0 {
+            out[i] = (4 * (i / 4) + j) as u8;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `lane_shuffle(j, mask)` for j = 0..4.
+#[cfg(target_arch = "x86_64")]
+const fn lane_shuffles(mask: u8) -> [[u8; 16]; 4] {
+    [
+        lane_shuffle(0, mask),
+        lane_shuffle(1, mask),
+        lane_shuffle(2, mask),
+        lane_shuffle(3, mask),
+    ]
+}
+
+/// Byte `j` of each lane zero-extended to the lane (unsigned 32-bit scales).
+#[cfg(target_arch = "x86_64")]
+const ZX32: [[u8; 16]; 4] = lane_shuffles(0b0001);
+/// Byte `j` of each lane in the lane's top byte (`>> 24` sign-extends it).
+#[cfg(target_arch = "x86_64")]
+const TOP32: [[u8; 16]; 4] = lane_shuffles(0b1000);
+/// Byte `j` of each lane in both 16-bit halves' low bytes (an unsigned i16 pair (s, s)).
+#[cfg(target_arch = "x86_64")]
+const ZX16: [[u8; 16]; 4] = lane_shuffles(0b0101);
+/// Byte `j` of each lane in both 16-bit halves' high bytes (`>> 8` sign-extends them).
+#[cfg(target_arch = "x86_64")]
+const TOP16: [[u8; 16]; 4] = lane_shuffles(0b1010);
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{
-        block_sum, unpack_q4k_scales, KMatrix, QuantRowsK, ACTS, Q4_D, Q4_SCALES, Q6_D, Q6_QH,
-        Q6_SCALES, QK, ROWS,
-    };
+    use super::{KMatrix, KType, QuantRowsK, Res, QK, TOP32, ZX32};
     use std::arch::x86_64::*;
 
-    /// Index vector for `vpermw`: lane `j` takes element `base + j / width`.
+    /// A 16-byte shuffle pattern repeated in each 128-bit lane.
     #[inline(always)]
-    unsafe fn spread(base: i16, width: usize) -> __m512i {
-        let mut idx = [0i16; 32];
-        for (j, v) in idx.iter_mut().enumerate() {
-            *v = base + (j / width) as i16;
-        }
-        _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
+    unsafe fn pattern(p: &[u8; 16]) -> __m512i {
+        _mm512_broadcast_i32x4(_mm_loadu_si128(p.as_ptr() as *const __m128i))
     }
 
-    /// Q4_K weight tile `t` (4 rows) times `M` activation rows from `i0`.
-    ///
-    /// Per 64 weights and activation row: `vpmaddubsw` (nibbles × bytes into 16-bit pairs) and
-    /// `vpdpwssd` (× the sub-block scale, into 32-bit lanes). Per block and (row, act): one
-    /// convert and FMA. The minimums: 4 rows' 32 minimums against the activation's 8 sums of 32
-    /// (repeated per row) in one `vpmaddwd`, lanes 4r..4r+4 belonging to row r.
+    /// The 4-byte activation group at `p`, in every lane.
+    #[inline(always)]
+    unsafe fn bcast(p: *const i8) -> __m512i {
+        _mm512_set1_epi32((p as *const i32).read_unaligned())
+    }
+
+    /// Q4_K weight tile `t` (16 rows) times `M` activation rows from `i0`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     pub(super) unsafe fn q4k<const M: usize>(
         w: &KMatrix,
         t: usize,
         a: &QuantRowsK,
         i0: usize,
-        res: &mut [[f32; ACTS]; ROWS],
+        res: &mut Res,
+    ) {
+        q45k::<M, false>(w, t, a, i0, res)
+    }
+
+    /// Q5_K weight tile `t` (16 rows) times `M` activation rows from `i0`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    pub(super) unsafe fn q5k<const M: usize>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
+    ) {
+        q45k::<M, true>(w, t, a, i0, res)
+    }
+
+    /// Q4_K (`FIVE` false) or Q5_K weight tile `t` times `M` activation rows from `i0`.
+    ///
+    /// Per 64 bytes of nibbles (4 values × 16 rows, twice): two `vpdpbusd` per activation row,
+    /// into one accumulator per 32-value sub-block, which is then multiplied by the 16 rows'
+    /// sub-block scales (`vpmulld`). Per block and activation row: the minimums (4 `vpdpwssd` of
+    /// the unpacked minimums against the activation's paired sums) and one float step for 16
+    /// outputs. The scales are unpacked for 16 rows at once with ggml's word-wide bit moves.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    #[inline]
+    unsafe fn q45k<const M: usize, const FIVE: bool>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
     ) {
         let nb = w.k / QK;
-        let tbb = w.ty.tile_block_bytes();
+        let ty = if FIVE { KType::Q5K } else { KType::Q4K };
+        let (tbb, lay) = (ty.tile_block_bytes(), ty.layout());
         let m4 = _mm512_set1_epi8(0x0F);
-        let mut idx = [[_mm512_setzero_si512(); 4]; ROWS];
-        for (r, row) in idx.iter_mut().enumerate() {
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = spread((8 * r + 2 * v) as i16, 16);
-            }
-        }
-        let mut acc = [[0f32; M]; ROWS];
+        let m10 = _mm512_set1_epi8(0x10);
+        let low6 = _mm512_set1_epi8(0x3F);
+        let low4 = _mm512_set1_epi8(0x0F);
+        let low2 = _mm512_set1_epi8(0x03);
+        let even = _mm512_set1_epi32(0x00FF_00FF);
+        let zx = [
+            pattern(&ZX32[0]),
+            pattern(&ZX32[1]),
+            pattern(&ZX32[2]),
+            pattern(&ZX32[3]),
+        ];
+        let mut acc = [_mm512_setzero_ps(); M];
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
-            let dd = _mm256_cvtph_ps(_mm_loadu_si128(base.add(Q4_D) as *const __m128i));
-            let mut dv = [0f32; 8];
-            _mm256_storeu_ps(dv.as_mut_ptr(), dd);
-            let (mut sc, mut mn) = ([0u8; 32], [0u8; 32]);
-            unpack_q4k_scales(
-                std::slice::from_raw_parts(base.add(Q4_SCALES), 48),
-                &mut sc,
-                &mut mn,
+            let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const __m512i);
+            let (u0, u1, u2) = (ld(lay.sc), ld(lay.sc + 64), ld(lay.sc + 128));
+            // Lane r: the scales of sub-blocks 0..4 and 4..8 of row r, one per byte.
+            let sc = [
+                _mm512_and_si512(u0, low6),
+                _mm512_or_si512(
+                    _mm512_and_si512(u2, low4),
+                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), low2), 4),
+                ),
+            ];
+            let mn_lo = _mm512_and_si512(u1, low6);
+            let mn_hi = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
+                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), low2), 4),
             );
-            let sc_all = _mm512_cvtepu8_epi16(_mm256_loadu_si256(sc.as_ptr() as *const __m256i));
-            let mn_all = _mm512_cvtepu8_epi16(_mm256_loadu_si256(mn.as_ptr() as *const __m256i));
-            let mut da = [0f32; M];
+            // The minimums as i16 pairs (m0, m2), (m1, m3), (m4, m6), (m5, m7): the pairing of
+            // the activation words `w4`.
+            let mins = [
+                _mm512_and_si512(mn_lo, even),
+                _mm512_and_si512(_mm512_srli_epi32(mn_lo, 8), even),
+                _mm512_and_si512(mn_hi, even),
+                _mm512_and_si512(_mm512_srli_epi32(mn_hi, 8), even),
+            ];
             let mut aq = [std::ptr::null::<i8>(); M];
-            // Per activation row, lanes 4r..4r+4 of one `vpmaddwd` sum to row r's minimum term.
-            let mut mins = [[0i32; 16]; M];
-            for i in 0..M {
-                let blk = (i0 + i) * nb + b;
-                da[i] = *a.d.get_unchecked(blk);
-                aq[i] = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
-                let bs = _mm512_loadu_si512(a.bs32x4.as_ptr().add(blk * 32) as *const __m512i);
-                _mm512_storeu_si512(
-                    mins[i].as_mut_ptr() as *mut __m512i,
-                    _mm512_madd_epi16(mn_all, bs),
-                );
+            for (i, p) in aq.iter_mut().enumerate() {
+                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
             }
-            for r in 0..ROWS {
-                let q = base.add(128 * r);
-                let raw0 = _mm512_loadu_si512(q as *const __m512i);
-                let raw1 = _mm512_loadu_si512(q.add(64) as *const __m512i);
-                let vals = [
-                    _mm512_and_si512(raw0, m4),
-                    _mm512_and_si512(_mm512_srli_epi16(raw0, 4), m4),
-                    _mm512_and_si512(raw1, m4),
-                    _mm512_and_si512(_mm512_srli_epi16(raw1, 4), m4),
-                ];
-                let mut iacc = [_mm512_setzero_si512(); M];
-                for (v, &wv) in vals.iter().enumerate() {
-                    let s = _mm512_permutexvar_epi16(idx[r][v], sc_all);
+            let mut dot = [_mm512_setzero_si512(); M];
+            for p in 0..4 {
+                // Fifth bits of sub-blocks 2p and 2p + 1 at bits 0 and 1.
+                let shift = _mm_cvtsi32_si128(2 * p as i32);
+                let mut lo_acc = [_mm512_setzero_si512(); M];
+                let mut hi_acc = [_mm512_setzero_si512(); M];
+                for c in 0..8 {
+                    let raw = ld(64 * (8 * p + c));
+                    let mut lo = _mm512_and_si512(raw, m4);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                    if FIVE {
+                        let bits = _mm512_srl_epi16(ld(lay.qh + 64 * c), shift);
+                        lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_slli_epi16(bits, 4), m10));
+                        hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_slli_epi16(bits, 3), m10));
+                    }
                     for i in 0..M {
-                        let av = _mm512_loadu_si512(aq[i].add(64 * v) as *const __m512i);
-                        iacc[i] = _mm512_dpwssd_epi32(iacc[i], _mm512_maddubs_epi16(wv, av), s);
+                        let ap = aq[i].add(64 * p + 4 * c);
+                        lo_acc[i] = _mm512_dpbusd_epi32(lo_acc[i], lo, bcast(ap));
+                        hi_acc[i] = _mm512_dpbusd_epi32(hi_acc[i], hi, bcast(ap.add(32)));
                     }
                 }
+                let s = sc[p / 2];
+                let s_lo = _mm512_shuffle_epi8(s, zx[(2 * p) % 4]);
+                let s_hi = _mm512_shuffle_epi8(s, zx[(2 * p + 1) % 4]);
                 for i in 0..M {
-                    let dot = _mm512_reduce_add_epi32(iacc[i]);
-                    let mn = mins[i][4 * r..4 * r + 4].iter().sum::<i32>();
-                    acc[r][i] += block_sum(dv[r], dv[4 + r], da[i], dot, mn);
+                    dot[i] = _mm512_add_epi32(
+                        dot[i],
+                        _mm512_add_epi32(
+                            _mm512_mullo_epi32(lo_acc[i], s_lo),
+                            _mm512_mullo_epi32(hi_acc[i], s_hi),
+                        ),
+                    );
                 }
             }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(lay.d) as *const __m256i));
+            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(lay.dmin) as *const __m256i));
+            for i in 0..M {
+                let blk = (i0 + i) * nb + b;
+                let wp = a.w4.as_ptr().add(blk * 4);
+                let mut mn = _mm512_setzero_si512();
+                for (q, mv) in mins.iter().enumerate() {
+                    mn = _mm512_dpwssd_epi32(mn, *mv, _mm512_set1_epi32(*wp.add(q)));
+                }
+                let da = _mm512_set1_ps(*a.d.get_unchecked(blk));
+                // block_sum, lane-wise and in the same order.
+                let t1 = _mm512_mul_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(dot[i]));
+                let t2 = _mm512_mul_ps(_mm512_mul_ps(dmw, da), _mm512_cvtepi32_ps(mn));
+                acc[i] = _mm512_add_ps(acc[i], _mm512_sub_ps(t1, t2));
+            }
         }
-        for (dst, row) in res.iter_mut().zip(&acc) {
-            dst[..M].copy_from_slice(row);
+        for (dst, v) in res.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(dst.as_mut_ptr(), *v);
         }
     }
 
-    /// Q6_K weight tile `t` (4 rows) times `M` activation rows from `i0`.
+    /// Q6_K weight tile `t` (16 rows) times `M` activation rows from `i0`.
     ///
-    /// Each 128-value half: one 64-byte load of low nibbles and one 32-byte load of high bit
-    /// pairs (broadcast to both halves, shifted by lane-dependent amounts) give 2 vectors of
-    /// 64 six-bit values. The −32 offset is taken away in integers: each (row, act) accumulator
-    /// starts from `−32 · Σ scale · (sum of 16 activations)`.
+    /// Per 64 bytes of low nibbles and 64 of high bit pairs: two 6-bit weight vectors, two
+    /// `vpdpbusd` per activation row into one accumulator per 16-value sub-block, multiplied by
+    /// the sign-extended sub-block scales. The −32 offset is taken away once per block from
+    /// 8 `vpdpwssd` of the scales against the activation's paired sums of 16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     pub(super) unsafe fn q6k<const M: usize>(
         w: &KMatrix,
         t: usize,
         a: &QuantRowsK,
         i0: usize,
-        res: &mut [[f32; ACTS]; ROWS],
+        res: &mut Res,
     ) {
         let nb = w.k / QK;
-        let tbb = w.ty.tile_block_bytes();
+        let (tbb, lay) = (KType::Q6K.tile_block_bytes(), KType::Q6K.layout());
         let m4 = _mm512_set1_epi8(0x0F);
         let m30 = _mm512_set1_epi8(0x30);
-        // Low 256 bits hold the first 32 values of a vector, high 256 bits the next 32.
-        let shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-        let shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-        let idx = [spread(0, 8), spread(4, 8), spread(8, 8), spread(12, 8)];
-        let mut acc = [[0f32; M]; ROWS];
+        let top = [
+            pattern(&TOP32[0]),
+            pattern(&TOP32[1]),
+            pattern(&TOP32[2]),
+            pattern(&TOP32[3]),
+        ];
+        let mut acc = [_mm512_setzero_ps(); M];
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
-            let mut dv = [0f32; 4];
-            _mm_storeu_ps(
-                dv.as_mut_ptr(),
-                _mm_cvtph_ps(_mm_loadl_epi64(base.add(Q6_D) as *const __m128i)),
-            );
-            let mut da = [0f32; M];
+            let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const __m512i);
+            // Word q of the scales: sub-blocks 4q..4q + 4, one signed byte each.
+            let scw = [
+                ld(lay.sc),
+                ld(lay.sc + 64),
+                ld(lay.sc + 128),
+                ld(lay.sc + 192),
+            ];
             let mut aq = [std::ptr::null::<i8>(); M];
-            let mut bs = [_mm512_setzero_si512(); M];
-            for i in 0..M {
-                let blk = (i0 + i) * nb + b;
-                da[i] = *a.d.get_unchecked(blk);
-                aq[i] = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
-                bs[i] = _mm512_castsi256_si512(_mm256_loadu_si256(
-                    a.bs16.as_ptr().add(blk * 16) as *const __m256i
-                ));
+            for (i, p) in aq.iter_mut().enumerate() {
+                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
             }
-            for r in 0..ROWS {
-                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                    base.add(Q6_SCALES + 16 * r) as *const __m128i
-                ));
-                let scz = _mm512_castsi256_si512(sc16);
-                // −32 · scale; the upper half is zero, so the activation sums' upper half
-                // (undefined) meets zeros.
-                let neg = _mm512_zextsi256_si512(_mm256_sub_epi16(
-                    _mm256_setzero_si256(),
-                    _mm256_slli_epi16(sc16, 5),
-                ));
-                let mut iacc = [_mm512_setzero_si512(); M];
-                for i in 0..M {
-                    iacc[i] = _mm512_dpwssd_epi32(iacc[i], neg, bs[i]);
-                }
-                for g in 0..2 {
-                    let ql = _mm512_loadu_si512(base.add(128 * r + 64 * g) as *const __m512i);
-                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        base.add(Q6_QH + 64 * r + 32 * g) as *const __m256i,
-                    ));
-                    let lo = _mm512_or_si512(
-                        _mm512_and_si512(ql, m4),
-                        _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30),
-                    );
-                    let hi = _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                        _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30),
-                    );
-                    for (h, &wv) in [lo, hi].iter().enumerate() {
-                        let s = _mm512_permutexvar_epi16(idx[2 * g + h], scz);
+            let mut dot = [_mm512_setzero_si512(); M];
+            for h in 0..2 {
+                for q in 0..4 {
+                    // Groups 4q..4q + 4 of half h: sub-block 8h + q in the low nibbles,
+                    // 8h + 4 + q in the high ones.
+                    let mut lo_acc = [_mm512_setzero_si512(); M];
+                    let mut hi_acc = [_mm512_setzero_si512(); M];
+                    for cc in 0..4 {
+                        let c = 4 * q + cc;
+                        let raw = ld(64 * (16 * h + c));
+                        let bits = ld(lay.qh + 64 * (8 * h + c % 8));
+                        // Bit pairs 0/2 (low nibbles) and 1/3 (high) of the byte to bits 4-5.
+                        let (bl, bh) = if q < 2 {
+                            (_mm512_slli_epi16(bits, 4), bits)
+                        } else {
+                            (_mm512_slli_epi16(bits, 2), _mm512_srli_epi16(bits, 2))
+                        };
+                        let lo =
+                            _mm512_or_si512(_mm512_and_si512(raw, m4), _mm512_and_si512(bl, m30));
+                        let hi = _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4),
+                            _mm512_and_si512(bh, m30),
+                        );
                         for i in 0..M {
-                            let av =
-                                _mm512_loadu_si512(aq[i].add(128 * g + 64 * h) as *const __m512i);
-                            iacc[i] = _mm512_dpwssd_epi32(iacc[i], _mm512_maddubs_epi16(wv, av), s);
+                            let ap = aq[i].add(128 * h + 4 * c);
+                            lo_acc[i] = _mm512_dpbusd_epi32(lo_acc[i], lo, bcast(ap));
+                            hi_acc[i] = _mm512_dpbusd_epi32(hi_acc[i], hi, bcast(ap.add(64)));
                         }
                     }
-                }
-                for i in 0..M {
-                    let dot = _mm512_reduce_add_epi32(iacc[i]);
-                    acc[r][i] += block_sum(dv[r], 0.0, da[i], dot, 0);
+                    let s_lo = _mm512_srai_epi32(_mm512_shuffle_epi8(scw[2 * h], top[q]), 24);
+                    let s_hi = _mm512_srai_epi32(_mm512_shuffle_epi8(scw[2 * h + 1], top[q]), 24);
+                    for i in 0..M {
+                        dot[i] = _mm512_add_epi32(
+                            dot[i],
+                            _mm512_add_epi32(
+                                _mm512_mullo_epi32(lo_acc[i], s_lo),
+                                _mm512_mullo_epi32(hi_acc[i], s_hi),
+                            ),
+                        );
+                    }
                 }
             }
+            // The scales as i16 pairs (s0, s2), (s1, s3) of each word: the pairing of `w6`.
+            let mut pairs = [_mm512_setzero_si512(); 8];
+            for (q, &v) in scw.iter().enumerate() {
+                pairs[2 * q] = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
+                pairs[2 * q + 1] = _mm512_srai_epi16(v, 8);
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(lay.d) as *const __m256i));
+            for i in 0..M {
+                let blk = (i0 + i) * nb + b;
+                let wp = a.w6.as_ptr().add(blk * 8);
+                let mut off = _mm512_setzero_si512();
+                for (q, pv) in pairs.iter().enumerate() {
+                    off = _mm512_dpwssd_epi32(off, *pv, _mm512_set1_epi32(*wp.add(q)));
+                }
+                let d = _mm512_sub_epi32(dot[i], _mm512_slli_epi32(off, 5));
+                let da = _mm512_set1_ps(*a.d.get_unchecked(blk));
+                // block_sum6, lane-wise.
+                let t1 = _mm512_mul_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(d));
+                acc[i] = _mm512_add_ps(acc[i], t1);
+            }
         }
-        for (dst, row) in res.iter_mut().zip(&acc) {
-            dst[..M].copy_from_slice(row);
+        for (dst, v) in res.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(dst.as_mut_ptr(), *v);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{
-        block_sum, unpack_q4k_scales, KMatrix, QuantRowsK, ACTS, Q4_D, Q4_SCALES, Q6_D, Q6_QH,
-        Q6_SCALES, QK, ROWS,
-    };
+    use super::{KMatrix, KType, QuantRowsK, Res, QK, TOP16, ZX16};
     use std::arch::x86_64::*;
 
+    /// A 16-byte shuffle pattern in both 128-bit lanes.
     #[inline(always)]
-    unsafe fn hsum256_i32(v: __m256i) -> i32 {
-        hsum_i32(_mm_add_epi32(
-            _mm256_castsi256_si128(v),
-            _mm256_extracti128_si256(v, 1),
-        ))
+    unsafe fn pattern(p: &[u8; 16]) -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(p.as_ptr() as *const __m128i))
     }
 
+    /// The 4-byte activation group at `p`, in every lane.
     #[inline(always)]
-    unsafe fn hsum_i32(v: __m128i) -> i32 {
-        let v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0b01_00_11_10));
-        let v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0b10_11_00_01));
-        _mm_cvtsi128_si32(v)
+    unsafe fn bcast(p: *const i8) -> __m256i {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
     }
 
-    /// Q4_K weight tile `t` times `M` activation rows, 32 bytes (one 32-value sub-block per
-    /// nibble half) at a time: `vpmaddubsw`, then `vpmaddwd` by the broadcast sub-block scale.
+    /// Q4_K weight tile `t` times `M` activation rows from `i0`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q4k<const M: usize>(
         w: &KMatrix,
         t: usize,
         a: &QuantRowsK,
         i0: usize,
-        res: &mut [[f32; ACTS]; ROWS],
+        res: &mut Res,
+    ) {
+        q45k::<M, false>(w, t, a, i0, res)
+    }
+
+    /// Q5_K weight tile `t` times `M` activation rows from `i0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q5k<const M: usize>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
+    ) {
+        q45k::<M, true>(w, t, a, i0, res)
+    }
+
+    /// Q4_K (`FIVE` false) or Q5_K weight tile `t` times `M` activation rows from `i0`, the 16
+    /// rows as two halves of 8 (bytes 0..32 and 32..64 of every 64-byte word vector).
+    ///
+    /// Per 32 bytes and activation row: two `vpmaddubsw` whose 16-bit sums are added up over a
+    /// sub-block (Q4_K: 8 × 2 × 15 × 128 ≤ 30,720 fits; Q5_K's 31s: 4 groups at a time), then
+    /// one `vpmaddwd` by the rows' sub-block scale as an i16 pair, into 32-bit lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q45k<const M: usize, const FIVE: bool>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
     ) {
         let nb = w.k / QK;
-        let tbb = w.ty.tile_block_bytes();
+        let ty = if FIVE { KType::Q5K } else { KType::Q4K };
+        let (tbb, lay) = (ty.tile_block_bytes(), ty.layout());
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [[0f32; M]; ROWS];
+        let m10 = _mm256_set1_epi8(0x10);
+        let low6 = _mm256_set1_epi8(0x3F);
+        let low2 = _mm256_set1_epi8(0x03);
+        let even = _mm256_set1_epi32(0x00FF_00FF);
+        let dup = [
+            pattern(&ZX16[0]),
+            pattern(&ZX16[1]),
+            pattern(&ZX16[2]),
+            pattern(&ZX16[3]),
+        ];
+        let mut acc = [[_mm256_setzero_ps(); M]; 2];
         for b in 0..nb {
-            let base = w.data.as_ptr().add((t * nb + b) * tbb);
-            let mut dv = [0f32; 8];
-            _mm256_storeu_ps(
-                dv.as_mut_ptr(),
-                _mm256_cvtph_ps(_mm_loadu_si128(base.add(Q4_D) as *const __m128i)),
-            );
-            let (mut sc, mut mn) = ([0u8; 32], [0u8; 32]);
-            unpack_q4k_scales(
-                std::slice::from_raw_parts(base.add(Q4_SCALES), 48),
-                &mut sc,
-                &mut mn,
-            );
-            let mut da = [0f32; M];
+            let block = w.data.as_ptr().add((t * nb + b) * tbb);
             let mut aq = [std::ptr::null::<i8>(); M];
-            let mut bs = [_mm_setzero_si128(); M];
-            for i in 0..M {
-                let blk = (i0 + i) * nb + b;
-                da[i] = *a.d.get_unchecked(blk);
-                aq[i] = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
-                bs[i] = _mm_loadu_si128(a.bs32x4.as_ptr().add(blk * 32) as *const __m128i);
+            for (i, p) in aq.iter_mut().enumerate() {
+                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
             }
-            for r in 0..ROWS {
-                let mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr().add(8 * r) as *const _));
-                let mut mins = [0i32; M];
-                for i in 0..M {
-                    mins[i] = hsum_i32(_mm_madd_epi16(mn16, bs[i]));
-                }
-                let q = base.add(128 * r);
-                let mut iacc = [_mm256_setzero_si256(); M];
-                for g in 0..2 {
-                    for h in 0..2 {
-                        let raw = _mm256_loadu_si256(q.add(64 * g + 32 * h) as *const __m256i);
-                        let lo = _mm256_and_si256(raw, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                        let slo = _mm256_set1_epi16(sc[8 * r + 4 * g + h] as i16);
-                        let shi = _mm256_set1_epi16(sc[8 * r + 4 * g + 2 + h] as i16);
+            for (half, acc) in acc.iter_mut().enumerate() {
+                let base = block.add(32 * half);
+                let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
+                let (u0, u1, u2) = (ld(lay.sc), ld(lay.sc + 64), ld(lay.sc + 128));
+                let sc = [
+                    _mm256_and_si256(u0, low6),
+                    _mm256_or_si256(
+                        _mm256_and_si256(u2, m4),
+                        _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), low2), 4),
+                    ),
+                ];
+                let mn_lo = _mm256_and_si256(u1, low6);
+                let mn_hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), low2), 4),
+                );
+                let mut dot = [_mm256_setzero_si256(); M];
+                for p in 0..4 {
+                    let shift = _mm_cvtsi32_si128(2 * p as i32);
+                    let s = sc[p / 2];
+                    let s_lo = _mm256_shuffle_epi8(s, dup[(2 * p) % 4]);
+                    let s_hi = _mm256_shuffle_epi8(s, dup[(2 * p + 1) % 4]);
+                    let mut lo16 = [_mm256_setzero_si256(); M];
+                    let mut hi16 = [_mm256_setzero_si256(); M];
+                    for c in 0..8 {
+                        let raw = ld(64 * (8 * p + c));
+                        let mut lo = _mm256_and_si256(raw, m4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                        if FIVE {
+                            let bits = _mm256_srl_epi16(ld(lay.qh + 64 * c), shift);
+                            lo = _mm256_or_si256(
+                                lo,
+                                _mm256_and_si256(_mm256_slli_epi16(bits, 4), m10),
+                            );
+                            hi = _mm256_or_si256(
+                                hi,
+                                _mm256_and_si256(_mm256_slli_epi16(bits, 3), m10),
+                            );
+                        }
                         for i in 0..M {
-                            let alo =
-                                _mm256_loadu_si256(aq[i].add(128 * g + 32 * h) as *const __m256i);
-                            let ahi = _mm256_loadu_si256(
-                                aq[i].add(128 * g + 64 + 32 * h) as *const __m256i
+                            let ap = aq[i].add(64 * p + 4 * c);
+                            lo16[i] =
+                                _mm256_add_epi16(lo16[i], _mm256_maddubs_epi16(lo, bcast(ap)));
+                            hi16[i] = _mm256_add_epi16(
+                                hi16[i],
+                                _mm256_maddubs_epi16(hi, bcast(ap.add(32))),
                             );
-                            let p = _mm256_add_epi32(
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, alo), slo),
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ahi), shi),
-                            );
-                            iacc[i] = _mm256_add_epi32(iacc[i], p);
+                        }
+                        if c == 7 || (FIVE && c == 3) {
+                            for i in 0..M {
+                                dot[i] = _mm256_add_epi32(
+                                    dot[i],
+                                    _mm256_add_epi32(
+                                        _mm256_madd_epi16(lo16[i], s_lo),
+                                        _mm256_madd_epi16(hi16[i], s_hi),
+                                    ),
+                                );
+                                lo16[i] = _mm256_setzero_si256();
+                                hi16[i] = _mm256_setzero_si256();
+                            }
                         }
                     }
                 }
+                let mins = [
+                    _mm256_and_si256(mn_lo, even),
+                    _mm256_and_si256(_mm256_srli_epi32(mn_lo, 8), even),
+                    _mm256_and_si256(mn_hi, even),
+                    _mm256_and_si256(_mm256_srli_epi32(mn_hi, 8), even),
+                ];
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.add(lay.d + 16 * half) as *const _));
+                let dmw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(lay.dmin + 16 * half) as *const _));
                 for i in 0..M {
-                    let dot = hsum256_i32(iacc[i]);
-                    acc[r][i] += block_sum(dv[r], dv[4 + r], da[i], dot, mins[i]);
+                    let blk = (i0 + i) * nb + b;
+                    let wp = a.w4.as_ptr().add(blk * 4);
+                    let mut mn = _mm256_setzero_si256();
+                    for (q, mv) in mins.iter().enumerate() {
+                        mn = _mm256_add_epi32(
+                            mn,
+                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*wp.add(q))),
+                        );
+                    }
+                    let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
+                    let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(dot[i]));
+                    let t2 = _mm256_mul_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(mn));
+                    acc[i] = _mm256_add_ps(acc[i], _mm256_sub_ps(t1, t2));
                 }
             }
         }
-        for (dst, row) in res.iter_mut().zip(&acc) {
-            dst[..M].copy_from_slice(row);
+        for (half, acc) in acc.iter().enumerate() {
+            for (dst, v) in res.iter_mut().zip(acc) {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), *v);
+            }
         }
     }
 
-    /// Q6_K weight tile `t` times `M` activation rows, 32 values at a time; the −32 offset is
-    /// taken away from the activation sums per 16 values, as in the AVX-512 variant.
+    /// Q6_K weight tile `t` times `M` activation rows from `i0`, in two halves of 8 rows.
+    ///
+    /// `vpmaddubsw` sums of two groups (2 × 2 × 63 × 128 ≤ 32,256) are multiplied by the
+    /// sub-block scale as an i16 pair (`vpmaddwd`); the −32 offset as in the AVX-512 variant.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q6k<const M: usize>(
         w: &KMatrix,
         t: usize,
         a: &QuantRowsK,
         i0: usize,
-        res: &mut [[f32; ACTS]; ROWS],
+        res: &mut Res,
     ) {
         let nb = w.k / QK;
-        let tbb = w.ty.tile_block_bytes();
+        let (tbb, lay) = (KType::Q6K.tile_block_bytes(), KType::Q6K.layout());
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
-        let mut acc = [[0f32; M]; ROWS];
+        let top = [
+            pattern(&TOP16[0]),
+            pattern(&TOP16[1]),
+            pattern(&TOP16[2]),
+            pattern(&TOP16[3]),
+        ];
+        let mut acc = [[_mm256_setzero_ps(); M]; 2];
         for b in 0..nb {
-            let base = w.data.as_ptr().add((t * nb + b) * tbb);
-            let mut dv = [0f32; 4];
-            _mm_storeu_ps(
-                dv.as_mut_ptr(),
-                _mm_cvtph_ps(_mm_loadl_epi64(base.add(Q6_D) as *const __m128i)),
-            );
-            let mut da = [0f32; M];
+            let block = w.data.as_ptr().add((t * nb + b) * tbb);
             let mut aq = [std::ptr::null::<i8>(); M];
-            for i in 0..M {
-                da[i] = *a.d.get_unchecked((i0 + i) * nb + b);
-                aq[i] = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
+            for (i, p) in aq.iter_mut().enumerate() {
+                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
             }
-            for r in 0..ROWS {
-                let scb = base.add(Q6_SCALES + 16 * r) as *const i8;
-                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb as *const __m128i));
-                let neg = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
-                let mut iacc = [_mm256_setzero_si256(); M];
-                for (i, acc) in iacc.iter_mut().enumerate() {
-                    let blk = (i0 + i) * nb + b;
-                    let bs = _mm256_loadu_si256(a.bs16.as_ptr().add(blk * 16) as *const __m256i);
-                    *acc = _mm256_madd_epi16(neg, bs);
-                }
-                for g in 0..2 {
-                    let ql0 = _mm256_loadu_si256(base.add(128 * r + 64 * g) as *const __m256i);
-                    let ql1 = _mm256_loadu_si256(base.add(128 * r + 64 * g + 32) as *const __m256i);
-                    let qh =
-                        _mm256_loadu_si256(base.add(Q6_QH + 64 * r + 32 * g) as *const __m256i);
-                    for qq in 0..4 {
-                        let low = match qq {
-                            0 => _mm256_and_si256(ql0, m4),
-                            1 => _mm256_and_si256(ql1, m4),
-                            2 => _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                            _ => _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        };
-                        let high = match qq {
-                            0 => _mm256_slli_epi16(qh, 4),
-                            1 => _mm256_slli_epi16(qh, 2),
-                            2 => qh,
-                            _ => _mm256_srli_epi16(qh, 2),
-                        };
-                        let wv = _mm256_or_si256(low, _mm256_and_si256(high, m30));
-                        let j = 8 * g + 2 * qq;
-                        let s = _mm256_set_m128i(
-                            _mm_set1_epi16(*scb.add(j + 1) as i16),
-                            _mm_set1_epi16(*scb.add(j) as i16),
-                        );
-                        for i in 0..M {
-                            let av =
-                                _mm256_loadu_si256(aq[i].add(128 * g + 32 * qq) as *const __m256i);
-                            iacc[i] = _mm256_add_epi32(
-                                iacc[i],
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), s),
+            for (half, acc) in acc.iter_mut().enumerate() {
+                let base = block.add(32 * half);
+                let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
+                let scw = [
+                    ld(lay.sc),
+                    ld(lay.sc + 64),
+                    ld(lay.sc + 128),
+                    ld(lay.sc + 192),
+                ];
+                let mut dot = [_mm256_setzero_si256(); M];
+                for h in 0..2 {
+                    for q in 0..4 {
+                        let s_lo = _mm256_srai_epi16(_mm256_shuffle_epi8(scw[2 * h], top[q]), 8);
+                        let s_hi =
+                            _mm256_srai_epi16(_mm256_shuffle_epi8(scw[2 * h + 1], top[q]), 8);
+                        let mut lo16 = [_mm256_setzero_si256(); M];
+                        let mut hi16 = [_mm256_setzero_si256(); M];
+                        for cc in 0..4 {
+                            let c = 4 * q + cc;
+                            let raw = ld(64 * (16 * h + c));
+                            let bits = ld(lay.qh + 64 * (8 * h + c % 8));
+                            let (bl, bh) = if q < 2 {
+                                (_mm256_slli_epi16(bits, 4), bits)
+                            } else {
+                                (_mm256_slli_epi16(bits, 2), _mm256_srli_epi16(bits, 2))
+                            };
+                            let lo = _mm256_or_si256(
+                                _mm256_and_si256(raw, m4),
+                                _mm256_and_si256(bl, m30),
                             );
+                            let hi = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                                _mm256_and_si256(bh, m30),
+                            );
+                            for i in 0..M {
+                                let ap = aq[i].add(128 * h + 4 * c);
+                                lo16[i] =
+                                    _mm256_add_epi16(lo16[i], _mm256_maddubs_epi16(lo, bcast(ap)));
+                                hi16[i] = _mm256_add_epi16(
+                                    hi16[i],
+                                    _mm256_maddubs_epi16(hi, bcast(ap.add(64))),
+                                );
+                            }
+                            if cc % 2 == 1 {
+                                for i in 0..M {
+                                    dot[i] = _mm256_add_epi32(
+                                        dot[i],
+                                        _mm256_add_epi32(
+                                            _mm256_madd_epi16(lo16[i], s_lo),
+                                            _mm256_madd_epi16(hi16[i], s_hi),
+                                        ),
+                                    );
+                                    lo16[i] = _mm256_setzero_si256();
+                                    hi16[i] = _mm256_setzero_si256();
+                                }
+                            }
                         }
                     }
                 }
+                let mut pairs = [_mm256_setzero_si256(); 8];
+                for (q, &v) in scw.iter().enumerate() {
+                    pairs[2 * q] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+                    pairs[2 * q + 1] = _mm256_srai_epi16(v, 8);
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.add(lay.d + 16 * half) as *const _));
                 for i in 0..M {
-                    acc[r][i] += block_sum(dv[r], 0.0, da[i], hsum256_i32(iacc[i]), 0);
+                    let blk = (i0 + i) * nb + b;
+                    let wp = a.w6.as_ptr().add(blk * 8);
+                    let mut off = _mm256_setzero_si256();
+                    for (q, pv) in pairs.iter().enumerate() {
+                        off = _mm256_add_epi32(
+                            off,
+                            _mm256_madd_epi16(*pv, _mm256_set1_epi32(*wp.add(q))),
+                        );
+                    }
+                    let d = _mm256_sub_epi32(dot[i], _mm256_slli_epi32(off, 5));
+                    let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
+                    let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(d));
+                    acc[i] = _mm256_add_ps(acc[i], t1);
                 }
             }
         }
-        for (dst, row) in res.iter_mut().zip(&acc) {
-            dst[..M].copy_from_slice(row);
+        for (half, acc) in acc.iter().enumerate() {
+            for (dst, v) in res.iter_mut().zip(acc) {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), *v);
+            }
         }
     }
 }
@@ -835,6 +1138,8 @@ mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QStorage, QTensor};
     use candle_core::{Device, Module, Tensor};
+
+    const ALL: [KType; 3] = [KType::Q4K, KType::Q5K, KType::Q6K];
 
     /// Every variant this CPU runs, and the scalar reference.
     fn kernels() -> Vec<Option<Kernel>> {
@@ -870,7 +1175,7 @@ mod tests {
                 blk[at..at + 2].copy_from_slice(&d.to_le_bytes());
             };
             match ty {
-                KType::Q4K => {
+                KType::Q4K | KType::Q5K => {
                     scale(0, &mut rng);
                     scale(2, &mut rng);
                 }
@@ -882,7 +1187,7 @@ mod tests {
     }
 
     /// Dequantizes GGUF bytes straight from the block format (ggml's `dequantize_row_q4_K` /
-    /// `_q6_K`), independently of the repacked layout.
+    /// `_q5_K` / `_q6_K`), independently of the repacked layout.
     fn dequant_gguf(ty: KType, data: &[u8]) -> Vec<f32> {
         let f = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
         let mut out = Vec::new();
@@ -899,6 +1204,23 @@ mod tests {
                             let q = qs[32 * j + l];
                             y[64 * j + l] = d * s1 as f32 * (q & 15) as f32 - dmin * m1 as f32;
                             y[64 * j + 32 + l] = d * s2 as f32 * (q >> 4) as f32 - dmin * m2 as f32;
+                        }
+                    }
+                }
+                KType::Q5K => {
+                    let (d, dmin) = (f(&blk[0..2]), f(&blk[2..4]));
+                    let (scales, qh, qs) = (&blk[4..16], &blk[16..48], &blk[48..176]);
+                    for j in 0..4 {
+                        let (s1, m1) = scale_min_k4(2 * j, scales);
+                        let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+                        let (d1, d2) = (d * s1 as f32, d * s2 as f32);
+                        let (n1, n2) = (dmin * m1 as f32, dmin * m2 as f32);
+                        for l in 0..32 {
+                            let q = qs[32 * j + l];
+                            let h1 = ((qh[l] >> (2 * j)) & 1) << 4;
+                            let h2 = ((qh[l] >> (2 * j + 1)) & 1) << 4;
+                            y[64 * j + l] = d1 * ((q & 15) | h1) as f32 - n1;
+                            y[64 * j + 32 + l] = d2 * ((q >> 4) | h2) as f32 - n2;
                         }
                     }
                 }
@@ -931,6 +1253,7 @@ mod tests {
     fn candle_tensor(ty: KType, data: &[u8], n: usize, k: usize) -> QTensor {
         let dt = match ty {
             KType::Q4K => GgmlDType::Q4K,
+            KType::Q5K => GgmlDType::Q5K,
             KType::Q6K => GgmlDType::Q6K,
         };
         let st = QStorage::from_data(std::borrow::Cow::Borrowed(data), &Device::Cpu, dt).unwrap();
@@ -1006,7 +1329,7 @@ mod tests {
 
     #[test]
     fn reference_dequantization_matches_candle() {
-        for ty in [KType::Q4K, KType::Q6K] {
+        for ty in ALL {
             let (n, k) = (5, 512);
             let bytes = random_gguf(ty, n, k, 3);
             let ours = dequant_gguf(ty, &bytes);
@@ -1027,9 +1350,9 @@ mod tests {
 
     #[test]
     fn matches_reference_for_odd_shapes() {
-        // Rows not a multiple of 4 leave padded edge tiles; 1 to 9 activation rows cover every
+        // Rows not a multiple of 16 leave padded edge tiles; 1 to 9 activation rows cover every
         // tile width and a remainder.
-        for ty in [KType::Q4K, KType::Q6K] {
+        for ty in ALL {
             for &(n, k, m) in &[
                 (4, 256, 1),
                 (7, 256, 1),
@@ -1038,6 +1361,9 @@ mod tests {
                 (6, 1536, 9),
                 (1, 256, 2),
                 (16, 2304, 4),
+                (17, 256, 2),
+                (33, 512, 7),
+                (48, 768, 1),
             ] {
                 check(ty, n, k, m);
             }
@@ -1047,7 +1373,62 @@ mod tests {
     #[test]
     fn large_products_run_in_parallel_and_agree() {
         check(KType::Q4K, 300, 1536, 6);
+        check(KType::Q5K, 130, 1280, 5);
         check(KType::Q6K, 258, 1024, 1);
+    }
+
+    /// The largest weights and scales against the largest activations of either sign: the
+    /// 16-bit partial sums of the AVX2 variant (and every 32-bit one) must not overflow.
+    #[test]
+    fn extreme_values_give_exact_sums() {
+        let (n, k) = (16, 512);
+        // All ones and all minus ones quantize to -127 and 127; the mixed row to both.
+        let mut x = vec![1.0f32; k];
+        x.extend(vec![-1.0f32; k]);
+        x.extend((0..k).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }));
+        let m = 3;
+        for ty in ALL {
+            for fill in [0xFFu8, 0x80, 0x7F] {
+                let mut bytes = vec![fill; n * k / QK * ty.block_bytes()];
+                // Keep the f16 scales finite and small: 0x3C00 is 1.0.
+                for blk in bytes.chunks_exact_mut(ty.block_bytes()) {
+                    let at: &[usize] = match ty {
+                        KType::Q6K => &[208],
+                        _ => &[0, 2],
+                    };
+                    for &a in at {
+                        blk[a..a + 2].copy_from_slice(&[0x00, 0x3C]);
+                    }
+                }
+                let vals = dequant_gguf(ty, &bytes);
+                let w = KMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+                let want = reference(&vals, &QuantRowsK::new(&x, m, k), n, k);
+                let scalar = matmul_with(None, &[&w], &x, m).remove(0);
+                let mags = magnitudes(&vals, &x, m, n, k);
+                assert_close(
+                    &format!("{} scalar {fill:#x}", ty.name()),
+                    &scalar,
+                    &want,
+                    &mags,
+                );
+                for kern in kernels() {
+                    let got = matmul_with(kern, &[&w], &x, m).remove(0);
+                    assert_eq!(got, scalar, "{} {kern:?} fill {fill:#x}", ty.name());
+                }
+            }
+        }
+    }
+
+    /// No second copy and no growth: the repacked matrix is as large as the file's blocks
+    /// (rows padded to a multiple of 16 aside).
+    #[test]
+    fn repacked_size_is_the_gguf_size() {
+        for ty in ALL {
+            let (n, k) = (32, 768);
+            let bytes = random_gguf(ty, n, k, 9);
+            let w = KMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+            assert_eq!(w.data.len(), bytes.len(), "{}", ty.name());
+        }
     }
 
     /// Row `i` of a call with `m` rows is bit-identical to a call with row `i` alone, on every
@@ -1056,7 +1437,7 @@ mod tests {
     fn rows_do_not_depend_on_the_other_rows() {
         let (n, k) = (37, 512);
         let x = random_acts(9, k, 21);
-        for ty in [KType::Q4K, KType::Q6K] {
+        for ty in ALL {
             let bytes = random_gguf(ty, n, k, 20);
             let w = KMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
             for kern in kernels() {
@@ -1085,13 +1466,16 @@ mod tests {
         let (k, m) = (512, 5);
         let b1 = random_gguf(KType::Q4K, 40, k, 1);
         let b2 = random_gguf(KType::Q6K, 22, k, 2);
+        let b3 = random_gguf(KType::Q5K, 19, k, 3);
         let w1 = KMatrix::from_gguf_bytes(&b1, KType::Q4K, 40, k).unwrap();
         let w2 = KMatrix::from_gguf_bytes(&b2, KType::Q6K, 22, k).unwrap();
+        let w3 = KMatrix::from_gguf_bytes(&b3, KType::Q5K, 19, k).unwrap();
         let x = random_acts(m, k, 4);
         for kern in kernels() {
-            let both = matmul_with(kern, &[&w1, &w2], &x, m);
-            assert_eq!(both[0], matmul_with(kern, &[&w1], &x, m)[0], "{kern:?}");
-            assert_eq!(both[1], matmul_with(kern, &[&w2], &x, m)[0], "{kern:?}");
+            let all = matmul_with(kern, &[&w1, &w2, &w3], &x, m);
+            assert_eq!(all[0], matmul_with(kern, &[&w1], &x, m)[0], "{kern:?}");
+            assert_eq!(all[1], matmul_with(kern, &[&w2], &x, m)[0], "{kern:?}");
+            assert_eq!(all[2], matmul_with(kern, &[&w3], &x, m)[0], "{kern:?}");
         }
     }
 
@@ -1101,7 +1485,7 @@ mod tests {
     #[test]
     fn matches_candle_f32_within_activation_rounding() {
         let (n, k, m) = (24, 768, 3);
-        for ty in [KType::Q4K, KType::Q6K] {
+        for ty in ALL {
             let bytes = random_gguf(ty, n, k, 11);
             let wt = candle_tensor(ty, &bytes, n, k)
                 .dequantize(&Device::Cpu)
@@ -1159,26 +1543,6 @@ mod tests {
     }
 
     #[test]
-    fn word_wide_scale_unpacking_matches_ggml() {
-        let mut rng = Rng(5);
-        for _ in 0..200 {
-            let packed: Vec<u8> = (0..48).map(|_| rng.next() as u8).collect();
-            let (mut sc, mut mn) = ([0u8; 32], [0u8; 32]);
-            unpack_q4k_scales(&packed, &mut sc, &mut mn);
-            for r in 0..ROWS {
-                for j in 0..8 {
-                    let want = scale_min_k4(j, &packed[12 * r..12 * r + 12]);
-                    assert_eq!(
-                        (sc[8 * r + j], mn[8 * r + j]),
-                        want,
-                        "row {r} sub-block {j}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
     fn bad_shapes_are_refused() {
         let bytes = random_gguf(KType::Q4K, 2, 256, 1);
         assert!(KMatrix::from_gguf_bytes(&bytes, KType::Q4K, 2, 256).is_ok());
@@ -1186,5 +1550,6 @@ mod tests {
         assert!(KMatrix::from_gguf_bytes(&bytes, KType::Q4K, 1, 512).is_ok());
         assert!(KMatrix::from_gguf_bytes(&bytes, KType::Q4K, 4, 128).is_err());
         assert!(KMatrix::from_gguf_bytes(&bytes, KType::Q6K, 2, 256).is_err());
+        assert!(KMatrix::from_gguf_bytes(&bytes, KType::Q5K, 2, 256).is_err());
     }
 }

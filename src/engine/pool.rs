@@ -163,7 +163,7 @@ fn worker(shared: &'static Shared) {
 /// The driver the own matmul kernels share: one zeroed row-major `m × n` output per matrix
 /// (`ns` holds each matrix's `n`), work split into tiles of `rows` output columns numbered
 /// across all the matrices (so fused q/k/v or gate/up calls share one parallel region), run on
-/// the pool unless the product of `m × k` per column is too small to pay for it.
+/// the pool unless the product (columns × `m` × `k` multiply-adds) is too small to pay for it.
 /// `tile(j, t, out)` fills tile `t` of matrix `j`, where `out` is that matrix's output buffer;
 /// it must write only its own tile's columns.
 pub fn tiled<F: Fn(usize, usize, *mut f32) + Sync>(
@@ -188,7 +188,8 @@ pub fn tiled<F: Fn(usize, usize, *mut f32) + Sync>(
             tile(j, t, dsts[j] as *mut f32);
         }
     };
-    if total * m * k < 1 << 16 {
+    // Counted in columns, not tiles, so kernels with wider tiles split the same products.
+    if total * rows * m * k < 1 << 18 {
         run(0..total);
     } else {
         run_chunked(total, run);
