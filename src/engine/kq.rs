@@ -178,21 +178,24 @@ impl KMatrix {
         let lay = ty.layout();
         let (sections, d_at, dmin_at) = ty.sections();
         let mut out = vec![0u8; tiles * nb * tb];
-        for (r, row) in data.chunks_exact(nb * bb).enumerate() {
-            let (t, rr) = (r / ROWS, r % ROWS);
-            for (b, blk) in row.chunks_exact(bb).enumerate() {
-                let dst = &mut out[(t * nb + b) * tb..][..tb];
-                for &(from, words, to) in sections {
-                    for g in 0..words {
-                        dst[to + 64 * g + 4 * rr..][..4].copy_from_slice(&blk[from + 4 * g..][..4]);
+        // Tiles in parallel: a 1.5B model's matrices took about a second on one thread.
+        super::pool::for_each_chunk_mut(&mut out, nb * tb, |t, tile| {
+            let rows = data.chunks_exact(nb * bb).skip(t * ROWS).take(ROWS);
+            for (rr, row) in rows.enumerate() {
+                for (blk, dst) in row.chunks_exact(bb).zip(tile.chunks_exact_mut(tb)) {
+                    for &(from, words, to) in sections {
+                        for g in 0..words {
+                            dst[to + 64 * g + 4 * rr..][..4]
+                                .copy_from_slice(&blk[from + 4 * g..][..4]);
+                        }
+                    }
+                    dst[lay.d + 2 * rr..][..2].copy_from_slice(&blk[d_at..d_at + 2]);
+                    if let Some(at) = dmin_at {
+                        dst[lay.dmin + 2 * rr..][..2].copy_from_slice(&blk[at..at + 2]);
                     }
                 }
-                dst[lay.d + 2 * rr..][..2].copy_from_slice(&blk[d_at..d_at + 2]);
-                if let Some(at) = dmin_at {
-                    dst[lay.dmin + 2 * rr..][..2].copy_from_slice(&blk[at..at + 2]);
-                }
             }
-        }
+        });
         Ok(Self {
             ty,
             n,

@@ -197,6 +197,24 @@ pub fn tiled<F: Fn(usize, usize, *mut f32) + Sync>(
     outs
 }
 
+/// Runs `f(i, part)` for every `part` of `out.chunks_mut(chunk)` on the pool's threads (load-time
+/// work such as repacking weights, where each part is written by exactly one call).
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let parts: Vec<Mutex<&mut [T]>> = out.chunks_mut(chunk.max(1)).map(Mutex::new).collect();
+    run_chunked(parts.len(), |range| {
+        for i in range {
+            // Each index is handed out once, so the lock is never contended: it only lets the
+            // threads share the list of disjoint parts.
+            let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
+            f(i, &mut part);
+        }
+    });
+}
+
 /// Runs `f` over `0..n` in chunks on the pool's threads and the calling thread; returns when
 /// every chunk is done.
 pub fn run_chunked<F: Fn(Range<usize>) + Sync>(n: usize, f: F) {
@@ -265,6 +283,17 @@ mod tests {
                 "n = {n}"
             );
         }
+    }
+
+    #[test]
+    fn every_chunk_is_filled_once() {
+        let mut out = vec![0usize; 1003];
+        for_each_chunk_mut(&mut out, 10, |i, part| {
+            for (j, v) in part.iter_mut().enumerate() {
+                *v += 10 * i + j + 1;
+            }
+        });
+        assert!(out.iter().enumerate().all(|(j, &v)| v == j + 1));
     }
 
     #[test]
