@@ -168,7 +168,7 @@ impl DecoderConfig {
     }
 }
 
-/// A weight matrix: Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 and (opt-in) Q4_K/Q6_K on Influence's own
+/// A weight matrix: Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 and Q4_K/Q5_K/Q6_K on Influence's own
 /// kernels where the CPU runs them, otherwise candle's.
 enum Linear {
     Q8(Arc<Q8Matrix>),
