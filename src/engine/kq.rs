@@ -40,8 +40,8 @@ use super::simd::Kernel;
 pub const QK: usize = 256;
 /// Weight rows per tile: one per 32-bit lane of a 512-bit vector.
 const ROWS: usize = 16;
-/// Most activation rows per tile call.
-const ACTS: usize = 4;
+/// Most activation rows per tile call (the AVX2 variant's; the AVX-512 one takes 4).
+const ACTS: usize = 8;
 
 /// The K-quant types these kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +312,8 @@ fn pair(lo: i32, hi: i32) -> i32 {
 }
 
 impl QuantRowsK {
-    /// Quantizes `m` rows of `k` values (row-major `x`; `k` a multiple of 256).
+    /// Quantizes `m` rows of `k` values (row-major `x`; `k` a multiple of 256), prompt rows on
+    /// every thread (one row at a time it was ~8 % of a 2-thread prompt).
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(k % QK, 0);
@@ -321,6 +322,40 @@ impl QuantRowsK {
         let mut d = vec![0f32; m * nb];
         let mut w4 = vec![0i32; m * nb * 4];
         let mut w6 = vec![0i32; m * nb * 8];
+        type Row<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [i32], &'a mut [i32]);
+        let rows: Vec<std::sync::Mutex<Row>> = qs
+            .chunks_mut(k)
+            .zip(d.chunks_mut(nb))
+            .zip(w4.chunks_mut(4 * nb))
+            .zip(w6.chunks_mut(8 * nb))
+            .map(|(((q, d), w4), w6)| std::sync::Mutex::new((q, d, w4, w6)))
+            .collect();
+        let run = |range: std::ops::Range<usize>| {
+            for i in range {
+                // Each row is handed out once: the lock is never contended.
+                let mut row = rows[i].lock().unwrap_or_else(|e| e.into_inner());
+                let (q, d, w4, w6) = &mut *row;
+                Self::quantize_row(&x[i * k..(i + 1) * k], q, d, w4, w6);
+            }
+        };
+        if m >= 4 {
+            super::pool::run_chunked(m, run);
+        } else {
+            run(0..m);
+        }
+        drop(rows);
+        Self {
+            m,
+            k,
+            qs,
+            d,
+            w4,
+            w6,
+        }
+    }
+
+    /// One row: its bytes, block scales and paired sums.
+    fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], w4: &mut [i32], w6: &mut [i32]) {
         for (blk, (src, dst)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
             // candle's `quantize_row_q8k` exactly (scale from the signed extreme, 1 / iscale),
             // so both engines see the same activation bytes on K-quant files.
@@ -342,7 +377,7 @@ impl QuantRowsK {
             for (s, chunk) in s16.iter_mut().zip(dst.chunks_exact(16)) {
                 *s = chunk.iter().map(|&v| v as i32).sum();
             }
-            let s32: Vec<i32> = (0..8).map(|j| s16[2 * j] + s16[2 * j + 1]).collect();
+            let s32: [i32; 8] = std::array::from_fn(|j| s16[2 * j] + s16[2 * j + 1]);
             for (q, w) in w4[blk * 4..][..4].iter_mut().enumerate() {
                 // Words 0, 1 pair sub-blocks (0, 2), (1, 3); words 2, 3 the same from 4.
                 let base = 4 * (q / 2) + q % 2;
@@ -352,14 +387,6 @@ impl QuantRowsK {
                 let base = 4 * (q / 2) + q % 2;
                 *w = pair(s16[base], s16[base + 2]);
             }
-        }
-        Self {
-            m,
-            k,
-            qs,
-            d,
-            w4,
-            w6,
         }
     }
 
@@ -439,11 +466,13 @@ unsafe fn tile_all_acts(
     a: &QuantRowsK,
     out: *mut f32,
 ) {
-    // AVX2 has 16 vector registers: 2 activation rows' partial sums, dot products and the
-    // unpacked weights fill them.
+    // Activation rows per pass over the tile's weights (measured on Qwen2.5-1.5B's FFN shapes,
+    // 128 rows, one thread): AVX-512 runs at the same speed from 4 to 8 (~145 GMAC/s, 2 and 3
+    // are slower), so 4, the fewest registers. AVX2 gains from every row that shares the weight
+    // unpacking, spills notwithstanding: 8 rows 105-110 GMAC/s, 4 rows 97-101, 2 rows 81-84.
     let most = match kern {
-        Some(Kernel::Avx2) => 2,
-        _ => ACTS,
+        Some(Kernel::Avx2) => 8,
+        _ => 4,
     };
     let mut i0 = 0;
     while i0 < a.m {
@@ -455,6 +484,10 @@ unsafe fn tile_all_acts(
             macro_rules! by_acts {
                 ($m:ident :: $f:ident) => {
                     match acts {
+                        8 => $m::$f::<8>(w, t, a, i0, &mut res),
+                        7 => $m::$f::<7>(w, t, a, i0, &mut res),
+                        6 => $m::$f::<6>(w, t, a, i0, &mut res),
+                        5 => $m::$f::<5>(w, t, a, i0, &mut res),
                         4 => $m::$f::<4>(w, t, a, i0, &mut res),
                         3 => $m::$f::<3>(w, t, a, i0, &mut res),
                         2 => $m::$f::<2>(w, t, a, i0, &mut res),
@@ -1540,6 +1573,69 @@ mod tests {
                             ty.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Not a test: time per call and multiply-adds per second of Qwen2.5-1.5B's FFN shapes for
+    /// 1 to 128 rows, own kernel (each variant) against candle's quantized matmul. Run with
+    /// `cargo test --release --lib engine::kq::tests::bench_rows -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement that prints timings and asserts nothing; run it by hand"]
+    fn bench_rows() {
+        // Process CPU time, not wall time: on a shared machine other jobs take the cores, and
+        // with `CANDLE_NUM_THREADS=1` the CPU time is the kernel's own.
+        let cpu_us = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec for the call to fill.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+        };
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let (mut best, reps) = (f64::MAX, 5);
+            for _ in 0..5 {
+                let t = cpu_us();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min((cpu_us() - t) / reps as f64);
+            }
+            best
+        };
+        let types: Vec<KType> = match std::env::var("KQ_TYPE").as_deref() {
+            Ok("q4k") => vec![KType::Q4K],
+            Ok("q5k") => vec![KType::Q5K],
+            Ok("q6k") => vec![KType::Q6K],
+            _ => ALL.to_vec(),
+        };
+        for ty in types {
+            for &(n, k) in &[(8960, 1536), (1536, 8960)] {
+                let bytes = random_gguf(ty, n, k, 1);
+                let w = KMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+                let qm =
+                    candle_core::quantized::QMatMul::from_qtensor(candle_tensor(ty, &bytes, n, k))
+                        .unwrap();
+                for m in [1usize, 4, 16, 64, 128] {
+                    let x = random_acts(m, k, 2);
+                    let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                    let gmac = |us: f64| (n * k * m) as f64 / us / 1e3;
+                    let mut line = format!("{} {n}x{k} m={m:3}:", ty.name());
+                    for kern in kernels().into_iter().skip(1) {
+                        let us = time(&mut || {
+                            std::hint::black_box(matmul_with(kern, &[&w], &x, m));
+                        });
+                        line += &format!(" {kern:?} {us:9.1} µs {:5.1} GMAC/s", gmac(us));
+                    }
+                    let us = time(&mut || {
+                        std::hint::black_box(qm.forward(&xt).unwrap());
+                    });
+                    line += &format!(" | candle {us:9.1} µs {:5.1} GMAC/s", gmac(us));
+                    println!("{line}");
                 }
             }
         }
