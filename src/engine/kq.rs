@@ -51,17 +51,15 @@ pub enum KType {
     Q6K,
 }
 
-/// Where each section of a tile block starts (bytes). Every section holds 4-byte words, word `g`
-/// of row `r` at `64 g + 4 r`, except the f16 scales (`2 r`).
-#[derive(Clone, Copy)]
-struct Layout {
-    /// Q6_K: high bit pairs; Q5_K: fifth bits.
-    qh: usize,
+/// The parts of a GGUF block made of 4-byte words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
     /// Packed scales (and minimums).
-    sc: usize,
-    d: usize,
-    /// Q4_K/Q5_K only.
-    dmin: usize,
+    Scales,
+    /// 4-bit values (Q6_K: their low 4 bits).
+    Nibbles,
+    /// Q5_K's fifth bits, Q6_K's high bit pairs.
+    High,
 }
 
 impl KType {
@@ -79,41 +77,60 @@ impl KType {
         ROWS * self.block_bytes()
     }
 
-    /// The sections of a tile block: nibbles (2048 bytes) first, then (Q5_K) 512 bytes of fifth
-    /// bits or (Q6_K) 1024 of high bit pairs, the scales (192 or 256), and the f16 scales.
-    const fn layout(self) -> Layout {
+    /// The GGUF block's parts as (part, start in the GGUF block, words), and where its f16
+    /// scales are (d, dmin).
+    fn gguf_parts(self) -> (&'static [(Part, usize, usize)], usize, Option<usize>) {
+        use Part::*;
         match self {
-            KType::Q4K => Layout {
-                qh: 0,
-                sc: 2048,
-                d: 2240,
-                dmin: 2272,
-            },
-            KType::Q5K => Layout {
-                qh: 2048,
-                sc: 2560,
-                d: 2752,
-                dmin: 2784,
-            },
-            KType::Q6K => Layout {
-                qh: 2048,
-                sc: 3072,
-                d: 3328,
-                dmin: 0,
-            },
+            // d, dmin, 12 bytes of scales, 128 of nibbles.
+            KType::Q4K => (&[(Scales, 4, 3), (Nibbles, 16, 32)], 0, Some(2)),
+            // d, dmin, 12 bytes of scales, 32 of fifth bits, 128 of nibbles.
+            KType::Q5K => (
+                &[(Scales, 4, 3), (High, 16, 8), (Nibbles, 48, 32)],
+                0,
+                Some(2),
+            ),
+            // 128 bytes of low nibbles, 64 of high bit pairs, 16 of scales, d.
+            KType::Q6K => (
+                &[(Nibbles, 0, 32), (High, 128, 16), (Scales, 192, 4)],
+                208,
+                None,
+            ),
         }
     }
 
-    /// The GGUF block's sections of 4-byte words as (start in the GGUF block, words, start in
-    /// the tile block), and where the f16 scales are in the GGUF block (d, dmin).
-    fn sections(self) -> (&'static [(usize, usize, usize)], usize, Option<usize>) {
+    /// The 64-byte line of a tile block that holds word `g` of `part` for the tile's 16 rows.
+    ///
+    /// Lines are in the order the kernels read them, so a tile block is read front to back and
+    /// the hardware prefetcher keeps up: with Q6_K's high bits in a region of their own, decode
+    /// read a 182 MB Q6_K matrix at half the speed of the same kernel in this order. Scales come
+    /// first; Q5_K's fifth-bit lines sit beside the first 8 nibble lines (the first pass over
+    /// the sub-block pairs reads both, the others find the fifth bits in L1); Q6_K goes in
+    /// triples (low nibbles `c` and `c + 8` of a 128-value half, then their high bits); the f16
+    /// scales close the block.
+    const fn line(self, part: Part, g: usize) -> usize {
+        match (self, part) {
+            (_, Part::Scales) => g,
+            (KType::Q4K, _) => 3 + g,
+            (KType::Q5K, Part::Nibbles) if g < 8 => 3 + 2 * g,
+            (KType::Q5K, Part::Nibbles) => 11 + g,
+            (KType::Q5K, Part::High) => 4 + 2 * g,
+            (KType::Q6K, Part::Nibbles) => 4 + 24 * (g / 16) + 3 * (g % 8) + (g % 16) / 8,
+            (KType::Q6K, Part::High) => 4 + 24 * (g / 8) + 3 * (g % 8) + 2,
+        }
+    }
+
+    /// Byte offset in a tile block of the first byte of word `g` of `part` (row 0).
+    const fn at(self, part: Part, g: usize) -> usize {
+        64 * self.line(part, g)
+    }
+
+    /// Byte offset of the 16 rows' f16 `d` in a tile block (their `dmin` follow, Q4_K/Q5_K).
+    const fn d_at(self) -> usize {
         match self {
-            // d, dmin, 12 bytes of scales, 128 of nibbles.
-            KType::Q4K => (&[(4, 3, 2048), (16, 32, 0)], 0, Some(2)),
-            // d, dmin, 12 bytes of scales, 32 of fifth bits, 128 of nibbles.
-            KType::Q5K => (&[(4, 3, 2560), (16, 8, 2048), (48, 32, 0)], 0, Some(2)),
-            // 128 bytes of low nibbles, 64 of high bit pairs, 16 of scales, d.
-            KType::Q6K => (&[(0, 32, 0), (128, 16, 2048), (192, 4, 3072)], 208, None),
+            KType::Q4K => 64 * 35,
+            KType::Q5K => 64 * 43,
+            KType::Q6K => 64 * 52,
         }
     }
 
@@ -175,23 +192,22 @@ impl KMatrix {
         }
         let tiles = n.div_ceil(ROWS);
         let tb = ty.tile_block_bytes();
-        let lay = ty.layout();
-        let (sections, d_at, dmin_at) = ty.sections();
+        let (parts, d_at, dmin_at) = ty.gguf_parts();
         let mut out = vec![0u8; tiles * nb * tb];
         // Tiles in parallel: a 1.5B model's matrices took about a second on one thread.
         super::pool::for_each_chunk_mut(&mut out, nb * tb, |t, tile| {
             let rows = data.chunks_exact(nb * bb).skip(t * ROWS).take(ROWS);
             for (rr, row) in rows.enumerate() {
                 for (blk, dst) in row.chunks_exact(bb).zip(tile.chunks_exact_mut(tb)) {
-                    for &(from, words, to) in sections {
+                    for &(part, from, words) in parts {
                         for g in 0..words {
-                            dst[to + 64 * g + 4 * rr..][..4]
+                            dst[ty.at(part, g) + 4 * rr..][..4]
                                 .copy_from_slice(&blk[from + 4 * g..][..4]);
                         }
                     }
-                    dst[lay.d + 2 * rr..][..2].copy_from_slice(&blk[d_at..d_at + 2]);
+                    dst[ty.d_at() + 2 * rr..][..2].copy_from_slice(&blk[d_at..d_at + 2]);
                     if let Some(at) = dmin_at {
-                        dst[lay.dmin + 2 * rr..][..2].copy_from_slice(&blk[at..at + 2]);
+                        dst[ty.d_at() + 32 + 2 * rr..][..2].copy_from_slice(&blk[at..at + 2]);
                     }
                 }
             }
@@ -218,43 +234,38 @@ impl KMatrix {
         &self.data[(t * (self.k / QK) + b) * tb..][..tb]
     }
 
-    /// Byte `i` (0..4) of word `g` of row `rr` in the section at `at` of a tile block.
-    fn word_byte(tb: &[u8], at: usize, g: usize, rr: usize, i: usize) -> u8 {
-        tb[at + 64 * g + 4 * rr + i]
+    /// Byte `i` (0..4) of word `g` of `part` of row `rr` in a tile block.
+    fn word_byte(ty: KType, tb: &[u8], part: Part, g: usize, rr: usize, i: usize) -> u8 {
+        tb[ty.at(part, g) + 4 * rr + i]
     }
 
     /// The quantized value `v` (0..256) of row `rr` in a tile block, and its integer
     /// (scale, minimum) such that the weight is `d · scale · q − dmin · minimum` (Q4_K, Q5_K) or
     /// `d · scale · (q − 32)` (Q6_K, minimum unused).
     fn value(ty: KType, tb: &[u8], rr: usize, v: usize) -> (i32, i32, i32) {
-        let lay = ty.layout();
+        let byte = |part, g, i| Self::word_byte(ty, tb, part, g, rr, i);
         match ty {
             KType::Q4K | KType::Q5K => {
                 let (p, x) = (v / 64, v % 64);
                 let l = x % 32;
-                let byte = Self::word_byte(tb, 0, 8 * p + l / 4, rr, l % 4);
-                let mut q = if x < 32 { byte & 0x0F } else { byte >> 4 };
+                let nib = byte(Part::Nibbles, 8 * p + l / 4, l % 4);
+                let mut q = if x < 32 { nib & 0x0F } else { nib >> 4 };
                 if ty == KType::Q5K {
-                    let bits = Self::word_byte(tb, lay.qh, l / 4, rr, l % 4);
-                    q |= ((bits >> (v / 32)) & 1) << 4;
+                    q |= ((byte(Part::High, l / 4, l % 4) >> (v / 32)) & 1) << 4;
                 }
-                let mut packed = [0u8; 12];
-                for (i, s) in packed.iter_mut().enumerate() {
-                    *s = Self::word_byte(tb, lay.sc, i / 4, rr, i % 4);
-                }
+                let packed: [u8; 12] = std::array::from_fn(|i| byte(Part::Scales, i / 4, i % 4));
                 let (sc, mn) = scale_min_k4(v / 32, &packed);
                 (q as i32, sc as i32, mn as i32)
             }
             KType::Q6K => {
                 let (h, y) = (v / 128, v % 128);
                 let (high, c, b) = (y >= 64, (y % 64) / 4, y % 4);
-                let byte = Self::word_byte(tb, 0, 16 * h + c, rr, b);
-                let lo = if high { byte >> 4 } else { byte & 0x0F };
+                let nib = byte(Part::Nibbles, 16 * h + c, b);
+                let lo = if high { nib >> 4 } else { nib & 0x0F };
                 let pair = (c / 8) + 2 * high as usize;
-                let bits = Self::word_byte(tb, lay.qh, 8 * h + c % 8, rr, b);
-                let hi = (bits >> (2 * pair)) & 3;
+                let hi = (byte(Part::High, 8 * h + c % 8, b) >> (2 * pair)) & 3;
                 let j = v / 16;
-                let sc = Self::word_byte(tb, lay.sc, j / 4, rr, j % 4) as i8;
+                let sc = byte(Part::Scales, j / 4, j % 4) as i8;
                 ((lo | (hi << 4)) as i32, sc as i32, 0)
             }
         }
@@ -262,11 +273,10 @@ impl KMatrix {
 
     /// The f32 scales (d, dmin) of row `rr` in a tile block.
     fn scales(ty: KType, tb: &[u8], rr: usize) -> (f32, f32) {
-        let lay = ty.layout();
         let f = |at: usize| f16::from_le_bytes([tb[at], tb[at + 1]]).to_f32();
         match ty {
-            KType::Q4K | KType::Q5K => (f(lay.d + 2 * rr), f(lay.dmin + 2 * rr)),
-            KType::Q6K => (f(lay.d + 2 * rr), 0.0),
+            KType::Q4K | KType::Q5K => (f(ty.d_at() + 2 * rr), f(ty.d_at() + 32 + 2 * rr)),
+            KType::Q6K => (f(ty.d_at() + 2 * rr), 0.0),
         }
     }
 
@@ -614,7 +624,7 @@ const TOP16: [[u8; 16]; 4] = lane_shuffles(0b1010);
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{KMatrix, KType, QuantRowsK, Res, QK, TOP32, ZX32};
+    use super::{KMatrix, KType, Part, QuantRowsK, Res, QK, TOP32, ZX32};
     use std::arch::x86_64::*;
 
     /// A 16-byte shuffle pattern repeated in each 128-bit lane.
@@ -671,7 +681,7 @@ mod avx512 {
     ) {
         let nb = w.k / QK;
         let ty = if FIVE { KType::Q5K } else { KType::Q4K };
-        let (tbb, lay) = (ty.tile_block_bytes(), ty.layout());
+        let tbb = ty.tile_block_bytes();
         let m4 = _mm512_set1_epi8(0x0F);
         let m10 = _mm512_set1_epi8(0x10);
         let low6 = _mm512_set1_epi8(0x3F);
@@ -688,7 +698,7 @@ mod avx512 {
         for b in 0..nb {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
             let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const __m512i);
-            let (u0, u1, u2) = (ld(lay.sc), ld(lay.sc + 64), ld(lay.sc + 128));
+            let (u0, u1, u2) = (ld(0), ld(64), ld(128));
             // Lane r: the scales of sub-blocks 0..4 and 4..8 of row r, one per byte.
             let sc = [
                 _mm512_and_si512(u0, low6),
@@ -721,11 +731,11 @@ mod avx512 {
                 let mut lo_acc = [_mm512_setzero_si512(); M];
                 let mut hi_acc = [_mm512_setzero_si512(); M];
                 for c in 0..8 {
-                    let raw = ld(64 * (8 * p + c));
+                    let raw = ld(ty.at(Part::Nibbles, 8 * p + c));
                     let mut lo = _mm512_and_si512(raw, m4);
                     let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
                     if FIVE {
-                        let bits = _mm512_srl_epi16(ld(lay.qh + 64 * c), shift);
+                        let bits = _mm512_srl_epi16(ld(ty.at(Part::High, c)), shift);
                         lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_slli_epi16(bits, 4), m10));
                         hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_slli_epi16(bits, 3), m10));
                     }
@@ -748,8 +758,10 @@ mod avx512 {
                     );
                 }
             }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(lay.d) as *const __m256i));
-            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(lay.dmin) as *const __m256i));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(ty.d_at()) as *const __m256i));
+            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                base.add(ty.d_at() + 32) as *const __m256i
+            ));
             for i in 0..M {
                 let blk = (i0 + i) * nb + b;
                 let wp = a.w4.as_ptr().add(blk * 4);
@@ -771,10 +783,10 @@ mod avx512 {
 
     /// Q6_K weight tile `t` (16 rows) times `M` activation rows from `i0`.
     ///
-    /// Per 64 bytes of low nibbles and 64 of high bit pairs: two 6-bit weight vectors, two
-    /// `vpdpbusd` per activation row into one accumulator per 16-value sub-block, multiplied by
-    /// the sign-extended sub-block scales. The −32 offset is taken away once per block from
-    /// 8 `vpdpwssd` of the scales against the activation's paired sums of 16.
+    /// Per triple of lines (two of low nibbles, one of their high bit pairs): four 6-bit weight
+    /// vectors, four `vpdpbusd` per activation row into one accumulator per 16-value sub-block,
+    /// multiplied by the sign-extended sub-block scales. The −32 offset is taken away once per
+    /// block from 8 `vpdpwssd` of the scales against the activation's paired sums of 16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     pub(super) unsafe fn q6k<const M: usize>(
         w: &KMatrix,
@@ -784,7 +796,8 @@ mod avx512 {
         res: &mut Res,
     ) {
         let nb = w.k / QK;
-        let (tbb, lay) = (KType::Q6K.tile_block_bytes(), KType::Q6K.layout());
+        let ty = KType::Q6K;
+        let tbb = ty.tile_block_bytes();
         let m4 = _mm512_set1_epi8(0x0F);
         let m30 = _mm512_set1_epi8(0x30);
         let top = [
@@ -798,55 +811,48 @@ mod avx512 {
             let base = w.data.as_ptr().add((t * nb + b) * tbb);
             let ld = |at: usize| _mm512_loadu_si512(base.add(at) as *const __m512i);
             // Word q of the scales: sub-blocks 4q..4q + 4, one signed byte each.
-            let scw = [
-                ld(lay.sc),
-                ld(lay.sc + 64),
-                ld(lay.sc + 128),
-                ld(lay.sc + 192),
-            ];
+            let scw = [ld(0), ld(64), ld(128), ld(192)];
             let mut aq = [std::ptr::null::<i8>(); M];
             for (i, p) in aq.iter_mut().enumerate() {
                 *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
             }
             let mut dot = [_mm512_setzero_si512(); M];
             for h in 0..2 {
-                for q in 0..4 {
-                    // Groups 4q..4q + 4 of half h: sub-block 8h + q in the low nibbles,
-                    // 8h + 4 + q in the high ones.
-                    let mut lo_acc = [_mm512_setzero_si512(); M];
-                    let mut hi_acc = [_mm512_setzero_si512(); M];
+                for q in 0..2 {
+                    // Groups c = 4q..4q + 4 of half h and c + 8: sub-blocks 8h + q (low
+                    // nibbles of c), 8h + 2 + q (of c + 8), 8h + 4 + q and 8h + 6 + q (high).
+                    let mut accs = [[_mm512_setzero_si512(); M]; 4];
                     for cc in 0..4 {
                         let c = 4 * q + cc;
-                        let raw = ld(64 * (16 * h + c));
-                        let bits = ld(lay.qh + 64 * (8 * h + c % 8));
-                        // Bit pairs 0/2 (low nibbles) and 1/3 (high) of the byte to bits 4-5.
-                        let (bl, bh) = if q < 2 {
-                            (_mm512_slli_epi16(bits, 4), bits)
-                        } else {
-                            (_mm512_slli_epi16(bits, 2), _mm512_srli_epi16(bits, 2))
-                        };
-                        let lo =
-                            _mm512_or_si512(_mm512_and_si512(raw, m4), _mm512_and_si512(bl, m30));
-                        let hi = _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4),
-                            _mm512_and_si512(bh, m30),
-                        );
-                        for i in 0..M {
-                            let ap = aq[i].add(128 * h + 4 * c);
-                            lo_acc[i] = _mm512_dpbusd_epi32(lo_acc[i], lo, bcast(ap));
-                            hi_acc[i] = _mm512_dpbusd_epi32(hi_acc[i], hi, bcast(ap.add(64)));
+                        let lo_c = ld(ty.at(Part::Nibbles, 16 * h + c));
+                        let lo_c8 = ld(ty.at(Part::Nibbles, 16 * h + c + 8));
+                        let bits = ld(ty.at(Part::High, 8 * h + c));
+                        // Bit pairs 0, 1, 2, 3 of each byte to bits 4-5.
+                        let ws = [
+                            (lo_c, _mm512_slli_epi16(bits, 4), 0),
+                            (lo_c8, _mm512_slli_epi16(bits, 2), 32),
+                            (_mm512_srli_epi16(lo_c, 4), bits, 64),
+                            (_mm512_srli_epi16(lo_c8, 4), _mm512_srli_epi16(bits, 2), 96),
+                        ];
+                        for (acc, &(nib, hb, off)) in accs.iter_mut().zip(&ws) {
+                            let wv = _mm512_or_si512(
+                                _mm512_and_si512(nib, m4),
+                                _mm512_and_si512(hb, m30),
+                            );
+                            for i in 0..M {
+                                let ap = aq[i].add(128 * h + 4 * c + off);
+                                acc[i] = _mm512_dpbusd_epi32(acc[i], wv, bcast(ap));
+                            }
                         }
                     }
-                    let s_lo = _mm512_srai_epi32(_mm512_shuffle_epi8(scw[2 * h], top[q]), 24);
-                    let s_hi = _mm512_srai_epi32(_mm512_shuffle_epi8(scw[2 * h + 1], top[q]), 24);
-                    for i in 0..M {
-                        dot[i] = _mm512_add_epi32(
-                            dot[i],
-                            _mm512_add_epi32(
-                                _mm512_mullo_epi32(lo_acc[i], s_lo),
-                                _mm512_mullo_epi32(hi_acc[i], s_hi),
-                            ),
-                        );
+                    // Sub-blocks 8h + 2r + q: word 2h + r / 2, byte q + 2 (r % 2).
+                    for (r, acc) in accs.iter().enumerate() {
+                        let word = scw[2 * h + r / 2];
+                        let s =
+                            _mm512_srai_epi32(_mm512_shuffle_epi8(word, top[q + 2 * (r % 2)]), 24);
+                        for i in 0..M {
+                            dot[i] = _mm512_add_epi32(dot[i], _mm512_mullo_epi32(acc[i], s));
+                        }
                     }
                 }
             }
@@ -856,7 +862,7 @@ mod avx512 {
                 pairs[2 * q] = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
                 pairs[2 * q + 1] = _mm512_srai_epi16(v, 8);
             }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(lay.d) as *const __m256i));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(ty.d_at()) as *const __m256i));
             for i in 0..M {
                 let blk = (i0 + i) * nb + b;
                 let wp = a.w6.as_ptr().add(blk * 8);
@@ -879,7 +885,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{KMatrix, KType, QuantRowsK, Res, QK, TOP16, ZX16};
+    use super::{KMatrix, KType, Part, QuantRowsK, Res, QK, TOP16, ZX16};
     use std::arch::x86_64::*;
 
     /// A 16-byte shuffle pattern in both 128-bit lanes.
@@ -935,7 +941,7 @@ mod avx2 {
     ) {
         let nb = w.k / QK;
         let ty = if FIVE { KType::Q5K } else { KType::Q4K };
-        let (tbb, lay) = (ty.tile_block_bytes(), ty.layout());
+        let tbb = ty.tile_block_bytes();
         let m4 = _mm256_set1_epi8(0x0F);
         let m10 = _mm256_set1_epi8(0x10);
         let low6 = _mm256_set1_epi8(0x3F);
@@ -957,7 +963,7 @@ mod avx2 {
             for (half, acc) in acc.iter_mut().enumerate() {
                 let base = block.add(32 * half);
                 let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
-                let (u0, u1, u2) = (ld(lay.sc), ld(lay.sc + 64), ld(lay.sc + 128));
+                let (u0, u1, u2) = (ld(0), ld(64), ld(128));
                 let sc = [
                     _mm256_and_si256(u0, low6),
                     _mm256_or_si256(
@@ -979,11 +985,11 @@ mod avx2 {
                     let mut lo16 = [_mm256_setzero_si256(); M];
                     let mut hi16 = [_mm256_setzero_si256(); M];
                     for c in 0..8 {
-                        let raw = ld(64 * (8 * p + c));
+                        let raw = ld(ty.at(Part::Nibbles, 8 * p + c));
                         let mut lo = _mm256_and_si256(raw, m4);
                         let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                         if FIVE {
-                            let bits = _mm256_srl_epi16(ld(lay.qh + 64 * c), shift);
+                            let bits = _mm256_srl_epi16(ld(ty.at(Part::High, c)), shift);
                             lo = _mm256_or_si256(
                                 lo,
                                 _mm256_and_si256(_mm256_slli_epi16(bits, 4), m10),
@@ -1023,9 +1029,11 @@ mod avx2 {
                     _mm256_and_si256(mn_hi, even),
                     _mm256_and_si256(_mm256_srli_epi32(mn_hi, 8), even),
                 ];
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.add(lay.d + 16 * half) as *const _));
-                let dmw =
-                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(lay.dmin + 16 * half) as *const _));
+                let dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(ty.d_at() + 16 * half) as *const _));
+                let dmw = _mm256_cvtph_ps(_mm_loadu_si128(
+                    block.add(ty.d_at() + 32 + 16 * half) as *const _
+                ));
                 for i in 0..M {
                     let blk = (i0 + i) * nb + b;
                     let wp = a.w4.as_ptr().add(blk * 4);
@@ -1063,7 +1071,8 @@ mod avx2 {
         res: &mut Res,
     ) {
         let nb = w.k / QK;
-        let (tbb, lay) = (KType::Q6K.tile_block_bytes(), KType::Q6K.layout());
+        let ty = KType::Q6K;
+        let tbb = ty.tile_block_bytes();
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
         let top = [
@@ -1082,57 +1091,47 @@ mod avx2 {
             for (half, acc) in acc.iter_mut().enumerate() {
                 let base = block.add(32 * half);
                 let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
-                let scw = [
-                    ld(lay.sc),
-                    ld(lay.sc + 64),
-                    ld(lay.sc + 128),
-                    ld(lay.sc + 192),
-                ];
+                let scw = [ld(0), ld(64), ld(128), ld(192)];
                 let mut dot = [_mm256_setzero_si256(); M];
                 for h in 0..2 {
-                    for q in 0..4 {
-                        let s_lo = _mm256_srai_epi16(_mm256_shuffle_epi8(scw[2 * h], top[q]), 8);
-                        let s_hi =
-                            _mm256_srai_epi16(_mm256_shuffle_epi8(scw[2 * h + 1], top[q]), 8);
-                        let mut lo16 = [_mm256_setzero_si256(); M];
-                        let mut hi16 = [_mm256_setzero_si256(); M];
+                    for q in 0..2 {
+                        // As in the AVX-512 variant: sub-blocks 8h + 2r + q, r = 0..4.
+                        let s: [__m256i; 4] = std::array::from_fn(|r| {
+                            let word = scw[2 * h + r / 2];
+                            _mm256_srai_epi16(_mm256_shuffle_epi8(word, top[q + 2 * (r % 2)]), 8)
+                        });
+                        let mut sums = [[_mm256_setzero_si256(); M]; 4];
                         for cc in 0..4 {
                             let c = 4 * q + cc;
-                            let raw = ld(64 * (16 * h + c));
-                            let bits = ld(lay.qh + 64 * (8 * h + c % 8));
-                            let (bl, bh) = if q < 2 {
-                                (_mm256_slli_epi16(bits, 4), bits)
-                            } else {
-                                (_mm256_slli_epi16(bits, 2), _mm256_srli_epi16(bits, 2))
-                            };
-                            let lo = _mm256_or_si256(
-                                _mm256_and_si256(raw, m4),
-                                _mm256_and_si256(bl, m30),
-                            );
-                            let hi = _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-                                _mm256_and_si256(bh, m30),
-                            );
-                            for i in 0..M {
-                                let ap = aq[i].add(128 * h + 4 * c);
-                                lo16[i] =
-                                    _mm256_add_epi16(lo16[i], _mm256_maddubs_epi16(lo, bcast(ap)));
-                                hi16[i] = _mm256_add_epi16(
-                                    hi16[i],
-                                    _mm256_maddubs_epi16(hi, bcast(ap.add(64))),
+                            let lo_c = ld(ty.at(Part::Nibbles, 16 * h + c));
+                            let lo_c8 = ld(ty.at(Part::Nibbles, 16 * h + c + 8));
+                            let bits = ld(ty.at(Part::High, 8 * h + c));
+                            let ws = [
+                                (lo_c, _mm256_slli_epi16(bits, 4), 0),
+                                (lo_c8, _mm256_slli_epi16(bits, 2), 32),
+                                (_mm256_srli_epi16(lo_c, 4), bits, 64),
+                                (_mm256_srli_epi16(lo_c8, 4), _mm256_srli_epi16(bits, 2), 96),
+                            ];
+                            for (sum, &(nib, hb, off)) in sums.iter_mut().zip(&ws) {
+                                let wv = _mm256_or_si256(
+                                    _mm256_and_si256(nib, m4),
+                                    _mm256_and_si256(hb, m30),
                                 );
+                                for i in 0..M {
+                                    let ap = aq[i].add(128 * h + 4 * c + off);
+                                    sum[i] = _mm256_add_epi16(
+                                        sum[i],
+                                        _mm256_maddubs_epi16(wv, bcast(ap)),
+                                    );
+                                }
                             }
                             if cc % 2 == 1 {
-                                for i in 0..M {
-                                    dot[i] = _mm256_add_epi32(
-                                        dot[i],
-                                        _mm256_add_epi32(
-                                            _mm256_madd_epi16(lo16[i], s_lo),
-                                            _mm256_madd_epi16(hi16[i], s_hi),
-                                        ),
-                                    );
-                                    lo16[i] = _mm256_setzero_si256();
-                                    hi16[i] = _mm256_setzero_si256();
+                                for (sum, s) in sums.iter_mut().zip(&s) {
+                                    for i in 0..M {
+                                        dot[i] =
+                                            _mm256_add_epi32(dot[i], _mm256_madd_epi16(sum[i], *s));
+                                        sum[i] = _mm256_setzero_si256();
+                                    }
                                 }
                             }
                         }
@@ -1143,7 +1142,8 @@ mod avx2 {
                     pairs[2 * q] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
                     pairs[2 * q + 1] = _mm256_srai_epi16(v, 8);
                 }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.add(lay.d + 16 * half) as *const _));
+                let dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(ty.d_at() + 16 * half) as *const _));
                 for i in 0..M {
                     let blk = (i0 + i) * nb + b;
                     let wp = a.w6.as_ptr().add(blk * 8);
@@ -1614,13 +1614,23 @@ mod tests {
             _ => ALL.to_vec(),
         };
         for ty in types {
-            for &(n, k) in &[(8960, 1536), (1536, 8960)] {
+            let shapes: &[(usize, usize)] = if std::env::var("KQ_BIG").is_ok() {
+                &[(151936, 1536), (8960, 8960)]
+            } else {
+                &[(8960, 1536), (1536, 8960)]
+            };
+            for &(n, k) in shapes {
                 let bytes = random_gguf(ty, n, k, 1);
                 let w = KMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
                 let qm =
                     candle_core::quantized::QMatMul::from_qtensor(candle_tensor(ty, &bytes, n, k))
                         .unwrap();
-                for m in [1usize, 4, 16, 64, 128] {
+                let ms: &[usize] = if std::env::var("KQ_BIG").is_ok() {
+                    &[1]
+                } else {
+                    &[1, 4, 16, 64, 128]
+                };
+                for &m in ms {
                     let x = random_acts(m, k, 2);
                     let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
                     let gmac = |us: f64| (n * k * m) as f64 / us / 1e3;
