@@ -62,6 +62,10 @@ enum Part {
     High,
 }
 
+/// A GGUF block's layout: its parts as (part, start, 32-bit words), the offset of the f16 `d`,
+/// and of `dmin` where the type has one.
+type GgufParts = (&'static [(Part, usize, usize)], usize, Option<usize>);
+
 impl KType {
     /// Bytes of one GGUF block of 256 values.
     const fn block_bytes(self) -> usize {
@@ -79,7 +83,7 @@ impl KType {
 
     /// The GGUF block's parts as (part, start in the GGUF block, words), and where its f16
     /// scales are (d, dmin).
-    fn gguf_parts(self) -> (&'static [(Part, usize, usize)], usize, Option<usize>) {
+    fn gguf_parts(self) -> GgufParts {
         use Part::*;
         match self {
             // d, dmin, 12 bytes of scales, 128 of nibbles.
