@@ -299,6 +299,13 @@ fn bench_prints_one_json_line_with_every_measurement() {
     // A CPU build runs `auto` on the CPU and says so; there is no GPU memory to report.
     assert_eq!(v["device"], "cpu", "{text}");
     assert!(v["gpu_mem_mib"].is_null(), "{text}");
+    // The own kernels' variant is named where the CPU runs them (x86-64 with AVX2 or AVX-512).
+    let own = cpu_runs_own_kernels()
+        && !matches!(
+            std::env::var("INFLUENCE_KERNEL").as_deref(),
+            Ok("0" | "off" | "candle")
+        );
+    assert_eq!(v["cpu_kernel"].is_string(), own, "{text}");
     // The model (98 MB of weights) is resident at its peak.
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 90.0, "{text}");
 
@@ -655,4 +662,23 @@ fn ps_lists_the_models_of_running_servers_and_both_dialects_agree() {
         .assert()
         .success()
         .stdout(predicate::str::contains("No Influence server is running"));
+}
+
+/// Whether this CPU runs Influence's own kernels (AVX2 + FMA + F16C, or AVX-512 VNNI), as
+/// `engine::simd` decides without an override.
+fn cpu_runs_own_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+            || (is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

@@ -53,6 +53,9 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         println!("model:        {}", args.model.display());
         println!("device:       {} ({})", r.device, device.reason);
         println!("threads:      {}", r.threads);
+        if let Some(k) = r.cpu_kernel {
+            println!("CPU kernels:  Influence's own, {k}");
+        }
         println!("load:         {:.0} ms", r.load_ms);
         println!(
             "prompt:       {:.1} tok/s ({} tokens)",

@@ -31,6 +31,9 @@ pub struct BenchResult {
     /// GPU memory taken while the model was loaded and run (the device's free memory before
     /// loading minus after the runs), MiB; absent on the CPU.
     pub gpu_mem_mib: Option<f64>,
+    /// The own CPU kernels' variant (`AVX-512 VNNI`, `AVX2`), absent where candle's kernels run (a
+    /// GPU, a CPU without AVX2, `INFLUENCE_KERNEL=0`).
+    pub cpu_kernel: Option<&'static str>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -121,5 +124,11 @@ pub fn run_bench(
         peak_rss_mib: crate::procmem::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
         device: device.label.clone(),
         gpu_mem_mib,
+        cpu_kernel: device
+            .device
+            .is_cpu()
+            .then(super::simd::kernel)
+            .flatten()
+            .map(|k| k.name()),
     })
 }

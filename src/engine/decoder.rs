@@ -286,7 +286,8 @@ struct Loader<'a> {
     requant_q8: bool,
 }
 
-/// Whether `INFLUENCE_REQUANT_Q8=1` is set.
+/// Whether `INFLUENCE_REQUANT_Q8=1` is set. It only acts on a CPU without the own kernels: with
+/// them, Q4_1/Q5_0/Q5_1 decode as fast as Q8_0 per byte and a conversion would only cost memory.
 pub fn requant_q8_requested() -> bool {
     std::env::var("INFLUENCE_REQUANT_Q8").is_ok_and(|v| v == "1")
 }
@@ -670,7 +671,9 @@ impl Decoder {
                 src: Source::Gguf(f),
                 device: device.clone(),
                 // The Q8_0 conversion exists for the own CPU kernels.
-                requant_q8: device.is_cpu() && requant_q8_requested(),
+                requant_q8: device.is_cpu()
+                    && requant_q8_requested()
+                    && super::simd::kernel().is_none(),
             },
             None,
         )
@@ -1012,18 +1015,18 @@ impl Decoder {
         let eps = cfg.rms_eps as f32;
         for (li, layer) in self.layers.iter().enumerate() {
             let norm = |x: &Tensor, w: &Option<Tensor>| match w {
-                Some(w) => candle_nn::ops::rms_norm(x, w, eps),
+                Some(w) => ops::rms_norm(x, w, eps),
                 None => Ok(x.clone()),
             };
             let h = norm(&x, &layer.attn_norm)?;
             let mut attn = attention(cfg, layer, li, &h, &parts, &mut self.slots, dense_ok)?;
             if let Some(n) = &layer.post_attn_norm {
-                attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
+                attn = ops::rms_norm(&attn, n, eps)?;
             }
             if let Some(r) = cfg.residual_scale {
                 attn = (attn * r)?;
             }
-            x = (x + attn)?;
+            x = ops::add(&x, &attn)?;
             let h = norm(&x, &layer.ffn_norm)?;
             let act = |g: &Tensor| {
                 if cfg.gelu {
@@ -1037,12 +1040,21 @@ impl Decoder {
                     let ff = match gate_up {
                         GateUp::Separate { gate, up } => {
                             let [g, u] = linear_many([gate, up], &h, dense_ok)?;
-                            (act(&g)? * u)?
+                            if cfg.gelu {
+                                (act(&g)? * u)?
+                            } else {
+                                ops::silu_mul(&g, &u)?
+                            }
                         }
                         GateUp::Fused(w) => {
                             let gu = linear(w, &h, dense_ok)?;
                             let n = gu.dim(D::Minus1)? / 2;
-                            (act(&gu.narrow(D::Minus1, 0, n)?)? * gu.narrow(D::Minus1, n, n)?)?
+                            if cfg.gelu {
+                                (act(&gu.narrow(D::Minus1, 0, n)?)?
+                                    * gu.narrow(D::Minus1, n, n)?)?
+                            } else {
+                                ops::silu_mul_halves(&gu, n)?
+                            }
                         }
                     };
                     linear(down, &ff, dense_ok)?
@@ -1050,12 +1062,12 @@ impl Decoder {
                 Ffn::Moe(moe) => moe_forward(moe, &h, &act)?,
             };
             if let Some(n) = &layer.post_ffn_norm {
-                ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
+                ff = ops::rms_norm(&ff, n, eps)?;
             }
             if let Some(r) = cfg.residual_scale {
                 ff = (ff * r)?;
             }
-            x = (x + ff)?;
+            x = ops::add(&x, &ff)?;
         }
         let wanted: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].logits).collect();
         let mut out = vec![None; seqs.len()];
@@ -1067,7 +1079,7 @@ impl Decoder {
             .map(|&i| x.narrow(1, parts[i].offset + parts[i].t - 1, 1))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let last = Tensor::cat(&lasts, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.out_norm, eps)?;
+        let last = ops::rms_norm(&last, &self.out_norm, eps)?;
         let mut logits = linear(&self.lm_head, &last, dense_ok)?.to_dtype(DType::F32)?;
         if let Some(s) = self.cfg.logit_scale {
             logits = (logits / s as f64)?;
@@ -1530,20 +1542,18 @@ fn seq_attention(
     let eps = cfg.rms_eps as f32;
     // OLMo 2 norms all heads' queries (keys) as one vector, before splitting them.
     let (q, k) = match &layer.qk_norm {
-        Some((qn, kn)) if qn.dim(0)? == nh * hd && nh > 1 => (
-            candle_nn::ops::rms_norm(q, qn, eps)?,
-            candle_nn::ops::rms_norm(k, kn, eps)?,
-        ),
+        Some((qn, kn)) if qn.dim(0)? == nh * hd && nh > 1 => {
+            (ops::rms_norm(q, qn, eps)?, ops::rms_norm(k, kn, eps)?)
+        }
         _ => (q.clone(), k.clone()),
     };
     let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
     let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
     let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
     let (q, k) = match &layer.qk_norm {
-        Some((qn, kn)) if qn.dim(0)? == hd => (
-            candle_nn::ops::rms_norm(&q, qn, eps)?,
-            candle_nn::ops::rms_norm(&k, kn, eps)?,
-        ),
+        Some((qn, kn)) if qn.dim(0)? == hd => {
+            (ops::rms_norm(&q, qn, eps)?, ops::rms_norm(&k, kn, eps)?)
+        }
         _ => (q, k),
     };
     let (q, k) = if layer.rope {
@@ -1567,10 +1577,12 @@ fn seq_attention(
         att = ((att / cap as f64)?.tanh()? * cap as f64)?;
     }
     let att = match mask {
-        Some(m) => att
-            .reshape((1, nkv, n_rep, t, kv_len))?
-            .broadcast_add(m)?
-            .reshape((1, nkv, n_rep * t, kv_len))?,
+        Some(m) => ops::add_mask(&att.reshape((1, nkv, n_rep, t, kv_len))?, m)?.reshape((
+            1,
+            nkv,
+            n_rep * t,
+            kv_len,
+        ))?,
         None => att,
     };
     let att = ops::softmax_last_dim(&att)?;

@@ -255,12 +255,8 @@ pub fn quant_stats(content: &Content) -> QuantStats {
         .max_by_key(|(_, b)| **b)
         .map(|(n, _)| n.to_string())
         .unwrap_or_else(|| "F32".into());
-    let slow_warning = (quant_bytes > 0 && slow_bytes.saturating_mul(2) > quant_bytes).then(|| {
-        slow_warning(
-            (slow_bytes as u128 * 100 / quant_bytes as u128) as u64,
-            super::simd::kernel(),
-        )
-    });
+    let slow_warning = (quant_bytes > 0 && slow_bytes.saturating_mul(2) > quant_bytes)
+        .then(|| slow_warning((slow_bytes as u128 * 100 / quant_bytes as u128) as u64));
     QuantStats {
         n_params,
         dominant,
@@ -269,22 +265,10 @@ pub fn quant_stats(content: &Content) -> QuantStats {
 }
 
 /// The load-time warning for a file whose quantized bytes are mostly Q4_1/Q5_0/Q5_1 (`percent`
-/// of them), naming the kernel variant this CPU runs (`kernel`, `None` for candle's).
-fn slow_warning(percent: u64, kernel: Option<super::simd::Kernel>) -> String {
-    let fast = match kernel {
-        Some(k) => format!(
-            "Q8_0, Q4_K and Q6_K run on Influence's own {} kernels on this CPU",
-            k.name()
-        ),
-        None => "this CPU runs candle's kernels for every type (no AVX2 or AVX-512 VNNI, or INFLUENCE_KERNEL=0)".to_string(),
-    };
-    let requant = match kernel {
-        Some(super::simd::Kernel::Avx512) => "measured 1.3-1.6x faster generation and 1.5-1.8x faster prompts with the AVX-512 VNNI Q8_0 kernel this CPU runs".to_string(),
-        Some(k) => format!("they then run on the {} Q8_0 kernel this CPU runs; the 1.3-1.6x faster generation measured was with the AVX-512 VNNI variant", k.name()),
-        None => "about 1.3x faster generation on candle's kernels".to_string(),
-    };
+/// of them) on a CPU without the own kernels, where they run on candle's generic code.
+fn slow_warning(percent: u64) -> String {
     format!(
-        "{percent}% of the quantized weight bytes are Q4_1/Q5_0/Q5_1, which run on candle's generic CPU code (2-4x slower per byte). For speed prefer a Q8_0 or Q4_0 file, or Q4_K_M when the model's row sizes are multiples of 256 (real K-quant rows): {fast}. Or set engine.requant_q8 = true in the config to convert them to Q8_0 at load ({requant}; about 1.5x the memory for those weights)"
+        "{percent}% of the quantized weight bytes are Q4_1/Q5_0/Q5_1, which run on candle's generic CPU code on this CPU (2-4x slower per byte; Influence's own kernels need AVX2 or AVX-512 VNNI, or INFLUENCE_KERNEL=0 turned them off). For speed prefer a Q8_0 or Q4_0 file, or set engine.requant_q8 = true in the config to convert them to Q8_0 at load (about 1.5x the memory for those weights)"
     )
 }
 
@@ -350,28 +334,13 @@ impl Meta<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::simd::Kernel;
 
     #[test]
-    fn slow_warning_names_the_kernel_chosen() {
-        let avx2 = slow_warning(90, Some(Kernel::Avx2));
-        assert!(avx2.starts_with("90% of the quantized"), "{avx2}");
-        assert!(avx2.contains("own AVX2 kernels on this CPU"), "{avx2}");
-        assert!(
-            avx2.contains("on the AVX2 Q8_0 kernel this CPU runs"),
-            "{avx2}"
-        );
-        assert!(
-            !avx2.contains("AVX-512 VNNI Q8_0 kernel this CPU runs"),
-            "{avx2}"
-        );
-        let avx512 = slow_warning(90, Some(Kernel::Avx512));
-        assert!(
-            avx512.contains("own AVX-512 VNNI kernels on this CPU"),
-            "{avx512}"
-        );
-        let none = slow_warning(90, None);
-        assert!(none.contains("candle's kernels for every type"), "{none}");
-        assert!(!none.contains("this CPU runs;"), "{none}");
+    fn slow_warning_says_why_and_what_to_do() {
+        let w = slow_warning(90);
+        assert!(w.starts_with("90% of the quantized"), "{w}");
+        assert!(w.contains("candle's generic CPU code on this CPU"), "{w}");
+        assert!(w.contains("engine.requant_q8 = true"), "{w}");
+        assert!(!w.contains("AVX-512 VNNI Q8_0 kernel this CPU runs"), "{w}");
     }
 }

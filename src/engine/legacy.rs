@@ -344,7 +344,7 @@ impl QuantRows {
         let mut off8 = vec![0i32; m * sp];
         for i in 0..m {
             for (b, src) in x[i * k..(i + 1) * k].chunks_exact(BLOCK).enumerate() {
-                let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let amax = super::simd::abs_max(src);
                 let scale = amax / 127.0;
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                 let mut sum = 0i32;

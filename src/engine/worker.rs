@@ -164,8 +164,12 @@ pub(crate) fn load_gguf(
         None => ChatTemplate::fallback(&f.arch, &bos, &eos),
     };
     let mut stats = gguf::quant_stats(&f.content);
-    if super::decoder::requant_q8_requested() && stats.slow_warning.take().is_some() {
-        tracing::info!(model = %path.display(), "converting Q4_1/Q5_0/Q5_1 weights to Q8_0 at load");
+    if super::decoder::requant_q8_requested() {
+        if stats.slow_warning.take().is_some() {
+            tracing::info!(model = %path.display(), "converting Q4_1/Q5_0/Q5_1 weights to Q8_0 at load");
+        } else if device.is_cpu() && super::simd::kernel().is_some() {
+            tracing::info!(model = %path.display(), "engine.requant_q8 has no effect: this CPU runs Influence's own Q4_1/Q5_0/Q5_1 kernels");
+        }
     }
     if let Some(w) = &stats.slow_warning {
         tracing::warn!(model = %path.display(), "{w}");
