@@ -455,6 +455,25 @@ fn gpt_oss_decodes_llama_cpp_s_tokens_runner_ups_and_gaps() {
     );
 }
 
+/// A harmony vocabulary (gpt-oss) stops at the end of a turn, `<|return|>` or `<|call|>`, and
+/// not at `<|end|>`, which ends the reasoning message before the answer.
+#[test]
+fn harmony_vocabularies_stop_at_the_turn_s_end_not_the_message_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GPT_OSS, "tiny", Mix::Mxfp4Moe, 7).unwrap();
+    let (_, path) = write(spec, dir.path(), "gpt-oss.gguf", 1);
+    let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+    let id = |t: &str| {
+        let ids = tok.encode(t).unwrap();
+        assert_eq!(ids.len(), 1, "{t} is one control token");
+        ids[0]
+    };
+    assert!(tok.is_stop(id("<|return|>")));
+    assert!(tok.is_stop(id("<|call|>")));
+    assert!(!tok.is_stop(id("<|end|>")));
+    assert!(!tok.is_stop(id("<|message|>")));
+}
+
 #[test]
 fn synthetic_vocabulary_round_trips_text_and_knows_its_control_tokens() {
     let dir = tempfile::tempdir().unwrap();
