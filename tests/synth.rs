@@ -446,13 +446,7 @@ fn gpt_oss_decodes_llama_cpp_s_tokens_runner_ups_and_gaps() {
     );
     let dir = tempfile::tempdir().unwrap();
     let steps = [0, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
-    assert_llama_cpp_golden(
-        &engine(),
-        dir.path(),
-        Mix::Mxfp4Moe,
-        &golden,
-        Some(&steps),
-    );
+    assert_llama_cpp_golden(&engine(), dir.path(), Mix::Mxfp4Moe, &golden, Some(&steps));
 }
 
 /// A harmony vocabulary (gpt-oss) stops at the end of a turn, `<|return|>` or `<|call|>`, and

@@ -504,11 +504,13 @@ impl Loader<'_> {
     /// Rows of a stacked per-expert vector tensor (expert biases), one `Vec` per expert.
     fn expert_rows(&mut self, name: &str) -> Result<Vec<Vec<f32>>, EngineError> {
         let t = self.qtensor(name)?.dequantize(&HOST)?;
-        let (n_exp, len) = t.dims2().map_err(|_| {
-            self.corrupt(&format!("tensor `{name}` is not one vector per expert"))
-        })?;
+        let (n_exp, len) = t
+            .dims2()
+            .map_err(|_| self.corrupt(&format!("tensor `{name}` is not one vector per expert")))?;
         let all = t.flatten_all()?.to_vec1::<f32>()?;
-        Ok((0..n_exp).map(|e| all[e * len..(e + 1) * len].to_vec()).collect())
+        Ok((0..n_exp)
+            .map(|e| all[e * len..(e + 1) * len].to_vec())
+            .collect())
     }
 
     fn missing(&self, name: &str) -> EngineError {
@@ -759,7 +761,10 @@ fn rope_tables(
             }
         })
         .collect();
-    let yarn = cfg.yarn.as_ref().map(|y| yarn_params(y, cfg.rope_dim, base));
+    let yarn = cfg
+        .yarn
+        .as_ref()
+        .map(|y| yarn_params(y, cfg.rope_dim, base));
     let n = cfg.context_length;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
@@ -1916,6 +1921,22 @@ mod tests {
             .unwrap();
         assert_eq!(seen(&full[0]), [true, true, false]);
         assert_eq!(seen(&full[1]), [true, true, true]);
+    }
+
+    /// gpt-oss-20b's YaRN (factor 32 over 4096 positions, base 150000, 64-dim heads): llama.cpp
+    /// ramps between dimension pairs 8 and 18 and scales the tables by 1 + 0.1 ln 32.
+    #[test]
+    fn yarn_correction_range_and_magnitude_follow_llama_cpp() {
+        let y = Yarn {
+            factor: 32.0,
+            orig_ctx: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attn_factor: 1.0,
+        };
+        let (low, high, factor, mscale) = yarn_params(&y, 64, 150_000.0);
+        assert_eq!((low, high, factor), (8.0, 18.0, 32.0));
+        assert!((mscale - (1.0 + 0.1 * 32f32.ln())).abs() < 1e-6, "{mscale}");
     }
 
     fn smollm_path() -> PathBuf {

@@ -61,10 +61,14 @@ impl GgufFile {
     /// The raw bytes of MXFP4 tensor `name`.
     pub fn raw_bytes(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), EngineError> {
         use std::io::{Read, Seek, SeekFrom};
-        let t = self.mxfp4.get(name).cloned().ok_or_else(|| EngineError::Corrupt {
-            path: self.path.clone(),
-            reason: format!("tensor `{name}` is missing"),
-        })?;
+        let t = self
+            .mxfp4
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}` is missing"),
+            })?;
         let io = |e: std::io::Error| EngineError::Corrupt {
             path: self.path.clone(),
             reason: format!("cannot read tensor `{name}`: {e}"),
@@ -130,7 +134,12 @@ pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
     check_tensor_extents(path, &content, file_len)?;
     if let Some(end) = mxfp4
         .values()
-        .map(|t| content.tensor_data_offset.saturating_add(t.offset).saturating_add(t.bytes))
+        .map(|t| {
+            content
+                .tensor_data_offset
+                .saturating_add(t.offset)
+                .saturating_add(t.bytes)
+        })
         .max()
         .filter(|end| *end > file_len)
     {

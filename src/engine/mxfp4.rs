@@ -347,10 +347,8 @@ mod avx512 {
                     // 12, against zero activations and a zero start).
                     let raw = _mm512_maskz_loadu_epi32(lanes, base.add(u * width * 4) as *const _);
                     lo[u] = _mm512_shuffle_epi8(table, _mm512_and_si512(raw, m4));
-                    hi[u] = _mm512_shuffle_epi8(
-                        table,
-                        _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4),
-                    );
+                    hi[u] =
+                        _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4));
                 }
                 let dw = scales(se.add((g * ROWS + rr) * GROUP));
                 for (i, v) in row.iter_mut().enumerate() {
@@ -600,9 +598,7 @@ mod tests {
             );
             for i in 0..m {
                 for r in 0..n {
-                    let mag: f32 = (0..k)
-                        .map(|c| (vals[r * k + c] * x[i * k + c]).abs())
-                        .sum();
+                    let mag: f32 = (0..k).map(|c| (vals[r * k + c] * x[i * k + c]).abs()).sum();
                     let (g, e) = (got[i * n + r], want[i * n + r]);
                     let tol = 1e-5 * mag + 1e-6;
                     assert!(

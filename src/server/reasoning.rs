@@ -257,9 +257,21 @@ mod tests {
     #[test]
     fn harmony_analysis_is_reasoning_and_final_is_the_answer() {
         let stream = [
-            "<|channel|>", "analysis", "<|message|>", "The user", " asks", " 2+2.",
-            "<|end|>", "<|start|>", "assistant", "<|channel|>", "final", "<|message|>",
-            "2 + 2", " = 4.", "<|return|>",
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "The user",
+            " asks",
+            " 2+2.",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "final",
+            "<|message|>",
+            "2 + 2",
+            " = 4.",
+            "<|return|>",
         ];
         assert_eq!(
             run_harmony(&stream),
@@ -267,7 +279,13 @@ mod tests {
         );
         // Markers split across chunks, and a stream cut off in the final channel.
         assert_eq!(
-            run_harmony(&["<|chan", "nel|>analysis<|mess", "age|>hmm<|e", "nd|><|start|>assistant<|channel|>final<|message|>Hi <", "there"]),
+            run_harmony(&[
+                "<|chan",
+                "nel|>analysis<|mess",
+                "age|>hmm<|e",
+                "nd|><|start|>assistant<|channel|>final<|message|>Hi <",
+                "there"
+            ]),
             ("hmm".into(), "Hi <there".into())
         );
         // Only reasoning so far (cut off while thinking).
@@ -277,11 +295,17 @@ mod tests {
         );
         // A commentary message (a tool call's preamble) is said, not thought.
         assert_eq!(
-            run_harmony(&["<|channel|>commentary to=functions.get <|constrain|>json<|message|>{}", "<|call|>"]),
+            run_harmony(&[
+                "<|channel|>commentary to=functions.get <|constrain|>json<|message|>{}",
+                "<|call|>"
+            ]),
             ("".into(), "{}".into())
         );
         // A model that skips the header: its text is the answer.
-        assert_eq!(run_harmony(&["Hello", " there"]), ("".into(), "Hello there".into()));
+        assert_eq!(
+            run_harmony(&["Hello", " there"]),
+            ("".into(), "Hello there".into())
+        );
     }
 
     #[test]

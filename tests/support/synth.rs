@@ -148,12 +148,9 @@ impl QType {
     pub fn block_len(self) -> usize {
         match self {
             QType::F32 | QType::F16 => 1,
-            QType::Q4_0
-            | QType::Q4_1
-            | QType::Q5_0
-            | QType::Q5_1
-            | QType::Q8_0
-            | QType::Mxfp4 => 32,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::Mxfp4 => {
+                32
+            }
             QType::Q4K | QType::Q5K | QType::Q6K => 256,
         }
     }
