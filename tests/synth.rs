@@ -109,8 +109,9 @@ fn q4_k_m_mix_follows_llama_quantize() {
     );
 }
 
-fn candle_dtype(q: QType) -> GgmlDType {
-    match q {
+/// candle's type for a generator type; `None` for MXFP4, which candle 0.11 does not know.
+fn candle_dtype(q: QType) -> Option<GgmlDType> {
+    Some(match q {
         QType::F32 => GgmlDType::F32,
         QType::F16 => GgmlDType::F16,
         QType::Q4_0 => GgmlDType::Q4_0,
@@ -121,7 +122,8 @@ fn candle_dtype(q: QType) -> GgmlDType {
         QType::Q4K => GgmlDType::Q4K,
         QType::Q5K => GgmlDType::Q5K,
         QType::Q6K => GgmlDType::Q6K,
-    }
+        QType::Mxfp4 => return None,
+    })
 }
 
 fn rms(v: &[f32]) -> f32 {
@@ -141,30 +143,6 @@ fn every_quant_type_dequantizes_to_finite_values_of_the_expected_magnitude() {
             for row in bytes.chunks_exact_mut(q.row_bytes(cols)) {
                 synth::random_row(q, &mut rng, sigma, row);
             }
-            let t =
-                qtensor_from_ggml(candle_dtype(q), &bytes, vec![rows, cols], &Device::Cpu).unwrap();
-            let got: Vec<f32> = t
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert!(got.iter().all(|v| v.is_finite()), "{q}: non-finite value");
-            if q == QType::Q8_0 {
-                let levels = bytes.chunks_exact(34).flat_map(|b| &b[2..]);
-                assert!(levels.clone().all(|&l| l != 0x80), "Q8_0 level -128");
-                assert!(levels.clone().any(|&l| l == 0x81) && levels.clone().any(|&l| l == 0x7F));
-            }
-            let r = rms(&got);
-            assert!(
-                (0.85 * sigma..1.2 * sigma).contains(&r),
-                "{q}: RMS {r}, asked {sigma}"
-            );
-            // Q4_0's levels are -8..=7 (mean -0.5 of a step, 0.11 sigma), as in real files.
-            let mean = got.iter().sum::<f32>() / got.len() as f32;
-            assert!(mean.abs() < 0.12 * sigma, "{q}: mean {mean}");
-
             let mut mine = vec![0f32; rows * cols];
             for (row, out) in bytes
                 .chunks_exact(q.row_bytes(cols))
@@ -172,6 +150,39 @@ fn every_quant_type_dequantizes_to_finite_values_of_the_expected_magnitude() {
             {
                 synth::dequantize_row(q, row, out);
             }
+            // MXFP4 has no candle decoder to compare with: the engine's unit tests check its
+            // own MXFP4 decoder against ggml's block format.
+            let got: Vec<f32> = match candle_dtype(q) {
+                Some(dt) => qtensor_from_ggml(dt, &bytes, vec![rows, cols], &Device::Cpu)
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                None => mine.clone(),
+            };
+            assert!(got.iter().all(|v| v.is_finite()), "{q}: non-finite value");
+            if q == QType::Q8_0 {
+                let levels = bytes.chunks_exact(34).flat_map(|b| &b[2..]);
+                assert!(levels.clone().all(|&l| l != 0x80), "Q8_0 level -128");
+                assert!(levels.clone().any(|&l| l == 0x81) && levels.clone().any(|&l| l == 0x7F));
+            }
+            let r = rms(&got);
+            // MXFP4's scales are powers of two: the nearest is within a factor of √2.
+            let (lo, hi) = if q == QType::Mxfp4 {
+                (0.7, 1.42)
+            } else {
+                (0.85, 1.2)
+            };
+            assert!(
+                (lo * sigma..hi * sigma).contains(&r),
+                "{q}: RMS {r}, asked {sigma}"
+            );
+            // Q4_0's levels are -8..=7 (mean -0.5 of a step, 0.11 sigma), as in real files.
+            let mean = got.iter().sum::<f32>() / got.len() as f32;
+            assert!(mean.abs() < 0.12 * sigma, "{q}: mean {mean}");
             for (i, (a, b)) in mine.iter().zip(&got).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-6 * sigma.max(b.abs()),
@@ -198,6 +209,8 @@ fn every_quant_type_dequantizes_to_finite_values_of_the_expected_magnitude() {
                 QType::F32 => 0.0,
                 QType::F16 | QType::Q8_0 | QType::Q6K => 0.03,
                 QType::Q5_0 | QType::Q5_1 | QType::Q5K => 0.08,
+                // E2M1's steps reach a third of the block maximum.
+                QType::Mxfp4 => 0.25,
                 _ => 0.16,
             };
             assert!(
@@ -324,7 +337,6 @@ fn greedy_top2(
 /// log-probability difference (the server reports 15 steps where a token ends mid-character).
 #[test]
 fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
-    type Golden = (&'static str, &'static [u32], &'static [u32], &'static [f32]);
     #[rustfmt::skip]
     let cases: &[Golden] = &[
         (
@@ -366,31 +378,94 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let e = engine();
-    for &(fam, ids, runner_ups, gaps) in cases {
-        let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q4KM, 7).unwrap();
-        let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
-        let prompt = Prompt::Raw("the quick brown fox".into());
-        let (got, second, got_gaps) = greedy_top2(&e, &path, prompt, 16);
-        assert_eq!(got, ids, "{fam}: greedy tokens");
-        // Where the second and third tokens are within float noise of each other the two
-        // engines may name either; more than two such steps is not noise.
-        let differ = second
-            .iter()
-            .zip(runner_ups)
-            .filter(|(a, b)| a != b)
-            .count();
-        assert!(
-            differ <= 2,
-            "{fam}: runner-ups {:?}, llama.cpp {runner_ups:?}",
-            &second[..runner_ups.len()]
-        );
-        for (step, (g, want)) in got_gaps.iter().zip(gaps).enumerate() {
-            assert!(
-                (g - want).abs() < 0.25,
-                "{fam} step {step}: top-2 gap {g} where llama.cpp has {want}"
-            );
-        }
+    for case in cases {
+        assert_llama_cpp_golden(&e, dir.path(), Mix::Q4KM, case, None);
     }
+}
+
+/// A family, its greedy ids, runner-ups and top-2 gaps as llama.cpp recorded them.
+type Golden = (&'static str, &'static [u32], &'static [u32], &'static [f32]);
+
+/// Generates the family's tiny file in `mix` from seed 7 and checks the engine's greedy
+/// decode of "the quick brown fox" against llama.cpp's `golden`. `steps`: the steps llama.cpp's
+/// probabilities belong to, where the server left out steps in the middle (a token ending
+/// mid-character reports at the step that completes it); `None`: the first ones.
+fn assert_llama_cpp_golden(
+    e: &EngineHandle,
+    dir: &Path,
+    mix: Mix,
+    golden: &Golden,
+    steps: Option<&[usize]>,
+) {
+    let &(fam, ids, runner_ups, gaps) = golden;
+    let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", mix, 7).unwrap();
+    let (_, path) = write(spec, dir, &format!("{fam}.gguf"), 2);
+    let prompt = Prompt::Raw("the quick brown fox".into());
+    let (got, second, got_gaps) = greedy_top2(e, &path, prompt, 16);
+    assert_eq!(got, ids, "{fam}: greedy tokens");
+    let (second, got_gaps): (Vec<u32>, Vec<f32>) = match steps {
+        Some(steps) => steps.iter().map(|&s| (second[s], got_gaps[s])).unzip(),
+        None => (second, got_gaps),
+    };
+    // Where the second and third tokens are within float noise of each other the two
+    // engines may name either; more than two such steps is not noise.
+    let differ = second
+        .iter()
+        .zip(runner_ups)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differ <= 2,
+        "{fam}: runner-ups {:?}, llama.cpp {runner_ups:?}",
+        &second[..runner_ups.len()]
+    );
+    for (step, (g, want)) in got_gaps.iter().zip(gaps).enumerate() {
+        assert!(
+            (g - want).abs() < 0.25,
+            "{fam} step {step}: top-2 gap {g} where llama.cpp has {want}"
+        );
+    }
+}
+
+/// gpt-oss, generated tiny in llama-quantize's MXFP4_MOE mix (`gen_gguf --family gpt-oss
+/// --preset tiny --quant mxfp4_moe --seed 7`: experts in MXFP4, the other matrices Q8_0),
+/// decodes llama.cpp `0c1e570`'s greedy tokens with its runner-ups and top-2 gaps. Its
+/// 11-token prompt and 16 steps run past the sliding window of 8, so the window, the
+/// attention sinks, the biases, YaRN, the router's softmax over the chosen experts and the
+/// clamped SwiGLU all move the gaps. Recorded as the newer families' goldens are (same
+/// server command and request); the server reports 13 steps: steps 1, 6 and 7 end
+/// mid-character.
+#[test]
+fn gpt_oss_decodes_llama_cpp_s_tokens_runner_ups_and_gaps() {
+    #[rustfmt::skip]
+    let golden: Golden = (
+        "gpt-oss",
+        &[646, 147, 920, 872, 713, 962, 153, 178, 1004, 878, 994, 963, 327, 369, 936, 1003],
+        &[558, 193, 836, 962, 88, 782, 430, 484, 798, 676, 86, 410, 598],
+        &[4.06, 7.63, 6.688, 6.537, 6.422, 5.541, 8.944, 4.826, 3.032, 7.798, 5.462, 5.936, 7.444],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [0, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
+    assert_llama_cpp_golden(&engine(), dir.path(), Mix::Mxfp4Moe, &golden, Some(&steps));
+}
+
+/// A harmony vocabulary (gpt-oss) stops at the end of a turn, `<|return|>` or `<|call|>`, and
+/// not at `<|end|>`, which ends the reasoning message before the answer.
+#[test]
+fn harmony_vocabularies_stop_at_the_turn_s_end_not_the_message_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GPT_OSS, "tiny", Mix::Mxfp4Moe, 7).unwrap();
+    let (_, path) = write(spec, dir.path(), "gpt-oss.gguf", 1);
+    let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+    let id = |t: &str| {
+        let ids = tok.encode(t).unwrap();
+        assert_eq!(ids.len(), 1, "{t} is one control token");
+        ids[0]
+    };
+    assert!(tok.is_stop(id("<|return|>")));
+    assert!(tok.is_stop(id("<|call|>")));
+    assert!(!tok.is_stop(id("<|end|>")));
+    assert!(!tok.is_stop(id("<|message|>")));
 }
 
 #[test]

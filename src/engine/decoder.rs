@@ -17,6 +17,7 @@ use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
 use super::kv_cache::KvCache;
 use super::legacy::{self, LMatrix, LType};
+use super::mxfp4::{self, MxMatrix};
 use super::ops;
 use super::q8::{self, Q8Matrix};
 use super::EngineError;
@@ -58,6 +59,27 @@ pub struct DecoderConfig {
     pub no_rope_step: Option<usize>,
     /// Mixture of experts: experts each token uses (`expert_used_count`).
     pub experts_used: usize,
+    /// gpt-oss: the router's softmax runs over the chosen experts' logits only, and the
+    /// experts' gated unit is OpenAI's clamped SwiGLU (`swiglu_oai`).
+    pub oai_moe: bool,
+    /// gpt-oss: `post_attention_norm` is the norm in front of the FFN (Gemma's is applied to
+    /// the attention output).
+    pub post_attn_norm_feeds_ffn: bool,
+    /// YaRN rope scaling, where the file declares it.
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN rope scaling (llama.cpp's `rope_yarn` with its context's attention factor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yarn {
+    /// `rope.scaling.factor`: positions are stretched by this.
+    pub factor: f32,
+    /// `rope.scaling.original_context_length`.
+    pub orig_ctx: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// `rope.scaling.attn_factor` (1 when absent).
+    pub attn_factor: f32,
 }
 
 impl DecoderConfig {
@@ -83,6 +105,7 @@ impl DecoderConfig {
             .min(head_dim);
         let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3");
+        let gpt_oss = arch == "gpt-oss";
         let granite = matches!(arch, "granite" | "granitemoe");
         let rope_base = meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let positive = |v: Option<f32>| v.filter(|x| x.is_finite() && *x > 0.0);
@@ -115,7 +138,7 @@ impl DecoderConfig {
             // llama.cpp's llama_model_rope_type: these families use NeoX rotation.
             rope_neox: matches!(
                 arch,
-                "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "gemma2" | "gemma3" | "olmo2"
+                "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "gemma2" | "gemma3" | "olmo2" | "gpt-oss"
             ),
             embed_scale: if gemma {
                 Some((hidden as f64).sqrt())
@@ -124,14 +147,19 @@ impl DecoderConfig {
             } else {
                 None
             },
-            sliding_window: if gemma {
+            sliding_window: if gemma || gpt_oss {
                 meta.opt_usize(&k("attention.sliding_window"))
+                    .filter(|w| *w > 0)
             } else {
                 None
             },
             sliding_pattern: meta
-                .opt_usize(&k("attention.sliding_window_type"))
-                .unwrap_or(if arch == "gemma2" { 2 } else { 6 })
+                .opt_usize(&k(if gpt_oss {
+                    "attention.sliding_window_pattern"
+                } else {
+                    "attention.sliding_window_type"
+                }))
+                .unwrap_or(if arch == "gemma2" || gpt_oss { 2 } else { 6 })
                 .max(1),
             rope_base_local: meta.opt_f32(&k("rope.local_freq_base")).unwrap_or(
                 if arch == "gemma3" {
@@ -164,6 +192,24 @@ impl DecoderConfig {
             },
             no_rope_step: (arch == "smollm3").then_some(4),
             experts_used: meta.opt_usize(&k("expert_used_count")).unwrap_or(0),
+            oai_moe: gpt_oss,
+            post_attn_norm_feeds_ffn: gpt_oss,
+            yarn: match meta.opt_str(&k("rope.scaling.type")) {
+                Some("yarn") => positive(meta.opt_f32(&k("rope.scaling.factor")))
+                    .filter(|f| *f > 1.0)
+                    .map(|factor| Yarn {
+                        factor,
+                        orig_ctx: meta
+                            .opt_usize(&k("rope.scaling.original_context_length"))
+                            .or_else(|| meta.opt_usize(&k("context_length")))
+                            .unwrap_or(2048),
+                        beta_fast: 32.0,
+                        beta_slow: 1.0,
+                        attn_factor: positive(meta.opt_f32(&k("rope.scaling.attn_factor")))
+                            .unwrap_or(1.0),
+                    }),
+                _ => None,
+            },
         })
     }
 }
@@ -174,6 +220,8 @@ enum Linear {
     Q8(Arc<Q8Matrix>),
     K(Arc<KMatrix>),
     L(Arc<LMatrix>),
+    /// MXFP4 (gpt-oss's experts): always the own kernel, which candle lacks.
+    Mx(Arc<MxMatrix>),
     Candle(QMatMul),
 }
 
@@ -201,16 +249,23 @@ enum Ffn {
 struct Moe {
     /// `ffn_gate_inp`: one logit per expert.
     router: Linear,
+    /// gpt-oss: added to the router's logits.
+    router_bias: Option<Vec<f32>>,
     experts: Vec<Expert>,
     top_k: usize,
     /// Renormalise the chosen experts' weights to sum to 1 (qwen3moe, Mixtral, Granite MoE).
     norm: bool,
+    /// gpt-oss: weights are the softmax of the chosen experts' logits, the gated unit is
+    /// [`swiglu_oai`].
+    oai: bool,
 }
 
 struct Expert {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// gpt-oss: biases of the gate, up and down projections.
+    bias: Option<[Vec<f32>; 3]>,
 }
 
 enum GateUp {
@@ -230,6 +285,11 @@ struct Layer {
     /// Applies RoPE (SmolLM3 leaves every fourth layer without).
     rope: bool,
     o: Linear,
+    /// gpt-oss: the output projection's bias.
+    o_bias: Option<Tensor>,
+    /// gpt-oss: one learned logit per query head that joins the softmax over keys and takes
+    /// its share of the weight without adding a value.
+    sinks: Option<Tensor>,
     ffn_norm: Option<Tensor>,
     ffn: Ffn,
     /// Gemma 3 norms applied to the attention and FFN outputs before the residual add.
@@ -334,7 +394,7 @@ fn hf_name(gguf: &str) -> String {
 impl Loader<'_> {
     fn has(&self, name: &str) -> bool {
         match &self.src {
-            Source::Gguf(f) => f.content.tensor_infos.contains_key(name),
+            Source::Gguf(f) => f.has_tensor(name),
             Source::Dense { tensors, .. } => {
                 tensors.contains_key(&hf_name(name))
                     // phi3 stores its fused gate/up projection under its own name.
@@ -368,6 +428,11 @@ impl Loader<'_> {
                 "mixture-of-experts tensor `{name}` requested from a safetensors model"
             )));
         }
+        if let Source::Gguf(f) = &self.src {
+            if f.mxfp4.contains_key(name) {
+                return self.mx_experts(name);
+            }
+        }
         let q = self.qtensor(name)?;
         let (n_exp, rows, cols) = q.shape().dims3().map_err(|_| {
             self.corrupt(&format!(
@@ -398,6 +463,55 @@ impl Loader<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// The experts of a stacked MXFP4 tensor, each repacked for the own MXFP4 kernel.
+    fn mx_experts(&mut self, name: &str) -> Result<Vec<Linear>, EngineError> {
+        let (dims, data) = self.mx_bytes(name)?;
+        let &[n_exp, rows, cols] = dims.as_slice() else {
+            return Err(self.corrupt(&format!(
+                "tensor `{name}` is not a stack of expert matrices"
+            )));
+        };
+        if n_exp == 0 || data.len() % n_exp != 0 {
+            return Err(self.corrupt(&format!("tensor `{name}` has a ragged expert stack")));
+        }
+        let per = data.len() / n_exp;
+        data.chunks_exact(per)
+            .enumerate()
+            .map(|(e, bytes)| {
+                MxMatrix::from_gguf_bytes(bytes, rows, cols)
+                    .map(|m| Linear::Mx(Arc::new(m)))
+                    .map_err(|r| self.corrupt(&format!("tensor `{name}[{e}]`: {r}")))
+            })
+            .collect()
+    }
+
+    /// The shape and bytes of MXFP4 tensor `name`; MXFP4 runs on the CPU only.
+    fn mx_bytes(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), EngineError> {
+        if !self.device.is_cpu() {
+            return Err(EngineError::UnsupportedQuant {
+                dtype: format!(
+                    "MXFP4 (tensor `{name}`) on a GPU: Influence computes MXFP4 on the CPU only; run this model with --device cpu"
+                ),
+            });
+        }
+        match &mut self.src {
+            Source::Gguf(f) => f.raw_bytes(name),
+            Source::Dense { .. } => Err(self.missing(name)),
+        }
+    }
+
+    /// Rows of a stacked per-expert vector tensor (expert biases), one `Vec` per expert.
+    fn expert_rows(&mut self, name: &str) -> Result<Vec<Vec<f32>>, EngineError> {
+        let t = self.qtensor(name)?.dequantize(&HOST)?;
+        let (n_exp, len) = t
+            .dims2()
+            .map_err(|_| self.corrupt(&format!("tensor `{name}` is not one vector per expert")))?;
+        let all = t.flatten_all()?.to_vec1::<f32>()?;
+        Ok((0..n_exp)
+            .map(|e| all[e * len..(e + 1) * len].to_vec())
+            .collect())
     }
 
     fn missing(&self, name: &str) -> EngineError {
@@ -465,6 +579,15 @@ impl Loader<'_> {
                 Ok(Linear::Candle(QMatMul::from_qtensor(
                     self.qtensor_on(name, &device)?,
                 )?))
+            }
+            Source::Gguf(f) if f.mxfp4.contains_key(name) => {
+                let (dims, data) = self.mx_bytes(name)?;
+                let &[n, k] = dims.as_slice() else {
+                    return Err(self.corrupt(&format!("tensor `{name}` is not a matrix")));
+                };
+                MxMatrix::from_gguf_bytes(&data, n, k)
+                    .map(|m| Linear::Mx(Arc::new(m)))
+                    .map_err(|r| self.corrupt(&format!("tensor `{name}`: {r}")))
             }
             Source::Gguf(_) => {
                 let mut q = self.qtensor(name)?;
@@ -640,20 +763,54 @@ fn rope_tables(
             }
         })
         .collect();
+    let yarn = cfg
+        .yarn
+        .as_ref()
+        .map(|y| yarn_params(y, cfg.rope_dim, base));
     let n = cfg.context_length;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     for p in 0..n {
-        for f in &inv {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+        for (i, f) in inv.iter().enumerate() {
+            let extrap = p as f32 * f;
+            match &yarn {
+                None => {
+                    cos.push(extrap.cos());
+                    sin.push(extrap.sin());
+                }
+                Some((low, high, scale, mscale)) => {
+                    // ggml's rope_yarn: interpolated angles for the slow dimensions,
+                    // extrapolated for the fast ones, a ramp between.
+                    let interp = (1.0 / scale) * extrap;
+                    let y = (i as f32 - low) / (high - low).max(0.001);
+                    let mix = 1.0 - y.clamp(0.0, 1.0);
+                    let theta = interp * (1.0 - mix) + extrap * mix;
+                    cos.push(theta.cos() * mscale);
+                    sin.push(theta.sin() * mscale);
+                }
+            }
         }
     }
     Ok((
         Tensor::from_vec(cos, (n, half), device)?,
         Tensor::from_vec(sin, (n, half), device)?,
     ))
+}
+
+/// YaRN's correction range (first and last dimension pair of the ramp), the scale factor and
+/// the magnitude the tables carry, as llama.cpp computes them (`ggml_rope_yarn_corr_dims`, and
+/// the context's attention factor, which cancels `rope_yarn`'s own `1 + 0.1 ln s` when the
+/// file sets no log multiplier, leaving that factor times `rope.scaling.attn_factor`).
+fn yarn_params(y: &Yarn, dims: usize, base: f32) -> (f32, f32, f32, f32) {
+    let corr = |rot: f32| {
+        dims as f32 * (y.orig_ctx as f32 / (rot * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let low = corr(y.beta_fast).floor().max(0.0);
+    let high = corr(y.beta_slow).ceil().min(dims as f32 - 1.0);
+    let ln = (1.0 / (1.0 / y.factor)).ln();
+    let attn = (0.1 * y.factor.ln() + 1.0) * (1.0 / (1.0 + 0.1 * y.factor.ln())) * y.attn_factor;
+    (low, high, y.factor, attn * (1.0 + 0.1 * ln))
 }
 
 impl Decoder {
@@ -770,16 +927,53 @@ impl Decoder {
                     );
                 }
                 let top_k = cfg.experts_used.clamp(1, gate.len());
+                let n_exp = gate.len();
+                let mut biases = match (
+                    l.has(&p("ffn_gate_exps.bias")),
+                    l.has(&p("ffn_up_exps.bias")),
+                    l.has(&p("ffn_down_exps.bias")),
+                ) {
+                    (true, true, true) => {
+                        let (g, u, d) = (
+                            l.expert_rows(&p("ffn_gate_exps.bias"))?,
+                            l.expert_rows(&p("ffn_up_exps.bias"))?,
+                            l.expert_rows(&p("ffn_down_exps.bias"))?,
+                        );
+                        if g.len() != n_exp || u.len() != n_exp || d.len() != n_exp {
+                            return Err(l.corrupt(&format!(
+                                "blk.{i}: the expert biases disagree on the expert count"
+                            )));
+                        }
+                        g.into_iter()
+                            .zip(u)
+                            .zip(d)
+                            .map(|((g, u), d)| Some([g, u, d]))
+                            .collect()
+                    }
+                    _ => vec![None; n_exp],
+                };
+                let router_bias = match l.opt_dense(&p("ffn_gate_inp.bias"))? {
+                    Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+                    None => None,
+                };
                 Ffn::Moe(Moe {
                     router: l.matmul(&p("ffn_gate_inp.weight"))?,
+                    router_bias,
                     experts: gate
                         .into_iter()
                         .zip(up)
                         .zip(down)
-                        .map(|((gate, up), down)| Expert { gate, up, down })
+                        .zip(biases.iter_mut())
+                        .map(|(((gate, up), down), bias)| Expert {
+                            gate,
+                            up,
+                            down,
+                            bias: bias.take(),
+                        })
                         .collect(),
                     top_k,
-                    norm: true,
+                    norm: !cfg.oai_moe,
+                    oai: cfg.oai_moe,
                 })
             } else {
                 let gate_up = if l.has(&p("ffn_gate.weight")) {
@@ -795,16 +989,36 @@ impl Decoder {
                     down: l.matmul(&p("ffn_down.weight"))?,
                 }
             };
+            let (ffn_norm, post_attn_norm) = if cfg.post_attn_norm_feeds_ffn {
+                (l.opt_dense(&p("post_attention_norm.weight"))?, None)
+            } else {
+                (
+                    l.opt_dense(&p("ffn_norm.weight"))?,
+                    l.opt_dense(&p("post_attention_norm.weight"))?,
+                )
+            };
+            let sinks = l.opt_dense(&p("attn_sinks.weight"))?;
+            if let Some(s) = &sinks {
+                if s.elem_count() != cfg.n_head {
+                    return Err(l.corrupt(&format!(
+                        "blk.{i}.attn_sinks has {} values for {} heads",
+                        s.elem_count(),
+                        cfg.n_head
+                    )));
+                }
+            }
             layers.push(Layer {
                 attn_norm: l.opt_dense(&p("attn_norm.weight"))?,
                 qkv,
                 bias,
                 qk_norm,
                 o: l.matmul(&p("attn_output.weight"))?,
-                ffn_norm: l.opt_dense(&p("ffn_norm.weight"))?,
+                o_bias: l.opt_dense(&p("attn_output.bias"))?,
+                sinks,
+                ffn_norm,
                 rope: cfg.no_rope_step.is_none_or(|n| (i + 1) % n != 0),
                 ffn,
-                post_attn_norm: l.opt_dense(&p("post_attention_norm.weight"))?,
+                post_attn_norm,
                 post_ffn_norm: l.opt_dense(&p("post_ffw_norm.weight"))?,
                 sliding: cfg.sliding_window.is_some() && (i + 1) % cfg.sliding_pattern != 0,
             });
@@ -1154,14 +1368,35 @@ fn moe_forward(
 ) -> candle_core::Result<Tensor> {
     let (_, rows, hidden) = h.dims3()?;
     let n_exp = moe.experts.len();
-    let logits = linear(&moe.router, h, false)?
+    let mut logits = linear(&moe.router, h, false)?
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    if let Some(b) = &moe.router_bias {
+        for row in logits.chunks_exact_mut(n_exp) {
+            for (l, b) in row.iter_mut().zip(b) {
+                *l += b;
+            }
+        }
+    }
     // Per expert: the rows that chose it and their weights.
     let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_exp];
     for r in 0..rows {
         let l = &logits[r * n_exp..(r + 1) * n_exp];
+        if moe.oai {
+            // gpt-oss (llama.cpp's SOFTMAX_WEIGHT gating): the top k by logit, weighted by
+            // the softmax of their logits alone.
+            let mut order: Vec<usize> = (0..n_exp).collect();
+            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+            let top = &order[..moe.top_k];
+            let max = l[top[0]];
+            let e: Vec<f32> = top.iter().map(|&i| (l[i] - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for (&i, v) in top.iter().zip(&e) {
+                chosen[i].push((r, v * (1.0 / sum)));
+            }
+            continue;
+        }
         let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = l.iter().map(|x| (x - max).exp()).collect();
         let sum: f32 = e.iter().sum();
@@ -1188,9 +1423,21 @@ fn moe_forward(
         let idx = Tensor::new(idx.as_slice(), h.device())?;
         let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
         let [g, u] = linear_many([&ex.gate, &ex.up], &x, false)?;
-        let y = linear(&ex.down, &(act(&g)? * u)?, false)?
+        let glu = if moe.oai {
+            swiglu_oai(&g, &u, ex.bias.as_ref())?
+        } else {
+            (act(&g)? * u)?
+        };
+        let mut y = linear(&ex.down, &glu, false)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        if let Some([_, _, db]) = &ex.bias {
+            for row in y.chunks_exact_mut(hidden) {
+                for (v, b) in row.iter_mut().zip(db) {
+                    *v += b;
+                }
+            }
+        }
         for (j, &(r, w)) in picks.iter().enumerate() {
             let dst = &mut out[r * hidden..(r + 1) * hidden];
             for (d, v) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {
@@ -1199,6 +1446,35 @@ fn moe_forward(
         }
     }
     Tensor::from_vec(out, (1, rows, hidden), h.device())
+}
+
+/// OpenAI's gated unit (llama.cpp's `swiglu_oai`, α = 1.702, limit 7) on gate and up
+/// projections `g` and `u` plus their biases: `x · σ(α·x) · (y + 1)` with `x = min(g, 7)` and
+/// `y = clamp(u, −7, 7)`.
+fn swiglu_oai(g: &Tensor, u: &Tensor, bias: Option<&[Vec<f32>; 3]>) -> candle_core::Result<Tensor> {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    let dims = g.dims().to_vec();
+    let n = *dims.last().unwrap_or(&1);
+    let gv = g.flatten_all()?.to_vec1::<f32>()?;
+    let uv = u.flatten_all()?.to_vec1::<f32>()?;
+    let zero = vec![0f32; n];
+    let (gb, ub) = match bias {
+        Some([gb, ub, _]) => (gb.as_slice(), ub.as_slice()),
+        None => (zero.as_slice(), zero.as_slice()),
+    };
+    let out: Vec<f32> = gv
+        .chunks_exact(n)
+        .zip(uv.chunks_exact(n))
+        .flat_map(|(gr, ur)| {
+            (0..n).map(move |j| {
+                let x = (gr[j] + gb[j]).min(LIMIT);
+                let y = (ur[j] + ub[j]).clamp(-LIMIT, LIMIT);
+                x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
+            })
+        })
+        .collect();
+    Tensor::from_vec(out, dims.as_slice(), g.device())
 }
 
 /// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for
@@ -1240,7 +1516,20 @@ fn linear_many<const N: usize>(
             _ => None,
         })
         .collect();
-    let fused = if lq.len() == N {
+    let mx: Vec<&MxMatrix> = ws
+        .iter()
+        .filter_map(|w| match w {
+            Linear::Mx(m) => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    let fused = if mx.len() == N {
+        Some(own_matmul(
+            x,
+            |data, m| mxfp4::matmul(&mx, data, m),
+            mx.iter().map(|w| w.rows()),
+        )?)
+    } else if lq.len() == N {
         Some(own_matmul(
             x,
             |data, m| legacy::matmul(&lq, data, m),
@@ -1319,6 +1608,12 @@ fn linear(w: &Linear, x: &Tensor, dense_ok: bool) -> candle_core::Result<Tensor>
             let m = &**m;
             return Ok(
                 own_matmul(x, |d, r| legacy::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
+            );
+        }
+        Linear::Mx(m) => {
+            let m = &**m;
+            return Ok(
+                own_matmul(x, |d, r| mxfp4::matmul(&[m], d, r), [m.rows()].into_iter())?.remove(0),
             );
         }
         Linear::Candle(w) => w,
@@ -1520,7 +1815,11 @@ fn attention(
     } else {
         Tensor::cat(&ys, 1)?
     };
-    linear(&layer.o, &y, dense_ok)
+    let out = linear(&layer.o, &y, dense_ok)?;
+    match &layer.o_bias {
+        Some(b) => out.broadcast_add(b),
+        None => Ok(out),
+    }
 }
 
 /// One sequence's attention over its own KV slot: `q`, `k`, `v` are its `t` new rows,
@@ -1585,8 +1884,20 @@ fn seq_attention(
         ))?,
         None => att,
     };
-    let att = ops::softmax_last_dim(&att)?;
-    let y = att.matmul(&v_all)?; // (1, nkv, n_rep * t, hd)
+    let att = match &layer.sinks {
+        // The sink joins each query head's softmax as one more logit (llama.cpp's
+        // `ggml_soft_max_add_sinks`: in the max and the sum) and is dropped after it.
+        Some(sinks) => {
+            let col = sinks
+                .reshape((1, nkv, n_rep, 1, 1))?
+                .broadcast_as((1, nkv, n_rep, t, 1))?
+                .reshape((1, nkv, n_rep * t, 1))?;
+            let with = Tensor::cat(&[&att, &col.to_dtype(att.dtype())?], D::Minus1)?;
+            ops::softmax_last_dim(&with)?.narrow(D::Minus1, 0, kv_len)?
+        }
+        None => ops::softmax_last_dim(&att)?,
+    };
+    let y = att.contiguous()?.matmul(&v_all)?; // (1, nkv, n_rep * t, hd)
     y.reshape((1, nh, t, hd))?
         .transpose(1, 2)?
         .reshape((1, t, nh * hd))
@@ -1626,6 +1937,22 @@ mod tests {
             .unwrap();
         assert_eq!(seen(&full[0]), [true, true, false]);
         assert_eq!(seen(&full[1]), [true, true, true]);
+    }
+
+    /// gpt-oss-20b's YaRN (factor 32 over 4096 positions, base 150000, 64-dim heads): llama.cpp
+    /// ramps between dimension pairs 8 and 18 and scales the tables by 1 + 0.1 ln 32.
+    #[test]
+    fn yarn_correction_range_and_magnitude_follow_llama_cpp() {
+        let y = Yarn {
+            factor: 32.0,
+            orig_ctx: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attn_factor: 1.0,
+        };
+        let (low, high, factor, mscale) = yarn_params(&y, 64, 150_000.0);
+        assert_eq!((low, high, factor), (8.0, 18.0, 32.0));
+        assert!((mscale - (1.0 + 0.1 * 32f32.ln())).abs() < 1e-6, "{mscale}");
     }
 
     fn smollm_path() -> PathBuf {
@@ -1716,7 +2043,7 @@ mod tests {
                 assert_eq!(q.dtype(), GgmlDType::Q8_0);
                 q.dequantize(&Device::Cpu).unwrap()
             }
-            Linear::K(_) | Linear::L(_) | Linear::Candle(_) => {
+            Linear::K(_) | Linear::L(_) | Linear::Mx(_) | Linear::Candle(_) => {
                 panic!("expected a quantized matrix")
             }
         };

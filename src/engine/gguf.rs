@@ -25,7 +25,22 @@ pub const SUPPORTED_ARCHS: &[&str] = &[
     "granitemoe",
     "olmo2",
     "smollm3",
+    "gpt-oss",
 ];
+
+/// ggml's type id of MXFP4, which candle 0.11 cannot read: Influence reads these tensors itself.
+pub const MXFP4: u32 = 39;
+
+/// A tensor candle cannot read, read by Influence's own code (MXFP4): where it lies.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// Dimensions outermost first (candle's order, the file's reversed).
+    pub dims: Vec<usize>,
+    /// Offset from the start of the tensor data.
+    pub offset: u64,
+    /// Bytes it takes.
+    pub bytes: u64,
+}
 
 /// An opened GGUF file whose header has been validated.
 pub struct GgufFile {
@@ -33,6 +48,42 @@ pub struct GgufFile {
     pub content: Content,
     pub reader: BufReader<File>,
     pub arch: String,
+    /// MXFP4 tensors, which `content.tensor_infos` leaves out.
+    pub mxfp4: HashMap<String, RawTensor>,
+}
+
+impl GgufFile {
+    /// Whether the file has tensor `name`, of any type.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name) || self.mxfp4.contains_key(name)
+    }
+
+    /// The raw bytes of MXFP4 tensor `name`.
+    pub fn raw_bytes(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), EngineError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let t = self
+            .mxfp4
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}` is missing"),
+            })?;
+        let io = |e: std::io::Error| EngineError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("cannot read tensor `{name}`: {e}"),
+        };
+        let len = usize::try_from(t.bytes).map_err(|_| EngineError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}` is too large"),
+        })?;
+        let mut data = vec![0u8; len];
+        self.reader
+            .seek(SeekFrom::Start(self.content.tensor_data_offset + t.offset))
+            .map_err(io)?;
+        self.reader.read_exact(&mut data).map_err(io)?;
+        Ok((t.dims, data))
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> EngineError {
@@ -51,11 +102,19 @@ fn io_err(path: &Path, e: std::io::Error) -> EngineError {
 /// Reads and checks the header. Fails with `Corrupt` for a non-GGUF file, `Truncated` when a
 /// tensor's data lies past the end of the file, `UnsupportedArchitecture` for other families.
 pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
-    precheck(path)?;
+    let header = precheck(path)?;
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| header_error(path, file_len, e))?;
+    let mut mxfp4 = HashMap::new();
+    let content = if header.tensors.iter().any(|t| t.ty.0 == MXFP4) {
+        let (content, own) = read_with_own_types(&mut reader, &header)
+            .map_err(|e| header_error(path, file_len, e))?;
+        mxfp4 = own;
+        content
+    } else {
+        Content::read(&mut reader).map_err(|e| header_error(path, file_len, e))?
+    };
 
     let arch = match content.metadata.get("general.architecture") {
         Some(Value::String(s)) => s.clone(),
@@ -73,18 +132,134 @@ pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
         });
     }
     check_tensor_extents(path, &content, file_len)?;
+    if let Some(end) = mxfp4
+        .values()
+        .map(|t| {
+            content
+                .tensor_data_offset
+                .saturating_add(t.offset)
+                .saturating_add(t.bytes)
+        })
+        .max()
+        .filter(|end| *end > file_len)
+    {
+        return Err(EngineError::Truncated {
+            path: path.to_path_buf(),
+            reason: format!("the tensors need {end} bytes but the file has only {file_len}"),
+        });
+    }
     Ok(GgufFile {
         path: path.to_path_buf(),
         content,
         reader,
         arch,
+        mxfp4,
     })
+}
+
+/// Reads a header whose tensors include MXFP4, which candle's reader refuses: candle reads the
+/// metadata (through a view of the file that declares no tensors), the tensor list comes from
+/// the library's reader, candle's types in `Content`, MXFP4 ones apart.
+fn read_with_own_types(
+    reader: &mut BufReader<File>,
+    header: &crate::library::gguf::GgufHeader,
+) -> candle_core::Result<(Content, HashMap<String, RawTensor>)> {
+    use candle_core::quantized::gguf_file::TensorInfo;
+    let count_width = if header.version == 1 { 4 } else { 8 };
+    let mut view = NoTensors {
+        inner: reader,
+        pos: 0,
+        hide: 8..8 + count_width,
+    };
+    let mut content = Content::read(&mut view)?;
+    content.tensor_data_offset = header.data_offset;
+    let mut own = HashMap::new();
+    for t in &header.tensors {
+        let mut dims: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+        dims.reverse();
+        if t.ty.0 == MXFP4 {
+            let bytes = t.ty.bytes_for(t.elements()).unwrap_or(u64::MAX);
+            if t.elements() % 32 != 0 {
+                candle_core::bail!("tensor `{}` has a shape that does not fit MXFP4", t.name);
+            }
+            own.insert(
+                t.name.clone(),
+                RawTensor {
+                    dims,
+                    offset: t.offset,
+                    bytes,
+                },
+            );
+            continue;
+        }
+        let Some(dtype) = candle_dtype(t.ty.0) else {
+            candle_core::bail!("unknown dtype for tensor {}", t.ty.0);
+        };
+        content.tensor_infos.insert(
+            t.name.clone(),
+            TensorInfo {
+                ggml_dtype: dtype,
+                shape: candle_core::Shape::from(dims),
+                offset: t.offset,
+            },
+        );
+    }
+    Ok((content, own))
+}
+
+/// candle's type for a ggml type id it reads.
+fn candle_dtype(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+/// A reader over the file that shows the bytes in `hide` (the tensor count) as zeros.
+struct NoTensors<'a, R> {
+    inner: &'a mut R,
+    pos: u64,
+    hide: std::ops::Range<u64>,
+}
+
+impl<R: std::io::Read> std::io::Read for NoTensors<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            if self.hide.contains(&(self.pos + i as u64)) {
+                *b = 0;
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: std::io::Seek> std::io::Seek for NoTensors<'_, R> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
 }
 
 /// Checks the header with the library's reader before candle's reads it: candle divides by
 /// `general.alignment` and multiplies tensor dimensions without checking, so a crafted file
 /// would panic it (a crash, in the TUI a wrecked screen) instead of failing with a reason.
-fn precheck(path: &Path) -> Result<(), EngineError> {
+fn precheck(path: &Path) -> Result<crate::library::gguf::GgufHeader, EngineError> {
     use crate::library::gguf::{read_header, GgufError};
     let corrupt = |reason: String| EngineError::Corrupt {
         path: path.to_path_buf(),
@@ -101,7 +276,8 @@ fn precheck(path: &Path) -> Result<(), EngineError> {
         }
         Err(e) => return Err(corrupt(e.to_string())),
     };
-    safe_for_candle(&header).map_err(corrupt)
+    safe_for_candle(&header).map_err(corrupt)?;
+    Ok(header)
 }
 
 /// Whether candle's GGUF reader can read a header the library's reader accepted without
@@ -222,11 +398,18 @@ pub struct QuantStats {
     pub slow_warning: Option<String>,
 }
 
-pub fn quant_stats(content: &Content) -> QuantStats {
+pub fn quant_stats(f: &GgufFile) -> QuantStats {
+    let content = &f.content;
     let mut bytes: HashMap<&'static str, u64> = HashMap::new();
     let mut n_params = 0u64;
     let mut quant_bytes = 0u64;
     let mut slow_bytes = 0u64;
+    for t in f.mxfp4.values() {
+        n_params = n_params.saturating_add(t.dims.iter().product::<usize>() as u64);
+        let e = bytes.entry("MXFP4").or_default();
+        *e = e.saturating_add(t.bytes);
+        quant_bytes = quant_bytes.saturating_add(t.bytes);
+    }
     for info in content.tensor_infos.values() {
         let elems = info.shape.elem_count();
         n_params = n_params.saturating_add(elems as u64);

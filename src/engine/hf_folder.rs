@@ -94,6 +94,9 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         final_softcap: None,
         no_rope_step: None,
         experts_used: 0,
+        oai_moe: false,
+        post_attn_norm_feeds_ffn: false,
+        yarn: None,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))

@@ -37,11 +37,11 @@ pub const BLOCK: usize = 32;
 /// Weight rows per tile (the kernels are written for 4).
 const ROWS: usize = 4;
 /// Most activation rows per tile call.
-const ACTS: usize = 4;
+pub(super) const ACTS: usize = 4;
 /// Blocks per group: one per 32-bit lane of a zmm.
-const GROUP: usize = 16;
+pub(super) const GROUP: usize = 16;
 /// Bytes of one group of one activation row: 8 slices of 4 values × 16 blocks.
-const ACT_GROUP: usize = 8 * 4 * GROUP;
+pub(super) const ACT_GROUP: usize = 8 * 4 * GROUP;
 /// Bytes of the fifth-bit masks of one group of one row: 4 loads × (low, high) × 8 bytes.
 const QH_GROUP: usize = 64;
 
@@ -113,7 +113,7 @@ impl LType {
 }
 
 /// Groups per row of `kb` blocks (the last may be partial).
-fn groups(kb: usize) -> usize {
+pub(super) fn groups(kb: usize) -> usize {
     kb.div_ceil(GROUP)
 }
 
@@ -317,18 +317,19 @@ impl LMatrix {
 /// group, 8 slices (values `4s..4s + 4` of each block) × 16 blocks × 4 bytes. Partial groups
 /// are padded with zeros.
 pub struct QuantRows {
-    m: usize,
+    pub(super) m: usize,
     /// Padded bytes per row.
-    kp: usize,
+    pub(super) kp: usize,
     /// Padded scales per row.
-    sp: usize,
-    qs: Vec<i8>,
+    pub(super) sp: usize,
+    pub(super) qs: Vec<i8>,
     /// Block scales (values of f16s).
-    d: Vec<f32>,
+    pub(super) d: Vec<f32>,
     /// `d ·` the block's sum: what a block's weight minimum meets (ggml's Q8_1 `s`; an f16).
     s: Vec<f32>,
-    /// `−8 ·` the block's sum: the start of Q4_0's lanes (twice that for Q5_0).
-    off8: Vec<i32>,
+    /// `−8 ·` the block's sum: the start of Q4_0's lanes (twice that for Q5_0, 1.5 times that
+    /// for MXFP4's offset of 12).
+    pub(super) off8: Vec<i32>,
 }
 
 impl QuantRows {
@@ -373,7 +374,7 @@ impl QuantRows {
     }
 
     /// Offset within a row of value `v` of block `b`.
-    fn at(b: usize, v: usize) -> usize {
+    pub(super) fn at(b: usize, v: usize) -> usize {
         (b / GROUP) * ACT_GROUP + (v / 4) * 4 * GROUP + (b % GROUP) * 4 + v % 4
     }
 }
@@ -459,7 +460,7 @@ unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRo
 
 /// The fixed summation tree of 16 lanes every variant uses: halves, then quarters, then pairs.
 #[inline(always)]
-fn hsum16(l: &[f32; 16]) -> f32 {
+pub(super) fn hsum16(l: &[f32; 16]) -> f32 {
     let mut t8 = [0f32; 8];
     for (j, v) in t8.iter_mut().enumerate() {
         *v = l[j] + l[j + 8];

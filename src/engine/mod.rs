@@ -46,6 +46,7 @@ mod hf_folder;
 mod kq;
 mod kv_cache;
 mod legacy;
+mod mxfp4;
 mod ops;
 mod params;
 mod pool;

@@ -23,6 +23,9 @@ pub const TEMPLATE_END_TOKENS: &[&str] = &[
     "<|eom_id|>",
 ];
 
+/// The turn ends of OpenAI's harmony format (gpt-oss), when the vocabulary has both.
+const HARMONY_STOPS: [&str; 2] = ["<|return|>", "<|call|>"];
+
 /// A `tokenizer.json` over this size is refused unread; the largest real ones (Gemma's
 /// 262k-token vocabulary) are about 35 MB.
 pub const MAX_TOKENIZER_BYTES: u64 = 256 * 1024 * 1024;
@@ -259,11 +262,25 @@ impl TextTokenizer {
         add_bos: bool,
         mut stop_ids: Vec<u32>,
     ) -> Self {
+        // Harmony (gpt-oss) ends each message with `<|end|>` and the turn with `<|return|>` or
+        // `<|call|>`: the reasoning message's end must not stop the answer that follows
+        // (llama.cpp drops `<|end|>` from its end-of-generation tokens for the same reason).
+        let harmony: Vec<u32> = HARMONY_STOPS
+            .iter()
+            .filter_map(|t| tok.token_to_id(t))
+            .collect();
+        let harmony_end = (harmony.len() == HARMONY_STOPS.len())
+            .then(|| tok.token_to_id("<|end|>"))
+            .flatten();
         stop_ids.extend(
             TEMPLATE_END_TOKENS
                 .iter()
                 .filter_map(|t| tok.token_to_id(t)),
         );
+        if harmony.len() == HARMONY_STOPS.len() {
+            stop_ids.extend(harmony);
+            stop_ids.retain(|id| Some(*id) != harmony_end);
+        }
         stop_ids.sort_unstable();
         stop_ids.dedup();
         Self {

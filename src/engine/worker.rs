@@ -163,7 +163,7 @@ pub(crate) fn load_gguf(
         Some(src) => ChatTemplate::new(&src.text, &bos, &eos, &src.origin)?,
         None => ChatTemplate::fallback(&f.arch, &bos, &eos),
     };
-    let mut stats = gguf::quant_stats(&f.content);
+    let mut stats = gguf::quant_stats(&f);
     if super::decoder::requant_q8_requested() {
         if stats.slow_warning.take().is_some() {
             tracing::info!(model = %path.display(), "converting Q4_1/Q5_0/Q5_1 weights to Q8_0 at load");

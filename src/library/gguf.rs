@@ -80,9 +80,10 @@ impl GgmlType {
         self.layout().map(|(_, block, _)| block)
     }
 
-    /// True for types candle 0.11.1 can load (`GgmlDType::from_u32` accepts them).
-    pub fn candle_loads(self) -> bool {
-        matches!(self.0, 0..=3 | 6..=15 | 30)
+    /// True for types the engine loads: those candle 0.11.1 reads (`GgmlDType::from_u32`
+    /// accepts them) and MXFP4, which the engine reads and computes itself.
+    pub fn engine_loads(self) -> bool {
+        matches!(self.0, 0..=3 | 6..=15 | 30 | 39)
     }
 
     /// Types candle computes with generic code only (no hand-written kernel): much slower where

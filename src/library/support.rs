@@ -25,7 +25,7 @@ pub(crate) fn assess(ins: &Inspection) -> Runnable {
             let unsupported: Vec<String> = ins
                 .gguf_types
                 .iter()
-                .filter(|t| !t.candle_loads())
+                .filter(|t| !t.engine_loads())
                 .map(|t| t.name())
                 .collect();
             if !unsupported.is_empty() {

@@ -192,6 +192,8 @@ pub struct Caps {
     pub keeps_reasoning: bool,
     /// The template renders a `tool` role (else results go in as user messages).
     pub tool_role: bool,
+    /// The template writes OpenAI's harmony format (gpt-oss): answers come in channels.
+    pub harmony: bool,
 }
 
 const PROBE_TOOL: &str = "influence_probe_tool";
@@ -207,6 +209,7 @@ impl Caps {
             effort: false,
             keeps_reasoning: false,
             tool_role: false,
+            harmony: false,
         };
         let Some(src) = source else {
             return none;
@@ -255,6 +258,7 @@ impl Caps {
             effort: src.contains("reasoning_effort"),
             keeps_reasoning: src.contains("reasoning_content"),
             tool_role,
+            harmony: src.contains("<|channel|>") && src.contains("<|message|>"),
         }
     }
 }
@@ -626,7 +630,13 @@ pub async fn run(
     let caps = ctx.caps(ready.info.chat_template.as_deref());
     let (prompt, prefill) = build_prompt(&req, &caps, dialect)?;
     let split = (req.reasoning.split && prefill.is_empty() && matches!(req.input, Input::Chat(_)))
-        .then(|| ReasoningSplitter::new(caps.opens_think && req.reasoning.think != Some(false)));
+        .then(|| {
+            if caps.harmony {
+                ReasoningSplitter::harmony()
+            } else {
+                ReasoningSplitter::new(caps.opens_think && req.reasoning.think != Some(false))
+            }
+        });
     let tools_on = req.tools_active();
     let names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
     let parallel = req.parallel_tool_calls;
@@ -760,7 +770,9 @@ mod tests {
         assert_eq!(c.format, ToolFormat::Hermes);
         assert!(!c.opens_think);
         let plain = Caps::of(Some(crate::engine::template::CHATML));
-        assert!(!plain.tools);
+        assert!(!plain.tools && !plain.harmony);
+        let harmony = Caps::of(Some("{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}{# <|channel|>final #}"));
+        assert!(harmony.harmony && !c.harmony);
         let think = Caps::of(Some("{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}{{ enable_thinking }}"));
         assert!(think.opens_think && think.think_switch);
         assert!(!Caps::of(None).tools);

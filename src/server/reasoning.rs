@@ -2,8 +2,11 @@
 //!
 //! Thinking is a leading `<think>…</think>` block (or `[THINK]…[/THINK]`). Templates that open
 //! the block themselves (the generation prompt ends with `<think>`) make the output start
-//! inside it. This runs before tool-call parsing, so a call written while thinking is never
-//! taken for a real one.
+//! inside it. gpt-oss writes OpenAI's harmony format instead: messages
+//! `<|channel|>NAME<|message|>…<|end|>`, each after `<|start|>assistant` but the first (the
+//! prompt wrote that one), the last ended by `<|return|>` or `<|call|>`; the `analysis`
+//! channel is its reasoning, `final` (and `commentary`) what it says. This runs before
+//! tool-call parsing, so a call written while thinking is never taken for a real one.
 
 use super::tools::parse::partial_suffix;
 
@@ -16,12 +19,23 @@ pub enum Split {
 
 const MARKERS: [(&str, &str); 2] = [("<think>", "</think>"), ("[THINK]", "[/THINK]")];
 
+/// Where a harmony message's header ends and its text begins.
+const HARMONY_MESSAGE: &str = "<|message|>";
+/// What ends a harmony message.
+const HARMONY_ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
+/// A harmony header longer than this is not one: the text shows as it is.
+const HARMONY_HEADER_MAX: usize = 512;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Nothing but whitespace so far: an opening marker may still come.
     Start,
     Thinking(usize),
     Answer,
+    /// Harmony: reading a message's header, up to `<|message|>`.
+    Header,
+    /// Harmony: a message's text; `true` in the `analysis` channel.
+    Body(bool),
 }
 
 #[derive(Debug)]
@@ -43,11 +57,75 @@ impl ReasoningSplitter {
         }
     }
 
+    /// A splitter for harmony output (gpt-oss), which starts at a message header.
+    pub fn harmony() -> Self {
+        ReasoningSplitter {
+            state: State::Header,
+            buf: String::new(),
+        }
+    }
+
     pub fn push(&mut self, delta: &str) -> Vec<Split> {
         self.buf.push_str(delta);
         let mut out = Vec::new();
         loop {
             match self.state {
+                State::Header => {
+                    if let Some(at) = self.buf.find(HARMONY_MESSAGE) {
+                        let header = &self.buf[..at];
+                        // `<|start|>assistant<|channel|>analysis`, maybe with a recipient
+                        // (`to=functions.x`) or a `<|constrain|>` after the channel name.
+                        let analysis = header
+                            .split_once("<|channel|>")
+                            .map(|(_, c)| c.split(['<', ' ']).next().unwrap_or(""))
+                            .is_some_and(|c| c.trim() == "analysis");
+                        self.buf.drain(..at + HARMONY_MESSAGE.len());
+                        self.state = State::Body(analysis);
+                        continue;
+                    }
+                    let lead = self.buf.trim_start();
+                    let maybe_header = lead.starts_with("<|") || "<|".starts_with(lead);
+                    if lead.is_empty() || (maybe_header && self.buf.len() <= HARMONY_HEADER_MAX) {
+                        return out;
+                    }
+                    // Plain text where a header should be: show it as the answer.
+                    self.state = State::Answer;
+                }
+                State::Body(analysis) => {
+                    let end = HARMONY_ENDS
+                        .iter()
+                        .filter_map(|m| self.buf.find(m).map(|at| (at, m.len())))
+                        .min();
+                    let (cut, rest) = match end {
+                        Some((at, len)) => (at, Some(at + len)),
+                        None => {
+                            let keep = HARMONY_ENDS
+                                .iter()
+                                .map(|m| partial_suffix(&self.buf, m))
+                                .max()
+                                .unwrap_or(0);
+                            (self.buf.len() - keep, None)
+                        }
+                    };
+                    if cut > 0 {
+                        let text = self.buf[..cut].to_string();
+                        out.push(if analysis {
+                            Split::Reasoning(text)
+                        } else {
+                            Split::Content(text)
+                        });
+                    }
+                    match rest {
+                        Some(r) => {
+                            self.buf.drain(..r);
+                            self.state = State::Header;
+                        }
+                        None => {
+                            self.buf.drain(..cut);
+                            return out;
+                        }
+                    }
+                }
                 State::Start => {
                     let lead = self.buf.trim_start();
                     if lead.is_empty() {
@@ -102,7 +180,9 @@ impl ReasoningSplitter {
             return Vec::new();
         }
         match self.state {
-            State::Thinking(_) => vec![Split::Reasoning(rest)],
+            State::Thinking(_) | State::Body(true) => vec![Split::Reasoning(rest)],
+            // A header cut off before its text has nothing to show.
+            State::Header if rest.trim_start().starts_with("<|") => Vec::new(),
             _ => vec![Split::Content(rest)],
         }
     }
@@ -152,6 +232,79 @@ mod tests {
         assert_eq!(
             run(true, &["still going"]),
             ("still going".into(), "".into())
+        );
+    }
+
+    fn run_harmony(chunks: &[&str]) -> (String, String) {
+        let mut s = ReasoningSplitter::harmony();
+        let mut pieces = Vec::new();
+        for c in chunks {
+            pieces.extend(s.push(c));
+        }
+        pieces.extend(s.finish());
+        let (mut r, mut c) = (String::new(), String::new());
+        for p in pieces {
+            match p {
+                Split::Reasoning(t) => r.push_str(&t),
+                Split::Content(t) => c.push_str(&t),
+            }
+        }
+        (r, c)
+    }
+
+    /// gpt-oss's token stream, one token per chunk as the engine streams it: the analysis
+    /// channel is reasoning, the final channel the answer, and no control token shows.
+    #[test]
+    fn harmony_analysis_is_reasoning_and_final_is_the_answer() {
+        let stream = [
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "The user",
+            " asks",
+            " 2+2.",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "final",
+            "<|message|>",
+            "2 + 2",
+            " = 4.",
+            "<|return|>",
+        ];
+        assert_eq!(
+            run_harmony(&stream),
+            ("The user asks 2+2.".into(), "2 + 2 = 4.".into())
+        );
+        // Markers split across chunks, and a stream cut off in the final channel.
+        assert_eq!(
+            run_harmony(&[
+                "<|chan",
+                "nel|>analysis<|mess",
+                "age|>hmm<|e",
+                "nd|><|start|>assistant<|channel|>final<|message|>Hi <",
+                "there"
+            ]),
+            ("hmm".into(), "Hi <there".into())
+        );
+        // Only reasoning so far (cut off while thinking).
+        assert_eq!(
+            run_harmony(&["<|channel|>analysis<|message|>thinking"]),
+            ("thinking".into(), "".into())
+        );
+        // A commentary message (a tool call's preamble) is said, not thought.
+        assert_eq!(
+            run_harmony(&[
+                "<|channel|>commentary to=functions.get <|constrain|>json<|message|>{}",
+                "<|call|>"
+            ]),
+            ("".into(), "{}".into())
+        );
+        // A model that skips the header: its text is the answer.
+        assert_eq!(
+            run_harmony(&["Hello", " there"]),
+            ("".into(), "Hello there".into())
         );
     }
 

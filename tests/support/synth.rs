@@ -108,10 +108,12 @@ pub enum QType {
     Q4K,
     Q5K,
     Q6K,
+    /// gpt-oss's experts: 32 E2M1 values and one power-of-two scale per block.
+    Mxfp4,
 }
 
 impl QType {
-    pub const ALL: [QType; 10] = [
+    pub const ALL: [QType; 11] = [
         QType::F32,
         QType::F16,
         QType::Q4_0,
@@ -122,6 +124,7 @@ impl QType {
         QType::Q4K,
         QType::Q5K,
         QType::Q6K,
+        QType::Mxfp4,
     ];
 
     /// `ggml_type` as written in a GGUF tensor info.
@@ -137,6 +140,7 @@ impl QType {
             QType::Q4K => 12,
             QType::Q5K => 13,
             QType::Q6K => 14,
+            QType::Mxfp4 => 39,
         }
     }
 
@@ -144,7 +148,9 @@ impl QType {
     pub fn block_len(self) -> usize {
         match self {
             QType::F32 | QType::F16 => 1,
-            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::Mxfp4 => {
+                32
+            }
             QType::Q4K | QType::Q5K | QType::Q6K => 256,
         }
     }
@@ -161,6 +167,7 @@ impl QType {
             QType::Q4K => 144,
             QType::Q5K => 176,
             QType::Q6K => 210,
+            QType::Mxfp4 => 17,
         }
     }
 
@@ -181,6 +188,7 @@ impl QType {
             QType::Q4K => "Q4_K",
             QType::Q5K => "Q5_K",
             QType::Q6K => "Q6_K",
+            QType::Mxfp4 => "MXFP4",
         }
     }
 }
@@ -209,6 +217,7 @@ const Q4_1_LEVEL_RMS: f32 = 4.610; // q - 7.5 after the centring offset
 const Q5_0_LEVEL_RMS: f32 = 9.247; // q - 16, q in 0..32
 const Q5_1_LEVEL_RMS: f32 = 9.233; // q - 15.5
 const Q6K_LEVEL_RMS: f32 = 18.47; // q - 32, q in 0..64
+const MXFP4_LEVEL_RMS: f32 = 5.852; // ggml's doubled E2M1 table, every code alike
 /// K-quant sub-block scales: Q4_K/Q5_K draw them from 32..64, Q6_K's magnitudes from 64..128.
 const K_SCALE_RMS: f32 = 48.39;
 const Q6K_SCALE_RMS: f32 = 97.27;
@@ -336,6 +345,12 @@ fn fix_block(q: QType, b: &mut [u8], s: f32, rng: &mut Rng) {
             }
             put_f16(&mut b[208..], s / (Q6K_SCALE_RMS * Q6K_LEVEL_RMS));
         }
+        QType::Mxfp4 => {
+            // A power of two as near as it gets to the RMS asked for: random codes have RMS
+            // `MXFP4_LEVEL_RMS` times the scale.
+            let e = ((s / MXFP4_LEVEL_RMS).log2().round() + 128.0).clamp(2.0, 254.0);
+            b[0] = e as u8;
+        }
         QType::F32 | QType::F16 => unreachable!("float rows are not blocks"),
     }
 }
@@ -454,9 +469,28 @@ pub fn dequantize_row(q: QType, src: &[u8], out: &mut [f32]) {
                     }
                 }
             }
+            QType::Mxfp4 => {
+                let d = mxfp4_scale(b[0]);
+                for j in 0..16 {
+                    y[j] = MXFP4_VALUES[(b[1 + j] & 0x0F) as usize] as f32 * d;
+                    y[j + 16] = MXFP4_VALUES[(b[1 + j] >> 4) as usize] as f32 * d;
+                }
+            }
             QType::F32 | QType::F16 => unreachable!(),
         }
     }
+}
+
+/// ggml's `kvalues_mxfp4`: E2M1 values, doubled, by code.
+const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// ggml's `e8m0_to_fp32_half`: `2^(e - 128)`.
+fn mxfp4_scale(e: u8) -> f32 {
+    f32::from_bits(if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    })
 }
 
 fn nearest(x: f32, lo: i32, hi: i32) -> i32 {
@@ -553,6 +587,30 @@ pub fn quantize_row(q: QType, x: &[f32], out: &mut [u8]) {
                             | ((q(2) >> 4) << 4)
                             | ((q(3) >> 4) << 6);
                     }
+                }
+            }
+            QType::Mxfp4 => {
+                // ggml's quantize_row_mxfp4_ref: the exponent from the block's maximum, each
+                // value to its nearest code.
+                let amax = y.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let e = if amax > 0.0 {
+                    (amax.log2().floor() - 2.0 + 127.0) as u8
+                } else {
+                    0
+                };
+                b[0] = e;
+                let d = mxfp4_scale(e);
+                let best = |v: f32| {
+                    (0..16)
+                        .min_by(|&i, &j| {
+                            let ei = (MXFP4_VALUES[i] as f32 * d - v).abs();
+                            let ej = (MXFP4_VALUES[j] as f32 * d - v).abs();
+                            ei.total_cmp(&ej)
+                        })
+                        .unwrap_or(0) as u8
+                };
+                for j in 0..16 {
+                    b[1 + j] = best(y[j]) | (best(y[j + 16]) << 4);
                 }
             }
             QType::F32 | QType::F16 => unreachable!(),
@@ -824,6 +882,8 @@ pub enum Dim {
     Experts,
     /// Each expert's FFN inner size.
     FfnExp,
+    /// The number of query heads (gpt-oss's attention sinks: one per head).
+    Heads,
 }
 
 /// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
@@ -859,6 +919,8 @@ pub enum Role {
     Bias,
     /// A mixture-of-experts router (`ffn_gate_inp`), kept in F32 as llama-quantize does.
     Router,
+    /// gpt-oss's attention sinks: a learned logit per head, kept in F32.
+    Sink,
     Proj(Cat),
 }
 
@@ -899,6 +961,7 @@ pub enum Field {
 pub enum Const {
     F32(f32),
     U32(u32),
+    Str(&'static str),
 }
 
 /// A family's vocabulary conventions for the synthetic tokenizer.
@@ -974,6 +1037,7 @@ impl Shape {
             Dim::Vocab => self.vocab,
             Dim::Experts => self.experts,
             Dim::FfnExp => self.ffn_exp,
+            Dim::Heads => self.heads,
         }
     }
 
@@ -1548,6 +1612,147 @@ pub const GRANITEMOE: Family = Family {
     presets: &[("tiny", tiny_shape(false, 8, 2))],
 };
 
+const GPT_OSS_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t("blk.{i}.attn_q.bias", &[QueryWidth], Role::Bias),
+    t(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    t("blk.{i}.attn_k.bias", &[KvWidth], Role::Bias),
+    t(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    t("blk.{i}.attn_v.bias", &[KvWidth], Role::Bias),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.attn_output.bias", &[Hidden], Role::Bias),
+    t("blk.{i}.attn_sinks.weight", &[Heads], Role::Sink),
+    t("blk.{i}.post_attention_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+    ),
+    t("blk.{i}.ffn_gate_inp.bias", &[Experts], Role::Bias),
+    t(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t("blk.{i}.ffn_gate_exps.bias", &[FfnExp, Experts], Role::Bias),
+    t(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t("blk.{i}.ffn_up_exps.bias", &[FfnExp, Experts], Role::Bias),
+    t(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+    ),
+    t("blk.{i}.ffn_down_exps.bias", &[Hidden, Experts], Role::Bias),
+];
+
+/// gpt-oss's harmony control tokens (o200k_harmony's names).
+const GPT_OSS_TOK: TokStyle = TokStyle {
+    pre: "llama-bpe",
+    specials: &[
+        "<|startoftext|>",
+        "<|endoftext|>",
+        "<|return|>",
+        "<|constrain|>",
+        "<|channel|>",
+        "<|start|>",
+        "<|end|>",
+        "<|message|>",
+        "<|call|>",
+    ],
+    bos: "<|startoftext|>",
+    eos: "<|return|>",
+    add_bos: false,
+    chat_template: GPT_OSS_TEMPLATE,
+};
+
+/// The core of gpt-oss's harmony chat template: a system message, each turn as
+/// `<|start|>{role}<|message|>…<|end|>`, past assistant answers in the `final` channel, and
+/// the generation prompt `<|start|>assistant`.
+const GPT_OSS_TEMPLATE: &str = "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\nReasoning: medium\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>{% for message in messages %}{% if message['role'] == 'assistant' %}<|start|>assistant<|channel|>final<|message|>{{ message['content'] }}<|end|>{% elif message['role'] == 'system' %}<|start|>developer<|message|># Instructions\n\n{{ message['content'] }}<|end|>{% else %}<|start|>{{ message['role'] }}<|message|>{{ message['content'] }}<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}";
+
+/// gpt-oss: biases on q/k/v/o, the router and the experts, learned attention sinks, every
+/// other layer a sliding window (the tiny preset's window of 8 shows within a golden's 20
+/// positions; real files use 128), YaRN rope as gpt-oss-20b declares it, experts in MXFP4.
+/// `20b-narrow` keeps gpt-oss-20b's 24 layers, 32 experts with 4 active, 64 query and 8 KV
+/// heads of 64, at a width this machine holds.
+pub const GPT_OSS: Family = Family {
+    arch: "gpt-oss",
+    head: LLAMA_HEAD,
+    layer: GPT_OSS_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::FfnExp),
+        ("rope.dimension_count", Field::HeadDim),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeads),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+        ("expert_count", Field::Experts),
+        ("expert_used_count", Field::ExpertsUsed),
+        ("expert_feed_forward_length", Field::FfnExp),
+    ],
+    consts: &[
+        ("attention.sliding_window", Const::U32(8)),
+        ("rope.scaling.type", Const::Str("yarn")),
+        ("rope.scaling.factor", Const::F32(32.0)),
+        ("rope.scaling.original_context_length", Const::U32(4096)),
+    ],
+    embeddings_scaled: false,
+    tok: GPT_OSS_TOK,
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                rope_base: 150_000.0,
+                ..tiny_shape(false, 8, 2)
+            },
+        ),
+        (
+            "20b-narrow",
+            Shape {
+                hidden: 1024,
+                layers: 24,
+                heads: 64,
+                kv_heads: 8,
+                head_dim: 64,
+                ffn: 1024,
+                vocab: 32_768,
+                context: 4096,
+                rope_base: 150_000.0,
+                rms_eps: 1e-5,
+                tied: false,
+                experts: 32,
+                experts_used: 4,
+                ffn_exp: 1024,
+            },
+        ),
+    ],
+};
+
 pub const FAMILIES: &[&Family] = &[
     &LLAMA,
     &GRANITE,
@@ -1556,6 +1761,7 @@ pub const FAMILIES: &[&Family] = &[
     &OLMO2,
     &QWEN3MOE,
     &GRANITEMOE,
+    &GPT_OSS,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -1612,10 +1818,12 @@ pub enum Mix {
     Q4KM,
     Q5KM,
     Q6K,
+    /// gpt-oss's files: expert stacks in MXFP4, every other matrix Q8_0.
+    Mxfp4Moe,
 }
 
 impl Mix {
-    pub const ALL: [Mix; 11] = [
+    pub const ALL: [Mix; 12] = [
         Mix::F32,
         Mix::F16,
         Mix::Q4_0,
@@ -1627,6 +1835,7 @@ impl Mix {
         Mix::Q4KM,
         Mix::Q5KM,
         Mix::Q6K,
+        Mix::Mxfp4Moe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -1642,6 +1851,7 @@ impl Mix {
             Mix::Q4KM => "Q4_K_M",
             Mix::Q5KM => "Q5_K_M",
             Mix::Q6K => "Q6_K",
+            Mix::Mxfp4Moe => "MXFP4_MOE",
         }
     }
 
@@ -1672,6 +1882,7 @@ impl Mix {
             Mix::Q4KM => 15,
             Mix::Q5KM => 17,
             Mix::Q6K => 18,
+            Mix::Mxfp4Moe => 38,
         }
     }
 
@@ -1683,7 +1894,7 @@ impl Mix {
             Mix::Q4_1 => QType::Q4_1,
             Mix::Q5_0 => QType::Q5_0,
             Mix::Q5_1 => QType::Q5_1,
-            Mix::Q8_0 => QType::Q8_0,
+            Mix::Q8_0 | Mix::Mxfp4Moe => QType::Q8_0,
             Mix::Q4KS | Mix::Q4KM => QType::Q4K,
             Mix::Q5KM => QType::Q5K,
             Mix::Q6K => QType::Q6K,
@@ -2092,8 +2303,11 @@ impl Plan {
             let name = tpl.name.replace("{i}", &layer.to_string());
             let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d)).collect();
             let ncols = dims[0];
-            let qtype = if dims.len() == 1 || tpl.role == Role::Router {
+            let qtype = if dims.len() == 1 || matches!(tpl.role, Role::Router | Role::Bias) {
                 QType::F32
+            } else if spec.mix == Mix::Mxfp4Moe && dims.len() == 3 {
+                // llama-quantize's MXFP4_MOE: expert stacks in MXFP4, the rest Q8_0.
+                QType::Mxfp4
             } else {
                 spec.mix
                     .matrix_type(tpl.role, layer, shape.layers, ncols, shape.tied)
@@ -2106,7 +2320,7 @@ impl Plan {
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
                 Role::Proj(_) | Role::Router => 1.0 / (ncols as f32).sqrt(),
-                Role::Norm | Role::OutputNorm | Role::Bias => 0.0,
+                Role::Norm | Role::OutputNorm | Role::Bias | Role::Sink => 0.0,
             };
             let stream = name_hash(&name);
             tensors.push(PlannedTensor {
@@ -2177,6 +2391,7 @@ impl Plan {
             let v = match *value {
                 Const::F32(x) => Meta::F32(x),
                 Const::U32(x) => Meta::U32(x),
+                Const::Str(x) => Meta::str(x),
             };
             metadata.push((format!("{}.{key}", fam.arch), v));
         }
@@ -2237,9 +2452,12 @@ impl Plan {
             let row = first + k;
             let mut rng = Rng::new(stream_seed(seed, t.stream, row as u64));
             match t.role {
-                Role::Norm | Role::OutputNorm | Role::Bias => {
+                Role::Norm | Role::OutputNorm | Role::Bias | Role::Sink => {
                     let (centre, spread) = match t.role {
                         Role::Norm => (1.0, 0.1),
+                        // Sinks near the attention scores' own size, so each head gives a
+                        // clear share of its weight to the sink.
+                        Role::Sink => (0.5, 1.0),
                         Role::OutputNorm => {
                             (self.scales.output_norm, 0.05 * self.scales.output_norm)
                         }

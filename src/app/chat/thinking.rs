@@ -4,7 +4,9 @@
 //! The answer is stored as the model wrote it, thinking included, so nothing is lost and an
 //! export shows it. Thinking is a leading `<think>…</think>` (or `[THINK]…[/THINK]`) block, or
 //! everything before a `</think>` that has no opener (templates whose generation prompt opens
-//! the block). It is drawn dimmed and folded to one line until unfolded.
+//! the block). gpt-oss writes OpenAI's harmony format instead: its `analysis` channel
+//! (`<|channel|>analysis<|message|>…<|end|>`) is the thinking, the `final` channel's text after
+//! it the answer. It is drawn dimmed and folded to one line until unfolded.
 
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -22,9 +24,70 @@ pub struct Parts<'a> {
     pub answer: &'a str,
 }
 
+const CHANNEL: &str = "<|channel|>";
+const MESSAGE: &str = "<|message|>";
+/// What ends a harmony message (the turn's last may also end with the text).
+const ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
+
+/// The text of a harmony message body up to its end marker, and what follows the marker.
+fn harmony_body(body: &str) -> (&str, Option<&str>) {
+    match ENDS
+        .iter()
+        .filter_map(|m| body.find(m).map(|at| (at, m.len())))
+        .min()
+    {
+        Some((at, len)) => (&body[..at], Some(&body[at + len..])),
+        None => (body, None),
+    }
+}
+
+/// Harmony output (gpt-oss): the first message's channel decides whether it is thinking; the
+/// answer is the text of the message after it.
+fn split_harmony(lead: &str) -> Parts<'_> {
+    let Some(at) = lead.find(MESSAGE) else {
+        // The first header is still arriving.
+        return Parts {
+            thinking: Some(""),
+            closed: false,
+            answer: "",
+        };
+    };
+    let channel = lead[CHANNEL.len().min(at)..at]
+        .split([' ', '<'])
+        .next()
+        .unwrap_or("");
+    let (text, rest) = harmony_body(&lead[at + MESSAGE.len()..]);
+    if channel != "analysis" {
+        return Parts {
+            thinking: None,
+            closed: true,
+            answer: text,
+        };
+    }
+    let Some(rest) = rest else {
+        return Parts {
+            thinking: Some(text),
+            closed: false,
+            answer: "",
+        };
+    };
+    let answer = match rest.find(MESSAGE) {
+        Some(m) => harmony_body(&rest[m + MESSAGE.len()..]).0,
+        None => "",
+    };
+    Parts {
+        thinking: Some(text),
+        closed: true,
+        answer,
+    }
+}
+
 /// Splits `content` into thinking and answer.
 pub fn split(content: &str) -> Parts<'_> {
     let lead = content.trim_start();
+    if lead.starts_with(CHANNEL) || (!lead.is_empty() && CHANNEL.starts_with(lead)) {
+        return split_harmony(lead);
+    }
     for (open, close) in MARKERS {
         if let Some(body) = lead.strip_prefix(open) {
             return match body.find(close) {
@@ -145,6 +208,30 @@ mod tests {
         let p = split("<thi");
         assert_eq!(p.thinking, Some(""));
         assert_eq!(p.answer, "");
+    }
+
+    /// gpt-oss's harmony output, whole and while it streams in.
+    #[test]
+    fn harmony_analysis_is_thinking_and_final_is_the_answer() {
+        let full = "<|channel|>analysis<|message|>User wants 2+2.<|end|><|start|>assistant<|channel|>final<|message|>4.";
+        let p = split(full);
+        assert_eq!(p.thinking, Some("User wants 2+2."));
+        assert!(p.closed);
+        assert_eq!(p.answer, "4.");
+        assert_eq!(split(&format!("{full}<|return|>")).answer, "4.");
+        assert_eq!(for_history(full, false), "4.");
+        let p = split("<|channel|>analysis<|message|>still thinking");
+        assert_eq!(
+            (p.thinking, p.closed, p.answer),
+            (Some("still thinking"), false, "")
+        );
+        let p = split("<|chan");
+        assert_eq!((p.thinking, p.answer), (Some(""), ""));
+        let p = split("<|channel|>analysis<|message|>done<|end|><|start|>assistant<|chan");
+        assert_eq!((p.thinking, p.closed, p.answer), (Some("done"), true, ""));
+        // An answer straight in the final channel has no thinking.
+        let p = split("<|channel|>final<|message|>Hi");
+        assert_eq!((p.thinking, p.answer), (None, "Hi"));
     }
 
     #[test]
