@@ -363,6 +363,12 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
             &[70, 75, 922, 116, 337, 634, 952, 266, 266, 437, 386, 537, 354, 659, 634],
             &[9.701, 9.806, 11.88, 7.932, 9.572, 9.25, 10.767, 10.455, 9.771, 7.239, 9.853, 9.79, 11.629, 10.421, 12.16],
         ),
+        (
+            "gemma4",
+            &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
+            &[118, 340, 2, 570, 720, 662, 662, 720, 720, 720, 720, 720, 720, 196, 196, 196],
+            &[2.341, 3.098, 3.714, 2.936, 2.119, 3.014, 2.345, 2.828, 2.976, 3.66, 3.517, 3.944, 3.627, 3.931, 3.298, 3.437],
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let e = engine();
@@ -391,6 +397,43 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
             );
         }
     }
+}
+
+/// Gemma 4's shared-KV layers read earlier layers' caches and hold none of their own: the tiny
+/// file's three cache-owning layers take (2 sliding × 2 KV heads × 64 + 1 full × 1 × 128) × 2
+/// floats a position, where six owning layers would take twice that. The engine reports what
+/// its buffers really hold, so a shared layer that allocated would show.
+#[test]
+fn gemma4_shared_kv_layers_allocate_no_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GEMMA4, "tiny", Mix::Q4KM, 7).unwrap();
+    let (plan, path) = write(spec, dir.path(), "gemma4.gguf", 2);
+    assert!(plan
+        .tensors
+        .iter()
+        .all(|t| !t.name.starts_with("blk.3.attn_k")));
+    let e = engine();
+    let mut gen = e.generate(GenRequest {
+        model: path,
+        prompt: Prompt::Raw("the quick brown fox".into()),
+        params: GenParams::greedy(16),
+    });
+    let mut prompt_tokens = 0;
+    let mut generated = 0;
+    while let Some(ev) = gen.events.blocking_recv() {
+        match ev {
+            GenEvent::Started {
+                prompt_tokens: n, ..
+            } => prompt_tokens = n,
+            GenEvent::Token { .. } => generated += 1,
+            GenEvent::Done(_) => break,
+            GenEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(generated, 16);
+    let per_position = (2 * 2 * 64 + 128) * 2 * 4;
+    // The slot reserved the prompt and 16 new tokens, and its buffers hold exactly that.
+    assert_eq!(e.stats().kv_bytes, (prompt_tokens + 16) * per_position);
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub const TEMPLATE_END_TOKENS: &[&str] = &[
     "<|im_end|>",
     "<|eot_id|>",
     "<end_of_turn>",
+    "<turn|>",
     "<|end|>",
     "<|eom_id|>",
 ];

@@ -653,6 +653,7 @@ pub enum Meta {
 }
 
 const GGUF_STRING: u32 = 8;
+const GGUF_BOOL: u32 = 7;
 const GGUF_INT32: u32 = 5;
 
 impl Meta {
@@ -824,6 +825,13 @@ pub enum Dim {
     Experts,
     /// Each expert's FFN inner size.
     FfnExp,
+    /// Gemma 4: one layer's per-layer embedding width, all layers' together, and the pairs of
+    /// a full layer's head (`rope_freqs`).
+    PerLayer,
+    PerLayerAll,
+    RopePairs,
+    /// A single value (a layer's output scale).
+    One,
 }
 
 /// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
@@ -837,6 +845,9 @@ pub enum Cat {
     FfnGate,
     FfnUp,
     FfnDown,
+    /// Gemma 4's per-layer input gate (hidden → width) and projection back.
+    PerLayerGate,
+    PerLayerProj,
 }
 
 impl Cat {
@@ -860,6 +871,29 @@ pub enum Role {
     /// A mixture-of-experts router (`ffn_gate_inp`), kept in F32 as llama-quantize does.
     Router,
     Proj(Cat),
+    /// A norm on a branch's output before the residual add (Gemma 4): its weight sets how
+    /// much the branch moves the stream.
+    PostNorm,
+    /// Gemma 4's per-layer output multiplier, one value.
+    LayerScale,
+    /// `rope_freqs`: 1 for rotated pairs, 1e30 for the others.
+    RopeFreqs,
+    /// Gemma 4's per-layer token embeddings.
+    PerLayerEmbd,
+    /// A matrix llama-quantize leaves in float (`per_layer_model_proj`).
+    PlainProj,
+}
+
+/// Which layers have a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// Layers that own a KV cache (not Gemma 4's shared-KV ones).
+    OwnsKv,
+    /// Layers with a value projection of their own.
+    OwnsValue,
+    /// Shapes with per-layer embeddings.
+    PerLayer,
 }
 
 /// One tensor of a family; `{i}` in the name is the layer index.
@@ -869,10 +903,30 @@ pub struct TensorTemplate {
     /// ggml order: the row length first.
     pub dims: &'static [Dim],
     pub role: Role,
+    pub when: When,
 }
 
 const fn t(name: &'static str, dims: &'static [Dim], role: Role) -> TensorTemplate {
-    TensorTemplate { name, dims, role }
+    TensorTemplate {
+        name,
+        dims,
+        role,
+        when: When::Always,
+    }
+}
+
+const fn t_when(
+    name: &'static str,
+    dims: &'static [Dim],
+    role: Role,
+    when: When,
+) -> TensorTemplate {
+    TensorTemplate {
+        name,
+        dims,
+        role,
+        when,
+    }
 }
 
 /// A shape field a metadata key reports.
@@ -891,6 +945,13 @@ pub enum Field {
     Experts,
     ExpertsUsed,
     FfnExp,
+    /// Gemma 4: per-layer arrays and the sliding layers' head width.
+    FfnByLayer,
+    KvHeadsByLayer,
+    SwaPattern,
+    HeadDimSwa,
+    SharedKv,
+    PerLayerWidth,
 }
 
 /// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
@@ -961,19 +1022,94 @@ pub struct Shape {
     pub experts: usize,
     pub experts_used: usize,
     pub ffn_exp: usize,
+    /// Gemma 4: layers of two kinds (None: every layer alike).
+    pub kinds: Option<LayerKinds>,
+}
+
+/// Gemma 4's two kinds of layer and what differs between them. Full layers have the shape's
+/// head width and KV heads; sliding-window layers these.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerKinds {
+    /// Every `full_every`-th layer (1-based) attends to every position, the others through the
+    /// sliding window.
+    pub full_every: usize,
+    pub swa_head_dim: usize,
+    pub swa_kv_heads: usize,
+    /// Layers at the end that read the KV cache of the last cache-owning layer of their kind;
+    /// they have no K/V projections.
+    pub shared_kv: usize,
+    /// Shared-KV layers' FFN is this many times wider (Gemma 4's double-wide MLP).
+    pub shared_ffn_mult: usize,
+    /// Full layers have no `attn_v`: their values are their keys (Gemma 4's attention_k_eq_v).
+    pub full_k_is_v: bool,
+    /// Width of each layer's per-layer token embedding (0: none).
+    pub per_layer: usize,
+    /// Head pairs a full layer rotates, over all its pairs; `rope_freqs` gives the rest a
+    /// factor of 1e30 (Gemma 4's proportional RoPE).
+    pub full_rope_fraction: f32,
 }
 
 impl Shape {
-    fn dim(&self, d: Dim) -> usize {
+    /// Dimension `d` of a tensor of `layer`.
+    fn dim(&self, d: Dim, layer: usize) -> usize {
+        let k = self.kinds;
         match d {
             Dim::Hidden => self.hidden,
-            Dim::QueryWidth => self.heads * self.head_dim,
-            Dim::KvWidth => self.kv_heads * self.head_dim,
-            Dim::Head => self.head_dim,
-            Dim::Ffn => self.ffn,
+            Dim::QueryWidth => self.heads * self.head_dim_at(layer),
+            Dim::KvWidth => self.kv_heads_at(layer) * self.head_dim_at(layer),
+            Dim::Head => self.head_dim_at(layer),
+            Dim::Ffn => self.ffn_at(layer),
             Dim::Vocab => self.vocab,
             Dim::Experts => self.experts,
             Dim::FfnExp => self.ffn_exp,
+            Dim::PerLayer => k.map_or(0, |k| k.per_layer),
+            Dim::PerLayerAll => k.map_or(0, |k| k.per_layer) * self.layers,
+            Dim::RopePairs => self.head_dim / 2,
+            Dim::One => 1,
+        }
+    }
+
+    pub fn is_swa(&self, layer: usize) -> bool {
+        self.kinds
+            .is_some_and(|k| !(layer + 1).is_multiple_of(k.full_every))
+    }
+
+    pub fn head_dim_at(&self, layer: usize) -> usize {
+        match self.kinds {
+            Some(k) if self.is_swa(layer) => k.swa_head_dim,
+            _ => self.head_dim,
+        }
+    }
+
+    pub fn kv_heads_at(&self, layer: usize) -> usize {
+        match self.kinds {
+            Some(k) if self.is_swa(layer) => k.swa_kv_heads,
+            _ => self.kv_heads,
+        }
+    }
+
+    /// Layers that own a KV cache: all but Gemma 4's shared-KV ones at the end.
+    pub fn kv_layers(&self) -> usize {
+        self.layers - self.kinds.map_or(0, |k| k.shared_kv)
+    }
+
+    pub fn ffn_at(&self, layer: usize) -> usize {
+        match self.kinds {
+            Some(k) if layer >= self.kv_layers() => self.ffn * k.shared_ffn_mult,
+            _ => self.ffn,
+        }
+    }
+
+    fn has(&self, when: When, layer: usize) -> bool {
+        let k = self.kinds;
+        match when {
+            When::Always => true,
+            When::OwnsKv => layer < self.kv_layers(),
+            When::OwnsValue => {
+                layer < self.kv_layers()
+                    && !(k.is_some_and(|k| k.full_k_is_v) && !self.is_swa(layer))
+            }
+            When::PerLayer => k.is_some_and(|k| k.per_layer > 0),
         }
     }
 
@@ -992,6 +1128,21 @@ impl Shape {
             Field::Experts => Meta::U32(self.experts as u32),
             Field::ExpertsUsed => Meta::U32(self.experts_used as u32),
             Field::FfnExp => Meta::U32(self.ffn_exp as u32),
+            Field::FfnByLayer => Meta::i32s((0..self.layers).map(|i| self.ffn_at(i) as i32)),
+            Field::KvHeadsByLayer => {
+                Meta::i32s((0..self.layers).map(|i| self.kv_heads_at(i) as i32))
+            }
+            Field::SwaPattern => Meta::Array(
+                GGUF_BOOL,
+                (0..self.layers)
+                    .map(|i| Meta::Bool(self.is_swa(i)))
+                    .collect(),
+            ),
+            Field::HeadDimSwa => {
+                Meta::U32(self.kinds.map_or(self.head_dim, |k| k.swa_head_dim) as u32)
+            }
+            Field::SharedKv => Meta::U32(self.kinds.map_or(0, |k| k.shared_kv) as u32),
+            Field::PerLayerWidth => Meta::U32(self.kinds.map_or(0, |k| k.per_layer) as u32),
         }
     }
 
@@ -1038,6 +1189,35 @@ impl Shape {
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
             return Err(format!("--rope-base {} must be positive", self.rope_base));
+        }
+        if let Some(k) = self.kinds {
+            if k.full_every < 2 || k.swa_kv_heads == 0 || !self.heads.is_multiple_of(k.swa_kv_heads)
+            {
+                return Err("layer kinds: a full layer every 2+ and whole KV head groups".into());
+            }
+            if !k.swa_head_dim.is_multiple_of(2) {
+                return Err(format!(
+                    "sliding head width {} must be even",
+                    k.swa_head_dim
+                ));
+            }
+            let kv = self.kv_layers();
+            if k.shared_kv >= self.layers || (k.shared_kv > 0 && kv < 2) {
+                return Err(format!(
+                    "{} shared-KV layers of {}: at least two must own a cache",
+                    k.shared_kv, self.layers
+                ));
+            }
+            // llama.cpp: a shared layer reads the last owning layer if full, the one before
+            // it if sliding.
+            for i in kv..self.layers {
+                let src = kv - if self.is_swa(i) { 2 } else { 1 };
+                if self.is_swa(src) != self.is_swa(i) {
+                    return Err(format!(
+                        "shared-KV layer {i} would read layer {src}, of the other kind"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1143,6 +1323,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            kinds: None,
         },
     ),
     (
@@ -1162,6 +1343,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            kinds: None,
         },
     ),
     (
@@ -1181,6 +1363,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            kinds: None,
         },
     ),
 ];
@@ -1214,6 +1397,7 @@ const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
         experts,
         experts_used,
         ffn_exp: 256,
+        kinds: None,
     }
 }
 
@@ -1466,6 +1650,7 @@ pub const QWEN3MOE: Family = Family {
                 experts: 128,
                 experts_used: 8,
                 ffn_exp: 256,
+                kinds: None,
             },
         ),
     ],
@@ -1548,6 +1733,183 @@ pub const GRANITEMOE: Family = Family {
     presets: &[("tiny", tiny_shape(false, 8, 2))],
 };
 
+const GEMMA4_HEAD: &[TensorTemplate] = &[
+    t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd),
+    t("rope_freqs.weight", &[RopePairs], Role::RopeFreqs),
+    t_when(
+        "per_layer_token_embd.weight",
+        &[PerLayerAll, Vocab],
+        Role::PerLayerEmbd,
+        When::PerLayer,
+    ),
+    t_when(
+        "per_layer_model_proj.weight",
+        &[Hidden, PerLayerAll],
+        Role::PlainProj,
+        When::PerLayer,
+    ),
+    t_when(
+        "per_layer_proj_norm.weight",
+        &[PerLayer],
+        Role::Norm,
+        When::PerLayer,
+    ),
+];
+
+const GEMMA4_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t_when(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+        When::OwnsKv,
+    ),
+    t_when(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+        When::OwnsValue,
+    ),
+    NORM_Q,
+    t_when(
+        "blk.{i}.attn_k_norm.weight",
+        &[Head],
+        Role::Norm,
+        When::OwnsKv,
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t(
+        "blk.{i}.post_attention_norm.weight",
+        &[Hidden],
+        Role::PostNorm,
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+    t("blk.{i}.post_ffw_norm.weight", &[Hidden], Role::PostNorm),
+    t_when(
+        "blk.{i}.inp_gate.weight",
+        &[Hidden, PerLayer],
+        Role::Proj(Cat::PerLayerGate),
+        When::PerLayer,
+    ),
+    t_when(
+        "blk.{i}.proj.weight",
+        &[PerLayer, Hidden],
+        Role::Proj(Cat::PerLayerProj),
+        When::PerLayer,
+    ),
+    t_when(
+        "blk.{i}.post_norm.weight",
+        &[Hidden],
+        Role::PostNorm,
+        When::PerLayer,
+    ),
+    t(
+        "blk.{i}.layer_output_scale.weight",
+        &[One],
+        Role::LayerScale,
+    ),
+];
+
+/// Gemma 4's turn markers (the template its GGUFs carry adds tools, thinking and media).
+const GEMMA4_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<|turn>' + role + '\n' + message['content'] | trim + '<turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|turn>model\n' }}{% endif %}";
+
+/// Gemma 4 (E2B/E4B-style): sliding-window and full layers with their own head widths and KV
+/// heads, full layers with proportional RoPE (`rope_freqs`) and values equal to their keys,
+/// the last layers reading earlier layers' KV caches with double-wide FFNs, per-layer token
+/// embeddings, q/k/v norms, post-norms, per-layer output scales and soft-capped logits. The tiny
+/// preset has every one of these so each shows in the golden.
+pub const GEMMA4: Family = Family {
+    arch: "gemma4",
+    head: GEMMA4_HEAD,
+    layer: GEMMA4_LAYER,
+    tail: &[t("output_norm.weight", &[Hidden], Role::OutputNorm)],
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::FfnByLayer),
+        ("rope.dimension_count", Field::HeadDim),
+        ("rope.dimension_count_swa", Field::HeadDimSwa),
+        ("attention.key_length_swa", Field::HeadDimSwa),
+        ("attention.value_length_swa", Field::HeadDimSwa),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeadsByLayer),
+        ("attention.sliding_window_pattern", Field::SwaPattern),
+        ("attention.shared_kv_layers", Field::SharedKv),
+        ("embedding_length_per_layer_input", Field::PerLayerWidth),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: &[
+        ("rope.freq_base_swa", Const::F32(10_000.0)),
+        ("attention.sliding_window", Const::U32(8)),
+        ("final_logit_softcapping", Const::F32(15.0)),
+    ],
+    embeddings_scaled: true,
+    tok: TokStyle {
+        pre: "llama-bpe",
+        specials: &["<bos>", "<eos>", "<|turn>", "<turn|>"],
+        bos: "<bos>",
+        eos: "<turn|>",
+        add_bos: true,
+        chat_template: GEMMA4_TEMPLATE,
+    },
+    presets: &[(
+        "tiny",
+        Shape {
+            hidden: 256,
+            layers: 6,
+            heads: 4,
+            kv_heads: 1,
+            head_dim: 128,
+            ffn: 512,
+            vocab: 1024,
+            context: 2048,
+            rope_base: 1_000_000.0,
+            rms_eps: 1e-6,
+            tied: true,
+            experts: 0,
+            experts_used: 0,
+            ffn_exp: 0,
+            kinds: Some(LayerKinds {
+                full_every: 3,
+                swa_head_dim: 64,
+                swa_kv_heads: 2,
+                shared_kv: 3,
+                shared_ffn_mult: 2,
+                full_k_is_v: true,
+                per_layer: 128,
+                full_rope_fraction: 0.25,
+            }),
+        },
+    )],
+};
+
 pub const FAMILIES: &[&Family] = &[
     &LLAMA,
     &GRANITE,
@@ -1556,6 +1918,7 @@ pub const FAMILIES: &[&Family] = &[
     &OLMO2,
     &QWEN3MOE,
     &GRANITEMOE,
+    &GEMMA4,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -2072,6 +2435,11 @@ impl Plan {
         let shape = spec.shape;
         let fam = spec.family;
         let mut scales = Scales::for_shape(&shape, spec.margin);
+        if fam.layer.iter().any(|t| t.role == Role::PostNorm) {
+            // A post-normed branch writes its norm weight's RMS whatever its matrices do.
+            let writes = 2 + usize::from(shape.has(When::PerLayer, 0));
+            scales.branch = scales.rho * EMBD_STD / ((writes * shape.layers) as f32).sqrt();
+        }
         // Gemma multiplies embeddings by sqrt(hidden) on the way in: the table is written that
         // much smaller so the residual stream has the RMS the margin assumes (else the
         // embedding drowns every layer out), and a tied LM head's norm makes up for it.
@@ -2086,13 +2454,17 @@ impl Plan {
 
         let mut tensors = Vec::new();
         let mut add = |tpl: &TensorTemplate, layer: usize| {
-            if tpl.role == Role::Output && shape.tied {
+            if (tpl.role == Role::Output && shape.tied) || !shape.has(tpl.when, layer) {
                 return;
             }
             let name = tpl.name.replace("{i}", &layer.to_string());
-            let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d)).collect();
+            let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d, layer)).collect();
             let ncols = dims[0];
-            let qtype = if dims.len() == 1 || tpl.role == Role::Router {
+            let float = matches!(
+                tpl.role,
+                Role::Router | Role::PlainProj | Role::LayerScale | Role::RopeFreqs
+            );
+            let qtype = if dims.len() == 1 || float {
                 QType::F32
             } else {
                 spec.mix
@@ -2101,12 +2473,19 @@ impl Plan {
             let sigma = match tpl.role {
                 Role::TokenEmbd => embd_std,
                 Role::Output => EMBD_STD,
+                // Scaled by sqrt(width) on the way in, to unit RMS.
+                Role::PerLayerEmbd => 1.0 / (shape.dim(Dim::PerLayer, 0) as f32).sqrt(),
                 Role::Proj(c) if c.writes_residual() => {
                     let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
-                Role::Proj(_) | Role::Router => 1.0 / (ncols as f32).sqrt(),
-                Role::Norm | Role::OutputNorm | Role::Bias => 0.0,
+                Role::Proj(_) | Role::Router | Role::PlainProj => 1.0 / (ncols as f32).sqrt(),
+                Role::Norm
+                | Role::OutputNorm
+                | Role::Bias
+                | Role::PostNorm
+                | Role::LayerScale
+                | Role::RopeFreqs => 0.0,
             };
             let stream = name_hash(&name);
             tensors.push(PlannedTensor {
@@ -2237,21 +2616,32 @@ impl Plan {
             let row = first + k;
             let mut rng = Rng::new(stream_seed(seed, t.stream, row as u64));
             match t.role {
-                Role::Norm | Role::OutputNorm | Role::Bias => {
+                Role::Norm | Role::OutputNorm | Role::Bias | Role::PostNorm | Role::LayerScale => {
                     let (centre, spread) = match t.role {
                         Role::Norm => (1.0, 0.1),
                         Role::OutputNorm => {
                             (self.scales.output_norm, 0.05 * self.scales.output_norm)
                         }
+                        Role::PostNorm => (self.scales.branch, 0.1 * self.scales.branch),
+                        Role::LayerScale => (0.95, 0.05),
                         _ => (0.0, 0.05),
                     };
                     scratch.clear();
                     scratch.extend((0..t.row_len()).map(|_| centre + spread * rng.sym()));
                     quantize_row(t.qtype, scratch, row_out);
                 }
-                Role::TokenEmbd | Role::Proj(_) | Role::Router => {
-                    random_row(t.qtype, &mut rng, t.sigma, row_out)
+                Role::RopeFreqs => {
+                    let frac = self.spec.shape.kinds.map_or(1.0, |k| k.full_rope_fraction);
+                    let rotated = (t.row_len() as f32 * frac).round() as usize;
+                    scratch.clear();
+                    scratch.extend((0..t.row_len()).map(|i| if i < rotated { 1.0 } else { 1e30 }));
+                    quantize_row(t.qtype, scratch, row_out);
                 }
+                Role::TokenEmbd
+                | Role::Proj(_)
+                | Role::Router
+                | Role::PerLayerEmbd
+                | Role::PlainProj => random_row(t.qtype, &mut rng, t.sigma, row_out),
                 Role::Output => self.output_row(t, row, &mut rng, row_out, scratch),
             }
         }
