@@ -324,60 +324,88 @@ fn greedy_top2(
 /// log-probability difference (the server reports 15 steps where a token ends mid-character).
 #[test]
 fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
-    type Golden = (&'static str, &'static [u32], &'static [u32], &'static [f32]);
+    type Golden = (
+        &'static str,
+        &'static str,
+        &'static [u32],
+        &'static [u32],
+        &'static [f32],
+    );
     #[rustfmt::skip]
     let cases: &[Golden] = &[
         (
-            "granite",
+            "granite", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[614, 44, 815, 146, 226, 6, 122, 819, 853, 651, 275, 537, 361, 659, 517],
             &[12.651, 12.036, 12.129, 10.636, 10.816, 11.396, 11.609, 10.796, 12.148, 10.128, 11.908, 10.839, 12.896, 12.154, 14.497],
         ),
         (
-            "smollm3",
+            "smollm3", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[80, 889, 878, 921, 596, 918, 583, 342, 411, 651, 275, 634, 409, 812, 434],
             &[10.154, 6.521, 9.614, 4.491, 7.18, 5.544, 7.03, 5.041, 8.583, 8.716, 9.141, 5.421, 8.161, 7.745, 10.947],
         ),
         (
-            "gemma2",
+            "gemma2", "tiny",
             &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
             &[502, 924, 924, 744, 924, 924, 924, 744, 744, 744, 744, 744, 744, 744, 744, 744],
             &[3.451, 3.664, 3.388, 3.633, 3.542, 3.837, 3.929, 3.912, 3.898, 3.857, 3.841, 3.839, 3.852, 3.835, 3.803, 3.774],
         ),
         (
-            "olmo2",
+            "olmo2", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[381, 904, 317, 278, 1013, 413, 122, 216, 783, 752, 658, 537, 220, 107, 634],
             &[4.079, 4.926, 4.639, 3.957, 2.887, 6.768, 3.764, 3.538, 6.071, 2.87, 4.91, 4.786, 5.843, 4.915, 4.76],
         ),
         (
-            "granitemoe",
+            "granitemoe", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[614, 50, 815, 146, 342, 917, 113, 788, 853, 668, 386, 537, 361, 917, 634],
             &[12.801, 12.978, 12.509, 11.349, 11.658, 11.751, 12.351, 11.824, 12.435, 11.302, 11.21, 11.402, 12.822, 12.145, 14.544],
         ),
         (
-            "qwen3moe",
+            "qwen3moe", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[70, 75, 922, 116, 337, 634, 952, 266, 266, 437, 386, 537, 354, 659, 634],
             &[9.701, 9.806, 11.88, 7.932, 9.572, 9.25, 10.767, 10.455, 9.771, 7.239, 9.853, 9.79, 11.629, 10.421, 12.16],
         ),
         (
-            "gemma4",
+            "gemma4", "tiny",
             &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
             &[118, 340, 2, 570, 720, 662, 662, 720, 720, 720, 720, 720, 720, 196, 196, 196],
             &[2.341, 3.098, 3.714, 2.936, 2.119, 3.014, 2.345, 2.828, 2.976, 3.66, 3.517, 3.944, 3.627, 3.931, 3.298, 3.437],
         ),
+        // Llama 3.1 RoPE scaling through `rope_freqs`: without the factors step 9's gap is
+        // 4.077 and its runner-up 275 (the plain tiny file's).
+        (
+            "llama", "tiny-rope-freqs",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[182, 125, 614, 828, 226, 262, 122, 819, 688, 651, 433, 537, 571, 659, 819],
+            &[8.811, 7.473, 8.959, 6.402, 7.806, 8.468, 8.89, 6.607, 7.922, 4.925, 9.097, 7.161, 10.956, 9.011, 10.008],
+        ),
+        // Mixtral-style experts in a llama file.
+        (
+            "llama", "tiny-moe",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[0, 189, 922, 116, 688, 634, 958, 603, 266, 437, 386, 41, 338, 659, 634],
+            &[9.694, 10.201, 11.96, 7.882, 9.145, 8.99, 11.053, 10.068, 9.564, 6.668, 9.905, 10.243, 11.486, 9.83, 12.162],
+        ),
+        // Phi-4-shaped: the phi3 layout's fused projections, no sliding window.
+        (
+            "phi3", "tiny",
+            &[303, 435, 581, 402, 256, 492, 825, 628, 240, 818, 913, 298, 1001, 622, 774, 957],
+            &[89, 640, 988, 633, 807, 872, 865, 728, 978, 390, 218, 259, 424, 750, 156, 1],
+            &[10.711, 7.466, 11.365, 9.458, 10.525, 8.267, 8.471, 9.379, 6.812, 9.256, 8.721, 7.468, 4.795, 9.397, 9.324, 8.405],
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let e = engine();
-    for &(fam, ids, runner_ups, gaps) in cases {
-        let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q4KM, 7).unwrap();
-        let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
+    for &(fam, preset, ids, runner_ups, gaps) in cases {
+        let spec = Spec::preset(synth::family(fam).unwrap(), preset, Mix::Q4KM, 7).unwrap();
+        let (_, path) = write(spec, dir.path(), &format!("{fam}-{preset}.gguf"), 2);
         let prompt = Prompt::Raw("the quick brown fox".into());
         let (got, second, got_gaps) = greedy_top2(&e, &path, prompt, 16);
-        assert_eq!(got, ids, "{fam}: greedy tokens");
+        assert_eq!(got, ids, "{fam} {preset}: greedy tokens");
         // Where the second and third tokens are within float noise of each other the two
         // engines may name either; more than two such steps is not noise.
         let differ = second
@@ -387,13 +415,13 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
             .count();
         assert!(
             differ <= 2,
-            "{fam}: runner-ups {:?}, llama.cpp {runner_ups:?}",
+            "{fam} {preset}: runner-ups {:?}, llama.cpp {runner_ups:?}",
             &second[..runner_ups.len()]
         );
         for (step, (g, want)) in got_gaps.iter().zip(gaps).enumerate() {
             assert!(
                 (g - want).abs() < 0.25,
-                "{fam} step {step}: top-2 gap {g} where llama.cpp has {want}"
+                "{fam} {preset} step {step}: top-2 gap {g} where llama.cpp has {want}"
             );
         }
     }

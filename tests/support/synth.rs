@@ -830,6 +830,9 @@ pub enum Dim {
     PerLayer,
     PerLayerAll,
     RopePairs,
+    /// Fused projections: queries, keys and values (phi3), gate and up (phi3).
+    QkvWidth,
+    FfnPair,
     /// A single value (a layer's output scale).
     One,
 }
@@ -842,6 +845,8 @@ pub enum Cat {
     AttnK,
     AttnV,
     AttnOut,
+    /// Fused query/key/value projection (phi3).
+    AttnQkv,
     FfnGate,
     FfnUp,
     FfnDown,
@@ -894,6 +899,11 @@ pub enum When {
     OwnsValue,
     /// Shapes with per-layer embeddings.
     PerLayer,
+    /// Shapes with Llama 3.1 RoPE scaling.
+    RopeScaled,
+    /// Layers with a dense FFN, and with a mixture of experts.
+    Dense,
+    Moe,
 }
 
 /// One tensor of a family; `{i}` in the name is the layer index.
@@ -1024,6 +1034,41 @@ pub struct Shape {
     pub ffn_exp: usize,
     /// Gemma 4: layers of two kinds (None: every layer alike).
     pub kinds: Option<LayerKinds>,
+    /// Llama 3.1-style RoPE scaling, written as `rope_freqs` (None: plain RoPE).
+    pub llama3_rope: Option<Llama3Rope>,
+}
+
+/// Llama 3.1's "llama3" RoPE scaling: frequencies whose wavelength exceeds the original context
+/// over `low_freq_factor` are divided by `factor`, those below it over `high_freq_factor` kept,
+/// the band between blended (the converter's `rope_freqs` values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Rope {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_context: usize,
+}
+
+impl Llama3Rope {
+    /// The divisor of each of a head's `pairs` frequencies.
+    pub fn factors(&self, base: f32, pairs: usize) -> Vec<f32> {
+        let ctx = self.original_context as f64;
+        let (lo, hi) = (self.low_freq_factor as f64, self.high_freq_factor as f64);
+        (0..pairs)
+            .map(|i| {
+                let freq = 1.0 / (base as f64).powf(2.0 * i as f64 / (2 * pairs) as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < ctx / hi {
+                    1.0
+                } else if wavelen > ctx / lo {
+                    self.factor
+                } else {
+                    let smooth = (ctx / wavelen - lo) / (hi - lo);
+                    (1.0 / ((1.0 - smooth) / self.factor as f64 + smooth)) as f32
+                }
+            })
+            .collect()
+    }
 }
 
 /// Gemma 4's two kinds of layer and what differs between them. Full layers have the shape's
@@ -1065,6 +1110,8 @@ impl Shape {
             Dim::PerLayer => k.map_or(0, |k| k.per_layer),
             Dim::PerLayerAll => k.map_or(0, |k| k.per_layer) * self.layers,
             Dim::RopePairs => self.head_dim / 2,
+            Dim::QkvWidth => (self.heads + 2 * self.kv_heads) * self.head_dim,
+            Dim::FfnPair => 2 * self.ffn,
             Dim::One => 1,
         }
     }
@@ -1110,6 +1157,9 @@ impl Shape {
                     && !(k.is_some_and(|k| k.full_k_is_v) && !self.is_swa(layer))
             }
             When::PerLayer => k.is_some_and(|k| k.per_layer > 0),
+            When::RopeScaled => self.llama3_rope.is_some(),
+            When::Dense => self.experts == 0,
+            When::Moe => self.experts > 0,
         }
     }
 
@@ -1225,7 +1275,15 @@ impl Shape {
 
 use Dim::*;
 
-const LLAMA_HEAD: &[TensorTemplate] = &[t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd)];
+const LLAMA_HEAD: &[TensorTemplate] = &[
+    t_when(
+        "rope_freqs.weight",
+        &[RopePairs],
+        Role::RopeFreqs,
+        When::RopeScaled,
+    ),
+    t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd),
+];
 const LLAMA_LAYER: &[TensorTemplate] = &[
     t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
     t(
@@ -1249,20 +1307,48 @@ const LLAMA_LAYER: &[TensorTemplate] = &[
         Role::Proj(Cat::AttnOut),
     ),
     t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
-    t(
+    t_when(
         "blk.{i}.ffn_gate.weight",
         &[Hidden, Ffn],
         Role::Proj(Cat::FfnGate),
+        When::Dense,
     ),
-    t(
+    t_when(
         "blk.{i}.ffn_up.weight",
         &[Hidden, Ffn],
         Role::Proj(Cat::FfnUp),
+        When::Dense,
     ),
-    t(
+    t_when(
         "blk.{i}.ffn_down.weight",
         &[Ffn, Hidden],
         Role::Proj(Cat::FfnDown),
+        When::Dense,
+    ),
+    // Mixtral-style experts.
+    t_when(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
     ),
 ];
 const LLAMA_TAIL: &[TensorTemplate] = &[
@@ -1305,25 +1391,52 @@ const LLAMA3_TOK: TokStyle = TokStyle {
 
 /// Llama 3 shapes. Context is Llama 3's 8192: the 3.1/3.2 files' 128k context needs
 /// `rope_freqs` scaling, which the generator does not write.
+const LLAMA_TINY: Shape = Shape {
+    hidden: 256,
+    layers: 2,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 64,
+    ffn: 512,
+    vocab: 1024,
+    context: 2048,
+    rope_base: 500_000.0,
+    rms_eps: 1e-5,
+    tied: false,
+    experts: 0,
+    experts_used: 0,
+    ffn_exp: 0,
+    kinds: None,
+    llama3_rope: None,
+};
+
+/// Llama 3.1's RoPE scaling at a tiny original context (64), so that the scaled frequencies
+/// turn by whole radians within a short prompt and a decoder that ignored `rope_freqs` shows.
+const TINY_LLAMA31_ROPE: Llama3Rope = Llama3Rope {
+    factor: 8.0,
+    low_freq_factor: 1.0,
+    high_freq_factor: 4.0,
+    original_context: 64,
+};
+
 const LLAMA_PRESETS: &[(&str, Shape)] = &[
+    ("tiny", LLAMA_TINY),
     (
-        "tiny",
+        "tiny-rope-freqs",
         Shape {
-            hidden: 256,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 64,
-            ffn: 512,
-            vocab: 1024,
-            context: 2048,
-            rope_base: 500_000.0,
-            rms_eps: 1e-5,
-            tied: false,
-            experts: 0,
-            experts_used: 0,
-            ffn_exp: 0,
-            kinds: None,
+            llama3_rope: Some(TINY_LLAMA31_ROPE),
+            ..LLAMA_TINY
+        },
+    ),
+    (
+        "tiny-moe",
+        Shape {
+            // llama.cpp sizes a llama file's experts by `feed_forward_length`.
+            ffn: 256,
+            experts: 8,
+            experts_used: 2,
+            ffn_exp: 256,
+            ..LLAMA_TINY
         },
     ),
     (
@@ -1344,6 +1457,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts_used: 0,
             ffn_exp: 0,
             kinds: None,
+            llama3_rope: None,
         },
     ),
     (
@@ -1364,6 +1478,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts_used: 0,
             ffn_exp: 0,
             kinds: None,
+            llama3_rope: None,
         },
     ),
 ];
@@ -1398,6 +1513,7 @@ const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
         experts_used,
         ffn_exp: 256,
         kinds: None,
+        llama3_rope: None,
     }
 }
 
@@ -1651,6 +1767,7 @@ pub const QWEN3MOE: Family = Family {
                 experts_used: 8,
                 ffn_exp: 256,
                 kinds: None,
+                llama3_rope: None,
             },
         ),
     ],
@@ -1906,6 +2023,76 @@ pub const GEMMA4: Family = Family {
                 per_layer: 128,
                 full_rope_fraction: 0.25,
             }),
+            llama3_rope: None,
+        },
+    )],
+};
+
+const PHI3_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_qkv.weight",
+        &[Hidden, QkvWidth],
+        Role::Proj(Cat::AttnQkv),
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, FfnPair],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+];
+
+/// Phi-4's chat format.
+const PHI4_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}";
+
+/// Phi-4 (the phi3 layout): fused query/key/value and gate/up projections, a separate LM
+/// head, no sliding window (`attention.sliding_window` 0 marks Phi-4 among phi3 files) and no
+/// long-context RoPE factors.
+pub const PHI3: Family = Family {
+    arch: "phi3",
+    head: LLAMA_HEAD,
+    layer: PHI3_LAYER,
+    tail: LLAMA_TAIL,
+    meta: LLAMA_META,
+    consts: &[
+        ("attention.sliding_window", Const::U32(0)),
+        ("rope.scaling.original_context_length", Const::U32(16_384)),
+    ],
+    embeddings_scaled: false,
+    tok: TokStyle {
+        pre: "llama-bpe",
+        // llama.cpp marks `<unk>`, `<s>` and `</s>` in every file whose name says phi3, so
+        // the vocabulary has them (Phi-3's do).
+        specials: &[
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_sep|>",
+            "<|im_end|>",
+        ],
+        bos: "<|endoftext|>",
+        eos: "<|im_end|>",
+        add_bos: false,
+        chat_template: PHI4_TEMPLATE,
+    },
+    presets: &[(
+        "tiny",
+        Shape {
+            rope_base: 250_000.0,
+            ..tiny_shape(false, 0, 0)
         },
     )],
 };
@@ -1919,6 +2106,7 @@ pub const FAMILIES: &[&Family] = &[
     &QWEN3MOE,
     &GRANITEMOE,
     &GEMMA4,
+    &PHI3,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -2082,6 +2270,11 @@ impl Mix {
             Role::Proj(Cat::AttnV) => match self {
                 Mix::Q4KM | Mix::Q5KM if more_bits(layer, n_layer) => QType::Q6K,
                 Mix::Q4KS if layer < 4 => QType::Q5K,
+                _ => base,
+            },
+            Role::Proj(Cat::AttnQkv) => match self {
+                Mix::Q4KM => QType::Q5K,
+                Mix::Q5KM => QType::Q6K,
                 _ => base,
             },
             Role::Proj(Cat::FfnDown) => match self {
@@ -2559,6 +2752,15 @@ impl Plan {
             };
             metadata.push((format!("{}.{key}", fam.arch), v));
         }
+        // Mixtral-style llama files: llama.cpp reads the expert counts for every family.
+        if shape.experts > 0 && !fam.meta.iter().any(|(k, _)| *k == "expert_count") {
+            for (key, field) in [
+                ("expert_count", Field::Experts),
+                ("expert_used_count", Field::ExpertsUsed),
+            ] {
+                metadata.push((format!("{}.{key}", fam.arch), shape.field(field)));
+            }
+        }
         if shape.heads * shape.head_dim != shape.hidden {
             for key in ["attention.key_length", "attention.value_length"] {
                 metadata.push((
@@ -2631,10 +2833,22 @@ impl Plan {
                     quantize_row(t.qtype, scratch, row_out);
                 }
                 Role::RopeFreqs => {
-                    let frac = self.spec.shape.kinds.map_or(1.0, |k| k.full_rope_fraction);
-                    let rotated = (t.row_len() as f32 * frac).round() as usize;
+                    let shape = &self.spec.shape;
                     scratch.clear();
-                    scratch.extend((0..t.row_len()).map(|i| if i < rotated { 1.0 } else { 1e30 }));
+                    match shape.llama3_rope {
+                        Some(r) => scratch.extend(r.factors(shape.rope_base, t.row_len())),
+                        None => {
+                            let frac = shape.kinds.map_or(1.0, |k| k.full_rope_fraction);
+                            let rotated = (t.row_len() as f32 * frac).round() as usize;
+                            scratch.extend((0..t.row_len()).map(|i| {
+                                if i < rotated {
+                                    1.0
+                                } else {
+                                    1e30
+                                }
+                            }));
+                        }
+                    }
                     quantize_row(t.qtype, scratch, row_out);
                 }
                 Role::TokenEmbd
