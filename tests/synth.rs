@@ -371,9 +371,9 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
         ),
         (
             "gemma4", "tiny",
-            &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
-            &[118, 340, 2, 570, 720, 662, 662, 720, 720, 720, 720, 720, 720, 196, 196, 196],
-            &[2.341, 3.098, 3.714, 2.936, 2.119, 3.014, 2.345, 2.828, 2.976, 3.66, 3.517, 3.944, 3.627, 3.931, 3.298, 3.437],
+            &[706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706],
+            &[288, 532, 591, 102, 413, 136, 303, 684, 684, 303, 417, 417, 303, 303, 417, 417],
+            &[3.129, 2.293, 1.629, 0.902, 1.26, 1.598, 1.291, 2.058, 2.122, 2.282, 2.806, 2.736, 2.593, 2.542, 2.256, 2.473],
         ),
         // Llama 3.1 RoPE scaling through `rope_freqs`: without the factors step 9's gap is
         // 4.077 and its runner-up 275 (the plain tiny file's).
@@ -462,6 +462,43 @@ fn gemma4_shared_kv_layers_allocate_no_cache() {
     let per_position = (2 * 2 * 64 + 128) * 2 * 4;
     // The slot reserved the prompt and 16 new tokens, and its buffers hold exactly that.
     assert_eq!(e.stats().kv_bytes, (prompt_tokens + 16) * per_position);
+}
+
+/// A Gemma 4 vocabulary (`tokenizer.ggml.model = gemma4`: merges over UTF-8, `▁` for spaces,
+/// byte fallback, BOS always) encodes as llama.cpp does and decodes back. The ids are llama.cpp
+/// `0c1e570`'s on the tiny gemma4 file: `llama-server -m F.gguf`, then POST `/tokenize` with
+/// `{"content": TEXT, "add_special": true, "parse_special": true}`.
+#[test]
+fn gemma4_vocabulary_tokenizes_as_llama_cpp_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GEMMA4, "tiny", Mix::Q4KM, 7).unwrap();
+    let (_, path) = write(spec, dir.path(), "gemma4.gguf", 2);
+    let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+    let cases: [(&str, &[u32]); 4] = [
+        (
+            "the quick brown fox",
+            &[1020, 276, 505, 309, 847, 381, 294, 274, 705, 270, 298, 706],
+        ),
+        (
+            "hello world\n\nnew  line\n",
+            &[
+                1020, 264, 434, 619, 315, 700, 608, 10, 10, 270, 445, 256, 304, 540, 261, 10,
+            ],
+        ),
+        (
+            " leading space",
+            &[1020, 304, 261, 322, 540, 263, 311, 272, 321, 261],
+        ),
+        (
+            "<|turn>user\nhi<turn|>",
+            &[1020, 1022, 857, 440, 10, 509, 1023],
+        ),
+    ];
+    for (text, want) in cases {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tok.decode(&ids[1..]).unwrap(), text, "{text:?}");
+    }
 }
 
 #[test]

@@ -239,7 +239,7 @@ impl DecoderConfig {
     pub fn is_swa(&self, i: usize) -> bool {
         match &self.swa_layers {
             Some(v) => v.get(i).copied().unwrap_or(false),
-            None => self.sliding_window.is_some() && (i + 1) % self.sliding_pattern != 0,
+            None => self.sliding_window.is_some() && !(i + 1).is_multiple_of(self.sliding_pattern),
         }
     }
 

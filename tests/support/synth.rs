@@ -975,6 +975,9 @@ pub enum Const {
 /// A family's vocabulary conventions for the synthetic tokenizer.
 #[derive(Debug, Clone, Copy)]
 pub struct TokStyle {
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `gemma4` (BPE over UTF-8 with `▁`
+    /// for spaces and byte-fallback tokens).
+    pub model: &'static str,
     /// `tokenizer.ggml.pre`: the pre-tokenizer both Influence and llama.cpp know by this name.
     pub pre: &'static str,
     /// Control tokens, placed at the end of the vocabulary (as Llama 3 does).
@@ -1374,6 +1377,7 @@ const LLAMA_META: &[(&str, Field)] = &[
 const LLAMA3_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 const LLAMA3_TOK: TokStyle = TokStyle {
+    model: "gpt2",
     pre: "llama-bpe",
     specials: &[
         "<|begin_of_text|>",
@@ -1989,7 +1993,8 @@ pub const GEMMA4: Family = Family {
     ],
     embeddings_scaled: true,
     tok: TokStyle {
-        pre: "llama-bpe",
+        model: "gemma4",
+        pre: "gemma4",
         specials: &["<bos>", "<eos>", "<|turn>", "<turn|>"],
         bos: "<bos>",
         eos: "<turn|>",
@@ -2071,6 +2076,7 @@ pub const PHI3: Family = Family {
     ],
     embeddings_scaled: false,
     tok: TokStyle {
+        model: "gpt2",
         pre: "llama-bpe",
         // llama.cpp marks `<unk>`, `<s>` and `</s>` in every file whose name says phi3, so
         // the vocabulary has them (Phi-3's do).
@@ -2328,7 +2334,9 @@ pub struct Vocabulary {
 }
 
 /// A gpt2-style byte-level BPE: the 256 byte tokens, merges for a space before a letter and
-/// for letter pairs, filler words up to `vocab`, then the family's control tokens.
+/// for letter pairs, filler words up to `vocab`, then the family's control tokens. Gemma 4's
+/// style starts with 256 byte-fallback tokens, `▁`, the letters and the digits instead, and
+/// writes `▁` where gpt2 writes `Ġ`.
 ///
 /// Filler words are a space, three or more letters and a digit: any id decodes to readable
 /// text, no merge produces one, and no pre-tokenizer ever yields one as a whole word (they all
@@ -2341,16 +2349,33 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
             "--vocab {vocab} is too small: the synthetic tokenizer needs 256 byte tokens and {n_spec} control tokens"
         ));
     }
-    let mut tokens: Vec<String> = byte_chars()
-        .into_iter()
-        .map(|(_, c)| c.to_string())
-        .collect();
     let letters: Vec<char> = ('a'..='z').collect();
+    // Gemma 4's vocabulary is SentencePiece-like: byte-fallback tokens, then characters.
+    let gemma4 = style.model == "gemma4";
+    let space = if gemma4 { '\u{2581}' } else { 'Ġ' };
+    let mut tokens: Vec<String> = if gemma4 {
+        let mut t: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        t.push(space.to_string());
+        t.extend(letters.iter().map(|c| c.to_string()));
+        t.extend(('0'..='9').map(|c| c.to_string()));
+        t
+    } else {
+        byte_chars()
+            .into_iter()
+            .map(|(_, c)| c.to_string())
+            .collect()
+    };
+    let chars = tokens.len();
+    if vocab < chars + n_spec {
+        return Err(format!(
+            "--vocab {vocab} is too small: the synthetic tokenizer needs {chars} byte and character tokens and {n_spec} control tokens"
+        ));
+    }
     let mut merges: Vec<String> = Vec::new();
-    let room = vocab - 256 - n_spec;
+    let room = vocab - chars - n_spec;
     let candidates = letters
         .iter()
-        .map(|&a| (String::from('Ġ'), a.to_string()))
+        .map(|&a| (String::from(space), a.to_string()))
         .chain(
             letters
                 .iter()
@@ -2365,11 +2390,11 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
     while 26u64.pow(len) * 10 < fillers as u64 {
         len += 1;
     }
-    let space = 26u64.pow(len) * 10;
+    let words = 26u64.pow(len) * 10;
     for i in 0..fillers as u64 {
         // A multiplier coprime with 260 scatters consecutive ids over the words.
-        let mut k = (i * 7919) % space;
-        let mut w = String::from('Ġ');
+        let mut k = (i * 7919) % words;
+        let mut w = String::from(space);
         for _ in 0..len {
             w.push(letters[(k % 26) as usize]);
             k /= 26;
@@ -2388,10 +2413,14 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
                 .expect("listed special")) as u32
     };
     let mut types = vec![1i32; first_special];
+    if gemma4 {
+        // Byte-fallback tokens are of type 6 (BYTE).
+        types[..256].fill(6);
+    }
     types.extend(std::iter::repeat_n(3, n_spec));
     let normal = types.iter().map(|&t| t == 1).collect();
-    let metadata = vec![
-        ("tokenizer.ggml.model".into(), Meta::str("gpt2")),
+    let mut metadata = vec![
+        ("tokenizer.ggml.model".into(), Meta::str(style.model)),
         ("tokenizer.ggml.pre".into(), Meta::str(style.pre)),
         ("tokenizer.ggml.tokens".into(), Meta::strings(tokens)),
         ("tokenizer.ggml.token_type".into(), Meta::i32s(types)),
@@ -2413,6 +2442,9 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
             Meta::str(style.chat_template),
         ),
     ];
+    if gemma4 {
+        metadata.push(("tokenizer.ggml.add_space_prefix".into(), Meta::Bool(false)));
+    }
     Ok(Vocabulary { metadata, normal })
 }
 
