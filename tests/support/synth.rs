@@ -1156,8 +1156,9 @@ impl Shape {
             When::Always => true,
             When::OwnsKv => layer < self.kv_layers(),
             When::OwnsValue => {
-                layer < self.kv_layers()
-                    && !(k.is_some_and(|k| k.full_k_is_v) && !self.is_swa(layer))
+                // Full layers of a file with `full_k_is_v` take their keys as values.
+                let keys_are_values = k.is_some_and(|k| k.full_k_is_v) && !self.is_swa(layer);
+                layer < self.kv_layers() && !keys_are_values
             }
             When::PerLayer => k.is_some_and(|k| k.per_layer > 0),
             When::RopeScaled => self.llama3_rope.is_some(),
