@@ -464,6 +464,53 @@ fn gemma4_shared_kv_layers_allocate_no_cache() {
     assert_eq!(e.stats().kv_bytes, (prompt_tokens + 16) * per_position);
 }
 
+/// Gemma 4 metadata that cannot describe a model is refused at load with the key or layer at
+/// fault, never a panic: too many shared-KV layers, a sliding-window pattern of the wrong
+/// length, KV heads that do not divide the query heads.
+#[test]
+fn gemma4_metadata_that_cannot_work_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, synth::Meta, &str); 3] = [
+        (
+            "gemma4.attention.shared_kv_layers",
+            synth::Meta::U32(5),
+            "at least 2 must own one",
+        ),
+        (
+            "gemma4.attention.sliding_window_pattern",
+            synth::Meta::Array(7, vec![synth::Meta::Bool(true); 4]),
+            "gemma4.attention.sliding_window_pattern",
+        ),
+        (
+            "gemma4.attention.head_count_kv",
+            synth::Meta::i32s([2, 2, 3, 2, 2, 1]),
+            "invalid head counts 4/3",
+        ),
+    ];
+    let e = engine();
+    for (i, (key, value, want)) in cases.into_iter().enumerate() {
+        let spec = Spec::preset(&synth::GEMMA4, "tiny", Mix::Q8_0, 7).unwrap();
+        let mut plan = Plan::new(spec).unwrap();
+        let slot = plan.metadata.iter_mut().find(|(k, _)| k == key).unwrap();
+        slot.1 = value;
+        let path = dir.path().join(format!("bad{i}.gguf"));
+        synth::write_file(&plan, &path, 2).unwrap();
+        let mut gen = e.generate(GenRequest {
+            model: path,
+            prompt: Prompt::Raw("hi".into()),
+            params: GenParams::greedy(2),
+        });
+        let err = loop {
+            match gen.events.blocking_recv() {
+                Some(GenEvent::Failed(err)) => break err.to_string(),
+                Some(GenEvent::Done(_)) | None => panic!("{key}: the bad file loaded"),
+                Some(_) => {}
+            }
+        };
+        assert!(err.contains(want), "{key}: {err}");
+    }
+}
+
 /// A Gemma 4 vocabulary (`tokenizer.ggml.model = gemma4`: merges over UTF-8, `▁` for spaces,
 /// byte fallback, BOS always) encodes as llama.cpp does and decodes back. The ids are llama.cpp
 /// `0c1e570`'s on the tiny gemma4 file: `llama-server -m F.gguf`, then POST `/tokenize` with
