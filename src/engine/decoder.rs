@@ -73,6 +73,11 @@ pub struct DecoderConfig {
     pub v_norm: bool,
     /// Gemma 4 E2B/E4B: width of each layer's slice of the per-layer token embeddings (0: none).
     pub per_layer_input: usize,
+    /// Phi's long-context RoPE: cos and sin are scaled by this (`rope.scaling.attn_factor`).
+    pub rope_attn_factor: f32,
+    /// The context the model was trained at before extension: above it Phi's long RoPE factors
+    /// apply, at or below it the short ones (llama.cpp decides by the context it runs at).
+    pub rope_orig_context: usize,
 }
 
 impl DecoderConfig {
@@ -224,6 +229,10 @@ impl DecoderConfig {
             rope_dim_swa,
             kv_layers: n_layer.saturating_sub(shared_kv),
             v_norm: gemma4,
+            rope_attn_factor: positive(meta.opt_f32(&k("rope.scaling.attn_factor"))).unwrap_or(1.0),
+            rope_orig_context: meta
+                .opt_usize(&k("rope.scaling.original_context_length"))
+                .unwrap_or(usize::MAX),
             per_layer_input: if gemma4 {
                 meta.opt_usize(&k("embedding_length_per_layer_input"))
                     .unwrap_or(0)
@@ -817,11 +826,12 @@ fn rope_tables(
     let n = cfg.context_length;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
+    let m = cfg.rope_attn_factor;
     for p in 0..n {
         for f in &inv {
             let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+            cos.push(a.cos() * m);
+            sin.push(a.sin() * m);
         }
     }
     Ok((
@@ -876,7 +886,7 @@ impl Decoder {
     fn build(
         cfg: DecoderConfig,
         mut l: Loader,
-        freq_factors: Option<Vec<f32>>,
+        freq_factors_hf: Option<Vec<f32>>,
     ) -> Result<Self, EngineError> {
         let embed = l.embedding("token_embd.weight")?;
         let gpu_gguf = !l.device.is_cpu() && matches!(l.src, Source::Gguf(_));
@@ -890,9 +900,20 @@ impl Decoder {
             embed.as_lm_head()?
         };
         let out_norm = l.dense("output_norm.weight")?;
+        // Llama 3.x (and Gemma 4's full layers) carry `rope_freqs`; Phi-3.5/Phi-4-mini carry
+        // factors for short and long contexts and use those of the context the engine runs at.
+        let phi_factors = if cfg.context_length > cfg.rope_orig_context {
+            "rope_factors_long.weight"
+        } else {
+            "rope_factors_short.weight"
+        };
         let freq_factors = match l.opt_dense("rope_freqs.weight")? {
+            Some(t) => Some(t),
+            None => l.opt_dense(phi_factors)?,
+        };
+        let freq_factors = match freq_factors {
             Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            None => freq_factors,
+            None => freq_factors_hf,
         };
         let device = l.device.clone();
         let (cos, sin) = rope_tables(

@@ -883,6 +883,8 @@ pub enum Role {
     LayerScale,
     /// `rope_freqs`: 1 for rotated pairs, 1e30 for the others.
     RopeFreqs,
+    /// Phi's `rope_factors_long` (true) and `rope_factors_short`.
+    RopeFactors(bool),
     /// Gemma 4's per-layer token embeddings.
     PerLayerEmbd,
     /// A matrix llama-quantize leaves in float (`per_layer_model_proj`).
@@ -901,6 +903,8 @@ pub enum When {
     PerLayer,
     /// Shapes with Llama 3.1 RoPE scaling.
     RopeScaled,
+    /// Shapes with Phi's long-context RoPE factors.
+    LongRope,
     /// Layers with a dense FFN, and with a mixture of experts.
     Dense,
     Moe,
@@ -955,6 +959,8 @@ pub enum Field {
     Experts,
     ExpertsUsed,
     FfnExp,
+    /// The rotated width of a head.
+    RopeDim,
     /// Gemma 4: per-layer arrays and the sliding layers' head width.
     FfnByLayer,
     KvHeadsByLayer,
@@ -1039,6 +1045,19 @@ pub struct Shape {
     pub kinds: Option<LayerKinds>,
     /// Llama 3.1-style RoPE scaling, written as `rope_freqs` (None: plain RoPE).
     pub llama3_rope: Option<Llama3Rope>,
+    /// Rotated width of a head, where only part of it turns (Phi-4-mini: three quarters).
+    pub rope_dim: Option<usize>,
+    /// Phi-3.5/Phi-4-mini "longrope": per-frequency divisors for short and long contexts
+    /// (`rope_factors_short`, `rope_factors_long`) and a magnitude factor on the rotation.
+    pub longrope: Option<LongRope>,
+}
+
+/// Phi's long-context RoPE: the short factors rise from 1 to `short_max` across the
+/// frequencies, the long ones are twice those; `attn_factor` scales cos and sin.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LongRope {
+    pub short_max: f32,
+    pub attn_factor: f32,
 }
 
 /// Llama 3.1's "llama3" RoPE scaling: frequencies whose wavelength exceeds the original context
@@ -1112,7 +1131,7 @@ impl Shape {
             Dim::FfnExp => self.ffn_exp,
             Dim::PerLayer => k.map_or(0, |k| k.per_layer),
             Dim::PerLayerAll => k.map_or(0, |k| k.per_layer) * self.layers,
-            Dim::RopePairs => self.head_dim / 2,
+            Dim::RopePairs => self.rope_dim.unwrap_or(self.head_dim) / 2,
             Dim::QkvWidth => (self.heads + 2 * self.kv_heads) * self.head_dim,
             Dim::FfnPair => 2 * self.ffn,
             Dim::One => 1,
@@ -1162,6 +1181,7 @@ impl Shape {
             }
             When::PerLayer => k.is_some_and(|k| k.per_layer > 0),
             When::RopeScaled => self.llama3_rope.is_some(),
+            When::LongRope => self.longrope.is_some(),
             When::Dense => self.experts == 0,
             When::Moe => self.experts > 0,
         }
@@ -1182,6 +1202,7 @@ impl Shape {
             Field::Experts => Meta::U32(self.experts as u32),
             Field::ExpertsUsed => Meta::U32(self.experts_used as u32),
             Field::FfnExp => Meta::U32(self.ffn_exp as u32),
+            Field::RopeDim => Meta::U32(self.rope_dim.unwrap_or(self.head_dim) as u32),
             Field::FfnByLayer => Meta::i32s((0..self.layers).map(|i| self.ffn_at(i) as i32)),
             Field::KvHeadsByLayer => {
                 Meta::i32s((0..self.layers).map(|i| self.kv_heads_at(i) as i32))
@@ -1413,6 +1434,8 @@ const LLAMA_TINY: Shape = Shape {
     ffn_exp: 0,
     kinds: None,
     llama3_rope: None,
+    rope_dim: None,
+    longrope: None,
 };
 
 /// Llama 3.1's RoPE scaling at a tiny original context (64), so that the scaled frequencies
@@ -1463,6 +1486,8 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             ffn_exp: 0,
             kinds: None,
             llama3_rope: None,
+            rope_dim: None,
+            longrope: None,
         },
     ),
     (
@@ -1484,6 +1509,8 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             ffn_exp: 0,
             kinds: None,
             llama3_rope: None,
+            rope_dim: None,
+            longrope: None,
         },
     ),
 ];
@@ -1519,6 +1546,8 @@ const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
         ffn_exp: 256,
         kinds: None,
         llama3_rope: None,
+        rope_dim: None,
+        longrope: None,
     }
 }
 
@@ -1773,6 +1802,8 @@ pub const QWEN3MOE: Family = Family {
                 ffn_exp: 256,
                 kinds: None,
                 llama3_rope: None,
+                rope_dim: None,
+                longrope: None,
             },
         ),
     ],
@@ -2030,6 +2061,8 @@ pub const GEMMA4: Family = Family {
                 full_rope_fraction: 0.25,
             }),
             llama3_rope: None,
+            rope_dim: None,
+            longrope: None,
         },
     )],
 };
@@ -2065,12 +2098,39 @@ const PHI4_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + me
 /// Phi-4 (the phi3 layout): fused query/key/value and gate/up projections, a separate LM
 /// head, no sliding window (`attention.sliding_window` 0 marks Phi-4 among phi3 files) and no
 /// long-context RoPE factors.
+const PHI3_HEAD: &[TensorTemplate] = &[
+    t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd),
+    t_when(
+        "rope_factors_long.weight",
+        &[RopePairs],
+        Role::RopeFactors(true),
+        When::LongRope,
+    ),
+    t_when(
+        "rope_factors_short.weight",
+        &[RopePairs],
+        Role::RopeFactors(false),
+        When::LongRope,
+    ),
+];
+
 pub const PHI3: Family = Family {
     arch: "phi3",
-    head: LLAMA_HEAD,
+    head: PHI3_HEAD,
     layer: PHI3_LAYER,
     tail: LLAMA_TAIL,
-    meta: LLAMA_META,
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::Ffn),
+        ("rope.dimension_count", Field::RopeDim),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeads),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
     consts: &[
         ("attention.sliding_window", Const::U32(0)),
         ("rope.scaling.original_context_length", Const::U32(16_384)),
@@ -2095,13 +2155,29 @@ pub const PHI3: Family = Family {
         add_bos: false,
         chat_template: PHI4_TEMPLATE,
     },
-    presets: &[(
-        "tiny",
-        Shape {
-            rope_base: 250_000.0,
-            ..tiny_shape(false, 0, 0)
-        },
-    )],
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                rope_base: 250_000.0,
+                ..tiny_shape(false, 0, 0)
+            },
+        ),
+        // Phi-4-mini: tied embeddings, three quarters of each head rotated, longrope factors
+        // (the context is below the original 16,384, so the short ones apply).
+        (
+            "tiny-mini",
+            Shape {
+                tied: true,
+                rope_dim: Some(48),
+                longrope: Some(LongRope {
+                    short_max: 4.0,
+                    attn_factor: 1.19,
+                }),
+                ..tiny_shape(true, 0, 0)
+            },
+        ),
+    ],
 };
 
 pub const FAMILIES: &[&Family] = &[
@@ -2688,7 +2764,11 @@ impl Plan {
             let ncols = dims[0];
             let float = matches!(
                 tpl.role,
-                Role::Router | Role::PlainProj | Role::LayerScale | Role::RopeFreqs
+                Role::Router
+                    | Role::PlainProj
+                    | Role::LayerScale
+                    | Role::RopeFreqs
+                    | Role::RopeFactors(_)
             );
             let qtype = if dims.len() == 1 || float {
                 QType::F32
@@ -2711,7 +2791,8 @@ impl Plan {
                 | Role::Bias
                 | Role::PostNorm
                 | Role::LayerScale
-                | Role::RopeFreqs => 0.0,
+                | Role::RopeFreqs
+                | Role::RopeFactors(_) => 0.0,
             };
             let stream = name_hash(&name);
             tensors.push(PlannedTensor {
@@ -2784,6 +2865,12 @@ impl Plan {
                 Const::U32(x) => Meta::U32(x),
             };
             metadata.push((format!("{}.{key}", fam.arch), v));
+        }
+        if let Some(r) = shape.longrope {
+            metadata.push((
+                format!("{}.rope.scaling.attn_factor", fam.arch),
+                Meta::F32(r.attn_factor),
+            ));
         }
         // Mixtral-style llama files: llama.cpp reads the expert counts for every family.
         if shape.experts > 0 && !fam.meta.iter().any(|(k, _)| *k == "expert_count") {
@@ -2863,6 +2950,20 @@ impl Plan {
                     };
                     scratch.clear();
                     scratch.extend((0..t.row_len()).map(|_| centre + spread * rng.sym()));
+                    quantize_row(t.qtype, scratch, row_out);
+                }
+                Role::RopeFactors(long) => {
+                    let top = self.spec.shape.longrope.map_or(1.0, |r| r.short_max);
+                    let n = t.row_len().max(2) - 1;
+                    scratch.clear();
+                    scratch.extend((0..t.row_len()).map(|i| {
+                        let short = 1.0 + (top - 1.0) * i as f32 / n as f32;
+                        if long {
+                            2.0 * short
+                        } else {
+                            short
+                        }
+                    }));
                     quantize_row(t.qtype, scratch, row_out);
                 }
                 Role::RopeFreqs => {
