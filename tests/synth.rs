@@ -340,40 +340,75 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
     #[rustfmt::skip]
     let cases: &[Golden] = &[
         (
-            "granite",
+            "granite", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[614, 44, 815, 146, 226, 6, 122, 819, 853, 651, 275, 537, 361, 659, 517],
             &[12.651, 12.036, 12.129, 10.636, 10.816, 11.396, 11.609, 10.796, 12.148, 10.128, 11.908, 10.839, 12.896, 12.154, 14.497],
         ),
         (
-            "smollm3",
+            "smollm3", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[80, 889, 878, 921, 596, 918, 583, 342, 411, 651, 275, 634, 409, 812, 434],
             &[10.154, 6.521, 9.614, 4.491, 7.18, 5.544, 7.03, 5.041, 8.583, 8.716, 9.141, 5.421, 8.161, 7.745, 10.947],
         ),
         (
-            "gemma2",
+            "gemma2", "tiny",
             &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
             &[502, 924, 924, 744, 924, 924, 924, 744, 744, 744, 744, 744, 744, 744, 744, 744],
             &[3.451, 3.664, 3.388, 3.633, 3.542, 3.837, 3.929, 3.912, 3.898, 3.857, 3.841, 3.839, 3.852, 3.835, 3.803, 3.774],
         ),
         (
-            "olmo2",
+            "olmo2", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[381, 904, 317, 278, 1013, 413, 122, 216, 783, 752, 658, 537, 220, 107, 634],
             &[4.079, 4.926, 4.639, 3.957, 2.887, 6.768, 3.764, 3.538, 6.071, 2.87, 4.91, 4.786, 5.843, 4.915, 4.76],
         ),
         (
-            "granitemoe",
+            "granitemoe", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[614, 50, 815, 146, 342, 917, 113, 788, 853, 668, 386, 537, 361, 917, 634],
             &[12.801, 12.978, 12.509, 11.349, 11.658, 11.751, 12.351, 11.824, 12.435, 11.302, 11.21, 11.402, 12.822, 12.145, 14.544],
         ),
         (
-            "qwen3moe",
+            "qwen3moe", "tiny",
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[70, 75, 922, 116, 337, 634, 952, 266, 266, 437, 386, 537, 354, 659, 634],
             &[9.701, 9.806, 11.88, 7.932, 9.572, 9.25, 10.767, 10.455, 9.771, 7.239, 9.853, 9.79, 11.629, 10.421, 12.16],
+        ),
+        (
+            "gemma4", "tiny",
+            &[706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706, 706],
+            &[288, 532, 591, 102, 413, 136, 303, 684, 684, 303, 417, 417, 303, 303, 417, 417],
+            &[3.129, 2.293, 1.629, 0.902, 1.26, 1.598, 1.291, 2.058, 2.122, 2.282, 2.806, 2.736, 2.593, 2.542, 2.256, 2.473],
+        ),
+        // Llama 3.1 RoPE scaling through `rope_freqs`: without the factors step 9's gap is
+        // 4.077 and its runner-up 275 (the plain tiny file's).
+        (
+            "llama", "tiny-rope-freqs",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[182, 125, 614, 828, 226, 262, 122, 819, 688, 651, 433, 537, 571, 659, 819],
+            &[8.811, 7.473, 8.959, 6.402, 7.806, 8.468, 8.89, 6.607, 7.922, 4.925, 9.097, 7.161, 10.956, 9.011, 10.008],
+        ),
+        // Mixtral-style experts in a llama file.
+        (
+            "llama", "tiny-moe",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[0, 189, 922, 116, 688, 634, 958, 603, 266, 437, 386, 41, 338, 659, 634],
+            &[9.694, 10.201, 11.96, 7.882, 9.145, 8.99, 11.053, 10.068, 9.564, 6.668, 9.905, 10.243, 11.486, 9.83, 12.162],
+        ),
+        // Phi-4-shaped: the phi3 layout's fused projections, no sliding window.
+        (
+            "phi3", "tiny",
+            &[303, 435, 581, 402, 256, 492, 825, 628, 240, 818, 913, 298, 1001, 622, 774, 957],
+            &[89, 640, 988, 633, 807, 872, 865, 728, 978, 390, 218, 259, 424, 750, 156, 1],
+            &[10.711, 7.466, 11.365, 9.458, 10.525, 8.267, 8.471, 9.379, 6.812, 9.256, 8.721, 7.468, 4.795, 9.397, 9.324, 8.405],
+        ),
+        // Phi-4-mini-shaped: tied, partial rotation, longrope short factors and attn factor.
+        (
+            "phi3", "tiny-mini",
+            &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
+            &[466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 372, 372],
+            &[7.728, 7.651, 7.615, 7.544, 7.254, 6.969, 6.737, 6.774, 6.955, 7.13, 7.361, 7.319, 7.336, 7.377, 7.33, 7.23],
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -383,8 +418,14 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
     }
 }
 
-/// A family, its greedy ids, runner-ups and top-2 gaps as llama.cpp recorded them.
-type Golden = (&'static str, &'static [u32], &'static [u32], &'static [f32]);
+/// A family, its preset, its greedy ids, runner-ups and top-2 gaps as llama.cpp recorded them.
+type Golden = (
+    &'static str,
+    &'static str,
+    &'static [u32],
+    &'static [u32],
+    &'static [f32],
+);
 
 /// Generates the family's tiny file in `mix` from seed 7 and checks the engine's greedy
 /// decode of "the quick brown fox" against llama.cpp's `golden`. `steps`: the steps llama.cpp's
@@ -397,12 +438,12 @@ fn assert_llama_cpp_golden(
     golden: &Golden,
     steps: Option<&[usize]>,
 ) {
-    let &(fam, ids, runner_ups, gaps) = golden;
-    let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", mix, 7).unwrap();
-    let (_, path) = write(spec, dir, &format!("{fam}.gguf"), 2);
+    let &(fam, preset, ids, runner_ups, gaps) = golden;
+    let spec = Spec::preset(synth::family(fam).unwrap(), preset, mix, 7).unwrap();
+    let (_, path) = write(spec, dir, &format!("{fam}-{preset}.gguf"), 2);
     let prompt = Prompt::Raw("the quick brown fox".into());
     let (got, second, got_gaps) = greedy_top2(e, &path, prompt, 16);
-    assert_eq!(got, ids, "{fam}: greedy tokens");
+    assert_eq!(got, ids, "{fam} {preset}: greedy tokens");
     let (second, got_gaps): (Vec<u32>, Vec<f32>) = match steps {
         Some(steps) => steps.iter().map(|&s| (second[s], got_gaps[s])).unzip(),
         None => (second, got_gaps),
@@ -416,13 +457,13 @@ fn assert_llama_cpp_golden(
         .count();
     assert!(
         differ <= 2,
-        "{fam}: runner-ups {:?}, llama.cpp {runner_ups:?}",
+        "{fam} {preset}: runner-ups {:?}, llama.cpp {runner_ups:?}",
         &second[..runner_ups.len()]
     );
     for (step, (g, want)) in got_gaps.iter().zip(gaps).enumerate() {
         assert!(
             (g - want).abs() < 0.25,
-            "{fam} step {step}: top-2 gap {g} where llama.cpp has {want}"
+            "{fam} {preset} step {step}: top-2 gap {g} where llama.cpp has {want}"
         );
     }
 }
@@ -440,6 +481,7 @@ fn gpt_oss_decodes_llama_cpp_s_tokens_runner_ups_and_gaps() {
     #[rustfmt::skip]
     let golden: Golden = (
         "gpt-oss",
+        "tiny",
         &[646, 147, 920, 872, 713, 962, 153, 178, 1004, 878, 994, 963, 327, 369, 936, 1003],
         &[558, 193, 836, 962, 88, 782, 430, 484, 798, 676, 86, 410, 598],
         &[4.06, 7.63, 6.688, 6.537, 6.422, 5.541, 8.944, 4.826, 3.032, 7.798, 5.462, 5.936, 7.444],
@@ -466,6 +508,127 @@ fn harmony_vocabularies_stop_at_the_turn_s_end_not_the_message_s() {
     assert!(tok.is_stop(id("<|call|>")));
     assert!(!tok.is_stop(id("<|end|>")));
     assert!(!tok.is_stop(id("<|message|>")));
+}
+
+/// Gemma 4's shared-KV layers read earlier layers' caches and hold none of their own: the tiny
+/// file's three cache-owning layers take (2 sliding × 2 KV heads × 64 + 1 full × 1 × 128) × 2
+/// floats a position, where six owning layers would take twice that. The engine reports what
+/// its buffers really hold, so a shared layer that allocated would show.
+#[test]
+fn gemma4_shared_kv_layers_allocate_no_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GEMMA4, "tiny", Mix::Q4KM, 7).unwrap();
+    let (plan, path) = write(spec, dir.path(), "gemma4.gguf", 2);
+    assert!(plan
+        .tensors
+        .iter()
+        .all(|t| !t.name.starts_with("blk.3.attn_k")));
+    let e = engine();
+    let mut gen = e.generate(GenRequest {
+        model: path,
+        prompt: Prompt::Raw("the quick brown fox".into()),
+        params: GenParams::greedy(16),
+    });
+    let mut prompt_tokens = 0;
+    let mut generated = 0;
+    while let Some(ev) = gen.events.blocking_recv() {
+        match ev {
+            GenEvent::Started {
+                prompt_tokens: n, ..
+            } => prompt_tokens = n,
+            GenEvent::Token { .. } => generated += 1,
+            GenEvent::Done(_) => break,
+            GenEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(generated, 16);
+    let per_position = (2 * 2 * 64 + 128) * 2 * 4;
+    // The slot reserved the prompt and 16 new tokens, and its buffers hold exactly that.
+    assert_eq!(e.stats().kv_bytes, (prompt_tokens + 16) * per_position);
+}
+
+/// Gemma 4 metadata that cannot describe a model is refused at load with the key or layer at
+/// fault, never a panic: too many shared-KV layers, a sliding-window pattern of the wrong
+/// length, KV heads that do not divide the query heads.
+#[test]
+fn gemma4_metadata_that_cannot_work_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, synth::Meta, &str); 3] = [
+        (
+            "gemma4.attention.shared_kv_layers",
+            synth::Meta::U32(5),
+            "at least 2 must own one",
+        ),
+        (
+            "gemma4.attention.sliding_window_pattern",
+            synth::Meta::Array(7, vec![synth::Meta::Bool(true); 4]),
+            "gemma4.attention.sliding_window_pattern",
+        ),
+        (
+            "gemma4.attention.head_count_kv",
+            synth::Meta::i32s([2, 2, 3, 2, 2, 1]),
+            "invalid head counts 4/3",
+        ),
+    ];
+    let e = engine();
+    for (i, (key, value, want)) in cases.into_iter().enumerate() {
+        let spec = Spec::preset(&synth::GEMMA4, "tiny", Mix::Q8_0, 7).unwrap();
+        let mut plan = Plan::new(spec).unwrap();
+        let slot = plan.metadata.iter_mut().find(|(k, _)| k == key).unwrap();
+        slot.1 = value;
+        let path = dir.path().join(format!("bad{i}.gguf"));
+        synth::write_file(&plan, &path, 2).unwrap();
+        let mut gen = e.generate(GenRequest {
+            model: path,
+            prompt: Prompt::Raw("hi".into()),
+            params: GenParams::greedy(2),
+        });
+        let err = loop {
+            match gen.events.blocking_recv() {
+                Some(GenEvent::Failed(err)) => break err.to_string(),
+                Some(GenEvent::Done(_)) | None => panic!("{key}: the bad file loaded"),
+                Some(_) => {}
+            }
+        };
+        assert!(err.contains(want), "{key}: {err}");
+    }
+}
+
+/// A Gemma 4 vocabulary (`tokenizer.ggml.model = gemma4`: merges over UTF-8, `▁` for spaces,
+/// byte fallback, BOS always) encodes as llama.cpp does and decodes back. The ids are llama.cpp
+/// `0c1e570`'s on the tiny gemma4 file: `llama-server -m F.gguf`, then POST `/tokenize` with
+/// `{"content": TEXT, "add_special": true, "parse_special": true}`.
+#[test]
+fn gemma4_vocabulary_tokenizes_as_llama_cpp_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GEMMA4, "tiny", Mix::Q4KM, 7).unwrap();
+    let (_, path) = write(spec, dir.path(), "gemma4.gguf", 2);
+    let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+    let cases: [(&str, &[u32]); 4] = [
+        (
+            "the quick brown fox",
+            &[1020, 276, 505, 309, 847, 381, 294, 274, 705, 270, 298, 706],
+        ),
+        (
+            "hello world\n\nnew  line\n",
+            &[
+                1020, 264, 434, 619, 315, 700, 608, 10, 10, 270, 445, 256, 304, 540, 261, 10,
+            ],
+        ),
+        (
+            " leading space",
+            &[1020, 304, 261, 322, 540, 263, 311, 272, 321, 261],
+        ),
+        (
+            "<|turn>user\nhi<turn|>",
+            &[1020, 1022, 857, 440, 10, 509, 1023],
+        ),
+    ];
+    for (text, want) in cases {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tok.decode(&ids[1..]).unwrap(), text, "{text:?}");
+    }
 }
 
 #[test]

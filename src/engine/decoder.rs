@@ -67,6 +67,26 @@ pub struct DecoderConfig {
     pub post_attn_norm_feeds_ffn: bool,
     /// YaRN rope scaling, where the file declares it.
     pub yarn: Option<Yarn>,
+    /// Gemma 4: which layers attend through the sliding window, as the file lists them
+    /// (otherwise `sliding_pattern` decides).
+    pub swa_layers: Option<Vec<bool>>,
+    /// Gemma 4: KV heads of each layer, where they differ by layer type.
+    pub kv_heads_per_layer: Option<Vec<usize>>,
+    /// Head and RoPE widths of sliding-window layers (Gemma 4's differ from its full layers').
+    pub head_dim_swa: usize,
+    pub rope_dim_swa: usize,
+    /// Gemma 4: only layers `..kv_layers` keep a KV cache; each later one reads the cache of the
+    /// last such layer of its own type (llama.cpp's `n_layer_kv_from_start`).
+    pub kv_layers: usize,
+    /// Gemma 4: values are RMS-normed (no weight) like the keys.
+    pub v_norm: bool,
+    /// Gemma 4 E2B/E4B: width of each layer's slice of the per-layer token embeddings (0: none).
+    pub per_layer_input: usize,
+    /// Phi's long-context RoPE: cos and sin are scaled by this (`rope.scaling.attn_factor`).
+    pub rope_attn_factor: f32,
+    /// The context the model was trained at before extension: above it Phi's long RoPE factors
+    /// apply, at or below it the short ones (llama.cpp decides by the context it runs at).
+    pub rope_orig_context: usize,
 }
 
 /// YaRN rope scaling (llama.cpp's `rope_yarn` with its context's attention factor).
@@ -87,14 +107,21 @@ impl DecoderConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = meta.usize(&k("embedding_length"))?;
         let n_head = meta.usize(&k("attention.head_count"))?;
-        let n_kv_head = meta
-            .opt_usize(&k("attention.head_count_kv"))
-            .unwrap_or(n_head);
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
-            return Err(EngineError::Corrupt {
-                path: meta.path.to_path_buf(),
-                reason: format!("invalid head counts {n_head}/{n_kv_head}"),
-            });
+        let n_layer = meta.usize(&k("block_count"))?;
+        let corrupt = |reason: String| EngineError::Corrupt {
+            path: meta.path.to_path_buf(),
+            reason,
+        };
+        let kv_heads = meta
+            .opt_usize_per_layer(&k("attention.head_count_kv"), n_layer)?
+            .unwrap_or_else(|| vec![n_head; n_layer]);
+        let n_kv_head = kv_heads.first().copied().unwrap_or(n_head);
+        if let Some(&bad) = kv_heads
+            .iter()
+            .find(|&&kv| n_head == 0 || kv == 0 || n_head % kv != 0)
+            .or((n_head == 0).then_some(&n_kv_head))
+        {
+            return Err(corrupt(format!("invalid head counts {n_head}/{bad}")));
         }
         let head_dim = meta
             .opt_usize(&k("attention.key_length"))
@@ -104,8 +131,39 @@ impl DecoderConfig {
             .unwrap_or(head_dim)
             .min(head_dim);
         let n_layer = meta.usize(&k("block_count"))?;
-        let gemma = matches!(arch, "gemma2" | "gemma3");
+        let gemma = matches!(arch, "gemma2" | "gemma3" | "gemma4");
         let gpt_oss = arch == "gpt-oss";
+        let gemma4 = arch == "gemma4";
+        if gemma4 && meta.opt_usize(&k("expert_count")).unwrap_or(0) > 0 {
+            return Err(EngineError::UnsupportedArchitecture {
+                arch: "gemma4 with mixture-of-experts layers (Gemma 4 26B-A4B)".into(),
+                supported: super::gguf::SUPPORTED_ARCHS.join(", "),
+            });
+        }
+        // Gemma 4 lists its sliding-window layers; llama.cpp requires the list.
+        let swa_layers = if gemma4 {
+            let v = meta.opt_bools(&k("attention.sliding_window_pattern"), n_layer)?;
+            let missing = |key: &str| corrupt(format!("metadata key `{}` is missing", k(key)));
+            if meta.opt_usize(&k("attention.sliding_window")).is_none() {
+                return Err(missing("attention.sliding_window"));
+            }
+            Some(v.ok_or_else(|| missing("attention.sliding_window_pattern"))?)
+        } else {
+            None
+        };
+        let head_dim_swa = meta
+            .opt_usize(&k("attention.key_length_swa"))
+            .unwrap_or(head_dim);
+        let rope_dim_swa = meta
+            .opt_usize(&k("rope.dimension_count_swa"))
+            .unwrap_or(rope_dim)
+            .min(head_dim_swa);
+        let shared_kv = if gemma4 {
+            meta.opt_usize(&k("attention.shared_kv_layers"))
+                .unwrap_or(0)
+        } else {
+            0
+        };
         let granite = matches!(arch, "granite" | "granitemoe");
         let rope_base = meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let positive = |v: Option<f32>| v.filter(|x| x.is_finite() && *x > 0.0);
@@ -122,9 +180,10 @@ impl DecoderConfig {
             // llama.cpp's rule (from gemma_pytorch): the 27B model (46 layers) scales by the
             // hidden size per head, the others by the head size.
             "gemma2" if n_layer == 46 => Some(1.0 / ((hidden / n_head) as f64).sqrt()),
+            "gemma4" => Some(1.0),
             _ => None,
         };
-        Ok(Self {
+        let cfg = Self {
             n_layer,
             n_head,
             n_kv_head,
@@ -138,7 +197,15 @@ impl DecoderConfig {
             // llama.cpp's llama_model_rope_type: these families use NeoX rotation.
             rope_neox: matches!(
                 arch,
-                "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "gemma2" | "gemma3" | "olmo2" | "gpt-oss"
+                "qwen2"
+                    | "qwen3"
+                    | "qwen3moe"
+                    | "phi3"
+                    | "gemma2"
+                    | "gemma3"
+                    | "gemma4"
+                    | "olmo2"
+                    | "gpt-oss"
             ),
             embed_scale: if gemma {
                 Some((hidden as f64).sqrt())
@@ -161,13 +228,14 @@ impl DecoderConfig {
                 }))
                 .unwrap_or(if arch == "gemma2" || gpt_oss { 2 } else { 6 })
                 .max(1),
-            rope_base_local: meta.opt_f32(&k("rope.local_freq_base")).unwrap_or(
-                if arch == "gemma3" {
+            rope_base_local: meta
+                .opt_f32(&k("rope.local_freq_base"))
+                .or_else(|| meta.opt_f32(&k("rope.freq_base_swa")))
+                .unwrap_or(if arch == "gemma3" {
                     10_000.0
                 } else {
                     rope_base
-                },
-            ),
+                }),
             gelu: gemma,
             attn_scale,
             residual_scale: if granite {
@@ -185,7 +253,7 @@ impl DecoderConfig {
             } else {
                 None
             },
-            final_softcap: if arch == "gemma2" {
+            final_softcap: if matches!(arch, "gemma2" | "gemma4") {
                 positive(meta.opt_f32(&k("final_logit_softcapping")))
             } else {
                 None
@@ -210,7 +278,90 @@ impl DecoderConfig {
                     }),
                 _ => None,
             },
-        })
+            kv_heads_per_layer: kv_heads.iter().any(|&h| h != n_kv_head).then_some(kv_heads),
+            swa_layers,
+            head_dim_swa,
+            rope_dim_swa,
+            kv_layers: n_layer.saturating_sub(shared_kv),
+            v_norm: gemma4,
+            rope_attn_factor: positive(meta.opt_f32(&k("rope.scaling.attn_factor"))).unwrap_or(1.0),
+            rope_orig_context: meta
+                .opt_usize(&k("rope.scaling.original_context_length"))
+                .unwrap_or(usize::MAX),
+            per_layer_input: if gemma4 {
+                meta.opt_usize(&k("embedding_length_per_layer_input"))
+                    .unwrap_or(0)
+            } else {
+                0
+            },
+        };
+        cfg.check_shared_kv().map_err(corrupt)?;
+        Ok(cfg)
+    }
+
+    /// Whether layer `i` attends through the sliding window.
+    pub fn is_swa(&self, i: usize) -> bool {
+        match &self.swa_layers {
+            Some(v) => v.get(i).copied().unwrap_or(false),
+            None => self.sliding_window.is_some() && !(i + 1).is_multiple_of(self.sliding_pattern),
+        }
+    }
+
+    pub fn layer_head_dim(&self, i: usize) -> usize {
+        if self.is_swa(i) {
+            self.head_dim_swa
+        } else {
+            self.head_dim
+        }
+    }
+
+    pub fn layer_kv_heads(&self, i: usize) -> usize {
+        self.kv_heads_per_layer
+            .as_ref()
+            .and_then(|v| v.get(i).copied())
+            .unwrap_or(self.n_kv_head)
+    }
+
+    /// The layer whose KV cache layer `i` reads: its own, or for Gemma 4's shared-KV layers
+    /// the last cache-owning layer of its type (full: the last, sliding: the one before).
+    pub fn kv_source(&self, i: usize) -> usize {
+        if i < self.kv_layers {
+            i
+        } else {
+            self.kv_layers - if self.is_swa(i) { 2 } else { 1 }
+        }
+    }
+
+    /// f32 values of K and V one position takes in one slot: cache-owning layers only.
+    pub fn kv_floats_per_token(&self) -> usize {
+        (0..self.kv_layers.min(self.n_layer))
+            .map(|i| 2 * self.layer_kv_heads(i) * self.layer_head_dim(i))
+            .sum()
+    }
+
+    /// Shared-KV layers must find a cache of their own kind (llama.cpp asserts the same).
+    fn check_shared_kv(&self) -> Result<(), String> {
+        if self.kv_layers == self.n_layer {
+            return Ok(());
+        }
+        if self.kv_layers < 2 {
+            return Err(format!(
+                "{} of {} layers share an earlier layer's KV cache; at least 2 must own one",
+                self.n_layer - self.kv_layers,
+                self.n_layer
+            ));
+        }
+        for i in self.kv_layers..self.n_layer {
+            let src = self.kv_source(i);
+            if self.is_swa(src) != self.is_swa(i)
+                || self.layer_kv_heads(src) != self.layer_kv_heads(i)
+            {
+                return Err(format!(
+                    "layer {i} shares the KV cache of layer {src}, which is of another kind"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -233,8 +384,19 @@ enum Own {
 }
 
 enum Qkv {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     Fused(Linear),
+    /// Gemma 4 layers without `attn_v`: the values are the keys' projection (normed apart).
+    KeyIsValue {
+        q: Linear,
+        k: Linear,
+    },
+    /// Gemma 4's shared-KV layers: queries only, attending over an earlier layer's cache.
+    QueryOnly(Linear),
 }
 
 /// A layer's feed-forward block: one gated MLP, or a mixture of experts.
@@ -280,8 +442,9 @@ struct Layer {
     /// qwen2 projection biases.
     bias: Option<(Tensor, Tensor, Tensor)>,
     /// RMS norms on queries and keys: per head (qwen3), or over all heads at once (OLMo 2,
-    /// whose weights span every head).
-    qk_norm: Option<(Tensor, Tensor)>,
+    /// whose weights span every head). Gemma 4's shared-KV layers norm queries only.
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     /// Applies RoPE (SmolLM3 leaves every fourth layer without).
     rope: bool,
     o: Linear,
@@ -297,6 +460,33 @@ struct Layer {
     post_ffn_norm: Option<Tensor>,
     /// Local (sliding-window) attention layer.
     sliding: bool,
+    /// This layer's head width and KV heads (Gemma 4's differ between layer types).
+    head_dim: usize,
+    n_kv_head: usize,
+    /// The KV cache (layer index) this layer appends to or, when shared, reads.
+    kv_src: usize,
+    /// Gemma 4: a scalar the layer's whole output is multiplied by.
+    out_scale: Option<f64>,
+    /// Gemma 4 E2B/E4B: the block that mixes the layer's per-layer input into the stream.
+    per_layer: Option<PerLayerBlock>,
+}
+
+/// Gemma 4's per-layer embeddings: every token has a small extra embedding for each layer,
+/// mixed with a projection of its main embedding.
+struct PerLayerInput {
+    /// `per_layer_token_embd`: (vocab, layers × width).
+    embd: Embedding,
+    /// `per_layer_model_proj`: hidden → layers × width.
+    model_proj: Linear,
+    proj_norm: Tensor,
+    width: usize,
+}
+
+/// One layer's use of its per-layer input: `x + norm(proj(gelu(gate(x)) · input))`.
+struct PerLayerBlock {
+    gate: Linear,
+    proj: Linear,
+    post_norm: Tensor,
 }
 
 /// One sequence's part of a batched forward pass: `ids` are fed at positions
@@ -319,8 +509,11 @@ pub struct Decoder {
     lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
-    /// RoPE tables of local layers (Gemma 3), when their base differs.
+    /// RoPE tables of local layers, when their base or width differs or the full layers'
+    /// tables carry frequency factors (Gemma 3, Gemma 4).
     local_rope: Option<(Tensor, Tensor)>,
+    /// Gemma 4 E2B/E4B per-layer embeddings.
+    per_layer: Option<PerLayerInput>,
     /// KV slots: one cache per layer for each sequence the engine holds.
     slots: Vec<Vec<KvCache>>,
     /// Where the weights, KV cache, RoPE tables and activations live.
@@ -749,14 +942,15 @@ fn rows_of(
 
 fn rope_tables(
     cfg: &DecoderConfig,
+    rope_dim: usize,
     base: f32,
     freq_factors: Option<&[f32]>,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = cfg.rope_dim / 2;
+    let half = rope_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| {
-            let f = 1.0 / base.powf((2 * i) as f32 / cfg.rope_dim as f32);
+            let f = 1.0 / base.powf((2 * i) as f32 / rope_dim as f32);
             match freq_factors.and_then(|ff| ff.get(i)) {
                 Some(div) if *div > 0.0 => f / div,
                 _ => f,
@@ -770,13 +964,14 @@ fn rope_tables(
     let n = cfg.context_length;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
+    let m = cfg.rope_attn_factor;
     for p in 0..n {
         for (i, f) in inv.iter().enumerate() {
             let extrap = p as f32 * f;
             match &yarn {
                 None => {
-                    cos.push(extrap.cos());
-                    sin.push(extrap.sin());
+                    cos.push(extrap.cos() * m);
+                    sin.push(extrap.sin() * m);
                 }
                 Some((low, high, scale, mscale)) => {
                     // ggml's rope_yarn: interpolated angles for the slow dimensions,
@@ -861,7 +1056,7 @@ impl Decoder {
     fn build(
         cfg: DecoderConfig,
         mut l: Loader,
-        freq_factors: Option<Vec<f32>>,
+        freq_factors_hf: Option<Vec<f32>>,
     ) -> Result<Self, EngineError> {
         let embed = l.embedding("token_embd.weight")?;
         let gpu_gguf = !l.device.is_cpu() && matches!(l.src, Source::Gguf(_));
@@ -875,24 +1070,68 @@ impl Decoder {
             embed.as_lm_head()?
         };
         let out_norm = l.dense("output_norm.weight")?;
+        // Llama 3.x (and Gemma 4's full layers) carry `rope_freqs`; Phi-3.5/Phi-4-mini carry
+        // factors for short and long contexts and use those of the context the engine runs at.
+        let phi_factors = if cfg.context_length > cfg.rope_orig_context {
+            "rope_factors_long.weight"
+        } else {
+            "rope_factors_short.weight"
+        };
         let freq_factors = match l.opt_dense("rope_freqs.weight")? {
+            Some(t) => Some(t),
+            None => l.opt_dense(phi_factors)?,
+        };
+        let freq_factors = match freq_factors {
             Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            None => freq_factors,
+            None => freq_factors_hf,
         };
         let device = l.device.clone();
-        let (cos, sin) = rope_tables(&cfg, cfg.rope_base, freq_factors.as_deref(), &device)?;
+        let (cos, sin) = rope_tables(
+            &cfg,
+            cfg.rope_dim,
+            cfg.rope_base,
+            freq_factors.as_deref(),
+            &device,
+        )?;
+        // Gemma 4's frequency factors are for its full layers only.
+        let local_differs = cfg.rope_base_local != cfg.rope_base
+            || cfg.rope_dim_swa != cfg.rope_dim
+            || freq_factors.is_some();
         let local_rope = match cfg.sliding_window {
-            Some(_) if cfg.rope_base_local != cfg.rope_base => {
-                Some(rope_tables(&cfg, cfg.rope_base_local, None, &device)?)
-            }
+            Some(_) if local_differs => Some(rope_tables(
+                &cfg,
+                cfg.rope_dim_swa,
+                cfg.rope_base_local,
+                None,
+                &device,
+            )?),
             _ => None,
+        };
+        let per_layer = if cfg.per_layer_input > 0 {
+            Some(PerLayerInput {
+                embd: l.embedding("per_layer_token_embd.weight")?,
+                model_proj: l.matmul("per_layer_model_proj.weight")?,
+                proj_norm: l.dense("per_layer_proj_norm.weight")?,
+                width: cfg.per_layer_input,
+            })
+        } else {
+            None
         };
 
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
-            let qkv = if l.has(&p("attn_qkv.weight")) {
+            let kv_src = cfg.kv_source(i);
+            let qkv = if kv_src != i {
+                // Whatever K/V projections the file has for this layer go unused.
+                Qkv::QueryOnly(l.matmul(&p("attn_q.weight"))?)
+            } else if l.has(&p("attn_qkv.weight")) {
                 Qkv::Fused(l.matmul(&p("attn_qkv.weight"))?)
+            } else if cfg.v_norm && !l.has(&p("attn_v.weight")) {
+                Qkv::KeyIsValue {
+                    q: l.matmul(&p("attn_q.weight"))?,
+                    k: l.matmul(&p("attn_k.weight"))?,
+                }
             } else {
                 Qkv::Separate {
                     q: l.matmul(&p("attn_q.weight"))?,
@@ -908,12 +1147,29 @@ impl Decoder {
                 (Some(q), Some(k), Some(v)) => Some((q, k, v)),
                 _ => None,
             };
-            let qk_norm = match (
-                l.opt_dense(&p("attn_q_norm.weight"))?,
-                l.opt_dense(&p("attn_k_norm.weight"))?,
-            ) {
-                (Some(q), Some(k)) => Some((q, k)),
-                _ => None,
+            let q_norm = l.opt_dense(&p("attn_q_norm.weight"))?;
+            let k_norm = if kv_src == i {
+                l.opt_dense(&p("attn_k_norm.weight"))?
+            } else {
+                None
+            };
+            if q_norm.is_some() != k_norm.is_some() && kv_src == i {
+                return Err(l.corrupt(&format!(
+                    "blk.{i} has only one of attn_q_norm and attn_k_norm"
+                )));
+            }
+            let per_layer_block = if cfg.per_layer_input > 0 {
+                Some(PerLayerBlock {
+                    gate: l.matmul(&p("inp_gate.weight"))?,
+                    proj: l.matmul(&p("proj.weight"))?,
+                    post_norm: l.dense(&p("post_norm.weight"))?,
+                })
+            } else {
+                None
+            };
+            let out_scale = match l.opt_dense(&p("layer_output_scale.weight"))? {
+                Some(t) => Some(t.flatten_all()?.get(0)?.to_scalar::<f32>()? as f64),
+                None => None,
             };
             let ffn = if l.has(&p("ffn_gate_inp.weight")) {
                 let (gate, up, down) = (
@@ -1011,7 +1267,8 @@ impl Decoder {
                 attn_norm: l.opt_dense(&p("attn_norm.weight"))?,
                 qkv,
                 bias,
-                qk_norm,
+                q_norm,
+                k_norm,
                 o: l.matmul(&p("attn_output.weight"))?,
                 o_bias: l.opt_dense(&p("attn_output.bias"))?,
                 sinks,
@@ -1020,7 +1277,12 @@ impl Decoder {
                 ffn,
                 post_attn_norm,
                 post_ffn_norm: l.opt_dense(&p("post_ffw_norm.weight"))?,
-                sliding: cfg.sliding_window.is_some() && (i + 1) % cfg.sliding_pattern != 0,
+                sliding: cfg.sliding_window.is_some() && cfg.is_swa(i),
+                head_dim: cfg.layer_head_dim(i),
+                n_kv_head: cfg.layer_kv_heads(i),
+                kv_src,
+                out_scale,
+                per_layer: per_layer_block,
             });
         }
         Ok(Self {
@@ -1032,6 +1294,7 @@ impl Decoder {
             cos,
             sin,
             local_rope,
+            per_layer,
             slots: Vec::new(),
             device,
         })
@@ -1098,13 +1361,9 @@ impl Decoder {
             .map_or(0, |c| c.capacity())
     }
 
-    /// Positions allocated across every slot (memory held, used or not).
-    pub fn kv_allocated(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.first())
-            .map(|c| c.capacity())
-            .sum()
+    /// Bytes of K and V buffers allocated across every slot (what the caches really hold).
+    pub fn kv_bytes_allocated(&self) -> usize {
+        self.slots.iter().flatten().map(KvCache::bytes).sum()
     }
 
     /// Whether prompt chunks of several sequences may share one forward pass without changing
@@ -1128,8 +1387,13 @@ impl Decoder {
         let layer_dense = |l: &Layer| {
             let qkv = match &l.qkv {
                 Qkv::Separate { q, k, v } => dense(q) || dense(k) || dense(v),
-                Qkv::Fused(w) => dense(w),
+                Qkv::KeyIsValue { q, k } => dense(q) || dense(k),
+                Qkv::Fused(w) | Qkv::QueryOnly(w) => dense(w),
             };
+            let per_layer = l
+                .per_layer
+                .as_ref()
+                .is_some_and(|b| dense(&b.gate) || dense(&b.proj));
             let ffn = match &l.ffn {
                 Ffn::Dense { gate_up, down } => {
                     dense(down)
@@ -1146,21 +1410,26 @@ impl Decoder {
                         .any(|w| matches!(w, Linear::Candle(_)))
                 }),
             };
-            qkv || ffn || dense(&l.o)
+            qkv || ffn || per_layer || dense(&l.o)
         };
-        !dense(&self.lm_head) && !self.layers.iter().any(layer_dense)
+        let per_layer_dense = self
+            .per_layer
+            .as_ref()
+            .is_some_and(|p| dense(&p.model_proj));
+        !dense(&self.lm_head) && !per_layer_dense && !self.layers.iter().any(layer_dense)
     }
 
-    /// Bytes of K and V one position takes in one slot (f32, every layer).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        self.cfg.n_layer * 2 * self.cfg.n_kv_head * self.cfg.head_dim * 4
+    /// KV caches a slot holds: one per layer, less Gemma 4's shared-KV layers.
+    pub fn caches_per_slot(&self) -> usize {
+        self.cfg.kv_layers.min(self.cfg.n_layer)
     }
 
     fn slot_caches(&mut self, slot: usize) -> &mut Vec<KvCache> {
         while self.slots.len() <= slot {
             let n = self.cfg.context_length;
+            let caches = self.caches_per_slot();
             self.slots
-                .push((0..self.cfg.n_layer).map(|_| KvCache::new(n)).collect());
+                .push((0..caches).map(|_| KvCache::new(n)).collect());
         }
         &mut self.slots[slot]
     }
@@ -1215,6 +1484,17 @@ impl Decoder {
             // multiplier; either way one multiply.
             x = (x * scale)?;
         }
+        let per_layer_inputs = match &self.per_layer {
+            Some(p) => Some(per_layer_inputs(
+                p,
+                &all,
+                &x,
+                &self.cfg,
+                &self.device,
+                dense_ok,
+            )?),
+            None => None,
+        };
         // Per-sequence attention inputs: row offset, length, masks and RoPE rows.
         let mut parts = Vec::with_capacity(seqs.len());
         let mut offset = 0;
@@ -1233,7 +1513,7 @@ impl Decoder {
                 None => Ok(x.clone()),
             };
             let h = norm(&x, &layer.attn_norm)?;
-            let mut attn = attention(cfg, layer, li, &h, &parts, &mut self.slots, dense_ok)?;
+            let mut attn = attention(cfg, layer, &h, &parts, &mut self.slots, dense_ok)?;
             if let Some(n) = &layer.post_attn_norm {
                 attn = ops::rms_norm(&attn, n, eps)?;
             }
@@ -1282,6 +1562,15 @@ impl Decoder {
                 ff = (ff * r)?;
             }
             x = ops::add(&x, &ff)?;
+            if let (Some(b), Some(inputs)) = (&layer.per_layer, &per_layer_inputs) {
+                let own = inputs.narrow(2, li, 1)?.squeeze(2)?;
+                let g = (linear(&b.gate, &x, dense_ok)?.gelu()? * own)?;
+                let out = linear(&b.proj, &g, dense_ok)?;
+                x = ops::add(&x, &ops::rms_norm(&out, &b.post_norm, eps)?)?;
+            }
+            if let Some(s) = layer.out_scale {
+                x = (x * s)?;
+            }
         }
         let wanted: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].logits).collect();
         let mut out = vec![None; seqs.len()];
@@ -1342,6 +1631,25 @@ impl Decoder {
             local,
         })
     }
+}
+
+/// Gemma 4's per-layer inputs of every row, (1, rows, layers, width): the token's per-layer
+/// embedding (times sqrt(width)) plus the normed projection of its scaled main embedding `x`
+/// (times 1/sqrt(hidden)), the sum over sqrt(2), as llama.cpp and transformers compute them.
+fn per_layer_inputs(
+    p: &PerLayerInput,
+    ids: &[u32],
+    x: &Tensor,
+    cfg: &DecoderConfig,
+    device: &Device,
+    dense_ok: bool,
+) -> candle_core::Result<Tensor> {
+    let (_, rows, hidden) = x.dims3()?;
+    let shape = (1, rows, cfg.n_layer, p.width);
+    let tok = (p.embd.lookup(ids, device)?.reshape(shape)? * (p.width as f64).sqrt())?;
+    let proj = (linear(&p.model_proj, x, dense_ok)? * (1.0 / (hidden as f64).sqrt()))?;
+    let proj = candle_nn::ops::rms_norm(&proj.reshape(shape)?, &p.proj_norm, cfg.rms_eps as f32)?;
+    (proj + tok)? * std::f64::consts::FRAC_1_SQRT_2
 }
 
 /// What attention needs to know about one sequence of a batch.
@@ -1726,6 +2034,7 @@ fn causal_mask(
     Tensor::from_vec(data, (t, kv), device)
 }
 
+/// RoPE on the first `2 · cos.dim(1)` values of each head of `x` (the rest pass through).
 fn apply_rope(
     cfg: &DecoderConfig,
     x: &Tensor,
@@ -1740,11 +2049,13 @@ fn apply_rope(
             candle_nn::rotary_emb::rope_i(&x, cos, sin)
         }
     };
-    if cfg.rope_dim == cfg.head_dim {
+    let head_dim = x.dim(D::Minus1)?;
+    let rope_dim = 2 * cos.dim(D::Minus1)?;
+    if rope_dim == head_dim {
         rot(x)
     } else {
-        let head = rot(&x.narrow(D::Minus1, 0, cfg.rope_dim)?)?;
-        let tail = x.narrow(D::Minus1, cfg.rope_dim, cfg.head_dim - cfg.rope_dim)?;
+        let head = rot(&x.narrow(D::Minus1, 0, rope_dim)?)?;
+        let tail = x.narrow(D::Minus1, rope_dim, head_dim - rope_dim)?;
         Tensor::cat(&[&head, &tail], D::Minus1)
     }
 }
@@ -1754,34 +2065,39 @@ fn apply_rope(
 fn attention(
     cfg: &DecoderConfig,
     layer: &Layer,
-    li: usize,
     h: &Tensor,
     parts: &[SeqPart],
     slots: &mut [Vec<KvCache>],
     dense_ok: bool,
 ) -> candle_core::Result<Tensor> {
-    let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
-    let (q, k, v) = match &layer.qkv {
+    let (nh, nkv, hd) = (cfg.n_head, layer.n_kv_head, layer.head_dim);
+    let (q, kv) = match &layer.qkv {
         Qkv::Separate { q, k, v } => {
             let [q, k, v] = linear_many([q, k, v], h, dense_ok)?;
-            (q, k, v)
+            (q, Some((k, v)))
         }
         Qkv::Fused(w) => {
             let qkv = linear(w, h, dense_ok)?;
             (
                 qkv.narrow(D::Minus1, 0, nh * hd)?,
-                qkv.narrow(D::Minus1, nh * hd, nkv * hd)?,
-                qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+                Some((
+                    qkv.narrow(D::Minus1, nh * hd, nkv * hd)?,
+                    qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+                )),
             )
         }
+        Qkv::KeyIsValue { q, k } => {
+            let [q, k] = linear_many([q, k], h, dense_ok)?;
+            (q, Some((k.clone(), k)))
+        }
+        Qkv::QueryOnly(q) => (linear(q, h, dense_ok)?, None),
     };
-    let (q, k, v) = match &layer.bias {
-        Some((bq, bk, bv)) => (
+    let (q, kv) = match (&layer.bias, kv) {
+        (Some((bq, bk, bv)), Some((k, v))) => (
             q.broadcast_add(bq)?,
-            k.broadcast_add(bk)?,
-            v.broadcast_add(bv)?,
+            Some((k.broadcast_add(bk)?, v.broadcast_add(bv)?)),
         ),
-        None => (q, k, v),
+        (_, kv) => (q, kv),
     };
     let mut ys = Vec::with_capacity(parts.len());
     for p in parts {
@@ -1797,13 +2113,16 @@ fn attention(
                 x.narrow(1, p.offset, p.t)
             }
         };
+        let kv = match &kv {
+            Some((k, v)) => Some((rows(k)?, rows(v)?)),
+            None => None,
+        };
         let y = seq_attention(
             cfg,
             layer,
             &rows(&q)?,
-            &rows(&k)?,
-            &rows(&v)?,
-            &mut slots[p.slot][li],
+            kv,
+            &mut slots[p.slot][layer.kv_src],
             mask,
             cos,
             sin,
@@ -1822,48 +2141,67 @@ fn attention(
     }
 }
 
-/// One sequence's attention over its own KV slot: `q`, `k`, `v` are its `t` new rows,
-/// (1, t, heads × head_dim).
+/// One sequence's attention over its KV slot: `q` and (for a layer that owns its cache) `k`,
+/// `v` are its `t` new rows, (1, t, heads × head_dim). A layer without `k`, `v` attends over
+/// the cache as the layer it shares it with left it.
 #[allow(clippy::too_many_arguments)]
 fn seq_attention(
     cfg: &DecoderConfig,
     layer: &Layer,
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    kv: Option<(Tensor, Tensor)>,
     cache: &mut KvCache,
     mask: Option<&Tensor>,
     cos: &Tensor,
     sin: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let (_, t, _) = q.dims3()?;
-    let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
+    let (nh, nkv, hd) = (cfg.n_head, layer.n_kv_head, layer.head_dim);
     let eps = cfg.rms_eps as f32;
     // OLMo 2 norms all heads' queries (keys) as one vector, before splitting them.
-    let (q, k) = match &layer.qk_norm {
-        Some((qn, kn)) if qn.dim(0)? == nh * hd && nh > 1 => {
-            (ops::rms_norm(q, qn, eps)?, ops::rms_norm(k, kn, eps)?)
-        }
-        _ => (q.clone(), k.clone()),
+    let whole = match &layer.q_norm {
+        Some(qn) => qn.dim(0)? == nh * hd && nh > 1,
+        None => false,
     };
-    let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-    let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-    let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-    let (q, k) = match &layer.qk_norm {
-        Some((qn, kn)) if qn.dim(0)? == hd => {
-            (ops::rms_norm(&q, qn, eps)?, ops::rms_norm(&k, kn, eps)?)
-        }
-        _ => (q, k),
+    let norm = |x: &Tensor, w: &Option<Tensor>| match w {
+        Some(w) => ops::rms_norm(x, w, eps),
+        None => Ok(x.clone()),
     };
-    let (q, k) = if layer.rope {
-        (
-            apply_rope(cfg, &q, cos, sin)?,
-            apply_rope(cfg, &k, cos, sin)?,
-        )
+    let heads = |x: &Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+    let q = if whole {
+        heads(&norm(q, &layer.q_norm)?, nh)?
     } else {
-        (q, k)
+        norm(&heads(q, nh)?, &layer.q_norm)?
     };
-    let (k_all, v_all) = cache.append(&k, &v)?;
+    let q = if layer.rope {
+        apply_rope(cfg, &q, cos, sin)?
+    } else {
+        q
+    };
+    let (k_all, v_all) = match kv {
+        Some((k, v)) => {
+            let k = if whole {
+                heads(&norm(&k, &layer.k_norm)?, nkv)?
+            } else {
+                norm(&heads(&k, nkv)?, &layer.k_norm)?
+            };
+            let v = heads(&v, nkv)?;
+            // Gemma 4 norms values without a weight.
+            let v = if cfg.v_norm {
+                let ones = Tensor::ones(hd, DType::F32, v.device())?;
+                candle_nn::ops::rms_norm(&v, &ones, eps)?
+            } else {
+                v
+            };
+            let k = if layer.rope {
+                apply_rope(cfg, &k, cos, sin)?
+            } else {
+                k
+            };
+            cache.append(&k, &v)?
+        }
+        None => cache.view()?,
+    };
     let kv_len = k_all.dim(2)?;
 
     // Grouped-query attention without repeating K/V: query heads sharing a KV head are

@@ -21,6 +21,7 @@ pub const SUPPORTED_ARCHS: &[&str] = &[
     "phi3",
     "gemma2",
     "gemma3",
+    "gemma4",
     "granite",
     "granitemoe",
     "olmo2",
@@ -455,6 +456,21 @@ fn slow_warning(percent: u64) -> String {
     )
 }
 
+/// A non-negative integer of any width.
+fn count(v: &Value) -> Option<usize> {
+    match v {
+        Value::U8(v) => Some(*v as usize),
+        Value::U16(v) => Some(*v as usize),
+        Value::U32(v) => Some(*v as usize),
+        Value::U64(v) => Some(*v as usize),
+        Value::I8(v) if *v >= 0 => Some(*v as usize),
+        Value::I16(v) if *v >= 0 => Some(*v as usize),
+        Value::I32(v) if *v >= 0 => Some(*v as usize),
+        Value::I64(v) if *v >= 0 => Some(*v as usize),
+        _ => None,
+    }
+}
+
 /// Typed metadata access with errors naming the missing key.
 pub struct Meta<'a> {
     pub path: &'a Path,
@@ -478,16 +494,57 @@ impl Meta<'_> {
     }
 
     pub fn opt_usize(&self, key: &str) -> Option<usize> {
-        match self.md.get(key)? {
-            Value::U8(v) => Some(*v as usize),
-            Value::U16(v) => Some(*v as usize),
-            Value::U32(v) => Some(*v as usize),
-            Value::U64(v) => Some(*v as usize),
-            Value::I8(v) if *v >= 0 => Some(*v as usize),
-            Value::I16(v) if *v >= 0 => Some(*v as usize),
-            Value::I32(v) if *v >= 0 => Some(*v as usize),
-            Value::I64(v) if *v >= 0 => Some(*v as usize),
+        count(self.md.get(key)?)
+    }
+
+    /// A per-layer value: an array of `n` counts, or one scalar for every layer. `Ok(None)`
+    /// when the key is absent; an array of another length or type is an error.
+    pub fn opt_usize_per_layer(
+        &self,
+        key: &str,
+        n: usize,
+    ) -> Result<Option<Vec<usize>>, EngineError> {
+        let Some(v) = self.md.get(key) else {
+            return Ok(None);
+        };
+        if let Value::Array(items) = v {
+            let vals: Option<Vec<usize>> = items.iter().map(count).collect();
+            return match vals {
+                Some(v) if v.len() == n => Ok(Some(v)),
+                _ => Err(self.bad_array(key, n)),
+            };
+        }
+        match count(v) {
+            Some(x) => Ok(Some(vec![x; n])),
+            None => Err(self.missing(key)),
+        }
+    }
+
+    /// An array of `n` flags (Gemma 4's sliding-window pattern). `Ok(None)` when absent.
+    pub fn opt_bools(&self, key: &str, n: usize) -> Result<Option<Vec<bool>>, EngineError> {
+        let Some(v) = self.md.get(key) else {
+            return Ok(None);
+        };
+        let vals: Option<Vec<bool>> = match v {
+            Value::Array(items) => items
+                .iter()
+                .map(|x| match x {
+                    Value::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect(),
             _ => None,
+        };
+        match vals {
+            Some(v) if v.len() == n => Ok(Some(v)),
+            _ => Err(self.bad_array(key, n)),
+        }
+    }
+
+    fn bad_array(&self, key: &str, n: usize) -> EngineError {
+        EngineError::Corrupt {
+            path: self.path.to_path_buf(),
+            reason: format!("metadata key `{key}` is not an array of {n} per-layer values"),
         }
     }
 

@@ -68,8 +68,9 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
             format!("invalid head counts {n_head}/{n_kv_head}"),
         ));
     }
+    let n_layer = need("num_hidden_layers")?;
     let dc = DecoderConfig {
-        n_layer: need("num_hidden_layers")?,
+        n_layer,
         n_head,
         n_kv_head,
         head_dim,
@@ -97,6 +98,15 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         oai_moe: false,
         post_attn_norm_feeds_ffn: false,
         yarn: None,
+        swa_layers: None,
+        kv_heads_per_layer: None,
+        head_dim_swa: head_dim,
+        rope_dim_swa: rope_dim,
+        kv_layers: n_layer,
+        v_norm: false,
+        per_layer_input: 0,
+        rope_attn_factor: 1.0,
+        rope_orig_context: usize::MAX,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))

@@ -50,6 +50,15 @@ impl KvCache {
         self.max = max.max(self.len);
     }
 
+    /// Bytes the K and V buffers hold (allocated, used or not).
+    pub fn bytes(&self) -> usize {
+        [&self.k, &self.v]
+            .iter()
+            .filter_map(|t| t.as_ref())
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Positions the buffers can hold without growing.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -77,6 +86,17 @@ impl KvCache {
         self.v = Some(v);
         self.capacity = new_cap;
         Ok(())
+    }
+
+    /// Views of every position held, (1, kv_heads, len, head_dim), for a layer that reads this
+    /// cache without writing to it (Gemma 4's shared-KV layers).
+    pub fn view(&self) -> Result<(Tensor, Tensor)> {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) if self.len > 0 => {
+                Ok((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?))
+            }
+            _ => candle_core::bail!("a shared KV cache was read before its layer wrote it"),
+        }
     }
 
     /// Appends `k`, `v` of shape (1, kv_heads, seq, head_dim) and returns views of the whole

@@ -19,6 +19,9 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 
 /// Gemma's turn format, used for Gemma files without a template. Gemma has no system role:
 /// the system prompt is prefixed to the first user turn, as Google's template does.
+/// Gemma 4's turns (`<|turn>role … <turn|>`), with a system turn and thinking off, as the
+/// template its GGUFs carry renders a plain chat.
+pub const GEMMA4: &str = "{{ bos_token }}{% for m in messages %}<|turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] | trim }}<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n<|channel>thought\n<channel|>{% endif %}";
 pub const GEMMA: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set first = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ (first if loop.first else '') + (m['content'] | trim) }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
 
 /// Template files a model folder may carry, most preferred first (the order transformers uses).
@@ -210,7 +213,10 @@ impl ChatTemplate {
 
     /// Built-in template for a model that ships none: Gemma's format for Gemma, else ChatML.
     pub fn fallback(arch: &str, bos: &str, eos: &str) -> Self {
-        if arch.starts_with("gemma") {
+        if arch == "gemma4" {
+            Self::new(GEMMA4, bos, eos, Path::new("the built-in Gemma 4 template"))
+                .expect("the built-in Gemma 4 template compiles")
+        } else if arch.starts_with("gemma") {
             Self::new(GEMMA, bos, eos, Path::new("the built-in Gemma template"))
                 .expect("the built-in Gemma template compiles")
         } else {
@@ -737,6 +743,41 @@ mod tests {
         assert_eq!(
             s,
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    /// The template Gemma 4's GGUFs carry (google/gemma-4-31B-it, as llama.cpp vendors it in
+    /// models/templates) renders here as Python's Jinja renders it (jinja2 3.1.6, trim_blocks
+    /// and lstrip_blocks as transformers sets them): a chat, and a tool declaration in its own
+    /// notation. The built-in Gemma 4 template renders a plain chat the same way.
+    #[test]
+    fn gemma4_s_own_template_renders_as_jinja_does() {
+        let src = include_str!("../../tests/fixtures/templates/google-gemma-4-31B-it.jinja");
+        let t = ChatTemplate::new(src, "<bos>", "<turn|>", Path::new("gemma4.jinja")).unwrap();
+        let chat = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello"),
+            ChatMessage::user("Bye"),
+        ];
+        let want = "<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\nHello<turn|>\n<|turn>user\nBye<turn|>\n<|turn>model\n<|channel>thought\n<channel|>";
+        assert_eq!(t.render(&chat, true).unwrap(), want);
+        let builtin = ChatTemplate::fallback("gemma4", "<bos>", "<turn|>");
+        assert_eq!(builtin.render(&chat, true).unwrap(), want);
+
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "tools".into(),
+            serde_json::json!([{"type": "function", "function": {
+                "name": "get_weather", "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string",
+                    "description": "City name"}}, "required": ["city"]}}}]),
+        );
+        let user = [serde_json::json!({"role": "user", "content": "Hi"})];
+        let s = t.render_json(&user, true, &extra).unwrap();
+        assert_eq!(
+            s,
+            "<bos><|turn>system\n<|tool>declaration:get_weather{description:<|\"|>Weather in a city<|\"|>,parameters:{properties:{city:{description:<|\"|>City name<|\"|>,type:<|\"|>STRING<|\"|>}},required:[<|\"|>city<|\"|>],type:<|\"|>OBJECT<|\"|>}}<tool|><turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
         );
     }
 

@@ -19,6 +19,7 @@ pub const TEMPLATE_END_TOKENS: &[&str] = &[
     "<|im_end|>",
     "<|eot_id|>",
     "<end_of_turn>",
+    "<turn|>",
     "<|end|>",
     "<|eom_id|>",
 ];
@@ -236,9 +237,11 @@ impl TextTokenizer {
         };
         let model_kind = meta.opt_str("tokenizer.ggml.model").unwrap_or("gpt2");
         // llama.cpp's default: SentencePiece vocabularies add BOS, BPE ones do not.
-        let add_bos = meta
-            .opt_bool("tokenizer.ggml.add_bos_token")
-            .unwrap_or(model_kind == "llama");
+        // llama.cpp adds BOS to every Gemma 4 prompt whatever the file says.
+        let add_bos = model_kind == "gemma4"
+            || meta
+                .opt_bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(model_kind == "llama");
         let bos_id = meta
             .opt_usize("tokenizer.ggml.bos_token_id")
             .map(|v| v as u32);
@@ -361,6 +364,9 @@ fn from_gguf_metadata(
     };
     if kind == "llama" {
         return sentencepiece_bpe(path, meta);
+    }
+    if kind == "gemma4" {
+        return gemma4_bpe(path, meta);
     }
     if kind != "gpt2" {
         // Unigram / WordPiece GGUF vocabularies are not rebuilt from metadata.
@@ -588,6 +594,79 @@ fn sentencepiece_bpe(path: &Path, meta: &Meta) -> Result<Tokenizer, EngineError>
     }
     tok.with_decoder(Some(DecoderSequence::new(decoders)));
 
+    if let Some(types) = &types {
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, ty)| **ty == 3)
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        tok.add_special_tokens(special).map_err(tok_err)?;
+        let user: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, ty)| **ty == 4)
+            .map(|(t, _)| AddedToken::from(t.clone(), false))
+            .collect();
+        tok.add_tokens(user).map_err(tok_err)?;
+    }
+    Ok(tok)
+}
+
+/// Gemma 4's vocabulary (`tokenizer.ggml.model = gemma4`): a BPE over raw UTF-8 with its merges
+/// in the file, spaces written as `▁`, and no word splitting but at newlines (llama.cpp's
+/// `gemma4` pre-tokenizer), with byte fallback.
+fn gemma4_bpe(path: &Path, meta: &Meta) -> Result<Tokenizer, EngineError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::DecoderWrapper;
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::normalizers::Replace;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+    let missing = || EngineError::MissingTokenizer {
+        path: path.to_path_buf(),
+    };
+    let tokens = string_array(meta, "tokenizer.ggml.tokens").ok_or_else(missing)?;
+    let merges: Vec<(String, String)> = string_array(meta, "tokenizer.ggml.merges")
+        .ok_or_else(missing)?
+        .into_iter()
+        .filter_map(|m| {
+            // As llama.cpp reads them: split at the first space after the first character
+            // (a merge may join a space token to something).
+            let (at, _) = m.char_indices().skip(1).find(|&(_, c)| c == ' ')?;
+            Some((m[..at].to_string(), m[at + 1..].to_string()))
+        })
+        .collect();
+    let types = number_array(meta, "tokenizer.ggml.token_type")
+        .filter(|t| t.len() == tokens.len())
+        .map(|t| t.into_iter().map(|x| x as u32).collect::<Vec<u32>>());
+    let mut vocab = Vocab::default();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(tok_err)?;
+    let mut tok = Tokenizer::new(bpe);
+    tok.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(tok_err)?))
+        .map_err(tok_err)?;
+    let newlines = Split::new(
+        SplitPattern::Regex("\n+".into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(tok_err)?;
+    tok.with_pre_tokenizer(Some(newlines));
+    tok.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tok_err)?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ])));
     if let Some(types) = &types {
         let special: Vec<AddedToken> = tokens
             .iter()

@@ -711,6 +711,7 @@ pub enum Meta {
 }
 
 const GGUF_STRING: u32 = 8;
+const GGUF_BOOL: u32 = 7;
 const GGUF_INT32: u32 = 5;
 
 impl Meta {
@@ -884,6 +885,16 @@ pub enum Dim {
     FfnExp,
     /// The number of query heads (gpt-oss's attention sinks: one per head).
     Heads,
+    /// Gemma 4: one layer's per-layer embedding width, all layers' together, and the pairs of
+    /// a full layer's head (`rope_freqs`).
+    PerLayer,
+    PerLayerAll,
+    RopePairs,
+    /// Fused projections: queries, keys and values (phi3), gate and up (phi3).
+    QkvWidth,
+    FfnPair,
+    /// A single value (a layer's output scale).
+    One,
 }
 
 /// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
@@ -894,9 +905,14 @@ pub enum Cat {
     AttnK,
     AttnV,
     AttnOut,
+    /// Fused query/key/value projection (phi3).
+    AttnQkv,
     FfnGate,
     FfnUp,
     FfnDown,
+    /// Gemma 4's per-layer input gate (hidden → width) and projection back.
+    PerLayerGate,
+    PerLayerProj,
 }
 
 impl Cat {
@@ -922,6 +938,38 @@ pub enum Role {
     /// gpt-oss's attention sinks: a learned logit per head, kept in F32.
     Sink,
     Proj(Cat),
+    /// A norm on a branch's output before the residual add (Gemma 4): its weight sets how
+    /// much the branch moves the stream.
+    PostNorm,
+    /// Gemma 4's per-layer output multiplier, one value.
+    LayerScale,
+    /// `rope_freqs`: 1 for rotated pairs, 1e30 for the others.
+    RopeFreqs,
+    /// Phi's `rope_factors_long` (true) and `rope_factors_short`.
+    RopeFactors(bool),
+    /// Gemma 4's per-layer token embeddings.
+    PerLayerEmbd,
+    /// A matrix llama-quantize leaves in float (`per_layer_model_proj`).
+    PlainProj,
+}
+
+/// Which layers have a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// Layers that own a KV cache (not Gemma 4's shared-KV ones).
+    OwnsKv,
+    /// Layers with a value projection of their own.
+    OwnsValue,
+    /// Shapes with per-layer embeddings.
+    PerLayer,
+    /// Shapes with Llama 3.1 RoPE scaling.
+    RopeScaled,
+    /// Shapes with Phi's long-context RoPE factors.
+    LongRope,
+    /// Layers with a dense FFN, and with a mixture of experts.
+    Dense,
+    Moe,
 }
 
 /// One tensor of a family; `{i}` in the name is the layer index.
@@ -931,10 +979,30 @@ pub struct TensorTemplate {
     /// ggml order: the row length first.
     pub dims: &'static [Dim],
     pub role: Role,
+    pub when: When,
 }
 
 const fn t(name: &'static str, dims: &'static [Dim], role: Role) -> TensorTemplate {
-    TensorTemplate { name, dims, role }
+    TensorTemplate {
+        name,
+        dims,
+        role,
+        when: When::Always,
+    }
+}
+
+const fn t_when(
+    name: &'static str,
+    dims: &'static [Dim],
+    role: Role,
+    when: When,
+) -> TensorTemplate {
+    TensorTemplate {
+        name,
+        dims,
+        role,
+        when,
+    }
 }
 
 /// A shape field a metadata key reports.
@@ -953,6 +1021,15 @@ pub enum Field {
     Experts,
     ExpertsUsed,
     FfnExp,
+    /// The rotated width of a head.
+    RopeDim,
+    /// Gemma 4: per-layer arrays and the sliding layers' head width.
+    FfnByLayer,
+    KvHeadsByLayer,
+    SwaPattern,
+    HeadDimSwa,
+    SharedKv,
+    PerLayerWidth,
 }
 
 /// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
@@ -967,6 +1044,9 @@ pub enum Const {
 /// A family's vocabulary conventions for the synthetic tokenizer.
 #[derive(Debug, Clone, Copy)]
 pub struct TokStyle {
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `gemma4` (BPE over UTF-8 with `▁`
+    /// for spaces and byte-fallback tokens).
+    pub model: &'static str,
     /// `tokenizer.ggml.pre`: the pre-tokenizer both Influence and llama.cpp know by this name.
     pub pre: &'static str,
     /// Control tokens, placed at the end of the vocabulary (as Llama 3 does).
@@ -1024,20 +1104,150 @@ pub struct Shape {
     pub experts: usize,
     pub experts_used: usize,
     pub ffn_exp: usize,
+    /// Gemma 4: layers of two kinds (None: every layer alike).
+    pub kinds: Option<LayerKinds>,
+    /// Llama 3.1-style RoPE scaling, written as `rope_freqs` (None: plain RoPE).
+    pub llama3_rope: Option<Llama3Rope>,
+    /// Rotated width of a head, where only part of it turns (Phi-4-mini: three quarters).
+    pub rope_dim: Option<usize>,
+    /// Phi-3.5/Phi-4-mini "longrope": per-frequency divisors for short and long contexts
+    /// (`rope_factors_short`, `rope_factors_long`) and a magnitude factor on the rotation.
+    pub longrope: Option<LongRope>,
+}
+
+/// Phi's long-context RoPE: the short factors rise from 1 to `short_max` across the
+/// frequencies, the long ones are twice those; `attn_factor` scales cos and sin.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LongRope {
+    pub short_max: f32,
+    pub attn_factor: f32,
+}
+
+/// Llama 3.1's "llama3" RoPE scaling: frequencies whose wavelength exceeds the original context
+/// over `low_freq_factor` are divided by `factor`, those below it over `high_freq_factor` kept,
+/// the band between blended (the converter's `rope_freqs` values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Rope {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_context: usize,
+}
+
+impl Llama3Rope {
+    /// The divisor of each of a head's `pairs` frequencies.
+    pub fn factors(&self, base: f32, pairs: usize) -> Vec<f32> {
+        let ctx = self.original_context as f64;
+        let (lo, hi) = (self.low_freq_factor as f64, self.high_freq_factor as f64);
+        (0..pairs)
+            .map(|i| {
+                let freq = 1.0 / (base as f64).powf(2.0 * i as f64 / (2 * pairs) as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < ctx / hi {
+                    1.0
+                } else if wavelen > ctx / lo {
+                    self.factor
+                } else {
+                    let smooth = (ctx / wavelen - lo) / (hi - lo);
+                    (1.0 / ((1.0 - smooth) / self.factor as f64 + smooth)) as f32
+                }
+            })
+            .collect()
+    }
+}
+
+/// Gemma 4's two kinds of layer and what differs between them. Full layers have the shape's
+/// head width and KV heads; sliding-window layers these.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerKinds {
+    /// Every `full_every`-th layer (1-based) attends to every position, the others through the
+    /// sliding window.
+    pub full_every: usize,
+    pub swa_head_dim: usize,
+    pub swa_kv_heads: usize,
+    /// Layers at the end that read the KV cache of the last cache-owning layer of their kind;
+    /// they have no K/V projections.
+    pub shared_kv: usize,
+    /// Shared-KV layers' FFN is this many times wider (Gemma 4's double-wide MLP).
+    pub shared_ffn_mult: usize,
+    /// Full layers have no `attn_v`: their values are their keys (Gemma 4's attention_k_eq_v).
+    pub full_k_is_v: bool,
+    /// Width of each layer's per-layer token embedding (0: none).
+    pub per_layer: usize,
+    /// Head pairs a full layer rotates, over all its pairs; `rope_freqs` gives the rest a
+    /// factor of 1e30 (Gemma 4's proportional RoPE).
+    pub full_rope_fraction: f32,
 }
 
 impl Shape {
-    fn dim(&self, d: Dim) -> usize {
+    /// Dimension `d` of a tensor of `layer`.
+    fn dim(&self, d: Dim, layer: usize) -> usize {
+        let k = self.kinds;
         match d {
             Dim::Hidden => self.hidden,
-            Dim::QueryWidth => self.heads * self.head_dim,
-            Dim::KvWidth => self.kv_heads * self.head_dim,
-            Dim::Head => self.head_dim,
-            Dim::Ffn => self.ffn,
+            Dim::QueryWidth => self.heads * self.head_dim_at(layer),
+            Dim::KvWidth => self.kv_heads_at(layer) * self.head_dim_at(layer),
+            Dim::Head => self.head_dim_at(layer),
+            Dim::Ffn => self.ffn_at(layer),
             Dim::Vocab => self.vocab,
             Dim::Experts => self.experts,
             Dim::FfnExp => self.ffn_exp,
             Dim::Heads => self.heads,
+            Dim::PerLayer => k.map_or(0, |k| k.per_layer),
+            Dim::PerLayerAll => k.map_or(0, |k| k.per_layer) * self.layers,
+            Dim::RopePairs => self.rope_dim.unwrap_or(self.head_dim) / 2,
+            Dim::QkvWidth => (self.heads + 2 * self.kv_heads) * self.head_dim,
+            Dim::FfnPair => 2 * self.ffn,
+            Dim::One => 1,
+        }
+    }
+
+    pub fn is_swa(&self, layer: usize) -> bool {
+        self.kinds
+            .is_some_and(|k| !(layer + 1).is_multiple_of(k.full_every))
+    }
+
+    pub fn head_dim_at(&self, layer: usize) -> usize {
+        match self.kinds {
+            Some(k) if self.is_swa(layer) => k.swa_head_dim,
+            _ => self.head_dim,
+        }
+    }
+
+    pub fn kv_heads_at(&self, layer: usize) -> usize {
+        match self.kinds {
+            Some(k) if self.is_swa(layer) => k.swa_kv_heads,
+            _ => self.kv_heads,
+        }
+    }
+
+    /// Layers that own a KV cache: all but Gemma 4's shared-KV ones at the end.
+    pub fn kv_layers(&self) -> usize {
+        self.layers - self.kinds.map_or(0, |k| k.shared_kv)
+    }
+
+    pub fn ffn_at(&self, layer: usize) -> usize {
+        match self.kinds {
+            Some(k) if layer >= self.kv_layers() => self.ffn * k.shared_ffn_mult,
+            _ => self.ffn,
+        }
+    }
+
+    fn has(&self, when: When, layer: usize) -> bool {
+        let k = self.kinds;
+        match when {
+            When::Always => true,
+            When::OwnsKv => layer < self.kv_layers(),
+            When::OwnsValue => {
+                // Full layers of a file with `full_k_is_v` take their keys as values.
+                let keys_are_values = k.is_some_and(|k| k.full_k_is_v) && !self.is_swa(layer);
+                layer < self.kv_layers() && !keys_are_values
+            }
+            When::PerLayer => k.is_some_and(|k| k.per_layer > 0),
+            When::RopeScaled => self.llama3_rope.is_some(),
+            When::LongRope => self.longrope.is_some(),
+            When::Dense => self.experts == 0,
+            When::Moe => self.experts > 0,
         }
     }
 
@@ -1056,6 +1266,22 @@ impl Shape {
             Field::Experts => Meta::U32(self.experts as u32),
             Field::ExpertsUsed => Meta::U32(self.experts_used as u32),
             Field::FfnExp => Meta::U32(self.ffn_exp as u32),
+            Field::RopeDim => Meta::U32(self.rope_dim.unwrap_or(self.head_dim) as u32),
+            Field::FfnByLayer => Meta::i32s((0..self.layers).map(|i| self.ffn_at(i) as i32)),
+            Field::KvHeadsByLayer => {
+                Meta::i32s((0..self.layers).map(|i| self.kv_heads_at(i) as i32))
+            }
+            Field::SwaPattern => Meta::Array(
+                GGUF_BOOL,
+                (0..self.layers)
+                    .map(|i| Meta::Bool(self.is_swa(i)))
+                    .collect(),
+            ),
+            Field::HeadDimSwa => {
+                Meta::U32(self.kinds.map_or(self.head_dim, |k| k.swa_head_dim) as u32)
+            }
+            Field::SharedKv => Meta::U32(self.kinds.map_or(0, |k| k.shared_kv) as u32),
+            Field::PerLayerWidth => Meta::U32(self.kinds.map_or(0, |k| k.per_layer) as u32),
         }
     }
 
@@ -1103,13 +1329,50 @@ impl Shape {
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
             return Err(format!("--rope-base {} must be positive", self.rope_base));
         }
+        if let Some(k) = self.kinds {
+            if k.full_every < 2 || k.swa_kv_heads == 0 || !self.heads.is_multiple_of(k.swa_kv_heads)
+            {
+                return Err("layer kinds: a full layer every 2+ and whole KV head groups".into());
+            }
+            if !k.swa_head_dim.is_multiple_of(2) {
+                return Err(format!(
+                    "sliding head width {} must be even",
+                    k.swa_head_dim
+                ));
+            }
+            let kv = self.kv_layers();
+            if k.shared_kv >= self.layers || (k.shared_kv > 0 && kv < 2) {
+                return Err(format!(
+                    "{} shared-KV layers of {}: at least two must own a cache",
+                    k.shared_kv, self.layers
+                ));
+            }
+            // llama.cpp: a shared layer reads the last owning layer if full, the one before
+            // it if sliding.
+            for i in kv..self.layers {
+                let src = kv - if self.is_swa(i) { 2 } else { 1 };
+                if self.is_swa(src) != self.is_swa(i) {
+                    return Err(format!(
+                        "shared-KV layer {i} would read layer {src}, of the other kind"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
 
 use Dim::*;
 
-const LLAMA_HEAD: &[TensorTemplate] = &[t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd)];
+const LLAMA_HEAD: &[TensorTemplate] = &[
+    t_when(
+        "rope_freqs.weight",
+        &[RopePairs],
+        Role::RopeFreqs,
+        When::RopeScaled,
+    ),
+    t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd),
+];
 const LLAMA_LAYER: &[TensorTemplate] = &[
     t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
     t(
@@ -1133,20 +1396,48 @@ const LLAMA_LAYER: &[TensorTemplate] = &[
         Role::Proj(Cat::AttnOut),
     ),
     t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
-    t(
+    t_when(
         "blk.{i}.ffn_gate.weight",
         &[Hidden, Ffn],
         Role::Proj(Cat::FfnGate),
+        When::Dense,
     ),
-    t(
+    t_when(
         "blk.{i}.ffn_up.weight",
         &[Hidden, Ffn],
         Role::Proj(Cat::FfnUp),
+        When::Dense,
     ),
-    t(
+    t_when(
         "blk.{i}.ffn_down.weight",
         &[Ffn, Hidden],
         Role::Proj(Cat::FfnDown),
+        When::Dense,
+    ),
+    // Mixtral-style experts.
+    t_when(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
     ),
 ];
 const LLAMA_TAIL: &[TensorTemplate] = &[
@@ -1172,6 +1463,7 @@ const LLAMA_META: &[(&str, Field)] = &[
 const LLAMA3_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 const LLAMA3_TOK: TokStyle = TokStyle {
+    model: "gpt2",
     pre: "llama-bpe",
     specials: &[
         "<|begin_of_text|>",
@@ -1189,24 +1481,54 @@ const LLAMA3_TOK: TokStyle = TokStyle {
 
 /// Llama 3 shapes. Context is Llama 3's 8192: the 3.1/3.2 files' 128k context needs
 /// `rope_freqs` scaling, which the generator does not write.
+const LLAMA_TINY: Shape = Shape {
+    hidden: 256,
+    layers: 2,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 64,
+    ffn: 512,
+    vocab: 1024,
+    context: 2048,
+    rope_base: 500_000.0,
+    rms_eps: 1e-5,
+    tied: false,
+    experts: 0,
+    experts_used: 0,
+    ffn_exp: 0,
+    kinds: None,
+    llama3_rope: None,
+    rope_dim: None,
+    longrope: None,
+};
+
+/// Llama 3.1's RoPE scaling at a tiny original context (64), so that the scaled frequencies
+/// turn by whole radians within a short prompt and a decoder that ignored `rope_freqs` shows.
+const TINY_LLAMA31_ROPE: Llama3Rope = Llama3Rope {
+    factor: 8.0,
+    low_freq_factor: 1.0,
+    high_freq_factor: 4.0,
+    original_context: 64,
+};
+
 const LLAMA_PRESETS: &[(&str, Shape)] = &[
+    ("tiny", LLAMA_TINY),
     (
-        "tiny",
+        "tiny-rope-freqs",
         Shape {
-            hidden: 256,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 64,
-            ffn: 512,
-            vocab: 1024,
-            context: 2048,
-            rope_base: 500_000.0,
-            rms_eps: 1e-5,
-            tied: false,
-            experts: 0,
-            experts_used: 0,
-            ffn_exp: 0,
+            llama3_rope: Some(TINY_LLAMA31_ROPE),
+            ..LLAMA_TINY
+        },
+    ),
+    (
+        "tiny-moe",
+        Shape {
+            // llama.cpp sizes a llama file's experts by `feed_forward_length`.
+            ffn: 256,
+            experts: 8,
+            experts_used: 2,
+            ffn_exp: 256,
+            ..LLAMA_TINY
         },
     ),
     (
@@ -1226,6 +1548,10 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            kinds: None,
+            llama3_rope: None,
+            rope_dim: None,
+            longrope: None,
         },
     ),
     (
@@ -1245,6 +1571,10 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            kinds: None,
+            llama3_rope: None,
+            rope_dim: None,
+            longrope: None,
         },
     ),
 ];
@@ -1278,6 +1608,10 @@ const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
         experts,
         experts_used,
         ffn_exp: 256,
+        kinds: None,
+        llama3_rope: None,
+        rope_dim: None,
+        longrope: None,
     }
 }
 
@@ -1530,6 +1864,10 @@ pub const QWEN3MOE: Family = Family {
                 experts: 128,
                 experts_used: 8,
                 ffn_exp: 256,
+                kinds: None,
+                llama3_rope: None,
+                rope_dim: None,
+                longrope: None,
             },
         ),
     ],
@@ -1668,6 +2006,7 @@ const GPT_OSS_LAYER: &[TensorTemplate] = &[
 
 /// gpt-oss's harmony control tokens (o200k_harmony's names).
 const GPT_OSS_TOK: TokStyle = TokStyle {
+    model: "gpt2",
     pre: "llama-bpe",
     specials: &[
         "<|startoftext|>",
@@ -1748,6 +2087,304 @@ pub const GPT_OSS: Family = Family {
                 experts: 32,
                 experts_used: 4,
                 ffn_exp: 1024,
+                kinds: None,
+                llama3_rope: None,
+                rope_dim: None,
+                longrope: None,
+            },
+        ),
+    ],
+};
+
+const GEMMA4_HEAD: &[TensorTemplate] = &[
+    t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd),
+    t("rope_freqs.weight", &[RopePairs], Role::RopeFreqs),
+    t_when(
+        "per_layer_token_embd.weight",
+        &[PerLayerAll, Vocab],
+        Role::PerLayerEmbd,
+        When::PerLayer,
+    ),
+    t_when(
+        "per_layer_model_proj.weight",
+        &[Hidden, PerLayerAll],
+        Role::PlainProj,
+        When::PerLayer,
+    ),
+    t_when(
+        "per_layer_proj_norm.weight",
+        &[PerLayer],
+        Role::Norm,
+        When::PerLayer,
+    ),
+];
+
+const GEMMA4_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    t_when(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+        When::OwnsKv,
+    ),
+    t_when(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+        When::OwnsValue,
+    ),
+    NORM_Q,
+    t_when(
+        "blk.{i}.attn_k_norm.weight",
+        &[Head],
+        Role::Norm,
+        When::OwnsKv,
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t(
+        "blk.{i}.post_attention_norm.weight",
+        &[Hidden],
+        Role::PostNorm,
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+    ),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+    t("blk.{i}.post_ffw_norm.weight", &[Hidden], Role::PostNorm),
+    t_when(
+        "blk.{i}.inp_gate.weight",
+        &[Hidden, PerLayer],
+        Role::Proj(Cat::PerLayerGate),
+        When::PerLayer,
+    ),
+    t_when(
+        "blk.{i}.proj.weight",
+        &[PerLayer, Hidden],
+        Role::Proj(Cat::PerLayerProj),
+        When::PerLayer,
+    ),
+    t_when(
+        "blk.{i}.post_norm.weight",
+        &[Hidden],
+        Role::PostNorm,
+        When::PerLayer,
+    ),
+    t(
+        "blk.{i}.layer_output_scale.weight",
+        &[One],
+        Role::LayerScale,
+    ),
+];
+
+/// Gemma 4's turn markers (the template its GGUFs carry adds tools, thinking and media).
+const GEMMA4_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<|turn>' + role + '\n' + message['content'] | trim + '<turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|turn>model\n' }}{% endif %}";
+
+/// Gemma 4 (E2B/E4B-style): sliding-window and full layers with their own head widths and KV
+/// heads, full layers with proportional RoPE (`rope_freqs`) and values equal to their keys,
+/// the last layers reading earlier layers' KV caches with double-wide FFNs, per-layer token
+/// embeddings, q/k/v norms, post-norms, per-layer output scales and soft-capped logits. The tiny
+/// preset has every one of these so each shows in the golden.
+pub const GEMMA4: Family = Family {
+    arch: "gemma4",
+    head: GEMMA4_HEAD,
+    layer: GEMMA4_LAYER,
+    tail: &[t("output_norm.weight", &[Hidden], Role::OutputNorm)],
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::FfnByLayer),
+        ("rope.dimension_count", Field::HeadDim),
+        ("rope.dimension_count_swa", Field::HeadDimSwa),
+        ("attention.key_length_swa", Field::HeadDimSwa),
+        ("attention.value_length_swa", Field::HeadDimSwa),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeadsByLayer),
+        ("attention.sliding_window_pattern", Field::SwaPattern),
+        ("attention.shared_kv_layers", Field::SharedKv),
+        ("embedding_length_per_layer_input", Field::PerLayerWidth),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: &[
+        ("rope.freq_base_swa", Const::F32(10_000.0)),
+        ("attention.sliding_window", Const::U32(8)),
+        ("final_logit_softcapping", Const::F32(15.0)),
+    ],
+    embeddings_scaled: true,
+    tok: TokStyle {
+        model: "gemma4",
+        pre: "gemma4",
+        specials: &["<bos>", "<eos>", "<|turn>", "<turn|>"],
+        bos: "<bos>",
+        eos: "<turn|>",
+        add_bos: true,
+        chat_template: GEMMA4_TEMPLATE,
+    },
+    presets: &[(
+        "tiny",
+        Shape {
+            hidden: 256,
+            layers: 6,
+            heads: 4,
+            kv_heads: 1,
+            head_dim: 128,
+            ffn: 512,
+            vocab: 1024,
+            context: 2048,
+            rope_base: 1_000_000.0,
+            rms_eps: 1e-6,
+            tied: true,
+            experts: 0,
+            experts_used: 0,
+            ffn_exp: 0,
+            kinds: Some(LayerKinds {
+                full_every: 3,
+                swa_head_dim: 64,
+                swa_kv_heads: 2,
+                shared_kv: 3,
+                shared_ffn_mult: 2,
+                full_k_is_v: true,
+                per_layer: 128,
+                full_rope_fraction: 0.25,
+            }),
+            llama3_rope: None,
+            rope_dim: None,
+            longrope: None,
+        },
+    )],
+};
+
+const PHI3_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.attn_qkv.weight",
+        &[Hidden, QkvWidth],
+        Role::Proj(Cat::AttnQkv),
+    ),
+    t(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, FfnPair],
+        Role::Proj(Cat::FfnUp),
+    ),
+    t(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+    ),
+];
+
+/// Phi-4's chat format.
+const PHI4_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}";
+
+/// Phi-4 (the phi3 layout): fused query/key/value and gate/up projections, a separate LM
+/// head, no sliding window (`attention.sliding_window` 0 marks Phi-4 among phi3 files) and no
+/// long-context RoPE factors.
+const PHI3_HEAD: &[TensorTemplate] = &[
+    t("token_embd.weight", &[Hidden, Vocab], Role::TokenEmbd),
+    t_when(
+        "rope_factors_long.weight",
+        &[RopePairs],
+        Role::RopeFactors(true),
+        When::LongRope,
+    ),
+    t_when(
+        "rope_factors_short.weight",
+        &[RopePairs],
+        Role::RopeFactors(false),
+        When::LongRope,
+    ),
+];
+
+pub const PHI3: Family = Family {
+    arch: "phi3",
+    head: PHI3_HEAD,
+    layer: PHI3_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::Ffn),
+        ("rope.dimension_count", Field::RopeDim),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeads),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: &[
+        ("attention.sliding_window", Const::U32(0)),
+        ("rope.scaling.original_context_length", Const::U32(16_384)),
+    ],
+    embeddings_scaled: false,
+    tok: TokStyle {
+        model: "gpt2",
+        pre: "llama-bpe",
+        // llama.cpp marks `<unk>`, `<s>` and `</s>` in every file whose name says phi3, so
+        // the vocabulary has them (Phi-3's do).
+        specials: &[
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_sep|>",
+            "<|im_end|>",
+        ],
+        bos: "<|endoftext|>",
+        eos: "<|im_end|>",
+        add_bos: false,
+        chat_template: PHI4_TEMPLATE,
+    },
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                rope_base: 250_000.0,
+                ..tiny_shape(false, 0, 0)
+            },
+        ),
+        // Phi-4-mini: tied embeddings, three quarters of each head rotated, longrope factors
+        // (the context is below the original 16,384, so the short ones apply).
+        (
+            "tiny-mini",
+            Shape {
+                tied: true,
+                rope_dim: Some(48),
+                longrope: Some(LongRope {
+                    short_max: 4.0,
+                    attn_factor: 1.19,
+                }),
+                ..tiny_shape(true, 0, 0)
             },
         ),
     ],
@@ -1762,6 +2399,8 @@ pub const FAMILIES: &[&Family] = &[
     &QWEN3MOE,
     &GRANITEMOE,
     &GPT_OSS,
+    &GEMMA4,
+    &PHI3,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -1932,6 +2571,11 @@ impl Mix {
                 Mix::Q4KS if layer < 4 => QType::Q5K,
                 _ => base,
             },
+            Role::Proj(Cat::AttnQkv) => match self {
+                Mix::Q4KM => QType::Q5K,
+                Mix::Q5KM => QType::Q6K,
+                _ => base,
+            },
             Role::Proj(Cat::FfnDown) => match self {
                 Mix::Q4KM | Mix::Q5KM if more_bits(layer, n_layer) => QType::Q6K,
                 Mix::Q4KS if layer < n_layer / 8 => QType::Q5K,
@@ -1983,7 +2627,9 @@ pub struct Vocabulary {
 }
 
 /// A gpt2-style byte-level BPE: the 256 byte tokens, merges for a space before a letter and
-/// for letter pairs, filler words up to `vocab`, then the family's control tokens.
+/// for letter pairs, filler words up to `vocab`, then the family's control tokens. Gemma 4's
+/// style starts with 256 byte-fallback tokens, `▁`, the letters and the digits instead, and
+/// writes `▁` where gpt2 writes `Ġ`.
 ///
 /// Filler words are a space, three or more letters and a digit: any id decodes to readable
 /// text, no merge produces one, and no pre-tokenizer ever yields one as a whole word (they all
@@ -1996,16 +2642,33 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
             "--vocab {vocab} is too small: the synthetic tokenizer needs 256 byte tokens and {n_spec} control tokens"
         ));
     }
-    let mut tokens: Vec<String> = byte_chars()
-        .into_iter()
-        .map(|(_, c)| c.to_string())
-        .collect();
     let letters: Vec<char> = ('a'..='z').collect();
+    // Gemma 4's vocabulary is SentencePiece-like: byte-fallback tokens, then characters.
+    let gemma4 = style.model == "gemma4";
+    let space = if gemma4 { '\u{2581}' } else { 'Ġ' };
+    let mut tokens: Vec<String> = if gemma4 {
+        let mut t: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        t.push(space.to_string());
+        t.extend(letters.iter().map(|c| c.to_string()));
+        t.extend(('0'..='9').map(|c| c.to_string()));
+        t
+    } else {
+        byte_chars()
+            .into_iter()
+            .map(|(_, c)| c.to_string())
+            .collect()
+    };
+    let chars = tokens.len();
+    if vocab < chars + n_spec {
+        return Err(format!(
+            "--vocab {vocab} is too small: the synthetic tokenizer needs {chars} byte and character tokens and {n_spec} control tokens"
+        ));
+    }
     let mut merges: Vec<String> = Vec::new();
-    let room = vocab - 256 - n_spec;
+    let room = vocab - chars - n_spec;
     let candidates = letters
         .iter()
-        .map(|&a| (String::from('Ġ'), a.to_string()))
+        .map(|&a| (String::from(space), a.to_string()))
         .chain(
             letters
                 .iter()
@@ -2020,11 +2683,11 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
     while 26u64.pow(len) * 10 < fillers as u64 {
         len += 1;
     }
-    let space = 26u64.pow(len) * 10;
+    let words = 26u64.pow(len) * 10;
     for i in 0..fillers as u64 {
         // A multiplier coprime with 260 scatters consecutive ids over the words.
-        let mut k = (i * 7919) % space;
-        let mut w = String::from('Ġ');
+        let mut k = (i * 7919) % words;
+        let mut w = String::from(space);
         for _ in 0..len {
             w.push(letters[(k % 26) as usize]);
             k /= 26;
@@ -2043,10 +2706,14 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
                 .expect("listed special")) as u32
     };
     let mut types = vec![1i32; first_special];
+    if gemma4 {
+        // Byte-fallback tokens are of type 6 (BYTE).
+        types[..256].fill(6);
+    }
     types.extend(std::iter::repeat_n(3, n_spec));
     let normal = types.iter().map(|&t| t == 1).collect();
-    let metadata = vec![
-        ("tokenizer.ggml.model".into(), Meta::str("gpt2")),
+    let mut metadata = vec![
+        ("tokenizer.ggml.model".into(), Meta::str(style.model)),
         ("tokenizer.ggml.pre".into(), Meta::str(style.pre)),
         ("tokenizer.ggml.tokens".into(), Meta::strings(tokens)),
         ("tokenizer.ggml.token_type".into(), Meta::i32s(types)),
@@ -2068,6 +2735,9 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
             Meta::str(style.chat_template),
         ),
     ];
+    if gemma4 {
+        metadata.push(("tokenizer.ggml.add_space_prefix".into(), Meta::Bool(false)));
+    }
     Ok(Vocabulary { metadata, normal })
 }
 
@@ -2283,6 +2953,11 @@ impl Plan {
         let shape = spec.shape;
         let fam = spec.family;
         let mut scales = Scales::for_shape(&shape, spec.margin);
+        if fam.layer.iter().any(|t| t.role == Role::PostNorm) {
+            // A post-normed branch writes its norm weight's RMS whatever its matrices do.
+            let writes = 2 + usize::from(shape.has(When::PerLayer, 0));
+            scales.branch = scales.rho * EMBD_STD / ((writes * shape.layers) as f32).sqrt();
+        }
         // Gemma multiplies embeddings by sqrt(hidden) on the way in: the table is written that
         // much smaller so the residual stream has the RMS the margin assumes (else the
         // embedding drowns every layer out), and a tied LM head's norm makes up for it.
@@ -2297,13 +2972,22 @@ impl Plan {
 
         let mut tensors = Vec::new();
         let mut add = |tpl: &TensorTemplate, layer: usize| {
-            if tpl.role == Role::Output && shape.tied {
+            if (tpl.role == Role::Output && shape.tied) || !shape.has(tpl.when, layer) {
                 return;
             }
             let name = tpl.name.replace("{i}", &layer.to_string());
-            let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d)).collect();
+            let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d, layer)).collect();
             let ncols = dims[0];
-            let qtype = if dims.len() == 1 || matches!(tpl.role, Role::Router | Role::Bias) {
+            let float = matches!(
+                tpl.role,
+                Role::Router
+                    | Role::Bias
+                    | Role::PlainProj
+                    | Role::LayerScale
+                    | Role::RopeFreqs
+                    | Role::RopeFactors(_)
+            );
+            let qtype = if dims.len() == 1 || float {
                 QType::F32
             } else if spec.mix == Mix::Mxfp4Moe && dims.len() == 3 {
                 // llama-quantize's MXFP4_MOE: expert stacks in MXFP4, the rest Q8_0.
@@ -2315,12 +2999,21 @@ impl Plan {
             let sigma = match tpl.role {
                 Role::TokenEmbd => embd_std,
                 Role::Output => EMBD_STD,
+                // Scaled by sqrt(width) on the way in, to unit RMS.
+                Role::PerLayerEmbd => 1.0 / (shape.dim(Dim::PerLayer, 0) as f32).sqrt(),
                 Role::Proj(c) if c.writes_residual() => {
                     let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
-                Role::Proj(_) | Role::Router => 1.0 / (ncols as f32).sqrt(),
-                Role::Norm | Role::OutputNorm | Role::Bias | Role::Sink => 0.0,
+                Role::Proj(_) | Role::Router | Role::PlainProj => 1.0 / (ncols as f32).sqrt(),
+                Role::Norm
+                | Role::OutputNorm
+                | Role::Bias
+                | Role::Sink
+                | Role::PostNorm
+                | Role::LayerScale
+                | Role::RopeFreqs
+                | Role::RopeFactors(_) => 0.0,
             };
             let stream = name_hash(&name);
             tensors.push(PlannedTensor {
@@ -2395,6 +3088,21 @@ impl Plan {
             };
             metadata.push((format!("{}.{key}", fam.arch), v));
         }
+        if let Some(r) = shape.longrope {
+            metadata.push((
+                format!("{}.rope.scaling.attn_factor", fam.arch),
+                Meta::F32(r.attn_factor),
+            ));
+        }
+        // Mixtral-style llama files: llama.cpp reads the expert counts for every family.
+        if shape.experts > 0 && !fam.meta.iter().any(|(k, _)| *k == "expert_count") {
+            for (key, field) in [
+                ("expert_count", Field::Experts),
+                ("expert_used_count", Field::ExpertsUsed),
+            ] {
+                metadata.push((format!("{}.{key}", fam.arch), shape.field(field)));
+            }
+        }
         if shape.heads * shape.head_dim != shape.hidden {
             for key in ["attention.key_length", "attention.value_length"] {
                 metadata.push((
@@ -2452,7 +3160,12 @@ impl Plan {
             let row = first + k;
             let mut rng = Rng::new(stream_seed(seed, t.stream, row as u64));
             match t.role {
-                Role::Norm | Role::OutputNorm | Role::Bias | Role::Sink => {
+                Role::Norm
+                | Role::OutputNorm
+                | Role::Bias
+                | Role::Sink
+                | Role::PostNorm
+                | Role::LayerScale => {
                     let (centre, spread) = match t.role {
                         Role::Norm => (1.0, 0.1),
                         // Sinks near the attention scores' own size, so each head gives a
@@ -2461,15 +3174,52 @@ impl Plan {
                         Role::OutputNorm => {
                             (self.scales.output_norm, 0.05 * self.scales.output_norm)
                         }
+                        Role::PostNorm => (self.scales.branch, 0.1 * self.scales.branch),
+                        Role::LayerScale => (0.95, 0.05),
                         _ => (0.0, 0.05),
                     };
                     scratch.clear();
                     scratch.extend((0..t.row_len()).map(|_| centre + spread * rng.sym()));
                     quantize_row(t.qtype, scratch, row_out);
                 }
-                Role::TokenEmbd | Role::Proj(_) | Role::Router => {
-                    random_row(t.qtype, &mut rng, t.sigma, row_out)
+                Role::RopeFactors(long) => {
+                    let top = self.spec.shape.longrope.map_or(1.0, |r| r.short_max);
+                    let n = t.row_len().max(2) - 1;
+                    scratch.clear();
+                    scratch.extend((0..t.row_len()).map(|i| {
+                        let short = 1.0 + (top - 1.0) * i as f32 / n as f32;
+                        if long {
+                            2.0 * short
+                        } else {
+                            short
+                        }
+                    }));
+                    quantize_row(t.qtype, scratch, row_out);
                 }
+                Role::RopeFreqs => {
+                    let shape = &self.spec.shape;
+                    scratch.clear();
+                    match shape.llama3_rope {
+                        Some(r) => scratch.extend(r.factors(shape.rope_base, t.row_len())),
+                        None => {
+                            let frac = shape.kinds.map_or(1.0, |k| k.full_rope_fraction);
+                            let rotated = (t.row_len() as f32 * frac).round() as usize;
+                            scratch.extend((0..t.row_len()).map(|i| {
+                                if i < rotated {
+                                    1.0
+                                } else {
+                                    1e30
+                                }
+                            }));
+                        }
+                    }
+                    quantize_row(t.qtype, scratch, row_out);
+                }
+                Role::TokenEmbd
+                | Role::Proj(_)
+                | Role::Router
+                | Role::PerLayerEmbd
+                | Role::PlainProj => random_row(t.qtype, &mut rng, t.sigma, row_out),
                 Role::Output => self.output_row(t, row, &mut rng, row_out, scratch),
             }
         }
