@@ -569,3 +569,77 @@ fn the_library_counts_a_moe_model_s_total_and_active_parameters() {
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("Experts:       8, 2 per token, "), "{text}");
 }
+
+/// Greedy ids of one request, how many prompt tokens it took from the slot's cache, and its
+/// prompt's length.
+fn greedy_cached(
+    e: &EngineHandle,
+    model: &Path,
+    prompt: Prompt,
+    n: usize,
+) -> (Vec<u32>, usize, usize) {
+    let mut gen = e.generate(GenRequest {
+        model: model.to_path_buf(),
+        prompt,
+        params: GenParams::greedy(n),
+    });
+    let (mut ids, mut started) = (Vec::new(), None);
+    while let Some(ev) = gen.events.blocking_recv() {
+        match ev {
+            GenEvent::Token { id, .. } => ids.push(id),
+            GenEvent::Started {
+                cached_tokens,
+                prompt_tokens,
+                ..
+            } => started = Some((cached_tokens, prompt_tokens)),
+            GenEvent::Done(_) => {
+                let (cached, prompt) = started.expect("Started comes first");
+                return (ids, cached, prompt);
+            }
+            GenEvent::Failed(e) => panic!("{}: {e}", model.display()),
+        }
+    }
+    panic!("the engine stopped");
+}
+
+/// A recurrent state cannot be cut back to any position, so a chat's later requests resume
+/// from a checkpoint kept before a prompt's last token (or from the live state when they
+/// extend it), never from a state holding tokens they do not have. The next turn, an edited
+/// answer and a regenerated one each give exactly the tokens of a fresh engine that reads the
+/// whole conversation.
+#[test]
+fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
+    use influence::engine::ChatMessage;
+    let dir = tempfile::tempdir().unwrap();
+    for fam in ["mamba2", "mamba"] {
+        let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 5).unwrap();
+        let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
+        let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+        let turn1 = vec![ChatMessage::user("the quick brown fox")];
+        let e = engine();
+        let (a1, cached, p1) = greedy_cached(&e, &path, Prompt::Chat(turn1.clone()), 8);
+        assert_eq!(cached, 0, "{fam}");
+        let answer = tok.decode(&a1).unwrap();
+        let mut turn2 = turn1.clone();
+        turn2.push(ChatMessage::assistant(answer));
+        turn2.push(ChatMessage::user("jumps over the lazy dog"));
+        // An edited answer: the conversation leaves the slot's tokens inside the answer.
+        let mut edited = turn1.clone();
+        edited.push(ChatMessage::assistant("something else entirely"));
+        edited.push(ChatMessage::user("jumps over the lazy dog"));
+        let convs = [&turn2, &edited, &turn1];
+        let resumed: Vec<_> = convs
+            .iter()
+            .map(|c| greedy_cached(&e, &path, Prompt::Chat(c.to_vec()), 8))
+            .collect();
+        assert!(resumed[0].1 >= p1 - 1, "{fam}: turn 2 re-read turn 1: {resumed:?}");
+        assert_eq!(resumed[1].1, p1 - 1, "{fam}: the edited turn");
+        assert_eq!(resumed[2].1, p1 - 1, "{fam}: the regenerated turn");
+        assert_eq!(resumed[2].0, a1, "{fam}: regenerating turn 1");
+        for (k, conv) in convs.iter().enumerate() {
+            let (fresh, cached, _) = greedy_cached(&engine(), &path, Prompt::Chat(conv.to_vec()), 8);
+            assert_eq!(cached, 0);
+            assert_eq!(resumed[k].0, fresh, "{fam}: conversation {k}");
+        }
+    }
+}

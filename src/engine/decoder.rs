@@ -21,6 +21,8 @@ use super::ops;
 use super::q8::{self, Q8Matrix};
 use super::EngineError;
 
+mod ssm;
+
 /// Shape and numerics of a decoder, read from GGUF metadata.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
@@ -58,16 +60,26 @@ pub struct DecoderConfig {
     pub no_rope_step: Option<usize>,
     /// Mixture of experts: experts each token uses (`expert_used_count`).
     pub experts_used: usize,
+    /// State-space (Mamba) layers in place of attention.
+    pub ssm: Option<ssm::SsmConfig>,
 }
 
 impl DecoderConfig {
     pub fn from_meta(meta: &Meta, arch: &str) -> Result<Self, EngineError> {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = meta.usize(&k("embedding_length"))?;
-        let n_head = meta.usize(&k("attention.head_count"))?;
-        let n_kv_head = meta
-            .opt_usize(&k("attention.head_count_kv"))
-            .unwrap_or(n_head);
+        let ssm = ssm::SsmConfig::from_meta(meta, arch)?;
+        // Mamba files have no attention (their converters write 0 heads).
+        let n_head = match ssm {
+            Some(_) => 1,
+            None => meta.usize(&k("attention.head_count"))?,
+        };
+        let n_kv_head = match ssm {
+            Some(_) => 1,
+            None => meta
+                .opt_usize(&k("attention.head_count_kv"))
+                .unwrap_or(n_head),
+        };
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
             return Err(EngineError::Corrupt {
                 path: meta.path.to_path_buf(),
@@ -77,10 +89,13 @@ impl DecoderConfig {
         let head_dim = meta
             .opt_usize(&k("attention.key_length"))
             .unwrap_or(hidden / n_head);
-        let rope_dim = meta
-            .opt_usize(&k("rope.dimension_count"))
-            .unwrap_or(head_dim)
-            .min(head_dim);
+        let rope_dim = match ssm {
+            Some(_) => 0,
+            None => meta
+                .opt_usize(&k("rope.dimension_count"))
+                .unwrap_or(head_dim)
+                .min(head_dim),
+        };
         let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3");
         let granite = matches!(arch, "granite" | "granitemoe");
@@ -164,6 +179,7 @@ impl DecoderConfig {
             },
             no_rope_step: (arch == "smollm3").then_some(4),
             experts_used: meta.opt_usize(&k("expert_used_count")).unwrap_or(0),
+            ssm,
         })
     }
 }
@@ -263,6 +279,8 @@ pub struct Decoder {
     local_rope: Option<(Tensor, Tensor)>,
     /// KV slots: one cache per layer for each sequence the engine holds.
     slots: Vec<Vec<KvCache>>,
+    /// Mamba layers and their per-slot state, in place of `layers`.
+    ssm: Option<ssm::SsmStack>,
     /// Where the weights, KV cache, RoPE tables and activations live.
     device: Device,
 }
@@ -727,8 +745,18 @@ impl Decoder {
             _ => None,
         };
 
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
+        let ssm = match cfg.ssm {
+            Some(sc) => Some(ssm::SsmStack::new(
+                sc,
+                (0..cfg.n_layer)
+                    .map(|i| ssm::load_layer(&mut l, &sc, i))
+                    .collect::<Result<_, _>>()?,
+            )),
+            None => None,
+        };
+        let attention_layers = if ssm.is_some() { 0 } else { cfg.n_layer };
+        let mut layers = Vec::with_capacity(attention_layers);
+        for i in 0..attention_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let qkv = if l.has(&p("attn_qkv.weight")) {
                 Qkv::Fused(l.matmul(&p("attn_qkv.weight"))?)
@@ -815,6 +843,7 @@ impl Decoder {
             sin,
             local_rope,
             slots: Vec::new(),
+            ssm,
             device,
         })
     }
@@ -840,23 +869,36 @@ impl Decoder {
 
     /// Positions held in KV slot `slot` (0 for a slot never used).
     pub fn slot_len(&self, slot: usize) -> usize {
+        if let Some(r) = &self.ssm {
+            return r.state.len(slot);
+        }
         self.slots
             .get(slot)
             .and_then(|s| s.first())
             .map_or(0, |c| c.len())
     }
 
-    /// Drops slot `slot`'s positions from `n` on; its memory is kept for reuse.
-    pub fn truncate_slot(&mut self, slot: usize, n: usize) {
+    /// Drops slot `slot`'s positions from `n` on (its memory is kept for reuse) and returns
+    /// the positions it still holds. A recurrent state cannot be cut at any position: it goes
+    /// back to its latest checkpoint at or before `n`, or to nothing, and the caller feeds the
+    /// rest again.
+    pub fn truncate_slot(&mut self, slot: usize, n: usize) -> usize {
+        if let Some(r) = &mut self.ssm {
+            return r.state.truncate(slot, n);
+        }
         if let Some(s) = self.slots.get_mut(slot) {
             for c in s {
                 c.truncate(n);
             }
         }
+        self.slot_len(slot)
     }
 
     /// Empties slot `slot` and frees its memory.
     pub fn release_slot(&mut self, slot: usize) {
+        if let Some(r) = &mut self.ssm {
+            r.state.release(slot);
+        }
         if let Some(s) = self.slots.get_mut(slot) {
             for c in s {
                 c.release();
@@ -894,7 +936,8 @@ impl Decoder {
     /// batch would not use (see [`linear`]).
     pub fn packs_prompts(&self) -> bool {
         // candle's GPU kernels change with the row count; keep prompt chunks alone there.
-        if !self.device.is_cpu() {
+        // Mamba's lone chunks take the dense path through its projections.
+        if !self.device.is_cpu() || self.ssm.is_some() {
             return false;
         }
         // A lone chunk would take the dense GEMM, or candle's multi-row Q6_K kernel where a
@@ -932,9 +975,20 @@ impl Decoder {
         !dense(&self.lm_head) && !self.layers.iter().any(layer_dense)
     }
 
-    /// Bytes of K and V one position takes in one slot (f32, every layer).
+    /// Bytes of K and V one position takes in one slot (f32, every attention layer).
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.cfg.n_layer * 2 * self.cfg.n_kv_head * self.cfg.head_dim * 4
+        self.layers.len() * 2 * self.cfg.n_kv_head * self.cfg.head_dim * 4
+    }
+
+    /// Bytes of one sequence's recurrent state (0 without recurrent layers); each checkpoint
+    /// takes as much again.
+    pub fn state_bytes_per_slot(&self) -> usize {
+        self.ssm.as_ref().map_or(0, |r| r.state.state_bytes())
+    }
+
+    /// Bytes of recurrent state held across every slot, checkpoints included.
+    pub fn state_allocated(&self) -> usize {
+        self.ssm.as_ref().map_or(0, |r| r.state.allocated_bytes())
     }
 
     fn slot_caches(&mut self, slot: usize) -> &mut Vec<KvCache> {
@@ -1005,6 +1059,20 @@ impl Decoder {
             parts.push(self.seq_part(s.slot, offset, t, pos)?);
             offset += t;
             self.slot_caches(s.slot);
+        }
+        if let Some(r) = &mut self.ssm {
+            let rs: Vec<ssm::SsmSeq> = parts
+                .iter()
+                .zip(seqs)
+                .map(|(p, s)| ssm::SsmSeq {
+                    slot: p.slot,
+                    offset: p.offset,
+                    t: p.t,
+                    // A prompt's last chunk: the turn boundary.
+                    checkpoint: s.logits && p.t > 1,
+                })
+                .collect();
+            x = r.forward(x, &rs, self.cfg.rms_eps as f32, dense_ok)?;
         }
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
@@ -1092,7 +1160,7 @@ impl Decoder {
     ) -> candle_core::Result<SeqPart> {
         let kv = pos + t;
         let dev = &self.device;
-        let mask = (t > 1)
+        let mask = (t > 1 && !self.layers.is_empty())
             .then(|| causal_mask(t, pos, None, dev))
             .transpose()?;
         let local_mask = match self.cfg.sliding_window {

@@ -25,6 +25,8 @@ pub const SUPPORTED_ARCHS: &[&str] = &[
     "granitemoe",
     "olmo2",
     "smollm3",
+    "mamba",
+    "mamba2",
 ];
 
 /// An opened GGUF file whose header has been validated.

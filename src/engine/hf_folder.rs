@@ -94,6 +94,7 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         final_softcap: None,
         no_rope_step: None,
         experts_used: 0,
+        ssm: None,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))

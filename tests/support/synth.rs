@@ -824,6 +824,22 @@ pub enum Dim {
     Experts,
     /// Each expert's FFN inner size.
     FfnExp,
+    /// State-space layers: the inner width, the convolution width, the state size, the heads
+    /// (Mamba-2) or Δ rank (Mamba), the groups, and each group's share of the inner width.
+    SsmInner,
+    SsmConv,
+    SsmState,
+    SsmRank,
+    SsmGroups,
+    SsmGroupWidth,
+    /// Mamba's `x, z` projection (2 × inner) and its `Δ, B, C` projection (rank + 2 × state).
+    Mamba1InProj,
+    Mamba1Xdb,
+    /// Mamba-2's convolution channels (x, B, C) and its input projection (z, x, B, C, Δ).
+    Mamba2ConvDim,
+    Mamba2InProj,
+    /// A dimension of one (Mamba-2's per-head A and D are stored as 1 × heads).
+    One,
 }
 
 /// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
@@ -837,13 +853,18 @@ pub enum Cat {
     FfnGate,
     FfnUp,
     FfnDown,
+    /// State-space projections: input, output, Mamba's `x → Δ, B, C` and `Δ` up-projection.
+    SsmIn,
+    SsmOut,
+    SsmX,
+    SsmDt,
 }
 
 impl Cat {
     /// Whether the matrix writes into the residual stream (its output scale sets how much the
     /// layers move the hidden state; see [`Scales`]).
     fn writes_residual(self) -> bool {
-        matches!(self, Cat::AttnOut | Cat::FfnDown)
+        matches!(self, Cat::AttnOut | Cat::FfnDown | Cat::SsmOut)
     }
 }
 
@@ -860,6 +881,25 @@ pub enum Role {
     /// A mixture-of-experts router (`ffn_gate_inp`), kept in F32 as llama-quantize does.
     Router,
     Proj(Cat),
+    /// A state-space layer's small parameter, kept in F32 (llama-quantize leaves `ssm_conv1d`
+    /// and the 1-D ones unquantized).
+    Ssm(SsmPart),
+}
+
+/// The values a state-space parameter is drawn from (as the Mamba initialisers draw them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsmPart {
+    /// Convolution taps: unit-RMS output for a unit-RMS input.
+    Conv,
+    ConvBias,
+    /// Mamba-2's decay per head, `-U(1, 16)`.
+    A2,
+    /// Mamba's decay per state element, `-(n + 1)`.
+    A1,
+    /// The skip, near 1.
+    D,
+    /// The Δ bias: softplus⁻¹ of a Δ log-uniform in [0.001, 0.1].
+    DtBias,
 }
 
 /// One tensor of a family; `{i}` in the name is the layer index.
@@ -891,6 +931,11 @@ pub enum Field {
     Experts,
     ExpertsUsed,
     FfnExp,
+    SsmConv,
+    SsmInner,
+    SsmState,
+    SsmRank,
+    SsmGroups,
 }
 
 /// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
@@ -961,7 +1006,29 @@ pub struct Shape {
     pub experts: usize,
     pub experts_used: usize,
     pub ffn_exp: usize,
+    /// State-space layers (Mamba families; zero elsewhere).
+    pub ssm: Ssm,
 }
+
+/// The shape of a Mamba layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ssm {
+    pub inner: usize,
+    pub state: usize,
+    pub conv: usize,
+    /// Mamba-2: heads (`time_step_rank`); Mamba: the rank of Δ.
+    pub rank: usize,
+    pub groups: usize,
+}
+
+/// No state-space layers.
+pub const NO_SSM: Ssm = Ssm {
+    inner: 0,
+    state: 0,
+    conv: 0,
+    rank: 0,
+    groups: 0,
+};
 
 impl Shape {
     fn dim(&self, d: Dim) -> usize {
@@ -974,6 +1041,19 @@ impl Shape {
             Dim::Vocab => self.vocab,
             Dim::Experts => self.experts,
             Dim::FfnExp => self.ffn_exp,
+            Dim::SsmInner => self.ssm.inner,
+            Dim::SsmConv => self.ssm.conv,
+            Dim::SsmState => self.ssm.state,
+            Dim::SsmRank => self.ssm.rank,
+            Dim::SsmGroups => self.ssm.groups,
+            Dim::SsmGroupWidth => self.ssm.inner / self.ssm.groups.max(1),
+            Dim::Mamba1InProj => 2 * self.ssm.inner,
+            Dim::Mamba1Xdb => self.ssm.rank + 2 * self.ssm.state,
+            Dim::Mamba2ConvDim => self.ssm.inner + 2 * self.ssm.groups * self.ssm.state,
+            Dim::Mamba2InProj => {
+                2 * self.ssm.inner + 2 * self.ssm.groups * self.ssm.state + self.ssm.rank
+            }
+            Dim::One => 1,
         }
     }
 
@@ -992,6 +1072,11 @@ impl Shape {
             Field::Experts => Meta::U32(self.experts as u32),
             Field::ExpertsUsed => Meta::U32(self.experts_used as u32),
             Field::FfnExp => Meta::U32(self.ffn_exp as u32),
+            Field::SsmConv => Meta::U32(self.ssm.conv as u32),
+            Field::SsmInner => Meta::U32(self.ssm.inner as u32),
+            Field::SsmState => Meta::U32(self.ssm.state as u32),
+            Field::SsmRank => Meta::U32(self.ssm.rank as u32),
+            Field::SsmGroups => Meta::U32(self.ssm.groups as u32),
         }
     }
 
@@ -1143,6 +1228,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            ssm: NO_SSM,
         },
     ),
     (
@@ -1162,6 +1248,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            ssm: NO_SSM,
         },
     ),
     (
@@ -1181,6 +1268,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             experts: 0,
             experts_used: 0,
             ffn_exp: 0,
+            ssm: NO_SSM,
         },
     ),
 ];
@@ -1214,6 +1302,7 @@ const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
         experts,
         experts_used,
         ffn_exp: 256,
+        ssm: NO_SSM,
     }
 }
 
@@ -1548,6 +1637,201 @@ pub const GRANITEMOE: Family = Family {
     presets: &[("tiny", tiny_shape(false, 8, 2))],
 };
 
+/// The keys llama.cpp's Mamba loaders read. Their converters write zero attention heads and
+/// FFN width, which the loaders accept.
+const MAMBA_META_COMMON: [(&str, Field); 8] = [
+    ("vocab_size", Field::Vocab),
+    ("context_length", Field::Context),
+    ("embedding_length", Field::Hidden),
+    ("block_count", Field::Layers),
+    ("ssm.conv_kernel", Field::SsmConv),
+    ("ssm.inner_size", Field::SsmInner),
+    ("ssm.state_size", Field::SsmState),
+    ("ssm.time_step_rank", Field::SsmRank),
+];
+const MAMBA_CONSTS: &[(&str, Const)] = &[
+    ("feed_forward_length", Const::U32(0)),
+    ("attention.head_count", Const::U32(0)),
+    ("attention.head_count_kv", Const::U32(0)),
+];
+
+const MAMBA_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ssm_in.weight",
+        &[Hidden, Mamba1InProj],
+        Role::Proj(Cat::SsmIn),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.weight",
+        &[SsmConv, SsmInner],
+        Role::Ssm(SsmPart::Conv),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.bias",
+        &[SsmInner],
+        Role::Ssm(SsmPart::ConvBias),
+    ),
+    t(
+        "blk.{i}.ssm_x.weight",
+        &[SsmInner, Mamba1Xdb],
+        Role::Proj(Cat::SsmX),
+    ),
+    t(
+        "blk.{i}.ssm_dt.weight",
+        &[SsmRank, SsmInner],
+        Role::Proj(Cat::SsmDt),
+    ),
+    t(
+        "blk.{i}.ssm_dt.bias",
+        &[SsmInner],
+        Role::Ssm(SsmPart::DtBias),
+    ),
+    t("blk.{i}.ssm_a", &[SsmState, SsmInner], Role::Ssm(SsmPart::A1)),
+    t("blk.{i}.ssm_d", &[SsmInner], Role::Ssm(SsmPart::D)),
+    t(
+        "blk.{i}.ssm_out.weight",
+        &[SsmInner, Hidden],
+        Role::Proj(Cat::SsmOut),
+    ),
+];
+
+/// Mamba (v1): llama.cpp supports only an inner width of twice the hidden size.
+pub const MAMBA: Family = Family {
+    arch: "mamba",
+    head: LLAMA_HEAD,
+    layer: MAMBA_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        MAMBA_META_COMMON[0],
+        MAMBA_META_COMMON[1],
+        MAMBA_META_COMMON[2],
+        MAMBA_META_COMMON[3],
+        MAMBA_META_COMMON[4],
+        MAMBA_META_COMMON[5],
+        MAMBA_META_COMMON[6],
+        MAMBA_META_COMMON[7],
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: MAMBA_CONSTS,
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[(
+        "tiny",
+        Shape {
+            ssm: Ssm {
+                inner: 512,
+                state: 16,
+                conv: 4,
+                rank: 16,
+                groups: 1,
+            },
+            ..tiny_shape(false, 0, 0)
+        },
+    )],
+};
+
+const MAMBA2_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ssm_in.weight",
+        &[Hidden, Mamba2InProj],
+        Role::Proj(Cat::SsmIn),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.weight",
+        &[SsmConv, Mamba2ConvDim],
+        Role::Ssm(SsmPart::Conv),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.bias",
+        &[Mamba2ConvDim],
+        Role::Ssm(SsmPart::ConvBias),
+    ),
+    t(
+        "blk.{i}.ssm_dt.bias",
+        &[SsmRank],
+        Role::Ssm(SsmPart::DtBias),
+    ),
+    t("blk.{i}.ssm_a", &[One, SsmRank], Role::Ssm(SsmPart::A2)),
+    t("blk.{i}.ssm_d", &[One, SsmRank], Role::Ssm(SsmPart::D)),
+    t(
+        "blk.{i}.ssm_norm.weight",
+        &[SsmGroupWidth, SsmGroups],
+        Role::Norm,
+    ),
+    t(
+        "blk.{i}.ssm_out.weight",
+        &[SsmInner, Hidden],
+        Role::Proj(Cat::SsmOut),
+    ),
+];
+
+/// Mamba-2: scalar decay per head, two groups of B/C (so the grouping shows) and the gated
+/// group norm. `1.3b` is Mamba2-1.3B's shape (tied embeddings, GPT-NeoX's vocabulary size).
+pub const MAMBA2: Family = Family {
+    arch: "mamba2",
+    head: LLAMA_HEAD,
+    layer: MAMBA2_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        MAMBA_META_COMMON[0],
+        MAMBA_META_COMMON[1],
+        MAMBA_META_COMMON[2],
+        MAMBA_META_COMMON[3],
+        MAMBA_META_COMMON[4],
+        MAMBA_META_COMMON[5],
+        MAMBA_META_COMMON[6],
+        MAMBA_META_COMMON[7],
+        ("ssm.group_count", Field::SsmGroups),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: MAMBA_CONSTS,
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                ssm: Ssm {
+                    inner: 512,
+                    state: 64,
+                    conv: 4,
+                    rank: 8,
+                    groups: 2,
+                },
+                ..tiny_shape(false, 0, 0)
+            },
+        ),
+        (
+            "1.3b",
+            Shape {
+                hidden: 2048,
+                layers: 48,
+                heads: 32,
+                kv_heads: 32,
+                head_dim: 64,
+                ffn: 1,
+                vocab: 50288,
+                context: 4096,
+                rope_base: 10_000.0,
+                rms_eps: 1e-5,
+                tied: true,
+                experts: 0,
+                experts_used: 0,
+                ffn_exp: 0,
+                ssm: Ssm {
+                    inner: 4096,
+                    state: 128,
+                    conv: 4,
+                    rank: 64,
+                    groups: 1,
+                },
+            },
+        ),
+    ],
+};
+
 pub const FAMILIES: &[&Family] = &[
     &LLAMA,
     &GRANITE,
@@ -1556,6 +1840,8 @@ pub const FAMILIES: &[&Family] = &[
     &OLMO2,
     &QWEN3MOE,
     &GRANITEMOE,
+    &MAMBA,
+    &MAMBA2,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -2092,7 +2378,9 @@ impl Plan {
             let name = tpl.name.replace("{i}", &layer.to_string());
             let dims: Vec<usize> = tpl.dims.iter().map(|&d| shape.dim(d)).collect();
             let ncols = dims[0];
-            let qtype = if dims.len() == 1 || tpl.role == Role::Router {
+            let qtype = if dims.len() == 1
+                || matches!(tpl.role, Role::Router | Role::Norm | Role::Ssm(_))
+            {
                 QType::F32
             } else {
                 spec.mix
@@ -2106,7 +2394,7 @@ impl Plan {
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
                 Role::Proj(_) | Role::Router => 1.0 / (ncols as f32).sqrt(),
-                Role::Norm | Role::OutputNorm | Role::Bias => 0.0,
+                Role::Norm | Role::OutputNorm | Role::Bias | Role::Ssm(_) => 0.0,
             };
             let stream = name_hash(&name);
             tensors.push(PlannedTensor {
@@ -2253,6 +2541,22 @@ impl Plan {
                     random_row(t.qtype, &mut rng, t.sigma, row_out)
                 }
                 Role::Output => self.output_row(t, row, &mut rng, row_out, scratch),
+                Role::Ssm(part) => {
+                    let n = t.row_len();
+                    scratch.clear();
+                    scratch.extend((0..n).map(|j| match part {
+                        SsmPart::Conv => SQRT3 * rng.sym() / (n as f32).sqrt(),
+                        SsmPart::ConvBias => 0.1 * rng.sym(),
+                        SsmPart::A2 => -(1.0 + 15.0 * rng.unit()),
+                        SsmPart::A1 => -((j + 1) as f32),
+                        SsmPart::D => 1.0 + 0.1 * rng.sym(),
+                        SsmPart::DtBias => {
+                            let dt = (0.001f32.ln() + rng.unit() * (0.1f32 / 0.001).ln()).exp();
+                            dt + (-(-dt).exp_m1()).ln()
+                        }
+                    }));
+                    quantize_row(t.qtype, scratch, row_out);
+                }
             }
         }
     }
