@@ -314,8 +314,8 @@ fn greedy_top2(
 /// generator's token map whatever the layers do, but the runner-up (granitemoe has two steps
 /// where the engines name different runner-ups at the same gap: near ties with the third
 /// token) and the gap come out of
-/// every layer: a wrong scale, norm, soft-cap, window, RoPE skip or expert weight moves them
-/// (this test found the sliding window one position too wide).
+/// every layer: a wrong scale, norm, soft-cap, window, RoPE skip, expert weight, convolution
+/// tap, decay or group moves them (this test found the sliding window one position too wide).
 ///
 /// Recorded with `llama-server -m F.gguf -t 2 -c 512`, then POST `/completion` with
 /// `{"prompt": "the quick brown fox", "n_predict": 16, "temperature": 0, "samplers": ["top_k"],
@@ -362,6 +362,18 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
             &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
             &[70, 75, 922, 116, 337, 634, 952, 266, 266, 437, 386, 537, 354, 659, 634],
             &[9.701, 9.806, 11.88, 7.932, 9.572, 9.25, 10.767, 10.455, 9.771, 7.239, 9.853, 9.79, 11.629, 10.421, 12.16],
+        ),
+        (
+            "mamba",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[435, 997, 940, 146, 995, 361, 442, 558, 207, 576, 133, 308, 262, 493, 821],
+            &[9.932, 9.944, 10.961, 8.55, 8.103, 9.834, 9.652, 7.571, 9.11, 7.991, 8.205, 6.817, 8.039, 10.328, 10.905],
+        ),
+        (
+            "mamba2",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[704, 807, 92, 48, 340, 936, 790, 192, 853, 548, 743, 493, 385, 936, 808],
+            &[9.738, 8.618, 9.08, 7.653, 8.547, 10.482, 9.927, 7.508, 8.766, 7.845, 8.678, 8.558, 10.777, 9.562, 12.398],
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -604,9 +616,9 @@ fn greedy_cached(
 
 /// A recurrent state cannot be cut back to any position, so a chat's later requests resume
 /// from a checkpoint kept before a prompt's last token (or from the live state when they
-/// extend it), never from a state holding tokens they do not have. The next turn, an edited
-/// answer and a regenerated one each give exactly the tokens of a fresh engine that reads the
-/// whole conversation.
+/// extend it), never from a state holding tokens they do not have. A regenerated answer, the
+/// next turn and an edited answer each give exactly the tokens of a fresh engine that reads
+/// the whole conversation.
 #[test]
 fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
     use influence::engine::ChatMessage;
@@ -615,29 +627,42 @@ fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
         let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 5).unwrap();
         let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
         let tok = TextTokenizer::from_gguf_path(&path).unwrap();
-        let turn1 = vec![ChatMessage::user("the quick brown fox")];
+        // A long first turn, so each later request shares more than half of what the slot
+        // holds and the scheduler brings it back to the same slot.
+        let turn1 = vec![ChatMessage::user(
+            "the quick brown fox jumps over the lazy dog while the committee reviews the report",
+        )];
         let e = engine();
         let (a1, cached, p1) = greedy_cached(&e, &path, Prompt::Chat(turn1.clone()), 8);
         assert_eq!(cached, 0, "{fam}");
         let answer = tok.decode(&a1).unwrap();
         let mut turn2 = turn1.clone();
         turn2.push(ChatMessage::assistant(answer));
-        turn2.push(ChatMessage::user("jumps over the lazy dog"));
+        turn2.push(ChatMessage::user("ok"));
         // An edited answer: the conversation leaves the slot's tokens inside the answer.
         let mut edited = turn1.clone();
-        edited.push(ChatMessage::assistant("something else entirely"));
-        edited.push(ChatMessage::user("jumps over the lazy dog"));
-        let convs = [&turn2, &edited, &turn1];
+        edited.push(ChatMessage::assistant("no"));
+        edited.push(ChatMessage::user("ok"));
+        let convs = [&turn1, &turn2, &edited];
         let resumed: Vec<_> = convs
             .iter()
             .map(|c| greedy_cached(&e, &path, Prompt::Chat(c.to_vec()), 8))
             .collect();
-        assert!(resumed[0].1 >= p1 - 1, "{fam}: turn 2 re-read turn 1: {resumed:?}");
-        assert_eq!(resumed[1].1, p1 - 1, "{fam}: the edited turn");
-        assert_eq!(resumed[2].1, p1 - 1, "{fam}: the regenerated turn");
-        assert_eq!(resumed[2].0, a1, "{fam}: regenerating turn 1");
+        let cached: Vec<usize> = resumed.iter().map(|r| r.1).collect();
+        assert_eq!(
+            cached[0],
+            p1 - 1,
+            "{fam}: the regenerated answer: {cached:?}"
+        );
+        assert!(
+            cached[1] >= p1 - 1,
+            "{fam}: turn 2 re-read turn 1: {cached:?}"
+        );
+        assert_eq!(cached[2], p1 - 1, "{fam}: the edited answer: {cached:?}");
+        assert_eq!(resumed[0].0, a1, "{fam}: regenerating turn 1");
         for (k, conv) in convs.iter().enumerate() {
-            let (fresh, cached, _) = greedy_cached(&engine(), &path, Prompt::Chat(conv.to_vec()), 8);
+            let (fresh, cached, _) =
+                greedy_cached(&engine(), &path, Prompt::Chat(conv.to_vec()), 8);
             assert_eq!(cached, 0);
             assert_eq!(resumed[k].0, fresh, "{fam}: conversation {k}");
         }

@@ -138,17 +138,6 @@ impl RecurrentSlots {
         s.checkpoints.push(Checkpoint { len, layers });
     }
 
-    /// Positions slot `slot` may resume from without re-reading: its live length and its
-    /// checkpoints'.
-    pub fn resumable(&self, slot: usize) -> Vec<usize> {
-        let Some(s) = self.slots.get(slot) else {
-            return Vec::new();
-        };
-        let mut v: Vec<usize> = s.checkpoints.iter().map(|c| c.len).collect();
-        v.push(s.len);
-        v
-    }
-
     /// Cuts slot `slot` back to at most `n` tokens and returns how many it really keeps: all
     /// of them when `n` is at least its length, else the latest checkpoint at or before `n`,
     /// else none (the state restarts from zero).
@@ -230,7 +219,6 @@ mod tests {
         // Cut before every checkpoint: from scratch.
         assert_eq!(r.truncate(0, 4), 0);
         assert_eq!(r.layers_mut(0)[0].ssm, [0.0; 3]);
-        assert!(r.resumable(0) == [0]);
         r.release(0);
         assert_eq!(r.allocated_bytes(), 0);
     }
@@ -243,9 +231,11 @@ mod tests {
             let snap = r.layers_mut(0).to_vec();
             r.checkpoint(0, 2 * k, snap);
         }
-        let kept = r.resumable(0);
-        assert_eq!(kept.len(), CHECKPOINTS_PER_SLOT + 1);
-        assert_eq!(kept.last(), Some(&6));
+        assert_eq!(
+            r.allocated_bytes(),
+            (CHECKPOINTS_PER_SLOT + 1) * r.state_bytes()
+        );
+        assert_eq!(r.truncate(0, 5), 4, "the latest two are kept");
         assert_eq!(r.truncate(0, 3), 0, "older checkpoints were dropped");
     }
 }

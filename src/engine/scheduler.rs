@@ -606,9 +606,10 @@ impl Batcher {
         counters.waiting.store(self.waiting.len(), r);
         counters.kv_used.store(self.used(dec), r);
         counters.kv_budget.store(self.budget, r);
-        counters
-            .kv_bytes
-            .store(dec.kv_allocated() * dec.kv_bytes_per_token() + dec.state_allocated(), r);
+        counters.kv_bytes.store(
+            dec.kv_allocated() * dec.kv_bytes_per_token() + dec.state_allocated(),
+            r,
+        );
         counters.parallel.store(self.parallel, r);
     }
 }

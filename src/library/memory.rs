@@ -238,7 +238,10 @@ mod tests {
         assert_eq!(s.state_bytes, 48 * (3 * (4096 + 256) + 4096 * 128) * 4);
         let facts = MemoryFacts::new(1000, Some("Q4_K_M"), Some(s));
         let total = 1000 + 3 * s.state_bytes;
-        assert_eq!(estimate(&facts, ModelKind::Generate, 4096), total + total / 10);
+        assert_eq!(
+            estimate(&facts, ModelKind::Generate, 4096),
+            total + total / 10
+        );
         // Mamba (v1) has no groups; without the state keys there is no shape.
         let v1 = |keys: bool| {
             let mut pairs = vec![
@@ -254,7 +257,10 @@ mod tests {
             }
             ModelShape::from_metadata(&meta(&pairs))
         };
-        assert_eq!(v1(true).unwrap().state_bytes, 24 * (3 * 1536 + 1536 * 16) * 4);
+        assert_eq!(
+            v1(true).unwrap().state_bytes,
+            24 * (3 * 1536 + 1536 * 16) * 4
+        );
         assert!(v1(false).is_none());
     }
 

@@ -856,6 +856,8 @@ pub enum Cat {
     /// State-space projections: input, output, Mamba's `x → Δ, B, C` and `Δ` up-projection.
     SsmIn,
     SsmOut,
+    /// Mamba's output projection: its input is not normed (see [`MAMBA_GATED_RMS`]).
+    SsmOutUnnormed,
     SsmX,
     SsmDt,
 }
@@ -864,7 +866,10 @@ impl Cat {
     /// Whether the matrix writes into the residual stream (its output scale sets how much the
     /// layers move the hidden state; see [`Scales`]).
     fn writes_residual(self) -> bool {
-        matches!(self, Cat::AttnOut | Cat::FfnDown | Cat::SsmOut)
+        matches!(
+            self,
+            Cat::AttnOut | Cat::FfnDown | Cat::SsmOut | Cat::SsmOutUnnormed
+        )
     }
 }
 
@@ -1555,6 +1560,7 @@ pub const QWEN3MOE: Family = Family {
                 experts: 128,
                 experts_used: 8,
                 ffn_exp: 256,
+                ssm: NO_SSM,
             },
         ),
     ],
@@ -1687,12 +1693,16 @@ const MAMBA_LAYER: &[TensorTemplate] = &[
         &[SsmInner],
         Role::Ssm(SsmPart::DtBias),
     ),
-    t("blk.{i}.ssm_a", &[SsmState, SsmInner], Role::Ssm(SsmPart::A1)),
+    t(
+        "blk.{i}.ssm_a",
+        &[SsmState, SsmInner],
+        Role::Ssm(SsmPart::A1),
+    ),
     t("blk.{i}.ssm_d", &[SsmInner], Role::Ssm(SsmPart::D)),
     t(
         "blk.{i}.ssm_out.weight",
         &[SsmInner, Hidden],
-        Role::Proj(Cat::SsmOut),
+        Role::Proj(Cat::SsmOutUnnormed),
     ),
 ];
 
@@ -2302,6 +2312,9 @@ pub const OUT_NOISE: f32 = 0.5;
 pub const EMBD_STD: f32 = 1.0;
 /// RMS of `silu(gate) * up` for unit-normal gate and up: the FFN's inner activations.
 const SWIGLU_RMS: f32 = 0.6;
+/// RMS of a Mamba layer's gated output (mostly the `D` skip of a SiLU'd convolution, times
+/// `silu(z)`): without the factor its layers would hardly move the logits.
+const MAMBA_GATED_RMS: f32 = 0.35;
 /// Below this, the layers hardly matter; the margin gives way instead.
 const MIN_RHO: f32 = 0.5;
 
@@ -2390,7 +2403,11 @@ impl Plan {
                 Role::TokenEmbd => embd_std,
                 Role::Output => EMBD_STD,
                 Role::Proj(c) if c.writes_residual() => {
-                    let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
+                    let inner = match c {
+                        Cat::FfnDown => SWIGLU_RMS,
+                        Cat::SsmOutUnnormed => MAMBA_GATED_RMS,
+                        _ => 1.0,
+                    };
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
                 Role::Proj(_) | Role::Router => 1.0 / (ncols as f32).sqrt(),

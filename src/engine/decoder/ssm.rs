@@ -152,12 +152,8 @@ pub fn load_layer(l: &mut Loader, cfg: &SsmConfig, i: usize) -> Result<SsmLayer,
         in_proj: l.matmul(&p("ssm_in.weight"))?,
         conv_w: host_vec(l, &p("ssm_conv1d.weight"), conv_dim * cfg.d_conv)?,
         conv_b: host_vec(l, &p("ssm_conv1d.bias"), conv_dim)?,
-        x_proj: mamba1
-            .then(|| l.matmul(&p("ssm_x.weight")))
-            .transpose()?,
-        dt_proj: mamba1
-            .then(|| l.matmul(&p("ssm_dt.weight")))
-            .transpose()?,
+        x_proj: mamba1.then(|| l.matmul(&p("ssm_x.weight"))).transpose()?,
+        dt_proj: mamba1.then(|| l.matmul(&p("ssm_dt.weight"))).transpose()?,
         dt_bias: host_vec(l, &p("ssm_dt.bias"), cfg.n_head)?,
         a: host_vec(
             l,
@@ -334,7 +330,10 @@ fn mixer(
             let r = cfg.dt_rank;
             let xw = r + 2 * ds;
             if xdb.len() != rows * xw {
-                candle_core::bail!("ssm_x gives {} values per row, expected {xw}", xdb.len() / rows);
+                candle_core::bail!(
+                    "ssm_x gives {} values per row, expected {xw}",
+                    xdb.len() / rows
+                );
             }
             if cfg.dt_b_c_rms {
                 for row in xdb.chunks_exact_mut(xw) {
@@ -541,7 +540,10 @@ mod tests {
     fn det(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
-                let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed * 97) >> 8;
+                let v = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed * 97)
+                    >> 8;
                 (v % 2000) as f32 / 1000.0 - 1.0
             })
             .collect()
@@ -626,7 +628,9 @@ mod tests {
                 t,
                 checkpoint,
             };
-            let chunk = a.forward(x.clone(), &[seq(0, 0, 6, true)], 1e-5, true).unwrap();
+            let chunk = a
+                .forward(x.clone(), &[seq(0, 0, 6, true)], 1e-5, true)
+                .unwrap();
             let chunk: Vec<f32> = chunk.flatten_all().unwrap().to_vec1().unwrap();
             let mut b = stack(version);
             let mut one = Vec::new();
@@ -648,9 +652,18 @@ mod tests {
             close(&chunk, &one, &format!("{version:?}"));
             assert_eq!(a.state.len(0), 6);
             let live = a.state.layers_mut(0).to_vec();
-            assert_eq!(a.state.truncate(0, 5), 5, "{version:?}: checkpoint before the last");
+            assert_eq!(
+                a.state.truncate(0, 5),
+                5,
+                "{version:?}: checkpoint before the last"
+            );
             let y = a
-                .forward(x.narrow(1, 5, 1).unwrap(), &[seq(0, 0, 1, false)], 1e-5, true)
+                .forward(
+                    x.narrow(1, 5, 1).unwrap(),
+                    &[seq(0, 0, 1, false)],
+                    1e-5,
+                    true,
+                )
                 .unwrap();
             let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
             close(&y, &chunk[5 * 8..], &format!("{version:?}: resumed output"));
