@@ -440,6 +440,42 @@ fn conv_seq(
     }
 }
 
+/// Lanes of the scan's partial sums: the state update vectorises, and the dot product with C
+/// is summed in this many parts as ggml's SIMD path does.
+const LANES: usize = 16;
+
+/// One step of one state row: `s[n] = decay(n, s[n]) + b[n] · x_dt`, returning `Σ s[n] · c[n]`.
+#[inline(always)]
+fn update(
+    s: &mut [f32],
+    b: &[f32],
+    c: &[f32],
+    x_dt: f32,
+    decay: impl Fn(usize, f32) -> f32,
+) -> f32 {
+    let whole = s.len() / LANES * LANES;
+    let mut acc = [0f32; LANES];
+    for (k, ((sc, bc), cc)) in s[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(b.chunks_exact(LANES))
+        .zip(c.chunks_exact(LANES))
+        .enumerate()
+    {
+        for j in 0..LANES {
+            let v = decay(k * LANES + j, sc[j]) + bc[j] * x_dt;
+            acc[j] += v * cc[j];
+            sc[j] = v;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for n in whole..s.len() {
+        let v = decay(n, s[n]) + b[n] * x_dt;
+        sum += v * c[n];
+        s[n] = v;
+    }
+    sum
+}
+
 /// What the scan reads for one sequence's rows.
 struct ScanInput<'a> {
     /// The convolution's output rows (x first).
@@ -500,25 +536,16 @@ fn scan_seq(
                     let ch = h * hd + p;
                     let x_dt = xrow[ch] * dt;
                     let s = &mut st[p * ds..(p + 1) * ds];
-                    let mut sum = 0f32;
-                    match cfg.version {
+                    let sum = match cfg.version {
                         Version::Mamba2 => {
                             let da = (dt * layer.a[h]).exp();
-                            for n in 0..ds {
-                                let v = s[n] * da + brow[n] * x_dt;
-                                sum += v * crow[n];
-                                s[n] = v;
-                            }
+                            update(s, brow, crow, x_dt, |_, v| v * da)
                         }
                         Version::Mamba1 => {
                             let a = &layer.a[ch * ds..(ch + 1) * ds];
-                            for n in 0..ds {
-                                let v = s[n] * (dt * a[n]).exp() + brow[n] * x_dt;
-                                sum += v * crow[n];
-                                s[n] = v;
-                            }
+                            update(s, brow, crow, x_dt, |n, v| v * (dt * a[n]).exp())
                         }
-                    }
+                    };
                     unsafe { *(y_ptr as *mut f32).add(r * di + ch) = sum };
                 }
             }
