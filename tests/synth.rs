@@ -668,3 +668,42 @@ fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
         }
     }
 }
+
+/// `show` names a Mamba file's layers and the state one sequence carries in place of a KV cache
+/// (layers × (window of conv − 1 inputs over x, B and C, plus inner × state), in f32).
+#[test]
+fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("mamba2").unwrap(), "tiny", Mix::Q8_0, 1).unwrap();
+    let ssm = spec.shape.ssm;
+    let per_layer =
+        (ssm.conv - 1) * (ssm.inner + 2 * ssm.groups * ssm.state) + ssm.inner * ssm.state;
+    let state = (spec.shape.layers * per_layer * 4) as u64;
+    let (_, path) = write(spec, dir.path(), "m2.gguf", 2);
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+        c.env_clear()
+            .env("INFLUENCE_HOME", dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        c
+    };
+    cli().arg("import").arg(&path).assert().success();
+    let out = cli().args(["show", "m2", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["state_bytes"], state);
+    assert_eq!(v["info"]["layer_kind"], "Mamba-2 (state space)");
+    let text = cli().args(["show", "m2"]).output().unwrap().stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("Layers:        2 Mamba-2 (state space), no KV cache"),
+        "{text}"
+    );
+    assert!(text.contains("State:"), "{text}");
+}

@@ -836,7 +836,7 @@ pub enum Dim {
     Mamba1InProj,
     Mamba1Xdb,
     /// Mamba-2's convolution channels (x, B, C) and its input projection (z, x, B, C, Δ).
-    Mamba2ConvDim,
+    Mamba2ConvChannels,
     Mamba2InProj,
     /// A dimension of one (Mamba-2's per-head A and D are stored as 1 × heads).
     One,
@@ -1054,7 +1054,7 @@ impl Shape {
             Dim::SsmGroupWidth => self.ssm.inner / self.ssm.groups.max(1),
             Dim::Mamba1InProj => 2 * self.ssm.inner,
             Dim::Mamba1Xdb => self.ssm.rank + 2 * self.ssm.state,
-            Dim::Mamba2ConvDim => self.ssm.inner + 2 * self.ssm.groups * self.ssm.state,
+            Dim::Mamba2ConvChannels => self.ssm.inner + 2 * self.ssm.groups * self.ssm.state,
             Dim::Mamba2InProj => {
                 2 * self.ssm.inner + 2 * self.ssm.groups * self.ssm.state + self.ssm.rank
             }
@@ -1750,12 +1750,12 @@ const MAMBA2_LAYER: &[TensorTemplate] = &[
     ),
     t(
         "blk.{i}.ssm_conv1d.weight",
-        &[SsmConv, Mamba2ConvDim],
+        &[SsmConv, Mamba2ConvChannels],
         Role::Ssm(SsmPart::Conv),
     ),
     t(
         "blk.{i}.ssm_conv1d.bias",
-        &[Mamba2ConvDim],
+        &[Mamba2ConvChannels],
         Role::Ssm(SsmPart::ConvBias),
     ),
     t(
