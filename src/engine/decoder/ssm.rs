@@ -16,6 +16,9 @@ use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
 use super::{linear, Linear, Loader};
 
+/// Largest SSM state one layer may ask for, in values (64 times Mamba-2 7B's).
+const MAX_STATE_PER_LAYER: usize = 1 << 26;
+
 /// Which mixer the file's layers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -73,6 +76,18 @@ impl SsmConfig {
             return Err(bad(format!(
                 "state-space heads ({n_head}) and groups ({n_group}) do not divide the inner \
                  size {d_inner}"
+            )));
+        }
+        // The state is allocated per sequence from these numbers alone: a hostile header must
+        // not ask for more than any real model holds (Mamba-2 7B: 8192 × 128 per layer).
+        let too_big = d_inner
+            .checked_mul(d_state)
+            .is_none_or(|n| n > MAX_STATE_PER_LAYER)
+            || d_conv > 64;
+        if too_big {
+            return Err(bad(format!(
+                "state-space state of {d_inner} × {d_state} (conv {d_conv}) per layer is beyond \
+                 any real model"
             )));
         }
         Ok(Some(Self {
@@ -280,6 +295,15 @@ fn mixer(
 ) -> candle_core::Result<Tensor> {
     let proj = linear(&layer.in_proj, h, dense_ok)?;
     let width = proj.dim(D::Minus1)?;
+    let want = match cfg.version {
+        Version::Mamba1 => 2 * cfg.d_inner,
+        Version::Mamba2 => cfg.d_inner + cfg.conv_dim() + cfg.n_head,
+    };
+    if width != want {
+        candle_core::bail!(
+            "layer {li}: ssm_in gives {width} values per token, the state-space shape needs {want}"
+        );
+    }
     let rows = proj.elem_count() / width;
     let proj = host(&proj)?;
     let (di, ds, ng) = (cfg.d_inner, cfg.d_state, cfg.n_group);
@@ -347,6 +371,12 @@ fn mixer(
                 .collect();
             let dts = Tensor::from_vec(dts, (1, rows, r), h.device())?;
             let dt = host(&linear(dtp, &dts, dense_ok)?)?;
+            if dt.len() != rows * di {
+                candle_core::bail!(
+                    "layer {li}: ssm_dt gives {} values per token",
+                    dt.len() / rows
+                );
+            }
             (dt, Some(xdb), xw, r, r + ds)
         }
     };
@@ -396,7 +426,15 @@ fn mixer(
         }
     }
     let y = Tensor::from_vec(y, (1, rows, di), h.device())?;
-    linear(&layer.out_proj, &y, dense_ok)
+    let out = linear(&layer.out_proj, &y, dense_ok)?;
+    if out.dims() != h.dims() {
+        candle_core::bail!(
+            "layer {li}: ssm_out gives {:?} for {:?}",
+            out.dims(),
+            h.dims()
+        );
+    }
+    Ok(out)
 }
 
 /// The causal convolution over one sequence's `t` rows: each channel's window (its last
@@ -635,6 +673,33 @@ mod tests {
         for (i, (p, q)) in a.iter().zip(b).enumerate() {
             assert!((p - q).abs() < 1e-5, "{what}: value {i}: {p} vs {q}");
         }
+    }
+
+    #[test]
+    fn hostile_state_shapes_are_refused_with_a_reason() {
+        use candle_core::quantized::gguf_file::Value;
+        let md = |inner: u32, state: u32, heads: u32| {
+            [
+                ("mamba2.ssm.conv_kernel", 4),
+                ("mamba2.ssm.inner_size", inner),
+                ("mamba2.ssm.state_size", state),
+                ("mamba2.ssm.time_step_rank", heads),
+                ("mamba2.ssm.group_count", 1),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::U32(v)))
+            .collect::<std::collections::HashMap<_, _>>()
+        };
+        let path = std::path::Path::new("m.gguf");
+        let cfg = |m| SsmConfig::from_meta(&Meta { path, md: &m }, "mamba2");
+        let ok = cfg(md(4096, 128, 64)).unwrap().unwrap();
+        assert_eq!(ok.state_shape().ssm, 4096 * 128);
+        assert_eq!(ok.state_shape().conv, 3 * (4096 + 256));
+        let huge = cfg(md(1 << 20, 1 << 12, 64)).unwrap_err().to_string();
+        assert!(huge.contains("beyond any real model"), "{huge}");
+        let ragged = cfg(md(4096, 128, 60)).unwrap_err().to_string();
+        assert!(ragged.contains("do not divide"), "{ragged}");
+        assert!(cfg(md(4096, 128, 0)).is_err());
     }
 
     fn input(rows: usize) -> Tensor {
