@@ -582,43 +582,73 @@ fn the_library_counts_a_moe_model_s_total_and_active_parameters() {
     assert!(text.contains("Experts:       8, 2 per token, "), "{text}");
 }
 
-/// Greedy ids of one request, how many prompt tokens it took from the slot's cache, and its
-/// prompt's length.
-fn greedy_cached(
+/// A greedy run's ids, how many prompt tokens it took from the slot's cache, its prompt's
+/// length, and per step the top-2 log-probability gap (the winner follows the generator's
+/// token map whatever the state holds; the gap shows the state).
+struct Run {
+    ids: Vec<u32>,
+    cached: usize,
+    prompt: usize,
+    gaps: Vec<f32>,
+}
+
+fn start(
     e: &EngineHandle,
     model: &Path,
     prompt: Prompt,
     n: usize,
-) -> (Vec<u32>, usize, usize) {
-    let mut gen = e.generate(GenRequest {
+) -> influence::engine::Generation {
+    let mut params = GenParams::greedy(n);
+    params.logprobs = Some(2);
+    e.generate(GenRequest {
         model: model.to_path_buf(),
         prompt,
-        params: GenParams::greedy(n),
-    });
-    let (mut ids, mut started) = (Vec::new(), None);
+        params,
+    })
+}
+
+fn finish(mut gen: influence::engine::Generation) -> Run {
+    let mut run = Run {
+        ids: Vec::new(),
+        cached: usize::MAX,
+        prompt: 0,
+        gaps: Vec::new(),
+    };
     while let Some(ev) = gen.events.blocking_recv() {
         match ev {
-            GenEvent::Token { id, .. } => ids.push(id),
+            GenEvent::Token { id, logprob, .. } => {
+                let lp = logprob.expect("logprobs were asked for");
+                run.ids.push(id);
+                run.gaps.push(lp.top[0].logprob - lp.top[1].logprob);
+            }
             GenEvent::Started {
                 cached_tokens,
                 prompt_tokens,
                 ..
-            } => started = Some((cached_tokens, prompt_tokens)),
-            GenEvent::Done(_) => {
-                let (cached, prompt) = started.expect("Started comes first");
-                return (ids, cached, prompt);
-            }
-            GenEvent::Failed(e) => panic!("{}: {e}", model.display()),
+            } => (run.cached, run.prompt) = (cached_tokens, prompt_tokens),
+            GenEvent::Done(_) => return run,
+            GenEvent::Failed(e) => panic!("{e}"),
         }
     }
     panic!("the engine stopped");
 }
 
+fn greedy_cached(e: &EngineHandle, model: &Path, prompt: Prompt, n: usize) -> Run {
+    finish(start(e, model, prompt, n))
+}
+
+fn same_gaps(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() < 1e-3, "{what} step {k}: gap {x} vs {y}");
+    }
+}
+
 /// A recurrent state cannot be cut back to any position, so a chat's later requests resume
 /// from a checkpoint kept before a prompt's last token (or from the live state when they
 /// extend it), never from a state holding tokens they do not have. A regenerated answer, the
-/// next turn and an edited answer each give exactly the tokens of a fresh engine that reads
-/// the whole conversation.
+/// next turn and an edited answer each give exactly the tokens and gaps of a fresh engine that
+/// reads the whole conversation.
 #[test]
 fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
     use influence::engine::ChatMessage;
@@ -633,9 +663,10 @@ fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
             "the quick brown fox jumps over the lazy dog while the committee reviews the report",
         )];
         let e = engine();
-        let (a1, cached, p1) = greedy_cached(&e, &path, Prompt::Chat(turn1.clone()), 8);
-        assert_eq!(cached, 0, "{fam}");
-        let answer = tok.decode(&a1).unwrap();
+        let first = greedy_cached(&e, &path, Prompt::Chat(turn1.clone()), 8);
+        assert_eq!(first.cached, 0, "{fam}");
+        let p1 = first.prompt;
+        let answer = tok.decode(&first.ids).unwrap();
         let mut turn2 = turn1.clone();
         turn2.push(ChatMessage::assistant(answer));
         turn2.push(ChatMessage::user("ok"));
@@ -644,11 +675,11 @@ fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
         edited.push(ChatMessage::assistant("no"));
         edited.push(ChatMessage::user("ok"));
         let convs = [&turn1, &turn2, &edited];
-        let resumed: Vec<_> = convs
+        let resumed: Vec<Run> = convs
             .iter()
             .map(|c| greedy_cached(&e, &path, Prompt::Chat(c.to_vec()), 8))
             .collect();
-        let cached: Vec<usize> = resumed.iter().map(|r| r.1).collect();
+        let cached: Vec<usize> = resumed.iter().map(|r| r.cached).collect();
         assert_eq!(
             cached[0],
             p1 - 1,
@@ -659,12 +690,21 @@ fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
             "{fam}: turn 2 re-read turn 1: {cached:?}"
         );
         assert_eq!(cached[2], p1 - 1, "{fam}: the edited answer: {cached:?}");
-        assert_eq!(resumed[0].0, a1, "{fam}: regenerating turn 1");
+        assert_eq!(resumed[0].ids, first.ids, "{fam}: regenerating turn 1");
+        same_gaps(
+            &resumed[0].gaps,
+            &first.gaps,
+            &format!("{fam}: regenerated"),
+        );
         for (k, conv) in convs.iter().enumerate() {
-            let (fresh, cached, _) =
-                greedy_cached(&engine(), &path, Prompt::Chat(conv.to_vec()), 8);
-            assert_eq!(cached, 0);
-            assert_eq!(resumed[k].0, fresh, "{fam}: conversation {k}");
+            let fresh = greedy_cached(&engine(), &path, Prompt::Chat(conv.to_vec()), 8);
+            assert_eq!(fresh.cached, 0);
+            assert_eq!(resumed[k].ids, fresh.ids, "{fam}: conversation {k}");
+            same_gaps(
+                &resumed[k].gaps,
+                &fresh.gaps,
+                &format!("{fam}: conversation {k}"),
+            );
         }
     }
 }
@@ -706,4 +746,50 @@ fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
         "{text}"
     );
     assert!(text.contains("State:"), "{text}");
+}
+
+/// Mamba sequences decode in one batched step, each on its own state: four concurrent
+/// requests give exactly the tokens each gives alone.
+#[test]
+fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("mamba2").unwrap(), "tiny", Mix::Q8_0, 9).unwrap();
+    let (_, path) = write(spec, dir.path(), "m2.gguf", 2);
+    let engine = || {
+        EngineHandle::spawn(EngineOptions {
+            threads: 2,
+            max_loaded: 1,
+            parallel: 4,
+            ..EngineOptions::default()
+        })
+    };
+    let prompts = [
+        "the quick brown fox",
+        "1, 2, 3,",
+        "hello there",
+        "a b c d e f g",
+    ];
+    let raw = |p: &str| Prompt::Raw(p.into());
+    let alone: Vec<Run> = prompts
+        .iter()
+        .map(|p| greedy_cached(&engine(), &path, raw(p), 16))
+        .collect();
+    let e = engine();
+    let gens: Vec<_> = prompts
+        .iter()
+        .map(|p| start(&e, &path, raw(p), 16))
+        .collect();
+    let together: Vec<Run> = gens.into_iter().map(finish).collect();
+    let stats = e.stats();
+    assert!(stats.max_batch >= 2, "not decoded together: {stats:?}");
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.ids.len(), 16, "request {i}");
+        assert_eq!(a.ids, t.ids, "request {i} changed when batched");
+        let bits = |r: &Run| r.gaps.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(a),
+            bits(t),
+            "request {i}: batching changed its numbers"
+        );
+    }
 }
