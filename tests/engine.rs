@@ -439,10 +439,10 @@ mod loading {
     #[test]
     fn unsupported_architecture_is_rejected_before_weights() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mamba.gguf");
+        let path = dir.path().join("rwkv6.gguf");
         write_gguf(
             &path,
-            &[("general.architecture", Value::String("mamba".into()))],
+            &[("general.architecture", Value::String("rwkv6".into()))],
             4096,
         );
         // Cut the tensor data: the architecture check must come first.
@@ -452,8 +452,8 @@ mod loading {
         let err = wait(shared().load(path)).unwrap_err();
         match err {
             EngineError::UnsupportedArchitecture { arch, supported } => {
-                assert_eq!(arch, "mamba");
-                assert!(supported.contains("llama"));
+                assert_eq!(arch, "rwkv6");
+                assert!(supported.contains("llama") && supported.contains("mamba2"));
             }
             e => panic!("expected UnsupportedArchitecture, got {e}"),
         }

@@ -438,7 +438,7 @@ mod inventory {
         let sb = Sandbox::new();
         // IQ2_XXS (type 16): 256 elements per 66-byte block; candle cannot load it.
         sb.write("extra/iq.IQ2_XXS.gguf", &tiny_gguf("llama", 16, 64 * 66));
-        sb.write("extra/mamba.Q8_0.gguf", &tiny_gguf("mamba", 8, 17408));
+        sb.write("extra/rwkv6.Q8_0.gguf", &tiny_gguf("rwkv6", 8, 17408));
         sb.write("extra/qwen.Q8_0.gguf", &tiny_gguf("qwen2", 8, 17408));
         let lib = sb.scan();
         let get = |n: &str| lib.models().iter().find(|m| m.name == n).unwrap();
@@ -448,8 +448,8 @@ mod inventory {
             Runnable::No { reason } => assert!(reason.contains("IQ2_XXS"), "{reason}"),
             other => panic!("{other:?}"),
         }
-        match &get("mamba.Q8_0").runnable {
-            Runnable::No { reason } => assert!(reason.contains("\"mamba\""), "{reason}"),
+        match &get("rwkv6.Q8_0").runnable {
+            Runnable::No { reason } => assert!(reason.contains("\"rwkv6\""), "{reason}"),
             other => panic!("{other:?}"),
         }
         let no_vocab = gguf_bytes(

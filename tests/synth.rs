@@ -327,8 +327,8 @@ fn greedy_top2(
 /// generator's token map whatever the layers do, but the runner-up (granitemoe has two steps
 /// where the engines name different runner-ups at the same gap: near ties with the third
 /// token) and the gap come out of
-/// every layer: a wrong scale, norm, soft-cap, window, RoPE skip or expert weight moves them
-/// (this test found the sliding window one position too wide).
+/// every layer: a wrong scale, norm, soft-cap, window, RoPE skip, expert weight, convolution
+/// tap, decay or group moves them (this test found the sliding window one position too wide).
 ///
 /// Recorded with `llama-server -m F.gguf -t 2 -c 512`, then POST `/completion` with
 /// `{"prompt": "the quick brown fox", "n_predict": 16, "temperature": 0, "samplers": ["top_k"],
@@ -409,6 +409,18 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
             &[669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669, 669],
             &[466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 466, 372, 372],
             &[7.728, 7.651, 7.615, 7.544, 7.254, 6.969, 6.737, 6.774, 6.955, 7.13, 7.361, 7.319, 7.336, 7.377, 7.33, 7.23],
+        ),
+        (
+            "mamba", "tiny",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[435, 997, 940, 146, 995, 361, 442, 558, 207, 576, 133, 308, 262, 493, 821],
+            &[9.932, 9.944, 10.961, 8.55, 8.103, 9.834, 9.652, 7.571, 9.11, 7.991, 8.205, 6.817, 8.039, 10.328, 10.905],
+        ),
+        (
+            "mamba2", "tiny",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[704, 807, 92, 48, 340, 936, 790, 192, 853, 548, 743, 493, 385, 936, 808],
+            &[9.738, 8.618, 9.08, 7.653, 8.547, 10.482, 9.927, 7.508, 8.766, 7.845, 8.678, 8.558, 10.777, 9.562, 12.398],
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -806,4 +818,216 @@ fn the_library_counts_a_moe_model_s_total_and_active_parameters() {
     let text = cli().args(["show", "moe"]).output().unwrap().stdout;
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("Experts:       8, 2 per token, "), "{text}");
+}
+
+/// A greedy run's ids, how many prompt tokens it took from the slot's cache, its prompt's
+/// length, and per step the top-2 log-probability gap (the winner follows the generator's
+/// token map whatever the state holds; the gap shows the state).
+struct Run {
+    ids: Vec<u32>,
+    cached: usize,
+    prompt: usize,
+    gaps: Vec<f32>,
+}
+
+fn start(
+    e: &EngineHandle,
+    model: &Path,
+    prompt: Prompt,
+    n: usize,
+) -> influence::engine::Generation {
+    let mut params = GenParams::greedy(n);
+    params.logprobs = Some(2);
+    e.generate(GenRequest {
+        model: model.to_path_buf(),
+        prompt,
+        params,
+    })
+}
+
+fn finish(mut gen: influence::engine::Generation) -> Run {
+    let mut run = Run {
+        ids: Vec::new(),
+        cached: usize::MAX,
+        prompt: 0,
+        gaps: Vec::new(),
+    };
+    while let Some(ev) = gen.events.blocking_recv() {
+        match ev {
+            GenEvent::Token { id, logprob, .. } => {
+                let lp = logprob.expect("logprobs were asked for");
+                run.ids.push(id);
+                run.gaps.push(lp.top[0].logprob - lp.top[1].logprob);
+            }
+            GenEvent::Started {
+                cached_tokens,
+                prompt_tokens,
+                ..
+            } => (run.cached, run.prompt) = (cached_tokens, prompt_tokens),
+            GenEvent::Done(_) => return run,
+            GenEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    panic!("the engine stopped");
+}
+
+fn greedy_cached(e: &EngineHandle, model: &Path, prompt: Prompt, n: usize) -> Run {
+    finish(start(e, model, prompt, n))
+}
+
+fn same_gaps(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() < 1e-3, "{what} step {k}: gap {x} vs {y}");
+    }
+}
+
+/// A recurrent state cannot be cut back to any position, so a chat's later requests resume
+/// from a checkpoint kept before a prompt's last token (or from the live state when they
+/// extend it), never from a state holding tokens they do not have. A regenerated answer, the
+/// next turn and an edited answer each give exactly the tokens and gaps of a fresh engine that
+/// reads the whole conversation.
+#[test]
+fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
+    use influence::engine::ChatMessage;
+    let dir = tempfile::tempdir().unwrap();
+    for fam in ["mamba2", "mamba"] {
+        let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 5).unwrap();
+        let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
+        let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+        // A long first turn, so each later request shares more than half of what the slot
+        // holds and the scheduler brings it back to the same slot.
+        let turn1 = vec![ChatMessage::user(
+            "the quick brown fox jumps over the lazy dog while the committee reviews the report",
+        )];
+        let e = engine();
+        let first = greedy_cached(&e, &path, Prompt::Chat(turn1.clone()), 8);
+        assert_eq!(first.cached, 0, "{fam}");
+        let p1 = first.prompt;
+        let answer = tok.decode(&first.ids).unwrap();
+        let mut turn2 = turn1.clone();
+        turn2.push(ChatMessage::assistant(answer));
+        turn2.push(ChatMessage::user("ok"));
+        // An edited answer: the conversation leaves the slot's tokens inside the answer.
+        let mut edited = turn1.clone();
+        edited.push(ChatMessage::assistant("no"));
+        edited.push(ChatMessage::user("ok"));
+        let convs = [&turn1, &turn2, &edited];
+        let resumed: Vec<Run> = convs
+            .iter()
+            .map(|c| greedy_cached(&e, &path, Prompt::Chat(c.to_vec()), 8))
+            .collect();
+        let cached: Vec<usize> = resumed.iter().map(|r| r.cached).collect();
+        assert_eq!(
+            cached[0],
+            p1 - 1,
+            "{fam}: the regenerated answer: {cached:?}"
+        );
+        assert!(
+            cached[1] >= p1 - 1,
+            "{fam}: turn 2 re-read turn 1: {cached:?}"
+        );
+        assert_eq!(cached[2], p1 - 1, "{fam}: the edited answer: {cached:?}");
+        assert_eq!(resumed[0].ids, first.ids, "{fam}: regenerating turn 1");
+        same_gaps(
+            &resumed[0].gaps,
+            &first.gaps,
+            &format!("{fam}: regenerated"),
+        );
+        for (k, conv) in convs.iter().enumerate() {
+            let fresh = greedy_cached(&engine(), &path, Prompt::Chat(conv.to_vec()), 8);
+            assert_eq!(fresh.cached, 0);
+            assert_eq!(resumed[k].ids, fresh.ids, "{fam}: conversation {k}");
+            same_gaps(
+                &resumed[k].gaps,
+                &fresh.gaps,
+                &format!("{fam}: conversation {k}"),
+            );
+        }
+    }
+}
+
+/// `show` names a Mamba file's layers and the state one sequence carries in place of a KV cache
+/// (layers × (window of conv − 1 inputs over x, B and C, plus inner × state), in f32).
+#[test]
+fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("mamba2").unwrap(), "tiny", Mix::Q8_0, 1).unwrap();
+    let ssm = spec.shape.ssm;
+    let per_layer =
+        (ssm.conv - 1) * (ssm.inner + 2 * ssm.groups * ssm.state) + ssm.inner * ssm.state;
+    let state = (spec.shape.layers * per_layer * 4) as u64;
+    let (_, path) = write(spec, dir.path(), "m2.gguf", 2);
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+        c.env_clear()
+            .env("INFLUENCE_HOME", dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        c
+    };
+    cli().arg("import").arg(&path).assert().success();
+    let out = cli().args(["show", "m2", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["state_bytes"], state);
+    assert_eq!(v["info"]["layer_kind"], "Mamba-2 (state space)");
+    let text = cli().args(["show", "m2"]).output().unwrap().stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("Layers:        2 Mamba-2 (state space), no KV cache"),
+        "{text}"
+    );
+    assert!(text.contains("State:"), "{text}");
+}
+
+/// Mamba sequences decode in one batched step, each on its own state: four concurrent
+/// requests give exactly the tokens each gives alone.
+#[test]
+fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("mamba2").unwrap(), "tiny", Mix::Q8_0, 9).unwrap();
+    let (_, path) = write(spec, dir.path(), "m2.gguf", 2);
+    let engine = || {
+        EngineHandle::spawn(EngineOptions {
+            threads: 2,
+            max_loaded: 1,
+            parallel: 4,
+            ..EngineOptions::default()
+        })
+    };
+    let prompts = [
+        "the quick brown fox",
+        "1, 2, 3,",
+        "hello there",
+        "a b c d e f g",
+    ];
+    let raw = |p: &str| Prompt::Raw(p.into());
+    let alone: Vec<Run> = prompts
+        .iter()
+        .map(|p| greedy_cached(&engine(), &path, raw(p), 16))
+        .collect();
+    let e = engine();
+    let gens: Vec<_> = prompts
+        .iter()
+        .map(|p| start(&e, &path, raw(p), 16))
+        .collect();
+    let together: Vec<Run> = gens.into_iter().map(finish).collect();
+    let stats = e.stats();
+    assert!(stats.max_batch >= 2, "not decoded together: {stats:?}");
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.ids.len(), 16, "request {i}");
+        assert_eq!(a.ids, t.ids, "request {i} changed when batched");
+        let bits = |r: &Run| r.gaps.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(a),
+            bits(t),
+            "request {i}: batching changed its numbers"
+        );
+    }
 }

@@ -539,6 +539,7 @@ mod hub_and_downloads {
                     kv_bytes_per_token: 100_000,
                     context_length: Some(2048),
                     embedding_f32_bytes: 0,
+                    state_bytes: 0,
                 })),
             }),
         );

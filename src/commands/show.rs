@@ -133,6 +133,17 @@ pub fn render_details(m: &Model) -> String {
     );
     if let (Some(l), Some(h), Some(d)) = (m.info.layers, m.info.kv_heads, m.info.head_dim) {
         kv("Layers", format!("{l} (KV heads {h}, head dim {d})"));
+    } else if let (Some(l), Some(kind)) = (m.info.layers, &m.info.layer_kind) {
+        kv("Layers", format!("{l} {kind}, no KV cache"));
+    }
+    if let Some(b) = m.info.state_bytes {
+        kv(
+            "State",
+            format!(
+                "{} per sequence (each turn checkpoint as much again)",
+                human::bytes(b)
+            ),
+        );
     }
     kv(
         "Chat template",

@@ -22,6 +22,8 @@ use super::ops;
 use super::q8::{self, Q8Matrix};
 use super::EngineError;
 
+mod ssm;
+
 /// Shape and numerics of a decoder, read from GGUF metadata.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
@@ -87,6 +89,8 @@ pub struct DecoderConfig {
     /// The context the model was trained at before extension: above it Phi's long RoPE factors
     /// apply, at or below it the short ones (llama.cpp decides by the context it runs at).
     pub rope_orig_context: usize,
+    /// State-space (Mamba) layers in place of attention.
+    pub ssm: Option<ssm::SsmConfig>,
 }
 
 /// YaRN rope scaling (llama.cpp's `rope_yarn` with its context's attention factor).
@@ -106,15 +110,23 @@ impl DecoderConfig {
     pub fn from_meta(meta: &Meta, arch: &str) -> Result<Self, EngineError> {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = meta.usize(&k("embedding_length"))?;
-        let n_head = meta.usize(&k("attention.head_count"))?;
+        let ssm = ssm::SsmConfig::from_meta(meta, arch)?;
+        // Mamba files have no attention (their converters write 0 heads).
+        let n_head = match ssm {
+            Some(_) => 1,
+            None => meta.usize(&k("attention.head_count"))?,
+        };
         let n_layer = meta.usize(&k("block_count"))?;
         let corrupt = |reason: String| EngineError::Corrupt {
             path: meta.path.to_path_buf(),
             reason,
         };
-        let kv_heads = meta
-            .opt_usize_per_layer(&k("attention.head_count_kv"), n_layer)?
-            .unwrap_or_else(|| vec![n_head; n_layer]);
+        let kv_heads = match ssm {
+            Some(_) => vec![1; n_layer],
+            None => meta
+                .opt_usize_per_layer(&k("attention.head_count_kv"), n_layer)?
+                .unwrap_or_else(|| vec![n_head; n_layer]),
+        };
         let n_kv_head = kv_heads.first().copied().unwrap_or(n_head);
         if let Some(&bad) = kv_heads
             .iter()
@@ -126,10 +138,13 @@ impl DecoderConfig {
         let head_dim = meta
             .opt_usize(&k("attention.key_length"))
             .unwrap_or(hidden / n_head);
-        let rope_dim = meta
-            .opt_usize(&k("rope.dimension_count"))
-            .unwrap_or(head_dim)
-            .min(head_dim);
+        let rope_dim = match ssm {
+            Some(_) => 0,
+            None => meta
+                .opt_usize(&k("rope.dimension_count"))
+                .unwrap_or(head_dim)
+                .min(head_dim),
+        };
         let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3" | "gemma4");
         let gpt_oss = arch == "gpt-oss";
@@ -294,6 +309,7 @@ impl DecoderConfig {
             } else {
                 0
             },
+            ssm,
         };
         cfg.check_shared_kv().map_err(corrupt)?;
         Ok(cfg)
@@ -516,6 +532,8 @@ pub struct Decoder {
     per_layer: Option<PerLayerInput>,
     /// KV slots: one cache per layer for each sequence the engine holds.
     slots: Vec<Vec<KvCache>>,
+    /// Mamba layers and their per-slot state, in place of `layers`.
+    ssm: Option<ssm::SsmStack>,
     /// Where the weights, KV cache, RoPE tables and activations live.
     device: Device,
 }
@@ -1118,8 +1136,18 @@ impl Decoder {
             None
         };
 
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
+        let ssm = match cfg.ssm {
+            Some(sc) => Some(ssm::SsmStack::new(
+                sc,
+                (0..cfg.n_layer)
+                    .map(|i| ssm::load_layer(&mut l, &sc, i))
+                    .collect::<Result<_, _>>()?,
+            )),
+            None => None,
+        };
+        let attention_layers = if ssm.is_some() { 0 } else { cfg.n_layer };
+        let mut layers = Vec::with_capacity(attention_layers);
+        for i in 0..attention_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let kv_src = cfg.kv_source(i);
             let qkv = if kv_src != i {
@@ -1296,6 +1324,7 @@ impl Decoder {
             local_rope,
             per_layer,
             slots: Vec::new(),
+            ssm,
             device,
         })
     }
@@ -1321,23 +1350,36 @@ impl Decoder {
 
     /// Positions held in KV slot `slot` (0 for a slot never used).
     pub fn slot_len(&self, slot: usize) -> usize {
+        if let Some(r) = &self.ssm {
+            return r.state.len(slot);
+        }
         self.slots
             .get(slot)
             .and_then(|s| s.first())
             .map_or(0, |c| c.len())
     }
 
-    /// Drops slot `slot`'s positions from `n` on; its memory is kept for reuse.
-    pub fn truncate_slot(&mut self, slot: usize, n: usize) {
+    /// Drops slot `slot`'s positions from `n` on (its memory is kept for reuse) and returns
+    /// the positions it still holds. A recurrent state cannot be cut at any position: it goes
+    /// back to its latest checkpoint at or before `n`, or to nothing, and the caller feeds the
+    /// rest again.
+    pub fn truncate_slot(&mut self, slot: usize, n: usize) -> usize {
+        if let Some(r) = &mut self.ssm {
+            return r.state.truncate(slot, n);
+        }
         if let Some(s) = self.slots.get_mut(slot) {
             for c in s {
                 c.truncate(n);
             }
         }
+        self.slot_len(slot)
     }
 
     /// Empties slot `slot` and frees its memory.
     pub fn release_slot(&mut self, slot: usize) {
+        if let Some(r) = &mut self.ssm {
+            r.state.release(slot);
+        }
         if let Some(s) = self.slots.get_mut(slot) {
             for c in s {
                 c.release();
@@ -1371,7 +1413,8 @@ impl Decoder {
     /// batch would not use (see [`linear`]).
     pub fn packs_prompts(&self) -> bool {
         // candle's GPU kernels change with the row count; keep prompt chunks alone there.
-        if !self.device.is_cpu() {
+        // Mamba's lone chunks take the dense path through its projections.
+        if !self.device.is_cpu() || self.ssm.is_some() {
             return false;
         }
         // A lone chunk would take the dense GEMM, or candle's multi-row Q6_K kernel where a
@@ -1422,6 +1465,17 @@ impl Decoder {
     /// KV caches a slot holds: one per layer, less Gemma 4's shared-KV layers.
     pub fn caches_per_slot(&self) -> usize {
         self.cfg.kv_layers.min(self.cfg.n_layer)
+    }
+
+    /// Bytes of one sequence's recurrent state (0 without recurrent layers); each checkpoint
+    /// takes as much again.
+    pub fn state_bytes_per_slot(&self) -> usize {
+        self.ssm.as_ref().map_or(0, |r| r.state.state_bytes())
+    }
+
+    /// Bytes of recurrent state held across every slot, checkpoints included.
+    pub fn state_allocated(&self) -> usize {
+        self.ssm.as_ref().map_or(0, |r| r.state.allocated_bytes())
     }
 
     fn slot_caches(&mut self, slot: usize) -> &mut Vec<KvCache> {
@@ -1504,6 +1558,20 @@ impl Decoder {
             parts.push(self.seq_part(s.slot, offset, t, pos)?);
             offset += t;
             self.slot_caches(s.slot);
+        }
+        if let Some(r) = &mut self.ssm {
+            let rs: Vec<ssm::SsmSeq> = parts
+                .iter()
+                .zip(seqs)
+                .map(|(p, s)| ssm::SsmSeq {
+                    slot: p.slot,
+                    offset: p.offset,
+                    t: p.t,
+                    // A prompt's last chunk: the turn boundary.
+                    checkpoint: s.logits && p.t > 1,
+                })
+                .collect();
+            x = r.forward(x, &rs, self.cfg.rms_eps as f32, dense_ok)?;
         }
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
@@ -1609,7 +1677,7 @@ impl Decoder {
     ) -> candle_core::Result<SeqPart> {
         let kv = pos + t;
         let dev = &self.device;
-        let mask = (t > 1)
+        let mask = (t > 1 && !self.layers.is_empty())
             .then(|| causal_mask(t, pos, None, dev))
             .transpose()?;
         let local_mask = match self.cfg.sliding_window {

@@ -25,6 +25,14 @@ impl GenModel {
     /// One sequence at a time within the model's context, until the engine configures it.
     pub fn new(dec: Decoder, tok: TextTokenizer, template: ChatTemplate) -> Self {
         let ctx = dec.cfg.context_length;
+        let state = dec.state_bytes_per_slot();
+        if state > 0 {
+            tracing::info!(
+                mib = state as f64 / (1 << 20) as f64,
+                checkpoints = super::recurrent::CHECKPOINTS_PER_SLOT,
+                "recurrent state per sequence; each turn checkpoint takes as much again"
+            );
+        }
         Self {
             dec,
             tok,

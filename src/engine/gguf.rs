@@ -27,6 +27,8 @@ pub const SUPPORTED_ARCHS: &[&str] = &[
     "olmo2",
     "smollm3",
     "gpt-oss",
+    "mamba",
+    "mamba2",
 ];
 
 /// ggml's type id of MXFP4, which candle 0.11 cannot read: Influence reads these tensors itself.

@@ -107,6 +107,7 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         per_layer_input: 0,
         rope_attn_factor: 1.0,
         rope_orig_context: usize::MAX,
+        ssm: None,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))

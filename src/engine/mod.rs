@@ -51,6 +51,7 @@ mod ops;
 mod params;
 mod pool;
 mod q8;
+mod recurrent;
 pub mod sampling;
 mod scheduler;
 mod simd;

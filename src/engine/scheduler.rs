@@ -381,11 +381,11 @@ impl Batcher {
         let s = &mut self.slots[slot];
         let lcp = s.ids.iter().zip(&p.ids).take_while(|(a, b)| a == b).count();
         // At least one prompt token is fed again to get logits.
-        let keep = lcp.min(p.ids.len() - 1);
+        // A recurrent slot may keep less than asked (its latest checkpoint).
+        let keep = dec.truncate_slot(slot, lcp.min(p.ids.len() - 1));
         s.ids.truncate(keep);
         s.busy = true;
         s.last_used = self.clock;
-        dec.truncate_slot(slot, keep);
         dec.limit_slot(slot, p.need);
         let _ = p.events.send(GenEvent::Started {
             prompt_tokens: p.ids.len(),
@@ -606,7 +606,9 @@ impl Batcher {
         counters.waiting.store(self.waiting.len(), r);
         counters.kv_used.store(self.used(dec), r);
         counters.kv_budget.store(self.budget, r);
-        counters.kv_bytes.store(dec.kv_bytes_allocated(), r);
+        counters
+            .kv_bytes
+            .store(dec.kv_bytes_allocated() + dec.state_allocated(), r);
         counters.parallel.store(self.parallel, r);
     }
 }

@@ -728,6 +728,7 @@ mod tests {
             kv_bytes_per_token: 100_000,
             context_length: Some(2048),
             embedding_f32_bytes: 0,
+            state_bytes: 0,
         };
         let (with_kv, ctx) = gguf_need(2 * gb, Some(Quant::Q4_K_M), Some(shape));
         assert_eq!(ctx, Some(2048));

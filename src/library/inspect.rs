@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::gguf::{self, GgmlType, GgufHeader, MetaValue};
 use super::human::bytes as human_bytes;
-use super::memory::{kv_per_token, MemoryFacts, ModelShape};
+use super::memory::{kv_per_token, ssm_state_bytes, LayerKind, MemoryFacts, ModelShape};
 use super::safetensors;
 use super::{Format, ModelInfo, ModelKind};
 
@@ -168,7 +168,17 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         Some(MetaValue::Array { .. })
     );
     info.layers = h.arch_u64("block_count");
-    let heads = h.arch_u64("attention.head_count");
+    let layer_kind = info
+        .architecture
+        .as_deref()
+        .map_or(LayerKind::Attention, LayerKind::of_arch);
+    if layer_kind != LayerKind::Attention {
+        info.layer_kind = Some(layer_kind.label().to_string());
+        info.state_bytes = info
+            .layers
+            .and_then(|l| ssm_state_bytes(layer_kind, l, |k| h.arch_u64(k)));
+    }
+    let heads = h.arch_u64("attention.head_count").filter(|&n| n > 0);
     info.kv_heads = h.arch_u64("attention.head_count_kv").or(heads);
     info.head_dim = h.arch_u64("attention.key_length").or_else(|| {
         let embd = h.arch_u64("embedding_length")?;
@@ -535,6 +545,7 @@ fn inspect_folder(
             context_length: info.context_length,
             // The engine looks tokens up in the stored embedding; no extra copy.
             embedding_f32_bytes: 0,
+            state_bytes: 0,
         }),
         _ => None,
     };

@@ -24,6 +24,64 @@ pub struct ModelShape {
     pub context_length: Option<u64>,
     /// The token embedding the engine dequantizes to f32 for lookups: vocab × width × 4.
     pub embedding_f32_bytes: u64,
+    /// Recurrent layers (Mamba): the state one sequence carries in place of a KV cache, f32.
+    pub state_bytes: u64,
+}
+
+/// Copies of a sequence's recurrent state the engine holds: the live one and two checkpoints
+/// at the last turn boundaries.
+pub const STATES_PER_SEQUENCE: u64 = 3;
+
+/// What the layers of a GGUF architecture are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Attention,
+    /// Mamba's selective state space (its first version).
+    Mamba,
+    Mamba2,
+}
+
+impl LayerKind {
+    pub fn of_arch(arch: &str) -> LayerKind {
+        match arch {
+            "mamba" => LayerKind::Mamba,
+            "mamba2" => LayerKind::Mamba2,
+            _ => LayerKind::Attention,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LayerKind::Attention => "attention",
+            LayerKind::Mamba => "Mamba (state space)",
+            LayerKind::Mamba2 => "Mamba-2 (state space)",
+        }
+    }
+}
+
+/// Bytes of one sequence's state over `layers` Mamba layers (f32): each keeps its convolution
+/// window (`conv_kernel - 1` inputs of its x, and in Mamba-2 its B and C, channels) and its
+/// `inner × state` SSM state. `None` when a key is missing.
+pub fn ssm_state_bytes(
+    kind: LayerKind,
+    layers: u64,
+    key: impl Fn(&str) -> Option<u64>,
+) -> Option<u64> {
+    let conv = key("ssm.conv_kernel")?.checked_sub(1)?;
+    let inner = key("ssm.inner_size")?;
+    let state = key("ssm.state_size")?;
+    let channels = match kind {
+        LayerKind::Attention => return None,
+        LayerKind::Mamba => inner,
+        LayerKind::Mamba2 => inner.saturating_add(
+            2u64.saturating_mul(key("ssm.group_count")?)
+                .saturating_mul(state),
+        ),
+    };
+    let per_layer = conv
+        .saturating_mul(channels)
+        .saturating_add(inner.saturating_mul(state));
+    Some(per_layer.saturating_mul(layers).saturating_mul(4))
 }
 
 impl ModelShape {
@@ -33,19 +91,32 @@ impl ModelShape {
         let arch = meta.get("general.architecture")?.as_str()?;
         let key = |k: &str| meta.get(&format!("{arch}.{k}")).and_then(MetaValue::as_u64);
         let layers = key("block_count")?;
-        let heads = key("attention.head_count");
-        let kv_heads = key("attention.head_count_kv").or(heads)?;
-        let width = key("embedding_length");
-        let head_dim = key("attention.key_length").or_else(|| width?.checked_div(heads?))?;
         let vocab = match meta.get("tokenizer.ggml.tokens") {
             Some(MetaValue::Array { len }) => *len,
             _ => 0,
         };
+        let kind = LayerKind::of_arch(arch);
+        if kind != LayerKind::Attention {
+            // No attention, so no KV cache: a fixed-size state per sequence instead.
+            return Some(ModelShape {
+                kv_bytes_per_token: 0,
+                context_length: key("context_length"),
+                embedding_f32_bytes: vocab
+                    .saturating_mul(key("embedding_length").unwrap_or(0))
+                    .saturating_mul(4),
+                state_bytes: ssm_state_bytes(kind, layers, key)?,
+            });
+        }
+        let heads = key("attention.head_count");
+        let kv_heads = key("attention.head_count_kv").or(heads)?;
+        let width = key("embedding_length");
+        let head_dim = key("attention.key_length").or_else(|| width?.checked_div(heads?))?;
         Some(ModelShape {
             // candle's quantized models compute in f32, so their KV cache holds f32 values.
             kv_bytes_per_token: kv_per_token(layers, kv_heads, head_dim, 4),
             context_length: key("context_length"),
             embedding_f32_bytes: vocab.saturating_mul(width.unwrap_or(0)).saturating_mul(4),
+            state_bytes: 0,
         })
     }
 }
@@ -81,8 +152,9 @@ impl MemoryFacts {
 }
 
 /// Bytes needed to run a model with a `context`-token context (or its own limit, if smaller):
-/// weights (widened where the engine widens them) + the f32 embedding copy + the KV cache,
-/// plus 10% for buffers. Without a shape it is the weights and 10% only: a lower bound.
+/// weights (widened where the engine widens them) + the f32 embedding copy + the KV cache
+/// (for recurrent layers: one sequence's states, [`STATES_PER_SEQUENCE`]), plus 10% for
+/// buffers. Without a shape it is the weights and 10% only: a lower bound.
 pub fn estimate(facts: &MemoryFacts, kind: ModelKind, context: u64) -> u64 {
     let weights = if facts.widened {
         facts.file_bytes.saturating_mul(2)
@@ -93,7 +165,10 @@ pub fn estimate(facts: &MemoryFacts, kind: ModelKind, context: u64) -> u64 {
         Some(s) => {
             let ctx = s.context_length.map_or(context, |c| c.min(context));
             let kv = match kind {
-                ModelKind::Generate => s.kv_bytes_per_token.saturating_mul(ctx),
+                ModelKind::Generate => s
+                    .kv_bytes_per_token
+                    .saturating_mul(ctx)
+                    .saturating_add(s.state_bytes.saturating_mul(STATES_PER_SEQUENCE)),
                 ModelKind::Embedding => 0,
             };
             (s.embedding_f32_bytes, kv)
@@ -143,12 +218,59 @@ mod tests {
         .is_none());
     }
 
+    /// Mamba-2 1.3B: 48 layers of a 3-wide window over 4096 + 2·128 channels and a
+    /// 4096 × 128 state, in f32: about 103 MB a sequence and no KV cache.
+    #[test]
+    fn mamba2_shape_counts_state_instead_of_kv() {
+        let m = meta(&[
+            ("general.architecture", MetaValue::Str("mamba2".into())),
+            ("mamba2.block_count", MetaValue::Int(48)),
+            ("mamba2.embedding_length", MetaValue::Int(2048)),
+            ("mamba2.attention.head_count", MetaValue::Int(0)),
+            ("mamba2.ssm.conv_kernel", MetaValue::Int(4)),
+            ("mamba2.ssm.inner_size", MetaValue::Int(4096)),
+            ("mamba2.ssm.state_size", MetaValue::Int(128)),
+            ("mamba2.ssm.group_count", MetaValue::Int(1)),
+            ("mamba2.context_length", MetaValue::Int(1 << 20)),
+        ]);
+        let s = ModelShape::from_metadata(&m).unwrap();
+        assert_eq!(s.kv_bytes_per_token, 0);
+        assert_eq!(s.state_bytes, 48 * (3 * (4096 + 256) + 4096 * 128) * 4);
+        let facts = MemoryFacts::new(1000, Some("Q4_K_M"), Some(s));
+        let total = 1000 + 3 * s.state_bytes;
+        assert_eq!(
+            estimate(&facts, ModelKind::Generate, 4096),
+            total + total / 10
+        );
+        // Mamba (v1) has no groups; without the state keys there is no shape.
+        let v1 = |keys: bool| {
+            let mut pairs = vec![
+                ("general.architecture", MetaValue::Str("mamba".into())),
+                ("mamba.block_count", MetaValue::Int(24)),
+            ];
+            if keys {
+                pairs.extend([
+                    ("mamba.ssm.conv_kernel", MetaValue::Int(4)),
+                    ("mamba.ssm.inner_size", MetaValue::Int(1536)),
+                    ("mamba.ssm.state_size", MetaValue::Int(16)),
+                ]);
+            }
+            ModelShape::from_metadata(&meta(&pairs))
+        };
+        assert_eq!(
+            v1(true).unwrap().state_bytes,
+            24 * (3 * 1536 + 1536 * 16) * 4
+        );
+        assert!(v1(false).is_none());
+    }
+
     #[test]
     fn estimate_adds_kv_embedding_and_a_tenth() {
         let shape = ModelShape {
             kv_bytes_per_token: 1000,
             context_length: Some(2048),
             embedding_f32_bytes: 5000,
+            state_bytes: 0,
         };
         let q4 = MemoryFacts::new(100_000, Some("Q4_K_M"), Some(shape));
         let ctx = context_for(shape.context_length);

@@ -234,6 +234,10 @@ pub struct ModelInfo {
     pub context_length: Option<u64>,
     pub chat_template: bool,
     pub layers: Option<u64>,
+    /// What the layers are, when they are not all attention (`Mamba-2 (state space)`).
+    pub layer_kind: Option<String>,
+    /// Recurrent layers: bytes of the state one sequence carries in place of a KV cache.
+    pub state_bytes: Option<u64>,
     pub kv_heads: Option<u64>,
     pub head_dim: Option<u64>,
     /// Bytes the weights take once loaded by the engine.

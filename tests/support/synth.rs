@@ -893,7 +893,21 @@ pub enum Dim {
     /// Fused projections: queries, keys and values (phi3), gate and up (phi3).
     QkvWidth,
     FfnPair,
-    /// A single value (a layer's output scale).
+    /// State-space layers: the inner width, the convolution width, the state size, the heads
+    /// (Mamba-2) or Δ rank (Mamba), the groups, and each group's share of the inner width.
+    SsmInner,
+    SsmConv,
+    SsmState,
+    SsmRank,
+    SsmGroups,
+    SsmGroupWidth,
+    /// Mamba's `x, z` projection (2 × inner) and its `Δ, B, C` projection (rank + 2 × state).
+    Mamba1InProj,
+    Mamba1Xdb,
+    /// Mamba-2's convolution channels (x, B, C) and its input projection (z, x, B, C, Δ).
+    Mamba2ConvChannels,
+    Mamba2InProj,
+    /// A dimension of one (Mamba-2's per-head A and D are stored as 1 × heads).
     One,
 }
 
@@ -913,13 +927,23 @@ pub enum Cat {
     /// Gemma 4's per-layer input gate (hidden → width) and projection back.
     PerLayerGate,
     PerLayerProj,
+    /// State-space projections: input, output, Mamba's `x → Δ, B, C` and `Δ` up-projection.
+    SsmIn,
+    SsmOut,
+    /// Mamba's output projection: its input is not normed (see [`MAMBA_GATED_RMS`]).
+    SsmOutUnnormed,
+    SsmX,
+    SsmDt,
 }
 
 impl Cat {
     /// Whether the matrix writes into the residual stream (its output scale sets how much the
     /// layers move the hidden state; see [`Scales`]).
     fn writes_residual(self) -> bool {
-        matches!(self, Cat::AttnOut | Cat::FfnDown)
+        matches!(
+            self,
+            Cat::AttnOut | Cat::FfnDown | Cat::SsmOut | Cat::SsmOutUnnormed
+        )
     }
 }
 
@@ -951,6 +975,9 @@ pub enum Role {
     PerLayerEmbd,
     /// A matrix llama-quantize leaves in float (`per_layer_model_proj`).
     PlainProj,
+    /// A state-space layer's small parameter, kept in F32 (llama-quantize leaves `ssm_conv1d`
+    /// and the 1-D ones unquantized).
+    Ssm(SsmPart),
 }
 
 /// Which layers have a tensor.
@@ -970,6 +997,22 @@ pub enum When {
     /// Layers with a dense FFN, and with a mixture of experts.
     Dense,
     Moe,
+}
+
+/// The values a state-space parameter is drawn from (as the Mamba initialisers draw them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsmPart {
+    /// Convolution taps: unit-RMS output for a unit-RMS input.
+    Conv,
+    ConvBias,
+    /// Mamba-2's decay per head, `-U(1, 16)`.
+    A2,
+    /// Mamba's decay per state element, `-(n + 1)`.
+    A1,
+    /// The skip, near 1.
+    D,
+    /// The Δ bias: softplus⁻¹ of a Δ log-uniform in [0.001, 0.1].
+    DtBias,
 }
 
 /// One tensor of a family; `{i}` in the name is the layer index.
@@ -1030,6 +1073,11 @@ pub enum Field {
     HeadDimSwa,
     SharedKv,
     PerLayerWidth,
+    SsmConv,
+    SsmInner,
+    SsmState,
+    SsmRank,
+    SsmGroups,
 }
 
 /// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
@@ -1113,6 +1161,8 @@ pub struct Shape {
     /// Phi-3.5/Phi-4-mini "longrope": per-frequency divisors for short and long contexts
     /// (`rope_factors_short`, `rope_factors_long`) and a magnitude factor on the rotation.
     pub longrope: Option<LongRope>,
+    /// State-space layers (Mamba families; zero elsewhere).
+    pub ssm: Ssm,
 }
 
 /// Phi's long-context RoPE: the short factors rise from 1 to `short_max` across the
@@ -1179,6 +1229,26 @@ pub struct LayerKinds {
     pub full_rope_fraction: f32,
 }
 
+/// The shape of a Mamba layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ssm {
+    pub inner: usize,
+    pub state: usize,
+    pub conv: usize,
+    /// Mamba-2: heads (`time_step_rank`); Mamba: the rank of Δ.
+    pub rank: usize,
+    pub groups: usize,
+}
+
+/// No state-space layers.
+pub const NO_SSM: Ssm = Ssm {
+    inner: 0,
+    state: 0,
+    conv: 0,
+    rank: 0,
+    groups: 0,
+};
+
 impl Shape {
     /// Dimension `d` of a tensor of `layer`.
     fn dim(&self, d: Dim, layer: usize) -> usize {
@@ -1192,6 +1262,18 @@ impl Shape {
             Dim::Vocab => self.vocab,
             Dim::Experts => self.experts,
             Dim::FfnExp => self.ffn_exp,
+            Dim::SsmInner => self.ssm.inner,
+            Dim::SsmConv => self.ssm.conv,
+            Dim::SsmState => self.ssm.state,
+            Dim::SsmRank => self.ssm.rank,
+            Dim::SsmGroups => self.ssm.groups,
+            Dim::SsmGroupWidth => self.ssm.inner / self.ssm.groups.max(1),
+            Dim::Mamba1InProj => 2 * self.ssm.inner,
+            Dim::Mamba1Xdb => self.ssm.rank + 2 * self.ssm.state,
+            Dim::Mamba2ConvChannels => self.ssm.inner + 2 * self.ssm.groups * self.ssm.state,
+            Dim::Mamba2InProj => {
+                2 * self.ssm.inner + 2 * self.ssm.groups * self.ssm.state + self.ssm.rank
+            }
             Dim::Heads => self.heads,
             Dim::PerLayer => k.map_or(0, |k| k.per_layer),
             Dim::PerLayerAll => k.map_or(0, |k| k.per_layer) * self.layers,
@@ -1282,6 +1364,11 @@ impl Shape {
             }
             Field::SharedKv => Meta::U32(self.kinds.map_or(0, |k| k.shared_kv) as u32),
             Field::PerLayerWidth => Meta::U32(self.kinds.map_or(0, |k| k.per_layer) as u32),
+            Field::SsmConv => Meta::U32(self.ssm.conv as u32),
+            Field::SsmInner => Meta::U32(self.ssm.inner as u32),
+            Field::SsmState => Meta::U32(self.ssm.state as u32),
+            Field::SsmRank => Meta::U32(self.ssm.rank as u32),
+            Field::SsmGroups => Meta::U32(self.ssm.groups as u32),
         }
     }
 
@@ -1500,6 +1587,7 @@ const LLAMA_TINY: Shape = Shape {
     llama3_rope: None,
     rope_dim: None,
     longrope: None,
+    ssm: NO_SSM,
 };
 
 /// Llama 3.1's RoPE scaling at a tiny original context (64), so that the scaled frequencies
@@ -1552,6 +1640,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             llama3_rope: None,
             rope_dim: None,
             longrope: None,
+            ssm: NO_SSM,
         },
     ),
     (
@@ -1575,6 +1664,7 @@ const LLAMA_PRESETS: &[(&str, Shape)] = &[
             llama3_rope: None,
             rope_dim: None,
             longrope: None,
+            ssm: NO_SSM,
         },
     ),
 ];
@@ -1612,6 +1702,7 @@ const fn tiny_shape(tied: bool, experts: usize, experts_used: usize) -> Shape {
         llama3_rope: None,
         rope_dim: None,
         longrope: None,
+        ssm: NO_SSM,
     }
 }
 
@@ -1868,6 +1959,7 @@ pub const QWEN3MOE: Family = Family {
                 llama3_rope: None,
                 rope_dim: None,
                 longrope: None,
+                ssm: NO_SSM,
             },
         ),
     ],
@@ -2091,6 +2183,7 @@ pub const GPT_OSS: Family = Family {
                 llama3_rope: None,
                 rope_dim: None,
                 longrope: None,
+                ssm: NO_SSM,
             },
         ),
     ],
@@ -2273,6 +2366,105 @@ pub const GEMMA4: Family = Family {
             llama3_rope: None,
             rope_dim: None,
             longrope: None,
+            ssm: NO_SSM,
+        },
+    )],
+};
+
+/// The keys llama.cpp's Mamba loaders read. Their converters write zero attention heads and
+/// FFN width, which the loaders accept.
+const MAMBA_META_COMMON: [(&str, Field); 8] = [
+    ("vocab_size", Field::Vocab),
+    ("context_length", Field::Context),
+    ("embedding_length", Field::Hidden),
+    ("block_count", Field::Layers),
+    ("ssm.conv_kernel", Field::SsmConv),
+    ("ssm.inner_size", Field::SsmInner),
+    ("ssm.state_size", Field::SsmState),
+    ("ssm.time_step_rank", Field::SsmRank),
+];
+const MAMBA_CONSTS: &[(&str, Const)] = &[
+    ("feed_forward_length", Const::U32(0)),
+    ("attention.head_count", Const::U32(0)),
+    ("attention.head_count_kv", Const::U32(0)),
+];
+
+const MAMBA_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ssm_in.weight",
+        &[Hidden, Mamba1InProj],
+        Role::Proj(Cat::SsmIn),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.weight",
+        &[SsmConv, SsmInner],
+        Role::Ssm(SsmPart::Conv),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.bias",
+        &[SsmInner],
+        Role::Ssm(SsmPart::ConvBias),
+    ),
+    t(
+        "blk.{i}.ssm_x.weight",
+        &[SsmInner, Mamba1Xdb],
+        Role::Proj(Cat::SsmX),
+    ),
+    t(
+        "blk.{i}.ssm_dt.weight",
+        &[SsmRank, SsmInner],
+        Role::Proj(Cat::SsmDt),
+    ),
+    t(
+        "blk.{i}.ssm_dt.bias",
+        &[SsmInner],
+        Role::Ssm(SsmPart::DtBias),
+    ),
+    t(
+        "blk.{i}.ssm_a",
+        &[SsmState, SsmInner],
+        Role::Ssm(SsmPart::A1),
+    ),
+    t("blk.{i}.ssm_d", &[SsmInner], Role::Ssm(SsmPart::D)),
+    t(
+        "blk.{i}.ssm_out.weight",
+        &[SsmInner, Hidden],
+        Role::Proj(Cat::SsmOutUnnormed),
+    ),
+];
+
+/// Mamba (v1): llama.cpp supports only an inner width of twice the hidden size.
+pub const MAMBA: Family = Family {
+    arch: "mamba",
+    head: LLAMA_HEAD,
+    layer: MAMBA_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        MAMBA_META_COMMON[0],
+        MAMBA_META_COMMON[1],
+        MAMBA_META_COMMON[2],
+        MAMBA_META_COMMON[3],
+        MAMBA_META_COMMON[4],
+        MAMBA_META_COMMON[5],
+        MAMBA_META_COMMON[6],
+        MAMBA_META_COMMON[7],
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: MAMBA_CONSTS,
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[(
+        "tiny",
+        Shape {
+            ssm: Ssm {
+                inner: 512,
+                state: 16,
+                conv: 4,
+                rank: 16,
+                groups: 1,
+            },
+            ..tiny_shape(false, 0, 0)
         },
     )],
 };
@@ -2390,6 +2582,111 @@ pub const PHI3: Family = Family {
     ],
 };
 
+const MAMBA2_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t(
+        "blk.{i}.ssm_in.weight",
+        &[Hidden, Mamba2InProj],
+        Role::Proj(Cat::SsmIn),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.weight",
+        &[SsmConv, Mamba2ConvChannels],
+        Role::Ssm(SsmPart::Conv),
+    ),
+    t(
+        "blk.{i}.ssm_conv1d.bias",
+        &[Mamba2ConvChannels],
+        Role::Ssm(SsmPart::ConvBias),
+    ),
+    t(
+        "blk.{i}.ssm_dt.bias",
+        &[SsmRank],
+        Role::Ssm(SsmPart::DtBias),
+    ),
+    t("blk.{i}.ssm_a", &[One, SsmRank], Role::Ssm(SsmPart::A2)),
+    t("blk.{i}.ssm_d", &[One, SsmRank], Role::Ssm(SsmPart::D)),
+    t(
+        "blk.{i}.ssm_norm.weight",
+        &[SsmGroupWidth, SsmGroups],
+        Role::Norm,
+    ),
+    t(
+        "blk.{i}.ssm_out.weight",
+        &[SsmInner, Hidden],
+        Role::Proj(Cat::SsmOut),
+    ),
+];
+
+/// Mamba-2: scalar decay per head, two groups of B/C (so the grouping shows) and the gated
+/// group norm. `1.3b` is Mamba2-1.3B's shape (tied embeddings, GPT-NeoX's vocabulary size).
+pub const MAMBA2: Family = Family {
+    arch: "mamba2",
+    head: LLAMA_HEAD,
+    layer: MAMBA2_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        MAMBA_META_COMMON[0],
+        MAMBA_META_COMMON[1],
+        MAMBA_META_COMMON[2],
+        MAMBA_META_COMMON[3],
+        MAMBA_META_COMMON[4],
+        MAMBA_META_COMMON[5],
+        MAMBA_META_COMMON[6],
+        MAMBA_META_COMMON[7],
+        ("ssm.group_count", Field::SsmGroups),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ],
+    consts: MAMBA_CONSTS,
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                ssm: Ssm {
+                    inner: 512,
+                    state: 64,
+                    conv: 4,
+                    rank: 8,
+                    groups: 2,
+                },
+                ..tiny_shape(false, 0, 0)
+            },
+        ),
+        (
+            "1.3b",
+            Shape {
+                hidden: 2048,
+                layers: 48,
+                heads: 32,
+                kv_heads: 32,
+                head_dim: 64,
+                ffn: 1,
+                vocab: 50288,
+                context: 4096,
+                rope_base: 10_000.0,
+                rms_eps: 1e-5,
+                tied: true,
+                experts: 0,
+                experts_used: 0,
+                ffn_exp: 0,
+                ssm: Ssm {
+                    inner: 4096,
+                    state: 128,
+                    conv: 4,
+                    rank: 64,
+                    groups: 1,
+                },
+                kinds: None,
+                llama3_rope: None,
+                rope_dim: None,
+                longrope: None,
+            },
+        ),
+    ],
+};
+
 pub const FAMILIES: &[&Family] = &[
     &LLAMA,
     &GRANITE,
@@ -2401,6 +2698,8 @@ pub const FAMILIES: &[&Family] = &[
     &GPT_OSS,
     &GEMMA4,
     &PHI3,
+    &MAMBA,
+    &MAMBA2,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -2897,6 +3196,9 @@ pub const OUT_NOISE: f32 = 0.5;
 pub const EMBD_STD: f32 = 1.0;
 /// RMS of `silu(gate) * up` for unit-normal gate and up: the FFN's inner activations.
 const SWIGLU_RMS: f32 = 0.6;
+/// RMS of a Mamba layer's gated output (mostly the `D` skip of a SiLU'd convolution, times
+/// `silu(z)`): without the factor its layers would hardly move the logits.
+const MAMBA_GATED_RMS: f32 = 0.35;
 /// Below this, the layers hardly matter; the margin gives way instead.
 const MIN_RHO: f32 = 0.5;
 
@@ -2982,6 +3284,8 @@ impl Plan {
                 tpl.role,
                 Role::Router
                     | Role::Bias
+                    | Role::Norm
+                    | Role::Ssm(_)
                     | Role::PlainProj
                     | Role::LayerScale
                     | Role::RopeFreqs
@@ -3002,7 +3306,11 @@ impl Plan {
                 // Scaled by sqrt(width) on the way in, to unit RMS.
                 Role::PerLayerEmbd => 1.0 / (shape.dim(Dim::PerLayer, 0) as f32).sqrt(),
                 Role::Proj(c) if c.writes_residual() => {
-                    let inner = if c == Cat::FfnDown { SWIGLU_RMS } else { 1.0 };
+                    let inner = match c {
+                        Cat::FfnDown => SWIGLU_RMS,
+                        Cat::SsmOutUnnormed => MAMBA_GATED_RMS,
+                        _ => 1.0,
+                    };
                     scales.branch / (inner * (ncols as f32).sqrt())
                 }
                 Role::Proj(_) | Role::Router | Role::PlainProj => 1.0 / (ncols as f32).sqrt(),
@@ -3013,7 +3321,8 @@ impl Plan {
                 | Role::PostNorm
                 | Role::LayerScale
                 | Role::RopeFreqs
-                | Role::RopeFactors(_) => 0.0,
+                | Role::RopeFactors(_)
+                | Role::Ssm(_) => 0.0,
             };
             let stream = name_hash(&name);
             tensors.push(PlannedTensor {
@@ -3221,6 +3530,22 @@ impl Plan {
                 | Role::PerLayerEmbd
                 | Role::PlainProj => random_row(t.qtype, &mut rng, t.sigma, row_out),
                 Role::Output => self.output_row(t, row, &mut rng, row_out, scratch),
+                Role::Ssm(part) => {
+                    let n = t.row_len();
+                    scratch.clear();
+                    scratch.extend((0..n).map(|j| match part {
+                        SsmPart::Conv => SQRT3 * rng.sym() / (n as f32).sqrt(),
+                        SsmPart::ConvBias => 0.1 * rng.sym(),
+                        SsmPart::A2 => -(1.0 + 15.0 * rng.unit()),
+                        SsmPart::A1 => -((j + 1) as f32),
+                        SsmPart::D => 1.0 + 0.1 * rng.sym(),
+                        SsmPart::DtBias => {
+                            let dt = (0.001f32.ln() + rng.unit() * (0.1f32 / 0.001).ln()).exp();
+                            dt + (-(-dt).exp_m1()).ln()
+                        }
+                    }));
+                    quantize_row(t.qtype, scratch, row_out);
+                }
             }
         }
     }
