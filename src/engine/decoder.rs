@@ -1790,15 +1790,36 @@ fn moe_forward(
     }
     let flat = h.reshape((rows, hidden))?;
     let mut out = vec![0f32; rows * hidden];
+    // One row (decoding): every chosen expert reads the same input, so their gate and up
+    // projections run in one call on one quantization of it, instead of one call per expert.
+    let picked: Vec<usize> = (0..n_exp).filter(|&e| !chosen[e].is_empty()).collect();
+    let mut shared: Vec<Option<(Tensor, Tensor)>> = vec![None; n_exp];
+    if rows == 1 && picked.len() > 1 {
+        let ws: Vec<&Linear> = picked
+            .iter()
+            .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
+            .collect();
+        let mut outs = linear_slice(&ws, h, false)?.into_iter();
+        for &e in &picked {
+            if let (Some(g), Some(u)) = (outs.next(), outs.next()) {
+                shared[e] = Some((g, u));
+            }
+        }
+    }
     for (e, picks) in chosen.iter().enumerate() {
         if picks.is_empty() {
             continue;
         }
         let ex = &moe.experts[e];
-        let idx: Vec<u32> = picks.iter().map(|&(r, _)| r as u32).collect();
-        let idx = Tensor::new(idx.as_slice(), h.device())?;
-        let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
-        let [g, u] = linear_many([&ex.gate, &ex.up], &x, false)?;
+        let [g, u] = match shared[e].take() {
+            Some((g, u)) => [g, u],
+            None => {
+                let idx: Vec<u32> = picks.iter().map(|&(r, _)| r as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), h.device())?;
+                let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
+                linear_many([&ex.gate, &ex.up], &x, false)?
+            }
+        };
         let glu = if moe.oai {
             swiglu_oai(&g, &u, ex.bias.as_ref())?
         } else {
@@ -1871,6 +1892,14 @@ fn linear_many<const N: usize>(
     x: &Tensor,
     dense_ok: bool,
 ) -> candle_core::Result<[Tensor; N]> {
+    linear_slice(&ws, x, dense_ok)?
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("matmul output count".into()))
+}
+
+/// [`linear_many`] over any number of matrices (a token's chosen experts).
+fn linear_slice(ws: &[&Linear], x: &Tensor, dense_ok: bool) -> candle_core::Result<Vec<Tensor>> {
+    let n = ws.len();
     let q8: Vec<&Q8Matrix> = ws
         .iter()
         .filter_map(|w| match w {
@@ -1899,25 +1928,25 @@ fn linear_many<const N: usize>(
             _ => None,
         })
         .collect();
-    let fused = if mx.len() == N {
+    let fused = if mx.len() == n {
         Some(own_matmul(
             x,
             |data, m| mxfp4::matmul(&mx, data, m),
             mx.iter().map(|w| w.rows()),
         )?)
-    } else if lq.len() == N {
+    } else if lq.len() == n {
         Some(own_matmul(
             x,
             |data, m| legacy::matmul(&lq, data, m),
             lq.iter().map(|w| w.rows()),
         )?)
-    } else if q8.len() == N {
+    } else if q8.len() == n {
         Some(own_matmul(
             x,
             |data, m| q8::matmul(&q8, data, m),
             q8.iter().map(|w| w.rows()),
         )?)
-    } else if kq.len() == N {
+    } else if kq.len() == n {
         Some(own_matmul(
             x,
             |data, m| kq::matmul(&kq, data, m),
@@ -1927,16 +1956,9 @@ fn linear_many<const N: usize>(
         None
     };
     if let Some(outs) = fused {
-        return outs
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("matmul output count".into()));
+        return Ok(outs);
     }
-    let mut outs = Vec::with_capacity(N);
-    for w in ws {
-        outs.push(linear(w, x, dense_ok)?);
-    }
-    outs.try_into()
-        .map_err(|_| candle_core::Error::Msg("matmul output count".into()))
+    ws.iter().map(|w| linear(w, x, dense_ok)).collect()
 }
 
 /// Runs an own kernel (`mm(x data, rows of x)`, one output per matrix) on `x`, shaping each
