@@ -1806,28 +1806,33 @@ fn moe_forward(
             }
         }
     }
-    for (e, picks) in chosen.iter().enumerate() {
-        if picks.is_empty() {
-            continue;
-        }
+    // Each picked expert's gated unit over the rows that chose it.
+    let mut glus = Vec::with_capacity(picked.len());
+    for &e in &picked {
         let ex = &moe.experts[e];
         let [g, u] = match shared[e].take() {
             Some((g, u)) => [g, u],
             None => {
-                let idx: Vec<u32> = picks.iter().map(|&(r, _)| r as u32).collect();
+                let idx: Vec<u32> = chosen[e].iter().map(|&(r, _)| r as u32).collect();
                 let idx = Tensor::new(idx.as_slice(), h.device())?;
                 let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
                 linear_many([&ex.gate, &ex.up], &x, false)?
             }
         };
-        let glu = if moe.oai {
+        glus.push(if moe.oai {
             swiglu_oai(&g, &u, ex.bias.as_ref())?
         } else {
             (act(&g)? * u)?
-        };
-        let mut y = linear(&ex.down, &glu, false)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        });
+    }
+    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
+    let ys = down_projections(&downs, &glus, rows == 1)?;
+    for ((&e, mut y), picks) in picked
+        .iter()
+        .zip(ys)
+        .zip(picked.iter().map(|&e| &chosen[e]))
+    {
+        let ex = &moe.experts[e];
         if let Some([_, _, db]) = &ex.bias {
             for row in y.chunks_exact_mut(hidden) {
                 for (v, b) in row.iter_mut().zip(db) {
@@ -1843,6 +1848,51 @@ fn moe_forward(
         }
     }
     Tensor::from_vec(out, (1, rows, hidden), h.device())
+}
+
+/// The experts' down projections, each on its own input. Decoding one row, matrices of one own
+/// kernel type run in one parallel region (`matmul_each`), bit-identical to one call each.
+fn down_projections(
+    downs: &[&Linear],
+    inputs: &[Tensor],
+    one_row: bool,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    if one_row && downs.len() > 1 {
+        let kq: Vec<&KMatrix> = downs
+            .iter()
+            .filter_map(|w| match w {
+                Linear::K(m) => Some(&**m),
+                _ => None,
+            })
+            .collect();
+        let mx: Vec<&MxMatrix> = downs
+            .iter()
+            .filter_map(|w| match w {
+                Linear::Mx(m) => Some(&**m),
+                _ => None,
+            })
+            .collect();
+        if kq.len() == downs.len() || mx.len() == downs.len() {
+            let data = inputs
+                .iter()
+                .map(flat)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let rows: Vec<&[f32]> = data.iter().map(|d| d.as_slice()).collect();
+            let fits = |k: usize| rows.iter().all(|r| r.len() == k);
+            if kq.len() == downs.len() && fits(kq[0].cols()) {
+                return Ok(kq::matmul_each(&kq, &rows));
+            }
+            if mx.len() == downs.len() && fits(mx[0].cols()) {
+                return Ok(mxfp4::matmul_each(&mx, &rows));
+            }
+        }
+    }
+    downs
+        .iter()
+        .zip(inputs)
+        .map(|(w, x)| flat(&linear(w, x, false)?))
+        .collect()
 }
 
 /// OpenAI's gated unit (llama.cpp's `swiglu_oai`, α = 1.702, limit 7) on gate and up

@@ -445,6 +445,28 @@ pub fn matmul(ws: &[&KMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     matmul_with(kernel(), ws, x, m)
 }
 
+/// One row `xs[j]` through each matrix `ws[j]` (all with the same row length), in one parallel
+/// region: a decoded token's experts, whose inputs differ. Each result is bit-identical to
+/// [`matmul`] of that row alone.
+pub fn matmul_each(ws: &[&KMatrix], xs: &[&[f32]]) -> Vec<Vec<f32>> {
+    let kern = kernel();
+    let Some(first) = ws.first() else {
+        return Vec::new();
+    };
+    let k = first.k;
+    assert!(
+        ws.len() == xs.len() && ws.iter().all(|w| w.k == k) && xs.iter().all(|x| x.len() == k),
+        "matmul_each: shape mismatch"
+    );
+    let acts: Vec<QuantRowsK> = xs.iter().map(|x| QuantRowsK::new(x, 1, k)).collect();
+    let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
+    super::pool::tiled(&ns, 1, k, ROWS, |j, t, out| {
+        // SAFETY: as in `matmul_with`: one call per tile of each matrix, into that matrix's
+        // `1 × n` output; the CPU runs `kern`.
+        unsafe { tile_all_acts(kern, ws[j], t, &acts[j], out) }
+    })
+}
+
 /// [`matmul`] on a chosen kernel (`None`: the scalar reference). The caller guarantees the CPU
 /// runs it, as [`kernel`] does.
 fn matmul_with(kern: Option<Kernel>, ws: &[&KMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
@@ -1190,6 +1212,34 @@ mod tests {
                 .map(Some),
         );
         v
+    }
+
+    /// `matmul_each` gives each matrix's row exactly what `matmul` gives that row alone.
+    #[test]
+    fn matmul_each_matches_one_matmul_per_row() {
+        let k = 512;
+        let types = [KType::Q4K, KType::Q6K, KType::Q5K, KType::Q4K];
+        let ws: Vec<KMatrix> = types
+            .iter()
+            .enumerate()
+            .map(|(j, &ty)| {
+                let n = 17 + 5 * j;
+                KMatrix::from_gguf_bytes(&random_gguf(ty, n, k, 40 + j as u64), ty, n, k).unwrap()
+            })
+            .collect();
+        let xs: Vec<Vec<f32>> = (0..ws.len())
+            .map(|j| {
+                (0..k)
+                    .map(|i| ((i * 7 + j * 13) as f32 * 0.37).sin())
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&KMatrix> = ws.iter().collect();
+        let rows: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
+        let each = matmul_each(&refs, &rows);
+        for (j, w) in ws.iter().enumerate() {
+            assert_eq!(each[j], matmul(&[w], &xs[j], 1)[0], "matrix {j}");
+        }
     }
 
     struct Rng(u64);

@@ -108,6 +108,10 @@ impl MxMatrix {
         self.n
     }
 
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
     /// Blocks per row.
     fn kb(&self) -> usize {
         self.k / BLOCK
@@ -164,6 +168,28 @@ pub fn kernel() -> Option<Kernel> {
 /// matrix. `x` is `m` rows of `k` values.
 pub fn matmul(ws: &[&MxMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     matmul_with(kernel(), ws, x, m)
+}
+
+/// One row `xs[j]` through each matrix `ws[j]` (all with the same row length), in one parallel
+/// region: a decoded token's experts, whose inputs differ. Each result is bit-identical to
+/// [`matmul`] of that row alone.
+pub fn matmul_each(ws: &[&MxMatrix], xs: &[&[f32]]) -> Vec<Vec<f32>> {
+    let kern = kernel();
+    let Some(first) = ws.first() else {
+        return Vec::new();
+    };
+    let k = first.k;
+    assert!(
+        ws.len() == xs.len() && ws.iter().all(|w| w.k == k) && xs.iter().all(|x| x.len() == k),
+        "matmul_each: shape mismatch"
+    );
+    let acts: Vec<QuantRows> = xs.iter().map(|x| QuantRows::new(x, 1, k)).collect();
+    let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
+    super::pool::tiled(&ns, 1, k, ROWS, |j, t, out| {
+        // SAFETY: as in `matmul_with`: one call per tile of each matrix, into that matrix's
+        // `1 × n` output; the CPU runs `kern`.
+        unsafe { tile_all_acts(kern, ws[j], t, &acts[j], out) }
+    })
 }
 
 /// [`matmul`] on a chosen kernel (`None`: the scalar reference). The caller guarantees the CPU
@@ -511,6 +537,31 @@ mod tests {
                 .map(Some),
         );
         v
+    }
+
+    /// `matmul_each` gives each matrix's row exactly what `matmul` gives that row alone.
+    #[test]
+    fn matmul_each_matches_one_matmul_per_row() {
+        let k = 96;
+        let ws: Vec<MxMatrix> = (0..3)
+            .map(|j| {
+                let n = 9 + 4 * j;
+                MxMatrix::from_gguf_bytes(&random_gguf(n, k, 70 + j as u64), n, k).unwrap()
+            })
+            .collect();
+        let xs: Vec<Vec<f32>> = (0..ws.len())
+            .map(|j| {
+                (0..k)
+                    .map(|i| ((i * 5 + j * 11) as f32 * 0.29).cos())
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&MxMatrix> = ws.iter().collect();
+        let rows: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
+        let each = matmul_each(&refs, &rows);
+        for (j, w) in ws.iter().enumerate() {
+            assert_eq!(each[j], matmul(&[w], &xs[j], 1)[0], "matrix {j}");
+        }
     }
 
     struct Rng(u64);
