@@ -901,12 +901,12 @@ fn same_gaps(a: &[f32], b: &[f32], what: &str) {
 /// from a checkpoint kept before a prompt's last token (or from the live state when they
 /// extend it), never from a state holding tokens they do not have. A regenerated answer, the
 /// next turn and an edited answer each give exactly the tokens and gaps of a fresh engine that
-/// reads the whole conversation.
+/// reads the whole conversation. A Granite hybrid's attention layers go back with its state.
 #[test]
 fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
     use influence::engine::ChatMessage;
     let dir = tempfile::tempdir().unwrap();
-    for fam in ["mamba2", "mamba"] {
+    for fam in ["mamba2", "mamba", "granitehybrid"] {
         let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 5).unwrap();
         let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
         let tok = TextTokenizer::from_gguf_path(&path).unwrap();
@@ -1001,12 +1001,18 @@ fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
     assert!(text.contains("State:"), "{text}");
 }
 
-/// Mamba sequences decode in one batched step, each on its own state: four concurrent
-/// requests give exactly the tokens each gives alone.
+/// Mamba sequences decode in one batched step, each on its own state (and, in a Granite
+/// hybrid, its own KV cache): four concurrent requests give exactly the tokens each gives alone.
 #[test]
 fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
+    for fam in ["mamba2", "granitehybrid"] {
+        batched_matches_alone(fam);
+    }
+}
+
+fn batched_matches_alone(fam: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = Spec::preset(synth::family("mamba2").unwrap(), "tiny", Mix::Q8_0, 9).unwrap();
+    let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 9).unwrap();
     let (_, path) = write(spec, dir.path(), "m2.gguf", 2);
     let engine = || {
         EngineHandle::spawn(EngineOptions {
@@ -1034,15 +1040,15 @@ fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
         .collect();
     let together: Vec<Run> = gens.into_iter().map(finish).collect();
     let stats = e.stats();
-    assert!(stats.max_batch >= 2, "not decoded together: {stats:?}");
+    assert!(stats.max_batch >= 2, "{fam}: not decoded together: {stats:?}");
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(a.ids.len(), 16, "request {i}");
-        assert_eq!(a.ids, t.ids, "request {i} changed when batched");
+        assert_eq!(a.ids.len(), 16, "{fam} request {i}");
+        assert_eq!(a.ids, t.ids, "{fam} request {i} changed when batched");
         let bits = |r: &Run| r.gaps.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(a),
             bits(t),
-            "request {i}: batching changed its numbers"
+            "{fam} request {i}: batching changed its numbers"
         );
     }
 }
