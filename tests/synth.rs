@@ -1001,6 +1001,50 @@ fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
     assert!(text.contains("State:"), "{text}");
 }
 
+/// `show` names a Granite hybrid's mix of layers, the state of its Mamba-2 layers and the KV
+/// shape of its attention layers (tiny: layers 0 and 2 recurrent, 1 and 3 attention).
+#[test]
+fn the_library_shows_a_granite_hybrid_s_layer_mix_state_and_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("granitehybrid").unwrap(), "tiny", Mix::Q8_0, 1).unwrap();
+    let ssm = spec.shape.ssm;
+    let per_layer =
+        (ssm.conv - 1) * (ssm.inner + 2 * ssm.groups * ssm.state) + ssm.inner * ssm.state;
+    let state = (2 * per_layer * 4) as u64;
+    let (_, path) = write(spec, dir.path(), "gh.gguf", 2);
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+        c.env_clear()
+            .env("INFLUENCE_HOME", dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        c
+    };
+    cli().arg("import").arg(&path).assert().success();
+    let out = cli().args(["show", "gh", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["state_bytes"], state);
+    assert_eq!(
+        v["info"]["layer_kind"],
+        "2 Mamba-2 (state space) + 2 attention"
+    );
+    let text = cli().args(["show", "gh"]).output().unwrap().stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(
+            "Layers:        4: 2 Mamba-2 (state space) + 2 attention (KV heads 2, head dim 64)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("State:"), "{text}");
+}
+
 /// Mamba sequences decode in one batched step, each on its own state (and, in a Granite
 /// hybrid, its own KV cache): four concurrent requests give exactly the tokens each gives alone.
 #[test]
