@@ -621,6 +621,53 @@ fn gemma4_metadata_that_cannot_work_is_refused_clearly() {
     }
 }
 
+/// A Granite hybrid whose per-layer KV heads mark no layer as attention, or list the wrong
+/// number of layers, or give heads that do not divide the query heads, is refused at load with
+/// what is wrong, never a panic.
+#[test]
+fn granite_hybrid_metadata_that_cannot_work_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, synth::Meta, &str); 3] = [
+        (
+            "granitehybrid.attention.head_count_kv",
+            synth::Meta::i32s([0, 0, 0, 0]),
+            "no attention layer",
+        ),
+        (
+            "granitehybrid.attention.head_count_kv",
+            synth::Meta::i32s([0, 2, 0]),
+            "granitehybrid.attention.head_count_kv",
+        ),
+        (
+            "granitehybrid.attention.head_count_kv",
+            synth::Meta::i32s([0, 3, 0, 2]),
+            "invalid head counts 4/3",
+        ),
+    ];
+    let e = engine();
+    for (i, (key, value, want)) in cases.into_iter().enumerate() {
+        let spec = Spec::preset(&synth::GRANITEHYBRID, "tiny", Mix::Q8_0, 7).unwrap();
+        let mut plan = Plan::new(spec).unwrap();
+        let slot = plan.metadata.iter_mut().find(|(k, _)| k == key).unwrap();
+        slot.1 = value;
+        let path = dir.path().join(format!("bad{i}.gguf"));
+        synth::write_file(&plan, &path, 2).unwrap();
+        let mut gen = e.generate(GenRequest {
+            model: path,
+            prompt: Prompt::Raw("hi".into()),
+            params: GenParams::greedy(2),
+        });
+        let err = loop {
+            match gen.events.blocking_recv() {
+                Some(GenEvent::Failed(err)) => break err.to_string(),
+                Some(GenEvent::Done(_)) | None => panic!("case {i}: the bad file loaded"),
+                Some(_) => {}
+            }
+        };
+        assert!(err.contains(want), "case {i}: {err}");
+    }
+}
+
 /// A Gemma 4 vocabulary (`tokenizer.ggml.model = gemma4`: merges over UTF-8, `▁` for spaces,
 /// byte fallback, BOS always) encodes as llama.cpp does and decodes back. The ids are llama.cpp
 /// `0c1e570`'s on the tiny gemma4 file: `llama-server -m F.gguf`, then POST `/tokenize` with

@@ -156,12 +156,12 @@ impl DecoderConfig {
         let head_dim = meta
             .opt_usize(&k("attention.key_length"))
             .unwrap_or(hidden / n_head);
-        let rope_dim = match pure_ssm {
-            true => 0,
-            false => meta
-                .opt_usize(&k("rope.dimension_count"))
+        let rope_dim = if pure_ssm {
+            0
+        } else {
+            meta.opt_usize(&k("rope.dimension_count"))
                 .unwrap_or(head_dim)
-                .min(head_dim),
+                .min(head_dim)
         };
         let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3" | "gemma4");
