@@ -1053,7 +1053,13 @@ fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
 #[test]
 fn the_library_shows_a_granite_hybrid_s_layer_mix_state_and_kv() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = Spec::preset(synth::family("granitehybrid").unwrap(), "tiny", Mix::Q8_0, 1).unwrap();
+    let spec = Spec::preset(
+        synth::family("granitehybrid").unwrap(),
+        "tiny",
+        Mix::Q8_0,
+        1,
+    )
+    .unwrap();
     let ssm = spec.shape.ssm;
     let per_layer =
         (ssm.conv - 1) * (ssm.inner + 2 * ssm.groups * ssm.state) + ssm.inner * ssm.state;
@@ -1131,7 +1137,10 @@ fn batched_matches_alone(fam: &str) {
         .collect();
     let together: Vec<Run> = gens.into_iter().map(finish).collect();
     let stats = e.stats();
-    assert!(stats.max_batch >= 2, "{fam}: not decoded together: {stats:?}");
+    assert!(
+        stats.max_batch >= 2,
+        "{fam}: not decoded together: {stats:?}"
+    );
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a.ids.len(), 16, "{fam} request {i}");
         assert_eq!(a.ids, t.ids, "{fam} request {i} changed when batched");

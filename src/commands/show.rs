@@ -139,7 +139,10 @@ pub fn render_details(m: &Model) -> String {
     ) {
         // A hybrid: its mix, and the shape of its attention layers' KV cache.
         (Some(l), Some(h), Some(d), Some(kind)) => {
-            kv("Layers", format!("{l}: {kind} (KV heads {h}, head dim {d})"));
+            kv(
+                "Layers",
+                format!("{l}: {kind} (KV heads {h}, head dim {d})"),
+            );
         }
         (Some(l), Some(h), Some(d), None) => {
             kv("Layers", format!("{l} (KV heads {h}, head dim {d})"));

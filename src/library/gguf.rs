@@ -105,7 +105,9 @@ pub enum MetaValue {
     Float(f64),
     Bool(bool),
     Str(String),
-    Array { len: u64 },
+    Array {
+        len: u64,
+    },
 }
 
 impl MetaValue {

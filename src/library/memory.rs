@@ -63,11 +63,7 @@ impl LayerKind {
 /// A file's layers as (recurrent, attention) counts. A hybrid (`granitehybrid`) lists its KV
 /// heads per layer, 0 marking a recurrent layer (llama.cpp's rule); `None` when that list is
 /// missing or does not cover the layers. Other files are all one kind.
-pub fn layer_split(
-    arch: &str,
-    layers: u64,
-    kv_heads: Option<&MetaValue>,
-) -> Option<(u64, u64)> {
+pub fn layer_split(arch: &str, layers: u64, kv_heads: Option<&MetaValue>) -> Option<(u64, u64)> {
     match (arch, LayerKind::of_arch(arch)) {
         ("granitehybrid", _) => match kv_heads? {
             MetaValue::Ints(v) if v.len() as u64 == layers => {
@@ -84,7 +80,10 @@ pub fn layer_split(
 /// KV heads of a hybrid's attention layers: the first non-zero per-layer value.
 pub fn attention_kv_heads(kv_heads: Option<&MetaValue>) -> Option<u64> {
     match kv_heads? {
-        MetaValue::Ints(v) => v.iter().find(|&&h| h > 0).and_then(|&h| u64::try_from(h).ok()),
+        MetaValue::Ints(v) => v
+            .iter()
+            .find(|&&h| h > 0)
+            .and_then(|&h| u64::try_from(h).ok()),
         other => other.as_u64(),
     }
 }
@@ -273,7 +272,10 @@ mod tests {
         let kv: Vec<i128> = (0..40).map(|i| if i % 10 == 5 { 8 } else { 0 }).collect();
         let pairs = |kv: MetaValue| {
             meta(&[
-                ("general.architecture", MetaValue::Str("granitehybrid".into())),
+                (
+                    "general.architecture",
+                    MetaValue::Str("granitehybrid".into()),
+                ),
                 ("granitehybrid.block_count", MetaValue::Int(40)),
                 ("granitehybrid.embedding_length", MetaValue::Int(2560)),
                 ("granitehybrid.attention.head_count", MetaValue::Int(40)),
