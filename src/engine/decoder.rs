@@ -156,7 +156,10 @@ impl DecoderConfig {
         let head_dim = meta
             .opt_usize(&k("attention.key_length"))
             .unwrap_or(hidden / n_head);
-        let rope_dim = if pure_ssm {
+        // llama.cpp's Granite loaders take `rope.scaling.finetuned` as the switch for RoPE.
+        // Without it no RoPE tables are built (Granite 4.0 H files claim a 1M context).
+        let no_rope = hybrid && meta.opt_bool(&k("rope.scaling.finetuned")) == Some(false);
+        let rope_dim = if pure_ssm || no_rope {
             0
         } else {
             meta.opt_usize(&k("rope.dimension_count"))
@@ -329,8 +332,7 @@ impl DecoderConfig {
             },
             ssm,
             recurrent,
-            // llama.cpp's Granite loaders take `rope.scaling.finetuned` as the switch for RoPE.
-            no_rope: hybrid && meta.opt_bool(&k("rope.scaling.finetuned")) == Some(false),
+            no_rope,
         };
         cfg.check_shared_kv().map_err(corrupt)?;
         Ok(cfg)
