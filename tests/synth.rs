@@ -422,6 +422,21 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
             &[704, 807, 92, 48, 340, 936, 790, 192, 853, 548, 743, 493, 385, 936, 808],
             &[9.738, 8.618, 9.08, 7.653, 8.547, 10.482, 9.927, 7.508, 8.766, 7.845, 8.678, 8.558, 10.777, 9.562, 12.398],
         ),
+        // Granite 4.0 hybrid: Mamba-2 layers 0 and 2, attention (without RoPE) at 1 and 3,
+        // Granite's multipliers; dense FFNs.
+        (
+            "granitehybrid", "tiny",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[614, 869, 815, 114, 474, 760, 113, 854, 853, 157, 386, 537, 385, 774, 655],
+            &[11.613, 10.59, 10.826, 9.132, 10.52, 11.185, 11.6, 9.735, 10.858, 10.575, 11.3, 10.114, 11.626, 11.356, 13.91],
+        ),
+        // The same layers with routed experts plus a shared expert (Granite 4.0 H Tiny/Small).
+        (
+            "granitehybrid", "tiny-moe",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[70, 659, 815, 57, 949, 918, 578, 649, 853, 668, 386, 428, 963, 917, 54],
+            &[11.156, 11.416, 10.695, 9.699, 10.226, 10.531, 9.647, 9.378, 10.363, 8.651, 9.73, 10.5, 11.382, 10.81, 13.114],
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let e = engine();
@@ -603,6 +618,53 @@ fn gemma4_metadata_that_cannot_work_is_refused_clearly() {
             }
         };
         assert!(err.contains(want), "{key}: {err}");
+    }
+}
+
+/// A Granite hybrid whose per-layer KV heads mark no layer as attention, or list the wrong
+/// number of layers, or give heads that do not divide the query heads, is refused at load with
+/// what is wrong, never a panic.
+#[test]
+fn granite_hybrid_metadata_that_cannot_work_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, synth::Meta, &str); 3] = [
+        (
+            "granitehybrid.attention.head_count_kv",
+            synth::Meta::i32s([0, 0, 0, 0]),
+            "no attention layer",
+        ),
+        (
+            "granitehybrid.attention.head_count_kv",
+            synth::Meta::i32s([0, 2, 0]),
+            "granitehybrid.attention.head_count_kv",
+        ),
+        (
+            "granitehybrid.attention.head_count_kv",
+            synth::Meta::i32s([0, 3, 0, 2]),
+            "invalid head counts 4/3",
+        ),
+    ];
+    let e = engine();
+    for (i, (key, value, want)) in cases.into_iter().enumerate() {
+        let spec = Spec::preset(&synth::GRANITEHYBRID, "tiny", Mix::Q8_0, 7).unwrap();
+        let mut plan = Plan::new(spec).unwrap();
+        let slot = plan.metadata.iter_mut().find(|(k, _)| k == key).unwrap();
+        slot.1 = value;
+        let path = dir.path().join(format!("bad{i}.gguf"));
+        synth::write_file(&plan, &path, 2).unwrap();
+        let mut gen = e.generate(GenRequest {
+            model: path,
+            prompt: Prompt::Raw("hi".into()),
+            params: GenParams::greedy(2),
+        });
+        let err = loop {
+            match gen.events.blocking_recv() {
+                Some(GenEvent::Failed(err)) => break err.to_string(),
+                Some(GenEvent::Done(_)) | None => panic!("case {i}: the bad file loaded"),
+                Some(_) => {}
+            }
+        };
+        assert!(err.contains(want), "case {i}: {err}");
     }
 }
 
@@ -886,12 +948,12 @@ fn same_gaps(a: &[f32], b: &[f32], what: &str) {
 /// from a checkpoint kept before a prompt's last token (or from the live state when they
 /// extend it), never from a state holding tokens they do not have. A regenerated answer, the
 /// next turn and an edited answer each give exactly the tokens and gaps of a fresh engine that
-/// reads the whole conversation.
+/// reads the whole conversation. A Granite hybrid's attention layers go back with its state.
 #[test]
 fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
     use influence::engine::ChatMessage;
     let dir = tempfile::tempdir().unwrap();
-    for fam in ["mamba2", "mamba"] {
+    for fam in ["mamba2", "mamba", "granitehybrid"] {
         let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 5).unwrap();
         let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
         let tok = TextTokenizer::from_gguf_path(&path).unwrap();
@@ -986,12 +1048,68 @@ fn the_library_shows_a_mamba_model_s_state_instead_of_kv() {
     assert!(text.contains("State:"), "{text}");
 }
 
-/// Mamba sequences decode in one batched step, each on its own state: four concurrent
-/// requests give exactly the tokens each gives alone.
+/// `show` names a Granite hybrid's mix of layers, the state of its Mamba-2 layers and the KV
+/// shape of its attention layers (tiny: layers 0 and 2 recurrent, 1 and 3 attention).
+#[test]
+fn the_library_shows_a_granite_hybrid_s_layer_mix_state_and_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(
+        synth::family("granitehybrid").unwrap(),
+        "tiny",
+        Mix::Q8_0,
+        1,
+    )
+    .unwrap();
+    let ssm = spec.shape.ssm;
+    let per_layer =
+        (ssm.conv - 1) * (ssm.inner + 2 * ssm.groups * ssm.state) + ssm.inner * ssm.state;
+    let state = (2 * per_layer * 4) as u64;
+    let (_, path) = write(spec, dir.path(), "gh.gguf", 2);
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+        c.env_clear()
+            .env("INFLUENCE_HOME", dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        c
+    };
+    cli().arg("import").arg(&path).assert().success();
+    let out = cli().args(["show", "gh", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["state_bytes"], state);
+    assert_eq!(
+        v["info"]["layer_kind"],
+        "2 Mamba-2 (state space) + 2 attention"
+    );
+    let text = cli().args(["show", "gh"]).output().unwrap().stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(
+            "Layers:        4: 2 Mamba-2 (state space) + 2 attention (KV heads 2, head dim 64)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("State:"), "{text}");
+}
+
+/// Mamba sequences decode in one batched step, each on its own state (and, in a Granite
+/// hybrid, its own KV cache): four concurrent requests give exactly the tokens each gives alone.
 #[test]
 fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
+    for fam in ["mamba2", "granitehybrid"] {
+        batched_matches_alone(fam);
+    }
+}
+
+fn batched_matches_alone(fam: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = Spec::preset(synth::family("mamba2").unwrap(), "tiny", Mix::Q8_0, 9).unwrap();
+    let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 9).unwrap();
     let (_, path) = write(spec, dir.path(), "m2.gguf", 2);
     let engine = || {
         EngineHandle::spawn(EngineOptions {
@@ -1019,15 +1137,18 @@ fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
         .collect();
     let together: Vec<Run> = gens.into_iter().map(finish).collect();
     let stats = e.stats();
-    assert!(stats.max_batch >= 2, "not decoded together: {stats:?}");
+    assert!(
+        stats.max_batch >= 2,
+        "{fam}: not decoded together: {stats:?}"
+    );
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(a.ids.len(), 16, "request {i}");
-        assert_eq!(a.ids, t.ids, "request {i} changed when batched");
+        assert_eq!(a.ids.len(), 16, "{fam} request {i}");
+        assert_eq!(a.ids, t.ids, "{fam} request {i} changed when batched");
         let bits = |r: &Run| r.gaps.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(a),
             bits(t),
-            "request {i}: batching changed its numbers"
+            "{fam} request {i}: batching changed its numbers"
         );
     }
 }

@@ -131,10 +131,24 @@ pub fn render_details(m: &Model) -> String {
             .context_length
             .map_or_else(unknown, |c| format!("{c} tokens")),
     );
-    if let (Some(l), Some(h), Some(d)) = (m.info.layers, m.info.kv_heads, m.info.head_dim) {
-        kv("Layers", format!("{l} (KV heads {h}, head dim {d})"));
-    } else if let (Some(l), Some(kind)) = (m.info.layers, &m.info.layer_kind) {
-        kv("Layers", format!("{l} {kind}, no KV cache"));
+    match (
+        m.info.layers,
+        m.info.kv_heads,
+        m.info.head_dim,
+        &m.info.layer_kind,
+    ) {
+        // A hybrid: its mix, and the shape of its attention layers' KV cache.
+        (Some(l), Some(h), Some(d), Some(kind)) => {
+            kv(
+                "Layers",
+                format!("{l}: {kind} (KV heads {h}, head dim {d})"),
+            );
+        }
+        (Some(l), Some(h), Some(d), None) => {
+            kv("Layers", format!("{l} (KV heads {h}, head dim {d})"));
+        }
+        (Some(l), _, _, Some(kind)) => kv("Layers", format!("{l} {kind}, no KV cache")),
+        _ => {}
     }
     if let Some(b) = m.info.state_bytes {
         kv(

@@ -91,6 +91,11 @@ pub struct DecoderConfig {
     pub rope_orig_context: usize,
     /// State-space (Mamba) layers in place of attention.
     pub ssm: Option<ssm::SsmConfig>,
+    /// Which layers are state-space ones: all of a Mamba file's, those a Granite hybrid lists
+    /// with no KV heads (llama.cpp's rule); none elsewhere.
+    pub recurrent: Vec<bool>,
+    /// Attention without RoPE (Granite 4.0 hybrids write `rope.scaling.finetuned` false).
+    pub no_rope: bool,
 }
 
 /// YaRN rope scaling (llama.cpp's `rope_yarn` with its context's attention factor).
@@ -111,39 +116,55 @@ impl DecoderConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = meta.usize(&k("embedding_length"))?;
         let ssm = ssm::SsmConfig::from_meta(meta, arch)?;
+        let hybrid = arch == "granitehybrid";
         // Mamba files have no attention (their converters write 0 heads).
-        let n_head = match ssm {
-            Some(_) => 1,
-            None => meta.usize(&k("attention.head_count"))?,
+        let pure_ssm = ssm.is_some() && !hybrid;
+        let n_head = if pure_ssm {
+            1
+        } else {
+            meta.usize(&k("attention.head_count"))?
         };
         let n_layer = meta.usize(&k("block_count"))?;
         let corrupt = |reason: String| EngineError::Corrupt {
             path: meta.path.to_path_buf(),
             reason,
         };
-        let kv_heads = match ssm {
-            Some(_) => vec![1; n_layer],
-            None => meta
-                .opt_usize_per_layer(&k("attention.head_count_kv"), n_layer)?
-                .unwrap_or_else(|| vec![n_head; n_layer]),
+        let kv_heads = if pure_ssm {
+            vec![1; n_layer]
+        } else {
+            meta.opt_usize_per_layer(&k("attention.head_count_kv"), n_layer)?
+                .unwrap_or_else(|| vec![n_head; n_layer])
         };
-        let n_kv_head = kv_heads.first().copied().unwrap_or(n_head);
-        if let Some(&bad) = kv_heads
-            .iter()
-            .find(|&&kv| n_head == 0 || kv == 0 || n_head % kv != 0)
-            .or((n_head == 0).then_some(&n_kv_head))
+        let recurrent: Vec<bool> = if hybrid {
+            kv_heads.iter().map(|&kv| kv == 0).collect()
+        } else {
+            vec![pure_ssm; n_layer]
+        };
+        if hybrid && recurrent.iter().all(|&r| r) {
+            return Err(corrupt(
+                "a granitehybrid file lists no KV heads for any layer: no attention layer".into(),
+            ));
+        }
+        let attn_kv = || kv_heads.iter().zip(&recurrent).filter(|(_, &r)| !r);
+        let n_kv_head = attn_kv().map(|(&kv, _)| kv).next().unwrap_or(n_head);
+        if let Some((&bad, _)) = attn_kv()
+            .find(|(&kv, _)| n_head == 0 || kv == 0 || n_head % kv != 0)
+            .or((n_head == 0).then_some((&n_kv_head, &false)))
         {
             return Err(corrupt(format!("invalid head counts {n_head}/{bad}")));
         }
         let head_dim = meta
             .opt_usize(&k("attention.key_length"))
             .unwrap_or(hidden / n_head);
-        let rope_dim = match ssm {
-            Some(_) => 0,
-            None => meta
-                .opt_usize(&k("rope.dimension_count"))
+        // llama.cpp's Granite loaders take `rope.scaling.finetuned` as the switch for RoPE.
+        // Without it no RoPE tables are built (Granite 4.0 H files claim a 1M context).
+        let no_rope = hybrid && meta.opt_bool(&k("rope.scaling.finetuned")) == Some(false);
+        let rope_dim = if pure_ssm || no_rope {
+            0
+        } else {
+            meta.opt_usize(&k("rope.dimension_count"))
                 .unwrap_or(head_dim)
-                .min(head_dim),
+                .min(head_dim)
         };
         let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3" | "gemma4");
@@ -179,7 +200,7 @@ impl DecoderConfig {
         } else {
             0
         };
-        let granite = matches!(arch, "granite" | "granitemoe");
+        let granite = matches!(arch, "granite" | "granitemoe" | "granitehybrid");
         let rope_base = meta.opt_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
         let positive = |v: Option<f32>| v.filter(|x| x.is_finite() && *x > 0.0);
         if arch == "olmo2" && meta.opt_usize(&k("attention.sliding_window")).unwrap_or(0) > 0 {
@@ -189,7 +210,7 @@ impl DecoderConfig {
             });
         }
         let attn_scale = match arch {
-            "granite" | "granitemoe" => {
+            "granite" | "granitemoe" | "granitehybrid" => {
                 positive(meta.opt_f32(&k("attention.scale"))).map(f64::from)
             }
             // llama.cpp's rule (from gemma_pytorch): the 27B model (46 layers) scales by the
@@ -310,9 +331,16 @@ impl DecoderConfig {
                 0
             },
             ssm,
+            recurrent,
+            no_rope,
         };
         cfg.check_shared_kv().map_err(corrupt)?;
         Ok(cfg)
+    }
+
+    /// Whether layer `i` is a state-space layer rather than attention.
+    pub fn is_recurrent(&self, i: usize) -> bool {
+        self.recurrent.get(i).copied().unwrap_or(false)
     }
 
     /// Whether layer `i` attends through the sliding window.
@@ -413,6 +441,9 @@ enum Qkv {
     },
     /// Gemma 4's shared-KV layers: queries only, attending over an earlier layer's cache.
     QueryOnly(Linear),
+    /// A Granite hybrid's state-space layer: no attention; its mixer is this layer of the
+    /// decoder's SSM stack (which holds its norm and output projection too).
+    Recurrent(usize),
 }
 
 /// A layer's feed-forward block: one gated MLP, or a mixture of experts.
@@ -436,6 +467,9 @@ struct Moe {
     /// gpt-oss: weights are the softmax of the chosen experts' logits, the gated unit is
     /// [`swiglu_oai`].
     oai: bool,
+    /// An expert every token uses beside the routed ones, its output added to theirs
+    /// (Granite 4.0 H Tiny/Small: `ffn_*_shexp`).
+    shared: Option<Expert>,
 }
 
 struct Expert {
@@ -463,7 +497,8 @@ struct Layer {
     k_norm: Option<Tensor>,
     /// Applies RoPE (SmolLM3 leaves every fourth layer without).
     rope: bool,
-    o: Linear,
+    /// None on recurrent layers only.
+    o: Option<Linear>,
     /// gpt-oss: the output projection's bias.
     o_bias: Option<Tensor>,
     /// gpt-oss: one learned logit per query head that joins the softmax over keys and takes
@@ -1140,17 +1175,23 @@ impl Decoder {
             Some(sc) => Some(ssm::SsmStack::new(
                 sc,
                 (0..cfg.n_layer)
+                    .filter(|&i| cfg.is_recurrent(i))
                     .map(|i| ssm::load_layer(&mut l, &sc, i))
                     .collect::<Result<_, _>>()?,
             )),
             None => None,
         };
-        let attention_layers = if ssm.is_some() { 0 } else { cfg.n_layer };
+        // A Mamba file is its SSM stack alone; a hybrid's layers each add an FFN to their mixer.
+        let pure_ssm = (0..cfg.n_layer).all(|i| cfg.is_recurrent(i));
+        let attention_layers = if pure_ssm { 0 } else { cfg.n_layer };
         let mut layers = Vec::with_capacity(attention_layers);
         for i in 0..attention_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let kv_src = cfg.kv_source(i);
-            let qkv = if kv_src != i {
+            let recurrent = cfg.is_recurrent(i);
+            let qkv = if recurrent {
+                Qkv::Recurrent((0..i).filter(|&j| cfg.is_recurrent(j)).count())
+            } else if kv_src != i {
                 // Whatever K/V projections the file has for this layer go unused.
                 Qkv::QueryOnly(l.matmul(&p("attn_q.weight"))?)
             } else if l.has(&p("attn_qkv.weight")) {
@@ -1258,6 +1299,16 @@ impl Decoder {
                     top_k,
                     norm: !cfg.oai_moe,
                     oai: cfg.oai_moe,
+                    shared: if l.has(&p("ffn_up_shexp.weight")) {
+                        Some(Expert {
+                            gate: l.matmul(&p("ffn_gate_shexp.weight"))?,
+                            up: l.matmul(&p("ffn_up_shexp.weight"))?,
+                            down: l.matmul(&p("ffn_down_shexp.weight"))?,
+                            bias: None,
+                        })
+                    } else {
+                        None
+                    },
                 })
             } else {
                 let gate_up = if l.has(&p("ffn_gate.weight")) {
@@ -1292,16 +1343,25 @@ impl Decoder {
                 }
             }
             layers.push(Layer {
-                attn_norm: l.opt_dense(&p("attn_norm.weight"))?,
+                // A recurrent layer's norm belongs to its mixer.
+                attn_norm: if recurrent {
+                    None
+                } else {
+                    l.opt_dense(&p("attn_norm.weight"))?
+                },
                 qkv,
                 bias,
                 q_norm,
                 k_norm,
-                o: l.matmul(&p("attn_output.weight"))?,
+                o: if recurrent {
+                    None
+                } else {
+                    Some(l.matmul(&p("attn_output.weight"))?)
+                },
                 o_bias: l.opt_dense(&p("attn_output.bias"))?,
                 sinks,
                 ffn_norm,
-                rope: cfg.no_rope_step.is_none_or(|n| (i + 1) % n != 0),
+                rope: !cfg.no_rope && cfg.no_rope_step.is_none_or(|n| (i + 1) % n != 0),
                 ffn,
                 post_attn_norm,
                 post_ffn_norm: l.opt_dense(&p("post_ffw_norm.weight"))?,
@@ -1364,9 +1424,11 @@ impl Decoder {
     /// back to its latest checkpoint at or before `n`, or to nothing, and the caller feeds the
     /// rest again.
     pub fn truncate_slot(&mut self, slot: usize, n: usize) -> usize {
-        if let Some(r) = &mut self.ssm {
-            return r.state.truncate(slot, n);
-        }
+        // A hybrid's attention layers follow its state back to where the state could go.
+        let n = match &mut self.ssm {
+            Some(r) => r.state.truncate(slot, n),
+            None => n,
+        };
         if let Some(s) = self.slots.get_mut(slot) {
             for c in s {
                 c.truncate(n);
@@ -1397,9 +1459,13 @@ impl Decoder {
 
     /// Positions slot `slot` can hold without growing (its allocated memory).
     pub fn slot_capacity(&self, slot: usize) -> usize {
+        // A hybrid's recurrent layers keep their (empty) caches: ask an attention layer's.
+        let first = (0..self.cfg.n_layer)
+            .find(|&i| !self.cfg.is_recurrent(i))
+            .unwrap_or(0);
         self.slots
             .get(slot)
-            .and_then(|s| s.first())
+            .and_then(|s| s.get(first))
             .map_or(0, |c| c.capacity())
     }
 
@@ -1432,6 +1498,7 @@ impl Decoder {
                 Qkv::Separate { q, k, v } => dense(q) || dense(k) || dense(v),
                 Qkv::KeyIsValue { q, k } => dense(q) || dense(k),
                 Qkv::Fused(w) | Qkv::QueryOnly(w) => dense(w),
+                Qkv::Recurrent(_) => false,
             };
             let per_layer = l
                 .per_layer
@@ -1453,7 +1520,7 @@ impl Decoder {
                         .any(|w| matches!(w, Linear::Candle(_)))
                 }),
             };
-            qkv || ffn || per_layer || dense(&l.o)
+            qkv || ffn || per_layer || l.o.as_ref().is_some_and(dense)
         };
         let per_layer_dense = self
             .per_layer
@@ -1559,20 +1626,24 @@ impl Decoder {
             offset += t;
             self.slot_caches(s.slot);
         }
+        let rs: Vec<ssm::SsmSeq> = parts
+            .iter()
+            .zip(seqs)
+            .map(|(p, s)| ssm::SsmSeq {
+                slot: p.slot,
+                offset: p.offset,
+                t: p.t,
+                // A prompt's last chunk: the turn boundary.
+                checkpoint: s.logits && p.t > 1,
+            })
+            .collect();
         if let Some(r) = &mut self.ssm {
-            let rs: Vec<ssm::SsmSeq> = parts
-                .iter()
-                .zip(seqs)
-                .map(|(p, s)| ssm::SsmSeq {
-                    slot: p.slot,
-                    offset: p.offset,
-                    t: p.t,
-                    // A prompt's last chunk: the turn boundary.
-                    checkpoint: s.logits && p.t > 1,
-                })
-                .collect();
-            x = r.forward(x, &rs, self.cfg.rms_eps as f32, dense_ok)?;
+            if self.layers.is_empty() {
+                x = r.forward(x, &rs, self.cfg.rms_eps as f32, dense_ok)?;
+            }
         }
+        // A hybrid's recurrent layers run inside the loop below and end the pass after it.
+        let mut snaps = ssm::SsmStack::snapshots(&rs);
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -1580,8 +1651,18 @@ impl Decoder {
                 Some(w) => ops::rms_norm(x, w, eps),
                 None => Ok(x.clone()),
             };
-            let h = norm(&x, &layer.attn_norm)?;
-            let mut attn = attention(cfg, layer, &h, &parts, &mut self.slots, dense_ok)?;
+            let mut attn = match (&layer.qkv, &mut self.ssm) {
+                (Qkv::Recurrent(r), Some(stack)) => {
+                    stack.mix(*r, &x, &rs, &mut snaps, eps, dense_ok)?
+                }
+                (Qkv::Recurrent(_), None) => {
+                    candle_core::bail!("layer {li} is recurrent but the model has no SSM layers")
+                }
+                _ => {
+                    let h = norm(&x, &layer.attn_norm)?;
+                    attention(cfg, layer, &h, &parts, &mut self.slots, dense_ok)?
+                }
+            };
             if let Some(n) = &layer.post_attn_norm {
                 attn = ops::rms_norm(&attn, n, eps)?;
             }
@@ -1621,7 +1702,17 @@ impl Decoder {
                     };
                     linear(down, &ff, dense_ok)?
                 }
-                Ffn::Moe(moe) => moe_forward(moe, &h, &act)?,
+                Ffn::Moe(moe) => {
+                    let routed = moe_forward(moe, &h, &act)?;
+                    match &moe.shared {
+                        Some(e) => {
+                            let [g, u] = linear_many([&e.gate, &e.up], &h, dense_ok)?;
+                            let shared = linear(&e.down, &ops::silu_mul(&g, &u)?, dense_ok)?;
+                            (routed + shared)?
+                        }
+                        None => routed,
+                    }
+                }
             };
             if let Some(n) = &layer.post_ffn_norm {
                 ff = ops::rms_norm(&ff, n, eps)?;
@@ -1638,6 +1729,11 @@ impl Decoder {
             }
             if let Some(s) = layer.out_scale {
                 x = (x * s)?;
+            }
+        }
+        if let Some(r) = &mut self.ssm {
+            if !self.layers.is_empty() {
+                r.finish(&rs, snaps);
             }
         }
         let wanted: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].logits).collect();
@@ -2231,6 +2327,7 @@ fn attention(
             (q, Some((k.clone(), k)))
         }
         Qkv::QueryOnly(q) => (linear(q, h, dense_ok)?, None),
+        Qkv::Recurrent(_) => candle_core::bail!("attention called on a recurrent layer"),
     };
     let (q, kv) = match (&layer.bias, kv) {
         (Some((bq, bk, bv)), Some((k, v))) => (
@@ -2274,7 +2371,10 @@ fn attention(
     } else {
         Tensor::cat(&ys, 1)?
     };
-    let out = linear(&layer.o, &y, dense_ok)?;
+    let Some(o) = &layer.o else {
+        candle_core::bail!("attention layer without an output projection");
+    };
+    let out = linear(o, &y, dense_ok)?;
     match &layer.o_bias {
         Some(b) => out.broadcast_add(b),
         None => Ok(out),

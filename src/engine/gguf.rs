@@ -24,6 +24,7 @@ pub const SUPPORTED_ARCHS: &[&str] = &[
     "gemma4",
     "granite",
     "granitemoe",
+    "granitehybrid",
     "olmo2",
     "smollm3",
     "gpt-oss",

@@ -108,6 +108,8 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         rope_attn_factor: 1.0,
         rope_orig_context: usize::MAX,
         ssm: None,
+        recurrent: Vec::new(),
+        no_rope: false,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))

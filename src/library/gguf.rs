@@ -14,6 +14,8 @@ use std::path::Path;
 /// Hard caps so a corrupt header cannot make us allocate gigabytes.
 const MAX_STRING: u64 = 1 << 24;
 const MAX_COUNT: u64 = 1 << 24;
+/// Integer arrays this short are kept whole: room for one value per layer of any real model.
+pub const MAX_KEPT_INTS: u64 = 1024;
 const MAX_DIMS: u32 = 8;
 const DEFAULT_ALIGNMENT: u64 = 32;
 
@@ -93,14 +95,19 @@ impl GgmlType {
     }
 }
 
-/// A metadata value we keep. Arrays are not kept, only their length.
+/// A metadata value we keep. Arrays are not kept, only their length, except short integer
+/// arrays (per-layer values such as a hybrid's KV heads).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
+    /// An integer array of at most [`MAX_KEPT_INTS`] items.
+    Ints(Vec<i128>),
     Int(i128),
     Float(f64),
     Bool(bool),
     Str(String),
-    Array { len: u64 },
+    Array {
+        len: u64,
+    },
 }
 
 impl MetaValue {
@@ -301,10 +308,11 @@ pub fn read_metadata_prefix(prefix: &[u8]) -> Result<BTreeMap<String, MetaValue>
             let Some((elem, len)) = within(r.u32().and_then(|e| Ok((e, r.u64()?))))? else {
                 break;
             };
-            metadata.insert(key, MetaValue::Array { len });
-            if within(r.array_items(elem, len, 0))?.is_none() {
-                break;
-            }
+            metadata.insert(key.clone(), MetaValue::Array { len });
+            match within(r.array(elem, len, 0))? {
+                Some(v) => metadata.insert(key, v),
+                None => break,
+            };
             continue;
         }
         let Some(value) = within(r.value(ty, 0))? else {
@@ -513,6 +521,21 @@ impl<R: Read + Seek> Reader<R> {
     }
 
     /// Skips the `len` items of an array of value type `elem`.
+    /// An array's items: kept when they are a few integers, otherwise skipped (its length kept).
+    fn array(&mut self, elem: u32, len: u64, depth: u32) -> Result<MetaValue, GgufError> {
+        if matches!(elem, 0..=5 | 10 | 11) && len <= MAX_KEPT_INTS {
+            let mut items = Vec::with_capacity(len as usize);
+            for _ in 0..len {
+                if let MetaValue::Int(v) = self.value(elem, depth + 1)? {
+                    items.push(v);
+                }
+            }
+            return Ok(MetaValue::Ints(items));
+        }
+        self.array_items(elem, len, depth)?;
+        Ok(MetaValue::Array { len })
+    }
+
     fn array_items(&mut self, elem: u32, len: u64, depth: u32) -> Result<(), GgufError> {
         if len > MAX_COUNT * 16 {
             return Err(GgufError::Corrupt(format!(
@@ -549,8 +572,7 @@ impl<R: Read + Seek> Reader<R> {
                 }
                 let elem = self.u32()?;
                 let len = self.u64()?;
-                self.array_items(elem, len, depth)?;
-                MetaValue::Array { len }
+                self.array(elem, len, depth)?
             }
             10 => MetaValue::Int(u64::from_le_bytes(self.bytes()?).into()),
             11 => MetaValue::Int(i64::from_le_bytes(self.bytes()?).into()),

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::gguf::{self, GgmlType, GgufHeader, MetaValue};
 use super::human::bytes as human_bytes;
-use super::memory::{kv_per_token, ssm_state_bytes, LayerKind, MemoryFacts, ModelShape};
+use super::memory::{
+    attention_kv_heads, kv_per_token, layer_mix_label, layer_split, ssm_state_bytes, LayerKind,
+    MemoryFacts, ModelShape,
+};
 use super::safetensors;
 use super::{Format, ModelInfo, ModelKind};
 
@@ -172,14 +175,22 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         .architecture
         .as_deref()
         .map_or(LayerKind::Attention, LayerKind::of_arch);
-    if layer_kind != LayerKind::Attention {
-        info.layer_kind = Some(layer_kind.label().to_string());
-        info.state_bytes = info
-            .layers
-            .and_then(|l| ssm_state_bytes(layer_kind, l, |k| h.arch_u64(k)));
+    let arch = info.architecture.as_deref().unwrap_or("");
+    let kv_meta = h.get(&format!("{arch}.attention.head_count_kv"));
+    let split = info.layers.and_then(|l| layer_split(arch, l, kv_meta));
+    let mut hybrid = false;
+    if let (true, Some((recurrent, attention))) = (layer_kind != LayerKind::Attention, split) {
+        hybrid = attention > 0;
+        info.layer_kind = Some(layer_mix_label(layer_kind, recurrent, attention));
+        info.state_bytes = ssm_state_bytes(layer_kind, recurrent, |k| h.arch_u64(k));
     }
     let heads = h.arch_u64("attention.head_count").filter(|&n| n > 0);
-    info.kv_heads = h.arch_u64("attention.head_count_kv").or(heads);
+    info.kv_heads = if hybrid {
+        attention_kv_heads(kv_meta)
+    } else {
+        h.arch_u64("attention.head_count_kv")
+    }
+    .or(heads);
     info.head_dim = h.arch_u64("attention.key_length").or_else(|| {
         let embd = h.arch_u64("embedding_length")?;
         embd.checked_div(heads?)

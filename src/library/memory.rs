@@ -42,10 +42,11 @@ pub enum LayerKind {
 }
 
 impl LayerKind {
+    /// The kind of an architecture's recurrent layers (a hybrid's), else attention.
     pub fn of_arch(arch: &str) -> LayerKind {
         match arch {
             "mamba" => LayerKind::Mamba,
-            "mamba2" => LayerKind::Mamba2,
+            "mamba2" | "granitehybrid" => LayerKind::Mamba2,
             _ => LayerKind::Attention,
         }
     }
@@ -56,6 +57,43 @@ impl LayerKind {
             LayerKind::Mamba => "Mamba (state space)",
             LayerKind::Mamba2 => "Mamba-2 (state space)",
         }
+    }
+}
+
+/// A file's layers as (recurrent, attention) counts. A hybrid (`granitehybrid`) lists its KV
+/// heads per layer, 0 marking a recurrent layer (llama.cpp's rule); `None` when that list is
+/// missing or does not cover the layers. Other files are all one kind.
+pub fn layer_split(arch: &str, layers: u64, kv_heads: Option<&MetaValue>) -> Option<(u64, u64)> {
+    match (arch, LayerKind::of_arch(arch)) {
+        ("granitehybrid", _) => match kv_heads? {
+            MetaValue::Ints(v) if v.len() as u64 == layers => {
+                let recurrent = v.iter().filter(|&&h| h == 0).count() as u64;
+                Some((recurrent, layers - recurrent))
+            }
+            _ => None,
+        },
+        (_, LayerKind::Attention) => Some((0, layers)),
+        _ => Some((layers, 0)),
+    }
+}
+
+/// KV heads of a hybrid's attention layers: the first non-zero per-layer value.
+pub fn attention_kv_heads(kv_heads: Option<&MetaValue>) -> Option<u64> {
+    match kv_heads? {
+        MetaValue::Ints(v) => v
+            .iter()
+            .find(|&&h| h > 0)
+            .and_then(|&h| u64::try_from(h).ok()),
+        other => other.as_u64(),
+    }
+}
+
+/// Label of a file's layer mix: the recurrent kind alone, or a hybrid's counts of each.
+pub fn layer_mix_label(kind: LayerKind, recurrent: u64, attention: u64) -> String {
+    if attention == 0 {
+        kind.label().to_string()
+    } else {
+        format!("{recurrent} {} + {attention} attention", kind.label())
     }
 }
 
@@ -96,27 +134,35 @@ impl ModelShape {
             _ => 0,
         };
         let kind = LayerKind::of_arch(arch);
-        if kind != LayerKind::Attention {
-            // No attention, so no KV cache: a fixed-size state per sequence instead.
-            return Some(ModelShape {
-                kv_bytes_per_token: 0,
-                context_length: key("context_length"),
-                embedding_f32_bytes: vocab
-                    .saturating_mul(key("embedding_length").unwrap_or(0))
-                    .saturating_mul(4),
-                state_bytes: ssm_state_bytes(kind, layers, key)?,
-            });
-        }
-        let heads = key("attention.head_count");
-        let kv_heads = key("attention.head_count_kv").or(heads)?;
+        let kv_meta = meta.get(&format!("{arch}.attention.head_count_kv"));
+        let (recurrent, attention) = layer_split(arch, layers, kv_meta)?;
+        // Recurrent layers keep a fixed-size state per sequence instead of a KV cache.
+        let state_bytes = if recurrent > 0 {
+            ssm_state_bytes(kind, recurrent, key)?
+        } else {
+            0
+        };
         let width = key("embedding_length");
-        let head_dim = key("attention.key_length").or_else(|| width?.checked_div(heads?))?;
-        Some(ModelShape {
+        let kv_bytes_per_token = if attention > 0 {
+            let heads = key("attention.head_count");
+            // Only a hybrid's per-layer list is read here (Gemma 4's counts its heads).
+            let kv_heads = if recurrent > 0 {
+                attention_kv_heads(kv_meta)
+            } else {
+                key("attention.head_count_kv")
+            }
+            .or(heads)?;
+            let head_dim = key("attention.key_length").or_else(|| width?.checked_div(heads?))?;
             // candle's quantized models compute in f32, so their KV cache holds f32 values.
-            kv_bytes_per_token: kv_per_token(layers, kv_heads, head_dim, 4),
+            kv_per_token(attention, kv_heads, head_dim, 4)
+        } else {
+            0
+        };
+        Some(ModelShape {
+            kv_bytes_per_token,
             context_length: key("context_length"),
             embedding_f32_bytes: vocab.saturating_mul(width.unwrap_or(0)).saturating_mul(4),
-            state_bytes: 0,
+            state_bytes,
         })
     }
 }
@@ -216,6 +262,35 @@ mod tests {
             MetaValue::Str("llama".into())
         )]))
         .is_none());
+    }
+
+    /// Granite 4.0 H Micro's shape: 40 layers, 4 of them attention (8 KV heads of 128), the
+    /// rest Mamba-2 (inner 5120, state 128, one group): the state of 36 layers plus the KV
+    /// cache of 4. Without the per-layer KV-head list the mix is unknown, so is the shape.
+    #[test]
+    fn granite_hybrid_shape_counts_state_and_kv_by_layer_kind() {
+        let kv: Vec<i128> = (0..40).map(|i| if i % 10 == 5 { 8 } else { 0 }).collect();
+        let pairs = |kv: MetaValue| {
+            meta(&[
+                (
+                    "general.architecture",
+                    MetaValue::Str("granitehybrid".into()),
+                ),
+                ("granitehybrid.block_count", MetaValue::Int(40)),
+                ("granitehybrid.embedding_length", MetaValue::Int(2560)),
+                ("granitehybrid.attention.head_count", MetaValue::Int(40)),
+                ("granitehybrid.attention.head_count_kv", kv),
+                ("granitehybrid.ssm.conv_kernel", MetaValue::Int(4)),
+                ("granitehybrid.ssm.inner_size", MetaValue::Int(5120)),
+                ("granitehybrid.ssm.state_size", MetaValue::Int(128)),
+                ("granitehybrid.ssm.group_count", MetaValue::Int(1)),
+            ])
+        };
+        let s = ModelShape::from_metadata(&pairs(MetaValue::Ints(kv))).unwrap();
+        assert_eq!(s.kv_bytes_per_token, 2 * 4 * 8 * 64 * 4);
+        assert_eq!(s.state_bytes, 36 * (3 * (5120 + 256) + 5120 * 128) * 4);
+        assert!(ModelShape::from_metadata(&pairs(MetaValue::Array { len: 40 })).is_none());
+        assert!(ModelShape::from_metadata(&pairs(MetaValue::Ints(vec![8; 39]))).is_none());
     }
 
     /// Mamba-2 1.3B: 48 layers of a 3-wide window over 4096 + 2·128 channels and a

@@ -997,6 +997,10 @@ pub enum When {
     /// Layers with a dense FFN, and with a mixture of experts.
     Dense,
     Moe,
+    /// A hybrid's state-space layers, and its attention layers (every layer of a file that is
+    /// not a hybrid).
+    Recurrent,
+    Attention,
 }
 
 /// The values a state-space parameter is drawn from (as the Mamba initialisers draw them).
@@ -1055,6 +1059,11 @@ pub enum Field {
     Hidden,
     Layers,
     Ffn,
+    /// The experts' width in a mixture of experts, else the dense FFN's (Granite hybrids'
+    /// `feed_forward_length`).
+    FfnOrExp,
+    /// The shared expert's width beside routed experts (the shape's `ffn`), 0 without experts.
+    SharedFfn,
     Heads,
     KvHeads,
     HeadDim,
@@ -1087,6 +1096,7 @@ pub enum Const {
     F32(f32),
     U32(u32),
     Str(&'static str),
+    Bool(bool),
 }
 
 /// A family's vocabulary conventions for the synthetic tokenizer.
@@ -1238,6 +1248,9 @@ pub struct Ssm {
     /// Mamba-2: heads (`time_step_rank`); Mamba: the rank of Δ.
     pub rank: usize,
     pub groups: usize,
+    /// A hybrid (Granite 4.0 H): every `attn_every`-th layer (1-based) is attention, the
+    /// others state-space. 0: every layer is what the family's template says.
+    pub attn_every: usize,
 }
 
 /// No state-space layers.
@@ -1247,6 +1260,7 @@ pub const NO_SSM: Ssm = Ssm {
     conv: 0,
     rank: 0,
     groups: 0,
+    attn_every: 0,
 };
 
 impl Shape {
@@ -1296,7 +1310,16 @@ impl Shape {
         }
     }
 
+    /// A hybrid's state-space layer.
+    pub fn is_recurrent(&self, layer: usize) -> bool {
+        self.ssm.attn_every > 0 && !(layer + 1).is_multiple_of(self.ssm.attn_every)
+    }
+
     pub fn kv_heads_at(&self, layer: usize) -> usize {
+        if self.is_recurrent(layer) {
+            // llama.cpp's hybrids mark a recurrent layer by its zero KV heads.
+            return 0;
+        }
         match self.kinds {
             Some(k) if self.is_swa(layer) => k.swa_kv_heads,
             _ => self.kv_heads,
@@ -1330,6 +1353,8 @@ impl Shape {
             When::LongRope => self.longrope.is_some(),
             When::Dense => self.experts == 0,
             When::Moe => self.experts > 0,
+            When::Recurrent => self.is_recurrent(layer),
+            When::Attention => !self.is_recurrent(layer),
         }
     }
 
@@ -1348,6 +1373,12 @@ impl Shape {
             Field::Experts => Meta::U32(self.experts as u32),
             Field::ExpertsUsed => Meta::U32(self.experts_used as u32),
             Field::FfnExp => Meta::U32(self.ffn_exp as u32),
+            Field::FfnOrExp => Meta::U32(if self.experts > 0 {
+                self.ffn_exp
+            } else {
+                self.ffn
+            } as u32),
+            Field::SharedFfn => Meta::U32(if self.experts > 0 { self.ffn } else { 0 } as u32),
             Field::RopeDim => Meta::U32(self.rope_dim.unwrap_or(self.head_dim) as u32),
             Field::FfnByLayer => Meta::i32s((0..self.layers).map(|i| self.ffn_at(i) as i32)),
             Field::KvHeadsByLayer => {
@@ -2463,6 +2494,7 @@ pub const MAMBA: Family = Family {
                 conv: 4,
                 rank: 16,
                 groups: 1,
+                attn_every: 0,
             },
             ..tiny_shape(false, 0, 0)
         },
@@ -2650,6 +2682,7 @@ pub const MAMBA2: Family = Family {
                     conv: 4,
                     rank: 8,
                     groups: 2,
+                    attn_every: 0,
                 },
                 ..tiny_shape(false, 0, 0)
             },
@@ -2677,11 +2710,218 @@ pub const MAMBA2: Family = Family {
                     conv: 4,
                     rank: 64,
                     groups: 1,
+                    attn_every: 0,
                 },
                 kinds: None,
                 llama3_rope: None,
                 rope_dim: None,
                 longrope: None,
+            },
+        ),
+    ],
+};
+
+const GRANITEHYBRID_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    t_when(
+        "blk.{i}.ssm_in.weight",
+        &[Hidden, Mamba2InProj],
+        Role::Proj(Cat::SsmIn),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_conv1d.weight",
+        &[SsmConv, Mamba2ConvChannels],
+        Role::Ssm(SsmPart::Conv),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_conv1d.bias",
+        &[Mamba2ConvChannels],
+        Role::Ssm(SsmPart::ConvBias),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_dt.bias",
+        &[SsmRank],
+        Role::Ssm(SsmPart::DtBias),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_a",
+        &[One, SsmRank],
+        Role::Ssm(SsmPart::A2),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_d",
+        &[One, SsmRank],
+        Role::Ssm(SsmPart::D),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_norm.weight",
+        &[SsmGroupWidth, SsmGroups],
+        Role::Norm,
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.ssm_out.weight",
+        &[SsmInner, Hidden],
+        Role::Proj(Cat::SsmOut),
+        When::Recurrent,
+    ),
+    t_when(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryWidth],
+        Role::Proj(Cat::AttnQ),
+        When::Attention,
+    ),
+    t_when(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+        When::Attention,
+    ),
+    t_when(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+        When::Attention,
+    ),
+    t_when(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+        When::Attention,
+    ),
+    t("blk.{i}.ffn_norm.weight", &[Hidden], Role::Norm),
+    t_when(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+        When::Dense,
+    ),
+    t_when(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+        When::Dense,
+    ),
+    t_when(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+        When::Dense,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_shexp.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_up_shexp.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_shexp.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
+    ),
+];
+
+/// The tiny hybrid's Mamba-2 layers: mamba2's tiny mixer (llama.cpp allows only an inner width
+/// of twice the hidden size) with attention as every second layer.
+const GRANITEHYBRID_SSM: Ssm = Ssm {
+    inner: 512,
+    state: 64,
+    conv: 4,
+    rank: 8,
+    groups: 2,
+    attn_every: 2,
+};
+
+/// Granite 4.0 hybrid: Mamba-2 layers interleaved with attention layers (which a file marks by
+/// their non-zero `head_count_kv`), each followed by an FFN, under Granite's multipliers; no
+/// RoPE (`rope.scaling.finetuned` false, as the converter writes for Granite 4.0 H). `tiny`
+/// has a dense FFN (Granite 4.0 H 350M/1B/Micro); `tiny-moe` routed experts and a shared one
+/// (H Tiny/Small: 64/72 experts, 6/10 used, a shared expert).
+pub const GRANITEHYBRID: Family = Family {
+    arch: "granitehybrid",
+    head: LLAMA_HEAD,
+    layer: GRANITEHYBRID_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::FfnOrExp),
+        ("expert_shared_feed_forward_length", Field::SharedFfn),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeadsByLayer),
+        ("rope.freq_base", Field::RopeBase),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+        ("expert_count", Field::Experts),
+        ("expert_used_count", Field::ExpertsUsed),
+        MAMBA_META_COMMON[4],
+        MAMBA_META_COMMON[5],
+        MAMBA_META_COMMON[6],
+        MAMBA_META_COMMON[7],
+        ("ssm.group_count", Field::SsmGroups),
+    ],
+    consts: &[
+        ("embedding_scale", Const::F32(2.0)),
+        ("residual_scale", Const::F32(0.7)),
+        ("attention.scale", Const::F32(0.1)),
+        ("logit_scale", Const::F32(1.25)),
+        ("rope.scaling.finetuned", Const::Bool(false)),
+    ],
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                layers: 4,
+                ssm: GRANITEHYBRID_SSM,
+                ..tiny_shape(false, 0, 0)
+            },
+        ),
+        (
+            "tiny-moe",
+            Shape {
+                layers: 4,
+                ssm: GRANITEHYBRID_SSM,
+                ..tiny_shape(false, 8, 2)
             },
         ),
     ],
@@ -2700,6 +2940,7 @@ pub const FAMILIES: &[&Family] = &[
     &PHI3,
     &MAMBA,
     &MAMBA2,
+    &GRANITEHYBRID,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -3394,6 +3635,7 @@ impl Plan {
                 Const::F32(x) => Meta::F32(x),
                 Const::U32(x) => Meta::U32(x),
                 Const::Str(x) => Meta::str(x),
+                Const::Bool(x) => Meta::Bool(x),
             };
             metadata.push((format!("{}.{key}", fam.arch), v));
         }

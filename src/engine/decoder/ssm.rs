@@ -46,11 +46,12 @@ pub struct SsmConfig {
 }
 
 impl SsmConfig {
-    /// The state-space shape of a `mamba` or `mamba2` file; `None` for other architectures.
+    /// The state-space shape of a `mamba`, `mamba2` or `granitehybrid` file (whose recurrent
+    /// layers are Mamba-2's); `None` for other architectures.
     pub fn from_meta(meta: &Meta, arch: &str) -> Result<Option<Self>, EngineError> {
         let version = match arch {
             "mamba" => Version::Mamba1,
-            "mamba2" => Version::Mamba2,
+            "mamba2" | "granitehybrid" => Version::Mamba2,
             _ => return Ok(None),
         };
         let k = |s: &str| format!("{arch}.ssm.{s}");
@@ -222,23 +223,50 @@ impl SsmStack {
         eps: f32,
         dense_ok: bool,
     ) -> candle_core::Result<Tensor> {
-        let mut snaps: Vec<Vec<LayerState>> = vec![Vec::new(); seqs.len()];
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.norm, eps)?;
-            let y = mixer(
-                &self.cfg,
-                layer,
-                li,
-                &h,
-                seqs,
-                &mut self.state,
-                &mut snaps,
-                eps,
-                dense_ok,
-            )?;
-            let y = y.to_device(x.device())?;
+        let mut snaps = Self::snapshots(seqs);
+        for li in 0..self.layers.len() {
+            let y = self.mix(li, &x, seqs, &mut snaps, eps, dense_ok)?;
             x = (x + y)?;
         }
+        self.finish(seqs, snaps);
+        Ok(x)
+    }
+
+    /// Room for the checkpoint each sequence may take in this pass, filled layer by layer.
+    pub fn snapshots(seqs: &[SsmSeq]) -> Vec<Vec<LayerState>> {
+        vec![Vec::new(); seqs.len()]
+    }
+
+    /// Recurrent layer `li`'s mixer over the batch `x` (1, rows, hidden): `mixer(rms_norm(x))`
+    /// on `x`'s device, without the residual add. Each sequence's state of this layer moves on
+    /// by its rows; its position moves only in [`Self::finish`], once every layer has run.
+    pub fn mix(
+        &mut self,
+        li: usize,
+        x: &Tensor,
+        seqs: &[SsmSeq],
+        snaps: &mut [Vec<LayerState>],
+        eps: f32,
+        dense_ok: bool,
+    ) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[li];
+        let h = candle_nn::ops::rms_norm(x, &layer.norm, eps)?;
+        let y = mixer(
+            &self.cfg,
+            layer,
+            li,
+            &h,
+            seqs,
+            &mut self.state,
+            snaps,
+            eps,
+            dense_ok,
+        )?;
+        y.to_device(x.device())
+    }
+
+    /// Ends a pass: stores the checkpoints taken and advances every sequence by its rows.
+    pub fn finish(&mut self, seqs: &[SsmSeq], snaps: Vec<Vec<LayerState>>) {
         for (s, snap) in seqs.iter().zip(snaps) {
             let start = self.state.len(s.slot);
             if s.checkpoint && s.t > 1 {
@@ -246,7 +274,6 @@ impl SsmStack {
             }
             self.state.advance(s.slot, s.t);
         }
-        Ok(x)
     }
 }
 
