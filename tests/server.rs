@@ -1245,6 +1245,93 @@ mod agents {
         assert_eq!(calls[0][0]["function"]["arguments"]["city"], "Paris");
     }
 
+    /// gpt-oss (its own template, so harmony): the analysis message is reasoning and the
+    /// message addressed to `functions.get_weather` a tool call, through both APIs, streamed
+    /// and not; no control token or header reaches the content.
+    #[tokio::test]
+    async fn harmony_calls_are_tool_calls() {
+        let tokens: Vec<String> = [
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "Need the weather.",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "commentary",
+            " to",
+            "=functions.get_weather",
+            " <|constrain|>",
+            "json",
+            "<|message|>",
+            "{\"city\":",
+            "\"Paris\"}",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let fx = setup_with(move |_, s| {
+            s.tokens = tokens;
+            s.models[0].chat_template =
+                Some(include_str!("fixtures/templates/openai-gpt-oss-120b.jinja").to_string());
+        });
+        let body = json!({"model": CHAT, "messages": ask(), "tools": tools()});
+        let (s, v) = post(&fx.app, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_weather", "{v}");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        assert_eq!(choice["message"]["reasoning_content"], "Need the weather.");
+        assert!(
+            choice["message"]["content"].is_null() || choice["message"]["content"] == "",
+            "{v}"
+        );
+
+        let mut streamed = body;
+        streamed["stream"] = json!(true);
+        let (s, _, b) = stream(
+            &fx.app,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(streamed),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let chunks: Vec<Value> = sse_data(&records(b, "\n\n").await)
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+            .collect();
+        assert_eq!(calls.len(), 1, "{chunks:?}");
+        assert_eq!(calls[0][0]["function"]["name"], "get_weather");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "", "{chunks:?}");
+
+        let (s, v) = post(
+            &fx.app,
+            "/api/chat",
+            json!({"model": CHAT, "messages": ask(), "tools": tools(), "stream": false}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let call = &v["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather", "{v}");
+        assert_eq!(call["arguments"], json!({"city": "Paris"}));
+        assert_eq!(v["message"]["content"], "", "{v}");
+    }
+
     #[tokio::test]
     async fn thinking_is_split_before_tool_calls() {
         // A call written while thinking is not a call.

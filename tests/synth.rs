@@ -705,6 +705,49 @@ fn gemma4_vocabulary_tokenizes_as_llama_cpp_does() {
     }
 }
 
+/// A vocabulary that declares o200k's pre-tokenizer (`gpt-4o`, as real gpt-oss files do)
+/// splits text as llama.cpp does: the generated vocabulary has merges across each place where
+/// o200k's split differs from GPT-2's and Llama 3's (digit runs, a case change inside a word,
+/// `I'm`, a tab before a word, punctuation before a newline, `é`), so another split gives other
+/// ids. Recorded from llama.cpp `0c1e570`: `llama-server -m gpt-oss.gguf -t 2 -c 512 --port P`
+/// on `gen_gguf --family gpt-oss --preset tiny --quant mxfp4_moe --seed 7`, then POST /tokenize
+/// `{"content": TEXT, "add_special": true, "parse_special": true}`.
+#[test]
+fn gpt_4o_vocabulary_tokenizes_as_llama_cpp_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GPT_OSS, "tiny", Mix::Mxfp4Moe, 7).unwrap();
+    let (_, path) = write(spec, dir.path(), "gpt-oss.gguf", 1);
+    let tok = TextTokenizer::from_gguf_path(&path).unwrap();
+    #[rustfmt::skip]
+    let cases: [(&str, &[u32]); 5] = [
+        (
+            "I'm helloWorld: 12345 items!\n\tdone",
+            &[968, 76, 263, 397, 582, 54, 663, 571, 25, 220, 958, 18, 961, 264, 83, 398, 82, 970, 197, 374, 624],
+        ),
+        (
+            " caf\u{e9}  na\u{ef}ve \u{dc}ber 1234567;;; //path",
+            &[258, 287, 976, 220, 269, 64, 127, 107, 832, 220, 127, 250, 312, 81, 220, 958, 18, 961, 21, 22, 974, 26, 220, 975, 79, 301, 71],
+        ),
+        (
+            "HELLO world's DON'T stop. \nnext\r\n\n  x = 42",
+            &[39, 36, 43, 43, 46, 278, 663, 571, 6, 82, 220, 35, 46, 45, 6, 51, 274, 83, 661, 13, 972, 77, 409, 83, 201, 198, 198, 220, 279, 220, 28, 220, 19, 17],
+        ),
+        (
+            "<|start|>user<|message|>hi 2024<|end|>",
+            &[1020, 820, 403, 1022, 472, 220, 17, 15, 17, 19, 1021],
+        ),
+        (
+            "aB1 the quick brown fox",
+            &[64, 33, 16, 275, 468, 272, 810, 344, 257, 81, 668, 77, 261, 669],
+        ),
+    ];
+    for (text, want) in cases {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), text, "{text:?}");
+    }
+}
+
 #[test]
 fn synthetic_vocabulary_round_trips_text_and_knows_its_control_tokens() {
     let dir = tempfile::tempdir().unwrap();

@@ -379,24 +379,117 @@ fn from_gguf_metadata(
             "cannot build the tokenizer from GGUF metadata: {e}"
         ))
     })?;
-    let pre = meta.opt_str("tokenizer.ggml.pre").unwrap_or("gpt2");
+    // llama.cpp reads a file without the key as its `default` pre-tokenizer.
+    let pre = meta.opt_str("tokenizer.ggml.pre").unwrap_or("default");
     if let Some((normalizer, pt)) = pre_tokenizer_for(pre)? {
         if let Some(n) = normalizer {
             tok.with_normalizer(Some(n)).map_err(tok_err)?;
         }
         tok.with_pre_tokenizer(Some(pt));
     }
+    if IGNORE_MERGES.contains(&pre) {
+        if let tokenizers::models::ModelWrapper::BPE(bpe) = tok.get_model() {
+            let mut bpe = bpe.clone();
+            bpe.ignore_merges = true;
+            tok.with_model(bpe);
+        }
+    }
     Ok(tok)
 }
 
+/// Pre-tokenizer names for which llama.cpp emits a word that is a whole vocabulary token as
+/// that token before trying merges (its `ignore_merges`, as these models' `tokenizer.json`
+/// say); BPE's merges can reach a different split of the same word.
+const IGNORE_MERGES: &[&str] = &[
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "tekken",
+    "glm4",
+    "glm5",
+];
+
 const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// o200k (gpt-4o, gpt-oss, Llama 4) as llama.cpp adapts it: a letter run splits before an
+/// upper-case letter that follows lower-case ones, and a contraction stays on its word. The
+/// original's `\p{Lu}…`/`\p{Ll}…` classes become "a letter but not a-z" / "not A-Z", so every
+/// non-ASCII letter counts as both cases; llama.cpp matches on that adaptation, so we do too.
+const REGEX_GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Mistral's tekken: o200k's case split without the contractions, one digit at a time.
+const REGEX_TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 type PreTokenizerFix = Option<(Option<tokenizers::NormalizerWrapper>, PreTokenizerWrapper)>;
+
+/// The `tokenizer.ggml.pre` names llama.cpp (0c1e570) maps to GPT-2's split, to a digit split
+/// before GPT-2's (starcoder), to Llama 3's, to Qwen 2's and to o200k's.
+const PRE_GPT2: &[&str] = &[
+    "gpt2",
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "modern-bert",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+    "exaone4",
+    "jina-v1-en",
+    "jina-v2-code",
+    "roberta-bpe",
+];
+const PRE_STARCODER: &[&str] = &[
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
+];
+const PRE_LLAMA3: &[&str] = &[
+    "llama-bpe",
+    "llama-v3",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "jina-v5-nano",
+    "dbrx",
+    "chatglm-bpe",
+    "glm4",
+    "glm5",
+];
+const PRE_QWEN2: &[&str] = &[
+    "kormo",
+    "f2llmv2",
+    "megrez",
+    "stablelm2",
+    "hunyuan",
+    "solar-open",
+];
+const PRE_GPT4O: &[&str] = &["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"];
 
 /// Pre-tokenizers for `tokenizer.ggml.pre` values that candle's `from_gguf` gets wrong: it
 /// falls back to GPT-2's ByteLevel with `add_prefix_space = true` for every name it does not
 /// know, while llama.cpp adds no prefix space. `None` keeps candle's choice (qwen2, llama3).
+/// A name this table does not know keeps GPT-2's split with a warning: llama.cpp refuses such
+/// a file, but its text may still tokenize close enough to be useful.
 fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerFix, EngineError> {
     use tokenizers::normalizers::unicode::NFC;
     use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -410,24 +503,16 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerFix, EngineError> {
         .map_err(tok_err)?
         .into())
     };
+    // After a regex split, bytes map to GPT-2's characters without a second split.
+    let regex_then_bytes = |re: &str| -> Result<PreTokenizerFix, EngineError> {
+        Ok(Some((
+            None,
+            Sequence::new(vec![split(re)?, ByteLevel::new(false, true, false).into()]).into(),
+        )))
+    };
+    let gpt2 = || Some((None, ByteLevel::new(false, true, true).into()));
     Ok(match pre {
         "qwen2" | "llama3" | "smaug-bpe" | "lfm2" => None,
-        "smollm" | "starcoder" => Some((
-            None,
-            Sequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
-        )),
-        "llama-bpe" => Some((
-            None,
-            Sequence::new(vec![
-                split(REGEX_LLAMA3)?,
-                ByteLevel::new(false, true, false).into(),
-            ])
-            .into(),
-        )),
         "deepseek-r1-qwen" => Some((
             Some(NFC.into()),
             Sequence::new(vec![
@@ -436,7 +521,38 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerFix, EngineError> {
             ])
             .into(),
         )),
-        _ => Some((None, ByteLevel::new(false, true, true).into())),
+        "tekken" => regex_then_bytes(REGEX_TEKKEN)?,
+        // Each split refines the previous one's pieces, as llama.cpp applies its list.
+        "default" => Some((
+            None,
+            Sequence::new(vec![
+                split(r"[\p{P}\$\+<=>\^~\|]+")?,
+                split(REGEX_GPT2)?,
+                split(r"\p{N}+")?,
+                split("[0-9][0-9][0-9]")?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+        )),
+        p if PRE_STARCODER.contains(&p) => Some((
+            None,
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])
+            .into(),
+        )),
+        p if PRE_LLAMA3.contains(&p) => regex_then_bytes(REGEX_LLAMA3)?,
+        p if PRE_QWEN2.contains(&p) => regex_then_bytes(REGEX_QWEN2)?,
+        p if PRE_GPT4O.contains(&p) => regex_then_bytes(REGEX_GPT4O)?,
+        p if PRE_GPT2.contains(&p) => gpt2(),
+        other => {
+            tracing::warn!(
+                "unknown pre-tokenizer `{other}` (tokenizer.ggml.pre): splitting text as GPT-2 \
+                 does, so tokens may differ from the model's own tokenizer"
+            );
+            gpt2()
+        }
     })
 }
 
@@ -778,7 +894,40 @@ mod tests {
 
     #[test]
     fn unknown_pre_adds_no_prefix_space() {
+        assert_eq!(
+            splits("no-such-pre", "Hello world"),
+            ["Hello", "\u{120}world"]
+        );
         assert_eq!(splits("default", "Hello world"), ["Hello", "\u{120}world"]);
+    }
+
+    /// llama.cpp's `default`: punctuation runs first, then GPT-2's split, then digit runs in
+    /// threes from the left.
+    #[test]
+    fn default_pre_splits_punctuation_then_digits_by_three() {
+        assert_eq!(
+            splits("default", "a+=b 12345"),
+            ["a", "+=", "b", "\u{120}", "123", "45"]
+        );
+    }
+
+    /// o200k: a case change splits a word, a contraction stays on it, digits go by three with
+    /// no space before them, and `/` joins the punctuation run before a newline.
+    #[test]
+    fn gpt_4o_splits_case_changes_contractions_and_digits() {
+        assert_eq!(
+            splits("gpt-4o", "helloWorld I'm 12345 a/\n"),
+            [
+                "hello",
+                "World",
+                "\u{120}I'm",
+                "\u{120}",
+                "123",
+                "45",
+                "\u{120}a",
+                "/\u{10a}",
+            ]
+        );
     }
 
     #[test]

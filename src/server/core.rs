@@ -326,6 +326,13 @@ pub fn build_prompt(
         return Ok((Prompt::Chat(chat), String::new()));
     }
     let native = caps.tools;
+    let split_calls;
+    let messages: &[Message] = if caps.format == ToolFormat::Harmony && native && caps.tool_role {
+        split_calls = one_call_per_message(messages);
+        &split_calls
+    } else {
+        messages
+    };
     let mut out: Vec<Value> = Vec::with_capacity(messages.len() + 1);
     if tools_on {
         if native {
@@ -352,6 +359,57 @@ pub fn build_prompt(
         },
         prefill,
     ))
+}
+
+/// gpt-oss's template renders only the first call of an assistant message and names each tool
+/// result after the latest call, so an answer with several calls becomes one assistant message
+/// per call, each followed by its result (matched by `tool_call_id`, else in order).
+fn one_call_per_message(messages: &[Message]) -> Vec<Message> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut i = 0;
+    while i < messages.len() {
+        let m = &messages[i];
+        i += 1;
+        if m.role() != Role::Assistant || m.tool_calls.len() < 2 {
+            out.push(m.clone());
+            continue;
+        }
+        let start = i;
+        while i < messages.len() && messages[i].role() == Role::Tool {
+            i += 1;
+        }
+        let results = &messages[start..i];
+        let mut used = vec![false; results.len()];
+        for (k, call) in m.tool_calls.iter().enumerate() {
+            out.push(Message {
+                role: Some(Role::Assistant),
+                content: if k == 0 {
+                    m.content.clone()
+                } else {
+                    String::new()
+                },
+                tool_calls: vec![call.clone()],
+                reasoning: m.reasoning.clone().filter(|_| k == 0),
+                ..Default::default()
+            });
+            let by_id = results
+                .iter()
+                .enumerate()
+                .position(|(x, r)| !used[x] && r.tool_call_id.as_deref() == Some(&call.id));
+            if let Some(x) = by_id.or_else(|| used.iter().position(|u| !u)) {
+                used[x] = true;
+                out.push(results[x].clone());
+            }
+        }
+        out.extend(
+            results
+                .iter()
+                .zip(&used)
+                .filter(|(_, u)| !**u)
+                .map(|(r, _)| r.clone()),
+        );
+    }
+    out
 }
 
 fn message_json(m: &Message, caps: &Caps, native: bool) -> Value {
@@ -631,7 +689,9 @@ pub async fn run(
     let (prompt, prefill) = build_prompt(&req, &caps, dialect)?;
     let split = (req.reasoning.split && prefill.is_empty() && matches!(req.input, Input::Chat(_)))
         .then(|| {
-            if caps.harmony {
+            if caps.harmony && req.tools_active() {
+                ReasoningSplitter::harmony_with_calls()
+            } else if caps.harmony {
                 ReasoningSplitter::harmony()
             } else {
                 ReasoningSplitter::new(caps.opens_think && req.reasoning.think != Some(false))
@@ -777,6 +837,62 @@ mod tests {
         assert!(think.opens_think && think.think_switch);
         assert!(!Caps::of(None).tools);
         assert!(!Caps::of(Some("{% broken")).tools);
+    }
+
+    /// gpt-oss's own template (llama.cpp's `models/templates/openai-gpt-oss-120b.jinja`) shows
+    /// a follow-up turn's calls and results in harmony form: two calls of one answer become two
+    /// assistant messages, each followed by its result, so both render (the template shows only
+    /// a message's first call) under the right function's name.
+    #[test]
+    fn harmony_follow_ups_render_each_call_and_its_result() {
+        let src = include_str!("../../tests/fixtures/templates/openai-gpt-oss-120b.jinja");
+        let caps = Caps::of(Some(src));
+        assert!(caps.harmony && caps.tools && caps.tool_role);
+        assert_eq!(caps.format, ToolFormat::Harmony);
+        let mut calls = Message::new(Role::Assistant, "");
+        calls.tool_calls = ["c1", "c2"]
+            .iter()
+            .zip(["Paris", "Oslo"])
+            .map(|(id, city)| ToolCall {
+                id: id.to_string(),
+                name: if *id == "c1" {
+                    "get_weather"
+                } else {
+                    "get_time"
+                }
+                .into(),
+                arguments: json!({ "city": city }),
+            })
+            .collect();
+        // Results in the other order: they are matched by id.
+        let mut time = Message::new(Role::Tool, "09:00");
+        time.tool_call_id = Some("c2".into());
+        let mut weather_result = Message::new(Role::Tool, "22C");
+        weather_result.tool_call_id = Some("c1".into());
+        let r = req(
+            vec![
+                Message::new(Role::User, "Weather and time?"),
+                calls,
+                time,
+                weather_result,
+            ],
+            vec![weather()],
+        );
+        let (prompt, _) = build_prompt(&r, &caps, Dialect::OpenAi).unwrap();
+        let Prompt::Template { messages, vars, .. } = prompt else {
+            panic!("{prompt:?}")
+        };
+        let t = ChatTemplate::new(src, "", "", std::path::Path::new("gpt-oss")).unwrap();
+        let text = t.render_json(&messages, true, &vars).unwrap();
+        let want = concat!(
+            "<|start|>user<|message|>Weather and time?<|end|>",
+            "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{\"city\": \"Paris\"}<|call|>",
+            "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>\"22C\"<|end|>",
+            "<|start|>assistant to=functions.get_time<|channel|>commentary json<|message|>{\"city\": \"Oslo\"}<|call|>",
+            "<|start|>functions.get_time to=assistant<|channel|>commentary<|message|>\"09:00\"<|end|>",
+            "<|start|>assistant",
+        );
+        assert!(text.ends_with(want), "{text}");
     }
 
     #[test]

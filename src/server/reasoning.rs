@@ -6,9 +6,11 @@
 //! `<|channel|>NAME<|message|>…<|end|>`, each after `<|start|>assistant` but the first (the
 //! prompt wrote that one), the last ended by `<|return|>` or `<|call|>`; the `analysis`
 //! channel is its reasoning, `final` (and `commentary`) what it says. This runs before
-//! tool-call parsing, so a call written while thinking is never taken for a real one.
+//! tool-call parsing, so a call written while thinking is never taken for a real one. A harmony
+//! message addressed to a function (`to=functions.NAME` in its header) is a tool call: with
+//! tools on, it goes on as ` to=functions.NAME<|message|>ARGS<|call|>` for the harmony parser.
 
-use super::tools::parse::partial_suffix;
+use super::tools::parse::{partial_suffix, HARMONY_CALL_END, HARMONY_CALL_OPEN};
 
 /// A piece of the output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +36,27 @@ enum State {
     Answer,
     /// Harmony: reading a message's header, up to `<|message|>`.
     Header,
-    /// Harmony: a message's text; `true` in the `analysis` channel.
-    Body(bool),
+    /// Harmony: a message's text.
+    Body(Channel),
+}
+
+/// What a harmony message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    /// `analysis`: reasoning.
+    Analysis,
+    /// `final` or `commentary`: said to the user.
+    Said,
+    /// Addressed to a function: a tool call.
+    Call,
 }
 
 #[derive(Debug)]
 pub struct ReasoningSplitter {
     state: State,
     buf: String,
+    /// Harmony messages addressed to functions go on as calls.
+    calls: bool,
 }
 
 impl ReasoningSplitter {
@@ -54,6 +69,7 @@ impl ReasoningSplitter {
                 State::Start
             },
             buf: String::new(),
+            calls: false,
         }
     }
 
@@ -62,6 +78,16 @@ impl ReasoningSplitter {
         ReasoningSplitter {
             state: State::Header,
             buf: String::new(),
+            calls: false,
+        }
+    }
+
+    /// A harmony splitter that passes messages addressed to functions on as calls (see the
+    /// module's note), for a request with tools.
+    pub fn harmony_with_calls() -> Self {
+        ReasoningSplitter {
+            calls: true,
+            ..Self::harmony()
         }
     }
 
@@ -79,19 +105,37 @@ impl ReasoningSplitter {
                             .split_once("<|channel|>")
                             .map(|(_, c)| c.split(['<', ' ']).next().unwrap_or(""))
                             .is_some_and(|c| c.trim() == "analysis");
+                        // The recipient comes before the channel or after its name.
+                        let function = header
+                            .split_once("to=functions.")
+                            .map(|(_, r)| r.split(['<', ' ']).next().unwrap_or("").to_string())
+                            .filter(|_| self.calls);
                         self.buf.drain(..at + HARMONY_MESSAGE.len());
-                        self.state = State::Body(analysis);
+                        self.state = State::Body(match function {
+                            Some(name) => {
+                                out.push(Split::Content(format!(
+                                    "{HARMONY_CALL_OPEN}{name}{HARMONY_MESSAGE}"
+                                )));
+                                Channel::Call
+                            }
+                            None if analysis => Channel::Analysis,
+                            None => Channel::Said,
+                        });
                         continue;
                     }
                     let lead = self.buf.trim_start();
-                    let maybe_header = lead.starts_with("<|") || "<|".starts_with(lead);
+                    // A header starts with a control token, or (the first, whose
+                    // `<|start|>assistant` the prompt wrote) with a recipient.
+                    let maybe_header = ["<|", "to="]
+                        .iter()
+                        .any(|m| lead.starts_with(m) || m.starts_with(lead));
                     if lead.is_empty() || (maybe_header && self.buf.len() <= HARMONY_HEADER_MAX) {
                         return out;
                     }
                     // Plain text where a header should be: show it as the answer.
                     self.state = State::Answer;
                 }
-                State::Body(analysis) => {
+                State::Body(channel) => {
                     let end = HARMONY_ENDS
                         .iter()
                         .filter_map(|m| self.buf.find(m).map(|at| (at, m.len())))
@@ -109,7 +153,7 @@ impl ReasoningSplitter {
                     };
                     if cut > 0 {
                         let text = self.buf[..cut].to_string();
-                        out.push(if analysis {
+                        out.push(if channel == Channel::Analysis {
                             Split::Reasoning(text)
                         } else {
                             Split::Content(text)
@@ -117,6 +161,9 @@ impl ReasoningSplitter {
                     }
                     match rest {
                         Some(r) => {
+                            if channel == Channel::Call {
+                                out.push(Split::Content(HARMONY_CALL_END.into()));
+                            }
                             self.buf.drain(..r);
                             self.state = State::Header;
                         }
@@ -180,7 +227,7 @@ impl ReasoningSplitter {
             return Vec::new();
         }
         match self.state {
-            State::Thinking(_) | State::Body(true) => vec![Split::Reasoning(rest)],
+            State::Thinking(_) | State::Body(Channel::Analysis) => vec![Split::Reasoning(rest)],
             // A header cut off before its text has nothing to show.
             State::Header if rest.trim_start().starts_with("<|") => Vec::new(),
             _ => vec![Split::Content(rest)],
@@ -306,6 +353,84 @@ mod tests {
             run_harmony(&["Hello", " there"]),
             ("".into(), "Hello there".into())
         );
+    }
+
+    /// gpt-oss's token stream for a tool call, one token per chunk: it thinks, then addresses
+    /// the function (recipient after the channel), stops at `<|call|>` (a stop token, so not
+    /// in the text). Through the splitter and the harmony parser, the thought is reasoning and
+    /// the call a call, with nothing left as text; the recipient may also come first.
+    #[test]
+    fn harmony_calls_reach_the_tool_parser_as_calls() {
+        use crate::server::tools::{Piece, ToolFormat, ToolParser};
+        let run = |chunks: &[&str]| {
+            let mut s = ReasoningSplitter::harmony_with_calls();
+            let mut p = ToolParser::new(ToolFormat::Harmony);
+            let (mut reasoning, mut pieces) = (String::new(), Vec::new());
+            let mut route = |splits: Vec<Split>, p: &mut ToolParser| {
+                for sp in splits {
+                    match sp {
+                        Split::Reasoning(t) => reasoning.push_str(&t),
+                        Split::Content(t) => pieces.extend(p.push(&t)),
+                    }
+                }
+            };
+            for c in chunks {
+                let splits = s.push(c);
+                route(splits, &mut p);
+            }
+            let splits = s.finish();
+            route(splits, &mut p);
+            pieces.extend(p.finish());
+            (reasoning, pieces)
+        };
+        let stream = [
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "Need weather",
+            ".",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "commentary",
+            " to",
+            "=",
+            "functions",
+            ".get",
+            "_weather",
+            " ",
+            "<|constrain|>",
+            "json",
+            "<|message|>",
+            "{\"",
+            "city",
+            "\":\"",
+            "Paris",
+            "\"}",
+        ];
+        let (reasoning, pieces) = run(&stream);
+        assert_eq!(reasoning, "Need weather.");
+        match pieces.as_slice() {
+            [Piece::Call(c)] => {
+                assert_eq!(c.name, "get_weather");
+                assert_eq!(c.arguments, serde_json::json!({"city": "Paris"}));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, pieces) = run(&[
+            " to",
+            "=functions.get_time",
+            "<|channel|>commentary json<|message|>{}",
+            "<|call|>",
+        ]);
+        assert!(
+            matches!(pieces.as_slice(), [Piece::Call(c)] if c.name == "get_time"),
+            "{pieces:?}"
+        );
+        // A final answer after a call's result is text.
+        let (_, pieces) = run(&["<|channel|>final<|message|>It is sunny.<|return|>"]);
+        assert_eq!(pieces, [Piece::Text("It is sunny.".into())]);
     }
 
     #[test]

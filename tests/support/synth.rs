@@ -2130,7 +2130,7 @@ const GPT_OSS_LAYER: &[TensorTemplate] = &[
 /// gpt-oss's harmony control tokens (o200k_harmony's names).
 const GPT_OSS_TOK: TokStyle = TokStyle {
     model: "gpt2",
-    pre: "llama-bpe",
+    pre: "gpt-4o",
     specials: &[
         "<|startoftext|>",
         "<|endoftext|>",
@@ -3143,6 +3143,44 @@ impl Mix {
 // ---------------------------------------------------------------------------------------------
 // Tokenizers
 
+/// Merges that cross the places where o200k's split differs from GPT-2's and Llama 3's, so a
+/// tokenizer that splits text another way gives other ids: digit runs longer than three, a
+/// space before digits, a case change inside a letter run (`helloWorld`), a contraction on a
+/// one-letter word (`I'm`), a tab before a word, punctuation and spaces before a newline, and
+/// the UTF-8 bytes of `é` and `ü`.
+fn o200k_merges() -> Vec<(String, String)> {
+    const PAIRS: &[(&[u8], &[u8])] = &[
+        (b"1", b"2"),
+        (b"3", b"4"),
+        (b"2", b"3"),
+        (b"4", b"5"),
+        (b"5", b"6"),
+        (b"6", b"7"),
+        (b" ", b"1"),
+        (b"o", b"W"),
+        (b"e", b"W"),
+        (b"d", b"T"),
+        (b"I", b"'"),
+        (b"\t", b"h"),
+        (b"!", b"\n"),
+        (b".", b"\n"),
+        (b" ", b"\n"),
+        (b"\n", b" "),
+        (b";", b";"),
+        (b"/", b"/"),
+        (b"\xc3", b"\xa9"),
+        (b"\xc3", b"\xbc"),
+    ];
+    let chars = byte_chars();
+    let level = |bytes: &[u8]| -> String {
+        bytes
+            .iter()
+            .map(|b| chars.iter().find(|(x, _)| x == b).expect("every byte").1)
+            .collect()
+    };
+    PAIRS.iter().map(|(a, b)| (level(a), level(b))).collect()
+}
+
 /// GPT-2's byte → printable character map, in its order (printable bytes first).
 pub fn byte_chars() -> Vec<(u8, char)> {
     let mut printable: Vec<u8> = (b'!'..=b'~').collect();
@@ -3213,7 +3251,12 @@ pub fn synthetic_vocabulary(style: &TokStyle, vocab: usize) -> Result<Vocabulary
             letters
                 .iter()
                 .flat_map(|&a| letters.iter().map(move |&b| (a.to_string(), b.to_string()))),
-        );
+        )
+        .chain(if style.pre == "gpt-4o" && !gemma4 {
+            o200k_merges()
+        } else {
+            Vec::new()
+        });
     for (a, b) in candidates.take(room) {
         merges.push(format!("{a} {b}"));
         tokens.push(format!("{a}{b}"));

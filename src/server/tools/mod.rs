@@ -8,6 +8,10 @@
 //!   `<|python_tag|>`, several separated by `;`).
 //! - **Mistral**: `[TOOL_CALLS][{"name": …, "arguments": {…}}]`, or `[TOOL_CALLS]name[ARGS]{…}`
 //!   in newer templates.
+//! - **Harmony** (gpt-oss): a message addressed to the function,
+//!   `<|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json<|message|>{…}`
+//!   ended by `<|call|>` (the recipient may also follow the channel). The reasoning splitter
+//!   reads the headers and hands each such message on as ` to=functions.NAME<|message|>{…}<|call|>`.
 
 pub mod parse;
 
@@ -57,13 +61,16 @@ pub enum ToolFormat {
     Hermes,
     Llama3,
     Mistral,
+    Harmony,
 }
 
 impl ToolFormat {
     /// The family a chat template writes its calls in; Hermes when it shows none (that is
     /// also the format the fallback prompt teaches).
     pub fn detect(template: &str) -> ToolFormat {
-        if template.contains("[TOOL_CALLS]") {
+        if template.contains("<|channel|>") && template.contains("<|message|>") {
+            ToolFormat::Harmony
+        } else if template.contains("[TOOL_CALLS]") {
             ToolFormat::Mistral
         } else if template.contains("<tool_call>") {
             ToolFormat::Hermes
@@ -88,6 +95,17 @@ impl ToolFormat {
             ToolFormat::Hermes => ("<tool_call>\n{\"name\": \"", "arguments"),
             ToolFormat::Llama3 => ("{\"name\": \"", "parameters"),
             ToolFormat::Mistral => ("[TOOL_CALLS][{\"name\": \"", "arguments"),
+            // The generation prompt ends `<|start|>assistant`: the recipient comes next, and a
+            // named call's whole header is written, leaving the model only the arguments.
+            ToolFormat::Harmony => {
+                return Some(match name {
+                    None => parse::HARMONY_CALL_OPEN.to_string(),
+                    Some(n) => format!(
+                        "{}{n}<|channel|>commentary <|constrain|>json<|message|>",
+                        parse::HARMONY_CALL_OPEN
+                    ),
+                })
+            }
         };
         Some(match name {
             None => open.to_string(),
@@ -105,6 +123,8 @@ impl ToolFormat {
             ToolFormat::Hermes => ("<tool_call>\n", "arguments", ""),
             ToolFormat::Llama3 => ("", "parameters", ""),
             ToolFormat::Mistral => ("[TOOL_CALLS][", "arguments", "]"),
+            // A harmony call has no JSON wrapper; `call_constraint` builds none for it.
+            ToolFormat::Harmony => ("", "arguments", ""),
         }
     }
 
@@ -114,7 +134,7 @@ impl ToolFormat {
         match self {
             ToolFormat::Hermes => Some(HERMES_OPEN_MARKER),
             ToolFormat::Mistral => Some("[TOOL_CALLS]"),
-            ToolFormat::Llama3 => None,
+            ToolFormat::Llama3 | ToolFormat::Harmony => None,
         }
     }
 
@@ -129,6 +149,11 @@ impl ToolFormat {
         choice: &ToolChoice,
         field: &str,
     ) -> Option<Constraint> {
+        if self == ToolFormat::Harmony {
+            // The arguments follow control tokens (`<|message|>`) that a text grammar does
+            // not see; harmony calls are parsed as written.
+            return None;
+        }
         let (open, args_key, close) = self.call_shape();
         let (offered, forced): (Vec<&Tool>, bool) = match choice {
             ToolChoice::None => return None,
@@ -268,6 +293,10 @@ mod tests {
             ToolFormat::Llama3
         );
         assert_eq!(ToolFormat::detect("plain chatml"), ToolFormat::Hermes);
+        assert_eq!(
+            ToolFormat::detect("<|start|>assistant<|channel|>final<|message|>{{ x }}<tool_call>"),
+            ToolFormat::Harmony
+        );
     }
 
     #[test]
@@ -292,6 +321,42 @@ mod tests {
                 other => panic!("{format:?}: {other:?}"),
             }
         }
+    }
+
+    /// A forced harmony call is the assistant header the prompt is continued with: the parser
+    /// reads it and the model's arguments as one call, with or without the name chosen.
+    #[test]
+    fn harmony_forced_prefixes_parse_as_a_call() {
+        let cases = [
+            (ToolChoice::Named("get_weather".into()), "{\"city\": \"Paris\"}"),
+            (
+                ToolChoice::Required,
+                "get_weather<|channel|>commentary <|constrain|>json<|message|>{\"city\": \"Paris\"}",
+            ),
+        ];
+        for (choice, rest) in cases {
+            let prefix = ToolFormat::Harmony.forced_prefix(&choice).unwrap();
+            let mut p = ToolParser::new(ToolFormat::Harmony);
+            assert!(p.push(&prefix).is_empty(), "{prefix:?}");
+            let mut out = p.push(rest);
+            out.extend(p.finish());
+            match out.as_slice() {
+                [Piece::Call(c)] => {
+                    assert_eq!(c.name, "get_weather");
+                    assert_eq!(c.arguments, json!({"city": "Paris"}));
+                }
+                other => panic!("{choice:?}: {other:?}"),
+            }
+        }
+        let tools = [Tool {
+            name: "get_weather".into(),
+            description: None,
+            parameters: json!({"type": "object"}),
+            strict: true,
+        }];
+        assert!(ToolFormat::Harmony
+            .call_constraint(&tools, &ToolChoice::Auto, "tools")
+            .is_none());
     }
 
     #[test]

@@ -21,6 +21,13 @@ const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
 const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
 const PYTHON_TAG: &str = "<|python_tag|>";
+/// Where a harmony call starts: its recipient, as the splitter passes it on and as a forced
+/// call's prompt continues `<|start|>assistant`.
+pub const HARMONY_CALL_OPEN: &str = " to=functions.";
+/// Where a harmony message's text starts, after its header.
+pub const HARMONY_MESSAGE: &str = "<|message|>";
+/// What ends a harmony call.
+pub const HARMONY_CALL_END: &str = "<|call|>";
 
 #[derive(Debug)]
 enum State {
@@ -136,6 +143,15 @@ impl ToolParser {
                     }
                     return out;
                 }
+                State::Call if self.format == ToolFormat::Harmony => {
+                    let Some(i) = self.buf.find(HARMONY_CALL_END) else {
+                        return out;
+                    };
+                    let inner = self.buf[..i].to_string();
+                    self.buf.drain(..i + HARMONY_CALL_END.len());
+                    self.state = State::Text;
+                    out.extend(self.harmony(&inner));
+                }
                 State::Call => {
                     if self.format != ToolFormat::Hermes {
                         // Llama 3 and Mistral calls run to the end of the output.
@@ -164,6 +180,8 @@ impl ToolParser {
                 ToolFormat::Hermes => self.hermes(&rest, false),
                 ToolFormat::Llama3 => self.llama3(&rest),
                 ToolFormat::Mistral => self.mistral(&rest),
+                // Generation stops at `<|call|>`, so a call usually ends with the output.
+                ToolFormat::Harmony => self.harmony(&rest),
             },
             _ if rest.is_empty() => Vec::new(),
             _ => vec![Piece::Text(rest)],
@@ -180,6 +198,26 @@ impl ToolParser {
                 }
                 vec![Piece::Text(raw)]
             }
+        }
+    }
+
+    /// `NAME…<|message|>{…}`: the function's name, anything else in the header (the channel,
+    /// `<|constrain|>json`), then the arguments. Arguments that are not a JSON object come out
+    /// as the text the model wrote.
+    fn harmony(&mut self, inner: &str) -> Vec<Piece> {
+        let name_len = inner
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .unwrap_or(inner.len());
+        let name = &inner[..name_len];
+        let Some((_, body)) = inner.split_once(HARMONY_MESSAGE) else {
+            return vec![Piece::Text(format!("{HARMONY_CALL_OPEN}{inner}"))];
+        };
+        match serde_json::from_str::<Value>(body.trim()) {
+            Ok(args @ Value::Object(_)) if valid_name(name) => {
+                vec![Piece::Call(self.call((name.to_string(), args)))]
+            }
+            _ if body.is_empty() => Vec::new(),
+            _ => vec![Piece::Text(body.to_string())],
         }
     }
 
@@ -282,6 +320,7 @@ impl ToolFormat {
             ToolFormat::Hermes => HERMES_OPEN,
             ToolFormat::Mistral => MISTRAL_OPEN,
             ToolFormat::Llama3 => PYTHON_TAG,
+            ToolFormat::Harmony => HARMONY_CALL_OPEN,
         }
     }
 }
@@ -382,6 +421,51 @@ mod tests {
             name: name.into(),
             arguments: args,
         })
+    }
+
+    /// Harmony calls as the reasoning splitter passes them on: text before, a call closed by
+    /// `<|call|>`, markers split across deltas, and a call cut off by the end of the output
+    /// (generation stops at `<|call|>`, which then never shows).
+    #[test]
+    fn harmony_calls_after_text_and_at_the_end() {
+        let out = run(
+            ToolFormat::Harmony,
+            &[
+                "Let me check. to=weather",
+                " to=func",
+                "tions.get_weather<|mess",
+                "age|>{\"city\":",
+                " \"Paris\"}<|ca",
+                "ll|> to=functions.get_time<|message|>{}",
+            ],
+        );
+        assert_eq!(
+            out,
+            [
+                Piece::Text("Let me check. to=weather".into()),
+                call(
+                    "call_1",
+                    "get_weather",
+                    serde_json::json!({"city": "Paris"})
+                ),
+                call("call_2", "get_time", serde_json::json!({})),
+            ]
+        );
+        // Arguments that are not an object are the model's text; a bad name is no call.
+        assert_eq!(
+            run(
+                ToolFormat::Harmony,
+                &[" to=functions.f<|message|>not json<|call|>"]
+            ),
+            [Piece::Text("not json".into())]
+        );
+        assert_eq!(
+            run(
+                ToolFormat::Harmony,
+                &[" to=functions.<|message|>{\"a\": 1}<|call|>"]
+            ),
+            [Piece::Text("{\"a\": 1}".into())]
+        );
     }
 
     #[test]
