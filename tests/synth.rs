@@ -1052,6 +1052,87 @@ fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
     }
 }
 
+/// A hybrid's recurrent state and its turn checkpoints live inside the KV budget, counted as
+/// the positions of as many bytes: a request is refused when its prompt and answer fit but its
+/// state does not (the error says so), and an idle slot's state and checkpoints are evicted
+/// when a new sequence needs their room, where counting KV positions alone would keep both.
+#[test]
+fn granite_hybrid_state_and_checkpoints_count_against_the_kv_budget() {
+    use influence::engine::EngineError;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(
+        synth::family("granitehybrid").unwrap(),
+        "tiny",
+        Mix::Q8_0,
+        5,
+    )
+    .unwrap();
+    let (_, path) = write(spec, dir.path(), "granitehybrid.gguf", 2);
+    let budget_engine = |kv_budget| {
+        EngineHandle::spawn(EngineOptions {
+            threads: 2,
+            max_loaded: 1,
+            parallel: 2,
+            kv_budget,
+            ..EngineOptions::default()
+        })
+    };
+    let req = |text: &str| GenRequest {
+        model: path.clone(),
+        prompt: Prompt::Raw(text.into()),
+        params: GenParams::greedy(8),
+    };
+    let (a, b) = ("the quick brown fox", "jumps over the lazy dog again");
+    let tiny = budget_engine(1);
+    let refused = |text| match tiny.generate(req(text)).collect_blocking() {
+        Err(EngineError::KvBudget {
+            need,
+            prompt_tokens,
+            max_tokens,
+            state_positions,
+            budget: 1,
+        }) => {
+            assert_eq!(need, prompt_tokens + max_tokens + state_positions);
+            (need, state_positions)
+        }
+        other => panic!("expected a KV budget error, got {other:?}"),
+    };
+    let (need_a, state) = refused(a);
+    let (need_b, _) = refused(b);
+    assert!(state > 0, "the state counts: {state}");
+    let err = tiny.generate(req(a)).collect_blocking().unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "+ {state} for the recurrent state and its turn checkpoints"
+        )),
+        "{err}"
+    );
+    // Room for both sequences' KV and one state: B fits beside A's idle slot only once A's
+    // state and checkpoints are gone.
+    let budget = need_a + need_b - state;
+    let e = budget_engine(budget);
+    assert!(!e
+        .generate(req(a))
+        .collect_blocking()
+        .unwrap()
+        .ids
+        .is_empty());
+    let idle = e.stats();
+    assert!(
+        idle.kv_used > need_a - state,
+        "A's slot holds its state: {idle:?}"
+    );
+    assert!(!e
+        .generate(req(b))
+        .collect_blocking()
+        .unwrap()
+        .ids
+        .is_empty());
+    let s = e.stats();
+    assert!(s.evictions >= 1, "A's state was evicted for B: {s:?}");
+    assert!(s.kv_used <= budget, "{s:?}");
+}
+
 /// `show` names a Mamba file's layers and the state one sequence carries in place of a KV cache
 /// (layers × (window of conv − 1 inputs over x, B and C, plus inner × state), in f32).
 #[test]

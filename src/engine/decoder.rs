@@ -20,6 +20,7 @@ use super::legacy::{self, LMatrix, LType};
 use super::mxfp4::{self, MxMatrix};
 use super::ops;
 use super::q8::{self, Q8Matrix};
+use super::recurrent;
 use super::EngineError;
 
 mod ssm;
@@ -376,9 +377,10 @@ impl DecoderConfig {
         }
     }
 
-    /// f32 values of K and V one position takes in one slot: cache-owning layers only.
+    /// f32 values of K and V one position takes in one slot: cache-owning attention layers only.
     pub fn kv_floats_per_token(&self) -> usize {
         (0..self.kv_layers.min(self.n_layer))
+            .filter(|&i| !self.is_recurrent(i))
             .map(|i| 2 * self.layer_kv_heads(i) * self.layer_head_dim(i))
             .sum()
     }
@@ -1543,6 +1545,29 @@ impl Decoder {
     /// Bytes of recurrent state held across every slot, checkpoints included.
     pub fn state_allocated(&self) -> usize {
         self.ssm.as_ref().map_or(0, |r| r.state.allocated_bytes())
+    }
+
+    /// `bytes` of recurrent state as the KV positions that take as many bytes, so that one
+    /// budget in positions bounds both. A model without attention layers has no positions to
+    /// count in: its states are bounded by the slot count alone (0 here).
+    fn as_positions(&self, bytes: usize) -> usize {
+        let per = self.cfg.kv_floats_per_token() * 4;
+        if per == 0 {
+            0
+        } else {
+            bytes.div_ceil(per)
+        }
+    }
+
+    /// Slot `slot`'s recurrent state and checkpoints now, in KV positions (see `as_positions`).
+    pub fn slot_state_positions(&self, slot: usize) -> usize {
+        self.as_positions(self.ssm.as_ref().map_or(0, |r| r.state.slot_bytes(slot)))
+    }
+
+    /// What one sequence's recurrent state grows to with its full share of checkpoints, in KV
+    /// positions: what a sequence reserves on top of its prompt and answer.
+    pub fn state_positions_reserve(&self) -> usize {
+        self.as_positions((1 + recurrent::CHECKPOINTS_PER_SLOT) * self.state_bytes_per_slot())
     }
 
     fn slot_caches(&mut self, slot: usize) -> &mut Vec<KvCache> {

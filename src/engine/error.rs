@@ -39,11 +39,13 @@ pub enum EngineError {
         wanted_kind: String,
     },
 
-    #[error("this request needs {need} KV cache positions (prompt {prompt_tokens} + max_tokens {max_tokens}) but the engine's KV budget is {budget}. Lower max_tokens, shorten the prompt, or raise engine.kv_budget")]
+    #[error("this request needs {need} KV cache positions (prompt {prompt_tokens} + max_tokens {max_tokens}{}) but the engine's KV budget is {budget}. Lower max_tokens, shorten the prompt, or raise engine.kv_budget", state_note(*.state_positions))]
     KvBudget {
         need: usize,
         prompt_tokens: usize,
         max_tokens: usize,
+        /// A recurrent model's state and checkpoints, counted as the positions of as many bytes.
+        state_positions: usize,
         budget: usize,
     },
 
@@ -83,5 +85,13 @@ pub enum EngineError {
 impl From<candle_core::Error> for EngineError {
     fn from(e: candle_core::Error) -> Self {
         EngineError::Candle(e.to_string())
+    }
+}
+
+fn state_note(positions: usize) -> String {
+    if positions == 0 {
+        String::new()
+    } else {
+        format!(" + {positions} for the recurrent state and its turn checkpoints")
     }
 }

@@ -87,11 +87,14 @@ impl RecurrentSlots {
 
     /// Bytes held now across every slot: live states and checkpoints.
     pub fn allocated_bytes(&self) -> usize {
-        let per = self.state_bytes();
-        self.slots
-            .iter()
-            .map(|s| (usize::from(!s.layers.is_empty()) + s.checkpoints.len()) * per)
-            .sum()
+        (0..self.slots.len()).map(|i| self.slot_bytes(i)).sum()
+    }
+
+    /// Bytes slot `slot` holds now: its live state and its checkpoints.
+    pub fn slot_bytes(&self, slot: usize) -> usize {
+        self.slots.get(slot).map_or(0, |s| {
+            (usize::from(!s.layers.is_empty()) + s.checkpoints.len()) * self.state_bytes()
+        })
     }
 
     /// Tokens folded into slot `slot`'s state.

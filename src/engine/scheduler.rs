@@ -229,16 +229,25 @@ impl Batcher {
     }
 
     /// Positions a slot holds against the budget: what is allocated, or what its sequence
-    /// reserved.
+    /// reserved; plus its recurrent state and checkpoints counted as the positions of as many
+    /// bytes (what they hold now, or what a running sequence's may grow to).
     fn held(&self, dec: &Decoder, i: usize) -> usize {
+        let running = self.running.iter().any(|s| s.slot == i);
         let reserved = self
             .running
             .iter()
             .find(|s| s.slot == i)
             .map_or(0, |s| s.req.need);
-        dec.slot_capacity(i)
+        let kv = dec
+            .slot_capacity(i)
             .max(reserved)
-            .max(self.slots[i].ids.len())
+            .max(self.slots[i].ids.len());
+        let state = if running {
+            dec.state_positions_reserve()
+        } else {
+            0
+        };
+        kv + dec.slot_state_positions(i).max(state)
     }
 
     fn used(&self, dec: &Decoder) -> usize {
@@ -354,7 +363,8 @@ impl Batcher {
                 .filter(|&i| i != slot)
                 .map(|i| self.held(dec, i))
                 .sum();
-            if others + need.max(dec.slot_capacity(slot)) <= self.budget {
+            let state = dec.state_positions_reserve();
+            if others + need.max(dec.slot_capacity(slot)) + state <= self.budget {
                 return true;
             }
             let victim = (0..self.slots.len())
@@ -363,7 +373,7 @@ impl Batcher {
             let Some(v) = victim else {
                 // What is left belongs to running sequences; the chosen slot's own memory can go
                 // when that is what stands in the way.
-                if dec.slot_capacity(slot) > need && others + need <= self.budget {
+                if dec.slot_capacity(slot) > need && others + need + state <= self.budget {
                     dec.release_slot(slot);
                     self.slots[slot].ids.clear();
                     counters.evictions.fetch_add(1, Ordering::Relaxed);

@@ -432,11 +432,13 @@ impl Worker {
         let ctx = g.dec.cfg.context_length;
         let (ids, dropped) = fit_prompt(g, &req.prompt, p.max_tokens, ctx, p.context_policy)?;
         let need = (ids.len() + p.max_tokens).min(ctx);
-        if need > g.batch.budget() {
+        let state = g.dec.state_positions_reserve();
+        if need + state > g.batch.budget() {
             return Err(EngineError::KvBudget {
-                need,
+                need: need + state,
                 prompt_tokens: ids.len(),
                 max_tokens: p.max_tokens,
+                state_positions: state,
                 budget: g.batch.budget(),
             });
         }
