@@ -2239,7 +2239,7 @@ fn dequantize_parallel(qt: &QTensor) -> candle_core::Result<Tensor> {
         let blocks: &[T] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, n * kb) };
         let mut out = vec![0f32; n * k];
         let dst = out.as_mut_ptr() as usize;
-        candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
+        super::pool::run_chunked(n, |rows| {
             // SAFETY: row ranges are disjoint and `out` outlives the parallel region.
             let ys = unsafe {
                 std::slice::from_raw_parts_mut(

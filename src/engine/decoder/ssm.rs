@@ -12,6 +12,7 @@
 use candle_core::{Tensor, D};
 
 use super::super::gguf::Meta;
+use super::super::pool;
 use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
 use super::{linear, Linear, Loader};
@@ -226,7 +227,7 @@ impl SsmStack {
         let mut snaps = Self::snapshots(seqs);
         for li in 0..self.layers.len() {
             let y = self.mix(li, &x, seqs, &mut snaps, eps, dense_ok)?;
-            x = (x + y)?;
+            x = super::super::ops::add(&x, &y)?;
         }
         self.finish(seqs, snaps);
         Ok(x)
@@ -250,7 +251,7 @@ impl SsmStack {
         dense_ok: bool,
     ) -> candle_core::Result<Tensor> {
         let layer = &self.layers[li];
-        let h = candle_nn::ops::rms_norm(x, &layer.norm, eps)?;
+        let h = super::super::ops::rms_norm(x, &layer.norm, eps)?;
         let y = mixer(
             &self.cfg,
             layer,
@@ -434,8 +435,7 @@ fn mixer(
             last.ssm = c;
         }
     }
-    for r in 0..rows {
-        let yr = &mut y[r * di..(r + 1) * di];
+    let finish_row = |r: usize, yr: &mut [f32]| {
         let xr = &conv_out[r * conv_dim..r * conv_dim + di];
         let hd = cfg.head_dim();
         for (i, v) in yr.iter_mut().enumerate() {
@@ -451,6 +451,12 @@ fn mixer(
                 *v *= g;
             }
         }
+    };
+    // A prompt chunk's rows are independent: split them across threads.
+    if rows > 1 {
+        pool::for_each_chunk_mut(&mut y, di, finish_row);
+    } else {
+        finish_row(0, &mut y);
     }
     let y = Tensor::from_vec(y, (1, rows, di), h.device())?;
     let out = linear(&layer.out_proj, &y, dense_ok)?;
@@ -483,62 +489,80 @@ fn conv_seq(
     let keep = k - 1;
     let conv_dim = cfg.conv_dim();
     let t = proj.len() / width;
-    let mut buf = vec![0f32; keep + t];
-    let mut snap = snap;
-    for c in 0..conv_dim {
-        buf[..keep].copy_from_slice(&window[c * keep..(c + 1) * keep]);
-        for r in 0..t {
-            buf[keep + r] = proj[r * width + at + c];
-        }
-        let w = &layer.conv_w[c * k..(c + 1) * k];
-        for r in 0..t {
-            let mut sum = 0f32;
-            for (a, b) in buf[r..r + k].iter().zip(w) {
-                sum += a * b;
+    let window_ptr = window.as_mut_ptr() as usize;
+    let out_ptr = out.as_mut_ptr() as usize;
+    let snap_ptr = snap.map(|s| s.as_mut_ptr() as usize);
+    let work = |channels: std::ops::Range<usize>| {
+        let mut buf = vec![0f32; keep + t];
+        for c in channels {
+            // SAFETY: each channel owns its window and snapshot pieces and its column of
+            // `out`; the channel ranges given to threads are disjoint and the buffers outlive
+            // the call.
+            let win = unsafe {
+                std::slice::from_raw_parts_mut((window_ptr as *mut f32).add(c * keep), keep)
+            };
+            buf[..keep].copy_from_slice(win);
+            for r in 0..t {
+                buf[keep + r] = proj[r * width + at + c];
             }
-            out[r * conv_dim + c] = silu(sum + layer.conv_b[c]);
+            let w = &layer.conv_w[c * k..(c + 1) * k];
+            for r in 0..t {
+                let mut sum = 0f32;
+                for (a, b) in buf[r..r + k].iter().zip(w) {
+                    sum += a * b;
+                }
+                unsafe {
+                    *(out_ptr as *mut f32).add(r * conv_dim + c) = silu(sum + layer.conv_b[c])
+                };
+            }
+            if let Some(p) = snap_ptr {
+                let s =
+                    unsafe { std::slice::from_raw_parts_mut((p as *mut f32).add(c * keep), keep) };
+                s.copy_from_slice(&buf[t - 1..t - 1 + keep]);
+            }
+            win.copy_from_slice(&buf[t..t + keep]);
         }
-        if let Some(s) = snap.as_deref_mut() {
-            s[c * keep..(c + 1) * keep].copy_from_slice(&buf[t - 1..t - 1 + keep]);
-        }
-        window[c * keep..(c + 1) * keep].copy_from_slice(&buf[t..t + keep]);
+    };
+    // One decoded token's convolution is a few thousand multiply-adds: not worth a wake-up.
+    if t * conv_dim < 1 << 14 {
+        work(0..conv_dim);
+    } else {
+        pool::run_chunked(conv_dim, work);
     }
 }
 
-/// Lanes of the scan's partial sums: the state update vectorises, and the dot product with C
-/// is summed in this many parts as ggml's SIMD path does.
+/// Lanes of the scan's partial sums: the dot product with C is summed in this many parts as
+/// ggml's SIMD path does.
 const LANES: usize = 16;
 
-/// One step of one state row: `s[n] = decay(n, s[n]) + b[n] · x_dt`, returning `Σ s[n] · c[n]`.
+/// `Σ a[n] · b[n]` summed in [`LANES`] partial sums (lane `n mod LANES`), then the lanes in
+/// order, then the tail.
 #[inline(always)]
-fn update(
-    s: &mut [f32],
-    b: &[f32],
-    c: &[f32],
-    x_dt: f32,
-    decay: impl Fn(usize, f32) -> f32,
-) -> f32 {
-    let whole = s.len() / LANES * LANES;
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let (av, at) = a.as_chunks::<LANES>();
+    let (bv, bt) = b.as_chunks::<LANES>();
     let mut acc = [0f32; LANES];
-    for (k, ((sc, bc), cc)) in s[..whole]
-        .chunks_exact_mut(LANES)
-        .zip(b.chunks_exact(LANES))
-        .zip(c.chunks_exact(LANES))
-        .enumerate()
-    {
+    for (x, y) in av.iter().zip(bv) {
         for j in 0..LANES {
-            let v = decay(k * LANES + j, sc[j]) + bc[j] * x_dt;
-            acc[j] += v * cc[j];
-            sc[j] = v;
+            acc[j] += x[j] * y[j];
         }
     }
     let mut sum: f32 = acc.iter().sum();
-    for n in whole..s.len() {
-        let v = decay(n, s[n]) + b[n] * x_dt;
-        sum += v * c[n];
-        s[n] = v;
+    for (x, y) in at.iter().zip(bt) {
+        sum += x * y;
     }
     sum
+}
+
+/// One step of one state row: `s[n] = decay(n) · s[n] + b[n] · x_dt`, returning `Σ s[n] · c[n]`.
+/// Two plain loops: the compiler vectorizes each, where one fused loop stayed scalar.
+#[inline(always)]
+fn update(s: &mut [f32], b: &[f32], c: &[f32], x_dt: f32, decay: impl Fn(usize) -> f32) -> f32 {
+    let (b, c) = (&b[..s.len()], &c[..s.len()]);
+    for (n, (sn, &bn)) in s.iter_mut().zip(b).enumerate() {
+        *sn = *sn * decay(n) + bn * x_dt;
+    }
+    dot_lanes(s, c)
 }
 
 /// What the scan reads for one sequence's rows.
@@ -597,18 +621,20 @@ fn scan_seq(
                         sn.copy_from_slice(st);
                     }
                 }
+                // Mamba-2's decay is one scalar per head and token.
+                let da = match cfg.version {
+                    Version::Mamba2 => (dt * layer.a[h]).exp(),
+                    Version::Mamba1 => 0.0,
+                };
                 for p in 0..hd {
                     let ch = h * hd + p;
                     let x_dt = xrow[ch] * dt;
                     let s = &mut st[p * ds..(p + 1) * ds];
                     let sum = match cfg.version {
-                        Version::Mamba2 => {
-                            let da = (dt * layer.a[h]).exp();
-                            update(s, brow, crow, x_dt, |_, v| v * da)
-                        }
+                        Version::Mamba2 => update(s, brow, crow, x_dt, |_| da),
                         Version::Mamba1 => {
                             let a = &layer.a[ch * ds..(ch + 1) * ds];
-                            update(s, brow, crow, x_dt, |n, v| v * (dt * a[n]).exp())
+                            update(s, brow, crow, x_dt, |n| (dt * a[n]).exp())
                         }
                     };
                     unsafe { *(y_ptr as *mut f32).add(r * di + ch) = sum };
@@ -619,7 +645,9 @@ fn scan_seq(
     if nh * t * per_head < 1 << 16 {
         work(0..nh);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(nh, work);
+        // The own pool parks after a short spin; candle's barrier pool spins on while the
+        // matmul kernels' pool runs the next projection.
+        pool::run_chunked(nh, work);
     }
 }
 
