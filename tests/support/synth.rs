@@ -2924,6 +2924,31 @@ pub const GRANITEHYBRID: Family = Family {
                 ..tiny_shape(false, 8, 2)
             },
         ),
+        // Granite 4.0 H 1B's shape: 40 layers at hidden 1536, every tenth attention (12 query
+        // and 4 KV heads of 128), a 4096-wide FFN, Mamba-2 mixers of 48 heads × 64 with state
+        // 128 and one group, a 100,352-token vocabulary; the benchmark file.
+        (
+            "h-1b",
+            Shape {
+                hidden: 1536,
+                layers: 40,
+                heads: 12,
+                kv_heads: 4,
+                head_dim: 128,
+                ffn: 4096,
+                vocab: 100_352,
+                context: 4096,
+                ssm: Ssm {
+                    inner: 3072,
+                    state: 128,
+                    conv: 4,
+                    rank: 48,
+                    groups: 1,
+                    attn_every: 10,
+                },
+                ..tiny_shape(false, 0, 0)
+            },
+        ),
     ],
 };
 
