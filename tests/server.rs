@@ -1332,6 +1332,47 @@ mod agents {
         assert_eq!(v["message"]["content"], "", "{v}");
     }
 
+    /// A named function with gpt-oss: the prompt is continued with the call's harmony header,
+    /// so the model writes only the arguments, held to the tool's schema from the first token;
+    /// they come back as that function's call.
+    #[tokio::test]
+    async fn a_named_harmony_call_is_held_to_its_schema() {
+        use influence::engine::{Constraint, Grammar};
+        let tokens: Vec<String> = ["{\"city\":", "\"Paris\"}"]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        let fx = setup_with(move |_, s| {
+            s.tokens = tokens;
+            s.models[0].chat_template =
+                Some(include_str!("fixtures/templates/openai-gpt-oss-120b.jinja").to_string());
+        });
+        let body = json!({"model": CHAT, "messages": ask(), "tools": tools(),
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
+        let (s, v) = post(&fx.app, "/v1/chat/completions", body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+        let call = &choice["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather", "{v}");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        let c: Constraint = *fx
+            .script
+            .constraints
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .expect("the arguments are constrained");
+        let params = tools()[0]["function"]["parameters"].clone();
+        assert_eq!(
+            c.grammar,
+            Grammar::JsonSchema(influence::engine::constraint::compact(params))
+        );
+        assert!(c.trigger.is_none(), "from the first token");
+    }
+
     #[tokio::test]
     async fn thinking_is_split_before_tool_calls() {
         // A call written while thinking is not a call.

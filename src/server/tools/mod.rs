@@ -150,9 +150,18 @@ impl ToolFormat {
         field: &str,
     ) -> Option<Constraint> {
         if self == ToolFormat::Harmony {
-            // The arguments follow control tokens (`<|message|>`) that a text grammar does
-            // not see; harmony calls are parsed as written.
-            return None;
+            // A named call's forced prefix writes its whole header through `<|message|>`, so
+            // what the model writes is the arguments alone: constrained from the first token.
+            // Elsewhere the recipient and channel come through control tokens (`<|channel|>`,
+            // `<|message|>`) that a text grammar does not see; those calls are parsed as
+            // written.
+            return match choice {
+                ToolChoice::Named(n) => tools
+                    .iter()
+                    .find(|t| &t.name == n)
+                    .map(|t| Constraint::schema(t.parameters.clone(), field)),
+                _ => None,
+            };
         }
         let (open, args_key, close) = self.call_shape();
         let (offered, forced): (Vec<&Tool>, bool) = match choice {
@@ -356,6 +365,40 @@ mod tests {
         }];
         assert!(ToolFormat::Harmony
             .call_constraint(&tools, &ToolChoice::Auto, "tools")
+            .is_none());
+        assert!(ToolFormat::Harmony
+            .call_constraint(&tools, &ToolChoice::Required, "tools")
+            .is_none());
+    }
+
+    /// A named harmony call leaves the model only the arguments: they are held to the tool's
+    /// schema from the first token (the header is the forced prefix).
+    #[test]
+    fn a_named_harmony_call_constrains_its_arguments_to_the_schema() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let tools = [
+            Tool {
+                name: "get_time".into(),
+                description: None,
+                parameters: json!({"type": "object"}),
+                strict: false,
+            },
+            Tool {
+                name: "get_weather".into(),
+                description: None,
+                parameters: schema.clone(),
+                strict: false,
+            },
+        ];
+        let named = ToolChoice::Named("get_weather".into());
+        let c = ToolFormat::Harmony
+            .call_constraint(&tools, &named, "tool_choice")
+            .expect("a named call is constrained");
+        assert_eq!(c, Constraint::schema(schema, "tool_choice"));
+        assert!(c.trigger.is_none());
+        let missing = ToolChoice::Named("nope".into());
+        assert!(ToolFormat::Harmony
+            .call_constraint(&tools, &missing, "tool_choice")
             .is_none());
     }
 
