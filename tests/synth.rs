@@ -537,6 +537,47 @@ fn harmony_vocabularies_stop_at_the_turn_s_end_not_the_message_s() {
     assert!(!tok.is_stop(id("<|message|>")));
 }
 
+/// A named harmony call's arguments are what gpt-oss writes after its call header: on a harmony
+/// vocabulary (o200k-style pieces, control tokens) a schema constraint holds random weights to
+/// well-formed arguments, which then end the output.
+#[test]
+fn a_harmony_vocabulary_writes_schema_arguments_under_a_constraint() {
+    use influence::engine::Constraint;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(&synth::GPT_OSS, "tiny", Mix::Mxfp4Moe, 7).unwrap();
+    let (_, path) = write(spec, dir.path(), "gpt-oss.gguf", 1);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}, "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "days"],
+        "additionalProperties": false
+    });
+    let params = GenParams {
+        constraint: Some(Box::new(Constraint::schema(schema, "tool_choice"))),
+        ..GenParams::greedy(48)
+    };
+    let out = engine()
+        .generate(GenRequest {
+            model: path.clone(),
+            prompt: Prompt::Raw(
+                "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+                    .into(),
+            ),
+            params,
+        })
+        .collect_blocking()
+        .unwrap();
+    let args: serde_json::Value =
+        serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {:?}", out.text));
+    assert!(
+        matches!(args["city"].as_str(), Some("Paris" | "Rome")),
+        "{args}"
+    );
+    let days = args["days"].as_i64().unwrap();
+    assert!((1..=9).contains(&days), "{args}");
+    assert_eq!(args.as_object().unwrap().len(), 2, "{args}");
+}
+
 /// Gemma 4's shared-KV layers read earlier layers' caches and hold none of their own: the tiny
 /// file's three cache-owning layers take (2 sliding × 2 KV heads × 64 + 1 full × 1 × 128) × 2
 /// floats a position, where six owning layers would take twice that. The engine reports what
