@@ -1366,11 +1366,25 @@ mod agents {
             .unwrap()
             .expect("the arguments are constrained");
         let params = tools()[0]["function"]["parameters"].clone();
-        assert_eq!(
-            c.grammar,
-            Grammar::JsonSchema(influence::engine::constraint::compact(params))
-        );
+        let want = Grammar::JsonSchema(influence::engine::constraint::compact(params));
+        assert_eq!(c.grammar, want);
         assert!(c.trigger.is_none(), "from the first token");
+        // `required` with one tool is that tool named.
+        let body =
+            json!({"model": CHAT, "messages": ask(), "tools": tools(), "tool_choice": "required"});
+        let (s, v) = post(&fx.app, "/v1/chat/completions", body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather", "{v}");
+        let c = fx
+            .script
+            .constraints
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.grammar, want);
     }
 
     #[tokio::test]

@@ -163,6 +163,16 @@ impl GenRequest {
         }
     }
 
+    /// The tool choice as the prompt and grammar apply it: `required` with a single tool is
+    /// that tool named, so the call's whole header is written for the model (for harmony, the
+    /// only form whose arguments a grammar can hold).
+    fn choice_in_effect(&self) -> ToolChoice {
+        match (&self.tool_choice, self.tools.as_slice()) {
+            (ToolChoice::Required, [only]) => ToolChoice::Named(only.name.clone()),
+            (c, _) => c.clone(),
+        }
+    }
+
     fn tools_active(&self) -> bool {
         !self.tools.is_empty() && self.tool_choice != ToolChoice::None
     }
@@ -276,7 +286,7 @@ pub fn build_prompt(
     let tools_on = req.tools_active();
     let prefill = if tools_on {
         caps.format
-            .forced_prefix(&req.tool_choice)
+            .forced_prefix(&req.choice_in_effect())
             .unwrap_or_default()
     } else {
         String::new()
@@ -700,10 +710,11 @@ pub async fn run(
     let tools_on = req.tools_active();
     let names: Vec<String> = req.tools.iter().map(|t| t.name.clone()).collect();
     let parallel = req.parallel_tool_calls;
+    let choice = req.choice_in_effect();
     let mut params = req.params;
     params.constraint = pick_constraint(
         &req.tools,
-        &req.tool_choice,
+        &choice,
         req.constraint,
         &caps,
         tools_on,
