@@ -14,6 +14,7 @@ use candle_core::{Tensor, D};
 use super::super::gguf::Meta;
 use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
+use super::delta_net::{self, DeltaConfig, DeltaLayer};
 use super::{linear, Linear, Loader};
 
 /// Largest SSM state one layer may ask for, in values (64 times Mamba-2 7B's).
@@ -143,7 +144,7 @@ pub struct SsmLayer {
     out_proj: Linear,
 }
 
-fn host_vec(l: &mut Loader, name: &str, want: usize) -> Result<Vec<f32>, EngineError> {
+pub(super) fn host_vec(l: &mut Loader, name: &str, want: usize) -> Result<Vec<f32>, EngineError> {
     let v = l
         .dense(name)?
         .flatten_all()?
@@ -201,17 +202,42 @@ pub struct SsmSeq {
     pub checkpoint: bool,
 }
 
-/// The recurrent layers of a Mamba model and their per-slot state.
+/// The recurrent layers of a model, all of one kind.
+pub enum Mixers {
+    Mamba(SsmConfig, Vec<SsmLayer>),
+    /// Qwen3.5's Gated DeltaNet (linear attention).
+    DeltaNet(DeltaConfig, Vec<DeltaLayer>),
+}
+
+/// The recurrent layers of a Mamba model (or a hybrid's) and their per-slot state.
 pub struct SsmStack {
-    pub cfg: SsmConfig,
-    pub layers: Vec<SsmLayer>,
+    pub mixers: Mixers,
     pub state: RecurrentSlots,
 }
 
 impl SsmStack {
     pub fn new(cfg: SsmConfig, layers: Vec<SsmLayer>) -> Self {
         let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
-        Self { cfg, layers, state }
+        Self {
+            mixers: Mixers::Mamba(cfg, layers),
+            state,
+        }
+    }
+
+    /// Gated DeltaNet layers of these shapes.
+    pub fn delta_net(cfg: DeltaConfig, layers: Vec<DeltaLayer>) -> Self {
+        let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
+        Self {
+            mixers: Mixers::DeltaNet(cfg, layers),
+            state,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.mixers {
+            Mixers::Mamba(_, l) => l.len(),
+            Mixers::DeltaNet(_, l) => l.len(),
+        }
     }
 
     /// Runs every layer (`x = x + mixer(rms_norm(x))`) over the batch `x` (1, rows, hidden),
@@ -224,7 +250,7 @@ impl SsmStack {
         dense_ok: bool,
     ) -> candle_core::Result<Tensor> {
         let mut snaps = Self::snapshots(seqs);
-        for li in 0..self.layers.len() {
+        for li in 0..self.len() {
             let y = self.mix(li, &x, seqs, &mut snaps, eps, dense_ok)?;
             x = (x + y)?;
         }
@@ -249,10 +275,26 @@ impl SsmStack {
         eps: f32,
         dense_ok: bool,
     ) -> candle_core::Result<Tensor> {
-        let layer = &self.layers[li];
+        let (cfg, layers) = match &self.mixers {
+            Mixers::Mamba(cfg, layers) => (cfg, layers),
+            Mixers::DeltaNet(cfg, layers) => {
+                return delta_net::mix(
+                    cfg,
+                    &layers[li],
+                    li,
+                    x,
+                    seqs,
+                    &mut self.state,
+                    snaps,
+                    eps,
+                    dense_ok,
+                );
+            }
+        };
+        let layer = &layers[li];
         let h = candle_nn::ops::rms_norm(x, &layer.norm, eps)?;
         let y = mixer(
-            &self.cfg,
+            cfg,
             layer,
             li,
             &h,
@@ -278,7 +320,7 @@ impl SsmStack {
 }
 
 /// `log(1 + e^x)`, linear above 20 (ggml_compute_softplus_f32).
-fn softplus(x: f32) -> f32 {
+pub(super) fn softplus(x: f32) -> f32 {
     if x > 20.0 {
         x
     } else {
@@ -286,12 +328,12 @@ fn softplus(x: f32) -> f32 {
     }
 }
 
-fn silu(x: f32) -> f32 {
+pub(super) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
 /// `x` (1, rows, n) as a host vector.
-fn host(x: &Tensor) -> candle_core::Result<Vec<f32>> {
+pub(super) fn host(x: &Tensor) -> candle_core::Result<Vec<f32>> {
     x.flatten_all()?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1::<f32>()
