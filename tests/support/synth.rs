@@ -1418,7 +1418,7 @@ impl Shape {
             Field::SsmGroups => Meta::U32(self.ssm.groups as u32),
             Field::RopeSections => {
                 let pairs = self.rope_dim.unwrap_or(self.head_dim) / 2;
-                Meta::i32s([(pairs + 2) / 3, (pairs + 1) / 3, pairs / 3, 0].map(|x| x as i32))
+                Meta::i32s([pairs.div_ceil(3), (pairs + 1) / 3, pairs / 3, 0].map(|x| x as i32))
             }
             Field::FullAttnInterval => Meta::U32(self.ssm.attn_every as u32),
         }
