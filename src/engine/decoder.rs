@@ -23,6 +23,7 @@ use super::q8::{self, Q8Matrix};
 use super::EngineError;
 
 mod delta_net;
+mod recurrent_host;
 mod ssm;
 
 /// Shape and numerics of a decoder, read from GGUF metadata.
@@ -2709,6 +2710,19 @@ mod tests {
             "model.layers.0.post_attention_layernorm.weight"
         );
         assert_eq!(hf_name("output.weight"), "lm_head.weight");
+    }
+
+    /// ggml's interleaved M-RoPE for text: pairs cycle time, height, width while each
+    /// section lasts; pairs past a section take the extra position (0 for text) and stay put.
+    #[test]
+    fn interleaved_mrope_turns_the_pairs_its_sections_cover() {
+        // Qwen3.5: 32 pairs, sections 11/11/10: every pair turns.
+        assert!((0..32).all(|i| mrope_text_pair_turns(&[11, 11, 10, 0], i)));
+        // Height runs out early: pair 4, a height slot past its section, falls to the extra
+        // position; the cycle restarts after the sections' sum (5).
+        let s = [3, 1, 1, 0];
+        let turns: Vec<bool> = (0..7).map(|i| mrope_text_pair_turns(&s, i)).collect();
+        assert_eq!(turns, [true, true, true, true, false, true, true]);
     }
 
     #[test]

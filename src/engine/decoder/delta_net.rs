@@ -23,7 +23,7 @@ use super::super::gguf::Meta;
 use super::super::ops;
 use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
-use super::ssm::{host, host_vec, silu, softplus, SsmSeq};
+use super::recurrent_host::{host, host_vec, silu, softplus, SsmSeq};
 use super::{linear, linear_many, Linear, Loader};
 
 /// Largest state one layer may ask for, in values (far above any real model's).
@@ -523,6 +523,42 @@ mod tests {
         for (a, b) in state.iter().zip(&want_state) {
             assert!((a - b).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn hostile_linear_attention_shapes_are_refused_with_a_reason() {
+        use candle_core::quantized::gguf_file::Value;
+        let md = |inner: u32, state: u32, v: u32, k: u32| {
+            [
+                ("qwen35.ssm.conv_kernel", 4),
+                ("qwen35.ssm.inner_size", inner),
+                ("qwen35.ssm.state_size", state),
+                ("qwen35.ssm.time_step_rank", v),
+                ("qwen35.ssm.group_count", k),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::U32(v)))
+            .collect::<std::collections::HashMap<_, _>>()
+        };
+        let path = std::path::Path::new("q.gguf");
+        let cfg = |m| DeltaConfig::from_meta(&Meta { path, md: &m }, "qwen35");
+        let ok = cfg(md(2048, 128, 16, 16)).unwrap().unwrap();
+        assert_eq!(ok.state_shape().ssm, 16 * 128 * 128);
+        assert_eq!(ok.state_shape().conv, 3 * (2 * 2048 + 2048));
+        let err = |m| cfg(m).unwrap_err().to_string();
+        assert!(err(md(2048, 128, 16, 3)).contains("not a multiple"));
+        assert!(err(md(2000, 128, 16, 16)).contains("must be as wide"));
+        assert!(err(md(1 << 22, 1 << 12, 1 << 10, 1)).contains("beyond any real model"));
+        assert!(err(md(2048, 128, 0, 16)).contains("invalid"));
+        assert!(cfg(md(2048, 128, 16, 16)).is_ok());
+        let other = DeltaConfig::from_meta(
+            &Meta {
+                path,
+                md: &md(1, 1, 1, 1),
+            },
+            "llama",
+        );
+        assert!(other.unwrap().is_none());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use super::super::gguf::Meta;
 use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
 use super::delta_net::{self, DeltaConfig, DeltaLayer};
+pub use super::recurrent_host::SsmSeq;
+use super::recurrent_host::{host, host_vec, silu, softplus};
 use super::{linear, Linear, Loader};
 
 /// Largest SSM state one layer may ask for, in values (64 times Mamba-2 7B's).
@@ -144,21 +146,6 @@ pub struct SsmLayer {
     out_proj: Linear,
 }
 
-pub(super) fn host_vec(l: &mut Loader, name: &str, want: usize) -> Result<Vec<f32>, EngineError> {
-    let v = l
-        .dense(name)?
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1::<f32>()?;
-    if v.len() != want {
-        return Err(l.corrupt(&format!(
-            "tensor `{name}` has {} values, the state-space shape needs {want}",
-            v.len()
-        )));
-    }
-    Ok(v)
-}
-
 /// Loads layer `i`'s weights.
 pub fn load_layer(l: &mut Loader, cfg: &SsmConfig, i: usize) -> Result<SsmLayer, EngineError> {
     let p = |s: &str| format!("blk.{i}.{s}");
@@ -189,17 +176,6 @@ pub fn load_layer(l: &mut Loader, cfg: &SsmConfig, i: usize) -> Result<SsmLayer,
         },
         out_proj: l.matmul(&p("ssm_out.weight"))?,
     })
-}
-
-/// One sequence of a batch as the recurrent layers see it.
-pub struct SsmSeq {
-    pub slot: usize,
-    /// First row in the batch, and rows.
-    pub offset: usize,
-    pub t: usize,
-    /// Keep a checkpoint of the state before this chunk's last token (the end of a prompt: a
-    /// regenerated answer or the next turn resumes there).
-    pub checkpoint: bool,
 }
 
 /// The recurrent layers of a model, all of one kind.
@@ -317,26 +293,6 @@ impl SsmStack {
             self.state.advance(s.slot, s.t);
         }
     }
-}
-
-/// `log(1 + e^x)`, linear above 20 (ggml_compute_softplus_f32).
-pub(super) fn softplus(x: f32) -> f32 {
-    if x > 20.0 {
-        x
-    } else {
-        (1.0 + x.exp()).ln()
-    }
-}
-
-pub(super) fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// `x` (1, rows, n) as a host vector.
-pub(super) fn host(x: &Tensor) -> candle_core::Result<Vec<f32>> {
-    x.flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1::<f32>()
 }
 
 /// RMS-normalises each `width`-long piece of `v` in place (no weight), with the sum in f64 as
