@@ -445,6 +445,42 @@ fn newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
     }
 }
 
+/// Qwen3.5, generated tiny (`gen_gguf --family qwen35 --preset tiny --quant q4_k_m --seed 7`,
+/// and `--family qwen35moe`): three Gated DeltaNet layers (4 value heads over 2 key heads)
+/// then one gated attention layer with a quarter of each head turned under interleaved
+/// M-RoPE. Decodes llama.cpp `0c1e570`'s greedy tokens, runner-ups and top-2 gaps: the
+/// convolution, the L2 norms, β, the decay, the head grouping, the gated norm, the attention
+/// output gate and (MoE) the shared expert's sigmoid gate all move them.
+///
+/// Recorded as the newer families' goldens are: `llama-server -m F.gguf -t 2 -c 512 --port P`,
+/// then POST `/completion` with `{"prompt": "the quick brown fox", "n_predict": 16,
+/// "temperature": 0, "samplers": ["top_k"], "top_k": 1, "repeat_penalty": 1.0,
+/// "return_tokens": true, "n_probs": 2}` (15 steps reported: the last token's probabilities
+/// come with the stop).
+#[test]
+fn qwen35_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps() {
+    #[rustfmt::skip]
+    let cases: &[Golden] = &[
+        (
+            "qwen35", "tiny",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[614, 458, 972, 326, 547, 655, 578, 854, 901, 189, 275, 537, 491, 774, 655],
+            &[9.537, 8.784, 9.04, 6.583, 5.0, 7.657, 7.732, 6.076, 7.27, 7.478, 9.311, 4.438, 7.989, 6.893, 9.892],
+        ),
+        (
+            "qwen35moe", "tiny",
+            &[310, 229, 388, 823, 363, 318, 693, 442, 635, 840, 245, 252, 503, 733, 574, 179],
+            &[136, 453, 636, 325, 91, 259, 578, 459, 853, 601, 522, 103, 539, 917, 179],
+            &[10.441, 9.585, 10.013, 7.503, 7.522, 9.266, 7.017, 7.85, 10.054, 4.506, 7.674, 7.852, 8.312, 7.874, 10.639],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine();
+    for case in cases {
+        assert_llama_cpp_golden(&e, dir.path(), Mix::Q4KM, case, None);
+    }
+}
+
 /// A family, its preset, its greedy ids, runner-ups and top-2 gaps as llama.cpp recorded them.
 type Golden = (
     &'static str,
@@ -1032,12 +1068,13 @@ fn same_gaps(a: &[f32], b: &[f32], what: &str) {
 /// from a checkpoint kept before a prompt's last token (or from the live state when they
 /// extend it), never from a state holding tokens they do not have. A regenerated answer, the
 /// next turn and an edited answer each give exactly the tokens and gaps of a fresh engine that
-/// reads the whole conversation. A Granite hybrid's attention layers go back with its state.
+/// reads the whole conversation. A hybrid's attention layers (Granite 4.0 H's, Qwen3.5's beside
+/// its Gated DeltaNet layers) go back with its state.
 #[test]
 fn mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run() {
     use influence::engine::ChatMessage;
     let dir = tempfile::tempdir().unwrap();
-    for fam in ["mamba2", "mamba", "granitehybrid"] {
+    for fam in ["mamba2", "mamba", "granitehybrid", "qwen35", "qwen35moe"] {
         let spec = Spec::preset(synth::family(fam).unwrap(), "tiny", Mix::Q8_0, 5).unwrap();
         let (_, path) = write(spec, dir.path(), &format!("{fam}.gguf"), 2);
         let tok = TextTokenizer::from_gguf_path(&path).unwrap();
@@ -1263,11 +1300,57 @@ fn the_library_shows_a_granite_hybrid_s_layer_mix_state_and_kv() {
     assert!(text.contains("State:"), "{text}");
 }
 
+/// `show` names Qwen3.5's mix of layers (tiny: Gated DeltaNet at 0-2, gated attention at 3),
+/// the state its DeltaNet layers carry per sequence (the convolution window over queries, keys
+/// and values, and a head-width² matrix per value head, in f32) and its attention layers' KV
+/// shape.
+#[test]
+fn the_library_shows_qwen35_s_layer_mix_state_and_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::preset(synth::family("qwen35").unwrap(), "tiny", Mix::Q8_0, 1).unwrap();
+    let ssm = spec.shape.ssm;
+    let per_layer = (ssm.conv - 1) * (ssm.inner + 2 * ssm.groups * ssm.state)
+        + ssm.rank * ssm.state * ssm.state;
+    let state = (3 * per_layer * 4) as u64;
+    let (_, path) = write(spec, dir.path(), "q35.gguf", 2);
+    let cli = || {
+        let mut c = assert_cmd::Command::cargo_bin("influence").unwrap();
+        c.env_clear()
+            .env("INFLUENCE_HOME", dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        c
+    };
+    cli().arg("import").arg(&path).assert().success();
+    let out = cli().args(["show", "q35", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["info"]["state_bytes"], state);
+    assert_eq!(
+        v["info"]["layer_kind"],
+        "3 Gated DeltaNet (linear attention) + 1 attention"
+    );
+    let text = cli().args(["show", "q35"]).output().unwrap().stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(
+            "Layers:        4: 3 Gated DeltaNet (linear attention) + 1 attention (KV heads 2, \
+             head dim 64)"
+        ),
+        "{text}"
+    );
+}
+
 /// Mamba sequences decode in one batched step, each on its own state (and, in a Granite
 /// hybrid, its own KV cache): four concurrent requests give exactly the tokens each gives alone.
 #[test]
 fn mamba_sequences_batched_give_the_tokens_each_gives_alone() {
-    for fam in ["mamba2", "granitehybrid"] {
+    for fam in ["mamba2", "granitehybrid", "qwen35", "qwen35moe"] {
         batched_matches_alone(fam);
     }
 }

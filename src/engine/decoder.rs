@@ -23,6 +23,8 @@ use super::q8::{self, Q8Matrix};
 use super::recurrent;
 use super::EngineError;
 
+mod delta_net;
+mod recurrent_host;
 mod ssm;
 
 /// Shape and numerics of a decoder, read from GGUF metadata.
@@ -97,6 +99,15 @@ pub struct DecoderConfig {
     pub recurrent: Vec<bool>,
     /// Attention without RoPE (Granite 4.0 hybrids write `rope.scaling.finetuned` false).
     pub no_rope: bool,
+    /// Qwen3.5: Gated DeltaNet (linear-attention) layers in place of attention.
+    pub delta_net: Option<delta_net::DeltaConfig>,
+    /// Qwen3.5: the query projection gives each head its queries and then as many output-gate
+    /// logits; the attention output is multiplied by their sigmoid before `attn_output`.
+    pub attn_output_gate: bool,
+    /// Qwen3.5's interleaved M-RoPE (`rope.dimension_sections`): which position (time,
+    /// height, width, or the extra one, 0 for text) turns each pair. Text gives the first
+    /// three the token's position, so only pairs that fall to the extra one stay unturned.
+    pub mrope_sections: Option<[usize; 4]>,
 }
 
 /// YaRN rope scaling (llama.cpp's `rope_yarn` with its context's attention factor).
@@ -117,6 +128,8 @@ impl DecoderConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = meta.usize(&k("embedding_length"))?;
         let ssm = ssm::SsmConfig::from_meta(meta, arch)?;
+        let delta = delta_net::DeltaConfig::from_meta(meta, arch)?;
+        let qwen35 = delta.is_some();
         let hybrid = arch == "granitehybrid";
         // Mamba files have no attention (their converters write 0 heads).
         let pure_ssm = ssm.is_some() && !hybrid;
@@ -125,7 +138,13 @@ impl DecoderConfig {
         } else {
             meta.usize(&k("attention.head_count"))?
         };
-        let n_layer = meta.usize(&k("block_count"))?;
+        // Qwen3.5 files may carry multi-token-prediction blocks after the trunk (counted in
+        // `block_count`); they draft tokens and are not part of the forward pass.
+        let n_layer = meta.usize(&k("block_count"))?.saturating_sub(if qwen35 {
+            meta.opt_usize(&k("nextn_predict_layers")).unwrap_or(0)
+        } else {
+            0
+        });
         let corrupt = |reason: String| EngineError::Corrupt {
             path: meta.path.to_path_buf(),
             reason,
@@ -138,13 +157,29 @@ impl DecoderConfig {
         };
         let recurrent: Vec<bool> = if hybrid {
             kv_heads.iter().map(|&kv| kv == 0).collect()
+        } else if qwen35 {
+            // llama.cpp's rule: the listed recurrent layers, else every layer but each
+            // `full_attention_interval`-th (1-based).
+            match meta.opt_bools(&k("attention.recurrent_layers"), n_layer)? {
+                Some(v) => v,
+                None => {
+                    let every = meta.opt_usize(&k("full_attention_interval")).unwrap_or(4);
+                    if every == 0 {
+                        return Err(corrupt(format!(
+                            "metadata key `{}` is 0",
+                            k("full_attention_interval")
+                        )));
+                    }
+                    (0..n_layer).map(|i| (i + 1) % every != 0).collect()
+                }
+            }
         } else {
             vec![pure_ssm; n_layer]
         };
-        if hybrid && recurrent.iter().all(|&r| r) {
-            return Err(corrupt(
-                "a granitehybrid file lists no KV heads for any layer: no attention layer".into(),
-            ));
+        if (hybrid || qwen35) && recurrent.iter().all(|&r| r) {
+            return Err(corrupt(format!(
+                "a {arch} file marks every layer recurrent: no attention layer"
+            )));
         }
         let attn_kv = || kv_heads.iter().zip(&recurrent).filter(|(_, &r)| !r);
         let n_kv_head = attn_kv().map(|(&kv, _)| kv).next().unwrap_or(n_head);
@@ -167,7 +202,6 @@ impl DecoderConfig {
                 .unwrap_or(head_dim)
                 .min(head_dim)
         };
-        let n_layer = meta.usize(&k("block_count"))?;
         let gemma = matches!(arch, "gemma2" | "gemma3" | "gemma4");
         let gpt_oss = arch == "gpt-oss";
         let gemma4 = arch == "gemma4";
@@ -243,6 +277,8 @@ impl DecoderConfig {
                     | "gemma4"
                     | "olmo2"
                     | "gpt-oss"
+                    | "qwen35"
+                    | "qwen35moe"
             ),
             embed_scale: if gemma {
                 Some((hidden as f64).sqrt())
@@ -298,7 +334,8 @@ impl DecoderConfig {
             no_rope_step: (arch == "smollm3").then_some(4),
             experts_used: meta.opt_usize(&k("expert_used_count")).unwrap_or(0),
             oai_moe: gpt_oss,
-            post_attn_norm_feeds_ffn: gpt_oss,
+            // Qwen3.5's `post_attention_norm` is its pre-FFN norm, as gpt-oss's.
+            post_attn_norm_feeds_ffn: gpt_oss || qwen35,
             yarn: match meta.opt_str(&k("rope.scaling.type")) {
                 Some("yarn") => positive(meta.opt_f32(&k("rope.scaling.factor")))
                     .filter(|f| *f > 1.0)
@@ -334,6 +371,13 @@ impl DecoderConfig {
             ssm,
             recurrent,
             no_rope,
+            delta_net: delta,
+            attn_output_gate: qwen35,
+            mrope_sections: if qwen35 {
+                mrope_sections(meta, &k("rope.dimension_sections")).map_err(corrupt)?
+            } else {
+                None
+            },
         };
         cfg.check_shared_kv().map_err(corrupt)?;
         Ok(cfg)
@@ -459,7 +503,7 @@ enum Ffn {
 /// tensors at load), so a token reads only the experts it chose.
 struct Moe {
     /// `ffn_gate_inp`: one logit per expert.
-    router: Linear,
+    router: Router,
     /// gpt-oss: added to the router's logits.
     router_bias: Option<Vec<f32>>,
     experts: Vec<Expert>,
@@ -472,6 +516,94 @@ struct Moe {
     /// An expert every token uses beside the routed ones, its output added to theirs
     /// (Granite 4.0 H Tiny/Small: `ffn_*_shexp`).
     shared: Option<Expert>,
+    /// Qwen3.5 MoE: the shared expert's output is scaled by `sigmoid(h · w)` per token
+    /// (`ffn_gate_inp_shexp`, one weight per hidden value).
+    shared_gate: Option<Tensor>,
+}
+
+/// A mixture-of-experts router's weights.
+enum Router {
+    /// Float weights on the CPU, one row per expert: each token's logits are dot products in
+    /// one fixed order whatever rows share the call. candle's f32 GEMM sums in another order
+    /// at one row than at several, which can flip a near-tie between two experts, so a prompt
+    /// resumed from a checkpoint would not give the numbers of the same prompt read whole.
+    Host { w: Vec<f32>, hidden: usize },
+    /// Quantized weights (the decoder's kernels) or a GPU's.
+    Linear(Linear),
+}
+
+impl Router {
+    fn load(l: &mut Loader, name: &str) -> Result<Router, EngineError> {
+        let m = l.matmul(name)?;
+        let w = match &m {
+            Linear::Candle(QMatMul::Tensor(w) | QMatMul::TensorF16(w))
+                if w.device().is_cpu() && w.rank() == 2 =>
+            {
+                w
+            }
+            _ => return Ok(Router::Linear(m)),
+        };
+        let hidden = w.dim(1)?;
+        let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Router::Host { w, hidden })
+    }
+
+    /// Logits of every row of `h` (1, rows, hidden), row-major.
+    fn logits(&self, h: &Tensor) -> candle_core::Result<Vec<f32>> {
+        let (w, hidden) = match self {
+            Router::Linear(m) => {
+                return linear(m, h, false)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()
+            }
+            Router::Host { w, hidden } => (w, *hidden),
+        };
+        if h.dim(D::Minus1)? != hidden {
+            candle_core::bail!(
+                "the router reads {hidden} values per token, the layer gives {}",
+                h.dim(D::Minus1)?
+            );
+        }
+        let x = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let n_exp = w.len() / hidden;
+        let n = x.len() / hidden * n_exp;
+        let mut out = vec![0f32; n];
+        let out_ptr = out.as_mut_ptr() as usize;
+        let work = |items: std::ops::Range<usize>| {
+            for i in items {
+                let (r, e) = (i / n_exp, i % n_exp);
+                let v = dot8(
+                    &x[r * hidden..(r + 1) * hidden],
+                    &w[e * hidden..(e + 1) * hidden],
+                );
+                // SAFETY: each item writes its own element; ranges are disjoint.
+                unsafe { *(out_ptr as *mut f32).add(i) = v };
+            }
+        };
+        if n * hidden < 1 << 16 {
+            work(0..n);
+        } else {
+            super::pool::run_chunked(n, work);
+        }
+        Ok(out)
+    }
+}
+
+/// `Σ a·b` in 8 partial sums (vectorised), added in a fixed order.
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let whole = a.len() / 8 * 8;
+    for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+        sum += x * y;
+    }
+    sum
 }
 
 struct Expert {
@@ -1020,9 +1152,15 @@ fn rope_tables(
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     let m = cfg.rope_attn_factor;
+    let turns: Vec<bool> = (0..half)
+        .map(|i| {
+            cfg.mrope_sections
+                .is_none_or(|s| mrope_text_pair_turns(&s, i))
+        })
+        .collect();
     for p in 0..n {
         for (i, f) in inv.iter().enumerate() {
-            let extrap = p as f32 * f;
+            let extrap = if turns[i] { p as f32 * f } else { 0.0 };
             match &yarn {
                 None => {
                     cos.push(extrap.cos() * m);
@@ -1045,6 +1183,45 @@ fn rope_tables(
         Tensor::from_vec(cos, (n, half), device)?,
         Tensor::from_vec(sin, (n, half), device)?,
     ))
+}
+
+/// Reads `rope.dimension_sections` (up to four counts; absent: plain RoPE).
+fn mrope_sections(meta: &Meta, key: &str) -> Result<Option<[usize; 4]>, String> {
+    use candle_core::quantized::gguf_file::Value;
+    let Some(v) = meta.get(key) else {
+        return Ok(None);
+    };
+    let bad = || format!("metadata key `{key}` is not an array of up to 4 section sizes");
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    if items.len() > 4 {
+        return Err(bad());
+    }
+    let mut out = [0usize; 4];
+    for (o, item) in out.iter_mut().zip(items) {
+        *o = match item {
+            Value::I32(x) => usize::try_from(*x).map_err(|_| bad())?,
+            Value::U32(x) => *x as usize,
+            _ => return Err(bad()),
+        };
+    }
+    if out.iter().sum::<usize>() == 0 || out.iter().any(|&x| x > 1 << 16) {
+        return Err(bad());
+    }
+    Ok(Some(out))
+}
+
+/// Whether pair `i` of a head turns for a text token under interleaved M-RoPE (ggml's
+/// `ggml_mrope_cache_init` with `is_imrope`): pairs cycle time, height, width within each
+/// section's share; the rest take the extra position, which is 0 for text.
+fn mrope_text_pair_turns(sections: &[usize; 4], i: usize) -> bool {
+    let sector = i % sections.iter().sum::<usize>();
+    match sector % 3 {
+        0 => sector < 3 * sections[0],
+        1 => sector < 3 * sections[1],
+        _ => sector < 3 * sections[2],
+    }
 }
 
 /// YaRN's correction range (first and last dimension pair of the ramp), the scale factor and
@@ -1173,15 +1350,24 @@ impl Decoder {
             None
         };
 
-        let ssm = match cfg.ssm {
-            Some(sc) => Some(ssm::SsmStack::new(
+        let recurrent_layers: Vec<usize> =
+            (0..cfg.n_layer).filter(|&i| cfg.is_recurrent(i)).collect();
+        let ssm = match (cfg.ssm, cfg.delta_net) {
+            (Some(sc), _) => Some(ssm::SsmStack::new(
                 sc,
-                (0..cfg.n_layer)
-                    .filter(|&i| cfg.is_recurrent(i))
-                    .map(|i| ssm::load_layer(&mut l, &sc, i))
+                recurrent_layers
+                    .iter()
+                    .map(|&i| ssm::load_layer(&mut l, &sc, i))
                     .collect::<Result<_, _>>()?,
             )),
-            None => None,
+            (None, Some(dc)) => Some(ssm::SsmStack::delta_net(
+                dc,
+                recurrent_layers
+                    .iter()
+                    .map(|&i| delta_net::load_layer(&mut l, &dc, i))
+                    .collect::<Result<_, _>>()?,
+            )),
+            (None, None) => None,
         };
         // A Mamba file is its SSM stack alone; a hybrid's layers each add an FFN to their mixer.
         let pure_ssm = (0..cfg.n_layer).all(|i| cfg.is_recurrent(i));
@@ -1284,7 +1470,7 @@ impl Decoder {
                     None => None,
                 };
                 Ffn::Moe(Moe {
-                    router: l.matmul(&p("ffn_gate_inp.weight"))?,
+                    router: Router::load(&mut l, &p("ffn_gate_inp.weight"))?,
                     router_bias,
                     experts: gate
                         .into_iter()
@@ -1301,6 +1487,7 @@ impl Decoder {
                     top_k,
                     norm: !cfg.oai_moe,
                     oai: cfg.oai_moe,
+                    shared_gate: l.opt_dense(&p("ffn_gate_inp_shexp.weight"))?,
                     shared: if l.has(&p("ffn_up_shexp.weight")) {
                         Some(Expert {
                             gate: l.matmul(&p("ffn_gate_shexp.weight"))?,
@@ -1733,6 +1920,13 @@ impl Decoder {
                         Some(e) => {
                             let [g, u] = linear_many([&e.gate, &e.up], &h, dense_ok)?;
                             let shared = linear(&e.down, &ops::silu_mul(&g, &u)?, dense_ok)?;
+                            let shared = match &moe.shared_gate {
+                                Some(w) => {
+                                    let logit = h.broadcast_mul(w)?.sum_keepdim(D::Minus1)?;
+                                    shared.broadcast_mul(&candle_nn::ops::sigmoid(&logit)?)?
+                                }
+                                None => shared,
+                            };
                             (routed + shared)?
                         }
                         None => routed,
@@ -1865,10 +2059,7 @@ fn moe_forward(
 ) -> candle_core::Result<Tensor> {
     let (_, rows, hidden) = h.dims3()?;
     let n_exp = moe.experts.len();
-    let mut logits = linear(&moe.router, h, false)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let mut logits = moe.router.logits(h)?;
     if let Some(b) = &moe.router_bias {
         for row in logits.chunks_exact_mut(n_exp) {
             for (l, b) in row.iter_mut().zip(b) {
@@ -2361,6 +2552,24 @@ fn attention(
         ),
         (_, kv) => (q, kv),
     };
+    // Qwen3.5: each head's queries are followed by its output-gate logits.
+    let (q, gate) = if cfg.attn_output_gate {
+        let rows = q.dim(1)?;
+        if q.dim(D::Minus1)? != 2 * nh * hd {
+            candle_core::bail!(
+                "attn_q gives {} values per token, queries and gates need {}",
+                q.dim(D::Minus1)?,
+                2 * nh * hd
+            );
+        }
+        let qg = q.reshape((1, rows, nh, 2 * hd))?;
+        (
+            qg.narrow(3, 0, hd)?.reshape((1, rows, nh * hd))?,
+            Some(qg.narrow(3, hd, hd)?.reshape((1, rows, nh * hd))?),
+        )
+    } else {
+        (q, None)
+    };
     let mut ys = Vec::with_capacity(parts.len());
     for p in parts {
         let (mask, cos, sin) = match (layer.sliding, &p.local) {
@@ -2395,6 +2604,10 @@ fn attention(
         ys.remove(0)
     } else {
         Tensor::cat(&ys, 1)?
+    };
+    let y = match gate {
+        Some(g) => (y * candle_nn::ops::sigmoid(&g)?)?,
+        None => y,
     };
     let Some(o) = &layer.o else {
         candle_core::bail!("attention layer without an output projection");
@@ -2522,6 +2735,19 @@ mod tests {
             "model.layers.0.post_attention_layernorm.weight"
         );
         assert_eq!(hf_name("output.weight"), "lm_head.weight");
+    }
+
+    /// ggml's interleaved M-RoPE for text: pairs cycle time, height, width while each
+    /// section lasts; pairs past a section take the extra position (0 for text) and stay put.
+    #[test]
+    fn interleaved_mrope_turns_the_pairs_its_sections_cover() {
+        // Qwen3.5: 32 pairs, sections 11/11/10: every pair turns.
+        assert!((0..32).all(|i| mrope_text_pair_turns(&[11, 11, 10, 0], i)));
+        // Height runs out early: pair 4, a height slot past its section, falls to the extra
+        // position; the cycle restarts after the sections' sum (5).
+        let s = [3, 1, 1, 0];
+        let turns: Vec<bool> = (0..7).map(|i| mrope_text_pair_turns(&s, i)).collect();
+        assert_eq!(turns, [true, true, true, true, false, true, true]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const SUPPORTED_ARCHS: &[&str] = &[
     "qwen2",
     "qwen3",
     "qwen3moe",
+    "qwen35",
+    "qwen35moe",
     "phi3",
     "gemma2",
     "gemma3",

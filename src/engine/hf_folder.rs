@@ -110,6 +110,9 @@ fn config(dir: &Path, cfg: &Json) -> Result<(DecoderConfig, Option<Vec<f32>>), E
         ssm: None,
         recurrent: Vec::new(),
         no_rope: false,
+        delta_net: None,
+        attn_output_gate: false,
+        mrope_sections: None,
     };
     let factors = llama3_rope_factors(cfg.get("rope_scaling"), rope_base, rope_dim);
     Ok((dc, factors))

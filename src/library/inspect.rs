@@ -177,7 +177,9 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
         .map_or(LayerKind::Attention, LayerKind::of_arch);
     let arch = info.architecture.as_deref().unwrap_or("");
     let kv_meta = h.get(&format!("{arch}.attention.head_count_kv"));
-    let split = info.layers.and_then(|l| layer_split(arch, l, kv_meta));
+    let split = info
+        .layers
+        .and_then(|l| layer_split(arch, l, kv_meta, |k| h.arch_u64(k)));
     let mut hybrid = false;
     if let (true, Some((recurrent, attention))) = (layer_kind != LayerKind::Attention, split) {
         hybrid = attention > 0;

@@ -39,6 +39,8 @@ pub enum LayerKind {
     /// Mamba's selective state space (its first version).
     Mamba,
     Mamba2,
+    /// Qwen3.5's Gated DeltaNet: linear attention with a key × value state per head.
+    DeltaNet,
 }
 
 impl LayerKind {
@@ -47,6 +49,7 @@ impl LayerKind {
         match arch {
             "mamba" => LayerKind::Mamba,
             "mamba2" | "granitehybrid" => LayerKind::Mamba2,
+            "qwen35" | "qwen35moe" => LayerKind::DeltaNet,
             _ => LayerKind::Attention,
         }
     }
@@ -56,15 +59,29 @@ impl LayerKind {
             LayerKind::Attention => "attention",
             LayerKind::Mamba => "Mamba (state space)",
             LayerKind::Mamba2 => "Mamba-2 (state space)",
+            LayerKind::DeltaNet => "Gated DeltaNet (linear attention)",
         }
     }
 }
 
-/// A file's layers as (recurrent, attention) counts. A hybrid (`granitehybrid`) lists its KV
-/// heads per layer, 0 marking a recurrent layer (llama.cpp's rule); `None` when that list is
-/// missing or does not cover the layers. Other files are all one kind.
-pub fn layer_split(arch: &str, layers: u64, kv_heads: Option<&MetaValue>) -> Option<(u64, u64)> {
+/// A file's layers as (recurrent, attention) counts. A Granite hybrid lists its KV heads per
+/// layer, 0 marking a recurrent layer (llama.cpp's rule); `None` when that list is missing or
+/// does not cover the layers. Qwen3.5 attends every `full_attention_interval`-th layer (4 by
+/// default) of its trunk (`block_count` less the `nextn_predict_layers` drafting blocks).
+/// Other files are all one kind. `key` reads `{arch}.{key}` counts.
+pub fn layer_split(
+    arch: &str,
+    layers: u64,
+    kv_heads: Option<&MetaValue>,
+    key: impl Fn(&str) -> Option<u64>,
+) -> Option<(u64, u64)> {
     match (arch, LayerKind::of_arch(arch)) {
+        (_, LayerKind::DeltaNet) => {
+            let trunk = layers.saturating_sub(key("nextn_predict_layers").unwrap_or(0));
+            let every = key("full_attention_interval").unwrap_or(4);
+            let attention = trunk.checked_div(every)?;
+            Some((trunk - attention, attention))
+        }
         ("granitehybrid", _) => match kv_heads? {
             MetaValue::Ints(v) if v.len() as u64 == layers => {
                 let recurrent = v.iter().filter(|&&h| h == 0).count() as u64;
@@ -97,9 +114,11 @@ pub fn layer_mix_label(kind: LayerKind, recurrent: u64, attention: u64) -> Strin
     }
 }
 
-/// Bytes of one sequence's state over `layers` Mamba layers (f32): each keeps its convolution
-/// window (`conv_kernel - 1` inputs of its x, and in Mamba-2 its B and C, channels) and its
-/// `inner × state` SSM state. `None` when a key is missing.
+/// Bytes of one sequence's state over `layers` recurrent layers (f32): each keeps its
+/// convolution window (`conv_kernel - 1` inputs of its x, and in Mamba-2 its B and C, channels)
+/// and its `inner × state` SSM state. A Gated DeltaNet layer's window spans its queries, keys
+/// (`group_count` heads of `state_size` each) and values (`inner_size`), and its state is a
+/// `state_size`² matrix per value head: `inner × state` again. `None` when a key is missing.
 pub fn ssm_state_bytes(
     kind: LayerKind,
     layers: u64,
@@ -111,7 +130,7 @@ pub fn ssm_state_bytes(
     let channels = match kind {
         LayerKind::Attention => return None,
         LayerKind::Mamba => inner,
-        LayerKind::Mamba2 => inner.saturating_add(
+        LayerKind::Mamba2 | LayerKind::DeltaNet => inner.saturating_add(
             2u64.saturating_mul(key("ssm.group_count")?)
                 .saturating_mul(state),
         ),
@@ -135,7 +154,7 @@ impl ModelShape {
         };
         let kind = LayerKind::of_arch(arch);
         let kv_meta = meta.get(&format!("{arch}.attention.head_count_kv"));
-        let (recurrent, attention) = layer_split(arch, layers, kv_meta)?;
+        let (recurrent, attention) = layer_split(arch, layers, kv_meta, key)?;
         // Recurrent layers keep a fixed-size state per sequence instead of a KV cache.
         let state_bytes = if recurrent > 0 {
             ssm_state_bytes(kind, recurrent, key)?
@@ -291,6 +310,39 @@ mod tests {
         assert_eq!(s.state_bytes, 36 * (3 * (5120 + 256) + 5120 * 128) * 4);
         assert!(ModelShape::from_metadata(&pairs(MetaValue::Array { len: 40 })).is_none());
         assert!(ModelShape::from_metadata(&pairs(MetaValue::Ints(vec![8; 39]))).is_none());
+    }
+
+    /// Qwen3.5-2B-shaped (assumed): 24 layers, every fourth gated attention with 2 KV heads
+    /// of 256, the other 18 Gated DeltaNet (16 key and 16 value heads of 128, conv 4): their
+    /// state instead of KV. Multi-token-prediction blocks in `block_count` are not layers.
+    #[test]
+    fn qwen35_shape_counts_delta_net_state_and_attention_kv() {
+        let pairs = |blocks: i128, nextn: Option<i128>| {
+            let mut m = vec![
+                ("general.architecture", MetaValue::Str("qwen35".into())),
+                ("qwen35.block_count", MetaValue::Int(blocks)),
+                ("qwen35.embedding_length", MetaValue::Int(2048)),
+                ("qwen35.attention.head_count", MetaValue::Int(8)),
+                ("qwen35.attention.head_count_kv", MetaValue::Int(2)),
+                ("qwen35.attention.key_length", MetaValue::Int(256)),
+                ("qwen35.full_attention_interval", MetaValue::Int(4)),
+                ("qwen35.ssm.conv_kernel", MetaValue::Int(4)),
+                ("qwen35.ssm.inner_size", MetaValue::Int(2048)),
+                ("qwen35.ssm.state_size", MetaValue::Int(128)),
+                ("qwen35.ssm.time_step_rank", MetaValue::Int(16)),
+                ("qwen35.ssm.group_count", MetaValue::Int(16)),
+            ];
+            if let Some(n) = nextn {
+                m.push(("qwen35.nextn_predict_layers", MetaValue::Int(n)));
+            }
+            meta(&m)
+        };
+        let s = ModelShape::from_metadata(&pairs(24, None)).unwrap();
+        assert_eq!(s.kv_bytes_per_token, 2 * 6 * 2 * 256 * 4);
+        let per_layer = 3 * (2048 + 2 * 16 * 128) + 16 * 128 * 128;
+        assert_eq!(s.state_bytes, 18 * per_layer * 4);
+        assert_eq!(ModelShape::from_metadata(&pairs(25, Some(1))), Some(s));
+        assert_eq!(layer_split("qwen35moe", 40, None, |_| None), Some((30, 10)));
     }
 
     /// Mamba-2 1.3B: 48 layers of a 3-wide window over 4096 + 2·128 channels and a

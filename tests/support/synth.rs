@@ -909,6 +909,10 @@ pub enum Dim {
     Mamba2InProj,
     /// A dimension of one (Mamba-2's per-head A and D are stored as 1 × heads).
     One,
+    /// Qwen3.5: the query projection's queries and output-gate logits (2 × heads × head
+    /// dimension), and a Gated DeltaNet layer's q/k/v channels (2 × key heads × state + inner).
+    QueryGateWidth,
+    DeltaQkv,
 }
 
 /// Which matrix a projection is: picks its quant type in a mix (as llama.cpp's
@@ -1017,6 +1021,12 @@ pub enum SsmPart {
     D,
     /// The Δ bias: softplus⁻¹ of a Δ log-uniform in [0.001, 0.1].
     DtBias,
+    /// A Gated DeltaNet head's decay rate `-exp(A_log)`, `-U(0.1, 1)`: with the softplus of
+    /// the projected α near 0.7 each token keeps about 60% of the state, so the state carries
+    /// the prompt (Qwen3.5's own `-U(0, 16)` would forget it within a token or two).
+    DeltaA,
+    /// A Gated DeltaNet layer's `dt_bias`, near 0.
+    DeltaDtBias,
 }
 
 /// One tensor of a family; `{i}` in the name is the layer index.
@@ -1087,6 +1097,10 @@ pub enum Field {
     SsmState,
     SsmRank,
     SsmGroups,
+    /// Qwen3.5: M-RoPE sections over the rotated pairs (time, height, width, 0), split as
+    /// Qwen3.5's `[11, 11, 10]` splits 32 pairs; the layer period of full attention.
+    RopeSections,
+    FullAttnInterval,
 }
 
 /// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
@@ -1295,6 +1309,8 @@ impl Shape {
             Dim::QkvWidth => (self.heads + 2 * self.kv_heads) * self.head_dim,
             Dim::FfnPair => 2 * self.ffn,
             Dim::One => 1,
+            Dim::QueryGateWidth => 2 * self.heads * self.head_dim_at(layer),
+            Dim::DeltaQkv => 2 * self.ssm.groups * self.ssm.state + self.ssm.inner,
         }
     }
 
@@ -1400,6 +1416,11 @@ impl Shape {
             Field::SsmState => Meta::U32(self.ssm.state as u32),
             Field::SsmRank => Meta::U32(self.ssm.rank as u32),
             Field::SsmGroups => Meta::U32(self.ssm.groups as u32),
+            Field::RopeSections => {
+                let pairs = self.rope_dim.unwrap_or(self.head_dim) / 2;
+                Meta::i32s([pairs.div_ceil(3), (pairs + 1) / 3, pairs / 3, 0].map(|x| x as i32))
+            }
+            Field::FullAttnInterval => Meta::U32(self.ssm.attn_every as u32),
         }
     }
 
@@ -2952,6 +2973,283 @@ pub const GRANITEHYBRID: Family = Family {
     ],
 };
 
+const fn recurrent(name: &'static str, dims: &'static [Dim], role: Role) -> TensorTemplate {
+    t_when(name, dims, role, When::Recurrent)
+}
+
+const fn attention(name: &'static str, dims: &'static [Dim], role: Role) -> TensorTemplate {
+    t_when(name, dims, role, When::Attention)
+}
+
+/// Qwen3.5's layers as llama.cpp's `qwen35`/`qwen35moe` loaders name and size them: a Gated
+/// DeltaNet mixer (fused q/k/v, the output gate `z`, β and α per value head, the convolution,
+/// `dt_bias`, `A`, the gated norm's weight per head) or gated attention (queries and gate
+/// logits from one projection, per-head q/k norms), then `post_attention_norm` before the
+/// FFN: a dense one, or routed experts with a shared expert behind a sigmoid gate.
+const QWEN35_LAYER: &[TensorTemplate] = &[
+    t("blk.{i}.attn_norm.weight", &[Hidden], Role::Norm),
+    recurrent(
+        "blk.{i}.attn_qkv.weight",
+        &[Hidden, DeltaQkv],
+        Role::Proj(Cat::AttnQkv),
+    ),
+    recurrent(
+        "blk.{i}.attn_gate.weight",
+        &[Hidden, SsmInner],
+        Role::Proj(Cat::SsmIn),
+    ),
+    recurrent(
+        "blk.{i}.ssm_conv1d.weight",
+        &[SsmConv, DeltaQkv],
+        Role::Ssm(SsmPart::Conv),
+    ),
+    recurrent(
+        "blk.{i}.ssm_dt.bias",
+        &[SsmRank],
+        Role::Ssm(SsmPart::DeltaDtBias),
+    ),
+    recurrent("blk.{i}.ssm_a", &[SsmRank], Role::Ssm(SsmPart::DeltaA)),
+    recurrent(
+        "blk.{i}.ssm_beta.weight",
+        &[Hidden, SsmRank],
+        Role::Proj(Cat::SsmIn),
+    ),
+    recurrent(
+        "blk.{i}.ssm_alpha.weight",
+        &[Hidden, SsmRank],
+        Role::Proj(Cat::SsmIn),
+    ),
+    recurrent("blk.{i}.ssm_norm.weight", &[SsmState], Role::Norm),
+    recurrent(
+        "blk.{i}.ssm_out.weight",
+        &[SsmInner, Hidden],
+        Role::Proj(Cat::SsmOut),
+    ),
+    attention(
+        "blk.{i}.attn_q.weight",
+        &[Hidden, QueryGateWidth],
+        Role::Proj(Cat::AttnQ),
+    ),
+    attention(
+        "blk.{i}.attn_k.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnK),
+    ),
+    attention(
+        "blk.{i}.attn_v.weight",
+        &[Hidden, KvWidth],
+        Role::Proj(Cat::AttnV),
+    ),
+    attention("blk.{i}.attn_q_norm.weight", &[Head], Role::Norm),
+    attention("blk.{i}.attn_k_norm.weight", &[Head], Role::Norm),
+    attention(
+        "blk.{i}.attn_output.weight",
+        &[QueryWidth, Hidden],
+        Role::Proj(Cat::AttnOut),
+    ),
+    t("blk.{i}.post_attention_norm.weight", &[Hidden], Role::Norm),
+    t_when(
+        "blk.{i}.ffn_gate.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+        When::Dense,
+    ),
+    t_when(
+        "blk.{i}.ffn_up.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+        When::Dense,
+    ),
+    t_when(
+        "blk.{i}.ffn_down.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+        When::Dense,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnGate),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_up_exps.weight",
+        &[Hidden, FfnExp, Experts],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_inp_shexp.weight",
+        &[Hidden],
+        Role::Router,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_shexp.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnGate),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_up_shexp.weight",
+        &[Hidden, Ffn],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_shexp.weight",
+        &[Ffn, Hidden],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
+    ),
+];
+
+/// The shape keys llama.cpp's `qwen35` loader reads (and `qwen35moe`'s, with the experts').
+const QWEN35_META: &[(&str, Field)] = &[
+    ("vocab_size", Field::Vocab),
+    ("context_length", Field::Context),
+    ("embedding_length", Field::Hidden),
+    ("block_count", Field::Layers),
+    ("feed_forward_length", Field::Ffn),
+    ("attention.head_count", Field::Heads),
+    ("attention.head_count_kv", Field::KvHeads),
+    ("rope.freq_base", Field::RopeBase),
+    ("rope.dimension_count", Field::RopeDim),
+    ("rope.dimension_sections", Field::RopeSections),
+    ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+    ("full_attention_interval", Field::FullAttnInterval),
+    ("ssm.conv_kernel", Field::SsmConv),
+    ("ssm.inner_size", Field::SsmInner),
+    ("ssm.state_size", Field::SsmState),
+    ("ssm.time_step_rank", Field::SsmRank),
+    ("ssm.group_count", Field::SsmGroups),
+];
+
+/// The tiny Gated DeltaNet layers: 4 value heads over 2 key heads (so a wrong head grouping
+/// shows), heads of 32, full attention every fourth layer.
+const QWEN35_TINY_SSM: Ssm = Ssm {
+    inner: 128,
+    state: 32,
+    conv: 4,
+    rank: 4,
+    groups: 2,
+    attn_every: 4,
+};
+
+/// Qwen3.5 tiny: layers 0-2 Gated DeltaNet, layer 3 gated attention with a quarter of each
+/// head rotated (Qwen3.5 turns 64 of 256) under interleaved M-RoPE sections.
+const QWEN35_TINY: Shape = Shape {
+    layers: 4,
+    rope_dim: Some(16),
+    rms_eps: 1e-6,
+    ssm: QWEN35_TINY_SSM,
+    ..tiny_shape(false, 0, 0)
+};
+
+/// Qwen3.5: hybrid Gated DeltaNet + gated attention (`2b`: the assumed shape of Qwen3.5-2B:
+/// hidden 2048, 24 layers, 8 query and 2 KV heads of 256 with 64 rotated, FFN 6144, 16 key
+/// and 16 value DeltaNet heads of 128, tied embeddings, a vocabulary of 248,320).
+pub const QWEN35: Family = Family {
+    arch: "qwen35",
+    head: LLAMA_HEAD,
+    layer: QWEN35_LAYER,
+    tail: LLAMA_TAIL,
+    meta: QWEN35_META,
+    consts: &[],
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[
+        ("tiny", QWEN35_TINY),
+        (
+            "2b",
+            Shape {
+                hidden: 2048,
+                layers: 24,
+                heads: 8,
+                kv_heads: 2,
+                head_dim: 256,
+                ffn: 6144,
+                vocab: 248_320,
+                context: 8192,
+                rope_base: 10_000_000.0,
+                rms_eps: 1e-6,
+                tied: true,
+                experts: 0,
+                experts_used: 0,
+                ffn_exp: 0,
+                kinds: None,
+                llama3_rope: None,
+                rope_dim: Some(64),
+                longrope: None,
+                ssm: Ssm {
+                    inner: 2048,
+                    state: 128,
+                    conv: 4,
+                    rank: 16,
+                    groups: 16,
+                    attn_every: 4,
+                },
+            },
+        ),
+    ],
+};
+
+/// Qwen3.5 MoE: Qwen3.5's layers with routed experts and a sigmoid-gated shared expert
+/// (Qwen3.5-35B-A3B: 256 experts, 8 used, one shared).
+pub const QWEN35MOE: Family = Family {
+    arch: "qwen35moe",
+    head: LLAMA_HEAD,
+    layer: QWEN35_LAYER,
+    tail: LLAMA_TAIL,
+    meta: &[
+        ("vocab_size", Field::Vocab),
+        ("context_length", Field::Context),
+        ("embedding_length", Field::Hidden),
+        ("block_count", Field::Layers),
+        ("feed_forward_length", Field::Ffn),
+        ("attention.head_count", Field::Heads),
+        ("attention.head_count_kv", Field::KvHeads),
+        ("rope.freq_base", Field::RopeBase),
+        ("rope.dimension_count", Field::RopeDim),
+        ("rope.dimension_sections", Field::RopeSections),
+        ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+        ("full_attention_interval", Field::FullAttnInterval),
+        ("ssm.conv_kernel", Field::SsmConv),
+        ("ssm.inner_size", Field::SsmInner),
+        ("ssm.state_size", Field::SsmState),
+        ("ssm.time_step_rank", Field::SsmRank),
+        ("ssm.group_count", Field::SsmGroups),
+        ("expert_count", Field::Experts),
+        ("expert_used_count", Field::ExpertsUsed),
+        ("expert_feed_forward_length", Field::FfnExp),
+        ("expert_shared_feed_forward_length", Field::SharedFfn),
+    ],
+    consts: &[],
+    embeddings_scaled: false,
+    tok: LLAMA3_TOK,
+    presets: &[(
+        "tiny",
+        Shape {
+            experts: 8,
+            experts_used: 2,
+            ffn_exp: 256,
+            ..QWEN35_TINY
+        },
+    )],
+};
+
 pub const FAMILIES: &[&Family] = &[
     &LLAMA,
     &GRANITE,
@@ -2966,6 +3264,8 @@ pub const FAMILIES: &[&Family] = &[
     &MAMBA,
     &MAMBA2,
     &GRANITEHYBRID,
+    &QWEN35,
+    &QWEN35MOE,
 ];
 
 pub fn family(name: &str) -> Result<&'static Family, String> {
@@ -3853,6 +4153,8 @@ impl Plan {
                             let dt = (0.001f32.ln() + rng.unit() * (0.1f32 / 0.001).ln()).exp();
                             dt + (-(-dt).exp_m1()).ln()
                         }
+                        SsmPart::DeltaA => -(0.1 + 0.9 * rng.unit()),
+                        SsmPart::DeltaDtBias => 0.1 * rng.sym(),
                     }));
                     quantize_row(t.qtype, scratch, row_out);
                 }

@@ -15,6 +15,9 @@ use super::super::gguf::Meta;
 use super::super::pool;
 use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
+use super::delta_net::{self, DeltaConfig, DeltaLayer};
+pub use super::recurrent_host::SsmSeq;
+use super::recurrent_host::{host, host_vec, silu, softplus};
 use super::{linear, Linear, Loader};
 
 /// Largest SSM state one layer may ask for, in values (64 times Mamba-2 7B's).
@@ -144,21 +147,6 @@ pub struct SsmLayer {
     out_proj: Linear,
 }
 
-fn host_vec(l: &mut Loader, name: &str, want: usize) -> Result<Vec<f32>, EngineError> {
-    let v = l
-        .dense(name)?
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1::<f32>()?;
-    if v.len() != want {
-        return Err(l.corrupt(&format!(
-            "tensor `{name}` has {} values, the state-space shape needs {want}",
-            v.len()
-        )));
-    }
-    Ok(v)
-}
-
 /// Loads layer `i`'s weights.
 pub fn load_layer(l: &mut Loader, cfg: &SsmConfig, i: usize) -> Result<SsmLayer, EngineError> {
     let p = |s: &str| format!("blk.{i}.{s}");
@@ -191,28 +179,42 @@ pub fn load_layer(l: &mut Loader, cfg: &SsmConfig, i: usize) -> Result<SsmLayer,
     })
 }
 
-/// One sequence of a batch as the recurrent layers see it.
-pub struct SsmSeq {
-    pub slot: usize,
-    /// First row in the batch, and rows.
-    pub offset: usize,
-    pub t: usize,
-    /// Keep a checkpoint of the state before this chunk's last token (the end of a prompt: a
-    /// regenerated answer or the next turn resumes there).
-    pub checkpoint: bool,
+/// The recurrent layers of a model, all of one kind.
+pub enum Mixers {
+    Mamba(SsmConfig, Vec<SsmLayer>),
+    /// Qwen3.5's Gated DeltaNet (linear attention).
+    DeltaNet(DeltaConfig, Vec<DeltaLayer>),
 }
 
-/// The recurrent layers of a Mamba model and their per-slot state.
+/// The recurrent layers of a Mamba model (or a hybrid's) and their per-slot state.
 pub struct SsmStack {
-    pub cfg: SsmConfig,
-    pub layers: Vec<SsmLayer>,
+    pub mixers: Mixers,
     pub state: RecurrentSlots,
 }
 
 impl SsmStack {
     pub fn new(cfg: SsmConfig, layers: Vec<SsmLayer>) -> Self {
         let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
-        Self { cfg, layers, state }
+        Self {
+            mixers: Mixers::Mamba(cfg, layers),
+            state,
+        }
+    }
+
+    /// Gated DeltaNet layers of these shapes.
+    pub fn delta_net(cfg: DeltaConfig, layers: Vec<DeltaLayer>) -> Self {
+        let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
+        Self {
+            mixers: Mixers::DeltaNet(cfg, layers),
+            state,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.mixers {
+            Mixers::Mamba(_, l) => l.len(),
+            Mixers::DeltaNet(_, l) => l.len(),
+        }
     }
 
     /// Runs every layer (`x = x + mixer(rms_norm(x))`) over the batch `x` (1, rows, hidden),
@@ -225,7 +227,7 @@ impl SsmStack {
         dense_ok: bool,
     ) -> candle_core::Result<Tensor> {
         let mut snaps = Self::snapshots(seqs);
-        for li in 0..self.layers.len() {
+        for li in 0..self.len() {
             let y = self.mix(li, &x, seqs, &mut snaps, eps, dense_ok)?;
             x = super::super::ops::add(&x, &y)?;
         }
@@ -250,10 +252,26 @@ impl SsmStack {
         eps: f32,
         dense_ok: bool,
     ) -> candle_core::Result<Tensor> {
-        let layer = &self.layers[li];
+        let (cfg, layers) = match &self.mixers {
+            Mixers::Mamba(cfg, layers) => (cfg, layers),
+            Mixers::DeltaNet(cfg, layers) => {
+                return delta_net::mix(
+                    cfg,
+                    &layers[li],
+                    li,
+                    x,
+                    seqs,
+                    &mut self.state,
+                    snaps,
+                    eps,
+                    dense_ok,
+                );
+            }
+        };
+        let layer = &layers[li];
         let h = super::super::ops::rms_norm(x, &layer.norm, eps)?;
         let y = mixer(
-            &self.cfg,
+            cfg,
             layer,
             li,
             &h,
@@ -276,26 +294,6 @@ impl SsmStack {
             self.state.advance(s.slot, s.t);
         }
     }
-}
-
-/// `log(1 + e^x)`, linear above 20 (ggml_compute_softplus_f32).
-fn softplus(x: f32) -> f32 {
-    if x > 20.0 {
-        x
-    } else {
-        (1.0 + x.exp()).ln()
-    }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// `x` (1, rows, n) as a host vector.
-fn host(x: &Tensor) -> candle_core::Result<Vec<f32>> {
-    x.flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1::<f32>()
 }
 
 /// RMS-normalises each `width`-long piece of `v` in place (no weight), with the sum in f64 as
