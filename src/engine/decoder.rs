@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 
+use super::decode_attn;
 use super::device::HOST;
 use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
@@ -1840,10 +1841,7 @@ fn moe_forward(
 ) -> candle_core::Result<Tensor> {
     let (_, rows, hidden) = h.dims3()?;
     let n_exp = moe.experts.len();
-    let mut logits = linear(&moe.router, h, false)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let mut logits = router_logits(&moe.router, h)?;
     if let Some(b) = &moe.router_bias {
         for row in logits.chunks_exact_mut(n_exp) {
             for (l, b) in row.iter_mut().zip(b) {
@@ -1884,45 +1882,16 @@ fn moe_forward(
             chosen[i].push((r, w));
         }
     }
-    let flat = h.reshape((rows, hidden))?;
     let mut out = vec![0f32; rows * hidden];
-    // One row (decoding): every chosen expert reads the same input, so their gate and up
-    // projections run in one call on one quantization of it, instead of one call per expert.
     let picked: Vec<usize> = (0..n_exp).filter(|&e| !chosen[e].is_empty()).collect();
-    let mut shared: Vec<Option<(Tensor, Tensor)>> = vec![None; n_exp];
-    if rows == 1 && picked.len() > 1 {
-        let ws: Vec<&Linear> = picked
-            .iter()
-            .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
-            .collect();
-        let mut outs = linear_slice(&ws, h, false)?.into_iter();
-        for &e in &picked {
-            if let (Some(g), Some(u)) = (outs.next(), outs.next()) {
-                shared[e] = Some((g, u));
-            }
-        }
-    }
-    // Each picked expert's gated unit over the rows that chose it.
-    let mut glus = Vec::with_capacity(picked.len());
-    for &e in &picked {
-        let ex = &moe.experts[e];
-        let [g, u] = match shared[e].take() {
-            Some((g, u)) => [g, u],
-            None => {
-                let idx: Vec<u32> = chosen[e].iter().map(|&(r, _)| r as u32).collect();
-                let idx = Tensor::new(idx.as_slice(), h.device())?;
-                let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
-                linear_many([&ex.gate, &ex.up], &x, false)?
-            }
-        };
-        glus.push(if moe.oai {
-            swiglu_oai(&g, &u, ex.bias.as_ref())?
-        } else {
-            (act(&g)? * u)?
-        });
-    }
-    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
-    let ys = down_projections(&downs, &glus, rows == 1)?;
+    let ys = match rows {
+        1 => moe_row(moe, &picked, h, act)?,
+        _ => None,
+    };
+    let ys = match ys {
+        Some(ys) => ys,
+        None => expert_outputs(moe, &picked, &chosen, h, act)?,
+    };
     for ((&e, mut y), picks) in picked
         .iter()
         .zip(ys)
@@ -1944,6 +1913,155 @@ fn moe_forward(
         }
     }
     Tensor::from_vec(out, (1, rows, hidden), h.device())
+}
+
+/// The router's logits for every row of `h`, row-major. A dense f32 router (as llama-quantize
+/// keeps it) is a few dozen dot products a row: run directly, each row on its own, where
+/// candle's GEMM packed the whole matrix on every call.
+fn router_logits(router: &Linear, h: &Tensor) -> candle_core::Result<Vec<f32>> {
+    if let (Linear::Candle(QMatMul::Tensor(w)), true) = (router, h.device().is_cpu()) {
+        if let (DType::F32, Ok((n, k)), true) = (w.dtype(), w.dims2(), w.is_contiguous()) {
+            let (guard, layout) = w.storage_and_layout();
+            if let (Storage::Cpu(CpuStorage::F32(wd)), Some((a, b)), true) = (
+                &*guard,
+                layout.contiguous_offsets(),
+                h.dim(D::Minus1)? == k && k > 0,
+            ) {
+                let x = h.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; x.len() / k * n];
+                for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+                    for (o, wr) in or.iter_mut().zip(wd[a..b].chunks_exact(k)) {
+                        *o = decode_attn::dot(xr, wr);
+                    }
+                }
+                return Ok(out);
+            }
+        }
+    }
+    linear(router, h, false)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+/// One row (decoding) through its chosen experts on host vectors, when they all run on one
+/// own kernel type: the gate and up projections in one call on one quantization of the row,
+/// the down projections in one parallel region. Bit-identical to [`expert_outputs`] (the same
+/// kernels on the same values, without the tensors around them); `None` for other experts.
+fn moe_row(
+    moe: &Moe,
+    picked: &[usize],
+    h: &Tensor,
+    act: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+    let gu: Vec<&Linear> = picked
+        .iter()
+        .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
+        .collect();
+    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
+    fn mx<'a>(ws: &[&'a Linear]) -> Option<Vec<&'a MxMatrix>> {
+        ws.iter()
+            .map(|w| match w {
+                Linear::Mx(m) => Some(&**m),
+                _ => None,
+            })
+            .collect()
+    }
+    fn kq<'a>(ws: &[&'a Linear]) -> Option<Vec<&'a KMatrix>> {
+        ws.iter()
+            .map(|w| match w {
+                Linear::K(m) => Some(&**m),
+                _ => None,
+            })
+            .collect()
+    }
+    let x = h.flatten_all()?.to_vec1::<f32>()?;
+    let gate_up = if let (Some(g), Some(d)) = (mx(&gu), mx(&downs)) {
+        if g.iter().any(|w| w.cols() != x.len()) {
+            return Ok(None);
+        }
+        (mxfp4::matmul(&g, &x, 1), Kind::Mx(d))
+    } else if let (Some(g), Some(d)) = (kq(&gu), kq(&downs)) {
+        if g.iter().any(|w| w.cols() != x.len()) {
+            return Ok(None);
+        }
+        (kq::matmul(&g, &x, 1), Kind::K(d))
+    } else {
+        return Ok(None);
+    };
+    enum Kind<'a> {
+        Mx(Vec<&'a MxMatrix>),
+        K(Vec<&'a KMatrix>),
+    }
+    let (outs, downs) = gate_up;
+    let mut glus = Vec::with_capacity(picked.len());
+    for (&e, pair) in picked.iter().zip(outs.chunks_exact(2)) {
+        let (g, u) = (&pair[0], &pair[1]);
+        glus.push(if moe.oai {
+            swiglu_oai_row(g, u, g.len(), moe.experts[e].bias.as_ref())
+        } else {
+            let t = |v: &Vec<f32>| Tensor::from_slice(v, (1, 1, v.len()), h.device());
+            (act(&t(g)?)? * t(u)?)?.flatten_all()?.to_vec1::<f32>()?
+        });
+    }
+    let rows: Vec<&[f32]> = glus.iter().map(|g| g.as_slice()).collect();
+    Ok(Some(match downs {
+        Kind::Mx(d) if d.iter().all(|w| w.cols() == rows[0].len()) => {
+            mxfp4::matmul_each(&d, &rows)
+        }
+        Kind::K(d) if d.iter().all(|w| w.cols() == rows[0].len()) => kq::matmul_each(&d, &rows),
+        _ => return Ok(None),
+    }))
+}
+
+/// Every picked expert's down-projected output over the rows that chose it (`chosen[e]`'s
+/// order), each `rows × hidden` row-major.
+fn expert_outputs(
+    moe: &Moe,
+    picked: &[usize],
+    chosen: &[Vec<(usize, f32)>],
+    h: &Tensor,
+    act: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (_, rows, hidden) = h.dims3()?;
+    let n_exp = moe.experts.len();
+    let flat = h.reshape((rows, hidden))?;
+    // One row: every chosen expert reads the same input, so their gate and up projections run
+    // in one call on one quantization of it, instead of one call per expert.
+    let mut shared: Vec<Option<(Tensor, Tensor)>> = vec![None; n_exp];
+    if rows == 1 && picked.len() > 1 {
+        let ws: Vec<&Linear> = picked
+            .iter()
+            .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
+            .collect();
+        let mut outs = linear_slice(&ws, h, false)?.into_iter();
+        for &e in picked {
+            if let (Some(g), Some(u)) = (outs.next(), outs.next()) {
+                shared[e] = Some((g, u));
+            }
+        }
+    }
+    // Each picked expert's gated unit over the rows that chose it.
+    let mut glus = Vec::with_capacity(picked.len());
+    for &e in picked {
+        let ex = &moe.experts[e];
+        let [g, u] = match shared[e].take() {
+            Some((g, u)) => [g, u],
+            None => {
+                let idx: Vec<u32> = chosen[e].iter().map(|&(r, _)| r as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), h.device())?;
+                let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
+                linear_many([&ex.gate, &ex.up], &x, false)?
+            }
+        };
+        glus.push(if moe.oai {
+            swiglu_oai(&g, &u, ex.bias.as_ref())?
+        } else {
+            (act(&g)? * u)?
+        });
+    }
+    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
+    down_projections(&downs, &glus, rows == 1)
 }
 
 /// The experts' down projections, each on its own input. Decoding one row, matrices of one own
@@ -1995,29 +2113,32 @@ fn down_projections(
 /// projections `g` and `u` plus their biases: `x · σ(α·x) · (y + 1)` with `x = min(g, 7)` and
 /// `y = clamp(u, −7, 7)`.
 fn swiglu_oai(g: &Tensor, u: &Tensor, bias: Option<&[Vec<f32>; 3]>) -> candle_core::Result<Tensor> {
-    const ALPHA: f32 = 1.702;
-    const LIMIT: f32 = 7.0;
     let dims = g.dims().to_vec();
     let n = *dims.last().unwrap_or(&1);
     let gv = g.flatten_all()?.to_vec1::<f32>()?;
     let uv = u.flatten_all()?.to_vec1::<f32>()?;
+    Tensor::from_vec(swiglu_oai_row(&gv, &uv, n, bias), dims.as_slice(), g.device())
+}
+
+/// [`swiglu_oai`] on host rows of `n` values (the biases' length).
+fn swiglu_oai_row(g: &[f32], u: &[f32], n: usize, bias: Option<&[Vec<f32>; 3]>) -> Vec<f32> {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    let n = n.max(1);
     let zero = vec![0f32; n];
     let (gb, ub) = match bias {
         Some([gb, ub, _]) => (gb.as_slice(), ub.as_slice()),
         None => (zero.as_slice(), zero.as_slice()),
     };
-    let out: Vec<f32> = gv
-        .chunks_exact(n)
-        .zip(uv.chunks_exact(n))
-        .flat_map(|(gr, ur)| {
-            (0..n).map(move |j| {
-                let x = (gr[j] + gb[j]).min(LIMIT);
-                let y = (ur[j] + ub[j]).clamp(-LIMIT, LIMIT);
-                x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
-            })
-        })
-        .collect();
-    Tensor::from_vec(out, dims.as_slice(), g.device())
+    let mut out = Vec::with_capacity(g.len());
+    for (gr, ur) in g.chunks(n).zip(u.chunks(n)) {
+        out.extend(gr.iter().zip(ur).zip(gb.iter().zip(ub)).map(|((&g, &u), (&gb, &ub))| {
+            let x = (g + gb).min(LIMIT);
+            let y = (u + ub).clamp(-LIMIT, LIMIT);
+            x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
+        }));
+    }
+    out
 }
 
 /// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for
@@ -2443,12 +2564,31 @@ fn seq_attention(
         None => cache.view()?,
     };
     let kv_len = k_all.dim(2)?;
+    let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
+    if t == 1 {
+        let sinks = match &layer.sinks {
+            Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let shape = decode_attn::Shape {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            scale: scale as f32,
+            softcap: cfg.attn_softcap,
+            // The row's mask, as `seq_part` builds it: the window on local layers only.
+            window: cfg.sliding_window.filter(|_| layer.sliding),
+            sinks: sinks.as_deref(),
+        };
+        if let Some(y) = decode_attn::attend(&q, &k_all, &v_all, &shape) {
+            return y;
+        }
+    }
 
     // Grouped-query attention without repeating K/V: query heads sharing a KV head are
     // stacked along the row axis, (1, nkv, n_rep * t, hd).
     let n_rep = nh / nkv;
     let q = q.reshape((1, nkv, n_rep * t, hd))?;
-    let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
     let mut att = (q.matmul(&k_all.t()?)? * scale)?;
     if let Some(cap) = cfg.attn_softcap {
         att = ((att / cap as f64)?.tanh()? * cap as f64)?;

@@ -35,6 +35,7 @@
 
 pub mod bench;
 pub mod constraint;
+mod decode_attn;
 mod decoder;
 pub mod device;
 mod embed;
