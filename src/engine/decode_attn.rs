@@ -214,7 +214,9 @@ mod tests {
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
-                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed * 97);
+                let x = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed * 97);
                 ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()

@@ -377,10 +377,25 @@ impl DecoderConfig {
         }
     }
 
-    /// f32 values of K and V one position takes in one slot: cache-owning layers only.
-    pub fn kv_floats_per_token(&self) -> usize {
+    /// The window of cache `i` when it may keep only that many positions: a sliding-window
+    /// layer's cache that no full-attention layer reads (Gemma 4 shares caches by layer type).
+    pub fn cache_window(&self, i: usize) -> Option<usize> {
+        let w = self.sliding_window?;
+        let sliding_readers = (0..self.n_layer).all(|j| self.kv_source(j) != i || self.is_swa(j));
+        (self.is_swa(i) && !self.is_recurrent(i) && sliding_readers).then_some(w)
+    }
+
+    /// f32 values of K and V one slot holds at `positions` positions: cache-owning layers
+    /// only, a windowed cache at most [`window_rows`] of them.
+    pub fn kv_floats(&self, positions: usize) -> usize {
         (0..self.kv_layers.min(self.n_layer))
-            .map(|i| 2 * self.layer_kv_heads(i) * self.layer_head_dim(i))
+            .map(|i| {
+                let rows = match self.cache_window(i) {
+                    Some(w) => positions.min(window_rows(w)),
+                    None => positions,
+                };
+                2 * self.layer_kv_heads(i) * self.layer_head_dim(i) * rows
+            })
             .sum()
     }
 
@@ -445,6 +460,14 @@ enum Qkv {
     /// A Granite hybrid's state-space layer: no attention; its mixer is this layer of the
     /// decoder's SSM stack (which holds its norm and output projection too).
     Recurrent(usize),
+}
+
+/// The most positions a windowed cache of `window` holds: the window and one prompt chunk
+/// (`scheduler::PREFILL_CHUNK`), or twice the window, or the cache's smallest allocation.
+pub fn window_rows(window: usize) -> usize {
+    (window - 1 + super::scheduler::PREFILL_CHUNK)
+        .max(2 * window)
+        .max(super::kv_cache::MIN_CAPACITY)
 }
 
 /// A layer's feed-forward block: one gated MLP, or a mixture of experts.
@@ -568,6 +591,8 @@ pub struct Decoder {
     per_layer: Option<PerLayerInput>,
     /// KV slots: one cache per layer for each sequence the engine holds.
     slots: Vec<Vec<KvCache>>,
+    /// Sliding-window layers keep every position, as full layers do (tests compare the two).
+    full_swa_cache: bool,
     /// Mamba layers and their per-slot state, in place of `layers`.
     ssm: Option<ssm::SsmStack>,
     /// Where the weights, KV cache, RoPE tables and activations live.
@@ -1385,6 +1410,7 @@ impl Decoder {
             local_rope,
             per_layer,
             slots: Vec::new(),
+            full_swa_cache: false,
             ssm,
             device,
         })
@@ -1431,6 +1457,8 @@ impl Decoder {
             None => n,
         };
         if let Some(s) = self.slots.get_mut(slot) {
+            // A windowed cache may have dropped what a shorter prefix would need again.
+            let n = s.iter().map(|c| c.keepable(n)).min().unwrap_or(n);
             for c in s {
                 c.truncate(n);
             }
@@ -1460,9 +1488,13 @@ impl Decoder {
 
     /// Positions slot `slot` can hold without growing (its allocated memory).
     pub fn slot_capacity(&self, slot: usize) -> usize {
-        // A hybrid's recurrent layers keep their (empty) caches: ask an attention layer's.
-        let first = (0..self.cfg.n_layer)
-            .find(|&i| !self.cfg.is_recurrent(i))
+        // A hybrid's recurrent layers keep their (empty) caches, windowed caches stop at
+        // their window: ask a full attention layer's, else a windowed one's.
+        let attends = |i: &usize| !self.cfg.is_recurrent(*i);
+        let first = (0..self.caches_per_slot())
+            .filter(attends)
+            .find(|&i| self.cfg.cache_window(i).is_none() || self.full_swa_cache)
+            .or_else(|| (0..self.cfg.n_layer).find(attends))
             .unwrap_or(0);
         self.slots
             .get(slot)
@@ -1550,8 +1582,16 @@ impl Decoder {
         while self.slots.len() <= slot {
             let n = self.cfg.context_length;
             let caches = self.caches_per_slot();
-            self.slots
-                .push((0..caches).map(|_| KvCache::new(n)).collect());
+            let cfg = &self.cfg;
+            let full = self.full_swa_cache;
+            self.slots.push(
+                (0..caches)
+                    .map(|i| match cfg.cache_window(i).filter(|_| !full) {
+                        Some(w) => KvCache::windowed(n, w),
+                        None => KvCache::new(n),
+                    })
+                    .collect(),
+            );
         }
         &mut self.slots[slot]
     }
@@ -2006,9 +2046,7 @@ fn moe_row(
     }
     let rows: Vec<&[f32]> = glus.iter().map(|g| g.as_slice()).collect();
     Ok(Some(match downs {
-        Kind::Mx(d) if d.iter().all(|w| w.cols() == rows[0].len()) => {
-            mxfp4::matmul_each(&d, &rows)
-        }
+        Kind::Mx(d) if d.iter().all(|w| w.cols() == rows[0].len()) => mxfp4::matmul_each(&d, &rows),
         Kind::K(d) if d.iter().all(|w| w.cols() == rows[0].len()) => kq::matmul_each(&d, &rows),
         _ => return Ok(None),
     }))
@@ -2117,7 +2155,11 @@ fn swiglu_oai(g: &Tensor, u: &Tensor, bias: Option<&[Vec<f32>; 3]>) -> candle_co
     let n = *dims.last().unwrap_or(&1);
     let gv = g.flatten_all()?.to_vec1::<f32>()?;
     let uv = u.flatten_all()?.to_vec1::<f32>()?;
-    Tensor::from_vec(swiglu_oai_row(&gv, &uv, n, bias), dims.as_slice(), g.device())
+    Tensor::from_vec(
+        swiglu_oai_row(&gv, &uv, n, bias),
+        dims.as_slice(),
+        g.device(),
+    )
 }
 
 /// [`swiglu_oai`] on host rows of `n` values (the biases' length).
@@ -2132,11 +2174,16 @@ fn swiglu_oai_row(g: &[f32], u: &[f32], n: usize, bias: Option<&[Vec<f32>; 3]>) 
     };
     let mut out = Vec::with_capacity(g.len());
     for (gr, ur) in g.chunks(n).zip(u.chunks(n)) {
-        out.extend(gr.iter().zip(ur).zip(gb.iter().zip(ub)).map(|((&g, &u), (&gb, &ub))| {
-            let x = (g + gb).min(LIMIT);
-            let y = (u + ub).clamp(-LIMIT, LIMIT);
-            x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
-        }));
+        out.extend(
+            gr.iter()
+                .zip(ur)
+                .zip(gb.iter().zip(ub))
+                .map(|((&g, &u), (&gb, &ub))| {
+                    let x = (g + gb).min(LIMIT);
+                    let y = (u + ub).clamp(-LIMIT, LIMIT);
+                    x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
+                }),
+        );
     }
     out
 }
@@ -2593,6 +2640,16 @@ fn seq_attention(
     if let Some(cap) = cfg.attn_softcap {
         att = ((att / cap as f64)?.tanh()? * cap as f64)?;
     }
+    // A windowed cache's views start past position 0: the mask's columns of dropped
+    // positions (masked for every row of the chunk) go too.
+    let narrowed = match mask {
+        Some(m) if m.dim(1)? > kv_len => {
+            let cols = m.dim(1)?;
+            Some(m.narrow(1, cols - kv_len, kv_len)?.contiguous()?)
+        }
+        _ => None,
+    };
+    let mask = narrowed.as_ref().or(mask);
     let att = match mask {
         Some(m) => ops::add_mask(&att.reshape((1, nkv, n_rep, t, kv_len))?, m)?.reshape((
             1,
@@ -2620,6 +2677,12 @@ fn seq_attention(
         .transpose(1, 2)?
         .reshape((1, t, nh * hd))
 }
+
+/// The test-model generator (seeded GGUF files of every family), for the decoder's tests.
+#[cfg(test)]
+#[allow(dead_code, clippy::all)]
+#[path = "../../tests/support/synth.rs"]
+mod test_synth;
 
 #[cfg(test)]
 mod tests {
@@ -2687,6 +2750,68 @@ mod tests {
             path.display()
         );
         path
+    }
+
+    /// gpt-oss's sliding-window layers (window 8 in the tiny file) keep only what their window
+    /// sees: decoding far past the window (and the windowed caches' first slide at 256
+    /// positions) gives the logits a decoder keeping every position gives, bit for bit; a
+    /// prompt chunk after a slide (the mask cut to the held positions) matches to float
+    /// rounding; a cut the window cannot serve falls back to nothing; and the windowed slot
+    /// holds less.
+    #[test]
+    fn windowed_sliding_caches_decode_as_full_caches_past_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec =
+            test_synth::Spec::preset(&test_synth::GPT_OSS, "tiny", test_synth::Mix::Mxfp4Moe, 7)
+                .unwrap();
+        let plan = test_synth::Plan::new(spec).unwrap();
+        let path = dir.path().join("gpt-oss.gguf");
+        test_synth::write_file(&plan, &path, 1).unwrap();
+        let load = |full| {
+            let mut f = super::super::gguf::open(&path).unwrap();
+            let mut d = Decoder::load(&mut f, &Device::Cpu).unwrap();
+            d.full_swa_cache = full;
+            d
+        };
+        let (mut win, mut full) = (load(false), load(true));
+        let w = win.cfg.sliding_window.unwrap();
+        assert!((0..win.cfg.n_layer).any(|i| win.cfg.cache_window(i) == Some(w)));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let prompt = [5u32, 17, 99, 3];
+        let mut a = win.forward(&prompt, true).unwrap().unwrap();
+        let b = full.forward(&prompt, true).unwrap().unwrap();
+        assert_eq!(bits(&a), bits(&b));
+        for step in 0..300 {
+            let next = a
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map_or(0, |(i, _)| i as u32);
+            a = win.forward(&[next], true).unwrap().unwrap();
+            let b = full.forward(&[next], true).unwrap().unwrap();
+            assert_eq!(bits(&a), bits(&b), "step {step}");
+        }
+        assert!(win.slots[0].iter().any(|c| c.start() > 0), "no cache slid");
+        assert!(win.kv_bytes_allocated() < full.kv_bytes_allocated());
+        // A cut the window still serves keeps the positions.
+        let len = win.slot_len(0) - 1;
+        assert_eq!(win.truncate_slot(0, len), len);
+        assert_eq!(full.truncate_slot(0, len), len);
+        let chunk = [7u32, 8, 9, 10, 11, 12];
+        let a = win.forward(&chunk, true).unwrap().unwrap();
+        let b = full.forward(&chunk, true).unwrap().unwrap();
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "prompt chunk after a slide: logits differ by {worst}"
+        );
+        // Back to a point the windowed caches dropped: the slot starts over.
+        assert_eq!(win.truncate_slot(0, 10), 0);
+        assert_eq!(full.truncate_slot(0, 10), 10);
     }
 
     /// A sequence's logits are bit-identical alone and in a batch: the property that lets a
