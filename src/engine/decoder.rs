@@ -385,13 +385,14 @@ impl DecoderConfig {
         (self.is_swa(i) && !self.is_recurrent(i) && sliding_readers).then_some(w)
     }
 
-    /// f32 values of K and V one slot holds at `positions` positions: cache-owning layers
-    /// only, a windowed cache at most [`window_rows`] of them.
-    pub fn kv_floats(&self, positions: usize) -> usize {
+    /// f32 values of K and V one slot holds at `positions` positions, fed in prompt chunks of
+    /// at most `chunk`: cache-owning layers only, a windowed cache at most
+    /// [`window_rows`](super::kv_cache::window_rows) of them.
+    pub fn kv_floats(&self, positions: usize, chunk: usize) -> usize {
         (0..self.kv_layers.min(self.n_layer))
             .map(|i| {
                 let rows = match self.cache_window(i) {
-                    Some(w) => positions.min(window_rows(w)),
+                    Some(w) => positions.min(super::kv_cache::window_rows(w, chunk)),
                     None => positions,
                 };
                 2 * self.layer_kv_heads(i) * self.layer_head_dim(i) * rows
@@ -460,14 +461,6 @@ enum Qkv {
     /// A Granite hybrid's state-space layer: no attention; its mixer is this layer of the
     /// decoder's SSM stack (which holds its norm and output projection too).
     Recurrent(usize),
-}
-
-/// The most positions a windowed cache of `window` holds: the window and one prompt chunk
-/// (`scheduler::PREFILL_CHUNK`), or twice the window, or the cache's smallest allocation.
-pub fn window_rows(window: usize) -> usize {
-    (window - 1 + super::scheduler::PREFILL_CHUNK)
-        .max(2 * window)
-        .max(super::kv_cache::MIN_CAPACITY)
 }
 
 /// A layer's feed-forward block: one gated MLP, or a mixture of experts.

@@ -9,7 +9,17 @@
 use candle_core::{DType, Result, Tensor};
 
 /// Smallest allocation, in positions; avoids regrowing for short chats.
-pub const MIN_CAPACITY: usize = 256;
+const MIN_CAPACITY: usize = 256;
+
+/// The most positions a windowed cache of `window` holds when prompts come in chunks of at
+/// most `chunk`: the window and one chunk, or twice the window, or the smallest allocation.
+pub fn window_rows(window: usize, chunk: usize) -> usize {
+    // Saturating: the window comes from a file's header.
+    (window.max(1) - 1)
+        .saturating_add(chunk)
+        .max(window.saturating_mul(2))
+        .max(MIN_CAPACITY)
+}
 
 #[derive(Debug)]
 pub struct KvCache {
@@ -116,7 +126,7 @@ impl KvCache {
         // A windowed cache slides instead of doubling: room for twice its window, or what one
         // chunk needs beyond it.
         let grown = match self.window {
-            Some(w) => 2 * w,
+            Some(w) => w.saturating_mul(2),
             None => self.capacity * 2,
         };
         let new_cap = rows.max(grown).max(MIN_CAPACITY).min(limit);

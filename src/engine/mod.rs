@@ -69,9 +69,9 @@ use std::sync::{mpsc, Arc};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 pub use constraint::{Constraint, Grammar};
-pub use decoder::window_rows;
 pub use error::EngineError;
 pub use fake::FakeScript;
+pub use kv_cache::window_rows;
 pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS};
 pub use scheduler::{EngineStats, Priority, PREFILL_CHUNK};
 pub use types::{

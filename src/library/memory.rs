@@ -44,7 +44,8 @@ impl ModelShape {
         let Some(w) = self.windowed else {
             return self.kv_bytes_per_token.saturating_mul(ctx);
         };
-        let rows = crate::engine::window_rows(usize::try_from(w.window).unwrap_or(usize::MAX));
+        let window = usize::try_from(w.window).unwrap_or(usize::MAX / 4);
+        let rows = crate::engine::window_rows(window, crate::engine::PREFILL_CHUNK);
         let full = self.kv_bytes_per_token.saturating_sub(w.kv_bytes_per_token);
         full.saturating_mul(ctx).saturating_add(
             w.kv_bytes_per_token
@@ -317,7 +318,7 @@ mod tests {
                 kv_bytes_per_token: 12 * per_layer
             })
         );
-        let rows = crate::engine::window_rows(128) as u64;
+        let rows = crate::engine::window_rows(128, crate::engine::PREFILL_CHUNK) as u64;
         assert!(rows < 4096);
         assert_eq!(
             s.kv_bytes(4096),
