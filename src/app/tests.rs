@@ -540,6 +540,7 @@ mod hub_and_downloads {
                     context_length: Some(2048),
                     embedding_f32_bytes: 0,
                     state_bytes: 0,
+                    windowed: None,
                 })),
             }),
         );

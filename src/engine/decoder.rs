@@ -12,6 +12,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::decode_attn;
 use super::device::HOST;
 use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
@@ -421,11 +422,37 @@ impl DecoderConfig {
         }
     }
 
-    /// f32 values of K and V one position takes in one slot: cache-owning attention layers only.
+    /// f32 values of K and V one position takes in one slot: cache-owning attention layers,
+    /// every one counted in full (the unit recurrent state is counted in; see
+    /// `Decoder::slot_state_positions`).
     pub fn kv_floats_per_token(&self) -> usize {
         (0..self.kv_layers.min(self.n_layer))
             .filter(|&i| !self.is_recurrent(i))
             .map(|i| 2 * self.layer_kv_heads(i) * self.layer_head_dim(i))
+            .sum()
+    }
+
+    /// The window of cache `i` when it may keep only that many positions: a sliding-window
+    /// layer's cache that no full-attention layer reads (Gemma 4 shares caches by layer type).
+    pub fn cache_window(&self, i: usize) -> Option<usize> {
+        let w = self.sliding_window?;
+        let sliding_readers = (0..self.n_layer).all(|j| self.kv_source(j) != i || self.is_swa(j));
+        (self.is_swa(i) && !self.is_recurrent(i) && sliding_readers).then_some(w)
+    }
+
+    /// f32 values of K and V one slot holds at `positions` positions, fed in prompt chunks of
+    /// at most `chunk`: cache-owning attention layers only, a windowed cache at most
+    /// [`window_rows`](super::kv_cache::window_rows) of them.
+    pub fn kv_floats(&self, positions: usize, chunk: usize) -> usize {
+        (0..self.kv_layers.min(self.n_layer))
+            .filter(|&i| !self.is_recurrent(i))
+            .map(|i| {
+                let rows = match self.cache_window(i) {
+                    Some(w) => positions.min(super::kv_cache::window_rows(w, chunk)),
+                    None => positions,
+                };
+                2 * self.layer_kv_heads(i) * self.layer_head_dim(i) * rows
+            })
             .sum()
     }
 
@@ -701,6 +728,8 @@ pub struct Decoder {
     per_layer: Option<PerLayerInput>,
     /// KV slots: one cache per layer for each sequence the engine holds.
     slots: Vec<Vec<KvCache>>,
+    /// Sliding-window layers keep every position, as full layers do (tests compare the two).
+    full_swa_cache: bool,
     /// Mamba layers and their per-slot state, in place of `layers`.
     ssm: Option<ssm::SsmStack>,
     /// Where the weights, KV cache, RoPE tables and activations live.
@@ -1573,6 +1602,7 @@ impl Decoder {
             local_rope,
             per_layer,
             slots: Vec::new(),
+            full_swa_cache: false,
             ssm,
             device,
         })
@@ -1619,6 +1649,14 @@ impl Decoder {
             None => n,
         };
         if let Some(s) = self.slots.get_mut(slot) {
+            // A windowed cache may have dropped what a shorter prefix would need again. A
+            // hybrid's recurrent layers keep empty caches: they hold nothing to cut.
+            let n = s
+                .iter()
+                .filter(|c| c.len() > 0)
+                .map(|c| c.keepable(n))
+                .min()
+                .unwrap_or(n);
             for c in s {
                 c.truncate(n);
             }
@@ -1648,9 +1686,13 @@ impl Decoder {
 
     /// Positions slot `slot` can hold without growing (its allocated memory).
     pub fn slot_capacity(&self, slot: usize) -> usize {
-        // A hybrid's recurrent layers keep their (empty) caches: ask an attention layer's.
-        let first = (0..self.cfg.n_layer)
-            .find(|&i| !self.cfg.is_recurrent(i))
+        // A hybrid's recurrent layers keep their (empty) caches, windowed caches stop at
+        // their window: ask a full attention layer's, else a windowed one's.
+        let attends = |i: &usize| !self.cfg.is_recurrent(*i);
+        let first = (0..self.caches_per_slot())
+            .filter(attends)
+            .find(|&i| self.cfg.cache_window(i).is_none() || self.full_swa_cache)
+            .or_else(|| (0..self.cfg.n_layer).find(attends))
             .unwrap_or(0);
         self.slots
             .get(slot)
@@ -1761,8 +1803,16 @@ impl Decoder {
         while self.slots.len() <= slot {
             let n = self.cfg.context_length;
             let caches = self.caches_per_slot();
-            self.slots
-                .push((0..caches).map(|_| KvCache::new(n)).collect());
+            let cfg = &self.cfg;
+            let full = self.full_swa_cache;
+            self.slots.push(
+                (0..caches)
+                    .map(|i| match cfg.cache_window(i).filter(|_| !full) {
+                        Some(w) => KvCache::windowed(n, w),
+                        None => KvCache::new(n),
+                    })
+                    .collect(),
+            );
         }
         &mut self.slots[slot]
     }
@@ -2100,45 +2150,16 @@ fn moe_forward(
             chosen[i].push((r, w));
         }
     }
-    let flat = h.reshape((rows, hidden))?;
     let mut out = vec![0f32; rows * hidden];
-    // One row (decoding): every chosen expert reads the same input, so their gate and up
-    // projections run in one call on one quantization of it, instead of one call per expert.
     let picked: Vec<usize> = (0..n_exp).filter(|&e| !chosen[e].is_empty()).collect();
-    let mut shared: Vec<Option<(Tensor, Tensor)>> = vec![None; n_exp];
-    if rows == 1 && picked.len() > 1 {
-        let ws: Vec<&Linear> = picked
-            .iter()
-            .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
-            .collect();
-        let mut outs = linear_slice(&ws, h, false)?.into_iter();
-        for &e in &picked {
-            if let (Some(g), Some(u)) = (outs.next(), outs.next()) {
-                shared[e] = Some((g, u));
-            }
-        }
-    }
-    // Each picked expert's gated unit over the rows that chose it.
-    let mut glus = Vec::with_capacity(picked.len());
-    for &e in &picked {
-        let ex = &moe.experts[e];
-        let [g, u] = match shared[e].take() {
-            Some((g, u)) => [g, u],
-            None => {
-                let idx: Vec<u32> = chosen[e].iter().map(|&(r, _)| r as u32).collect();
-                let idx = Tensor::new(idx.as_slice(), h.device())?;
-                let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
-                linear_many([&ex.gate, &ex.up], &x, false)?
-            }
-        };
-        glus.push(if moe.oai {
-            swiglu_oai(&g, &u, ex.bias.as_ref())?
-        } else {
-            (act(&g)? * u)?
-        });
-    }
-    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
-    let ys = down_projections(&downs, &glus, rows == 1)?;
+    let ys = match rows {
+        1 => moe_row(moe, &picked, h, act)?,
+        _ => None,
+    };
+    let ys = match ys {
+        Some(ys) => ys,
+        None => expert_outputs(moe, &picked, &chosen, h, act)?,
+    };
     for ((&e, mut y), picks) in picked
         .iter()
         .zip(ys)
@@ -2160,6 +2181,124 @@ fn moe_forward(
         }
     }
     Tensor::from_vec(out, (1, rows, hidden), h.device())
+}
+
+/// One row (decoding) through its chosen experts on host vectors, when they all run on one
+/// own kernel type: the gate and up projections in one call on one quantization of the row,
+/// the down projections in one parallel region. Bit-identical to [`expert_outputs`] (the same
+/// kernels on the same values, without the tensors around them); `None` for other experts.
+fn moe_row(
+    moe: &Moe,
+    picked: &[usize],
+    h: &Tensor,
+    act: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+    let gu: Vec<&Linear> = picked
+        .iter()
+        .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
+        .collect();
+    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
+    fn mx<'a>(ws: &[&'a Linear]) -> Option<Vec<&'a MxMatrix>> {
+        ws.iter()
+            .map(|w| match w {
+                Linear::Mx(m) => Some(&**m),
+                _ => None,
+            })
+            .collect()
+    }
+    fn kq<'a>(ws: &[&'a Linear]) -> Option<Vec<&'a KMatrix>> {
+        ws.iter()
+            .map(|w| match w {
+                Linear::K(m) => Some(&**m),
+                _ => None,
+            })
+            .collect()
+    }
+    let x = h.flatten_all()?.to_vec1::<f32>()?;
+    let gate_up = if let (Some(g), Some(d)) = (mx(&gu), mx(&downs)) {
+        if g.iter().any(|w| w.cols() != x.len()) {
+            return Ok(None);
+        }
+        (mxfp4::matmul(&g, &x, 1), Kind::Mx(d))
+    } else if let (Some(g), Some(d)) = (kq(&gu), kq(&downs)) {
+        if g.iter().any(|w| w.cols() != x.len()) {
+            return Ok(None);
+        }
+        (kq::matmul(&g, &x, 1), Kind::K(d))
+    } else {
+        return Ok(None);
+    };
+    enum Kind<'a> {
+        Mx(Vec<&'a MxMatrix>),
+        K(Vec<&'a KMatrix>),
+    }
+    let (outs, downs) = gate_up;
+    let mut glus = Vec::with_capacity(picked.len());
+    for (&e, pair) in picked.iter().zip(outs.chunks_exact(2)) {
+        let (g, u) = (&pair[0], &pair[1]);
+        glus.push(if moe.oai {
+            swiglu_oai_row(g, u, g.len(), moe.experts[e].bias.as_ref())
+        } else {
+            let t = |v: &Vec<f32>| Tensor::from_slice(v, (1, 1, v.len()), h.device());
+            (act(&t(g)?)? * t(u)?)?.flatten_all()?.to_vec1::<f32>()?
+        });
+    }
+    let rows: Vec<&[f32]> = glus.iter().map(|g| g.as_slice()).collect();
+    Ok(Some(match downs {
+        Kind::Mx(d) if d.iter().all(|w| w.cols() == rows[0].len()) => mxfp4::matmul_each(&d, &rows),
+        Kind::K(d) if d.iter().all(|w| w.cols() == rows[0].len()) => kq::matmul_each(&d, &rows),
+        _ => return Ok(None),
+    }))
+}
+
+/// Every picked expert's down-projected output over the rows that chose it (`chosen[e]`'s
+/// order), each `rows × hidden` row-major.
+fn expert_outputs(
+    moe: &Moe,
+    picked: &[usize],
+    chosen: &[Vec<(usize, f32)>],
+    h: &Tensor,
+    act: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (_, rows, hidden) = h.dims3()?;
+    let n_exp = moe.experts.len();
+    let flat = h.reshape((rows, hidden))?;
+    // One row: every chosen expert reads the same input, so their gate and up projections run
+    // in one call on one quantization of it, instead of one call per expert.
+    let mut shared: Vec<Option<(Tensor, Tensor)>> = vec![None; n_exp];
+    if rows == 1 && picked.len() > 1 {
+        let ws: Vec<&Linear> = picked
+            .iter()
+            .flat_map(|&e| [&moe.experts[e].gate, &moe.experts[e].up])
+            .collect();
+        let mut outs = linear_slice(&ws, h, false)?.into_iter();
+        for &e in picked {
+            if let (Some(g), Some(u)) = (outs.next(), outs.next()) {
+                shared[e] = Some((g, u));
+            }
+        }
+    }
+    // Each picked expert's gated unit over the rows that chose it.
+    let mut glus = Vec::with_capacity(picked.len());
+    for &e in picked {
+        let ex = &moe.experts[e];
+        let [g, u] = match shared[e].take() {
+            Some((g, u)) => [g, u],
+            None => {
+                let idx: Vec<u32> = chosen[e].iter().map(|&(r, _)| r as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), h.device())?;
+                let x = flat.index_select(&idx, 0)?.unsqueeze(0)?;
+                linear_many([&ex.gate, &ex.up], &x, false)?
+            }
+        };
+        glus.push(if moe.oai {
+            swiglu_oai(&g, &u, ex.bias.as_ref())?
+        } else {
+            (act(&g)? * u)?
+        });
+    }
+    let downs: Vec<&Linear> = picked.iter().map(|&e| &moe.experts[e].down).collect();
+    down_projections(&downs, &glus, rows == 1)
 }
 
 /// The experts' down projections, each on its own input. Decoding one row, matrices of one own
@@ -2211,29 +2350,41 @@ fn down_projections(
 /// projections `g` and `u` plus their biases: `x · σ(α·x) · (y + 1)` with `x = min(g, 7)` and
 /// `y = clamp(u, −7, 7)`.
 fn swiglu_oai(g: &Tensor, u: &Tensor, bias: Option<&[Vec<f32>; 3]>) -> candle_core::Result<Tensor> {
-    const ALPHA: f32 = 1.702;
-    const LIMIT: f32 = 7.0;
     let dims = g.dims().to_vec();
     let n = *dims.last().unwrap_or(&1);
     let gv = g.flatten_all()?.to_vec1::<f32>()?;
     let uv = u.flatten_all()?.to_vec1::<f32>()?;
+    Tensor::from_vec(
+        swiglu_oai_row(&gv, &uv, n, bias),
+        dims.as_slice(),
+        g.device(),
+    )
+}
+
+/// [`swiglu_oai`] on host rows of `n` values (the biases' length).
+fn swiglu_oai_row(g: &[f32], u: &[f32], n: usize, bias: Option<&[Vec<f32>; 3]>) -> Vec<f32> {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    let n = n.max(1);
     let zero = vec![0f32; n];
     let (gb, ub) = match bias {
         Some([gb, ub, _]) => (gb.as_slice(), ub.as_slice()),
         None => (zero.as_slice(), zero.as_slice()),
     };
-    let out: Vec<f32> = gv
-        .chunks_exact(n)
-        .zip(uv.chunks_exact(n))
-        .flat_map(|(gr, ur)| {
-            (0..n).map(move |j| {
-                let x = (gr[j] + gb[j]).min(LIMIT);
-                let y = (ur[j] + ub[j]).clamp(-LIMIT, LIMIT);
-                x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
-            })
-        })
-        .collect();
-    Tensor::from_vec(out, dims.as_slice(), g.device())
+    let mut out = Vec::with_capacity(g.len());
+    for (gr, ur) in g.chunks(n).zip(u.chunks(n)) {
+        out.extend(
+            gr.iter()
+                .zip(ur)
+                .zip(gb.iter().zip(ub))
+                .map(|((&g, &u), (&gb, &ub))| {
+                    let x = (g + gb).min(LIMIT);
+                    let y = (u + ub).clamp(-LIMIT, LIMIT);
+                    x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0)
+                }),
+        );
+    }
+    out
 }
 
 /// Prompt chunks with at least this many rows use a dense f32 GEMM on weights dequantized for
@@ -2681,16 +2832,45 @@ fn seq_attention(
         None => cache.view()?,
     };
     let kv_len = k_all.dim(2)?;
+    let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
+    if t == 1 {
+        let sinks = match &layer.sinks {
+            Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let shape = decode_attn::Shape {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            scale: scale as f32,
+            softcap: cfg.attn_softcap,
+            // The row's mask, as `seq_part` builds it: the window on local layers only.
+            window: cfg.sliding_window.filter(|_| layer.sliding),
+            sinks: sinks.as_deref(),
+        };
+        if let Some(y) = decode_attn::attend(&q, &k_all, &v_all, &shape) {
+            return y;
+        }
+    }
 
     // Grouped-query attention without repeating K/V: query heads sharing a KV head are
     // stacked along the row axis, (1, nkv, n_rep * t, hd).
     let n_rep = nh / nkv;
     let q = q.reshape((1, nkv, n_rep * t, hd))?;
-    let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
     let mut att = (q.matmul(&k_all.t()?)? * scale)?;
     if let Some(cap) = cfg.attn_softcap {
         att = ((att / cap as f64)?.tanh()? * cap as f64)?;
     }
+    // A windowed cache's views start past position 0: the mask's columns of dropped
+    // positions (masked for every row of the chunk) go too.
+    let narrowed = match mask {
+        Some(m) if m.dim(1)? > kv_len => {
+            let cols = m.dim(1)?;
+            Some(m.narrow(1, cols - kv_len, kv_len)?.contiguous()?)
+        }
+        _ => None,
+    };
+    let mask = narrowed.as_ref().or(mask);
     let att = match mask {
         Some(m) => ops::add_mask(&att.reshape((1, nkv, n_rep, t, kv_len))?, m)?.reshape((
             1,
@@ -2718,6 +2898,12 @@ fn seq_attention(
         .transpose(1, 2)?
         .reshape((1, t, nh * hd))
 }
+
+/// The test-model generator (seeded GGUF files of every family), for the decoder's tests.
+#[cfg(test)]
+#[allow(dead_code, clippy::all)]
+#[path = "../../tests/support/synth.rs"]
+mod test_synth;
 
 #[cfg(test)]
 mod tests {
@@ -2798,6 +2984,68 @@ mod tests {
             path.display()
         );
         path
+    }
+
+    /// gpt-oss's sliding-window layers (window 8 in the tiny file) keep only what their window
+    /// sees: decoding far past the window (and the windowed caches' first slide at 256
+    /// positions) gives the logits a decoder keeping every position gives, bit for bit; a
+    /// prompt chunk after a slide (the mask cut to the held positions) matches to float
+    /// rounding; a cut the window cannot serve falls back to nothing; and the windowed slot
+    /// holds less.
+    #[test]
+    fn windowed_sliding_caches_decode_as_full_caches_past_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec =
+            test_synth::Spec::preset(&test_synth::GPT_OSS, "tiny", test_synth::Mix::Mxfp4Moe, 7)
+                .unwrap();
+        let plan = test_synth::Plan::new(spec).unwrap();
+        let path = dir.path().join("gpt-oss.gguf");
+        test_synth::write_file(&plan, &path, 1).unwrap();
+        let load = |full| {
+            let mut f = super::super::gguf::open(&path).unwrap();
+            let mut d = Decoder::load(&mut f, &Device::Cpu).unwrap();
+            d.full_swa_cache = full;
+            d
+        };
+        let (mut win, mut full) = (load(false), load(true));
+        let w = win.cfg.sliding_window.unwrap();
+        assert!((0..win.cfg.n_layer).any(|i| win.cfg.cache_window(i) == Some(w)));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let prompt = [5u32, 17, 99, 3];
+        let mut a = win.forward(&prompt, true).unwrap().unwrap();
+        let b = full.forward(&prompt, true).unwrap().unwrap();
+        assert_eq!(bits(&a), bits(&b));
+        for step in 0..300 {
+            let next = a
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map_or(0, |(i, _)| i as u32);
+            a = win.forward(&[next], true).unwrap().unwrap();
+            let b = full.forward(&[next], true).unwrap().unwrap();
+            assert_eq!(bits(&a), bits(&b), "step {step}");
+        }
+        assert!(win.slots[0].iter().any(|c| c.start() > 0), "no cache slid");
+        assert!(win.kv_bytes_allocated() < full.kv_bytes_allocated());
+        // A cut the window still serves keeps the positions.
+        let len = win.slot_len(0) - 1;
+        assert_eq!(win.truncate_slot(0, len), len);
+        assert_eq!(full.truncate_slot(0, len), len);
+        let chunk = [7u32, 8, 9, 10, 11, 12];
+        let a = win.forward(&chunk, true).unwrap().unwrap();
+        let b = full.forward(&chunk, true).unwrap().unwrap();
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "prompt chunk after a slide: logits differ by {worst}"
+        );
+        // Back to a point the windowed caches dropped: the slot starts over.
+        assert_eq!(win.truncate_slot(0, 10), 0);
+        assert_eq!(full.truncate_slot(0, 10), 10);
     }
 
     /// A sequence's logits are bit-identical alone and in a batch: the property that lets a

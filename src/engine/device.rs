@@ -194,16 +194,17 @@ const FIT_CONTEXT: u64 = 4096;
 
 /// Refuses a model whose weights and a 4096-position KV cache exceed the GPU's free memory,
 /// before any weight is read. `weights` are the bytes that go to the device.
+/// `kv_bytes(positions)` is one sequence's KV cache at that many positions.
 pub fn check_fits(
     device: &Device,
     weights: u64,
-    kv_bytes_per_token: u64,
+    kv_bytes: impl Fn(u64) -> u64,
     context: u64,
 ) -> Result<(), EngineError> {
     let Some((free, total)) = gpu_memory(device) else {
         return Ok(());
     };
-    let kv = kv_bytes_per_token * context.min(FIT_CONTEXT);
+    let kv = kv_bytes(context.min(FIT_CONTEXT));
     let need = weights + kv;
     if need > free {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

@@ -1,18 +1,38 @@
 //! Per-layer key/value cache: one buffer per tensor, grown by doubling up to the context length,
 //! written in place with `slice_set` and truncatable to any prefix (for prompt-prefix reuse).
+//!
+//! A sliding-window layer's cache keeps only what its window can still see: when its buffer is
+//! full, the positions no later query attends to are dropped and the rest moved to the front,
+//! so it stays near twice the window (or the window plus a prompt chunk) whatever the context.
+//! Its views then start at [`KvCache::start`], not at position 0.
 
 use candle_core::{DType, Result, Tensor};
 
 /// Smallest allocation, in positions; avoids regrowing for short chats.
 const MIN_CAPACITY: usize = 256;
 
+/// The most positions a windowed cache of `window` holds when prompts come in chunks of at
+/// most `chunk`: the window and one chunk, or twice the window, or the smallest allocation.
+pub fn window_rows(window: usize, chunk: usize) -> usize {
+    // Saturating: the window comes from a file's header.
+    (window.max(1) - 1)
+        .saturating_add(chunk)
+        .max(window.saturating_mul(2))
+        .max(MIN_CAPACITY)
+}
+
 #[derive(Debug)]
 pub struct KvCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    /// Positions seen: the next one appended is position `len`.
     len: usize,
+    /// The first position the buffers hold (row 0); above 0 only with a window.
+    start: usize,
     capacity: usize,
     max: usize,
+    /// A sliding-window layer's window: a query at position `p` sees `p + 1 - window..=p`.
+    window: Option<usize>,
 }
 
 impl KvCache {
@@ -22,18 +42,52 @@ impl KvCache {
             k: None,
             v: None,
             len: 0,
+            start: 0,
             capacity: 0,
             max,
+            window: None,
         }
     }
 
+    /// An empty cache of a sliding-window layer: it holds only the positions a query within
+    /// `window` of the newest can see.
+    pub fn windowed(max: usize, window: usize) -> Self {
+        Self {
+            window: Some(window.max(1)),
+            ..Self::new(max)
+        }
+    }
+
+    /// Positions seen (held or dropped by the window).
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Forgets every position from `n` on; the memory is kept for reuse.
+    /// The first position the views hold.
+    #[cfg(test)]
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// The longest prefix of the first `n` positions this cache can be cut back to and still
+    /// serve the next query: all `n`, unless the window already dropped positions that the
+    /// query at `n` would see (then nothing).
+    pub fn keepable(&self, n: usize) -> usize {
+        let n = n.min(self.len);
+        match self.window {
+            Some(w) if self.start > 0 && (n + 1).saturating_sub(w) < self.start => 0,
+            _ => n,
+        }
+    }
+
+    /// Forgets every position from `n` on; the memory is kept for reuse. `n` should be
+    /// [`KvCache::keepable`]: a cut the window cannot serve forgets everything.
     pub fn truncate(&mut self, n: usize) {
+        let n = self.keepable(n);
         self.len = self.len.min(n);
+        if self.len == 0 {
+            self.start = 0;
+        }
     }
 
     /// Forgets every position and frees the buffers.
@@ -41,6 +95,7 @@ impl KvCache {
         self.k = None;
         self.v = None;
         self.len = 0;
+        self.start = 0;
         self.capacity = 0;
     }
 
@@ -64,19 +119,22 @@ impl KvCache {
         self.capacity
     }
 
-    fn grow(&mut self, need: usize, like: &Tensor) -> Result<()> {
-        if need > self.max {
-            candle_core::bail!(
-                "KV cache overflow: {need} positions requested, context is {}",
-                self.max
-            );
-        }
-        let new_cap = need.max(self.capacity * 2).max(MIN_CAPACITY).min(self.max);
+    /// Makes room for `rows` buffer rows (positions from `start`).
+    fn grow(&mut self, rows: usize, like: &Tensor) -> Result<()> {
+        let held = self.len - self.start;
+        let limit = self.max - self.start;
+        // A windowed cache slides instead of doubling: room for twice its window, or what one
+        // chunk needs beyond it.
+        let grown = match self.window {
+            Some(w) => w.saturating_mul(2),
+            None => self.capacity * 2,
+        };
+        let new_cap = rows.max(grown).max(MIN_CAPACITY).min(limit);
         let (b, h, _, d) = like.dims4()?;
         let alloc = |old: &Option<Tensor>| -> Result<Tensor> {
             let t = Tensor::zeros((b, h, new_cap, d), DType::F32, like.device())?;
-            if let (Some(old), true) = (old, self.len > 0) {
-                t.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            if let (Some(old), true) = (old, held > 0) {
+                t.slice_set(&old.narrow(2, 0, held)?.contiguous()?, 2, 0)?;
             }
             Ok(t)
         };
@@ -88,33 +146,62 @@ impl KvCache {
         Ok(())
     }
 
-    /// Views of every position held, (1, kv_heads, len, head_dim), for a layer that reads this
-    /// cache without writing to it (Gemma 4's shared-KV layers).
-    pub fn view(&self) -> Result<(Tensor, Tensor)> {
-        match (&self.k, &self.v) {
-            (Some(k), Some(v)) if self.len > 0 => {
-                Ok((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?))
+    /// Before `seq` new positions: drops, from a windowed cache whose buffer they would
+    /// overflow, the positions none of their queries sees, moving the rest to row 0.
+    fn slide(&mut self, seq: usize) -> Result<()> {
+        let Some(w) = self.window else {
+            return Ok(());
+        };
+        // The first new query, at position `len`, sees `len + 1 - w` on.
+        let keep_from = (self.len + 1).saturating_sub(w).max(self.start);
+        if self.len + seq - self.start <= self.capacity || keep_from == self.start {
+            return Ok(());
+        }
+        let (from, kept) = (keep_from - self.start, self.len - keep_from);
+        for t in [&self.k, &self.v].into_iter().flatten() {
+            if kept > 0 {
+                t.slice_set(&t.narrow(2, from, kept)?.force_contiguous()?, 2, 0)?;
             }
+        }
+        self.start = keep_from;
+        Ok(())
+    }
+
+    /// Views of every position held, (1, kv_heads, len − start, head_dim), for a layer that
+    /// reads this cache without writing to it (Gemma 4's shared-KV layers).
+    pub fn view(&self) -> Result<(Tensor, Tensor)> {
+        let held = self.len - self.start;
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) if held > 0 => Ok((k.narrow(2, 0, held)?, v.narrow(2, 0, held)?)),
             _ => candle_core::bail!("a shared KV cache was read before its layer wrote it"),
         }
     }
 
-    /// Appends `k`, `v` of shape (1, kv_heads, seq, head_dim) and returns views of the whole
-    /// cache (1, kv_heads, len, head_dim).
+    /// Appends `k`, `v` of shape (1, kv_heads, seq, head_dim) and returns views of the
+    /// positions held, `start..len` (1, kv_heads, len − start, head_dim).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let seq = k.dim(2)?;
         let need = self.len + seq;
-        if need > self.capacity {
-            self.grow(need, k)?;
+        if need > self.max {
+            candle_core::bail!(
+                "KV cache overflow: {need} positions requested, context is {}",
+                self.max
+            );
+        }
+        self.slide(seq)?;
+        let rows = need - self.start;
+        if rows > self.capacity {
+            self.grow(rows, k)?;
         }
         let (kc, vc) = match (&self.k, &self.v) {
             (Some(k), Some(v)) => (k, v),
             _ => candle_core::bail!("KV cache buffers missing after allocation"),
         };
-        kc.slice_set(&k.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        let at = self.len - self.start;
+        kc.slice_set(&k.contiguous()?, 2, at)?;
+        vc.slice_set(&v.contiguous()?, 2, at)?;
         self.len = need;
-        Ok((kc.narrow(2, 0, self.len)?, vc.narrow(2, 0, self.len)?))
+        Ok((kc.narrow(2, 0, rows)?, vc.narrow(2, 0, rows)?))
     }
 }
 
@@ -146,6 +233,67 @@ mod tests {
         assert_eq!(k[9], 9.0);
         assert_eq!(k[10], 7.0);
         assert_eq!(v[10], 8.0);
+    }
+
+    /// A windowed cache's views end with the same positions a full cache's do, and its
+    /// buffer stops growing at twice the window (or the smallest allocation).
+    #[test]
+    fn a_windowed_cache_keeps_the_window_s_positions() {
+        let w = 8;
+        let (mut win, mut full) = (KvCache::windowed(1000, w), KvCache::new(1000));
+        let mut p = 0;
+        // Single positions, then chunks that straddle a slide.
+        for seq in std::iter::repeat_n(1, 300).chain([5, 9, 3, 40, 1, 1]) {
+            let vals: Vec<f32> = (p..p + seq).map(|i| i as f32).collect();
+            let (kw, vw) = win.append(&t(&vals, seq), &t(&vals, seq)).unwrap();
+            let (kf, _) = full.append(&t(&vals, seq), &t(&vals, seq)).unwrap();
+            p += seq;
+            let kw: Vec<f32> = kw.flatten_all().unwrap().to_vec1().unwrap();
+            let vw: Vec<f32> = vw.flatten_all().unwrap().to_vec1().unwrap();
+            let kf: Vec<f32> = kf.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(win.len(), p);
+            assert_eq!(kw.len(), p - win.start());
+            // Every position the chunk's first query sees is held, in order.
+            assert!(win.start() + w <= p - seq + 1 || win.start() == 0);
+            assert_eq!(kw, kf[win.start()..]);
+            assert_eq!(vw, kw);
+            assert!(
+                win.capacity() <= MIN_CAPACITY.max(w - 1 + 40),
+                "{}",
+                win.capacity()
+            );
+        }
+        assert!(win.start() > 0);
+        assert!(win.bytes() < full.bytes());
+    }
+
+    #[test]
+    fn a_windowed_cache_cuts_back_only_where_its_window_can_serve() {
+        let w = 8;
+        let mut c = KvCache::windowed(1000, w);
+        for i in 0..300 {
+            c.append(&t(&[i as f32], 1), &t(&[i as f32], 1)).unwrap();
+        }
+        let start = c.start();
+        assert!(start > 0);
+        // The query at `n` sees `n + 1 - w..n`: held from `start + w - 1` on.
+        assert_eq!(c.keepable(299), 299);
+        assert_eq!(c.keepable(start + w - 1), start + w - 1);
+        assert_eq!(c.keepable(start + w - 2), 0);
+        assert_eq!(c.keepable(5000), 300);
+        c.truncate(start + w);
+        assert_eq!(c.len(), start + w);
+        let (k, _) = c.append(&t(&[-1.0], 1), &t(&[-1.0], 1)).unwrap();
+        let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(k.last(), Some(&-1.0));
+        assert_eq!(k[k.len() - 2], (start + w - 1) as f32);
+        c.truncate(3);
+        assert_eq!((c.len(), c.start()), (0, 0));
+        // A full cache cuts anywhere.
+        let mut f = KvCache::new(1000);
+        f.append(&t(&[0.0; 300], 300), &t(&[0.0; 300], 300))
+            .unwrap();
+        assert_eq!(f.keepable(3), 3);
     }
 
     #[test]

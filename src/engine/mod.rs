@@ -35,6 +35,7 @@
 
 pub mod bench;
 pub mod constraint;
+mod decode_attn;
 mod decoder;
 pub mod device;
 mod embed;
@@ -70,6 +71,7 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 pub use constraint::{Constraint, Grammar};
 pub use error::EngineError;
 pub use fake::FakeScript;
+pub use kv_cache::window_rows;
 pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS};
 pub use scheduler::{EngineStats, Priority, PREFILL_CHUNK};
 pub use types::{

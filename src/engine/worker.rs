@@ -187,7 +187,8 @@ pub(crate) fn load_gguf(
                 (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
             })
             .sum();
-        let kv = (cfg.kv_floats_per_token() * 4) as u64;
+        // Sliding-window layers hold at most their window's rows.
+        let kv = |n: u64| (cfg.kv_floats(n as usize, super::scheduler::PREFILL_CHUNK) * 4) as u64;
         super::device::check_fits(device, weights, kv, cfg.context_length as u64)?;
     }
     let mut dec = Decoder::load(&mut f, device)?;

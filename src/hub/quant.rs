@@ -729,6 +729,7 @@ mod tests {
             context_length: Some(2048),
             embedding_f32_bytes: 0,
             state_bytes: 0,
+            windowed: None,
         };
         let (with_kv, ctx) = gguf_need(2 * gb, Some(Quant::Q4_K_M), Some(shape));
         assert_eq!(ctx, Some(2048));

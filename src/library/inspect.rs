@@ -559,6 +559,7 @@ fn inspect_folder(
             // The engine looks tokens up in the stored embedding; no extra copy.
             embedding_f32_bytes: 0,
             state_bytes: 0,
+            windowed: None,
         }),
         _ => None,
     };

@@ -26,6 +26,32 @@ pub struct ModelShape {
     pub embedding_f32_bytes: u64,
     /// Recurrent layers (Mamba): the state one sequence carries in place of a KV cache, f32.
     pub state_bytes: u64,
+    /// Sliding-window layers (Gemma 2/3, gpt-oss), whose caches keep only their window.
+    pub windowed: Option<Windowed>,
+}
+
+/// The sliding-window layers' share of [`ModelShape::kv_bytes_per_token`]: their caches stop
+/// growing at [`crate::engine::window_rows`] of `window` positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windowed {
+    pub window: u64,
+    pub kv_bytes_per_token: u64,
+}
+
+impl ModelShape {
+    /// KV-cache bytes of one sequence at `ctx` positions.
+    pub fn kv_bytes(&self, ctx: u64) -> u64 {
+        let Some(w) = self.windowed else {
+            return self.kv_bytes_per_token.saturating_mul(ctx);
+        };
+        let window = usize::try_from(w.window).unwrap_or(usize::MAX / 4);
+        let rows = crate::engine::window_rows(window, crate::engine::PREFILL_CHUNK);
+        let full = self.kv_bytes_per_token.saturating_sub(w.kv_bytes_per_token);
+        full.saturating_mul(ctx).saturating_add(
+            w.kv_bytes_per_token
+                .saturating_mul(ctx.min(u64::try_from(rows).unwrap_or(u64::MAX))),
+        )
+    }
 }
 
 /// Copies of a sequence's recurrent state the engine holds: the live one and two checkpoints
@@ -162,6 +188,7 @@ impl ModelShape {
             0
         };
         let width = key("embedding_length");
+        let mut windowed = None;
         let kv_bytes_per_token = if attention > 0 {
             let heads = key("attention.head_count");
             // Only a hybrid's per-layer list is read here (Gemma 4's counts its heads).
@@ -173,7 +200,13 @@ impl ModelShape {
             .or(heads)?;
             let head_dim = key("attention.key_length").or_else(|| width?.checked_div(heads?))?;
             // candle's quantized models compute in f32, so their KV cache holds f32 values.
-            kv_per_token(attention, kv_heads, head_dim, 4)
+            let all = kv_per_token(attention, kv_heads, head_dim, 4);
+            let swa = sliding_layers(arch, layers, key).filter(|_| recurrent == 0);
+            windowed = swa.map(|(window, n)| Windowed {
+                window,
+                kv_bytes_per_token: kv_per_token(n, kv_heads, head_dim, 4),
+            });
+            all
         } else {
             0
         };
@@ -182,8 +215,29 @@ impl ModelShape {
             context_length: key("context_length"),
             embedding_f32_bytes: vocab.saturating_mul(width.unwrap_or(0)).saturating_mul(4),
             state_bytes,
+            windowed,
         })
     }
+}
+
+/// A file's sliding-window layers as (window, count), as the engine places them: every layer
+/// but each `pattern`-th (gpt-oss and Gemma 2: every other, Gemma 3: five of six). Gemma 4's
+/// per-layer list (and its layers of two widths) is not read: counted as full layers, the
+/// estimate errs high.
+fn sliding_layers(
+    arch: &str,
+    layers: u64,
+    key: impl Fn(&str) -> Option<u64>,
+) -> Option<(u64, u64)> {
+    let (pattern_key, default) = match arch {
+        "gpt-oss" => ("attention.sliding_window_pattern", 2),
+        "gemma2" => ("attention.sliding_window_type", 2),
+        "gemma3" => ("attention.sliding_window_type", 6),
+        _ => return None,
+    };
+    let window = key("attention.sliding_window").filter(|&w| w > 0)?;
+    let pattern = key(pattern_key).unwrap_or(default).max(1);
+    Some((window, layers - layers / pattern))
 }
 
 /// 2 (K and V) × layers × kv heads × head dim × bytes per value, saturating (untrusted headers).
@@ -231,8 +285,7 @@ pub fn estimate(facts: &MemoryFacts, kind: ModelKind, context: u64) -> u64 {
             let ctx = s.context_length.map_or(context, |c| c.min(context));
             let kv = match kind {
                 ModelKind::Generate => s
-                    .kv_bytes_per_token
-                    .saturating_mul(ctx)
+                    .kv_bytes(ctx)
                     .saturating_add(s.state_bytes.saturating_mul(STATES_PER_SEQUENCE)),
                 ModelKind::Embedding => 0,
             };
@@ -258,6 +311,54 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
+    }
+
+    /// gpt-oss-20b: every other layer of 24 slides over 128 positions, so at 4096 positions
+    /// half the layers hold 4096 and the other half only their window's rows.
+    #[test]
+    fn sliding_window_layers_count_only_their_window() {
+        let m = meta(&[
+            ("general.architecture", MetaValue::Str("gpt-oss".into())),
+            ("gpt-oss.block_count", MetaValue::Int(24)),
+            ("gpt-oss.attention.head_count", MetaValue::Int(64)),
+            ("gpt-oss.attention.head_count_kv", MetaValue::Int(8)),
+            ("gpt-oss.attention.key_length", MetaValue::Int(64)),
+            ("gpt-oss.embedding_length", MetaValue::Int(2880)),
+            ("gpt-oss.context_length", MetaValue::Int(131072)),
+            ("gpt-oss.attention.sliding_window", MetaValue::Int(128)),
+        ]);
+        let s = ModelShape::from_metadata(&m).unwrap();
+        let per_layer = 2 * 8 * 64 * 4;
+        assert_eq!(s.kv_bytes_per_token, 24 * per_layer);
+        assert_eq!(
+            s.windowed,
+            Some(Windowed {
+                window: 128,
+                kv_bytes_per_token: 12 * per_layer
+            })
+        );
+        let rows = crate::engine::window_rows(128, crate::engine::PREFILL_CHUNK) as u64;
+        assert!(rows < 4096);
+        assert_eq!(
+            s.kv_bytes(4096),
+            12 * per_layer * 4096 + 12 * per_layer * rows
+        );
+        // Below the window's rows every layer holds every position.
+        assert_eq!(s.kv_bytes(100), 24 * per_layer * 100);
+        // Gemma 3: five of six layers slide; llama has no window.
+        let g3 = meta(&[
+            ("general.architecture", MetaValue::Str("gemma3".into())),
+            ("gemma3.block_count", MetaValue::Int(26)),
+            ("gemma3.attention.head_count", MetaValue::Int(4)),
+            ("gemma3.attention.head_count_kv", MetaValue::Int(1)),
+            ("gemma3.attention.key_length", MetaValue::Int(256)),
+            ("gemma3.attention.sliding_window", MetaValue::Int(512)),
+        ]);
+        let s = ModelShape::from_metadata(&g3).unwrap();
+        assert_eq!(
+            s.windowed.map(|w| w.kv_bytes_per_token),
+            Some(22 * 2 * 256 * 4)
+        );
     }
 
     #[test]
@@ -398,6 +499,7 @@ mod tests {
             context_length: Some(2048),
             embedding_f32_bytes: 5000,
             state_bytes: 0,
+            windowed: None,
         };
         let q4 = MemoryFacts::new(100_000, Some("Q4_K_M"), Some(shape));
         let ctx = context_for(shape.context_length);
