@@ -73,7 +73,10 @@ impl KvCache {
     /// serve the next query: all `n`, unless the window already dropped positions that the
     /// query at `n` would see (then nothing).
     pub fn keepable(&self, n: usize) -> usize {
-        let n = n.min(self.len);
+        // Nothing to cut (a hybrid's recurrent layers keep empty caches).
+        if n >= self.len {
+            return n;
+        }
         match self.window {
             Some(w) if self.start > 0 && (n + 1).saturating_sub(w) < self.start => 0,
             _ => n,
@@ -280,7 +283,9 @@ mod tests {
         assert_eq!(c.keepable(299), 299);
         assert_eq!(c.keepable(start + w - 1), start + w - 1);
         assert_eq!(c.keepable(start + w - 2), 0);
-        assert_eq!(c.keepable(5000), 300);
+        assert_eq!(c.keepable(5000), 5000);
+        // An empty cache never holds a cut back.
+        assert_eq!(KvCache::windowed(1000, w).keepable(40), 40);
         c.truncate(start + w);
         assert_eq!(c.len(), start + w);
         let (k, _) = c.append(&t(&[-1.0], 1), &t(&[-1.0], 1)).unwrap();
