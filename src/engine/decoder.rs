@@ -1649,14 +1649,8 @@ impl Decoder {
             None => n,
         };
         if let Some(s) = self.slots.get_mut(slot) {
-            // A windowed cache may have dropped what a shorter prefix would need again. A
-            // hybrid's recurrent layers keep empty caches: they hold nothing to cut.
-            let n = s
-                .iter()
-                .filter(|c| c.len() > 0)
-                .map(|c| c.keepable(n))
-                .min()
-                .unwrap_or(n);
+            // A windowed cache may have dropped what a shorter prefix would need again.
+            let n = s.iter().map(|c| c.keepable(n)).min().unwrap_or(n);
             for c in s {
                 c.truncate(n);
             }
@@ -2833,7 +2827,11 @@ fn seq_attention(
     };
     let kv_len = k_all.dim(2)?;
     let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
-    if t == 1 {
+    // One pass per head for a decoded row of a layer with sinks (gpt-oss), where candle's
+    // path concatenates the sink column and softmaxes on every layer. Other layers keep
+    // candle's GEMM: the own pass sums in another order, which moved near-tied greedy choices
+    // of the real-model goldens (SmolLM2, Gemma 3).
+    if t == 1 && layer.sinks.is_some() {
         let sinks = match &layer.sinks {
             Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
             None => None,
