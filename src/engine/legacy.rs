@@ -333,7 +333,9 @@ pub struct QuantRows {
 }
 
 impl QuantRows {
-    /// Quantizes `m` rows of `k` values (row-major `x`), as ggml's `quantize_row_q8_0` does.
+    /// Quantizes `m` rows of `k` values (row-major `x`), as ggml's `quantize_row_q8_0` does;
+    /// a prompt's rows on every thread (serially they were several per cent of a 2-thread
+    /// prompt).
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         debug_assert_eq!(x.len(), m * k);
         debug_assert_eq!(k % BLOCK, 0);
@@ -343,25 +345,28 @@ impl QuantRows {
         let mut d = vec![0f32; m * sp];
         let mut s = vec![0f32; m * sp];
         let mut off8 = vec![0i32; m * sp];
-        for i in 0..m {
-            for (b, src) in x[i * k..(i + 1) * k].chunks_exact(BLOCK).enumerate() {
-                let amax = super::simd::abs_max(src);
-                let scale = amax / 127.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                let mut sum = 0i32;
-                for (v, &x) in src.iter().enumerate() {
-                    let q = (x * inv).round() as i8;
-                    qs[i * kp + Self::at(b, v)] = q;
-                    sum += q as i32;
-                }
-                // The scale and sum rounded to f16 as ggml's and candle's Q8_0/Q8_1 blocks store
-                // them, so greedy outputs follow theirs (near-ties between tokens flip on less).
-                let dh = f16::from_f32(scale);
-                d[i * sp + b] = dh.to_f32();
-                s[i * sp + b] = (f16::from_f32(sum as f32) * dh).to_f32();
-                off8[i * sp + b] = -8 * sum;
+        type Row<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32]);
+        let rows: Vec<std::sync::Mutex<Row>> = qs
+            .chunks_mut(kp)
+            .zip(d.chunks_mut(sp))
+            .zip(s.chunks_mut(sp))
+            .zip(off8.chunks_mut(sp))
+            .map(|(((q, d), s), o)| std::sync::Mutex::new((q, d, s, o)))
+            .collect();
+        let run = |range: std::ops::Range<usize>| {
+            for i in range {
+                // Each row is handed out once: the lock is never contended.
+                let mut row = rows[i].lock().unwrap_or_else(|e| e.into_inner());
+                let (q, d, s, o) = &mut *row;
+                Self::quantize_row(&x[i * k..(i + 1) * k], q, d, s, o);
             }
+        };
+        if m >= 4 {
+            super::pool::run_chunked(m, run);
+        } else {
+            run(0..m);
         }
+        drop(rows);
         Self {
             m,
             kp,
@@ -370,6 +375,27 @@ impl QuantRows {
             d,
             s,
             off8,
+        }
+    }
+
+    /// One row's blocks, scales, sums and offset starts.
+    fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], off8: &mut [i32]) {
+        for (b, src) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = super::simd::abs_max(src);
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (v, &x) in src.iter().enumerate() {
+                let q = (x * inv).round() as i8;
+                qs[Self::at(b, v)] = q;
+                sum += q as i32;
+            }
+            // The scale and sum rounded to f16 as ggml's and candle's Q8_0/Q8_1 blocks store
+            // them, so greedy outputs follow theirs (near-ties between tokens flip on less).
+            let dh = f16::from_f32(scale);
+            d[b] = dh.to_f32();
+            s[b] = (f16::from_f32(sum as f32) * dh).to_f32();
+            off8[b] = -8 * sum;
         }
     }
 
