@@ -240,7 +240,16 @@ pub fn mix(
     }
     let rows = qkv.elem_count() / cd;
     if let Some(w) = &layer.on_device {
-        let y = mix_on_device(cfg, w, li, [&qkv, &z, &beta, &alpha], seqs, state, snaps, eps)?;
+        let y = mix_on_device(
+            cfg,
+            w,
+            li,
+            [&qkv, &z, &beta, &alpha],
+            seqs,
+            state,
+            snaps,
+            eps,
+        )?;
         return finish(layer, li, x, &y, dense_ok);
     }
     let qkv = host(&qkv)?;

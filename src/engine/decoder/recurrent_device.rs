@@ -123,11 +123,7 @@ fn stacked(
 }
 
 /// The per-sequence results of every lane, (n, t, w) each, back in batch row order.
-fn in_row_order(
-    seqs: &[SsmSeq],
-    lanes: &[Lane],
-    outs: &[Tensor],
-) -> candle_core::Result<Tensor> {
+fn in_row_order(seqs: &[SsmSeq], lanes: &[Lane], outs: &[Tensor]) -> candle_core::Result<Tensor> {
     let mut rows: Vec<Option<Tensor>> = vec![None; seqs.len()];
     for (lane, out) in lanes.iter().zip(outs) {
         for (j, &i) in lane.seqs.iter().enumerate() {
@@ -287,7 +283,10 @@ mod tests {
 
     fn worst(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     /// Greedy tokens from slot 0's logits `first`, and the logits of every step.
@@ -386,7 +385,10 @@ mod tests {
             for (slot, (a, b)) in alone.iter().zip(&batched).enumerate() {
                 let b = b.as_ref().unwrap();
                 let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{family} slot {slot}: batched logits differ from its own");
+                assert!(
+                    same,
+                    "{family} slot {slot}: batched logits differ from its own"
+                );
                 assert_eq!(dec.slot_len(slot), lens[slot] + 1);
             }
         }

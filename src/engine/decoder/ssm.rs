@@ -1045,7 +1045,11 @@ mod tests {
                 )
                 .unwrap();
             let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-            close(&y, &chunk[5 * 8..], &format!("{version_path}: resumed output"));
+            close(
+                &y,
+                &chunk[5 * 8..],
+                &format!("{version_path}: resumed output"),
+            );
             for (l, (p, q)) in values(&mut a, 0).iter().zip(&live).enumerate() {
                 close(&p.0, &q.0, &format!("{version_path}: layer {l} conv"));
                 close(&p.1, &q.1, &format!("{version_path}: layer {l} ssm"));
@@ -1066,7 +1070,9 @@ mod tests {
         for version in [Version::Mamba1, Version::Mamba2] {
             let (mut host, mut on) = (stack(version, false), stack(version, true));
             let mut run = |x: Tensor, seqs: &[SsmSeq]| {
-                let a = host.forward(x.clone(), seqs, 1e-5, seqs.len() == 1).unwrap();
+                let a = host
+                    .forward(x.clone(), seqs, 1e-5, seqs.len() == 1)
+                    .unwrap();
                 let b = on.forward(x, seqs, 1e-5, seqs.len() == 1).unwrap();
                 let (a, b): (Vec<f32>, Vec<f32>) = (
                     a.flatten_all().unwrap().to_vec1().unwrap(),
@@ -1077,12 +1083,27 @@ mod tests {
             run(input(5), &[seq(0, 0, 5, true)]);
             run(input(3), &[seq(1, 0, 2, false), seq(2, 2, 1, false)]);
             let x = Tensor::cat(&[input(1), input(1), input(1)], 1).unwrap();
-            run(x, &[seq(0, 0, 1, false), seq(1, 1, 1, false), seq(2, 2, 1, false)]);
+            run(
+                x,
+                &[
+                    seq(0, 0, 1, false),
+                    seq(1, 1, 1, false),
+                    seq(2, 2, 1, false),
+                ],
+            );
             for slot in 0..3 {
                 let (a, b) = (values(&mut host, slot), values(&mut on, slot));
                 for (l, (p, q)) in a.iter().zip(&b).enumerate() {
-                    close(&p.0, &q.0, &format!("{version:?} slot {slot} layer {l} conv"));
-                    close(&p.1, &q.1, &format!("{version:?} slot {slot} layer {l} ssm"));
+                    close(
+                        &p.0,
+                        &q.0,
+                        &format!("{version:?} slot {slot} layer {l} conv"),
+                    );
+                    close(
+                        &p.1,
+                        &q.1,
+                        &format!("{version:?} slot {slot} layer {l} ssm"),
+                    );
                 }
             }
             assert_eq!(host.state.allocated_bytes(), on.state.allocated_bytes());
