@@ -247,10 +247,16 @@ mod tests {
 
     /// Largest difference allowed between a logit of the host path and of the device path
     /// (logits here are up to about 16). The two sum in different orders (the host's dot
-    /// products in 16 lanes, its norms in f64), so they agree to float rounding carried through
-    /// the layers: on these files every step is within 3e-6 but one of Qwen3.5's, within 4.4e-3
-    /// (the steps after it are back within 3e-6: the state did not drift).
-    const TOLERANCE: f32 = 1e-2;
+    /// products in 16 lanes, its norms in f64), so they agree to float rounding, about 1e-6 at
+    /// most steps. The matrix kernels quantize activations to 8 bits, though, and a rounding
+    /// difference of 1e-7 can move one activation by a quantization step: on these files one
+    /// step of qwen35 differs by 4.4e-3 and one of qwen35moe by 2.1e-2, the steps after them
+    /// back within 4e-6 (nothing carried over in the state).
+    const TOLERANCE: f32 = 5e-2;
+
+    /// What the median step's largest logit difference stays under: a state drifting from the
+    /// host path's would move every later step.
+    const DRIFT: f32 = 1e-4;
 
     /// A generated file of `family` and two decoders on it: the host path and the device path,
     /// both on the CPU.
@@ -324,7 +330,18 @@ mod tests {
                 .zip(&got_logits)
                 .map(|(a, b)| worst(a, b))
                 .fold(0.0, f32::max);
-            eprintln!("{family}: logits within {diff:e}");
+            let mut steps: Vec<f32> = want_logits
+                .iter()
+                .zip(&got_logits)
+                .map(|(a, b)| worst(a, b))
+                .collect();
+            steps.sort_by(f32::total_cmp);
+            let median = steps[steps.len() / 2];
+            eprintln!("{family}: logits within {diff:e}, median step {median:e}");
+            assert!(
+                median < DRIFT,
+                "{family}: the state drifted: median {median}"
+            );
             assert!(diff < TOLERANCE, "{family}: logits differ by {diff}");
             assert_eq!(on.state_allocated(), host.state_allocated(), "{family}");
             // Back to the checkpoint before the prompt's last token, then the same answer.
