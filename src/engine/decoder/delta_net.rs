@@ -154,9 +154,9 @@ impl DeltaLayer {
     pub fn use_device(&mut self, cfg: &DeltaConfig, device: &Device) -> candle_core::Result<()> {
         self.on_device = Some(DeviceWeights {
             conv_taps: dev::conv_taps(&self.conv_w, cfg.d_conv, device)?,
-            dt_bias: dev::upload(&self.dt_bias, self.dt_bias.len(), device)?,
-            a: dev::upload(&self.a, self.a.len(), device)?,
-            out_norm: dev::upload(&self.out_norm, self.out_norm.len(), device)?,
+            dt_bias: Tensor::from_slice(&self.dt_bias, self.dt_bias.len(), device)?,
+            a: Tensor::from_slice(&self.a, self.a.len(), device)?,
+            out_norm: Tensor::from_slice(&self.out_norm, self.out_norm.len(), device)?,
         });
         Ok(())
     }

@@ -25,18 +25,11 @@ pub fn wanted(device: &Device) -> bool {
     !device.is_cpu() || std::env::var("INFLUENCE_RECURRENT").is_ok_and(|v| v == "tensor")
 }
 
-/// A host vector as a tensor of `shape` on `device`.
-pub fn upload<S: Into<candle_core::Shape>>(
-    v: &[f32],
-    shape: S,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    Tensor::from_slice(v, shape, device)
-}
-
 /// Per-channel taps stored (channel, tap) as the (tap, channel) tensor the convolution reads.
 pub fn conv_taps(w: &[f32], k: usize, device: &Device) -> candle_core::Result<Tensor> {
-    upload(w, (w.len() / k, k), device)?.t()?.contiguous()
+    Tensor::from_slice(w, (w.len() / k, k), device)?
+        .t()?
+        .contiguous()
 }
 
 /// `log(1 + e^x)` as `max(x, 0) + log(1 + e^-|x|)`: no overflow, and within rounding of

@@ -173,14 +173,14 @@ impl DeviceWeights {
         };
         Ok(Self {
             conv_taps: dev::conv_taps(&l.conv_w, cfg.d_conv, device)?,
-            conv_b: dev::upload(&l.conv_b, l.conv_b.len(), device)?,
-            dt_bias: dev::upload(&l.dt_bias, l.dt_bias.len(), device)?,
-            a: dev::upload(&l.a, a_shape, device)?,
-            d: dev::upload(&l.d, (l.d.len(), 1), device)?,
+            conv_b: Tensor::from_slice(&l.conv_b, l.conv_b.len(), device)?,
+            dt_bias: Tensor::from_slice(&l.dt_bias, l.dt_bias.len(), device)?,
+            a: Tensor::from_slice(&l.a, a_shape, device)?,
+            d: Tensor::from_slice(&l.d, (l.d.len(), 1), device)?,
             group_norm: l
                 .group_norm
                 .as_ref()
-                .map(|w| dev::upload(w, w.len(), device))
+                .map(|w| Tensor::from_slice(w, w.len(), device))
                 .transpose()?,
         })
     }
@@ -265,6 +265,7 @@ impl SsmStack {
     fn placed(mut self, device: &Device) -> candle_core::Result<Self> {
         if dev::wanted(device) {
             self.use_device(device)?;
+            tracing::debug!(?device, "recurrent state and steps on the device");
         }
         Ok(self)
     }
