@@ -1400,3 +1400,35 @@ fn batched_matches_alone(fam: &str) {
         );
     }
 }
+
+/// The recurrent families' engine tests again with their state held as tensors and stepped by
+/// tensor ops (the path a GPU decoder takes; `INFLUENCE_RECURRENT=tensor` takes it on the CPU):
+/// llama.cpp's goldens for mamba, mamba2, granitehybrid, qwen35 and qwen35moe, turns resumed
+/// from checkpoints, batched decode giving each sequence's tokens and numbers, and the state
+/// counted in the KV budget. They run in a child process, which the variable is set for.
+#[test]
+fn recurrent_families_pass_their_tests_with_the_state_on_the_device_path() {
+    let tests = [
+        "newer_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps",
+        "qwen35_families_decode_llama_cpp_s_tokens_runner_ups_and_gaps",
+        "mamba_turns_resumed_from_a_checkpoint_match_a_fresh_run",
+        "mamba_sequences_batched_give_the_tokens_each_gives_alone",
+        "granite_hybrid_state_and_checkpoints_count_against_the_kv_budget",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("INFLUENCE_RECURRENT", "tensor")
+        .arg("--exact")
+        .args(tests)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("test result: ok. {} passed", tests.len())),
+        "not every test ran: {stdout}"
+    );
+}

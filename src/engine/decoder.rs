@@ -25,6 +25,7 @@ use super::recurrent;
 use super::EngineError;
 
 mod delta_net;
+mod recurrent_device;
 mod recurrent_host;
 mod ssm;
 
@@ -1388,14 +1389,16 @@ impl Decoder {
                     .iter()
                     .map(|&i| ssm::load_layer(&mut l, &sc, i))
                     .collect::<Result<_, _>>()?,
-            )),
+                &l.device,
+            )?),
             (None, Some(dc)) => Some(ssm::SsmStack::delta_net(
                 dc,
                 recurrent_layers
                     .iter()
                     .map(|&i| delta_net::load_layer(&mut l, &dc, i))
                     .collect::<Result<_, _>>()?,
-            )),
+                &l.device,
+            )?),
             (None, None) => None,
         };
         // A Mamba file is its SSM stack alone; a hybrid's layers each add an FFN to their mixer.

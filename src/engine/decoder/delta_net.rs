@@ -15,14 +15,16 @@
 //! A prompt chunk is one call: the projections run over all its rows at once, the convolution
 //! per channel over the chunk, and the recurrence with heads split across threads, each head
 //! walking the chunk's tokens in order, so the state after the chunk is the state token by
-//! token. The state lives in host memory (the CPU decoder's device).
+//! token. On the CPU the state lives in host memory; on a GPU it stays on the device and the
+//! same steps run as tensor ops (`recurrent_device`).
 
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 use super::super::gguf::Meta;
 use super::super::ops;
-use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
+use super::super::recurrent::{Buf, LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
+use super::recurrent_device as dev;
 use super::recurrent_host::{host, host_vec, silu, softplus, SsmSeq};
 use super::{linear, linear_many, Linear, Loader};
 
@@ -134,6 +136,30 @@ pub struct DeltaLayer {
     /// The gated RMS norm's weight over one head.
     out_norm: Vec<f32>,
     out: Linear,
+    /// The small weights on the decoder's device, when the state lives there.
+    on_device: Option<DeviceWeights>,
+}
+
+/// A DeltaNet layer's small weights as the device path reads them.
+struct DeviceWeights {
+    /// (tap, channel).
+    conv_taps: Tensor,
+    dt_bias: Tensor,
+    a: Tensor,
+    out_norm: Tensor,
+}
+
+impl DeltaLayer {
+    /// Puts the small weights on `device` for the device path.
+    pub fn use_device(&mut self, cfg: &DeltaConfig, device: &Device) -> candle_core::Result<()> {
+        self.on_device = Some(DeviceWeights {
+            conv_taps: dev::conv_taps(&self.conv_w, cfg.d_conv, device)?,
+            dt_bias: Tensor::from_slice(&self.dt_bias, self.dt_bias.len(), device)?,
+            a: Tensor::from_slice(&self.a, self.a.len(), device)?,
+            out_norm: Tensor::from_slice(&self.out_norm, self.out_norm.len(), device)?,
+        });
+        Ok(())
+    }
 }
 
 /// Loads layer `i`'s weights.
@@ -156,6 +182,7 @@ pub fn load_layer(l: &mut Loader, cfg: &DeltaConfig, i: usize) -> Result<DeltaLa
         a: host_vec(l, &p("ssm_a"), cfg.v_heads)?,
         out_norm: host_vec(l, &p("ssm_norm.weight"), cfg.head_dim)?,
         out: l.matmul(&p("ssm_out.weight"))?,
+        on_device: None,
     })
 }
 
@@ -212,6 +239,19 @@ pub fn mix(
         }
     }
     let rows = qkv.elem_count() / cd;
+    if let Some(w) = &layer.on_device {
+        let y = mix_on_device(
+            cfg,
+            w,
+            li,
+            [&qkv, &z, &beta, &alpha],
+            seqs,
+            state,
+            snaps,
+            eps,
+        )?;
+        return finish(layer, li, x, &y, dense_ok);
+    }
     let qkv = host(&qkv)?;
     let z = host(&z)?;
     // β = sigmoid(b); the decay g = softplus(α + dt_bias) · A, A negative.
@@ -223,21 +263,21 @@ pub fn mix(
         .collect();
     let mut conv = vec![0f32; rows * cd];
     for (s, snap) in seqs.iter().zip(snaps.iter_mut()) {
-        let st = &mut state.layers_mut(s.slot)[li];
-        let mut snap_conv = s.checkpoint.then(|| vec![0f32; st.conv.len()]);
+        let window = state.layers_mut(s.slot)?[li].conv.host_mut()?;
+        let mut snap_conv = s.checkpoint.then(|| vec![0f32; window.len()]);
         let rs = s.offset..s.offset + s.t;
         causal_conv(
             &layer.conv_w,
             cfg.d_conv,
             &qkv[rs.start * cd..rs.end * cd],
-            &mut st.conv,
+            window,
             &mut conv[rs.start * cd..rs.end * cd],
             snap_conv.as_deref_mut(),
         );
         if let Some(c) = snap_conv {
             snap.push(LayerState {
-                conv: c,
-                ssm: Vec::new(),
+                conv: Buf::Host(c),
+                ssm: Buf::Host(Vec::new()),
             });
         }
     }
@@ -249,8 +289,8 @@ pub fn mix(
     }
     let mut y = vec![0f32; rows * vd];
     for (s, snap) in seqs.iter().zip(snaps.iter_mut()) {
-        let st = &mut state.layers_mut(s.slot)[li];
-        let mut snap_ssm = s.checkpoint.then(|| vec![0f32; st.ssm.len()]);
+        let st = state.layers_mut(s.slot)?[li].ssm.host_mut()?;
+        let mut snap_ssm = s.checkpoint.then(|| vec![0f32; st.len()]);
         let rs = s.offset..s.offset + s.t;
         recur(
             cfg,
@@ -259,12 +299,12 @@ pub fn mix(
                 g: &g[rs.start * nv..rs.end * nv],
                 beta: &beta[rs.start * nv..rs.end * nv],
             },
-            &mut st.ssm,
+            st,
             &mut y[rs.start * vd..rs.end * vd],
             snap_ssm.as_deref_mut(),
         );
         if let (Some(c), Some(last)) = (snap_ssm, snap.last_mut()) {
-            last.ssm = c;
+            last.ssm = Buf::Host(c);
         }
     }
     // The gated RMS norm per head: rms_norm(o) · w · silu(z).
@@ -281,7 +321,18 @@ pub fn mix(
         }
     }
     let y = Tensor::from_vec(y, (1, rows, vd), h.device())?;
-    let out = linear(&layer.out, &y, dense_ok)?;
+    finish(layer, li, x, &y, dense_ok)
+}
+
+/// The output projection of the gated norm's result `y`, on `x`'s device.
+fn finish(
+    layer: &DeltaLayer,
+    li: usize,
+    x: &Tensor,
+    y: &Tensor,
+    dense_ok: bool,
+) -> candle_core::Result<Tensor> {
+    let out = linear(&layer.out, y, dense_ok)?;
     if out.dims() != x.dims() {
         candle_core::bail!(
             "layer {li}: ssm_out gives {:?} for {:?}",
@@ -290,6 +341,69 @@ pub fn mix(
         );
     }
     out.to_device(x.device())
+}
+
+/// [`mix`] on the device path from the projections (1, rows, width each) to the gated norm's
+/// output (1, rows, value width): the same steps as tensor ops on their device, the state in
+/// the slots as tensors there.
+#[allow(clippy::too_many_arguments)]
+fn mix_on_device(
+    cfg: &DeltaConfig,
+    w: &DeviceWeights,
+    li: usize,
+    [qkv, z, beta, alpha]: [&Tensor; 4],
+    seqs: &[SsmSeq],
+    state: &mut RecurrentSlots,
+    snaps: &mut [Vec<LayerState>],
+    eps: f32,
+) -> candle_core::Result<Tensor> {
+    let (d, nk, nv) = (cfg.head_dim, cfg.k_heads, cfg.v_heads);
+    let (kd, vd) = (cfg.key_dim(), cfg.value_dim());
+    let rows = qkv.dim(1)?;
+    let beta = candle_nn::ops::sigmoid(beta)?;
+    let decay = dev::softplus(&alpha.broadcast_add(&w.dt_bias)?)?
+        .broadcast_mul(&w.a)?
+        .exp()?;
+    let conv = dev::conv(state, li, seqs, snaps, qkv, &w.conv_taps, None)?;
+    let l2 = |at: usize| -> candle_core::Result<Tensor> {
+        let heads = conv.narrow(2, at, kd)?.reshape((1, rows, nk, d))?;
+        l2_norm_heads(&heads, eps)?.reshape((1, rows, kd))
+    };
+    let (q, k) = (l2(0)?, l2(kd)?);
+    let v = conv.narrow(2, 2 * kd, vd)?;
+    // The state as (sequence, value head ÷ key heads, key head, value, key): value head `h`
+    // reads key head `h mod k_heads`.
+    let rep = nv / nk;
+    let scale = 1.0 / (d as f64).sqrt();
+    let step = |s: &Tensor, row: &[Tensor]| -> candle_core::Result<(Tensor, Tensor)> {
+        let n = s.dim(0)?;
+        let q = row[0].reshape((n, 1, nk, 1, d))?;
+        let k = row[1].reshape((n, 1, nk, 1, d))?;
+        let v = row[2].reshape((n, rep, nk, d))?;
+        let decay = row[3].reshape((n, rep, nk, 1, 1))?;
+        let beta = row[4].reshape((n, rep, nk, 1))?;
+        let s = s.reshape((n, rep, nk, d, d))?.broadcast_mul(&decay)?;
+        let sk = s.broadcast_mul(&k)?.sum(4)?;
+        let delta = (v - sk)?.broadcast_mul(&beta)?;
+        let s = (s + delta.unsqueeze(4)?.broadcast_mul(&k)?)?;
+        let o = (s.broadcast_mul(&q)?.sum(4)? * scale)?;
+        Ok((s.reshape((n, nv * d * d))?, o.reshape((n, vd))?))
+    };
+    let y = dev::scan(state, li, seqs, snaps, &[&q, &k, &v, &decay, &beta], &step)?;
+    // The gated RMS norm per head: rms_norm(o) · w · silu(z).
+    let y = dev::rms_pieces(&y, d, eps)?
+        .reshape((1, rows, nv, d))?
+        .broadcast_mul(&w.out_norm)?;
+    y.reshape((1, rows, vd))? * z.silu()?
+}
+
+/// [`l2_norm`] over the last dimension of `x`.
+fn l2_norm_heads(x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let n = x.dim(D::Minus1)? as f64;
+    let scale = ((x.sqr()?.sum_keepdim(D::Minus1)? / n)? + eps as f64 / n)?
+        .sqrt()?
+        .recip()?;
+    x.broadcast_mul(&scale)? * (1.0 / n.sqrt())
 }
 
 /// The causal convolution over one sequence's rows of `width` channels: each channel's window

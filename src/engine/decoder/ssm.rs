@@ -6,16 +6,18 @@
 //! `y = state · C`, plus the `D` skip, gated by `silu(z)` (and, in Mamba-2, RMS-normed per
 //! group). A prompt chunk is one call: the projections run over all its rows at once and the
 //! scan walks its tokens in order, so the state after the chunk is the same as token by token.
-//! The scan and convolution read and write the state in host memory (the CPU decoder's device);
-//! the projections use the decoder's matrix kernels.
+//! On the CPU the scan and convolution read and write the state in host memory; on a GPU the
+//! state stays on the device and the same steps run as tensor ops (`recurrent_device`). The
+//! projections use the decoder's matrix kernels either way.
 
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 use super::super::gguf::Meta;
 use super::super::pool;
-use super::super::recurrent::{LayerState, RecurrentSlots, StateShape};
+use super::super::recurrent::{Buf, LayerState, RecurrentSlots, StateShape};
 use super::super::EngineError;
 use super::delta_net::{self, DeltaConfig, DeltaLayer};
+use super::recurrent_device as dev;
 pub use super::recurrent_host::SsmSeq;
 use super::recurrent_host::{host, host_vec, silu, softplus};
 use super::{linear, Linear, Loader};
@@ -145,6 +147,43 @@ pub struct SsmLayer {
     /// Mamba-2's group RMS-norm weight over the inner width.
     group_norm: Option<Vec<f32>>,
     out_proj: Linear,
+    /// The small weights on the decoder's device, when the state lives there.
+    on_device: Option<DeviceWeights>,
+}
+
+/// A Mamba layer's small weights as the device path reads them.
+struct DeviceWeights {
+    /// (tap, channel).
+    conv_taps: Tensor,
+    conv_b: Tensor,
+    dt_bias: Tensor,
+    /// Shaped to broadcast over the state (group, head in group, head width, state):
+    /// Mamba-2 (1, groups, heads per group, 1, 1); Mamba (1, 1, inner, 1, state).
+    a: Tensor,
+    /// (heads, 1): one per head, over the head's channels.
+    d: Tensor,
+    group_norm: Option<Tensor>,
+}
+
+impl DeviceWeights {
+    fn new(cfg: &SsmConfig, l: &SsmLayer, device: &Device) -> candle_core::Result<Self> {
+        let a_shape = match cfg.version {
+            Version::Mamba1 => (1, 1, cfg.d_inner, 1, cfg.d_state),
+            Version::Mamba2 => (1, cfg.n_group, cfg.n_head / cfg.n_group, 1, 1),
+        };
+        Ok(Self {
+            conv_taps: dev::conv_taps(&l.conv_w, cfg.d_conv, device)?,
+            conv_b: Tensor::from_slice(&l.conv_b, l.conv_b.len(), device)?,
+            dt_bias: Tensor::from_slice(&l.dt_bias, l.dt_bias.len(), device)?,
+            a: Tensor::from_slice(&l.a, a_shape, device)?,
+            d: Tensor::from_slice(&l.d, (l.d.len(), 1), device)?,
+            group_norm: l
+                .group_norm
+                .as_ref()
+                .map(|w| Tensor::from_slice(w, w.len(), device))
+                .transpose()?,
+        })
+    }
 }
 
 /// Loads layer `i`'s weights.
@@ -176,6 +215,7 @@ pub fn load_layer(l: &mut Loader, cfg: &SsmConfig, i: usize) -> Result<SsmLayer,
             Some(host_vec(l, &p("ssm_norm.weight"), cfg.d_inner)?)
         },
         out_proj: l.matmul(&p("ssm_out.weight"))?,
+        on_device: None,
     })
 }
 
@@ -193,21 +233,62 @@ pub struct SsmStack {
 }
 
 impl SsmStack {
-    pub fn new(cfg: SsmConfig, layers: Vec<SsmLayer>) -> Self {
+    /// Mamba layers of these shapes for a decoder on `device`: their state lives in host
+    /// memory on the CPU, on the device elsewhere (see [`dev::wanted`]).
+    pub fn new(
+        cfg: SsmConfig,
+        layers: Vec<SsmLayer>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
         Self {
             mixers: Mixers::Mamba(cfg, layers),
             state,
         }
+        .placed(device)
     }
 
-    /// Gated DeltaNet layers of these shapes.
-    pub fn delta_net(cfg: DeltaConfig, layers: Vec<DeltaLayer>) -> Self {
+    /// Gated DeltaNet layers of these shapes (as [`Self::new`]).
+    pub fn delta_net(
+        cfg: DeltaConfig,
+        layers: Vec<DeltaLayer>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
         Self {
             mixers: Mixers::DeltaNet(cfg, layers),
             state,
         }
+        .placed(device)
+    }
+
+    fn placed(mut self, device: &Device) -> candle_core::Result<Self> {
+        if dev::wanted(device) {
+            self.use_device(device)?;
+            tracing::debug!(?device, "recurrent state and steps on the device");
+        }
+        Ok(self)
+    }
+
+    /// Moves the state to `device` and runs the layers' steps as tensor ops there (on the CPU
+    /// too: tests compare the two paths). Any state held so far is dropped.
+    pub fn use_device(&mut self, device: &Device) -> candle_core::Result<()> {
+        let shapes = match &mut self.mixers {
+            Mixers::Mamba(cfg, layers) => {
+                for l in layers.iter_mut() {
+                    l.on_device = Some(DeviceWeights::new(cfg, l, device)?);
+                }
+                vec![cfg.state_shape(); layers.len()]
+            }
+            Mixers::DeltaNet(cfg, layers) => {
+                for l in layers.iter_mut() {
+                    l.use_device(cfg, device)?;
+                }
+                vec![cfg.state_shape(); layers.len()]
+            }
+        };
+        self.state = RecurrentSlots::on_device(shapes, device);
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -270,6 +351,20 @@ impl SsmStack {
         };
         let layer = &layers[li];
         let h = super::super::ops::rms_norm(x, &layer.norm, eps)?;
+        if let Some(w) = &layer.on_device {
+            return mixer_on_device(
+                cfg,
+                layer,
+                w,
+                li,
+                &h,
+                seqs,
+                &mut self.state,
+                snaps,
+                eps,
+                dense_ok,
+            );
+        }
         let y = mixer(
             cfg,
             layer,
@@ -342,22 +437,22 @@ fn mixer(
     // The convolution, per sequence over its own window.
     let mut conv_out = vec![0f32; rows * conv_dim];
     for (s, snap) in seqs.iter().zip(snaps.iter_mut()) {
-        let st = &mut state.layers_mut(s.slot)[li];
-        let mut snap_conv = s.checkpoint.then(|| vec![0f32; st.conv.len()]);
+        let window = state.layers_mut(s.slot)?[li].conv.host_mut()?;
+        let mut snap_conv = s.checkpoint.then(|| vec![0f32; window.len()]);
         conv_seq(
             cfg,
             layer,
             &proj[s.offset * width..(s.offset + s.t) * width],
             width,
             conv_at,
-            &mut st.conv,
+            window,
             &mut conv_out[s.offset * conv_dim..(s.offset + s.t) * conv_dim],
             snap_conv.as_deref_mut(),
         );
         if let Some(c) = snap_conv {
             snap.push(LayerState {
-                conv: c,
-                ssm: Vec::new(),
+                conv: Buf::Host(c),
+                ssm: Buf::Host(Vec::new()),
             });
         }
     }
@@ -410,8 +505,8 @@ fn mixer(
     // The scan, per sequence over its own state; y gets the D skip and the gate.
     let mut y = vec![0f32; rows * di];
     for (s, snap) in seqs.iter().zip(snaps.iter_mut()) {
-        let st = &mut state.layers_mut(s.slot)[li];
-        let mut snap_ssm = s.checkpoint.then(|| vec![0f32; st.ssm.len()]);
+        let st = state.layers_mut(s.slot)?[li].ssm.host_mut()?;
+        let mut snap_ssm = s.checkpoint.then(|| vec![0f32; st.len()]);
         let rs = s.offset..s.offset + s.t;
         scan_seq(
             cfg,
@@ -425,12 +520,12 @@ fn mixer(
                 b_at,
                 c_at,
             },
-            &mut st.ssm,
+            st,
             &mut y[rs.start * di..rs.end * di],
             snap_ssm.as_deref_mut(),
         );
         if let (Some(c), Some(last)) = (snap_ssm, snap.last_mut()) {
-            last.ssm = c;
+            last.ssm = Buf::Host(c);
         }
     }
     let finish_row = |r: usize, yr: &mut [f32]| {
@@ -457,6 +552,122 @@ fn mixer(
         finish_row(0, &mut y);
     }
     let y = Tensor::from_vec(y, (1, rows, di), h.device())?;
+    let out = linear(&layer.out_proj, &y, dense_ok)?;
+    if out.dims() != h.dims() {
+        candle_core::bail!(
+            "layer {li}: ssm_out gives {:?} for {:?}",
+            out.dims(),
+            h.dims()
+        );
+    }
+    Ok(out)
+}
+
+/// [`mixer`] on the device path: the same steps as tensor ops on `h`'s device, the state in
+/// the slots as tensors there.
+#[allow(clippy::too_many_arguments)]
+fn mixer_on_device(
+    cfg: &SsmConfig,
+    layer: &SsmLayer,
+    w: &DeviceWeights,
+    li: usize,
+    h: &Tensor,
+    seqs: &[SsmSeq],
+    state: &mut RecurrentSlots,
+    snaps: &mut [Vec<LayerState>],
+    eps: f32,
+    dense_ok: bool,
+) -> candle_core::Result<Tensor> {
+    let proj = linear(&layer.in_proj, h, dense_ok)?;
+    let width = proj.dim(D::Minus1)?;
+    let (di, ds, ng, nh) = (cfg.d_inner, cfg.d_state, cfg.n_group, cfg.n_head);
+    let conv_dim = cfg.conv_dim();
+    let want = match cfg.version {
+        Version::Mamba1 => 2 * di,
+        Version::Mamba2 => di + conv_dim + nh,
+    };
+    if width != want {
+        candle_core::bail!(
+            "layer {li}: ssm_in gives {width} values per token, the state-space shape needs {want}"
+        );
+    }
+    let rows = proj.elem_count() / width;
+    let (conv_at, z_at) = match cfg.version {
+        Version::Mamba1 => (0, di),
+        Version::Mamba2 => (di, 0),
+    };
+    let conv_out = dev::conv(
+        state,
+        li,
+        seqs,
+        snaps,
+        &proj.narrow(2, conv_at, conv_dim)?,
+        &w.conv_taps,
+        Some(&w.conv_b),
+    )?;
+    let x = conv_out.narrow(2, 0, di)?;
+    // Δ before its bias, and B and C, for every row.
+    let (dt, b, c) = match cfg.version {
+        Version::Mamba2 => (
+            proj.narrow(2, di + conv_dim, nh)?,
+            conv_out.narrow(2, di, ng * ds)?,
+            conv_out.narrow(2, di + ng * ds, ng * ds)?,
+        ),
+        Version::Mamba1 => {
+            let (Some(xp), Some(dtp)) = (&layer.x_proj, &layer.dt_proj) else {
+                candle_core::bail!("Mamba layer {li} has no ssm_x/ssm_dt projections");
+            };
+            let r = cfg.dt_rank;
+            let xdb = linear(xp, &x.contiguous()?, dense_ok)?;
+            if xdb.dim(D::Minus1)? != r + 2 * ds {
+                candle_core::bail!(
+                    "ssm_x gives {} values per row, expected {}",
+                    xdb.dim(D::Minus1)?,
+                    r + 2 * ds
+                );
+            }
+            let (mut dts, mut bc) = (xdb.narrow(2, 0, r)?, xdb.narrow(2, r, 2 * ds)?);
+            if cfg.dt_b_c_rms {
+                dts = dev::rms_pieces(&dts, r, eps)?;
+                bc = dev::rms_pieces(&bc, ds, eps)?;
+            }
+            let dt = linear(dtp, &dts.contiguous()?, dense_ok)?;
+            if dt.dims() != [1, rows, di] {
+                candle_core::bail!("layer {li}: ssm_dt gives {:?}", dt.dims());
+            }
+            (dt, bc.narrow(2, 0, ds)?, bc.narrow(2, ds, ds)?)
+        }
+    };
+    let dt = dev::softplus(&dt.broadcast_add(&w.dt_bias)?)?;
+    let hd = cfg.head_dim();
+    let x_dt = x
+        .reshape((1, rows, nh, hd))?
+        .broadcast_mul(&dt.unsqueeze(3)?)?
+        .reshape((1, rows, di))?;
+    // The state as (sequence, group, head in group, head width, state).
+    let heads = nh / ng;
+    let step = |s: &Tensor, row: &[Tensor]| -> candle_core::Result<(Tensor, Tensor)> {
+        let n = s.dim(0)?;
+        let decay = row[0]
+            .reshape((n, ng, heads, 1, 1))?
+            .broadcast_mul(&w.a)?
+            .exp()?;
+        let x_dt = row[1].reshape((n, ng, heads, hd, 1))?;
+        let b = row[2].reshape((n, ng, 1, 1, ds))?;
+        let c = row[3].reshape((n, ng, 1, 1, ds))?;
+        let s = s.reshape((n, ng, heads, hd, ds))?;
+        let s = (s.broadcast_mul(&decay)? + x_dt.broadcast_mul(&b)?)?;
+        let y = s.broadcast_mul(&c)?.sum(4)?;
+        Ok((s.reshape((n, di * ds))?, y.reshape((n, di))?))
+    };
+    let y = dev::scan(state, li, seqs, snaps, &[&dt, &x_dt, &b, &c], &step)?;
+    // The D skip, the gate, and Mamba-2's group norm.
+    let skip = x.reshape((1, rows, nh, hd))?.broadcast_mul(&w.d)?;
+    let y = (y + skip.reshape((1, rows, di))?)?;
+    let mut y = (y * proj.narrow(2, z_at, di)?.silu()?)?;
+    if let Some(g) = &w.group_norm {
+        y = dev::rms_pieces(&y, di / ng, eps)?.broadcast_mul(g)?;
+    }
     let out = linear(&layer.out_proj, &y, dense_ok)?;
     if out.dims() != h.dims() {
         candle_core::bail!(
@@ -677,7 +888,8 @@ mod tests {
         ))
     }
 
-    fn stack(version: Version) -> SsmStack {
+    /// A two-layer stack; `on_device`: the tensor path on the CPU device.
+    fn stack(version: Version, on_device: bool) -> SsmStack {
         let cfg = SsmConfig {
             version,
             d_conv: 4,
@@ -716,9 +928,26 @@ mod tests {
                 d: det(cfg.n_head, 8 + i),
                 group_norm: (version == Version::Mamba2).then(|| vec![1.0; 16]),
                 out_proj: dense(hidden, 16, 9 + i),
+                on_device: None,
             })
             .collect();
-        SsmStack::new(cfg, layers)
+        let mut s = SsmStack {
+            mixers: Mixers::Mamba(cfg, layers),
+            state: RecurrentSlots::new(vec![cfg.state_shape(); 2]),
+        };
+        if on_device {
+            s.use_device(&Device::Cpu).unwrap();
+        }
+        s
+    }
+
+    fn values(s: &mut SsmStack, slot: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        s.state
+            .layers_mut(slot)
+            .unwrap()
+            .iter()
+            .map(|l| (l.conv.to_vec().unwrap(), l.ssm.to_vec().unwrap()))
+            .collect()
     }
 
     fn close(a: &[f32], b: &[f32], what: &str) {
@@ -764,8 +993,14 @@ mod tests {
     /// rolling back to the prompt checkpoint then feeding the last token gives it again.
     #[test]
     fn chunked_scan_matches_token_by_token_and_checkpoints_resume() {
-        for version in [Version::Mamba1, Version::Mamba2] {
-            let mut a = stack(version);
+        for (version, on_device) in [
+            (Version::Mamba1, false),
+            (Version::Mamba2, false),
+            (Version::Mamba1, true),
+            (Version::Mamba2, true),
+        ] {
+            let version_path = format!("{version:?} on device {on_device}");
+            let mut a = stack(version, on_device);
             let x = input(6);
             let seq = |slot, offset, t, checkpoint| SsmSeq {
                 slot,
@@ -777,7 +1012,7 @@ mod tests {
                 .forward(x.clone(), &[seq(0, 0, 6, true)], 1e-5, true)
                 .unwrap();
             let chunk: Vec<f32> = chunk.flatten_all().unwrap().to_vec1().unwrap();
-            let mut b = stack(version);
+            let mut b = stack(version, on_device);
             let mut one = Vec::new();
             for r in 0..6 {
                 // Slot 1 rides along in the batch with other rows.
@@ -794,13 +1029,13 @@ mod tests {
                         .unwrap(),
                 );
             }
-            close(&chunk, &one, &format!("{version:?}"));
+            close(&chunk, &one, &version_path);
             assert_eq!(a.state.len(0), 6);
-            let live = a.state.layers_mut(0).to_vec();
+            let live = values(&mut a, 0);
             assert_eq!(
                 a.state.truncate(0, 5),
                 5,
-                "{version:?}: checkpoint before the last"
+                "{version_path}: checkpoint before the last"
             );
             let y = a
                 .forward(
@@ -811,10 +1046,75 @@ mod tests {
                 )
                 .unwrap();
             let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-            close(&y, &chunk[5 * 8..], &format!("{version:?}: resumed output"));
-            for (l, (p, q)) in a.state.layers_mut(0).iter().zip(&live).enumerate() {
-                close(&p.conv, &q.conv, &format!("{version:?}: layer {l} conv"));
-                close(&p.ssm, &q.ssm, &format!("{version:?}: layer {l} ssm"));
+            close(
+                &y,
+                &chunk[5 * 8..],
+                &format!("{version_path}: resumed output"),
+            );
+            for (l, (p, q)) in values(&mut a, 0).iter().zip(&live).enumerate() {
+                close(&p.0, &q.0, &format!("{version_path}: layer {l} conv"));
+                close(&p.1, &q.1, &format!("{version_path}: layer {l} ssm"));
+            }
+        }
+    }
+
+    /// The device path gives the host path's outputs and states (in the same layout): over a
+    /// prompt chunk, then over a decode step of three sequences, two of them stepped together.
+    #[test]
+    fn the_device_path_matches_the_host_path() {
+        let seq = |slot, offset, t, checkpoint| SsmSeq {
+            slot,
+            offset,
+            t,
+            checkpoint,
+        };
+        for version in [Version::Mamba1, Version::Mamba2] {
+            let (mut host, mut on) = (stack(version, false), stack(version, true));
+            let mut run = |x: Tensor, seqs: &[SsmSeq]| {
+                let a = host
+                    .forward(x.clone(), seqs, 1e-5, seqs.len() == 1)
+                    .unwrap();
+                let b = on.forward(x, seqs, 1e-5, seqs.len() == 1).unwrap();
+                let (a, b): (Vec<f32>, Vec<f32>) = (
+                    a.flatten_all().unwrap().to_vec1().unwrap(),
+                    b.flatten_all().unwrap().to_vec1().unwrap(),
+                );
+                close(&a, &b, &format!("{version:?} outputs"));
+            };
+            run(input(5), &[seq(0, 0, 5, true)]);
+            run(input(3), &[seq(1, 0, 2, false), seq(2, 2, 1, false)]);
+            let x = Tensor::cat(&[input(1), input(1), input(1)], 1).unwrap();
+            run(
+                x,
+                &[
+                    seq(0, 0, 1, false),
+                    seq(1, 1, 1, false),
+                    seq(2, 2, 1, false),
+                ],
+            );
+            for slot in 0..3 {
+                let (a, b) = (values(&mut host, slot), values(&mut on, slot));
+                for (l, (p, q)) in a.iter().zip(&b).enumerate() {
+                    close(
+                        &p.0,
+                        &q.0,
+                        &format!("{version:?} slot {slot} layer {l} conv"),
+                    );
+                    close(
+                        &p.1,
+                        &q.1,
+                        &format!("{version:?} slot {slot} layer {l} ssm"),
+                    );
+                }
+            }
+            assert_eq!(host.state.allocated_bytes(), on.state.allocated_bytes());
+            // Back to the prompt's checkpoint on both.
+            assert_eq!(host.state.truncate(0, 4), 4);
+            assert_eq!(on.state.truncate(0, 4), 4);
+            let (a, b) = (values(&mut host, 0), values(&mut on, 0));
+            for (p, q) in a.iter().zip(&b) {
+                close(&p.0, &q.0, &format!("{version:?} checkpoint conv"));
+                close(&p.1, &q.1, &format!("{version:?} checkpoint ssm"));
             }
         }
     }
