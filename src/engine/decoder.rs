@@ -574,7 +574,7 @@ struct Moe {
     shared_gate: Option<Tensor>,
     /// Gemma 4: each branch reads the block's input through its own norm and is normed again
     /// before the two are added.
-    gemma4: Option<Gemma4Moe>,
+    gemma4: Option<Box<Gemma4Moe>>,
 }
 
 /// What Gemma 4's block adds around the experts (llama.cpp's `gemma4` graph): the shared
@@ -1576,12 +1576,12 @@ impl Decoder {
                     None => vec![None; n_exp],
                 };
                 let gemma4 = match l.opt_dense(&p("ffn_gate_inp.scale"))? {
-                    Some(router_scale) => Some(Gemma4Moe {
+                    Some(router_scale) => Some(Box::new(Gemma4Moe {
                         expert_norm: l.dense(&p("pre_ffw_norm_2.weight"))?,
                         shared_post_norm: l.dense(&p("post_ffw_norm_1.weight"))?,
                         routed_post_norm: l.dense(&p("post_ffw_norm_2.weight"))?,
                         router_scale,
-                    }),
+                    })),
                     None => None,
                 };
                 Ffn::Moe(Moe {
