@@ -541,8 +541,10 @@ fn assert_llama_cpp_golden(
 /// The gaps are held to 0.35 nats, not 0.25: ggml computes GELU through an f16 table, so its
 /// activations differ from exact GELU by about 1e-3, and a token whose second and third
 /// experts are that close is routed differently by the two engines (llama.cpp itself moves
-/// these gaps by up to 0.8 nats with a q8_0 KV cache). The engine stays within 0.3. Without
-/// the experts' scales the gaps move by up to 0.9 nats, past 0.35 at 8 of the 16 steps.
+/// these gaps by up to 0.8 nats with a q8_0 KV cache). The engine stays within 0.3. Leaving
+/// the experts' scales out of the engine, or routing on the experts' input instead of the
+/// router's own scaled norm, changes more than two runner-ups and fails; llama.cpp on this
+/// file with every expert scale at 1 moves the gaps by up to 0.9 nats, past 0.35 at 8 steps.
 #[test]
 fn gemma4_moe_decodes_llama_cpp_s_tokens_runner_ups_and_gaps() {
     #[rustfmt::skip]
@@ -699,6 +701,11 @@ fn gemma4_memory_estimate_counts_the_kv_cache_the_engine_allocates() {
         let (_, path) = write(spec, dir.path(), &format!("gemma4-{preset}.gguf"), 2);
         let header = influence::library::gguf::read_header(&path).unwrap();
         let shape = ModelShape::from_metadata(&header.metadata).unwrap();
+        // The Hub and `pull` read the same shape from the header's first 256 KB.
+        let bytes = std::fs::read(&path).unwrap();
+        let prefix = &bytes[..bytes.len().min(256 * 1024)];
+        let head = influence::library::gguf::read_metadata_prefix(prefix).unwrap();
+        assert_eq!(ModelShape::from_metadata(&head), Some(shape), "{preset}");
         assert_eq!(
             shape.kv_bytes_per_token,
             (sliding + full) * floats as u64 * 4,

@@ -415,6 +415,53 @@ mod tests {
         );
     }
 
+    /// Gemma 4 at 26B-A4B-like numbers (30 layers, every sixth full; sliding layers 8 KV heads
+    /// of 256, full layers 2 of 512 with a 1024 window): the engine's layout, where counting
+    /// every layer with the query heads at the full width would give 30 × 16 × 512 × 2 × 4
+    /// bytes a position. A pattern of the wrong length (the engine would refuse the file)
+    /// gives no shape rather than a wrong one.
+    #[test]
+    fn gemma4_shape_is_the_engine_s_cache_layout() {
+        let pattern = |n: usize| MetaValue::Bools((0..n).map(|i| (i + 1) % 6 != 0).collect());
+        let kv: Vec<i128> = (0..30)
+            .map(|i| if (i + 1) % 6 != 0 { 8 } else { 2 })
+            .collect();
+        let m = |pattern: MetaValue| {
+            meta(&[
+                ("general.architecture", MetaValue::Str("gemma4".into())),
+                ("gemma4.block_count", MetaValue::Int(30)),
+                ("gemma4.embedding_length", MetaValue::Int(2816)),
+                ("gemma4.attention.head_count", MetaValue::Int(16)),
+                (
+                    "gemma4.attention.head_count_kv",
+                    MetaValue::Ints(kv.clone()),
+                ),
+                ("gemma4.attention.key_length", MetaValue::Int(512)),
+                ("gemma4.attention.key_length_swa", MetaValue::Int(256)),
+                ("gemma4.attention.sliding_window", MetaValue::Int(1024)),
+                ("gemma4.attention.sliding_window_pattern", pattern),
+                ("gemma4.attention.shared_kv_layers", MetaValue::Int(0)),
+                ("gemma4.context_length", MetaValue::Int(262_144)),
+                ("gemma4.expert_count", MetaValue::Int(128)),
+                ("gemma4.expert_used_count", MetaValue::Int(8)),
+            ])
+        };
+        let s = ModelShape::from_metadata(&m(pattern(30))).unwrap();
+        let (swa, full) = (2 * 8 * 256 * 4, 2 * 2 * 512 * 4);
+        assert_eq!(s.kv_bytes_per_token, 25 * swa + 5 * full);
+        assert_eq!(
+            s.windowed,
+            Some(Windowed {
+                window: 1024,
+                kv_bytes_per_token: 25 * swa
+            })
+        );
+        let rows = crate::engine::window_rows(1024, crate::engine::PREFILL_CHUNK) as u64;
+        assert_eq!(s.kv_bytes(4096), 5 * full * 4096 + 25 * swa * rows);
+        assert!(s.kv_bytes(4096) < 30 * 16 * 512 * 2 * 4 * 4096 / 2);
+        assert!(ModelShape::from_metadata(&m(pattern(29))).is_none());
+    }
+
     #[test]
     fn shape_from_llama_metadata() {
         let m = meta(&[
