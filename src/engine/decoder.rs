@@ -112,6 +112,27 @@ pub struct DecoderConfig {
     pub mrope_sections: Option<[usize; 4]>,
 }
 
+/// One KV cache of a slot: the f32 values of K and V a position takes, and the window that
+/// caps its rows where it keeps only that (see [`window_rows`](super::kv_cache::window_rows)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    pub floats_per_position: usize,
+    pub window: Option<usize>,
+}
+
+/// The KV caches a slot of this model would hold, from its metadata alone: what the decoder
+/// allocates, for estimates made before (or without) loading it. Errors as loading would.
+pub fn caches_from_metadata(
+    md: &HashMap<String, candle_core::quantized::gguf_file::Value>,
+    arch: &str,
+) -> Result<Vec<CacheShape>, EngineError> {
+    let meta = Meta {
+        path: Path::new("(metadata)"),
+        md,
+    };
+    Ok(DecoderConfig::from_meta(&meta, arch)?.caches())
+}
+
 /// YaRN rope scaling (llama.cpp's `rope_yarn` with its context's attention factor).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Yarn {
@@ -207,12 +228,6 @@ impl DecoderConfig {
         let gemma = matches!(arch, "gemma2" | "gemma3" | "gemma4");
         let gpt_oss = arch == "gpt-oss";
         let gemma4 = arch == "gemma4";
-        if gemma4 && meta.opt_usize(&k("expert_count")).unwrap_or(0) > 0 {
-            return Err(EngineError::UnsupportedArchitecture {
-                arch: "gemma4 with mixture-of-experts layers (Gemma 4 26B-A4B)".into(),
-                supported: super::gguf::SUPPORTED_ARCHS.join(", "),
-            });
-        }
         // Gemma 4 lists its sliding-window layers; llama.cpp requires the list.
         let swa_layers = if gemma4 {
             let v = meta.opt_bools(&k("attention.sliding_window_pattern"), n_layer)?;
@@ -445,16 +460,27 @@ impl DecoderConfig {
     /// at most `chunk`: cache-owning attention layers only, a windowed cache at most
     /// [`window_rows`](super::kv_cache::window_rows) of them.
     pub fn kv_floats(&self, positions: usize, chunk: usize) -> usize {
-        (0..self.kv_layers.min(self.n_layer))
-            .filter(|&i| !self.is_recurrent(i))
-            .map(|i| {
-                let rows = match self.cache_window(i) {
+        self.caches()
+            .iter()
+            .map(|c| {
+                let rows = match c.window {
                     Some(w) => positions.min(super::kv_cache::window_rows(w, chunk)),
                     None => positions,
                 };
-                2 * self.layer_kv_heads(i) * self.layer_head_dim(i) * rows
+                c.floats_per_position * rows
             })
             .sum()
+    }
+
+    /// The KV caches one slot holds, in layer order: cache-owning attention layers only.
+    pub fn caches(&self) -> Vec<CacheShape> {
+        (0..self.kv_layers.min(self.n_layer))
+            .filter(|&i| !self.is_recurrent(i))
+            .map(|i| CacheShape {
+                floats_per_position: 2 * self.layer_kv_heads(i) * self.layer_head_dim(i),
+                window: self.cache_window(i),
+            })
+            .collect()
     }
 
     /// Shared-KV layers must find a cache of their own kind (llama.cpp asserts the same).
@@ -547,6 +573,21 @@ struct Moe {
     /// Qwen3.5 MoE: the shared expert's output is scaled by `sigmoid(h · w)` per token
     /// (`ffn_gate_inp_shexp`, one weight per hidden value).
     shared_gate: Option<Tensor>,
+    /// Gemma 4: each branch reads the block's input through its own norm and is normed again
+    /// before the two are added.
+    gemma4: Option<Box<Gemma4Moe>>,
+}
+
+/// What Gemma 4's block adds around the experts (llama.cpp's `gemma4` graph): the shared
+/// MLP is the layer's dense FFN behind `ffn_norm`, normed by `post_ffw_norm_1`; the experts
+/// read the input through `pre_ffw_norm_2` and are normed by `post_ffw_norm_2`; the router
+/// reads the input RMS-normed without a weight, times 1/sqrt(hidden), times its own scale.
+struct Gemma4Moe {
+    expert_norm: Tensor,
+    shared_post_norm: Tensor,
+    routed_post_norm: Tensor,
+    /// `ffn_gate_inp.scale`: one factor per hidden value.
+    router_scale: Tensor,
 }
 
 /// A mixture-of-experts router's weights.
@@ -640,6 +681,9 @@ struct Expert {
     down: Linear,
     /// gpt-oss: biases of the gate, up and down projections.
     bias: Option<[Vec<f32>; 3]>,
+    /// Gemma 4: the expert's output is multiplied by this before its routing weight
+    /// (`ffn_down_exps.scale`, one value per expert).
+    scale: Option<f32>,
 }
 
 enum GateUp {
@@ -833,6 +877,15 @@ impl Loader<'_> {
     /// expert's rows are contiguous in the file, so each is cut out as its own matrix and
     /// repacked for the own kernels like any other.
     fn experts(&mut self, name: &str) -> Result<Vec<Linear>, EngineError> {
+        let mut parts = self.expert_parts(name, 1)?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// The experts of a stack whose matrices are `parts` matrices one above the other (Gemma
+    /// 4's `ffn_gate_up_exps`: each expert's gate rows, then its up rows), cut apart: one list
+    /// per part, each with one matrix per expert. Rows lie whole in the file, so each part of
+    /// an expert is a contiguous run of its bytes.
+    fn expert_parts(&mut self, name: &str, parts: usize) -> Result<Vec<Vec<Linear>>, EngineError> {
         if !matches!(self.src, Source::Gguf(_)) {
             return Err(EngineError::Candle(format!(
                 "mixture-of-experts tensor `{name}` requested from a safetensors model"
@@ -840,7 +893,7 @@ impl Loader<'_> {
         }
         if let Source::Gguf(f) = &self.src {
             if f.mxfp4.contains_key(name) {
-                return self.mx_experts(name);
+                return self.mx_experts(name, parts);
             }
         }
         let q = self.qtensor(name)?;
@@ -851,17 +904,19 @@ impl Loader<'_> {
         })?;
         let dtype = q.dtype();
         let data = q.data()?;
-        if n_exp == 0 || data.len() % n_exp != 0 {
+        let parts = parts.max(1);
+        if n_exp == 0 || data.len() % (n_exp * parts) != 0 || rows % parts != 0 {
             return Err(self.corrupt(&format!("tensor `{name}` has a ragged expert stack")));
         }
-        let per = data.len() / n_exp;
-        let mut out = Vec::with_capacity(n_exp);
-        for e in 0..n_exp {
-            let bytes = std::borrow::Cow::Borrowed(&data[e * per..(e + 1) * per]);
+        let per = data.len() / (n_exp * parts);
+        let mut out: Vec<Vec<Linear>> = (0..parts).map(|_| Vec::with_capacity(n_exp)).collect();
+        for (i, chunk) in data.chunks_exact(per).enumerate() {
+            let (e, part) = (i / parts, i % parts);
+            let bytes = std::borrow::Cow::Borrowed(chunk);
             let storage = candle_core::quantized::QStorage::from_data(bytes, &self.device, dtype)?;
-            let qe = QTensor::new(storage, (rows, cols))?;
+            let qe = QTensor::new(storage, (rows / parts, cols))?;
             let label = format!("{name}[{e}]");
-            out.push(if self.device.is_cpu() {
+            out[part].push(if self.device.is_cpu() {
                 match self.repack(&label, &qe)? {
                     Some(Own::Q8(m)) => Linear::Q8(Arc::new(m)),
                     Some(Own::K(m)) => Linear::K(Arc::new(m)),
@@ -875,26 +930,28 @@ impl Loader<'_> {
         Ok(out)
     }
 
-    /// The experts of a stacked MXFP4 tensor, each repacked for the own MXFP4 kernel.
-    fn mx_experts(&mut self, name: &str) -> Result<Vec<Linear>, EngineError> {
+    /// The experts of a stacked MXFP4 tensor, each repacked for the own MXFP4 kernel (cut into
+    /// `parts` as [`Loader::expert_parts`] cuts).
+    fn mx_experts(&mut self, name: &str, parts: usize) -> Result<Vec<Vec<Linear>>, EngineError> {
         let (dims, data) = self.mx_bytes(name)?;
         let &[n_exp, rows, cols] = dims.as_slice() else {
             return Err(self.corrupt(&format!(
                 "tensor `{name}` is not a stack of expert matrices"
             )));
         };
-        if n_exp == 0 || data.len() % n_exp != 0 {
+        let parts = parts.max(1);
+        if n_exp == 0 || data.len() % (n_exp * parts) != 0 || rows % parts != 0 {
             return Err(self.corrupt(&format!("tensor `{name}` has a ragged expert stack")));
         }
-        let per = data.len() / n_exp;
-        data.chunks_exact(per)
-            .enumerate()
-            .map(|(e, bytes)| {
-                MxMatrix::from_gguf_bytes(bytes, rows, cols)
-                    .map(|m| Linear::Mx(Arc::new(m)))
-                    .map_err(|r| self.corrupt(&format!("tensor `{name}[{e}]`: {r}")))
-            })
-            .collect()
+        let per = data.len() / (n_exp * parts);
+        let mut out: Vec<Vec<Linear>> = (0..parts).map(|_| Vec::with_capacity(n_exp)).collect();
+        for (i, bytes) in data.chunks_exact(per).enumerate() {
+            let (e, part) = (i / parts, i % parts);
+            let m = MxMatrix::from_gguf_bytes(bytes, rows / parts, cols)
+                .map_err(|r| self.corrupt(&format!("tensor `{name}[{e}]`: {r}")))?;
+            out[part].push(Linear::Mx(Arc::new(m)));
+        }
+        Ok(out)
     }
 
     /// The shape and bytes of MXFP4 tensor `name`; MXFP4 runs on the CPU only.
@@ -1461,15 +1518,22 @@ impl Decoder {
                 None => None,
             };
             let ffn = if l.has(&p("ffn_gate_inp.weight")) {
-                let (gate, up, down) = (
-                    l.experts(&p("ffn_gate_exps.weight"))?,
-                    l.experts(&p("ffn_up_exps.weight"))?,
-                    l.experts(&p("ffn_down_exps.weight"))?,
-                );
+                // Gemma 4 files stack each expert's gate and up rows in one tensor.
+                let (gate, up) = if l.has(&p("ffn_gate_up_exps.weight")) {
+                    let mut gu = l.expert_parts(&p("ffn_gate_up_exps.weight"), 2)?;
+                    let up = gu.pop().unwrap_or_default();
+                    (gu.pop().unwrap_or_default(), up)
+                } else {
+                    (
+                        l.experts(&p("ffn_gate_exps.weight"))?,
+                        l.experts(&p("ffn_up_exps.weight"))?,
+                    )
+                };
+                let down = l.experts(&p("ffn_down_exps.weight"))?;
                 if gate.len() != up.len() || up.len() != down.len() || gate.is_empty() {
-                    return Err(
-                        l.corrupt("blk.{i}: the expert tensors disagree on the expert count")
-                    );
+                    return Err(l.corrupt(&format!(
+                        "blk.{i}: the expert tensors disagree on the expert count"
+                    )));
                 }
                 let top_k = cfg.experts_used.clamp(1, gate.len());
                 let n_exp = gate.len();
@@ -1501,6 +1565,28 @@ impl Decoder {
                     Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
                     None => None,
                 };
+                let scales = match l.opt_dense(&p("ffn_down_exps.scale"))? {
+                    Some(t) => {
+                        let v = t.flatten_all()?.to_vec1::<f32>()?;
+                        if v.len() != n_exp {
+                            return Err(l.corrupt(&format!(
+                                "blk.{i}.ffn_down_exps.scale has {} values for {n_exp} experts",
+                                v.len()
+                            )));
+                        }
+                        v.into_iter().map(Some).collect()
+                    }
+                    None => vec![None; n_exp],
+                };
+                let gemma4 = match l.opt_dense(&p("ffn_gate_inp.scale"))? {
+                    Some(router_scale) => Some(Box::new(Gemma4Moe {
+                        expert_norm: l.dense(&p("pre_ffw_norm_2.weight"))?,
+                        shared_post_norm: l.dense(&p("post_ffw_norm_1.weight"))?,
+                        routed_post_norm: l.dense(&p("post_ffw_norm_2.weight"))?,
+                        router_scale,
+                    })),
+                    None => None,
+                };
                 Ffn::Moe(Moe {
                     router: Router::load(&mut l, &p("ffn_gate_inp.weight"))?,
                     router_bias,
@@ -1509,11 +1595,13 @@ impl Decoder {
                         .zip(up)
                         .zip(down)
                         .zip(biases.iter_mut())
-                        .map(|(((gate, up), down), bias)| Expert {
+                        .zip(scales)
+                        .map(|((((gate, up), down), bias), scale)| Expert {
                             gate,
                             up,
                             down,
                             bias: bias.take(),
+                            scale,
                         })
                         .collect(),
                     top_k,
@@ -1526,10 +1614,21 @@ impl Decoder {
                             up: l.matmul(&p("ffn_up_shexp.weight"))?,
                             down: l.matmul(&p("ffn_down_shexp.weight"))?,
                             bias: None,
+                            scale: None,
+                        })
+                    } else if gemma4.is_some() {
+                        // Gemma 4's shared MLP is the layer's dense FFN.
+                        Some(Expert {
+                            gate: l.matmul(&p("ffn_gate.weight"))?,
+                            up: l.matmul(&p("ffn_up.weight"))?,
+                            down: l.matmul(&p("ffn_down.weight"))?,
+                            bias: None,
+                            scale: None,
                         })
                     } else {
                         None
                     },
+                    gemma4,
                 })
             } else {
                 let gate_up = if l.has(&p("ffn_gate.weight")) {
@@ -1742,11 +1841,16 @@ impl Decoder {
                 }
                 // Experts see each token alone or with others that chose them: candle's
                 // kernels would change a row's numbers with that company.
-                Ffn::Moe(m) => m.experts.iter().any(|e| {
-                    [&e.gate, &e.up, &e.down]
-                        .iter()
-                        .any(|w| matches!(w, Linear::Candle(_)))
-                }),
+                Ffn::Moe(m) => {
+                    m.experts.iter().any(|e| {
+                        [&e.gate, &e.up, &e.down]
+                            .iter()
+                            .any(|w| matches!(w, Linear::Candle(_)))
+                    }) || m
+                        .shared
+                        .as_ref()
+                        .is_some_and(|e| dense(&e.gate) || dense(&e.up) || dense(&e.down))
+                }
             };
             qkv || ffn || per_layer || l.o.as_ref().is_some_and(dense)
         };
@@ -1962,19 +2066,39 @@ impl Decoder {
                     linear(down, &ff, dense_ok)?
                 }
                 Ffn::Moe(moe) => {
-                    let routed = moe_forward(moe, &h, &act)?;
+                    let routed = match &moe.gemma4 {
+                        Some(g4) => {
+                            let experts_in = ops::rms_norm(&x, &g4.expert_norm, eps)?;
+                            let hidden = x.dim(D::Minus1)?;
+                            let ones = Tensor::ones(hidden, DType::F32, x.device())?;
+                            let router_in = (ops::rms_norm(&x, &ones, eps)?
+                                * (1.0 / (hidden as f64).sqrt()))?
+                            .broadcast_mul(&g4.router_scale)?;
+                            let routed = moe_forward(moe, &experts_in, &router_in, &act)?;
+                            ops::rms_norm(&routed, &g4.routed_post_norm, eps)?
+                        }
+                        None => moe_forward(moe, &h, &h, &act)?,
+                    };
                     match &moe.shared {
                         Some(e) => {
                             let [g, u] = linear_many([&e.gate, &e.up], &h, dense_ok)?;
-                            let shared = linear(&e.down, &ops::silu_mul(&g, &u)?, dense_ok)?;
-                            let shared = match &moe.shared_gate {
-                                Some(w) => {
+                            let glu = if cfg.gelu {
+                                (act(&g)? * u)?
+                            } else {
+                                ops::silu_mul(&g, &u)?
+                            };
+                            let shared = linear(&e.down, &glu, dense_ok)?;
+                            let shared = match (&moe.shared_gate, &moe.gemma4) {
+                                (Some(w), _) => {
                                     let logit = h.broadcast_mul(w)?.sum_keepdim(D::Minus1)?;
                                     shared.broadcast_mul(&candle_nn::ops::sigmoid(&logit)?)?
                                 }
-                                None => shared,
+                                (None, Some(g4)) => {
+                                    ops::rms_norm(&shared, &g4.shared_post_norm, eps)?
+                                }
+                                (None, None) => shared,
                             };
-                            (routed + shared)?
+                            (shared + routed)?
                         }
                         None => routed,
                     }
@@ -2097,16 +2221,18 @@ struct SeqPart {
 }
 
 /// A mixture-of-experts block over every row of `h` (1, rows, hidden): the router's softmax
-/// picks each row's `top_k` experts (ties to the lower index, as a stable sort), then every
-/// expert runs once over the rows that chose it and its output is added to theirs, weighted.
+/// over its logits of `router_in` (`h` itself but in Gemma 4) picks each row's `top_k`
+/// experts (ties to the lower index, as a stable sort), then every expert runs once over the
+/// rows that chose it and its output is added to theirs, weighted.
 fn moe_forward(
     moe: &Moe,
     h: &Tensor,
+    router_in: &Tensor,
     act: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Tensor> {
     let (_, rows, hidden) = h.dims3()?;
     let n_exp = moe.experts.len();
-    let mut logits = moe.router.logits(h)?;
+    let mut logits = moe.router.logits(router_in)?;
     if let Some(b) = &moe.router_bias {
         for row in logits.chunks_exact_mut(n_exp) {
             for (l, b) in row.iter_mut().zip(b) {
@@ -2168,6 +2294,12 @@ fn moe_forward(
                 for (v, b) in row.iter_mut().zip(db) {
                     *v += b;
                 }
+            }
+        }
+        // llama.cpp scales the down projection's output, then weights it.
+        if let Some(s) = ex.scale {
+            for v in y.iter_mut() {
+                *v *= s;
             }
         }
         for (j, &(r, w)) in picks.iter().enumerate() {

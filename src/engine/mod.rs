@@ -69,6 +69,7 @@ use std::sync::{mpsc, Arc};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 pub use constraint::{Constraint, Grammar};
+pub use decoder::{caches_from_metadata, CacheShape};
 pub use error::EngineError;
 pub use fake::FakeScript;
 pub use kv_cache::window_rows;

@@ -101,6 +101,8 @@ impl GgmlType {
 pub enum MetaValue {
     /// An integer array of at most [`MAX_KEPT_INTS`] items.
     Ints(Vec<i128>),
+    /// A flag array of at most [`MAX_KEPT_INTS`] items (Gemma 4's sliding-window layers).
+    Bools(Vec<bool>),
     Int(i128),
     Float(f64),
     Bool(bool),
@@ -520,8 +522,8 @@ impl<R: Read + Seek> Reader<R> {
         Ok(())
     }
 
-    /// Skips the `len` items of an array of value type `elem`.
-    /// An array's items: kept when they are a few integers, otherwise skipped (its length kept).
+    /// An array's items: kept when they are a few integers or flags, otherwise skipped (its
+    /// length kept).
     fn array(&mut self, elem: u32, len: u64, depth: u32) -> Result<MetaValue, GgufError> {
         if matches!(elem, 0..=5 | 10 | 11) && len <= MAX_KEPT_INTS {
             let mut items = Vec::with_capacity(len as usize);
@@ -531,6 +533,15 @@ impl<R: Read + Seek> Reader<R> {
                 }
             }
             return Ok(MetaValue::Ints(items));
+        }
+        if elem == 7 && len <= MAX_KEPT_INTS {
+            let mut items = Vec::with_capacity(len as usize);
+            for _ in 0..len {
+                if let MetaValue::Bool(b) = self.value(elem, depth + 1)? {
+                    items.push(b);
+                }
+            }
+            return Ok(MetaValue::Bools(items));
         }
         self.array_items(elem, len, depth)?;
         Ok(MetaValue::Array { len })

@@ -180,19 +180,13 @@ pub(crate) fn inspect_gguf(shards: &[PathBuf]) -> Inspection {
     let split = info
         .layers
         .and_then(|l| layer_split(arch, l, kv_meta, |k| h.arch_u64(k)));
-    let mut hybrid = false;
     if let (true, Some((recurrent, attention))) = (layer_kind != LayerKind::Attention, split) {
-        hybrid = attention > 0;
         info.layer_kind = Some(layer_mix_label(layer_kind, recurrent, attention));
         info.state_bytes = ssm_state_bytes(layer_kind, recurrent, |k| h.arch_u64(k));
     }
     let heads = h.arch_u64("attention.head_count").filter(|&n| n > 0);
-    info.kv_heads = if hybrid {
-        attention_kv_heads(kv_meta)
-    } else {
-        h.arch_u64("attention.head_count_kv")
-    }
-    .or(heads);
+    // A per-layer list (a hybrid's, Gemma 4's) gives its first attention layer's count.
+    info.kv_heads = attention_kv_heads(kv_meta).or(heads);
     info.head_dim = h.arch_u64("attention.key_length").or_else(|| {
         let embd = h.arch_u64("embedding_length")?;
         embd.checked_div(heads?)

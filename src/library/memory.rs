@@ -189,7 +189,13 @@ impl ModelShape {
         };
         let width = key("embedding_length");
         let mut windowed = None;
-        let kv_bytes_per_token = if attention > 0 {
+        let kv_bytes_per_token = if arch == "gemma4" {
+            // Layers of two widths and KV head counts, a per-layer window list and layers that
+            // read others' caches: the engine's own layout, not a sum over uniform layers.
+            let (all, swa) = engine_caches(meta, arch)?;
+            windowed = swa;
+            all
+        } else if attention > 0 {
             let heads = key("attention.head_count");
             // Only a hybrid's per-layer list is read here (Gemma 4's counts its heads).
             let kv_heads = if recurrent > 0 {
@@ -220,10 +226,58 @@ impl ModelShape {
     }
 }
 
+/// KV bytes per position of every cache the engine allocates for this file, and the windowed
+/// caches' share: the decoder's layout from the same metadata
+/// ([`crate::engine::caches_from_metadata`]). `None` when the engine would not load it.
+fn engine_caches(
+    meta: &BTreeMap<String, MetaValue>,
+    arch: &str,
+) -> Option<(u64, Option<Windowed>)> {
+    use candle_core::quantized::gguf_file::Value;
+    let prefix = format!("{arch}.");
+    let md: std::collections::HashMap<String, Value> = meta
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .filter_map(|(k, v)| {
+            let int = |i: i128| match u64::try_from(i) {
+                Ok(u) => Some(Value::U64(u)),
+                Err(_) => i64::try_from(i).ok().map(Value::I64),
+            };
+            let value = match v {
+                MetaValue::Int(i) => int(*i)?,
+                MetaValue::Float(f) => Value::F64(*f),
+                MetaValue::Bool(b) => Value::Bool(*b),
+                MetaValue::Str(s) => Value::String(s.clone()),
+                MetaValue::Ints(items) => {
+                    Value::Array(items.iter().map(|&i| int(i)).collect::<Option<_>>()?)
+                }
+                MetaValue::Bools(items) => {
+                    Value::Array(items.iter().map(|&b| Value::Bool(b)).collect())
+                }
+                MetaValue::Array { .. } => return None,
+            };
+            Some((k.clone(), value))
+        })
+        .collect();
+    let caches = crate::engine::caches_from_metadata(&md, arch).ok()?;
+    let bytes = |c: &crate::engine::CacheShape| (c.floats_per_position as u64).saturating_mul(4);
+    let all = caches.iter().map(bytes).fold(0u64, u64::saturating_add);
+    // One window serves every windowed cache (the file's `attention.sliding_window`).
+    let window = caches.iter().find_map(|c| c.window);
+    let windowed = window.map(|w| Windowed {
+        window: w as u64,
+        kv_bytes_per_token: caches
+            .iter()
+            .filter(|c| c.window.is_some())
+            .map(bytes)
+            .fold(0u64, u64::saturating_add),
+    });
+    Some((all, windowed))
+}
+
 /// A file's sliding-window layers as (window, count), as the engine places them: every layer
-/// but each `pattern`-th (gpt-oss and Gemma 2: every other, Gemma 3: five of six). Gemma 4's
-/// per-layer list (and its layers of two widths) is not read: counted as full layers, the
-/// estimate errs high.
+/// but each `pattern`-th (gpt-oss and Gemma 2: every other, Gemma 3: five of six). Gemma 4
+/// takes the engine's own layout instead ([`engine_caches`]).
 fn sliding_layers(
     arch: &str,
     layers: u64,
@@ -359,6 +413,53 @@ mod tests {
             s.windowed.map(|w| w.kv_bytes_per_token),
             Some(22 * 2 * 256 * 4)
         );
+    }
+
+    /// Gemma 4 at 26B-A4B-like numbers (30 layers, every sixth full; sliding layers 8 KV heads
+    /// of 256, full layers 2 of 512 with a 1024 window): the engine's layout, where counting
+    /// every layer with the query heads at the full width would give 30 × 16 × 512 × 2 × 4
+    /// bytes a position. A pattern of the wrong length (the engine would refuse the file)
+    /// gives no shape rather than a wrong one.
+    #[test]
+    fn gemma4_shape_is_the_engine_s_cache_layout() {
+        let pattern = |n: usize| MetaValue::Bools((0..n).map(|i| (i + 1) % 6 != 0).collect());
+        let kv: Vec<i128> = (0..30)
+            .map(|i| if (i + 1) % 6 != 0 { 8 } else { 2 })
+            .collect();
+        let m = |pattern: MetaValue| {
+            meta(&[
+                ("general.architecture", MetaValue::Str("gemma4".into())),
+                ("gemma4.block_count", MetaValue::Int(30)),
+                ("gemma4.embedding_length", MetaValue::Int(2816)),
+                ("gemma4.attention.head_count", MetaValue::Int(16)),
+                (
+                    "gemma4.attention.head_count_kv",
+                    MetaValue::Ints(kv.clone()),
+                ),
+                ("gemma4.attention.key_length", MetaValue::Int(512)),
+                ("gemma4.attention.key_length_swa", MetaValue::Int(256)),
+                ("gemma4.attention.sliding_window", MetaValue::Int(1024)),
+                ("gemma4.attention.sliding_window_pattern", pattern),
+                ("gemma4.attention.shared_kv_layers", MetaValue::Int(0)),
+                ("gemma4.context_length", MetaValue::Int(262_144)),
+                ("gemma4.expert_count", MetaValue::Int(128)),
+                ("gemma4.expert_used_count", MetaValue::Int(8)),
+            ])
+        };
+        let s = ModelShape::from_metadata(&m(pattern(30))).unwrap();
+        let (swa, full) = (2 * 8 * 256 * 4, 2 * 2 * 512 * 4);
+        assert_eq!(s.kv_bytes_per_token, 25 * swa + 5 * full);
+        assert_eq!(
+            s.windowed,
+            Some(Windowed {
+                window: 1024,
+                kv_bytes_per_token: 25 * swa
+            })
+        );
+        let rows = crate::engine::window_rows(1024, crate::engine::PREFILL_CHUNK) as u64;
+        assert_eq!(s.kv_bytes(4096), 5 * full * 4096 + 25 * swa * rows);
+        assert!(s.kv_bytes(4096) < 30 * 16 * 512 * 2 * 4 * 4096 / 2);
+        assert!(ModelShape::from_metadata(&m(pattern(29))).is_none());
     }
 
     #[test]

@@ -881,8 +881,10 @@ pub enum Dim {
     Vocab,
     /// Experts of a mixture-of-experts layer.
     Experts,
-    /// Each expert's FFN inner size.
+    /// Each expert's FFN inner size, and twice it (Gemma 4 stacks each expert's gate and up
+    /// rows in one tensor, `ffn_gate_up_exps`).
     FfnExp,
+    FfnExpPair,
     /// The number of query heads (gpt-oss's attention sinks: one per head).
     Heads,
     /// Gemma 4: one layer's per-layer embedding width, all layers' together, and the pairs of
@@ -971,6 +973,14 @@ pub enum Role {
     PostNorm,
     /// Gemma 4's per-layer output multiplier, one value.
     LayerScale,
+    /// Gemma 4's per-expert output multiplier (`ffn_down_exps.scale`): spread widely, so each
+    /// chosen expert's share of the block moves with it.
+    ExpertScale,
+    /// Gemma 4's router input scale (`ffn_gate_inp.scale`), one per hidden value. Its input is
+    /// RMS-normed and divided by sqrt(hidden); a scale near 3·sqrt(hidden) spreads the logits
+    /// by about 3, so a token's second expert usually weighs clearly less than its first and a
+    /// near-tie with the third (which float noise may flip) moves the block little.
+    RouterScale,
     /// `rope_freqs`: 1 for rotated pairs, 1e30 for the others.
     RopeFreqs,
     /// Phi's `rope_factors_long` (true) and `rope_factors_short`.
@@ -1101,6 +1111,9 @@ pub enum Field {
     /// Qwen3.5's `[11, 11, 10]` splits 32 pairs; the layer period of full attention.
     RopeSections,
     FullAttnInterval,
+    /// A field written only for shapes with experts (Gemma 4's dense and MoE presets share a
+    /// family).
+    IfExperts(&'static Field),
 }
 
 /// A metadata value a family writes whatever the shape (Granite's multipliers, Gemma 2's
@@ -1290,6 +1303,7 @@ impl Shape {
             Dim::Vocab => self.vocab,
             Dim::Experts => self.experts,
             Dim::FfnExp => self.ffn_exp,
+            Dim::FfnExpPair => 2 * self.ffn_exp,
             Dim::SsmInner => self.ssm.inner,
             Dim::SsmConv => self.ssm.conv,
             Dim::SsmState => self.ssm.state,
@@ -1421,6 +1435,7 @@ impl Shape {
                 Meta::i32s([pairs.div_ceil(3), (pairs + 1) / 3, pairs / 3, 0].map(|x| x as i32))
             }
             Field::FullAttnInterval => Meta::U32(self.ssm.attn_every as u32),
+            Field::IfExperts(f) => self.field(*f),
         }
     }
 
@@ -2316,6 +2331,56 @@ const GEMMA4_LAYER: &[TensorTemplate] = &[
         &[Ffn, Hidden],
         Role::Proj(Cat::FfnDown),
     ),
+    // Gemma 4 26B-A4B: routed experts beside the MLP above (its shared expert), each branch
+    // with its own norms (llama.cpp's tensor order).
+    t_when(
+        "blk.{i}.ffn_gate_inp.weight",
+        &[Hidden, Experts],
+        Role::Router,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_inp.scale",
+        &[Hidden],
+        Role::RouterScale,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.pre_ffw_norm_2.weight",
+        &[Hidden],
+        Role::Norm,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.post_ffw_norm_1.weight",
+        &[Hidden],
+        Role::Norm,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.post_ffw_norm_2.weight",
+        &[Hidden],
+        Role::Norm,
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_gate_up_exps.weight",
+        &[Hidden, FfnExpPair, Experts],
+        Role::Proj(Cat::FfnUp),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_exps.weight",
+        &[FfnExp, Hidden, Experts],
+        Role::Proj(Cat::FfnDown),
+        When::Moe,
+    ),
+    t_when(
+        "blk.{i}.ffn_down_exps.scale",
+        &[Experts],
+        Role::ExpertScale,
+        When::Moe,
+    ),
     t("blk.{i}.post_ffw_norm.weight", &[Hidden], Role::PostNorm),
     t_when(
         "blk.{i}.inp_gate.weight",
@@ -2349,7 +2414,10 @@ const GEMMA4_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% se
 /// heads, full layers with proportional RoPE (`rope_freqs`) and values equal to their keys,
 /// the last layers reading earlier layers' KV caches with double-wide FFNs, per-layer token
 /// embeddings, q/k/v norms, post-norms, per-layer output scales and soft-capped logits. The tiny
-/// preset has every one of these so each shows in the golden.
+/// preset has every one of these so each shows in the golden. `tiny-moe` is 26B-A4B-shaped:
+/// each layer's MLP runs beside routed GELU experts (gate and up stacked in one tensor) with
+/// per-expert output scales, a router reading its own scaled norm of the input, and a norm
+/// on each branch before they are added.
 pub const GEMMA4: Family = Family {
     arch: "gemma4",
     head: GEMMA4_HEAD,
@@ -2372,6 +2440,12 @@ pub const GEMMA4: Family = Family {
         ("embedding_length_per_layer_input", Field::PerLayerWidth),
         ("rope.freq_base", Field::RopeBase),
         ("attention.layer_norm_rms_epsilon", Field::RmsEps),
+        ("expert_count", Field::IfExperts(&Field::Experts)),
+        ("expert_used_count", Field::IfExperts(&Field::ExpertsUsed)),
+        (
+            "expert_feed_forward_length",
+            Field::IfExperts(&Field::FfnExp),
+        ),
     ],
     consts: &[
         ("rope.freq_base_swa", Const::F32(10_000.0)),
@@ -2388,39 +2462,76 @@ pub const GEMMA4: Family = Family {
         add_bos: true,
         chat_template: GEMMA4_TEMPLATE,
     },
-    presets: &[(
-        "tiny",
-        Shape {
-            hidden: 256,
-            layers: 6,
-            heads: 4,
-            kv_heads: 1,
-            head_dim: 128,
-            ffn: 512,
-            vocab: 1024,
-            context: 2048,
-            rope_base: 1_000_000.0,
-            rms_eps: 1e-6,
-            tied: true,
-            experts: 0,
-            experts_used: 0,
-            ffn_exp: 0,
-            kinds: Some(LayerKinds {
-                full_every: 3,
-                swa_head_dim: 64,
-                swa_kv_heads: 2,
-                shared_kv: 3,
-                shared_ffn_mult: 2,
-                full_k_is_v: true,
-                per_layer: 128,
-                full_rope_fraction: 0.25,
-            }),
-            llama3_rope: None,
-            rope_dim: None,
-            longrope: None,
-            ssm: NO_SSM,
-        },
-    )],
+    presets: &[
+        (
+            "tiny",
+            Shape {
+                hidden: 256,
+                layers: 6,
+                heads: 4,
+                kv_heads: 1,
+                head_dim: 128,
+                ffn: 512,
+                vocab: 1024,
+                context: 2048,
+                rope_base: 1_000_000.0,
+                rms_eps: 1e-6,
+                tied: true,
+                experts: 0,
+                experts_used: 0,
+                ffn_exp: 0,
+                kinds: Some(LayerKinds {
+                    full_every: 3,
+                    swa_head_dim: 64,
+                    swa_kv_heads: 2,
+                    shared_kv: 3,
+                    shared_ffn_mult: 2,
+                    full_k_is_v: true,
+                    per_layer: 128,
+                    full_rope_fraction: 0.25,
+                }),
+                llama3_rope: None,
+                rope_dim: None,
+                longrope: None,
+                ssm: NO_SSM,
+            },
+        ),
+        (
+            // 26B-A4B-style: every layer's MLP beside 8 routed experts (2 per token), no
+            // per-layer embeddings, every layer with a KV cache of its own.
+            "tiny-moe",
+            Shape {
+                hidden: 256,
+                layers: 6,
+                heads: 4,
+                kv_heads: 1,
+                head_dim: 128,
+                ffn: 512,
+                vocab: 1024,
+                context: 2048,
+                rope_base: 1_000_000.0,
+                rms_eps: 1e-6,
+                tied: true,
+                experts: 8,
+                experts_used: 2,
+                ffn_exp: 256,
+                kinds: Some(LayerKinds {
+                    full_every: 3,
+                    swa_head_dim: 64,
+                    swa_kv_heads: 2,
+                    shared_kv: 0,
+                    shared_ffn_mult: 1,
+                    full_k_is_v: true,
+                    per_layer: 0,
+                    full_rope_fraction: 0.25,
+                }),
+                llama3_rope: None,
+                rope_dim: None,
+                longrope: None,
+                ssm: NO_SSM,
+            },
+        ),
+    ],
 };
 
 /// The keys llama.cpp's Mamba loaders read. Their converters write zero attention heads and
@@ -3897,6 +4008,8 @@ impl Plan {
                     | Role::Ssm(_)
                     | Role::PlainProj
                     | Role::LayerScale
+                    | Role::ExpertScale
+                    | Role::RouterScale
                     | Role::RopeFreqs
                     | Role::RopeFactors(_)
             );
@@ -3929,6 +4042,8 @@ impl Plan {
                 | Role::Sink
                 | Role::PostNorm
                 | Role::LayerScale
+                | Role::ExpertScale
+                | Role::RouterScale
                 | Role::RopeFreqs
                 | Role::RopeFactors(_)
                 | Role::Ssm(_) => 0.0,
@@ -3996,6 +4111,9 @@ impl Plan {
             ("general.quantization_version".into(), Meta::U32(2)),
         ];
         for (key, field) in fam.meta {
+            if matches!(field, Field::IfExperts(_)) && shape.experts == 0 {
+                continue;
+            }
             metadata.push((format!("{}.{key}", fam.arch), shape.field(*field)));
         }
         for (key, value) in fam.consts {
@@ -4084,7 +4202,9 @@ impl Plan {
                 | Role::Bias
                 | Role::Sink
                 | Role::PostNorm
-                | Role::LayerScale => {
+                | Role::LayerScale
+                | Role::ExpertScale
+                | Role::RouterScale => {
                     let (centre, spread) = match t.role {
                         Role::Norm => (1.0, 0.1),
                         // Sinks near the attention scores' own size, so each head gives a
@@ -4095,6 +4215,11 @@ impl Plan {
                         }
                         Role::PostNorm => (self.scales.branch, 0.1 * self.scales.branch),
                         Role::LayerScale => (0.95, 0.05),
+                        Role::ExpertScale => (1.0, 0.5),
+                        Role::RouterScale => {
+                            let c = 3.0 * (self.spec.shape.hidden as f32).sqrt();
+                            (c, 0.1 * c)
+                        }
                         _ => (0.0, 0.05),
                     };
                     scratch.clear();
