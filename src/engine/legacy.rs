@@ -421,9 +421,10 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&LMatrix], x: &[f32], m: usize) -> Ve
 /// `out` must point to an `a.m × w.n` buffer, no other thread may write those columns, and the
 /// CPU must run `kern`.
 unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRows, out: *mut f32) {
-    // AVX2 has 16 vector registers: 8 unpacked weight vectors and 4 × 2 accumulators fill them.
+    // AVX2 has 16 vector registers: 8 unpacked weight vectors and 4 × 2 accumulators fill them
+    // (the 256-bit VNNI variants too).
     let most = match kern {
-        Some(Kernel::Avx2) => 2,
+        Some(Kernel::Avx2 | Kernel::AvxVnni | Kernel::Vnni256) => 2,
         _ => ACTS,
     };
     let mut i0 = 0;
@@ -436,6 +437,8 @@ unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRo
             match kern {
                 Some(Kernel::Avx512) => avx512::tile(w, t, a, i0, acts, &mut res),
                 Some(Kernel::Avx2) => avx2::tile(w, t, a, i0, acts, &mut res),
+                Some(Kernel::AvxVnni) => avx2::tile_avxvnni(w, t, a, i0, acts, &mut res),
+                Some(Kernel::Vnni256) => avx2::tile_vnni256(w, t, a, i0, acts, &mut res),
                 None => tile_scalar(w, t, a, i0, acts, &mut res),
             }
         }
@@ -742,6 +745,7 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{groups, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
+    use crate::engine::simd::dot256::{Avx2, AvxVnni, Dot256, Evex};
     use std::arch::x86_64::*;
 
     /// The last three levels of [`hsum16`]'s tree on its first level's 8 sums: lanes `j` and
@@ -769,11 +773,56 @@ mod avx2 {
         acts: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
+        tile_with::<Avx2>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile`] with AVX-VNNI's `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub(super) unsafe fn tile_avxvnni(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        tile_with::<AvxVnni>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile`] with the EVEX `vpdpbusd` on ymm registers (`simd::Kernel::Vnni256`).
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must have AVX-512 VNNI and VL.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_vnni256(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        tile_with::<Evex>(w, t, a, i0, acts, res)
+    }
+
+    /// The tile for `w`'s type and `acts` rows, inlined into each variant's features.
+    #[inline(always)]
+    unsafe fn tile_with<D: Dot256>(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
         macro_rules! by_acts {
             ($off:literal, $high:literal, $min:literal) => {
                 match acts {
-                    2 => tile_impl::<$off, $high, $min, 2>(w, t, a, i0, res),
-                    _ => tile_impl::<$off, $high, $min, 1>(w, t, a, i0, res),
+                    2 => tile_impl::<D, $off, $high, $min, 2>(w, t, a, i0, res),
+                    _ => tile_impl::<D, $off, $high, $min, 1>(w, t, a, i0, res),
                 }
             };
         }
@@ -803,11 +852,16 @@ mod avx2 {
 
     /// Weight tile `t` times `M` activation rows, each group as two halves of 8 blocks (lanes
     /// 0–7 and 8–15 of the AVX-512 variant), so each lane sees the same operations in the same
-    /// order. The integer dot products use `vpmaddubsw` (at most 31 · 128 · 2 per pair: no
-    /// saturation) and `vpmaddwd` by ones.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile_impl<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
+    /// order. The integer dot products are `D`'s: `vpdpbusd`, or `vpmaddubsw` (at most
+    /// 2 · 2 · 31 · 128 for the two vectors' pairs: no saturation) and `vpmaddwd` by ones.
+    #[inline(always)]
+    unsafe fn tile_impl<
+        D: Dot256,
+        const OFF: i32,
+        const HIGH: bool,
+        const MIN: bool,
+        const M: usize,
+    >(
         w: &LMatrix,
         t: usize,
         a: &QuantRows,
@@ -816,7 +870,6 @@ mod avx2 {
     ) {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
         let sm =
             w.mn.as_ptr()
@@ -879,11 +932,7 @@ mod avx2 {
                         for u in 0..4 {
                             let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
                             let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
-                            let p = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo[u], alo),
-                                _mm256_maddubs_epi16(hi[u], ahi),
-                            );
-                            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, ones));
+                            dot = D::dot2(dot, lo[u], alo, hi[u], ahi);
                         }
                         let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
                         v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[h]);
