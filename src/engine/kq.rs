@@ -1,4 +1,4 @@
-//! Q4_K, Q5_K and Q6_K matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
+//! Q4_K, Q5_K and Q6_K matrix multiplication with AVX-512 VNNI, AVX-VNNI and AVX2 variants.
 //!
 //! A Q4_K_M file is Q4_K and Q6_K matrices (Q5_K_M files add Q5_K). candle 0.11 keeps each of
 //! them twice (its GGUF blocks and a repacked copy with f32 scales, larger than the file's): peak
@@ -9,8 +9,8 @@
 //! - **one weight row per 32-bit lane.** Every section of a GGUF block (nibbles, fifth or high
 //!   bits, packed scales) is cut into 4-byte words, and word `g` of the tile's 16 rows is one
 //!   64-byte vector, row `r` in lane `r`. A 4-value group of activations broadcast to all lanes
-//!   then meets 16 rows at once: `vpdpbusd` with an embedded broadcast (AVX-512) or
-//!   `vpmaddubsw` (AVX2) leaves each row's sums in its own lane, so no horizontal sums are
+//!   then meets 16 rows at once: `vpdpbusd` with an embedded broadcast (AVX-512), the 256-bit
+//!   `vpdpbusd` (AVX-VNNI, 8 rows at a time) or `vpmaddubsw` (AVX2) leaves each row's sums in its own lane, so no horizontal sums are
 //!   needed, and scales, minimums and the float step apply to 16 rows per instruction. (The first
 //!   version kept one row's values across a vector and summed lanes per row and block: its prompt
 //!   path ran at 0.4-0.5x candle's and spilled its 4 × 4 register tile.) Because the layout is
@@ -24,7 +24,7 @@
 //!
 //! **Numerics.** Each block's dot product (and minimum term) is an exact integer in every
 //! variant, and every variant turns it into a float with one expression ([`block_sum`],
-//! [`block_sum6`]) added in block order, so the AVX-512, AVX2 and scalar kernels give
+//! [`block_sum6`]) added in block order, so the AVX-512, AVX-VNNI, AVX2 and scalar kernels give
 //! bit-identical results and an activation row's result never depends on the other rows of the
 //! call (the batching engine relies on both). The expression is the one the earlier 4-row
 //! kernels used, so outputs did not change with the new layout.
@@ -40,7 +40,7 @@ use super::simd::Kernel;
 pub const QK: usize = 256;
 /// Weight rows per tile: one per 32-bit lane of a 512-bit vector.
 const ROWS: usize = 16;
-/// Most activation rows per tile call (the AVX2 variant's; the AVX-512 one takes 4).
+/// Most activation rows per tile call (the 256-bit variants'; the AVX-512 one takes 4).
 const ACTS: usize = 8;
 
 /// The K-quant types these kernels run.
@@ -1242,7 +1242,8 @@ mod vnni256 {
     entry!(q4k_avxvnni, "avx2,fma,f16c,avxvnni", AvxVnni, q45k, false);
     entry!(q5k_avxvnni, "avx2,fma,f16c,avxvnni", AvxVnni, q45k, true);
     entry!(q6k_avxvnni, "avx2,fma,f16c,avxvnni", AvxVnni, q6k);
-    // The EVEX instruction sits in an `asm!` block: the kernels around it stay AVX2 code.
+    // The EVEX instruction sits in an `asm!` block (`simd::dot256::Evex`), so these need no
+    // AVX-512 feature of their own.
     entry!(q4k_evex, "avx2,fma,f16c", Evex, q45k, false);
     entry!(q5k_evex, "avx2,fma,f16c", Evex, q45k, true);
     entry!(q6k_evex, "avx2,fma,f16c", Evex, q6k);

@@ -1,4 +1,5 @@
-//! Q4_0, Q4_1, Q5_0 and Q5_1 matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
+//! Q4_0, Q4_1, Q5_0 and Q5_1 matrix multiplication with AVX-512 VNNI, AVX-VNNI and AVX2 variants
+//! (the last two one kernel, generic over the dot-product instruction).
 //!
 //! candle 0.11 multiplies these types one 32-value block per row at a time, and for Q4_1, Q5_0
 //! and Q5_1 without SIMD at all: SmolLM2's Q4_1 file decoded at a fraction of its Q8_0 speed.
@@ -919,7 +920,7 @@ mod avx2 {
                         let ai = i0 + i;
                         let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP + 32 * h);
                         let sc = a.sp * ai + g * GROUP + 8 * h;
-                        let mut dot = if OFF == 0 {
+                        let start = if OFF == 0 {
                             _mm256_setzero_si256()
                         } else {
                             let o = _mm256_loadu_si256(a.off8.as_ptr().add(sc) as *const __m256i);
@@ -929,11 +930,13 @@ mod avx2 {
                                 o
                             }
                         };
+                        let mut dot = [start, _mm256_setzero_si256()];
                         for u in 0..4 {
                             let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
                             let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
-                            dot = D::dot2(dot, lo[u], alo, hi[u], ahi);
+                            D::dot2(&mut dot, lo[u], alo, hi[u], ahi);
                         }
+                        let dot = _mm256_add_epi32(dot[0], dot[1]);
                         let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
                         v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[h]);
                         if MIN {

@@ -1,5 +1,5 @@
-//! MXFP4 matrix multiplication (gpt-oss's expert weights) with AVX-512 VNNI, AVX2 and a scalar
-//! reference.
+//! MXFP4 matrix multiplication (gpt-oss's expert weights) with AVX-512 VNNI, AVX-VNNI, AVX2 and a
+//! scalar reference (AVX-VNNI and AVX2 are one kernel, generic over the dot-product instruction).
 //!
 //! candle 0.11 does not know ggml's MXFP4 type (39), so these matrices never pass through it:
 //! the loader reads their bytes itself (`gguf.rs` keeps their places) and repacks them here.
@@ -547,12 +547,14 @@ mod avx2 {
                         let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP + 32 * h);
                         let sc = a.sp * ai + g * GROUP + 8 * h;
                         let o = _mm256_loadu_si256(a.off8.as_ptr().add(sc) as *const __m256i);
-                        let mut dot = _mm256_add_epi32(o, _mm256_srai_epi32(o, 1));
+                        let start = _mm256_add_epi32(o, _mm256_srai_epi32(o, 1));
+                        let mut dot = [start, _mm256_setzero_si256()];
                         for u in 0..4 {
                             let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
                             let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
-                            dot = D::dot2(dot, lo[u], alo, hi[u], ahi);
+                            D::dot2(&mut dot, lo[u], alo, hi[u], ahi);
                         }
+                        let dot = _mm256_add_epi32(dot[0], dot[1]);
                         let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
                         v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[h]);
                     }

@@ -813,6 +813,44 @@ mod tests {
         }
     }
 
+    /// Not a test: time per call and multiply-adds per second of SmolLM2's shapes (FFN and the
+    /// tied output matrix) for 1 to 64 rows, each SIMD variant. Run with
+    /// `CANDLE_NUM_THREADS=1 cargo test --release --lib engine::q8::tests::bench_rows --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement that prints timings and asserts nothing; run it by hand"]
+    fn bench_rows() {
+        use std::time::Instant;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let (mut best, reps) = (f64::MAX, 10);
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+            }
+            best
+        };
+        for &(n, k) in &[(1536, 576), (576, 1536), (49152, 576)] {
+            let (bytes, _) = random_matrix(n, k, 1);
+            let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+            for m in [1usize, 4, 16, 64] {
+                let x = random_acts(m, k);
+                let mut line = format!("Q8_0 {n}x{k} m={m:2}:");
+                for kern in kernels().into_iter().skip(1) {
+                    let us = time(&mut || {
+                        std::hint::black_box(matmul_with(kern, &[&w], &x, m));
+                    });
+                    let gmac = (n * k * m) as f64 / us / 1e3;
+                    line += &format!(" {kern:?} {us:8.1} µs {gmac:5.1} GMAC/s");
+                }
+                println!("{line}");
+            }
+        }
+    }
+
     #[test]
     fn rows_dequantize() {
         let (bytes, vals) = random_matrix(3, 64, 9);

@@ -138,14 +138,15 @@ pub(super) mod dot256 {
 
     /// Sums of 4 products of unsigned by signed bytes per 32-bit lane.
     pub(in crate::engine) trait Dot256 {
-        /// `acc + Σ u0·s0 + Σ u1·s1` per lane (4 bytes of each). Exact with VNNI; AVX2 adds
-        /// neighbouring products and the two vectors' pairs in 16 bits first (saturating), so
-        /// its callers keep `|u0·s0 + u0'·s0'| + |u1·s1 + u1'·s1'|` within i16.
+        /// Adds `Σ u0·s0 + Σ u1·s1` per lane (4 bytes of each) to the sum of `acc`'s two
+        /// vectors. VNNI adds each product to its own vector: two dependency chains of
+        /// `vpdpbusd`, whose latency one chain would wait on. AVX2 adds neighbouring products
+        /// and the two vectors' pairs in 16 bits first (saturating), so its callers keep
+        /// `|u0·s0 + u0'·s0'| + |u1·s1 + u1'·s1'|` within i16, and widens into `acc[0]`.
         ///
         /// # Safety
         /// The CPU must run the implementation's instructions.
-        unsafe fn dot2(acc: __m256i, u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i)
-            -> __m256i;
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i);
     }
 
     /// The VNNI instruction `vpdpbusd`: `acc + Σ u·s` per lane, exact (no 16-bit step).
@@ -164,14 +165,8 @@ pub(super) mod dot256 {
 
     impl Dot256 for Avx2 {
         #[inline(always)]
-        unsafe fn dot2(
-            acc: __m256i,
-            u0: __m256i,
-            s0: __m256i,
-            u1: __m256i,
-            s1: __m256i,
-        ) -> __m256i {
-            avx2_dot2(acc, u0, s0, u1, s1)
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i) {
+            acc[0] = avx2_dot2(acc[0], u0, s0, u1, s1);
         }
     }
 
@@ -190,14 +185,9 @@ pub(super) mod dot256 {
 
     impl Dot256 for AvxVnni {
         #[inline(always)]
-        unsafe fn dot2(
-            acc: __m256i,
-            u0: __m256i,
-            s0: __m256i,
-            u1: __m256i,
-            s1: __m256i,
-        ) -> __m256i {
-            Self::dpbusd(Self::dpbusd(acc, u0, s0), u1, s1)
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i) {
+            acc[0] = Self::dpbusd(acc[0], u0, s0);
+            acc[1] = Self::dpbusd(acc[1], u1, s1);
         }
     }
 
@@ -216,14 +206,9 @@ pub(super) mod dot256 {
 
     impl Dot256 for Evex {
         #[inline(always)]
-        unsafe fn dot2(
-            acc: __m256i,
-            u0: __m256i,
-            s0: __m256i,
-            u1: __m256i,
-            s1: __m256i,
-        ) -> __m256i {
-            Self::dpbusd(Self::dpbusd(acc, u0, s0), u1, s1)
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i) {
+            acc[0] = Self::dpbusd(acc[0], u0, s0);
+            acc[1] = Self::dpbusd(acc[1], u1, s1);
         }
     }
 
@@ -236,8 +221,10 @@ pub(super) mod dot256 {
 
     /// The EVEX `vpdpbusd` as the one instruction of an `asm!` block in an AVX2 function: the
     /// intrinsic would need AVX-512 F enabled for the whole kernel, and the compiler would then
-    /// use 32 vector registers and AVX-512 instructions, which would not measure the AVX-VNNI
-    /// kernels. Here the kernels around it are exactly the AVX-VNNI instance's code.
+    /// be free to use 32 vector registers and AVX-512 instructions, which AVX-VNNI CPUs lack.
+    /// Here the kernels around it are the AVX-VNNI instance's code. (A build with
+    /// `-C target-cpu=native` on an AVX-512 machine, as this repository's, enables AVX-512 F
+    /// everywhere: then this instance and the AVX2 variant alike use 32 registers.)
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn evex_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
