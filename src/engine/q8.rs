@@ -272,6 +272,12 @@ unsafe fn tile_all_acts(
                 (Some(Kernel::Avx2), 3) => avx2::tile::<3>(w, t, a, i0, &mut res),
                 (Some(Kernel::Avx2), 2) => avx2::tile::<2>(w, t, a, i0, &mut res),
                 (Some(Kernel::Avx2), _) => avx2::tile::<1>(w, t, a, i0, &mut res),
+                // One row (decode) streams the weights from memory, where the VNNI tile read
+                // them slower than the AVX2 one (SmolLM2's 49152 × 576 output matrix: 0.92×,
+                // decode 0.89-0.93×, docs/PERFORMANCE.md); it pays from two rows on.
+                (Some(Kernel::AvxVnni | Kernel::Vnni256), 1) => {
+                    avx2::tile::<1>(w, t, a, i0, &mut res)
+                }
                 (Some(Kernel::AvxVnni), _) => vnni256::tile_avxvnni(w, t, a, i0, acts, &mut res),
                 (Some(Kernel::Vnni256), _) => vnni256::tile_evex(w, t, a, i0, acts, &mut res),
                 (None, _) => tile_scalar(w, t, a, i0, acts, &mut res),
@@ -525,6 +531,7 @@ mod vnni256 {
         by_acts::<Evex>(w, t, a, i0, acts, res)
     }
 
+    /// The tile for 2 to 4 activation rows (one runs on the AVX2 variant).
     #[inline(always)]
     unsafe fn by_acts<D: Vnni256>(
         w: &Q8Matrix,
@@ -537,8 +544,7 @@ mod vnni256 {
         match acts {
             4 => tile::<D, 4>(w, t, a, i0, res),
             3 => tile::<D, 3>(w, t, a, i0, res),
-            2 => tile::<D, 2>(w, t, a, i0, res),
-            _ => tile::<D, 1>(w, t, a, i0, res),
+            _ => tile::<D, 2>(w, t, a, i0, res),
         }
     }
 
