@@ -1,4 +1,4 @@
-//! Q4_K, Q5_K and Q6_K matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
+//! Q4_K, Q5_K and Q6_K matrix multiplication with AVX-512 VNNI, AVX-VNNI and AVX2 variants.
 //!
 //! A Q4_K_M file is Q4_K and Q6_K matrices (Q5_K_M files add Q5_K). candle 0.11 keeps each of
 //! them twice (its GGUF blocks and a repacked copy with f32 scales, larger than the file's): peak
@@ -9,8 +9,8 @@
 //! - **one weight row per 32-bit lane.** Every section of a GGUF block (nibbles, fifth or high
 //!   bits, packed scales) is cut into 4-byte words, and word `g` of the tile's 16 rows is one
 //!   64-byte vector, row `r` in lane `r`. A 4-value group of activations broadcast to all lanes
-//!   then meets 16 rows at once: `vpdpbusd` with an embedded broadcast (AVX-512) or
-//!   `vpmaddubsw` (AVX2) leaves each row's sums in its own lane, so no horizontal sums are
+//!   then meets 16 rows at once: `vpdpbusd` with an embedded broadcast (AVX-512), the 256-bit
+//!   `vpdpbusd` (AVX-VNNI, 8 rows at a time) or `vpmaddubsw` (AVX2) leaves each row's sums in its own lane, so no horizontal sums are
 //!   needed, and scales, minimums and the float step apply to 16 rows per instruction. (The first
 //!   version kept one row's values across a vector and summed lanes per row and block: its prompt
 //!   path ran at 0.4-0.5x candle's and spilled its 4 × 4 register tile.) Because the layout is
@@ -24,7 +24,7 @@
 //!
 //! **Numerics.** Each block's dot product (and minimum term) is an exact integer in every
 //! variant, and every variant turns it into a float with one expression ([`block_sum`],
-//! [`block_sum6`]) added in block order, so the AVX-512, AVX2 and scalar kernels give
+//! [`block_sum6`]) added in block order, so the AVX-512, AVX-VNNI, AVX2 and scalar kernels give
 //! bit-identical results and an activation row's result never depends on the other rows of the
 //! call (the batching engine relies on both). The expression is the one the earlier 4-row
 //! kernels used, so outputs did not change with the new layout.
@@ -40,7 +40,7 @@ use super::simd::Kernel;
 pub const QK: usize = 256;
 /// Weight rows per tile: one per 32-bit lane of a 512-bit vector.
 const ROWS: usize = 16;
-/// Most activation rows per tile call (the AVX2 variant's; the AVX-512 one takes 4).
+/// Most activation rows per tile call (the 256-bit variants'; the AVX-512 one takes 4).
 const ACTS: usize = 8;
 
 /// The K-quant types these kernels run.
@@ -507,7 +507,7 @@ unsafe fn tile_all_acts(
     // are slower), so 4, the fewest registers. AVX2 gains from every row that shares the weight
     // unpacking, spills notwithstanding: 8 rows 105-110 GMAC/s, 4 rows 97-101, 2 rows 81-84.
     let most = match kern {
-        Some(Kernel::Avx2) => 8,
+        Some(Kernel::Avx2 | Kernel::AvxVnni | Kernel::Vnni256) => 8,
         _ => 4,
     };
     let mut i0 = 0;
@@ -538,6 +538,12 @@ unsafe fn tile_all_acts(
                 (Some(Kernel::Avx2), KType::Q4K) => by_acts!(avx2::q4k),
                 (Some(Kernel::Avx2), KType::Q5K) => by_acts!(avx2::q5k),
                 (Some(Kernel::Avx2), KType::Q6K) => by_acts!(avx2::q6k),
+                (Some(Kernel::AvxVnni), KType::Q4K) => by_acts!(vnni256::q4k_avxvnni),
+                (Some(Kernel::AvxVnni), KType::Q5K) => by_acts!(vnni256::q5k_avxvnni),
+                (Some(Kernel::AvxVnni), KType::Q6K) => by_acts!(vnni256::q6k_avxvnni),
+                (Some(Kernel::Vnni256), KType::Q4K) => by_acts!(vnni256::q4k_evex),
+                (Some(Kernel::Vnni256), KType::Q5K) => by_acts!(vnni256::q5k_evex),
+                (Some(Kernel::Vnni256), KType::Q6K) => by_acts!(vnni256::q6k_evex),
                 (None, _) => tile_scalar(w, t, a, i0, acts, &mut res),
             }
         }
@@ -1182,6 +1188,284 @@ mod avx2 {
                     }
                     let d = _mm256_sub_epi32(dot[i], _mm256_slli_epi32(off, 5));
                     let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
+                    let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(d));
+                    acc[i] = _mm256_add_ps(acc[i], t1);
+                }
+            }
+        }
+        for (half, acc) in acc.iter().enumerate() {
+            for (dst, v) in res.iter_mut().zip(acc) {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), *v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni256 {
+    use super::{KMatrix, KType, Part, QuantRowsK, Res, QK, TOP32, ZX32};
+    use crate::engine::simd::dot256::{AvxVnni, Evex, Vnni256};
+    use std::arch::x86_64::*;
+
+    /// A 16-byte shuffle pattern in both 128-bit lanes.
+    #[inline(always)]
+    unsafe fn pattern(p: &[u8; 16]) -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(p.as_ptr() as *const __m128i))
+    }
+
+    /// The 4-byte activation group at `p`, in every lane.
+    #[inline(always)]
+    unsafe fn bcast(p: *const i8) -> __m256i {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
+    }
+
+    /// One entry point per (instruction, K-quant type), each with its variant's features.
+    macro_rules! entry {
+        ($name:ident, $features:literal, $dot:ty, $body:ident $(, $five:literal)?) => {
+            /// The tile of the type in its name, on the instruction of its name.
+            ///
+            /// # Safety
+            /// The CPU must have the variant's features (AVX2, FMA, F16C, and AVX-VNNI or
+            /// AVX-512 VNNI + VL); `t` must be a tile of `w` and `i0 + M` rows of `a` must exist.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const M: usize>(
+                w: &KMatrix,
+                t: usize,
+                a: &QuantRowsK,
+                i0: usize,
+                res: &mut Res,
+            ) {
+                $body::<$dot, M $(, $five)?>(w, t, a, i0, res)
+            }
+        };
+    }
+    entry!(q4k_avxvnni, "avx2,fma,f16c,avxvnni", AvxVnni, q45k, false);
+    entry!(q5k_avxvnni, "avx2,fma,f16c,avxvnni", AvxVnni, q45k, true);
+    entry!(q6k_avxvnni, "avx2,fma,f16c,avxvnni", AvxVnni, q6k);
+    // The EVEX instruction sits in an `asm!` block (`simd::dot256::Evex`), so these need no
+    // AVX-512 feature of their own.
+    entry!(q4k_evex, "avx2,fma,f16c", Evex, q45k, false);
+    entry!(q5k_evex, "avx2,fma,f16c", Evex, q45k, true);
+    entry!(q6k_evex, "avx2,fma,f16c", Evex, q6k);
+
+    /// Q4_K (`FIVE` false) or Q5_K weight tile `t` times `M` activation rows from `i0`, the 16
+    /// rows as two halves of 8 as in the AVX2 variant, and the AVX-512 variant's integer steps:
+    /// per 32 bytes and activation row one `vpdpbusd` into a 32-bit accumulator per sub-block
+    /// (exact, no 16-bit step to flush), then one `vpmulld` by the zero-extended sub-block
+    /// scales. Minimums and the float step are the AVX2 variant's, in its order.
+    #[inline(always)]
+    unsafe fn q45k<D: Vnni256, const M: usize, const FIVE: bool>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
+    ) {
+        let nb = w.k / QK;
+        let ty = if FIVE { KType::Q5K } else { KType::Q4K };
+        let tbb = ty.tile_block_bytes();
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m10 = _mm256_set1_epi8(0x10);
+        let low6 = _mm256_set1_epi8(0x3F);
+        let low2 = _mm256_set1_epi8(0x03);
+        let even = _mm256_set1_epi32(0x00FF_00FF);
+        let zx = [
+            pattern(&ZX32[0]),
+            pattern(&ZX32[1]),
+            pattern(&ZX32[2]),
+            pattern(&ZX32[3]),
+        ];
+        let mut acc = [[_mm256_setzero_ps(); M]; 2];
+        for b in 0..nb {
+            let block = w.data.as_ptr().add((t * nb + b) * tbb);
+            let mut aq = [std::ptr::null::<i8>(); M];
+            for (i, p) in aq.iter_mut().enumerate() {
+                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
+            }
+            for (half, acc) in acc.iter_mut().enumerate() {
+                let base = block.add(32 * half);
+                let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
+                let (u0, u1, u2) = (ld(0), ld(64), ld(128));
+                let sc = [
+                    _mm256_and_si256(u0, low6),
+                    _mm256_or_si256(
+                        _mm256_and_si256(u2, m4),
+                        _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), low2), 4),
+                    ),
+                ];
+                let mn_lo = _mm256_and_si256(u1, low6);
+                let mn_hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), low2), 4),
+                );
+                let mut dot = [_mm256_setzero_si256(); M];
+                for p in 0..4 {
+                    let shift = _mm_cvtsi32_si128(2 * p as i32);
+                    let mut lo_acc = [_mm256_setzero_si256(); M];
+                    let mut hi_acc = [_mm256_setzero_si256(); M];
+                    for c in 0..8 {
+                        let raw = ld(ty.at(Part::Nibbles, 8 * p + c));
+                        let mut lo = _mm256_and_si256(raw, m4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                        if FIVE {
+                            let bits = _mm256_srl_epi16(ld(ty.at(Part::High, c)), shift);
+                            lo = _mm256_or_si256(
+                                lo,
+                                _mm256_and_si256(_mm256_slli_epi16(bits, 4), m10),
+                            );
+                            hi = _mm256_or_si256(
+                                hi,
+                                _mm256_and_si256(_mm256_slli_epi16(bits, 3), m10),
+                            );
+                        }
+                        for i in 0..M {
+                            let ap = aq[i].add(64 * p + 4 * c);
+                            lo_acc[i] = D::dpbusd(lo_acc[i], lo, bcast(ap));
+                            hi_acc[i] = D::dpbusd(hi_acc[i], hi, bcast(ap.add(32)));
+                        }
+                    }
+                    let s = sc[p / 2];
+                    let s_lo = _mm256_shuffle_epi8(s, zx[(2 * p) % 4]);
+                    let s_hi = _mm256_shuffle_epi8(s, zx[(2 * p + 1) % 4]);
+                    for i in 0..M {
+                        dot[i] = _mm256_add_epi32(
+                            dot[i],
+                            _mm256_add_epi32(
+                                _mm256_mullo_epi32(lo_acc[i], s_lo),
+                                _mm256_mullo_epi32(hi_acc[i], s_hi),
+                            ),
+                        );
+                    }
+                }
+                let mins = [
+                    _mm256_and_si256(mn_lo, even),
+                    _mm256_and_si256(_mm256_srli_epi32(mn_lo, 8), even),
+                    _mm256_and_si256(mn_hi, even),
+                    _mm256_and_si256(_mm256_srli_epi32(mn_hi, 8), even),
+                ];
+                let dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(ty.d_at() + 16 * half) as *const _));
+                let dmw = _mm256_cvtph_ps(_mm_loadu_si128(
+                    block.add(ty.d_at() + 32 + 16 * half) as *const _
+                ));
+                for i in 0..M {
+                    let blk = (i0 + i) * nb + b;
+                    let wp = a.w4.as_ptr().add(blk * 4);
+                    let mut mn = _mm256_setzero_si256();
+                    for (q, mv) in mins.iter().enumerate() {
+                        mn = _mm256_add_epi32(
+                            mn,
+                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*wp.add(q))),
+                        );
+                    }
+                    let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
+                    // block_sum, lane-wise and in the same order.
+                    let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(dot[i]));
+                    let t2 = _mm256_mul_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(mn));
+                    acc[i] = _mm256_add_ps(acc[i], _mm256_sub_ps(t1, t2));
+                }
+            }
+        }
+        for (half, acc) in acc.iter().enumerate() {
+            for (dst, v) in res.iter_mut().zip(acc) {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), *v);
+            }
+        }
+    }
+
+    /// Q6_K weight tile `t` times `M` activation rows from `i0`, in two halves of 8 rows: per
+    /// triple of lines four `vpdpbusd` per activation row into one 32-bit accumulator per
+    /// sub-block, multiplied by the sign-extended sub-block scales as in the AVX-512 variant;
+    /// the −32 offset and the float step as in the AVX2 variant.
+    #[inline(always)]
+    unsafe fn q6k<D: Vnni256, const M: usize>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
+    ) {
+        let nb = w.k / QK;
+        let ty = KType::Q6K;
+        let tbb = ty.tile_block_bytes();
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let top = [
+            pattern(&TOP32[0]),
+            pattern(&TOP32[1]),
+            pattern(&TOP32[2]),
+            pattern(&TOP32[3]),
+        ];
+        let mut acc = [[_mm256_setzero_ps(); M]; 2];
+        for b in 0..nb {
+            let block = w.data.as_ptr().add((t * nb + b) * tbb);
+            let mut aq = [std::ptr::null::<i8>(); M];
+            for (i, p) in aq.iter_mut().enumerate() {
+                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
+            }
+            for (half, acc) in acc.iter_mut().enumerate() {
+                let base = block.add(32 * half);
+                let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
+                let scw = [ld(0), ld(64), ld(128), ld(192)];
+                let mut dot = [_mm256_setzero_si256(); M];
+                for h in 0..2 {
+                    for q in 0..2 {
+                        // Sub-blocks 8h + 2r + q, r = 0..4, as in the other variants.
+                        let mut accs = [[_mm256_setzero_si256(); M]; 4];
+                        for cc in 0..4 {
+                            let c = 4 * q + cc;
+                            let lo_c = ld(ty.at(Part::Nibbles, 16 * h + c));
+                            let lo_c8 = ld(ty.at(Part::Nibbles, 16 * h + c + 8));
+                            let bits = ld(ty.at(Part::High, 8 * h + c));
+                            let ws = [
+                                (lo_c, _mm256_slli_epi16(bits, 4), 0),
+                                (lo_c8, _mm256_slli_epi16(bits, 2), 32),
+                                (_mm256_srli_epi16(lo_c, 4), bits, 64),
+                                (_mm256_srli_epi16(lo_c8, 4), _mm256_srli_epi16(bits, 2), 96),
+                            ];
+                            for (acc, &(nib, hb, off)) in accs.iter_mut().zip(&ws) {
+                                let wv = _mm256_or_si256(
+                                    _mm256_and_si256(nib, m4),
+                                    _mm256_and_si256(hb, m30),
+                                );
+                                for i in 0..M {
+                                    let ap = aq[i].add(128 * h + 4 * c + off);
+                                    acc[i] = D::dpbusd(acc[i], wv, bcast(ap));
+                                }
+                            }
+                        }
+                        for (r, acc) in accs.iter().enumerate() {
+                            let word = scw[2 * h + r / 2];
+                            let s = _mm256_srai_epi32(
+                                _mm256_shuffle_epi8(word, top[q + 2 * (r % 2)]),
+                                24,
+                            );
+                            for i in 0..M {
+                                dot[i] = _mm256_add_epi32(dot[i], _mm256_mullo_epi32(acc[i], s));
+                            }
+                        }
+                    }
+                }
+                let mut pairs = [_mm256_setzero_si256(); 8];
+                for (q, &v) in scw.iter().enumerate() {
+                    pairs[2 * q] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+                    pairs[2 * q + 1] = _mm256_srai_epi16(v, 8);
+                }
+                let dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(ty.d_at() + 16 * half) as *const _));
+                for i in 0..M {
+                    let blk = (i0 + i) * nb + b;
+                    let wp = a.w6.as_ptr().add(blk * 8);
+                    let mut off = _mm256_setzero_si256();
+                    for (q, pv) in pairs.iter().enumerate() {
+                        off = _mm256_add_epi32(
+                            off,
+                            _mm256_madd_epi16(*pv, _mm256_set1_epi32(*wp.add(q))),
+                        );
+                    }
+                    let d = _mm256_sub_epi32(dot[i], _mm256_slli_epi32(off, 5));
+                    let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
+                    // block_sum6, lane-wise.
                     let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(d));
                     acc[i] = _mm256_add_ps(acc[i], t1);
                 }

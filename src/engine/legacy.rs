@@ -1,4 +1,5 @@
-//! Q4_0, Q4_1, Q5_0 and Q5_1 matrix multiplication with AVX-512 VNNI, and an AVX2 variant.
+//! Q4_0, Q4_1, Q5_0 and Q5_1 matrix multiplication with AVX-512 VNNI, AVX-VNNI and AVX2 variants
+//! (the last two one kernel, generic over the dot-product instruction).
 //!
 //! candle 0.11 multiplies these types one 32-value block per row at a time, and for Q4_1, Q5_0
 //! and Q5_1 without SIMD at all: SmolLM2's Q4_1 file decoded at a fraction of its Q8_0 speed.
@@ -447,9 +448,10 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&LMatrix], x: &[f32], m: usize) -> Ve
 /// `out` must point to an `a.m × w.n` buffer, no other thread may write those columns, and the
 /// CPU must run `kern`.
 unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRows, out: *mut f32) {
-    // AVX2 has 16 vector registers: 8 unpacked weight vectors and 4 × 2 accumulators fill them.
+    // AVX2 has 16 vector registers: 8 unpacked weight vectors and 4 × 2 accumulators fill them
+    // (the 256-bit VNNI variants too).
     let most = match kern {
-        Some(Kernel::Avx2) => 2,
+        Some(Kernel::Avx2 | Kernel::AvxVnni | Kernel::Vnni256) => 2,
         _ => ACTS,
     };
     let mut i0 = 0;
@@ -462,6 +464,8 @@ unsafe fn tile_all_acts(kern: Option<Kernel>, w: &LMatrix, t: usize, a: &QuantRo
             match kern {
                 Some(Kernel::Avx512) => avx512::tile(w, t, a, i0, acts, &mut res),
                 Some(Kernel::Avx2) => avx2::tile(w, t, a, i0, acts, &mut res),
+                Some(Kernel::AvxVnni) => avx2::tile_avxvnni(w, t, a, i0, acts, &mut res),
+                Some(Kernel::Vnni256) => avx2::tile_vnni256(w, t, a, i0, acts, &mut res),
                 None => tile_scalar(w, t, a, i0, acts, &mut res),
             }
         }
@@ -768,6 +772,7 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{groups, LMatrix, LType, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS};
+    use crate::engine::simd::dot256::{Avx2, AvxVnni, Dot256, Evex};
     use std::arch::x86_64::*;
 
     /// The last three levels of [`hsum16`]'s tree on its first level's 8 sums: lanes `j` and
@@ -795,11 +800,56 @@ mod avx2 {
         acts: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
+        tile_with::<Avx2>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile`] with AVX-VNNI's `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub(super) unsafe fn tile_avxvnni(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        tile_with::<AvxVnni>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile`] with the EVEX `vpdpbusd` on ymm registers (`simd::Kernel::Vnni256`).
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must have AVX-512 VNNI and VL.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_vnni256(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        tile_with::<Evex>(w, t, a, i0, acts, res)
+    }
+
+    /// The tile for `w`'s type and `acts` rows, inlined into each variant's features.
+    #[inline(always)]
+    unsafe fn tile_with<D: Dot256>(
+        w: &LMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
         macro_rules! by_acts {
             ($off:literal, $high:literal, $min:literal) => {
                 match acts {
-                    2 => tile_impl::<$off, $high, $min, 2>(w, t, a, i0, res),
-                    _ => tile_impl::<$off, $high, $min, 1>(w, t, a, i0, res),
+                    2 => tile_impl::<D, $off, $high, $min, 2>(w, t, a, i0, res),
+                    _ => tile_impl::<D, $off, $high, $min, 1>(w, t, a, i0, res),
                 }
             };
         }
@@ -829,11 +879,16 @@ mod avx2 {
 
     /// Weight tile `t` times `M` activation rows, each group as two halves of 8 blocks (lanes
     /// 0–7 and 8–15 of the AVX-512 variant), so each lane sees the same operations in the same
-    /// order. The integer dot products use `vpmaddubsw` (at most 31 · 128 · 2 per pair: no
-    /// saturation) and `vpmaddwd` by ones.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile_impl<const OFF: i32, const HIGH: bool, const MIN: bool, const M: usize>(
+    /// order. The integer dot products are `D`'s: `vpdpbusd`, or `vpmaddubsw` (at most
+    /// 2 · 2 · 31 · 128 for the two vectors' pairs: no saturation) and `vpmaddwd` by ones.
+    #[inline(always)]
+    unsafe fn tile_impl<
+        D: Dot256,
+        const OFF: i32,
+        const HIGH: bool,
+        const MIN: bool,
+        const M: usize,
+    >(
         w: &LMatrix,
         t: usize,
         a: &QuantRows,
@@ -842,7 +897,6 @@ mod avx2 {
     ) {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
         let sm =
             w.mn.as_ptr()
@@ -892,7 +946,7 @@ mod avx2 {
                         let ai = i0 + i;
                         let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP + 32 * h);
                         let sc = a.sp * ai + g * GROUP + 8 * h;
-                        let mut dot = if OFF == 0 {
+                        let start = if OFF == 0 {
                             _mm256_setzero_si256()
                         } else {
                             let o = _mm256_loadu_si256(a.off8.as_ptr().add(sc) as *const __m256i);
@@ -902,15 +956,13 @@ mod avx2 {
                                 o
                             }
                         };
+                        let mut dot = [start, _mm256_setzero_si256()];
                         for u in 0..4 {
                             let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
                             let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
-                            let p = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo[u], alo),
-                                _mm256_maddubs_epi16(hi[u], ahi),
-                            );
-                            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, ones));
+                            D::dot2(&mut dot, lo[u], alo, hi[u], ahi);
                         }
+                        let dot = _mm256_add_epi32(dot[0], dot[1]);
                         let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
                         v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[h]);
                         if MIN {

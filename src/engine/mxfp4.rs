@@ -1,5 +1,5 @@
-//! MXFP4 matrix multiplication (gpt-oss's expert weights) with AVX-512 VNNI, AVX2 and a scalar
-//! reference.
+//! MXFP4 matrix multiplication (gpt-oss's expert weights) with AVX-512 VNNI, AVX-VNNI, AVX2 and a
+//! scalar reference (AVX-VNNI and AVX2 are one kernel, generic over the dot-product instruction).
 //!
 //! candle 0.11 does not know ggml's MXFP4 type (39), so these matrices never pass through it:
 //! the loader reads their bytes itself (`gguf.rs` keeps their places) and repacks them here.
@@ -226,7 +226,7 @@ unsafe fn tile_all_acts(
 ) {
     // AVX2 has 16 vector registers: 8 looked-up weight vectors and 2 × 2 accumulators fit.
     let most = match kern {
-        Some(Kernel::Avx2) => 2,
+        Some(Kernel::Avx2 | Kernel::AvxVnni | Kernel::Vnni256) => 2,
         _ => ACTS,
     };
     let mut i0 = 0;
@@ -239,6 +239,8 @@ unsafe fn tile_all_acts(
             match kern {
                 Some(Kernel::Avx512) => avx512::tile(w, t, a, i0, acts, &mut res),
                 Some(Kernel::Avx2) => avx2::tile(w, t, a, i0, acts, &mut res),
+                Some(Kernel::AvxVnni) => avx2::tile_avxvnni(w, t, a, i0, acts, &mut res),
+                Some(Kernel::Vnni256) => avx2::tile_vnni256(w, t, a, i0, acts, &mut res),
                 None => tile_scalar(w, t, a, i0, acts, &mut res),
             }
         }
@@ -410,6 +412,7 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{groups, MxMatrix, QuantRows, ACTS, ACT_GROUP, GROUP, ROWS, TABLE};
+    use crate::engine::simd::dot256::{Avx2, AvxVnni, Dot256, Evex};
     use std::arch::x86_64::*;
 
     /// The last three levels of `hsum16`'s tree on its first level's 8 sums.
@@ -446,18 +449,63 @@ mod avx2 {
         acts: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
+        tile_with::<Avx2>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile`] with AVX-VNNI's `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub(super) unsafe fn tile_avxvnni(
+        w: &MxMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        tile_with::<AvxVnni>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile`] with the EVEX `vpdpbusd` on ymm registers (`simd::Kernel::Vnni256`).
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must have AVX-512 VNNI and VL.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_vnni256(
+        w: &MxMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        tile_with::<Evex>(w, t, a, i0, acts, res)
+    }
+
+    /// The tile for `acts` rows, inlined into each variant's features.
+    #[inline(always)]
+    unsafe fn tile_with<D: Dot256>(
+        w: &MxMatrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
         match acts {
-            2 => tile_impl::<2>(w, t, a, i0, res),
-            _ => tile_impl::<1>(w, t, a, i0, res),
+            2 => tile_impl::<D, 2>(w, t, a, i0, res),
+            _ => tile_impl::<D, 1>(w, t, a, i0, res),
         }
     }
 
     /// Weight tile `t` times `M` activation rows, each group as two halves of 8 blocks (lanes
     /// 0–7 and 8–15 of the AVX-512 variant), so each lane sees the same operations in the same
-    /// order. `vpmaddubsw` pairs stay below 24 · 128 · 2: no saturation.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn tile_impl<const M: usize>(
+    /// order. The integer dot products are `D`'s: `vpdpbusd`, or `vpmaddubsw` (the two vectors'
+    /// pairs stay below 2 · 2 · 24 · 128: no saturation) and `vpmaddwd` by ones.
+    #[inline(always)]
+    unsafe fn tile_impl<D: Dot256, const M: usize>(
         w: &MxMatrix,
         t: usize,
         a: &QuantRows,
@@ -466,7 +514,6 @@ mod avx2 {
     ) {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(TABLE.as_ptr() as *const __m128i));
         let se = w.e.as_ptr().add(t * ng * ROWS * GROUP);
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
@@ -500,16 +547,14 @@ mod avx2 {
                         let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP + 32 * h);
                         let sc = a.sp * ai + g * GROUP + 8 * h;
                         let o = _mm256_loadu_si256(a.off8.as_ptr().add(sc) as *const __m256i);
-                        let mut dot = _mm256_add_epi32(o, _mm256_srai_epi32(o, 1));
+                        let start = _mm256_add_epi32(o, _mm256_srai_epi32(o, 1));
+                        let mut dot = [start, _mm256_setzero_si256()];
                         for u in 0..4 {
                             let alo = _mm256_loadu_si256(ap.add(64 * u) as *const __m256i);
                             let ahi = _mm256_loadu_si256(ap.add(64 * (4 + u)) as *const __m256i);
-                            let p = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo[u], alo),
-                                _mm256_maddubs_epi16(hi[u], ahi),
-                            );
-                            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, ones));
+                            D::dot2(&mut dot, lo[u], alo, hi[u], ahi);
                         }
+                        let dot = _mm256_add_epi32(dot[0], dot[1]);
                         let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(sc)));
                         v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[h]);
                     }

@@ -12,9 +12,9 @@
 //! - runs several matrices that share an input (q/k/v, gate/up) in one parallel region on the
 //!   own kernels' pool (`pool.rs`: spin briefly, then park).
 //!
-//! [`kernel`] picks the variant the CPU runs (`simd.rs`): AVX-512 F/BW/VL + VNNI, else AVX2, FMA
-//! and F16C (same layout, one 32-byte block at a time with `vpmaddubsw`), else none and the
-//! engine keeps candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
+//! [`kernel`] picks the variant the CPU runs (`simd.rs`): AVX-512 F/BW/VL + VNNI, else AVX-VNNI
+//! (one 32-byte block at a time with the 256-bit `vpdpbusd`), else AVX2, FMA and F16C (same
+//! layout and blocks with `vpmaddubsw`), else none and the engine keeps candle's kernels. Results match candle's Q8_0×Q8_0 products up to float summation order.
 
 use half::f16;
 
@@ -272,6 +272,14 @@ unsafe fn tile_all_acts(
                 (Some(Kernel::Avx2), 3) => avx2::tile::<3>(w, t, a, i0, &mut res),
                 (Some(Kernel::Avx2), 2) => avx2::tile::<2>(w, t, a, i0, &mut res),
                 (Some(Kernel::Avx2), _) => avx2::tile::<1>(w, t, a, i0, &mut res),
+                // One row (decode) streams the weights from memory, where the VNNI tile read
+                // them slower than the AVX2 one (SmolLM2's 49152 × 576 output matrix: 0.92×,
+                // decode 0.89-0.93×, docs/PERFORMANCE.md); it pays from two rows on.
+                (Some(Kernel::AvxVnni | Kernel::Vnni256), 1) => {
+                    avx2::tile::<1>(w, t, a, i0, &mut res)
+                }
+                (Some(Kernel::AvxVnni), _) => vnni256::tile_avxvnni(w, t, a, i0, acts, &mut res),
+                (Some(Kernel::Vnni256), _) => vnni256::tile_evex(w, t, a, i0, acts, &mut res),
                 (None, _) => tile_scalar(w, t, a, i0, acts, &mut res),
             }
         }
@@ -484,6 +492,111 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod vnni256 {
+    use super::{groups, pairs, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
+    use crate::engine::simd::dot256::{AvxVnni, Evex, Vnni256};
+    use std::arch::x86_64::*;
+
+    /// Weight tile `t` times `acts` activation rows from `i0`, with AVX-VNNI's `vpdpbusd`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-VNNI; `t` must be a tile of `w` and
+    /// `i0 + acts` rows of `a` must exist.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub(super) unsafe fn tile_avxvnni(
+        w: &Q8Matrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        by_acts::<AvxVnni>(w, t, a, i0, acts, res)
+    }
+
+    /// [`tile_avxvnni`] with the EVEX `vpdpbusd` on ymm registers (`simd::Kernel::Vnni256`).
+    ///
+    /// # Safety
+    /// As [`tile_avxvnni`], with AVX-512 VNNI and VL instead of AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_evex(
+        w: &Q8Matrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        by_acts::<Evex>(w, t, a, i0, acts, res)
+    }
+
+    /// The tile for 2 to 4 activation rows (one runs on the AVX2 variant).
+    #[inline(always)]
+    unsafe fn by_acts<D: Vnni256>(
+        w: &Q8Matrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        acts: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        match acts {
+            4 => tile::<D, 4>(w, t, a, i0, res),
+            3 => tile::<D, 3>(w, t, a, i0, res),
+            _ => tile::<D, 2>(w, t, a, i0, res),
+        }
+    }
+
+    /// The AVX2 variant's tile, one 32-byte block at a time, with its float steps in the same
+    /// order (so the same bits), but the integer dot product is the AVX-512 variant's: one
+    /// `vpdpbusd` of the +128 weights against the signed activations, started from the offset
+    /// correction, where AVX2 needs two sign flips, `vpmaddubsw` and `vpmaddwd`.
+    #[inline(always)]
+    unsafe fn tile<D: Vnni256, const M: usize>(
+        w: &Q8Matrix,
+        t: usize,
+        a: &QuantRows,
+        i0: usize,
+        res: &mut [[f32; ACTS]; ROWS],
+    ) {
+        let (np, ng) = (pairs(w.k), groups(w.k));
+        let kb = w.k / BLOCK;
+        let wq = w.qs.as_ptr().add(t * np * ROWS * 2 * BLOCK);
+        let ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
+        for b in 0..kb {
+            let (g, j) = (b / GROUP, b % GROUP);
+            let (p, half) = (b / 2, b % 2);
+            let mut av = [_mm256_setzero_si256(); M];
+            let mut ov = [_mm256_setzero_si256(); M];
+            let mut da = [0f32; M];
+            for i in 0..M {
+                let at = (i0 + i) * a.kp + b * BLOCK;
+                av[i] = _mm256_loadu_si256(a.qs.as_ptr().add(at) as *const __m256i);
+                ov[i] = _mm256_loadu_si256(a.off.as_ptr().add(at / 4) as *const __m256i);
+                da[i] = *a.d.get_unchecked((i0 + i) * a.sp + b);
+            }
+            for (rr, row) in acc.iter_mut().enumerate() {
+                let at = (p * ROWS + rr) * 2 * BLOCK + half * BLOCK;
+                let wu = _mm256_loadu_si256(wq.add(at) as *const __m256i);
+                let bits = *ws.add((g * ROWS + rr) * GROUP + j);
+                let sw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+                for (i, v) in row.iter_mut().enumerate() {
+                    let dot = D::dpbusd(ov[i], wu, av[i]);
+                    let s = _mm256_set1_ps(sw * da[i]);
+                    v[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, v[half]);
+                }
+            }
+        }
+        for (dst, row) in res.iter_mut().zip(&acc) {
+            for (d, v) in dst.iter_mut().zip(row) {
+                *d = super::hsum8(_mm256_add_ps(v[0], v[1]));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,9 +734,62 @@ mod tests {
         let w1 = Q8Matrix::from_gguf_bytes(&b1, 40, 64).unwrap();
         let w2 = Q8Matrix::from_gguf_bytes(&b2, 24, 64).unwrap();
         let x = random_acts(3, 64);
-        let both = matmul(&[&w1, &w2], &x, 3);
-        assert_eq!(both[0], matmul(&[&w1], &x, 3)[0]);
-        assert_eq!(both[1], matmul(&[&w2], &x, 3)[0]);
+        for kern in kernels() {
+            let both = matmul_with(kern, &[&w1, &w2], &x, 3);
+            assert_eq!(both[0], matmul_with(kern, &[&w1], &x, 3)[0], "{kern:?}");
+            assert_eq!(both[1], matmul_with(kern, &[&w2], &x, 3)[0], "{kern:?}");
+        }
+    }
+
+    /// The largest weights of either sign (−128 included, which GGUF's bytes allow) against
+    /// the largest activations of either sign: AVX2's 16-bit pairs and the offset start of the
+    /// VNNI variants must both stay exact, so every SIMD variant gives the same bits, within
+    /// rounding of the exact product.
+    #[test]
+    fn extreme_values_give_exact_sums() {
+        let (n, k, m) = (8, 576, 3);
+        let mut bytes = Vec::new();
+        let mut vals = Vec::new();
+        for r in 0..n {
+            for b in 0..k / BLOCK {
+                bytes.extend(f16::ONE.to_bits().to_le_bytes());
+                for v in 0..BLOCK {
+                    let q: i8 = match (r + b + v) % 3 {
+                        0 => -128,
+                        1 => 127,
+                        _ => {
+                            if r % 2 == 0 {
+                                -128
+                            } else {
+                                127
+                            }
+                        }
+                    };
+                    bytes.push(q as u8);
+                    vals.push(q as f32);
+                }
+            }
+        }
+        let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+        // All ones and all minus ones quantize to 127 and −127; the mixed row to both.
+        let mut x = vec![1.0f32; k];
+        x.extend(vec![-1.0f32; k]);
+        x.extend((0..k).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }));
+        let want = reference(&vals, &QuantRows::new(&x, m, k), n, k);
+        let outs: Vec<(Kernel, Vec<f32>)> = kernels()
+            .into_iter()
+            .flatten()
+            .map(|kern| (kern, matmul_with(Some(kern), &[&w], &x, m).remove(0)))
+            .collect();
+        for (kern, got) in &outs {
+            for (idx, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-6 * e.abs().max(1.0),
+                    "{kern:?}: element {idx} is {g}, expected {e}"
+                );
+            }
+            assert_eq!(got, &outs[0].1, "{kern:?} differs from {:?}", outs[0].0);
+        }
     }
 
     /// Row `i` of a call with `m` rows is bit-identical to a call with row `i` alone, on every
@@ -649,6 +815,44 @@ mod tests {
                         "{kern:?}: row {i} of {m} differs from the row alone"
                     );
                 }
+            }
+        }
+    }
+
+    /// Not a test: time per call and multiply-adds per second of SmolLM2's shapes (FFN and the
+    /// tied output matrix) for 1 to 64 rows, each SIMD variant. Run with
+    /// `CANDLE_NUM_THREADS=1 cargo test --release --lib engine::q8::tests::bench_rows --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement that prints timings and asserts nothing; run it by hand"]
+    fn bench_rows() {
+        use std::time::Instant;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let (mut best, reps) = (f64::MAX, 10);
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+            }
+            best
+        };
+        for &(n, k) in &[(1536, 576), (576, 1536), (49152, 576)] {
+            let (bytes, _) = random_matrix(n, k, 1);
+            let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+            for m in [1usize, 4, 16, 64] {
+                let x = random_acts(m, k);
+                let mut line = format!("Q8_0 {n}x{k} m={m:2}:");
+                for kern in kernels().into_iter().skip(1) {
+                    let us = time(&mut || {
+                        std::hint::black_box(matmul_with(kern, &[&w], &x, m));
+                    });
+                    let gmac = (n * k * m) as f64 / us / 1e3;
+                    line += &format!(" {kern:?} {us:8.1} µs {gmac:5.1} GMAC/s");
+                }
+                println!("{line}");
             }
         }
     }

@@ -1,9 +1,12 @@
-//! Which SIMD variant Influence's own matmul kernels (`q8.rs`, `kq.rs`, `legacy.rs`) run, chosen
-//! once at run time from the CPU's features.
+//! Which SIMD variant Influence's own matmul kernels (`q8.rs`, `kq.rs`, `legacy.rs`,
+//! `mxfp4.rs`) run, chosen once at run time from the CPU's features: AVX-512 VNNI, else
+//! AVX-VNNI, else AVX2.
 //!
 //! `INFLUENCE_KERNEL` overrides the choice for every own kernel: `0` (or `candle`) turns them off
-//! and candle's kernels run instead, `avx2` forces the AVX2 variant on an AVX-512 machine, and
-//! `avx512` asks for the AVX-512 one (ignored where the CPU lacks it). The older
+//! and candle's kernels run instead, `avx2` forces the AVX2 variant, `avxvnni` the AVX-VNNI one,
+//! `vnni256` the 256-bit VNNI kernels with the EVEX-encoded `vpdpbusd` (for measuring the
+//! AVX-VNNI kernels on an AVX-512 machine, which lacks the VEX-encoded instruction), and
+//! `avx512` asks for the AVX-512 one; a variant the CPU lacks is ignored. The older
 //! `INFLUENCE_Q8_KERNEL` is still read when `INFLUENCE_KERNEL` is unset. Other architectures
 //! (aarch64 included) always run candle's kernels.
 
@@ -12,16 +15,36 @@
 pub enum Kernel {
     /// AVX-512 F/BW/VL + VNNI: 64 bytes at a time, `vpdpbusd` / `vpdpwssd`.
     Avx512,
+    /// AVX2 + AVX-VNNI (Intel since Alder Lake, AMD since Zen 5): the 256-bit VNNI kernels with
+    /// the VEX-encoded `vpdpbusd`.
+    AvxVnni,
+    /// The same 256-bit VNNI kernels with the EVEX-encoded `vpdpbusd` (AVX-512 VNNI + VL), and
+    /// otherwise only AVX2 instructions and 16 vector registers, as on an AVX-VNNI CPU: what
+    /// tests and measures those kernels on AVX-512 machines. Never chosen by itself.
+    Vnni256,
     /// AVX2 + FMA + F16C: 32 bytes at a time, `vpmaddubsw` / `vpmaddwd`.
     Avx2,
 }
 
 impl Kernel {
-    /// How the variant is named in logs, warnings and `INFLUENCE_KERNEL`.
+    /// How the variant is named in logs, warnings and `bench --json`'s `cpu_kernel`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512 => "AVX-512 VNNI",
+            Kernel::AvxVnni => "AVX-VNNI",
+            Kernel::Vnni256 => "256-bit VNNI (EVEX)",
             Kernel::Avx2 => "AVX2",
+        }
+    }
+
+    /// The instructions the variant needs beyond AVX2, FMA and F16C (for messages).
+    #[cfg(test)]
+    fn needs(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512f/bw/vl and avx512vnni",
+            Kernel::AvxVnni => "avxvnni",
+            Kernel::Vnni256 => "avx512vnni and avx512vl",
+            Kernel::Avx2 => "avx2, fma and f16c",
         }
     }
 }
@@ -34,37 +57,45 @@ pub fn kernel() -> Option<Kernel> {
         let choice = std::env::var("INFLUENCE_KERNEL")
             .or_else(|_| std::env::var("INFLUENCE_Q8_KERNEL"))
             .unwrap_or_default();
-        choose(&choice, supported(Kernel::Avx512), supported(Kernel::Avx2))
+        choose(&choice, supported)
     })
 }
 
-/// The variant for an override value and the CPU's features.
-fn choose(choice: &str, avx512: bool, avx2: bool) -> Option<Kernel> {
-    match choice.trim().to_ascii_lowercase().as_str() {
-        "0" | "off" | "candle" => None,
-        "avx2" if avx2 => Some(Kernel::Avx2),
-        _ if avx512 => Some(Kernel::Avx512),
-        _ if avx2 => Some(Kernel::Avx2),
+/// The variant for an override value, given which variants the CPU runs.
+fn choose(choice: &str, runs: impl Fn(Kernel) -> bool) -> Option<Kernel> {
+    let forced = match choice.trim().to_ascii_lowercase().as_str() {
+        "0" | "off" | "candle" => return None,
+        "avx2" => Some(Kernel::Avx2),
+        "avxvnni" | "avx-vnni" => Some(Kernel::AvxVnni),
+        "vnni256" => Some(Kernel::Vnni256),
         _ => None,
-    }
+    };
+    forced
+        .into_iter()
+        .chain([Kernel::Avx512, Kernel::AvxVnni, Kernel::Avx2])
+        .find(|&k| runs(k))
 }
 
 /// Whether this CPU has the instructions of `k`.
 pub fn supported(k: Kernel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
         match k {
             Kernel::Avx512 => {
-                is_x86_feature_detected!("avx512f")
+                avx2 && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            Kernel::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
+            Kernel::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+            Kernel::Vnni256 => {
+                avx2 && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
             }
+            Kernel::Avx2 => avx2,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -77,19 +108,139 @@ pub fn supported(k: Kernel) -> bool {
 /// Every variant, for tests: those this CPU runs, and the reason for each it cannot.
 #[cfg(test)]
 pub fn variants_for_tests() -> Vec<Kernel> {
-    [Kernel::Avx2, Kernel::Avx512]
-        .into_iter()
-        .filter(|&k| {
-            let ok = supported(k);
-            if !ok {
-                eprintln!(
-                    "not run: the {} variant (this CPU lacks its instructions)",
-                    k.name()
-                );
-            }
-            ok
-        })
-        .collect()
+    [
+        Kernel::Avx2,
+        Kernel::AvxVnni,
+        Kernel::Vnni256,
+        Kernel::Avx512,
+    ]
+    .into_iter()
+    .filter(|&k| {
+        let ok = supported(k);
+        if !ok {
+            eprintln!(
+                "not run: the {} variant (this CPU lacks {})",
+                k.name(),
+                k.needs()
+            );
+        }
+        ok
+    })
+    .collect()
+}
+
+/// The integer dot products of the 256-bit kernels, one implementation per instruction set, so
+/// a kernel is written once (generic over [`Dot256`], `#[inline(always)]`) and instantiated
+/// under each variant's `#[target_feature]`.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod dot256 {
+    use std::arch::x86_64::*;
+
+    /// Sums of 4 products of unsigned by signed bytes per 32-bit lane.
+    pub(in crate::engine) trait Dot256 {
+        /// Adds `Σ u0·s0 + Σ u1·s1` per lane (4 bytes of each) to the sum of `acc`'s two
+        /// vectors. VNNI adds each product to its own vector: two dependency chains of
+        /// `vpdpbusd`, whose latency one chain would wait on. AVX2 adds neighbouring products
+        /// and the two vectors' pairs in 16 bits first (saturating), so its callers keep
+        /// `|u0·s0 + u0'·s0'| + |u1·s1 + u1'·s1'|` within i16, and widens into `acc[0]`.
+        ///
+        /// # Safety
+        /// The CPU must run the implementation's instructions.
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i);
+    }
+
+    /// The VNNI instruction `vpdpbusd`: `acc + Σ u·s` per lane, exact (no 16-bit step).
+    pub(in crate::engine) trait Vnni256: Dot256 {
+        /// # Safety
+        /// The CPU must run the implementation's instruction.
+        unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    }
+
+    /// AVX2: `vpmaddubsw` (saturating 16-bit pairs) and `vpmaddwd` by ones.
+    pub(in crate::engine) struct Avx2;
+    /// AVX-VNNI: the VEX-encoded `vpdpbusd`.
+    pub(in crate::engine) struct AvxVnni;
+    /// AVX-512 VNNI + VL: the EVEX-encoded `vpdpbusd` on ymm registers.
+    pub(in crate::engine) struct Evex;
+
+    impl Dot256 for Avx2 {
+        #[inline(always)]
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i) {
+            acc[0] = avx2_dot2(acc[0], u0, s0, u1, s1);
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn avx2_dot2(
+        acc: __m256i,
+        u0: __m256i,
+        s0: __m256i,
+        u1: __m256i,
+        s1: __m256i,
+    ) -> __m256i {
+        let p = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
+
+    impl Dot256 for AvxVnni {
+        #[inline(always)]
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i) {
+            acc[0] = Self::dpbusd(acc[0], u0, s0);
+            acc[1] = Self::dpbusd(acc[1], u1, s1);
+        }
+    }
+
+    impl Vnni256 for AvxVnni {
+        #[inline(always)]
+        unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            vex_dpbusd(acc, u, s)
+        }
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    #[inline]
+    unsafe fn vex_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
+    }
+
+    impl Dot256 for Evex {
+        #[inline(always)]
+        unsafe fn dot2(acc: &mut [__m256i; 2], u0: __m256i, s0: __m256i, u1: __m256i, s1: __m256i) {
+            acc[0] = Self::dpbusd(acc[0], u0, s0);
+            acc[1] = Self::dpbusd(acc[1], u1, s1);
+        }
+    }
+
+    impl Vnni256 for Evex {
+        #[inline(always)]
+        unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            evex_dpbusd(acc, u, s)
+        }
+    }
+
+    /// The EVEX `vpdpbusd` as the one instruction of an `asm!` block in an AVX2 function: the
+    /// intrinsic would need AVX-512 F enabled for the whole kernel, and the compiler would then
+    /// be free to use 32 vector registers and AVX-512 instructions, which AVX-VNNI CPUs lack.
+    /// Here the kernels around it are the AVX-VNNI instance's code. (A build with
+    /// `-C target-cpu=native` on an AVX-512 machine, as this repository's, enables AVX-512 F
+    /// everywhere: then this instance and the AVX2 variant alike use 32 registers.)
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn evex_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let mut r = acc;
+        // SAFETY: register operands only; the caller runs this on AVX-512 VNNI + VL CPUs.
+        unsafe {
+            std::arch::asm!(
+                "vpdpbusd {r}, {u}, {s}",
+                r = inout(ymm_reg) r,
+                u = in(ymm_reg) u,
+                s = in(ymm_reg) s,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        r
+    }
 }
 
 /// The largest |x| of `xs` (0 for none; NaNs ignored, as `f32::max` does), in 8 independent
@@ -115,15 +266,32 @@ mod tests {
 
     #[test]
     fn override_values() {
-        assert_eq!(choose("", true, true), Some(Kernel::Avx512));
-        assert_eq!(choose("avx2", true, true), Some(Kernel::Avx2));
-        assert_eq!(choose("AVX2", true, true), Some(Kernel::Avx2));
-        assert_eq!(choose("0", true, true), None);
-        assert_eq!(choose("candle", true, true), None);
-        assert_eq!(choose("avx512", false, true), Some(Kernel::Avx2));
-        assert_eq!(choose("", false, true), Some(Kernel::Avx2));
-        assert_eq!(choose("", false, false), None);
-        assert_eq!(choose("avx2", false, false), None);
+        let all = |_| true;
+        let avx512_box = |k| k != Kernel::AvxVnni;
+        let avxvnni_box = |k| matches!(k, Kernel::AvxVnni | Kernel::Avx2);
+        let avx2_box = |k| k == Kernel::Avx2;
+        let none = |_| false;
+        assert_eq!(choose("", all), Some(Kernel::Avx512));
+        assert_eq!(choose("", avx512_box), Some(Kernel::Avx512));
+        assert_eq!(choose("", avxvnni_box), Some(Kernel::AvxVnni));
+        assert_eq!(choose("", avx2_box), Some(Kernel::Avx2));
+        assert_eq!(choose("avx2", all), Some(Kernel::Avx2));
+        assert_eq!(choose("AVX2", avx512_box), Some(Kernel::Avx2));
+        assert_eq!(choose("avxvnni", all), Some(Kernel::AvxVnni));
+        assert_eq!(choose("avxvnni", avxvnni_box), Some(Kernel::AvxVnni));
+        assert_eq!(choose("vnni256", avx512_box), Some(Kernel::Vnni256));
+        assert_eq!(choose("VNNI256", avx512_box), Some(Kernel::Vnni256));
+        // A variant the CPU lacks falls back to the best one it has.
+        assert_eq!(choose("avxvnni", avx512_box), Some(Kernel::Avx512));
+        assert_eq!(choose("vnni256", avxvnni_box), Some(Kernel::AvxVnni));
+        assert_eq!(choose("avx512", avxvnni_box), Some(Kernel::AvxVnni));
+        assert_eq!(choose("avx512", avx2_box), Some(Kernel::Avx2));
+        assert_eq!(choose("0", all), None);
+        assert_eq!(choose("candle", all), None);
+        assert_eq!(choose("", none), None);
+        assert_eq!(choose("avx2", none), None);
+        // The EVEX instance is only ever asked for.
+        assert_eq!(choose("", |k| k == Kernel::Vnni256), None);
     }
 
     #[test]
