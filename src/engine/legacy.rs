@@ -346,6 +346,23 @@ impl QuantRows {
         let mut d = vec![0f32; m * sp];
         let mut s = vec![0f32; m * sp];
         let mut off8 = vec![0i32; m * sp];
+        if m < 4 {
+            // A decode step's row or a few: no parallel region (nor its bookkeeping).
+            for i in 0..m {
+                let (r, c) = (i * kp..(i + 1) * kp, i * sp..(i + 1) * sp);
+                let (d, s, o) = (&mut d[c.clone()], &mut s[c.clone()], &mut off8[c]);
+                Self::quantize_row(&x[i * k..(i + 1) * k], &mut qs[r], d, s, o);
+            }
+            return Self {
+                m,
+                kp,
+                sp,
+                qs,
+                d,
+                s,
+                off8,
+            };
+        }
         type Row<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32]);
         let rows: Vec<std::sync::Mutex<Row>> = qs
             .chunks_mut(kp)
@@ -362,11 +379,7 @@ impl QuantRows {
                 Self::quantize_row(&x[i * k..(i + 1) * k], q, d, s, o);
             }
         };
-        if m >= 4 {
-            super::pool::run_chunked(m, run);
-        } else {
-            run(0..m);
-        }
+        super::pool::run_chunked(m, run);
         drop(rows);
         Self {
             m,
