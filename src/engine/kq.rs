@@ -941,7 +941,7 @@ mod avx2 {
         i0: usize,
         res: &mut Res,
     ) {
-        q45k::<M, false>(w, t, a, i0, res)
+        q45k::<Madd16, M, false>(w, t, a, i0, res)
     }
 
     /// Q5_K weight tile `t` times `M` activation rows from `i0`.
@@ -953,18 +953,45 @@ mod avx2 {
         i0: usize,
         res: &mut Res,
     ) {
-        q45k::<M, true>(w, t, a, i0, res)
+        q45k::<Madd16, M, true>(w, t, a, i0, res)
+    }
+
+    /// How a sub-block's integer dot products are formed: a line of weight bytes against its
+    /// broadcast activations, added up, then times the rows' sub-block scales widened by
+    /// `WIDEN`. Every step is exact in integers, so each implementation gives the same sums.
+    pub(super) trait SubDot {
+        /// Shuffle patterns that widen the sub-block scale bytes to the multiplier's lanes.
+        const WIDEN: &'static [[u8; 16]; 4];
+        /// `acc` plus the products of `w`'s unsigned bytes with `a`'s signed ones.
+        unsafe fn add(acc: __m256i, w: __m256i, a: __m256i) -> __m256i;
+        /// The 32-bit lanes of `acc` times the widened scales `s`.
+        unsafe fn scaled(acc: __m256i, s: __m256i) -> __m256i;
+    }
+
+    /// AVX2: `vpmaddubsw` into 16-bit sums (Q4_K: 8 × 2 × 15 × 128 ≤ 30,720 fits; Q5_K's 31s:
+    /// 4 groups at a time), then `vpmaddwd` by the scale as an i16 pair.
+    pub(super) struct Madd16;
+
+    impl SubDot for Madd16 {
+        const WIDEN: &'static [[u8; 16]; 4] = &ZX16;
+        #[inline(always)]
+        unsafe fn add(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+            _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, a))
+        }
+        #[inline(always)]
+        unsafe fn scaled(acc: __m256i, s: __m256i) -> __m256i {
+            _mm256_madd_epi16(acc, s)
+        }
     }
 
     /// Q4_K (`FIVE` false) or Q5_K weight tile `t` times `M` activation rows from `i0`, the 16
     /// rows as two halves of 8 (bytes 0..32 and 32..64 of every 64-byte word vector).
     ///
-    /// Per 32 bytes and activation row: two `vpmaddubsw` whose 16-bit sums are added up over a
-    /// sub-block (Q4_K: 8 × 2 × 15 × 128 ≤ 30,720 fits; Q5_K's 31s: 4 groups at a time), then
-    /// one `vpmaddwd` by the rows' sub-block scale as an i16 pair, into 32-bit lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn q45k<const M: usize, const FIVE: bool>(
+    /// Per 32 bytes and activation row: two [`SubDot::add`] summed over a sub-block (Q5_K: 4
+    /// groups at a time), then [`SubDot::scaled`] by the rows' sub-block scales, into 32-bit
+    /// lanes. The caller enables AVX2, FMA and F16C (and its `S`'s instruction).
+    #[inline(always)]
+    pub(super) unsafe fn q45k<S: SubDot, const M: usize, const FIVE: bool>(
         w: &KMatrix,
         t: usize,
         a: &QuantRowsK,
@@ -980,10 +1007,10 @@ mod avx2 {
         let low2 = _mm256_set1_epi8(0x03);
         let even = _mm256_set1_epi32(0x00FF_00FF);
         let dup = [
-            pattern(&ZX16[0]),
-            pattern(&ZX16[1]),
-            pattern(&ZX16[2]),
-            pattern(&ZX16[3]),
+            pattern(&S::WIDEN[0]),
+            pattern(&S::WIDEN[1]),
+            pattern(&S::WIDEN[2]),
+            pattern(&S::WIDEN[3]),
         ];
         let mut acc = [[_mm256_setzero_ps(); M]; 2];
         for b in 0..nb {
@@ -1033,20 +1060,16 @@ mod avx2 {
                         }
                         for i in 0..M {
                             let ap = aq[i].add(64 * p + 4 * c);
-                            lo16[i] =
-                                _mm256_add_epi16(lo16[i], _mm256_maddubs_epi16(lo, bcast(ap)));
-                            hi16[i] = _mm256_add_epi16(
-                                hi16[i],
-                                _mm256_maddubs_epi16(hi, bcast(ap.add(32))),
-                            );
+                            lo16[i] = S::add(lo16[i], lo, bcast(ap));
+                            hi16[i] = S::add(hi16[i], hi, bcast(ap.add(32)));
                         }
                         if c == 7 || (FIVE && c == 3) {
                             for i in 0..M {
                                 dot[i] = _mm256_add_epi32(
                                     dot[i],
                                     _mm256_add_epi32(
-                                        _mm256_madd_epi16(lo16[i], s_lo),
-                                        _mm256_madd_epi16(hi16[i], s_hi),
+                                        S::scaled(lo16[i], s_lo),
+                                        S::scaled(hi16[i], s_hi),
                                     ),
                                 );
                                 lo16[i] = _mm256_setzero_si256();
@@ -1248,11 +1271,24 @@ mod vnni256 {
     entry!(q5k_evex, "avx2,fma,f16c", Evex, q45k, true);
     entry!(q6k_evex, "avx2,fma,f16c", Evex, q6k);
 
-    /// Q4_K (`FIVE` false) or Q5_K weight tile `t` times `M` activation rows from `i0`, the 16
-    /// rows as two halves of 8 as in the AVX2 variant, and the AVX-512 variant's integer steps:
-    /// per 32 bytes and activation row one `vpdpbusd` into a 32-bit accumulator per sub-block
-    /// (exact, no 16-bit step to flush), then one `vpmulld` by the zero-extended sub-block
-    /// scales. Minimums and the float step are the AVX2 variant's, in its order.
+    /// The AVX-512 variant's integer steps on 256 bits: one `vpdpbusd` into a 32-bit
+    /// accumulator per sub-block (exact, no 16-bit step to flush), then one `vpmulld` by the
+    /// zero-extended sub-block scales.
+    struct Vnni<D>(std::marker::PhantomData<D>);
+
+    impl<D: Vnni256> super::avx2::SubDot for Vnni<D> {
+        const WIDEN: &'static [[u8; 16]; 4] = &ZX32;
+        #[inline(always)]
+        unsafe fn add(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+            D::dpbusd(acc, w, a)
+        }
+        #[inline(always)]
+        unsafe fn scaled(acc: __m256i, s: __m256i) -> __m256i {
+            _mm256_mullo_epi32(acc, s)
+        }
+    }
+
+    /// Q4_K (`FIVE` false) or Q5_K: the AVX2 variant's body on [`Vnni`]'s integer steps.
     #[inline(always)]
     unsafe fn q45k<D: Vnni256, const M: usize, const FIVE: bool>(
         w: &KMatrix,
@@ -1261,116 +1297,7 @@ mod vnni256 {
         i0: usize,
         res: &mut Res,
     ) {
-        let nb = w.k / QK;
-        let ty = if FIVE { KType::Q5K } else { KType::Q4K };
-        let tbb = ty.tile_block_bytes();
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m10 = _mm256_set1_epi8(0x10);
-        let low6 = _mm256_set1_epi8(0x3F);
-        let low2 = _mm256_set1_epi8(0x03);
-        let even = _mm256_set1_epi32(0x00FF_00FF);
-        let zx = [
-            pattern(&ZX32[0]),
-            pattern(&ZX32[1]),
-            pattern(&ZX32[2]),
-            pattern(&ZX32[3]),
-        ];
-        let mut acc = [[_mm256_setzero_ps(); M]; 2];
-        for b in 0..nb {
-            let block = w.data.as_ptr().add((t * nb + b) * tbb);
-            let mut aq = [std::ptr::null::<i8>(); M];
-            for (i, p) in aq.iter_mut().enumerate() {
-                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
-            }
-            for (half, acc) in acc.iter_mut().enumerate() {
-                let base = block.add(32 * half);
-                let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
-                let (u0, u1, u2) = (ld(0), ld(64), ld(128));
-                let sc = [
-                    _mm256_and_si256(u0, low6),
-                    _mm256_or_si256(
-                        _mm256_and_si256(u2, m4),
-                        _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), low2), 4),
-                    ),
-                ];
-                let mn_lo = _mm256_and_si256(u1, low6);
-                let mn_hi = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
-                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), low2), 4),
-                );
-                let mut dot = [_mm256_setzero_si256(); M];
-                for p in 0..4 {
-                    let shift = _mm_cvtsi32_si128(2 * p as i32);
-                    let mut lo_acc = [_mm256_setzero_si256(); M];
-                    let mut hi_acc = [_mm256_setzero_si256(); M];
-                    for c in 0..8 {
-                        let raw = ld(ty.at(Part::Nibbles, 8 * p + c));
-                        let mut lo = _mm256_and_si256(raw, m4);
-                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                        if FIVE {
-                            let bits = _mm256_srl_epi16(ld(ty.at(Part::High, c)), shift);
-                            lo = _mm256_or_si256(
-                                lo,
-                                _mm256_and_si256(_mm256_slli_epi16(bits, 4), m10),
-                            );
-                            hi = _mm256_or_si256(
-                                hi,
-                                _mm256_and_si256(_mm256_slli_epi16(bits, 3), m10),
-                            );
-                        }
-                        for i in 0..M {
-                            let ap = aq[i].add(64 * p + 4 * c);
-                            lo_acc[i] = D::dpbusd(lo_acc[i], lo, bcast(ap));
-                            hi_acc[i] = D::dpbusd(hi_acc[i], hi, bcast(ap.add(32)));
-                        }
-                    }
-                    let s = sc[p / 2];
-                    let s_lo = _mm256_shuffle_epi8(s, zx[(2 * p) % 4]);
-                    let s_hi = _mm256_shuffle_epi8(s, zx[(2 * p + 1) % 4]);
-                    for i in 0..M {
-                        dot[i] = _mm256_add_epi32(
-                            dot[i],
-                            _mm256_add_epi32(
-                                _mm256_mullo_epi32(lo_acc[i], s_lo),
-                                _mm256_mullo_epi32(hi_acc[i], s_hi),
-                            ),
-                        );
-                    }
-                }
-                let mins = [
-                    _mm256_and_si256(mn_lo, even),
-                    _mm256_and_si256(_mm256_srli_epi32(mn_lo, 8), even),
-                    _mm256_and_si256(mn_hi, even),
-                    _mm256_and_si256(_mm256_srli_epi32(mn_hi, 8), even),
-                ];
-                let dw =
-                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(ty.d_at() + 16 * half) as *const _));
-                let dmw = _mm256_cvtph_ps(_mm_loadu_si128(
-                    block.add(ty.d_at() + 32 + 16 * half) as *const _
-                ));
-                for i in 0..M {
-                    let blk = (i0 + i) * nb + b;
-                    let wp = a.w4.as_ptr().add(blk * 4);
-                    let mut mn = _mm256_setzero_si256();
-                    for (q, mv) in mins.iter().enumerate() {
-                        mn = _mm256_add_epi32(
-                            mn,
-                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*wp.add(q))),
-                        );
-                    }
-                    let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
-                    // block_sum, lane-wise and in the same order.
-                    let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(dot[i]));
-                    let t2 = _mm256_mul_ps(_mm256_mul_ps(dmw, da), _mm256_cvtepi32_ps(mn));
-                    acc[i] = _mm256_add_ps(acc[i], _mm256_sub_ps(t1, t2));
-                }
-            }
-        }
-        for (half, acc) in acc.iter().enumerate() {
-            for (dst, v) in res.iter_mut().zip(acc) {
-                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), *v);
-            }
-        }
+        super::avx2::q45k::<Vnni<D>, M, FIVE>(w, t, a, i0, res)
     }
 
     /// Q6_K weight tile `t` times `M` activation rows from `i0`, in two halves of 8 rows: per
