@@ -966,6 +966,10 @@ mod avx2 {
         unsafe fn add(acc: __m256i, w: __m256i, a: __m256i) -> __m256i;
         /// The 32-bit lanes of `acc` times the widened scales `s`.
         unsafe fn scaled(acc: __m256i, s: __m256i) -> __m256i;
+        /// Shuffle patterns that move Q6_K's signed scale bytes to the top of the multiplier's
+        /// lanes, and the shift that sign-extends them there.
+        const TOP: &'static [[u8; 16]; 4];
+        unsafe fn signed(x: __m256i) -> __m256i;
     }
 
     /// AVX2: `vpmaddubsw` into 16-bit sums (Q4_K: 8 × 2 × 15 × 128 ≤ 30,720 fits; Q5_K's 31s:
@@ -981,6 +985,11 @@ mod avx2 {
         #[inline(always)]
         unsafe fn scaled(acc: __m256i, s: __m256i) -> __m256i {
             _mm256_madd_epi16(acc, s)
+        }
+        const TOP: &'static [[u8; 16]; 4] = &TOP16;
+        #[inline(always)]
+        unsafe fn signed(x: __m256i) -> __m256i {
+            _mm256_srai_epi16(x, 8)
         }
     }
 
@@ -1125,16 +1134,29 @@ mod avx2 {
         i0: usize,
         res: &mut Res,
     ) {
+        q6k_with::<Madd16, M>(w, t, a, i0, res)
+    }
+
+    /// [`q6k`]'s body on `S`'s integer steps (the caller enables AVX2, FMA, F16C and `S`'s
+    /// instruction).
+    #[inline(always)]
+    pub(super) unsafe fn q6k_with<S: SubDot, const M: usize>(
+        w: &KMatrix,
+        t: usize,
+        a: &QuantRowsK,
+        i0: usize,
+        res: &mut Res,
+    ) {
         let nb = w.k / QK;
         let ty = KType::Q6K;
         let tbb = ty.tile_block_bytes();
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
         let top = [
-            pattern(&TOP16[0]),
-            pattern(&TOP16[1]),
-            pattern(&TOP16[2]),
-            pattern(&TOP16[3]),
+            pattern(&S::TOP[0]),
+            pattern(&S::TOP[1]),
+            pattern(&S::TOP[2]),
+            pattern(&S::TOP[3]),
         ];
         let mut acc = [[_mm256_setzero_ps(); M]; 2];
         for b in 0..nb {
@@ -1153,7 +1175,7 @@ mod avx2 {
                         // As in the AVX-512 variant: sub-blocks 8h + 2r + q, r = 0..4.
                         let s: [__m256i; 4] = std::array::from_fn(|r| {
                             let word = scw[2 * h + r / 2];
-                            _mm256_srai_epi16(_mm256_shuffle_epi8(word, top[q + 2 * (r % 2)]), 8)
+                            S::signed(_mm256_shuffle_epi8(word, top[q + 2 * (r % 2)]))
                         });
                         let mut sums = [[_mm256_setzero_si256(); M]; 4];
                         for cc in 0..4 {
@@ -1174,17 +1196,13 @@ mod avx2 {
                                 );
                                 for i in 0..M {
                                     let ap = aq[i].add(128 * h + 4 * c + off);
-                                    sum[i] = _mm256_add_epi16(
-                                        sum[i],
-                                        _mm256_maddubs_epi16(wv, bcast(ap)),
-                                    );
+                                    sum[i] = S::add(sum[i], wv, bcast(ap));
                                 }
                             }
                             if cc % 2 == 1 {
                                 for (sum, s) in sums.iter_mut().zip(&s) {
                                     for i in 0..M {
-                                        dot[i] =
-                                            _mm256_add_epi32(dot[i], _mm256_madd_epi16(sum[i], *s));
+                                        dot[i] = _mm256_add_epi32(dot[i], S::scaled(sum[i], *s));
                                         sum[i] = _mm256_setzero_si256();
                                     }
                                 }
@@ -1226,21 +1244,9 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni256 {
-    use super::{KMatrix, KType, Part, QuantRowsK, Res, QK, TOP32, ZX32};
+    use super::{KMatrix, QuantRowsK, Res, TOP32, ZX32};
     use crate::engine::simd::dot256::{AvxVnni, Evex, Vnni256};
     use std::arch::x86_64::*;
-
-    /// A 16-byte shuffle pattern in both 128-bit lanes.
-    #[inline(always)]
-    unsafe fn pattern(p: &[u8; 16]) -> __m256i {
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(p.as_ptr() as *const __m128i))
-    }
-
-    /// The 4-byte activation group at `p`, in every lane.
-    #[inline(always)]
-    unsafe fn bcast(p: *const i8) -> __m256i {
-        _mm256_set1_epi32((p as *const i32).read_unaligned())
-    }
 
     /// One entry point per (instruction, K-quant type), each with its variant's features.
     macro_rules! entry {
@@ -1286,6 +1292,11 @@ mod vnni256 {
         unsafe fn scaled(acc: __m256i, s: __m256i) -> __m256i {
             _mm256_mullo_epi32(acc, s)
         }
+        const TOP: &'static [[u8; 16]; 4] = &TOP32;
+        #[inline(always)]
+        unsafe fn signed(x: __m256i) -> __m256i {
+            _mm256_srai_epi32(x, 24)
+        }
     }
 
     /// Q4_K (`FIVE` false) or Q5_K: the AVX2 variant's body on [`Vnni`]'s integer steps.
@@ -1300,10 +1311,7 @@ mod vnni256 {
         super::avx2::q45k::<Vnni<D>, M, FIVE>(w, t, a, i0, res)
     }
 
-    /// Q6_K weight tile `t` times `M` activation rows from `i0`, in two halves of 8 rows: per
-    /// triple of lines four `vpdpbusd` per activation row into one 32-bit accumulator per
-    /// sub-block, multiplied by the sign-extended sub-block scales as in the AVX-512 variant;
-    /// the −32 offset and the float step as in the AVX2 variant.
+    /// Q6_K: the AVX2 variant's body on [`Vnni`]'s integer steps.
     #[inline(always)]
     unsafe fn q6k<D: Vnni256, const M: usize>(
         w: &KMatrix,
@@ -1312,97 +1320,7 @@ mod vnni256 {
         i0: usize,
         res: &mut Res,
     ) {
-        let nb = w.k / QK;
-        let ty = KType::Q6K;
-        let tbb = ty.tile_block_bytes();
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
-        let top = [
-            pattern(&TOP32[0]),
-            pattern(&TOP32[1]),
-            pattern(&TOP32[2]),
-            pattern(&TOP32[3]),
-        ];
-        let mut acc = [[_mm256_setzero_ps(); M]; 2];
-        for b in 0..nb {
-            let block = w.data.as_ptr().add((t * nb + b) * tbb);
-            let mut aq = [std::ptr::null::<i8>(); M];
-            for (i, p) in aq.iter_mut().enumerate() {
-                *p = a.qs.as_ptr().add((i0 + i) * a.k + b * QK);
-            }
-            for (half, acc) in acc.iter_mut().enumerate() {
-                let base = block.add(32 * half);
-                let ld = |at: usize| _mm256_loadu_si256(base.add(at) as *const __m256i);
-                let scw = [ld(0), ld(64), ld(128), ld(192)];
-                let mut dot = [_mm256_setzero_si256(); M];
-                for h in 0..2 {
-                    for q in 0..2 {
-                        // Sub-blocks 8h + 2r + q, r = 0..4, as in the other variants.
-                        let mut accs = [[_mm256_setzero_si256(); M]; 4];
-                        for cc in 0..4 {
-                            let c = 4 * q + cc;
-                            let lo_c = ld(ty.at(Part::Nibbles, 16 * h + c));
-                            let lo_c8 = ld(ty.at(Part::Nibbles, 16 * h + c + 8));
-                            let bits = ld(ty.at(Part::High, 8 * h + c));
-                            let ws = [
-                                (lo_c, _mm256_slli_epi16(bits, 4), 0),
-                                (lo_c8, _mm256_slli_epi16(bits, 2), 32),
-                                (_mm256_srli_epi16(lo_c, 4), bits, 64),
-                                (_mm256_srli_epi16(lo_c8, 4), _mm256_srli_epi16(bits, 2), 96),
-                            ];
-                            for (acc, &(nib, hb, off)) in accs.iter_mut().zip(&ws) {
-                                let wv = _mm256_or_si256(
-                                    _mm256_and_si256(nib, m4),
-                                    _mm256_and_si256(hb, m30),
-                                );
-                                for i in 0..M {
-                                    let ap = aq[i].add(128 * h + 4 * c + off);
-                                    acc[i] = D::dpbusd(acc[i], wv, bcast(ap));
-                                }
-                            }
-                        }
-                        for (r, acc) in accs.iter().enumerate() {
-                            let word = scw[2 * h + r / 2];
-                            let s = _mm256_srai_epi32(
-                                _mm256_shuffle_epi8(word, top[q + 2 * (r % 2)]),
-                                24,
-                            );
-                            for i in 0..M {
-                                dot[i] = _mm256_add_epi32(dot[i], _mm256_mullo_epi32(acc[i], s));
-                            }
-                        }
-                    }
-                }
-                let mut pairs = [_mm256_setzero_si256(); 8];
-                for (q, &v) in scw.iter().enumerate() {
-                    pairs[2 * q] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
-                    pairs[2 * q + 1] = _mm256_srai_epi16(v, 8);
-                }
-                let dw =
-                    _mm256_cvtph_ps(_mm_loadu_si128(block.add(ty.d_at() + 16 * half) as *const _));
-                for i in 0..M {
-                    let blk = (i0 + i) * nb + b;
-                    let wp = a.w6.as_ptr().add(blk * 8);
-                    let mut off = _mm256_setzero_si256();
-                    for (q, pv) in pairs.iter().enumerate() {
-                        off = _mm256_add_epi32(
-                            off,
-                            _mm256_madd_epi16(*pv, _mm256_set1_epi32(*wp.add(q))),
-                        );
-                    }
-                    let d = _mm256_sub_epi32(dot[i], _mm256_slli_epi32(off, 5));
-                    let da = _mm256_set1_ps(*a.d.get_unchecked(blk));
-                    // block_sum6, lane-wise.
-                    let t1 = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(d));
-                    acc[i] = _mm256_add_ps(acc[i], t1);
-                }
-            }
-        }
-        for (half, acc) in acc.iter().enumerate() {
-            for (dst, v) in res.iter_mut().zip(acc) {
-                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), *v);
-            }
-        }
+        super::avx2::q6k_with::<Vnni<D>, M>(w, t, a, i0, res)
     }
 }
 
