@@ -240,12 +240,8 @@ impl SsmStack {
         layers: Vec<SsmLayer>,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
-        Self {
-            mixers: Mixers::Mamba(cfg, layers),
-            state,
-        }
-        .placed(device)
+        let shapes = vec![cfg.state_shape(); layers.len()];
+        Self::placed(Mixers::Mamba(cfg, layers), shapes, device)
     }
 
     /// Gated DeltaNet layers of these shapes (as [`Self::new`]).
@@ -254,20 +250,24 @@ impl SsmStack {
         layers: Vec<DeltaLayer>,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let state = RecurrentSlots::new(vec![cfg.state_shape(); layers.len()]);
-        Self {
-            mixers: Mixers::DeltaNet(cfg, layers),
-            state,
-        }
-        .placed(device)
+        let shapes = vec![cfg.state_shape(); layers.len()];
+        Self::placed(Mixers::DeltaNet(cfg, layers), shapes, device)
     }
 
-    fn placed(mut self, device: &Device) -> candle_core::Result<Self> {
+    fn placed(
+        mixers: Mixers,
+        shapes: Vec<StateShape>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let mut this = Self {
+            mixers,
+            state: RecurrentSlots::new(shapes),
+        };
         if dev::wanted(device) {
-            self.use_device(device)?;
+            this.use_device(device)?;
             tracing::debug!(?device, "recurrent state and steps on the device");
         }
-        Ok(self)
+        Ok(this)
     }
 
     /// Moves the state to `device` and runs the layers' steps as tensor ops there (on the CPU
