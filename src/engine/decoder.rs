@@ -20,6 +20,7 @@ use super::kv_cache::KvCache;
 use super::legacy::{self, LMatrix, LType};
 use super::mxfp4::{self, MxMatrix};
 use super::ops;
+use super::prompt_attn;
 use super::q8::{self, Q8Matrix};
 use super::recurrent;
 use super::EngineError;
@@ -2982,6 +2983,19 @@ fn seq_attention(
             sinks: sinks.as_deref(),
         };
         if let Some(y) = decode_attn::attend(&q, &k_all, &v_all, &shape) {
+            return y;
+        }
+    }
+
+    // A prompt chunk's attention on the own pool, bit-identical to the path below.
+    if layer.sinks.is_none() && cfg.attn_softcap.is_none() {
+        let shape = prompt_attn::Shape {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            scale: scale as f32,
+        };
+        if let Some(y) = prompt_attn::attend(&q, &k_all, &v_all, mask, &shape) {
             return y;
         }
     }

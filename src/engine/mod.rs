@@ -51,6 +51,7 @@ mod mxfp4;
 mod ops;
 mod params;
 mod pool;
+mod prompt_attn;
 mod q8;
 mod recurrent;
 pub mod sampling;

@@ -50,6 +50,28 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// [`softmax_row`] of a row whose values outside `lo..hi` are −∞, without their `exp`: it
+/// would give an exact 0, and so would 0 / sum. The max and the sum still run over the whole
+/// row in candle's reductions, so every value is bit-identical to [`softmax_row`]'s.
+pub fn softmax_row_visible(row: &mut [f32], lo: usize, hi: usize) {
+    use candle_core::cpu::kernels::VecOps;
+    let d = row.len();
+    let mut max = f32::NEG_INFINITY;
+    // SAFETY: `row` holds `d` values, and `max` / `sum` are valid places for the results.
+    unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, d) };
+    row[..lo].fill(0.0);
+    row[hi..].fill(0.0);
+    for v in row[lo..hi].iter_mut() {
+        *v = (*v - max).exp();
+    }
+    let mut sum = 0f32;
+    // SAFETY: as above.
+    unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, d) };
+    for v in row[lo..hi].iter_mut() {
+        *v /= sum;
+    }
+}
+
 /// From this many values on, an elementwise op is split over the pool's threads (candle's
 /// threshold too).
 const PAR_MIN: usize = 1 << 16;
@@ -288,6 +310,32 @@ mod tests {
     fn softmax_matches_candle_nn_exactly() {
         for (rows, d) in [(4, 37), (9 * 128, 131)] {
             softmax_matches_at(rows, d);
+        }
+    }
+
+    #[test]
+    fn a_row_s_visible_span_softmaxes_as_the_whole_row() {
+        for (d, lo, hi) in [
+            (37, 0, 37),
+            (37, 0, 1),
+            (131, 5, 90),
+            (200, 199, 200),
+            (64, 16, 48),
+        ] {
+            let mut whole: Vec<f32> = (0..d)
+                .map(|j| {
+                    if (lo..hi).contains(&j) {
+                        (j as f32 * 0.77).sin() * 9.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            let mut span = whole.clone();
+            softmax_row(&mut whole);
+            softmax_row_visible(&mut span, lo, hi);
+            let bits = |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&span), bits(&whole), "d {d}, span {lo}..{hi}");
         }
     }
 
