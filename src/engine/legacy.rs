@@ -448,11 +448,13 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&LMatrix], x: &[f32], m: usize) -> Ve
     );
     let a = QuantRows::new(x, m, k);
     let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
-    super::pool::tiled(&ns, m, k, ROWS, |j, t, out| {
+    let tile = |j: usize, t: usize, out: *mut f32| {
         // SAFETY: `tiled` hands each tile of each matrix to one call with that matrix's
         // `m × n` output, which outlives the parallel region; the CPU runs `kern`.
         unsafe { tile_all_acts(kern, ws[j], t, &a, out) }
-    })
+    };
+    // SAFETY: `tile_all_acts` writes every value of its tile, for every activation row.
+    unsafe { super::pool::tiled(&ns, m, k, ROWS, tile) }
 }
 
 /// Computes the output columns of weight tile `t` for every activation row.

@@ -185,11 +185,13 @@ pub fn matmul_each(ws: &[&MxMatrix], xs: &[&[f32]]) -> Vec<Vec<f32>> {
     );
     let acts: Vec<QuantRows> = xs.iter().map(|x| QuantRows::new(x, 1, k)).collect();
     let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
-    super::pool::tiled(&ns, 1, k, ROWS, |j, t, out| {
+    let tile = |j: usize, t: usize, out: *mut f32| {
         // SAFETY: as in `matmul_with`: one call per tile of each matrix, into that matrix's
         // `1 × n` output; the CPU runs `kern`.
         unsafe { tile_all_acts(kern, ws[j], t, &acts[j], out) }
-    })
+    };
+    // SAFETY: `tile_all_acts` writes every value of its tile, for every activation row.
+    unsafe { super::pool::tiled(&ns, 1, k, ROWS, tile) }
 }
 
 /// [`matmul`] on a chosen kernel (`None`: the scalar reference). The caller guarantees the CPU
@@ -205,11 +207,13 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&MxMatrix], x: &[f32], m: usize) -> V
     );
     let a = QuantRows::new(x, m, k);
     let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
-    super::pool::tiled(&ns, m, k, ROWS, |j, t, out| {
+    let tile = |j: usize, t: usize, out: *mut f32| {
         // SAFETY: `tiled` hands each tile of each matrix to one call with that matrix's
         // `m × n` output, which outlives the parallel region; the CPU runs `kern`.
         unsafe { tile_all_acts(kern, ws[j], t, &a, out) }
-    })
+    };
+    // SAFETY: `tile_all_acts` writes every value of its tile, for every activation row.
+    unsafe { super::pool::tiled(&ns, m, k, ROWS, tile) }
 }
 
 /// Computes the output columns of weight tile `t` for every activation row.

@@ -162,17 +162,9 @@ impl QuantRows {
             let amax = super::simd::abs_max(src);
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            for (q, &v) in dst.iter_mut().zip(src) {
-                *q = (v * inv).round() as i8;
-            }
             d[b] = scale;
-            for (s, o) in off[b * BLOCK / 4..(b + 1) * BLOCK / 4]
-                .iter_mut()
-                .enumerate()
-            {
-                let q = &dst[4 * s..4 * s + 4];
-                *o = -128 * (q[0] as i32 + q[1] as i32 + q[2] as i32 + q[3] as i32);
-            }
+            let (offs, _) = off[b * BLOCK / 4..(b + 1) * BLOCK / 4].as_chunks_mut::<8>();
+            super::simd::quantize_block(src, inv, dst, &mut offs[0]);
         }
     }
 
@@ -237,11 +229,13 @@ fn matmul_with(kern: Option<Kernel>, ws: &[&Q8Matrix], x: &[f32], m: usize) -> V
     );
     let a = QuantRows::new(x, m, k);
     let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
-    super::pool::tiled(&ns, m, k, ROWS, |j, t, out| {
+    let tile = |j: usize, t: usize, out: *mut f32| {
         // SAFETY: `tiled` hands each tile of each matrix to one call with that matrix's
         // `m × n` output, which outlives the parallel region; the CPU runs `kern`.
         unsafe { tile_all_acts(kern, ws[j], t, &a, out) }
-    })
+    };
+    // SAFETY: `tile_all_acts` writes every value of its tile, for every activation row.
+    unsafe { super::pool::tiled(&ns, m, k, ROWS, tile) }
 }
 
 /// Computes the output columns of weight tile `t` for every activation row.

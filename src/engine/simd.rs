@@ -260,9 +260,118 @@ pub fn abs_max(xs: &[f32]) -> f32 {
     lanes.iter().fold(tail, |a, &l| a.max(l))
 }
 
+/// One Q8_0 block of activations: `round(v · inv)` per value (rounding half away from zero,
+/// as `f32::round`; NaN gives 0, as `as i8` does) into `dst`, and into `off` each 4 values'
+/// sum times −128 (the weights' +128 offset, taken away in advance). The same bytes and sums
+/// on every path: the vector one only reorders independent per-value operations.
+pub fn quantize_block(src: &[f32; 32], inv: f32, dst: &mut [i8; 32], off: &mut [i32; 8]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { quantize_block_avx2(src, inv, dst, off) };
+    }
+    quantize_block_plain(src, inv, dst, off);
+}
+
+fn quantize_block_plain(src: &[f32; 32], inv: f32, dst: &mut [i8; 32], off: &mut [i32; 8]) {
+    for (q, &v) in dst.iter_mut().zip(src) {
+        *q = (v * inv).round() as i8;
+    }
+    for (o, q) in off.iter_mut().zip(dst.chunks_exact(4)) {
+        *o = -128 * (q[0] as i32 + q[1] as i32 + q[2] as i32 + q[3] as i32);
+    }
+}
+
+/// Whether the CPU has AVX2 (checked once).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static A: OnceLock<bool> = OnceLock::new();
+    *A.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_block_avx2(src: &[f32; 32], inv: f32, dst: &mut [i8; 32], off: &mut [i32; 8]) {
+    use std::arch::x86_64::*;
+    let inv = _mm256_set1_ps(inv);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let mut ints = [_mm256_setzero_si256(); 4];
+    for (n, i) in ints.iter_mut().enumerate() {
+        // SAFETY: `src` holds 32 values.
+        let x = _mm256_mul_ps(unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * n)) }, inv);
+        // Half away from zero: truncate, then step away from zero where the exact remainder
+        // reaches one half.
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let rem = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+        let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(rem, half), one);
+        let r = _mm256_add_ps(t, _mm256_or_ps(step, _mm256_and_ps(x, sign)));
+        // NaN lanes become 0.
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
+        *i = _mm256_cvttps_epi32(r);
+    }
+    // Packing interleaves the 128-bit halves; the permute puts values back in order.
+    let w01 = _mm256_packs_epi32(ints[0], ints[1]);
+    let w23 = _mm256_packs_epi32(ints[2], ints[3]);
+    let b = _mm256_packs_epi16(w01, w23);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: `dst` holds 32 bytes.
+    unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, b) };
+    let pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), b);
+    let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    let o = _mm256_mullo_epi32(quads, _mm256_set1_epi32(-128));
+    // SAFETY: `off` holds 8 values.
+    unsafe { _mm256_storeu_si256(off.as_mut_ptr() as *mut __m256i, o) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantized_blocks_match_the_plain_rounding() {
+        // Ties at ±0.5, ±1.5 … (the scale 1 keeps them exact), large and tiny values, NaN.
+        let mut blocks: Vec<([f32; 32], f32)> = Vec::new();
+        let ties: [f32; 32] = std::array::from_fn(|i| (i as f32 - 16.0) + 0.5);
+        blocks.push((ties, 1.0));
+        let near: [f32; 32] = std::array::from_fn(|i| {
+            let b = (i as f32 - 16.0) + 0.5;
+            if i % 2 == 0 {
+                f32::from_bits(b.to_bits() + 1)
+            } else {
+                f32::from_bits(b.to_bits() - 1)
+            }
+        });
+        blocks.push((near, 1.0));
+        let mut x = 0x2545_f491u32;
+        for _ in 0..2000 {
+            let v: [f32; 32] = std::array::from_fn(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32 - 0.5) * 40.0
+            });
+            let amax = abs_max(&v);
+            blocks.push((v, if amax > 0.0 { 127.0 / amax } else { 0.0 }));
+        }
+        let mut nan = ties;
+        nan[3] = f32::NAN;
+        blocks.push((nan, 1.0));
+        blocks.push(([0.0; 32], 0.0));
+        for (n, (v, inv)) in blocks.iter().enumerate() {
+            let (mut a, mut oa) = ([0i8; 32], [0i32; 8]);
+            let (mut b, mut ob) = ([0i8; 32], [0i32; 8]);
+            quantize_block_plain(v, *inv, &mut a, &mut oa);
+            quantize_block(v, *inv, &mut b, &mut ob);
+            assert_eq!((a, oa), (b, ob), "block {n}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if !avx2() {
+            eprintln!("not run: the AVX2 block quantizer (this CPU lacks avx2)");
+        }
+    }
 
     #[test]
     fn override_values() {
