@@ -40,6 +40,7 @@ mod decoder;
 pub mod device;
 mod embed;
 mod error;
+mod expf;
 pub mod fake;
 mod gen_model;
 pub mod gguf;

@@ -40,8 +40,9 @@ fn softmax_row(row: &mut [f32]) {
     // SAFETY: `row` holds `d` values, and `max` / `sum` are valid places for the results.
     unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, d) };
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v -= max;
     }
+    super::expf::exp_in_place(row);
     let mut sum = 0f32;
     // SAFETY: as above.
     unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, d) };
@@ -62,8 +63,9 @@ pub fn softmax_row_visible(row: &mut [f32], lo: usize, hi: usize) {
     row[..lo].fill(0.0);
     row[hi..].fill(0.0);
     for v in row[lo..hi].iter_mut() {
-        *v = (*v - max).exp();
+        *v -= max;
     }
+    super::expf::exp_in_place(&mut row[lo..hi]);
     let mut sum = 0f32;
     // SAFETY: as above.
     unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, d) };
@@ -174,9 +176,24 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     .unwrap_or_else(|| a + b)
 }
 
-/// candle's `silu` for one value (`v / (1 + e^-v)`), so results match it bit for bit.
-fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
+/// candle's `silu` (`v / (1 + e^-v)`) of `gate`, times `up`, into `out`: the same operations
+/// per value, so results match it bit for bit, with the exponentials a block at a time.
+fn silu_mul_into(gate: impl Iterator<Item = f32>, up: impl Iterator<Item = f32>, out: &mut [f32]) {
+    const BLOCK: usize = 256;
+    let mut e = [0f32; BLOCK];
+    let mut gate = gate;
+    let mut up = up;
+    for part in out.chunks_mut(BLOCK) {
+        let mut g = [0f32; BLOCK];
+        for (gi, ei) in g.iter_mut().zip(e.iter_mut()).take(part.len()) {
+            *gi = gate.next().unwrap_or(0.0);
+            *ei = -*gi;
+        }
+        super::expf::exp_in_place(&mut e[..part.len()]);
+        for ((o, gi), ei) in part.iter_mut().zip(&g).zip(&e) {
+            *o = gi / (1.0 + ei) * up.next().unwrap_or(0.0);
+        }
+    }
 }
 
 /// `silu(gate) · up` for tensors of one shape (the SwiGLU feed-forward), in one pass.
@@ -186,9 +203,11 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return candle();
     }
     map_f32(&[gate, up], gate.shape(), |v, r, out| {
-        for ((o, g), u) in out.iter_mut().zip(&v[0][r.clone()]).zip(&v[1][r]) {
-            *o = silu(*g) * u;
-        }
+        silu_mul_into(
+            v[0][r.clone()].iter().copied(),
+            v[1][r].iter().copied(),
+            out,
+        )
     })
     .unwrap_or_else(candle)
 }
@@ -206,10 +225,12 @@ pub fn silu_mul_halves(gu: &Tensor, n: usize) -> Result<Tensor> {
         *last = n;
     }
     map_f32(&[gu], &dims.as_slice().into(), |v, r, out| {
-        for (o, i) in out.iter_mut().zip(r) {
-            let (row, j) = (i / n, i % n);
-            *o = silu(v[0][row * 2 * n + j]) * v[0][row * 2 * n + n + j];
-        }
+        let at = |i: usize| (i / n) * 2 * n + i % n;
+        silu_mul_into(
+            r.clone().map(|i| v[0][at(i)]),
+            r.map(|i| v[0][at(i) + n]),
+            out,
+        )
     })
     .unwrap_or_else(candle)
 }
