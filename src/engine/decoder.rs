@@ -2776,6 +2776,9 @@ fn apply_rope(
 ) -> candle_core::Result<Tensor> {
     let rot = |x: &Tensor| {
         let x = x.contiguous()?;
+        if let Some(y) = ops::rope(&x, cos, sin, cfg.rope_neox) {
+            return y;
+        }
         if cfg.rope_neox {
             candle_nn::rotary_emb::rope(&x, cos, sin)
         } else {

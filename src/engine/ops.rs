@@ -252,6 +252,75 @@ pub fn add_mask(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     .unwrap_or_else(|| scores.broadcast_add(mask))
 }
 
+/// Rotary position embedding of `x` (1, heads, t, d) with `cos`, `sin` (≥ t, d / 2): pairs
+/// `(x[2i], x[2i+1])` (`neox` false, candle-nn's `rope_i`) or `(x[i], x[i + d/2])` (`neox`,
+/// its `rope`) turned by the position's angle, in candle-nn's float operations, so results are
+/// bit-identical. candle-nn runs prompt chunks on rayon's pool, a third pool beside candle's
+/// and the own one (see [`map_f32`]); this runs them on the own pool. `None` where candle must
+/// run: another device or dtype, or non-contiguous tables.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Option<Result<Tensor>> {
+    let (one, h, t, d) = x.dims4().ok()?;
+    let (ct, half) = cos.dims2().ok()?;
+    if one != 1
+        || d == 0
+        || d % 2 != 0
+        || half * 2 != d
+        || ct < t
+        || sin.dims2().ok()? != (ct, half)
+    {
+        return None;
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (cs, cl) = cos.storage_and_layout();
+    let (ss, sl) = sin.storage_and_layout();
+    let (
+        Storage::Cpu(CpuStorage::F32(xv)),
+        Storage::Cpu(CpuStorage::F32(cv)),
+        Storage::Cpu(CpuStorage::F32(sv)),
+    ) = (&*xs, &*cs, &*ss)
+    else {
+        return None;
+    };
+    let (xa, xb) = xl.contiguous_offsets()?;
+    let (ca, _) = cl.contiguous_offsets()?;
+    let (sa, _) = sl.contiguous_offsets()?;
+    let (src, cos, sin) = (&xv[xa..xb], &cv[ca..ca + t * half], &sv[sa..sa + t * half]);
+    let mut out = vec![0f32; h * t * d];
+    // One head's `t × d` values, as candle-nn's CPU kernels compute them.
+    let head = |src: &[f32], dst: &mut [f32]| {
+        if neox {
+            for i_t in 0..t {
+                for i_d in 0..half {
+                    let (i1, i2, c) = (i_t * d + i_d, i_t * d + i_d + half, i_t * half + i_d);
+                    dst[i1] = src[i1] * cos[c] - src[i2] * sin[c];
+                    dst[i2] = src[i1] * sin[c] + src[i2] * cos[c];
+                }
+            }
+        } else {
+            for i_over_2 in 0..t * half {
+                let i = 2 * i_over_2;
+                dst[i] = src[i] * cos[i_over_2] - src[i + 1] * sin[i_over_2];
+                dst[i + 1] = src[i] * sin[i_over_2] + src[i + 1] * cos[i_over_2];
+            }
+        }
+    };
+    if out.len() < PAR_MIN {
+        for (src, dst) in src.chunks_exact(t * d).zip(out.chunks_exact_mut(t * d)) {
+            head(src, dst);
+        }
+    } else {
+        super::pool::for_each_chunk_mut(&mut out, t * d, |i, dst| {
+            head(&src[i * t * d..(i + 1) * t * d], dst)
+        });
+    }
+    drop((xs, cs, ss));
+    Some(Tensor::from_vec(
+        out,
+        (1, h, t, d),
+        &candle_core::Device::Cpu,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +400,32 @@ mod tests {
     fn softmax_matches_candle_nn_exactly() {
         for (rows, d) in [(4, 37), (9 * 128, 131)] {
             softmax_matches_at(rows, d);
+        }
+    }
+
+    #[test]
+    fn rope_matches_candle_nn_bit_for_bit() {
+        // Below and above the parallel threshold; tables longer than the chunk.
+        for (h, t, d, ct) in [
+            (3, 1, 64, 1),
+            (9, 128, 64, 130),
+            (2, 5, 128, 5),
+            (14, 40, 128, 40),
+        ] {
+            let x = Tensor::from_vec(wave(h * t * d, 0.31), (1, h, t, d), &Device::Cpu).unwrap();
+            let cos = Tensor::from_vec(wave(ct * d / 2, 0.05), (ct, d / 2), &Device::Cpu).unwrap();
+            let sin = Tensor::from_vec(wave(ct * d / 2, 0.09), (ct, d / 2), &Device::Cpu).unwrap();
+            let (c, s) = (cos.narrow(0, 0, t).unwrap(), sin.narrow(0, 0, t).unwrap());
+            let theirs_i = candle_nn::rotary_emb::rope_i(&x, &c, &s).unwrap();
+            let theirs = candle_nn::rotary_emb::rope(&x, &c, &s).unwrap();
+            assert_eq!(
+                bits(&rope(&x, &cos, &sin, false).unwrap().unwrap()),
+                bits(&theirs_i)
+            );
+            assert_eq!(
+                bits(&rope(&x, &cos, &sin, true).unwrap().unwrap()),
+                bits(&theirs)
+            );
         }
     }
 
