@@ -19,8 +19,9 @@
 //!   Q4_1/Q5_1's minimums meet the block's activation sum (ggml's Q8_1 `s`);
 //! - the fifth bits of Q5_0/Q5_1 are stored as one 64-bit byte mask per nibble vector, applied
 //!   with one masked add (AVX-512) or expanded from 32 bits (AVX2);
-//! - a row's last, partial group is stored compactly and read with lane-masked loads, so rows
-//!   are not padded (SmolLM2's 576-wide rows are 18 blocks: 16 + 2).
+//! - a row's last, partial group is stored compactly (nibbles, fifth bits and scales) and read
+//!   with lane-masked loads, so rows are not padded (SmolLM2's 576-wide rows are 18 blocks:
+//!   16 + 2) and the repacked matrix is the GGUF data's size.
 //!
 //! **Numerics.** Every variant computes the same float operations in the same order, so results
 //! are bit-identical across AVX-512, AVX2 and the scalar reference, and an activation row's
@@ -43,8 +44,12 @@ pub(super) const ACTS: usize = 4;
 pub(super) const GROUP: usize = 16;
 /// Bytes of one group of one activation row: 8 slices of 4 values × 16 blocks.
 pub(super) const ACT_GROUP: usize = 8 * 4 * GROUP;
-/// Bytes of the fifth-bit masks of one group of one row: 4 loads × (low, high) × 8 bytes.
-const QH_GROUP: usize = 64;
+/// Fifth-bit masks per group and row: 4 loads × (low, high).
+const MASKS: usize = 8;
+/// Zero elements after the scales and the fifth-bit masks, so a whole vector or `u64` read at
+/// a partial group's last row stays inside the allocation (the kernels clear what lies past the
+/// group).
+const SLACK: usize = 8;
 
 /// The types these kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,14 +123,25 @@ pub(super) fn groups(kb: usize) -> usize {
     kb.div_ceil(GROUP)
 }
 
+/// Bytes of one fifth-bit mask of a group of `width` blocks (4 bits per block).
+fn mask_bytes(width: usize) -> usize {
+    width.div_ceil(2)
+}
+
+/// Bytes of one fifth-bit mask summed over a row's groups, for rows of `kb` blocks.
+fn mask_bytes_per_row(kb: usize) -> usize {
+    (kb / GROUP) * 8 + mask_bytes(kb % GROUP)
+}
+
 /// An `n × k` weight matrix of one of the [`LType`]s (rows are output features), repacked.
 ///
 /// Per tile of 4 rows and group: the 4 rows' nibbles one after the other (256 bytes each, or
 /// 16 per block in a partial group), each as 4 loads × the group's blocks × 4 bytes; the fifth
-/// bits as 64 bytes of masks per row and group (low mask of load `u` at byte `16u`, high mask at
-/// `16u + 8`; bit `4j + p` belongs to byte `p` of block `j`); block scales and minimums (f16
-/// bits) as 16 per row and group. Padding (rows to a multiple of 4, scales and masks to whole
-/// groups) is zeros.
+/// bits as 8 masks per row and group, each as many bytes as the group's blocks need (8 for 16
+/// blocks, 1 for SmolLM2's last 2): low mask of load `u` is mask `2u`, high mask `2u + 1`, and
+/// bit `4j + p` belongs to byte `p` of block `j`; block scales and minimums (f16 bits) as the
+/// group's count per row. Padding is only zero rows up to a multiple of 4 (and [`SLACK`]
+/// trailing zeros), so the matrix is the GGUF data's size.
 pub struct LMatrix {
     ty: LType,
     n: usize,
@@ -153,20 +169,20 @@ impl LMatrix {
             ));
         }
         let tiles = n.div_ceil(ROWS);
-        let ng = groups(kb);
+        let scales = tiles * ROWS * kb + SLACK;
         let mut m = Self {
             ty,
             n,
             k,
             qs: vec![0u8; tiles * ROWS * kb * 16],
             qh: if ty.high_bit() {
-                vec![0u8; tiles * ng * ROWS * QH_GROUP]
+                vec![0u8; tiles * ROWS * MASKS * mask_bytes_per_row(kb) + SLACK]
             } else {
                 Vec::new()
             },
-            d: vec![0u16; tiles * ng * ROWS * GROUP],
+            d: vec![0u16; scales],
             mn: if ty.has_min() {
-                vec![0u16; tiles * ng * ROWS * GROUP]
+                vec![0u16; scales]
             } else {
                 Vec::new()
             },
@@ -190,11 +206,12 @@ impl LMatrix {
                     // go to bits 4j..4j + 4 of load u's low and high masks (see `bit_at`).
                     let h = &blk[ty.qh_at()..ty.qh_at() + 4];
                     let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                    let (base, j) = (m.masks_at(t, b / GROUP, rr), b % GROUP);
+                    let j = b % GROUP;
                     for u in 0..4 {
-                        for (half, shift) in [(0, 4 * u), (8, 16 + 4 * u)] {
+                        for (high, shift) in [(0, 4 * u), (1, 16 + 4 * u)] {
                             let nib = ((qh >> shift) & 0x0F) as u8;
-                            m.qh[base + 16 * u + half + j / 2] |= nib << (4 * (j % 2));
+                            let at = m.mask_at(t, b / GROUP, rr, 2 * u + high);
+                            m.qh[at + j / 2] |= nib << (4 * (j % 2));
                         }
                     }
                 }
@@ -232,16 +249,38 @@ impl LMatrix {
         self.group_at(t, g, rr) + ((i / 4) * self.width(g) + j) * 4 + i % 4
     }
 
-    /// Offset in `qh` of the masks of group `g` of row `rr` of tile `t`.
-    fn masks_at(&self, t: usize, g: usize, rr: usize) -> usize {
-        ((t * groups(self.kb()) + g) * ROWS + rr) * QH_GROUP
+    /// Offset in `qh` of fifth-bit mask `i` (load `i / 2`, high nibbles if odd) of group `g`
+    /// of row `rr` of tile `t`: whole groups take 8 bytes per mask, a partial one fewer.
+    fn mask_at(&self, t: usize, g: usize, rr: usize, i: usize) -> usize {
+        let kb = self.kb();
+        let mb = mask_bytes(self.width(g));
+        t * ROWS * MASKS * mask_bytes_per_row(kb) + g * ROWS * MASKS * 8 + (rr * MASKS + i) * mb
+    }
+
+    /// Fifth-bit mask `i` of group `g` of row `rr` of tile `t` as the 64 lanes' bits (4 per
+    /// block), those past a partial group's blocks cleared.
+    ///
+    /// # Safety
+    /// `t`, `g` and `rr` must lie in the matrix and it must have fifth bits.
+    #[inline(always)]
+    unsafe fn mask(&self, t: usize, g: usize, rr: usize, i: usize) -> u64 {
+        let width = self.width(g);
+        // SAFETY: the mask starts inside `qh`, and [`SLACK`] bytes follow the last one.
+        let bits = unsafe {
+            (self.qh.as_ptr().add(self.mask_at(t, g, rr, i)) as *const u64).read_unaligned()
+        };
+        if width == GROUP {
+            bits
+        } else {
+            bits & ((1u64 << (4 * width)) - 1)
+        }
     }
 
     /// Bit index in `qh` of the fifth bit of value `v` of block `b` of row `rr` of tile `t`.
     fn bit_at(&self, t: usize, rr: usize, b: usize, v: usize) -> usize {
         let (g, j) = (b / GROUP, b % GROUP);
         let (u, p, high) = ((v % 16) / 4, v % 4, v >= 16);
-        (self.masks_at(t, g, rr) + 16 * u + 8 * high as usize) * 8 + 4 * j + p
+        self.mask_at(t, g, rr, 2 * u + high as usize) * 8 + 4 * j + p
     }
 
     /// The unsigned quantized value `v` (0..32) of block `b` of row `rr` of tile `t`.
@@ -258,12 +297,22 @@ impl LMatrix {
 
     /// Offset in `d` / `mn` of the scale of block `b` of row `rr` of tile `t`.
     fn scale_at(&self, t: usize, rr: usize, b: usize) -> usize {
-        ((t * groups(self.kb()) + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+        let g = b / GROUP;
+        self.scales_at(t, g, rr) + b % GROUP
+    }
+
+    /// Offset in `d` / `mn` of the first scale of group `g` of row `rr` of tile `t`: whole
+    /// groups before it, then the group's earlier rows.
+    fn scales_at(&self, t: usize, g: usize, rr: usize) -> usize {
+        t * ROWS * self.kb() + g * ROWS * GROUP + rr * self.width(g)
     }
 
     /// Block `b`'s scale and minimum (0 for types without one) of row `rr` of tile `t`; zeros
-    /// for the padding blocks of a partial group.
+    /// for the lanes past a partial group's blocks, as the kernels load them.
     fn scales(&self, t: usize, rr: usize, b: usize) -> (f32, f32) {
+        if b >= self.kb() {
+            return (0.0, 0.0);
+        }
         let at = self.scale_at(t, rr, b);
         let m = if self.ty.has_min() {
             f16::from_bits(self.mn[at]).to_f32()
@@ -614,10 +663,6 @@ mod avx512 {
         let ng = groups(w.kb());
         let m4 = _mm512_set1_epi8(0x0F);
         let b16 = _mm512_set1_epi8(0x10);
-        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
-        let sm =
-            w.mn.as_ptr()
-                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
         for g in 0..ng {
             let width = w.width(g);
@@ -643,18 +688,22 @@ mod avx512 {
                     lo[u] = _mm512_and_si512(raw, m4);
                     hi[u] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
                     if HIGH {
-                        let masks = w.qh.as_ptr().add(w.masks_at(t, g, rr) + 16 * u) as *const u64;
-                        lo[u] = _mm512_mask_add_epi8(lo[u], masks.read_unaligned(), lo[u], b16);
-                        hi[u] =
-                            _mm512_mask_add_epi8(hi[u], masks.add(1).read_unaligned(), hi[u], b16);
+                        let (lm, hm) = (w.mask(t, g, rr, 2 * u), w.mask(t, g, rr, 2 * u + 1));
+                        lo[u] = _mm512_mask_add_epi8(lo[u], lm, lo[u], b16);
+                        hi[u] = _mm512_mask_add_epi8(hi[u], hm, hi[u], b16);
                     }
                 }
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
-                    sd.add((g * ROWS + rr) * GROUP) as *const __m256i
+                // A partial group's scales are stored unpadded: the lanes past them load as
+                // zeros, and memory past them is not touched.
+                let at = w.scales_at(t, g, rr);
+                let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    lanes,
+                    w.d.as_ptr().add(at) as *const _,
                 ));
                 let mw = if MIN {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(
-                        sm.add((g * ROWS + rr) * GROUP) as *const __m256i
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        lanes,
+                        w.mn.as_ptr().add(at) as *const _,
                     ))
                 } else {
                     _mm512_setzero_ps()
@@ -711,15 +760,10 @@ mod avx512 {
         g: usize,
         acc: &mut [[__m512; M]; ROWS],
     ) {
-        let ng = groups(w.kb());
         let width = w.width(g);
         let lanes: __mmask8 = ((1u16 << width) - 1) as __mmask8;
         let m4 = _mm256_set1_epi8(0x0F);
         let b16 = _mm256_set1_epi8(0x10);
-        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
-        let sm =
-            w.mn.as_ptr()
-                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
         for (rr, row) in acc.iter_mut().enumerate() {
             let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
             let mut lo = [_mm256_setzero_si256(); 4];
@@ -729,17 +773,21 @@ mod avx512 {
                 lo[u] = _mm256_and_si256(raw, m4);
                 hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                 if HIGH {
-                    let masks = w.qh.as_ptr().add(w.masks_at(t, g, rr) + 16 * u) as *const u32;
-                    lo[u] = _mm256_mask_add_epi8(lo[u], masks.read_unaligned(), lo[u], b16);
-                    hi[u] = _mm256_mask_add_epi8(hi[u], masks.add(2).read_unaligned(), hi[u], b16);
+                    // At most 8 blocks: the low 32 bits hold all of the group's.
+                    let (lm, hm) = (w.mask(t, g, rr, 2 * u), w.mask(t, g, rr, 2 * u + 1));
+                    lo[u] = _mm256_mask_add_epi8(lo[u], lm as u32, lo[u], b16);
+                    hi[u] = _mm256_mask_add_epi8(hi[u], hm as u32, hi[u], b16);
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(
-                sd.add((g * ROWS + rr) * GROUP) as *const __m128i
+            let at = w.scales_at(t, g, rr);
+            let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(
+                lanes,
+                w.d.as_ptr().add(at) as *const _,
             ));
             let mw = if MIN {
-                _mm256_cvtph_ps(_mm_loadu_si128(
-                    sm.add((g * ROWS + rr) * GROUP) as *const __m128i
+                _mm256_cvtph_ps(_mm_maskz_loadu_epi16(
+                    lanes,
+                    w.mn.as_ptr().add(at) as *const _,
                 ))
             } else {
                 _mm256_setzero_ps()
@@ -910,10 +958,6 @@ mod avx2 {
     ) {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
-        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
-        let sm =
-            w.mn.as_ptr()
-                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
         for g in 0..ng {
             let width = w.width(g);
@@ -927,6 +971,12 @@ mod avx2 {
                     _mm256_set1_epi32(valid),
                     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                 );
+                // The same for the 16-bit scales, stored unpadded: what a whole load reads past
+                // a partial group (the next row's scales, or the slack) is cleared.
+                let keep = _mm_cmpgt_epi16(
+                    _mm_set1_epi16(valid as i16),
+                    _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7),
+                );
                 for (rr, row) in acc.iter_mut().enumerate() {
                     let base = w.qs.as_ptr().add(w.group_at(t, g, rr) + 32 * h);
                     let mut lo = [_mm256_setzero_si256(); 4];
@@ -938,19 +988,22 @@ mod avx2 {
                         lo[u] = _mm256_and_si256(raw, m4);
                         hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                         if HIGH {
-                            let at = w.masks_at(t, g, rr) + 16 * u + 4 * h;
-                            let masks = w.qh.as_ptr().add(at) as *const u32;
-                            lo[u] = _mm256_or_si256(lo[u], fifth_bits(masks.read_unaligned()));
-                            hi[u] =
-                                _mm256_or_si256(hi[u], fifth_bits(masks.add(2).read_unaligned()));
+                            // This half's 8 blocks are bits 32h.. of the group's masks.
+                            let lm = (w.mask(t, g, rr, 2 * u) >> (32 * h)) as u32;
+                            let hm = (w.mask(t, g, rr, 2 * u + 1) >> (32 * h)) as u32;
+                            lo[u] = _mm256_or_si256(lo[u], fifth_bits(lm));
+                            hi[u] = _mm256_or_si256(hi[u], fifth_bits(hm));
                         }
                     }
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(
-                        sd.add((g * ROWS + rr) * GROUP + 8 * h) as *const __m128i,
+                    let at = w.scales_at(t, g, rr) + 8 * h;
+                    let dw = _mm256_cvtph_ps(_mm_and_si128(
+                        _mm_loadu_si128(w.d.as_ptr().add(at) as *const __m128i),
+                        keep,
                     ));
                     let mw = if MIN {
-                        _mm256_cvtph_ps(_mm_loadu_si128(
-                            sm.add((g * ROWS + rr) * GROUP + 8 * h) as *const __m128i
+                        _mm256_cvtph_ps(_mm_and_si128(
+                            _mm_loadu_si128(w.mn.as_ptr().add(at) as *const __m128i),
+                            keep,
                         ))
                     } else {
                         _mm256_setzero_ps()
@@ -1376,6 +1429,48 @@ mod tests {
                         line += &format!(" | dense {us:8.1} µs");
                     }
                     println!("{line}");
+                }
+            }
+        }
+    }
+
+    /// No growth beyond the documented padding: the repacked matrix is the GGUF data's size
+    /// plus zero rows up to a multiple of 4 (the scales and fifth bits of a partial group are
+    /// not padded to a whole group).
+    #[test]
+    fn repacked_size_is_the_gguf_size_plus_row_padding() {
+        // 576 wide: a 2-block partial group; 736: 23 blocks, an odd partial group of 7; 512:
+        // whole groups only.
+        for ty in TYPES {
+            for &(n, k) in &[(8, 576), (7, 576), (12, 736), (4, 512), (5, 32)] {
+                let bytes = random_gguf(ty, n, k, (n + k) as u64);
+                let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+                let kb = k / BLOCK;
+                let padded_rows = n.next_multiple_of(ROWS);
+                // Zero rows up to a multiple of 4, the fifth bits' half byte per mask of a
+                // partial group of odd width, and the slack after the scales and masks.
+                let odd = if ty.high_bit() {
+                    padded_rows * MASKS * (kb % GROUP % 2) / 2
+                } else {
+                    0
+                };
+                let slack =
+                    SLACK * 2 * (1 + ty.has_min() as usize) + SLACK * ty.high_bit() as usize;
+                let pad = (padded_rows - n) * kb * ty.block_bytes() + odd + slack;
+                let repacked = w.qs.len()
+                    + w.qh.len()
+                    + std::mem::size_of_val(w.d.as_slice())
+                    + std::mem::size_of_val(w.mn.as_slice());
+                assert_eq!(repacked, bytes.len() + pad, "{} n={n} k={k}", ty.name());
+                // The unpadded layout still gives every row back.
+                let want = dequant_gguf(ty, &bytes);
+                for r in 0..n {
+                    assert_eq!(
+                        w.row(r),
+                        want[r * k..(r + 1) * k],
+                        "{} n={n} k={k} row {r}",
+                        ty.name()
+                    );
                 }
             }
         }
