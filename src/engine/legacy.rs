@@ -257,22 +257,21 @@ impl LMatrix {
         t * ROWS * MASKS * mask_bytes_per_row(kb) + g * ROWS * MASKS * 8 + (rr * MASKS + i) * mb
     }
 
-    /// Fifth-bit mask `i` of group `g` of row `rr` of tile `t` as the 64 lanes' bits (4 per
-    /// block), those past a partial group's blocks cleared.
-    ///
-    /// # Safety
-    /// `t`, `g` and `rr` must lie in the matrix and it must have fifth bits.
+    /// Where group `g` of tile `t` keeps its scales and fifth bits (the kernels work it out
+    /// once per group, not per row and mask).
     #[inline(always)]
-    unsafe fn mask(&self, t: usize, g: usize, rr: usize, i: usize) -> u64 {
+    fn group(&self, t: usize, g: usize) -> GroupAt {
         let width = self.width(g);
-        // SAFETY: the mask starts inside `qh`, and [`SLACK`] bytes follow the last one.
-        let bits = unsafe {
-            (self.qh.as_ptr().add(self.mask_at(t, g, rr, i)) as *const u64).read_unaligned()
-        };
-        if width == GROUP {
-            bits
-        } else {
-            bits & ((1u64 << (4 * width)) - 1)
+        GroupAt {
+            scales: self.scales_at(t, g, 0),
+            masks: self.mask_at(t, g, 0, 0),
+            width,
+            mask_bytes: mask_bytes(width),
+            keep: if width == GROUP {
+                u64::MAX
+            } else {
+                (1u64 << (4 * width)) - 1
+            },
         }
     }
 
@@ -360,6 +359,41 @@ impl LMatrix {
             }
         });
         out
+    }
+}
+
+/// Where one group of one tile of an [`LMatrix`] keeps its scales and fifth-bit masks.
+#[derive(Clone, Copy)]
+struct GroupAt {
+    /// Offset in `d` / `mn` of row 0's first scale.
+    scales: usize,
+    /// Offset in `qh` of row 0's first mask.
+    masks: usize,
+    /// Blocks in the group.
+    width: usize,
+    /// Bytes per mask.
+    mask_bytes: usize,
+    /// The mask bits of the group's blocks.
+    keep: u64,
+}
+
+impl GroupAt {
+    /// Offset in `d` / `mn` of the first scale of tile row `rr`.
+    #[inline(always)]
+    fn scales(&self, rr: usize) -> usize {
+        self.scales + rr * self.width
+    }
+
+    /// Fifth-bit mask `i` of tile row `rr` as the 64 lanes' bits (4 per block), those past a
+    /// partial group's blocks cleared.
+    ///
+    /// # Safety
+    /// `qh` must be the fifth bits of the matrix this group belongs to, and `rr` a tile row.
+    #[inline(always)]
+    unsafe fn mask(&self, qh: *const u8, rr: usize, i: usize) -> u64 {
+        // SAFETY: the mask starts inside `qh`, and [`SLACK`] bytes follow the last one.
+        let at = self.masks + (rr * MASKS + i) * self.mask_bytes;
+        unsafe { (qh.add(at) as *const u64).read_unaligned() & self.keep }
     }
 }
 
@@ -660,7 +694,7 @@ mod avx512 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let ng = groups(w.kb());
+        let (ng, qh) = (groups(w.kb()), w.qh.as_ptr());
         let m4 = _mm512_set1_epi8(0x0F);
         let b16 = _mm512_set1_epi8(0x10);
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
@@ -677,6 +711,7 @@ mod avx512 {
             } else {
                 (1u16 << width) - 1
             };
+            let gp = w.group(t, g);
             for (rr, row) in acc.iter_mut().enumerate() {
                 let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
                 let mut lo = [_mm512_setzero_si512(); 4];
@@ -688,14 +723,14 @@ mod avx512 {
                     lo[u] = _mm512_and_si512(raw, m4);
                     hi[u] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
                     if HIGH {
-                        let (lm, hm) = (w.mask(t, g, rr, 2 * u), w.mask(t, g, rr, 2 * u + 1));
+                        let (lm, hm) = (gp.mask(qh, rr, 2 * u), gp.mask(qh, rr, 2 * u + 1));
                         lo[u] = _mm512_mask_add_epi8(lo[u], lm, lo[u], b16);
                         hi[u] = _mm512_mask_add_epi8(hi[u], hm, hi[u], b16);
                     }
                 }
                 // A partial group's scales are stored unpadded: the lanes past them load as
                 // zeros, and memory past them is not touched.
-                let at = w.scales_at(t, g, rr);
+                let at = gp.scales(rr);
                 let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
                     lanes,
                     w.d.as_ptr().add(at) as *const _,
@@ -764,6 +799,7 @@ mod avx512 {
         let lanes: __mmask8 = ((1u16 << width) - 1) as __mmask8;
         let m4 = _mm256_set1_epi8(0x0F);
         let b16 = _mm256_set1_epi8(0x10);
+        let (gp, qh) = (w.group(t, g), w.qh.as_ptr());
         for (rr, row) in acc.iter_mut().enumerate() {
             let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
             let mut lo = [_mm256_setzero_si256(); 4];
@@ -774,12 +810,12 @@ mod avx512 {
                 hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                 if HIGH {
                     // At most 8 blocks: the low 32 bits hold all of the group's.
-                    let (lm, hm) = (w.mask(t, g, rr, 2 * u), w.mask(t, g, rr, 2 * u + 1));
+                    let (lm, hm) = (gp.mask(qh, rr, 2 * u), gp.mask(qh, rr, 2 * u + 1));
                     lo[u] = _mm256_mask_add_epi8(lo[u], lm as u32, lo[u], b16);
                     hi[u] = _mm256_mask_add_epi8(hi[u], hm as u32, hi[u], b16);
                 }
             }
-            let at = w.scales_at(t, g, rr);
+            let at = gp.scales(rr);
             let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(
                 lanes,
                 w.d.as_ptr().add(at) as *const _,
@@ -959,8 +995,10 @@ mod avx2 {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
+        let qh = w.qh.as_ptr();
         for g in 0..ng {
             let width = w.width(g);
+            let gp = w.group(t, g);
             for h in 0..2 {
                 if 8 * h >= width {
                     continue;
@@ -989,13 +1027,13 @@ mod avx2 {
                         hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                         if HIGH {
                             // This half's 8 blocks are bits 32h.. of the group's masks.
-                            let lm = (w.mask(t, g, rr, 2 * u) >> (32 * h)) as u32;
-                            let hm = (w.mask(t, g, rr, 2 * u + 1) >> (32 * h)) as u32;
+                            let lm = (gp.mask(qh, rr, 2 * u) >> (32 * h)) as u32;
+                            let hm = (gp.mask(qh, rr, 2 * u + 1) >> (32 * h)) as u32;
                             lo[u] = _mm256_or_si256(lo[u], fifth_bits(lm));
                             hi[u] = _mm256_or_si256(hi[u], fifth_bits(hm));
                         }
                     }
-                    let at = w.scales_at(t, g, rr) + 8 * h;
+                    let at = gp.scales(rr) + 8 * h;
                     let dw = _mm256_cvtph_ps(_mm_and_si128(
                         _mm_loadu_si128(w.d.as_ptr().add(at) as *const __m128i),
                         keep,
