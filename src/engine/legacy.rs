@@ -19,9 +19,11 @@
 //!   Q4_1/Q5_1's minimums meet the block's activation sum (ggml's Q8_1 `s`);
 //! - the fifth bits of Q5_0/Q5_1 are stored as one 64-bit byte mask per nibble vector, applied
 //!   with one masked add (AVX-512) or expanded from 32 bits (AVX2);
-//! - a row's last, partial group is stored compactly (nibbles, fifth bits and scales) and read
-//!   with lane-masked loads, so rows are not padded (SmolLM2's 576-wide rows are 18 blocks:
-//!   16 + 2) and the repacked matrix is the GGUF data's size.
+//! - a row's last, partial group is stored compactly (nibbles and scales) and read with
+//!   lane-masked loads, so rows are not padded (SmolLM2's 576-wide rows are 18 blocks: 16 + 2)
+//!   and Q4_0/Q4_1 matrices are the GGUF data's size. The fifth bits of Q5_0/Q5_1 keep a whole
+//!   group's 64 bytes of masks per row: stored compactly, read at a stride known only at run
+//!   time and cleared past the group, they cost 20-28 % of those kernels' speed.
 //!
 //! **Numerics.** Every variant computes the same float operations in the same order, so results
 //! are bit-identical across AVX-512, AVX2 and the scalar reference, and an activation row's
@@ -44,11 +46,10 @@ pub(super) const ACTS: usize = 4;
 pub(super) const GROUP: usize = 16;
 /// Bytes of one group of one activation row: 8 slices of 4 values × 16 blocks.
 pub(super) const ACT_GROUP: usize = 8 * 4 * GROUP;
-/// Fifth-bit masks per group and row: 4 loads × (low, high).
-const MASKS: usize = 8;
-/// Zero elements after the scales and the fifth-bit masks, so a whole vector or `u64` read at
-/// a partial group's last row stays inside the allocation (the kernels clear what lies past the
-/// group).
+/// Bytes of the fifth-bit masks of one group of one row: 4 loads × (low, high) × 8 bytes.
+const QH_GROUP: usize = 64;
+/// Zero scales after the last, so the AVX2 variant's whole-vector read at a partial group's
+/// last row stays inside the allocation (it clears what lies past the group).
 const SLACK: usize = 8;
 
 /// The types these kernels run.
@@ -123,25 +124,15 @@ pub(super) fn groups(kb: usize) -> usize {
     kb.div_ceil(GROUP)
 }
 
-/// Bytes of one fifth-bit mask of a group of `width` blocks (4 bits per block).
-fn mask_bytes(width: usize) -> usize {
-    width.div_ceil(2)
-}
-
-/// Bytes of one fifth-bit mask summed over a row's groups, for rows of `kb` blocks.
-fn mask_bytes_per_row(kb: usize) -> usize {
-    (kb / GROUP) * 8 + mask_bytes(kb % GROUP)
-}
-
 /// An `n × k` weight matrix of one of the [`LType`]s (rows are output features), repacked.
 ///
 /// Per tile of 4 rows and group: the 4 rows' nibbles one after the other (256 bytes each, or
 /// 16 per block in a partial group), each as 4 loads × the group's blocks × 4 bytes; the fifth
-/// bits as 8 masks per row and group, each as many bytes as the group's blocks need (8 for 16
-/// blocks, 1 for SmolLM2's last 2): low mask of load `u` is mask `2u`, high mask `2u + 1`, and
-/// bit `4j + p` belongs to byte `p` of block `j`; block scales and minimums (f16 bits) as the
-/// group's count per row. Padding is only zero rows up to a multiple of 4 (and [`SLACK`]
-/// trailing zeros), so the matrix is the GGUF data's size.
+/// bits as 64 bytes of masks per row and group, also for a partial group (mask `i` at byte `8i`:
+/// low mask of load `u` is mask `2u`, high mask `2u + 1`; bit `4j + p` belongs to byte `p` of
+/// block `j`); block scales and minimums (f16 bits) as the group's count per row. Padding is
+/// zero rows up to a multiple of 4, [`SLACK`] trailing zero scales and, for Q5_0/Q5_1, a
+/// partial group's masks to 64 bytes (module docs).
 pub struct LMatrix {
     ty: LType,
     n: usize,
@@ -176,7 +167,7 @@ impl LMatrix {
             k,
             qs: vec![0u8; tiles * ROWS * kb * 16],
             qh: if ty.high_bit() {
-                vec![0u8; tiles * ROWS * MASKS * mask_bytes_per_row(kb) + SLACK]
+                vec![0u8; tiles * groups(kb) * ROWS * QH_GROUP]
             } else {
                 Vec::new()
             },
@@ -250,11 +241,9 @@ impl LMatrix {
     }
 
     /// Offset in `qh` of fifth-bit mask `i` (load `i / 2`, high nibbles if odd) of group `g`
-    /// of row `rr` of tile `t`: whole groups take 8 bytes per mask, a partial one fewer.
+    /// of row `rr` of tile `t`.
     fn mask_at(&self, t: usize, g: usize, rr: usize, i: usize) -> usize {
-        let kb = self.kb();
-        let mb = mask_bytes(self.width(g));
-        t * ROWS * MASKS * mask_bytes_per_row(kb) + g * ROWS * MASKS * 8 + (rr * MASKS + i) * mb
+        ((t * groups(self.kb()) + g) * ROWS + rr) * QH_GROUP + 8 * i
     }
 
     /// Where group `g` of tile `t` keeps its scales and fifth bits (the kernels work it out
@@ -266,12 +255,6 @@ impl LMatrix {
             scales: self.scales_at(t, g, 0),
             masks: self.mask_at(t, g, 0, 0),
             width,
-            mask_bytes: mask_bytes(width),
-            keep: if width == GROUP {
-                u64::MAX
-            } else {
-                (1u64 << (4 * width)) - 1
-            },
         }
     }
 
@@ -371,10 +354,6 @@ struct GroupAt {
     masks: usize,
     /// Blocks in the group.
     width: usize,
-    /// Bytes per mask.
-    mask_bytes: usize,
-    /// The mask bits of the group's blocks.
-    keep: u64,
 }
 
 impl GroupAt {
@@ -384,16 +363,15 @@ impl GroupAt {
         self.scales + rr * self.width
     }
 
-    /// Fifth-bit mask `i` of tile row `rr` as the 64 lanes' bits (4 per block), those past a
-    /// partial group's blocks cleared.
+    /// Fifth-bit mask `i` of tile row `rr` as the 64 lanes' bits (4 per block; zeros past a
+    /// partial group's blocks).
     ///
     /// # Safety
     /// `qh` must be the fifth bits of the matrix this group belongs to, and `rr` a tile row.
     #[inline(always)]
     unsafe fn mask(&self, qh: *const u8, rr: usize, i: usize) -> u64 {
-        // SAFETY: the mask starts inside `qh`, and [`SLACK`] bytes follow the last one.
-        let at = self.masks + (rr * MASKS + i) * self.mask_bytes;
-        unsafe { (qh.add(at) as *const u64).read_unaligned() & self.keep }
+        // SAFETY: each row's 8 masks of a group lie inside `qh`.
+        unsafe { (qh.add(self.masks + rr * QH_GROUP + 8 * i) as *const u64).read_unaligned() }
     }
 }
 
@@ -1473,8 +1451,8 @@ mod tests {
     }
 
     /// No growth beyond the documented padding: the repacked matrix is the GGUF data's size
-    /// plus zero rows up to a multiple of 4 (the scales and fifth bits of a partial group are
-    /// not padded to a whole group).
+    /// plus zero rows up to a multiple of 4 and Q5's partial-group masks (a partial group's
+    /// scales are not padded to a whole group).
     #[test]
     fn repacked_size_is_the_gguf_size_plus_row_padding() {
         // 576 wide: a 2-block partial group; 736: 23 blocks, an odd partial group of 7; 512:
@@ -1485,16 +1463,15 @@ mod tests {
                 let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
                 let kb = k / BLOCK;
                 let padded_rows = n.next_multiple_of(ROWS);
-                // Zero rows up to a multiple of 4, the fifth bits' half byte per mask of a
-                // partial group of odd width, and the slack after the scales and masks.
-                let odd = if ty.high_bit() {
-                    padded_rows * MASKS * (kb % GROUP % 2) / 2
+                // Zero rows up to a multiple of 4, the slack after the scales and, with fifth
+                // bits, a partial group's masks up to a whole group's.
+                let masks = if ty.high_bit() {
+                    padded_rows * (groups(kb) * QH_GROUP - kb * 4)
                 } else {
                     0
                 };
-                let slack =
-                    SLACK * 2 * (1 + ty.has_min() as usize) + SLACK * ty.high_bit() as usize;
-                let pad = (padded_rows - n) * kb * ty.block_bytes() + odd + slack;
+                let slack = SLACK * 2 * (1 + ty.has_min() as usize);
+                let pad = (padded_rows - n) * kb * ty.block_bytes() + masks + slack;
                 let repacked = w.qs.len()
                     + w.qh.len()
                     + std::mem::size_of_val(w.d.as_slice())
