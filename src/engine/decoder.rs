@@ -765,11 +765,10 @@ pub struct Decoder {
     layers: Vec<Layer>,
     out_norm: Tensor,
     lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
-    /// RoPE tables of local layers, when their base or width differs or the full layers'
-    /// tables carry frequency factors (Gemma 3, Gemma 4).
-    local_rope: Option<(Tensor, Tensor)>,
+    rope: RopeTable,
+    /// RoPE of local layers, when their base or width differs or the full layers' table
+    /// carries frequency factors (Gemma 3, Gemma 4).
+    local_rope: Option<RopeTable>,
     /// Gemma 4 E2B/E4B per-layer embeddings.
     per_layer: Option<PerLayerInput>,
     /// KV slots: one cache per layer for each sequence the engine holds.
@@ -1215,13 +1214,29 @@ fn rows_of(
     Tensor::from_vec(data, (1, ids.len(), cols), &HOST)
 }
 
+/// What RoPE's angles come from, for one kind of layer: the rows of the positions a batch
+/// needs are computed per batch ([`RopeTable::rows`]) instead of a table of every position of
+/// `context_length` kept for the model's life (2 MB on SmolLM2's 8,192 positions, 67 MB at
+/// Llama 3.2's 131,072), at the cost of `rope_dim / 2` sines and cosines per new position.
+struct RopeTable {
+    /// Inverse frequency of each rotated pair (frequency factors applied).
+    inv: Vec<f32>,
+    /// Whether pair `i` turns with the position (M-RoPE: only the text sections do).
+    turns: Vec<bool>,
+    /// YaRN's (low, high, scale, mscale), when the model scales that way.
+    yarn: Option<(f32, f32, f32, f32)>,
+    /// Phi's `rope.scaling.attn_factor` (1 for the rest).
+    attn_factor: f32,
+}
+
+/// The RoPE of layers that rotate `rope_dim` values of each head at `base` (frequency factors
+/// divide the pairs' frequencies).
 fn rope_tables(
     cfg: &DecoderConfig,
     rope_dim: usize,
     base: f32,
     freq_factors: Option<&[f32]>,
-    device: &Device,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> RopeTable {
     let half = rope_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| {
@@ -1236,41 +1251,53 @@ fn rope_tables(
         .yarn
         .as_ref()
         .map(|y| yarn_params(y, cfg.rope_dim, base));
-    let n = cfg.context_length;
-    let mut cos = Vec::with_capacity(n * half);
-    let mut sin = Vec::with_capacity(n * half);
-    let m = cfg.rope_attn_factor;
     let turns: Vec<bool> = (0..half)
         .map(|i| {
             cfg.mrope_sections
                 .is_none_or(|s| mrope_text_pair_turns(&s, i))
         })
         .collect();
-    for p in 0..n {
-        for (i, f) in inv.iter().enumerate() {
-            let extrap = if turns[i] { p as f32 * f } else { 0.0 };
-            match &yarn {
-                None => {
-                    cos.push(extrap.cos() * m);
-                    sin.push(extrap.sin() * m);
-                }
-                Some((low, high, scale, mscale)) => {
-                    // ggml's rope_yarn: interpolated angles for the slow dimensions,
-                    // extrapolated for the fast ones, a ramp between.
-                    let interp = (1.0 / scale) * extrap;
-                    let y = (i as f32 - low) / (high - low).max(0.001);
-                    let mix = 1.0 - y.clamp(0.0, 1.0);
-                    let theta = interp * (1.0 - mix) + extrap * mix;
-                    cos.push(theta.cos() * mscale);
-                    sin.push(theta.sin() * mscale);
+    RopeTable {
+        inv,
+        turns,
+        yarn,
+        attn_factor: cfg.rope_attn_factor,
+    }
+}
+
+impl RopeTable {
+    /// cos and sin of positions `pos..pos + t`, (t, rope_dim / 2) each, on `device`.
+    fn rows(&self, pos: usize, t: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        let m = self.attn_factor;
+        for p in pos..pos + t {
+            for (i, f) in self.inv.iter().enumerate() {
+                let extrap = if self.turns[i] { p as f32 * f } else { 0.0 };
+                match &self.yarn {
+                    None => {
+                        cos.push(extrap.cos() * m);
+                        sin.push(extrap.sin() * m);
+                    }
+                    Some((low, high, scale, mscale)) => {
+                        // ggml's rope_yarn: interpolated angles for the slow dimensions,
+                        // extrapolated for the fast ones, a ramp between.
+                        let interp = (1.0 / scale) * extrap;
+                        let y = (i as f32 - low) / (high - low).max(0.001);
+                        let mix = 1.0 - y.clamp(0.0, 1.0);
+                        let theta = interp * (1.0 - mix) + extrap * mix;
+                        cos.push(theta.cos() * mscale);
+                        sin.push(theta.sin() * mscale);
+                    }
                 }
             }
         }
+        Ok((
+            Tensor::from_vec(cos, (t, half), device)?,
+            Tensor::from_vec(sin, (t, half), device)?,
+        ))
     }
-    Ok((
-        Tensor::from_vec(cos, (n, half), device)?,
-        Tensor::from_vec(sin, (n, half), device)?,
-    ))
 }
 
 /// Reads `rope.dimension_sections` (up to four counts; absent: plain RoPE).
@@ -1406,13 +1433,7 @@ impl Decoder {
             None => freq_factors_hf,
         };
         let device = l.device.clone();
-        let (cos, sin) = rope_tables(
-            &cfg,
-            cfg.rope_dim,
-            cfg.rope_base,
-            freq_factors.as_deref(),
-            &device,
-        )?;
+        let rope = rope_tables(&cfg, cfg.rope_dim, cfg.rope_base, freq_factors.as_deref());
         // Gemma 4's frequency factors are for its full layers only.
         let local_differs = cfg.rope_base_local != cfg.rope_base
             || cfg.rope_dim_swa != cfg.rope_dim
@@ -1423,8 +1444,7 @@ impl Decoder {
                 cfg.rope_dim_swa,
                 cfg.rope_base_local,
                 None,
-                &device,
-            )?),
+            )),
             _ => None,
         };
         let per_layer = if cfg.per_layer_input > 0 {
@@ -1700,8 +1720,7 @@ impl Decoder {
             layers,
             out_norm,
             lm_head,
-            cos,
-            sin,
+            rope,
             local_rope,
             per_layer,
             slots: Vec::new(),
@@ -2172,17 +2191,18 @@ impl Decoder {
             _ => None,
         };
         let local = match &self.local_rope {
-            Some((c, s)) => Some((c.narrow(0, pos, t)?, s.narrow(0, pos, t)?)),
+            Some(r) => Some(r.rows(pos, t, dev)?),
             None => None,
         };
+        let (cos, sin) = self.rope.rows(pos, t, dev)?;
         Ok(SeqPart {
             slot,
             offset,
             t,
             mask,
             local_mask,
-            cos: self.cos.narrow(0, pos, t)?,
-            sin: self.sin.narrow(0, pos, t)?,
+            cos,
+            sin,
             local,
         })
     }

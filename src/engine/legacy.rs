@@ -19,8 +19,11 @@
 //!   Q4_1/Q5_1's minimums meet the block's activation sum (ggml's Q8_1 `s`);
 //! - the fifth bits of Q5_0/Q5_1 are stored as one 64-bit byte mask per nibble vector, applied
 //!   with one masked add (AVX-512) or expanded from 32 bits (AVX2);
-//! - a row's last, partial group is stored compactly and read with lane-masked loads, so rows
-//!   are not padded (SmolLM2's 576-wide rows are 18 blocks: 16 + 2).
+//! - a row's last, partial group is stored compactly (nibbles and scales) and read with
+//!   lane-masked loads, so rows are not padded (SmolLM2's 576-wide rows are 18 blocks: 16 + 2)
+//!   and Q4_0/Q4_1 matrices are the GGUF data's size. The fifth bits of Q5_0/Q5_1 keep a whole
+//!   group's 64 bytes of masks per row: stored compactly, read at a stride known only at run
+//!   time and cleared past the group, they cost 20-28 % of those kernels' speed.
 //!
 //! **Numerics.** Every variant computes the same float operations in the same order, so results
 //! are bit-identical across AVX-512, AVX2 and the scalar reference, and an activation row's
@@ -45,6 +48,9 @@ pub(super) const GROUP: usize = 16;
 pub(super) const ACT_GROUP: usize = 8 * 4 * GROUP;
 /// Bytes of the fifth-bit masks of one group of one row: 4 loads × (low, high) × 8 bytes.
 const QH_GROUP: usize = 64;
+/// Zero scales after the last, so the AVX2 variant's whole-vector read at a partial group's
+/// last row stays inside the allocation (it clears what lies past the group).
+const SLACK: usize = 8;
 
 /// The types these kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +128,11 @@ pub(super) fn groups(kb: usize) -> usize {
 ///
 /// Per tile of 4 rows and group: the 4 rows' nibbles one after the other (256 bytes each, or
 /// 16 per block in a partial group), each as 4 loads × the group's blocks × 4 bytes; the fifth
-/// bits as 64 bytes of masks per row and group (low mask of load `u` at byte `16u`, high mask at
-/// `16u + 8`; bit `4j + p` belongs to byte `p` of block `j`); block scales and minimums (f16
-/// bits) as 16 per row and group. Padding (rows to a multiple of 4, scales and masks to whole
-/// groups) is zeros.
+/// bits as 64 bytes of masks per row and group, also for a partial group (mask `i` at byte `8i`:
+/// low mask of load `u` is mask `2u`, high mask `2u + 1`; bit `4j + p` belongs to byte `p` of
+/// block `j`); block scales and minimums (f16 bits) as the group's count per row. Padding is
+/// zero rows up to a multiple of 4, [`SLACK`] trailing zero scales and, for Q5_0/Q5_1, a
+/// partial group's masks to 64 bytes (module docs).
 pub struct LMatrix {
     ty: LType,
     n: usize,
@@ -153,20 +160,20 @@ impl LMatrix {
             ));
         }
         let tiles = n.div_ceil(ROWS);
-        let ng = groups(kb);
+        let scales = tiles * ROWS * kb + SLACK;
         let mut m = Self {
             ty,
             n,
             k,
             qs: vec![0u8; tiles * ROWS * kb * 16],
             qh: if ty.high_bit() {
-                vec![0u8; tiles * ng * ROWS * QH_GROUP]
+                vec![0u8; tiles * groups(kb) * ROWS * QH_GROUP]
             } else {
                 Vec::new()
             },
-            d: vec![0u16; tiles * ng * ROWS * GROUP],
+            d: vec![0u16; scales],
             mn: if ty.has_min() {
-                vec![0u16; tiles * ng * ROWS * GROUP]
+                vec![0u16; scales]
             } else {
                 Vec::new()
             },
@@ -190,11 +197,12 @@ impl LMatrix {
                     // go to bits 4j..4j + 4 of load u's low and high masks (see `bit_at`).
                     let h = &blk[ty.qh_at()..ty.qh_at() + 4];
                     let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                    let (base, j) = (m.masks_at(t, b / GROUP, rr), b % GROUP);
+                    let j = b % GROUP;
                     for u in 0..4 {
-                        for (half, shift) in [(0, 4 * u), (8, 16 + 4 * u)] {
+                        for (high, shift) in [(0, 4 * u), (1, 16 + 4 * u)] {
                             let nib = ((qh >> shift) & 0x0F) as u8;
-                            m.qh[base + 16 * u + half + j / 2] |= nib << (4 * (j % 2));
+                            let at = m.mask_at(t, b / GROUP, rr, 2 * u + high);
+                            m.qh[at + j / 2] |= nib << (4 * (j % 2));
                         }
                     }
                 }
@@ -232,16 +240,29 @@ impl LMatrix {
         self.group_at(t, g, rr) + ((i / 4) * self.width(g) + j) * 4 + i % 4
     }
 
-    /// Offset in `qh` of the masks of group `g` of row `rr` of tile `t`.
-    fn masks_at(&self, t: usize, g: usize, rr: usize) -> usize {
-        ((t * groups(self.kb()) + g) * ROWS + rr) * QH_GROUP
+    /// Offset in `qh` of fifth-bit mask `i` (load `i / 2`, high nibbles if odd) of group `g`
+    /// of row `rr` of tile `t`.
+    fn mask_at(&self, t: usize, g: usize, rr: usize, i: usize) -> usize {
+        ((t * groups(self.kb()) + g) * ROWS + rr) * QH_GROUP + 8 * i
+    }
+
+    /// Where group `g` of tile `t` keeps its scales and fifth bits (the kernels work it out
+    /// once per group, not per row and mask).
+    #[inline(always)]
+    fn group(&self, t: usize, g: usize) -> GroupAt {
+        let width = self.width(g);
+        GroupAt {
+            scales: self.scales_at(t, g, 0),
+            masks: self.mask_at(t, g, 0, 0),
+            width,
+        }
     }
 
     /// Bit index in `qh` of the fifth bit of value `v` of block `b` of row `rr` of tile `t`.
     fn bit_at(&self, t: usize, rr: usize, b: usize, v: usize) -> usize {
         let (g, j) = (b / GROUP, b % GROUP);
         let (u, p, high) = ((v % 16) / 4, v % 4, v >= 16);
-        (self.masks_at(t, g, rr) + 16 * u + 8 * high as usize) * 8 + 4 * j + p
+        self.mask_at(t, g, rr, 2 * u + high as usize) * 8 + 4 * j + p
     }
 
     /// The unsigned quantized value `v` (0..32) of block `b` of row `rr` of tile `t`.
@@ -258,12 +279,22 @@ impl LMatrix {
 
     /// Offset in `d` / `mn` of the scale of block `b` of row `rr` of tile `t`.
     fn scale_at(&self, t: usize, rr: usize, b: usize) -> usize {
-        ((t * groups(self.kb()) + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+        let g = b / GROUP;
+        self.scales_at(t, g, rr) + b % GROUP
+    }
+
+    /// Offset in `d` / `mn` of the first scale of group `g` of row `rr` of tile `t`: whole
+    /// groups before it, then the group's earlier rows.
+    fn scales_at(&self, t: usize, g: usize, rr: usize) -> usize {
+        t * ROWS * self.kb() + g * ROWS * GROUP + rr * self.width(g)
     }
 
     /// Block `b`'s scale and minimum (0 for types without one) of row `rr` of tile `t`; zeros
-    /// for the padding blocks of a partial group.
+    /// for the lanes past a partial group's blocks, as the kernels load them.
     fn scales(&self, t: usize, rr: usize, b: usize) -> (f32, f32) {
+        if b >= self.kb() {
+            return (0.0, 0.0);
+        }
         let at = self.scale_at(t, rr, b);
         let m = if self.ty.has_min() {
             f16::from_bits(self.mn[at]).to_f32()
@@ -311,6 +342,36 @@ impl LMatrix {
             }
         });
         out
+    }
+}
+
+/// Where one group of one tile of an [`LMatrix`] keeps its scales and fifth-bit masks.
+#[derive(Clone, Copy)]
+struct GroupAt {
+    /// Offset in `d` / `mn` of row 0's first scale.
+    scales: usize,
+    /// Offset in `qh` of row 0's first mask.
+    masks: usize,
+    /// Blocks in the group.
+    width: usize,
+}
+
+impl GroupAt {
+    /// Offset in `d` / `mn` of the first scale of tile row `rr`.
+    #[inline(always)]
+    fn scales(&self, rr: usize) -> usize {
+        self.scales + rr * self.width
+    }
+
+    /// Fifth-bit mask `i` of tile row `rr` as the 64 lanes' bits (4 per block; zeros past a
+    /// partial group's blocks).
+    ///
+    /// # Safety
+    /// `qh` must be the fifth bits of the matrix this group belongs to, and `rr` a tile row.
+    #[inline(always)]
+    unsafe fn mask(&self, qh: *const u8, rr: usize, i: usize) -> u64 {
+        // SAFETY: each row's 8 masks of a group lie inside `qh`.
+        unsafe { (qh.add(self.masks + rr * QH_GROUP + 8 * i) as *const u64).read_unaligned() }
     }
 }
 
@@ -613,13 +674,9 @@ mod avx512 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let ng = groups(w.kb());
+        let (ng, qh) = (groups(w.kb()), w.qh.as_ptr());
         let m4 = _mm512_set1_epi8(0x0F);
         let b16 = _mm512_set1_epi8(0x10);
-        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
-        let sm =
-            w.mn.as_ptr()
-                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
         for g in 0..ng {
             let width = w.width(g);
@@ -634,6 +691,7 @@ mod avx512 {
             } else {
                 (1u16 << width) - 1
             };
+            let gp = w.group(t, g);
             for (rr, row) in acc.iter_mut().enumerate() {
                 let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
                 let mut lo = [_mm512_setzero_si512(); 4];
@@ -645,18 +703,22 @@ mod avx512 {
                     lo[u] = _mm512_and_si512(raw, m4);
                     hi[u] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
                     if HIGH {
-                        let masks = w.qh.as_ptr().add(w.masks_at(t, g, rr) + 16 * u) as *const u64;
-                        lo[u] = _mm512_mask_add_epi8(lo[u], masks.read_unaligned(), lo[u], b16);
-                        hi[u] =
-                            _mm512_mask_add_epi8(hi[u], masks.add(1).read_unaligned(), hi[u], b16);
+                        let (lm, hm) = (gp.mask(qh, rr, 2 * u), gp.mask(qh, rr, 2 * u + 1));
+                        lo[u] = _mm512_mask_add_epi8(lo[u], lm, lo[u], b16);
+                        hi[u] = _mm512_mask_add_epi8(hi[u], hm, hi[u], b16);
                     }
                 }
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
-                    sd.add((g * ROWS + rr) * GROUP) as *const __m256i
+                // A partial group's scales are stored unpadded: the lanes past them load as
+                // zeros, and memory past them is not touched.
+                let at = gp.scales(rr);
+                let dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    lanes,
+                    w.d.as_ptr().add(at) as *const _,
                 ));
                 let mw = if MIN {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(
-                        sm.add((g * ROWS + rr) * GROUP) as *const __m256i
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        lanes,
+                        w.mn.as_ptr().add(at) as *const _,
                     ))
                 } else {
                     _mm512_setzero_ps()
@@ -713,15 +775,11 @@ mod avx512 {
         g: usize,
         acc: &mut [[__m512; M]; ROWS],
     ) {
-        let ng = groups(w.kb());
         let width = w.width(g);
         let lanes: __mmask8 = ((1u16 << width) - 1) as __mmask8;
         let m4 = _mm256_set1_epi8(0x0F);
         let b16 = _mm256_set1_epi8(0x10);
-        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
-        let sm =
-            w.mn.as_ptr()
-                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
+        let (gp, qh) = (w.group(t, g), w.qh.as_ptr());
         for (rr, row) in acc.iter_mut().enumerate() {
             let base = w.qs.as_ptr().add(w.group_at(t, g, rr));
             let mut lo = [_mm256_setzero_si256(); 4];
@@ -731,17 +789,21 @@ mod avx512 {
                 lo[u] = _mm256_and_si256(raw, m4);
                 hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                 if HIGH {
-                    let masks = w.qh.as_ptr().add(w.masks_at(t, g, rr) + 16 * u) as *const u32;
-                    lo[u] = _mm256_mask_add_epi8(lo[u], masks.read_unaligned(), lo[u], b16);
-                    hi[u] = _mm256_mask_add_epi8(hi[u], masks.add(2).read_unaligned(), hi[u], b16);
+                    // At most 8 blocks: the low 32 bits hold all of the group's.
+                    let (lm, hm) = (gp.mask(qh, rr, 2 * u), gp.mask(qh, rr, 2 * u + 1));
+                    lo[u] = _mm256_mask_add_epi8(lo[u], lm as u32, lo[u], b16);
+                    hi[u] = _mm256_mask_add_epi8(hi[u], hm as u32, hi[u], b16);
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(
-                sd.add((g * ROWS + rr) * GROUP) as *const __m128i
+            let at = gp.scales(rr);
+            let dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(
+                lanes,
+                w.d.as_ptr().add(at) as *const _,
             ));
             let mw = if MIN {
-                _mm256_cvtph_ps(_mm_loadu_si128(
-                    sm.add((g * ROWS + rr) * GROUP) as *const __m128i
+                _mm256_cvtph_ps(_mm_maskz_loadu_epi16(
+                    lanes,
+                    w.mn.as_ptr().add(at) as *const _,
                 ))
             } else {
                 _mm256_setzero_ps()
@@ -912,13 +974,11 @@ mod avx2 {
     ) {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
-        let sd = w.d.as_ptr().add(t * ng * ROWS * GROUP);
-        let sm =
-            w.mn.as_ptr()
-                .add(if MIN { t * ng * ROWS * GROUP } else { 0 });
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
+        let qh = w.qh.as_ptr();
         for g in 0..ng {
             let width = w.width(g);
+            let gp = w.group(t, g);
             for h in 0..2 {
                 if 8 * h >= width {
                     continue;
@@ -928,6 +988,12 @@ mod avx2 {
                 let lanes = _mm256_cmpgt_epi32(
                     _mm256_set1_epi32(valid),
                     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                );
+                // The same for the 16-bit scales, stored unpadded: what a whole load reads past
+                // a partial group (the next row's scales, or the slack) is cleared.
+                let keep = _mm_cmpgt_epi16(
+                    _mm_set1_epi16(valid as i16),
+                    _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7),
                 );
                 for (rr, row) in acc.iter_mut().enumerate() {
                     let base = w.qs.as_ptr().add(w.group_at(t, g, rr) + 32 * h);
@@ -940,19 +1006,22 @@ mod avx2 {
                         lo[u] = _mm256_and_si256(raw, m4);
                         hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                         if HIGH {
-                            let at = w.masks_at(t, g, rr) + 16 * u + 4 * h;
-                            let masks = w.qh.as_ptr().add(at) as *const u32;
-                            lo[u] = _mm256_or_si256(lo[u], fifth_bits(masks.read_unaligned()));
-                            hi[u] =
-                                _mm256_or_si256(hi[u], fifth_bits(masks.add(2).read_unaligned()));
+                            // This half's 8 blocks are bits 32h.. of the group's masks.
+                            let lm = (gp.mask(qh, rr, 2 * u) >> (32 * h)) as u32;
+                            let hm = (gp.mask(qh, rr, 2 * u + 1) >> (32 * h)) as u32;
+                            lo[u] = _mm256_or_si256(lo[u], fifth_bits(lm));
+                            hi[u] = _mm256_or_si256(hi[u], fifth_bits(hm));
                         }
                     }
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(
-                        sd.add((g * ROWS + rr) * GROUP + 8 * h) as *const __m128i,
+                    let at = gp.scales(rr) + 8 * h;
+                    let dw = _mm256_cvtph_ps(_mm_and_si128(
+                        _mm_loadu_si128(w.d.as_ptr().add(at) as *const __m128i),
+                        keep,
                     ));
                     let mw = if MIN {
-                        _mm256_cvtph_ps(_mm_loadu_si128(
-                            sm.add((g * ROWS + rr) * GROUP + 8 * h) as *const __m128i
+                        _mm256_cvtph_ps(_mm_and_si128(
+                            _mm_loadu_si128(w.mn.as_ptr().add(at) as *const __m128i),
+                            keep,
                         ))
                     } else {
                         _mm256_setzero_ps()
@@ -1378,6 +1447,47 @@ mod tests {
                         line += &format!(" | dense {us:8.1} µs");
                     }
                     println!("{line}");
+                }
+            }
+        }
+    }
+
+    /// No growth beyond the documented padding: the repacked matrix is the GGUF data's size
+    /// plus zero rows up to a multiple of 4 and Q5's partial-group masks (a partial group's
+    /// scales are not padded to a whole group).
+    #[test]
+    fn repacked_size_is_the_gguf_size_plus_row_padding() {
+        // 576 wide: a 2-block partial group; 736: 23 blocks, an odd partial group of 7; 512:
+        // whole groups only.
+        for ty in TYPES {
+            for &(n, k) in &[(8, 576), (7, 576), (12, 736), (4, 512), (5, 32)] {
+                let bytes = random_gguf(ty, n, k, (n + k) as u64);
+                let w = LMatrix::from_gguf_bytes(&bytes, ty, n, k).unwrap();
+                let kb = k / BLOCK;
+                let padded_rows = n.next_multiple_of(ROWS);
+                // Zero rows up to a multiple of 4, the slack after the scales and, with fifth
+                // bits, a partial group's masks up to a whole group's.
+                let masks = if ty.high_bit() {
+                    padded_rows * (groups(kb) * QH_GROUP - kb * 4)
+                } else {
+                    0
+                };
+                let slack = SLACK * 2 * (1 + ty.has_min() as usize);
+                let pad = (padded_rows - n) * kb * ty.block_bytes() + masks + slack;
+                let repacked = w.qs.len()
+                    + w.qh.len()
+                    + std::mem::size_of_val(w.d.as_slice())
+                    + std::mem::size_of_val(w.mn.as_slice());
+                assert_eq!(repacked, bytes.len() + pad, "{} n={n} k={k}", ty.name());
+                // The unpadded layout still gives every row back.
+                let want = dequant_gguf(ty, &bytes);
+                for r in 0..n {
+                    assert_eq!(
+                        w.row(r),
+                        want[r * k..(r + 1) * k],
+                        "{} n={n} k={k} row {r}",
+                        ty.name()
+                    );
                 }
             }
         }

@@ -31,6 +31,9 @@ pub const BLOCK: usize = 32;
 pub const BLOCK_BYTES: usize = 17;
 /// Weight rows per tile (the kernels are written for 4).
 const ROWS: usize = 4;
+/// Zero exponents after the last, so the AVX2 variant's 8-byte read at a partial group's last
+/// row stays inside the allocation (it clears what lies past the group).
+const SLACK: usize = 8;
 
 /// ggml's `kvalues_mxfp4`: E2M1 values, doubled, by 4-bit code.
 const KVALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
@@ -60,8 +63,9 @@ pub fn scale_of(e: u8) -> f32 {
 ///
 /// Per tile of 4 rows and group: the 4 rows' codes one after the other (256 bytes each, or 16
 /// per block in a partial group), each as 4 loads × the group's blocks × 4 bytes (`legacy.rs`'s
-/// layout); the exponents as 16 bytes per row and group. Padding (rows to a multiple of 4,
-/// exponents to whole groups) is zeros.
+/// layout); the exponents as the group's count of bytes per row (a partial group's are not
+/// padded to 16). Padding is only zero rows up to a multiple of 4 and [`SLACK`] trailing zero
+/// exponents, so the matrix is the GGUF data's size.
 pub struct MxMatrix {
     n: usize,
     k: usize,
@@ -88,7 +92,7 @@ impl MxMatrix {
             n,
             k,
             qs: vec![0u8; tiles * ROWS * kb * 16],
-            e: vec![0u8; tiles * groups(kb) * ROWS * GROUP],
+            e: vec![0u8; tiles * ROWS * kb + SLACK],
         };
         for (r, row) in data.chunks_exact(kb * BLOCK_BYTES).enumerate() {
             let (t, rr) = (r / ROWS, r % ROWS);
@@ -135,7 +139,13 @@ impl MxMatrix {
 
     /// Offset in `e` of the exponent of block `b` of row `rr` of tile `t`.
     fn scale_at(&self, t: usize, rr: usize, b: usize) -> usize {
-        ((t * groups(self.kb()) + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+        self.scales_at(t, b / GROUP, rr) + b % GROUP
+    }
+
+    /// Offset in `e` of the first exponent of group `g` of row `rr` of tile `t`: whole groups
+    /// before it, then the group's earlier rows.
+    fn scales_at(&self, t: usize, g: usize, rr: usize) -> usize {
+        t * ROWS * self.kb() + g * ROWS * GROUP + rr * self.width(g)
     }
 
     /// The 4-bit code of value `v` (0..32) of block `b` of row `rr` of tile `t`.
@@ -290,7 +300,9 @@ fn tile_scalar(
                         dot += KVALUES[w.code(t, rr, b, val)] as i32 * av;
                     }
                 }
-                let dw = scale_of(w.e[w.scale_at(t, rr, b)]);
+                // Lanes past a partial group's blocks see exponent 0, as the kernels load them.
+                let e = if b < kb { w.e[w.scale_at(t, rr, b)] } else { 0 };
+                let dw = scale_of(e);
                 let lane = &mut lanes[b % GROUP];
                 *lane = (dot as f32).mul_add(dw * a.d[ai * a.sp + b], *lane);
             }
@@ -313,11 +325,13 @@ mod avx512 {
         _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
     }
 
-    /// 16 exponent bytes as their scales `2^(e − 128)` ([`super::scale_of`]).
+    /// The exponent bytes of `lanes` from `p` as their scales `2^(e − 128)`
+    /// ([`super::scale_of`]); the other lanes' exponents are 0 (a partial group's are stored
+    /// unpadded, and memory past them is not touched).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
-    unsafe fn scales(p: *const u8) -> __m512 {
-        let e = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+    unsafe fn scales(p: *const u8, lanes: __mmask16) -> __m512 {
+        let e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, p as *const _));
         let normal = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
         let sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x0020_0000), e);
         let small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
@@ -361,7 +375,6 @@ mod avx512 {
         let ng = groups(w.kb());
         let m4 = _mm512_set1_epi8(0x0F);
         let table = _mm512_broadcast_i32x4(_mm_loadu_si128(TABLE.as_ptr() as *const __m128i));
-        let se = w.e.as_ptr().add(t * ng * ROWS * GROUP);
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
         for g in 0..ng {
             let width = w.width(g);
@@ -382,7 +395,7 @@ mod avx512 {
                     hi[u] =
                         _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4));
                 }
-                let dw = scales(se.add((g * ROWS + rr) * GROUP));
+                let dw = scales(w.e.as_ptr().add(w.scales_at(t, g, rr)), lanes);
                 for (i, v) in row.iter_mut().enumerate() {
                     let ai = i0 + i;
                     let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP);
@@ -428,11 +441,18 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
     }
 
-    /// 8 exponent bytes as their scales `2^(e − 128)` ([`super::scale_of`]).
+    /// The first `valid` of 8 exponent bytes from `p` as their scales `2^(e − 128)`
+    /// ([`super::scale_of`]); the other lanes' exponents are 0 (a partial group's are stored
+    /// unpadded: what the 8-byte read finds past them, the next row's or the slack, is cleared).
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn scales(p: *const u8) -> __m256 {
-        let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i));
+    unsafe fn scales(p: *const u8, valid: i32) -> __m256 {
+        let keep = _mm_cmpgt_epi8(
+            _mm_set1_epi8(valid as i8),
+            _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        );
+        let bytes = _mm_and_si128(_mm_loadl_epi64(p as *const __m128i), keep);
+        let e = _mm256_cvtepu8_epi32(bytes);
         let normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
         let sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x0020_0000), e);
         let small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
@@ -519,7 +539,6 @@ mod avx2 {
         let ng = groups(w.kb());
         let m4 = _mm256_set1_epi8(0x0F);
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(TABLE.as_ptr() as *const __m128i));
-        let se = w.e.as_ptr().add(t * ng * ROWS * GROUP);
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
         for g in 0..ng {
             let width = w.width(g);
@@ -545,7 +564,7 @@ mod avx2 {
                             _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
                         );
                     }
-                    let dw = scales(se.add((g * ROWS + rr) * GROUP + 8 * h));
+                    let dw = scales(w.e.as_ptr().add(w.scales_at(t, g, rr) + 8 * h), valid);
                     for (i, v) in row.iter_mut().enumerate() {
                         let ai = i0 + i;
                         let ap = a.qs.as_ptr().add(ai * a.kp + g * ACT_GROUP + 32 * h);
@@ -729,6 +748,19 @@ mod tests {
             for r in 0..n {
                 assert_eq!(w.row(r), ours[r * k..(r + 1) * k], "{n}×{k} row {r}");
             }
+        }
+    }
+
+    /// No growth beyond the documented padding: the repacked matrix is the GGUF data's size
+    /// plus zero rows up to a multiple of 4 and the slack (a partial group's exponents are not
+    /// padded to 16).
+    #[test]
+    fn repacked_size_is_the_gguf_size_plus_row_padding() {
+        for &(n, k) in &[(8, 576), (7, 2880), (4, 512), (5, 32)] {
+            let bytes = random_gguf(n, k, 11);
+            let w = MxMatrix::from_gguf_bytes(&bytes, n, k).unwrap();
+            let pad = (n.next_multiple_of(ROWS) - n) * (k / BLOCK) * BLOCK_BYTES + SLACK;
+            assert_eq!(w.qs.len() + w.e.len(), bytes.len() + pad, "n={n} k={k}");
         }
     }
 

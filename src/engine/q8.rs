@@ -42,10 +42,13 @@ pub fn available() -> bool {
 /// An `n × k` Q8_0 weight matrix (rows are output features), repacked for the kernel.
 ///
 /// Rows are grouped in tiles of [`ROWS`]; within a tile the 64-byte pairs of blocks of its rows
-/// are interleaved (pair 0 of rows 0..4, then pair 1 …) and so are the scales (16 per row per
-/// group), so the kernel reads the matrix as one sequential stream the hardware prefetcher can
-/// follow. Rows are padded to a multiple of 64 values and the row count to a multiple of
-/// [`ROWS`], with zeros.
+/// are interleaved (pair 0 of rows 0..4, then pair 1 …) and so are the scales (per group of
+/// 16 blocks, the 4 rows' scales one after the other), so the kernel reads the matrix as one
+/// sequential stream the hardware prefetcher can follow. Rows are padded to a multiple of 64
+/// values (one zero block for an odd block count) and the row count to a multiple of [`ROWS`],
+/// with zeros. Scales are not padded: a row's last, partial group holds only its blocks' scales
+/// (SmolLM2's 576-wide rows: 16 + 2, not 32), and the kernels read it with a masked load or
+/// one scale at a time, so the matrix is the GGUF data's size plus that padding.
 pub struct Q8Matrix {
     n: usize,
     k: usize,
@@ -60,9 +63,22 @@ fn pairs(k: usize) -> usize {
     k.div_ceil(2 * BLOCK)
 }
 
-/// Groups of 16 block scales per padded row.
+/// Groups of 16 block scales per row (the last may be partial).
 fn groups(k: usize) -> usize {
     (k / BLOCK).div_ceil(GROUP)
+}
+
+/// Scales in group `g` of a row of `kb` blocks: [`GROUP`], or fewer in the last group.
+fn width(kb: usize, g: usize) -> usize {
+    (kb - g * GROUP).min(GROUP)
+}
+
+/// Offset of the scale of block `b` of tile row `rr` from the start of its tile's scales, for
+/// rows of `kb` blocks: whole groups before it, then the group's earlier rows.
+#[inline(always)]
+fn scale_in_tile(kb: usize, rr: usize, b: usize) -> usize {
+    let g = b / GROUP;
+    g * ROWS * GROUP + rr * width(kb, g) + b % GROUP
 }
 
 /// Block scales per group (one zmm of f32).
@@ -83,14 +99,14 @@ impl Q8Matrix {
             ));
         }
         let tiles = n.div_ceil(ROWS);
-        let (np, ng) = (pairs(k), groups(k));
+        let np = pairs(k);
         // Padding weights stay 0 (not 128): they meet zero activations either way.
         let mut qs = vec![0u8; tiles * np * ROWS * 2 * BLOCK];
-        let mut d = vec![0u16; tiles * ng * ROWS * GROUP];
+        let mut d = vec![0u16; tiles * ROWS * kb];
         for (r, row) in data.chunks_exact(kb * GGUF_BLOCK_BYTES).enumerate() {
             let (t, rr) = (r / ROWS, r % ROWS);
             for (b, blk) in row.chunks_exact(GGUF_BLOCK_BYTES).enumerate() {
-                d[Self::scale_at(t, ng, rr, b)] = u16::from_le_bytes([blk[0], blk[1]]);
+                d[Self::scale_at(t, kb, rr, b)] = u16::from_le_bytes([blk[0], blk[1]]);
                 let at = Self::block_at(t, np, rr, b);
                 for (dst, &q) in qs[at..at + BLOCK].iter_mut().zip(&blk[2..]) {
                     *dst = q ^ 0x80;
@@ -105,9 +121,9 @@ impl Q8Matrix {
         ((t * np + b / 2) * ROWS + rr) * 2 * BLOCK + (b % 2) * BLOCK
     }
 
-    /// Offset of the scale of block `b` of row `rr` of tile `t` in `d`.
-    fn scale_at(t: usize, ng: usize, rr: usize, b: usize) -> usize {
-        ((t * ng + b / GROUP) * ROWS + rr) * GROUP + b % GROUP
+    /// Offset of the scale of block `b` of row `rr` of tile `t` in `d` (rows of `kb` blocks).
+    fn scale_at(t: usize, kb: usize, rr: usize, b: usize) -> usize {
+        t * ROWS * kb + scale_in_tile(kb, rr, b)
     }
 
     pub fn rows(&self) -> usize {
@@ -121,10 +137,10 @@ impl Q8Matrix {
     /// Dequantized row `r` (token-embedding lookups).
     pub fn row(&self, r: usize) -> Vec<f32> {
         let (t, rr) = (r / ROWS, r % ROWS);
-        let (np, ng) = (pairs(self.k), groups(self.k));
-        (0..self.k / BLOCK)
+        let (np, kb) = (pairs(self.k), self.k / BLOCK);
+        (0..kb)
             .flat_map(|b| {
-                let s = f16::from_bits(self.d[Self::scale_at(t, ng, rr, b)]).to_f32();
+                let s = f16::from_bits(self.d[Self::scale_at(t, kb, rr, b)]).to_f32();
                 let at = Self::block_at(t, np, rr, b);
                 self.qs[at..at + BLOCK]
                     .iter()
@@ -305,12 +321,12 @@ fn tile_scalar(
     acts: usize,
     res: &mut [[f32; ACTS]; ROWS],
 ) {
-    let (np, ng) = (pairs(w.k), groups(w.k));
+    let (np, kb) = (pairs(w.k), w.k / BLOCK);
     for (rr, row) in res.iter_mut().enumerate() {
         for (i, v) in row[..acts].iter_mut().enumerate() {
             let ai = i0 + i;
             let mut sum = 0f32;
-            for b in 0..w.k / BLOCK {
+            for b in 0..kb {
                 let at = Q8Matrix::block_at(t, np, rr, b);
                 let wq = &w.qs[at..at + BLOCK];
                 let aq = &a.qs[ai * a.kp + b * BLOCK..][..BLOCK];
@@ -319,7 +335,7 @@ fn tile_scalar(
                     .zip(aq)
                     .map(|(&x, &y)| (x as i32 - 128) * y as i32)
                     .sum();
-                let sw = f16::from_bits(w.d[Q8Matrix::scale_at(t, ng, rr, b)]).to_f32();
+                let sw = f16::from_bits(w.d[Q8Matrix::scale_at(t, kb, rr, b)]).to_f32();
                 sum += sw * a.d[ai * a.sp + b] * dot as f32;
             }
             *v = sum;
@@ -329,7 +345,7 @@ fn tile_scalar(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{groups, pairs, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
+    use super::{groups, pairs, width, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
     use std::arch::x86_64::*;
 
     /// Weight tile `t` (4 rows) times `M` activation rows from `i0`.
@@ -345,23 +361,28 @@ mod avx512 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let (np, ng) = (pairs(w.k), groups(w.k));
+        let (np, ng, kb) = (pairs(w.k), groups(w.k), w.k / BLOCK);
         let mut wq = w.qs.as_ptr().add(t * np * ROWS * 2 * BLOCK);
-        let mut ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let mut ws = w.d.as_ptr().add(t * ROWS * kb);
         let mut acc = [[_mm512_setzero_ps(); M]; ROWS];
         for g in 0..ng {
             let first = g * GROUP / 2;
             let last = ((g + 1) * GROUP / 2).min(np);
+            // A partial group's scales are stored unpadded: the lanes past them load as zeros,
+            // as the padding did, and memory past them is not touched.
+            let gw = width(kb, g);
+            let lanes: __mmask16 = if gw == GROUP { 0xFFFF } else { (1 << gw) - 1 };
             // Combined scales of this group for every (row, act) pair.
             let mut sc = [[_mm512_setzero_ps(); M]; ROWS];
             for (rr, row) in sc.iter_mut().enumerate() {
-                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(ws.add(rr * GROUP) as *const __m256i));
+                let sw =
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, ws.add(rr * gw) as *const _));
                 for (i, v) in row.iter_mut().enumerate() {
                     let da = _mm512_loadu_ps(a.d.as_ptr().add((i0 + i) * a.sp + g * GROUP));
                     *v = _mm512_mul_ps(sw, da);
                 }
             }
-            ws = ws.add(ROWS * GROUP);
+            ws = ws.add(ROWS * gw);
             for p in first..last {
                 let j = (2 * (p - first)) as i32;
                 let idx = _mm512_set_epi32(
@@ -429,7 +450,7 @@ unsafe fn hsum8(v: std::arch::x86_64::__m256) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{groups, pairs, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
+    use super::{pairs, scale_in_tile, Q8Matrix, QuantRows, ACTS, BLOCK, ROWS};
     use std::arch::x86_64::*;
 
     /// Weight tile `t` (4 rows) times `M` activation rows from `i0`, 32 bytes (one block) at a
@@ -444,16 +465,14 @@ mod avx2 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let (np, ng) = (pairs(w.k), groups(w.k));
-        let kb = w.k / BLOCK;
+        let (np, kb) = (pairs(w.k), w.k / BLOCK);
         let wq = w.qs.as_ptr().add(t * np * ROWS * 2 * BLOCK);
-        let ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let ws = w.d.as_ptr().add(t * ROWS * kb);
         let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
         // Even and odd blocks accumulate apart, as in the AVX-512 variant's two 8-lane halves.
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
         for b in 0..kb {
-            let (g, j) = (b / GROUP, b % GROUP);
             let (p, half) = (b / 2, b % 2);
             let mut av = [_mm256_setzero_si256(); M];
             let mut da = [0f32; M];
@@ -468,7 +487,7 @@ mod avx2 {
                 let wu = _mm256_loadu_si256(wq.add(at) as *const __m256i);
                 let ws8 = _mm256_xor_si256(wu, flip);
                 let wabs = _mm256_sign_epi8(ws8, ws8);
-                let bits = *ws.add((g * ROWS + rr) * GROUP + j);
+                let bits = *ws.add(scale_in_tile(kb, rr, b));
                 let sw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
                 for (i, v) in row.iter_mut().enumerate() {
                     let signed = _mm256_sign_epi8(av[i], ws8);
@@ -488,7 +507,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni256 {
-    use super::{groups, pairs, Q8Matrix, QuantRows, ACTS, BLOCK, GROUP, ROWS};
+    use super::{pairs, scale_in_tile, Q8Matrix, QuantRows, ACTS, BLOCK, ROWS};
     use crate::engine::simd::dot256::{AvxVnni, Evex, Vnni256};
     use std::arch::x86_64::*;
 
@@ -554,13 +573,11 @@ mod vnni256 {
         i0: usize,
         res: &mut [[f32; ACTS]; ROWS],
     ) {
-        let (np, ng) = (pairs(w.k), groups(w.k));
-        let kb = w.k / BLOCK;
+        let (np, kb) = (pairs(w.k), w.k / BLOCK);
         let wq = w.qs.as_ptr().add(t * np * ROWS * 2 * BLOCK);
-        let ws = w.d.as_ptr().add(t * ng * ROWS * GROUP);
+        let ws = w.d.as_ptr().add(t * ROWS * kb);
         let mut acc = [[[_mm256_setzero_ps(); 2]; M]; ROWS];
         for b in 0..kb {
-            let (g, j) = (b / GROUP, b % GROUP);
             let (p, half) = (b / 2, b % 2);
             let mut av = [_mm256_setzero_si256(); M];
             let mut ov = [_mm256_setzero_si256(); M];
@@ -574,7 +591,7 @@ mod vnni256 {
             for (rr, row) in acc.iter_mut().enumerate() {
                 let at = (p * ROWS + rr) * 2 * BLOCK + half * BLOCK;
                 let wu = _mm256_loadu_si256(wq.add(at) as *const __m256i);
-                let bits = *ws.add((g * ROWS + rr) * GROUP + j);
+                let bits = *ws.add(scale_in_tile(kb, rr, b));
                 let sw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
                 for (i, v) in row.iter_mut().enumerate() {
                     let dot = D::dpbusd(ov[i], wu, av[i]);
@@ -847,6 +864,26 @@ mod tests {
                     line += &format!(" {kern:?} {us:8.1} µs {gmac:5.1} GMAC/s");
                 }
                 println!("{line}");
+            }
+        }
+    }
+
+    /// No growth beyond the documented padding: the repacked matrix is the GGUF data's size
+    /// plus zero rows up to a multiple of 4 and one zero block per row for an odd block count
+    /// (the scales of a partial group are not padded).
+    #[test]
+    fn repacked_size_is_the_gguf_size_plus_row_padding() {
+        for &(n, k) in &[(8, 576), (7, 576), (12, 96), (4, 1536), (5, 32)] {
+            let (bytes, vals) = random_matrix(n, k, (n + k) as u64);
+            let w = Q8Matrix::from_gguf_bytes(&bytes, n, k).unwrap();
+            let kb = k / BLOCK;
+            let padded_rows = n.next_multiple_of(ROWS);
+            let pad = (padded_rows - n) * kb * GGUF_BLOCK_BYTES + padded_rows * (kb % 2) * BLOCK;
+            let repacked = w.qs.len() + std::mem::size_of_val(w.d.as_slice());
+            assert_eq!(repacked, bytes.len() + pad, "n={n} k={k}");
+            // The unpadded scales still give every row back.
+            for r in 0..n {
+                assert_eq!(w.row(r), vals[r * k..(r + 1) * k], "n={n} k={k} row {r}");
             }
         }
     }
