@@ -5,8 +5,8 @@
 //! the sinks, the softmax, copies back): on gpt-oss-20b-shaped files about a seventh of the
 //! calling thread's time while the pool's other thread waited. Here each query head's scores,
 //! softmax (with its sink and the sliding window) and weighted sum of values run in one pass
-//! over the cache's rows, and the heads are shared between the pool's threads. Prompt chunks
-//! keep candle's path.
+//! over the cache's rows, and the heads are shared between the pool's threads. It serves layers
+//! with sinks; other layers take `prompt_attn.rs` (bit-identical to candle's path) or candle's.
 //!
 //! **Numerics.** The same operations as the candle path (scores times the scale, the optional
 //! soft cap, max, exp, sum, divide, weighted sum), summed in a different order, so results

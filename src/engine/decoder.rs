@@ -2987,9 +2987,9 @@ fn seq_attention(
     let kv_len = k_all.dim(2)?;
     let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
     // One pass per head for a decoded row of a layer with sinks (gpt-oss), where candle's
-    // path concatenates the sink column and softmaxes on every layer. Other layers keep
-    // candle's GEMM: the own pass sums in another order, which moved near-tied greedy choices
-    // of the real-model goldens (SmolLM2, Gemma 3).
+    // path concatenates the sink column and softmaxes on every layer. Other layers take
+    // `prompt_attn`, which gives candle's bits (this pass sums in another order, which moved
+    // near-tied greedy choices of the real-model goldens: SmolLM2, Gemma 3).
     if t == 1 && layer.sinks.is_some() {
         let sinks = match &layer.sinks {
             Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
