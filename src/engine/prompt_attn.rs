@@ -539,6 +539,10 @@ mod tests {
             (6, 2, 80, 64, 100, Some(37), 0),
             (2, 2, 32, 3, 200, Some(16), 5),
             (14, 2, 64, 100, 412, None, 0),
+            // Decode steps: one row per sequence, the group's query heads stacked.
+            (9, 3, 64, 1, 150, None, 106),
+            (8, 2, 128, 1, 400, None, 0),
+            (16, 2, 64, 1, 40, Some(32), 3),
         ];
         let mut checked = 0;
         for (n, &(nh, nkv, hd, t, past, window, spare)) in cases.iter().enumerate() {
