@@ -167,6 +167,33 @@ mod data {
     pub const TOP_MAX: i32 = 0x42a;
 }
 
+/// The eight values as a vector when every one is inside the main range; otherwise computes
+/// them with `f32::exp` (|x| ≥ ~88, infinities, NaN: the C library's special cases) and
+/// returns `None`.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn in_range(x: &mut [f32; 8]) -> Option<std::arch::x86_64::__m256> {
+    use std::arch::x86_64::*;
+    // SAFETY: `x` holds 8 values; the caller vouches for AVX2.
+    unsafe {
+        let v = _mm256_loadu_ps(x.as_ptr());
+        let top = _mm256_and_si256(
+            _mm256_srli_epi32::<20>(_mm256_castps_si256(v)),
+            _mm256_set1_epi32(0x7ff),
+        );
+        if _mm256_movemask_epi8(_mm256_cmpgt_epi32(top, _mm256_set1_epi32(data::TOP_MAX))) == 0 {
+            return Some(v);
+        }
+    }
+    for v in x.iter_mut() {
+        *v = v.exp();
+    }
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::data::*;
@@ -178,18 +205,10 @@ mod avx512 {
     /// The CPU must have AVX-512F (and the AVX2 it implies).
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn exp8(x: &mut [f32; 8]) {
-        // SAFETY: `x` holds 8 values.
-        let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-        let top = _mm256_and_si256(
-            _mm256_srli_epi32::<20>(_mm256_castps_si256(v)),
-            _mm256_set1_epi32(0x7ff),
-        );
-        if _mm256_movemask_epi8(_mm256_cmpgt_epi32(top, _mm256_set1_epi32(TOP_MAX))) != 0 {
-            for v in x.iter_mut() {
-                *v = v.exp();
-            }
+        // SAFETY: the CPU has AVX2 (the caller's promise).
+        let Some(v) = (unsafe { super::in_range(x) }) else {
             return;
-        }
+        };
         let xd = _mm512_cvtps_pd(v);
         let inv = _mm512_set1_pd(f64::from_bits(INV_LN2_N));
         let shift = _mm512_set1_pd(f64::from_bits(SHIFT));
@@ -239,18 +258,10 @@ mod avx2 {
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp8(x: &mut [f32; 8]) {
-        // SAFETY: `x` holds 8 values.
-        let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-        let top = _mm256_and_si256(
-            _mm256_srli_epi32::<20>(_mm256_castps_si256(v)),
-            _mm256_set1_epi32(0x7ff),
-        );
-        if _mm256_movemask_epi8(_mm256_cmpgt_epi32(top, _mm256_set1_epi32(TOP_MAX))) != 0 {
-            for v in x.iter_mut() {
-                *v = v.exp();
-            }
+        // SAFETY: the CPU has AVX2 (the caller's promise).
+        let Some(v) = (unsafe { super::in_range(x) }) else {
             return;
-        }
+        };
         let inv = _mm256_set1_pd(f64::from_bits(INV_LN2_N));
         let shift = _mm256_set1_pd(f64::from_bits(SHIFT));
         let c0 = _mm256_set1_pd(f64::from_bits(C[0]));

@@ -34,26 +34,13 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// One row's softmax in place, in candle-nn's operations.
 fn softmax_row(row: &mut [f32]) {
-    use candle_core::cpu::kernels::VecOps;
-    let d = row.len();
-    let mut max = f32::NEG_INFINITY;
-    // SAFETY: `row` holds `d` values, and `max` / `sum` are valid places for the results.
-    unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, d) };
-    for v in row.iter_mut() {
-        *v -= max;
-    }
-    super::expf::exp_in_place(row);
-    let mut sum = 0f32;
-    // SAFETY: as above.
-    unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, d) };
-    for v in row.iter_mut() {
-        *v /= sum;
-    }
+    softmax_row_visible(row, 0, row.len());
 }
 
-/// [`softmax_row`] of a row whose values outside `lo..hi` are −∞, without their `exp`: it
-/// would give an exact 0, and so would 0 / sum. The max and the sum still run over the whole
-/// row in candle's reductions, so every value is bit-identical to [`softmax_row`]'s.
+/// Softmax of a row whose values outside `lo..hi` are −∞, in candle-nn's operations (max,
+/// `exp(v − max)`, sum, divide) but without the −∞ values' `exp`: it would give an exact 0, and
+/// so would 0 / sum. The max and the sum run over the whole row in candle's reductions, so
+/// every value is bit-identical to candle-nn's softmax of the whole row.
 pub fn softmax_row_visible(row: &mut [f32], lo: usize, hi: usize) {
     use candle_core::cpu::kernels::VecOps;
     let d = row.len();
@@ -447,11 +434,13 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut span = whole.clone();
-            softmax_row(&mut whole);
-            softmax_row_visible(&mut span, lo, hi);
-            let bits = |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&span), bits(&whole), "d {d}, span {lo}..{hi}");
+            let theirs = candle_nn::ops::softmax_last_dim(
+                &Tensor::from_vec(whole.clone(), (1, d), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            softmax_row_visible(&mut whole, lo, hi);
+            let t = Tensor::from_vec(whole, (1, d), &Device::Cpu).unwrap();
+            assert_eq!(bits(&t), bits(&theirs), "d {d}, span {lo}..{hi}");
         }
     }
 
