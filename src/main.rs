@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         // The engine reads this once when it loads a model; set it before any thread starts.
         std::env::set_var("INFLUENCE_REQUANT_Q8", "1");
     }
+    // The engine reads the KV cache type when it loads a model (`engine.kv_cache`, or the
+    // INFLUENCE_KV_CACHE it was already read from); set it before any thread starts.
+    std::env::set_var("INFLUENCE_KV_CACHE", &loaded.config.engine.kv_cache);
     let _log_guard =
         match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, cli.serve) {
             Ok(g) => Some(g),

@@ -308,6 +308,7 @@ fn bench_prints_one_json_line_with_every_measurement() {
     assert_eq!(v["cpu_kernel"].is_string(), own, "{text}");
     // The model (98 MB of weights) is resident at its peak.
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 90.0, "{text}");
+    assert_eq!(v["kv_cache"], "f32", "{text}");
 
     // A second turn longer than the context is refused with the numbers.
     influence(home.path())

@@ -53,6 +53,7 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         println!("model:        {}", args.model.display());
         println!("device:       {} ({})", r.device, device.reason);
         println!("threads:      {}", r.threads);
+        println!("KV cache:     {}", r.kv_cache);
         if let Some(k) = r.cpu_kernel {
             println!("CPU kernels:  Influence's own, {k}");
         }

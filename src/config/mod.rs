@@ -8,6 +8,7 @@
 pub mod device;
 pub mod dotenv;
 pub mod keymap;
+pub mod kv;
 pub mod theme;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     pub kv_budget: usize,
     /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal` (see [`device::DeviceRequest`]).
     pub device: String,
+    /// What KV caches hold: `f32` or `f16` (see [`kv::KvType`]).
+    pub kv_cache: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -429,7 +432,8 @@ partial!(PartialEngine {
     requant_q8: bool,
     parallel: usize,
     kv_budget: usize,
-    device: String
+    device: String,
+    kv_cache: String
 });
 partial!(PartialChat {
     temperature: f32,
@@ -518,6 +522,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HF_HOME", "paths.hf_home"),
     ("INFLUENCE_THREADS", "engine.threads"),
     ("INFLUENCE_DEVICE", "engine.device"),
+    ("INFLUENCE_KV_CACHE", "engine.kv_cache"),
     ("INFLUENCE_HOST", "server.host"),
     ("INFLUENCE_PORT", "server.port"),
     ("INFLUENCE_API_KEY", "server.api_key"),
@@ -799,6 +804,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
     if let Err(e) = c.engine.device.parse::<device::DeviceRequest>() {
         return Err(bad("engine.device", format!("{:?}", c.engine.device), &e));
     }
+    if let Err(e) = c.engine.kv_cache.parse::<kv::KvType>() {
+        return Err(bad(
+            "engine.kv_cache",
+            format!("{:?}", c.engine.kv_cache),
+            &e,
+        ));
+    }
     if c.engine.max_loaded == 0 {
         return Err(bad("engine.max_loaded", "0".into(), "expected at least 1"));
     }
@@ -1012,6 +1024,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn kv_cache_type_comes_from_file_then_env_and_a_bad_one_is_named() {
+        let dir = home_with("[engine]\nkv_cache = \"f16\"\n");
+        let home = dir.path().to_str().unwrap();
+        let l = load(
+            &env_of(&[("INFLUENCE_HOME", home)]),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(l.config.engine.kv_cache, "f16");
+        let env = env_of(&[("INFLUENCE_HOME", home), ("INFLUENCE_KV_CACHE", "f32")]);
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(l.config.engine.kv_cache, "f32");
+        assert!(matches!(l.sources["engine.kv_cache"], Source::Env(_)));
+        let env = env_of(&[("INFLUENCE_HOME", home), ("INFLUENCE_KV_CACHE", "q4_0")]);
+        let err = load(&env, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("engine.kv_cache") && err.contains("\"f32\" or \"f16\""),
+            "{err}"
+        );
+        // The default config file says f32.
+        let dir = home_with("");
+        let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(l.config.engine.kv_cache.parse(), Ok(kv::KvType::F32));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct BenchResult {
     /// The own CPU kernels' variant (`AVX-512 VNNI`, `AVX2`), absent where candle's kernels run (a
     /// GPU, a CPU without AVX2, `INFLUENCE_KERNEL=0`).
     pub cpu_kernel: Option<&'static str>,
+    /// What the KV cache held: `f32` or `f16` (`engine.kv_cache`).
+    pub kv_cache: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -130,5 +132,6 @@ pub fn run_bench(
             .then(super::simd::kernel)
             .flatten()
             .map(|k| k.name()),
+        kv_cache: g.dec.kv_type().to_string(),
     })
 }

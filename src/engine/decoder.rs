@@ -16,7 +16,7 @@ use super::decode_attn;
 use super::device::HOST;
 use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvType};
 use super::legacy::{self, LMatrix, LType};
 use super::mxfp4::{self, MxMatrix};
 use super::ops;
@@ -775,6 +775,8 @@ pub struct Decoder {
     slots: Vec<Vec<KvCache>>,
     /// Sliding-window layers keep every position, as full layers do (tests compare the two).
     full_swa_cache: bool,
+    /// What the KV caches hold (`engine.kv_cache`).
+    kv_type: KvType,
     /// Mamba layers and their per-slot state, in place of `layers`.
     ssm: Option<ssm::SsmStack>,
     /// Where the weights, KV cache, RoPE tables and activations live.
@@ -1725,9 +1727,29 @@ impl Decoder {
             per_layer,
             slots: Vec::new(),
             full_swa_cache: false,
+            kv_type: KvType::from_env(),
             ssm,
             device,
         })
+    }
+
+    /// Holds new KV caches in `kind` (f32 or f16) from now on; slots already allocated are
+    /// released first, so set it before decoding.
+    pub fn set_kv_type(&mut self, kind: KvType) {
+        if kind != self.kv_type {
+            for slot in 0..self.slots.len() {
+                self.release_slot(slot);
+            }
+            for c in self.slots.iter_mut().flatten() {
+                c.hold(kind);
+            }
+            self.kv_type = kind;
+        }
+    }
+
+    /// What the KV caches hold.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Whether this decoder computes on the CPU (its own kernels) rather than a GPU.
@@ -1901,7 +1923,7 @@ impl Decoder {
     /// budget in positions bounds both. A model without attention layers has no positions to
     /// count in: its states are bounded by the slot count alone (0 here).
     fn as_positions(&self, bytes: usize) -> usize {
-        let per = self.cfg.kv_floats_per_token() * 4;
+        let per = self.cfg.kv_floats_per_token() * self.kv_type.size();
         if per == 0 {
             0
         } else {
@@ -1926,11 +1948,12 @@ impl Decoder {
             let caches = self.caches_per_slot();
             let cfg = &self.cfg;
             let full = self.full_swa_cache;
+            let kind = self.kv_type;
             self.slots.push(
                 (0..caches)
                     .map(|i| match cfg.cache_window(i).filter(|_| !full) {
-                        Some(w) => KvCache::windowed(n, w),
-                        None => KvCache::new(n),
+                        Some(w) => KvCache::windowed(n, w).holding(kind),
+                        None => KvCache::new(n).holding(kind),
                     })
                     .collect(),
             );
@@ -2927,6 +2950,14 @@ fn attention(
 /// `v` are its `t` new rows, (1, t, heads × head_dim). A layer without `k`, `v` attends over
 /// the cache as the layer it shares it with left it.
 #[allow(clippy::too_many_arguments)]
+/// A KV view in f32: an f16 cache's values widened (exactly) for the paths that read f32.
+fn widened(x: &Tensor) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => Ok(x.clone()),
+        _ => x.to_dtype(DType::F32),
+    }
+}
+
 fn seq_attention(
     cfg: &DecoderConfig,
     layer: &Layer,
@@ -3005,7 +3036,8 @@ fn seq_attention(
             window: cfg.sliding_window.filter(|_| layer.sliding),
             sinks: sinks.as_deref(),
         };
-        if let Some(y) = decode_attn::attend(&q, &k_all, &v_all, &shape) {
+        let (k32, v32) = (widened(&k_all)?, widened(&v_all)?);
+        if let Some(y) = decode_attn::attend(&q, &k32, &v32, &shape) {
             return y;
         }
     }
@@ -3025,6 +3057,7 @@ fn seq_attention(
 
     // Grouped-query attention without repeating K/V: query heads sharing a KV head are
     // stacked along the row axis, (1, nkv, n_rep * t, hd).
+    let (k_all, v_all) = (widened(&k_all)?, widened(&v_all)?);
     let n_rep = nh / nkv;
     let q = q.reshape((1, nkv, n_rep * t, hd))?;
     let mut att = (q.matmul(&k_all.t()?)? * scale)?;
@@ -3216,6 +3249,75 @@ mod tests {
         // Back to a point the windowed caches dropped: the slot starts over.
         assert_eq!(win.truncate_slot(0, 10), 0);
         assert_eq!(full.truncate_slot(0, 10), 10);
+    }
+
+    /// An f16 KV cache (`engine.kv_cache = "f16"`) takes half the bytes of an f32 one and moves
+    /// the logits only by its rounding: through the prompt path and the short-context decode
+    /// path (candle's, on the widened values) alike; greedy choices differ only at near-ties.
+    #[test]
+    fn an_f16_kv_cache_halves_the_bytes_and_moves_logits_by_its_rounding_only() {
+        let path = smollm_path();
+        let tok = super::super::tokenize::TextTokenizer::from_gguf_path(&path).unwrap();
+        let load = |kind| {
+            let mut f = super::super::gguf::open(&path).unwrap();
+            let mut d = Decoder::load(&mut f, &Device::Cpu).unwrap();
+            d.set_kv_type(kind);
+            d
+        };
+        let (mut full, mut half) = (load(KvType::F32), load(KvType::F16));
+        assert_eq!(half.kv_type(), KvType::F16);
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map_or(0, |(i, _)| i as u32)
+        };
+        // A short prompt decodes on candle's path (few scores), a long one on the own pool's.
+        let long = "The history of the bicycle spans more than two centuries. Early designs had \
+                    no pedals: riders pushed against the ground with their feet. Pedals on the \
+                    front wheel came next, then the chain drive, which let both wheels be the \
+                    same size and made the machine far safer. Pneumatic tyres followed.";
+        for text in ["Paris is the capital of", long] {
+            let ids = tok.encode(text).unwrap();
+            full.truncate_slot(0, 0);
+            half.truncate_slot(0, 0);
+            let mut a = full.forward(&ids, true).unwrap().unwrap();
+            let mut b = half.forward(&ids, true).unwrap().unwrap();
+            let (mut worst, mut same) = (0f32, 0);
+            for step in 0..24 {
+                let moved = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                worst = worst.max(moved);
+                let (x, y) = (argmax(&a), argmax(&b));
+                // SmolLM2 sits on near-ties: a choice may flip only where f32's own margin
+                // between the two tokens is within what the rounding moved.
+                let margin = a[x as usize] - a[y as usize];
+                assert!(
+                    margin <= 2.0 * moved,
+                    "{text:?} step {step}: {x} vs {y}, margin {margin}"
+                );
+                same += usize::from(x == y);
+                // Both continue from the f32 choice, so each step compares the same context.
+                a = full.forward(&[x], true).unwrap().unwrap();
+                b = half.forward(&[x], true).unwrap().unwrap();
+            }
+            assert!(same >= 20, "{text:?}: {same} of 24 greedy choices agree");
+            assert!(
+                worst > 0.0,
+                "f16 rounding changed no logit: was the cache f16?"
+            );
+            // Measured 0.5-1.4 here: a cache read at the wrong place or stride
+            // moves them by far more.
+            assert!(worst < 3.0, "{text:?}: logits moved by {worst}");
+            assert_eq!(
+                half.kv_bytes_allocated() * 2,
+                full.kv_bytes_allocated(),
+                "{text:?}"
+            );
+        }
     }
 
     /// A sequence's logits are bit-identical alone and in a batch: the property that lets a

@@ -5,8 +5,22 @@
 //! full, the positions no later query attends to are dropped and the rest moved to the front,
 //! so it stays near twice the window (or the window plus a prompt chunk) whatever the context.
 //! Its views then start at [`KvCache::start`], not at position 0.
+//!
+//! Values are held in f32 (the default: what every path computes in) or f16 (`engine.kv_cache =
+//! "f16"`, llama.cpp's and Ollama's default type: half the memory, each value rounded once when
+//! it is stored). Views come back in the held type; readers widen f16 exactly to f32.
 
 use candle_core::{DType, Result, Tensor};
+
+pub use crate::config::kv::KvType;
+
+/// The candle type of a cache holding `kind`.
+fn dtype_of(kind: KvType) -> DType {
+    match kind {
+        KvType::F32 => DType::F32,
+        KvType::F16 => DType::F16,
+    }
+}
 
 /// Smallest allocation, in positions; avoids regrowing for short chats.
 const MIN_CAPACITY: usize = 256;
@@ -33,6 +47,8 @@ pub struct KvCache {
     max: usize,
     /// A sliding-window layer's window: a query at position `p` sees `p + 1 - window..=p`.
     window: Option<usize>,
+    /// What the buffers hold.
+    dtype: DType,
 }
 
 impl KvCache {
@@ -46,6 +62,21 @@ impl KvCache {
             capacity: 0,
             max,
             window: None,
+            dtype: DType::F32,
+        }
+    }
+
+    /// The same cache holding `kind` values.
+    pub fn holding(mut self, kind: KvType) -> Self {
+        self.hold(kind);
+        self
+    }
+
+    /// Holds `kind` values from now on; what the buffers held is forgotten when that changes.
+    pub fn hold(&mut self, kind: KvType) {
+        if dtype_of(kind) != self.dtype {
+            self.release();
+            self.dtype = dtype_of(kind);
         }
     }
 
@@ -135,7 +166,7 @@ impl KvCache {
         let new_cap = rows.max(grown).max(MIN_CAPACITY).min(limit);
         let (b, h, _, d) = like.dims4()?;
         let alloc = |old: &Option<Tensor>| -> Result<Tensor> {
-            let t = Tensor::zeros((b, h, new_cap, d), DType::F32, like.device())?;
+            let t = zeroed((b, h, new_cap, d), self.dtype, like.device())?;
             if let (Some(old), true) = (old, held > 0) {
                 t.slice_set(&old.narrow(2, 0, held)?.contiguous()?, 2, 0)?;
             }
@@ -201,11 +232,29 @@ impl KvCache {
             _ => candle_core::bail!("KV cache buffers missing after allocation"),
         };
         let at = self.len - self.start;
-        kc.slice_set(&k.contiguous()?, 2, at)?;
-        vc.slice_set(&v.contiguous()?, 2, at)?;
+        let held = |x: &Tensor| x.to_dtype(self.dtype)?.contiguous();
+        kc.slice_set(&held(k)?, 2, at)?;
+        vc.slice_set(&held(v)?, 2, at)?;
         self.len = need;
         Ok((kc.narrow(2, 0, rows)?, vc.narrow(2, 0, rows)?))
     }
+}
+
+/// A zero buffer whose untouched pages cost no memory on the host: candle fills an f16 zero
+/// tensor value by value (every page resident at once), where zeroed u16 memory comes from the
+/// allocator's zero pages like an f32 one.
+fn zeroed(
+    shape: (usize, usize, usize, usize),
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    if dtype == DType::F16 && device.is_cpu() {
+        use half::vec::HalfBitsVecExt;
+        let (b, h, n, d) = shape;
+        let bits = vec![0u16; b * h * n * d];
+        return Tensor::from_vec(bits.reinterpret_into::<half::f16>(), shape, device);
+    }
+    Tensor::zeros(shape, dtype, device)
 }
 
 #[cfg(test)]
@@ -299,6 +348,32 @@ mod tests {
         f.append(&t(&[0.0; 300], 300), &t(&[0.0; 300], 300))
             .unwrap();
         assert_eq!(f.keepable(3), 3);
+    }
+
+    /// An f16 cache holds each value rounded once, in half the bytes, and reads back what it
+    /// stored; switching the type forgets what was held.
+    #[test]
+    fn an_f16_cache_holds_rounded_values_in_half_the_bytes() {
+        let vals: Vec<f32> = (0..300).map(|i| 1.0 + i as f32 / 3.0).collect();
+        let (mut full, mut half) = (KvCache::new(1000), KvCache::new(1000).holding(KvType::F16));
+        full.append(&t(&vals, 300), &t(&vals, 300)).unwrap();
+        let (k, v) = half.append(&t(&vals, 300), &t(&vals, 300)).unwrap();
+        assert_eq!((k.dtype(), v.dtype()), (DType::F16, DType::F16));
+        assert_eq!(half.bytes() * 2, full.bytes());
+        let (k, _) = half.append(&t(&[0.1], 1), &t(&[0.2], 1)).unwrap();
+        let k: Vec<f32> = k
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rounded = |x: f32| half::f16::from_f32(x).to_f32();
+        let want: Vec<f32> = vals.iter().chain(&[0.1]).map(|&x| rounded(x)).collect();
+        assert_eq!(k, want);
+        assert_ne!(k[1], vals[1], "1 + 1/3 is not an f16 value");
+        half.hold(KvType::F32);
+        assert_eq!((half.len(), half.bytes()), (0, 0));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub use constraint::{Constraint, Grammar};
 pub use decoder::{caches_from_metadata, CacheShape};
 pub use error::EngineError;
 pub use fake::FakeScript;
-pub use kv_cache::window_rows;
+pub use kv_cache::{window_rows, KvType};
 pub use params::{ContextPolicy, GenParams, MAX_REPEAT_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS};
 pub use scheduler::{EngineStats, Priority, PREFILL_CHUNK};
 pub use types::{

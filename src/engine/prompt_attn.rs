@@ -20,8 +20,12 @@
 //! operations in candle's order (`ops::softmax_row_visible`). Outside those conditions (more
 //! than 512 positions, soft caps, sinks, tiny chunks) [`attend`] declines and the caller keeps
 //! candle's path. `INFLUENCE_ATTN=candle` declines always, for comparisons.
+//!
+//! An f16 cache (`engine.kv_cache = "f16"`) is read in place, each value widened exactly to f32
+//! as it is loaded: the results are candle's path's on the widened K and V.
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
+use half::f16;
 
 /// What a chunk's attention needs besides its tensors.
 #[derive(Debug, Clone, Copy)]
@@ -46,16 +50,57 @@ fn forced_candle() -> bool {
     *F.get_or_init(|| std::env::var("INFLUENCE_ATTN").is_ok_and(|v| v.trim() == "candle"))
 }
 
+/// A value type a KV cache holds, read as f32.
+trait KvValue: Copy + Sync {
+    fn widen(self) -> f32;
+
+    /// Eight consecutive values as one vector.
+    ///
+    /// # Safety
+    /// `p` must be valid for 8 reads; the CPU must have AVX and F16C (every AVX2 CPU has).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvValue for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's promise.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl KvValue for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise; f16 is 16 bits, as `vcvtph2ps` reads them.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
+
 /// One KV buffer's view: where head 0 starts, the stride between heads, the positions held.
-struct KvView<'a> {
-    data: &'a [f32],
+struct KvView<'a, T> {
+    data: &'a [T],
     start: usize,
     head_stride: usize,
 }
 
-impl KvView<'_> {
+impl<T> KvView<'_, T> {
     /// Position `j` of KV head `g`.
-    fn row(&self, g: usize, j: usize, hd: usize) -> &[f32] {
+    fn row(&self, g: usize, j: usize, hd: usize) -> &[T] {
         let at = self.start + g * self.head_stride + j * hd;
         &self.data[at..at + hd]
     }
@@ -113,21 +158,15 @@ fn attend_with(
     let (ks, kh) = view(k)?;
     let (vs, vh) = view(v)?;
     let (k_guard, v_guard) = (k.storage_and_layout().0, v.storage_and_layout().0);
-    let (Storage::Cpu(CpuStorage::F32(k_data)), Storage::Cpu(CpuStorage::F32(v_data))) =
-        (&*k_guard, &*v_guard)
-    else {
-        return None;
-    };
-    let kv_k = KvView {
-        data: k_data,
-        start: ks,
-        head_stride: kh,
-    };
-    let kv_v = KvView {
-        data: v_data,
-        start: vs,
-        head_stride: vh,
-    };
+    fn views<'a, T>(k: &'a [T], v: &'a [T], at: [usize; 4]) -> (KvView<'a, T>, KvView<'a, T>) {
+        let view = |data, start, head_stride| KvView {
+            data,
+            start,
+            head_stride,
+        };
+        (view(k, at[0], at[1]), view(v, at[2], at[3]))
+    }
+    let at = [ks, kh, vs, vh];
 
     // The mask's rows: the last `len` columns, and the span of positions each row sees.
     let m_guard = mask.map(|m| m.storage_and_layout());
@@ -162,7 +201,61 @@ fn attend_with(
         };
         spans.push(span);
     }
+    let dims = Dims {
+        t,
+        nh,
+        nkv,
+        hd,
+        len,
+    };
+    let y = match (&*k_guard, &*v_guard) {
+        (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) => {
+            let (kv_k, kv_v) = views(kd.as_slice(), vd.as_slice(), at);
+            chunk(fma, q_data, &kv_k, &kv_v, &spans, mask_rows, dims, s.scale)
+        }
+        (Storage::Cpu(CpuStorage::F16(kd)), Storage::Cpu(CpuStorage::F16(vd))) => {
+            let (kv_k, kv_v) = views(kd.as_slice(), vd.as_slice(), at);
+            chunk(fma, q_data, &kv_k, &kv_v, &spans, mask_rows, dims, s.scale)
+        }
+        _ => return None,
+    };
+    drop((q_guard, k_guard, v_guard, m_guard));
+    Some(Tensor::from_vec(
+        y,
+        (1, t, nh * hd),
+        &candle_core::Device::Cpu,
+    ))
+}
 
+/// The chunk's and cache's sizes.
+#[derive(Clone, Copy)]
+struct Dims {
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    len: usize,
+}
+
+/// The attention output (t × heads × head_dim) of the checked views.
+#[allow(clippy::too_many_arguments)]
+fn chunk<T: KvValue>(
+    fma: bool,
+    q_data: &[f32],
+    kv_k: &KvView<T>,
+    kv_v: &KvView<T>,
+    spans: &[(usize, usize)],
+    mask_rows: Option<(&[f32], usize)>,
+    dims: Dims,
+    scale: f32,
+) -> Vec<f32> {
+    let Dims {
+        t,
+        nh,
+        nkv,
+        hd,
+        len,
+    } = dims;
     // Keys transposed per KV head, (head_dim × padded len), so 16 positions' scores are one
     // vector of multiply-adds per head dimension.
     let lp = len.next_multiple_of(KEYS);
@@ -171,7 +264,7 @@ fn attend_with(
         let dst = &mut kt[g * hd * lp..(g + 1) * hd * lp];
         for j in 0..len {
             for (d, x) in kv_k.row(g, j, hd).iter().enumerate() {
-                dst[d * lp + j] = *x;
+                dst[d * lp + j] = x.widen();
             }
         }
     }
@@ -182,14 +275,14 @@ fn attend_with(
         q: q_data,
         kt: &kt,
         lp,
-        v: &kv_v,
-        spans: &spans,
+        v: kv_v,
+        spans,
         mask: mask_rows,
         t,
         nh,
         nkv,
         hd,
-        scale: s.scale,
+        scale,
         out: out_at,
         fma,
     };
@@ -208,20 +301,15 @@ fn attend_with(
     } else {
         super::pool::run_chunked(units, run);
     }
-    drop((q_guard, k_guard, v_guard, m_guard));
-    Some(Tensor::from_vec(
-        out,
-        (1, t, nh * hd),
-        &candle_core::Device::Cpu,
-    ))
+    out
 }
 
 /// Everything a unit reads, and where it writes.
-struct Job<'a> {
+struct Job<'a, T> {
     q: &'a [f32],
     kt: &'a [f32],
     lp: usize,
-    v: &'a KvView<'a>,
+    v: &'a KvView<'a, T>,
     spans: &'a [(usize, usize)],
     /// The mask's values and columns per row.
     mask: Option<(&'a [f32], usize)>,
@@ -232,11 +320,11 @@ struct Job<'a> {
     scale: f32,
     /// Address of the (t × heads × head_dim) output.
     out: usize,
-    /// Whether the CPU runs AVX2 with FMA (the vector kernels below; same results).
+    /// Whether the CPU runs AVX2 with FMA and F16C (the vector kernels below; same results).
     fma: bool,
 }
 
-impl Job<'_> {
+impl<T: KvValue> Job<'_, T> {
     /// Query head `h`, chunk row `i`: scores, softmax and the weighted sum of values.
     ///
     /// # Safety
@@ -292,16 +380,16 @@ impl Job<'_> {
         while c < hd {
             #[cfg(target_arch = "x86_64")]
             if self.fma && hd - c >= 64 {
-                // SAFETY: `fma` says the CPU has AVX2 and FMA; `dst` as below.
+                // SAFETY: `fma` says the CPU has AVX2, FMA and F16C; `dst` as below.
                 c += unsafe { fma::weighted64(row, lo, hi, self.v, g, hd, c, dst) };
                 continue;
             }
             let w = if hd - c >= 64 {
-                weighted::<64>(row, lo, hi, self.v, g, hd, c, dst)
+                weighted::<64, T>(row, lo, hi, self.v, g, hd, c, dst)
             } else if hd - c >= 16 {
-                weighted::<16>(row, lo, hi, self.v, g, hd, c, dst)
+                weighted::<16, T>(row, lo, hi, self.v, g, hd, c, dst)
             } else {
-                weighted::<1>(row, lo, hi, self.v, g, hd, c, dst)
+                weighted::<1, T>(row, lo, hi, self.v, g, hd, c, dst)
             };
             c += w;
         }
@@ -329,11 +417,11 @@ fn scores<const B: usize>(q: &[f32], kt: &[f32], lp: usize, j0: usize, acc: &mut
 /// `dst` must be valid for `hd` writes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weighted<const W: usize>(
+unsafe fn weighted<const W: usize, T: KvValue>(
     row: &[f32],
     lo: usize,
     hi: usize,
-    v: &KvView,
+    v: &KvView<T>,
     g: usize,
     hd: usize,
     c: usize,
@@ -343,7 +431,7 @@ unsafe fn weighted<const W: usize>(
     for (j, &p) in row.iter().enumerate().take(hi).skip(lo) {
         let x = &v.row(g, j, hd)[c..c + W];
         for (a, &x) in acc.iter_mut().zip(x) {
-            *a = p.mul_add(x, *a);
+            *a = p.mul_add(x.widen(), *a);
         }
     }
     for (d, a) in acc.iter().enumerate() {
@@ -357,7 +445,9 @@ unsafe fn weighted<const W: usize>(
 fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -369,7 +459,7 @@ fn has_fma() -> bool {
 /// fused multiply-add `mul_add` is, so results are identical.
 #[cfg(target_arch = "x86_64")]
 mod fma {
-    use super::{KvView, KEYS};
+    use super::{KvValue, KvView, KEYS};
     use std::arch::x86_64::*;
 
     /// `V / 2` blocks of 16 scores from `j0` (`V` vectors of 8).
@@ -404,14 +494,14 @@ mod fma {
     /// Values `c..c + 64` of the weighted sum (see `super::weighted`). Returns 64.
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA, `c + 64 ≤ hd`, and `dst` valid for `hd` writes.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must have AVX2, FMA and F16C, `c + 64 ≤ hd`, and `dst` valid for `hd` writes.
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn weighted64(
+    pub(super) unsafe fn weighted64<T: KvValue>(
         row: &[f32],
         lo: usize,
         hi: usize,
-        v: &KvView,
+        v: &KvView<T>,
         g: usize,
         hd: usize,
         c: usize,
@@ -423,7 +513,7 @@ mod fma {
             let x = &v.row(g, j, hd)[c..c + 64];
             for (n, a) in acc.iter_mut().enumerate() {
                 // SAFETY: `x` holds 64 values.
-                let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * n)) };
+                let xv = unsafe { T::load8(x.as_ptr().add(8 * n)) };
                 *a = _mm256_fmadd_ps(b, xv, *a);
             }
         }
@@ -516,13 +606,23 @@ mod tests {
         Tensor::from_vec(m, (t, cols), &Device::Cpu).unwrap()
     }
 
-    /// K/V as a cache holds them: a buffer of `cap` positions per head, narrowed to `len`.
-    fn cache_view(kv_heads: usize, len: usize, cap: usize, hd: usize, seed: u64) -> Tensor {
+    /// K/V as a cache holds them: a buffer of `cap` positions per head in `dtype`, narrowed to
+    /// `len`.
+    fn cache_view(
+        kv_heads: usize,
+        len: usize,
+        cap: usize,
+        hd: usize,
+        seed: u64,
+        dtype: DType,
+    ) -> Tensor {
         let buf = Tensor::from_vec(
             noise(kv_heads * cap * hd, seed),
             (1, kv_heads, cap, hd),
             &Device::Cpu,
         )
+        .unwrap()
+        .to_dtype(dtype)
         .unwrap();
         buf.narrow(2, 0, len).unwrap()
     }
@@ -545,36 +645,45 @@ mod tests {
             (16, 2, 64, 1, 40, Some(32), 3),
         ];
         let mut checked = 0;
-        for (n, &(nh, nkv, hd, t, past, window, spare)) in cases.iter().enumerate() {
-            let len = past + t;
-            let s = Shape {
-                heads: nh,
-                kv_heads: nkv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-            };
-            let q = Tensor::from_vec(noise(nh * t * hd, n as u64), (1, nh, t, hd), &Device::Cpu)
-                .unwrap();
-            let k = cache_view(nkv, len, len + spare, hd, 100 + n as u64);
-            let v = cache_view(nkv, len, len + spare, hd, 200 + n as u64);
-            for fma in variants() {
-                for extra in [0, 9] {
-                    let m = mask(t, past, window, extra);
-                    let ours = attend_with(fma, &q, &k, &v, Some(&m), &s)
-                        .expect("these shapes take the own path")
+        // An f16 cache is read in place; candle's path reads it widened to f32.
+        for dtype in [DType::F32, DType::F16] {
+            for (n, &(nh, nkv, hd, t, past, window, spare)) in cases.iter().enumerate() {
+                let len = past + t;
+                let s = Shape {
+                    heads: nh,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                let q =
+                    Tensor::from_vec(noise(nh * t * hd, n as u64), (1, nh, t, hd), &Device::Cpu)
                         .unwrap();
-                    let theirs = candle_path(&q, &k, &v, Some(&m), &s);
-                    assert_eq!(ours.dims(), theirs.dims());
-                    let at = format!("case {n}, extra columns {extra}, fma {fma}");
+                let k = cache_view(nkv, len, len + spare, hd, 100 + n as u64, dtype);
+                let v = cache_view(nkv, len, len + spare, hd, 200 + n as u64, dtype);
+                let (k32, v32) = (
+                    k.to_dtype(DType::F32).unwrap(),
+                    v.to_dtype(DType::F32).unwrap(),
+                );
+                for fma in variants() {
+                    for extra in [0, 9] {
+                        let m = mask(t, past, window, extra);
+                        let ours = attend_with(fma, &q, &k, &v, Some(&m), &s)
+                            .expect("these shapes take the own path")
+                            .unwrap();
+                        let theirs = candle_path(&q, &k32, &v32, Some(&m), &s);
+                        assert_eq!(ours.dims(), theirs.dims());
+                        let at = format!("{dtype:?} case {n}, extra columns {extra}, fma {fma}");
+                        assert!(bits(&ours) == bits(&theirs), "{at}");
+                        checked += 1;
+                    }
+                    let ours = attend_with(fma, &q, &k, &v, None, &s).unwrap().unwrap();
+                    let theirs = candle_path(&q, &k32, &v32, None, &s);
+                    let at = format!("{dtype:?} case {n}, no mask, fma {fma}");
                     assert!(bits(&ours) == bits(&theirs), "{at}");
-                    checked += 1;
                 }
-                let ours = attend_with(fma, &q, &k, &v, None, &s).unwrap().unwrap();
-                let theirs = candle_path(&q, &k, &v, None, &s);
-                assert!(bits(&ours) == bits(&theirs), "case {n}, no mask, fma {fma}");
             }
         }
-        assert_eq!(checked, 2 * cases.len() * variants().len());
+        assert_eq!(checked, 2 * 2 * cases.len() * variants().len());
     }
 
     #[test]

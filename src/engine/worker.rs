@@ -188,7 +188,10 @@ pub(crate) fn load_gguf(
             })
             .sum();
         // Sliding-window layers hold at most their window's rows.
-        let kv = |n: u64| (cfg.kv_floats(n as usize, super::scheduler::PREFILL_CHUNK) * 4) as u64;
+        let per_value = super::KvType::from_env().size();
+        let kv = |n: u64| {
+            (cfg.kv_floats(n as usize, super::scheduler::PREFILL_CHUNK) * per_value) as u64
+        };
         super::device::check_fits(device, weights, kv, cfg.context_length as u64)?;
     }
     let mut dec = Decoder::load(&mut f, device)?;

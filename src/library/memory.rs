@@ -205,12 +205,13 @@ impl ModelShape {
             }
             .or(heads)?;
             let head_dim = key("attention.key_length").or_else(|| width?.checked_div(heads?))?;
-            // candle's quantized models compute in f32, so their KV cache holds f32 values.
-            let all = kv_per_token(attention, kv_heads, head_dim, 4);
+            // The engine's caches hold f32, or f16 with `engine.kv_cache = "f16"`.
+            let value = crate::config::kv::KvType::from_env().size() as u64;
+            let all = kv_per_token(attention, kv_heads, head_dim, value);
             let swa = sliding_layers(arch, layers, key).filter(|_| recurrent == 0);
             windowed = swa.map(|(window, n)| Windowed {
                 window,
-                kv_bytes_per_token: kv_per_token(n, kv_heads, head_dim, 4),
+                kv_bytes_per_token: kv_per_token(n, kv_heads, head_dim, value),
             });
             all
         } else {
@@ -260,7 +261,9 @@ fn engine_caches(
         })
         .collect();
     let caches = crate::engine::caches_from_metadata(&md, arch).ok()?;
-    let bytes = |c: &crate::engine::CacheShape| (c.floats_per_position as u64).saturating_mul(4);
+    let value = crate::config::kv::KvType::from_env().size() as u64;
+    let bytes =
+        |c: &crate::engine::CacheShape| (c.floats_per_position as u64).saturating_mul(value);
     let all = caches.iter().map(bytes).fold(0u64, u64::saturating_add);
     // One window serves every windowed cache (the file's `attention.sliding_window`).
     let window = caches.iter().find_map(|c| c.window);
