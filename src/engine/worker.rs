@@ -138,6 +138,17 @@ fn canonical(path: &Path) -> Result<PathBuf, EngineError> {
     })
 }
 
+/// Hands the memory that loading freed back to the system. Reading and repacking a file frees
+/// its raw tensor bytes between the repacked weights that stay, and glibc keeps such holes in
+/// the middle of its heap resident (it only trims the top); `malloc_trim` releases their pages.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Loads a GGUF generative model; the tokenizer and template are checked before any weight.
 pub(crate) fn load_gguf(
     path: &Path,
@@ -206,6 +217,9 @@ pub(crate) fn load_gguf(
         slow_quant_warning: stats.slow_warning,
         chat_template: Some(template.source().to_string()),
     };
+    // The file's header (its vocabulary's strings among it) goes too.
+    drop(f);
+    release_freed_memory();
     Ok((GenModel::new(dec, tok, template), info))
 }
 
