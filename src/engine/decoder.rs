@@ -1734,7 +1734,8 @@ impl Decoder {
     }
 
     /// Holds new KV caches in `kind` (f32 or f16) from now on; slots already allocated are
-    /// released first, so set it before decoding.
+    /// released first, so set it before decoding. (Loading takes `engine.kv_cache`.)
+    #[cfg(test)]
     pub fn set_kv_type(&mut self, kind: KvType) {
         if kind != self.kv_type {
             for slot in 0..self.slots.len() {
