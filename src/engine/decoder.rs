@@ -2947,10 +2947,6 @@ fn attention(
     }
 }
 
-/// One sequence's attention over its KV slot: `q` and (for a layer that owns its cache) `k`,
-/// `v` are its `t` new rows, (1, t, heads × head_dim). A layer without `k`, `v` attends over
-/// the cache as the layer it shares it with left it.
-#[allow(clippy::too_many_arguments)]
 /// A KV view in f32: an f16 cache's values widened (exactly) for the paths that read f32.
 fn widened(x: &Tensor) -> candle_core::Result<Tensor> {
     match x.dtype() {
@@ -2959,6 +2955,10 @@ fn widened(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// One sequence's attention over its KV slot: `q` and (for a layer that owns its cache) `k`,
+/// `v` are its `t` new rows, (1, t, heads × head_dim). A layer without `k`, `v` attends over
+/// the cache as the layer it shares it with left it.
+#[allow(clippy::too_many_arguments)]
 fn seq_attention(
     cfg: &DecoderConfig,
     layer: &Layer,
