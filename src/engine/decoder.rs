@@ -16,7 +16,7 @@ use super::decode_attn;
 use super::device::HOST;
 use super::gguf::{GgufFile, Meta};
 use super::kq::{self, KMatrix, KType};
-use super::kv_cache::{KvCache, KvType};
+use super::kv_cache::{widened, KvCache, KvType};
 use super::legacy::{self, LMatrix, LType};
 use super::mxfp4::{self, MxMatrix};
 use super::ops;
@@ -2944,14 +2944,6 @@ fn attention(
     match &layer.o_bias {
         Some(b) => out.broadcast_add(b),
         None => Ok(out),
-    }
-}
-
-/// A KV view in f32: an f16 cache's values widened (exactly) for the paths that read f32.
-fn widened(x: &Tensor) -> candle_core::Result<Tensor> {
-    match x.dtype() {
-        DType::F32 => Ok(x.clone()),
-        _ => x.to_dtype(DType::F32),
     }
 }
 
