@@ -37,6 +37,10 @@ pub struct Cli {
     /// GPU number for --device cuda or metal (or auto); the same as cuda:N.
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "N")]
     pub device_index: Option<usize>,
+    /// Layers to run on the GPU (llama.cpp's -ngl); the CPU runs the rest. Default: all when
+    /// the model fits, else as many as fit. Overrides INFLUENCE_GPU_LAYERS and engine.gpu_layers.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "N")]
+    pub gpu_layers: Option<usize>,
     /// Run the OpenAI/Ollama-compatible API server without the TUI (logs also go to stderr).
     #[arg(long)]
     pub serve: bool,
@@ -96,6 +100,7 @@ impl Cli {
             threads: self.threads,
             device: self.device.clone(),
             device_index: self.device_index,
+            gpu_layers: self.gpu_layers,
             endpoint: self.endpoint.clone(),
             host: self.host.clone(),
             port: self.port,

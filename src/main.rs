@@ -31,6 +31,10 @@ fn main() -> ExitCode {
     // The engine reads the KV cache type when it loads a model (`engine.kv_cache`, or the
     // INFLUENCE_KV_CACHE it was already read from); set it before any thread starts.
     std::env::set_var("INFLUENCE_KV_CACHE", &loaded.config.engine.kv_cache);
+    std::env::set_var(
+        "INFLUENCE_GPU_LAYERS",
+        loaded.config.engine.gpu_layers.to_string(),
+    );
     let _log_guard =
         match influence::logging::init(&loaded.dirs.log_dir, &loaded.config.log_level, cli.serve) {
             Ok(g) => Some(g),

@@ -52,6 +52,9 @@ pub fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<()> {
     } else {
         println!("model:        {}", args.model.display());
         println!("device:       {} ({})", r.device, device.reason);
+        if let Some(n) = r.gpu_layers {
+            println!("GPU layers:   {n} of {} (the CPU runs the rest)", r.layers);
+        }
         println!("threads:      {}", r.threads);
         println!("KV cache:     {}", r.kv_cache);
         if let Some(k) = r.cpu_kernel {

@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod dotenv;
+pub mod gpu_layers;
 pub mod keymap;
 pub mod kv;
 pub mod theme;
@@ -66,6 +67,8 @@ pub struct EngineConfig {
     pub device: String,
     /// What KV caches hold: `f32` or `f16` (see [`kv::KvType`]).
     pub kv_cache: String,
+    /// Layers on the GPU: a number or `auto` (see [`gpu_layers::GpuLayers`]).
+    pub gpu_layers: gpu_layers::GpuLayers,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +180,7 @@ pub struct FlagOverrides {
     pub threads: Option<usize>,
     pub device: Option<String>,
     pub device_index: Option<usize>,
+    pub gpu_layers: Option<usize>,
     pub endpoint: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -433,7 +437,8 @@ partial!(PartialEngine {
     parallel: usize,
     kv_budget: usize,
     device: String,
-    kv_cache: String
+    kv_cache: String,
+    gpu_layers: gpu_layers::GpuLayers
 });
 partial!(PartialChat {
     temperature: f32,
@@ -523,6 +528,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("INFLUENCE_THREADS", "engine.threads"),
     ("INFLUENCE_DEVICE", "engine.device"),
     ("INFLUENCE_KV_CACHE", "engine.kv_cache"),
+    ("INFLUENCE_GPU_LAYERS", "engine.gpu_layers"),
     ("INFLUENCE_HOST", "server.host"),
     ("INFLUENCE_PORT", "server.port"),
     ("INFLUENCE_API_KEY", "server.api_key"),
@@ -544,6 +550,13 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
 
 /// Looks up the type a key has in the defaults, to parse env values into it.
 fn typed(defaults: &toml::Table, key: &str, raw: &str) -> Result<toml::Value, String> {
+    // A number or a word: checked here so that a bad one names its variable.
+    if key == "engine.gpu_layers" {
+        return match raw.parse::<gpu_layers::GpuLayers>()? {
+            gpu_layers::GpuLayers::Count(n) => Ok(toml::Value::Integer(n as i64)),
+            auto => Ok(toml::Value::String(auto.to_string())),
+        };
+    }
     let mut v: Option<&toml::Value> = None;
     let mut t = defaults;
     for p in key.split('.') {
@@ -687,6 +700,11 @@ fn load_layers(
         "engine.device",
         "device",
         flags.device.clone().map(Into::into),
+    );
+    flag(
+        "engine.gpu_layers",
+        "gpu-layers",
+        flags.gpu_layers.map(|n| n.to_string().into()),
     );
     flag(
         "hub.endpoint",
@@ -1054,6 +1072,60 @@ mod tests {
         let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
         let l = load(&env, None, &Default::default()).unwrap();
         assert_eq!(l.config.engine.kv_cache.parse(), Ok(kv::KvType::F32));
+    }
+
+    #[test]
+    fn gpu_layers_come_from_file_env_then_flag_and_a_bad_one_is_named() {
+        use gpu_layers::GpuLayers;
+        // The default config file says auto.
+        let dir = home_with("");
+        let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(l.config.engine.gpu_layers, GpuLayers::Auto);
+
+        let dir = home_with("[engine]\ngpu_layers = 20\n");
+        let home = dir.path().to_str().unwrap();
+        let l = load(
+            &env_of(&[("INFLUENCE_HOME", home)]),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(l.config.engine.gpu_layers, GpuLayers::Count(20));
+        assert!(matches!(l.sources["engine.gpu_layers"], Source::File(_)));
+
+        let env = env_of(&[("INFLUENCE_HOME", home), ("INFLUENCE_GPU_LAYERS", "auto")]);
+        let l = load(&env, None, &Default::default()).unwrap();
+        assert_eq!(l.config.engine.gpu_layers, GpuLayers::Auto);
+        assert!(matches!(l.sources["engine.gpu_layers"], Source::Env(_)));
+
+        let flags = FlagOverrides {
+            gpu_layers: Some(8),
+            ..Default::default()
+        };
+        let l = load(&env, None, &flags).unwrap();
+        assert_eq!(l.config.engine.gpu_layers, GpuLayers::Count(8));
+        assert_eq!(
+            l.sources["engine.gpu_layers"],
+            Source::Flag("gpu-layers".into())
+        );
+        let shown = l.describe();
+        assert!(shown.contains("= 8    # flag --gpu-layers"), "{shown}");
+
+        let env = env_of(&[("INFLUENCE_HOME", home), ("INFLUENCE_GPU_LAYERS", "most")]);
+        let err = load(&env, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("INFLUENCE_GPU_LAYERS") && err.contains("\"auto\""),
+            "{err}"
+        );
+        let dir = home_with("[engine]\ngpu_layers = -2\n");
+        let env = env_of(&[("INFLUENCE_HOME", dir.path().to_str().unwrap())]);
+        let err = load(&env, None, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gpu_layers"), "{err}");
     }
 
     #[test]

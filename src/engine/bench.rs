@@ -36,6 +36,11 @@ pub struct BenchResult {
     pub cpu_kernel: Option<&'static str>,
     /// What the KV cache held: `f32` or `f16` (`engine.kv_cache`).
     pub kv_cache: String,
+    /// On a GPU: the layers that ran there (`engine.gpu_layers` as applied; the CPU ran the
+    /// rest); absent on the CPU.
+    pub gpu_layers: Option<usize>,
+    /// The model's layers.
+    pub layers: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -110,6 +115,7 @@ pub fn run_bench(
         ttft2.push(second);
     }
     g.dec.truncate_slot(0, 0);
+    let (on_device, layers) = g.dec.layers_on_device();
     let gpu_mem_mib = match (free_before, device.memory()) {
         (Some((before, _)), Some((after, _))) => {
             Some(before.saturating_sub(after) as f64 / (1 << 20) as f64)
@@ -126,12 +132,12 @@ pub fn run_bench(
         peak_rss_mib: crate::procmem::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
         device: device.label.clone(),
         gpu_mem_mib,
-        cpu_kernel: device
-            .device
-            .is_cpu()
+        cpu_kernel: (on_device < layers)
             .then(super::simd::kernel)
             .flatten()
             .map(|k| k.name()),
         kv_cache: g.dec.kv_type().to_string(),
+        gpu_layers: info.gpu_layers.map(|(n, _)| n),
+        layers,
     })
 }

@@ -457,20 +457,19 @@ impl DecoderConfig {
         (self.is_swa(i) && !self.is_recurrent(i) && sliding_readers).then_some(w)
     }
 
-    /// f32 values of K and V one slot holds at `positions` positions, fed in prompt chunks of
-    /// at most `chunk`: cache-owning attention layers only, a windowed cache at most
+    /// f32 values of K and V layer `i`'s own cache holds at `positions` positions, fed in
+    /// prompt chunks of at most `chunk`: 0 for a layer that owns none (a recurrent one, or one
+    /// that reads another layer's), a windowed cache at most
     /// [`window_rows`](super::kv_cache::window_rows) of them.
-    pub fn kv_floats(&self, positions: usize, chunk: usize) -> usize {
-        self.caches()
-            .iter()
-            .map(|c| {
-                let rows = match c.window {
-                    Some(w) => positions.min(super::kv_cache::window_rows(w, chunk)),
-                    None => positions,
-                };
-                c.floats_per_position * rows
-            })
-            .sum()
+    pub fn layer_kv_floats(&self, i: usize, positions: usize, chunk: usize) -> usize {
+        if i >= self.kv_layers.min(self.n_layer) || self.is_recurrent(i) {
+            return 0;
+        }
+        let rows = match self.cache_window(i) {
+            Some(w) => positions.min(super::kv_cache::window_rows(w, chunk)),
+            None => positions,
+        };
+        2 * self.layer_kv_heads(i) * self.layer_head_dim(i) * rows
     }
 
     /// The KV caches one slot holds, in layer order: cache-owning attention layers only.
@@ -779,8 +778,14 @@ pub struct Decoder {
     kv_type: KvType,
     /// Mamba layers and their per-slot state, in place of `layers`.
     ssm: Option<ssm::SsmStack>,
-    /// Where the weights, KV cache, RoPE tables and activations live.
+    /// The device the first `on_device` layers compute on with candle's kernels: their
+    /// weights, KV caches, RoPE rows and masks live there. The other layers run on the host
+    /// with the own kernels. The output head goes with the last layer.
     device: Device,
+    /// Layers on `device`: 0 on the CPU, all of them on a GPU that holds the whole model, fewer
+    /// when it does not (`engine.gpu_layers`). With `device` the CPU and `on_device` above 0,
+    /// those layers take the GPU path on the CPU (tests compare the two paths this way).
+    on_device: usize,
 }
 
 /// Where weights come from. Names are always GGUF names; safetensors folders are mapped to
@@ -795,7 +800,10 @@ enum Source<'a> {
 
 struct Loader<'a> {
     src: Source<'a>,
+    /// Where the tensors being loaded go.
     device: Device,
+    /// Whether they run on the own CPU kernels (repacked at load) rather than candle's.
+    own: bool,
     /// Convert Q4_1/Q5_0/Q5_1 matrices to Q8_0 at load (`INFLUENCE_REQUANT_Q8=1`): they then run
     /// on the Q8_0 kernel (1.3-1.6x faster generation, 1.5-1.8x faster prompts; ~1.3x on candle's
     /// kernels), with ~1.5x the memory for those weights and slightly different outputs.
@@ -918,7 +926,7 @@ impl Loader<'_> {
             let storage = candle_core::quantized::QStorage::from_data(bytes, &self.device, dtype)?;
             let qe = QTensor::new(storage, (rows / parts, cols))?;
             let label = format!("{name}[{e}]");
-            out[part].push(if self.device.is_cpu() {
+            out[part].push(if self.own {
                 match self.repack(&label, &qe)? {
                     Some(Own::Q8(m)) => Linear::Q8(Arc::new(m)),
                     Some(Own::K(m)) => Linear::K(Arc::new(m)),
@@ -958,7 +966,7 @@ impl Loader<'_> {
 
     /// The shape and bytes of MXFP4 tensor `name`; MXFP4 runs on the CPU only.
     fn mx_bytes(&mut self, name: &str) -> Result<(Vec<usize>, Vec<u8>), EngineError> {
-        if !self.device.is_cpu() {
+        if !self.own {
             return Err(EngineError::UnsupportedQuant {
                 dtype: format!(
                     "MXFP4 (tensor `{name}`) on a GPU: Influence computes MXFP4 on the CPU only; run this model with --device cpu"
@@ -1043,7 +1051,7 @@ impl Loader<'_> {
     fn matmul(&mut self, name: &str) -> Result<Linear, EngineError> {
         match &self.src {
             // A GPU runs candle's quantized matmul on the weights as stored.
-            Source::Gguf(_) if !self.device.is_cpu() => {
+            Source::Gguf(_) if !self.own => {
                 let device = self.device.clone();
                 Ok(Linear::Candle(QMatMul::from_qtensor(
                     self.qtensor_on(name, &device)?,
@@ -1141,9 +1149,7 @@ impl Loader<'_> {
             // On a GPU the table stays quantized in host memory: a lookup dequantizes a few rows
             // and copies them over, so the device holds no second copy unless the output
             // projection is tied to it.
-            Source::Gguf(_) if !self.device.is_cpu() => {
-                Ok(Embedding::Quantized(Arc::new(self.qtensor(name)?)))
-            }
+            Source::Gguf(_) if !self.own => Ok(Embedding::Quantized(Arc::new(self.qtensor(name)?))),
             Source::Gguf(_) => {
                 let q = self.qtensor(name)?;
                 match self.repack(name, &q)? {
@@ -1171,10 +1177,11 @@ impl Embedding {
     /// The rows of `ids`, (1, ids, hidden), on `device`.
     fn lookup(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
         match self {
-            // The own kernels' tables exist only on the CPU.
-            Embedding::Q8(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
-            Embedding::K(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
-            Embedding::L(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r)),
+            // The own kernels' tables exist only on the host; with the first layers on a GPU
+            // the rows go over.
+            Embedding::Q8(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r))?.to_device(device),
+            Embedding::K(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r))?.to_device(device),
+            Embedding::L(m) => rows_of(ids, m.rows(), m.cols(), |r| m.row(r))?.to_device(device),
             Embedding::Quantized(q) => {
                 let host = Tensor::new(ids, &HOST)?.unsqueeze(0)?;
                 q.embedding(&host)?.to_dtype(DType::F32)?.to_device(device)
@@ -1182,7 +1189,8 @@ impl Embedding {
             Embedding::Dense(w) => {
                 let ids_t = Tensor::new(ids, w.device())?;
                 w.index_select(&ids_t, 0)?
-                    .reshape((1, ids.len(), w.dim(1)?))
+                    .reshape((1, ids.len(), w.dim(1)?))?
+                    .to_device(device)
             }
         }
     }
@@ -1358,8 +1366,21 @@ fn yarn_params(y: &Yarn, dims: usize, base: f32) -> (f32, f32, f32, f32) {
 }
 
 impl Decoder {
-    /// Reads all weights. The caller has already validated the header (`gguf::open`).
+    /// Reads all weights, every layer on `device`. The caller has already validated the
+    /// header (`gguf::open`).
+    #[cfg(test)]
     pub fn load(f: &mut GgufFile, device: &Device) -> Result<Self, EngineError> {
+        let all = if device.is_cpu() { 0 } else { usize::MAX };
+        Self::load_split(f, device, all)
+    }
+
+    /// Reads all weights, the first `on_device` layers (and the output head when that is all
+    /// of them) on `device`, the rest on the host.
+    pub fn load_split(
+        f: &mut GgufFile,
+        device: &Device,
+        on_device: usize,
+    ) -> Result<Self, EngineError> {
         let arch = f.arch.clone();
         let meta = Meta {
             path: &f.path,
@@ -1371,22 +1392,26 @@ impl Decoder {
             Loader {
                 src: Source::Gguf(f),
                 device: device.clone(),
+                own: device.is_cpu(),
                 // The Q8_0 conversion exists for the own CPU kernels.
                 requant_q8: device.is_cpu()
                     && requant_q8_requested()
                     && super::simd::kernel().is_none(),
             },
             None,
+            on_device,
         )
     }
 
-    /// Loads a Hugging Face safetensors folder (f32/f16/bf16 weights, computed in f32).
+    /// Loads a Hugging Face safetensors folder (f32/f16/bf16 weights, computed in f32), the
+    /// first `on_device` layers on `device` as [`load_split`](Self::load_split) places them.
     pub fn load_safetensors(
         dir: &Path,
         cfg: DecoderConfig,
         tensors: HashMap<String, Tensor>,
         freq_factors: Option<Vec<f32>>,
         device: &Device,
+        on_device: usize,
     ) -> Result<Self, EngineError> {
         Self::build(
             cfg,
@@ -1396,9 +1421,11 @@ impl Decoder {
                     tensors,
                 },
                 device: device.clone(),
+                own: device.is_cpu(),
                 requant_q8: false,
             },
             freq_factors,
+            on_device,
         )
     }
 
@@ -1406,9 +1433,30 @@ impl Decoder {
         cfg: DecoderConfig,
         mut l: Loader,
         freq_factors_hf: Option<Vec<f32>>,
+        on_device: usize,
     ) -> Result<Self, EngineError> {
+        let device = l.device.clone();
+        let on_device = on_device.min(cfg.n_layer);
+        let split = on_device > 0 && on_device < cfg.n_layer;
+        if split && (cfg.ssm.is_some() || cfg.delta_net.is_some()) {
+            return Err(EngineError::Device(format!(
+                "{on_device} of {} layers on the GPU: Influence splits attention models only, \
+                 and this one has recurrent layers; set engine.gpu_layers to \"auto\" or {} \
+                 (all), or use --device cpu",
+                cfg.n_layer, cfg.n_layer
+            )));
+        }
+        // Each part is loaded where it runs: `on(true)` the device, `on(false)` the host.
+        let place = |l: &mut Loader, on_dev: bool| {
+            l.device = if on_dev { device.clone() } else { HOST };
+            l.own = !on_dev;
+        };
+        // The embedding table, the output head and whatever is not in a layer go with the last
+        // layer: the head is most of a small model's bytes and the first to leave the GPU.
+        let head_on_device = on_device > 0 && on_device == cfg.n_layer;
+        place(&mut l, head_on_device);
         let embed = l.embedding("token_embd.weight")?;
-        let gpu_gguf = !l.device.is_cpu() && matches!(l.src, Source::Gguf(_));
+        let gpu_gguf = !l.own && matches!(l.src, Source::Gguf(_));
         let lm_head = if l.has("output.weight") {
             l.matmul("output.weight")?
         } else if gpu_gguf {
@@ -1434,7 +1482,6 @@ impl Decoder {
             Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
             None => freq_factors_hf,
         };
-        let device = l.device.clone();
         let rope = rope_tables(&cfg, cfg.rope_dim, cfg.rope_base, freq_factors.as_deref());
         // Gemma 4's frequency factors are for its full layers only.
         let local_differs = cfg.rope_base_local != cfg.rope_base
@@ -1486,6 +1533,7 @@ impl Decoder {
         let attention_layers = if pure_ssm { 0 } else { cfg.n_layer };
         let mut layers = Vec::with_capacity(attention_layers);
         for i in 0..attention_layers {
+            place(&mut l, i < on_device);
             let p = |s: &str| format!("blk.{i}.{s}");
             let kv_src = cfg.kv_source(i);
             let recurrent = cfg.is_recurrent(i);
@@ -1730,6 +1778,7 @@ impl Decoder {
             kv_type: KvType::from_env(),
             ssm,
             device,
+            on_device,
         })
     }
 
@@ -1753,9 +1802,23 @@ impl Decoder {
         self.kv_type
     }
 
-    /// Whether this decoder computes on the CPU (its own kernels) rather than a GPU.
+    /// Whether this decoder computes on the CPU alone (its own kernels), no layer on a GPU.
     pub fn on_cpu(&self) -> bool {
-        self.device.is_cpu()
+        self.on_device == 0
+    }
+
+    /// Layers on the device and layers in all (`engine.gpu_layers` as it was applied).
+    pub fn layers_on_device(&self) -> (usize, usize) {
+        (self.on_device, self.cfg.n_layer)
+    }
+
+    /// Where layer `li` computes.
+    fn layer_device(&self, li: usize) -> &Device {
+        if li < self.on_device {
+            &self.device
+        } else {
+            &HOST
+        }
     }
 
     /// One short forward on a GPU right after loading, so the first answer does not pay for
@@ -1850,7 +1913,7 @@ impl Decoder {
     pub fn packs_prompts(&self) -> bool {
         // candle's GPU kernels change with the row count; keep prompt chunks alone there.
         // Mamba's lone chunks take the dense path through its projections.
-        if !self.device.is_cpu() || self.ssm.is_some() {
+        if !self.on_cpu() || self.ssm.is_some() {
             return false;
         }
         // A lone chunk would take the dense GEMM, or candle's multi-row Q6_K kernel where a
@@ -2006,30 +2069,41 @@ impl Decoder {
         }
         let dense_ok = seqs.len() == 1;
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.ids.iter().copied()).collect();
-        let mut x = self.embed.lookup(&all, &self.device)?;
+        let first = self.layer_device(0).clone();
+        let head = self
+            .layer_device(self.cfg.n_layer.saturating_sub(1))
+            .clone();
+        let mut x = self.embed.lookup(&all, &first)?;
         if let Some(scale) = self.cfg.embed_scale {
             // llama.cpp scales Gemma's embeddings by sqrt(hidden) in f32, Granite's by its
             // multiplier; either way one multiply.
             x = (x * scale)?;
         }
+        // Gemma 4's per-layer inputs are made where the head is, and each layer takes its own.
         let per_layer_inputs = match &self.per_layer {
             Some(p) => Some(per_layer_inputs(
                 p,
                 &all,
-                &x,
+                &x.to_device(&head)?,
                 &self.cfg,
-                &self.device,
+                &head,
                 dense_ok,
             )?),
             None => None,
         };
-        // Per-sequence attention inputs: row offset, length, masks and RoPE rows.
+        // Per-sequence attention inputs: row offset, length, masks and RoPE rows; a second set
+        // on the host when the layers are split between a GPU and the CPU.
+        let split = self.on_device > 0 && self.on_device < self.layers.len();
         let mut parts = Vec::with_capacity(seqs.len());
+        let mut host_parts = Vec::new();
         let mut offset = 0;
         for s in seqs {
             let t = s.ids.len();
             let pos = self.slot_len(s.slot);
-            parts.push(self.seq_part(s.slot, offset, t, pos)?);
+            parts.push(self.seq_part(s.slot, offset, t, pos, &first)?);
+            if split {
+                host_parts.push(self.seq_part(s.slot, offset, t, pos, &HOST)?);
+            }
             offset += t;
             self.slot_caches(s.slot);
         }
@@ -2054,6 +2128,15 @@ impl Decoder {
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
         for (li, layer) in self.layers.iter().enumerate() {
+            // The one crossing of a split model: its activations leave the GPU once per step.
+            let parts = if split && li >= self.on_device {
+                if x.device().same_device(&self.device) {
+                    x = x.to_device(&HOST)?;
+                }
+                &host_parts
+            } else {
+                &parts
+            };
             let norm = |x: &Tensor, w: &Option<Tensor>| match w {
                 Some(w) => ops::rms_norm(x, w, eps),
                 None => Ok(x.clone()),
@@ -2067,7 +2150,7 @@ impl Decoder {
                 }
                 _ => {
                     let h = norm(&x, &layer.attn_norm)?;
-                    attention(cfg, layer, &h, &parts, &mut self.slots, dense_ok)?
+                    attention(cfg, layer, &h, parts, &mut self.slots, dense_ok)?
                 }
             };
             if let Some(n) = &layer.post_attn_norm {
@@ -2156,7 +2239,7 @@ impl Decoder {
             }
             x = ops::add(&x, &ff)?;
             if let (Some(b), Some(inputs)) = (&layer.per_layer, &per_layer_inputs) {
-                let own = inputs.narrow(2, li, 1)?.squeeze(2)?;
+                let own = inputs.narrow(2, li, 1)?.squeeze(2)?.to_device(x.device())?;
                 let g = (linear(&b.gate, &x, dense_ok)?.gelu()? * own)?;
                 let out = linear(&b.proj, &g, dense_ok)?;
                 x = ops::add(&x, &ops::rms_norm(&out, &b.post_norm, eps)?)?;
@@ -2204,9 +2287,9 @@ impl Decoder {
         offset: usize,
         t: usize,
         pos: usize,
+        dev: &Device,
     ) -> candle_core::Result<SeqPart> {
         let kv = pos + t;
-        let dev = &self.device;
         let mask = (t > 1 && !self.layers.is_empty())
             .then(|| causal_mask(t, pos, None, dev))
             .transpose()?;
@@ -3006,7 +3089,11 @@ fn seq_attention(
             };
             cache.append(&k, &v)?
         }
-        None => cache.view()?,
+        // A shared cache may sit on the other side of a split.
+        None => {
+            let (k, v) = cache.view()?;
+            (k.to_device(q.device())?, v.to_device(q.device())?)
+        }
     };
     let kv_len = k_all.dim(2)?;
     let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
@@ -3363,6 +3450,142 @@ mod tests {
             .contains("twice"));
     }
 
+    /// Greedy ids of `steps` tokens after `prompt`, two sequences at once (slots 0 and 1, the
+    /// second prompt one token shorter), with the worst logit gap to `reference`'s logits.
+    fn greedy_pair(dec: &mut Decoder, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32)
+        };
+        let first = dec
+            .forward_batch(&[
+                SeqStep {
+                    slot: 0,
+                    ids: prompt,
+                    logits: true,
+                },
+                SeqStep {
+                    slot: 1,
+                    ids: &prompt[1..],
+                    logits: true,
+                },
+            ])
+            .unwrap();
+        let mut logits: Vec<Vec<f32>> = first.into_iter().map(Option::unwrap).collect();
+        let (mut ids, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..steps {
+            let next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
+            ids.extend(&next);
+            all.extend(logits.drain(..));
+            logits = dec
+                .forward_batch(&[
+                    SeqStep {
+                        slot: 0,
+                        ids: &next[..1],
+                        logits: true,
+                    },
+                    SeqStep {
+                        slot: 1,
+                        ids: &next[1..],
+                        logits: true,
+                    },
+                ])
+                .unwrap()
+                .into_iter()
+                .map(Option::unwrap)
+                .collect();
+        }
+        (ids, all)
+    }
+
+    /// `engine.gpu_layers`: a model split between the device and the host computes what the
+    /// host alone computes. On the CPU the device's layers take the GPU path (candle's
+    /// kernels, quantized weights as stored, the embedding table in host memory, masks and
+    /// RoPE rows of their own), so this checks the split itself: the crossing, per-device
+    /// masks, a shared KV cache read across it (Gemma 4), per-layer inputs (Gemma 4),
+    /// experts (Qwen3-MoE), two sequences batched. With f32 weights both sides run the same
+    /// kernels and every logit must match bit for bit. Quantized, candle's kernels round
+    /// activations their own way (Q8_0 by 32-value blocks with f16 scales, the own kernel with
+    /// f32 ones: 0.8 % of the largest logit here, 6 % on Gemma 4's outliers, which is left
+    /// out): synthetic models decode with clear margins, so the greedy ids must agree, and the
+    /// logits within 2 % of their largest magnitude.
+    #[test]
+    fn a_model_split_between_device_and_host_decodes_as_the_host_does() {
+        use test_synth::Mix;
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (&test_synth::GEMMA4, Mix::F32),
+            (&test_synth::QWEN3MOE, Mix::F32),
+            (&test_synth::LLAMA, Mix::F32),
+            (&test_synth::LLAMA, Mix::Q8_0),
+            (&test_synth::GEMMA4, Mix::Q4KM),
+            (&test_synth::LLAMA, Mix::Q4KM),
+            (&test_synth::QWEN3MOE, Mix::Q4_0),
+            (&test_synth::PHI3, Mix::Q6K),
+        ];
+        for (family, mix) in cases {
+            let spec = test_synth::Spec::preset(family, "tiny", mix, 11).unwrap();
+            let plan = test_synth::Plan::new(spec).unwrap();
+            let path = dir.path().join(format!("{}-{mix:?}.gguf", family.arch));
+            test_synth::write_file(&plan, &path, 2).unwrap();
+            let load = |on_device| {
+                let mut f = super::super::gguf::open(&path).unwrap();
+                Decoder::load_split(&mut f, &Device::Cpu, on_device).unwrap()
+            };
+            let mut host = load(0);
+            let n = host.cfg.n_layer;
+            assert!(n >= 2, "{}: {n} layers", family.arch);
+            let prompt = [3u32, 41, 7, 19, 5, 23];
+            let (want, want_logits) = greedy_pair(&mut host, &prompt, 12);
+            let scale = want_logits
+                .iter()
+                .flatten()
+                .fold(0f32, |m, x| m.max(x.abs()));
+            let mut splits = vec![1, n / 2, n - 1, n];
+            splits.dedup();
+            for on_device in splits {
+                let what = format!("{} {mix:?}, {on_device} of {n} layers", family.arch);
+                let mut dec = load(on_device);
+                assert_eq!(dec.layers_on_device(), (on_device, n));
+                assert!(!dec.on_cpu() && !dec.packs_prompts());
+                let (got, logits) = greedy_pair(&mut dec, &prompt, 12);
+                assert_eq!(got, want, "{what}");
+                let pairs = logits.iter().flatten().zip(want_logits.iter().flatten());
+                if mix == Mix::F32 {
+                    assert!(
+                        pairs.into_iter().all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what}"
+                    );
+                } else {
+                    let worst = pairs.map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(worst <= 0.02 * scale, "{what}: {worst} of {scale}");
+                }
+            }
+        }
+    }
+
+    /// A recurrent model is not split: the state's layers would straddle the crossing.
+    #[test]
+    fn a_recurrent_model_refuses_a_split_with_what_to_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec =
+            test_synth::Spec::preset(&test_synth::MAMBA, "tiny", test_synth::Mix::Q8_0, 3).unwrap();
+        let plan = test_synth::Plan::new(spec).unwrap();
+        let path = dir.path().join("mamba.gguf");
+        test_synth::write_file(&plan, &path, 1).unwrap();
+        let mut f = super::super::gguf::open(&path).unwrap();
+        let err = match Decoder::load_split(&mut f, &Device::Cpu, 1) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a Mamba model split at layer 1 loaded"),
+        };
+        assert!(
+            err.contains("recurrent") && err.contains("engine.gpu_layers"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn slow_quant_matrices_can_be_requantized_to_q8_0() {
         let path = smollm_path();
@@ -3373,6 +3596,7 @@ mod tests {
         let mut l = Loader {
             src: Source::Gguf(&mut f),
             device: Device::Cpu,
+            own: true,
             requant_q8: true,
         };
         let a = original.dequantize(&Device::Cpu).unwrap();

@@ -10,6 +10,7 @@ use candle_core::Device;
 
 use super::EngineError;
 pub use crate::config::device::{Backend, DeviceRequest};
+pub use crate::config::gpu_layers::GpuLayers;
 
 /// Host memory: where GGUF bytes are read, embedding tables are looked up and the own CPU
 /// kernels run, whatever device computes.
@@ -190,37 +191,99 @@ pub fn gpu_memory(_device: &Device) -> Option<(u64, u64)> {
 
 /// Positions of KV cache counted when checking that a model fits a GPU: the Library's memory
 /// estimate counts the same (a model's full context would refuse most models that run).
-const FIT_CONTEXT: u64 = 4096;
+pub const FIT_CONTEXT: u64 = 4096;
 
-/// Refuses a model whose weights and a 4096-position KV cache exceed the GPU's free memory,
-/// before any weight is read. `weights` are the bytes that go to the device.
-/// `kv_bytes(positions)` is one sequence's KV cache at that many positions.
-pub fn check_fits(
-    device: &Device,
-    weights: u64,
-    kv_bytes: impl Fn(u64) -> u64,
-    context: u64,
-) -> Result<(), EngineError> {
-    let Some((free, total)) = gpu_memory(device) else {
-        return Ok(());
+/// GPU memory kept free for activations, logits and the CUDA libraries' workspaces.
+pub const GPU_RESERVE: u64 = 256 << 20;
+
+/// What a model puts on a GPU, bytes: per layer its weights and its KV cache at the fit
+/// context, and what goes with the last layer (the output head and norms; a tied embedding's
+/// copy). The embedding table stays in host memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuBytes {
+    pub layers: Vec<(u64, u64)>,
+    pub head: u64,
+    /// KV positions the layers' KV bytes count.
+    pub positions: u64,
+}
+
+impl GpuBytes {
+    /// Bytes on the GPU with the first `k` layers there (the head too when that is all).
+    pub fn with_layers(&self, k: usize) -> u64 {
+        let layers: u64 = self.layers.iter().take(k).map(|(w, kv)| w + kv).sum();
+        let head = if k >= self.layers.len() { self.head } else { 0 };
+        layers + head
+    }
+
+    /// The most layers whose bytes fit in `budget`.
+    fn most_that_fit(&self, budget: u64) -> usize {
+        (0..=self.layers.len())
+            .rev()
+            .find(|&k| self.with_layers(k) <= budget)
+            .unwrap_or(0)
+    }
+}
+
+/// How many layers go to the GPU, checked before any weight is read: `free` is the GPU's free
+/// memory (`None` when the device cannot say), `splittable` whether the model may run split
+/// (attention models; recurrent ones may not). `auto` takes every layer when they fit and
+/// else as many as fit (possibly none: the CPU runs the model); a number takes that many
+/// (all at most) and refuses, with the numbers, when they do not fit.
+pub fn plan_layers(
+    free: Option<(u64, u64)>,
+    req: GpuLayers,
+    bytes: &GpuBytes,
+    splittable: bool,
+) -> Result<usize, EngineError> {
+    let n = bytes.layers.len();
+    let want = match req {
+        GpuLayers::Auto => n,
+        GpuLayers::Count(c) => c.min(n),
     };
-    let kv = kv_bytes(context.min(FIT_CONTEXT));
-    let need = weights + kv;
-    if need > free {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if !splittable && want > 0 && want < n {
         return Err(EngineError::Device(format!(
-            "the model needs about {:.1} GiB of GPU memory ({:.1} GiB of weights + {:.1} GiB of KV \
-             cache for {} positions) but the GPU has {:.1} GiB free of {:.1} GiB; pick a smaller \
-             quantization, free GPU memory, or use --device cpu",
-            gib(need),
-            gib(weights),
-            gib(kv),
-            context.min(FIT_CONTEXT),
-            gib(free),
-            gib(total)
+            "engine.gpu_layers = {want} of {n} layers: Influence splits attention models only, \
+             and this one has recurrent layers; set it to \"auto\" or {n} (all), or use --device cpu"
         )));
     }
-    Ok(())
+    let Some((free, total)) = free else {
+        return Ok(want);
+    };
+    let budget = free.saturating_sub(GPU_RESERVE);
+    if bytes.with_layers(want) <= budget {
+        return Ok(want);
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let fit = bytes.most_that_fit(budget);
+    if req == GpuLayers::Auto && splittable {
+        tracing::warn!(
+            layers = fit,
+            of = n,
+            "the model does not fit the GPU's {:.1} GiB free: {fit} of {n} layers go to the GPU, the CPU runs the rest",
+            gib(free)
+        );
+        return Ok(fit);
+    }
+    let need = bytes.with_layers(want);
+    let kv: u64 = bytes.layers.iter().take(want).map(|(_, kv)| kv).sum();
+    let advice = if splittable && fit > 0 {
+        format!("set engine.gpu_layers to {fit} or \"auto\" (the CPU runs the rest), ")
+    } else {
+        String::new()
+    };
+    Err(EngineError::Device(format!(
+        "{want} of {n} layers need about {:.1} GiB of GPU memory ({:.1} GiB of weights + {:.1} GiB \
+         of KV cache for {} positions, {:.2} GiB kept for activations) but the GPU has \
+         {:.1} GiB free of {:.1} GiB; {advice}pick a smaller quantization, free GPU memory, or use \
+         --device cpu",
+        gib(need + GPU_RESERVE),
+        gib(need - kv),
+        gib(kv),
+        bytes.positions,
+        gib(GPU_RESERVE),
+        gib(free),
+        gib(total)
+    )))
 }
 
 #[cfg(test)]
@@ -247,5 +310,70 @@ mod tests {
     fn the_cpu_reports_system_memory() {
         let (free, total) = DeviceChoice::cpu("test").memory().unwrap();
         assert!(free > 0 && free <= total, "{free} / {total}");
+    }
+
+    fn model() -> GpuBytes {
+        // Four layers of 100 bytes and 20 of KV each, a 50-byte head.
+        GpuBytes {
+            layers: vec![(100, 20); 4],
+            head: 50,
+            positions: 4096,
+        }
+    }
+
+    #[test]
+    fn auto_takes_every_layer_that_fits_and_splits_the_rest() {
+        let m = model();
+        let r = GPU_RESERVE;
+        assert_eq!(m.with_layers(4), 530);
+        assert_eq!(m.with_layers(2), 240);
+        let plan = |free: u64| plan_layers(Some((free, 1 << 40)), GpuLayers::Auto, &m, true);
+        assert_eq!(plan(r + 530).unwrap(), 4);
+        // Without room for the head the last layer stays on the CPU with it.
+        assert_eq!(plan(r + 529).unwrap(), 3);
+        assert_eq!(plan(r + 250).unwrap(), 2);
+        assert_eq!(plan(r + 100).unwrap(), 0);
+        // A device that cannot report its memory takes what was asked.
+        assert_eq!(plan_layers(None, GpuLayers::Auto, &m, true).unwrap(), 4);
+        assert_eq!(plan_layers(None, GpuLayers::Count(2), &m, true).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_layer_count_that_does_not_fit_is_refused_with_the_count_that_does() {
+        let m = model();
+        let free = Some((GPU_RESERVE + 300, 1 << 30));
+        assert_eq!(plan_layers(free, GpuLayers::Count(2), &m, true).unwrap(), 2);
+        assert_eq!(plan_layers(free, GpuLayers::Count(0), &m, true).unwrap(), 0);
+        let err = plan_layers(free, GpuLayers::Count(9), &m, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("4 of 4 layers"), "{err}");
+        assert!(err.contains("engine.gpu_layers to 2"), "{err}");
+        assert!(err.contains("GiB free of 1.0 GiB"), "{err}");
+    }
+
+    #[test]
+    fn a_recurrent_model_runs_whole_on_the_gpu_or_not_at_all() {
+        let m = model();
+        let free = Some((GPU_RESERVE + 300, 1 << 30));
+        let err = plan_layers(free, GpuLayers::Auto, &m, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4 of 4 layers") && !err.contains("gpu_layers to"),
+            "{err}"
+        );
+        let err = plan_layers(None, GpuLayers::Count(2), &m, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("recurrent"), "{err}");
+        assert_eq!(
+            plan_layers(None, GpuLayers::Count(0), &m, false).unwrap(),
+            0
+        );
+        assert_eq!(
+            plan_layers(free, GpuLayers::Count(0), &m, false).unwrap(),
+            0
+        );
     }
 }

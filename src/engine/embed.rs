@@ -74,6 +74,7 @@ impl Embedder {
             quant: "F32".into(),
             slow_quant_warning: None,
             chat_template: None,
+            gpu_layers: None,
         };
         Ok((
             Self {

@@ -67,6 +67,7 @@ pub fn fake_model(id: &str, kind: ModelKind) -> ModelInfo {
         quant: "Q8_0".into(),
         slow_quant_warning: None,
         chat_template: None,
+        gpu_layers: None,
     }
 }
 

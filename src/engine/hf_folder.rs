@@ -194,7 +194,13 @@ pub(crate) fn load(
         .get("model.embed_tokens.weight")
         .map(|t| format!("{:?}", t.dtype()).to_uppercase())
         .unwrap_or_else(|| "F32".into());
-    let mut dec = Decoder::load_safetensors(dir, dc, tensors, factors, device)?;
+    // No fit check reads a folder's sizes ahead: `auto` puts every layer on a GPU.
+    let on_device = match (device.is_cpu(), super::device::GpuLayers::from_env()) {
+        (true, _) => 0,
+        (false, super::device::GpuLayers::Count(n)) => n,
+        (false, super::device::GpuLayers::Auto) => usize::MAX,
+    };
+    let mut dec = Decoder::load_safetensors(dir, dc, tensors, factors, device, on_device)?;
     dec.warm_up(tok.bos_id.unwrap_or(0))?;
     let info = ModelInfo {
         id,
@@ -205,6 +211,7 @@ pub(crate) fn load(
         quant,
         slow_quant_warning: None,
         chat_template: Some(template.source().to_string()),
+        gpu_layers: (!device.is_cpu()).then(|| dec.layers_on_device()),
     };
     Ok((GenModel::new(dec, tok, template), info))
 }

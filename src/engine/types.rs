@@ -38,6 +38,10 @@ pub struct ModelInfo {
     /// and reasoning conventions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// On a GPU: the layers there and the model's layers (`engine.gpu_layers` as applied);
+    /// `None` on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_layers: Option<(usize, usize)>,
 }
 
 /// Chat roles, serialised lowercase like the OpenAI API.

@@ -149,6 +149,42 @@ fn release_freed_memory() {
     }
 }
 
+/// What a GGUF model would put on a GPU (see [`GpuBytes`](super::device::GpuBytes)): tensors
+/// `blk.N.*` are layer N's; the embedding tables stay in host memory unless the output head
+/// is tied to the token table; everything else goes with the head.
+fn gpu_bytes(f: &gguf::GgufFile, cfg: &super::decoder::DecoderConfig) -> super::device::GpuBytes {
+    let positions = (cfg.context_length as u64).min(super::device::FIT_CONTEXT);
+    let per_value = super::KvType::from_env().size();
+    let mut layers: Vec<(u64, u64)> = (0..cfg.n_layer)
+        .map(|i| {
+            let floats =
+                cfg.layer_kv_floats(i, positions as usize, super::scheduler::PREFILL_CHUNK);
+            (0, (floats * per_value) as u64)
+        })
+        .collect();
+    let tied = !f.content.tensor_infos.contains_key("output.weight");
+    let mut head = 0;
+    for (name, t) in &f.content.tensor_infos {
+        let size =
+            (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64;
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, _)| i.parse::<usize>().ok());
+        match layer {
+            Some(i) if i < layers.len() => layers[i].0 += size,
+            _ if name == "per_layer_token_embd.weight" => {}
+            _ if name == "token_embd.weight" && !tied => {}
+            _ => head += size,
+        }
+    }
+    super::device::GpuBytes {
+        layers,
+        head,
+        positions,
+    }
+}
+
 /// Loads a GGUF generative model; the tokenizer and template are checked before any weight.
 pub(crate) fn load_gguf(
     path: &Path,
@@ -185,27 +221,20 @@ pub(crate) fn load_gguf(
     if let Some(w) = &stats.slow_warning {
         tracing::warn!(model = %path.display(), "{w}");
     }
-    if !device.is_cpu() {
+    let on_device = if device.is_cpu() {
+        0
+    } else {
         let cfg = super::decoder::DecoderConfig::from_meta(&meta, &f.arch)?;
-        // Everything but the embedding table goes to the device (a tied one goes too).
-        let tied = !f.content.tensor_infos.contains_key("output.weight");
-        let weights: u64 = f
-            .content
-            .tensor_infos
-            .iter()
-            .filter(|(name, _)| tied || name.as_str() != "token_embd.weight")
-            .map(|(_, t)| {
-                (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
-            })
-            .sum();
-        // Sliding-window layers hold at most their window's rows.
-        let per_value = super::KvType::from_env().size();
-        let kv = |n: u64| {
-            (cfg.kv_floats(n as usize, super::scheduler::PREFILL_CHUNK) * per_value) as u64
-        };
-        super::device::check_fits(device, weights, kv, cfg.context_length as u64)?;
-    }
-    let mut dec = Decoder::load(&mut f, device)?;
+        let bytes = gpu_bytes(&f, &cfg);
+        let splittable = cfg.ssm.is_none() && cfg.delta_net.is_none();
+        super::device::plan_layers(
+            super::device::gpu_memory(device),
+            super::device::GpuLayers::from_env(),
+            &bytes,
+            splittable,
+        )?
+    };
+    let mut dec = Decoder::load_split(&mut f, device, on_device)?;
     dec.warm_up(tok.bos_id.unwrap_or(0))?;
     let info = ModelInfo {
         id,
@@ -216,6 +245,7 @@ pub(crate) fn load_gguf(
         quant: stats.dominant,
         slow_quant_warning: stats.slow_warning,
         chat_template: Some(template.source().to_string()),
+        gpu_layers: (!device.is_cpu()).then(|| dec.layers_on_device()),
     };
     // The file's header (its vocabulary's strings among it) goes too.
     drop(f);

@@ -57,11 +57,17 @@ pub fn activity(ctx: &ServerCtx) -> Activity {
 
 /// The facts both dialects attach to a loaded model.
 pub fn facts(ctx: &ServerCtx, m: &Loaded) -> Value {
-    json!({
+    let mut v = json!({
         "device": ctx.engine().device().label,
         "memory_bytes": m.memory_bytes,
         "context_length": m.info.context_length,
-    })
+    });
+    // On a GPU: how many of its layers run there (the CPU runs the rest).
+    if let Some((n, all)) = m.info.gpu_layers {
+        v["gpu_layers"] = json!(n);
+        v["layers"] = json!(all);
+    }
+    v
 }
 
 /// The engine's streams and KV use: every sequence it decodes (the app's chat included), not

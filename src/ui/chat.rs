@@ -363,6 +363,7 @@ mod tests {
             backend: Backend::Local("/m/smol.gguf".into()),
             context_length: 2048,
             keeps_thinking: false,
+            gpu_layers: None,
         });
         let mut c = Conversation::new();
         c.push_user("What is the capital of France?");

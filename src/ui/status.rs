@@ -39,7 +39,11 @@ pub fn draw(f: &mut Frame, area: Rect, state: &State) {
         spans.push(sep.clone());
     }
     if !state.status.device.is_empty() {
-        spans.push(Span::styled(state.status.device.clone(), t.status_bar));
+        let device = match chat.model.as_ref().and_then(|m| m.gpu_layers) {
+            Some((n, all)) if n < all => format!("{} · {n}/{all} layers", state.status.device),
+            _ => state.status.device.clone(),
+        };
+        spans.push(Span::styled(device, t.status_bar));
         spans.push(sep.clone());
     }
     spans.extend([

@@ -70,6 +70,19 @@ fn the_status_bar_names_the_device() {
         "{}",
         text(&s)
     );
+    // A model split between the GPU and the CPU shows how.
+    s.chat.model = Some(crate::app::chat::ChatModel {
+        name: "big".into(),
+        backend: crate::app::chat::Backend::Local("/m/big.gguf".into()),
+        context_length: 8192,
+        keeps_thinking: false,
+        gpu_layers: Some((20, 32)),
+    });
+    assert!(
+        text(&s).contains("│ cuda:0 NVIDIA H200 · 20/32 layers │ mem"),
+        "{}",
+        text(&s)
+    );
 }
 
 #[test]

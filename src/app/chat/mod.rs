@@ -51,6 +51,8 @@ pub struct ChatModel {
     /// The model's chat template handles earlier thinking itself, so answers go back to it as
     /// written; otherwise their thinking is left out of later turns.
     pub keeps_thinking: bool,
+    /// On a GPU: its layers there and the model's layers (the CPU runs the rest).
+    pub gpu_layers: Option<(usize, usize)>,
 }
 
 /// A generation in flight.
@@ -1185,12 +1187,17 @@ pub fn on_msg(state: &mut State, msg: ChatMsg) -> Vec<ChatEffect> {
                 Ok(model) => {
                     let restored = state.params.restore_for(&model.name);
                     let text = format!(
-                        "{} ready{}{}",
+                        "{} ready{}{}{}",
                         model.name,
                         if model.context_length > 0 {
                             format!(" · context {}", model.context_length)
                         } else {
                             String::new()
+                        },
+                        match model.gpu_layers {
+                            Some((n, all)) if n < all =>
+                                format!(" · {n} of {all} layers on the GPU, the rest on the CPU"),
+                            _ => String::new(),
                         },
                         if restored {
                             " · saved parameters restored"

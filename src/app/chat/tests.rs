@@ -28,6 +28,7 @@ fn local_model() -> ChatModel {
         backend: Backend::Local("fake/chat.gguf".into()),
         context_length: 100,
         keeps_thinking: false,
+        gpu_layers: None,
     }
 }
 
@@ -474,6 +475,7 @@ fn model_loaded_applies_its_preset_and_stale_loads_are_ignored() {
         backend: Backend::Local("/m/smol.gguf".into()),
         context_length: 2048,
         keeps_thinking: false,
+        gpu_layers: None,
     };
     update(
         &mut s,
@@ -492,6 +494,35 @@ fn model_loaded_applies_its_preset_and_stale_loads_are_ignored() {
     );
     assert_eq!(s.chat.model.as_ref().unwrap().name, "smol");
     assert_eq!(s.params.params.max_tokens, 33);
+}
+
+#[test]
+fn a_model_split_between_gpu_and_cpu_says_so_when_ready() {
+    let mut s = chat_state();
+    typ(&mut s, "/model big");
+    let fx = update(&mut s, key(KeyCode::Enter));
+    let Effect::Chat(ChatEffect::LoadModel { seq, .. }) = fx[0].clone() else {
+        panic!()
+    };
+    let model = ChatModel {
+        name: "big".into(),
+        backend: Backend::Local("/m/big.gguf".into()),
+        context_length: 8192,
+        keeps_thinking: false,
+        gpu_layers: Some((20, 32)),
+    };
+    update(
+        &mut s,
+        Msg::Chat(ChatMsg::ModelLoaded {
+            seq,
+            result: Ok(model),
+        }),
+    );
+    let notice = &s.status.notice.as_ref().unwrap().text;
+    assert!(
+        notice.contains("20 of 32 layers on the GPU, the rest on the CPU"),
+        "{notice}"
+    );
 }
 
 #[test]
@@ -747,6 +778,7 @@ async fn a_context_budget_drops_the_oldest_turns_or_refuses() {
         backend: Backend::Local("fake/chat.gguf".into()),
         context_length: 2048,
         keeps_thinking: false,
+        gpu_layers: None,
     });
     s.params.set(params::Field::MaxTokens, "20").unwrap();
     s.params.set(params::Field::Context, "128").unwrap();

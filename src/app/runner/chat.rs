@@ -355,6 +355,7 @@ impl ChatRunner {
                 backend: Backend::Remote(s),
                 context_length: 0,
                 keeps_thinking: false,
+                gpu_layers: None,
             }));
             return;
         }
@@ -377,6 +378,7 @@ impl ChatRunner {
                         .chat_template
                         .as_deref()
                         .is_some_and(crate::app::chat::thinking::template_keeps_thinking),
+                    gpu_layers: info.gpu_layers,
                 }),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(crate::engine::EngineError::EngineStopped.to_string()),
