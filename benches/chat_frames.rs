@@ -78,6 +78,7 @@ fn main() {
         backend: Backend::Local("bench.gguf".into()),
         context_length: 8192,
         keeps_thinking: false,
+        gpu_layers: None,
     });
     let mut conv = Conversation::new();
     for i in 0..MESSAGES {

@@ -11,6 +11,8 @@
 #     models give the greedy token a margin of several nats, so tokens agree even where the
 #     layers' numbers do not; the largest difference in the runner-up's log-probability shows
 #     those (hundredths are rounding, more than 0.5 is flagged);
+#   - the same on `--device cuda --gpu-layers $SPLIT_LAYERS` ("split"): the first layers on the
+#     GPU, the rest on the CPU (engine.gpu_layers), against the CPU alone;
 #   - `influence bench --json` on both devices: one table of prompt and decode tok/s, load time,
 #     peak RSS, GPU memory (as bench reports it, and nvidia-smi's peak for the process) and
 #     decode as a fraction of the bandwidth limit (decode tok/s × file size ÷ bandwidth).
@@ -25,7 +27,8 @@
 #   OUT          where results go (default: $WORK/results): table.md, *.jsonl, bench-*.json, log
 #   WORK         scratch folder for the models, about 16 GB (default: a new folder under $TMPDIR)
 #   MODELS       preset:quant list (default "1b:q4_k_m 1b:q8_0 8b:q4_k_m 8b:q8_0")
-#   DEVICES      default "cpu cuda"; "cpu" alone checks the script on a machine without a GPU
+#   DEVICES      default "cpu cuda split"; "cpu" alone checks the script on a machine without a GPU
+#   SPLIT_LAYERS layers on the GPU for "split" (default 8: half of the 1B shape, a quarter of 8B)
 #   STEPS        greedy steps compared (default 16)
 #   BUDGET_S     stop starting new steps after this many seconds (default 540)
 #   BANDWIDTH_GBS  the card's memory bandwidth, GB/s (default: from the GPU's name)
@@ -36,7 +39,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 INFLUENCE="${INFLUENCE:-$HERE/influence}"
 GEN_GGUF="${GEN_GGUF:-$HERE/gen_gguf}"
 MODELS="${MODELS:-1b:q4_k_m 1b:q8_0 8b:q4_k_m 8b:q8_0}"
-DEVICES="${DEVICES:-cpu cuda}"
+DEVICES="${DEVICES:-cpu cuda split}"
+SPLIT_LAYERS="${SPLIT_LAYERS:-8}"
 STEPS="${STEPS:-16}"
 BUDGET_S="${BUDGET_S:-540}"
 SEED=1
@@ -72,7 +76,16 @@ else
     [ "$d" = cpu ] || die "$INFLUENCE has no --device flag; build it with device selection and --features cuda"
   done
 fi
-device_args() { if [ "$HAS_DEVICE" = 1 ]; then echo "--device $1"; fi; }
+if [[ " $DEVICES " == *" split "* ]] && ! "$INFLUENCE" --help 2>&1 | grep -q -- '--gpu-layers'; then
+  die "$INFLUENCE has no --gpu-layers flag; drop \"split\" from DEVICES or rebuild it"
+fi
+device_args() {
+  if [ "$HAS_DEVICE" = 0 ]; then return; fi
+  case "$1" in
+    split) echo "--device cuda --gpu-layers $SPLIT_LAYERS" ;;
+    *) echo "--device $1" ;;
+  esac
+}
 
 HAS_SMI=0
 if command -v nvidia-smi >/dev/null; then HAS_SMI=1; fi
@@ -211,7 +224,7 @@ for m in $MODELS; do
   declare -A verdict=()
   for dev in $DEVICES; do
     if over_budget; then say "skipped $name on $dev: past the budget"; FAILED=1; continue; fi
-    limit=120; if [ "$dev" = cpu ] && [ "$big" = 1 ]; then limit=240; fi
+    limit=120; if [ "$dev" != cuda ] && [ "$big" = 1 ]; then limit=240; fi
     # shellcheck disable=SC2046
     if run_influence "$OUT/greedy-$name-$dev.jsonl" "$limit" $(device_args "$dev") run --model "$file" \
         --json --temperature 0 --repeat-penalty 1 --max-tokens "$STEPS" --raw "$PROMPT"; then
@@ -234,7 +247,8 @@ for m in $MODELS; do
 
   for dev in $DEVICES; do
     if over_budget; then say "skipped bench of $name on $dev: past the budget"; FAILED=1; continue; fi
-    if [ "$dev" = cpu ]; then
+    # A split model decodes at about the speed of its CPU half: kept as short as the CPU's.
+    if [ "$dev" != cuda ]; then
       if [ "$big" = 1 ]; then bargs=(--prompt-tokens 128 --gen-tokens 16 --turn2-tokens 8 --runs 1); limit=300
       else bargs=(--prompt-tokens 256 --gen-tokens 32 --turn2-tokens 16 --runs 1); limit=180; fi
     else
@@ -249,12 +263,14 @@ for m in $MODELS; do
     pp="$(json_num prompt_tok_s "$bj")"; tg="$(json_num gen_tok_s "$bj")"
     load="$(json_num load_ms "$bj")"; rss="$(json_num peak_rss_mib "$bj")"
     shown_dev="$(json_str device "$bj")"; shown_dev="${shown_dev:-$dev}"
+    on_gpu="$(json_num gpu_layers "$bj")"
+    if [ -n "$on_gpu" ]; then shown_dev="$shown_dev, $on_gpu/$(json_num layers "$bj") layers"; fi
     bench_mem="$(json_num gpu_mem_mib "$bj")"
     if [ -n "$bench_mem" ]; then bench_mem="$(awk -v m="$bench_mem" 'BEGIN { printf "%.0f", m }')"; else bench_mem="-"; fi
     gpu_mem="-"
     if [ "$dev" != cpu ] && [ -s "$bj.gpumem" ]; then gpu_mem="$(cat "$bj.gpumem")"; fi
     frac="-"
-    if [ "$dev" != cpu ] && [ -n "$BANDWIDTH_GBS" ]; then
+    if [ "$dev" = cuda ] && [ -n "$BANDWIDTH_GBS" ]; then
       frac="$(awk -v t="$tg" -v s="$size_gb" -v bw="$BANDWIDTH_GBS" 'BEGIN { printf "%.0f%%", 100 * t * s / bw }')"
     fi
     agree="${verdict[$dev]:-(reference)}"

@@ -309,6 +309,9 @@ fn bench_prints_one_json_line_with_every_measurement() {
     // The model (98 MB of weights) is resident at its peak.
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 90.0, "{text}");
     assert_eq!(v["kv_cache"], "f32", "{text}");
+    // The CPU runs every layer: no GPU layer count, SmolLM2's 30 layers.
+    assert!(v["gpu_layers"].is_null(), "{text}");
+    assert_eq!(v["layers"], 30, "{text}");
 
     // A second turn longer than the context is refused with the numbers.
     influence(home.path())
@@ -370,13 +373,39 @@ fn devices_are_chosen_reported_and_refused_by_feature_name() {
         .failure()
         .stderr(predicate::str::contains("engine.device"))
         .stderr(predicate::str::contains("--device"));
-    // `--device cpu` runs.
+    // `--device cpu` runs; a GPU layer count changes nothing there.
     influence(home.path())
-        .args(["--device", "cpu", "run", "--max-tokens", "2", "--model"])
+        .args([
+            "--device",
+            "cpu",
+            "--gpu-layers",
+            "4",
+            "run",
+            "--max-tokens",
+            "2",
+        ])
+        .arg("--model")
         .arg(models::smollm())
         .arg("hi")
         .assert()
         .success();
+    // The layer count shows where it came from; a bad one names its variable.
+    influence(home.path())
+        .env("INFLUENCE_GPU_LAYERS", "12")
+        .arg("config")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(r#"engine.gpu_layers\s+= 12\s+# env INFLUENCE_GPU_LAYERS"#)
+                .unwrap(),
+        );
+    influence(home.path())
+        .env("INFLUENCE_GPU_LAYERS", "half")
+        .arg("config")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("INFLUENCE_GPU_LAYERS"))
+        .stderr(predicate::str::contains("\"auto\" or a number"));
 }
 
 /// Kills a `--serve` child when the test ends, pass or fail.

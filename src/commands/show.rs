@@ -65,9 +65,15 @@ fn device_fit(
         (
             false,
             format!(
-                "does not fit: needs about {}, only {} {place}",
+                "does not fit: needs about {}, only {} {place}{}",
                 human::bytes(need),
-                human::bytes(free)
+                human::bytes(free),
+                if device.is_gpu() {
+                    "; with engine.gpu_layers = \"auto\" its first layers run on the GPU and the \
+                     rest on the CPU"
+                } else {
+                    ""
+                }
             ),
         )
     })

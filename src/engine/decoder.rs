@@ -3478,7 +3478,7 @@ mod tests {
         for _ in 0..steps {
             let next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
             ids.extend(&next);
-            all.extend(logits.drain(..));
+            all.append(&mut logits);
             logits = dec
                 .forward_batch(&[
                     SeqStep {
