@@ -3515,16 +3515,27 @@ mod tests {
     fn a_model_split_between_device_and_host_decodes_as_the_host_does() {
         use test_synth::Mix;
         let dir = tempfile::tempdir().unwrap();
-        let cases = [
-            (&test_synth::GEMMA4, Mix::F32),
-            (&test_synth::QWEN3MOE, Mix::F32),
-            (&test_synth::LLAMA, Mix::F32),
+        // Every attention family the generator writes (gpt-oss's MXFP4 runs on the CPU only).
+        let families = [
+            &test_synth::LLAMA,
+            &test_synth::GRANITE,
+            &test_synth::SMOLLM3,
+            &test_synth::GEMMA2,
+            &test_synth::OLMO2,
+            &test_synth::QWEN3MOE,
+            &test_synth::GRANITEMOE,
+            &test_synth::GEMMA4,
+            &test_synth::PHI3,
+        ];
+        let quantized = [
             (&test_synth::LLAMA, Mix::Q8_0),
             (&test_synth::GEMMA4, Mix::Q4KM),
             (&test_synth::LLAMA, Mix::Q4KM),
             (&test_synth::QWEN3MOE, Mix::Q4_0),
+            (&test_synth::GRANITEMOE, Mix::Q4KM),
             (&test_synth::PHI3, Mix::Q6K),
         ];
+        let cases = families.into_iter().map(|f| (f, Mix::F32)).chain(quantized);
         for (family, mix) in cases {
             let spec = test_synth::Spec::preset(family, "tiny", mix, 11).unwrap();
             let plan = test_synth::Plan::new(spec).unwrap();
