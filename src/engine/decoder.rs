@@ -3097,11 +3097,15 @@ fn seq_attention(
     };
     let kv_len = k_all.dim(2)?;
     let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f64).sqrt());
-    // One pass per head for a decoded row of a layer with sinks (gpt-oss), where candle's
-    // path concatenates the sink column and softmaxes on every layer. Other layers take
-    // `prompt_attn`, which gives candle's bits (this pass sums in another order, which moved
-    // near-tied greedy choices of the real-model goldens: SmolLM2, Gemma 3).
-    if t == 1 && layer.sinks.is_some() {
+    // One pass per KV head over the cache, read in place, for a decoded row of a layer with
+    // sinks (gpt-oss: candle's path concatenates the sink column and softmaxes on every layer)
+    // and for any decoded row past one depth block of candle's GEMM (512 positions), where
+    // `prompt_attn` no longer gives candle's bits and candle's ops cost a third of a decoded
+    // token at 1,024 positions. Short contexts take `prompt_attn`, which gives candle's bits:
+    // this pass sums in another order, which moved near-tied greedy choices of the real-model
+    // goldens (SmolLM2, Gemma 3).
+    let long = kv_len > prompt_attn::ONE_CHAIN && !prompt_attn::forced_candle();
+    if t == 1 && (layer.sinks.is_some() || long) {
         let sinks = match &layer.sinks {
             Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
             None => None,
@@ -3116,8 +3120,7 @@ fn seq_attention(
             window: cfg.sliding_window.filter(|_| layer.sliding),
             sinks: sinks.as_deref(),
         };
-        let (k32, v32) = (widened(&k_all)?, widened(&v_all)?);
-        if let Some(y) = decode_attn::attend(&q, &k32, &v32, &shape) {
+        if let Some(y) = decode_attn::attend(&q, &k_all, &v_all, &shape) {
             return y;
         }
     }

@@ -38,21 +38,27 @@ pub struct Shape {
 }
 
 /// The depth gemm accumulates in one chain at least (its smallest depth block).
-const ONE_CHAIN: usize = 512;
+pub(super) const ONE_CHAIN: usize = 512;
 /// Scores per key block: one 512-bit vector of f32.
 const KEYS: usize = 16;
 /// From this many multiply-adds on, rows are shared between the pool's threads.
 const PAR_MIN: usize = 1 << 16;
 
 /// Whether `INFLUENCE_ATTN=candle` asks for candle's path.
-fn forced_candle() -> bool {
+pub(super) fn forced_candle() -> bool {
     static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *F.get_or_init(|| std::env::var("INFLUENCE_ATTN").is_ok_and(|v| v.trim() == "candle"))
 }
 
 /// A value type a KV cache holds, read as f32.
-trait KvValue: Copy + Sync {
+pub(super) trait KvValue: Copy + Sync {
+    /// Two bytes a value (f16), widened as it is read.
+    const HALF: bool;
+
     fn widen(self) -> f32;
+
+    /// `src` as f32 values: itself, or widened into `buf` (of the same length).
+    fn row<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
 
     /// Eight consecutive values as one vector.
     ///
@@ -63,9 +69,16 @@ trait KvValue: Copy + Sync {
 }
 
 impl KvValue for f32 {
+    const HALF: bool = false;
+
     #[inline(always)]
     fn widen(self) -> f32 {
         self
+    }
+
+    #[inline(always)]
+    fn row<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -77,9 +90,19 @@ impl KvValue for f32 {
 }
 
 impl KvValue for f16 {
+    const HALF: bool = true;
+
     #[inline(always)]
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+
+    #[inline(always)]
+    fn row<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        // F16C where the CPU has it (half checks at run time).
+        src.convert_to_f32_slice(buf);
+        buf
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -442,7 +465,7 @@ unsafe fn weighted<const W: usize, T: KvValue>(
 }
 
 /// Whether the vector kernels in [`fma`] run on this CPU.
-fn has_fma() -> bool {
+pub(super) fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2")
