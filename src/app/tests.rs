@@ -358,6 +358,7 @@ mod hub_and_downloads {
             Some(MemInfo {
                 total_bytes: 16_000_000_000,
                 available_bytes: 12_000_000_000,
+                host_available_bytes: None,
             }),
         );
         s

@@ -170,6 +170,7 @@ async fn pull(
         Some((free, total)) => Some(MemInfo {
             total_bytes: total,
             available_bytes: free,
+            host_available_bytes: MemInfo::read().map(|m| m.available_bytes),
         }),
         None => MemInfo::read(),
     };

@@ -286,6 +286,9 @@ pub fn group_gguf(files: &[RepoFile]) -> Vec<GgufGroup> {
 pub enum Fit {
     /// Fits in the memory available now, with room to spare.
     Fits,
+    /// Does not fit the GPU's free memory, but its first layers do and the rest fit the RAM:
+    /// the engine runs it split between the GPU and the CPU (slower than on the GPU alone).
+    Split,
     /// Fits in total RAM but not comfortably in what is free now: close other programs first.
     Tight,
     /// Needs more than the machine's total RAM.
@@ -309,6 +312,7 @@ impl FitReport {
     pub fn short(&self) -> String {
         let verdict = match self.fit {
             Fit::Fits => "fits",
+            Fit::Split => "split",
             Fit::Tight => "tight",
             Fit::WontFit => "won't fit",
         };
@@ -318,8 +322,18 @@ impl FitReport {
 
     /// e.g. "needs 4.9 GB with a 4096-token context, 12.1 GB free of 16.0 GB: fits".
     pub fn describe(&self) -> String {
+        let split;
         let verdict = match self.fit {
             Fit::Fits => "fits",
+            Fit::Split => {
+                let share = (room(self.available_bytes) as f64 / self.need_bytes.max(1) as f64
+                    * 100.0)
+                    .floor();
+                split = format!(
+                    "about {share:.0} % of it fits the GPU, the CPU runs the rest (slower)"
+                );
+                &split
+            }
             Fit::Tight => "tight: close other programs first",
             Fit::WontFit => "won't fit in this machine's memory",
         };
@@ -353,11 +367,20 @@ pub fn gguf_need(
     (need, shape.map(|s| memory::context_for(s.context_length)))
 }
 
+/// What of `available` bytes a model may take: 15 % stays free for the rest of the system.
+fn room(available: u64) -> u64 {
+    available / 100 * 85
+}
+
 /// Compares a need of `need_bytes` (with a KV cache for `context` tokens, if known) with `mem`.
-/// "Fits" keeps 15% of the available memory free for the rest of the system.
+/// "Fits" keeps 15% of the available memory free for the rest of the system; on a GPU, a model
+/// whose remainder fits the RAM the same way is "split".
 pub fn fit_for(need_bytes: u64, context: Option<u64>, mem: MemInfo) -> FitReport {
-    let fit = if need_bytes <= mem.available_bytes / 100 * 85 {
+    let fits_split = |host: u64| need_bytes <= room(mem.available_bytes) + room(host);
+    let fit = if need_bytes <= room(mem.available_bytes) {
         Fit::Fits
+    } else if mem.host_available_bytes.is_some_and(fits_split) {
+        Fit::Split
     } else if need_bytes <= mem.total_bytes {
         Fit::Tight
     } else {
@@ -711,6 +734,7 @@ mod tests {
         let mem = MemInfo {
             total_bytes: 16 * gb,
             available_bytes: 8 * gb,
+            host_available_bytes: None,
         };
         let need = |b| gguf_need(b, Some(Quant::Q4_K_M), None).0;
         assert_eq!(fit_for(need(2 * gb), None, mem).fit, Fit::Fits);
@@ -737,6 +761,24 @@ mod tests {
         assert!(fit_for(with_kv, ctx, mem)
             .describe()
             .contains("2048-token context"));
+
+        // A GPU with 8 GB free and 32 GB of RAM beside it: what does not fit the GPU runs split
+        // while the rest fits the RAM.
+        let gpu = MemInfo {
+            host_available_bytes: Some(32 * gb),
+            ..mem
+        };
+        assert_eq!(fit_for(6 * gb, None, gpu).fit, Fit::Fits);
+        let r = fit_for(20 * gb, Some(4096), gpu);
+        assert_eq!(r.fit, Fit::Split);
+        assert_eq!(r.short(), "20.0 GB · split");
+        assert!(
+            r.describe()
+                .contains("about 34 % of it fits the GPU, the CPU runs the rest"),
+            "{}",
+            r.describe()
+        );
+        assert_eq!(fit_for(40 * gb, None, gpu).fit, Fit::WontFit);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! How much memory this machine has, from `/proc/meminfo`.
 
-/// Total and currently available RAM in bytes.
+/// Total and currently available memory in bytes: the machine's RAM, or a GPU's own memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemInfo {
     pub total_bytes: u64,
     pub available_bytes: u64,
+    /// For a GPU's memory: the RAM available now to the layers that do not fit it (the engine
+    /// splits such a model under `engine.gpu_layers = "auto"`); `None` for the RAM itself.
+    pub host_available_bytes: Option<u64>,
 }
 
 impl MemInfo {
@@ -31,6 +34,7 @@ impl MemInfo {
         Some(MemInfo {
             total_bytes: total,
             available_bytes: available.min(total),
+            host_available_bytes: None,
         })
     }
 }

@@ -114,6 +114,7 @@ pub async fn run(loaded: Loaded, model: Option<String>) -> anyhow::Result<()> {
             state.hub.mem = Some(crate::hub::MemInfo {
                 total_bytes: total,
                 available_bytes: free,
+                host_available_bytes: crate::hub::MemInfo::read().map(|m| m.available_bytes),
             });
         }
     } else if device.auto && device.reason.contains("did not start") {

@@ -233,7 +233,7 @@ fn quants(f: &mut Frame, area: Rect, d: &Detail, state: &State) {
                     r.short(),
                     match r.fit {
                         Fit::Fits => t.success,
-                        Fit::Tight => t.warning,
+                        Fit::Split | Fit::Tight => t.warning,
                         Fit::WontFit => t.error,
                     },
                 ),
