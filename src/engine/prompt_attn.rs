@@ -17,9 +17,12 @@
 //! Each score here is that same chain over the head dimension, each output value that same
 //! chain over the positions; a masked position's weight is an exact 0, whose multiply-add
 //! leaves the sum unchanged, so it is skipped. The scale, mask and softmax are candle's
-//! operations in candle's order (`ops::softmax_row_visible`). Outside those conditions (more
-//! than 512 positions, soft caps, sinks, tiny chunks) [`attend`] declines and the caller keeps
-//! candle's path. `INFLUENCE_ATTN=candle` declines always, for comparisons.
+//! operations in candle's order (`ops::softmax_row_visible`). Past 512 positions gemm sums each
+//! depth block apart and adds the blocks; here the chain runs on over every position, so a
+//! chunk there differs from candle's path by float rounding (a decoded row there takes
+//! `decode_attn`). Outside those conditions (soft caps, sinks, tiny chunks) [`attend`] declines
+//! and the caller keeps candle's path. `INFLUENCE_ATTN=candle` declines always, for
+//! comparisons.
 //!
 //! An f16 cache (`engine.kv_cache = "f16"`) is read in place, each value widened exactly to f32
 //! as it is loaded: the results are candle's path's on the widened K and V.
@@ -163,7 +166,9 @@ fn attend_with(
     let rows = (nh / nkv) * t;
     // gemm's general kernel for both products: not one row, not a depth of 2 or less, not
     // 256 outputs or fewer (its horizontal kernel), and one depth block.
-    if qh != nh || qd != hd || rows <= 1 || len <= 2 || rows * len <= 256 || len > ONE_CHAIN {
+    // Past one depth block a decoded row takes `decode_attn`; a prompt chunk stays here.
+    let long_decode = t == 1 && len > ONE_CHAIN;
+    if qh != nh || qd != hd || rows <= 1 || len <= 2 || rows * len <= 256 || long_decode {
         return None;
     }
     let (q_guard, q_layout) = q.storage_and_layout();
@@ -709,6 +714,55 @@ mod tests {
         assert_eq!(checked, 2 * 2 * cases.len() * variants().len());
     }
 
+    /// Past one gemm depth block the chain runs on: candle's path to float rounding, f32 and
+    /// f16 caches, with and without a window.
+    #[test]
+    fn prompt_chunks_past_512_positions_match_candle_s_path_to_rounding() {
+        let cases = [
+            (9, 3, 64, 128, 900, None),
+            (8, 2, 128, 64, 1000, Some(700)),
+            (4, 4, 64, 3, 600, None),
+        ];
+        for dtype in [DType::F32, DType::F16] {
+            for (n, &(nh, nkv, hd, t, past, window)) in cases.iter().enumerate() {
+                let len = past + t;
+                let s = Shape {
+                    heads: nh,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                let q =
+                    Tensor::from_vec(noise(nh * t * hd, n as u64), (1, nh, t, hd), &Device::Cpu)
+                        .unwrap();
+                let k = cache_view(nkv, len, len + 5, hd, 100 + n as u64, dtype);
+                let v = cache_view(nkv, len, len + 5, hd, 200 + n as u64, dtype);
+                let (k32, v32) = (
+                    k.to_dtype(DType::F32).unwrap(),
+                    v.to_dtype(DType::F32).unwrap(),
+                );
+                let m = mask(t, past, window, 0);
+                for fma in variants() {
+                    let ours = attend_with(fma, &q, &k, &v, Some(&m), &s)
+                        .expect("a chunk past 512 positions takes the own path")
+                        .unwrap();
+                    let theirs = candle_path(&q, &k32, &v32, Some(&m), &s);
+                    let (a, b): (Vec<f32>, Vec<f32>) = (
+                        ours.flatten_all().unwrap().to_vec1().unwrap(),
+                        theirs.flatten_all().unwrap().to_vec1().unwrap(),
+                    );
+                    assert_eq!(a.len(), b.len());
+                    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                            "{dtype:?} case {n}, fma {fma}: [{i}] {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn shapes_outside_one_gemm_chain_keep_candle_s_path() {
         let s = Shape {
@@ -719,10 +773,14 @@ mod tests {
         };
         let q = |t: usize| Tensor::zeros((1, 4, t, 64), DType::F32, &Device::Cpu).unwrap();
         let kv = |len: usize| Tensor::zeros((1, 2, len, 64), DType::F32, &Device::Cpu).unwrap();
-        // One decoded row; 256 scores or fewer; more positions than one depth block.
+        // One decoded row; 256 scores or fewer; a decoded row past one depth block (that is
+        // `decode_attn`'s); a chunk past it stays here.
         assert!(attend(&q(1), &kv(100), &kv(100), None, &s).is_none());
         assert!(attend(&q(2), &kv(60), &kv(60), None, &s).is_none());
-        assert!(attend(&q(4), &kv(600), &kv(600), None, &s).is_none());
+        let s1 = Shape { heads: 4, ..s };
+        let q1 = Tensor::zeros((1, 4, 1, 64), DType::F32, &Device::Cpu).unwrap();
+        assert!(attend(&q1, &kv(600), &kv(600), None, &s1).is_none());
+        assert!(attend(&q(4), &kv(600), &kv(600), None, &s).is_some());
         assert!(attend(&q(4), &kv(100), &kv(100), None, &s).is_some());
         // A row that sees nothing stays on candle's path (NaN there).
         let mut m = vec![0f32; 4 * 100];
