@@ -150,6 +150,28 @@ fn llama3_rope_factors(scaling: Option<&Json>, base: f32, rope_dim: usize) -> Op
     )
 }
 
+/// What a folder's weights put on a GPU (see [`GpuBytes`](super::device::GpuBytes)): each
+/// tensor in f32, the dtype the decoder computes in; `model.layers.N.*` are layer N's, everything
+/// else (the embedding table too: the dense path keeps it on the device) goes with the head.
+fn gpu_bytes(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    cfg: &super::decoder::DecoderConfig,
+) -> super::device::GpuBytes {
+    let mut bytes = super::worker::kv_bytes(cfg);
+    for (name, t) in tensors {
+        let size = (t.elem_count() * 4) as u64;
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, _)| i.parse::<usize>().ok());
+        match layer {
+            Some(i) if i < bytes.layers.len() => bytes.layers[i].0 += size,
+            _ => bytes.head += size,
+        }
+    }
+    bytes
+}
+
 /// Loads a generative Hugging Face folder whose `config.json` declares `model_type`.
 pub(crate) fn load(
     dir: &Path,
@@ -194,11 +216,15 @@ pub(crate) fn load(
         .get("model.embed_tokens.weight")
         .map(|t| format!("{:?}", t.dtype()).to_uppercase())
         .unwrap_or_else(|| "F32".into());
-    // No fit check reads a folder's sizes ahead: `auto` puts every layer on a GPU.
-    let on_device = match (device.is_cpu(), super::device::GpuLayers::from_env()) {
-        (true, _) => 0,
-        (false, super::device::GpuLayers::Count(n)) => n,
-        (false, super::device::GpuLayers::Auto) => usize::MAX,
+    let on_device = if device.is_cpu() {
+        0
+    } else {
+        super::device::plan_layers(
+            super::device::gpu_memory(device),
+            super::device::GpuLayers::from_env(),
+            &gpu_bytes(&tensors, &dc),
+            dc.ssm.is_none() && dc.delta_net.is_none(),
+        )?
     };
     let mut dec = Decoder::load_safetensors(dir, dc, tensors, factors, device, on_device)?;
     dec.warm_up(tok.bos_id.unwrap_or(0))?;
@@ -214,4 +240,52 @@ pub(crate) fn load(
         gpu_layers: (!device.is_cpu()).then(|| dec.layers_on_device()),
     };
     Ok((GenModel::new(dec, tok, template), info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder's GPU bytes: each layer's tensors in f32 with its KV cache at the fit context,
+    /// and everything outside the layers (the embedding table too) with the head.
+    #[test]
+    fn a_folder_s_bytes_are_counted_per_layer_in_f32() {
+        let json: Json = serde_json::from_str(
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "num_hidden_layers": 2, "max_position_embeddings": 1024}"#,
+        )
+        .unwrap();
+        let (dc, _) = config(Path::new("/m"), &json).unwrap();
+        let t = |n: usize, dtype| {
+            candle_core::Tensor::zeros(n, dtype, &candle_core::Device::Cpu).unwrap()
+        };
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = [
+            (
+                "model.embed_tokens.weight",
+                t(1000, candle_core::DType::BF16),
+            ),
+            ("model.norm.weight", t(64, candle_core::DType::F32)),
+            (
+                "model.layers.0.mlp.up_proj.weight",
+                t(300, candle_core::DType::F16),
+            ),
+            (
+                "model.layers.1.mlp.up_proj.weight",
+                t(200, candle_core::DType::F16),
+            ),
+            (
+                "model.layers.1.input_layernorm.weight",
+                t(64, candle_core::DType::F32),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let b = gpu_bytes(&tensors, &dc);
+        // K and V: 2 KV heads of 16 values at 1,024 positions, 4 bytes each (the f32 default).
+        let kv = 2 * 2 * 16 * 1024 * super::super::KvType::from_env().size() as u64;
+        assert_eq!(b.positions, 1024);
+        assert_eq!(b.layers, vec![(300 * 4, kv), (264 * 4, kv)]);
+        assert_eq!(b.head, 1064 * 4);
+    }
 }

@@ -153,15 +153,11 @@ fn release_freed_memory() {
 /// `blk.N.*` are layer N's; the embedding tables stay in host memory unless the output head
 /// is tied to the token table; everything else goes with the head.
 fn gpu_bytes(f: &gguf::GgufFile, cfg: &super::decoder::DecoderConfig) -> super::device::GpuBytes {
-    let positions = (cfg.context_length as u64).min(super::device::FIT_CONTEXT);
-    let per_value = super::KvType::from_env().size();
-    let mut layers: Vec<(u64, u64)> = (0..cfg.n_layer)
-        .map(|i| {
-            let floats =
-                cfg.layer_kv_floats(i, positions as usize, super::scheduler::PREFILL_CHUNK);
-            (0, (floats * per_value) as u64)
-        })
-        .collect();
+    let super::device::GpuBytes {
+        mut layers,
+        positions,
+        ..
+    } = kv_bytes(cfg);
     let tied = !f.content.tensor_infos.contains_key("output.weight");
     let mut head = 0;
     for (name, t) in &f.content.tensor_infos {
@@ -181,6 +177,24 @@ fn gpu_bytes(f: &gguf::GgufFile, cfg: &super::decoder::DecoderConfig) -> super::
     super::device::GpuBytes {
         layers,
         head,
+        positions,
+    }
+}
+
+/// Each layer's KV cache at the fit context (`engine.kv_cache`'s value size), no weights yet.
+pub(super) fn kv_bytes(cfg: &super::decoder::DecoderConfig) -> super::device::GpuBytes {
+    let positions = (cfg.context_length as u64).min(super::device::FIT_CONTEXT);
+    let per_value = super::KvType::from_env().size();
+    let layers = (0..cfg.n_layer)
+        .map(|i| {
+            let floats =
+                cfg.layer_kv_floats(i, positions as usize, super::scheduler::PREFILL_CHUNK);
+            (0, (floats * per_value) as u64)
+        })
+        .collect();
+    super::device::GpuBytes {
+        layers,
+        head: 0,
         positions,
     }
 }
