@@ -208,6 +208,25 @@ pub struct GpuBytes {
 }
 
 impl GpuBytes {
+    /// `n_layer` layers with no weights counted yet, each with its KV cache at the fit context
+    /// (at most `context`): `kv_floats(i, positions)` values of `engine.kv_cache`'s size.
+    pub fn kv_only(
+        n_layer: usize,
+        context: usize,
+        kv_floats: impl Fn(usize, usize) -> usize,
+    ) -> GpuBytes {
+        let positions = (context as u64).min(FIT_CONTEXT);
+        let per_value = super::KvType::from_env().size();
+        let layers = (0..n_layer)
+            .map(|i| (0, (kv_floats(i, positions as usize) * per_value) as u64))
+            .collect();
+        GpuBytes {
+            layers,
+            head: 0,
+            positions,
+        }
+    }
+
     /// Bytes on the GPU with the first `k` layers there (the head too when that is all).
     pub fn with_layers(&self, k: usize) -> u64 {
         let layers: u64 = self.layers.iter().take(k).map(|(w, kv)| w + kv).sum();

@@ -157,7 +157,9 @@ fn gpu_bytes(
     tensors: &std::collections::HashMap<String, candle_core::Tensor>,
     cfg: &super::decoder::DecoderConfig,
 ) -> super::device::GpuBytes {
-    let mut bytes = super::worker::kv_bytes(cfg);
+    let mut bytes = super::device::GpuBytes::kv_only(cfg.n_layer, cfg.context_length, |i, n| {
+        cfg.layer_kv_floats(i, n, super::scheduler::PREFILL_CHUNK)
+    });
     for (name, t) in tensors {
         let size = (t.elem_count() * 4) as u64;
         let layer = name

@@ -157,7 +157,9 @@ fn gpu_bytes(f: &gguf::GgufFile, cfg: &super::decoder::DecoderConfig) -> super::
         mut layers,
         positions,
         ..
-    } = kv_bytes(cfg);
+    } = super::device::GpuBytes::kv_only(cfg.n_layer, cfg.context_length, |i, n| {
+        cfg.layer_kv_floats(i, n, super::scheduler::PREFILL_CHUNK)
+    });
     let tied = !f.content.tensor_infos.contains_key("output.weight");
     let mut head = 0;
     for (name, t) in &f.content.tensor_infos {
@@ -177,24 +179,6 @@ fn gpu_bytes(f: &gguf::GgufFile, cfg: &super::decoder::DecoderConfig) -> super::
     super::device::GpuBytes {
         layers,
         head,
-        positions,
-    }
-}
-
-/// Each layer's KV cache at the fit context (`engine.kv_cache`'s value size), no weights yet.
-pub(super) fn kv_bytes(cfg: &super::decoder::DecoderConfig) -> super::device::GpuBytes {
-    let positions = (cfg.context_length as u64).min(super::device::FIT_CONTEXT);
-    let per_value = super::KvType::from_env().size();
-    let layers = (0..cfg.n_layer)
-        .map(|i| {
-            let floats =
-                cfg.layer_kv_floats(i, positions as usize, super::scheduler::PREFILL_CHUNK);
-            (0, (floats * per_value) as u64)
-        })
-        .collect();
-    super::device::GpuBytes {
-        layers,
-        head: 0,
         positions,
     }
 }
