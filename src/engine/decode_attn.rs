@@ -388,6 +388,17 @@ mod tests {
             .unwrap()
     }
 
+    /// [`attend`]'s output as a vector; panics where it declines.
+    fn attend_vec(q: &Tensor, k: &Tensor, v: &Tensor, s: &Shape) -> Vec<f32> {
+        attend(q, k, v, s)
+            .expect("this layout takes the own path")
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -431,13 +442,7 @@ mod tests {
                 let q = Tensor::from_vec(data(nh * hd, 1), (1, nh, 1, hd), &Device::Cpu).unwrap();
                 let k = cache(nkv, len + 7, len, hd, 2);
                 let v = cache(nkv, len + 7, len, hd, 3);
-                let got: Vec<f32> = attend(&q, &k, &v, &s)
-                    .unwrap()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let got = attend_vec(&q, &k, &v, &s);
                 let want = reference(&q, &k, &v, &s);
                 assert_eq!(got.len(), want.len());
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -489,13 +494,7 @@ mod tests {
                     full.narrow(2, 0, len).unwrap()
                 };
                 let (k, v) = (held(2), held(3));
-                let got: Vec<f32> = attend(&q, &k, &v, &s)
-                    .unwrap()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let got = attend_vec(&q, &k, &v, &s);
                 let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
                 let want = reference(&q, &wide(&k), &wide(&v), &s);
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {

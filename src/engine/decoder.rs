@@ -401,6 +401,12 @@ impl DecoderConfig {
         Ok(cfg)
     }
 
+    /// Whether the layers may be split between a GPU and the CPU (`engine.gpu_layers`): not
+    /// with recurrent layers, whose state would straddle the crossing.
+    pub fn splits(&self) -> bool {
+        self.ssm.is_none() && self.delta_net.is_none()
+    }
+
     /// Whether layer `i` is a state-space layer rather than attention.
     pub fn is_recurrent(&self, i: usize) -> bool {
         self.recurrent.get(i).copied().unwrap_or(false)
@@ -1438,7 +1444,7 @@ impl Decoder {
         let device = l.device.clone();
         let on_device = on_device.min(cfg.n_layer);
         let split = on_device > 0 && on_device < cfg.n_layer;
-        if split && (cfg.ssm.is_some() || cfg.delta_net.is_some()) {
+        if split && !cfg.splits() {
             return Err(EngineError::Device(format!(
                 "{on_device} of {} layers on the GPU: Influence splits attention models only, \
                  and this one has recurrent layers; set engine.gpu_layers to \"auto\" or {} \
@@ -3453,8 +3459,8 @@ mod tests {
             .contains("twice"));
     }
 
-    /// Greedy ids of `steps` tokens after `prompt`, two sequences at once (slots 0 and 1, the
-    /// second prompt one token shorter), with the worst logit gap to `reference`'s logits.
+    /// Greedy ids of `steps` tokens after `prompt` and the logits behind them, two sequences
+    /// at once (slots 0 and 1, the second prompt one token shorter).
     fn greedy_pair(dec: &mut Decoder, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
         let argmax = |v: &[f32]| {
             v.iter()

@@ -225,7 +225,7 @@ pub(crate) fn load(
             super::device::gpu_memory(device),
             super::device::GpuLayers::from_env(),
             &gpu_bytes(&tensors, &dc),
-            dc.ssm.is_none() && dc.delta_net.is_none(),
+            dc.splits(),
         )?
     };
     let mut dec = Decoder::load_safetensors(dir, dc, tensors, factors, device, on_device)?;

@@ -224,12 +224,11 @@ pub(crate) fn load_gguf(
     } else {
         let cfg = super::decoder::DecoderConfig::from_meta(&meta, &f.arch)?;
         let bytes = gpu_bytes(&f, &cfg);
-        let splittable = cfg.ssm.is_none() && cfg.delta_net.is_none();
         super::device::plan_layers(
             super::device::gpu_memory(device),
             super::device::GpuLayers::from_env(),
             &bytes,
-            splittable,
+            cfg.splits(),
         )?
     };
     let mut dec = Decoder::load_split(&mut f, device, on_device)?;
